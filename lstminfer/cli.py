@@ -1,0 +1,86 @@
+"""The ``lstminfer`` command line: info, run."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _cmd_info(args) -> int:
+    import lstminfer
+    from .summary import format_info
+
+    model = lstminfer.load(args.model, backend=args.backend)
+    print(format_info(model))
+    if args.plan:
+        print(model.describe())
+    return 0
+
+
+def _parse_inputs(specs: list[str]) -> dict[str, np.ndarray]:
+    feeds = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"lstminfer run: --input expects NAME=FILE.npy, got '{spec}'")
+        try:
+            feeds[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"lstminfer run: cannot read input '{name}' from '{path}': {e}")
+    return feeds
+
+
+def _cmd_run(args) -> int:
+    import lstminfer
+
+    model = lstminfer.load(args.model, backend=args.backend)
+    feeds = _parse_inputs(args.input or [])
+    outputs = model.run(args.output or None, feeds)
+    names = args.output or model.output_names
+    if args.o:
+        np.savez(args.o, **dict(zip(names, outputs)))
+        print(f"wrote {len(outputs)} output(s) to {args.o}")
+    for name, value in zip(names, outputs):
+        arr = np.asarray(value)
+        preview = np.array2string(arr.reshape(-1)[:8], precision=5, separator=", ")
+        print(f"{name}: {arr.dtype} {list(arr.shape)} {preview}{' ...' if arr.size > 8 else ''}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lstminfer", description="Fast CPU inference for ONNX recurrent models (LSTM, GRU, RNN)."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    info = sub.add_parser("info", help="describe a model: inputs, outputs, ops, recurrent layers")
+    info.add_argument("model", help="path to an .onnx file")
+    info.add_argument("--backend", default="auto", help="backend to plan with (default: auto)")
+    info.add_argument("--plan", action="store_true", help="also print the execution plan")
+    info.set_defaults(func=_cmd_info)
+
+    run = sub.add_parser("run", help="run a model on inputs stored as .npy files")
+    run.add_argument("model", help="path to an .onnx file")
+    run.add_argument("--input", "-i", action="append", metavar="NAME=FILE.npy", help="one per model input")
+    run.add_argument("--output", action="append", metavar="NAME", help="output to compute (default: all)")
+    run.add_argument("-o", metavar="OUT.npz", help="save the outputs to an .npz file")
+    run.add_argument("--backend", default="auto", help="backend (default: auto)")
+    run.set_defaults(func=_cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .errors import LstminferError
+
+    try:
+        return args.func(args)
+    except (LstminferError, FileNotFoundError) as e:
+        print(f"lstminfer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

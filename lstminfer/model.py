@@ -1,0 +1,265 @@
+"""``Model``: the public object, a drop-in for ``onnxruntime.InferenceSession``.
+
+It validates feeds at the boundary (names, dtypes, ranks, fixed dims) and
+then hands them to the plan, which trusts them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .backends import resolve_backend
+from .errors import InvalidArgumentError, InvalidInputError
+from .graph import ValueInfo
+from .onnx_import import ImportedModel, import_model
+from .ops.registry import BuildContext
+from .plan import Plan
+
+
+@dataclass(frozen=True)
+class NodeArg:
+    """An input or output as onnxruntime describes it: name, shape, type string."""
+
+    name: str
+    shape: list[int | str | None]
+    type: str
+
+    @classmethod
+    def from_value_info(cls, vi: ValueInfo) -> "NodeArg":
+        return cls(vi.name, list(vi.shape) if vi.shape is not None else [], vi.type_string())
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Mirrors onnxruntime's ``ModelMetadata``."""
+
+    producer_name: str
+    graph_name: str
+    domain: str
+    description: str
+    graph_description: str
+    version: int
+    custom_metadata_map: dict[str, str]
+
+
+class Model:
+    """A loaded ONNX model, ready to run.
+
+    ``model`` is a file path, the model's bytes or an ``onnx.ModelProto``.
+    ``backend`` is "auto" or "reference" (see ``lstminfer.backends``).
+    ``sess_options``/``providers`` are accepted (and ignored) so that code
+    written for onnxruntime runs unchanged.
+    """
+
+    def __init__(self, model: Any, backend: str = "auto", *, sess_options: Any = None,
+                 providers: Any = None, provider_options: Any = None, **_ignored: Any):
+        self.backend = resolve_backend(backend)
+        self._imported: ImportedModel = import_model(model)
+        graph = self._imported.graph
+        ctx = BuildContext(opsets=graph.opsets, backend=self.backend)
+        try:
+            self._plan = Plan(graph, ctx)
+        except Exception as e:
+            _prefix_source(e, self._imported.source)
+            raise
+        self._inputs = list(graph.inputs)
+        self._outputs = list(graph.outputs)
+        self._input_by_name = {vi.name: vi for vi in self._inputs}
+
+    # -- onnxruntime-compatible surface -----------------------------------
+    @property
+    def input_names(self) -> list[str]:
+        return [vi.name for vi in self._inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [vi.name for vi in self._outputs]
+
+    @property
+    def source(self) -> str:
+        return self._imported.source
+
+    def get_inputs(self) -> list[NodeArg]:
+        return [NodeArg.from_value_info(vi) for vi in self._inputs]
+
+    def get_outputs(self) -> list[NodeArg]:
+        return [NodeArg.from_value_info(vi) for vi in self._outputs]
+
+    def get_overridable_initializers(self) -> list[NodeArg]:
+        return []
+
+    def get_providers(self) -> list[str]:
+        return ["CPUExecutionProvider"]
+
+    def get_modelmeta(self) -> ModelMetadata:
+        m = self._imported
+        return ModelMetadata(
+            producer_name=m.producer_name, graph_name=m.graph_name, domain=m.domain,
+            description=m.description, graph_description="", version=m.version,
+            custom_metadata_map=dict(m.metadata),
+        )
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
+            run_options: Any = None) -> list[Any]:
+        """Run the model; returns the requested outputs in order, like onnxruntime."""
+        wanted = self._wanted(output_names)
+        feeds = self._validated_feeds(input_feed)
+        outputs = self._plan.execute(feeds, wanted)
+        return [_detach(v, feeds) for v in outputs]
+
+    # -- friendlier surface ----------------------------------------------
+    def predict(self, x: Any = None, /, **named: Any) -> Any:
+        """Run on one array (single-input models) or named arrays.
+
+        Arrays are cast to the input's dtype when that is a same-kind cast
+        (e.g. float64 -> float32). Returns the only output, or a dict
+        name -> array when the model has several.
+        """
+        if x is not None:
+            if named:
+                raise InvalidArgumentError("predict() takes one positional array or named arrays, not both")
+            if len(self._inputs) != 1:
+                raise InvalidArgumentError(
+                    f"predict(x) needs a single-input model; this one has inputs {self.input_names}: "
+                    "pass them by name, e.g. predict(" + ", ".join(f"{n}=..." for n in self.input_names) + ")"
+                )
+            named = {self._inputs[0].name: x}
+        feeds = {}
+        for name, value in named.items():
+            vi = self._input_by_name.get(name)
+            if vi is not None and vi.dtype is not None and vi.kind == "tensor":
+                value = _cast_same_kind(value, vi)
+            feeds[name] = value
+        outputs = self.run(None, feeds)
+        if len(outputs) == 1:
+            return outputs[0]
+        return dict(zip(self.output_names, outputs))
+
+    def describe(self) -> str:
+        """The plan as text: each node, its op, output shapes and what runs it."""
+        head = [
+            f"model: {self.source}  backend: {self.backend}  opsets: {self._imported.graph.opsets}",
+            "inputs:  " + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self.get_inputs()),
+            "outputs: " + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self.get_outputs()),
+            f"{len(self._plan.steps)} steps (after constant folding):",
+        ]
+        return "\n".join(head + ["  " + line for line in self._plan.describe_lines()])
+
+    def __repr__(self) -> str:
+        return f"<lstminfer.Model {self.source!r} inputs={self.input_names} outputs={self.output_names}>"
+
+    # -- validation ------------------------------------------------------
+    def _wanted(self, output_names: Sequence[str] | None) -> tuple[int, ...]:
+        if output_names is None or len(output_names) == 0:
+            output_names = self.output_names
+        elif isinstance(output_names, str):
+            raise InvalidArgumentError("output_names must be a list of names or None, not a string")
+        known = set(self.output_names)
+        for name in output_names:
+            if name not in known:
+                raise InvalidArgumentError(
+                    f"unknown output name '{name}'; the model's outputs are {self.output_names}"
+                )
+        return tuple(self._plan.output_slot(n) for n in output_names)
+
+    def _validated_feeds(self, input_feed: Mapping[str, Any]) -> list[Any]:
+        if not isinstance(input_feed, Mapping):
+            raise InvalidInputError(
+                f"input feed must be a dict name -> array, got {type(input_feed).__name__}"
+            )
+        unknown = [n for n in input_feed if n not in self._input_by_name]
+        if unknown:
+            raise InvalidInputError(
+                f"unknown input name(s) {unknown}; the model's inputs are {self.input_names}"
+            )
+        feeds = []
+        for vi in self._inputs:
+            if vi.name not in input_feed:
+                raise InvalidInputError(
+                    f"missing input '{vi.name}' (expected {vi.type_string()} with shape "
+                    f"{_shape_text(vi.shape)}); the model's inputs are {self.input_names}"
+                )
+            feeds.append(_check_input(vi, input_feed[vi.name]))
+        return feeds
+
+
+def _check_input(vi: ValueInfo, value: Any) -> Any:
+    if vi.kind == "sequence":
+        if not isinstance(value, (list, tuple)):
+            raise InvalidInputError(f"input '{vi.name}': expected a sequence (list of arrays), got {type(value).__name__}")
+        return [_check_tensor(vi, np.asarray(v), f"input '{vi.name}' element {i}", check_shape=False)
+                for i, v in enumerate(value)]
+    if vi.kind == "optional" and value is None:
+        return None
+    if not isinstance(value, np.ndarray):
+        value = np.asarray(value)
+    return _check_tensor(vi, value, f"input '{vi.name}'", check_shape=True)
+
+
+def _check_tensor(vi: ValueInfo, value: np.ndarray, where: str, check_shape: bool) -> np.ndarray:
+    from .dtypes import onnx_type_name
+
+    if vi.dtype is not None:
+        ok = value.dtype == vi.dtype or (vi.dtype == np.dtype(object) and value.dtype.kind in "OUS")
+        if not ok:
+            got = onnx_type_name(value.dtype) if _known_dtype(value.dtype) else str(value.dtype)
+            raise InvalidInputError(
+                f"{where}: wrong dtype: expected tensor({onnx_type_name(vi.dtype)}), got tensor({got})"
+            )
+    if check_shape and vi.shape is not None:
+        if value.ndim != len(vi.shape):
+            raise InvalidInputError(
+                f"{where}: wrong rank: expected {len(vi.shape)} dimensions {_shape_text(vi.shape)}, "
+                f"got {value.ndim} with shape {tuple(value.shape)}"
+            )
+        for axis, (want, got) in enumerate(zip(vi.shape, value.shape)):
+            if isinstance(want, int) and want != got:
+                raise InvalidInputError(
+                    f"{where}: wrong size on axis {axis}: expected {want} (shape {_shape_text(vi.shape)}), "
+                    f"got {got} (shape {tuple(value.shape)})"
+                )
+    return value
+
+
+def _known_dtype(dtype: np.dtype) -> bool:
+    from .dtypes import onnx_code
+
+    try:
+        onnx_code(dtype)
+        return True
+    except KeyError:
+        return False
+
+
+def _cast_same_kind(value: Any, vi: ValueInfo) -> Any:
+    arr = np.asarray(value)
+    if arr.dtype != vi.dtype and np.can_cast(arr.dtype, vi.dtype, casting="same_kind"):
+        return arr.astype(vi.dtype)
+    return arr
+
+
+def _detach(value: Any, feeds: list[Any]) -> Any:
+    """Outputs never alias constants or the caller's inputs (onnxruntime returns fresh arrays)."""
+    if isinstance(value, list):
+        return [_detach(v, feeds) for v in value]
+    if not isinstance(value, np.ndarray):
+        return value
+    if not value.flags.writeable or any(
+        isinstance(f, np.ndarray) and np.may_share_memory(value, f) for f in feeds
+    ):
+        return value.copy()
+    return value
+
+
+def _shape_text(shape) -> str:
+    if shape is None:
+        return "(any)"
+    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def _prefix_source(error: Exception, source: str) -> None:
+    """Name the file in load errors raised deep in the planner."""
+    if error.args and isinstance(error.args[0], str) and source not in error.args[0]:
+        error.args = (f"{source}: {error.args[0]}",) + error.args[1:]

@@ -1,0 +1,1 @@
+"""Bundled models (see issue: train, export, ship)."""

@@ -1,0 +1,297 @@
+"""ONNX protobuf -> internal ``Graph``. The only module that imports ``onnx``.
+
+Parsing happens once, at load: the file is read (with external-data files
+beside it), checked for structure, shape-inferred, model-local functions are
+inlined, and every node, attribute and initializer becomes a plain Python
+object (see ``graph.py``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import numpy_helper
+
+from .dtypes import numpy_dtype
+from .errors import InvalidModelError, UnsupportedModelError
+from .graph import Graph, Node, ValueInfo
+from .ops.registry import MAX_OPSET
+
+MIN_OPSET = 7  # the first opset of LSTM/GRU/RNN as they are specified today
+
+
+@dataclass
+class ImportedModel:
+    """A parsed model: its main graph plus the metadata onnxruntime exposes."""
+
+    graph: Graph
+    source: str  # file path or "<bytes>" / "<ModelProto>", for messages
+    producer_name: str = ""
+    producer_version: str = ""
+    domain: str = ""
+    description: str = ""
+    graph_name: str = ""
+    version: int = 0
+    metadata: dict[str, str] = field(default_factory=dict)
+    ir_version: int = 0
+
+
+def read_model(model: Any) -> tuple[onnx.ModelProto, str]:
+    """Accept a path, bytes or ModelProto; return the proto and a source name."""
+    if isinstance(model, onnx.ModelProto):
+        return model, "<ModelProto>"
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return _parse_bytes(bytes(model), "<bytes>"), "<bytes>"
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"ONNX model file not found: '{path}'")
+        with open(path, "rb") as f:
+            proto = _parse_bytes(f.read(), path)
+        _load_external_data(proto, os.path.dirname(os.path.abspath(path)), path)
+        return proto, path
+    raise TypeError(
+        f"model must be a file path, bytes or onnx.ModelProto, got {type(model).__name__}"
+    )
+
+
+def _parse_bytes(data: bytes, source: str) -> onnx.ModelProto:
+    if not data:
+        raise InvalidModelError(f"{source}: the model is empty (0 bytes)")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as e:
+        raise InvalidModelError(
+            f"{source}: not a valid ONNX model (protobuf parse failed: {e}); "
+            "the file may be truncated or not an ONNX file"
+        ) from None
+    if not proto.HasField("graph") or proto.ir_version == 0:
+        raise InvalidModelError(
+            f"{source}: not a valid ONNX model (no graph or no ir_version); "
+            "the file may be truncated or not an ONNX file"
+        )
+    return proto
+
+
+def _load_external_data(proto: onnx.ModelProto, base_dir: str, source: str) -> None:
+    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
+
+    tensors = list(_all_tensors(proto.graph))
+    if not any(uses_external_data(t) for t in tensors):
+        return
+    try:
+        load_external_data_for_model(proto, base_dir)
+    except (OSError, ValueError, onnx.checker.ValidationError) as e:
+        raise InvalidModelError(
+            f"{source}: cannot read external data for initializers (looked in '{base_dir}'): {e}"
+        ) from None
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from _all_tensors(g)
+
+
+def import_model(model: Any) -> ImportedModel:
+    """Parse ``model`` (path, bytes or ModelProto) into an ``ImportedModel``."""
+    proto, source = read_model(model)
+    opsets = _opsets(proto, source)
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    value_info = _infer_value_info(proto)
+    graph = _convert_graph(proto.graph, opsets, value_info, source)
+    return ImportedModel(
+        graph=graph,
+        source=source,
+        producer_name=proto.producer_name,
+        producer_version=proto.producer_version,
+        domain=proto.domain,
+        description=proto.doc_string,
+        graph_name=proto.graph.name,
+        version=proto.model_version,
+        metadata={p.key: p.value for p in proto.metadata_props},
+        ir_version=proto.ir_version,
+    )
+
+
+def _opsets(proto: onnx.ModelProto, source: str) -> dict[str, int]:
+    opsets: dict[str, int] = {}
+    for imp in proto.opset_import:
+        domain = "" if imp.domain in ("", "ai.onnx") else imp.domain
+        opsets[domain] = int(imp.version)
+    if "" not in opsets:
+        if proto.ir_version >= 3:
+            raise InvalidModelError(f"{source}: the model imports no opset for the default ONNX domain")
+        opsets[""] = 1
+    version = opsets[""]
+    if not MIN_OPSET <= version <= MAX_OPSET:
+        raise UnsupportedModelError(
+            f"{source}: default-domain (ai.onnx) opset {version} is not supported; "
+            f"supported opsets are {MIN_OPSET} to {MAX_OPSET}"
+        )
+    return opsets
+
+
+def _infer_value_info(proto: onnx.ModelProto) -> dict[str, ValueInfo]:
+    """Shapes/dtypes of intermediate values, for ``describe()``; best effort."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
+    except Exception:  # inference is informative only; the executor never needs it
+        inferred = proto
+    out: dict[str, ValueInfo] = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
+        try:
+            out[vi.name] = _value_info(vi, "")
+        except UnsupportedModelError:
+            continue
+    return out
+
+
+def _convert_graph(
+    g: onnx.GraphProto, opsets: dict[str, int], value_info: dict[str, ValueInfo], source: str
+) -> Graph:
+    where = f"{source}, graph '{g.name}'"
+    initializers: dict[str, np.ndarray] = {}
+    for t in g.initializer:
+        initializers[t.name] = _tensor(t, f"{where}, initializer '{t.name}'")
+    for st in g.sparse_initializer:
+        name = st.values.name
+        initializers[name] = _sparse_tensor(st, f"{where}, sparse initializer '{name}'")
+    # Old exporters list initializers among the inputs too: those are constants here.
+    inputs = [_value_info(vi, where) for vi in g.input if vi.name not in initializers]
+    outputs = [_value_info(vi, where) for vi in g.output]
+    nodes = [_node(n, i, opsets, value_info, source) for i, n in enumerate(g.node)]
+    return Graph(
+        nodes=nodes,
+        inputs=inputs,
+        outputs=outputs,
+        initializers=initializers,
+        value_info=value_info,
+        opsets=dict(opsets),
+        name=g.name or "graph",
+    )
+
+
+def _node(
+    n: onnx.NodeProto, index: int, opsets: dict[str, int], value_info: dict[str, ValueInfo], source: str
+) -> Node:
+    name = n.name or f"{n.op_type}_{index}"
+    node = Node(
+        op_type=n.op_type,
+        inputs=tuple(n.input),
+        outputs=tuple(n.output),
+        name=name,
+        domain="" if n.domain in ("", "ai.onnx") else n.domain,
+    )
+    for attr in n.attribute:
+        where = f"{source}: {node.label()}, attribute '{attr.name}'"
+        if attr.ref_attr_name:
+            raise InvalidModelError(f"{where}: refers to a function attribute outside a function")
+        node.attrs[attr.name] = _attribute(attr, opsets, value_info, source, where)
+    if node.domain and node.domain not in opsets:
+        raise InvalidModelError(
+            f"{source}: {node.label()} uses domain '{node.domain}' that the model does not import"
+        )
+    return node
+
+
+def _attribute(attr: onnx.AttributeProto, opsets, value_info, source: str, where: str) -> Any:
+    A = onnx.AttributeProto
+    kind = attr.type
+    if kind == A.FLOAT:
+        return float(attr.f)
+    if kind == A.INT:
+        return int(attr.i)
+    if kind == A.STRING:
+        return _decode(attr.s)
+    if kind == A.TENSOR:
+        return _tensor(attr.t, where)
+    if kind == A.SPARSE_TENSOR:
+        return _sparse_tensor(attr.sparse_tensor, where)
+    if kind == A.GRAPH:
+        return _convert_graph(attr.g, opsets, value_info, source)
+    if kind == A.FLOATS:
+        return [float(v) for v in attr.floats]
+    if kind == A.INTS:
+        return [int(v) for v in attr.ints]
+    if kind == A.STRINGS:
+        return [_decode(v) for v in attr.strings]
+    if kind == A.TENSORS:
+        return [_tensor(t, where) for t in attr.tensors]
+    if kind == A.GRAPHS:
+        return [_convert_graph(sub, opsets, value_info, source) for sub in attr.graphs]
+    raise UnsupportedModelError(f"{where}: attribute type {A.AttributeType.Name(kind)} is not supported")
+
+
+def _decode(raw: bytes) -> str | bytes:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _tensor(t: onnx.TensorProto, where: str) -> np.ndarray:
+    numpy_dtype(t.data_type, where)  # raises a clear error for unsupported types
+    try:
+        array = numpy_helper.to_array(t)
+    except Exception as e:  # a corrupt tensor: wrong raw_data size, bad external ref...
+        raise InvalidModelError(f"{where}: cannot read tensor data ({e})") from None
+    if array.dtype.kind in "SU":
+        array = array.astype(object)
+    array.setflags(write=False)  # initializers are shared by every run
+    return array
+
+
+def _sparse_tensor(st: onnx.SparseTensorProto, where: str) -> np.ndarray:
+    values = _tensor(st.values, where)
+    indices = _tensor(st.indices, where).astype(np.int64)
+    dense = np.zeros(tuple(st.dims), dtype=values.dtype)
+    if indices.ndim == 1:
+        dense.reshape(-1)[indices] = values
+    else:
+        dense[tuple(indices.T)] = values
+    dense.setflags(write=False)
+    return dense
+
+
+def _value_info(vi: onnx.ValueInfoProto, where: str) -> ValueInfo:
+    t = vi.type
+    kind = "tensor"
+    which = t.WhichOneof("value")
+    if which == "sequence_type":
+        kind, t = "sequence", t.sequence_type.elem_type
+    elif which == "optional_type":
+        kind, t = "optional", t.optional_type.elem_type
+        if t.WhichOneof("value") == "sequence_type":
+            t = t.sequence_type.elem_type
+    elif which not in ("tensor_type", None):
+        raise UnsupportedModelError(f"{where}, value '{vi.name}': type '{which}' is not supported")
+    if t.WhichOneof("value") != "tensor_type":
+        return ValueInfo(vi.name, None, None, kind)
+    tt = t.tensor_type
+    dtype = numpy_dtype(tt.elem_type, f"{where}, value '{vi.name}'") if tt.elem_type else None
+    shape = None
+    if tt.HasField("shape"):
+        dims: list[int | str | None] = []
+        for d in tt.shape.dim:
+            if d.HasField("dim_value"):
+                dims.append(int(d.dim_value))
+            elif d.HasField("dim_param") and d.dim_param:
+                dims.append(d.dim_param)
+            else:
+                dims.append(None)
+        shape = tuple(dims)
+    return ValueInfo(vi.name, dtype, shape, kind)

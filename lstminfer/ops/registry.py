@@ -1,0 +1,92 @@
+"""The op table: (domain, op_type) -> factory that builds a kernel at load.
+
+A factory runs once per node at load time. It reads and validates the node's
+attributes (unsupported values raise ``UnsupportedModelError`` there, never at
+run time) and returns a kernel: ``kernel(*inputs) -> tuple of outputs``.
+Omitted optional inputs arrive as ``None``; a kernel returns one value per
+node output (``None`` allowed for an optional output nobody reads).
+
+Nodes with subgraph attributes (Loop, If, Scan) get the values their body
+reads from enclosing scopes as a keyword argument ``outer: dict[str, value]``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from ..errors import UnsupportedModelError
+from ..graph import Graph, Node
+
+Kernel = Callable[..., Sequence[Any]]
+OpFactory = Callable[[Node, "BuildContext"], Kernel]
+
+# Domains we accept, with the names exporters use for them.
+DEFAULT_DOMAINS = ("", "ai.onnx")
+MAX_OPSET = 23
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    op_type: str
+    domain: str
+    factory: OpFactory
+    since: int  # first opset version this factory implements
+    until: int | None  # last opset version (inclusive); None = still current
+
+
+@dataclass
+class BuildContext:
+    """What a factory may ask about the model it is building for."""
+
+    opsets: dict[str, int]
+    backend: str = "reference"
+    # compile_subgraph(graph) -> runner with .outer_names and .run(inputs, outer)
+    compile_subgraph: Callable[[Graph], Any] | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def opset(self, domain: str = "") -> int:
+        if domain in DEFAULT_DOMAINS:
+            return self.opsets.get("", self.opsets.get("ai.onnx", MAX_OPSET))
+        return self.opsets.get(domain, 1)
+
+
+_REGISTRY: dict[tuple[str, str], list[OpSpec]] = {}
+
+
+def _norm_domain(domain: str) -> str:
+    return "" if domain in DEFAULT_DOMAINS else domain
+
+
+def register(op_type: str, domain: str = "", *, since: int = 1, until: int | None = None):
+    """Decorator: register ``factory`` for ``op_type`` at opsets [since, until]."""
+
+    def wrap(factory: OpFactory) -> OpFactory:
+        spec = OpSpec(op_type, _norm_domain(domain), factory, since, until)
+        _REGISTRY.setdefault((spec.domain, op_type), []).append(spec)
+        return factory
+
+    return wrap
+
+
+def lookup(node: Node, opset: int) -> OpSpec:
+    """The spec that runs ``node`` at ``opset``; raise a clear error if none."""
+    domain = _norm_domain(node.domain)
+    specs = _REGISTRY.get((domain, node.op_type))
+    where = f"{node.label()}, domain '{node.domain or 'ai.onnx'}', opset {opset}"
+    if not specs:
+        raise UnsupportedModelError(
+            f"{where}: op type '{node.op_type}' is not supported. "
+            f"Supported ops: {', '.join(supported_ops())}"
+        )
+    for spec in specs:
+        if spec.since <= opset and (spec.until is None or opset <= spec.until):
+            return spec
+    ranges = ", ".join(f"{s.since}-{s.until or 'current'}" for s in specs)
+    raise UnsupportedModelError(
+        f"{where}: opset {opset} of '{node.op_type}' is not supported (supported opsets: {ranges})"
+    )
+
+
+def supported_ops() -> list[str]:
+    """Sorted 'domain:Op' names (default domain without prefix)."""
+    return sorted(f"{d + ':' if d else ''}{op}" for d, op in _REGISTRY)

@@ -1,0 +1,103 @@
+"""What ``lstminfer info`` prints: inputs, outputs, op counts, recurrent layers."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from .graph import Graph, Node
+
+RECURRENT_OPS = {"LSTM": 4, "GRU": 3, "RNN": 1}  # op -> gates per hidden unit
+
+
+@dataclass(frozen=True)
+class RecurrentLayer:
+    node: str
+    op_type: str
+    direction: str
+    input_size: int | None
+    hidden_size: int | None
+    parameters: int | None
+    streamable: bool
+    reason: str
+
+
+def walk_nodes(graph: Graph):
+    """Every node of ``graph``, including those inside Loop/If/Scan bodies."""
+    for node in graph.nodes:
+        yield node
+        for sub in node.subgraphs():
+            yield from walk_nodes(sub)
+
+
+def op_counts(graph: Graph) -> Counter:
+    return Counter(n.op_type for n in walk_nodes(graph))
+
+
+def recurrent_layers(graph: Graph) -> list[RecurrentLayer]:
+    constants = dict(graph.initializers)
+    for node in graph.nodes:  # Constant nodes carry weights in some exporters' graphs
+        if node.op_type == "Constant" and "value" in node.attrs:
+            constants[node.outputs[0]] = node.attrs["value"]
+    return [_layer(n, constants) for n in walk_nodes(graph) if n.op_type in RECURRENT_OPS]
+
+
+def _layer(node: Node, constants: dict[str, np.ndarray]) -> RecurrentLayer:
+    direction = node.attr("direction", "forward")
+    hidden = node.attr("hidden_size", None)
+    W = constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
+    input_size = int(W.shape[-1]) if W is not None and W.ndim == 3 else None
+    params = 0
+    for i in (1, 2, 3, 7):  # W, R, B, P
+        if len(node.inputs) > i and node.inputs[i]:
+            value = constants.get(node.inputs[i])
+            if value is None:
+                params = None
+                break
+            params += int(value.size)
+    if direction == "forward":
+        streamable, reason = True, "forward recurrence: state can be carried between chunks"
+    else:
+        streamable, reason = False, f"direction={direction} needs the whole sequence"
+    return RecurrentLayer(node.name, node.op_type, direction, input_size, hidden, params, streamable, reason)
+
+
+def format_info(model) -> str:
+    """Human-readable summary of a loaded ``Model``."""
+    graph = model._imported.graph
+    lines = [f"model: {model.source}"]
+    meta = model._imported
+    if meta.producer_name:
+        lines.append(f"producer: {meta.producer_name} {meta.producer_version}".rstrip())
+    lines.append("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in graph.opsets.items()))
+    lines.append("inputs:")
+    lines += [f"  {a.name}: {a.type} {a.shape}" for a in model.get_inputs()]
+    lines.append("outputs:")
+    lines += [f"  {a.name}: {a.type} {a.shape}" for a in model.get_outputs()]
+    counts = op_counts(graph)
+    lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())))
+    layers = recurrent_layers(graph)
+    lines.append(f"recurrent layers: {len(layers)}")
+    for layer in layers:
+        sizes = f"input={layer.input_size if layer.input_size is not None else '?'} hidden={layer.hidden_size}"
+        params = layer.parameters if layer.parameters is not None else "? (weights computed at run time)"
+        lines.append(
+            f"  {layer.node}: {layer.op_type} {layer.direction} {sizes} parameters={params} "
+            f"streamable={'yes' if layer.streamable else 'no'} ({layer.reason})"
+        )
+    if layers:
+        ok = all(layer.streamable for layer in layers)
+        lines.append(f"streamable: {'yes' if ok else 'no'}")
+    lines.append(f"backend: {model.backend}")
+    lines.append("cpu features: " + cpu_features_text())
+    return "\n".join(lines)
+
+
+def cpu_features_text() -> str:
+    try:
+        from . import _cpu
+    except ImportError as e:  # running from a source tree without a build
+        return f"unknown (native extension not built: {e})"
+    flags = _cpu.features()
+    return ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items())
