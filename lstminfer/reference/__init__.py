@@ -1,0 +1,11 @@
+"""Pure-NumPy oracles: readable, spec-faithful, never optimised.
+
+Fast kernels (Numba, Cython, int8) are tested against these functions.
+"""
+from .activations import SUPPORTED_ACTIVATIONS, Activation, resolve_activations
+from .rnn import DEFAULT_ACTIVATIONS, DIRECTIONS, GATES, gru, lstm, rnn
+
+__all__ = [
+    "Activation", "DEFAULT_ACTIVATIONS", "DIRECTIONS", "GATES", "SUPPORTED_ACTIVATIONS",
+    "gru", "lstm", "resolve_activations", "rnn",
+]

@@ -1,0 +1,294 @@
+"""Public API: load, InferenceSession, run/predict/describe, feed validation, errors.
+
+Uses ops of a private test domain, so it checks the importer and executor
+independently of the op library.
+"""
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto as TP
+from onnx import helper as oh
+
+import lstminfer
+from lstminfer.ops import register
+
+DOMAIN = "test.lstminfer"
+calls = {"Twice": 0}
+
+
+@register("AddT", domain=DOMAIN)
+def _add(node, ctx):
+    return lambda a, b: (a + b,)
+
+
+@register("Twice", domain=DOMAIN)
+def _twice(node, ctx):
+    def kernel(a):
+        calls["Twice"] += 1
+        return (a * 2, a * 3)
+
+    return kernel
+
+
+@register("PassThrough", domain=DOMAIN)
+def _passthrough(node, ctx):
+    return lambda a: (a,)
+
+
+def make_model(nodes, inputs, outputs, inits=(), opset=17):
+    graph = oh.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset), oh.make_opsetid(DOMAIN, 1)])
+
+
+def sample_model():
+    """z = x + 3c + 2c ; y = x + 2c, where c is a constant (folded at load)."""
+    return make_model(
+        [
+            oh.make_node("AddT", ["y", "t3"], ["z"], domain=DOMAIN),  # out of order on purpose
+            oh.make_node("Twice", ["c"], ["t2", "t3"], domain=DOMAIN),
+            oh.make_node("AddT", ["x", "t2"], ["y"], domain=DOMAIN),
+        ],
+        [oh.make_tensor_value_info("x", TP.FLOAT, ["N", 3])],
+        [oh.make_tensor_value_info("z", TP.FLOAT, ["N", 3]), oh.make_tensor_value_info("y", TP.FLOAT, ["N", 3])],
+        [oh.make_tensor("c", TP.FLOAT, [3], [1, 2, 3])],
+    )
+
+
+def test_load_accepts_path_bytes_and_proto(tmp_path, rng):
+    proto = sample_model()
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    x = rng.standard_normal((4, 3)).astype(np.float32)
+    c = np.array([1, 2, 3], np.float32)
+    for source in (str(path), path, proto.SerializeToString(), proto):
+        z, y = lstminfer.load(source).run(None, {"x": x})
+        np.testing.assert_allclose(z, x + 5 * c, rtol=1e-6)
+        np.testing.assert_allclose(y, x + 2 * c, rtol=1e-6)
+    assert lstminfer.InferenceSession is lstminfer.Model
+
+
+def test_io_description_matches_onnxruntime_style():
+    m = lstminfer.InferenceSession(sample_model().SerializeToString())
+    (inp,) = m.get_inputs()
+    assert (inp.name, inp.shape, inp.type) == ("x", ["N", 3], "tensor(float)")
+    assert [o.name for o in m.get_outputs()] == ["z", "y"] == m.output_names
+    assert m.input_names == ["x"]
+
+
+def test_run_output_selection_and_order(rng):
+    m = lstminfer.load(sample_model())
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    z, y = m.run(None, {"x": x})
+    y2, z2 = m.run(["y", "z"], {"x": x})
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_array_equal(z, z2)
+    with pytest.raises(lstminfer.InvalidArgumentError, match="unknown output name 'nope'"):
+        m.run(["nope"], {"x": x})
+
+
+def test_constants_are_folded_at_load():
+    calls["Twice"] = 0
+    m = lstminfer.load(sample_model())
+    assert calls["Twice"] == 1
+    m.run(None, {"x": np.zeros((1, 3), np.float32)})
+    m.run(None, {"x": np.zeros((1, 3), np.float32)})
+    assert calls["Twice"] == 1
+    assert "Twice" not in m.describe()
+    assert "AddT" in m.describe()
+
+
+@pytest.mark.parametrize(
+    "feeds, match",
+    [
+        ({"x": np.zeros((2, 3), np.float64)}, r"input 'x': wrong dtype: expected tensor\(float\), got tensor\(double\)"),
+        ({"x": np.zeros(3, np.float32)}, r"input 'x': wrong rank: expected 2 .* got 1"),
+        ({"x": np.zeros((2, 4), np.float32)}, r"input 'x': wrong size on axis 1: expected 3 .* got 4"),
+        ({}, r"missing input 'x'"),
+        ({"x": np.zeros((2, 3), np.float32), "q": 1}, r"unknown input name\(s\) \['q'\]"),
+    ],
+)
+def test_bad_feeds_raise_clear_value_errors(feeds, match):
+    m = lstminfer.load(sample_model())
+    with pytest.raises(lstminfer.InvalidInputError, match=match) as info:
+        m.run(None, feeds)
+    assert isinstance(info.value, ValueError)
+
+
+def test_predict_single_input_casts_same_kind(rng):
+    m = lstminfer.load(sample_model())
+    x = rng.standard_normal((2, 3))  # float64 on purpose: predict casts
+    out = m.predict(x)
+    assert set(out) == {"z", "y"}
+    np.testing.assert_allclose(out["y"], x.astype(np.float32) + [2, 4, 6], rtol=1e-6)
+    np.testing.assert_allclose(m.predict(x=x)["z"], out["z"])
+    with pytest.raises(lstminfer.InvalidArgumentError):
+        m.predict(x, x=x)
+
+
+def test_predict_returns_single_output_array():
+    m = lstminfer.load(
+        make_model(
+            [oh.make_node("PassThrough", ["a"], ["b"], domain=DOMAIN)],
+            [oh.make_tensor_value_info("a", TP.INT64, [None])],
+            [oh.make_tensor_value_info("b", TP.INT64, [None])],
+        )
+    )
+    out = m.predict([1, 2, 3])
+    assert isinstance(out, np.ndarray) and out.dtype == np.int64
+    np.testing.assert_array_equal(out, [1, 2, 3])
+
+
+def test_outputs_never_alias_inputs_or_constants():
+    m = lstminfer.load(
+        make_model(
+            [oh.make_node("PassThrough", ["a"], ["b"], domain=DOMAIN),
+             oh.make_node("PassThrough", ["k"], ["kk"], domain=DOMAIN)],
+            [oh.make_tensor_value_info("a", TP.FLOAT, [2])],
+            [oh.make_tensor_value_info("b", TP.FLOAT, [2]), oh.make_tensor_value_info("kk", TP.FLOAT, [1])],
+            [oh.make_tensor("k", TP.FLOAT, [1], [7.0])],
+        )
+    )
+    a = np.array([1.0, 2.0], np.float32)
+    b, kk = m.run(None, {"a": a})
+    b[0] = 99
+    kk[0] = 99  # would corrupt the initializer if it aliased it
+    assert a[0] == 1.0
+    assert m.run(None, {"a": a})[1][0] == 7.0
+
+
+def test_unsupported_op_names_node_domain_opset_and_supported_list():
+    model = make_model(
+        [oh.make_node("FancyOp", ["x"], ["y"], name="my_fancy")],
+        [oh.make_tensor_value_info("x", TP.FLOAT, [1])],
+        [oh.make_tensor_value_info("y", TP.FLOAT, [1])],
+    )
+    with pytest.raises(lstminfer.UnsupportedModelError) as info:
+        lstminfer.load(model)
+    text = str(info.value)
+    for part in ("my_fancy", "FancyOp", "ai.onnx", "opset 17", "Supported ops:"):
+        assert part in text
+
+
+def test_unsupported_domain_and_opset():
+    model = make_model(
+        [oh.make_node("AddT", ["x", "x"], ["y"], domain="com.example")],
+        [oh.make_tensor_value_info("x", TP.FLOAT, [1])],
+        [oh.make_tensor_value_info("y", TP.FLOAT, [1])],
+    )
+    model.opset_import.append(oh.make_opsetid("com.example", 1))
+    with pytest.raises(lstminfer.UnsupportedModelError, match="com.example"):
+        lstminfer.load(model)
+    old = sample_model()
+    old.opset_import[0].version = 5
+    with pytest.raises(lstminfer.UnsupportedModelError, match="opset 5 is not supported"):
+        lstminfer.load(old)
+
+
+def test_unsupported_dtype_names_the_value():
+    model = make_model(
+        [oh.make_node("PassThrough", ["x"], ["y"], domain=DOMAIN)],
+        [oh.make_tensor_value_info("x", TP.BFLOAT16, [1])],
+        [oh.make_tensor_value_info("y", TP.BFLOAT16, [1])],
+    )
+    with pytest.raises(lstminfer.UnsupportedModelError, match="value 'x'.*bfloat16"):
+        lstminfer.load(model)
+
+
+@pytest.mark.parametrize("cut", [1, 10, 40, -7])
+def test_truncated_or_garbage_files_raise_invalid_model(tmp_path, cut):
+    data = sample_model().SerializeToString()
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(data[:cut])
+    with pytest.raises(lstminfer.InvalidModelError) as info:
+        lstminfer.load(path)
+    assert "broken.onnx" in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file_and_bad_type():
+    with pytest.raises(FileNotFoundError, match="nope.onnx"):
+        lstminfer.load("nope.onnx")
+    with pytest.raises(TypeError, match="file path, bytes or onnx.ModelProto"):
+        lstminfer.load(3.5)
+
+
+def test_structural_errors_name_the_problem():
+    undefined = make_model(
+        [oh.make_node("AddT", ["x", "ghost"], ["y"], domain=DOMAIN, name="adder")],
+        [oh.make_tensor_value_info("x", TP.FLOAT, [1])],
+        [oh.make_tensor_value_info("y", TP.FLOAT, [1])],
+    )
+    with pytest.raises(lstminfer.InvalidModelError, match="adder.*reads 'ghost'"):
+        lstminfer.load(undefined)
+    cycle = make_model(
+        [oh.make_node("AddT", ["x", "b"], ["a"], domain=DOMAIN), oh.make_node("AddT", ["x", "a"], ["b"], domain=DOMAIN)],
+        [oh.make_tensor_value_info("x", TP.FLOAT, [1])],
+        [oh.make_tensor_value_info("b", TP.FLOAT, [1])],
+    )
+    with pytest.raises(lstminfer.InvalidModelError, match="cycle"):
+        lstminfer.load(cycle)
+    dangling = make_model(
+        [oh.make_node("PassThrough", ["x"], ["y"], domain=DOMAIN)],
+        [oh.make_tensor_value_info("x", TP.FLOAT, [1])],
+        [oh.make_tensor_value_info("nowhere", TP.FLOAT, [1])],
+    )
+    with pytest.raises(lstminfer.InvalidModelError, match="nowhere"):
+        lstminfer.load(dangling)
+
+
+def test_kernel_failure_names_node_and_inputs():
+    model = make_model(
+        [oh.make_node("AddT", ["x", "w"], ["y"], domain=DOMAIN, name="bad_add")],
+        [oh.make_tensor_value_info("x", TP.FLOAT, ["N"])],
+        [oh.make_tensor_value_info("y", TP.FLOAT, ["N"])],
+        [oh.make_tensor("w", TP.FLOAT, [3], [1, 2, 3])],
+    )
+    m = lstminfer.load(model)
+    with pytest.raises(lstminfer.ExecutionError, match=r"bad_add.*float32\[4\], float32\[3\]"):
+        m.run(None, {"x": np.zeros(4, np.float32)})
+
+
+def test_external_data_beside_the_model(tmp_path, rng):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    proto = sample_model()
+    big = rng.standard_normal(3).astype(np.float32)
+    proto.graph.initializer[0].CopyFrom(onnx.numpy_helper.from_array(big, "c"))
+    convert_model_to_external_data(proto, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(proto, tmp_path / "m.onnx")
+    assert (tmp_path / "weights.bin").exists()
+    x = np.zeros((1, 3), np.float32)
+    z, _ = lstminfer.load(tmp_path / "m.onnx").run(None, {"x": x})
+    np.testing.assert_allclose(z[0], 5 * big, rtol=1e-6)
+    (tmp_path / "weights.bin").unlink()
+    with pytest.raises(lstminfer.InvalidModelError, match="external data"):
+        lstminfer.load(tmp_path / "m.onnx")
+
+
+def test_unknown_backend_and_unavailable_backend(monkeypatch):
+    with pytest.raises(lstminfer.InvalidArgumentError, match="unknown backend 'gpu'"):
+        lstminfer.load(sample_model(), backend="gpu")
+    monkeypatch.setenv("LSTMINFER_BACKEND", "reference")
+    assert lstminfer.load(sample_model()).backend == "reference"
+
+
+def test_concurrent_runs_from_threads_agree(rng):
+    m = lstminfer.load(sample_model())
+    xs = [rng.standard_normal((5, 3)).astype(np.float32) for _ in range(8)]
+    expected = [m.run(None, {"x": x}) for x in xs]
+    errors = []
+
+    def worker(i):
+        for _ in range(50):
+            got = m.run(None, {"x": xs[i]})
+            if not all(np.array_equal(a, b) for a, b in zip(got, expected[i])):
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
