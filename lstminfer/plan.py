@@ -82,14 +82,14 @@ class Plan:
         for node in ordered:
             opset = ctx.opset(node.domain)
             spec = ops.lookup(node, opset)
-            node_ctx = ctx
+            node_ctx = BuildContext(
+                opsets=ctx.opsets, backend=ctx.backend, options=ctx.options,
+                constant=lambda name: constants.get(self._slots.get(name, _ABSENT)) if name else None,
+            )
             if node.subgraphs():
                 # A body may read anything visible here: our values and our own scope.
                 node_scope = tuple(visible | scope)
-                node_ctx = BuildContext(
-                    opsets=ctx.opsets, backend=ctx.backend, options=ctx.options,
-                    compile_subgraph=_subgraph_compiler(ctx, node_scope),
-                )
+                node_ctx.compile_subgraph = _subgraph_compiler(ctx, node_scope)
             kernel = spec.factory(node, node_ctx)
             outer_names = tuple(n for sub in node.subgraphs() for n in sub.free_names())
             outer_names = tuple(dict.fromkeys(outer_names))

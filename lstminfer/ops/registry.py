@@ -43,6 +43,9 @@ class BuildContext:
     # compile_subgraph(graph) -> runner with .outer_names and .run(inputs, outer)
     compile_subgraph: Callable[[Graph], Any] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    # constant(name) -> the value if ``name`` is an initializer or was folded at
+    # load, else None: lets factories repack weights once, at load.
+    constant: Callable[[str], Any] = lambda name: None
 
     def opset(self, domain: str = "") -> int:
         if domain in DEFAULT_DOMAINS:

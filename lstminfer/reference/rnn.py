@@ -193,8 +193,8 @@ def _recurrence(
     H = int(hidden_size)
     W = _as_array(op, "W", W, dtype)
     sizes = f"num_directions={D}, hidden_size={H}, input_size={I}"
-    _check_shape(op, "W", W, (D, G * H, I), f"[num_directions, {G}*hidden_size, input_size] with {sizes}")
     _check_shape(op, "R", R, (D, G * H, H), f"[num_directions, {G}*hidden_size, hidden_size] with {sizes}")
+    _check_shape(op, "W", W, (D, G * H, I), f"[num_directions, {G}*hidden_size, input_size] with {sizes}")
 
     if B is None:
         B = np.zeros((D, 2 * G * H), dtype=dtype)
@@ -242,10 +242,17 @@ def _recurrence(
     return tuple(np.ascontiguousarray(v) for v in (Y, *finals))
 
 
-def _activations(op: str, direction: str, names, alphas, betas) -> tuple[Activation, ...]:
-    """Resolve the activation list; the default is the spec's, once per direction."""
+def cell_activations(op: str, direction: str, names, alphas, betas) -> tuple[Activation, ...]:
+    """Resolve the activation list; the default is the spec's, once per direction.
+
+    ``names`` may also be already-resolved ``Activation`` objects (alphas/betas unused).
+    """
     D = 2 if direction == "bidirectional" else 1
     per_direction = len(DEFAULT_ACTIVATIONS[op])
+    if names is not None and all(isinstance(a, Activation) for a in names):
+        if len(names) != per_direction * D:  # already resolved (e.g. by the op factory)
+            raise ValueError(f"{op}: expected {per_direction * D} activations, got {len(names)}")
+        return tuple(names)
     if names is None:
         names = DEFAULT_ACTIVATIONS[op] * D
     names = list(names)
@@ -284,7 +291,7 @@ def lstm(
       ot = f(Xt*Wo^T + Ht-1*Ro^T + Po (.) Ct + Wbo + Rbo)
       Ht = ot (.) h(Ct)
     """
-    acts = _activations("LSTM", direction, activations, activation_alpha, activation_beta)
+    acts = cell_activations("LSTM", direction, activations, activation_alpha, activation_beta)
     clip = _check_positive_clip("LSTM", clip)
     if input_forget not in (0, 1):
         raise ValueError(f"LSTM: input_forget must be 0 or 1, got {input_forget}")
@@ -321,7 +328,7 @@ def gru(
       ht = g(Xt*Wh^T + (rt (.) (Ht-1*Rh^T + Rbh)) + Wbh)    linear_before_reset != 0
       Ht = (1 - zt) (.) ht + zt (.) Ht-1
     """
-    acts = _activations("GRU", direction, activations, activation_alpha, activation_beta)
+    acts = cell_activations("GRU", direction, activations, activation_alpha, activation_beta)
     clip = _check_positive_clip("GRU", clip)
 
     def make_step(d, Wd, Rd, Wbd, Rbd):
@@ -343,7 +350,7 @@ def rnn(
     Equation (per direction; f defaults to Tanh):
       Ht = f(Xt*Wi^T + Ht-1*Ri^T + Wbi + Rbi)
     """
-    acts = _activations("RNN", direction, activations, activation_alpha, activation_beta)
+    acts = cell_activations("RNN", direction, activations, activation_alpha, activation_beta)
     clip = _check_positive_clip("RNN", clip)
 
     def make_step(d, Wd, Rd, Wbd, Rbd):

@@ -1,0 +1,51 @@
+"""The one place that decides how kernels are compiled by Numba.
+
+Every kernel goes through ``jit`` (serial) or ``jit_parallel`` (``prange``
+across cores), so the compile flags live here only:
+
+* fastmath without ``nnan``/``ninf``: NaN and inf inputs must propagate as in
+  onnxruntime, but reassociation (vectorized dot products), contraction (FMA)
+  and approximate functions are fine for the float32 parity bound (1e-5);
+* ``error_model="numpy"``: a division never raises, so loops with ``/``
+  still vectorize;
+* ``nogil=True``: several threads may run models at the same time;
+* ``cache=True``: compiled code is written next to the sources (or to
+  ``NUMBA_CACHE_DIR``, or the user-wide cache); when no location is writable
+  we compile in memory only, with a warning, instead of failing the import.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numba
+
+FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+_COMMON = dict(fastmath=set(FASTMATH_FLAGS), nogil=True, error_model="numpy")
+
+# Set to False (with a warning) the first time a cache location can't be written.
+caching_enabled = True
+
+
+def _compile(fn, **flags):
+    global caching_enabled
+    if caching_enabled:
+        try:
+            return numba.njit(cache=True, **_COMMON, **flags)(fn)
+        except RuntimeError as err:  # numba: "cannot cache function ...: no locator available"
+            caching_enabled = False
+            warnings.warn(
+                f"lstminfer: Numba cannot write its cache ({err}); kernels are compiled in memory "
+                "at every start. Point NUMBA_CACHE_DIR at a writable directory to keep them.",
+                RuntimeWarning, stacklevel=3,
+            )
+    return numba.njit(cache=False, **_COMMON, **flags)(fn)
+
+
+def jit(fn):
+    """Compile ``fn`` single-threaded (lazily: at load, via the kernel's warm-up)."""
+    return _compile(fn)
+
+
+def jit_parallel(fn):
+    """Compile ``fn`` with ``prange`` loops spread over Numba's thread pool."""
+    return _compile(fn, parallel=True)

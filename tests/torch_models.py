@@ -1,0 +1,280 @@
+"""A zoo of small PyTorch recurrent models and their ONNX export (torch==2.13).
+
+Used by ``test_pytorch_models.py`` and benchmarks: each spec is a frozen,
+hashable description that builds a seeded ``torch.nn.Module``, makes random
+feeds for any (batch, time) and exports to ONNX bytes (cached per session).
+
+Exporters: the TorchScript exporter (``dynamo=False``) at opsets 14 and 17,
+and the dynamo exporter (``dynamo=True``, onnxscript optimizer on) at 18.
+
+ONNX ops each exporter emits (``onnx_op_types``, nested subgraphs included)::
+
+    model                     torchscript 14 / 17                  dynamo 18
+    ------------------------  -----------------------------------  -------------------------------
+    nn.LSTM                   LSTM, Transpose, Reshape, Slice,     LSTM, Transpose, Reshape, Slice,
+                              Concat, Shape, Gather, Unsqueeze,    Concat, Shape, Mul, Expand
+                              Constant, ConstantOfShape, Squeeze   (zero states: Expand)
+    nn.GRU                    GRU + the same glue as LSTM          GRU + the same glue as LSTM
+    nn.RNN (tanh / relu)      RNN + the same glue as LSTM          no RNN op: unrolled over time into
+                                                                   MatMul, Add, Tanh|Relu, Slice,
+                                                                   Squeeze, Unsqueeze, Concat
+    Embedding+LSTM+Linear     Gather, LSTM, Gemm|MatMul+Add,       Gather, LSTM, Gemm|MatMul+Add,
+      +Softmax                Softmax + the glue above             Softmax + the glue above
+
+No exporter emits Loop, Scan or any subgraph for these models.  The exact
+set per model is what ``onnx_op_types`` returns; the test file prints it.
+
+Limitations of torch 2.13 that shape the tests:
+
+* dynamo: ``torch.export`` specializes the time axis of nn.LSTM/GRU/RNN.
+  ``Dim.DYNAMIC`` (and ``dynamic_axes``) on it fails with "tracing inferred
+  a static shape of 7 for dimension inputs['x'].shape[0]"; a named
+  ``Dim("time")`` is specialized silently, sometimes leaving the graph input
+  symbolic while a Reshape keeps the constant 7, so any other T fails in
+  onnxruntime too.  Dynamo exports therefore mark only the batch axis
+  dynamic, and the time length is fixed at export (``example_time``).
+* dynamo: nn.RNN has no ONNX RNN translation; it is unrolled per time step.
+* dynamo: the first nn.GRU export in a process specializes the batch axis
+  too (input shape [7, 3, 5] although ``Dim("batch")`` was given); the same
+  export repeated keeps it dynamic, so ``export`` checks and retries once.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+# (exporter, opset) pairs the tests cover.
+EXPORTERS = (("torchscript", 14), ("torchscript", 17), ("dynamo", 18))
+
+KINDS = {
+    "LSTM": (nn.LSTM, {}),
+    "GRU": (nn.GRU, {}),
+    "RNN_TANH": (nn.RNN, {"nonlinearity": "tanh"}),
+    "RNN_RELU": (nn.RNN, {"nonlinearity": "relu"}),
+}
+
+BATCH, TIME = "batch", "time"
+
+
+@dataclass(frozen=True)
+class RecurrentSpec:
+    """One nn.LSTM/GRU/RNN layer stack.
+
+    ``state_io`` False: ``x -> y``.  True, the streaming form:
+    ``(x, h0[, c0]) -> (y, h_n[, c_n])``.
+    """
+
+    kind: str
+    num_layers: int = 1
+    bidirectional: bool = False
+    batch_first: bool = False
+    bias: bool = True
+    state_io: bool = False
+    input_size: int = 5
+    hidden_size: int = 8
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        parts = [self.kind.lower(), f"L{self.num_layers}", f"I{self.input_size}H{self.hidden_size}"]
+        parts += ["bi"] if self.bidirectional else []
+        parts += ["batch_first"] if self.batch_first else []
+        parts += [] if self.bias else ["nobias"]
+        parts += ["state_io"] if self.state_io else []
+        return "-".join(parts)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        return ("h0", "c0") if self.kind == "LSTM" else ("h0",)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return ("x",) + (self.state_names if self.state_io else ())
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        if not self.state_io:
+            return ("y",)
+        return ("y", "h_n", "c_n") if self.kind == "LSTM" else ("y", "h_n")
+
+    def axes(self) -> dict[str, dict[int, str]]:
+        """Batch/time axes of every input and output, by name."""
+        seq = {0: BATCH, 1: TIME} if self.batch_first else {0: TIME, 1: BATCH}
+        state = {1: BATCH}  # h/c are (layers*dirs, batch, hidden) even when batch_first
+        out = {"x": seq, "y": seq}
+        for s in self.state_names:
+            out[s] = state
+        out["h_n"] = out["c_n"] = state
+        return {k: v for k, v in out.items() if k in self.input_names + self.output_names}
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        cls, extra = KINDS[self.kind]
+        rnn = cls(self.input_size, self.hidden_size, num_layers=self.num_layers, bias=self.bias,
+                  batch_first=self.batch_first, bidirectional=self.bidirectional, **extra)
+        return _RecurrentModule(rnn, self.kind == "LSTM", self.state_io).eval()
+
+    def make_inputs(self, rng: np.random.Generator, batch: int, time: int) -> dict[str, np.ndarray]:
+        shape = (batch, time, self.input_size) if self.batch_first else (time, batch, self.input_size)
+        feeds = {"x": rng.standard_normal(shape, dtype=np.float32)}
+        if self.state_io:
+            dirs = 2 if self.bidirectional else 1
+            for s in self.state_names:
+                feeds[s] = rng.standard_normal((self.num_layers * dirs, batch, self.hidden_size),
+                                               dtype=np.float32)
+        return feeds
+
+
+class _RecurrentModule(nn.Module):
+    def __init__(self, rnn: nn.Module, is_lstm: bool, state_io: bool):
+        super().__init__()
+        self.rnn, self.is_lstm, self.state_io = rnn, is_lstm, state_io
+
+    # Named parameters (not *state): torch.export matches dynamic_shapes to them by name.
+    def forward(self, x, h0=None, c0=None):
+        if not self.state_io:
+            return self.rnn(x)[0]
+        if self.is_lstm:
+            y, (h_n, c_n) = self.rnn(x, (h0, c0))
+            return y, h_n, c_n
+        y, h_n = self.rnn(x, h0)
+        return y, h_n
+
+
+@dataclass(frozen=True)
+class ClassifierSpec:
+    """Embedding + LSTM + Linear + Softmax: int64 tokens (batch, time) -> probs (batch, classes)."""
+
+    vocab: int = 30
+    embed: int = 12
+    hidden_size: int = 16
+    num_layers: int = 2
+    bidirectional: bool = False
+    classes: int = 5
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        bi = "-bi" if self.bidirectional else ""
+        return f"classifier-V{self.vocab}E{self.embed}H{self.hidden_size}L{self.num_layers}{bi}"
+
+    input_names = ("tokens",)
+    output_names = ("probs",)
+
+    def axes(self) -> dict[str, dict[int, str]]:
+        return {"tokens": {0: BATCH, 1: TIME}, "probs": {0: BATCH}}
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return _Classifier(self).eval()
+
+    def make_inputs(self, rng: np.random.Generator, batch: int, time: int) -> dict[str, np.ndarray]:
+        return {"tokens": rng.integers(0, self.vocab, size=(batch, time), dtype=np.int64)}
+
+
+class _Classifier(nn.Module):
+    def __init__(self, spec: ClassifierSpec):
+        super().__init__()
+        self.embedding = nn.Embedding(spec.vocab, spec.embed)
+        self.lstm = nn.LSTM(spec.embed, spec.hidden_size, num_layers=spec.num_layers,
+                            batch_first=True, bidirectional=spec.bidirectional)
+        dirs = 2 if spec.bidirectional else 1
+        self.head = nn.Linear(dirs * spec.hidden_size, spec.classes)
+        self.softmax = nn.Softmax(dim=-1)
+
+    def forward(self, tokens):
+        y, _ = self.lstm(self.embedding(tokens))
+        return self.softmax(self.head(y[:, -1]))
+
+
+def torch_outputs(spec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """What the PyTorch module itself computes for ``feeds`` (in output order)."""
+    module = _module(spec)
+    with torch.no_grad():
+        out = module(*(torch.from_numpy(feeds[n]) for n in spec.input_names))
+    out = out if isinstance(out, tuple) else (out,)
+    return [t.numpy() for t in out]
+
+
+@functools.lru_cache(maxsize=None)
+def _module(spec) -> nn.Module:
+    return spec.build()
+
+
+@functools.lru_cache(maxsize=None)
+def export(spec, exporter: str, opset: int, example_batch: int = 3, example_time: int = 7) -> bytes:
+    """The spec's module exported to ONNX bytes, cached per arguments.
+
+    torchscript: batch and time axes dynamic (``dynamic_axes``).
+    dynamo: batch axis dynamic (``dynamic_shapes``); time fixed to
+    ``example_time`` because torch.export specializes it (see module doc).
+    ``example_batch`` must be >= 2: torch.export specializes sizes 0 and 1.
+    """
+    module = _module(spec)
+    feeds = spec.make_inputs(np.random.default_rng(0), example_batch, example_time)
+    args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
+    axes = spec.axes()
+    quiet = contextlib.redirect_stdout(io.StringIO())  # dynamo prints progress lines
+    with quiet, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            buf = io.BytesIO()
+            torch.onnx.export(module, args, buf, dynamo=False, opset_version=opset,
+                              input_names=list(spec.input_names), output_names=list(spec.output_names),
+                              dynamic_axes={n: dict(a) for n, a in axes.items()})
+            return buf.getvalue()
+        if exporter == "dynamo":
+            # The first nn.GRU export in a process comes back with the batch axis
+            # specialized (see module doc); the same call again keeps it dynamic.
+            for _attempt in range(2):
+                proto = _dynamo_export(module, args, spec, opset)
+                if _batch_axes_symbolic(proto, axes):
+                    return proto.SerializeToString()
+            raise RuntimeError(f"dynamo export of {spec.name} kept a static batch axis twice")
+    raise ValueError(f"unknown exporter {exporter!r}; expected 'torchscript' or 'dynamo'")
+
+
+def _dynamo_export(module: nn.Module, args: tuple, spec, opset: int) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch")
+    shapes = {n: {ax: batch for ax, role in spec.axes()[n].items() if role == BATCH}
+              for n in spec.input_names}
+    program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
+                                input_names=list(spec.input_names),
+                                output_names=list(spec.output_names),
+                                dynamic_shapes=shapes, verbose=False)
+    return program.model_proto
+
+
+def _batch_axes_symbolic(proto: onnx.ModelProto, axes: dict[str, dict[int, str]]) -> bool:
+    for value in proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        for ax, role in axes.get(value.name, {}).items():
+            if role == BATCH and not dims[ax].dim_param:
+                return False
+    return True
+
+
+def onnx_op_types(model_bytes: bytes) -> Counter:
+    """How many nodes of each op type the model has, nested subgraphs included."""
+    counts: Counter = Counter()
+
+    def walk(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            counts[node.op_type] += 1
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g)
+                for sub in attr.graphs:
+                    walk(sub)
+
+    walk(onnx.load_from_string(model_bytes).graph)
+    return counts
