@@ -20,18 +20,18 @@ class ValueInfo:
     name: str
     dtype: np.dtype | None = None
     shape: tuple[int | str | None, ...] | None = None
-    kind: str = "tensor"  # "tensor" | "sequence" | "optional"
+    kind: str = "tensor"  # "tensor" | "sequence" | "optional" | "optional_sequence"
 
     def type_string(self) -> str:
         """The type as onnxruntime prints it, e.g. ``tensor(float)``."""
         from .dtypes import onnx_type_name
 
         inner = f"tensor({onnx_type_name(self.dtype)})"
-        if self.kind == "sequence":
-            return f"seq({inner})"
-        if self.kind == "optional":
-            return f"optional({inner})"
-        return inner
+        return {
+            "sequence": f"seq({inner})",
+            "optional": f"optional({inner})",
+            "optional_sequence": f"optional(seq({inner}))",
+        }.get(self.kind, inner)
 
 
 @dataclass

@@ -67,6 +67,15 @@ class Model:
         self._inputs = list(graph.inputs)
         self._outputs = list(graph.outputs)
         self._input_by_name = {vi.name: vi for vi in self._inputs}
+        self._wanted_cache: dict[Any, tuple[int, ...]] = {}
+        # Fast acceptance test per input: (name, dtype, rank, fixed dims); anything
+        # that fails it goes through the full check, which explains the problem.
+        self._fast_checks = [
+            (vi.name, vi.dtype, len(vi.shape), tuple((i, d) for i, d in enumerate(vi.shape) if isinstance(d, int)))
+            for vi in self._inputs
+            if vi.kind == "tensor" and vi.dtype is not None and vi.dtype != np.dtype(object) and vi.shape is not None
+        ]
+        self._all_fast = len(self._fast_checks) == len(self._inputs)
 
     # -- onnxruntime-compatible surface -----------------------------------
     @property
@@ -152,6 +161,16 @@ class Model:
 
     # -- validation ------------------------------------------------------
     def _wanted(self, output_names: Sequence[str] | None) -> tuple[int, ...]:
+        key = None if output_names is None else tuple(output_names) if isinstance(output_names, (list, tuple)) else 0
+        cached = self._wanted_cache.get(key)
+        if cached is not None:
+            return cached
+        wanted = self._resolve_wanted(output_names)
+        if key != 0 and len(self._wanted_cache) < 64:
+            self._wanted_cache[key] = wanted
+        return wanted
+
+    def _resolve_wanted(self, output_names: Sequence[str] | None) -> tuple[int, ...]:
         if output_names is None or len(output_names) == 0:
             output_names = self.output_names
         elif isinstance(output_names, str):
@@ -174,6 +193,18 @@ class Model:
             raise InvalidInputError(
                 f"unknown input name(s) {unknown}; the model's inputs are {self.input_names}"
             )
+        if self._all_fast and len(input_feed) == len(self._fast_checks):
+            feeds = []
+            for name, dtype, rank, fixed in self._fast_checks:
+                value = input_feed.get(name)
+                if value.__class__ is not np.ndarray or value.dtype != dtype or value.ndim != rank:
+                    break
+                shape = value.shape
+                if any(shape[i] != d for i, d in fixed):
+                    break
+                feeds.append(value)
+            else:
+                return feeds
         feeds = []
         for vi in self._inputs:
             if vi.name not in input_feed:
@@ -186,13 +217,13 @@ class Model:
 
 
 def _check_input(vi: ValueInfo, value: Any) -> Any:
-    if vi.kind == "sequence":
+    if vi.kind in ("optional", "optional_sequence") and value is None:
+        return None
+    if vi.kind in ("sequence", "optional_sequence"):
         if not isinstance(value, (list, tuple)):
             raise InvalidInputError(f"input '{vi.name}': expected a sequence (list of arrays), got {type(value).__name__}")
         return [_check_tensor(vi, np.asarray(v), f"input '{vi.name}' element {i}", check_shape=False)
                 for i, v in enumerate(value)]
-    if vi.kind == "optional" and value is None:
-        return None
     if not isinstance(value, np.ndarray):
         value = np.asarray(value)
     return _check_tensor(vi, value, f"input '{vi.name}'", check_shape=True)

@@ -231,6 +231,10 @@ def _attribute(attr: onnx.AttributeProto, opsets, value_info, source: str, where
         return [_decode(v) for v in attr.strings]
     if kind == A.TENSORS:
         return [_tensor(t, where) for t in attr.tensors]
+    if kind == A.TYPE_PROTO:
+        return _type_info("", attr.tp, where)
+    if kind == A.TYPE_PROTOS:
+        return [_type_info("", tp, where) for tp in attr.type_protos]
     if kind == A.GRAPHS:
         return [_convert_graph(sub, opsets, value_info, source) for sub in attr.graphs]
     raise UnsupportedModelError(f"{where}: attribute type {A.AttributeType.Name(kind)} is not supported")
@@ -268,21 +272,24 @@ def _sparse_tensor(st: onnx.SparseTensorProto, where: str) -> np.ndarray:
 
 
 def _value_info(vi: onnx.ValueInfoProto, where: str) -> ValueInfo:
-    t = vi.type
+    return _type_info(vi.name, vi.type, where)
+
+
+def _type_info(name: str, t: onnx.TypeProto, where: str) -> ValueInfo:
+    """ValueInfo of a TypeProto: tensor, seq(tensor), optional(tensor | seq(tensor))."""
     kind = "tensor"
     which = t.WhichOneof("value")
-    if which == "sequence_type":
-        kind, t = "sequence", t.sequence_type.elem_type
-    elif which == "optional_type":
+    if which == "optional_type":
         kind, t = "optional", t.optional_type.elem_type
-        if t.WhichOneof("value") == "sequence_type":
-            t = t.sequence_type.elem_type
+        which = t.WhichOneof("value")
+    if which == "sequence_type":
+        kind, t = ("optional_sequence" if kind == "optional" else "sequence"), t.sequence_type.elem_type
     elif which not in ("tensor_type", None):
-        raise UnsupportedModelError(f"{where}, value '{vi.name}': type '{which}' is not supported")
+        raise UnsupportedModelError(f"{where}, value '{name}': type '{which}' is not supported")
     if t.WhichOneof("value") != "tensor_type":
-        return ValueInfo(vi.name, None, None, kind)
+        return ValueInfo(name, None, None, kind)
     tt = t.tensor_type
-    dtype = numpy_dtype(tt.elem_type, f"{where}, value '{vi.name}'") if tt.elem_type else None
+    dtype = numpy_dtype(tt.elem_type, f"{where}, value '{name}'") if tt.elem_type else None
     shape = None
     if tt.HasField("shape"):
         dims: list[int | str | None] = []
@@ -294,4 +301,4 @@ def _value_info(vi: onnx.ValueInfoProto, where: str) -> ValueInfo:
             else:
                 dims.append(None)
         shape = tuple(dims)
-    return ValueInfo(vi.name, dtype, shape, kind)
+    return ValueInfo(name, dtype, shape, kind)

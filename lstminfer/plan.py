@@ -62,6 +62,10 @@ class Plan:
                 "initializer or input"
             )
         self._constants = constants
+        # Every run starts from a copy of this: constants in place, the rest empty.
+        self._template: list[Any] = [None] * len(self._slots)
+        for slot, value in constants.items():
+            self._template[slot] = value
         self._feed_slots = [self._slots[n] for n in feeds]
         self._output_slots = [self._slots[n] for n in self.output_names]
         self._schedules: dict[tuple[int, ...], tuple[tuple[Step, tuple[int, ...]], ...]] = {}
@@ -145,9 +149,7 @@ class Plan:
 
     def execute(self, feeds: Sequence[Any], wanted: tuple[int, ...]) -> list[Any]:
         """Run with ``feeds`` (inputs then outer-scope values, in order)."""
-        values: list[Any] = [None] * len(self._slots)
-        for slot, value in self._constants.items():
-            values[slot] = value
+        values = self._template.copy()
         for slot, value in zip(self._feed_slots, feeds):
             values[slot] = value
         for step, frees in self.schedule(wanted):

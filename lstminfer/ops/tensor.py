@@ -617,6 +617,11 @@ def _pad(node: Node, x: np.ndarray, pads: list[int], mode: str, value: Any,
         return np.pad(x, widths, mode="constant", constant_values=value)
     if x.size == 0:
         raise fail(node, f"mode '{mode}' cannot pad an empty tensor (shape {x.shape})")
+    if mode == "reflect":  # a reflection cannot reach past the opposite edge
+        for a, (b, e) in enumerate(widths):
+            if max(b, e) > x.shape[a] - 1:
+                raise fail(node, f"reflect pads ({b}, {e}) exceed {x.shape[a] - 1}, the most "
+                                 f"an axis of length {x.shape[a]} allows")
     return np.pad(x, widths, mode=mode)
 
 

@@ -1,0 +1,288 @@
+"""``lstminfer demo``: the bundled model end to end, in a few seconds.
+
+With no argument: load the default bundled model (the adding-problem LSTM),
+score it on fresh task data, stream one sequence step by step and check the
+streamed outputs equal the whole-sequence ones, print per-step latency and,
+when onnxruntime is installed, its latency and max abs difference.
+``--model NAME_OR_PATH`` does the same for another bundled model or for any
+model exported by ``tools/train.py`` (the task is read from its metadata);
+for other models it prints ``info`` and a timing. Exit 1 if a check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+STREAM_TOLERANCE = 1e-5       # streamed vs whole-sequence, same runtime
+ONNXRUNTIME_TOLERANCE = 1e-4  # lstminfer vs onnxruntime (different summation orders)
+
+
+@dataclass
+class DemoModel:
+    path: str
+    label: str
+    metadata: dict           # the NAME.json next to the model, or {}
+    task_name: str | None
+    seq_len: int | None
+    states: dict[str, str]   # state input -> state output fed back into it
+
+
+def add_demo_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``demo`` on the ``lstminfer`` command's subparsers."""
+    parser = subparsers.add_parser(
+        "demo", help="run a bundled model end to end: task metric, streaming, latency",
+        description=__doc__.split("\n\n")[1],
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run_demo)
+    return parser
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from . import models
+
+    parser.add_argument("--model", metavar="NAME_OR_PATH",
+                        help=f"bundled model ({', '.join(models.available()) or 'none'}) or an .onnx file "
+                             f"(default: {models.DEFAULT})")
+    parser.add_argument("--backend", default="auto", help="lstminfer backend (default: auto)")
+    parser.add_argument("--batch", type=int, default=1000, help="sequences scored (default: 1000)")
+    parser.add_argument("--seq-len", type=int, help="sequence length (default: the one it was trained on)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated task data (default: 0)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the demo on its own: ``python -c "from lstminfer.demo import main; main()"``."""
+    parser = argparse.ArgumentParser(prog="lstminfer demo", description=__doc__.split("\n\n")[1])
+    _add_arguments(parser)
+    args = parser.parse_args(argv)
+    from .errors import LstminferError
+
+    try:
+        return run_demo(args)
+    except (LstminferError, FileNotFoundError) as e:
+        print(f"lstminfer demo: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import lstminfer
+
+    if args.batch < 1 or (args.seq_len is not None and args.seq_len < 1):
+        raise lstminfer.InvalidArgumentError("--batch and --seq-len must be >= 1")
+    start = time.perf_counter()
+    demo = _resolve(args.model)
+    model = lstminfer.load(demo.path, backend=args.backend)
+    load_ms = 1e3 * (time.perf_counter() - start)
+    print(f"lstminfer demo: {demo.label}")
+    print(f"  loaded in {load_ms:.0f} ms, backend {model.backend}")
+    if not _task_is_runnable(demo, model):
+        return _info_and_timing(model)
+    return _task_demo(demo, model, args, start)
+
+
+# -- which model, which task --------------------------------------------------
+def _resolve(requested: str | None) -> DemoModel:
+    from . import models
+
+    if requested is None or (requested in models.available() and not Path(requested).exists()):
+        name = requested or models.DEFAULT
+        path, metadata, label = models.path(name), models.metadata(name), f"{name} (bundled)"
+    else:
+        path = requested
+        if not Path(path).is_file():
+            raise FileNotFoundError(
+                f"no model file '{path}' (bundled models: {', '.join(models.available()) or 'none'})"
+            )
+        sidecar = Path(path).with_suffix(".json")
+        metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+        label = path
+    return DemoModel(path, label, metadata, metadata.get("task"), metadata.get("seq_len"), {})
+
+
+def _task_is_runnable(demo: DemoModel, model) -> bool:
+    """Fill in the task from the ONNX metadata (written by tools/train.py) and check the wiring."""
+    from . import tasks
+
+    props = model.get_modelmeta().custom_metadata_map
+    demo.task_name = demo.task_name or props.get("lstminfer.task")
+    if demo.seq_len is None and props.get("lstminfer.seq_len", "").isdigit():
+        demo.seq_len = int(props["lstminfer.seq_len"])
+    try:
+        demo.states = json.loads(props.get("lstminfer.state", "{}"))
+    except json.JSONDecodeError:
+        demo.states = {}
+    if demo.task_name not in tasks.TASKS:
+        return False
+    wanted_inputs = {"x", *demo.states}
+    wanted_outputs = {"y", *demo.states.values()}
+    return set(model.input_names) == wanted_inputs and wanted_outputs <= set(model.output_names)
+
+
+# -- the task demo ------------------------------------------------------------
+def _task_demo(demo: DemoModel, model, args, start: float) -> int:
+    from . import tasks
+
+    task = tasks.get(demo.task_name)
+    seq_len = args.seq_len or demo.seq_len or task.default_seq_len
+    _print_provenance(demo, task)
+    rng = np.random.default_rng(args.seed)
+    x, target = task.sample(args.batch, seq_len, rng)
+    failures = []
+
+    t0 = time.perf_counter()
+    predicted = model.predict(x=x, **_zero_states(model, demo, len(x)))
+    predict_ms = 1e3 * (time.perf_counter() - t0)
+    scores = task.score(task.answer(predicted["y"]), target, x)
+    print(f"  metric on {args.batch} fresh sequences: {task.summary(scores, seq_len)}")
+    failures += _compare_with_training(demo, task, scores, seq_len)
+    print(f"  predict on the batch [{args.batch}, {seq_len}, {task.input_size}]: {predict_ms:.1f} ms")
+
+    one = x[:1]
+    whole, stream_steps, stream_diff = _stream_check(model.run, model, demo, one)
+    ok = stream_diff <= STREAM_TOLERANCE
+    print(f"  streaming 1 sequence, {seq_len} steps one at a time (state outputs fed back as inputs): "
+          f"streamed == whole-sequence: {'yes' if ok else 'NO'}, max abs diff {stream_diff:.1e}")
+    if not ok:
+        failures.append(f"streamed outputs differ from whole-sequence ones by {stream_diff:.3g}")
+    whole_ms = _median_ms(lambda: model.run(None, _feeds(model, demo, one)))
+    print(f"  latency lstminfer ({model.backend}): {_fmt_us(stream_steps)}/step streaming (median), "
+          f"whole sequence {whole_ms:.2f} ms")
+
+    failures += _onnxruntime_comparison(demo, model, one, x, predicted)
+    total = time.perf_counter() - start
+    if failures:
+        print(f"FAILED ({total:.1f} s): " + "; ".join(failures))
+        return 1
+    print(f"all checks passed ({total:.1f} s)")
+    return 0
+
+
+def _print_provenance(demo: DemoModel, task) -> None:
+    meta = demo.metadata
+    cell = meta.get("cell", "").upper()
+    size = f", hidden {meta['hidden_size']}" if "hidden_size" in meta else ""
+    print(f"  task: {task.title}; model: {cell or 'recurrent'}{size}")
+    training = meta.get("training", {})
+    if meta.get("command"):
+        where = f" on {training['device']}" if training.get("device") else ""
+        steps = f", {training['steps']} steps, {training['seconds']:.0f} s" if "steps" in training else ""
+        print(f"  trained with `{meta['command']}`{where}{steps}")
+
+
+def _compare_with_training(demo: DemoModel, task, scores: dict, seq_len: int) -> list[str]:
+    metric = demo.metadata.get("metric", {})
+    if "value" not in metric or "margin" not in metric or seq_len != demo.metadata.get("seq_len"):
+        return []
+    value, margin, got = metric["value"], metric["margin"], scores[task.metric]
+    ok = abs(got - value) <= margin
+    print(f"  {task.metric} when trained: {value:.4g} (documented margin +/- {margin:g}); "
+          f"now {got:.4g}: {'ok' if ok else 'OUT OF MARGIN'}")
+    return [] if ok else [f"{task.metric} {got:.4g} is not within {margin:g} of the trained {value:.4g}"]
+
+
+def _zero_states(model, demo: DemoModel, batch: int) -> dict[str, np.ndarray]:
+    states = {}
+    for arg in model.get_inputs():
+        if arg.name in demo.states:
+            shape = [batch if not isinstance(d, int) else d for d in arg.shape]
+            states[arg.name] = np.zeros(shape, np.float32)
+    return states
+
+
+def _feeds(model, demo: DemoModel, x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"x": x, **_zero_states(model, demo, len(x))}
+
+
+def _stream_check(run, model, demo: DemoModel, x: np.ndarray) -> tuple[list, list[float], float]:
+    """Whole-sequence outputs, per-step seconds, and max abs diff streamed vs whole (y and final states)."""
+    names = ["y", *demo.states.values()]
+    whole = dict(zip(names, run(names, _feeds(model, demo, x))))
+    feeds = _feeds(model, demo, x)
+    pieces, seconds = [], []
+    for t in range(x.shape[1]):
+        feeds["x"] = x[:, t:t + 1]
+        t0 = time.perf_counter()
+        out = dict(zip(names, run(names, feeds)))
+        seconds.append(time.perf_counter() - t0)
+        pieces.append(out["y"])
+        for state_in, state_out in demo.states.items():
+            feeds[state_in] = out[state_out]
+    streamed = {"y": np.concatenate(pieces, axis=1), **{n: out[n] for n in demo.states.values()}}
+    diff = max(float(np.max(np.abs(streamed[n] - whole[n]))) for n in names)
+    return whole, seconds, diff
+
+
+def _onnxruntime_comparison(demo: DemoModel, model, one: np.ndarray, x: np.ndarray, predicted: dict) -> list[str]:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("  onnxruntime: not installed (pip install onnxruntime to compare latency and outputs)")
+        return []
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # like-for-like with lstminfer's single-threaded step
+    session = ort.InferenceSession(demo.path, options, providers=["CPUExecutionProvider"])
+    _, steps, _ = _stream_check(session.run, model, demo, one)
+    whole_ms = _median_ms(lambda: session.run(None, _feeds(model, demo, one)))
+    theirs = session.run(None, _feeds(model, demo, x))
+    diff = max(float(np.max(np.abs(predicted[name] - value))) for name, value in zip(session_outputs(session), theirs))
+    ok = diff <= ONNXRUNTIME_TOLERANCE
+    print(f"  latency onnxruntime {ort.__version__} (1 thread): {_fmt_us(steps)}/step streaming (median), "
+          f"whole sequence {whole_ms:.2f} ms")
+    print(f"  onnxruntime vs lstminfer on the batch: max abs diff {diff:.1e} "
+          f"({'ok' if ok else 'TOO LARGE'}, tolerance {ONNXRUNTIME_TOLERANCE:g})")
+    return [] if ok else [f"lstminfer and onnxruntime differ by {diff:.3g}"]
+
+
+def session_outputs(session) -> list[str]:
+    return [o.name for o in session.get_outputs()]
+
+
+# -- any other model: info and a timing -----------------------------------------
+def _info_and_timing(model) -> int:
+    from .summary import format_info
+
+    print("  task unknown (no lstminfer.task metadata): showing info and a timing")
+    print(format_info(model))
+    feeds = {}
+    for arg in model.get_inputs():
+        if not arg.type.startswith("tensor("):
+            print(f"timing: skipped (input '{arg.name}' is {arg.type}, not a tensor)")
+            return 0
+        feeds[arg.name] = _synthetic(arg)
+    shapes = ", ".join(f"{n} {list(v.shape)}" for n, v in feeds.items())
+    ms = _median_ms(lambda: model.run(None, feeds))
+    print(f"timing: one run on random inputs ({shapes}): {ms:.2f} ms (median of 5)")
+    return 0
+
+
+def _synthetic(arg) -> np.ndarray:
+    """Random input for a NodeArg; symbolic batch dims get 1, other unknown dims 16."""
+    shape = [d if isinstance(d, int) else (1 if "batch" in str(d).lower() else 16) for d in arg.shape]
+    name = arg.type[len("tensor("):-1]
+    dtype = {"float": np.float32, "double": np.float64, "string": object}.get(name) or np.dtype(name)
+    if np.dtype(dtype).kind == "f":
+        return (0.5 * np.random.default_rng(0).standard_normal(shape)).astype(dtype)
+    if dtype is object:
+        return np.full(shape, "", dtype=object)
+    return np.zeros(shape, dtype)
+
+
+# -- timing helpers -------------------------------------------------------------
+def _median_ms(fn, repeats: int = 5) -> float:
+    fn()  # warm-up (first-call compilation and caches)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+def _fmt_us(seconds: list[float]) -> str:
+    return f"{1e6 * float(np.median(seconds)):.0f} us"

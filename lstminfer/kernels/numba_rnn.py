@@ -1,0 +1,500 @@
+"""Numba kernels for whole LSTM, GRU and RNN sequences, gates fused.
+
+One call runs a whole node: for each direction, the input projection of all
+time steps as one matrix product (``xp = X . W^T + bias``), then the time loop
+with, per step, one product ``gates = h . R^T`` and one fused pass over the
+hidden units (gate activations, cell update, peepholes, clip, input_forget,
+sequence_lens masking, linear_before_reset). No Python per step and no
+allocation: the state and gate buffers are carved out of ``scratch``.
+
+Hidden units are split into ``nblocks`` blocks (``packing.unit_blocks``);
+the ``_parallel`` drivers give each block to its own core with ``prange``
+(its rows of W and R stay in that core's cache), the serial ones loop.
+The hidden state is double-buffered (``hbuf[cur]`` -> ``hbuf[1 - cur]``)
+because every block reads all of h_prev while the others write h_next.
+
+Default activations take a fully fused, vectorized loop; any other
+combination runs the same steps as a few vectorized passes per row.
+
+Arguments shared by the drivers (types in ``driver_signature``):
+  X [T, B, I] (time_major) or [B, T, I]; lens int32 [B] (used if has_lens);
+  h0 (c0) [D, B, H] (used if has_h0/has_c0); Y [T, D, B, H]; states
+  [S, D, B, H] (S = 2 for LSTM: h, c); wbuf/table/fparams from the packing
+  (see ``table_layout``); scratch of ``scratch_size(T, B, G, H)`` floats.
+Return 0, or 1 when sequence_lens holds a value outside [0, T] (nothing
+written then: the caller reports the error).
+"""
+from __future__ import annotations
+
+import types as pytypes
+
+import numpy as np
+from numba import prange, types
+
+from .numba_config import jit, jit_parallel
+from .numba_math import (
+    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, fast_sigmoid, fast_tanh, matmul_nt,
+)
+from .packing import SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_W
+
+NUM_SEGMENTS = 5
+ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_ALIGN = 16
+
+
+# ------------------------------------------------------------ buffers --
+
+def _padded(n):
+    return (n + _ALIGN - 1) // _ALIGN * _ALIGN
+
+
+def _scratch_size(T, B, G, H):
+    # xp [T*B, G*H], gates [B, G*H], hbuf [2, B, H], c [B, H], rh [B, H]
+    return _padded(T * B * G * H) + _padded(B * G * H) + _padded(2 * B * H) + 2 * _padded(B * H)
+
+
+scratch_size = _scratch_size  # plain Python for the callers
+_padded_nb = jit(_padded)
+_scratch_size_nb = jit(_scratch_size)
+
+
+@jit
+def _carve(scratch, T, B, G, H):
+    o = 0
+    xp = scratch[o: o + T * B * G * H].reshape((T * B, G * H))
+    o += _padded_nb(T * B * G * H)
+    gates = scratch[o: o + B * G * H].reshape((B, G * H))
+    o += _padded_nb(B * G * H)
+    hbuf = scratch[o: o + 2 * B * H].reshape((2, B, H))
+    o += _padded_nb(2 * B * H)
+    c = scratch[o: o + B * H].reshape((B, H))
+    o += _padded_nb(B * H)
+    rh = scratch[o: o + B * H].reshape((B, H))
+    return xp, gates, hbuf, c, rh
+
+
+def table_layout(nblocks: int, D: int, acts_per_direction: int) -> tuple[int, int, int]:
+    """Where the int64 table keeps unit block edges, segment offsets and activation codes."""
+    edges_at = 0
+    offsets_at = nblocks + 1
+    codes_at = offsets_at + D * NUM_SEGMENTS
+    return edges_at, offsets_at, codes_at + D * acts_per_direction
+
+
+@jit
+def _segment(wbuf, table, nblocks, d, which, n):
+    start = table[nblocks + 1 + d * NUM_SEGMENTS + which]
+    return wbuf[start: start + n]
+
+
+@jit
+def _clamp(x, clip):
+    return min(max(x, -clip), clip)
+
+
+@jit
+def _check_lens(lens, has_lens, T):
+    if has_lens:
+        for b in range(lens.shape[0]):
+            if lens[b] < 0 or lens[b] > T:
+                return 1
+    return 0
+
+
+@jit
+def _init_state(dst, src, has_src, d):
+    B, H = dst.shape
+    for b in range(B):
+        for j in range(H):
+            dst[b, j] = src[d, b, j] if has_src else ZERO
+
+
+@jit
+def _project(X2, wW, bias_x, xp, table, nblocks, k, G):
+    u0 = table[k]
+    u1 = table[k + 1]
+    matmul_nt(X2, wW, G * u0, G * u1, xp, G * u0, bias_x, True)
+
+
+@jit
+def _finish_row(hn_row, hp_row, active, Y, t, d, b, u0, u1):
+    """Y for this step; an inactive row keeps its state and writes zeros."""
+    if active:
+        for j in range(u0, u1):
+            Y[t, d, b, j] = hn_row[j]
+    else:
+        for j in range(u0, u1):
+            hn_row[j] = hp_row[j]
+            Y[t, d, b, j] = ZERO
+
+
+# --------------------------------------------------------------- LSTM --
+
+@jit
+def _lstm_cells_default(xr, gr, hn, cr, Pi, Pf, Po, u0, bs, cb, clip, ff):
+    """Sigmoid/Tanh/Tanh: every gate, the cell and h in one vectorized loop."""
+    ib = cb
+    fb = cb + bs
+    gb = cb + 2 * bs
+    ob = cb + 3 * bs
+    for jj in range(bs):
+        j = u0 + jj
+        cp = cr[j]
+        it = fast_sigmoid(_clamp(xr[ib + jj] + gr[ib + jj] + Pi[j] * cp, clip))
+        ft = fast_sigmoid(_clamp(xr[fb + jj] + gr[fb + jj] + Pf[j] * cp, clip))
+        ft = ff * (ONE - it) + (ONE - ff) * ft  # ff = 1: input_forget couples f to i
+        gt = fast_tanh(_clamp(xr[gb + jj] + gr[gb + jj], clip))
+        ct = ft * cp + it * gt
+        ot = fast_sigmoid(_clamp(xr[ob + jj] + gr[ob + jj] + Po[j] * ct, clip))  # peephole on new C
+        cr[j] = ct
+        hn[j] = ot * fast_tanh(ct)
+
+
+@jit
+def _lstm_cells_generic(xr, gr, hn, cr, Pi, Pf, Po, u0, bs, cb, clip, input_forget,
+                        cf, af, bf, cg, ag, bg, ch, ah, bh):
+    """Any activations: the same equations as vectorized passes over the row."""
+    ib = cb
+    fb = cb + bs
+    gb = cb + 2 * bs
+    ob = cb + 3 * bs
+    for jj in range(bs):
+        cp = cr[u0 + jj]
+        gr[ib + jj] = _clamp(xr[ib + jj] + gr[ib + jj] + Pi[u0 + jj] * cp, clip)
+        gr[fb + jj] = _clamp(xr[fb + jj] + gr[fb + jj] + Pf[u0 + jj] * cp, clip)
+        gr[gb + jj] = _clamp(xr[gb + jj] + gr[gb + jj], clip)
+    activate_inplace(gr[ib: ib + bs], cf, af, bf)
+    if not input_forget:
+        activate_inplace(gr[fb: fb + bs], cf, af, bf)
+    activate_inplace(gr[gb: gb + bs], cg, ag, bg)
+    for jj in range(bs):
+        j = u0 + jj
+        it = gr[ib + jj]
+        ft = ONE - it if input_forget else gr[fb + jj]
+        ct = ft * cr[j] + it * gr[gb + jj]
+        cr[j] = ct
+        gr[ob + jj] = _clamp(xr[ob + jj] + gr[ob + jj] + Po[j] * ct, clip)
+        hn[j] = ct
+    activate_inplace(gr[ob: ob + bs], cf, af, bf)
+    activate_inplace(hn[u0: u0 + bs], ch, ah, bh)
+    for jj in range(bs):
+        hn[u0 + jj] *= gr[ob + jj]
+
+
+@jit
+def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, peep, u0, u1, t, lens, has_lens, Y, d, clip,
+                input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh):
+    bs = u1 - u0
+    cb = 4 * u0
+    matmul_nt(hp, wR, cb, cb + 4 * bs, gates, cb, peep[0], False)
+    ff = ONE if input_forget else ZERO
+    for b in range(hp.shape[0]):
+        active = (not has_lens) or t < lens[b]
+        if active:
+            xr = xp[r0 + b * rb]
+            if default:
+                _lstm_cells_default(xr, gates[b], hn[b], c[b], peep[0], peep[1], peep[2], u0, bs, cb, clip, ff)
+            else:
+                _lstm_cells_generic(xr, gates[b], hn[b], c[b], peep[0], peep[1], peep[2], u0, bs, cb, clip,
+                                    input_forget, cf, af, bf, cg, ag, bg, ch, ah, bh)
+        _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
+
+
+def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
+                   D, nblocks, reverse_first, input_forget, time_major, clip):
+    T = X.shape[0] if time_major else X.shape[1]
+    B = X.shape[1] if time_major else X.shape[0]
+    I = X.shape[2]
+    H = states.shape[3]
+    G = 4
+    if _check_lens(lens, has_lens, T):
+        return 1
+    X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    clip32 = F32(clip)
+    xp, gates, hbuf, c, _ = _carve(scratch, T, B, G, H)
+    codes_at = nblocks + 1 + D * NUM_SEGMENTS
+    for d in range(D):
+        reverse = reverse_first or d == 1
+        wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
+        wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
+        bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
+        peep = _segment(wbuf, table, nblocks, d, SEG_PEEP, 3 * H).reshape((3, H))
+        a = codes_at + 3 * d
+        cf, cg, ch = table[a], table[a + 1], table[a + 2]
+        p = 6 * d
+        af, bf, ag, bg, ah, bh = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3], fparams[p + 4], fparams[p + 5]
+        default = cf == SIGMOID and cg == TANH and ch == TANH
+        for k in prange(nblocks):
+            _project(X2, wW, bias_x, xp, table, nblocks, k, G)
+        _init_state(hbuf[0], h0, has_h0, d)
+        _init_state(c, c0, has_c0, d)
+        cur = 0
+        for step in range(T):
+            t = T - 1 - step if reverse else step
+            r0 = t * B if time_major else t
+            rb = 1 if time_major else T
+            hp = hbuf[cur]
+            hn = hbuf[1 - cur]
+            for k in prange(nblocks):
+                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, peep, table[k], table[k + 1], t, lens, has_lens,
+                            Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh)
+            cur = 1 - cur
+        for b in range(B):
+            for j in range(H):
+                states[0, d, b, j] = hbuf[cur, b, j]
+                states[1, d, b, j] = c[b, j]
+    return 0
+
+
+# ---------------------------------------------------------------- GRU --
+
+@jit
+def _gru_gates_zr(xr, gr, hp, rh, u0, bs, cb, clip, default, cf, af, bf):
+    """z (kept in gr) and r * h_prev (into rh) for linear_before_reset = 0."""
+    zb = cb
+    rb_ = cb + bs
+    if default:
+        for jj in range(bs):
+            gr[zb + jj] = fast_sigmoid(_clamp(xr[zb + jj] + gr[zb + jj], clip))
+            rt = fast_sigmoid(_clamp(xr[rb_ + jj] + gr[rb_ + jj], clip))
+            rh[u0 + jj] = rt * hp[u0 + jj]
+    else:
+        for jj in range(2 * bs):
+            gr[zb + jj] = _clamp(xr[zb + jj] + gr[zb + jj], clip)
+        activate_inplace(gr[zb: zb + 2 * bs], cf, af, bf)
+        for jj in range(bs):
+            rh[u0 + jj] = gr[rb_ + jj] * hp[u0 + jj]
+
+
+@jit
+def _gru_output(xr, gr, hp, hn, u0, bs, cb, clip, default, cg, ag, bg):
+    """h~ = g(x_h + gr_h) and H = (1 - z) h~ + z h_prev (gr_h holds the recurrent part)."""
+    zb = cb
+    hb = cb + 2 * bs
+    if default:
+        for jj in range(bs):
+            ht = fast_tanh(_clamp(xr[hb + jj] + gr[hb + jj], clip))
+            zt = gr[zb + jj]
+            hn[u0 + jj] = (ONE - zt) * ht + zt * hp[u0 + jj]
+    else:
+        for jj in range(bs):
+            gr[hb + jj] = _clamp(xr[hb + jj] + gr[hb + jj], clip)
+        activate_inplace(gr[hb: hb + bs], cg, ag, bg)
+        for jj in range(bs):
+            zt = gr[zb + jj]
+            hn[u0 + jj] = (ONE - zt) * gr[hb + jj] + zt * hp[u0 + jj]
+
+
+@jit
+def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, bias_rh, u0, u1, t, lens, has_lens, Y, d, clip, lbr,
+                default, cf, af, bf, cg, ag, bg):
+    """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev)."""
+    bs = u1 - u0
+    cb = 3 * u0
+    ncols = 3 * bs if lbr else 2 * bs
+    matmul_nt(hp, wR, cb, cb + ncols, gates, cb, bias_rh, False)
+    for b in range(hp.shape[0]):
+        active = (not has_lens) or t < lens[b]
+        gr = gates[b]
+        if active:
+            xr = xp[r0 + b * rb]
+            if lbr:  # r multiplies (h_prev . Rh^T + Rbh)
+                hb = cb + 2 * bs
+                for jj in range(bs):
+                    gr[hb + jj] = gr[hb + jj] + bias_rh[u0 + jj]
+                if default:
+                    zb = cb
+                    rb_ = cb + bs
+                    for jj in range(bs):
+                        zt = fast_sigmoid(_clamp(xr[zb + jj] + gr[zb + jj], clip))
+                        rt = fast_sigmoid(_clamp(xr[rb_ + jj] + gr[rb_ + jj], clip))
+                        ht = fast_tanh(_clamp(xr[hb + jj] + rt * gr[hb + jj], clip))
+                        hn[b, u0 + jj] = (ONE - zt) * ht + zt * hp[b, u0 + jj]
+                else:
+                    for jj in range(2 * bs):
+                        gr[cb + jj] = _clamp(xr[cb + jj] + gr[cb + jj], clip)
+                    activate_inplace(gr[cb: cb + 2 * bs], cf, af, bf)
+                    for jj in range(bs):  # fold r into the recurrent part, then the common output
+                        gr[hb + jj] = gr[cb + bs + jj] * gr[hb + jj]
+                    _gru_output(xr, gr, hp[b], hn[b], u0, bs, cb, clip, False, cg, ag, bg)
+            else:
+                _gru_gates_zr(xr, gr, hp[b], rh[b], u0, bs, cb, clip, default, cf, af, bf)
+        else:
+            for j in range(u0, u1):
+                rh[b, j] = ZERO
+        if lbr:
+            _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
+
+
+@jit
+def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, u0, u1, t, lens, has_lens, Y, d, clip, default, cg, ag, bg):
+    bs = u1 - u0
+    cb = 3 * u0
+    hb = cb + 2 * bs
+    matmul_nt(rh, wR, hb, hb + bs, gates, hb, rh[0], False)
+    for b in range(hp.shape[0]):
+        active = (not has_lens) or t < lens[b]
+        if active:
+            _gru_output(xp[r0 + b * rb], gates[b], hp[b], hn[b], u0, bs, cb, clip, default, cg, ag, bg)
+        _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
+
+
+def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
+                  D, nblocks, reverse_first, linear_before_reset, time_major, clip):
+    T = X.shape[0] if time_major else X.shape[1]
+    B = X.shape[1] if time_major else X.shape[0]
+    I = X.shape[2]
+    H = states.shape[3]
+    G = 3
+    if _check_lens(lens, has_lens, T):
+        return 1
+    X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    clip32 = F32(clip)
+    xp, gates, hbuf, _, rh = _carve(scratch, T, B, G, H)
+    codes_at = nblocks + 1 + D * NUM_SEGMENTS
+    lbr = linear_before_reset
+    for d in range(D):
+        reverse = reverse_first or d == 1
+        wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
+        wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
+        bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
+        bias_rh = _segment(wbuf, table, nblocks, d, SEG_BIAS_RH, H)
+        a = codes_at + 2 * d
+        cf, cg = table[a], table[a + 1]
+        p = 4 * d
+        af, bf, ag, bg = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3]
+        default = cf == SIGMOID and cg == TANH
+        for k in prange(nblocks):
+            _project(X2, wW, bias_x, xp, table, nblocks, k, G)
+        _init_state(hbuf[0], h0, has_h0, d)
+        cur = 0
+        for step in range(T):
+            t = T - 1 - step if reverse else step
+            r0 = t * B if time_major else t
+            rb = 1 if time_major else T
+            hp = hbuf[cur]
+            hn = hbuf[1 - cur]
+            for k in prange(nblocks):
+                _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, bias_rh, table[k], table[k + 1], t, lens, has_lens,
+                            Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg)
+            if not lbr:
+                for k in prange(nblocks):
+                    _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, table[k], table[k + 1], t, lens, has_lens,
+                                Y, d, clip32, default, cg, ag, bg)
+            cur = 1 - cur
+        for b in range(B):
+            for j in range(H):
+                states[0, d, b, j] = hbuf[cur, b, j]
+    return 0
+
+
+# ---------------------------------------------------------------- RNN --
+
+@jit
+def _rnn_block(xp, r0, rb, gates, hp, hn, wR, u0, u1, t, lens, has_lens, Y, d, clip, cf, af, bf):
+    matmul_nt(hp, wR, u0, u1, gates, u0, hp[0], False)
+    for b in range(hp.shape[0]):
+        active = (not has_lens) or t < lens[b]
+        if active:
+            xr = xp[r0 + b * rb]
+            gr = gates[b]
+            hr = hn[b]
+            if cf == TANH:
+                for j in range(u0, u1):
+                    hr[j] = fast_tanh(_clamp(xr[j] + gr[j], clip))
+            else:
+                for j in range(u0, u1):
+                    hr[j] = _clamp(xr[j] + gr[j], clip)
+                activate_inplace(hr[u0: u1], cf, af, bf)
+        _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
+
+
+def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
+                  D, nblocks, reverse_first, unused_flag, time_major, clip):
+    T = X.shape[0] if time_major else X.shape[1]
+    B = X.shape[1] if time_major else X.shape[0]
+    I = X.shape[2]
+    H = states.shape[3]
+    G = 1
+    if _check_lens(lens, has_lens, T):
+        return 1
+    X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    clip32 = F32(clip)
+    xp, gates, hbuf, _, _ = _carve(scratch, T, B, G, H)
+    codes_at = nblocks + 1 + D * NUM_SEGMENTS
+    for d in range(D):
+        reverse = reverse_first or d == 1
+        wW = _segment(wbuf, table, nblocks, d, SEG_W, H * I).reshape((H, I))
+        wR = _segment(wbuf, table, nblocks, d, SEG_R, H * H).reshape((H, H))
+        bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, H)
+        cf = table[codes_at + d]
+        af, bf = fparams[2 * d], fparams[2 * d + 1]
+        for k in prange(nblocks):
+            _project(X2, wW, bias_x, xp, table, nblocks, k, G)
+        _init_state(hbuf[0], h0, has_h0, d)
+        cur = 0
+        for step in range(T):
+            t = T - 1 - step if reverse else step
+            r0 = t * B if time_major else t
+            rb = 1 if time_major else T
+            hp = hbuf[cur]
+            hn = hbuf[1 - cur]
+            for k in prange(nblocks):
+                _rnn_block(xp, r0, rb, gates, hp, hn, wR, table[k], table[k + 1], t, lens, has_lens,
+                           Y, d, clip32, cf, af, bf)
+            cur = 1 - cur
+        for b in range(B):
+            for j in range(H):
+                states[0, d, b, j] = hbuf[cur, b, j]
+    return 0
+
+
+# ------------------------------------------------------------ drivers --
+
+def _renamed(fn, name):
+    """A copy of ``fn`` under another name: its own Numba cache entry (serial vs parallel)."""
+    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = name
+    copy.__doc__ = fn.__doc__
+    return copy
+
+
+_SOURCES = {"LSTM": _lstm_sequence, "GRU": _gru_sequence, "RNN": _rnn_sequence}
+_DRIVERS: dict[tuple[str, bool], object] = {}
+
+
+def driver_signature():
+    """The one signature every driver is compiled for (inputs read-only, any strides for states/Y)."""
+    f32, i32 = types.float32, types.int32
+
+    def array(dtype, ndim, layout, readonly=False):
+        return types.Array(dtype, ndim, layout, readonly=readonly)
+
+    return (
+        array(f32, 3, "C", True),  # X
+        array(i32, 1, "C", True), types.boolean,  # lens, has_lens
+        array(f32, 3, "A", True), types.boolean,  # h0, has_h0
+        array(f32, 3, "A", True), types.boolean,  # c0, has_c0
+        array(f32, 4, "A"),  # Y
+        array(f32, 4, "A"),  # states
+        array(f32, 1, "C", True),  # wbuf
+        array(types.int64, 1, "C", True),  # table
+        array(f32, 1, "C", True),  # fparams
+        array(f32, 1, "C"),  # scratch
+        types.int64, types.int64, types.boolean, types.boolean, types.boolean,  # D, nblocks, reverse_first, flag, time_major
+        types.float64,  # clip (inf: none)
+    )
+
+
+def driver(op: str, parallel: bool):
+    """The compiled driver for ``op`` (compiled, or loaded from the cache, on first use here)."""
+    key = (op, parallel)
+    dispatcher = _DRIVERS.get(key)
+    if dispatcher is None:
+        name = f"{op.lower()}_sequence{'_parallel' if parallel else ''}"
+        dispatcher = (jit_parallel if parallel else jit)(_renamed(_SOURCES[op], name))
+        dispatcher.compile(driver_signature())
+        dispatcher.disable_compile()  # arguments convert to this signature; never compile on a request
+        _DRIVERS[key] = dispatcher
+    return dispatcher
