@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", metavar="OUT.npz", help="save the outputs to an .npz file")
     run.add_argument("--backend", default="auto", help="backend (default: auto)")
     run.set_defaults(func=_cmd_run)
+
+    from .demo import add_demo_parser
+
+    add_demo_parser(sub)
     return parser
 
 

@@ -23,6 +23,8 @@ class Task:
     metric: str               # primary metric, the one early stopping and the margin use
     higher_is_better: bool
     metric_help: str
+    x_help: str               # what the model reads at each step
+    y_help: str               # what its per-step output y means
 
     def sample(self, n: int, seq_len: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """``n`` fresh sequences: inputs ``x`` and the target of ``answer(y)``."""
@@ -136,11 +138,16 @@ TASKS: dict[str, Task] = {
         name="adding", title="adding problem (Hochreiter & Schmidhuber 1997)", input_size=2,
         default_seq_len=100, metric="accuracy", higher_is_better=True,
         metric_help="fraction of sequences whose predicted sum is within 0.04 of the true sum",
+        x_help="[value in 0..1, marker 0/1] per step",
+        y_help="the sum of the two marked values is y[:, -1, 0], read after the last step "
+               "(earlier steps are not trained)",
     ),
     "forecast": Forecast(
         name="forecast", title="next-value forecasting of a noisy two-periodic signal", input_size=1,
         default_seq_len=100, metric="rmse", higher_is_better=False,
         metric_help="RMSE of the next noise-free value, steps after the warm-up",
+        x_help="the noisy signal value per step",
+        y_help="prediction of the next noise-free value; scored from step 20 on (warm-up)",
     ),
 }
 

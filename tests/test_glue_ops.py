@@ -195,6 +195,37 @@ def test_slice_inputs(starts, ends, axes, steps):
     check("Slice", inputs, opset=13)
 
 
+BOUND = st.one_of(st.integers(-6, 6), st.sampled_from([-(2 ** 63), 2 ** 63 - 1]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=0, max_side=5), data=st.data())
+def test_slice_random_against_onnxruntime(shape, data):
+    rank = len(shape)
+    axes = data.draw(st.lists(st.integers(-rank, rank - 1), min_size=1, max_size=rank,
+                              unique_by=lambda a: a % rank))
+    n = len(axes)
+    starts = data.draw(st.lists(BOUND, min_size=n, max_size=n))
+    ends = data.draw(st.lists(BOUND, min_size=n, max_size=n))
+    steps = data.draw(st.lists(st.integers(-3, 3).filter(bool), min_size=n, max_size=n))
+    # onnxruntime reads end = INT64_MAX with a negative step as "to the beginning"; the
+    # spec clamps it to dim-1 (see test_slice_int64_max_end_with_negative_step_follows_spec).
+    ends = [2 ** 62 if e == 2 ** 63 - 1 and st_ < 0 else e for e, st_ in zip(ends, steps)]
+    x = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    check("Slice", [x, i64(starts), i64(ends), i64(axes), i64(steps)], opset=13)
+
+
+def test_slice_int64_max_end_with_negative_step_follows_spec():
+    """Spec: ends clamp to [-1, dim-1] for negative steps, so INT64_MAX -> dim-1 and
+    x[3:INT64_MAX:-1] is x[3:4:-1] = empty (the ONNX reference and shape inference agree;
+    onnxruntime 1.32 instead returns x[3::-1])."""
+    x = np.arange(5, dtype=np.float32)
+    model, feeds = build("Slice", [x, i64([3]), i64([2 ** 63 - 1]), i64([0]), i64([-1])], opset=13)
+    assert run_ours(model, feeds)[0].shape == (0,)
+    model, feeds = build("Slice", [x, i64([3]), i64([-(2 ** 63)]), i64([0]), i64([-1])], opset=13)
+    np.testing.assert_array_equal(run_ours(model, feeds)[0], [3, 2, 1, 0])
+
+
 @pytest.mark.parametrize("starts, ends, axes", [c[:3] for c in SLICE_CASES if c[3] is None])
 def test_slice_attributes_opset9(starts, ends, axes):
     check("Slice", [X3], {"starts": starts, "ends": ends, "axes": axes}, opset=9)
@@ -264,7 +295,7 @@ def test_gather_nd_batch_dims_and_scatter_nd():
 
 
 @pytest.mark.parametrize("mode", ["constant", "reflect", "edge"])
-@pytest.mark.parametrize("pads", [[1, 2, 0, 2], [0, -1, 1, 1], [2, 0, -1, 3], [-1, 3, 0, -2]])
+@pytest.mark.parametrize("pads", [[1, 2, 0, 2], [0, -1, 1, 1], [1, 0, -1, 1], [-1, 1, 0, -2]])
 def test_pad_versions(mode, pads):
     x = f32(3, 4)
     check("Pad", [x], {"mode": mode, "pads": pads, "value": 1.5}, opset=7)
@@ -277,9 +308,18 @@ def test_pad_axes_opset18_and_wrap_opset19():
     # onnxruntime reads 'axes' only from an initializer
     check("Pad", [x, i64([1, 2]), np.array(7, np.float32)], opset=18, consts={3: i64([-1])})
     check("Pad", [x, i64([1, 0, 2, 1])], {"mode": "edge"}, opset=18, consts={3: i64([0, 2])})
-    check("Pad", [x, i64([1, 2, 0, 1])], {"mode": "wrap"}, opset=19)
+    check("Pad", [x, i64([0, 1, 2, 0, 2, 1])], {"mode": "wrap"}, opset=19)
     check("Pad", [np.arange(6, dtype=np.int64).reshape(2, 3), i64([1, 1, 1, 1]),
                   np.array(-4, np.int64)], opset=13)
+
+
+def test_pad_reflect_beyond_the_cropped_edge_fails():
+    # Negative pads crop first; onnxruntime then rejects a reflection longer than length-1.
+    model, feeds = build("Pad", [f32(3, 4), i64([2, 0, -1, 3])], {"mode": "reflect"}, opset=13)
+    with pytest.raises(Exception, match="exceeds"):
+        run_ort(model, feeds)
+    _names(run_error("Pad", [f32(3, 4), i64([2, 0, -1, 3])], {"mode": "reflect"}, opset=13),
+           "reflect pads (2, 0) exceed 1")
 
 
 # ---------------------------------------------------------------- clip: 6 attrs vs 11 / 13 inputs
@@ -352,6 +392,29 @@ def test_integer_div_mod_pow_match_onnxruntime():
     check("Pow", [i64([2, 3, -2]), np.array([0.5, 2.5, 3.0], np.float32)], opset=15)
     check("Pow", [f32(4, low=0.1), np.array([2, 3, -1, 0], np.int64)], opset=15)
     check("Div", [np.array([7, 200], np.uint8), np.array([2, 3], np.uint8)], opset=14)
+
+
+INT_BINARY = [("Add", {}), ("Sub", {}), ("Mul", {}), ("Div", {}), ("Mod", {}), ("Mod", {"fmod": 1}),
+              ("Max", {}), ("Min", {}), ("Pow", {})]
+
+
+@settings(max_examples=30, deadline=None)
+@given(shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=2, max_side=3),
+       op=st.sampled_from(INT_BINARY), dtype=st.sampled_from([np.int32, np.int64, np.int8, np.uint8]),
+       seed=st.integers(0, 2 ** 16))
+def test_integer_binary_random(shapes, op, dtype, seed):
+    name, attrs = op
+    if name == "Pow" and dtype not in (np.int32, np.int64):
+        dtype = np.int64  # onnxruntime's integer Pow kernels
+    rng = np.random.default_rng(seed)
+    info = np.iinfo(dtype)
+    a = rng.integers(max(info.min, -100), min(info.max, 100), shapes.input_shapes[0], dtype=dtype)
+    b = rng.integers(max(info.min, -9), 10, shapes.input_shapes[1], dtype=dtype)
+    if name in ("Div", "Mod"):
+        b = np.where(b == 0, dtype(3), b).astype(dtype)
+    if name == "Pow":
+        b = np.abs(b) % 4
+    check(name, [a, b], attrs, opset=15)
 
 
 def test_bitshift_unsigned():
@@ -565,6 +628,20 @@ def test_dropout_is_identity_with_mask():
     assert got[1].dtype == np.bool_ and got[1].all()
     got = run_ours(*build("Dropout", [x], {"ratio": 0.3}, opset=7, n_out=2))
     assert got[1].dtype == x.dtype and np.all(got[1] == 1), "opset 7 mask has X's dtype"
+
+
+def test_scalar_results_are_zero_d_arrays():
+    """NumPy returns scalars for 0-D results; kernels must still return ndarrays (check asserts)."""
+    v = f32(4)
+    check("Gather", [v, np.array(2, np.int64)], opset=13)
+    check("GatherND", [f32(2, 2), i64([1, 0])], opset=13)
+    check("GatherElements", [np.array(5.0, np.float32).reshape(1), i64([0])], opset=13)
+    check("MatMul", [v, v], opset=13)
+    check("ReduceSum", [v], {"keepdims": 0}, opset=13)
+    check("ReduceLogSumExp", [v], {"keepdims": 0}, opset=18)
+    check("ArgMax", [v], {"keepdims": 0}, opset=13)
+    check("Add", [np.array(1.5, np.float32), np.array(2, np.float32)], opset=14)
+    check("Einsum", [v, v], {"equation": "i, i ->"}, opset=12)
 
 
 # ---------------------------------------------------------------- errors

@@ -59,15 +59,9 @@ EXCLUDED: dict[str, str] = {
 }
 
 # Cases failing in ops/modules owned by others (reported to their owners).
-_OPTIONAL_SEQ = ("onnx_import.py/model.py: an optional(seq(tensor)) graph input becomes kind "
-                 "'optional' without the sequence, so its list feed is rank-checked as a tensor")
 KNOWN_FAILING_OTHERS: dict[str, str] = {
     "test_scan_sum": "control.py: Scan-8 (opset 8, batch axis) is not implemented; "
                      "load raises UnsupportedModelError",
-    "test_if_opt": "onnx_import.py: TYPE_PROTO attributes (Optional 'type') are not supported",
-    "test_identity_opt": _OPTIONAL_SEQ,
-    "test_loop16_seq_none": _OPTIONAL_SEQ,
-    "test_optional_get_element_optional_sequence": _OPTIONAL_SEQ,
 }
 
 # Per-case tolerance overrides, with evidence.
@@ -182,7 +176,7 @@ def _params():
 # ---------------------------------------------------------------- running
 
 
-def _feeds(case, model: onnx.ModelProto, inputs) -> dict:
+def _feeds(model: onnx.ModelProto, inputs) -> dict:
     names = [vi.name for vi in model.graph.input]
     return dict(zip(names, inputs))
 
@@ -213,14 +207,14 @@ def test_node_case(case, model):
         with pytest.raises(UnsupportedModelError):
             loaded = lstminfer.load(model)
             for inputs, _ in case.data_sets:  # the deciding value may be a run-time input
-                loaded.run(None, _feeds(case, model, inputs))
+                loaded.run(None, _feeds(model, inputs))
         return
     rtol, atol = case.rtol, case.atol
     if case.name in TOLERANCE:
         rtol, atol, _ = TOLERANCE[case.name]
     loaded = lstminfer.load(model)
     for k, (inputs, expected) in enumerate(case.data_sets):
-        got = loaded.run(None, _feeds(case, model, inputs))
+        got = loaded.run(None, _feeds(model, inputs))
         assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
         for i, (g, e) in enumerate(zip(got, expected)):
             _assert_same(g, e, rtol, atol, f"data set {k}, output {i}")

@@ -210,7 +210,6 @@ def _module(spec) -> nn.Module:
     return spec.build()
 
 
-@functools.lru_cache(maxsize=None)
 def export(spec, exporter: str, opset: int, example_batch: int = 3, example_time: int = 7) -> bytes:
     """The spec's module exported to ONNX bytes, cached per arguments.
 
@@ -219,6 +218,12 @@ def export(spec, exporter: str, opset: int, example_batch: int = 3, example_time
     ``example_time`` because torch.export specializes it (see module doc).
     ``example_batch`` must be >= 2: torch.export specializes sizes 0 and 1.
     """
+    # Positional call: lru_cache keys f(a, t=7) and f(a) differently.
+    return _export_cached(spec, exporter, opset, example_batch, example_time)
+
+
+@functools.lru_cache(maxsize=None)
+def _export_cached(spec, exporter: str, opset: int, example_batch: int, example_time: int) -> bytes:
     module = _module(spec)
     feeds = spec.make_inputs(np.random.default_rng(0), example_batch, example_time)
     args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)

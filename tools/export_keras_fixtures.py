@@ -11,6 +11,10 @@ Writes ``OUT_DIR/NAME.onnx`` (default ``tests/data/keras``) for every model in
 so the files do not depend on Keras' initializers (whose zero biases would
 hide bias bugs). Each export is checked against Keras with onnxruntime before
 it is written, so a bad conversion never becomes a fixture.
+
+Re-running gives the same weights and ops, but not byte-identical files:
+tf2onnx merges duplicate constants and orders Loop state variables
+differently from run to run.
 """
 from __future__ import annotations
 

@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="tools/train.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", required=True, choices=sorted(task_catalog.TASKS), help="which task to train on")
     p.add_argument("--cells", nargs="+", choices=sorted(CELLS), help="recurrent cells to train (default: per task)")
-    p.add_argument("--export", nargs="*", choices=sorted(CELLS), help="cells to export (default: per task)")
+    p.add_argument("--export", nargs="*", choices=sorted(CELLS),
+                   help="cells to export (default: the task's shipped cells, or all of --cells when given)")
     p.add_argument("--seq-len", type=int, help="sequence length T")
     p.add_argument("--hidden", type=int, help="hidden size")
     p.add_argument("--layers", type=int, help="stacked recurrent layers")
@@ -68,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out-dir", default="runs", help="where models and metrics go (default: runs)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
+    if args.export is None and args.cells is not None:
+        args.export = list(args.cells)
     for key, value in DEFAULTS[args.task].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -161,17 +164,14 @@ def train_cell(cell: str, task, args, device) -> tuple[SequenceModel, dict]:
 def metadata_file(name: str, cell: str, task, args, result: dict, onnx_bytes: bytes, diff: float,
                   device: torch.device, command: str) -> dict:
     h_in, h_out = state_names(cell)
-    x_help = {"adding": "[value in 0..1, marker 0/1] per step", "forecast": "the noisy signal value per step"}
-    y_help = {"adding": "running estimate of the sum; the answer is y[:, -1, 0] (after the last step)",
-              "forecast": f"prediction of the next noise-free value; scored from step {task_warmup(task)} on"}
     states = {n: f"float32 [{args.layers}, batch, {args.hidden}] initial state (zeros to start)" for n in h_in}
     states_out = {n: f"float32 [{args.layers}, batch, {args.hidden}] final state: feed back as {i} to continue"
                   for n, i in zip(h_out, h_in)}
     return {
         "name": name, "task": task.name, "task_title": task.title, "cell": cell,
         "hidden_size": args.hidden, "num_layers": args.layers, "seq_len": args.seq_len,
-        "inputs": {"x": f"float32 [batch, time, {task.input_size}]: {x_help[task.name]}", **states},
-        "outputs": {"y": f"float32 [batch, time, 1]: {y_help[task.name]}", **states_out},
+        "inputs": {"x": f"float32 [batch, time, {task.input_size}]: {task.x_help}", **states},
+        "outputs": {"y": f"float32 [batch, time, 1]: {task.y_help}", **states_out},
         "metric": {
             "name": task.metric, "value": result["test"][task.metric], "all": result["test"],
             "higher_is_better": task.higher_is_better, "description": task.metric_help,
@@ -192,10 +192,6 @@ def metadata_file(name: str, cell: str, task, args, result: dict, onnx_bytes: by
             "max_abs_diff_torch_vs_onnxruntime": diff,
         },
     }
-
-
-def task_warmup(task) -> int:
-    return getattr(task, "warmup", 0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -116,15 +116,94 @@ def activate_inplace(v, code, alpha, beta):
 
 
 # Cache blocking of matmul_nt: MB rows of A stay in L2 while NB rows of Bm
-# (weights) stay in L1; the 4x2 register tile reads 6 values per 8 FMAs.
+# (weights) stay in L1. Register tiles: 4x4 (8 loads per 16 FMAs) when at
+# least 4 rows are left, 1x8 for the rest (batch 1: one load of A per 8 FMAs).
 _MB = 64
 _NB = 16
 
 
 @jit
-def matmul_nt(A, Bm, n0, n1, out, c0, bias, use_bias):
-    """``out[m, c0 + n - n0] = sum_k A[m, k] * Bm[n, k] (+ bias[n])`` for n in [n0, n1)."""
-    M, K = A.shape
+def _dot(A, m, Bm, n):
+    s = ZERO
+    for k in range(A.shape[1]):
+        s += A[m, k] * Bm[n, k]
+    return s
+
+
+@jit
+def _tile_4x4(A, m, Bm, n, out, c):
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = ZERO
+    s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = ZERO
+    for k in range(A.shape[1]):
+        r0 = Bm[n, k]
+        r1 = Bm[n + 1, k]
+        r2 = Bm[n + 2, k]
+        r3 = Bm[n + 3, k]
+        a = A[m, k]
+        s00 += a * r0
+        s01 += a * r1
+        s02 += a * r2
+        s03 += a * r3
+        a = A[m + 1, k]
+        s10 += a * r0
+        s11 += a * r1
+        s12 += a * r2
+        s13 += a * r3
+        a = A[m + 2, k]
+        s20 += a * r0
+        s21 += a * r1
+        s22 += a * r2
+        s23 += a * r3
+        a = A[m + 3, k]
+        s30 += a * r0
+        s31 += a * r1
+        s32 += a * r2
+        s33 += a * r3
+    out[m, c] = s00
+    out[m, c + 1] = s01
+    out[m, c + 2] = s02
+    out[m, c + 3] = s03
+    out[m + 1, c] = s10
+    out[m + 1, c + 1] = s11
+    out[m + 1, c + 2] = s12
+    out[m + 1, c + 3] = s13
+    out[m + 2, c] = s20
+    out[m + 2, c + 1] = s21
+    out[m + 2, c + 2] = s22
+    out[m + 2, c + 3] = s23
+    out[m + 3, c] = s30
+    out[m + 3, c + 1] = s31
+    out[m + 3, c + 2] = s32
+    out[m + 3, c + 3] = s33
+
+
+@jit
+def _tile_1x8(A, m, Bm, n, out, c):
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
+    for k in range(A.shape[1]):
+        a = A[m, k]
+        s0 += a * Bm[n, k]
+        s1 += a * Bm[n + 1, k]
+        s2 += a * Bm[n + 2, k]
+        s3 += a * Bm[n + 3, k]
+        s4 += a * Bm[n + 4, k]
+        s5 += a * Bm[n + 5, k]
+        s6 += a * Bm[n + 6, k]
+        s7 += a * Bm[n + 7, k]
+    out[m, c] = s0
+    out[m, c + 1] = s1
+    out[m, c + 2] = s2
+    out[m, c + 3] = s3
+    out[m, c + 4] = s4
+    out[m, c + 5] = s5
+    out[m, c + 6] = s6
+    out[m, c + 7] = s7
+
+
+@jit
+def matmul_nt(A, Bm, n0, n1, out, c0):
+    """``out[m, c0 + n - n0] = sum_k A[m, k] * Bm[n, k]`` for every row m of A and n in [n0, n1)."""
+    M = A.shape[0]
     for m0 in range(0, M, _MB):
         m1 = min(m0 + _MB, M)
         for nb in range(n0, n1, _NB):
@@ -132,73 +211,27 @@ def matmul_nt(A, Bm, n0, n1, out, c0, bias, use_bias):
             m = m0
             while m + 4 <= m1:
                 n = nb
-                while n + 2 <= nb1:
-                    s00 = ZERO
-                    s01 = ZERO
-                    s10 = ZERO
-                    s11 = ZERO
-                    s20 = ZERO
-                    s21 = ZERO
-                    s30 = ZERO
-                    s31 = ZERO
-                    for k in range(K):
-                        r0 = Bm[n, k]
-                        r1 = Bm[n + 1, k]
-                        a0 = A[m, k]
-                        a1 = A[m + 1, k]
-                        a2 = A[m + 2, k]
-                        a3 = A[m + 3, k]
-                        s00 += a0 * r0
-                        s01 += a0 * r1
-                        s10 += a1 * r0
-                        s11 += a1 * r1
-                        s20 += a2 * r0
-                        s21 += a2 * r1
-                        s30 += a3 * r0
-                        s31 += a3 * r1
-                    b0 = bias[n] if use_bias else ZERO
-                    b1 = bias[n + 1] if use_bias else ZERO
-                    c = c0 + n - n0
-                    out[m, c] = s00 + b0
-                    out[m, c + 1] = s01 + b1
-                    out[m + 1, c] = s10 + b0
-                    out[m + 1, c + 1] = s11 + b1
-                    out[m + 2, c] = s20 + b0
-                    out[m + 2, c + 1] = s21 + b1
-                    out[m + 3, c] = s30 + b0
-                    out[m + 3, c + 1] = s31 + b1
-                    n += 2
-                while n < nb1:
-                    for mm in range(m, m + 4):
-                        s = ZERO
-                        for k in range(K):
-                            s += A[mm, k] * Bm[n, k]
-                        out[mm, c0 + n - n0] = s + (bias[n] if use_bias else ZERO)
-                    n += 1
-                m += 4
-            while m < m1:  # leftover rows (and batch 1): a 1x4 tile, reading A once per 4 FMAs
-                n = nb
                 while n + 4 <= nb1:
-                    s0 = ZERO
-                    s1 = ZERO
-                    s2 = ZERO
-                    s3 = ZERO
-                    for k in range(K):
-                        a = A[m, k]
-                        s0 += a * Bm[n, k]
-                        s1 += a * Bm[n + 1, k]
-                        s2 += a * Bm[n + 2, k]
-                        s3 += a * Bm[n + 3, k]
-                    c = c0 + n - n0
-                    out[m, c] = s0 + (bias[n] if use_bias else ZERO)
-                    out[m, c + 1] = s1 + (bias[n + 1] if use_bias else ZERO)
-                    out[m, c + 2] = s2 + (bias[n + 2] if use_bias else ZERO)
-                    out[m, c + 3] = s3 + (bias[n + 3] if use_bias else ZERO)
+                    _tile_4x4(A, m, Bm, n, out, c0 + n - n0)
                     n += 4
-                while n < nb1:
-                    s = ZERO
-                    for k in range(K):
-                        s += A[m, k] * Bm[n, k]
-                    out[m, c0 + n - n0] = s + (bias[n] if use_bias else ZERO)
-                    n += 1
+                for nn in range(n, nb1):
+                    for mm in range(m, m + 4):
+                        out[mm, c0 + nn - n0] = _dot(A, mm, Bm, nn)
+                m += 4
+            while m < m1:
+                n = nb
+                while n + 8 <= nb1:
+                    _tile_1x8(A, m, Bm, n, out, c0 + n - n0)
+                    n += 8
+                for nn in range(n, nb1):
+                    out[m, c0 + nn - n0] = _dot(A, m, Bm, nn)
                 m += 1
+
+
+@jit
+def add_bias_rows(out, bias, c0, c1):
+    """``out[m, c] += bias[c]`` for c in [c0, c1)."""
+    for m in range(out.shape[0]):
+        row = out[m]
+        for c in range(c0, c1):
+            row[c] += bias[c]

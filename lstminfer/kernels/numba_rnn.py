@@ -33,7 +33,7 @@ from numba import prange, types
 
 from .numba_config import jit, jit_parallel
 from .numba_math import (
-    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, fast_sigmoid, fast_tanh, matmul_nt,
+    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, matmul_nt,
 )
 from .packing import SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_W
 
@@ -56,7 +56,6 @@ def _scratch_size(T, B, G, H):
 
 scratch_size = _scratch_size  # plain Python for the callers
 _padded_nb = jit(_padded)
-_scratch_size_nb = jit(_scratch_size)
 
 
 @jit
@@ -114,7 +113,8 @@ def _init_state(dst, src, has_src, d):
 def _project(X2, wW, bias_x, xp, table, nblocks, k, G):
     u0 = table[k]
     u1 = table[k + 1]
-    matmul_nt(X2, wW, G * u0, G * u1, xp, G * u0, bias_x, True)
+    matmul_nt(X2, wW, G * u0, G * u1, xp, G * u0)
+    add_bias_rows(xp, bias_x, G * u0, G * u1)
 
 
 @jit
@@ -187,7 +187,7 @@ def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, peep, u0, u1, t, lens, has_len
                 input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh):
     bs = u1 - u0
     cb = 4 * u0
-    matmul_nt(hp, wR, cb, cb + 4 * bs, gates, cb, peep[0], False)
+    matmul_nt(hp, wR, cb, cb + 4 * bs, gates, cb)
     ff = ONE if input_forget else ZERO
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
@@ -293,7 +293,7 @@ def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, bias_rh, u0, u1, t, lens, has
     bs = u1 - u0
     cb = 3 * u0
     ncols = 3 * bs if lbr else 2 * bs
-    matmul_nt(hp, wR, cb, cb + ncols, gates, cb, bias_rh, False)
+    matmul_nt(hp, wR, cb, cb + ncols, gates, cb)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         gr = gates[b]
@@ -332,7 +332,7 @@ def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, u0, u1, t, lens, has_lens, Y,
     bs = u1 - u0
     cb = 3 * u0
     hb = cb + 2 * bs
-    matmul_nt(rh, wR, hb, hb + bs, gates, hb, rh[0], False)
+    matmul_nt(rh, wR, hb, hb + bs, gates, hb)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
@@ -393,7 +393,7 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
 
 @jit
 def _rnn_block(xp, r0, rb, gates, hp, hn, wR, u0, u1, t, lens, has_lens, Y, d, clip, cf, af, bf):
-    matmul_nt(hp, wR, u0, u1, gates, u0, hp[0], False)
+    matmul_nt(hp, wR, u0, u1, gates, u0)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:

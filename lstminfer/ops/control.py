@@ -138,7 +138,7 @@ def loop_factory(node: Node, ctx: BuildContext):
             outputs = runner.run(
                 [np.array(step, dtype=np.int64), np.array(keep_going), *values], outer
             )
-            pass
+            keep_going = bool(_scalar(outputs[0], node, "body output 'cond'"))
             values = list(outputs[1:1 + carried])
             for k in range(scans):
                 collected[k].append(outputs[1 + carried + k])

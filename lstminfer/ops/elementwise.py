@@ -33,15 +33,6 @@ def _register_simple(op_type: str, fn: Callable[..., Array], since: int = 1) -> 
     register(op_type, since=since)(factory)
 
 
-def _same_dtype(fn: Callable[..., Array]) -> Callable[..., Array]:
-    """Cast ``fn``'s result back to the first input's dtype."""
-
-    def wrapped(x, *rest):
-        return as_array(fn(x, *rest)).astype(np.asarray(x).dtype, copy=False)
-
-    return wrapped
-
-
 # ---------------------------------------------------------------- arithmetic
 
 
@@ -108,21 +99,26 @@ for _name, _fn in {"Sinh": np.sinh, "Cosh": np.cosh, "Asinh": np.arcsinh,
     _register_simple(_name, _fn, since=9)
 
 
+try:
+    from scipy.special import erf as _erf_impl  # vectorised when SciPy is installed
+except ImportError:  # NumPy has no erf: fall back to the exact scalar one
+    _erf_impl = np.frompyfunc(math.erf, 1, 1)
+
+
 def _erf(x: Array) -> Array:
-    try:
-        from scipy.special import erf  # fast path when SciPy is installed
-    except ImportError:
-        erf = np.frompyfunc(math.erf, 1, 1)
-    return np.asarray(erf(x)).astype(x.dtype)
+    return np.asarray(_erf_impl(x)).astype(x.dtype)
 
 
 _register_simple("Erf", _erf, since=9)
 
 
 def _sigmoid(x: Array) -> Array:
-    # Split by sign so exp never overflows: 1/(1+e^-x) for x>=0, e^x/(1+e^x) below.
-    e = np.exp(-np.abs(x))
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
+    # exp(-x) may overflow to inf for very negative x: 1/(1+inf) = 0 is then exact enough.
+    # float16 would overflow already at x < -11 (sigmoid ~1e-5): work in float32.
+    out = as_array(np.exp(-x.astype(np.float32) if x.dtype == np.float16 else -x))
+    out += 1
+    np.reciprocal(out, out=out)
+    return out.astype(x.dtype, copy=False)
 
 
 _register_simple("Sigmoid", _sigmoid)

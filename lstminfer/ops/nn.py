@@ -188,17 +188,18 @@ def batch_normalization(node: Node, ctx: BuildContext):
 
 # ---------------------------------------------------------------- einsum
 
-_EINSUM_TERM = r"\s*(?:[A-Za-z]|\.\.\.|\s)*\s*"
-_EINSUM = re.compile(rf"^{_EINSUM_TERM}(,{_EINSUM_TERM})*(->{_EINSUM_TERM})?$")
+_EINSUM_TERM = r"(?:[A-Za-z]|\.\.\.)*"
+_EINSUM = re.compile(rf"^{_EINSUM_TERM}(?:,{_EINSUM_TERM})*(?:->{_EINSUM_TERM})?$")
 
 
 @register("Einsum", since=12)
 def einsum(node: Node, ctx: BuildContext):
     equation = node.attr("equation")
+    if isinstance(equation, str):
+        equation = equation.replace(" ", "")
     if not isinstance(equation, str) or not _EINSUM.match(equation):
         raise unsupported_attr(node, "equation", equation,
                                "terms of letters and '...', separated by ',' with optional '->'")
-    equation = equation.replace(" ", "")
     n_terms = len(equation.split("->")[0].split(","))
 
     def kernel(*inputs):

@@ -97,11 +97,6 @@ def norm_axes(node: Node, axes: Iterable[int], rank: int, what: str = "axes") ->
     return out
 
 
-def opset_attr_or_input(ctx: BuildContext, first_input_opset: int) -> bool:
-    """True when this opset reads the value from an input rather than an attribute."""
-    return ctx.opset() >= first_input_opset
-
-
 def as_array(value: Any) -> np.ndarray:
     """NumPy ufuncs return scalars for 0-D operands; kernels must return arrays."""
     return value if isinstance(value, np.ndarray) else np.asarray(value)
@@ -452,7 +447,7 @@ def gather(node: Node, ctx: BuildContext):
     def kernel(data, indices):
         a = norm_axis(node, axis, data.ndim)
         idx = _wrap_indices(node, indices, data.shape[a], "indices")
-        return (np.take(data, idx, axis=a),)
+        return (as_array(np.take(data, idx, axis=a)),)
 
     return kernel
 
@@ -474,7 +469,7 @@ def _element_index(node: Node, data: np.ndarray, indices: np.ndarray, axis: int)
 @register("GatherElements", since=11)
 def gather_elements(node: Node, ctx: BuildContext):
     axis = attr_int(node, "axis", 0)
-    return lambda data, indices: (data[_element_index(node, data, indices, axis)],)
+    return lambda data, indices: (as_array(data[_element_index(node, data, indices, axis)]),)
 
 
 def _nd_index(node: Node, data_shape: tuple[int, ...], indices: np.ndarray, batch_dims: int):
@@ -506,7 +501,7 @@ def gather_nd(node: Node, ctx: BuildContext):
         # Batch coordinates broadcast against the per-batch index columns.
         batch = np.ogrid[tuple(slice(0, n) for n in indices.shape[:-1])][:batch_dims] \
             if batch_dims else []
-        return (data[tuple(batch) + tuple(cols)],)
+        return (as_array(data[tuple(batch) + tuple(cols)]),)
 
     return kernel
 

@@ -1,0 +1,129 @@
+"""Fast kernels for the recurrent ops (Numba, gates fused).
+
+Contract with the recurrent op factory (``lstminfer/ops/recurrent.py``)::
+
+    kernel = numba_kernel(spec, W, R, B, P, threads=1, label=node.label())
+    if kernel is None:
+        reason = why_not_fused(spec, W, R, B, P)   # a short sentence for describe()/info
+        ...fall back to the reference kernel...
+
+* ``spec``: the parsed ``RecurrentSpec`` (op, hidden_size, direction, layout,
+  activations with alpha/beta, clip, input_forget, linear_before_reset,
+  num_outputs).
+* ``W``, ``R``: the constant weights (``ctx.constant(name)``); ``None`` when
+  they are not constants, which is one of the cases that fall back.
+* ``B``, ``P``: the constant values, or ``None`` when the input is omitted.
+  If such an input exists but is not a constant, pass ``None`` anyway: each
+  call compares the W/R/B/P it receives with the packed ones (identity
+  first, so it costs nothing for constants) and runs the reference when they
+  differ.
+* ``threads``: 1 (default: no thread pool, best at batch 1) or more, which
+  splits the hidden units so each core keeps its slice of W/R in its cache.
+
+The returned ``kernel(X, W, R, B, sequence_lens, initial_h, initial_c, P)``
+(GRU/RNN: the first six) returns ``(Y, Y_h[, Y_c])`` cut to
+``spec.num_outputs``, with the reference's semantics and float32 outputs;
+``kernel.describe`` names what runs it. Compilation happens inside
+``numba_kernel`` (at load) or comes from Numba's cache; ``compile_all()``
+fills the cache ahead of time (``lstminfer compile``).
+
+Falls back (``numba_kernel`` returns None): Numba missing, W/R not
+constants, dtypes other than float32 (float64 runs on the reference), weight
+shapes that don't match (the reference reports them at run time), an
+activation without a fused version.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+_NUMBA_ERROR: str | None = None
+try:  # numba is optional at import: without it every case falls back
+    import numba  # noqa: F401
+except ImportError as err:  # pragma: no cover - exercised only without numba
+    _NUMBA_ERROR = f"numba is not installed ({err})"
+
+OPS = ("LSTM", "GRU", "RNN")
+
+
+def available() -> bool:
+    return _NUMBA_ERROR is None
+
+
+def why_not_fused(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None) -> str | None:
+    """Why ``numba_kernel`` would fall back for this node, or None if it fuses."""
+    if _NUMBA_ERROR:
+        return _NUMBA_ERROR
+    from .numba_math import ACTIVATION_CODES
+    from .packing import num_gates
+
+    op = spec.op
+    if op not in OPS:
+        return f"no fused kernel for op {op}"
+    if W is None or R is None:
+        return "W and R are not constants, and the fused kernel packs them at load"
+    for name, value in (("W", W), ("R", R), ("B", B), ("P", P)):
+        if value is None:
+            continue
+        if not isinstance(value, np.ndarray):
+            return f"{name} is not an array"
+        if value.dtype != np.float32:
+            return f"fused kernels are float32 only ({name} is {value.dtype})"
+    D = 2 if spec.direction == "bidirectional" else 1
+    G = num_gates(op)
+    if R.ndim != 3 or W.ndim != 3:
+        return "W/R are not rank 3 (the reference reports it at run time)"
+    H = R.shape[2]
+    if spec.hidden_size is not None and spec.hidden_size != H:
+        return f"hidden_size {spec.hidden_size} does not match R (the reference reports it)"
+    expected = {"W": (D, G * H, W.shape[2]), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
+    for name, value in (("W", W), ("R", R), ("B", B), ("P", P if op == "LSTM" else None)):
+        if value is not None and value.shape != expected[name]:
+            return f"{name} has shape {list(value.shape)}, expected {list(expected[name])} (the reference reports it)"
+    for activation in spec.activations:
+        if activation.name.lower() not in ACTIVATION_CODES:
+            return f"activation {activation.name} has no fused version"
+    return None
+
+
+def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, threads: int = 1,
+                 label: str = ""):
+    """A fused kernel for this node (weights packed, code compiled), or None (see ``why_not_fused``)."""
+    if why_not_fused(spec, W, R, B, P) is not None:
+        return None
+    from .fused import FusedKernel
+    from .packing import pack
+
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    packed = pack(spec.op, W, R, B, P if spec.op == "LSTM" else None,
+                  linear_before_reset=bool(getattr(spec, "linear_before_reset", False)), blocks=threads)
+    return FusedKernel(spec, packed, W, R, B, P if spec.op == "LSTM" else None, threads=packed.blocks,
+                       label=label)
+
+
+def compile_all(parallel: bool = True) -> list[str]:
+    """Compile (or load from the cache) every kernel; returns their names. For ``lstminfer compile``."""
+    if _NUMBA_ERROR:
+        return []
+    from .numba_rnn import driver
+
+    names = []
+    for op in OPS:
+        for par in ((False, True) if parallel else (False,)):
+            driver(op, par)
+            names.append(f"{op.lower()}_sequence{'_parallel' if par else ''}")
+    return names
+
+
+warm_up = compile_all
+
+
+def cache_info() -> dict[str, Any]:
+    """Where Numba caches the kernels, and whether caching works here."""
+    from numba.core import config
+
+    from . import numba_config
+
+    return {"enabled": numba_config.caching_enabled, "NUMBA_CACHE_DIR": config.CACHE_DIR or None}
