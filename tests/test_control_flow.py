@@ -185,6 +185,32 @@ def test_loop_carried_value_may_change_shape():
     np.testing.assert_array_equal(got[0], [9, 0, 1, 2, 3])
 
 
+def _passthrough_loop(scan_name):
+    body = oh.make_graph(
+        [], "body",
+        [vi("i", I64, []), vi("cond_in", B, []), vi("v_in", F, [2])],
+        [vi("cond_in", B, []), vi("v_in", F, [2]), vi(scan_name, F, [2] if scan_name == "v_in" else [3])],
+    )
+    return make_model(
+        [oh.make_node("Loop", ["M", "", "v0"], ["v", "trace"], body=body)],
+        [vi("M", I64, []), vi("v0", F, [2])], [vi("v", F), vi("trace", F)],
+        [oh.make_tensor("w", F, [3], [1.0, 2.0, 3.0])],
+    )
+
+
+def test_loop_body_outputs_may_be_its_own_inputs():
+    """A body with no nodes: its outputs are its inputs, wired straight through."""
+    got = check(_passthrough_loop("v_in"), {"M": np.array(3, np.int64), "v0": np.array([4.0, 5.0], np.float32)})
+    np.testing.assert_array_equal(got[1], [[4, 5]] * 3)
+
+
+def test_loop_body_output_may_be_an_outer_value():
+    # Valid ONNX that onnxruntime refuses ("add an Identity node"); we run it.
+    model = _passthrough_loop("w")
+    got = lstminfer.load(model).run(None, {"M": np.array(2, np.int64), "v0": np.zeros(2, np.float32)})
+    np.testing.assert_array_equal(got[1], [[1, 2, 3]] * 2)
+
+
 def test_nested_loop_reads_values_from_every_enclosing_scope():
     """Inner body reads `scale` (main graph) and `j` (the outer body's iteration number)."""
     inner = oh.make_graph(
@@ -530,3 +556,55 @@ def test_loop_scan_output_changing_shape_fails_naming_the_node():
     )
     with pytest.raises(ExecutionError, match=r"grower.*scan output 0 changed shape"):
         lstminfer.load(model).run(None, {"M": np.array(3, np.int64), "rows0": np.zeros(1, np.float32)})
+
+
+# ---------------------------------------------------------------- kernels called directly
+
+def kernel_for(op_type, inputs=("x",), opset=17, **attrs):
+    from lstminfer.graph import Node
+    from lstminfer.ops import BuildContext, lookup
+
+    node = Node(op_type, tuple(inputs), ("y",), attrs, name=f"my_{op_type}")
+    return lookup(node, opset).factory(node, BuildContext(opsets={"": opset}))
+
+
+def test_sequence_kernels_never_change_their_input_list():
+    a, b = np.zeros(2, np.float32), np.ones(2, np.float32)
+    seq = [a, b]
+    (inserted,) = kernel_for("SequenceInsert", ("s", "t"))(seq, a)
+    (erased,) = kernel_for("SequenceErase", ("s",))(seq)
+    assert seq == [a, b] and len(inserted) == 3 and len(erased) == 1
+
+
+def test_split_to_sequence_ignores_keepdims_once_split_is_given():
+    # The spec: keepdims applies only without 'split'. (onnxruntime squeezes for a
+    # scalar split of 1 and fails for larger ones; we follow the spec.)
+    x = np.arange(6, dtype=np.float32).reshape(3, 2)
+    (parts,) = kernel_for("SplitToSequence", ("x", "split"), keepdims=0)(x, np.array(1, np.int64))
+    assert [p.shape for p in parts] == [(1, 2)] * 3
+    (parts,) = kernel_for("SplitToSequence", ("x",), keepdims=0)(x)
+    assert [p.shape for p in parts] == [(2,)] * 3 and all(isinstance(p, np.ndarray) for p in parts)
+
+
+def test_sequence_type_mismatch_names_the_node():
+    with pytest.raises(ExecutionError, match=r"my_SequenceInsert.*tensor\(int64\).*tensor\(float\)"):
+        kernel_for("SequenceInsert", ("s", "t"))([np.zeros(1, np.float32)], np.zeros(1, np.int64))
+    with pytest.raises(ExecutionError, match=r"my_SequenceConstruct.*float, int32"):
+        kernel_for("SequenceConstruct", ("a", "b"))(np.zeros(1, np.float32), np.zeros(1, np.int32))
+
+
+def test_optional_kernels():
+    value = np.ones(3, np.float32)
+    assert kernel_for("Optional", ("x",))(value)[0] is value
+    assert kernel_for("OptionalHasElement", ("x",))(value)[0].item() is True
+    assert kernel_for("OptionalHasElement", ("x",), opset=18)(None)[0].item() is False
+    assert kernel_for("OptionalGetElement", ("x",))(value)[0] is value
+    with pytest.raises(ExecutionError, match=r"my_OptionalGetElement.*empty"):
+        kernel_for("OptionalGetElement", ("x",))(None)
+
+
+def test_scan_before_opset_9_is_refused_at_load():
+    from lstminfer.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match=r"opset 8 of 'Scan' is not supported"):
+        kernel_for("Scan", ("s", "x"), opset=8, num_scan_inputs=1)

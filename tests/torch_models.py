@@ -7,22 +7,26 @@ feeds for any (batch, time) and exports to ONNX bytes (cached per session).
 Exporters: the TorchScript exporter (``dynamo=False``) at opsets 14 and 17,
 and the dynamo exporter (``dynamo=True``, onnxscript optimizer on) at 18.
 
-ONNX ops each exporter emits (``onnx_op_types``, nested subgraphs included)::
+ONNX ops each exporter emits (``onnx_op_types``, union over the models in
+``test_pytorch_models.py``; "glue" = Concat, Slice, Squeeze, Transpose, Reshape)::
 
-    model                     torchscript 14 / 17                  dynamo 18
-    ------------------------  -----------------------------------  -------------------------------
-    nn.LSTM                   LSTM, Transpose, Reshape, Slice,     LSTM, Transpose, Reshape, Slice,
-                              Concat, Shape, Gather, Unsqueeze,    Concat, Shape, Mul, Expand
-                              Constant, ConstantOfShape, Squeeze   (zero states: Expand)
-    nn.GRU                    GRU + the same glue as LSTM          GRU + the same glue as LSTM
-    nn.RNN (tanh / relu)      RNN + the same glue as LSTM          no RNN op: unrolled over time into
-                                                                   MatMul, Add, Tanh|Relu, Slice,
-                                                                   Squeeze, Unsqueeze, Concat
-    Embedding+LSTM+Linear     Gather, LSTM, Gemm|MatMul+Add,       Gather, LSTM, Gemm|MatMul+Add,
-      +Softmax                Softmax + the glue above             Softmax + the glue above
+    model               torchscript 14 and 17 (same ops)     dynamo 18
+    ------------------  -----------------------------------  ---------------------------------
+    nn.LSTM / nn.GRU    LSTM|GRU + glue; zero initial        LSTM|GRU + Concat, Slice,
+                        states add Shape, Gather, Unsqueeze, Transpose, Reshape, Shape, Mul;
+                        Constant, ConstantOfShape            zero initial states add Expand
+    nn.RNN tanh / relu  RNN + the same as above              no RNN op: unrolled over the
+                                                             fixed T into MatMul, Add,
+                                                             Tanh|Relu, Slice, Squeeze,
+                                                             Unsqueeze, Concat, Transpose
+                                                             (+ Shape, Expand for zero states)
+    classifier          Gather, LSTM, Gemm, Softmax + glue,  Gather, LSTM, Gemm, Softmax,
+      (Embedding+LSTM     Shape, Unsqueeze, Constant,        Concat, Slice, Transpose,
+      +Linear+Softmax)    ConstantOfShape                    Reshape, Shape, Mul, Expand
 
-No exporter emits Loop, Scan or any subgraph for these models.  The exact
-set per model is what ``onnx_op_types`` returns; the test file prints it.
+No exporter emits Loop, Scan, If or any other subgraph for these models;
+``test_exported_ops_are_the_documented_ones`` checks that and which
+recurrent op (or, for dynamo nn.RNN, MatMul + activation) each one uses.
 
 Limitations of torch 2.13 that shape the tests:
 
@@ -37,6 +41,8 @@ Limitations of torch 2.13 that shape the tests:
 * dynamo: the first nn.GRU export in a process specializes the batch axis
   too (input shape [7, 3, 5] although ``Dim("batch")`` was given); the same
   export repeated keeps it dynamic, so ``export`` checks and retries once.
+* dynamo: exporting nn.GRU with a T=1000 example takes minutes (tracing
+  walks every step), so T>=1000 is tested on TorchScript exports only.
 """
 from __future__ import annotations
 

@@ -68,6 +68,18 @@ def _bidirectional_lstm():
     return keras.Model(inp, out)
 
 
+def _bidirectional_gru():
+    inp = _float_input()
+    out = layers.Bidirectional(layers.GRU(UNITS, return_sequences=False), merge_mode="sum")(inp)
+    return keras.Model(inp, out)
+
+
+def _lstm_with_states():
+    inp = _float_input()
+    seq, h, c = layers.LSTM(UNITS, return_sequences=True, return_state=True)(inp)
+    return keras.Model(inp, [seq, h, c])
+
+
 def _masking_lstm():
     inp = _float_input()
     h = layers.Masking(mask_value=0.0)(inp)
@@ -104,6 +116,8 @@ FIXTURES = {
     "embedding_mask_zero_gru": (_embedding_mask_zero_gru, DEFAULT_OPSET),
     "embedding_lstm_classifier": (_embedding_lstm_classifier, DEFAULT_OPSET),
     "embedding_lstm_classifier_opset13": (_embedding_lstm_classifier, 13),
+    "bidirectional_gru": (_bidirectional_gru, DEFAULT_OPSET),
+    "lstm_with_states": (_lstm_with_states, DEFAULT_OPSET),
 }
 
 
@@ -138,10 +152,11 @@ def export(name: str, out_dir: Path, seed: int) -> Path:
 
     # Check the conversion against Keras before keeping it.
     feed = _sample_feed(model, np.random.default_rng(seed))
-    expected = np.asarray(model(feed))
+    expected = model(feed)
+    expected = [np.asarray(e) for e in (expected if isinstance(expected, (list, tuple)) else [expected])]
     session = ort.InferenceSession(model_proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    got = session.run(None, {session.get_inputs()[0].name: feed})[0]
-    diff = float(np.max(np.abs(got - expected)))
+    got = session.run(None, {session.get_inputs()[0].name: feed})
+    diff = max(float(np.max(np.abs(g - e))) for g, e in zip(got, expected))
     if diff > 1e-4:
         raise SystemExit(f"{name}: onnxruntime differs from Keras by {diff}")
 

@@ -7,9 +7,9 @@
   2.1e-7), measured over [-20, 20] and tiny magnitudes; see the tests.
 * ``activate``/``activate_inplace``: every activation of the ONNX RNN ops,
   selected by an integer code (``ACTIVATION_CODES``).
-* ``matmul_nt``: ``out[m, c0+n] = A[m, :] . Bm[n0+n, :] (+ bias)``, register-
-  and cache-blocked, single-threaded: no BLAS thread pool spinning next to
-  the kernel, and no call overhead at batch 1.
+* ``product`` (``matmul_nt`` + ``matvec_kn``): ``out[m, c0+n] = A[m] . Bm[n0+n]``,
+  register- and cache-blocked, single-threaded: no BLAS thread pool spinning
+  next to the kernel, no call overhead at batch 1, and no SciPy dependency.
 
 All arithmetic stays float32: constants are ``np.float32`` (a Python float
 would promote the expression to float64).
@@ -116,8 +116,7 @@ def activate_inplace(v, code, alpha, beta):
 
 
 # Cache blocking of matmul_nt: MB rows of A stay in L2 while NB rows of Bm
-# (weights) stay in L1. Register tiles: 4x4 (8 loads per 16 FMAs) when at
-# least 4 rows are left, 1x8 for the rest (batch 1: one load of A per 8 FMAs).
+# (weights) stay in L1; a 4x4 register tile reads 8 values per 16 FMAs.
 _MB = 64
 _NB = 16
 
@@ -178,29 +177,6 @@ def _tile_4x4(A, m, Bm, n, out, c):
 
 
 @jit
-def _tile_1x8(A, m, Bm, n, out, c):
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = ZERO
-    for k in range(A.shape[1]):
-        a = A[m, k]
-        s0 += a * Bm[n, k]
-        s1 += a * Bm[n + 1, k]
-        s2 += a * Bm[n + 2, k]
-        s3 += a * Bm[n + 3, k]
-        s4 += a * Bm[n + 4, k]
-        s5 += a * Bm[n + 5, k]
-        s6 += a * Bm[n + 6, k]
-        s7 += a * Bm[n + 7, k]
-    out[m, c] = s0
-    out[m, c + 1] = s1
-    out[m, c + 2] = s2
-    out[m, c + 3] = s3
-    out[m, c + 4] = s4
-    out[m, c + 5] = s5
-    out[m, c + 6] = s6
-    out[m, c + 7] = s7
-
-
-@jit
 def matmul_nt(A, Bm, n0, n1, out, c0):
     """``out[m, c0 + n - n0] = sum_k A[m, k] * Bm[n, k]`` for every row m of A and n in [n0, n1)."""
     M = A.shape[0]
@@ -218,20 +194,61 @@ def matmul_nt(A, Bm, n0, n1, out, c0):
                     for mm in range(m, m + 4):
                         out[mm, c0 + nn - n0] = _dot(A, mm, Bm, nn)
                 m += 4
-            while m < m1:
-                n = nb
-                while n + 8 <= nb1:
-                    _tile_1x8(A, m, Bm, n, out, c0 + n - n0)
-                    n += 8
-                for nn in range(n, nb1):
-                    out[m, c0 + nn - n0] = _dot(A, m, Bm, nn)
-                m += 1
+            for mm in range(m, m1):  # callers send multiples of 4 rows (see ``product``)
+                for nn in range(nb, nb1):
+                    out[mm, c0 + nn - n0] = _dot(A, mm, Bm, nn)
 
 
 @jit
 def add_bias_rows(out, bias, c0, c1):
     """``out[m, c] += bias[c]`` for c in [c0, c1)."""
+    b = bias[c0:c1]
     for m in range(out.shape[0]):
-        row = out[m]
-        for c in range(c0, c1):
-            row[c] += bias[c]
+        row = out[m, c0:c1]
+        for c in range(c1 - c0):
+            row[c] += b[c]
+
+
+@jit
+def matvec_kn(h, RT, n0, n1, out):
+    """``out[n - n0] = sum_k h[k] * RT[k, n]`` for n in [n0, n1): one row, k-major weights.
+
+    Vectorized along n, so there is no horizontal sum to pay at small K
+    (batch 1); eight rows of RT per pass keep loads and stores of ``out`` low.
+    """
+    K = h.shape[0]
+    width = n1 - n0
+    o = out[:width]
+    for j in range(width):
+        o[j] = ZERO
+    k = 0
+    while k + 8 <= K:
+        h0, h1, h2, h3 = h[k], h[k + 1], h[k + 2], h[k + 3]
+        h4, h5, h6, h7 = h[k + 4], h[k + 5], h[k + 6], h[k + 7]
+        w0, w1, w2, w3 = RT[k, n0:n1], RT[k + 1, n0:n1], RT[k + 2, n0:n1], RT[k + 3, n0:n1]
+        w4, w5, w6, w7 = RT[k + 4, n0:n1], RT[k + 5, n0:n1], RT[k + 6, n0:n1], RT[k + 7, n0:n1]
+        for j in range(width):
+            o[j] += ((h0 * w0[j] + h1 * w1[j]) + (h2 * w2[j] + h3 * w3[j])) + \
+                    ((h4 * w4[j] + h5 * w5[j]) + (h6 * w6[j] + h7 * w7[j]))
+        k += 8
+    while k < K:
+        hk = h[k]
+        w = RT[k, n0:n1]
+        for j in range(width):
+            o[j] += hk * w[j]
+        k += 1
+
+
+@jit
+def product(A, Bm, BmT, n0, n1, out, c0):
+    """``out[m, c0 + n - n0] = A[m] . Bm[n]``, with ``BmT`` = Bm transposed (k-major).
+
+    Rows four at a time use the 4x4 tile of ``matmul_nt``; the rest (all of
+    them at batch 1..3) the vectorized-along-n ``matvec_kn``.
+    """
+    M = A.shape[0]
+    full = M - M % 4
+    if full:
+        matmul_nt(A[:full], Bm, n0, n1, out[:full], c0)
+    for m in range(full, M):
+        matvec_kn(A[m], BmT, n0, n1, out[m, c0:])

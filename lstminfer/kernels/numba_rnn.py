@@ -33,11 +33,10 @@ from numba import prange, types
 
 from .numba_config import jit, jit_parallel
 from .numba_math import (
-    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, matmul_nt,
+    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, product,
 )
-from .packing import SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_W
+from .packing import NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_RT, SEG_W, SEG_WT
 
-NUM_SEGMENTS = 5
 ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _ALIGN = 16
@@ -110,93 +109,102 @@ def _init_state(dst, src, has_src, d):
 
 
 @jit
-def _project(X2, wW, bias_x, xp, table, nblocks, k, G):
+def _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G):
     u0 = table[k]
     u1 = table[k + 1]
-    matmul_nt(X2, wW, G * u0, G * u1, xp, G * u0)
+    product(X2, wW, wWT, G * u0, G * u1, xp, G * u0)
     add_bias_rows(xp, bias_x, G * u0, G * u1)
 
 
 @jit
 def _finish_row(hn_row, hp_row, active, Y, t, d, b, u0, u1):
     """Y for this step; an inactive row keeps its state and writes zeros."""
+    y = Y[t, d, b, u0:u1]
+    h = hn_row[u0:u1]
     if active:
-        for j in range(u0, u1):
-            Y[t, d, b, j] = hn_row[j]
+        for j in range(u1 - u0):
+            y[j] = h[j]
     else:
-        for j in range(u0, u1):
-            hn_row[j] = hp_row[j]
-            Y[t, d, b, j] = ZERO
+        hp = hp_row[u0:u1]
+        for j in range(u1 - u0):
+            h[j] = hp[j]
+            y[j] = ZERO
 
+
+# Element-wise loops index slices from 0: with ``row[offset + j]`` Numba keeps
+# a negative-index check per access and LLVM no longer vectorizes the loop.
 
 # --------------------------------------------------------------- LSTM --
 
 @jit
-def _lstm_cells_default(xr, gr, hn, cr, Pi, Pf, Po, u0, bs, cb, clip, ff):
-    """Sigmoid/Tanh/Tanh: every gate, the cell and h in one vectorized loop."""
-    ib = cb
-    fb = cb + bs
-    gb = cb + 2 * bs
-    ob = cb + 3 * bs
-    for jj in range(bs):
-        j = u0 + jj
-        cp = cr[j]
-        it = fast_sigmoid(_clamp(xr[ib + jj] + gr[ib + jj] + Pi[j] * cp, clip))
-        ft = fast_sigmoid(_clamp(xr[fb + jj] + gr[fb + jj] + Pf[j] * cp, clip))
+def _lstm_cells_default(xr, gr, h, c, pi, pf, po, bs, clip, ff):
+    """Sigmoid/Tanh/Tanh: every gate, the cell and h in one vectorized loop.
+
+    xr/gr: this block's input projection / recurrent gate rows (i, f, c, o
+    blocks of ``bs``); h, c, pi, pf, po: this block's units.
+    """
+    xi, xf, xg, xo = xr[:bs], xr[bs: 2 * bs], xr[2 * bs: 3 * bs], xr[3 * bs: 4 * bs]
+    gi, gf, gg, go = gr[:bs], gr[bs: 2 * bs], gr[2 * bs: 3 * bs], gr[3 * bs: 4 * bs]
+    for j in range(bs):
+        cp = c[j]
+        it = fast_sigmoid(_clamp(xi[j] + gi[j] + pi[j] * cp, clip))
+        ft = fast_sigmoid(_clamp(xf[j] + gf[j] + pf[j] * cp, clip))
         ft = ff * (ONE - it) + (ONE - ff) * ft  # ff = 1: input_forget couples f to i
-        gt = fast_tanh(_clamp(xr[gb + jj] + gr[gb + jj], clip))
+        gt = fast_tanh(_clamp(xg[j] + gg[j], clip))
         ct = ft * cp + it * gt
-        ot = fast_sigmoid(_clamp(xr[ob + jj] + gr[ob + jj] + Po[j] * ct, clip))  # peephole on new C
-        cr[j] = ct
-        hn[j] = ot * fast_tanh(ct)
+        ot = fast_sigmoid(_clamp(xo[j] + go[j] + po[j] * ct, clip))  # peephole on the new C
+        c[j] = ct
+        h[j] = ot * fast_tanh(ct)
 
 
 @jit
-def _lstm_cells_generic(xr, gr, hn, cr, Pi, Pf, Po, u0, bs, cb, clip, input_forget,
+def _lstm_cells_generic(xr, gr, h, c, pi, pf, po, bs, clip, input_forget,
                         cf, af, bf, cg, ag, bg, ch, ah, bh):
     """Any activations: the same equations as vectorized passes over the row."""
-    ib = cb
-    fb = cb + bs
-    gb = cb + 2 * bs
-    ob = cb + 3 * bs
-    for jj in range(bs):
-        cp = cr[u0 + jj]
-        gr[ib + jj] = _clamp(xr[ib + jj] + gr[ib + jj] + Pi[u0 + jj] * cp, clip)
-        gr[fb + jj] = _clamp(xr[fb + jj] + gr[fb + jj] + Pf[u0 + jj] * cp, clip)
-        gr[gb + jj] = _clamp(xr[gb + jj] + gr[gb + jj], clip)
-    activate_inplace(gr[ib: ib + bs], cf, af, bf)
+    xi, xf, xg, xo = xr[:bs], xr[bs: 2 * bs], xr[2 * bs: 3 * bs], xr[3 * bs: 4 * bs]
+    gi, gf, gg, go = gr[:bs], gr[bs: 2 * bs], gr[2 * bs: 3 * bs], gr[3 * bs: 4 * bs]
+    for j in range(bs):
+        cp = c[j]
+        gi[j] = _clamp(xi[j] + gi[j] + pi[j] * cp, clip)
+        gf[j] = _clamp(xf[j] + gf[j] + pf[j] * cp, clip)
+        gg[j] = _clamp(xg[j] + gg[j], clip)
+    activate_inplace(gi, cf, af, bf)
     if not input_forget:
-        activate_inplace(gr[fb: fb + bs], cf, af, bf)
-    activate_inplace(gr[gb: gb + bs], cg, ag, bg)
-    for jj in range(bs):
-        j = u0 + jj
-        it = gr[ib + jj]
-        ft = ONE - it if input_forget else gr[fb + jj]
-        ct = ft * cr[j] + it * gr[gb + jj]
-        cr[j] = ct
-        gr[ob + jj] = _clamp(xr[ob + jj] + gr[ob + jj] + Po[j] * ct, clip)
-        hn[j] = ct
-    activate_inplace(gr[ob: ob + bs], cf, af, bf)
-    activate_inplace(hn[u0: u0 + bs], ch, ah, bh)
-    for jj in range(bs):
-        hn[u0 + jj] *= gr[ob + jj]
+        activate_inplace(gf, cf, af, bf)
+    activate_inplace(gg, cg, ag, bg)
+    for j in range(bs):
+        it = gi[j]
+        ft = ONE - it if input_forget else gf[j]
+        ct = ft * c[j] + it * gg[j]
+        c[j] = ct
+        go[j] = _clamp(xo[j] + go[j] + po[j] * ct, clip)
+        h[j] = ct
+    activate_inplace(go, cf, af, bf)
+    activate_inplace(h, ch, ah, bh)
+    for j in range(bs):
+        h[j] *= go[j]
 
 
 @jit
-def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, peep, u0, u1, t, lens, has_lens, Y, d, clip,
+def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, u0, u1, t, lens, has_lens, Y, d, clip,
                 input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh):
     bs = u1 - u0
     cb = 4 * u0
-    matmul_nt(hp, wR, cb, cb + 4 * bs, gates, cb)
+    ce = 4 * u1
+    product(hp, wR, wRT, cb, ce, gates, cb)
     ff = ONE if input_forget else ZERO
+    pi, pf, po = peep[0, u0:u1], peep[1, u0:u1], peep[2, u0:u1]
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
-            xr = xp[r0 + b * rb]
+            xr = xp[r0 + b * rb, cb:ce]
+            gr = gates[b, cb:ce]
+            h = hn[b, u0:u1]
+            cr = c[b, u0:u1]
             if default:
-                _lstm_cells_default(xr, gates[b], hn[b], c[b], peep[0], peep[1], peep[2], u0, bs, cb, clip, ff)
+                _lstm_cells_default(xr, gr, h, cr, pi, pf, po, bs, clip, ff)
             else:
-                _lstm_cells_generic(xr, gates[b], hn[b], c[b], peep[0], peep[1], peep[2], u0, bs, cb, clip,
+                _lstm_cells_generic(xr, gr, h, cr, pi, pf, po, bs, clip,
                                     input_forget, cf, af, bf, cg, ag, bg, ch, ah, bh)
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
@@ -218,6 +226,8 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
         reverse = reverse_first or d == 1
         wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
         wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
+        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, G * H * I).reshape((I, G * H))
+        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, G * H * H).reshape((H, G * H))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         peep = _segment(wbuf, table, nblocks, d, SEG_PEEP, 3 * H).reshape((3, H))
         a = codes_at + 3 * d
@@ -226,7 +236,7 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
         af, bf, ag, bg, ah, bh = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3], fparams[p + 4], fparams[p + 5]
         default = cf == SIGMOID and cg == TANH and ch == TANH
         for k in prange(nblocks):
-            _project(X2, wW, bias_x, xp, table, nblocks, k, G)
+            _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G)
         _init_state(hbuf[0], h0, has_h0, d)
         _init_state(c, c0, has_c0, d)
         cur = 0
@@ -237,7 +247,7 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
             hp = hbuf[cur]
             hn = hbuf[1 - cur]
             for k in prange(nblocks):
-                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, peep, table[k], table[k + 1], t, lens, has_lens,
+                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, table[k], table[k + 1], t, lens, has_lens,
                             Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh)
             cur = 1 - cur
         for b in range(B):
@@ -250,93 +260,100 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
 # ---------------------------------------------------------------- GRU --
 
 @jit
-def _gru_gates_zr(xr, gr, hp, rh, u0, bs, cb, clip, default, cf, af, bf):
+def _gru_gates_zr(xr, gr, hp, rh, bs, clip, default, cf, af, bf):
     """z (kept in gr) and r * h_prev (into rh) for linear_before_reset = 0."""
-    zb = cb
-    rb_ = cb + bs
+    xz, xr_ = xr[:bs], xr[bs: 2 * bs]
+    gz, gr_ = gr[:bs], gr[bs: 2 * bs]
     if default:
-        for jj in range(bs):
-            gr[zb + jj] = fast_sigmoid(_clamp(xr[zb + jj] + gr[zb + jj], clip))
-            rt = fast_sigmoid(_clamp(xr[rb_ + jj] + gr[rb_ + jj], clip))
-            rh[u0 + jj] = rt * hp[u0 + jj]
+        for j in range(bs):
+            gz[j] = fast_sigmoid(_clamp(xz[j] + gz[j], clip))
+            rh[j] = fast_sigmoid(_clamp(xr_[j] + gr_[j], clip)) * hp[j]
     else:
-        for jj in range(2 * bs):
-            gr[zb + jj] = _clamp(xr[zb + jj] + gr[zb + jj], clip)
-        activate_inplace(gr[zb: zb + 2 * bs], cf, af, bf)
-        for jj in range(bs):
-            rh[u0 + jj] = gr[rb_ + jj] * hp[u0 + jj]
+        zr = gr[: 2 * bs]
+        xzr = xr[: 2 * bs]
+        for j in range(2 * bs):
+            zr[j] = _clamp(xzr[j] + zr[j], clip)
+        activate_inplace(zr, cf, af, bf)
+        for j in range(bs):
+            rh[j] = gr_[j] * hp[j]
 
 
 @jit
-def _gru_output(xr, gr, hp, hn, u0, bs, cb, clip, default, cg, ag, bg):
-    """h~ = g(x_h + gr_h) and H = (1 - z) h~ + z h_prev (gr_h holds the recurrent part)."""
-    zb = cb
-    hb = cb + 2 * bs
+def _gru_output(xh, gz, gh, hp, h, bs, clip, default, cg, ag, bg):
+    """h~ = g(xh + gh) and H = (1 - z) h~ + z h_prev; gh holds the recurrent part, gz the z gate."""
     if default:
-        for jj in range(bs):
-            ht = fast_tanh(_clamp(xr[hb + jj] + gr[hb + jj], clip))
-            zt = gr[zb + jj]
-            hn[u0 + jj] = (ONE - zt) * ht + zt * hp[u0 + jj]
+        for j in range(bs):
+            ht = fast_tanh(_clamp(xh[j] + gh[j], clip))
+            zt = gz[j]
+            h[j] = (ONE - zt) * ht + zt * hp[j]
     else:
-        for jj in range(bs):
-            gr[hb + jj] = _clamp(xr[hb + jj] + gr[hb + jj], clip)
-        activate_inplace(gr[hb: hb + bs], cg, ag, bg)
-        for jj in range(bs):
-            zt = gr[zb + jj]
-            hn[u0 + jj] = (ONE - zt) * gr[hb + jj] + zt * hp[u0 + jj]
+        for j in range(bs):
+            gh[j] = _clamp(xh[j] + gh[j], clip)
+        activate_inplace(gh, cg, ag, bg)
+        for j in range(bs):
+            zt = gz[j]
+            h[j] = (ONE - zt) * gh[j] + zt * hp[j]
 
 
 @jit
-def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, bias_rh, u0, u1, t, lens, has_lens, Y, d, clip, lbr,
+def _gru_lbr_cells(xr, gr, hp, h, rbh, bs, clip, default, cf, af, bf, cg, ag, bg):
+    """linear_before_reset: h~ = g(xh + r * (h_prev . Rh^T + Rbh)); the whole step."""
+    xz, xr_, xh = xr[:bs], xr[bs: 2 * bs], xr[2 * bs: 3 * bs]
+    gz, gr_, gh = gr[:bs], gr[bs: 2 * bs], gr[2 * bs: 3 * bs]
+    if default:
+        for j in range(bs):
+            zt = fast_sigmoid(_clamp(xz[j] + gz[j], clip))
+            rt = fast_sigmoid(_clamp(xr_[j] + gr_[j], clip))
+            ht = fast_tanh(_clamp(xh[j] + rt * (gh[j] + rbh[j]), clip))
+            h[j] = (ONE - zt) * ht + zt * hp[j]
+    else:
+        zr = gr[: 2 * bs]
+        xzr = xr[: 2 * bs]
+        for j in range(2 * bs):
+            zr[j] = _clamp(xzr[j] + zr[j], clip)
+        activate_inplace(zr, cf, af, bf)
+        for j in range(bs):  # fold r into the recurrent part, then the common output
+            gh[j] = gr_[j] * (gh[j] + rbh[j])
+        _gru_output(xh, gz, gh, hp, h, bs, clip, False, cg, ag, bg)
+
+
+@jit
+def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, bias_rh, u0, u1, t, lens, has_lens, Y, d, clip, lbr,
                 default, cf, af, bf, cg, ag, bg):
     """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev)."""
     bs = u1 - u0
     cb = 3 * u0
-    ncols = 3 * bs if lbr else 2 * bs
-    matmul_nt(hp, wR, cb, cb + ncols, gates, cb)
+    ce = 3 * u1
+    product(hp, wR, wRT, cb, ce if lbr else cb + 2 * bs, gates, cb)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
-        gr = gates[b]
         if active:
-            xr = xp[r0 + b * rb]
-            if lbr:  # r multiplies (h_prev . Rh^T + Rbh)
-                hb = cb + 2 * bs
-                for jj in range(bs):
-                    gr[hb + jj] = gr[hb + jj] + bias_rh[u0 + jj]
-                if default:
-                    zb = cb
-                    rb_ = cb + bs
-                    for jj in range(bs):
-                        zt = fast_sigmoid(_clamp(xr[zb + jj] + gr[zb + jj], clip))
-                        rt = fast_sigmoid(_clamp(xr[rb_ + jj] + gr[rb_ + jj], clip))
-                        ht = fast_tanh(_clamp(xr[hb + jj] + rt * gr[hb + jj], clip))
-                        hn[b, u0 + jj] = (ONE - zt) * ht + zt * hp[b, u0 + jj]
-                else:
-                    for jj in range(2 * bs):
-                        gr[cb + jj] = _clamp(xr[cb + jj] + gr[cb + jj], clip)
-                    activate_inplace(gr[cb: cb + 2 * bs], cf, af, bf)
-                    for jj in range(bs):  # fold r into the recurrent part, then the common output
-                        gr[hb + jj] = gr[cb + bs + jj] * gr[hb + jj]
-                    _gru_output(xr, gr, hp[b], hn[b], u0, bs, cb, clip, False, cg, ag, bg)
+            xr = xp[r0 + b * rb, cb:ce]
+            gr = gates[b, cb:ce]
+            if lbr:
+                _gru_lbr_cells(xr, gr, hp[b, u0:u1], hn[b, u0:u1], bias_rh[u0:u1], bs, clip, default,
+                               cf, af, bf, cg, ag, bg)
             else:
-                _gru_gates_zr(xr, gr, hp[b], rh[b], u0, bs, cb, clip, default, cf, af, bf)
+                _gru_gates_zr(xr, gr, hp[b, u0:u1], rh[b, u0:u1], bs, clip, default, cf, af, bf)
         else:
-            for j in range(u0, u1):
-                rh[b, j] = ZERO
+            rhb = rh[b, u0:u1]
+            for j in range(bs):
+                rhb[j] = ZERO
         if lbr:
             _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
 
 @jit
-def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, u0, u1, t, lens, has_lens, Y, d, clip, default, cg, ag, bg):
+def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, u0, u1, t, lens, has_lens, Y, d, clip, default, cg, ag, bg):
     bs = u1 - u0
     cb = 3 * u0
     hb = cb + 2 * bs
-    matmul_nt(rh, wR, hb, hb + bs, gates, hb)
+    product(rh, wR, wRT, hb, hb + bs, gates, hb)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
-            _gru_output(xp[r0 + b * rb], gates[b], hp[b], hn[b], u0, bs, cb, clip, default, cg, ag, bg)
+            _gru_output(xp[r0 + b * rb, hb: hb + bs], gates[b, cb: cb + bs], gates[b, hb: hb + bs],
+                        hp[b, u0:u1], hn[b, u0:u1], bs, clip, default, cg, ag, bg)
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
 
@@ -358,6 +375,8 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
         reverse = reverse_first or d == 1
         wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
         wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
+        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, G * H * I).reshape((I, G * H))
+        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, G * H * H).reshape((H, G * H))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         bias_rh = _segment(wbuf, table, nblocks, d, SEG_BIAS_RH, H)
         a = codes_at + 2 * d
@@ -366,7 +385,7 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
         af, bf, ag, bg = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3]
         default = cf == SIGMOID and cg == TANH
         for k in prange(nblocks):
-            _project(X2, wW, bias_x, xp, table, nblocks, k, G)
+            _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G)
         _init_state(hbuf[0], h0, has_h0, d)
         cur = 0
         for step in range(T):
@@ -376,11 +395,11 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
             hp = hbuf[cur]
             hn = hbuf[1 - cur]
             for k in prange(nblocks):
-                _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, bias_rh, table[k], table[k + 1], t, lens, has_lens,
+                _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, bias_rh, table[k], table[k + 1], t, lens, has_lens,
                             Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg)
             if not lbr:
                 for k in prange(nblocks):
-                    _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, table[k], table[k + 1], t, lens, has_lens,
+                    _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, table[k], table[k + 1], t, lens, has_lens,
                                 Y, d, clip32, default, cg, ag, bg)
             cur = 1 - cur
         for b in range(B):
@@ -392,21 +411,22 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
 # ---------------------------------------------------------------- RNN --
 
 @jit
-def _rnn_block(xp, r0, rb, gates, hp, hn, wR, u0, u1, t, lens, has_lens, Y, d, clip, cf, af, bf):
-    matmul_nt(hp, wR, u0, u1, gates, u0)
+def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, u0, u1, t, lens, has_lens, Y, d, clip, cf, af, bf):
+    product(hp, wR, wRT, u0, u1, gates, u0)
+    bs = u1 - u0
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
-            xr = xp[r0 + b * rb]
-            gr = gates[b]
-            hr = hn[b]
+            xr = xp[r0 + b * rb, u0:u1]
+            gr = gates[b, u0:u1]
+            h = hn[b, u0:u1]
             if cf == TANH:
-                for j in range(u0, u1):
-                    hr[j] = fast_tanh(_clamp(xr[j] + gr[j], clip))
+                for j in range(bs):
+                    h[j] = fast_tanh(_clamp(xr[j] + gr[j], clip))
             else:
-                for j in range(u0, u1):
-                    hr[j] = _clamp(xr[j] + gr[j], clip)
-                activate_inplace(hr[u0: u1], cf, af, bf)
+                for j in range(bs):
+                    h[j] = _clamp(xr[j] + gr[j], clip)
+                activate_inplace(h, cf, af, bf)
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
 
@@ -427,11 +447,13 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
         reverse = reverse_first or d == 1
         wW = _segment(wbuf, table, nblocks, d, SEG_W, H * I).reshape((H, I))
         wR = _segment(wbuf, table, nblocks, d, SEG_R, H * H).reshape((H, H))
+        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, H * I).reshape((I, H))
+        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, H * H).reshape((H, H))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, H)
         cf = table[codes_at + d]
         af, bf = fparams[2 * d], fparams[2 * d + 1]
         for k in prange(nblocks):
-            _project(X2, wW, bias_x, xp, table, nblocks, k, G)
+            _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G)
         _init_state(hbuf[0], h0, has_h0, d)
         cur = 0
         for step in range(T):
@@ -441,7 +463,7 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
             hp = hbuf[cur]
             hn = hbuf[1 - cur]
             for k in prange(nblocks):
-                _rnn_block(xp, r0, rb, gates, hp, hn, wR, table[k], table[k + 1], t, lens, has_lens,
+                _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, table[k], table[k + 1], t, lens, has_lens,
                            Y, d, clip32, cf, af, bf)
             cur = 1 - cur
         for b in range(B):

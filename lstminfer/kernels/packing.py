@@ -8,6 +8,8 @@ gates in spec order (``ONNX_GATES``). The kernels want, per direction:
   in ``KERNEL_GATES`` order. With one block this is simply gate-major; with
   two, each core's rows of W and R are contiguous, so they stay in its own
   cache across time steps (DeepCPU's private-cache partitioning).
+* ``WT``/``RT``: the same matrices transposed (k-major), read at batch 1..3
+  where a product vectorized along the outputs beats row dot products.
 * ``bias_x``: the biases added to the input projection, pre-summed (Wb + Rb;
   GRU with linear_before_reset keeps Rbh apart, since r multiplies it).
 * ``bias_rh``: that GRU Rbh (zeros otherwise), per unit.
@@ -72,7 +74,7 @@ class PackedWeights:
     num_directions: int
     edges: np.ndarray  # unit block boundaries, int64 [blocks + 1]
     buffer: np.ndarray  # float32 1-D, 64-byte aligned
-    offsets: np.ndarray  # int64 [D, 5]: W, R, bias_x, bias_rh, peep
+    offsets: np.ndarray  # int64 [D, NUM_SEGMENTS]: W, R, bias_x, bias_rh, peep, WT, RT
 
     @property
     def blocks(self) -> int:
@@ -83,7 +85,8 @@ class PackedWeights:
         return self.buffer[start: start + int(np.prod(shape))].reshape(shape)
 
 
-SEG_W, SEG_R, SEG_BIAS_X, SEG_BIAS_RH, SEG_PEEP = range(5)
+SEG_W, SEG_R, SEG_BIAS_X, SEG_BIAS_RH, SEG_PEEP, SEG_WT, SEG_RT = range(7)
+NUM_SEGMENTS = 7
 
 
 def _aligned_zeros(size: int) -> np.ndarray:
@@ -101,7 +104,7 @@ def pack(op: str, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndar
     edges = unit_blocks(H, blocks)
     order = kernel_row_order(op, H, edges)
 
-    sizes = (GH * I, GH * H, GH, H, 3 * H)
+    sizes = (GH * I, GH * H, GH, H, 3 * H, I * GH, H * GH)
     padded = [-(-s // ALIGN_FLOATS) * ALIGN_FLOATS for s in sizes]
     offsets = np.zeros((D, len(sizes)), dtype=np.int64)
     position = 0
@@ -115,6 +118,8 @@ def pack(op: str, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndar
     for d in range(D):
         packed.segment(d, SEG_W, (GH, I))[:] = W[d][order]
         packed.segment(d, SEG_R, (GH, H))[:] = R[d][order]
+        packed.segment(d, SEG_WT, (I, GH))[:] = W[d][order].T
+        packed.segment(d, SEG_RT, (H, GH))[:] = R[d][order].T
         if B is not None:
             wb, rb = B[d, :GH], B[d, GH:]
             bias_x = wb + rb
