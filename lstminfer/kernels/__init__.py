@@ -17,8 +17,12 @@ Contract with the recurrent op factory (``lstminfer/ops/recurrent.py``)::
   call compares the W/R/B/P it receives with the packed ones (identity
   first, so it costs nothing for constants) and runs the reference when they
   differ.
-* ``threads``: 1 (default: no thread pool, best at batch 1) or more, which
-  splits the hidden units so each core keeps its slice of W/R in its cache.
+* ``threads``: 1 (default: no thread pool, best at batch 1) or more: a
+  batch of at least 4 rows per thread is split across threads (each runs the
+  whole sequence on its rows: no barrier per step); a smaller one splits the
+  hidden units so each core keeps its slice of W/R in its own cache
+  (DeepCPU's private-cache partitioning), with one barrier per step, which
+  pays only for large H on otherwise idle cores.
 
 The returned ``kernel(X, W, R, B, sequence_lens, initial_h, initial_c, P)``
 (GRU/RNN: the first six) returns ``(Y, Y_h[, Y_c])`` cut to
@@ -97,10 +101,11 @@ def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, thr
 
     if not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    packed = pack(spec.op, W, R, B, P if spec.op == "LSTM" else None,
-                  linear_before_reset=bool(getattr(spec, "linear_before_reset", False)), blocks=threads)
-    return FusedKernel(spec, packed, W, R, B, P if spec.op == "LSTM" else None, threads=packed.blocks,
-                       label=label)
+    P = P if spec.op == "LSTM" else None
+    lbr = bool(getattr(spec, "linear_before_reset", False))
+    packed = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=threads)
+    serial = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=1) if threads > 1 else None
+    return FusedKernel(spec, packed, W, R, B, P, threads=threads, serial_packed=serial, label=label)
 
 
 def compile_all(parallel: bool = True) -> list[str]:

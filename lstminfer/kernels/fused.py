@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,19 @@ _F32 = np.dtype(np.float32)
 _NO_LENS = np.zeros(0, dtype=np.int32)
 _NO_STATE = np.zeros((0, 0, 0), dtype=np.float32)
 _REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
+_MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs more than it saves
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One shared pool of helper threads (created on first use; idle threads just sleep)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer")
+        return _POOL
 
 
 def _same_constant(given: Any, packed: np.ndarray | None) -> bool:
@@ -42,7 +56,8 @@ class FusedKernel:
     """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``."""
 
     def __init__(self, spec: Any, packed: PackedWeights, W: np.ndarray, R: np.ndarray,
-                 B: np.ndarray | None, P: np.ndarray | None, *, threads: int, label: str = ""):
+                 B: np.ndarray | None, P: np.ndarray | None, *, threads: int = 1,
+                 serial_packed: PackedWeights | None = None, label: str = ""):
         self.spec = spec
         self.op = spec.op
         self.label = label
@@ -56,6 +71,12 @@ class FusedKernel:
         self._parallel = packed.blocks > 1
         self._run = numba_rnn.driver(self.op, self._parallel)
         self._table, self._fparams = self._tables(spec, packed)
+        # threads > 1: batches of 4+ rows per thread split the batch (no per-step barrier);
+        # smaller ones split the hidden units (``packed`` has ``threads`` unit blocks).
+        self._batch_parts = threads if serial_packed is not None else 1
+        self._serial_packed = serial_packed if serial_packed is not None else packed
+        self._serial_run = numba_rnn.driver(self.op, False) if serial_packed is not None else self._run
+        self._serial_table = self._tables(spec, self._serial_packed)[0]
         self._flag = bool(spec.input_forget if self.op == "LSTM" else
                           spec.linear_before_reset if self.op == "GRU" else False)
         self._clip = math.inf if spec.clip is None else float(spec.clip)
@@ -66,7 +87,9 @@ class FusedKernel:
         acts = "+".join(a.name for a in spec.activations[: numba_rnn.ACTS_PER_DIRECTION[self.op]])
         self.describe = (
             f"numba {self.op.lower()}_seq fused (H={self.hidden_size}, {spec.direction}, {acts}, "
-            f"{self._nblocks} thread{'s' if self._nblocks > 1 else ''})"
+            + (f"1 thread)" if threads == 1 else
+               f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows, "
+               f"else hidden units split in {self._nblocks} blocks)")
         )
 
     @staticmethod
@@ -82,39 +105,37 @@ class FusedKernel:
 
     # ------------------------------------------------------------------
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
-        inputs = (X, W, R, B, sequence_lens, initial_h, initial_c, P)
-        if not self._fast_path_applies(X, W, R, B, P):
-            return self._reference(inputs)
-        layout0 = self._time_major
-        T, batch = (X.shape[0], X.shape[1]) if layout0 else (X.shape[1], X.shape[0])
-        D, H = self.num_directions, self.hidden_size
+        # Kept lean: at batch 1 and one step, this Python is most of the cost.
+        W0, R0, B0, P0 = self._constants
+        if not ((W is W0 and R is R0 and B is B0 and (P is P0 or self.op != "LSTM")) or
+                self._same_weights(W, R, B, P)):
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        if not (type(X) is np.ndarray and X.dtype == _F32 and X.ndim == 3 and X.shape[2] == self.input_size):
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        time_major = self._time_major
+        if time_major:
+            T, batch = X.shape[0], X.shape[1]
+            state_shape = (self.num_directions, batch, self.hidden_size)
+        else:
+            batch, T = X.shape[0], X.shape[1]
+            state_shape = (batch, self.num_directions, self.hidden_size)
 
-        state_shape = (D, batch, H) if layout0 else (batch, D, H)
-        starts = []
-        for value in (initial_h, initial_c)[: self._states]:
-            if value is None:
-                starts.append((_NO_STATE, False))
-            elif isinstance(value, np.ndarray) and value.dtype == _F32 and value.shape == state_shape:
-                starts.append((value if layout0 else value.transpose(1, 0, 2), True))
-            else:
-                return self._reference(inputs)
-        if self.op != "LSTM":
-            starts.append((_NO_STATE, False))
-
+        h0, has_h0 = self._initial_state(initial_h, state_shape)
+        c0, has_c0 = self._initial_state(initial_c, state_shape) if self.op == "LSTM" else (_NO_STATE, False)
+        if h0 is None or c0 is None:
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
         if sequence_lens is None:
             lens, has_lens = _NO_LENS, False
         else:
-            lens = sequence_lens
-            if not (isinstance(lens, np.ndarray) and lens.dtype.kind in "iu" and lens.shape == (batch,)):
-                return self._reference(inputs)
-            if lens.dtype != np.int32:
-                if lens.size and (lens.min() < 0 or lens.max() > T):
-                    return self._reference(inputs)  # raises the range error
+            lens, has_lens = sequence_lens, True
+            if not (type(lens) is np.ndarray and lens.dtype == np.int32 and lens.shape == (batch,)):
+                if not (isinstance(lens, np.ndarray) and lens.dtype.kind in "iu" and lens.shape == (batch,)
+                        and (lens.size == 0 or (lens.min() >= 0 and lens.max() <= T))):
+                    return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
                 lens = lens.astype(np.int32)
-            lens = np.ascontiguousarray(lens)
-            has_lens = True
 
-        if layout0:
+        D, H = self.num_directions, self.hidden_size
+        if time_major:
             Y = np.empty((T, D, batch, H), dtype=_F32)
             states = np.empty((self._states, D, batch, H), dtype=_F32)
             Y_view, states_view = Y, states
@@ -123,38 +144,72 @@ class FusedKernel:
             states = np.empty((self._states, batch, D, H), dtype=_F32)
             Y_view, states_view = Y.transpose(1, 2, 0, 3), states.transpose(0, 2, 1, 3)
 
-        status = self._run(
-            np.ascontiguousarray(X), lens, has_lens, starts[0][0], starts[0][1], starts[1][0], starts[1][1],
-            Y_view, states_view, self._packed.buffer, self._table, self._fparams,
-            self._scratch(T, batch), D, self._nblocks, self._reverse_first, self._flag, layout0, self._clip,
-        )
-        if status:
-            return self._reference(inputs)  # raises: sequence_lens out of range
-        outputs = (Y, *states)
-        return outputs[: self.spec.num_outputs]
+        X = X if X.flags.c_contiguous else np.ascontiguousarray(X)
+        if self._batch_parts > 1 and batch >= _MIN_ROWS_PER_PART * self._batch_parts:
+            status = self._run_batch_split(X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view, T, batch)
+        else:
+            status = self._run(
+                X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view, self._packed.buffer,
+                self._table, self._fparams, self._scratch(T, batch), D, self._nblocks, self._reverse_first,
+                self._flag, time_major, self._clip,
+            )
+        if status:  # sequence_lens outside [0, T]: the reference raises the error
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        if self.op == "LSTM":
+            return (Y, states[0], states[1])[: self.spec.num_outputs]
+        return (Y, states[0])[: self.spec.num_outputs]
 
-    def _fast_path_applies(self, X, W, R, B, P) -> bool:
+    def _run_batch_split(self, X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, T, batch) -> int:
+        """Batch rows split across threads, each running the whole sequence on its rows.
+
+        No synchronisation per time step (each part is an independent
+        recurrence), so it pays even on a busy machine; each part runs the
+        serial driver in its own thread (the drivers release the GIL).
+        """
+        parts = self._batch_parts
+        edges = [round(batch * k / parts) for k in range(parts + 1)]
+        time_major = self._time_major
+
+        def run_part(k):
+            b0, b1 = edges[k], edges[k + 1]
+            Xk = np.ascontiguousarray(X[:, b0:b1]) if time_major else X[b0:b1]
+            return self._serial_run(
+                Xk, lens[b0:b1] if has_lens else lens, has_lens, h0[:, b0:b1] if has_h0 else h0, has_h0,
+                c0[:, b0:b1] if has_c0 else c0, has_c0, Y[:, :, b0:b1], states[:, :, b0:b1],
+                self._serial_packed.buffer, self._serial_table, self._fparams, self._scratch(T, b1 - b0),
+                self.num_directions, 1, self._reverse_first, self._flag, time_major, self._clip,
+            )
+
+        futures = [_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
+        status = run_part(0)
+        return max([status] + [f.result() for f in futures])
+
+    def _initial_state(self, value, state_shape):
+        """(array in [D, B, H] order, given?) or (None, False) when the reference must handle it."""
+        if value is None:
+            return _NO_STATE, False
+        if type(value) is np.ndarray and value.dtype == _F32 and value.shape == state_shape:
+            return (value if self._time_major else value.transpose(1, 0, 2)), True
+        return None, False
+
+    def _same_weights(self, W, R, B, P) -> bool:
         W0, R0, B0, P0 = self._constants
-        if not (isinstance(X, np.ndarray) and X.dtype == _F32 and X.ndim == 3 and X.shape[2] == self.input_size):
-            return False
-        if W is not W0 or R is not R0:
-            if not (_same_constant(W, W0) and _same_constant(R, R0)):
-                return False
-        if B is not B0 and not _same_constant(B, B0):
-            return False
-        if self.op == "LSTM" and P is not P0 and not _same_constant(P, P0):
-            return False
-        return True
+        return (_same_constant(W, W0) and _same_constant(R, R0) and _same_constant(B, B0)
+                and (self.op != "LSTM" or _same_constant(P, P0)))
 
     def _scratch(self, T: int, batch: int) -> np.ndarray:
+        local = self._local
+        if getattr(local, "key", None) == (T, batch):
+            return local.scratch
         need = numba_rnn.scratch_size(T, batch, num_gates(self.op), self.hidden_size)
-        buf = getattr(self._local, "scratch", None)
+        buf = getattr(local, "scratch", None)
         if buf is None or buf.size < need:
             buf = np.empty(max(need, 16), dtype=_F32)
-            self._local.scratch = buf
+            local.scratch = buf
+        local.key = (T, batch)
         return buf
 
-    def _reference(self, inputs):
+    def _reference(self, *inputs):
         run: Callable = _REFERENCE[self.op]
         args = inputs if self.op == "LSTM" else inputs[:6]
         prefix = f"{self.label}: " if self.label else ""
