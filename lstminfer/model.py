@@ -146,6 +146,22 @@ class Model:
             return outputs[0]
         return dict(zip(self.output_names, outputs))
 
+    def stream(self, state: Any = None):
+        """A ``Stream`` stepping this model chunk by chunk (see ``lstminfer.streaming``).
+
+        ``state``: bytes from ``Stream.save()``, or a state dict. Raises
+        ``NotStreamableError`` naming the node that prevents streaming.
+        """
+        from .streaming import Stream, program_for
+
+        return Stream(program_for(self), state)
+
+    def stream_pool(self, max_streams: int = 64):
+        """A thread-safe ``StreamPool`` stepping up to ``max_streams`` streams in one batched run."""
+        from .streaming import StreamPool, program_for
+
+        return StreamPool(program_for(self), max_streams)
+
     def describe(self) -> str:
         """The plan as text: each node, its op, output shapes and what runs it."""
         head = [

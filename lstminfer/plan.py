@@ -147,6 +147,14 @@ class Plan:
     def output_slot(self, name: str) -> int:
         return self._slots[name]
 
+    def constant(self, name: str) -> Any:
+        """The value of ``name`` if it is an initializer or was folded at load, else None."""
+        return self._constants.get(self._slots.get(name, _ABSENT)) if name else None
+
+    def reads(self, wanted: tuple[int, ...]) -> set[int]:
+        """Every slot the steps scheduled for ``wanted`` read."""
+        return {s for step, _ in self.schedule(wanted) for s in step.inputs + step.outer if s != _ABSENT}
+
     def execute(self, feeds: Sequence[Any], wanted: tuple[int, ...]) -> list[Any]:
         """Run with ``feeds`` (inputs then outer-scope values, in order)."""
         values = self._template.copy()

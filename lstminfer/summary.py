@@ -87,8 +87,10 @@ def format_info(model) -> str:
             f"streamable={'yes' if layer.streamable else 'no'} ({layer.reason})"
         )
     if layers:
-        ok = all(layer.streamable for layer in layers)
-        lines.append(f"streamable: {'yes' if ok else 'no'}")
+        from .streaming import streamability
+
+        ok, why = streamability(model)
+        lines.append(f"streamable: {'yes' if ok else 'no'} ({why})")
     lines.append(f"backend: {model.backend}")
     lines.append("cpu features: " + cpu_features_text())
     return "\n".join(lines)

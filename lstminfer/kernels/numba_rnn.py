@@ -19,16 +19,20 @@ combination runs the same steps as a few vectorized passes per row.
 Arguments shared by the drivers (types in ``driver_signature``):
   X [T, B, I] (time_major) or [B, T, I]; lens int32 [B] (used if has_lens);
   h0 (c0) [D, B, H] (used if has_h0/has_c0); Y [T, D, B, H]; states
-  [S, D, B, H] (S = 2 for LSTM: h, c); wbuf/table/fparams from the packing
-  (see ``table_layout``); scratch of ``scratch_size(T, B, G, H)`` floats.
+  [S, D, B, H] (S = 2 for LSTM: h, c); wbuf = the packed buffer; table
+  (int64) = unit block edges [nblocks + 1], then segment offsets
+  [D, NUM_SEGMENTS], then activation codes [D, acts per direction]; fparams
+  (float32) = alpha, beta of each activation; scratch of
+  ``scratch_size(T, B, G, H)`` floats.
 Return 0, or 1 when sequence_lens holds a value outside [0, T] (nothing
 written then: the caller reports the error).
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import types as pytypes
 
-import numpy as np
 from numba import prange, types
 
 from .numba_config import jit, jit_parallel
@@ -70,14 +74,6 @@ def _carve(scratch, T, B, G, H):
     o += _padded_nb(B * H)
     rh = scratch[o: o + B * H].reshape((B, H))
     return xp, gates, hbuf, c, rh
-
-
-def table_layout(nblocks: int, D: int, acts_per_direction: int) -> tuple[int, int, int]:
-    """Where the int64 table keeps unit block edges, segment offsets and activation codes."""
-    edges_at = 0
-    offsets_at = nblocks + 1
-    codes_at = offsets_at + D * NUM_SEGMENTS
-    return edges_at, offsets_at, codes_at + D * acts_per_direction
 
 
 @jit
@@ -483,6 +479,25 @@ def _renamed(fn, name):
 
 
 _SOURCES = {"LSTM": _lstm_sequence, "GRU": _gru_sequence, "RNN": _rnn_sequence}
+
+
+def _kernel_sources_digest() -> str:
+    """Short hash of the kernel sources, part of each driver's name.
+
+    Numba's cache checks only the timestamp of the file that defines a
+    function, not of the helpers it compiled in (numba_math.py): without this
+    an edited helper would keep running from a stale cached driver.
+    """
+    folder = os.path.dirname(os.path.abspath(__file__))
+    digest = hashlib.sha1()
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".py"):
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()[:10]
+
+
+_DIGEST = _kernel_sources_digest()
 _DRIVERS: dict[tuple[str, bool], object] = {}
 
 
@@ -514,7 +529,7 @@ def driver(op: str, parallel: bool):
     key = (op, parallel)
     dispatcher = _DRIVERS.get(key)
     if dispatcher is None:
-        name = f"{op.lower()}_sequence{'_parallel' if parallel else ''}"
+        name = f"{op.lower()}_sequence{'_parallel' if parallel else ''}_{_DIGEST}"
         dispatcher = (jit_parallel if parallel else jit)(_renamed(_SOURCES[op], name))
         dispatcher.compile(driver_signature())
         dispatcher.disable_compile()  # arguments convert to this signature; never compile on a request

@@ -1,0 +1,533 @@
+"""Streaming, stateful inference: ``Stream`` (one sequence) and ``StreamPool`` (many).
+
+    s = model.stream()                  # raises NotStreamableError if it cannot stream
+    y1 = s.step(x[:, :10]); y2 = s.step(x[:, 10:])   # == model.predict(x), split in time
+    blob = s.save(); s2 = model.stream(state=blob)
+
+    pool = model.stream_pool(max_streams=1000)
+    a, b = pool.open(), pool.open()
+    out = pool.step({a: xa, b: xb})     # one batched run of the model for both streams
+
+State lives at the recurrent nodes (see ``state_pairing``): each chunk runs
+the *streaming plan*, where every LSTM/GRU/RNN node reads its carried state
+as initial_h/initial_c and hands back Y_h/Y_c. The model's own state inputs
+(h0/c0) and state outputs (h_n/c_n) are not part of ``step``: set a state
+with ``set_state({"h0": ..., "c0": ...})`` or by carried-state key.
+
+A ``StreamProgram`` (analysis + plan) is built once per model and shared.
+``Stream`` is single-owner: use one from one thread at a time.
+``StreamPool`` is thread-safe: every public method holds the pool's lock for
+its whole duration, so concurrent ``step`` calls run one after the other.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import threading
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
+from .graph import Graph, ValueInfo
+from .ops.registry import BuildContext
+from .plan import Plan
+from .state_pairing import Pairing, StateSlot, find_pairing
+from .time_locality import analyse
+
+FORMAT_MAGIC = b"LSTMINFER-STREAM"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<16sII")  # magic, version, header length
+_CHECK_CHUNKS = (2, 3)  # the load-time check runs T=5 whole and as 2+3
+_CHECK_ATOL, _CHECK_RTOL = 1e-5, 1e-4
+_program_lock = threading.Lock()
+
+
+def program_for(model) -> "StreamProgram":
+    """The model's ``StreamProgram``, built on first use and cached (errors too)."""
+    cached = model.__dict__.get("_stream_program")
+    if cached is None:
+        with _program_lock:
+            cached = model.__dict__.get("_stream_program")
+            if cached is None:
+                try:
+                    cached = StreamProgram(model)
+                except NotStreamableError as e:
+                    cached = e
+                model.__dict__["_stream_program"] = cached
+    if isinstance(cached, NotStreamableError):
+        raise NotStreamableError(f"{model.source}: {cached}")
+    return cached
+
+
+def streamability(model) -> tuple[bool, str]:
+    """(True, how) or (False, why not): what ``lstminfer info`` reports."""
+    try:
+        program = program_for(model)
+    except NotStreamableError as e:
+        return False, str(e)
+    return True, f"{len(program.slots)} carried state tensor(s): " + ", ".join(s.key for s in program.slots)
+
+
+class StreamProgram:
+    """What every stream of one model shares: the streaming plan and its axes. Immutable."""
+
+    def __init__(self, model):
+        graph: Graph = model._imported.graph
+        self.model = model
+        pairing: Pairing = find_pairing(graph)
+        self.pairing = pairing
+        self.slots: tuple[StateSlot, ...] = pairing.slots
+        self.data_inputs: tuple[ValueInfo, ...] = pairing.data_inputs
+        self.output_names = [vi.name for vi in pairing.data_outputs]
+        ctx = BuildContext(opsets=graph.opsets, backend=model.backend)
+        self.plan = Plan(pairing.graph, ctx)
+        self.wanted = tuple(self.plan.output_slot(n) for n in self.output_names + [s.stream_output for s in self.slots])
+        unfed = {self.plan.output_slot(n): n for n in pairing.state_inputs}
+        read = self.plan.reads(self.wanted)
+        for slot, name in unfed.items():
+            if slot in read:
+                raise NotStreamableError(
+                    f"state input '{name}' is read by nodes other than the initial-state glue"
+                )
+        live = [step.node for step, _ in self.plan.schedule(self.wanted)]
+        axes = analyse(live, self.data_inputs, pairing.data_outputs, self.plan.constant,
+                       graph.value_info, ctx.opset())
+        self.time_axes: dict[str, int | None] = axes.input_axes
+        self.output_time_axes: dict[str, int] = axes.output_axes
+        self.batch_axes = {vi.name: _batch_axis(vi, self.time_axes[vi.name]) for vi in self.data_inputs}
+        self.initial_state = self.state_from_inputs({})
+        self.state_shapes = {k: v.shape for k, v in self.initial_state.items()}
+        self.state_dtypes = {k: v.dtype for k, v in self.initial_state.items()}
+        self._check_chunking()
+        self.fingerprint = _fingerprint(graph)
+        self._output_batch_axes: dict[str, int | None] | None = None
+
+    # -- running ------------------------------------------------------------
+    def run(self, data: list[np.ndarray], states: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """One run of the streaming plan: (outputs, new states), states in slot order."""
+        values = self.plan.execute(data + states, self.wanted)
+        n = len(self.output_names)
+        return values[:n], values[n:]
+
+    def data_feeds(self, x: Any, batch: int | None = 1) -> list[np.ndarray]:
+        """``x`` (array or dict) checked against the data inputs: dtype, rank, fixed dims, batch."""
+        from .model import _cast_same_kind, _check_input
+
+        if isinstance(x, Mapping):
+            unknown = [k for k in x if k not in {vi.name for vi in self.data_inputs}]
+            missing = [vi.name for vi in self.data_inputs if vi.name not in x]
+            if unknown or missing:
+                raise InvalidInputError(
+                    f"step expects the data input(s) {[vi.name for vi in self.data_inputs]}"
+                    + (f"; unknown: {unknown}" if unknown else "") + (f"; missing: {missing}" if missing else "")
+                )
+            named = dict(x)
+        elif len(self.data_inputs) == 1:
+            named = {self.data_inputs[0].name: x}
+        else:
+            raise InvalidInputError(
+                f"this model has several data inputs {[vi.name for vi in self.data_inputs]}: pass a dict"
+            )
+        feeds = []
+        for vi in self.data_inputs:
+            value = _check_input(vi, _cast_same_kind(named[vi.name], vi))
+            time, b = self.time_axes[vi.name], self.batch_axes[vi.name]
+            if time is not None and value.shape[time] < 1:
+                raise InvalidInputError(f"input '{vi.name}': a chunk needs at least one time step (axis {time}), "
+                                        f"got shape {tuple(value.shape)}")
+            if batch is not None and b is not None and value.shape[b] != batch:
+                raise InvalidInputError(f"input '{vi.name}': a stream takes batch {batch} (axis {b}), "
+                                        f"got shape {tuple(value.shape)}")
+            feeds.append(value)
+        return feeds
+
+    def outputs(self, values: list[np.ndarray]) -> Any:
+        """Like ``predict``: the only output, or a dict name -> array."""
+        values = [v.copy() if isinstance(v, np.ndarray) and not v.flags.writeable else v for v in values]
+        if len(values) == 1:
+            return values[0]
+        return dict(zip(self.output_names, values))
+
+    # -- states ---------------------------------------------------------------
+    def state_from_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Carried states for the model's own state inputs (zeros where not given), via its glue."""
+        original = self.model._plan
+        slots_with_input = [s for s in self.slots if s.original_input]
+        wanted = tuple(original.output_slot(s.original_input) for s in slots_with_input)
+        values = {}
+        if wanted:
+            run_feeds = []
+            for vi in self.model._imported.graph.inputs:
+                if vi.name in feeds:
+                    run_feeds.append(feeds[vi.name])
+                else:
+                    shape = tuple(d if isinstance(d, int) else 1 for d in (vi.shape or ()))
+                    run_feeds.append(np.zeros(shape, dtype=vi.dtype or np.float32))
+            try:
+                computed = original.execute(run_feeds, wanted)
+            except LstminferError as e:
+                raise InvalidInputError(f"could not compute the initial states from the state inputs: {e}") from e
+            values = {s.key: np.array(v) for s, v in zip(slots_with_input, computed)}
+        for s in self.slots:
+            if s.key not in values:
+                values[s.key] = np.zeros((1, 1, self._hidden_size(s)), dtype=self._state_dtype(s))
+        for s in self.slots:
+            v = values[s.key]
+            if v.ndim != 3 or v.shape[s.batch_axis] != 1 or v.shape[1 - s.batch_axis] != 1:
+                raise InvalidInputError(
+                    f"{s.node.label()}: initial_{s.kind} has shape {tuple(v.shape)}; a stream needs "
+                    "one direction and batch 1"
+                )
+        return values
+
+    def checked_state(self, state: Mapping[str, Any], base: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A full state from ``state`` (carried-state keys, or the model's state inputs) over ``base``."""
+        if not isinstance(state, Mapping):
+            raise InvalidArgumentError(f"a state is a dict name -> array (or bytes from save()), got {type(state).__name__}")
+        keys = [s.key for s in self.slots]
+        if state and all(k in self.pairing.state_inputs for k in state):
+            return self.state_from_inputs({k: np.asarray(v) for k, v in state.items()})
+        unknown = [k for k in state if k not in keys]
+        if unknown:
+            raise InvalidArgumentError(
+                f"unknown state name(s) {unknown}; expected carried-state keys {keys}"
+                + (f" or the model's state inputs {list(self.pairing.state_inputs)}" if self.pairing.state_inputs else "")
+            )
+        out = dict(base)
+        for key, value in state.items():
+            value = np.asarray(value)
+            want_shape, want_dtype = self.state_shapes[key], self.state_dtypes[key]
+            if value.shape != want_shape:
+                raise InvalidInputError(f"state '{key}': expected shape {want_shape}, got {tuple(value.shape)}")
+            if value.dtype != want_dtype:
+                if not np.can_cast(value.dtype, want_dtype, casting="same_kind"):
+                    raise InvalidInputError(f"state '{key}': expected dtype {want_dtype}, got {value.dtype}")
+                value = value.astype(want_dtype)
+            out[key] = np.array(value)
+        return out
+
+    def save(self, state: Mapping[str, np.ndarray]) -> bytes:
+        entries, payload, offset = [], [], 0
+        for s in self.slots:
+            data = np.ascontiguousarray(state[s.key]).tobytes()
+            entries.append({"key": s.key, "dtype": state[s.key].dtype.str, "shape": list(state[s.key].shape),
+                            "offset": offset, "nbytes": len(data)})
+            payload.append(data)
+            offset += len(data)
+        header = json.dumps({"fingerprint": self.fingerprint, "entries": entries}).encode()
+        return _HEADER.pack(FORMAT_MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(payload)
+
+    def load(self, blob: bytes) -> dict[str, np.ndarray]:
+        if not isinstance(blob, (bytes, bytearray, memoryview)):
+            raise InvalidArgumentError(f"a saved state is bytes from save(), got {type(blob).__name__}")
+        blob = bytes(blob)
+        if len(blob) < _HEADER.size or blob[:16] != FORMAT_MAGIC:
+            raise InvalidInputError("not a saved lstminfer stream state (bad magic bytes)")
+        _, version, length = _HEADER.unpack_from(blob)
+        if version != FORMAT_VERSION:
+            raise InvalidInputError(f"saved stream state has format version {version}; "
+                                    f"this lstminfer reads version {FORMAT_VERSION}")
+        try:
+            header = json.loads(blob[_HEADER.size:_HEADER.size + length])
+        except ValueError as e:
+            raise InvalidInputError(f"saved stream state has a corrupt header: {e}") from None
+        if header.get("fingerprint") != self.fingerprint:
+            raise InvalidInputError(
+                f"saved stream state belongs to a different model (fingerprint {str(header.get('fingerprint'))[:12]}..., "
+                f"this model {self.fingerprint[:12]}...)"
+            )
+        payload = blob[_HEADER.size + length:]
+        state = {}
+        for entry in header["entries"]:
+            key = entry["key"]
+            start, n = entry["offset"], entry["nbytes"]
+            if key not in self.state_shapes or start + n > len(payload):
+                raise InvalidInputError(f"saved stream state is truncated or has an unknown entry '{key}'")
+            value = np.frombuffer(payload[start:start + n], dtype=np.dtype(entry["dtype"])).reshape(entry["shape"])
+            state[key] = value.copy()
+        if set(state) != set(self.state_shapes):
+            raise InvalidInputError(f"saved stream state has entries {sorted(state)}, expected {sorted(self.state_shapes)}")
+        return self.checked_state(state, self.initial_state)
+
+    # -- pool support -----------------------------------------------------------
+    def output_batch_axes(self) -> dict[str, int | None]:
+        """Batch axis of each output, found by running batch 2 and 3 (None: batch-independent)."""
+        if self._output_batch_axes is None:
+            shapes = []
+            for batch in (2, 3):
+                data = [self._dummy(vi, batch, 1) for vi in self.data_inputs]
+                states = [np.repeat(self.initial_state[s.key], batch, axis=s.batch_axis) for s in self.slots]
+                outputs, _ = self.run(data, states)
+                shapes.append([np.shape(v) for v in outputs])
+            axes = {}
+            for name, a, b in zip(self.output_names, *shapes):
+                changed = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+                if len(changed) > 1 or len(a) != len(b):
+                    raise NotStreamableError(f"output '{name}': cannot tell its batch axis ({a} vs {b})")
+                axes[name] = changed[0] if changed else None
+            self._output_batch_axes = axes
+        return self._output_batch_axes
+
+    # -- helpers ------------------------------------------------------------------
+    def _dummy(self, vi: ValueInfo, batch: int, time: int, rng=None) -> np.ndarray:
+        shape = [d if isinstance(d, int) else 1 for d in vi.shape]
+        if self.batch_axes[vi.name] is not None:
+            shape[self.batch_axes[vi.name]] = batch
+        if self.time_axes[vi.name] is not None:
+            shape[self.time_axes[vi.name]] = time
+        dtype = vi.dtype or np.dtype(np.float32)
+        if rng is not None and dtype.kind == "f":
+            return rng.standard_normal(shape).astype(dtype)
+        return np.zeros(shape, dtype=dtype)
+
+    def _check_chunking(self) -> None:
+        """Safety net for the static rule: T=5 whole must equal 2+3 chunks."""
+        rng = np.random.default_rng(0)
+        total = sum(_CHECK_CHUNKS)
+        whole = [self._dummy(vi, 1, total, rng) for vi in self.data_inputs]
+        states = [self.initial_state[s.key] for s in self.slots]
+        try:
+            expected, _ = self.run(whole, states)
+            pieces, start = [], 0
+            for length in _CHECK_CHUNKS:
+                chunk = [_time_slice(x, self.time_axes[vi.name], start, start + length)
+                         for x, vi in zip(whole, self.data_inputs)]
+                outputs, states = self.run(chunk, states)
+                pieces.append(outputs)
+                start += length
+        except LstminferError as e:
+            raise NotStreamableError(f"running the model on chunks of {list(_CHECK_CHUNKS)} steps failed: {e}") from e
+        for i, name in enumerate(self.output_names):
+            axis = self.output_time_axes[name]
+            got = np.concatenate([p[i] for p in pieces], axis=axis)
+            if got.shape != expected[i].shape or not np.allclose(got, expected[i], atol=_CHECK_ATOL, rtol=_CHECK_RTOL):
+                raise NotStreamableError(
+                    f"output '{name}' differs between a whole sequence and the same sequence in chunks: "
+                    "some node mixes time steps"
+                )
+
+    def _hidden_size(self, s: StateSlot) -> int:
+        H = s.node.attr("hidden_size", None)
+        if H is None:
+            R = self.model._plan.constant(s.node.inputs[2])
+            if R is None:
+                raise NotStreamableError(f"{s.node.label()}: hidden_size unknown (no attribute, R not constant)")
+            H = int(np.shape(R)[2])
+        return int(H)
+
+    def _state_dtype(self, s: StateSlot) -> np.dtype:
+        W = self.model._plan.constant(s.node.inputs[1])
+        return np.asarray(W).dtype if W is not None else np.dtype(np.float32)
+
+
+class Stream:
+    """One sequence run chunk by chunk; see the module doc. Single-owner: not thread-safe."""
+
+    def __init__(self, program: StreamProgram, state: Any = None):
+        self._program = program
+        self._state = dict(program.initial_state)
+        if isinstance(state, (bytes, bytearray, memoryview)):
+            self._state = program.load(state)
+        elif state is not None:
+            self.set_state(state)
+
+    def step(self, x: Any) -> Any:
+        """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
+        program = self._program
+        data = program.data_feeds(x, batch=1)
+        outputs, states = program.run(data, [self._state[s.key] for s in program.slots])
+        # Copies: Y_h may be a view into Y, or the same array as a returned output.
+        self._state = {s.key: np.array(v) for s, v in zip(program.slots, states)}
+        return program.outputs(outputs)
+
+    def reset(self) -> None:
+        self._state = dict(self._program.initial_state)
+
+    @property
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of the carried states, by key (the recurrent nodes' Y_h/Y_c names)."""
+        return {k: np.array(v) for k, v in self._state.items()}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        """Set some carried states by key, or all of them from the model's state inputs (h0/c0)."""
+        self._state = self._program.checked_state(state, self._state)
+
+    def save(self) -> bytes:
+        return self._program.save(self._state)
+
+
+class StreamPool:
+    """Up to ``max_streams`` streams stepped together: one batched run of the model per ``step``.
+
+    States live in preallocated per-state buffers of ``max_streams`` slots;
+    open/close only move slot indices. Thread-safe: every public method holds
+    ``self.lock`` (a ``threading.Lock``) while it runs.
+    """
+
+    def __init__(self, program: StreamProgram, max_streams: int):
+        if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+            raise InvalidArgumentError(f"max_streams must be a positive integer, got {max_streams!r}")
+        missing = [vi.name for vi in program.data_inputs if program.batch_axes[vi.name] is None]
+        if missing:
+            raise NotStreamableError(f"input(s) {missing} have no dynamic batch axis: a pool cannot stack streams")
+        self._program = program
+        self._output_axes = program.output_batch_axes()
+        self.max_streams = max_streams
+        self._buffers = [np.zeros((max_streams,) + _without(program.state_shapes[s.key], s.batch_axis),
+                                  dtype=program.state_dtypes[s.key]) for s in program.slots]
+        self._slot_of: dict[int, int] = {}
+        self._free = list(range(max_streams - 1, -1, -1))  # pop() hands out slot 0 first
+        self._next_id = 0
+        self.lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    def open(self, state: Any = None) -> int:
+        """A new stream id, starting from the initial state, ``state`` bytes or a state dict."""
+        program = self._program
+        if isinstance(state, (bytes, bytearray, memoryview)):
+            values = program.load(state)
+        elif state is not None:
+            values = program.checked_state(state, program.initial_state)
+        else:
+            values = program.initial_state
+        with self.lock:
+            if not self._free:
+                raise InvalidArgumentError(f"stream pool is full ({self.max_streams} open streams); close one first")
+            slot = self._free.pop()
+            self._write(slot, values)
+            sid = self._next_id
+            self._next_id += 1
+            self._slot_of[sid] = slot
+            return sid
+
+    def close(self, sid: int) -> None:
+        with self.lock:
+            self._free.append(self._slot(sid))
+            del self._slot_of[sid]
+
+    def reset(self, sid: int) -> None:
+        with self.lock:
+            self._write(self._slot(sid), self._program.initial_state)
+
+    def state(self, sid: int) -> dict[str, np.ndarray]:
+        with self.lock:
+            return self._read(self._slot(sid))
+
+    def set_state(self, sid: int, state: Mapping[str, Any]) -> None:
+        with self.lock:
+            slot = self._slot(sid)
+            self._write(slot, self._program.checked_state(state, self._read(slot)))
+
+    def save(self, sid: int) -> bytes:
+        with self.lock:
+            return self._program.save(self._read(self._slot(sid)))
+
+    def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
+        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
+
+        All chunks must have the same shape (same number of time steps).
+        """
+        if not isinstance(frames, Mapping):
+            raise InvalidArgumentError(f"step takes a dict stream id -> chunk, got {type(frames).__name__}")
+        if not frames:
+            return {}
+        program = self._program
+        with self.lock:
+            sids = list(frames)
+            slots = np.array([self._slot(sid) for sid in sids], dtype=np.intp)
+            data = [program.data_feeds(frames[sid], batch=1) for sid in sids]
+            first = [np.shape(v) for v in data[0]]
+            for sid, feeds in zip(sids, data):
+                shapes = [np.shape(v) for v in feeds]
+                if shapes != first:
+                    raise InvalidInputError(
+                        f"stream {sid}: chunk shape(s) {shapes} differ from stream {sids[0]}'s {first}; "
+                        "all chunks of one pool step must have the same shape (same number of time steps)"
+                    )
+            stacked = [np.concatenate([feeds[i] for feeds in data], axis=program.batch_axes[vi.name])
+                       for i, vi in enumerate(program.data_inputs)]
+            states = [np.ascontiguousarray(np.moveaxis(buf[slots], 0, s.batch_axis))
+                      for buf, s in zip(self._buffers, program.slots)]
+            outputs, new_states = program.run(stacked, states)
+            for buf, s, value in zip(self._buffers, program.slots, new_states):
+                buf[slots] = np.moveaxis(value, s.batch_axis, 0)
+        return {sid: program.outputs([_take(v, self._output_axes[name], i)
+                                      for v, name in zip(outputs, program.output_names)])
+                for i, sid in enumerate(sids)}
+
+    # -- slots (call with the lock held) ----------------------------------------
+    def _slot(self, sid: Any) -> int:
+        slot = self._slot_of.get(sid) if isinstance(sid, (int, np.integer)) else None
+        if slot is None:
+            raise InvalidArgumentError(f"unknown or closed stream id {sid!r} ({len(self._slot_of)} open)")
+        return slot
+
+    def _write(self, slot: int, values: Mapping[str, np.ndarray]) -> None:
+        for buf, s in zip(self._buffers, self._program.slots):
+            buf[slot] = np.take(values[s.key], 0, axis=s.batch_axis)
+
+    def _read(self, slot: int) -> dict[str, np.ndarray]:
+        return {s.key: np.expand_dims(buf[slot], s.batch_axis).copy()
+                for buf, s in zip(self._buffers, self._program.slots)}
+
+
+def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    return shape[:axis] + shape[axis + 1:]
+
+
+def _take(value: np.ndarray, axis: int | None, i: int) -> np.ndarray:
+    if axis is None:
+        return np.array(value)
+    index = [slice(None)] * value.ndim
+    index[axis] = slice(i, i + 1)
+    return value[tuple(index)]
+
+
+def _time_slice(x: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:
+    if axis is None:
+        return x
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+def _batch_axis(vi: ValueInfo, time_axis: int | None) -> int | None:
+    """The input's batch axis: its one non-fixed axis besides time (prefer one named like 'batch')."""
+    free = [i for i, d in enumerate(vi.shape) if not isinstance(d, int) and i != time_axis]
+    if len(free) == 1:
+        return free[0]
+    named = [i for i in free if isinstance(vi.shape[i], str) and "batch" in vi.shape[i].lower()]
+    if len(named) == 1:
+        return named[0]
+    if free:
+        raise NotStreamableError(f"input '{vi.name}' {list(vi.shape)}: cannot tell its batch axis")
+    return None
+
+
+def _fingerprint(graph: Graph) -> str:
+    """A hash of the graph's structure and weights: states only restore into the same model."""
+    h = hashlib.sha256()
+
+    def feed(g: Graph) -> None:
+        h.update(repr([(vi.name, str(vi.dtype), vi.shape) for vi in g.inputs + g.outputs]).encode())
+        for name in sorted(g.initializers):
+            value = np.ascontiguousarray(g.initializers[name])
+            h.update(f"{name}{value.dtype}{value.shape}".encode())
+            h.update(value.tobytes())
+        for node in g.nodes:
+            h.update(repr((node.op_type, node.domain, node.inputs, node.outputs)).encode())
+            for key in sorted(node.attrs):
+                value = node.attrs[key]
+                if isinstance(value, Graph):
+                    feed(value)
+                elif isinstance(value, np.ndarray):
+                    h.update(key.encode() + value.tobytes())
+                else:
+                    h.update(repr((key, value)).encode())
+
+    feed(graph)
+    return h.hexdigest()

@@ -1,0 +1,410 @@
+"""Static check that a streaming graph treats every time step on its own.
+
+Running a model chunk by chunk equals running it on the whole sequence when
+the recurrent nodes carry their state and every other node that sees a
+per-step value acts on each time step separately. We follow the time axis
+of every value from the data inputs and the recurrent Y outputs through the
+live nodes; a node that may mix time steps (a reduction, softmax, slice,
+concat or reshape over time, a contraction over time, an unknown op...)
+raises ``NotStreamableError`` naming it. The rule is conservative: a node it
+cannot prove per-step is rejected.
+
+A value's kind is ``Time(axis, rank)``, ``FINAL`` (computed from a
+recurrent Y_h/Y_c: the state after the chunk, not per-step), ``SHAPE``
+(computed from the shape of a per-step value) or ``PLAIN`` (data that has
+no time axis); constants have no kind.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import NotStreamableError
+from .graph import Node, ValueInfo
+from .state_pairing import RECURRENT_OPS
+
+
+@dataclass(frozen=True)
+class Time:
+    axis: int
+    rank: int
+
+
+FINAL, SHAPE, PLAIN = "final", "shape", "plain"
+
+UNARY = {
+    "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "CastLike", "Ceil", "Celu", "Cos", "Cosh",
+    "Elu", "Erf", "Exp", "Floor", "Gelu", "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN",
+    "LeakyRelu", "Log", "Mish", "Neg", "Not", "Reciprocal", "Relu", "Round", "Selu", "Sigmoid", "Sign",
+    "Sin", "Sinh", "Softplus", "Softsign", "Sqrt", "Tan", "Tanh", "ThresholdedRelu", "Dropout", "Clip",
+}
+BROADCASTING = {
+    "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "LessOrEqual",
+    "Greater", "GreaterOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "BitShift",
+}
+SHAPE_GLUE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Add", "Sub", "Mul", "Div"}
+REDUCTIONS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
+              "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
+_INT64_MAX = 2**63 - 1
+
+
+class _Reject(Exception):
+    pass
+
+
+class Analysis:
+    """Time axes of the data inputs and outputs of a streaming graph."""
+
+    def __init__(self, input_axes: dict[str, int | None], output_axes: dict[str, int]):
+        self.input_axes = input_axes
+        self.output_axes = output_axes
+
+
+def analyse(nodes: Sequence[Node], data_inputs: Sequence[ValueInfo], data_outputs: Sequence[ValueInfo],
+            constant: Callable[[str], Any], value_info: dict[str, ValueInfo], opset: int) -> Analysis:
+    """Find the time axis of each data input such that every live node is per-step.
+
+    ``nodes``: the live nodes in run order; ``constant(name)`` gives folded values.
+    Each input's candidate time axes are its non-fixed dims; the first
+    combination under which the whole graph checks out wins. If none does,
+    the error of the combination that got furthest is raised.
+    """
+    candidates = []
+    for vi in data_inputs:
+        if vi.shape is None:
+            raise NotStreamableError(f"input '{vi.name}' has no declared shape: its time axis is unknown")
+        free = [i for i, d in enumerate(vi.shape) if not isinstance(d, int)]
+        candidates.append(free or [None])
+    best: tuple[int, str] | None = None
+    for axes in itertools.product(*candidates):
+        input_axes = {vi.name: a for vi, a in zip(data_inputs, axes)}
+        kinds: dict[str, Any] = {}
+        for vi, axis in zip(data_inputs, axes):
+            kinds[vi.name] = PLAIN if axis is None else Time(axis, len(vi.shape))
+        try:
+            _propagate(nodes, kinds, constant, value_info, opset)
+            output_axes = _check_outputs(nodes, data_outputs, kinds)
+            return Analysis(input_axes, output_axes)
+        except _Reject as e:
+            depth, message = e.args
+            assumed = ", ".join(f"'{n}' axis {a}" for n, a in input_axes.items())
+            message += f" (assuming time on {assumed}; a fixed-size axis cannot be the time axis)"
+            if best is None or depth > best[0]:
+                best = (depth, message)
+    raise NotStreamableError(best[1])
+
+
+def _propagate(nodes, kinds, constant, value_info, opset) -> int:
+    for position, node in enumerate(nodes):
+        ins = [kinds.get(n) if n else None for n in node.inputs]
+        outer = [kinds.get(n) for sub in node.subgraphs() for n in sub.free_names()]
+        if any(k is not None for k in outer):
+            _reject(position, node, "its subgraph reads per-step values")
+        if node.op_type in RECURRENT_OPS:
+            outs = _recurrent(node, ins, position)
+        elif all(k is None for k in ins):
+            continue
+        elif FINAL in ins:
+            if any(isinstance(k, Time) for k in ins):
+                _reject(position, node, "it mixes a recurrent node's final state (Y_h/Y_c) with per-step values")
+            outs = [FINAL] * len(node.outputs)
+        elif any(isinstance(k, Time) for k in ins):
+            rule = RULES.get(node.op_type)
+            if rule is None:
+                _reject(position, node, f"op {node.op_type} is not known to act on each time step separately")
+            try:
+                outs = rule(node, ins, _Ranks(constant, value_info, kinds, opset))
+            except _Reject as e:
+                _reject(position, node, e.args[0])
+        elif SHAPE in ins:
+            if node.op_type not in SHAPE_GLUE:
+                _reject(position, node, "it uses the shape of a per-step value (it may depend on the chunk length)")
+            outs = [SHAPE] * len(node.outputs)
+        else:
+            outs = [PLAIN] * len(node.outputs)
+        for name, kind in zip(node.outputs, outs):
+            if name:
+                kinds[name] = kind
+    return len(nodes)
+
+
+def _reject(position: int, node: Node, why: str):
+    raise _Reject(position, f"{node.label()} prevents streaming: {why}")
+
+
+def _check_outputs(nodes, data_outputs, kinds) -> dict[str, int]:
+    producers = {o: n for n in nodes for o in n.outputs}
+    axes = {}
+    for vi in data_outputs:
+        kind = kinds.get(vi.name)
+        if isinstance(kind, Time):
+            axes[vi.name] = kind.axis
+            continue
+        where = producers[vi.name].label() if vi.name in producers else f"input '{vi.name}'"
+        why = {FINAL: "it is computed from a recurrent node's final state (Y_h/Y_c), not per step",
+               SHAPE: "it is computed from the shape of the input"}.get(kind, "it has no time axis")
+        raise _Reject(len(nodes), f"{where} prevents streaming: output '{vi.name}': {why}")
+    return axes
+
+
+class _Ranks:
+    def __init__(self, constant, value_info, kinds, opset):
+        self.constant, self.value_info, self.kinds, self.opset = constant, value_info, kinds, opset
+
+    def rank(self, name: str) -> int | None:
+        kind = self.kinds.get(name)
+        if isinstance(kind, Time):
+            return kind.rank
+        value = self.constant(name)
+        if value is not None:
+            return np.ndim(value)
+        vi = self.value_info.get(name)
+        return len(vi.shape) if vi is not None and vi.shape is not None else None
+
+    def shape(self, name: str):
+        value = self.constant(name)
+        if value is not None:
+            return np.shape(value)
+        vi = self.value_info.get(name)
+        return vi.shape if vi is not None else None
+
+    def ints(self, node: Node, attr: str, index: int) -> list[int] | None:
+        """An axes-like list from the attribute (older opsets) or a constant input."""
+        if attr in node.attrs:
+            return [int(a) for a in node.attrs[attr]]
+        if index < len(node.inputs) and node.inputs[index]:
+            value = self.constant(node.inputs[index])
+            if value is None:
+                raise _Reject(f"its input '{node.inputs[index]}' is computed at run time")
+            return [int(a) for a in np.asarray(value).reshape(-1)]
+        return None
+
+
+def _single_time(ins) -> Time:
+    times = [k for k in ins if isinstance(k, Time)]
+    if len({(t.axis, t.rank) for t in times}) != 1:
+        raise _Reject("its per-step inputs have their time axes in different places")
+    return times[0]
+
+
+def _norm(axis: int, rank: int) -> int:
+    return axis + rank if axis < 0 else axis
+
+
+# ------------------------------------------------------------------ rules --
+
+def _unary(node, ins, r):
+    if ins[0] is None or not isinstance(ins[0], Time) or any(isinstance(k, Time) for k in ins[1:]):
+        raise _Reject("only its first input may be per-step")
+    return [ins[0]] * len(node.outputs)
+
+
+def _broadcasting(node, ins, r):
+    ranks = [r.rank(n) if n else None for n in node.inputs]
+    if any(n and rk is None for n, rk in zip(node.inputs, ranks)):
+        raise _Reject("the rank of one of its inputs is unknown")
+    out_rank = max(rk for rk in ranks if rk is not None)
+    times = {(out_rank - t.rank + t.axis) for t in ins if isinstance(t, Time)}
+    if len(times) != 1:
+        raise _Reject("its per-step inputs have their time axes in different places")
+    axis = times.pop()
+    for name, kind, rank in zip(node.inputs, ins, ranks):
+        if not name or isinstance(kind, Time):
+            continue
+        local = axis - (out_rank - rank)
+        if local >= 0:
+            shape = r.shape(name)
+            if shape is None or shape[local] != 1:
+                raise _Reject(f"input '{name}' is broadcast against the time axis with a size other than 1")
+    return [Time(axis, out_rank)]
+
+
+def _transpose(node, ins, r):
+    t = ins[0]
+    perm = node.attr("perm", list(reversed(range(t.rank))))
+    return [Time(list(perm).index(t.axis), t.rank)]
+
+
+def _squeeze(node, ins, r):
+    t = ins[0]
+    axes = r.ints(node, "axes", 1)
+    if not axes:
+        raise _Reject("it squeezes every size-1 axis, which may include a chunk of length 1")
+    axes = [_norm(a, t.rank) for a in axes]
+    if t.axis in axes:
+        raise _Reject("it squeezes the time axis")
+    return [Time(t.axis - sum(a < t.axis for a in axes), t.rank - len(axes))]
+
+
+def _unsqueeze(node, ins, r):
+    t = ins[0]
+    axes = r.ints(node, "axes", 1) or []
+    out_rank = t.rank + len(axes)
+    axis = t.axis
+    for a in sorted(_norm(a, out_rank) for a in axes):
+        if a <= axis:
+            axis += 1
+    return [Time(axis, out_rank)]
+
+
+def _matmul(node, ins, r):
+    a, b = ins
+    if isinstance(b, Time) or not isinstance(a, Time):
+        raise _Reject("its right-hand input is per-step (a contraction over time)")
+    rb = r.rank(node.inputs[1])
+    if rb is None or a.rank < 2 or a.axis == a.rank - 1:
+        raise _Reject("it contracts over the time axis")
+    if rb == 1:
+        return [Time(a.axis, a.rank - 1)]
+    if rb > 2 and a.axis < a.rank - 2:
+        raise _Reject("its batched right-hand input is broadcast against the time axis")
+    out_rank = max(a.rank, rb)
+    return [Time(out_rank - a.rank + a.axis, out_rank)]
+
+
+def _gemm(node, ins, r):
+    a = ins[0]
+    if not isinstance(a, Time) or any(isinstance(k, Time) for k in ins[1:]) or node.attr("transA", 0) or a.axis != 0:
+        raise _Reject("only its A input may be per-step, with time on the rows (transA=0)")
+    if len(node.inputs) > 2 and node.inputs[2]:
+        shape = r.shape(node.inputs[2])
+        if shape is None or (len(shape) == 2 and shape[0] != 1):
+            raise _Reject("its C input is broadcast against the time axis")
+    return [Time(0, 2)]
+
+
+def _gather(node, ins, r):
+    data, indices = ins[0], ins[1]
+    axis = node.attr("axis", 0)
+    if isinstance(data, Time):
+        if isinstance(indices, Time):
+            raise _Reject("both its data and indices are per-step")
+        axis = _norm(axis, data.rank)
+        if axis == data.axis:
+            raise _Reject("it picks elements along the time axis")
+        ri = r.rank(node.inputs[1])
+        if ri is None:
+            raise _Reject("the rank of its indices is unknown")
+        return [Time(data.axis if data.axis < axis else data.axis + ri - 1, data.rank + ri - 1)]
+    rd = r.rank(node.inputs[0])
+    if rd is None:
+        raise _Reject("the rank of its data is unknown")
+    axis = _norm(axis, rd)
+    return [Time(axis + indices.axis, rd + indices.rank - 1)]
+
+
+def _softmax(node, ins, r):
+    t = ins[0]
+    if r.opset < 13:
+        axis = _norm(node.attr("axis", 1), t.rank)
+        if t.axis >= axis:  # flattened into the normalised block
+            raise _Reject("its (flattened) softmax block includes the time axis")
+    elif _norm(node.attr("axis", -1), t.rank) == t.axis:
+        raise _Reject("it normalises over the time axis")
+    return [t]
+
+
+def _layernorm(node, ins, r):
+    t = ins[0]
+    if any(isinstance(k, Time) for k in ins[1:]):
+        raise _Reject("its scale or bias is per-step")
+    if t.axis >= _norm(node.attr("axis", -1), t.rank):
+        raise _Reject("it normalises over the time axis")
+    return [t] * len(node.outputs)
+
+
+def _concat(node, ins, r):
+    if any(n and not isinstance(k, Time) for n, k in zip(node.inputs, ins)):
+        raise _Reject("it concatenates per-step values with values that have no time axis")
+    t = _single_time(ins)
+    if _norm(node.attr("axis"), t.rank) == t.axis:
+        raise _Reject("it concatenates along the time axis")
+    return [t]
+
+
+def _split(node, ins, r):
+    t = ins[0]
+    if _norm(node.attr("axis", 0), t.rank) == t.axis:
+        raise _Reject("it splits the time axis")
+    return [t] * len(node.outputs)
+
+
+def _slice(node, ins, r):
+    t = ins[0]
+    starts, ends = r.ints(node, "starts", 1), r.ints(node, "ends", 2)
+    axes = r.ints(node, "axes", 3) or list(range(len(starts)))
+    steps = r.ints(node, "steps", 4) or [1] * len(starts)
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        if _norm(a, t.rank) == t.axis and not (s == 0 and st == 1 and e >= _INT64_MAX // 2):
+            raise _Reject("it slices the time axis")
+    return [t]
+
+
+def _reshape(node, ins, r):
+    t = ins[0]
+    target = r.ints(node, "shape", 1)
+    source = r.shape(node.inputs[0]) or ()
+    if target is None:
+        raise _Reject("its target shape is unknown")
+    if node.attr("allowzero", 0):
+        raise _Reject("allowzero=1")
+    if len(target) <= t.axis:
+        raise _Reject("it folds the time axis into another axis")
+    for i in range(t.axis):  # axes before time must be kept as they are
+        same = target[i] == 0 or (i < len(source) and isinstance(source[i], int) and source[i] == target[i])
+        if not same:
+            raise _Reject("it may merge the time axis with the axes before it")
+    if target[t.axis] == -1:
+        after = source[t.axis + 1:] if len(source) == t.rank else None
+        kept = target[t.axis + 1:]
+        if after is None or not all(isinstance(d, int) for d in after) or any(d <= 0 for d in kept) or \
+                int(np.prod(after)) != int(np.prod(kept)):
+            raise _Reject("it may merge the time axis with the axes after it")
+    elif target[t.axis] != 0:
+        raise _Reject("it fixes the length of the time axis")
+    return [Time(t.axis, len(target))]
+
+
+def _reduce(node, ins, r):
+    t = ins[0]
+    axes = r.ints(node, "axes", 1)
+    if not axes:
+        if node.attr("noop_with_empty_axes", 0):
+            return [t]
+        raise _Reject("it reduces over every axis, time included")
+    axes = [_norm(a, t.rank) for a in axes]
+    if t.axis in axes:
+        raise _Reject("it reduces over the time axis")
+    if node.attr("keepdims", 1):
+        return [t]
+    return [Time(t.axis - sum(a < t.axis for a in axes), t.rank - len(axes))]
+
+
+def _shape(node, ins, r):
+    return [SHAPE]
+
+
+def _recurrent(node: Node, ins, position: int):
+    x = ins[0]
+    layout = node.attr("layout", 0)
+    if not isinstance(x, Time) or x.rank != 3 or x.axis != layout:
+        where = "no time axis" if not isinstance(x, Time) else f"its time axis at {x.axis}"
+        _reject(position, node, f"its input X has {where}; expected time on axis {layout} (layout={layout})")
+    if any(k is not None for k in ins[1:]):
+        _reject(position, node, "its weights or initial state are computed from the data")
+    outs = [Time(layout, 4), FINAL, FINAL]
+    return outs[: len(node.outputs)]
+
+
+RULES: dict[str, Callable] = {op: _unary for op in UNARY}
+RULES.update({op: _broadcasting for op in BROADCASTING})
+RULES.update({op: _reduce for op in REDUCTIONS})
+RULES.update({
+    "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "MatMul": _matmul, "Gemm": _gemm,
+    "Gather": _gather, "Softmax": _softmax, "LogSoftmax": _softmax, "Hardmax": _softmax,
+    "LayerNormalization": _layernorm, "Concat": _concat, "Split": _split, "Slice": _slice,
+    "Reshape": _reshape, "Shape": _shape,
+})

@@ -1,0 +1,349 @@
+"""The Numba kernels (lstminfer.kernels) against the NumPy reference.
+
+Float32 parity: max |numba - reference| <= 1e-5 for outputs of order 1; the
+hypothesis cases with unbounded activations (Relu, Affine, ...) can grow
+large, so there the bound is relative to the output's magnitude.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+numba = pytest.importorskip("numba")
+
+from lstminfer import kernels, reference  # noqa: E402
+from lstminfer.errors import InvalidInputError  # noqa: E402
+from lstminfer.kernels import numba_config, numba_math, numba_rnn, packing  # noqa: E402
+from lstminfer.ops.recurrent import RecurrentSpec  # noqa: E402
+from lstminfer.reference import SUPPORTED_ACTIVATIONS, cell_activations  # noqa: E402
+from lstminfer.reference.activations import Activation  # noqa: E402
+
+TOL = 1e-5
+REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# ------------------------------------------------------------ helpers --
+
+def make_spec(op, *, hidden_size=None, direction="forward", layout=0, activations=None, alphas=None,
+              betas=None, clip=None, input_forget=False, linear_before_reset=False, num_outputs=None):
+    acts = cell_activations(op, direction, activations, alphas, betas)
+    return RecurrentSpec(op=op, hidden_size=hidden_size, direction=direction, layout=layout, activations=acts,
+                         clip=clip, input_forget=input_forget, linear_before_reset=linear_before_reset,
+                         num_outputs=num_outputs or (3 if op == "LSTM" else 2))
+
+
+def make_weights(rng, op, D, H, I, with_bias=True, with_peepholes=True, scale=1.0):
+    G = GATES[op]
+    s = np.float32(scale)
+    W = rng.uniform(-1, 1, (D, G * H, I)).astype(np.float32) * (s / np.float32(np.sqrt(I)))
+    R = rng.uniform(-1, 1, (D, G * H, H)).astype(np.float32) * (s / np.float32(np.sqrt(H)))
+    B = rng.uniform(-1, 1, (D, 2 * G * H)).astype(np.float32) * s if with_bias else None
+    P = rng.uniform(-1, 1, (D, 3 * H)).astype(np.float32) * s if (with_peepholes and op == "LSTM") else None
+    return W, R, B, P
+
+
+def make_inputs(rng, op, spec, W, R, B, P, T, batch, lens=None, with_h0=True, with_c0=True):
+    D = spec.num_directions
+    H, I = R.shape[2], W.shape[2]
+    X = rng.standard_normal((T, batch, I) if spec.layout == 0 else (batch, T, I)).astype(np.float32)
+    state_shape = (D, batch, H) if spec.layout == 0 else (batch, D, H)
+    h0 = rng.standard_normal(state_shape).astype(np.float32) if with_h0 else None
+    inputs = [X, W, R, B, lens, h0]
+    if op == "LSTM":
+        inputs += [rng.standard_normal(state_shape).astype(np.float32) if with_c0 else None, P]
+    return inputs
+
+
+def run_both(op, spec, inputs, threads=1):
+    W, R, B = inputs[1:4]
+    P = inputs[7] if op == "LSTM" else None
+    kernel = kernels.numba_kernel(spec, W, R, B, P, threads=threads)
+    assert kernel is not None, kernels.why_not_fused(spec, W, R, B, P)
+    got = kernel(*inputs)
+    expected = REFERENCE[op](*inputs, **spec.reference_kwargs())[: spec.num_outputs]
+    return got, expected
+
+
+def assert_close(got, expected, relative=False):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float32 and g.shape == e.shape
+        bound = TOL * max(1.0, float(np.abs(e).max(initial=0))) if relative else TOL
+        assert np.abs(g - e).max(initial=0) <= bound, (np.abs(g - e).max(), bound)
+
+
+# ------------------------------------------------------- building blocks --
+
+def test_fast_tanh_and_sigmoid_accuracy():
+    x = np.concatenate([np.linspace(-20, 20, 400_001, dtype=np.float32),
+                        np.float32(10) ** np.linspace(-30, 1, 2001, dtype=np.float32)])
+    x = np.concatenate([x, -x])
+    tanh = np.empty_like(x)
+    tanh[:] = x
+    numba_math.activate_inplace(tanh, numba_math.TANH, np.float32(0), np.float32(0))
+    sig = x.copy()
+    numba_math.activate_inplace(sig, numba_math.SIGMOID, np.float32(0), np.float32(0))
+    x64 = x.astype(np.float64)
+    assert np.abs(tanh - np.tanh(x64)).max() < 4e-7
+    assert np.abs(sig - 1 / (1 + np.exp(-x64))).max() < 3e-7
+    assert np.abs(tanh).max() <= 1 and sig.min() >= 0 and sig.max() <= 1
+
+
+def test_nan_propagates_through_activations():
+    nan = np.float32(np.nan)
+    for code in (numba_math.TANH, numba_math.SIGMOID):
+        assert np.isnan(numba_math.fast_tanh(nan)) and np.isnan(numba_math.activate(nan, code, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("name", SUPPORTED_ACTIVATIONS)
+def test_every_activation_matches_reference(name):
+    x = np.linspace(-12, 12, 2401, dtype=np.float32)
+    act = Activation(name, alpha=0.37, beta=1.3)
+    code = numba_math.ACTIVATION_CODES[name.lower()]
+    vector = x.copy()
+    numba_math.activate_inplace(vector, code, np.float32(0.37), np.float32(1.3))
+    scalar = np.array([numba_math.activate(v, code, np.float32(0.37), np.float32(1.3)) for v in x[::40]])
+    expected = act(x)
+    assert np.abs(vector - expected).max() <= TOL * max(1, np.abs(expected).max())
+    assert np.abs(scalar - expected[::40]).max() <= TOL * max(1, np.abs(expected).max())
+
+
+def test_every_reference_activation_has_a_code():
+    assert {n.lower() for n in SUPPORTED_ACTIVATIONS} == set(numba_math.ACTIVATION_CODES)
+
+
+@pytest.mark.parametrize("M,K,N,n0,n1", [(1, 7, 5, 0, 5), (3, 17, 37, 2, 37), (4, 1, 16, 0, 16),
+                                         (5, 64, 19, 3, 11), (9, 3, 33, 0, 33), (70, 20, 40, 1, 39)])
+def test_product_matches_numpy_and_writes_only_its_columns(M, K, N, n0, n1):
+    rng = np.random.default_rng(M * 100 + K)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    Bm = rng.standard_normal((N, K)).astype(np.float32)
+    out = np.full((M, N + 6), 7.0, dtype=np.float32)
+    numba_math.product(A, Bm, np.ascontiguousarray(Bm.T), n0, n1, out, 3)
+    width = n1 - n0
+    expected = A.astype(np.float64) @ Bm[n0:n1].T.astype(np.float64)
+    assert np.abs(out[:, 3: 3 + width] - expected).max() <= 1e-5 * max(1, np.abs(expected).max())
+    assert (out[:, :3] == 7).all() and (out[:, 3 + width:] == 7).all()
+
+
+# ------------------------------------------------------------- packing --
+
+def test_gate_orders_are_permutations_of_the_spec_order():
+    for op, onnx_order in packing.ONNX_GATES.items():
+        assert sorted(packing.KERNEL_GATES[op]) == sorted(onnx_order)
+        assert len(onnx_order) == reference.GATES[op]
+    assert sorted(packing.PEEPHOLE_KERNEL) == sorted(packing.PEEPHOLE_ONNX)
+
+
+@pytest.mark.parametrize("H,blocks,expected", [(64, 1, [0, 64]), (64, 2, [0, 32, 64]), (17, 2, [0, 8, 17]),
+                                               (100, 2, [0, 48, 100]), (1, 2, [0, 1])])
+def test_unit_blocks(H, blocks, expected):
+    assert packing.unit_blocks(H, blocks).tolist() == expected
+
+
+def test_pack_places_gates_biases_and_peepholes():
+    rng = np.random.default_rng(3)
+    H, I = 5, 3
+    W, R, B, P = make_weights(rng, "LSTM", 1, H, I)
+    packed = packing.pack("LSTM", W, R, B, P, blocks=2)
+    order = packing.kernel_row_order("LSTM", H, packed.edges)
+    assert sorted(order.tolist()) == list(range(4 * H))
+    np.testing.assert_array_equal(packed.segment(0, packing.SEG_W, (4 * H, I)), W[0][order])
+    np.testing.assert_array_equal(packed.segment(0, packing.SEG_RT, (H, 4 * H)), R[0][order].T)
+    np.testing.assert_allclose(packed.segment(0, packing.SEG_BIAS_X, (4 * H,)), (B[0, :4 * H] + B[0, 4 * H:])[order])
+    peep = packed.segment(0, packing.SEG_PEEP, (3, H))
+    np.testing.assert_array_equal(peep, P[0].reshape(3, H)[[0, 2, 1]])  # i, o, f -> i, f, o
+    assert packed.buffer.ctypes.data % 64 == 0 and not packed.buffer.flags.writeable
+    assert (packed.offsets % packing.ALIGN_FLOATS == 0).all()
+
+
+def test_gru_linear_before_reset_keeps_rbh_apart():
+    rng = np.random.default_rng(4)
+    H = 4
+    W, R, B, _ = make_weights(rng, "GRU", 1, H, 2)
+    packed = packing.pack("GRU", W, R, B, None, linear_before_reset=True)
+    np.testing.assert_array_equal(packed.segment(0, packing.SEG_BIAS_RH, (H,)), B[0, 3 * H + 2 * H:])
+    np.testing.assert_array_equal(packed.segment(0, packing.SEG_BIAS_X, (3 * H,))[2 * H:], B[0, 2 * H: 3 * H])
+
+
+# -------------------------------------------------------------- parity --
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_default_activations_float32_parity(op, direction):
+    rng = np.random.default_rng(11)
+    D = 2 if direction == "bidirectional" else 1
+    W, R, B, P = make_weights(rng, op, D, 64, 33)
+    spec = make_spec(op, hidden_size=64, direction=direction)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=20, batch=5,
+                         lens=np.array([20, 0, 7, 1, 19], dtype=np.int32))
+    assert_close(*run_both(op, spec, inputs))
+
+
+@st.composite
+def cases(draw):
+    op = draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
+    direction = draw(st.sampled_from(reference.DIRECTIONS))
+    D = 2 if direction == "bidirectional" else 1
+    H = draw(st.sampled_from([1, 2, 5, 17, 32]))
+    I = draw(st.sampled_from([1, 3, 17]))
+    T = draw(st.integers(0, 6))
+    batch = draw(st.integers(1, 6))
+    activations = None
+    if draw(st.booleans()):
+        activations = draw(st.lists(st.sampled_from(SUPPORTED_ACTIVATIONS),
+                                    min_size=ACTS_PER_DIRECTION[op] * D, max_size=ACTS_PER_DIRECTION[op] * D))
+    alphas = draw(st.lists(st.floats(0.05, 1.5), max_size=6))
+    betas = draw(st.lists(st.floats(0.05, 1.5), max_size=6))
+    lens = None
+    if draw(st.booleans()):
+        lens = np.array(draw(st.lists(st.integers(0, T), min_size=batch, max_size=batch)), dtype=np.int32)
+    return dict(
+        op=op, direction=direction, H=H, I=I, T=T, batch=batch, lens=lens,
+        spec=make_spec(op, hidden_size=draw(st.sampled_from([None, H])), direction=direction,
+                       layout=draw(st.sampled_from([0, 1])), activations=activations, alphas=alphas, betas=betas,
+                       clip=draw(st.sampled_from([None, 0.5, 3.0])), input_forget=draw(st.booleans()),
+                       linear_before_reset=draw(st.booleans()),
+                       num_outputs=draw(st.integers(1, 3 if op == "LSTM" else 2))),
+        with_bias=draw(st.booleans()), with_peepholes=draw(st.booleans()),
+        with_h0=draw(st.booleans()), with_c0=draw(st.booleans()), seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@SETTINGS
+@given(cases())
+def test_random_cases_match_reference(case):
+    rng = np.random.default_rng(case["seed"])
+    op, spec = case["op"], case["spec"]
+    W, R, B, P = make_weights(rng, op, spec.num_directions, case["H"], case["I"], case["with_bias"],
+                              case["with_peepholes"], scale=0.5)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, case["T"], case["batch"], case["lens"],
+                         case["with_h0"], case["with_c0"])
+    assert_close(*run_both(op, spec, inputs), relative=True)
+
+
+@pytest.mark.parametrize("batch", [2, 9])  # 2: hidden units split per step; 9: batch split across threads
+def test_two_threads_match_one(batch):
+    rng = np.random.default_rng(5)
+    op = "LSTM"
+    W, R, B, P = make_weights(rng, op, 2, 40, 7)
+    spec = make_spec(op, hidden_size=40, direction="bidirectional", layout=1, clip=2.0)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=9, batch=batch,
+                         lens=rng.integers(0, 10, batch).astype(np.int32))
+    got, expected = run_both(op, spec, inputs, threads=2)
+    assert_close(got, expected)
+    one = kernels.numba_kernel(spec, W, R, B, P)(*inputs)
+    for a, b in zip(got, one):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+# ------------------------------------------------------ contract edges --
+
+def test_inputs_are_not_modified_and_may_be_read_only():
+    rng = np.random.default_rng(6)
+    op = "GRU"
+    W, R, B, _ = make_weights(rng, op, 1, 8, 4)
+    spec = make_spec(op, hidden_size=8, linear_before_reset=True)
+    inputs = make_inputs(rng, op, spec, W, R, B, None, T=3, batch=2, lens=np.array([3, 2], np.int32))
+    copies = [None if v is None else v.copy() for v in inputs]
+    for v in inputs:
+        if v is not None:
+            v.flags.writeable = False
+    assert_close(*run_both(op, spec, inputs))
+    for v, c in zip(inputs, copies):
+        if v is not None:
+            np.testing.assert_array_equal(v, c)
+
+
+def test_run_time_values_that_differ_from_the_packed_constants_use_the_reference():
+    rng = np.random.default_rng(7)
+    W, R, B, _ = make_weights(rng, "RNN", 1, 6, 3)
+    spec = make_spec("RNN", hidden_size=6)
+    kernel = kernels.numba_kernel(spec, W, R, B, None)
+    X = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    other_R = (R * 2).astype(np.float32)
+    got = kernel(X, W, other_R, B)
+    expected = reference.rnn(X, W, other_R, B, **spec.reference_kwargs())
+    assert_close(got, expected)
+    got64 = kernel(X.astype(np.float64), W.astype(np.float64), R.astype(np.float64), B.astype(np.float64))
+    assert got64[0].dtype == np.float64  # float64 runs on the reference
+
+
+def test_bad_inputs_raise_the_reference_errors_with_the_label():
+    rng = np.random.default_rng(8)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 4, 3)
+    spec = make_spec("LSTM", hidden_size=4)
+    kernel = kernels.numba_kernel(spec, W, R, B, P, label="LSTM 'lstm_1'")
+    X = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    with pytest.raises(InvalidInputError, match=r"LSTM 'lstm_1'.*sequence_lens.*\[0, seq_length=5\]"):
+        kernel(X, W, R, B, np.array([6, 1], np.int32), None, None, P)
+    with pytest.raises(InvalidInputError, match=r"LSTM 'lstm_1'.*initial_h.*expected shape \[1, 2, 4\]"):
+        kernel(X, W, R, B, None, np.zeros((1, 3, 4), np.float32), None, P)
+    with pytest.raises(InvalidInputError, match=r"LSTM 'lstm_1'.*input_size=2"):  # X's I disagrees with W
+        kernel(X[:, :, :2].copy(), W, R, B, None, None, None, P)
+
+
+def test_int64_sequence_lens_and_trailing_outputs():
+    rng = np.random.default_rng(9)
+    W, R, B, _ = make_weights(rng, "GRU", 1, 3, 2)
+    spec = make_spec("GRU", hidden_size=3, num_outputs=1)
+    inputs = make_inputs(rng, "GRU", spec, W, R, B, None, T=4, batch=3, lens=np.array([4, 0, 2], np.int64))
+    got, expected = run_both("GRU", spec, inputs)
+    assert len(got) == 1
+    assert_close(got, expected)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(W=None), "not constants"),
+    (dict(dtype=np.float64), "float32 only"),
+    (dict(hidden_size=5), "hidden_size 5"),
+    (dict(B_shape=(1, 7)), "B has shape"),
+])
+def test_why_not_fused(change, reason):
+    rng = np.random.default_rng(10)
+    W, R, B, _ = make_weights(rng, "RNN", 1, 4, 2)
+    dtype = change.get("dtype", np.float32)
+    W, R, B = W.astype(dtype), R.astype(dtype), B.astype(dtype)
+    if "B_shape" in change:
+        B = np.zeros(change["B_shape"], dtype)
+    spec = make_spec("RNN", hidden_size=change.get("hidden_size", 4))
+    W = None if "W" in change else W
+    assert reason in kernels.why_not_fused(spec, W, R, B, None)
+    assert kernels.numba_kernel(spec, W, R, B, None) is None
+
+
+def test_compiled_at_load_and_never_on_a_request():
+    rng = np.random.default_rng(12)
+    W, R, B, _ = make_weights(rng, "RNN", 1, 4, 2)
+    kernel = kernels.numba_kernel(make_spec("RNN", hidden_size=4), W, R, B, None)
+    dispatcher = numba_rnn.driver("RNN", False)
+    assert len(dispatcher.signatures) == 1 and not dispatcher._can_compile
+    X = np.asfortranarray(rng.standard_normal((3, 2, 2)).astype(np.float32))  # other layouts convert
+    kernel(X, W, R, B)
+    assert len(dispatcher.signatures) == 1
+    assert kernel.describe.startswith("numba rnn_seq fused (H=4")
+
+
+def test_cache_location_that_cannot_be_written_falls_back_to_memory(monkeypatch):
+    calls = []
+
+    def fake_njit(**flags):
+        calls.append(flags["cache"])
+        if flags["cache"]:
+            raise RuntimeError("cannot cache function 'f': no locator available for file 'x.py'")
+        return lambda fn: fn
+
+    monkeypatch.setattr(numba_config.numba, "njit", fake_njit)
+    monkeypatch.setattr(numba_config, "caching_enabled", True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        numba_config.jit(lambda x: x)
+    assert calls == [True, False] and not numba_config.caching_enabled
+    assert any("NUMBA_CACHE_DIR" in str(w.message) for w in caught)

@@ -1,0 +1,283 @@
+"""Stream and StreamPool: chunked runs equal whole-sequence runs; pools isolate streams."""
+import threading
+
+import numpy as np
+import onnx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto as TP
+from onnx import helper as oh
+from onnx import numpy_helper as nh
+
+import lstminfer
+import lstminfer.models
+from lstminfer import InvalidArgumentError, InvalidInputError, NotStreamableError
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+I, H, HEAD = 3, 5, 2
+TOL = 1e-6
+
+
+def recurrent_model(op="LSTM", layout=0, direction="forward", head=True, state_outputs=True, seed=0):
+    """x -> op -> (Squeeze, Transpose) -> MatMul+Add head; also Y_h (a state output)."""
+    rng = np.random.default_rng(seed)
+    D = 2 if direction == "bidirectional" else 1
+    G = GATES[op]
+    inits = [nh.from_array(rng.standard_normal((D, G * H, I)).astype(np.float32) * 0.5, "W"),
+             nh.from_array(rng.standard_normal((D, G * H, H)).astype(np.float32) * 0.5, "R"),
+             nh.from_array(rng.standard_normal((D, 2 * G * H)).astype(np.float32) * 0.1, "B")]
+    outs = ["Y", "Y_h"] + (["Y_c"] if op == "LSTM" else [])
+    nodes = [oh.make_node(op, ["x", "W", "R", "B"], outs, hidden_size=H, direction=direction,
+                          layout=layout, name="rec")]
+    x_shape = ["T", "N", I] if layout == 0 else ["N", "T", I]
+    outputs = []
+    if head:
+        # Y [T, D, N, H] -> [T, N, D*H] (layout 0); Y [N, T, D, H] -> [N, T, D*H] (layout 1)
+        if layout == 0:
+            nodes.append(oh.make_node("Transpose", ["Y"], ["Yt"], perm=[0, 2, 1, 3]))
+        else:
+            nodes.append(oh.make_node("Identity", ["Y"], ["Yt"]))
+        inits.append(nh.from_array(np.array([0, 0, D * H], np.int64), "flat"))
+        inits.append(nh.from_array(rng.standard_normal((D * H, HEAD)).astype(np.float32), "Wh"))
+        inits.append(nh.from_array(rng.standard_normal(HEAD).astype(np.float32), "bh"))
+        nodes += [oh.make_node("Reshape", ["Yt", "flat"], ["Yr"]),
+                  oh.make_node("MatMul", ["Yr", "Wh"], ["Ym"]),
+                  oh.make_node("Add", ["Ym", "bh"], ["Ya"]),
+                  oh.make_node("Tanh", ["Ya"], ["out"])]
+        outputs.append(oh.make_tensor_value_info("out", TP.FLOAT, None))
+    else:
+        outputs.append(oh.make_tensor_value_info("Y", TP.FLOAT, None))
+    if state_outputs:
+        outputs.append(oh.make_tensor_value_info("Y_h", TP.FLOAT, None))
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TP.FLOAT, x_shape)], outputs, inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+MODELS = {(op, layout): lstminfer.load(recurrent_model(op, layout)) for op in GATES for layout in (0, 1)}
+
+
+def whole_output(model, x, name="out"):
+    return model.run([name], {"x": x})[0]
+
+
+def time_chunks(x, axis, cuts):
+    bounds = [0] + sorted(set(cuts)) + [x.shape[axis]]
+    return [np.take(x, range(a, b), axis=axis) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+@st.composite
+def chunkings(draw):
+    T = draw(st.integers(1, 12))
+    cuts = draw(st.lists(st.integers(1, max(T - 1, 1)), max_size=5)) if T > 1 else []
+    return T, cuts
+
+
+@settings(max_examples=30, deadline=None)
+@given(key=st.sampled_from(sorted(MODELS)), chunking=chunkings(), seed=st.integers(0, 2**16))
+def test_chunked_steps_equal_whole_sequence(key, chunking, seed):
+    model, (T, cuts) = MODELS[key], chunking
+    layout = key[1]
+    x = np.random.default_rng(seed).standard_normal((T, 1, I) if layout == 0 else (1, T, I)).astype(np.float32)
+    s = model.stream()
+    got = np.concatenate([s.step(c) for c in time_chunks(x, layout, cuts)], axis=layout)
+    np.testing.assert_allclose(got, whole_output(model, x), atol=TOL, rtol=0)
+    # The carried state is the whole run's final state.
+    np.testing.assert_allclose(s.state["Y_h"], whole_output(model, x, "Y_h"), atol=TOL, rtol=0)
+
+
+def test_state_outputs_are_not_returned_and_reset_restarts():
+    model = MODELS[("GRU", 0)]
+    x = np.random.default_rng(0).standard_normal((4, 1, I)).astype(np.float32)
+    s = model.stream()
+    first = s.step(x)
+    assert isinstance(first, np.ndarray)  # "out" only: Y_h is a state output
+    assert not np.allclose(s.step(x), first)
+    s.reset()
+    np.testing.assert_array_equal(s.step(x), first)
+
+
+def test_bundled_adding_lstm_streams_with_its_h0_c0_paired():
+    model = lstminfer.load(lstminfer.models.path("adding_lstm"))
+    rng = np.random.default_rng(1)
+    x = rng.random((1, 30, 2), dtype=np.float32)
+    h0 = rng.standard_normal((1, 1, 32)).astype(np.float32)
+    c0 = rng.standard_normal((1, 1, 32)).astype(np.float32)
+    y, h_n, c_n = model.run(None, {"x": x, "h0": h0, "c0": c0})
+    s = model.stream()
+    s.set_state({"h0": h0, "c0": c0})
+    got = np.concatenate([s.step(c) for c in time_chunks(x, 1, [1, 2, 17])], axis=1)
+    np.testing.assert_allclose(got, y, atol=TOL, rtol=0)
+    np.testing.assert_allclose(s.state["h_n"], h_n, atol=TOL, rtol=0)
+    np.testing.assert_allclose(s.state["c_n"], c_n, atol=TOL, rtol=0)
+
+
+torch_models = pytest.importorskip("torch_models", reason="torch is not installed")
+
+
+@settings(max_examples=10, deadline=None)
+@given(chunking=chunkings(), seed=st.integers(0, 2**16))
+def test_pytorch_two_layer_lstm_with_h0_c0(chunking, seed):
+    spec = torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True)
+    model = _torch_model(spec)
+    T, cuts = chunking
+    feeds = spec.make_inputs(np.random.default_rng(seed), 1, T)
+    y, h_n, c_n = model.run(None, feeds)
+    s = model.stream(state={"h0": feeds["h0"], "c0": feeds["c0"]})
+    got = np.concatenate([s.step(c) for c in time_chunks(feeds["x"], 0, cuts)], axis=0)
+    np.testing.assert_allclose(got, y, atol=TOL, rtol=0)
+    # h_n stacks the layers' final states, in the order the carried state keys list them.
+    h_keys = [slot.key for slot in s._program.slots if slot.kind == "h"]
+    np.testing.assert_allclose(np.concatenate([s.state[k] for k in h_keys]), h_n, atol=TOL, rtol=0)
+
+
+def _torch_model(spec, exporter="torchscript", opset=17):
+    return lstminfer.load(torch_models.export(spec, exporter, opset))
+
+
+def test_bidirectional_and_time_mixing_models_are_rejected_naming_the_node():
+    with pytest.raises(NotStreamableError, match=r"node 'rec' \(LSTM\).*bidirectional"):
+        lstminfer.load(recurrent_model(direction="bidirectional")).stream()
+    with pytest.raises(NotStreamableError, match=r"node 'rec' \(GRU\).*reverse"):
+        lstminfer.load(recurrent_model("GRU", direction="reverse")).stream_pool(4)
+    # A reduction over time after the recurrent layer.
+    proto = recurrent_model("RNN", head=False, state_outputs=False)
+    proto.graph.node.append(oh.make_node("ReduceMean", ["Y"], ["m"], axes=[0], keepdims=1, name="pool_time"))
+    proto.graph.output[0].CopyFrom(oh.make_tensor_value_info("m", TP.FLOAT, None))
+    with pytest.raises(NotStreamableError, match=r"node 'pool_time' \(ReduceMean\).*time axis"):
+        lstminfer.load(proto).stream()
+    # Softmax over the time axis.
+    proto = recurrent_model("RNN", head=False, state_outputs=False)
+    proto.graph.node.append(oh.make_node("Softmax", ["Y"], ["p"], axis=0, name="over_time"))
+    proto.graph.output[0].CopyFrom(oh.make_tensor_value_info("p", TP.FLOAT, None))
+    with pytest.raises(NotStreamableError, match=r"node 'over_time' \(Softmax\)"):
+        lstminfer.load(proto).stream()
+
+
+def test_info_reports_streamability_from_the_analysis(tmp_path):
+    from lstminfer.summary import format_info
+
+    proto = recurrent_model("RNN", head=False, state_outputs=False)
+    proto.graph.node.append(oh.make_node("ReduceMax", ["Y"], ["m"], axes=[0], name="pool_time"))
+    proto.graph.output[0].CopyFrom(oh.make_tensor_value_info("m", TP.FLOAT, None))
+    text = format_info(lstminfer.load(proto))
+    assert "streamable: no" in text and "pool_time" in text
+    assert "streamable: yes" in format_info(MODELS[("LSTM", 0)])
+
+
+def test_save_restore_round_trip_and_wrong_model():
+    model = MODELS[("LSTM", 1)]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 6, I)).astype(np.float32)
+    s = model.stream()
+    s.step(x[:, :4])
+    blob = s.save()
+    restored = model.stream(state=blob)
+    np.testing.assert_array_equal(restored.step(x[:, 4:]), s.step(x[:, 4:]))
+    other = lstminfer.load(recurrent_model("LSTM", 1, seed=1))  # same shapes, other weights
+    with pytest.raises(InvalidInputError, match="different model"):
+        other.stream(state=blob)
+    with pytest.raises(InvalidInputError, match="magic"):
+        model.stream(state=b"not a state")
+    pool = model.stream_pool(2)
+    sid = pool.open(state=blob)
+    np.testing.assert_array_equal(pool.save(sid), blob)
+
+
+def run_alone(model, chunks):
+    s = model.stream()
+    return [s.step(c) for c in chunks]
+
+
+@settings(max_examples=15, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["open", "step", "close"]), st.integers(0, 7),
+                              st.integers(1, 3)), min_size=1, max_size=25),
+       seed=st.integers(0, 2**16))
+def test_pool_interleavings_equal_each_stream_alone(ops, seed):
+    model = MODELS[("LSTM", 0)]
+    rng = np.random.default_rng(seed)
+    pool = model.stream_pool(max_streams=4)
+    open_ids, fed, got = [], {}, {}
+    for op, pick, T in ops:
+        if op == "open" and len(open_ids) < 4:
+            sid = pool.open()
+            open_ids.append(sid)
+            fed[sid], got[sid] = [], []
+        elif op == "close" and open_ids:
+            pool.close(open_ids.pop(pick % len(open_ids)))
+        elif op == "step" and open_ids:
+            chosen = open_ids[: 1 + pick % len(open_ids)]
+            frames = {sid: rng.standard_normal((T, 1, I)).astype(np.float32) for sid in chosen}
+            out = pool.step(frames)
+            assert set(out) == set(chosen)
+            for sid in chosen:
+                fed[sid].append(frames[sid])
+                got[sid].append(out[sid])
+    for sid in fed:
+        for a, b in zip(got[sid], run_alone(model, fed[sid])):
+            np.testing.assert_allclose(a, b, atol=TOL, rtol=0)
+
+
+def test_pool_bad_input_leaves_other_streams_intact():
+    model = MODELS[("GRU", 1)]
+    pool = model.stream_pool(max_streams=2)
+    a, b = pool.open(), pool.open()
+    x = np.random.default_rng(0).standard_normal((1, 3, I)).astype(np.float32)
+    pool.step({a: x, b: x})
+    before = {sid: pool.state(sid) for sid in (a, b)}
+    bad = [
+        ({a: x, 999: x}, InvalidArgumentError, "unknown or closed"),
+        ({a: x, b: x[:, :2]}, InvalidInputError, "same shape"),
+        ({a: x, b: x.astype(np.complex64)}, InvalidInputError, "dtype"),
+        ({a: x, b: x[..., :2]}, InvalidInputError, "axis 2"),
+        ({a: x, b: np.concatenate([x, x])}, InvalidInputError, "batch 1"),
+    ]
+    for frames, error, message in bad:
+        with pytest.raises(error, match=message):
+            pool.step(frames)
+    with pytest.raises(InvalidArgumentError, match="full"):
+        pool.open()
+    for sid in (a, b):
+        for key, value in before[sid].items():
+            np.testing.assert_array_equal(pool.state(sid)[key], value)
+    pool.close(b)
+    with pytest.raises(InvalidArgumentError, match="unknown or closed"):
+        pool.step({b: x})
+    np.testing.assert_array_equal(pool.state(a)["Y_h"], before[a]["Y_h"])
+    c = pool.open()  # the freed slot is reused, and starts from zero state
+    np.testing.assert_array_equal(pool.step({c: x})[c], model.stream().step(x))
+
+
+def test_threaded_pool_matches_streams_alone():
+    model = MODELS[("RNN", 0)]
+    pool = model.stream_pool(max_streams=8)
+    rng = np.random.default_rng(5)
+    inputs = [[rng.standard_normal((2, 1, I)).astype(np.float32) for _ in range(6)] for _ in range(8)]
+    results, errors = {}, []
+
+    def worker(chunks):
+        try:
+            sid = pool.open()
+            results[sid] = (chunks, [pool.step({sid: c})[sid] for c in chunks])
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in inputs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 8
+    for chunks, outs in results.values():
+        for a, b in zip(outs, run_alone(model, chunks)):
+            np.testing.assert_allclose(a, b, atol=TOL, rtol=0)
+
+
+def test_state_errors_are_clear():
+    s = MODELS[("LSTM", 0)].stream()
+    with pytest.raises(InvalidArgumentError, match="unknown state name"):
+        s.set_state({"nope": np.zeros(1)})
+    with pytest.raises(InvalidInputError, match="expected shape"):
+        s.set_state({"Y_h": np.zeros((1, 2, H), np.float32)})
+    with pytest.raises(InvalidInputError, match="at least one time step"):
+        s.step(np.zeros((0, 1, I), np.float32))
