@@ -241,15 +241,66 @@ def matvec_kn(h, RT, n0, n1, out):
 
 
 @jit
-def product(A, Bm, BmT, n0, n1, out, c0):
-    """``out[m, c0 + n - n0] = A[m] . Bm[n]``, with ``BmT`` = Bm transposed (k-major).
+def _axpy_4rows(A, m, BmT, n0, n1, out, c0):
+    """Rows m..m+3 of ``out[:, c0:] = A . BmT[:, n0:n1]``, vectorized along n (k-major weights).
 
-    Rows four at a time use the 4x4 tile of ``matmul_nt``; the rest (all of
-    them at batch 1..3) the vectorized-along-n ``matvec_kn``.
+    No horizontal sums, so it wins at small K; the column offsets are
+    unsigned so that Numba emits no negative-index fix-up and LLVM vectorizes.
     """
-    M = A.shape[0]
+    K = A.shape[1]
+    width = np.uint64(n1 - n0)
+    n0u = np.uint64(n0)
+    c0u = np.uint64(c0)
+    for i in range(4):
+        for j in range(width):
+            out[m + i, c0u + j] = ZERO
+    k = 0
+    while k + 4 <= K:
+        a0, a1, a2, a3 = A[m, k], A[m, k + 1], A[m, k + 2], A[m, k + 3]
+        b0, b1, b2, b3 = A[m + 1, k], A[m + 1, k + 1], A[m + 1, k + 2], A[m + 1, k + 3]
+        c0_, c1, c2, c3 = A[m + 2, k], A[m + 2, k + 1], A[m + 2, k + 2], A[m + 2, k + 3]
+        d0, d1, d2, d3 = A[m + 3, k], A[m + 3, k + 1], A[m + 3, k + 2], A[m + 3, k + 3]
+        for j in range(width):
+            n = n0u + j
+            w0, w1, w2, w3 = BmT[k, n], BmT[k + 1, n], BmT[k + 2, n], BmT[k + 3, n]
+            o = c0u + j
+            out[m, o] += (a0 * w0 + a1 * w1) + (a2 * w2 + a3 * w3)
+            out[m + 1, o] += (b0 * w0 + b1 * w1) + (b2 * w2 + b3 * w3)
+            out[m + 2, o] += (c0_ * w0 + c1 * w1) + (c2 * w2 + c3 * w3)
+            out[m + 3, o] += (d0 * w0 + d1 * w1) + (d2 * w2 + d3 * w3)
+        k += 4
+    while k < K:
+        a0, b0, c0_, d0 = A[m, k], A[m + 1, k], A[m + 2, k], A[m + 3, k]
+        for j in range(width):
+            w0 = BmT[k, n0u + j]
+            o = c0u + j
+            out[m, o] += a0 * w0
+            out[m + 1, o] += b0 * w0
+            out[m + 2, o] += c0_ * w0
+            out[m + 3, o] += d0 * w0
+        k += 1
+
+
+# Above this many bytes of k-major weights (about half of L2), the 4-row axpy
+# streams them from L3 once per 4 rows: the dot-product tiles reuse them better.
+_AXPY_WEIGHT_BYTES = 512 * 1024
+
+
+@jit
+def product(A, Bm, BmT, n0, n1, out, c0):
+    """``out[m, c0 + n - n0] = A[m] . Bm[n]`` for n in [n0, n1), ``BmT`` = Bm transposed.
+
+    Four rows at a time: the axpy form while the weights fit in L2, else the
+    4x4 dot tiles of ``matmul_nt``; leftover rows (all of them at batch 1..3):
+    ``matvec_kn``.
+    """
+    M, K = A.shape
     full = M - M % 4
     if full:
-        matmul_nt(A[:full], Bm, n0, n1, out[:full], c0)
+        if K * (n1 - n0) * 4 <= _AXPY_WEIGHT_BYTES:
+            for m in range(0, full, 4):
+                _axpy_4rows(A, m, BmT, n0, n1, out, c0)
+        else:
+            matmul_nt(A[:full], Bm, n0, n1, out[:full], c0)
     for m in range(full, M):
         matvec_kn(A[m], BmT, n0, n1, out[m, c0:])
