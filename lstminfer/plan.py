@@ -54,14 +54,14 @@ class Plan:
             self._slot(name)
         constants: dict[int, Any] = {self._slot(k): v for k, v in graph.initializers.items()}
         visible = set(feeds) | set(graph.initializers)
-        self.steps, constants = self._build_steps(graph, ctx, visible, constants, set(scope))
+        self._constants = constants  # grows as nodes are folded while building
+        self.steps = self._build_steps(graph, ctx, visible, constants, set(scope))
         missing = [n for n in self.output_names if n not in self._slots]
         if missing:
             raise InvalidModelError(
                 f"graph '{graph.name}': output(s) {missing} are not produced by any node, "
                 "initializer or input"
             )
-        self._constants = constants
         # Every run starts from a copy of this: constants in place, the rest empty.
         self._template: list[Any] = [None] * len(self._slots)
         for slot, value in constants.items():
@@ -88,7 +88,7 @@ class Plan:
             spec = ops.lookup(node, opset)
             node_ctx = BuildContext(
                 opsets=ctx.opsets, backend=ctx.backend, options=ctx.options,
-                constant=lambda name: constants.get(self._slots.get(name, _ABSENT)) if name else None,
+                constant=self.constant,
             )
             if node.subgraphs():
                 # A body may read anything visible here: our values and our own scope.
@@ -114,7 +114,7 @@ class Plan:
             else:
                 steps.append(step)
             visible.update(node.outputs)
-        return steps, constants
+        return steps
 
     # -- running ----------------------------------------------------------
     def schedule(self, wanted: tuple[int, ...]):
