@@ -48,17 +48,21 @@ class Model:
     """A loaded ONNX model, ready to run.
 
     ``model`` is a file path, the model's bytes or an ``onnx.ModelProto``.
-    ``backend`` is "auto" or "reference" (see ``lstminfer.backends``).
+    ``backend`` is "auto", "numba" or "reference" (see ``lstminfer.backends``);
+    ``threads`` is how many cores a fast recurrent kernel may use (default 1).
     ``sess_options``/``providers`` are accepted (and ignored) so that code
     written for onnxruntime runs unchanged.
     """
 
-    def __init__(self, model: Any, backend: str = "auto", *, sess_options: Any = None,
+    def __init__(self, model: Any, backend: str = "auto", *, threads: int = 1, sess_options: Any = None,
                  providers: Any = None, provider_options: Any = None, **_ignored: Any):
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
         self.backend = resolve_backend(backend)
+        self.threads = threads
         self._imported: ImportedModel = import_model(model)
         graph = self._imported.graph
-        ctx = BuildContext(opsets=graph.opsets, backend=self.backend)
+        ctx = BuildContext(opsets=graph.opsets, backend=self.backend, options={"threads": threads})
         try:
             self._plan = Plan(graph, ctx)
         except Exception as e:

@@ -104,7 +104,7 @@ class Plan:
                 outputs=tuple(self._slot(n) for n in node.outputs),
                 outer_names=outer_names,
                 outer=tuple(self._slot(n) for n in outer_names),
-                describe=getattr(kernel, "describe", "reference (numpy)"),
+                describe=getattr(kernel, "describe", "numpy"),
             )
             if _foldable(step, constants):
                 values = _run_step(step, constants)

@@ -396,15 +396,18 @@ def test_spec_is_parsed_with_defaults():
 def test_fast_backend_builder_is_asked_first_and_may_decline():
     seen = []
 
-    def builder(spec, node):
+    def builder(spec, node, ctx):
         seen.append(spec)
-        return None if spec.direction == "reverse" else (lambda *inputs: ("fast",))
+        if spec.direction == "reverse":
+            return None, "no reverse kernel"
+        return (lambda *inputs: ("fast",)), ""
 
     recurrent.register_recurrent_kernel("test-backend", "RNN", builder)
     try:
         ctx = BuildContext(opsets={"": 14}, backend="test-backend")
         assert recurrent.rnn_factory(node_of("RNN"), ctx)() == ("fast",)
-        assert recurrent.rnn_factory(node_of("RNN", direction="reverse"), ctx).describe == "reference"
+        declined = recurrent.rnn_factory(node_of("RNN", direction="reverse"), ctx)
+        assert declined.describe == "reference (test-backend declined: no reverse kernel)"
         assert [s.direction for s in seen] == ["forward", "reverse"]
     finally:
         recurrent._FAST_BUILDERS.pop(("test-backend", "RNN"))

@@ -69,8 +69,9 @@ class RecurrentSpec:
         return kwargs
 
 
-# (backend, op) -> builder(spec, node) returning a kernel, or None to fall back.
-KernelBuilder = Callable[[RecurrentSpec, Node], "Kernel | None"]
+# (backend, op) -> builder(spec, node, ctx) returning (kernel, "") or (None, why not):
+# a builder that declines says why, and describe()/info show it.
+KernelBuilder = Callable[[RecurrentSpec, Node, BuildContext], "tuple[Kernel | None, str]"]
 _FAST_BUILDERS: dict[tuple[str, str], KernelBuilder] = {}
 
 
@@ -252,11 +253,14 @@ def _check_constant_weights(node: Node, spec: RecurrentSpec, ctx: BuildContext) 
 def _build(node: Node, ctx: BuildContext) -> Kernel:
     spec = _check_constant_weights(node, parse_spec(node, ctx), ctx)
     builder = _FAST_BUILDERS.get((ctx.backend, spec.op))
-    if builder is not None:
-        kernel = builder(spec, node)
-        if kernel is not None:
-            return kernel
-    return reference_kernel(spec, node)
+    if builder is None:
+        return reference_kernel(spec, node)
+    kernel, why_not = builder(spec, node, ctx)
+    if kernel is not None:
+        return kernel
+    kernel = reference_kernel(spec, node)
+    kernel.describe = f"reference ({ctx.backend} declined: {why_not})"
+    return kernel
 
 
 @register("LSTM", since=7)
