@@ -6,8 +6,23 @@ from setuptools import Extension, setup
 # at run time by CPU feature (lstminfer._cpu), never by -march=native.
 COMPILE_ARGS = ["-O3"]
 
+# The recurrent kernels are built once per instruction set from one source
+# (native/_rnn_core.pxi); lstminfer/kernels/cython_backend.py imports the
+# build the CPU supports (LSTMINFER_PORTABLE=1 forces the baseline one).
+# Only the modules named *_avx2/*_avx512 get those flags, and none is
+# imported on a CPU without them.
+RNN_ISA_ARGS = {
+    "": [],
+    "_avx2": ["-mavx2", "-mfma"],
+    "_avx512": ["-mavx512f", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
+}
+
 extensions = [
     Extension("lstminfer._cpu", ["native/_cpu.pyx"], extra_compile_args=COMPILE_ARGS),
+] + [
+    Extension(f"lstminfer._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
+              extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi"])
+    for suffix, flags in RNN_ISA_ARGS.items()
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

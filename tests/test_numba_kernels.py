@@ -82,8 +82,8 @@ def assert_close(got, expected, relative=False):
 # ------------------------------------------------------- building blocks --
 
 def test_fast_tanh_and_sigmoid_accuracy():
-    x = np.concatenate([np.linspace(-20, 20, 400_001, dtype=np.float32),
-                        np.float32(10) ** np.linspace(-30, 1, 2001, dtype=np.float32)])
+    x = np.concatenate([np.linspace(-30, 30, 600_001, dtype=np.float32),
+                        np.float32(10) ** np.linspace(-30, 1.5, 3001, dtype=np.float32)])
     x = np.concatenate([x, -x])
     tanh = np.empty_like(x)
     tanh[:] = x
@@ -91,15 +91,25 @@ def test_fast_tanh_and_sigmoid_accuracy():
     sig = x.copy()
     numba_math.activate_inplace(sig, numba_math.SIGMOID, np.float32(0), np.float32(0))
     x64 = x.astype(np.float64)
-    assert np.abs(tanh - np.tanh(x64)).max() < 4e-7
-    assert np.abs(sig - 1 / (1 + np.exp(-x64))).max() < 3e-7
+    # a few float32 ulps: long sequences accumulate these errors in the cell state
+    assert np.abs(tanh - np.tanh(x64)).max() < 1.5e-7
+    assert np.abs(sig - 1 / (1 + np.exp(-x64))).max() < 1.5e-7
     assert np.abs(tanh).max() <= 1 and sig.min() >= 0 and sig.max() <= 1
 
 
-def test_nan_propagates_through_activations():
-    nan = np.float32(np.nan)
+def test_fast_exp_relative_error():
+    x = np.linspace(-87, 88, 20001, dtype=np.float32)
+    got = np.array([numba_math.fast_exp(v) for v in x])
+    exact = np.exp(x.astype(np.float64))
+    assert (np.abs(got - exact) / exact).max() < 4e-7
+
+
+def test_nan_and_infinities_through_activations():
+    f32 = np.float32
     for code in (numba_math.TANH, numba_math.SIGMOID):
-        assert np.isnan(numba_math.fast_tanh(nan)) and np.isnan(numba_math.activate(nan, code, 0.0, 0.0))
+        assert np.isnan(numba_math.activate(f32(np.nan), code, f32(0), f32(0)))
+    assert numba_math.fast_tanh(f32(np.inf)) == 1 and numba_math.fast_tanh(f32(-np.inf)) == -1
+    assert numba_math.fast_sigmoid(f32(np.inf)) == 1 and 0 <= numba_math.fast_sigmoid(f32(-np.inf)) < 1e-37
 
 
 @pytest.mark.parametrize("name", SUPPORTED_ACTIVATIONS)
@@ -344,6 +354,6 @@ def test_cache_location_that_cannot_be_written_falls_back_to_memory(monkeypatch)
     monkeypatch.setattr(numba_config, "caching_enabled", True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        numba_config.jit(lambda x: x)
+        numba_config.jit_entry(lambda x: x)
     assert calls == [True, False] and not numba_config.caching_enabled
     assert any("NUMBA_CACHE_DIR" in str(w.message) for w in caught)

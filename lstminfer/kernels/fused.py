@@ -29,17 +29,17 @@ _NO_STATE = np.zeros((0, 0, 0), dtype=np.float32)
 _REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
 _MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs more than it saves
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
-    """One shared pool of helper threads (created on first use; idle threads just sleep)."""
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer")
-        return _POOL
+    """Shared helper threads, per size (created on first use; idle ones block, never spin)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer")
+        return pool
 
 
 def _same_constant(given: Any, packed: np.ndarray | None) -> bool:
@@ -87,7 +87,7 @@ class FusedKernel:
         acts = "+".join(a.name for a in spec.activations[: numba_rnn.ACTS_PER_DIRECTION[self.op]])
         self.describe = (
             f"numba {self.op.lower()}_seq fused (H={self.hidden_size}, {spec.direction}, {acts}, "
-            + (f"1 thread)" if threads == 1 else
+            + ("1 thread)" if threads == 1 else
                f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows, "
                f"else hidden units split in {self._nblocks} blocks)")
         )
@@ -120,8 +120,11 @@ class FusedKernel:
             batch, T = X.shape[0], X.shape[1]
             state_shape = (batch, self.num_directions, self.hidden_size)
 
-        h0, has_h0 = self._initial_state(initial_h, state_shape)
-        c0, has_c0 = self._initial_state(initial_c, state_shape) if self.op == "LSTM" else (_NO_STATE, False)
+        h0, has_h0 = (_NO_STATE, False) if initial_h is None else self._initial_state(initial_h, state_shape)
+        if initial_c is None or self.op != "LSTM":
+            c0, has_c0 = _NO_STATE, False
+        else:
+            c0, has_c0 = self._initial_state(initial_c, state_shape)
         if h0 is None or c0 is None:
             return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
         if sequence_lens is None:
@@ -133,26 +136,27 @@ class FusedKernel:
                         and (lens.size == 0 or (lens.min() >= 0 and lens.max() <= T))):
                     return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
                 lens = lens.astype(np.int32)
+            elif not lens.flags.c_contiguous:
+                lens = np.ascontiguousarray(lens)
 
         D, H = self.num_directions, self.hidden_size
-        if time_major:
-            Y = np.empty((T, D, batch, H), dtype=_F32)
-            states = np.empty((self._states, D, batch, H), dtype=_F32)
-            Y_view, states_view = Y, states
-        else:
-            Y = np.empty((batch, T, D, H), dtype=_F32)
-            states = np.empty((self._states, batch, D, H), dtype=_F32)
-            Y_view, states_view = Y.transpose(1, 2, 0, 3), states.transpose(0, 2, 1, 3)
-
-        X = X if X.flags.c_contiguous else np.ascontiguousarray(X)
+        # The drivers take C-contiguous, writable X and time-major outputs (see driver_signature).
+        flags = X.flags
+        if not (flags.c_contiguous and flags.writeable):
+            X = np.array(X, order="C")
+        Y = np.empty((T, D, batch, H), dtype=_F32)
+        states = np.empty((self._states, D, batch, H), dtype=_F32)
         if self._batch_parts > 1 and batch >= _MIN_ROWS_PER_PART * self._batch_parts:
-            status = self._run_batch_split(X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view, T, batch)
+            status = self._run_batch_split(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, T, batch)
         else:
             status = self._run(
-                X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view, self._packed.buffer,
+                X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, self._packed.buffer,
                 self._table, self._fparams, self._scratch(T, batch), D, self._nblocks, self._reverse_first,
                 self._flag, time_major, self._clip,
             )
+        if not time_major:  # [T, D, B, H] -> [B, T, D, H]; states [S, D, B, H] -> [S, B, D, H]
+            Y = np.ascontiguousarray(Y.transpose(2, 0, 1, 3))
+            states = np.ascontiguousarray(states.transpose(0, 2, 1, 3))
         if status:  # sequence_lens outside [0, T]: the reference raises the error
             return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
         if self.op == "LSTM":
@@ -173,12 +177,18 @@ class FusedKernel:
         def run_part(k):
             b0, b1 = edges[k], edges[k + 1]
             Xk = np.ascontiguousarray(X[:, b0:b1]) if time_major else X[b0:b1]
-            return self._serial_run(
-                Xk, lens[b0:b1] if has_lens else lens, has_lens, h0[:, b0:b1] if has_h0 else h0, has_h0,
-                c0[:, b0:b1] if has_c0 else c0, has_c0, Y[:, :, b0:b1], states[:, :, b0:b1],
+            Yk = np.empty((Y.shape[0], Y.shape[1], b1 - b0, Y.shape[3]), dtype=_F32)
+            states_k = np.empty((states.shape[0], states.shape[1], b1 - b0, states.shape[3]), dtype=_F32)
+            status = self._serial_run(
+                Xk, lens[b0:b1] if has_lens else lens, has_lens,
+                np.ascontiguousarray(h0[:, b0:b1]) if has_h0 else h0, has_h0,
+                np.ascontiguousarray(c0[:, b0:b1]) if has_c0 else c0, has_c0, Yk, states_k,
                 self._serial_packed.buffer, self._serial_table, self._fparams, self._scratch(T, b1 - b0),
                 self.num_directions, 1, self._reverse_first, self._flag, time_major, self._clip,
             )
+            Y[:, :, b0:b1] = Yk
+            states[:, :, b0:b1] = states_k
+            return status
 
         futures = [_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
         status = run_part(0)
@@ -189,7 +199,9 @@ class FusedKernel:
         if value is None:
             return _NO_STATE, False
         if type(value) is np.ndarray and value.dtype == _F32 and value.shape == state_shape:
-            return (value if self._time_major else value.transpose(1, 0, 2)), True
+            if not self._time_major:
+                value = value.transpose(1, 0, 2)
+            return (value if value.flags.c_contiguous else np.ascontiguousarray(value)), True
         return None, False
 
     def _same_weights(self, W, R, B, P) -> bool:
@@ -199,14 +211,14 @@ class FusedKernel:
 
     def _scratch(self, T: int, batch: int) -> np.ndarray:
         local = self._local
-        if getattr(local, "key", None) == (T, batch):
+        if getattr(local, "T", -1) == T and local.batch == batch:
             return local.scratch
         need = numba_rnn.scratch_size(T, batch, num_gates(self.op), self.hidden_size)
         buf = getattr(local, "scratch", None)
         if buf is None or buf.size < need:
             buf = np.empty(max(need, 16), dtype=_F32)
             local.scratch = buf
-        local.key = (T, batch)
+        local.T, local.batch = T, batch
         return buf
 
     def _reference(self, *inputs):

@@ -1,7 +1,8 @@
 """The one place that decides how kernels are compiled by Numba.
 
-Every kernel goes through ``jit`` (serial) or ``jit_parallel`` (``prange``
-across cores), so the compile flags live here only:
+Every kernel goes through ``jit`` (helpers) or ``jit_entry`` (the drivers a
+kernel call enters, serial or with ``prange`` across cores), so the compile
+flags live here only:
 
 * fastmath without ``nnan``/``ninf``: NaN and inf inputs must propagate as in
   onnxruntime, but reassociation (vectorized dot products), contraction (FMA)
@@ -9,9 +10,14 @@ across cores), so the compile flags live here only:
 * ``error_model="numpy"``: a division never raises, so loops with ``/``
   still vectorize;
 * ``nogil=True``: several threads may run models at the same time;
-* ``cache=True``: compiled code is written next to the sources (or to
-  ``NUMBA_CACHE_DIR``, or the user-wide cache); when no location is writable
-  we compile in memory only, with a warning, instead of failing the import.
+* ``cache=True`` for the entry points only: compiled code is written next to
+  the sources (or to ``NUMBA_CACHE_DIR``, or the user-wide cache); when no
+  location is writable we compile in memory only, with a warning, instead of
+  failing the import. Helpers are not cached on their own: Numba keys a
+  cached function on its own file's timestamp only, so a helper cached in
+  numba_rnn.py would keep running an old copy of what it calls from
+  numba_math.py. An entry point's cached code contains its helpers, and its
+  name carries a hash of all the kernel sources (``numba_rnn.driver``).
 """
 from __future__ import annotations
 
@@ -42,10 +48,10 @@ def _compile(fn, **flags):
 
 
 def jit(fn):
-    """Compile ``fn`` single-threaded (lazily: at load, via the kernel's warm-up)."""
-    return _compile(fn)
+    """A helper: compiled (in memory) into the entry points that call it."""
+    return numba.njit(cache=False, **_COMMON)(fn)
 
 
-def jit_parallel(fn):
-    """Compile ``fn`` with ``prange`` loops spread over Numba's thread pool."""
-    return _compile(fn, parallel=True)
+def jit_entry(fn, parallel: bool = False):
+    """An entry point, cached on disk; ``parallel`` spreads its ``prange`` loops over cores."""
+    return _compile(fn, parallel=True) if parallel else _compile(fn)

@@ -1,0 +1,356 @@
+"""The Cython kernels (``lstminfer._rnn_kernels*``): compiled ahead of time, no JIT, no GIL.
+
+Same contract as the Numba path (``lstminfer.kernels.numba_kernel``)::
+
+    kernel = cython_kernel(spec, W, R, B, P, threads=1, label=node.label())
+    if kernel is None:
+        reason = why_not_fused(spec, W, R, B, P)    # a short sentence for describe()/info
+        ...fall back to the reference kernel...
+
+``kernel(X, W, R, B, sequence_lens, initial_h, initial_c, P)`` (GRU/RNN: the
+first six) returns ``(Y, Y_h[, Y_c])`` cut to ``spec.num_outputs``, float32,
+with the reference's semantics; ``kernel.describe`` names what runs it. The
+GIL is released for the whole sequence, so one kernel serves several threads
+at once (scratch buffers are per thread, weights read-only).
+
+Instruction set: the extension is built three times from one source
+(portable baseline, AVX2+FMA, AVX-512); ``isa()`` picks the best one this
+CPU has (``lstminfer._cpu.features()``) unless ``LSTMINFER_PORTABLE=1``,
+which forces the baseline build. It is read when a kernel is built.
+
+Falls back (``cython_kernel`` returns None): extension not built, W/R not
+constants, dtypes other than float32 (float64 runs on the reference), weight
+shapes that don't match (the reference reports them at run time). At run
+time, anything unusual (float64 X, bad shapes, weights other than the packed
+constants, sequence_lens out of range) goes to the reference, which computes
+it or raises its error, so the two paths never disagree on errors.
+
+threads > 1: a batch of at least 4 rows per thread is split across threads
+(each runs the whole sequence on its rows); smaller batches run on one.
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .. import reference
+from ..errors import InvalidInputError, UnsupportedModelError
+from .packing import ALIGN_FLOATS, SEG_RT, SEG_WT, PackedWeights, pack
+
+OPS = ("LSTM", "GRU", "RNN")
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
+PORTABLE_ENV = "LSTMINFER_PORTABLE"
+_ISA_MODULES = {"avx512": "lstminfer._rnn_kernels_avx512", "avx2": "lstminfer._rnn_kernels_avx2",
+                "portable": "lstminfer._rnn_kernels"}
+_ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "portable": ()}
+
+_F32 = np.dtype(np.float32)
+_NO_LENS = np.zeros(1, dtype=np.int32)
+_NO_STATE = np.zeros((1, 1, 1), dtype=np.float32)
+_REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
+_MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs more than it saves
+
+_IMPORT_ERROR: str | None = None
+try:
+    from .. import _rnn_kernels as _portable
+except ImportError as err:  # pragma: no cover - only when the extension was not built
+    _portable = None
+    _IMPORT_ERROR = (f"the Cython extension lstminfer._rnn_kernels is not built ({err}); "
+                     "run `pip install -e .` (needs Cython and a C compiler)")
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def available() -> bool:
+    return _IMPORT_ERROR is None
+
+
+def unavailable_reason() -> str | None:
+    return _IMPORT_ERROR
+
+
+def isa() -> str:
+    """The instruction-set build kernels use now: "avx512", "avx2" or "portable"."""
+    if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
+        return "portable"
+    try:
+        from .._cpu import features
+        have = features()
+    except ImportError:
+        return "portable"
+    for name in ("avx512", "avx2"):
+        if all(have.get(f) for f in _ISA_NEEDS[name]):
+            return name
+    return "portable"
+
+
+def _module(name: str):
+    try:
+        return importlib.import_module(_ISA_MODULES[name])
+    except ImportError:  # a partial build: the baseline always works
+        return _portable
+
+
+def why_not_fused(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None) -> str | None:
+    """Why ``cython_kernel`` would fall back for this node, or None if it runs it."""
+    if _IMPORT_ERROR:
+        return _IMPORT_ERROR
+    op = spec.op
+    if op not in OPS:
+        return f"no Cython kernel for op {op}"
+    if W is None or R is None:
+        return "W and R are not constants, and the Cython kernel packs them at load"
+    for name, value in (("W", W), ("R", R), ("B", B), ("P", P)):
+        if value is None:
+            continue
+        if not isinstance(value, np.ndarray):
+            return f"{name} is not an array"
+        if value.dtype != _F32:
+            return f"Cython kernels are float32 only ({name} is {value.dtype})"
+    if R.ndim != 3 or W.ndim != 3:
+        return "W/R are not rank 3 (the reference reports it at run time)"
+    D, G, H = spec.num_directions, GATES[op], R.shape[2]
+    if spec.hidden_size is not None and spec.hidden_size != H:
+        return f"hidden_size {spec.hidden_size} does not match R (the reference reports it)"
+    expected = {"W": (D, G * H, W.shape[2]), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
+    for name, value in (("W", W), ("R", R), ("B", B), ("P", P if op == "LSTM" else None)):
+        if value is not None and value.shape != expected[name]:
+            return f"{name} has shape {list(value.shape)}, expected {list(expected[name])} (the reference reports it)"
+    codes = _portable.ACTIVATION_CODES
+    for activation in spec.activations:
+        if activation.name.lower() not in codes:
+            return f"activation {activation.name} has no Cython version"
+    return None
+
+
+def cython_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, threads: int = 1,
+                  label: str = ""):
+    """A Cython kernel for this node (weights packed at load), or None (see ``why_not_fused``)."""
+    if why_not_fused(spec, W, R, B, P) is not None:
+        return None
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label)
+
+
+def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The weights again, in the panel layout of the micro-kernel (``gemm`` in native/_rnn_core.pxi).
+
+    Per direction, three column ranges of the k-major matrices: W^T [I, G*H],
+    then R^T's columns [0, n_a) and [n_a, G*H), where GRU splits before the
+    candidate gate (its product needs r first) and the others put all in
+    the first range. Each range becomes panels of ``panel_width`` columns,
+    each panel K rows of contiguous floats (the last one zero-padded), so
+    the micro-kernel reads its weights as one sequential stream.
+    Returns (buffer, offsets [D, 3]).
+    """
+    op, H, I, D = packed.op, packed.hidden_size, packed.input_size, packed.num_directions
+    GH = GATES[op] * H
+    split = 2 * H if op == "GRU" else GH
+    pieces: list[np.ndarray] = []
+    offsets = np.zeros((D, 3), dtype=np.int64)
+    position = 0
+    for d in range(D):
+        WT = packed.segment(d, SEG_WT, (I, GH))
+        RT = packed.segment(d, SEG_RT, (H, GH))
+        for which, matrix in enumerate((WT, RT[:, :split], RT[:, split:])):
+            K, N = matrix.shape
+            columns = -(-N // panel_width) * panel_width
+            padded = np.zeros((K, columns), dtype=np.float32)
+            padded[:, :N] = matrix
+            panels = padded.reshape(K, columns // panel_width, panel_width).transpose(1, 0, 2).ravel()
+            panels = np.concatenate([panels, np.zeros(-panels.size % ALIGN_FLOATS, dtype=np.float32)])
+            offsets[d, which] = position
+            position += panels.size
+            pieces.append(panels)
+    buffer = np.concatenate(pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
+    buffer.flags.writeable = False
+    offsets.flags.writeable = False
+    return buffer, offsets
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < workers:
+            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer-cython")
+        return _POOL
+
+
+def _same_constant(given: Any, packed: np.ndarray | None) -> bool:
+    """Is the run-time value the constant that was packed? (identity first: it is cheap)"""
+    if given is packed:
+        return True
+    if given is None or packed is None:
+        return False
+    return (isinstance(given, np.ndarray) and given.shape == packed.shape and given.dtype == packed.dtype
+            and np.array_equal(given, packed))
+
+
+class CythonKernel:
+    """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``."""
+
+    def __init__(self, spec: Any, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndarray | None,
+                 *, threads: int = 1, label: str = ""):
+        self.spec = spec
+        self.op = spec.op
+        self.label = label
+        self.isa = isa()
+        self._ext = _module(self.isa)
+        self._opcode = self._ext.OPS[self.op]
+        lbr = bool(spec.linear_before_reset) if self.op == "GRU" else False
+        self._packed = pack(self.op, W, R, B, P, linear_before_reset=lbr, blocks=1)
+        self._constants = (W, R, B, P)
+        self.hidden_size = self._packed.hidden_size
+        self.input_size = self._packed.input_size
+        self.num_directions = self._packed.num_directions
+        self._gates = GATES[self.op]
+        self._states = 2 if self.op == "LSTM" else 1
+        self._offsets = np.ascontiguousarray(self._packed.offsets, dtype=np.int64)
+        self._offsets.flags.writeable = False
+        self._panels, self._panel_offsets = pack_panels(self._packed, self._ext.PANEL_WIDTH)
+        codes = [self._ext.ACTIVATION_CODES[a.name.lower()] for a in spec.activations]
+        self._codes = np.asarray(codes, dtype=np.int32)
+        self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)
+        self._flag = bool(spec.input_forget if self.op == "LSTM" else lbr)
+        self._clip = math.inf if spec.clip is None else float(spec.clip)
+        self._reverse_first = spec.direction == "reverse"
+        self._time_major = spec.layout == 0
+        self._threads = threads
+        self._local = threading.local()
+        self._reference_kwargs = spec.reference_kwargs()
+        acts = "+".join(a.name for a in spec.activations[: ACTS_PER_DIRECTION[self.op]])
+        self.describe = (
+            f"cython {self.op.lower()}_seq {self.isa} (H={self.hidden_size}, {spec.direction}, {acts}, "
+            + ("1 thread)" if threads == 1 else
+               f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows)")
+        )
+
+    # ------------------------------------------------------------------
+    def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
+        # Kept lean: at batch 1 and one step, this Python is most of the cost.
+        W0, R0, B0, P0 = self._constants
+        if not ((W is W0 and R is R0 and B is B0 and (P is P0 or self.op != "LSTM")) or
+                self._same_weights(W, R, B, P)):
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        if not (type(X) is np.ndarray and X.dtype == _F32 and X.ndim == 3 and X.shape[2] == self.input_size):
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        time_major = self._time_major
+        D, H = self.num_directions, self.hidden_size
+        if time_major:
+            T, batch = X.shape[0], X.shape[1]
+            state_shape = (D, batch, H)
+        else:
+            batch, T = X.shape[0], X.shape[1]
+            state_shape = (batch, D, H)
+        h0, has_h0 = self._initial_state(initial_h, state_shape)
+        c0, has_c0 = self._initial_state(initial_c, state_shape) if self.op == "LSTM" else (_NO_STATE, False)
+        if h0 is None or c0 is None:
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        if sequence_lens is None:
+            lens, has_lens = _NO_LENS, False
+        else:
+            lens, has_lens = sequence_lens, True
+            if not (type(lens) is np.ndarray and lens.dtype == np.int32 and lens.shape == (batch,)
+                    and lens.flags.c_contiguous):
+                if not (isinstance(lens, np.ndarray) and lens.dtype.kind in "iu" and lens.shape == (batch,)):
+                    return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+                lens = np.ascontiguousarray(lens.clip(-1, T + 1), dtype=np.int32)  # clip: no int32 wrap-around
+
+        if time_major:
+            Y = np.empty((T, D, batch, H), dtype=_F32)
+            states = np.empty((self._states, D, batch, H), dtype=_F32)
+            Y_view, states_view = Y, states
+        else:
+            Y = np.empty((batch, T, D, H), dtype=_F32)
+            states = np.empty((self._states, batch, D, H), dtype=_F32)
+            Y_view, states_view = Y.transpose(1, 2, 0, 3), states.transpose(0, 2, 1, 3)
+        if not X.flags.c_contiguous:
+            X = np.ascontiguousarray(X)
+
+        if self._threads > 1 and batch >= _MIN_ROWS_PER_PART * self._threads:
+            status = self._run_batch_split(X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view, T, batch)
+        else:
+            status = self._ext.sequence(
+                self._opcode, X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view,
+                self._packed.buffer, self._offsets, self._panels, self._panel_offsets, self._codes, self._fparams,
+                self._scratch(T, batch),
+                self._reverse_first, self._flag, time_major, self._clip,
+            )
+        if status:  # sequence_lens outside [0, T]: the reference raises the error
+            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+        if self.op == "LSTM":
+            return (Y, states[0], states[1])[: self.spec.num_outputs]
+        return (Y, states[0])[: self.spec.num_outputs]
+
+    def _run_batch_split(self, X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, T, batch) -> int:
+        """Batch rows split across threads, each running the whole sequence on its rows (no barrier)."""
+        parts = self._threads
+        edges = [round(batch * k / parts) for k in range(parts + 1)]
+        time_major = self._time_major
+
+        def run_part(k):
+            b0, b1 = edges[k], edges[k + 1]
+            Xk = np.ascontiguousarray(X[:, b0:b1]) if time_major else X[b0:b1]
+            return self._ext.sequence(
+                self._opcode, Xk, lens[b0:b1] if has_lens else lens, has_lens,
+                h0[:, b0:b1] if has_h0 else h0, has_h0, c0[:, b0:b1] if has_c0 else c0, has_c0,
+                Y[:, :, b0:b1], states[:, :, b0:b1], self._packed.buffer, self._offsets, self._panels,
+                self._panel_offsets, self._codes,
+                self._fparams, self._scratch(T, b1 - b0), self._reverse_first, self._flag, time_major, self._clip,
+            )
+
+        futures = [_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
+        status = run_part(0)
+        return max([status] + [f.result() for f in futures])
+
+    def _initial_state(self, value, state_shape):
+        """(array in [D, B, H] order, given?) or (None, False) when the reference must handle it."""
+        if value is None:
+            return _NO_STATE, False
+        if type(value) is np.ndarray and value.dtype == _F32 and value.shape == state_shape:
+            if value.strides[-1] != 4 and value.shape[-1] > 1:
+                value = np.ascontiguousarray(value)
+            return (value if self._time_major else value.transpose(1, 0, 2)), True
+        return None, False
+
+    def _same_weights(self, W, R, B, P) -> bool:
+        W0, R0, B0, P0 = self._constants
+        return (_same_constant(W, W0) and _same_constant(R, R0) and _same_constant(B, B0)
+                and (self.op != "LSTM" or _same_constant(P, P0)))
+
+    def _scratch(self, T: int, batch: int) -> np.ndarray:
+        """This thread's scratch buffer, grown as needed (threads never share one)."""
+        local = self._local
+        if getattr(local, "key", None) == (T, batch):
+            return local.scratch
+        need = self._ext.scratch_floats(T, batch, self._gates, self.hidden_size)
+        buf = getattr(local, "scratch", None)
+        if buf is None or buf.size < need:
+            buf = np.empty(need, dtype=_F32)
+            local.scratch = buf
+        local.key = (T, batch)
+        return buf
+
+    def _reference(self, *inputs):
+        run = _REFERENCE[self.op]
+        args = inputs if self.op == "LSTM" else inputs[:6]
+        prefix = f"{self.label}: " if self.label else ""
+        try:
+            outputs = run(*args, **self._reference_kwargs)
+        except InvalidInputError as err:
+            raise InvalidInputError(f"{prefix}{err}") from None
+        except UnsupportedModelError as err:
+            raise UnsupportedModelError(f"{prefix}{err}") from None
+        return outputs[: self.spec.num_outputs]
+
+
+__all__ = ["CythonKernel", "available", "cython_kernel", "isa", "pack_panels", "unavailable_reason", "why_not_fused"]

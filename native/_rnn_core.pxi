@@ -1,0 +1,729 @@
+# Shared source of the _rnn_kernels* extension modules (included, not compiled alone).
+#
+# setup.py compiles this same code several times, once per instruction set
+# (portable baseline, AVX2+FMA, AVX-512), each into its own private module;
+# lstminfer/kernels/cython_backend.py imports the one the CPU supports.
+#
+# Whole LSTM/GRU/RNN sequences, every attribute, over preallocated buffers:
+# for each direction the input projection of all steps at once
+# (xp = X . W^T + bias), then per step one product gates = h . R^T and one
+# fused pass over the hidden units. No allocation and no GIL inside.
+#
+# Weights come packed by lstminfer/kernels/packing.py (one block; gate-major,
+# kernel gate order LSTM i,f,c,o; GRU z,r,h): we read its bias_x [G*H],
+# bias_rh [H] and peep [3, H] (i,f,o) segments, and the panels that
+# cython_backend.pack_panels makes of its k-major WT [I, G*H] and RT [H, G*H].
+
+from libc.math cimport expm1f, expf, fabsf, log1pf
+from libc.string cimport memcpy, memset
+
+ctypedef Py_ssize_t idx
+
+cdef extern from *:
+    """
+    /* exp, tanh, sigmoid within a few float32 ulps, as in
+       lstminfer/kernels/numba_math.py (the two backends share the maths):
+       exp by Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial for
+       e^r and 2^n built from exponent bits; tanh by an odd polynomial for
+       |x| < 0.625, else 1 - 2/(e^(2|x|) + 1). Multiplies, adds, one division
+       and bit tricks only, so loops using them vectorize. A cruder rational
+       tanh (3.5e-7) broke 1e-5 parity on a 200-step cell state. */
+    #include <stdint.h>
+    #include <string.h>
+    static inline float li_exp(float x) {
+        x = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+        float n = __builtin_floorf(x * 1.4426950408889634f + 0.5f);
+        float r = (x - n * 0.693359375f) - n * -2.1219444005469057e-04f;
+        float p = (((((0.001394460077755586f * r + 0.00837191219414511f) * r + 0.041666280339128475f) * r
+                   + 0.16666455876315142f) * r + 0.500000008440243f) * r + 1.0000000281441013f) * r + 1.0f;
+        int32_t bits = ((int32_t)n + 127) << 23;
+        float scale;
+        memcpy(&scale, &bits, sizeof scale);
+        return p * scale;
+    }
+    static inline float li_tanh(float x) {
+        float ax = x < 0.0f ? -x : x;
+        float z = x * x;
+        float small = x * ((((((0.002170434489101387f * z - 0.008205207588960822f) * z + 0.021710702834346958f) * z
+                       - 0.053948235080212965f) * z + 0.13333212457152305f) * z - 0.33333330596960725f) * z
+                       + 0.999999999899251f);
+        float big = 1.0f - 2.0f / (li_exp(2.0f * ax) + 1.0f);
+        big = x >= 0.0f ? big : -big;
+        return ax < 0.625f ? small : big;
+    }
+    static inline float li_sigmoid(float x) { return 1.0f / (1.0f + li_exp(-x)); }
+    #define LI_ZERO 0.0f
+    #define LI_HALF 0.5f
+    #define LI_ONE 1.0f
+    """
+    const float LI_ZERO, LI_HALF, LI_ONE
+    float li_tanh(float x) noexcept nogil
+    float li_sigmoid(float x) noexcept nogil
+    # restrict-qualified pointers: without them GCC gives up vectorizing loops
+    # that write one row while reading several others.
+    ctypedef float* fptr "float * __restrict__"
+    ctypedef const float* cfptr "const float * __restrict__"
+
+# Activation codes (the same numbering as numba_math.ACTIVATION_CODES).
+cdef enum:
+    RELU = 0
+    TANH = 1
+    SIGMOID = 2
+    AFFINE = 3
+    LEAKY_RELU = 4
+    THRESHOLDED_RELU = 5
+    SCALED_TANH = 6
+    HARD_SIGMOID = 7
+    ELU = 8
+    SOFTSIGN = 9
+    SOFTPLUS = 10
+
+ACTIVATION_CODES = {
+    "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "affine": AFFINE, "leakyrelu": LEAKY_RELU,
+    "thresholdedrelu": THRESHOLDED_RELU, "scaledtanh": SCALED_TANH, "hardsigmoid": HARD_SIGMOID,
+    "elu": ELU, "softsign": SOFTSIGN, "softplus": SOFTPLUS,
+}
+
+# Packed segments (packing.SEG_*): W, R, bias_x, bias_rh, peep, WT, RT; we read three.
+cdef enum:
+    SEG_BIAS_X = 2
+    SEG_BIAS_RH = 3
+    SEG_PEEP = 4
+    NUM_SEGMENTS = 7
+
+cdef enum:
+    OP_LSTM = 0
+    OP_GRU = 1
+    OP_RNN = 2
+
+OPS = {"LSTM": OP_LSTM, "GRU": OP_GRU, "RNN": OP_RNN}
+
+
+
+# ---------------------------------------------------------- activations --
+# Ternaries rather than fminf/fmaxf: they compile to min/max instructions
+# (fminf's NaN rules block vectorization) and still let NaN through.
+
+cdef inline float clampf(float x, float clip) noexcept nogil:
+    x = clip if x > clip else x
+    return -clip if x < -clip else x
+
+
+cdef inline float fast_tanh(float x) noexcept nogil:
+    return li_tanh(x)
+
+
+cdef inline float fast_sigmoid(float x) noexcept nogil:
+    return li_sigmoid(x)
+
+
+cdef inline float activate(float x, int code, float alpha, float beta) noexcept nogil:
+    if code == SIGMOID:
+        return fast_sigmoid(x)
+    if code == TANH:
+        return fast_tanh(x)
+    if code == RELU:
+        return x if x > LI_ZERO else LI_ZERO
+    if code == AFFINE:
+        return alpha * x + beta
+    if code == LEAKY_RELU:
+        return x if x >= LI_ZERO else alpha * x
+    if code == THRESHOLDED_RELU:
+        return x if x > alpha else LI_ZERO
+    if code == SCALED_TANH:
+        return alpha * fast_tanh(beta * x)
+    if code == HARD_SIGMOID:
+        x = alpha * x + beta
+        x = LI_ONE if x > LI_ONE else x
+        return LI_ZERO if x < LI_ZERO else x
+    if code == ELU:
+        return x if x >= LI_ZERO else alpha * expm1f(x)
+    if code == SOFTSIGN:
+        return x / (LI_ONE + fabsf(x))
+    # SOFTPLUS: log(1 + e^x) without overflow
+    return (x if x > LI_ZERO else LI_ZERO) + log1pf(expf(-fabsf(x)))
+
+
+cdef void act_inplace(fptr v, idx n, int code, float alpha, float beta) noexcept nogil:
+    """v[:n] = act(v); the common codes get their own (vectorized) loop."""
+    cdef idx j
+    if code == SIGMOID:
+        for j in range(n):
+            v[j] = fast_sigmoid(v[j])
+    elif code == TANH:
+        for j in range(n):
+            v[j] = fast_tanh(v[j])
+    elif code == RELU:
+        for j in range(n):
+            v[j] = v[j] if v[j] > LI_ZERO else LI_ZERO
+    else:
+        for j in range(n):
+            v[j] = activate(v[j], code, alpha, beta)
+
+
+def apply_activation(float[::1] values, str name, float alpha=0.0, float beta=0.0):
+    """values[:] = activation(values), in place (for tests)."""
+    cdef int code = ACTIVATION_CODES[name.lower()]
+    with nogil:
+        act_inplace(&values[0], values.shape[0], code, alpha, beta)
+
+
+# -------------------------------------------------------------- products --
+# Weights pre-packed in panels (cython_backend.pack_panels); register-tiled
+# micro-kernels in C with GCC vector extensions (one source, native vector
+# width in each build). Measured against OpenBLAS (numpy, 1 thread) and a
+# k-major axpy form vectorized by GCC: these win at every shape tried.
+
+cdef extern from *:
+    """
+    /* Register-tiled micro-kernel: 4 rows x 2 vectors of columns, the 8
+       accumulators held in registers across the whole k loop. GCC vector
+       extensions: native width per build (AVX-512 16 floats, AVX 8, else 4),
+       so every build keeps its 8 accumulators in registers. */
+    #include <string.h>
+    #include <stddef.h>
+    #if defined(__AVX512F__)
+    #define LI_VEC 16
+    #elif defined(__AVX__)
+    #define LI_VEC 8
+    #else
+    #define LI_VEC 4
+    #endif
+    typedef float li_vf __attribute__((vector_size(LI_VEC * 4)));
+    static inline li_vf li_load(const float *p) { li_vf v; memcpy(&v, p, sizeof v); return v; }
+    static inline void li_store(float *p, li_vf v) { memcpy(p, &v, sizeof v); }
+
+    /* C[r, 0:2*LI_VEC] = bias[0:2*LI_VEC] (or 0) + sum_k A[r, k] B[k, 0:2*LI_VEC], r < 4 */
+    static inline void li_tile4(const float *A, ptrdiff_t lda, ptrdiff_t K, const float *B, ptrdiff_t ldb,
+                                float *C, ptrdiff_t ldc, const float *bias) {
+        li_vf z = {0};
+        li_vf b0 = bias ? li_load(bias) : z, b1 = bias ? li_load(bias + LI_VEC) : z;
+        li_vf c00 = b0, c01 = b1, c10 = b0, c11 = b1, c20 = b0, c21 = b1, c30 = b0, c31 = b1;
+        const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda;
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const float *w = B + k * ldb;
+            li_vf w0 = li_load(w), w1 = li_load(w + LI_VEC);
+            float s0 = a0[k], s1 = a1[k], s2 = a2[k], s3 = a3[k];
+            c00 += s0 * w0; c01 += s0 * w1;
+            c10 += s1 * w0; c11 += s1 * w1;
+            c20 += s2 * w0; c21 += s2 * w1;
+            c30 += s3 * w0; c31 += s3 * w1;
+        }
+        li_store(C, c00); li_store(C + LI_VEC, c01);
+        li_store(C + ldc, c10); li_store(C + ldc + LI_VEC, c11);
+        li_store(C + 2 * ldc, c20); li_store(C + 2 * ldc + LI_VEC, c21);
+        li_store(C + 3 * ldc, c30); li_store(C + 3 * ldc + LI_VEC, c31);
+    }
+
+    /* One row: C[0:2*LI_VEC] = bias (or 0) + sum_k a[k] B[k, 0:2*LI_VEC]. Four k per pass into
+       separate accumulators (8 independent chains), the panel read as one sequential stream. */
+    static inline void li_tile1(const float *a, ptrdiff_t K, const float *B, float *C, const float *bias) {
+        li_vf z = {0};
+        li_vf p0 = z, p1 = z, q0 = z, q1 = z, r0 = z, r1 = z, t0 = z, t1 = z;
+        ptrdiff_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+            const float *w = B + k * 2 * LI_VEC;
+            p0 += a[k] * li_load(w);                  p1 += a[k] * li_load(w + LI_VEC);
+            q0 += a[k + 1] * li_load(w + 2 * LI_VEC); q1 += a[k + 1] * li_load(w + 3 * LI_VEC);
+            r0 += a[k + 2] * li_load(w + 4 * LI_VEC); r1 += a[k + 2] * li_load(w + 5 * LI_VEC);
+            t0 += a[k + 3] * li_load(w + 6 * LI_VEC); t1 += a[k + 3] * li_load(w + 7 * LI_VEC);
+        }
+        for (; k < K; k++) {
+            const float *w = B + k * 2 * LI_VEC;
+            p0 += a[k] * li_load(w); p1 += a[k] * li_load(w + LI_VEC);
+        }
+        p0 = (p0 + q0) + (r0 + t0);
+        p1 = (p1 + q1) + (r1 + t1);
+        if (bias) { p0 += li_load(bias); p1 += li_load(bias + LI_VEC); }
+        li_store(C, p0); li_store(C + LI_VEC, p1);
+    }
+    """
+    const int LI_VEC
+    void li_tile4(const float* A, idx lda, idx K, const float* B, idx ldb, float* C, idx ldc,
+                  const float* bias) noexcept nogil
+    void li_tile1(const float* a, idx K, const float* B, float* C, const float* bias) noexcept nogil
+
+
+cdef void gemm(const float* A, idx M, idx K, idx lda, const float* panels, idx n0, idx n1,
+               float* C, idx ldc, const float* bias) noexcept nogil:
+    """C[m, j] = bias[n0 + j] + sum_k A[m, k] BT[k, n0 + j] for j < n1 - n0 (bias may be NULL).
+
+    ``panels`` holds the columns [n0, n1) of the k-major weights BT packed for the micro-kernel
+    (``pack_panels``): PANEL_WIDTH columns at a time, each panel K rows of
+    contiguous floats, the last one zero-padded. Groups of 4 rows go through
+    the register-tiled micro-kernel, in row blocks whose A stays in L2 (each
+    panel is reused by every row group of a block); the last M % 4 rows
+    (all of them at batch 1..3) go one at a time, each reading the panels
+    as one sequential stream. ``n0`` only offsets ``bias``.
+    """
+    cdef idx width = n1 - n0
+    cdef idx nr = 2 * LI_VEC
+    cdef idx full_rows = M - M % 4
+    cdef idx mb = (32768 // (K if K > 0 else 1)) // 4 * 4
+    mb = 16 if mb < 16 else (256 if mb > 256 else mb)
+    cdef idx m0, m1, m, j, w, r, q
+    cdef float tmp[4 * 64]  # one partial tile (nr <= 64)
+    cdef const float* panel
+    m0 = 0
+    while m0 < full_rows:
+        m1 = m0 + mb if m0 + mb < full_rows else full_rows
+        j = 0
+        while j < width:
+            panel = panels + (j // nr) * K * nr
+            w = width - j
+            m = m0
+            if w >= nr:
+                while m < m1:
+                    li_tile4(A + m * lda, lda, K, panel, nr, C + m * ldc + j, ldc,
+                             (bias + n0 + j) if bias != NULL else NULL)
+                    m += 4
+            else:  # last, partial panel: through a small buffer, bias added after
+                while m < m1:
+                    li_tile4(A + m * lda, lda, K, panel, nr, tmp, nr, NULL)
+                    for r in range(4):
+                        for q in range(w):
+                            C[(m + r) * ldc + j + q] = tmp[r * nr + q] + (bias[n0 + j + q] if bias != NULL else LI_ZERO)
+                    m += 4
+            j += nr
+        m0 = m1
+    # the last M % 4 rows (all of them at batch 1..3): one row per pass over the panels
+    for m in range(full_rows, M):
+        j = 0
+        while j < width:
+            panel = panels + (j // nr) * K * nr
+            w = width - j
+            if w >= nr:
+                li_tile1(A + m * lda, K, panel, C + m * ldc + j, (bias + n0 + j) if bias != NULL else NULL)
+            else:
+                li_tile1(A + m * lda, K, panel, tmp, NULL)
+                for q in range(w):
+                    C[m * ldc + j + q] = tmp[q] + (bias[n0 + j + q] if bias != NULL else LI_ZERO)
+            j += nr
+
+
+PANEL_WIDTH = 2 * LI_VEC  # columns per panel of the micro-kernel in this build
+
+
+def matmul(const float[:, ::1] A, const float[::1] panels, int n0, int n1, float[:, ::1] C,
+           const float[::1] bias=None):
+    """C[:, :n1-n0] = A . BT[:, n0:n1] (+ bias[n0:n1]); ``panels``: BT[:, n0:n1] packed. For tests."""
+    cdef idx nr = PANEL_WIDTH
+    if C.shape[0] != A.shape[0] or C.shape[1] < n1 - n0:
+        raise ValueError("matmul: shapes do not match")
+    if not (0 <= n0 <= n1) or (bias is not None and bias.shape[0] < n1):
+        raise ValueError("matmul: column range out of bounds")
+    if panels.shape[0] < (n1 - n0 + nr - 1) // nr * nr * A.shape[1]:
+        raise ValueError("matmul: panels too small")
+    cdef const float* b = &bias[0] if bias is not None else NULL
+    with nogil:
+        gemm(&A[0, 0], A.shape[0], A.shape[1], A.shape[1], &panels[0], n0, n1,
+             &C[0, 0], C.shape[1], b)
+
+
+# ------------------------------------------------------------- sequence --
+
+cdef struct Seq:
+    # X [T, B, I] (time_major) or [B, T, I], C-contiguous
+    const float* X
+    idx T, B, I, H, D
+    bint time_major
+    const int* lens
+    bint has_lens
+    # initial states, element strides per direction and per batch row
+    const float* h0
+    idx h0_d, h0_b
+    bint has_h0
+    const float* c0
+    idx c0_d, c0_b
+    bint has_c0
+    # Y[t, d, b, :] and states[s, d, b, :] (any strides, units contiguous)
+    float* Y
+    idx y_t, y_d, y_b
+    float* S
+    idx s_s, s_d, s_b
+    const float* wbuf
+    const long long* offsets  # [D, NUM_SEGMENTS]
+    const float* pbuf  # micro-kernel panels (see pack_panels)
+    const long long* poff  # [D, 3]: panels of W^T, of R^T columns [0, n_a), of R^T columns [n_a, G*H)
+    const int* codes  # activation codes [D, acts per direction]
+    const float* fparams  # alpha, beta per activation
+    float* scratch
+    bint reverse_first
+    bint flag  # LSTM input_forget, GRU linear_before_reset
+    float clip
+
+
+cdef inline idx padded(idx n) noexcept nogil:
+    return (n + 15) // 16 * 16
+
+
+def scratch_floats(idx T, idx B, idx G, idx H):
+    """Floats of scratch a sequence needs: xp [T*B, G*H], gates [B, G*H], h [2, B, H], c [B, H], rh [B, H]."""
+    return padded(T * B * G * H) + padded(B * G * H) + padded(2 * B * H) + 2 * padded(B * H) + 16
+
+
+cdef inline const float* segment(const Seq* s, idx d, idx which) noexcept nogil:
+    return s.wbuf + s.offsets[d * NUM_SEGMENTS + which]
+
+
+cdef inline const float* panels_of(const Seq* s, idx d, idx which) noexcept nogil:
+    return s.pbuf + s.poff[d * 3 + which]
+
+
+cdef void init_states(const Seq* s, idx d, float* h, float* c) noexcept nogil:
+    cdef idx b
+    cdef idx H = s.H
+    for b in range(s.B):
+        if s.has_h0:
+            memcpy(h + b * H, s.h0 + d * s.h0_d + b * s.h0_b, H * sizeof(float))
+        else:
+            memset(h + b * H, 0, H * sizeof(float))
+        if c != NULL:
+            if s.has_c0:
+                memcpy(c + b * H, s.c0 + d * s.c0_d + b * s.c0_b, H * sizeof(float))
+            else:
+                memset(c + b * H, 0, H * sizeof(float))
+
+
+cdef void store_states(const Seq* s, idx d, const float* h, const float* c) noexcept nogil:
+    cdef idx b
+    cdef idx H = s.H
+    for b in range(s.B):
+        memcpy(s.S + d * s.s_d + b * s.s_b, h + b * H, H * sizeof(float))
+        if c != NULL:
+            memcpy(s.S + s.s_s + d * s.s_d + b * s.s_b, c + b * H, H * sizeof(float))
+
+
+cdef inline void finish_row(const Seq* s, bint active, float* hn, const float* hp, idx t, idx d, idx b) noexcept nogil:
+    """Y for this step; an inactive row keeps its state and writes zeros."""
+    cdef float* y = s.Y + t * s.y_t + d * s.y_d + b * s.y_b
+    if active:
+        memcpy(y, hn, s.H * sizeof(float))
+    else:
+        memcpy(hn, hp, s.H * sizeof(float))
+        memset(y, 0, s.H * sizeof(float))
+
+
+cdef inline const float* xp_row(const Seq* s, const float* xp, idx GH, idx t, idx b) noexcept nogil:
+    return xp + ((t * s.B + b) if s.time_major else (b * s.T + t)) * GH
+
+
+# ----------------------------------------------------------------- LSTM --
+
+cdef void lstm_cells_default(cfptr x, cfptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr po,
+                             idx H, float clip, bint input_forget) noexcept nogil:
+    """Sigmoid/Tanh/Tanh: all gates, the cell and h in one vectorized loop."""
+    cdef idx j
+    cdef float it, ft, ct, ot, cn
+    if input_forget:
+        for j in range(H):
+            it = fast_sigmoid(clampf(x[j] + g[j] + pi[j] * c[j], clip))
+            ct = fast_tanh(clampf(x[2 * H + j] + g[2 * H + j], clip))
+            cn = (LI_ONE - it) * c[j] + it * ct
+            ot = fast_sigmoid(clampf(x[3 * H + j] + g[3 * H + j] + po[j] * cn, clip))
+            c[j] = cn
+            h[j] = ot * fast_tanh(cn)
+    else:
+        for j in range(H):
+            it = fast_sigmoid(clampf(x[j] + g[j] + pi[j] * c[j], clip))
+            ft = fast_sigmoid(clampf(x[H + j] + g[H + j] + pf[j] * c[j], clip))
+            ct = fast_tanh(clampf(x[2 * H + j] + g[2 * H + j], clip))
+            cn = ft * c[j] + it * ct
+            ot = fast_sigmoid(clampf(x[3 * H + j] + g[3 * H + j] + po[j] * cn, clip))
+            c[j] = cn
+            h[j] = ot * fast_tanh(cn)
+
+
+cdef void lstm_cells_generic(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr po,
+                             idx H, float clip, bint input_forget, const int* codes, const float* ab) noexcept nogil:
+    """Any activations: the same step as a few passes, the gate rows of ``g`` overwritten."""
+    cdef idx j
+    cdef fptr gi = g
+    cdef fptr gf = g + H
+    cdef fptr gc = g + 2 * H
+    cdef fptr go = g + 3 * H
+    for j in range(H):
+        gi[j] = clampf(x[j] + gi[j] + pi[j] * c[j], clip)
+        gf[j] = clampf(x[H + j] + gf[j] + pf[j] * c[j], clip)
+        gc[j] = clampf(x[2 * H + j] + gc[j], clip)
+    act_inplace(gi, H, codes[0], ab[0], ab[1])
+    if input_forget:
+        for j in range(H):
+            gf[j] = LI_ONE - gi[j]
+    else:
+        act_inplace(gf, H, codes[0], ab[0], ab[1])
+    act_inplace(gc, H, codes[1], ab[2], ab[3])
+    for j in range(H):
+        c[j] = gf[j] * c[j] + gi[j] * gc[j]
+        go[j] = clampf(x[3 * H + j] + go[j] + po[j] * c[j], clip)
+        h[j] = c[j]
+    act_inplace(go, H, codes[0], ab[0], ab[1])
+    act_inplace(h, H, codes[2], ab[4], ab[5])
+    for j in range(H):
+        h[j] *= go[j]
+
+
+cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
+    cdef idx T = s.T, B = s.B, H = s.H, GH = 4 * s.H
+    cdef float* xp = s.scratch
+    cdef float* gates = xp + padded(T * B * GH)
+    cdef float* hbuf = gates + padded(B * GH)
+    cdef float* c = hbuf + padded(2 * B * H)
+    cdef const float* peep = segment(s, d, SEG_PEEP)
+    cdef const int* codes = s.codes + 3 * d
+    cdef const float* ab = s.fparams + 6 * d
+    cdef bint default = codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH
+    cdef idx step, t, b, cur = 0
+    cdef bint active
+    cdef float* hp
+    cdef float* hn
+    cdef const float* RP = panels_of(s, d, 1)
+    gemm(s.X, T * B, s.I, s.I, panels_of(s, d, 0), 0, GH, xp, GH,
+         segment(s, d, SEG_BIAS_X))
+    init_states(s, d, hbuf, c)
+    for step in range(T):
+        t = T - 1 - step if reverse else step
+        hp = hbuf + cur * B * H
+        hn = hbuf + (1 - cur) * B * H
+        gemm(hp, B, H, H, RP, 0, GH, gates, GH, NULL)
+        for b in range(B):
+            active = (not s.has_lens) or t < s.lens[b]
+            if active:
+                if default:
+                    lstm_cells_default(xp_row(s, xp, GH, t, b), gates + b * GH, hn + b * H, c + b * H,
+                                       peep, peep + H, peep + 2 * H, H, s.clip, s.flag)
+                else:
+                    lstm_cells_generic(xp_row(s, xp, GH, t, b), gates + b * GH, hn + b * H, c + b * H,
+                                       peep, peep + H, peep + 2 * H, H, s.clip, s.flag, codes, ab)
+            finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
+        cur = 1 - cur
+    store_states(s, d, hbuf + cur * B * H, c)
+
+
+# ------------------------------------------------------------------ GRU --
+
+cdef void gru_zr(cfptr x, fptr g, cfptr hp, fptr rh, idx H, float clip, bint default,
+                 int code, float alpha, float beta) noexcept nogil:
+    """z (kept in g[:H]) and r * h_prev (into rh), for linear_before_reset = 0."""
+    cdef idx j
+    if default:
+        for j in range(H):
+            g[j] = fast_sigmoid(clampf(x[j] + g[j], clip))
+            rh[j] = fast_sigmoid(clampf(x[H + j] + g[H + j], clip)) * hp[j]
+    else:
+        for j in range(2 * H):
+            g[j] = clampf(x[j] + g[j], clip)
+        act_inplace(g, 2 * H, code, alpha, beta)
+        for j in range(H):
+            rh[j] = g[H + j] * hp[j]
+
+
+cdef void gru_output(cfptr xh, cfptr z, fptr gh, cfptr hp, fptr h, idx H, float clip, bint default,
+                     int code, float alpha, float beta) noexcept nogil:
+    """h~ = g(xh + gh) and H = (1 - z) h~ + z h_prev; gh holds the recurrent part (overwritten)."""
+    cdef idx j
+    cdef float ht
+    if default:
+        for j in range(H):
+            ht = fast_tanh(clampf(xh[j] + gh[j], clip))
+            h[j] = (LI_ONE - z[j]) * ht + z[j] * hp[j]
+    else:
+        for j in range(H):
+            gh[j] = clampf(xh[j] + gh[j], clip)
+        act_inplace(gh, H, code, alpha, beta)
+        for j in range(H):
+            h[j] = (LI_ONE - z[j]) * gh[j] + z[j] * hp[j]
+
+
+cdef void gru_lbr_cells(cfptr x, fptr g, cfptr hp, fptr h, cfptr rbh, idx H, float clip, bint default,
+                        const int* codes, const float* ab) noexcept nogil:
+    """linear_before_reset: h~ = g(xh + r (h_prev . Rh^T + Rbh)); the whole step."""
+    cdef idx j
+    cdef float zt, rt, ht
+    if default:
+        for j in range(H):
+            zt = fast_sigmoid(clampf(x[j] + g[j], clip))
+            rt = fast_sigmoid(clampf(x[H + j] + g[H + j], clip))
+            ht = fast_tanh(clampf(x[2 * H + j] + rt * (g[2 * H + j] + rbh[j]), clip))
+            h[j] = (LI_ONE - zt) * ht + zt * hp[j]
+    else:
+        for j in range(2 * H):
+            g[j] = clampf(x[j] + g[j], clip)
+        act_inplace(g, 2 * H, codes[0], ab[0], ab[1])
+        for j in range(H):  # fold r into the recurrent part, then the common output
+            g[2 * H + j] = g[H + j] * (g[2 * H + j] + rbh[j])
+        gru_output(x + 2 * H, g, g + 2 * H, hp, h, H, clip, False, codes[1], ab[2], ab[3])
+
+
+cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
+    cdef idx T = s.T, B = s.B, H = s.H, GH = 3 * s.H
+    cdef float* xp = s.scratch
+    cdef float* gates = xp + padded(T * B * GH)
+    cdef float* hbuf = gates + padded(B * GH)
+    cdef float* rh = hbuf + padded(2 * B * H) + padded(B * H)
+    cdef const float* rbh = segment(s, d, SEG_BIAS_RH)
+    cdef const int* codes = s.codes + 2 * d
+    cdef const float* ab = s.fparams + 4 * d
+    cdef bint default = codes[0] == SIGMOID and codes[1] == TANH
+    cdef bint lbr = s.flag
+    cdef idx step, t, b, cur = 0
+    cdef bint active
+    cdef float* hp
+    cdef float* hn
+    cdef const float* x
+    cdef const float* RP_zr = panels_of(s, d, 1)
+    cdef const float* RP_h = panels_of(s, d, 2)
+    gemm(s.X, T * B, s.I, s.I, panels_of(s, d, 0), 0, GH, xp, GH,
+         segment(s, d, SEG_BIAS_X))
+    init_states(s, d, hbuf, NULL)
+    for step in range(T):
+        t = T - 1 - step if reverse else step
+        hp = hbuf + cur * B * H
+        hn = hbuf + (1 - cur) * B * H
+        if lbr:
+            gemm(hp, B, H, H, RP_zr, 0, 2 * H, gates, GH, NULL)
+            gemm(hp, B, H, H, RP_h, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
+            for b in range(B):
+                active = (not s.has_lens) or t < s.lens[b]
+                if active:
+                    gru_lbr_cells(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, hn + b * H, rbh,
+                                  H, s.clip, default, codes, ab)
+                finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
+        else:
+            # z and r first: the candidate's product needs all of r * h_prev
+            gemm(hp, B, H, H, RP_zr, 0, 2 * H, gates, GH, NULL)
+            for b in range(B):
+                if (not s.has_lens) or t < s.lens[b]:
+                    gru_zr(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, rh + b * H, H, s.clip,
+                           default, codes[0], ab[0], ab[1])
+                else:
+                    memset(rh + b * H, 0, H * sizeof(float))
+            gemm(rh, B, H, H, RP_h, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
+            for b in range(B):
+                active = (not s.has_lens) or t < s.lens[b]
+                if active:
+                    x = xp_row(s, xp, GH, t, b)
+                    gru_output(x + 2 * H, gates + b * GH, gates + b * GH + 2 * H, hp + b * H, hn + b * H,
+                               H, s.clip, default, codes[1], ab[2], ab[3])
+                finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
+        cur = 1 - cur
+    store_states(s, d, hbuf + cur * B * H, NULL)
+
+
+# ------------------------------------------------------------------ RNN --
+
+cdef void rnn_cells(cfptr x, cfptr g, fptr h, idx H, float clip, int code, float alpha, float beta) noexcept nogil:
+    cdef idx j
+    if code == TANH:
+        for j in range(H):
+            h[j] = fast_tanh(clampf(x[j] + g[j], clip))
+    else:
+        for j in range(H):
+            h[j] = clampf(x[j] + g[j], clip)
+        act_inplace(h, H, code, alpha, beta)
+
+
+cdef void rnn_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
+    cdef idx T = s.T, B = s.B, H = s.H
+    cdef float* xp = s.scratch
+    cdef float* gates = xp + padded(T * B * H)
+    cdef float* hbuf = gates + padded(B * H)
+    cdef int code = s.codes[d]
+    cdef float alpha = s.fparams[2 * d], beta = s.fparams[2 * d + 1]
+    cdef idx step, t, b, cur = 0
+    cdef bint active
+    cdef float* hp
+    cdef float* hn
+    cdef const float* RP = panels_of(s, d, 1)
+    gemm(s.X, T * B, s.I, s.I, panels_of(s, d, 0), 0, H, xp, H,
+         segment(s, d, SEG_BIAS_X))
+    init_states(s, d, hbuf, NULL)
+    for step in range(T):
+        t = T - 1 - step if reverse else step
+        hp = hbuf + cur * B * H
+        hn = hbuf + (1 - cur) * B * H
+        gemm(hp, B, H, H, RP, 0, H, gates, H, NULL)
+        for b in range(B):
+            active = (not s.has_lens) or t < s.lens[b]
+            if active:
+                rnn_cells(xp_row(s, xp, H, t, b), gates + b * H, hn + b * H, H, s.clip, code, alpha, beta)
+            finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
+        cur = 1 - cur
+    store_states(s, d, hbuf + cur * B * H, NULL)
+
+
+cdef int run_sequence(const Seq* s, int op) noexcept nogil:
+    cdef idx b, d
+    if s.has_lens:
+        for b in range(s.B):
+            if s.lens[b] < 0 or s.lens[b] > s.T:
+                return 1
+    for d in range(s.D):
+        if op == OP_LSTM:
+            lstm_direction(s, d, s.reverse_first or d == 1)
+        elif op == OP_GRU:
+            gru_direction(s, d, s.reverse_first or d == 1)
+        else:
+            rnn_direction(s, d, s.reverse_first or d == 1)
+    return 0
+
+
+def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_lens,
+             const float[:, :, :] h0, bint has_h0, const float[:, :, :] c0, bint has_c0,
+             float[:, :, :, :] Y, float[:, :, :, :] states,
+             const float[::1] wbuf, const long long[:, ::1] offsets,
+             const float[::1] pbuf, const long long[:, ::1] poff, const int[::1] codes,
+             const float[::1] fparams, float[::1] scratch,
+             bint reverse_first, bint flag, bint time_major, float clip):
+    """Run one recurrent node over a whole sequence, without the GIL. Returns 0, or 1 for bad lens.
+
+    The caller (cython_backend.py) has checked every shape and dtype (and
+    packed ``pbuf``/``poff`` with ``pack_panels``); arrays
+    are in kernel order: Y viewed as [T, D, B, H], states as [S, D, B, H],
+    h0/c0 as [D, B, H], all with any strides but unit stride along H (for
+    layout=1 pass transposed views). ``scratch`` holds ``scratch_floats(T, B, G, H)``.
+    """
+    # (the stride of a length-1 axis is meaningless: numpy may set anything there)
+    if ((h0.shape[2] > 1 and h0.strides[2] != 4) or (c0.shape[2] > 1 and c0.strides[2] != 4)
+            or (Y.shape[3] > 1 and Y.strides[3] != 4) or (states.shape[3] > 1 and states.strides[3] != 4)):
+        raise ValueError("sequence: h0, c0, Y and states need unit stride along hidden units")
+    cdef Seq s
+    s.X = &X[0, 0, 0]
+    s.time_major = time_major
+    s.T = X.shape[0] if time_major else X.shape[1]
+    s.B = X.shape[1] if time_major else X.shape[0]
+    s.I = X.shape[2]
+    s.D = states.shape[1]
+    s.H = states.shape[3]
+    s.lens = &lens[0] if has_lens else NULL
+    s.has_lens = has_lens
+    s.h0 = &h0[0, 0, 0]
+    s.h0_d = h0.strides[0] // 4
+    s.h0_b = h0.strides[1] // 4
+    s.has_h0 = has_h0
+    s.c0 = &c0[0, 0, 0]
+    s.c0_d = c0.strides[0] // 4
+    s.c0_b = c0.strides[1] // 4
+    s.has_c0 = has_c0
+    s.Y = &Y[0, 0, 0, 0]
+    s.y_t = Y.strides[0] // 4
+    s.y_d = Y.strides[1] // 4
+    s.y_b = Y.strides[2] // 4
+    s.S = &states[0, 0, 0, 0]
+    s.s_s = states.strides[0] // 4
+    s.s_d = states.strides[1] // 4
+    s.s_b = states.strides[2] // 4
+    s.wbuf = &wbuf[0]
+    s.offsets = &offsets[0, 0]
+    s.pbuf = &pbuf[0]
+    s.poff = &poff[0, 0]
+    s.codes = &codes[0]
+    s.fparams = &fparams[0]
+    s.scratch = &scratch[0]
+    s.reverse_first = reverse_first
+    s.flag = flag
+    s.clip = clip
+    cdef int status
+    with nogil:
+        status = run_sequence(&s, op)
+    return status

@@ -1,0 +1,8 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Recurrent kernels: the AVX-512 build of the shared source _rnn_core.pxi.
+
+lstminfer/kernels/cython_backend.py imports it only on a CPU with AVX-512F, AVX2 and FMA.
+"""
+include "_rnn_core.pxi"
+
+ISA = "avx512"

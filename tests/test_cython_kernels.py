@@ -1,0 +1,399 @@
+"""The Cython kernels (lstminfer._rnn_kernels*, lstminfer.kernels.cython_backend) against the reference.
+
+Float32 parity: max |cython - reference| <= 1e-5 for outputs of order 1;
+with unbounded activations (Relu, Affine, ...) values can grow, so there the
+bound is relative to the output's magnitude. Every instruction-set build
+this CPU can run is tested (the portable one always).
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lstminfer import reference
+from lstminfer.errors import InvalidInputError
+from lstminfer.kernels import cython_backend
+from lstminfer.ops.recurrent import RecurrentSpec
+from lstminfer.reference import SUPPORTED_ACTIVATIONS, cell_activations
+from lstminfer.reference.activations import Activation
+
+pytestmark = pytest.mark.skipif(not cython_backend.available(), reason=str(cython_backend.unavailable_reason()))
+
+TOL = 1e-5
+REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _runnable_isas() -> list[str]:
+    from lstminfer._cpu import features
+
+    have = features()
+    return [name for name, needs in cython_backend._ISA_NEEDS.items() if all(have.get(f) for f in needs)]
+
+
+ISAS = _runnable_isas()
+
+
+def ext(isa):
+    return importlib.import_module(cython_backend._ISA_MODULES[isa])
+
+
+@pytest.fixture(params=ISAS)
+def each_isa(request, monkeypatch):
+    """Build kernels with this instruction-set build (the env var covers 'portable')."""
+    monkeypatch.setattr(cython_backend, "isa", lambda: request.param)
+    return request.param
+
+
+# ------------------------------------------------------------ helpers --
+
+def make_spec(op, *, hidden_size=None, direction="forward", layout=0, activations=None, alphas=None,
+              betas=None, clip=None, input_forget=False, linear_before_reset=False, num_outputs=None):
+    acts = cell_activations(op, direction, activations, alphas, betas)
+    return RecurrentSpec(op=op, hidden_size=hidden_size, direction=direction, layout=layout, activations=acts,
+                         clip=clip, input_forget=input_forget, linear_before_reset=linear_before_reset,
+                         num_outputs=num_outputs or (3 if op == "LSTM" else 2))
+
+
+def make_weights(rng, op, D, H, I, with_bias=True, with_peepholes=True, scale=1.0):
+    G = GATES[op]
+    s = np.float32(scale)
+    W = rng.uniform(-1, 1, (D, G * H, I)).astype(np.float32) * (s / np.float32(np.sqrt(I)))
+    R = rng.uniform(-1, 1, (D, G * H, H)).astype(np.float32) * (s / np.float32(np.sqrt(H)))
+    B = rng.uniform(-1, 1, (D, 2 * G * H)).astype(np.float32) * s if with_bias else None
+    P = rng.uniform(-1, 1, (D, 3 * H)).astype(np.float32) * s if (with_peepholes and op == "LSTM") else None
+    return W, R, B, P
+
+
+def make_inputs(rng, op, spec, W, R, B, P, T, batch, lens=None, with_h0=True, with_c0=True):
+    D = spec.num_directions
+    H, I = R.shape[2], W.shape[2]
+    X = rng.standard_normal((T, batch, I) if spec.layout == 0 else (batch, T, I)).astype(np.float32)
+    state_shape = (D, batch, H) if spec.layout == 0 else (batch, D, H)
+    h0 = rng.standard_normal(state_shape).astype(np.float32) if with_h0 else None
+    inputs = [X, W, R, B, lens, h0]
+    if op == "LSTM":
+        inputs += [rng.standard_normal(state_shape).astype(np.float32) if with_c0 else None, P]
+    return inputs
+
+
+def build(op, spec, inputs, threads=1):
+    W, R, B = inputs[1:4]
+    P = inputs[7] if op == "LSTM" else None
+    kernel = cython_backend.cython_kernel(spec, W, R, B, P, threads=threads, label="node 'rnn0'")
+    assert kernel is not None, cython_backend.why_not_fused(spec, W, R, B, P)
+    return kernel
+
+
+def expected_of(op, spec, inputs):
+    return REFERENCE[op](*inputs, **spec.reference_kwargs())[: spec.num_outputs]
+
+
+def assert_close(got, expected, relative=False):
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float32 and g.shape == e.shape
+        bound = TOL * max(1.0, float(np.abs(e).max(initial=0))) if relative else TOL
+        assert np.abs(g - e).max(initial=0) <= bound, (np.abs(g - e).max(), bound)
+
+
+# ------------------------------------------------------- building blocks --
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_fast_tanh_and_sigmoid_accuracy(isa):
+    x = np.concatenate([np.linspace(-20, 20, 400_001, dtype=np.float32),
+                        np.float32(10) ** np.linspace(-30, 1, 2001, dtype=np.float32)])
+    x = np.concatenate([x, -x])
+    tanh, sig = x.copy(), x.copy()
+    ext(isa).apply_activation(tanh, "Tanh")
+    ext(isa).apply_activation(sig, "Sigmoid")
+    x64 = x.astype(np.float64)
+    assert np.abs(tanh - np.tanh(x64)).max() < 4e-7
+    assert np.abs(sig - 1 / (1 + np.exp(-x64))).max() < 3e-7
+    assert np.abs(tanh).max() <= 1 and sig.min() >= 0 and sig.max() <= 1
+    nan = np.full(20, np.nan, dtype=np.float32)
+    ext(isa).apply_activation(nan, "Tanh")
+    assert np.isnan(nan).all()
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("name", SUPPORTED_ACTIVATIONS)
+def test_every_activation_matches_reference(isa, name):
+    x = np.linspace(-12, 12, 2401, dtype=np.float32)
+    got = x.copy()
+    ext(isa).apply_activation(got, name, 0.37, 1.3)
+    expected = Activation(name, alpha=0.37, beta=1.3)(x)
+    assert np.abs(got - expected).max() <= TOL * max(1, np.abs(expected).max())
+
+
+def test_every_reference_activation_has_a_code():
+    assert {n.lower() for n in SUPPORTED_ACTIVATIONS} == set(ext("portable").ACTIVATION_CODES)
+
+
+def _panels(BT, width):
+    K, N = BT.shape
+    columns = -(-N // width) * width
+    padded = np.zeros((K, columns), dtype=np.float32)
+    padded[:, :N] = BT
+    return np.ascontiguousarray(padded.reshape(K, columns // width, width).transpose(1, 0, 2).ravel())
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("M,K,N,n0,n1", [(1, 7, 5, 0, 5), (3, 17, 37, 2, 37), (4, 1, 16, 0, 16),
+                                         (5, 64, 19, 3, 11), (9, 3, 33, 0, 33), (70, 20, 67, 1, 66),
+                                         (260, 33, 96, 0, 96)])
+def test_matmul_matches_numpy_and_writes_only_its_columns(isa, M, K, N, n0, n1):
+    rng = np.random.default_rng(M * 100 + K)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    BT = rng.standard_normal((K, N)).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32)
+    width = n1 - n0
+    out = np.full((M, width + 6), 7.0, dtype=np.float32)
+    module = ext(isa)
+    panels = _panels(BT[:, n0:n1], module.PANEL_WIDTH)
+    module.matmul(A, panels, n0, n1, out, bias)
+    expected = A.astype(np.float64) @ BT[:, n0:n1].astype(np.float64) + bias[n0:n1]
+    assert np.abs(out[:, :width] - expected).max() <= 1e-5 * max(1, np.abs(expected).max())
+    assert (out[:, width:] == 7).all()
+
+
+def test_pack_panels_layout():
+    rng = np.random.default_rng(2)
+    W, R, B, _ = make_weights(rng, "GRU", 2, 5, 3)
+    kernel = cython_backend.cython_kernel(make_spec("GRU", direction="bidirectional"), W, R, B)
+    width = kernel._ext.PANEL_WIDTH
+    buffer, offsets = cython_backend.pack_panels(kernel._packed, width)
+    assert offsets.shape == (2, 3) and not buffer.flags.writeable
+    # direction 1, R^T's candidate columns (GRU's second range): R rows 2H..3H (h gate), transposed
+    panel = buffer[offsets[1, 2]: offsets[1, 2] + 5 * width].reshape(5, width)
+    np.testing.assert_array_equal(panel[:, :5], R[1, 10:15].T)
+    assert (panel[:, 5:] == 0).all()
+
+
+# -------------------------------------------------------------- parity --
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_default_activations_float32_parity(each_isa, op, direction, layout):
+    rng = np.random.default_rng(11)
+    D = 2 if direction == "bidirectional" else 1
+    W, R, B, P = make_weights(rng, op, D, 17, 33)
+    spec = make_spec(op, hidden_size=17, direction=direction, layout=layout)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=20, batch=5,
+                         lens=np.array([20, 0, 7, 1, 19], dtype=np.int32))
+    kernel = build(op, spec, inputs)
+    assert each_isa in kernel.describe
+    assert_close(kernel(*inputs), expected_of(op, spec, inputs))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("H,batch", [(1, 1), (64, 1), (64, 9), (17, 17)])
+def test_shapes_batch_one_and_tiles(each_isa, op, H, batch):
+    """Batch 1 (row kernel), multiples of 4 plus leftovers (tile kernel), H not a multiple of the panel."""
+    rng = np.random.default_rng(H + batch)
+    W, R, B, P = make_weights(rng, op, 1, H, 7)
+    spec = make_spec(op, linear_before_reset=(op == "GRU" and H == 17))
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=9, batch=batch)
+    assert_close(build(op, spec, inputs)(*inputs), expected_of(op, spec, inputs))
+
+
+def test_isa_selection_and_portable_env(monkeypatch):
+    """LSTMINFER_PORTABLE=1 forces the baseline build; without it, the best build this CPU runs."""
+    rng = np.random.default_rng(5)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 40, 6)
+    spec = make_spec("LSTM")
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=12, batch=6)
+    monkeypatch.setenv("LSTMINFER_PORTABLE", "1")
+    assert cython_backend.isa() == "portable"
+    portable = build("LSTM", spec, inputs)
+    assert "portable" in portable.describe and portable._ext.ISA == "portable"
+    monkeypatch.delenv("LSTMINFER_PORTABLE")
+    best = build("LSTM", spec, inputs)
+    assert cython_backend.isa() == ISAS[0] and best._ext.ISA == ISAS[0] and ISAS[0] in best.describe
+    expected = expected_of("LSTM", spec, inputs)
+    assert_close(portable(*inputs), expected)
+    assert_close(best(*inputs), expected)
+
+
+@st.composite
+def cases(draw):
+    op = draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
+    direction = draw(st.sampled_from(reference.DIRECTIONS))
+    D = 2 if direction == "bidirectional" else 1
+    H = draw(st.sampled_from([1, 2, 5, 17, 33]))
+    I = draw(st.sampled_from([1, 3, 17]))
+    T = draw(st.integers(0, 6))
+    batch = draw(st.integers(1, 6))
+    activations = alphas = betas = None
+    if draw(st.booleans()):
+        per = len(reference.DEFAULT_ACTIVATIONS[op])
+        activations = draw(st.lists(st.sampled_from(SUPPORTED_ACTIVATIONS), min_size=per * D, max_size=per * D))
+        alphas = draw(st.lists(st.floats(0.05, 1.5), max_size=per * D))
+        betas = draw(st.lists(st.floats(0.05, 1.5), max_size=per * D))
+    clip = draw(st.one_of(st.none(), st.floats(0.1, 5.0)))
+    layout = draw(st.sampled_from([0, 1]))
+    input_forget = op == "LSTM" and draw(st.booleans())
+    lbr = op == "GRU" and draw(st.booleans())
+    num_outputs = draw(st.integers(1, 3 if op == "LSTM" else 2))
+    spec = make_spec(op, direction=direction, layout=layout, activations=activations, alphas=alphas,
+                     betas=betas, clip=clip, input_forget=input_forget, linear_before_reset=lbr,
+                     num_outputs=num_outputs)
+    flags = draw(st.lists(st.booleans(), min_size=5, max_size=5))
+    lens = None
+    if flags[0]:
+        lens = np.asarray(draw(st.lists(st.integers(0, T), min_size=batch, max_size=batch)), dtype=np.int32)
+    seed = draw(st.integers(0, 2**31 - 1))
+    return op, spec, D, H, I, T, batch, lens, flags, seed
+
+
+@SETTINGS
+@given(cases())
+def test_random_attributes_match_reference(case):
+    op, spec, D, H, I, T, batch, lens, flags, seed = case
+    rng = np.random.default_rng(seed)
+    W, R, B, P = make_weights(rng, op, D, H, I, with_bias=flags[1], with_peepholes=flags[2], scale=0.7)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T, batch, lens=lens, with_h0=flags[3], with_c0=flags[4])
+    got = build(op, spec, inputs)(*inputs)
+    expected = expected_of(op, spec, inputs)
+    bounded = all(a.name in ("Sigmoid", "Tanh", "HardSigmoid", "Softsign") for a in spec.activations)
+    assert_close(got, expected, relative=not bounded)
+
+
+# ---------------------------------------------------- fallbacks, errors --
+
+def test_why_not_fused_reasons():
+    rng = np.random.default_rng(0)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 4, 3)
+    spec = make_spec("LSTM")
+    assert cython_backend.why_not_fused(spec, W, R, B, P) is None
+    assert "constants" in cython_backend.why_not_fused(spec, None, R, B, P)
+    assert "float32" in cython_backend.why_not_fused(spec, W.astype(np.float64), R, B, P)
+    assert "shape" in cython_backend.why_not_fused(spec, W, R, B[:, :5], P)
+    assert cython_backend.cython_kernel(spec, None, R, B, P) is None
+    with pytest.raises(ValueError, match="threads"):
+        cython_backend.cython_kernel(spec, W, R, B, P, threads=0)
+
+
+def test_unusual_inputs_go_to_the_reference():
+    rng = np.random.default_rng(1)
+    W, R, B, P = make_weights(rng, "GRU", 1, 6, 4)
+    spec = make_spec("GRU")
+    inputs = make_inputs(rng, "GRU", spec, W, R, B, P, T=5, batch=3)
+    kernel = build("GRU", spec, inputs)
+    as64 = [v.astype(np.float64) if isinstance(v, np.ndarray) else v for v in inputs]
+    got = kernel(*as64)  # float64 runs on the reference, in float64
+    assert got[0].dtype == np.float64
+    other = inputs.copy()
+    other[2] = R * np.float32(0.5)  # weights other than the packed constants
+    assert_close(kernel(*other), expected_of("GRU", spec, other))
+    other[2] = R.copy()  # equal values, another array: still the fast path's result
+    assert_close(kernel(*other), expected_of("GRU", spec, inputs))
+    strided = inputs.copy()
+    strided[0] = np.asarray(inputs[0][:, :, ::-1]).copy()[:, :, ::-1]  # non-contiguous X
+    assert not strided[0].flags.c_contiguous
+    assert_close(kernel(*strided), expected_of("GRU", spec, strided))
+    lens64 = inputs.copy()
+    lens64[4] = np.array([5, 2, 0], dtype=np.int64)
+    assert_close(kernel(*lens64), expected_of("GRU", spec, lens64))
+
+
+def test_errors_name_the_node():
+    rng = np.random.default_rng(2)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 6, 4)
+    spec = make_spec("LSTM")
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=5, batch=2)
+    kernel = build("LSTM", spec, inputs)
+    bad_lens = inputs.copy()
+    bad_lens[4] = np.array([6, 1], dtype=np.int32)
+    with pytest.raises(InvalidInputError, match=r"node 'rnn0'.*sequence_lens"):
+        kernel(*bad_lens)
+    bad_lens[4] = np.array([2**40, 1], dtype=np.int64)  # no int32 wrap-around into a valid length
+    with pytest.raises(InvalidInputError, match=r"node 'rnn0'.*sequence_lens"):
+        kernel(*bad_lens)
+    bad_h0 = inputs.copy()
+    bad_h0[5] = np.zeros((1, 3, 6), dtype=np.float32)
+    with pytest.raises(InvalidInputError, match=r"node 'rnn0'.*initial_h"):
+        kernel(*bad_h0)
+
+
+# ------------------------------------------------------------- threads --
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_threads_split_the_batch(op):
+    rng = np.random.default_rng(3)
+    W, R, B, P = make_weights(rng, op, 2, 16, 5)
+    spec = make_spec(op, direction="bidirectional", layout=1)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=7, batch=11, lens=rng.integers(0, 8, 11).astype(np.int32))
+    kernel = build(op, spec, inputs, threads=2)
+    assert "2 threads" in kernel.describe
+    assert_close(kernel(*inputs), expected_of(op, spec, inputs))
+
+
+def test_one_kernel_from_several_threads_at_once():
+    rng = np.random.default_rng(4)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 48, 8)
+    spec = make_spec("LSTM")
+    kernel = cython_backend.cython_kernel(spec, W, R, B, P)
+    jobs = [make_inputs(rng, "LSTM", spec, W, R, B, P, T=30 + k, batch=1 + k % 5) for k in range(8)]
+    # The same kernel run alone gives the expected bits (it is deterministic); parity with
+    # the reference is the other tests' business.
+    expected = [kernel(*job) for job in jobs]
+    failures = []
+    barrier = threading.Barrier(4)
+
+    def worker(offset):
+        barrier.wait()
+        for repeat in range(10):
+            k = (offset + repeat) % len(jobs)
+            got = kernel(*jobs[k])
+            if max(float(np.abs(g - e).max()) for g, e in zip(got, expected[k])) > TOL:
+                failures.append(k)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def _long_call():
+    rng = np.random.default_rng(6)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 128, 128)
+    spec = make_spec("LSTM")
+    kernel = cython_backend.cython_kernel(spec, W, R, B, P)
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=400, batch=8)
+    kernel(*inputs)
+    return lambda: kernel(*inputs)
+
+
+def test_the_gil_is_released_during_a_call():
+    """While a long call runs in another thread, this thread keeps running Python."""
+    call = _long_call()
+    start = time.perf_counter()
+    call()
+    alone = time.perf_counter() - start
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (call(), call(), call(), done.set()))
+    ticks = 0
+    start = time.perf_counter()
+    worker.start()
+    while not done.is_set():
+        ticks += 1
+    worker.join()
+    elapsed = time.perf_counter() - start
+    # With the GIL held for 3 calls, this loop would get only the interpreter's switch
+    # intervals around them; released, it runs for most of the calls' wall time.
+    assert elapsed >= 2 * alone and ticks > 1000, (ticks, elapsed, alone)
+
+
+# Two threads running two calls on two cores (wall time < 2x one call) is measured in
+# benchmarks/bench_cython.py: on a shared 2-core box a pass/fail bound on it is flaky.
