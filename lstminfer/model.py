@@ -220,9 +220,13 @@ class Model:
                 if value.__class__ is not np.ndarray or value.dtype != dtype or value.ndim != rank:
                     break
                 shape = value.shape
-                if any(shape[i] != d for i, d in fixed):
-                    break
-                feeds.append(value)
+                for axis, size in fixed:
+                    if shape[axis] != size:
+                        break
+                else:
+                    feeds.append(value)
+                    continue
+                break
             else:
                 return feeds
         feeds = []
@@ -293,6 +297,14 @@ def _cast_same_kind(value: Any, vi: ValueInfo) -> Any:
 
 def _detach(value: Any, feeds: list[Any]) -> Any:
     """Outputs never alias constants or the caller's inputs (onnxruntime returns fresh arrays)."""
+    if value.__class__ is np.ndarray and value.base is None:
+        # Owns its memory: it can only alias a feed by being that very array.
+        if value.flags.writeable:
+            for f in feeds:
+                if f is value:
+                    return value.copy()
+            return value
+        return value.copy()
     if isinstance(value, list):
         return [_detach(v, feeds) for v in value]
     if not isinstance(value, np.ndarray):
