@@ -120,7 +120,8 @@ class Model:
         wanted = self._wanted(output_names)
         feeds = self._validated_feeds(input_feed)
         outputs = self._plan.execute(feeds, wanted)
-        return [_detach(v, feeds) for v in outputs]
+        feed_roots = {id(_root(f)) for f in feeds if f.__class__ is np.ndarray}
+        return [_detach(v, feeds, feed_roots) for v in outputs]
 
     # -- friendlier surface ----------------------------------------------
     def predict(self, x: Any = None, /, **named: Any) -> Any:
@@ -295,18 +296,27 @@ def _cast_same_kind(value: Any, vi: ValueInfo) -> Any:
     return arr
 
 
-def _detach(value: Any, feeds: list[Any]) -> Any:
-    """Outputs never alias constants or the caller's inputs (onnxruntime returns fresh arrays)."""
-    if value.__class__ is np.ndarray and value.base is None:
-        # Owns its memory: it can only alias a feed by being that very array.
-        if value.flags.writeable:
-            for f in feeds:
-                if f is value:
-                    return value.copy()
+def _root(array: np.ndarray) -> np.ndarray:
+    while isinstance(array.base, np.ndarray):
+        array = array.base
+    return array
+
+
+def _detach(value: Any, feeds: list[Any], feed_roots: set[int]) -> Any:
+    """Outputs never alias constants or the caller's inputs (onnxruntime returns fresh arrays).
+
+    ``feed_roots``: ids of the arrays that own the feeds' memory.
+    """
+    if value.__class__ is np.ndarray:
+        root = _root(value)
+        if root.base is None:
+            # The memory belongs to ``root``: the output aliases a feed only if
+            # they share that root; constants are frozen, so never writeable.
+            if id(root) in feed_roots or not value.flags.writeable:
+                return value.copy()
             return value
-        return value.copy()
     if isinstance(value, list):
-        return [_detach(v, feeds) for v in value]
+        return [_detach(v, feeds, feed_roots) for v in value]
     if not isinstance(value, np.ndarray):
         return value
     if not value.flags.writeable or any(

@@ -63,7 +63,9 @@ class Plan:
                 "initializer or input"
             )
         # Every run starts from a copy of this: constants in place, the rest empty.
-        self._template: list[Any] = [None] * len(self._slots)
+        # One extra trailing None: _ABSENT (-1) indexes it, so reading an omitted
+        # optional input needs no test in the hot loop.
+        self._template: list[Any] = [None] * (len(self._slots) + 1)
         for slot, value in constants.items():
             self._template[slot] = value
         self._feed_slots = [self._slots[n] for n in feeds]
@@ -161,7 +163,18 @@ class Plan:
         for slot, value in zip(self._feed_slots, feeds):
             values[slot] = value
         for step, frees in self.schedule(wanted):
-            outputs = _run_step(step, values)
+            if step.outer_names:
+                outputs = _run_step(step, values)
+            else:
+                args = [values[s] for s in step.inputs]
+                try:
+                    outputs = step.kernel(*args)
+                except LstminferError:
+                    raise
+                except Exception as e:
+                    raise _execution_error(step, args, e) from e
+                if len(outputs) < len(step.outputs):
+                    raise _short_output_error(step, outputs)
             for slot, value in zip(step.outputs, outputs):
                 if slot != _ABSENT:
                     values[slot] = value
@@ -203,15 +216,19 @@ def _run_step(step: Step, values) -> Sequence[Any]:
     except LstminferError:
         raise
     except Exception as e:
-        shapes = ", ".join(_value_text(a) for a in args)
-        raise ExecutionError(
-            f"{step.node.label()} failed with inputs ({shapes}): {type(e).__name__}: {e}"
-        ) from e
+        raise _execution_error(step, args, e) from e
     if len(out) < len(step.outputs):
-        raise ExecutionError(
-            f"{step.node.label()}: kernel returned {len(out)} outputs, node has {len(step.outputs)}"
-        )
+        raise _short_output_error(step, out)
     return out
+
+
+def _execution_error(step: Step, args: list[Any], error: Exception) -> ExecutionError:
+    shapes = ", ".join(_value_text(a) for a in args)
+    return ExecutionError(f"{step.node.label()} failed with inputs ({shapes}): {type(error).__name__}: {error}")
+
+
+def _short_output_error(step: Step, out: Sequence[Any]) -> ExecutionError:
+    return ExecutionError(f"{step.node.label()}: kernel returned {len(out)} outputs, node has {len(step.outputs)}")
 
 
 def _foldable(step: Step, constants: dict[int, Any]) -> bool:
