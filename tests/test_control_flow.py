@@ -608,3 +608,32 @@ def test_scan_before_opset_9_is_refused_at_load():
 
     with pytest.raises(UnsupportedModelError, match=r"opset 8 of 'Scan' is not supported"):
         kernel_for("Scan", ("s", "x"), opset=8, num_scan_inputs=1)
+
+
+def test_scan8_batch_axis_and_sequence_lens_match_onnxruntime():
+    """Scan-8: a leading batch axis, per-row sequence_lens, a reverse scan input."""
+    body = oh.make_graph(
+        [oh.make_node("Add", ["s_in", "x"], ["s_out"]), oh.make_node("Identity", ["s_out"], ["y"])],
+        "body",
+        [oh.make_tensor_value_info("s_in", TP.FLOAT, [2]), oh.make_tensor_value_info("x", TP.FLOAT, [2])],
+        [oh.make_tensor_value_info("s_out", TP.FLOAT, [2]), oh.make_tensor_value_info("y", TP.FLOAT, [2])],
+    )
+    node = oh.make_node("Scan", ["lens", "s0", "xs"], ["s_final", "ys"], body=body, num_scan_inputs=1,
+                        directions=[1])
+    graph = oh.make_graph(
+        [node], "scan8",
+        [oh.make_tensor_value_info("lens", TP.INT64, [3]), oh.make_tensor_value_info("s0", TP.FLOAT, [3, 2]),
+         oh.make_tensor_value_info("xs", TP.FLOAT, [3, 4, 2])],
+        [oh.make_tensor_value_info("s_final", TP.FLOAT, [3, 2]), oh.make_tensor_value_info("ys", TP.FLOAT, [3, 4, 2])],
+    )
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 8)])
+    model.ir_version = 3
+    rng = np.random.default_rng(3)
+    feeds = {"lens": np.array([4, 2, 1], np.int64), "s0": rng.standard_normal((3, 2)).astype(np.float32),
+             "xs": rng.standard_normal((3, 4, 2)).astype(np.float32)}
+    got = lstminfer.load(model).run(None, feeds)
+    expected = ort.InferenceSession(model.SerializeToString()).run(None, feeds)
+    np.testing.assert_allclose(got[0], expected[0], rtol=1e-6, atol=1e-6)
+    for b, n in enumerate(feeds["lens"]):  # within each row's length; past it we give zeros
+        np.testing.assert_allclose(got[1][b, :n], expected[1][b, :n], rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(got[1][1, 2:], 0)

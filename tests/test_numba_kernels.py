@@ -152,6 +152,12 @@ def test_gate_orders_are_permutations_of_the_spec_order():
     assert sorted(packing.PEEPHOLE_KERNEL) == sorted(packing.PEEPHOLE_ONNX)
 
 
+def test_row_stride_is_aligned_and_avoids_512_byte_multiples():
+    for n in (1, 16, 17, 64, 128, 256, 1000, 1024, 2048):
+        stride = packing.row_stride(n)
+        assert stride >= n and stride % packing.ALIGN_FLOATS == 0 and (stride * 4) % 512 != 0
+
+
 @pytest.mark.parametrize("H,blocks,expected", [(64, 1, [0, 64]), (64, 2, [0, 32, 64]), (17, 2, [0, 8, 17]),
                                                (100, 2, [0, 48, 100]), (1, 2, [0, 1])])
 def test_unit_blocks(H, blocks, expected):
@@ -166,7 +172,9 @@ def test_pack_places_gates_biases_and_peepholes():
     order = packing.kernel_row_order("LSTM", H, packed.edges)
     assert sorted(order.tolist()) == list(range(4 * H))
     np.testing.assert_array_equal(packed.segment(0, packing.SEG_W, (4 * H, I)), W[0][order])
-    np.testing.assert_array_equal(packed.segment(0, packing.SEG_RT, (H, 4 * H)), R[0][order].T)
+    RT = packed.segment(0, packing.SEG_RT, (H, packing.row_stride(4 * H)))
+    np.testing.assert_array_equal(RT[:, :4 * H], R[0][order].T)
+    assert not RT[:, 4 * H:].any()
     np.testing.assert_allclose(packed.segment(0, packing.SEG_BIAS_X, (4 * H,)), (B[0, :4 * H] + B[0, 4 * H:])[order])
     peep = packed.segment(0, packing.SEG_PEEP, (3, H))
     np.testing.assert_array_equal(peep, P[0].reshape(3, H)[[0, 2, 1]])  # i, o, f -> i, f, o

@@ -59,10 +59,7 @@ EXCLUDED: dict[str, str] = {
 }
 
 # Cases failing in ops/modules owned by others (reported to their owners).
-KNOWN_FAILING_OTHERS: dict[str, str] = {
-    "test_scan_sum": "control.py: Scan-8 (opset 8, batch axis) is not implemented; "
-                     "load raises UnsupportedModelError",
-}
+KNOWN_FAILING_OTHERS: dict[str, str] = {}
 
 # Per-case tolerance overrides, with evidence.
 TOLERANCE: dict[str, tuple[float, float, str]] = {

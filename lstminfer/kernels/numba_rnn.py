@@ -54,22 +54,30 @@ def _padded(n):
     return (n + _ALIGN - 1) // _ALIGN * _ALIGN
 
 
+def _row_stride(n):  # same as packing.row_stride
+    stride = _padded(n)
+    return stride + _ALIGN if stride % 128 == 0 else stride
+
+
 def _scratch_size(T, B, G, H):
-    # xp [T*B, G*H], gates [B, G*H], hbuf [2, B, H], c [B, H], rh [B, H]
-    return _padded(T * B * G * H) + _padded(B * G * H) + _padded(2 * B * H) + 2 * _padded(B * H)
+    # xp [T*B, GHs], gates [B, GHs] (GHs = row stride of G*H), hbuf [2, B, H], c [B, H], rh [B, H]
+    GHs = _row_stride(G * H)
+    return _padded(T * B * GHs) + _padded(B * GHs) + _padded(2 * B * H) + 2 * _padded(B * H)
 
 
 scratch_size = _scratch_size  # plain Python for the callers (the jitted copy is below)
 _padded_nb = jit(_padded)
+_row_stride_nb = jit(_row_stride)
 
 
 @jit
 def _carve(scratch, T, B, G, H):
     o = 0
-    xp = scratch[o: o + T * B * G * H].reshape((T * B, G * H))
-    o += _padded_nb(T * B * G * H)
-    gates = scratch[o: o + B * G * H].reshape((B, G * H))
-    o += _padded_nb(B * G * H)
+    GHs = _row_stride_nb(G * H)
+    xp = scratch[o: o + T * B * GHs].reshape((T * B, GHs))
+    o += _padded_nb(T * B * GHs)
+    gates = scratch[o: o + B * GHs].reshape((B, GHs))
+    o += _padded_nb(B * GHs)
     hbuf = scratch[o: o + 2 * B * H].reshape((2, B, H))
     o += _padded_nb(2 * B * H)
     c = scratch[o: o + B * H].reshape((B, H))
@@ -224,8 +232,9 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
         reverse = reverse_first or d == 1
         wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
         wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
-        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, G * H * I).reshape((I, G * H))
-        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, G * H * H).reshape((H, G * H))
+        GHs = _row_stride_nb(G * H)
+        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, GHs * I).reshape((I, GHs))
+        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, GHs * H).reshape((H, GHs))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         peep = _segment(wbuf, table, nblocks, d, SEG_PEEP, 3 * H).reshape((3, H))
         a = codes_at + 3 * d
@@ -373,8 +382,9 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
         reverse = reverse_first or d == 1
         wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
         wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
-        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, G * H * I).reshape((I, G * H))
-        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, G * H * H).reshape((H, G * H))
+        GHs = _row_stride_nb(G * H)
+        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, GHs * I).reshape((I, GHs))
+        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, GHs * H).reshape((H, GHs))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         bias_rh = _segment(wbuf, table, nblocks, d, SEG_BIAS_RH, H)
         a = codes_at + 2 * d
@@ -445,8 +455,9 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
         reverse = reverse_first or d == 1
         wW = _segment(wbuf, table, nblocks, d, SEG_W, H * I).reshape((H, I))
         wR = _segment(wbuf, table, nblocks, d, SEG_R, H * H).reshape((H, H))
-        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, H * I).reshape((I, H))
-        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, H * H).reshape((H, H))
+        Hs = _row_stride_nb(H)
+        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, Hs * I).reshape((I, Hs))
+        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, Hs * H).reshape((H, Hs))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, H)
         cf = table[codes_at + d]
         af, bf = fparams[2 * d], fparams[2 * d + 1]

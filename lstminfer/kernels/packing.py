@@ -8,8 +8,11 @@ gates in spec order (``ONNX_GATES``). The kernels want, per direction:
   in ``KERNEL_GATES`` order. With one block this is simply gate-major; with
   two, each core's rows of W and R are contiguous, so they stay in its own
   cache across time steps (DeepCPU's private-cache partitioning).
-* ``WT``/``RT``: the same matrices transposed (k-major), read at batch 1..3
-  where a product vectorized along the outputs beats row dot products.
+* ``WT``/``RT``: the same matrices transposed (k-major), for the products
+  vectorized along the outputs (batch 1..3, and small weights). Their rows
+  are ``row_stride(G*H)`` floats apart: a stride that is a multiple of
+  512 bytes puts the rows a kernel reads together in the same L1 sets
+  (measured: 50 -> 70 GFLOP/s at H=256 once padded).
 * ``bias_x``: the biases added to the input projection, pre-summed (Wb + Rb;
   GRU with linear_before_reset keeps Rbh apart, since r multiplies it).
 * ``bias_rh``: that GRU Rbh (zeros otherwise), per unit.
@@ -89,6 +92,12 @@ SEG_W, SEG_R, SEG_BIAS_X, SEG_BIAS_RH, SEG_PEEP, SEG_WT, SEG_RT = range(7)
 NUM_SEGMENTS = 7
 
 
+def row_stride(n: int) -> int:
+    """Floats between rows of an ``n``-wide matrix: 64-byte aligned, never a multiple of 512 bytes."""
+    stride = -(-n // ALIGN_FLOATS) * ALIGN_FLOATS
+    return stride + ALIGN_FLOATS if stride % 128 == 0 else stride
+
+
 def _aligned_zeros(size: int) -> np.ndarray:
     raw = np.zeros(size + ALIGN_FLOATS, dtype=np.float32)
     shift = (-raw.ctypes.data // 4) % ALIGN_FLOATS
@@ -104,7 +113,8 @@ def pack(op: str, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndar
     edges = unit_blocks(H, blocks)
     order = kernel_row_order(op, H, edges)
 
-    sizes = (GH * I, GH * H, GH, H, 3 * H, I * GH, H * GH)
+    GHs = row_stride(GH)
+    sizes = (GH * I, GH * H, GH, H, 3 * H, I * GHs, H * GHs)
     padded = [-(-s // ALIGN_FLOATS) * ALIGN_FLOATS for s in sizes]
     offsets = np.zeros((D, len(sizes)), dtype=np.int64)
     position = 0
@@ -118,8 +128,8 @@ def pack(op: str, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndar
     for d in range(D):
         packed.segment(d, SEG_W, (GH, I))[:] = W[d][order]
         packed.segment(d, SEG_R, (GH, H))[:] = R[d][order]
-        packed.segment(d, SEG_WT, (I, GH))[:] = W[d][order].T
-        packed.segment(d, SEG_RT, (H, GH))[:] = R[d][order].T
+        packed.segment(d, SEG_WT, (I, GHs))[:, :GH] = W[d][order].T
+        packed.segment(d, SEG_RT, (H, GHs))[:, :GH] = R[d][order].T
         if B is not None:
             wb, rb = B[d, :GH], B[d, GH:]
             bias_x = wb + rb

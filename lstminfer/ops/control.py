@@ -240,3 +240,45 @@ def scan_factory(node: Node, ctx: BuildContext):
         return values + stacked
 
     return kernel
+
+
+@register("Scan", since=8, until=8)
+def scan8_factory(node: Node, ctx: BuildContext):
+    """Scan-8: every input has a leading batch axis and the scan axis is 1;
+    ``sequence_lens`` (optional first input) gives each batch row's length.
+
+    Runs as one Scan-9 per batch row (its scan axis is then 0); scan outputs
+    past a row's length are zeros.
+    """
+    num_scan_inputs = int(node.attr("num_scan_inputs"))
+    directions = node.attr("directions", [0] * num_scan_inputs)
+    attrs = {k: v for k, v in node.attrs.items() if k != "directions"}
+    attrs["scan_input_directions"] = list(directions)
+    per_row = scan_factory(Node("Scan", node.inputs[1:], node.outputs, attrs, node.name, node.domain), ctx)
+    states = len(node.inputs) - 1 - num_scan_inputs
+
+    def kernel(sequence_lens, *inputs, outer=None):
+        batch = inputs[0].shape[0]
+        length = inputs[states].shape[1] if num_scan_inputs else 0
+        if sequence_lens is None:
+            sequence_lens = np.full(batch, length, dtype=np.int64)
+        elif sequence_lens.shape != (batch,) or np.any((sequence_lens < 0) | (sequence_lens > length)):
+            raise ExecutionError(
+                f"{node.label()}: sequence_lens must have shape ({batch},) with values in [0, {length}], "
+                f"got {sequence_lens.tolist()}"
+            )
+        rows = []
+        for b in range(batch):
+            n = int(sequence_lens[b])
+            row_inputs = [x[b] for x in inputs[:states]] + [x[b, :n] for x in inputs[states:]]
+            rows.append(per_row(*row_inputs, outer=outer))
+        outputs = [np.stack([row[k] for row in rows]) for k in range(states)]
+        for k in range(states, len(node.outputs)):
+            parts = [row[k] for row in rows]
+            full = np.zeros((batch, length) + parts[0].shape[1:], dtype=parts[0].dtype)
+            for b, part in enumerate(parts):
+                full[b, : part.shape[0]] = part
+            outputs.append(full)
+        return outputs
+
+    return kernel
