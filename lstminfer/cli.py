@@ -48,6 +48,23 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_compile(args) -> int:
+    import time
+
+    from . import kernels
+
+    if not kernels.available():
+        print("lstminfer compile: numba is not installed; nothing to compile", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    names = kernels.compile_all()
+    info = kernels.cache_info()
+    print(f"compiled {len(names)} Numba kernels in {time.perf_counter() - start:.1f} s: {', '.join(names)}")
+    print(f"cache: {'enabled' if info['enabled'] else 'DISABLED (directory not writable)'}"
+          f"{', NUMBA_CACHE_DIR=' + str(info['NUMBA_CACHE_DIR']) if info['NUMBA_CACHE_DIR'] else ''}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lstminfer", description="Fast CPU inference for ONNX recurrent models (LSTM, GRU, RNN)."
@@ -68,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-o", metavar="OUT.npz", help="save the outputs to an .npz file")
     run.add_argument("--backend", default="auto", help="backend (default: auto)")
     run.set_defaults(func=_cmd_run)
+
+    compile_ = sub.add_parser(
+        "compile", help="compile the Numba kernels into the on-disk cache ahead of time (deployment images)"
+    )
+    compile_.set_defaults(func=_cmd_compile)
 
     from .demo import add_demo_parser
 

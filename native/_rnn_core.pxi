@@ -6,8 +6,8 @@
 #
 # Whole LSTM/GRU/RNN sequences, every attribute, over preallocated buffers:
 # for each direction the input projection of all steps at once
-# (xp = X . W^T + bias), then per step one product gates = h . R^T and one
-# fused pass over the hidden units. No allocation and no GIL inside.
+# (xp = X . W^T + bias), then per step one product gates = h . R^T and a
+# few vectorized passes over the hidden units. No allocation and no GIL inside.
 #
 # Weights come packed by lstminfer/kernels/packing.py (one block; gate-major,
 # kernel gate order LSTM i,f,c,o; GRU z,r,h): we read its bias_x [G*H],
@@ -16,6 +16,11 @@
 
 from libc.math cimport expm1f, expf, fabsf, log1pf
 from libc.string cimport memcpy, memset
+from libc.stdlib cimport free, malloc
+from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
+from cpython.ref cimport PyObject
+
+import numpy as np
 
 ctypedef Py_ssize_t idx
 
@@ -144,30 +149,6 @@ cdef inline float activate(float x, int code, float alpha, float beta) noexcept 
     return (x if x > LI_ZERO else LI_ZERO) + log1pf(expf(-fabsf(x)))
 
 
-cdef void act_inplace(fptr v, idx n, int code, float alpha, float beta) noexcept nogil:
-    """v[:n] = act(v); the common codes get their own (vectorized) loop."""
-    cdef idx j
-    if code == SIGMOID:
-        for j in range(n):
-            v[j] = fast_sigmoid(v[j])
-    elif code == TANH:
-        for j in range(n):
-            v[j] = fast_tanh(v[j])
-    elif code == RELU:
-        for j in range(n):
-            v[j] = v[j] if v[j] > LI_ZERO else LI_ZERO
-    else:
-        for j in range(n):
-            v[j] = activate(v[j], code, alpha, beta)
-
-
-def apply_activation(float[::1] values, str name, float alpha=0.0, float beta=0.0):
-    """values[:] = activation(values), in place (for tests)."""
-    cdef int code = ACTIVATION_CODES[name.lower()]
-    with nogil:
-        act_inplace(&values[0], values.shape[0], code, alpha, beta)
-
-
 # -------------------------------------------------------------- products --
 # Weights pre-packed in panels (cython_backend.pack_panels); register-tiled
 # micro-kernels in C with GCC vector extensions (one source, native vector
@@ -242,6 +223,85 @@ cdef extern from *:
     void li_tile4(const float* A, idx lda, idx K, const float* B, idx ldb, float* C, idx ldc,
                   const float* bias) noexcept nogil
     void li_tile1(const float* a, idx K, const float* B, float* C, const float* bias) noexcept nogil
+
+
+# ---------------------------------------------------------- vector maths --
+# The same exp/tanh/sigmoid as li_exp/li_tanh/li_sigmoid above, written on
+# GCC vector types: GCC 12 does not auto-vectorize those scalar versions
+# (their float selects and floorf count as control flow, whatever the
+# flags), and every gate of every step goes through them.
+
+cdef extern from *:
+    """
+    typedef int32_t li_vi __attribute__((vector_size(LI_VEC * 4)));
+    static inline li_vf li_splat(float a) { li_vf v = {0}; return v + a; }
+    /* m ? a : b, lane by lane (m from a comparison: all ones or zero) */
+    static inline li_vf li_vsel(li_vi m, li_vf a, li_vf b) { return (li_vf)((m & (li_vi)a) | (~m & (li_vi)b)); }
+    static inline li_vf li_vexp(li_vf x) {
+        x = li_vsel(x > li_splat(88.0f), li_splat(88.0f), x);
+        x = li_vsel(x < li_splat(-87.0f), li_splat(-87.0f), x);
+        li_vf v = x * 1.4426950408889634f + 0.5f;
+        li_vi n = __builtin_convertvector(v, li_vi);            /* floor(v): truncate, */
+        n += (li_vi)(__builtin_convertvector(n, li_vf) > v);    /* then -1 where that rounded up */
+        li_vf nf = __builtin_convertvector(n, li_vf);
+        li_vf r = (x - nf * 0.693359375f) - nf * -2.1219444005469057e-04f;
+        li_vf p = (((((0.001394460077755586f * r + 0.00837191219414511f) * r + 0.041666280339128475f) * r
+                   + 0.16666455876315142f) * r + 0.500000008440243f) * r + 1.0000000281441013f) * r + 1.0f;
+        return p * (li_vf)((n + 127) << 23);
+    }
+    static inline li_vf li_vtanh(li_vf x) {
+        li_vf ax = li_vsel(x < li_splat(0.0f), -x, x);
+        li_vf z = x * x;
+        li_vf small = x * ((((((0.002170434489101387f * z - 0.008205207588960822f) * z + 0.021710702834346958f) * z
+                       - 0.053948235080212965f) * z + 0.13333212457152305f) * z - 0.33333330596960725f) * z
+                       + 0.999999999899251f);
+        li_vf big = 1.0f - 2.0f / (li_vexp(2.0f * ax) + 1.0f);
+        big = li_vsel(x >= li_splat(0.0f), big, -big);
+        return li_vsel(ax < li_splat(0.625f), small, big);
+    }
+    static inline li_vf li_vsigmoid(li_vf x) { return 1.0f / (1.0f + li_vexp(-x)); }
+
+    /* v[:n] = f(v) in place; the last n % LI_VEC through a zero-padded vector, so that
+       every element gets the same maths. */
+    #define LI_MAP_N(name, f)                                                   \
+        static inline void name(float *v, ptrdiff_t n) {                        \
+            ptrdiff_t j = 0;                                                    \
+            for (; j + LI_VEC <= n; j += LI_VEC) li_store(v + j, f(li_load(v + j))); \
+            if (j < n) {                                                        \
+                float tail[LI_VEC] = {0};                                       \
+                memcpy(tail, v + j, (size_t)(n - j) * sizeof(float));           \
+                li_store(tail, f(li_load(tail)));                               \
+                memcpy(v + j, tail, (size_t)(n - j) * sizeof(float));           \
+            }                                                                   \
+        }
+    LI_MAP_N(li_sigmoid_n, li_vsigmoid)
+    LI_MAP_N(li_tanh_n, li_vtanh)
+    """
+    void li_sigmoid_n(float* v, idx n) noexcept nogil
+    void li_tanh_n(float* v, idx n) noexcept nogil
+
+
+cdef void act_inplace(fptr v, idx n, int code, float alpha, float beta) noexcept nogil:
+    """v[:n] = act(v); the common codes get their own (vectorized) loop."""
+    cdef idx j
+    if code == SIGMOID:
+        li_sigmoid_n(v, n)
+    elif code == TANH:
+        li_tanh_n(v, n)
+    elif code == RELU:
+        for j in range(n):
+            v[j] = v[j] if v[j] > LI_ZERO else LI_ZERO
+    else:
+        for j in range(n):
+            v[j] = activate(v[j], code, alpha, beta)
+
+
+def apply_activation(float[::1] values, str name, float alpha=0.0, float beta=0.0):
+    """values[:] = activation(values), in place (for tests)."""
+    cdef int code = ACTIVATION_CODES[name.lower()]
+    with nogil:
+        act_inplace(&values[0], values.shape[0], code, alpha, beta)
+
 
 
 cdef void gemm(const float* A, idx M, idx K, idx lda, const float* panels, idx n0, idx n1,
@@ -336,11 +396,13 @@ cdef struct Seq:
     const float* c0
     idx c0_d, c0_b
     bint has_c0
-    # Y[t, d, b, :] and states[s, d, b, :] (any strides, units contiguous)
+    # Y[t, d, b, :], Y_h[d, b, :] and Y_c[d, b, :] (any strides, units contiguous;
+    # Sc is NULL for GRU/RNN)
     float* Y
     idx y_t, y_d, y_b
-    float* S
-    idx s_s, s_d, s_b
+    float* Sh
+    float* Sc
+    idx s_d, s_b
     const float* wbuf
     const long long* offsets  # [D, NUM_SEGMENTS]
     const float* pbuf  # micro-kernel panels (see pack_panels)
@@ -357,9 +419,13 @@ cdef inline idx padded(idx n) noexcept nogil:
     return (n + 15) // 16 * 16
 
 
+cdef inline idx scratch_need(idx T, idx B, idx G, idx H) noexcept nogil:
+    return padded(T * B * G * H) + padded(B * G * H) + padded(2 * B * H) + 2 * padded(B * H) + 16
+
+
 def scratch_floats(idx T, idx B, idx G, idx H):
     """Floats of scratch a sequence needs: xp [T*B, G*H], gates [B, G*H], h [2, B, H], c [B, H], rh [B, H]."""
-    return padded(T * B * G * H) + padded(B * G * H) + padded(2 * B * H) + 2 * padded(B * H) + 16
+    return scratch_need(T, B, G, H)
 
 
 cdef inline const float* segment(const Seq* s, idx d, idx which) noexcept nogil:
@@ -389,9 +455,9 @@ cdef void store_states(const Seq* s, idx d, const float* h, const float* c) noex
     cdef idx b
     cdef idx H = s.H
     for b in range(s.B):
-        memcpy(s.S + d * s.s_d + b * s.s_b, h + b * H, H * sizeof(float))
+        memcpy(s.Sh + d * s.s_d + b * s.s_b, h + b * H, H * sizeof(float))
         if c != NULL:
-            memcpy(s.S + s.s_s + d * s.s_d + b * s.s_b, c + b * H, H * sizeof(float))
+            memcpy(s.Sc + d * s.s_d + b * s.s_b, c + b * H, H * sizeof(float))
 
 
 cdef inline void finish_row(const Seq* s, bint active, float* hn, const float* hp, idx t, idx d, idx b) noexcept nogil:
@@ -410,33 +476,9 @@ cdef inline const float* xp_row(const Seq* s, const float* xp, idx GH, idx t, id
 
 # ----------------------------------------------------------------- LSTM --
 
-cdef void lstm_cells_default(cfptr x, cfptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr po,
-                             idx H, float clip, bint input_forget) noexcept nogil:
-    """Sigmoid/Tanh/Tanh: all gates, the cell and h in one vectorized loop."""
-    cdef idx j
-    cdef float it, ft, ct, ot, cn
-    if input_forget:
-        for j in range(H):
-            it = fast_sigmoid(clampf(x[j] + g[j] + pi[j] * c[j], clip))
-            ct = fast_tanh(clampf(x[2 * H + j] + g[2 * H + j], clip))
-            cn = (LI_ONE - it) * c[j] + it * ct
-            ot = fast_sigmoid(clampf(x[3 * H + j] + g[3 * H + j] + po[j] * cn, clip))
-            c[j] = cn
-            h[j] = ot * fast_tanh(cn)
-    else:
-        for j in range(H):
-            it = fast_sigmoid(clampf(x[j] + g[j] + pi[j] * c[j], clip))
-            ft = fast_sigmoid(clampf(x[H + j] + g[H + j] + pf[j] * c[j], clip))
-            ct = fast_tanh(clampf(x[2 * H + j] + g[2 * H + j], clip))
-            cn = ft * c[j] + it * ct
-            ot = fast_sigmoid(clampf(x[3 * H + j] + g[3 * H + j] + po[j] * cn, clip))
-            c[j] = cn
-            h[j] = ot * fast_tanh(cn)
-
-
-cdef void lstm_cells_generic(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr po,
+cdef void lstm_cells(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr po,
                              idx H, float clip, bint input_forget, const int* codes, const float* ab) noexcept nogil:
-    """Any activations: the same step as a few passes, the gate rows of ``g`` overwritten."""
+    """One step for one batch row, as a few passes over H (each vectorized), the gate rows of ``g`` overwritten."""
     cdef idx j
     cdef fptr gi = g
     cdef fptr gf = g + H
@@ -472,7 +514,6 @@ cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef const float* peep = segment(s, d, SEG_PEEP)
     cdef const int* codes = s.codes + 3 * d
     cdef const float* ab = s.fparams + 6 * d
-    cdef bint default = codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH
     cdef idx step, t, b, cur = 0
     cdef bint active
     cdef float* hp
@@ -489,12 +530,8 @@ cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
-                if default:
-                    lstm_cells_default(xp_row(s, xp, GH, t, b), gates + b * GH, hn + b * H, c + b * H,
-                                       peep, peep + H, peep + 2 * H, H, s.clip, s.flag)
-                else:
-                    lstm_cells_generic(xp_row(s, xp, GH, t, b), gates + b * GH, hn + b * H, c + b * H,
-                                       peep, peep + H, peep + 2 * H, H, s.clip, s.flag, codes, ab)
+                lstm_cells(xp_row(s, xp, GH, t, b), gates + b * GH, hn + b * H, c + b * H,
+                           peep, peep + H, peep + 2 * H, H, s.clip, s.flag, codes, ab)
             finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         cur = 1 - cur
     store_states(s, d, hbuf + cur * B * H, c)
@@ -502,57 +539,38 @@ cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
 
 # ------------------------------------------------------------------ GRU --
 
-cdef void gru_zr(cfptr x, fptr g, cfptr hp, fptr rh, idx H, float clip, bint default,
+cdef void gru_zr(cfptr x, fptr g, cfptr hp, fptr rh, idx H, float clip,
                  int code, float alpha, float beta) noexcept nogil:
     """z (kept in g[:H]) and r * h_prev (into rh), for linear_before_reset = 0."""
     cdef idx j
-    if default:
-        for j in range(H):
-            g[j] = fast_sigmoid(clampf(x[j] + g[j], clip))
-            rh[j] = fast_sigmoid(clampf(x[H + j] + g[H + j], clip)) * hp[j]
-    else:
-        for j in range(2 * H):
-            g[j] = clampf(x[j] + g[j], clip)
-        act_inplace(g, 2 * H, code, alpha, beta)
-        for j in range(H):
-            rh[j] = g[H + j] * hp[j]
+    for j in range(2 * H):
+        g[j] = clampf(x[j] + g[j], clip)
+    act_inplace(g, 2 * H, code, alpha, beta)
+    for j in range(H):
+        rh[j] = g[H + j] * hp[j]
 
 
-cdef void gru_output(cfptr xh, cfptr z, fptr gh, cfptr hp, fptr h, idx H, float clip, bint default,
+cdef void gru_output(cfptr xh, cfptr z, fptr gh, cfptr hp, fptr h, idx H, float clip,
                      int code, float alpha, float beta) noexcept nogil:
     """h~ = g(xh + gh) and H = (1 - z) h~ + z h_prev; gh holds the recurrent part (overwritten)."""
     cdef idx j
-    cdef float ht
-    if default:
-        for j in range(H):
-            ht = fast_tanh(clampf(xh[j] + gh[j], clip))
-            h[j] = (LI_ONE - z[j]) * ht + z[j] * hp[j]
-    else:
-        for j in range(H):
-            gh[j] = clampf(xh[j] + gh[j], clip)
-        act_inplace(gh, H, code, alpha, beta)
-        for j in range(H):
-            h[j] = (LI_ONE - z[j]) * gh[j] + z[j] * hp[j]
+    for j in range(H):
+        gh[j] = clampf(xh[j] + gh[j], clip)
+    act_inplace(gh, H, code, alpha, beta)
+    for j in range(H):
+        h[j] = (LI_ONE - z[j]) * gh[j] + z[j] * hp[j]
 
 
-cdef void gru_lbr_cells(cfptr x, fptr g, cfptr hp, fptr h, cfptr rbh, idx H, float clip, bint default,
+cdef void gru_lbr_cells(cfptr x, fptr g, cfptr hp, fptr h, cfptr rbh, idx H, float clip,
                         const int* codes, const float* ab) noexcept nogil:
     """linear_before_reset: h~ = g(xh + r (h_prev . Rh^T + Rbh)); the whole step."""
     cdef idx j
-    cdef float zt, rt, ht
-    if default:
-        for j in range(H):
-            zt = fast_sigmoid(clampf(x[j] + g[j], clip))
-            rt = fast_sigmoid(clampf(x[H + j] + g[H + j], clip))
-            ht = fast_tanh(clampf(x[2 * H + j] + rt * (g[2 * H + j] + rbh[j]), clip))
-            h[j] = (LI_ONE - zt) * ht + zt * hp[j]
-    else:
-        for j in range(2 * H):
-            g[j] = clampf(x[j] + g[j], clip)
-        act_inplace(g, 2 * H, codes[0], ab[0], ab[1])
-        for j in range(H):  # fold r into the recurrent part, then the common output
-            g[2 * H + j] = g[H + j] * (g[2 * H + j] + rbh[j])
-        gru_output(x + 2 * H, g, g + 2 * H, hp, h, H, clip, False, codes[1], ab[2], ab[3])
+    for j in range(2 * H):
+        g[j] = clampf(x[j] + g[j], clip)
+    act_inplace(g, 2 * H, codes[0], ab[0], ab[1])
+    for j in range(H):  # fold r into the recurrent part, then the common output
+        g[2 * H + j] = g[H + j] * (g[2 * H + j] + rbh[j])
+    gru_output(x + 2 * H, g, g + 2 * H, hp, h, H, clip, codes[1], ab[2], ab[3])
 
 
 cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
@@ -564,7 +582,6 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef const float* rbh = segment(s, d, SEG_BIAS_RH)
     cdef const int* codes = s.codes + 2 * d
     cdef const float* ab = s.fparams + 4 * d
-    cdef bint default = codes[0] == SIGMOID and codes[1] == TANH
     cdef bint lbr = s.flag
     cdef idx step, t, b, cur = 0
     cdef bint active
@@ -587,7 +604,7 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
                 active = (not s.has_lens) or t < s.lens[b]
                 if active:
                     gru_lbr_cells(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, hn + b * H, rbh,
-                                  H, s.clip, default, codes, ab)
+                                  H, s.clip, codes, ab)
                 finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         else:
             # z and r first: the candidate's product needs all of r * h_prev
@@ -595,7 +612,7 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
             for b in range(B):
                 if (not s.has_lens) or t < s.lens[b]:
                     gru_zr(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, rh + b * H, H, s.clip,
-                           default, codes[0], ab[0], ab[1])
+                           codes[0], ab[0], ab[1])
                 else:
                     memset(rh + b * H, 0, H * sizeof(float))
             gemm(rh, B, H, H, RP_h, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
@@ -604,7 +621,7 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
                 if active:
                     x = xp_row(s, xp, GH, t, b)
                     gru_output(x + 2 * H, gates + b * GH, gates + b * GH + 2 * H, hp + b * H, hn + b * H,
-                               H, s.clip, default, codes[1], ab[2], ab[3])
+                               H, s.clip, codes[1], ab[2], ab[3])
                 finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         cur = 1 - cur
     store_states(s, d, hbuf + cur * B * H, NULL)
@@ -614,13 +631,9 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
 
 cdef void rnn_cells(cfptr x, cfptr g, fptr h, idx H, float clip, int code, float alpha, float beta) noexcept nogil:
     cdef idx j
-    if code == TANH:
-        for j in range(H):
-            h[j] = fast_tanh(clampf(x[j] + g[j], clip))
-    else:
-        for j in range(H):
-            h[j] = clampf(x[j] + g[j], clip)
-        act_inplace(h, H, code, alpha, beta)
+    for j in range(H):
+        h[j] = clampf(x[j] + g[j], clip)
+    act_inplace(h, H, code, alpha, beta)
 
 
 cdef void rnn_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
@@ -709,8 +722,8 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.y_t = Y.strides[0] // 4
     s.y_d = Y.strides[1] // 4
     s.y_b = Y.strides[2] // 4
-    s.S = &states[0, 0, 0, 0]
-    s.s_s = states.strides[0] // 4
+    s.Sh = &states[0, 0, 0, 0]
+    s.Sc = (s.Sh + states.strides[0] // 4) if states.shape[0] > 1 else NULL
     s.s_d = states.strides[1] // 4
     s.s_b = states.strides[2] // 4
     s.wbuf = &wbuf[0]
@@ -727,3 +740,261 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     with nogil:
         status = run_sequence(&s, op)
     return status
+
+
+# ------------------------------------------------------- per-call entry --
+# One LSTM step at H=64, batch 1 is about a microsecond of arithmetic; a def
+# taking ~20 typed memoryviews costs several more. So a kernel is a
+# KernelCore (cython_backend.CythonKernel subclasses it): everything
+# constant is turned into raw pointers once, at load, and __call__ (a C
+# slot: no Python frame) checks the few per-call arrays through their C
+# struct, allocates the outputs and runs. Anything unusual returns to the
+# Python path (CythonKernel._slow), which keeps every fallback and error.
+
+cdef extern from *:
+    """
+    /* The leading fields of numpy's PyArrayObject_fields: an ABI numpy keeps
+       across 1.x and 2.x. Read only after _ndarray_layout_ok() confirmed
+       it on a live array, so no numpy headers are needed at build time. */
+    typedef struct {
+        PyObject_HEAD
+        char *data;
+        int nd;
+        Py_ssize_t *dimensions;
+        Py_ssize_t *strides;
+        PyObject *base;
+        PyObject *descr;
+        int flags;
+    } li_ndarray;
+    #define LI_C_CONTIGUOUS 0x0001
+    #define LI_ALIGNED 0x0100
+    """
+    ctypedef struct li_ndarray:
+        char* data
+        int nd
+        Py_ssize_t* dimensions
+        Py_ssize_t* strides
+        PyObject* descr
+        int flags
+    const int LI_C_CONTIGUOUS, LI_ALIGNED
+
+ctypedef int (*sequence_fn)(const Seq* s, int op) noexcept nogil
+
+cdef const char* RUN_SEQUENCE_NAME = "lstminfer._rnn_kernels.run_sequence"
+# This build's run_sequence, for the KernelCore of any build (they share Seq).
+RUN_SEQUENCE = PyCapsule_New(<void*>run_sequence, RUN_SEQUENCE_NAME, NULL)
+
+cdef object _NDARRAY = np.ndarray
+cdef object _EMPTY = np.empty
+cdef object _FLOAT32 = np.dtype(np.float32)
+cdef object _INT32 = np.dtype(np.int32)
+
+
+cdef inline li_ndarray* as_array(object value) noexcept:
+    return <li_ndarray*><PyObject*>value
+
+
+def _ndarray_layout_ok():
+    """Do numpy arrays here have the struct layout li_ndarray assumes? (checked on live arrays)"""
+    cdef li_ndarray* a
+    base = np.zeros((3, 4, 5), dtype=np.float32)
+    for arr, contiguous in ((base, True), (base[::2, 1:, ::-1], False)):
+        a = as_array(arr)
+        if (a.nd != 3 or a.data != <char*><size_t>arr.__array_interface__["data"][0]
+                or a.descr != <PyObject*>arr.dtype or bool(a.flags & LI_C_CONTIGUOUS) != contiguous):
+            return False
+        for k in range(3):
+            if a.dimensions[k] != arr.shape[k] or a.strides[k] != arr.strides[k]:
+                return False
+    return np.dtype(np.float32) is _FLOAT32 and np.zeros(2, np.int32).dtype is _INT32
+
+
+cdef bint LAYOUT_OK = _ndarray_layout_ok()
+
+
+cdef inline bint f32_array(object value, int nd) noexcept:
+    """An exact ndarray of native float32 (the canonical descr), rank nd, aligned, strides in floats."""
+    cdef li_ndarray* a
+    cdef int k
+    if type(value) is not _NDARRAY:
+        return False
+    a = as_array(value)
+    if a.nd != nd or a.descr != <PyObject*>_FLOAT32 or not (a.flags & LI_ALIGNED):
+        return False
+    for k in range(nd):
+        if a.strides[k] % 4:
+            return False
+    return True
+
+
+cdef class KernelCore:
+    """The per-call fast path of a recurrent kernel; ``_bind_core`` once at load, then call it.
+
+    ``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P])``: with the
+    packed constants W/R/B/P (by identity), float32 X, h0, c0 of the exact
+    shapes and int32 lens, runs here; otherwise (or for sequence_lens out of
+    range) calls ``self._slow`` with the same arguments.
+    """
+    cdef sequence_fn run
+    cdef bint ready
+    cdef object constants  # (W, R, B, P) as given at load; identity means "the packed ones"
+    cdef object keep  # the arrays the pointers below point into
+    cdef const float* wbuf
+    cdef const long long* offsets
+    cdef const float* pbuf
+    cdef const long long* poff
+    cdef const int* codes
+    cdef const float* fparams
+    cdef int op, outputs
+    cdef idx H, I, D, G, split_rows
+    cdef bint check_p, time_major, reverse_first, flag
+    cdef float clip
+    # one scratch buffer for whichever call gets it first; a concurrent call
+    # (another thread, while the GIL is released) takes the Python path's
+    # per-thread buffer. busy is only read and set while holding the GIL.
+    cdef float* scratch
+    cdef idx scratch_size
+    cdef bint scratch_busy
+
+    def __dealloc__(self):
+        free(self.scratch)
+
+    def _bind_core(self, run_sequence_capsule, int op, W, R, B, P, bint check_p, wbuf, offsets, pbuf, poff,
+                   codes, fparams, idx hidden_size, idx input_size, idx num_directions, idx gates, int outputs,
+                   bint reverse_first, bint flag, bint time_major, float clip, idx split_rows):
+        """Hold the packed constants (read-only arrays, kept alive here) as raw pointers."""
+        cdef const float[::1] wbuf_v = wbuf
+        cdef const long long[:, ::1] offsets_v = offsets
+        cdef const float[::1] pbuf_v = pbuf
+        cdef const long long[:, ::1] poff_v = poff
+        cdef const int[::1] codes_v = codes
+        cdef const float[::1] fparams_v = fparams
+        if offsets_v.shape[0] != num_directions or offsets_v.shape[1] != NUM_SEGMENTS or poff_v.shape[0] != num_directions:
+            raise ValueError("_bind_core: offsets do not match the directions")
+        self.run = <sequence_fn>PyCapsule_GetPointer(run_sequence_capsule, RUN_SEQUENCE_NAME)
+        self.keep = (wbuf, offsets, pbuf, poff, codes, fparams)
+        self.constants = (W, R, B, P)
+        self.wbuf = &wbuf_v[0]
+        self.offsets = &offsets_v[0, 0]
+        self.pbuf = &pbuf_v[0]
+        self.poff = &poff_v[0, 0]
+        self.codes = &codes_v[0]
+        self.fparams = &fparams_v[0]
+        self.op, self.outputs, self.check_p = op, outputs, check_p
+        self.H, self.I, self.D, self.G = hidden_size, input_size, num_directions, gates
+        self.reverse_first, self.flag, self.time_major, self.clip = reverse_first, flag, time_major, clip
+        self.split_rows = split_rows
+        self.ready = LAYOUT_OK
+
+    def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
+        cdef tuple constants
+        if self.ready:
+            constants = <tuple>self.constants
+            if (W is constants[0] and R is constants[1] and B is constants[2]
+                    and (P is constants[3] or not self.check_p)):
+                out = self.fast(X, sequence_lens, initial_h, initial_c)
+                if out is not None:
+                    return out
+        return self._slow(X, W, R, B, sequence_lens, initial_h, initial_c, P)
+
+    cdef bint state(self, Seq* s, object value, idx batch, bint is_c):
+        """Point s at an initial state of shape [D, B, H] (layout 0) / [B, D, H]; False: Python path."""
+        cdef li_ndarray* a
+        cdef idx ax_d = 0 if self.time_major else 1
+        if value is None:
+            return True
+        if not f32_array(value, 3):
+            return False
+        a = as_array(value)
+        if (a.dimensions[ax_d] != self.D or a.dimensions[1 - ax_d] != batch or a.dimensions[2] != self.H
+                or (a.strides[2] != 4 and self.H > 1)):
+            return False
+        if is_c:
+            s.c0, s.has_c0 = <const float*>a.data, True
+            s.c0_d, s.c0_b = a.strides[ax_d] // 4, a.strides[1 - ax_d] // 4
+        else:
+            s.h0, s.has_h0 = <const float*>a.data, True
+            s.h0_d, s.h0_b = a.strides[ax_d] // 4, a.strides[1 - ax_d] // 4
+        return True
+
+    cdef object fast(self, object X, object lens, object h0, object c0):
+        cdef Seq s
+        cdef li_ndarray* a
+        cdef idx T, batch, H = self.H, D = self.D, need
+        cdef int status
+        cdef float* scratch
+        cdef bint own_scratch
+        if not f32_array(X, 3):
+            return None
+        a = as_array(X)
+        if not (a.flags & LI_C_CONTIGUOUS) or a.dimensions[2] != self.I:
+            return None
+        T = a.dimensions[0] if self.time_major else a.dimensions[1]
+        batch = a.dimensions[1] if self.time_major else a.dimensions[0]
+        if T == 0 or batch == 0 or (self.split_rows and batch >= self.split_rows):
+            return None
+        s.X = <const float*>a.data
+        s.has_lens, s.has_h0, s.has_c0 = False, False, False
+        s.lens, s.h0, s.c0 = NULL, NULL, NULL
+        if lens is not None:
+            if type(lens) is not _NDARRAY:
+                return None
+            a = as_array(lens)
+            if (a.descr != <PyObject*>_INT32 or a.nd != 1 or a.dimensions[0] != batch
+                    or not (a.flags & LI_C_CONTIGUOUS) or not (a.flags & LI_ALIGNED)):
+                return None
+            s.lens, s.has_lens = <const int*>a.data, True
+        if not self.state(&s, h0, batch, False):
+            return None
+        if self.op == OP_LSTM and not self.state(&s, c0, batch, True):
+            return None
+
+        if self.time_major:
+            Y = _EMPTY((T, D, batch, H), _FLOAT32)
+            Yh = _EMPTY((D, batch, H), _FLOAT32)
+            Yc = _EMPTY((D, batch, H), _FLOAT32) if self.op == OP_LSTM else None
+            s.y_t, s.y_d, s.y_b = D * batch * H, batch * H, H
+            s.s_d, s.s_b = batch * H, H
+        else:
+            Y = _EMPTY((batch, T, D, H), _FLOAT32)
+            Yh = _EMPTY((batch, D, H), _FLOAT32)
+            Yc = _EMPTY((batch, D, H), _FLOAT32) if self.op == OP_LSTM else None
+            s.y_t, s.y_d, s.y_b = D * H, H, T * D * H
+            s.s_d, s.s_b = H, D * H
+        s.Y = <float*>as_array(Y).data
+        s.Sh = <float*>as_array(Yh).data
+        s.Sc = <float*>as_array(Yc).data if Yc is not None else NULL
+
+        need = scratch_need(T, batch, self.G, H)
+        own_scratch = not self.scratch_busy
+        if own_scratch:
+            if self.scratch_size < need:
+                free(self.scratch)
+                self.scratch_size = 0
+                self.scratch = <float*>malloc(need * sizeof(float))
+                if self.scratch == NULL:
+                    raise MemoryError()
+                self.scratch_size = need
+            self.scratch_busy = True
+            scratch = self.scratch
+        else:
+            buffer = self._scratch(T, batch)  # this thread's, from the Python path
+            scratch = <float*>as_array(buffer).data
+
+        s.T, s.B, s.I, s.H, s.D = T, batch, self.I, H, D
+        s.time_major = self.time_major
+        s.wbuf, s.offsets, s.pbuf, s.poff = self.wbuf, self.offsets, self.pbuf, self.poff
+        s.codes, s.fparams = self.codes, self.fparams
+        s.scratch = scratch
+        s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip
+        with nogil:
+            status = self.run(&s, self.op)
+        if own_scratch:
+            self.scratch_busy = False
+        if status:  # sequence_lens outside [0, T]: the Python path sends it to the reference
+            return None
+        if self.outputs >= 3 and Yc is not None:
+            return (Y, Yh, Yc)
+        if self.outputs == 2:
+            return (Y, Yh)
+        return (Y,)

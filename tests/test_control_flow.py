@@ -603,11 +603,11 @@ def test_optional_kernels():
         kernel_for("OptionalGetElement", ("x",))(None)
 
 
-def test_scan_before_opset_9_is_refused_at_load():
+def test_scan_before_opset_8_is_refused_at_load():
     from lstminfer.errors import UnsupportedModelError
 
-    with pytest.raises(UnsupportedModelError, match=r"opset 8 of 'Scan' is not supported"):
-        kernel_for("Scan", ("s", "x"), opset=8, num_scan_inputs=1)
+    with pytest.raises(UnsupportedModelError, match=r"opset 7 of 'Scan' is not supported"):
+        kernel_for("Scan", ("s", "x"), opset=7, num_scan_inputs=1)
 
 
 def test_scan8_batch_axis_and_sequence_lens_match_onnxruntime():

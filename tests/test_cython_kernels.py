@@ -397,3 +397,31 @@ def test_the_gil_is_released_during_a_call():
 
 # Two threads running two calls on two cores (wall time < 2x one call) is measured in
 # benchmarks/bench_cython.py: on a shared 2-core box a pass/fail bound on it is flaky.
+
+
+# ------------------------------------------------------ fast call path --
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_fast_path_and_python_path_agree(op, layout):
+    """The C entry (packed constants by identity, exact arrays) and the Python path
+    (equal weight copies, strided states, int64 lens) give the same bits."""
+    rng = np.random.default_rng(7)
+    W, R, B, P = make_weights(rng, op, 2, 7, 5)
+    spec = make_spec(op, direction="bidirectional", layout=layout)
+    lens = np.array([3, 0, 5], dtype=np.int32)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=5, batch=3, lens=lens)
+    kernel = build(op, spec, inputs)
+    kernel._slow = lambda *args: pytest.fail("the C entry declined plain inputs")
+    fast = kernel(*inputs)
+    del kernel._slow
+    other = list(inputs)
+    other[1:4] = [W.copy(), R.copy(), B.copy()]  # equal, not identical: the Python path
+    other[4] = lens.astype(np.int64)
+    other[5] = np.repeat(inputs[5], 2, axis=2)[:, :, ::2]  # same values, strided along H
+    slow = kernel(*other)
+    assert len(fast) == len(slow) == spec.num_outputs
+    for f, s in zip(fast, slow):
+        assert f.dtype == np.float32 and f.flags.c_contiguous
+        np.testing.assert_array_equal(f, s)
+    assert_close(fast, expected_of(op, spec, inputs))

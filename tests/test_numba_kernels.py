@@ -247,12 +247,12 @@ def test_random_cases_match_reference(case):
     assert_close(*run_both(op, spec, inputs), relative=True)
 
 
-@pytest.mark.parametrize("batch", [2, 9])  # 2: hidden units split per step; 9: batch split across threads
-def test_two_threads_match_one(batch):
+@pytest.mark.parametrize("batch,H", [(2, 260), (9, 40), (2, 40)])  # hidden split per step; batch split; one core
+def test_two_threads_match_one(batch, H):
     rng = np.random.default_rng(5)
     op = "LSTM"
-    W, R, B, P = make_weights(rng, op, 2, 40, 7)
-    spec = make_spec(op, hidden_size=40, direction="bidirectional", layout=1, clip=2.0)
+    W, R, B, P = make_weights(rng, op, 2, H, 7)
+    spec = make_spec(op, hidden_size=H, direction="bidirectional", layout=1, clip=2.0)
     inputs = make_inputs(rng, op, spec, W, R, B, P, T=9, batch=batch,
                          lens=rng.integers(0, 10, batch).astype(np.int32))
     got, expected = run_both(op, spec, inputs, threads=2)
@@ -260,6 +260,8 @@ def test_two_threads_match_one(batch):
     one = kernels.numba_kernel(spec, W, R, B, P)(*inputs)
     for a, b in zip(got, one):
         np.testing.assert_allclose(a, b, atol=1e-6)
+    blocks = 2 if H >= kernels.HIDDEN_SPLIT_MIN_UNITS else 1
+    assert f"split in {blocks} blocks" in kernels.numba_kernel(spec, W, R, B, P, threads=2).describe
 
 
 # ------------------------------------------------------ contract edges --

@@ -20,9 +20,10 @@ Contract with the recurrent op factory (``lstminfer/ops/recurrent.py``)::
 * ``threads``: 1 (default: no thread pool, best at batch 1) or more: a
   batch of at least 4 rows per thread is split across threads (each runs the
   whole sequence on its rows: no barrier per step); a smaller one splits the
-  hidden units so each core keeps its slice of W/R in its own cache
-  (DeepCPU's private-cache partitioning), with one barrier per step, which
-  pays only for large H on otherwise idle cores.
+  hidden units (H >= 256 only) so each core keeps its slice of W/R in its
+  own cache (DeepCPU's private-cache partitioning), with one barrier per
+  step: 1.4-1.5x at H=512 when the second core is free, but far slower when
+  another process holds it (the barrier waits for a descheduled thread).
 
 The returned ``kernel(X, W, R, B, sequence_lens, initial_h, initial_c, P)``
 (GRU/RNN: the first six) returns ``(Y, Y_h[, Y_c])`` cut to
@@ -49,6 +50,7 @@ except ImportError as err:  # pragma: no cover - exercised only without numba
     _NUMBA_ERROR = f"numba is not installed ({err})"
 
 OPS = ("LSTM", "GRU", "RNN")
+HIDDEN_SPLIT_MIN_UNITS = 256
 
 
 def available() -> bool:
@@ -103,7 +105,10 @@ def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, thr
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     P = P if spec.op == "LSTM" else None
     lbr = bool(getattr(spec, "linear_before_reset", False))
-    packed = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=threads)
+    # Splitting the hidden units costs a barrier per time step: below this size
+    # the step is too short for that to pay, so small batches stay on one core.
+    blocks = threads if R.shape[2] >= HIDDEN_SPLIT_MIN_UNITS else 1
+    packed = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=blocks)
     serial = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=1) if threads > 1 else None
     return FusedKernel(spec, packed, W, R, B, P, threads=threads, serial_packed=serial, label=label)
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
-from .packing import ALIGN_FLOATS, SEG_RT, SEG_WT, PackedWeights, pack
+from .packing import ALIGN_FLOATS, SEG_RT, SEG_WT, PackedWeights, pack, row_stride
 
 OPS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -64,6 +64,16 @@ except ImportError as err:  # pragma: no cover - only when the extension was not
     _portable = None
     _IMPORT_ERROR = (f"the Cython extension lstminfer._rnn_kernels is not built ({err}); "
                      "run `pip install -e .` (needs Cython and a C compiler)")
+
+
+class _NoCore:  # pragma: no cover - only when the extension was not built (no kernel is made then)
+    def __call__(self, *inputs):
+        return self._slow(*inputs)
+
+
+# The per-call fast path lives in C (KernelCore.__call__, native/_rnn_core.pxi); the
+# portable build's class serves every build, bound to the chosen build's run_sequence.
+_KernelCore = _portable.KernelCore if _portable is not None else _NoCore
 
 _POOL: ThreadPoolExecutor | None = None
 _POOL_LOCK = threading.Lock()
@@ -159,8 +169,9 @@ def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np
     offsets = np.zeros((D, 3), dtype=np.int64)
     position = 0
     for d in range(D):
-        WT = packed.segment(d, SEG_WT, (I, GH))
-        RT = packed.segment(d, SEG_RT, (H, GH))
+        # rows of WT/RT are row_stride(GH) floats apart (padding after the first GH)
+        WT = packed.segment(d, SEG_WT, (I, row_stride(GH)))[:, :GH]
+        RT = packed.segment(d, SEG_RT, (H, row_stride(GH)))[:, :GH]
         for which, matrix in enumerate((WT, RT[:, :split], RT[:, split:])):
             K, N = matrix.shape
             columns = -(-N // panel_width) * panel_width
@@ -195,8 +206,14 @@ def _same_constant(given: Any, packed: np.ndarray | None) -> bool:
             and np.array_equal(given, packed))
 
 
-class CythonKernel:
-    """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``."""
+class CythonKernel(_KernelCore):
+    """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``.
+
+    Calls go to ``KernelCore.__call__`` (C): the packed constants (by identity),
+    float32 arrays of the exact shapes and int32 lens run there with no Python
+    in between; anything else comes to ``_slow`` below, which normalizes what it
+    can and sends the rest (with its errors) to the reference.
+    """
 
     def __init__(self, spec: Any, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndarray | None,
                  *, threads: int = 1, label: str = ""):
@@ -220,6 +237,7 @@ class CythonKernel:
         codes = [self._ext.ACTIVATION_CODES[a.name.lower()] for a in spec.activations]
         self._codes = np.asarray(codes, dtype=np.int32)
         self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)
+        self._codes.flags.writeable = self._fparams.flags.writeable = False
         self._flag = bool(spec.input_forget if self.op == "LSTM" else lbr)
         self._clip = math.inf if spec.clip is None else float(spec.clip)
         self._reverse_first = spec.direction == "reverse"
@@ -233,10 +251,19 @@ class CythonKernel:
             + ("1 thread)" if threads == 1 else
                f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows)")
         )
+        if _portable is not None:
+            self._bind_core(
+                self._ext.RUN_SEQUENCE, self._opcode, W, R, B, P, self.op == "LSTM",
+                self._packed.buffer, self._offsets, self._panels, self._panel_offsets, self._codes, self._fparams,
+                self.hidden_size, self.input_size, self.num_directions, self._gates, spec.num_outputs,
+                self._reverse_first, self._flag, self._time_major, self._clip,
+                _MIN_ROWS_PER_PART * threads if threads > 1 else 0,
+            )
 
     # ------------------------------------------------------------------
-    def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
-        # Kept lean: at batch 1 and one step, this Python is most of the cost.
+    def _slow(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
+        """Everything the C fast path declines: equal (not identical) weights, other dtypes,
+        strided or converted inputs, thread splits, bad sequence_lens (to the reference)."""
         W0, R0, B0, P0 = self._constants
         if not ((W is W0 and R is R0 and B is B0 and (P is P0 or self.op != "LSTM")) or
                 self._same_weights(W, R, B, P)):

@@ -55,7 +55,7 @@ def _padded(n):
 
 
 def _row_stride(n):  # same as packing.row_stride
-    stride = _padded(n)
+    stride = (n + _ALIGN - 1) // _ALIGN * _ALIGN
     return stride + _ALIGN if stride % 128 == 0 else stride
 
 
