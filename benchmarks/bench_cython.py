@@ -15,9 +15,6 @@ Three measurements:
 * two threads: two concurrent long calls of one kernel, against the same
   two calls one after the other (the kernels release the GIL: expect ~0.5-0.7
   on two free cores, 1.0 if the GIL were held).
-
-Until the lead wires backend="cython" into ``lstminfer.backends``,
-``ensure_cython_backend()`` registers it in this process only.
 """
 from __future__ import annotations
 
@@ -40,29 +37,6 @@ PEERS = ("ort-1t", "lstminfer-cython", "cython-kernel")
 
 # ------------------------------------------------------------- wiring --
 
-def ensure_cython_backend() -> None:
-    """Register backend="cython" in this process if lstminfer.backends does not offer it yet."""
-    from lstminfer import backends
-
-    not_yet = getattr(backends, "_NOT_YET", {})
-    if "cython" not in not_yet:
-        return
-    from lstminfer.kernels import cython_backend
-    from lstminfer.ops.recurrent import register_recurrent_kernel
-
-    def builder(spec, node, ctx):
-        W, R, B, P = (backends._constant_input(node, ctx, i) for i in (1, 2, 3, 7))
-        kernel = cython_backend.cython_kernel(spec, W, R, B, P, threads=ctx.options.get("threads", 1),
-                                              label=node.label())
-        if kernel is None:
-            return None, cython_backend.why_not_fused(spec, W, R, B, P)
-        return kernel, ""
-
-    for op in ("LSTM", "GRU", "RNN"):
-        register_recurrent_kernel("cython", op, builder)
-    del not_yet["cython"]
-
-
 def _stateful(run_once, case: Case):
     current = dict(feeds(case))
     names = ["h0", "c0"] if case.op == "LSTM" else ["h0"]
@@ -81,7 +55,6 @@ def cython_model_runner(case: Case):
     import lstminfer
     from peers import onnx_model
 
-    ensure_cython_backend()
     model = lstminfer.load(onnx_model(case.op, case.hidden), backend="cython")
     return _stateful(lambda f: model.run(None, f), case)
 
@@ -116,7 +89,6 @@ def make_runner(peer: str, case: Case):
 _COLD = {
     "lstminfer-cython": """
 import lstminfer, lstminfer.models, numpy as np
-sys.path.insert(0, {bench!r}); import bench_cython; bench_cython.ensure_cython_backend()
 m = lstminfer.load(lstminfer.models.path("adding_lstm"), backend="cython")
 m.run(None, {{"x": np.zeros((1, 50, 2), np.float32), "h0": np.zeros((1, 1, 32), np.float32),
               "c0": np.zeros((1, 1, 32), np.float32)}})

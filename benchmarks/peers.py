@@ -163,38 +163,8 @@ def lstminfer_runner(case: Case, backend: str, threads: int = 1):
     return _stateful(lambda f: model.run(None, f), case, feeds(case))
 
 
-def numba_kernel_runner(case: Case, threads: int = 1):
-    """The fused kernel called directly: what the Numba path costs without the executor."""
-    from lstminfer.kernels import numba_kernel
-    from lstminfer.ops.recurrent import RecurrentSpec
-    from lstminfer.reference import cell_activations
-
-    w = weights(case.op, case.hidden)
-    spec = RecurrentSpec(op=case.op, hidden_size=case.hidden, direction="forward", layout=0,
-                         activations=cell_activations(case.op, "forward", None, None, None), clip=None,
-                         num_outputs=3 if case.op == "LSTM" else 2)
-    kernel = numba_kernel(spec, w["W"], w["R"], w["B"], None, threads=threads)
-    if kernel is None:
-        raise RuntimeError("the Numba kernel is not available here")
-
-    def run_once(f):
-        if case.op == "LSTM":
-            return kernel(f["X"], w["W"], w["R"], w["B"], None, f["h0"], f["c0"], None)
-        return kernel(f["X"], w["W"], w["R"], w["B"], None, f["h0"])
-
-    return _stateful(run_once, case, feeds(case))
-
-
-def numba_backend_wired() -> bool:
-    try:
-        from lstminfer.backends import available_backends
-        return "numba" in available_backends()
-    except Exception:
-        return False
-
-
-PEERS = ("ort-1t", "ort-default", "ort-iobinding", "torch-1t", "lstminfer-reference", "lstminfer-numba",
-         "lstminfer-numba-2t")
+PEERS = ("ort-1t", "ort-default", "ort-iobinding", "torch-1t", "lstminfer-reference",
+         "lstminfer-cython", "lstminfer-cython-2t", "lstminfer-numba", "lstminfer-numba-2t")
 
 
 def make_runner(peer: str, case: Case):
@@ -206,11 +176,7 @@ def make_runner(peer: str, case: Case):
         return ort_iobinding_runner(case)
     if peer == "torch-1t":
         return torch_runner(case)
-    if peer == "lstminfer-reference":
-        return lstminfer_runner(case, "reference")
-    if peer in ("lstminfer-numba", "lstminfer-numba-2t"):
-        threads = 2 if peer.endswith("2t") else 1
-        if numba_backend_wired():
-            return lstminfer_runner(case, "numba", threads)
-        return numba_kernel_runner(case, threads)
+    if peer.startswith("lstminfer-"):
+        backend = peer.split("-")[1]
+        return lstminfer_runner(case, backend, 2 if peer.endswith("-2t") else 1)
     raise ValueError(f"unknown peer {peer}")
