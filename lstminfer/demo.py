@@ -145,14 +145,17 @@ def _task_demo(demo: DemoModel, model, args, start: float) -> int:
     print(f"  predict on the batch [{args.batch}, {seq_len}, {task.input_size}]: {predict_ms:.1f} ms")
 
     one = x[:1]
-    stream_steps, stream_diff, ok = _stream_check(model.run, model, demo, one)
-    print(f"  streaming 1 sequence, {seq_len} steps one at a time (state outputs fed back as inputs): "
+    stream_steps, stream_diff, ok = _stream_with_stream(model, demo, one)
+    print(f"  streaming 1 sequence through model.stream(), {seq_len} steps one at a time: "
           f"streamed == whole-sequence: {'yes' if ok else 'NO'}, max abs diff {stream_diff:.1e}")
     if not ok:
         failures.append(f"streamed outputs differ from whole-sequence ones by {stream_diff:.3g}")
+    run_steps, run_diff, run_ok = _stream_check(model.run, model, demo, one)
+    if not run_ok:
+        failures.append(f"state fed back through run() differs from the whole sequence by {run_diff:.3g}")
     whole_ms = _median_ms(lambda: model.run(None, _feeds(model, demo, one)))
-    print(f"  latency lstminfer ({model.backend}): {_fmt_us(stream_steps)}/step streaming (median), "
-          f"whole sequence {whole_ms:.2f} ms")
+    print(f"  latency lstminfer ({model.backend}): {_fmt_us(stream_steps)}/step with Stream.step, "
+          f"{_fmt_us(run_steps)}/step with run() and state fed back (median), whole sequence {whole_ms:.2f} ms")
 
     failures += _onnxruntime_comparison(demo, model, one, x, predicted)
     total = time.perf_counter() - start
@@ -215,6 +218,20 @@ def _stream_check(run, model, demo: DemoModel, x: np.ndarray) -> tuple[list[floa
             feeds[state_in] = out[state_out]
     streamed = {"y": np.concatenate(pieces, axis=1), **{n: out[n] for n in demo.states.values()}}
     diff, ok = _agreement([streamed[n] for n in names], [whole[n] for n in names])
+    return seconds, diff, ok
+
+
+def _stream_with_stream(model, demo: DemoModel, x: np.ndarray) -> tuple[list[float], float, bool]:
+    """Per-step seconds of ``Stream.step`` and its agreement with the whole-sequence ``y``."""
+    whole = model.run(["y"], _feeds(model, demo, x))[0]
+    stream = model.stream()
+    pieces, seconds = [], []
+    for t in range(x.shape[1]):
+        chunk = x[:, t:t + 1]
+        t0 = time.perf_counter()
+        pieces.append(stream.step(chunk))
+        seconds.append(time.perf_counter() - t0)
+    diff, ok = _agreement([np.concatenate(pieces, axis=1)], [whole])
     return seconds, diff, ok
 
 

@@ -45,8 +45,8 @@ def test_demo_with_no_argument_prints_metric_streaming_and_latency(tmp_path):
     assert proc.returncode == 0, out + proc.stderr
     assert "adding_lstm (bundled)" in out
     assert "adding problem, T=200: " in out and "% within 0.04" in out
-    assert "streamed == whole-sequence: yes, max abs diff" in out
-    assert "latency lstminfer" in out and "us/step streaming" in out
+    assert "through model.stream(), 200 steps one at a time: streamed == whole-sequence: yes, max abs diff" in out
+    assert "latency lstminfer" in out and "us/step with Stream.step" in out and "us/step with run()" in out
     if _has_onnxruntime():
         assert "latency onnxruntime" in out and "onnxruntime vs lstminfer on the batch: max abs diff" in out
     assert "all checks passed" in out
