@@ -292,3 +292,16 @@ def test_concurrent_runs_from_threads_agree(rng):
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_onnx_backend_interface_runs_models_and_single_nodes(rng):
+    import lstminfer.onnx_backend as backend
+
+    x = rng.standard_normal((2, 3)).astype(np.float32)
+    z, y = backend.run_model(sample_model(), [x])
+    np.testing.assert_allclose(y, x + [2, 4, 6], rtol=1e-6)
+    assert backend.supports_device("CPU") and not backend.supports_device("CUDA")
+    (out,) = backend.run_node(oh.make_node("AddT", ["a", "b"], ["c"], domain=DOMAIN), [x, x])
+    np.testing.assert_array_equal(out, x + x)
+    with pytest.raises(ValueError, match="CPU only"):
+        backend.prepare(sample_model(), "CUDA")

@@ -3,7 +3,8 @@
 ``onnx.backend.test.case.node.collect_testcases()`` builds every case from
 code (model + input/expected-output data sets). We run each case whose ops
 are ALL registered in lstminfer (so a newly registered op is picked up
-automatically) through ``lstminfer.load(model).run(None, feeds)`` and compare
+automatically) through ``lstminfer.onnx_backend`` (an ``onnx.backend.base.Backend``:
+``prepare(model).run(feeds)``, i.e. ``lstminfer.load(model).run``) and compare
 every output's value (the case's rtol/atol), dtype and shape.
 
 Opsets: the loader runs opsets MIN_OPSET..MAX_OPSET. Many cases are stamped
@@ -32,6 +33,7 @@ import onnx.defs
 import pytest
 
 import lstminfer
+import lstminfer.onnx_backend as onnx_backend
 from lstminfer.errors import UnsupportedModelError
 from lstminfer.ops import supported_ops
 from lstminfer.ops.registry import MAX_OPSET
@@ -209,9 +211,9 @@ def test_node_case(case, model):
     rtol, atol = case.rtol, case.atol
     if case.name in TOLERANCE:
         rtol, atol, _ = TOLERANCE[case.name]
-    loaded = lstminfer.load(model)
+    prepared = onnx_backend.prepare(model)  # the onnx.backend.base.Backend interface
     for k, (inputs, expected) in enumerate(case.data_sets):
-        got = loaded.run(None, _feeds(model, inputs))
+        got = prepared.run(_feeds(model, inputs))
         assert len(got) == len(expected), f"{len(got)} outputs, expected {len(expected)}"
         for i, (g, e) in enumerate(zip(got, expected)):
             _assert_same(g, e, rtol, atol, f"data set {k}, output {i}")
