@@ -42,7 +42,6 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-import numpy as np
 
 # numba is optional, and only looked up here, not imported: importing it costs
 # ~0.15 s of cold start that the Cython and reference backends don't need.
@@ -62,36 +61,10 @@ def why_not_fused(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None) -> st
     """Why ``numba_kernel`` would fall back for this node, or None if it fuses."""
     if _NUMBA_ERROR:
         return _NUMBA_ERROR
+    from .common import weights_problem
     from .numba_math import ACTIVATION_CODES
-    from .packing import num_gates
 
-    op = spec.op
-    if op not in OPS:
-        return f"no fused kernel for op {op}"
-    if W is None or R is None:
-        return "W and R are not constants, and the fused kernel packs them at load"
-    for name, value in (("W", W), ("R", R), ("B", B), ("P", P)):
-        if value is None:
-            continue
-        if not isinstance(value, np.ndarray):
-            return f"{name} is not an array"
-        if value.dtype != np.float32:
-            return f"fused kernels are float32 only ({name} is {value.dtype})"
-    D = 2 if spec.direction == "bidirectional" else 1
-    G = num_gates(op)
-    if R.ndim != 3 or W.ndim != 3:
-        return "W/R are not rank 3 (the reference reports it at run time)"
-    H = R.shape[2]
-    if spec.hidden_size is not None and spec.hidden_size != H:
-        return f"hidden_size {spec.hidden_size} does not match R (the reference reports it)"
-    expected = {"W": (D, G * H, W.shape[2]), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
-    for name, value in (("W", W), ("R", R), ("B", B), ("P", P if op == "LSTM" else None)):
-        if value is not None and value.shape != expected[name]:
-            return f"{name} has shape {list(value.shape)}, expected {list(expected[name])} (the reference reports it)"
-    for activation in spec.activations:
-        if activation.name.lower() not in ACTIVATION_CODES:
-            return f"activation {activation.name} has no fused version"
-    return None
+    return weights_problem(spec, W, R, B, P, "fused Numba kernel", ACTIVATION_CODES)
 
 
 def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, threads: int = 1,

@@ -34,13 +34,13 @@ import importlib
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
+from .common import same_constant, thread_pool, weights_problem
 from .packing import ALIGN_FLOATS, SEG_RT, SEG_WT, PackedWeights, pack, row_stride
 
 OPS = ("LSTM", "GRU", "RNN")
@@ -75,8 +75,6 @@ class _NoCore:  # pragma: no cover - only when the extension was not built (no k
 # portable build's class serves every build, bound to the chosen build's run_sequence.
 _KernelCore = _portable.KernelCore if _portable is not None else _NoCore
 
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
 
 
 def available() -> bool:
@@ -113,32 +111,7 @@ def why_not_fused(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None) -> st
     """Why ``cython_kernel`` would fall back for this node, or None if it runs it."""
     if _IMPORT_ERROR:
         return _IMPORT_ERROR
-    op = spec.op
-    if op not in OPS:
-        return f"no Cython kernel for op {op}"
-    if W is None or R is None:
-        return "W and R are not constants, and the Cython kernel packs them at load"
-    for name, value in (("W", W), ("R", R), ("B", B), ("P", P)):
-        if value is None:
-            continue
-        if not isinstance(value, np.ndarray):
-            return f"{name} is not an array"
-        if value.dtype != _F32:
-            return f"Cython kernels are float32 only ({name} is {value.dtype})"
-    if R.ndim != 3 or W.ndim != 3:
-        return "W/R are not rank 3 (the reference reports it at run time)"
-    D, G, H = spec.num_directions, GATES[op], R.shape[2]
-    if spec.hidden_size is not None and spec.hidden_size != H:
-        return f"hidden_size {spec.hidden_size} does not match R (the reference reports it)"
-    expected = {"W": (D, G * H, W.shape[2]), "R": (D, G * H, H), "B": (D, 2 * G * H), "P": (D, 3 * H)}
-    for name, value in (("W", W), ("R", R), ("B", B), ("P", P if op == "LSTM" else None)):
-        if value is not None and value.shape != expected[name]:
-            return f"{name} has shape {list(value.shape)}, expected {list(expected[name])} (the reference reports it)"
-    codes = _portable.ACTIVATION_CODES
-    for activation in spec.activations:
-        if activation.name.lower() not in codes:
-            return f"activation {activation.name} has no Cython version"
-    return None
+    return weights_problem(spec, W, R, B, P, "Cython kernel", _portable.ACTIVATION_CODES)
 
 
 def cython_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, threads: int = 1,
@@ -186,24 +159,6 @@ def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np
     buffer.flags.writeable = False
     offsets.flags.writeable = False
     return buffer, offsets
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    global _POOL
-    with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < workers:
-            _POOL = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer-cython")
-        return _POOL
-
-
-def _same_constant(given: Any, packed: np.ndarray | None) -> bool:
-    """Is the run-time value the constant that was packed? (identity first: it is cheap)"""
-    if given is packed:
-        return True
-    if given is None or packed is None:
-        return False
-    return (isinstance(given, np.ndarray) and given.shape == packed.shape and given.dtype == packed.dtype
-            and np.array_equal(given, packed))
 
 
 class CythonKernel(_KernelCore):
@@ -335,7 +290,7 @@ class CythonKernel(_KernelCore):
                 self._fparams, self._scratch(T, b1 - b0), self._reverse_first, self._flag, time_major, self._clip,
             )
 
-        futures = [_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
+        futures = [thread_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
         status = run_part(0)
         return max([status] + [f.result() for f in futures])
 
@@ -351,8 +306,8 @@ class CythonKernel(_KernelCore):
 
     def _same_weights(self, W, R, B, P) -> bool:
         W0, R0, B0, P0 = self._constants
-        return (_same_constant(W, W0) and _same_constant(R, R0) and _same_constant(B, B0)
-                and (self.op != "LSTM" or _same_constant(P, P0)))
+        return (same_constant(W, W0) and same_constant(R, R0) and same_constant(B, B0)
+                and (self.op != "LSTM" or same_constant(P, P0)))
 
     def _scratch(self, T: int, batch: int) -> np.ndarray:
         """This thread's scratch buffer, grown as needed (threads never share one)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +20,7 @@ from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
 from . import numba_rnn
 from .numba_math import ACTIVATION_CODES
+from .common import same_constant, thread_pool
 from .packing import PackedWeights, num_gates
 
 _F32 = np.dtype(np.float32)
@@ -28,29 +28,6 @@ _NO_LENS = np.zeros(0, dtype=np.int32)
 _NO_STATE = np.zeros((0, 0, 0), dtype=np.float32)
 _REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
 _MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs more than it saves
-
-_POOLS: dict[int, ThreadPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    """Shared helper threads, per size (created on first use; idle ones block, never spin)."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(workers)
-        if pool is None:
-            pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer")
-        return pool
-
-
-def _same_constant(given: Any, packed: np.ndarray | None) -> bool:
-    """Is the run-time value the constant that was packed? (identity first: it is cheap)"""
-    if given is packed:
-        return True
-    if given is None or packed is None:
-        return False
-    return (isinstance(given, np.ndarray) and given.shape == packed.shape and given.dtype == packed.dtype
-            and np.array_equal(given, packed))
-
 
 class FusedKernel:
     """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``."""
@@ -190,7 +167,7 @@ class FusedKernel:
             states[:, :, b0:b1] = states_k
             return status
 
-        futures = [_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
+        futures = [thread_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
         status = run_part(0)
         return max([status] + [f.result() for f in futures])
 
@@ -206,8 +183,8 @@ class FusedKernel:
 
     def _same_weights(self, W, R, B, P) -> bool:
         W0, R0, B0, P0 = self._constants
-        return (_same_constant(W, W0) and _same_constant(R, R0) and _same_constant(B, B0)
-                and (self.op != "LSTM" or _same_constant(P, P0)))
+        return (same_constant(W, W0) and same_constant(R, R0) and same_constant(B, B0)
+                and (self.op != "LSTM" or same_constant(P, P0)))
 
     def _scratch(self, T: int, batch: int) -> np.ndarray:
         local = self._local
