@@ -50,19 +50,25 @@ class Model:
     ``model`` is a file path, the model's bytes or an ``onnx.ModelProto``.
     ``backend`` is "auto", "numba" or "reference" (see ``lstminfer.backends``);
     ``threads`` is how many cores a fast recurrent kernel may use (default 1).
+    ``quantize`` ("int8" or "bf16") quantizes the LSTM/GRU/RNN weights at load
+    (see ``lstminfer.quantize``).
     ``sess_options``/``providers`` are accepted (and ignored) so that code
     written for onnxruntime runs unchanged.
     """
 
-    def __init__(self, model: Any, backend: str = "auto", *, threads: int = 1, sess_options: Any = None,
-                 providers: Any = None, provider_options: Any = None, **_ignored: Any):
+    def __init__(self, model: Any, backend: str = "auto", *, threads: int = 1, quantize: str | None = None,
+                 sess_options: Any = None, providers: Any = None, provider_options: Any = None, **_ignored: Any):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
+        from .quantize import check_mode
+
+        self.quantize = check_mode(quantize)
         self.backend = resolve_backend(backend)
         self.threads = threads
         self._imported: ImportedModel = import_model(model)
         graph = self._imported.graph
-        ctx = BuildContext(opsets=graph.opsets, backend=self.backend, options={"threads": threads})
+        ctx = BuildContext(opsets=graph.opsets, backend=self.backend,
+                           options={"threads": threads, "quantize": self.quantize})
         try:
             self._plan = Plan(graph, ctx)
         except Exception as e:
@@ -120,7 +126,7 @@ class Model:
         wanted = self._wanted(output_names)
         feeds = self._validated_feeds(input_feed)
         outputs = self._plan.execute(feeds, wanted)
-        feed_roots = {id(_root(f)) for f in feeds if f.__class__ is np.ndarray}
+        feed_roots = {id(f if f.base is None else _root(f)) for f in feeds if f.__class__ is np.ndarray}
         return [_detach(v, feeds, feed_roots) for v in outputs]
 
     # -- friendlier surface ----------------------------------------------
@@ -218,7 +224,8 @@ class Model:
             feeds = []
             for name, dtype, rank, fixed in self._fast_checks:
                 value = input_feed.get(name)
-                if value.__class__ is not np.ndarray or value.dtype != dtype or value.ndim != rank:
+                if value.__class__ is not np.ndarray or value.ndim != rank or (
+                        value.dtype is not dtype and value.dtype != dtype):  # `is`: the usual, cheap case
                     break
                 shape = value.shape
                 for axis, size in fixed:
