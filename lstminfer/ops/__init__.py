@@ -2,7 +2,7 @@
 
 One module per family; each registers its ops with ``@register``.
 """
-from . import control, elementwise, nn, recurrent, reduce, sequence, tensor  # noqa: F401
+from . import control, elementwise, nn, quantized, recurrent, reduce, sequence, tensor  # noqa: F401
 from .registry import BuildContext, Kernel, OpSpec, lookup, register, supported_ops
 
 __all__ = ["BuildContext", "Kernel", "OpSpec", "lookup", "register", "supported_ops"]

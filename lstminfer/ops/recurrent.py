@@ -252,6 +252,15 @@ def _check_constant_weights(node: Node, spec: RecurrentSpec, ctx: BuildContext) 
 
 def _build(node: Node, ctx: BuildContext) -> Kernel:
     spec = _check_constant_weights(node, parse_spec(node, ctx), ctx)
+    mode = ctx.options.get("quantize")
+    if mode:  # load-time weight quantization (lstminfer.quantize)
+        from ..quantize import quantized_recurrent_build
+
+        return quantized_recurrent_build(node, ctx, mode, lambda qctx: _build_kernel(spec, node, qctx))
+    return _build_kernel(spec, node, ctx)
+
+
+def _build_kernel(spec: RecurrentSpec, node: Node, ctx: BuildContext) -> Kernel:
     builder = _FAST_BUILDERS.get((ctx.backend, spec.op))
     if builder is None:
         return reference_kernel(spec, node)

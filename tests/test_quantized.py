@@ -1,0 +1,285 @@
+"""Quantization: onnxruntime's quantize_dynamic models, the ONNX quantization ops, load(quantize=...).
+
+Tolerance vs onnxruntime's int8 outputs (measured, see README of issue 7):
+the LSTM emulation agrees to ~1e-6 except where a value sits on a uint8
+rounding boundary and a 1-ulp difference flips it to the neighbouring
+bucket; one flip moves a product by a_scale * |w| (~1e-3 here). So we
+assert: max |diff| <= 5e-3 and at most 1% of the values differ by > 1e-5.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+import lstminfer
+import lstminfer.models
+from lstminfer import quantize as lq
+from lstminfer.errors import InvalidArgumentError, InvalidModelError
+from lstminfer.tasks import get as get_task
+
+MAX_DIFF = 5e-3
+FLIP_FRACTION = 0.01
+
+
+def _ort(model: onnx.ModelProto | str):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    source = model if isinstance(model, str) else model.SerializeToString()
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _assert_close_to_ort(ours, theirs):
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        assert diff.max() <= MAX_DIFF, diff.max()
+        assert np.mean(diff > 1e-5) <= FLIP_FRACTION
+
+
+def _lstm_model(direction: str, H=16, I=8, O=4, with_states=True, seed=0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    D = 2 if direction == "bidirectional" else 1
+    inits = {
+        "W": rng.standard_normal((D, 4 * H, I)) * 0.3, "R": rng.standard_normal((D, 4 * H, H)) * 0.3,
+        "B": rng.standard_normal((D, 8 * H)) * 0.1, "Wd": rng.standard_normal((D * H, O)),
+        "shape": np.array([0, D * H]),
+    }
+    inputs = ["X", "W", "R", "B", "", "h0" if with_states else "", "c0" if with_states else ""]
+    nodes = [
+        helper.make_node("LSTM", inputs, ["Y", "Yh", "Yc"], hidden_size=H, direction=direction),
+        helper.make_node("Transpose", ["Yh"], ["Yh_t"], perm=[1, 0, 2]),
+        helper.make_node("Reshape", ["Yh_t", "shape"], ["h"]),
+        helper.make_node("MatMul", ["h", "Wd"], ["out"]),
+    ]
+    graph_inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", I])]
+    if with_states:
+        graph_inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, [D, "N", H]) for n in ("h0", "c0")]
+    graph = helper.make_graph(
+        nodes, "lstm_head", graph_inputs,
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
+         helper.make_tensor_value_info("Yc", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v.astype(np.int64 if k == "shape" else np.float32), k) for k, v in inits.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _quantize_dynamic(model: onnx.ModelProto | str, tmp_path, per_channel: bool, weight_type) -> str:
+    src = tmp_path / "float.onnx"
+    if isinstance(model, str):
+        src = model
+    else:
+        onnx.save(model, src)
+    dst = tmp_path / "int8.onnx"
+    quantize_dynamic(str(src), str(dst), per_channel=per_channel, weight_type=weight_type)
+    return str(dst)
+
+
+# ------------------------------------------------ quantize_dynamic models vs onnxruntime
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("weight_type", [QuantType.QInt8, QuantType.QUInt8])
+def test_quantize_dynamic_lstm_matches_onnxruntime(tmp_path, direction, per_channel, weight_type):
+    path = _quantize_dynamic(_lstm_model(direction), tmp_path, per_channel, weight_type)
+    ops = [n.op_type for n in onnx.load(path).graph.node]
+    assert "DynamicQuantizeLSTM" in ops and "MatMulInteger" in ops and "DynamicQuantizeLinear" in ops
+    D = 2 if direction == "bidirectional" else 1
+    rng = np.random.default_rng(1)
+    feeds = {"X": rng.standard_normal((7, 3, 8)).astype(np.float32),
+             "h0": rng.standard_normal((D, 3, 16)).astype(np.float32) * 0.5,
+             "c0": rng.standard_normal((D, 3, 16)).astype(np.float32) * 0.5}
+    ours = lstminfer.load(path).run(None, feeds)
+    _assert_close_to_ort(ours, _ort(path).run(None, feeds))
+
+
+def test_quantize_dynamic_bundled_adding_model_matches_onnxruntime(tmp_path):
+    path = _quantize_dynamic(lstminfer.models.path("adding_lstm"), tmp_path, True, QuantType.QInt8)
+    x, _ = get_task("adding").sample(8, 60, np.random.default_rng(2))
+    zeros = np.zeros((1, 8, 32), np.float32)
+    feeds = {"x": x, "h0": zeros, "c0": zeros}
+    model = lstminfer.load(path)
+    assert "int8" in model.describe()
+    _assert_close_to_ort(model.run(None, feeds), _ort(path).run(None, feeds))
+
+
+def test_dynamic_quantize_lstm_without_initial_states(tmp_path):
+    path = _quantize_dynamic(_lstm_model("forward", with_states=False), tmp_path, True, QuantType.QInt8)
+    feeds = {"X": np.random.default_rng(3).standard_normal((5, 2, 8)).astype(np.float32)}
+    _assert_close_to_ort(lstminfer.load(path).run(None, feeds), _ort(path).run(None, feeds))
+
+
+def test_dynamic_quantize_lstm_bad_structure_fails_at_load(tmp_path):
+    path = _quantize_dynamic(_lstm_model("forward"), tmp_path, True, QuantType.QInt8)
+    model = onnx.load(path)
+    node = next(n for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM")
+    del node.input[11]
+    with pytest.raises(InvalidModelError, match="DynamicQuantizeLSTM.*12 inputs"):
+        lstminfer.load(model)
+
+
+# ------------------------------------------------ default-domain quantization ops
+
+
+def _single_op_model(node, inputs, outputs, opset=17, initializers=()):
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, t, None) for n, t in inputs],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outputs], list(initializers))
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("com.microsoft", 1)])
+
+
+@pytest.mark.parametrize("kind", ["normal", "positive", "negative", "zeros", "ties"])
+def test_dynamic_quantize_linear_is_exact(kind):
+    rng = np.random.default_rng(4)
+    x = {"normal": rng.standard_normal((3, 50)), "positive": rng.random((3, 50)) + 1,
+         "negative": -rng.random((3, 50)), "zeros": np.zeros((3, 50)),
+         "ties": np.linspace(-2.55, 2.55, 150).reshape(3, 50)}[kind].astype(np.float32)
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["y", "s", "z"])
+    model = _single_op_model(node, [("x", TensorProto.FLOAT)],
+                             [("y", TensorProto.UINT8), ("s", TensorProto.FLOAT), ("z", TensorProto.UINT8)])
+    ours, theirs = lstminfer.load(model).run(None, {"x": x}), _ort(model).run(None, {"x": x})
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("qtype", [TensorProto.INT8, TensorProto.UINT8])
+@pytest.mark.parametrize("per_axis", [False, True])
+def test_quantize_and_dequantize_linear_are_exact(qtype, per_axis):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((4, 6)) * 3).astype(np.float32)
+    shape = (6,) if per_axis else ()
+    scale = (rng.random(shape) * 0.05 + 0.01).astype(np.float32)
+    dtype = np.int8 if qtype == TensorProto.INT8 else np.uint8
+    zp = rng.integers(-10, 10, shape).astype(dtype) if dtype == np.int8 else rng.integers(100, 150, shape).astype(dtype)
+    inits = [numpy_helper.from_array(np.asarray(scale), "s"), numpy_helper.from_array(np.asarray(zp), "z")]
+    q = _single_op_model(helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"], axis=1),
+                         [("x", TensorProto.FLOAT)], [("y", qtype)], opset=13, initializers=inits)
+    ours, theirs = lstminfer.load(q).run(None, {"x": x})[0], _ort(q).run(None, {"x": x})[0]
+    assert ours.dtype == theirs.dtype
+    np.testing.assert_array_equal(ours, theirs)
+    dq = _single_op_model(helper.make_node("DequantizeLinear", ["y", "s", "z"], ["x"], axis=1),
+                          [("y", qtype)], [("x", TensorProto.FLOAT)], opset=13, initializers=inits)
+    ours, theirs = lstminfer.load(dq).run(None, {"y": theirs})[0], _ort(dq).run(None, {"y": theirs})[0]
+    assert ours.dtype == np.float32
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_blocked_dequantize_linear_matches_onnxruntime():
+    rng = np.random.default_rng(6)
+    x = rng.integers(-128, 127, (4, 10)).astype(np.int8)
+    scale = (rng.random((4, 3)) * 0.1 + 0.01).astype(np.float32)  # blocks of 4 on axis 1: ceil(10/4) = 3
+    model = _single_op_model(helper.make_node("DequantizeLinear", ["x", "s"], ["y"], axis=1, block_size=4),
+                             [("x", TensorProto.INT8)], [("y", TensorProto.FLOAT)], opset=21,
+                             initializers=[numpy_helper.from_array(scale, "s")])
+    np.testing.assert_array_equal(lstminfer.load(model).run(None, {"x": x})[0], _ort(model).run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("b_type", [TensorProto.INT8, TensorProto.UINT8])
+@pytest.mark.parametrize("per_column", [False, True])
+def test_matmul_integer_is_exact(b_type, per_column):
+    rng = np.random.default_rng(7)
+    a = rng.integers(0, 255, (2, 3, 5)).astype(np.uint8)
+    b_dtype = np.int8 if b_type == TensorProto.INT8 else np.uint8
+    b = rng.integers(-100 if b_dtype == np.int8 else 0, 100, (5, 4)).astype(b_dtype)
+    b_zp = rng.integers(0, 9, (4,) if per_column else ()).astype(b_dtype)
+    inits = [numpy_helper.from_array(np.asarray(np.uint8(7)), "a_zp"), numpy_helper.from_array(np.asarray(b_zp), "b_zp")]
+    model = _single_op_model(helper.make_node("MatMulInteger", ["a", "b", "a_zp", "b_zp"], ["y"]),
+                             [("a", TensorProto.UINT8), ("b", b_type)], [("y", TensorProto.INT32)],
+                             initializers=inits)
+    ours, theirs = lstminfer.load(model).run(None, {"a": a, "b": b})[0], _ort(model).run(None, {"a": a, "b": b})[0]
+    assert ours.dtype == np.int32
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_microsoft_integer_matmuls_match_onnxruntime():
+    rng = np.random.default_rng(8)
+    a = rng.standard_normal((3, 6)).astype(np.float32)
+    b = rng.integers(-127, 127, (6, 4)).astype(np.int8)
+    inits = [numpy_helper.from_array(np.float32(0.02), "b_s"), numpy_helper.from_array(np.int8(0), "b_zp"),
+             numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "bias"),
+             numpy_helper.from_array(b, "b")]
+    dqmm = helper.make_node("DynamicQuantizeMatMul", ["a", "b", "b_s", "b_zp", "bias"], ["y"], domain="com.microsoft")
+    model = _single_op_model(dqmm, [("a", TensorProto.FLOAT)], [("y", TensorProto.FLOAT)], initializers=inits)
+    np.testing.assert_allclose(lstminfer.load(model).run(None, {"a": a})[0], _ort(model).run(None, {"a": a})[0],
+                               rtol=1e-5, atol=1e-5)
+    aq = rng.integers(0, 255, (3, 6)).astype(np.uint8)
+    inits += [numpy_helper.from_array(np.float32(0.03), "a_s"), numpy_helper.from_array(np.uint8(120), "a_zp")]
+    mm = helper.make_node("MatMulIntegerToFloat", ["a", "b", "a_s", "b_s", "a_zp", "b_zp", "bias"], ["y"],
+                          domain="com.microsoft")
+    model = _single_op_model(mm, [("a", TensorProto.UINT8)], [("y", TensorProto.FLOAT)], initializers=inits)
+    np.testing.assert_allclose(lstminfer.load(model).run(None, {"a": aq})[0], _ort(model).run(None, {"a": aq})[0],
+                               rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------ load(quantize=...)
+
+
+def test_int8_per_row_is_symmetric_and_within_half_a_step():
+    w = np.random.default_rng(9).standard_normal((2, 12, 5)).astype(np.float32)
+    w[0, 3] = 0  # an all-zero row keeps a valid scale
+    q, scale = lq.int8_per_row(w)
+    assert q.dtype == np.int8 and scale.shape == (2, 12) and np.all(np.abs(q) <= 127)
+    assert np.all(np.abs(lq.dequantize_per_row(q, scale) - w) <= scale[..., None] / 2 + 1e-7)
+    peak_rows = np.abs(q).max(axis=-1)
+    assert np.all((peak_rows == 127) | (scale == 1))
+
+
+def test_bf16_rounding_keeps_8_bits_of_mantissa():
+    w = np.array([1.0, 1 + 2**-8, 1 + 3 * 2**-9, -3.14159, 1e-30, np.inf], np.float32)
+    r = lq.round_to_bf16(w)
+    assert np.all(r.view(np.uint32) & 0xFFFF == 0)
+    assert r[1] == 1.0 and r[2] == 1 + 2**-7  # ties to even, then up
+    assert np.all(np.abs(r[:5] - w[:5]) <= np.abs(w[:5]) * 2**-8)
+
+
+def _with_weights_quantized(model: onnx.ModelProto, mode: str) -> onnx.ModelProto:
+    """The float model with its recurrent W/R replaced by their quantized values: the oracle."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    names = {n.input[i] for n in model.graph.node if n.op_type in ("LSTM", "GRU", "RNN") for i in (1, 2)}
+    for init in model.graph.initializer:
+        if init.name in names:
+            init.CopyFrom(numpy_helper.from_array(lq.fake_quantize(numpy_helper.to_array(init), mode), init.name))
+    return model
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_quantized_load_equals_the_dequantized_weight_oracle(mode, backend):
+    model = onnx.load(lstminfer.models.path("forecast_gru"))
+    x = get_task("forecast").sample(3, 40, np.random.default_rng(10))[0]
+    oracle = lstminfer.load(_with_weights_quantized(model, mode), backend="reference")
+    quantized = lstminfer.load(model, backend=backend, quantize=mode)
+    assert mode in quantized.describe()
+    feeds = {i: np.zeros((1, 3, a.shape[-1]), np.float32) for i, a in
+             ((a.name, a) for a in quantized.get_inputs()) if i != "x"}
+    feeds["x"] = x
+    for a, b in zip(quantized.run(None, feeds), oracle.run(None, feeds)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    float_out = lstminfer.load(model, backend=backend).run(None, feeds)[0]
+    assert 0 < np.abs(quantized.run(None, feeds)[0] - float_out).max() < 0.05
+
+
+def test_int8_adding_model_accuracy_drops_at_most_half_a_point():
+    task = get_task("adding")
+    x, target = task.sample(2000, 200, np.random.default_rng(11))
+    zeros = np.zeros((1, 2000, 32), np.float32)
+    feeds = {"x": x, "h0": zeros, "c0": zeros}
+    path = lstminfer.models.path("adding_lstm")
+    scores = {}
+    for mode in (None, "int8", "bf16"):
+        y = lstminfer.load(path, quantize=mode).run(None, feeds)[0]
+        scores[mode] = task.score(task.answer(y), target, x)["accuracy"]
+    assert scores[None] >= 0.98
+    assert scores["int8"] >= scores[None] - 0.005
+    assert scores["bf16"] >= scores[None] - 0.005
+
+
+def test_quantize_option_is_checked():
+    with pytest.raises(InvalidArgumentError, match="quantize must be"):
+        lstminfer.load(lstminfer.models.path("adding_lstm"), quantize="int4")
