@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidModelError, UnsupportedModelError
 from ..graph import Node
-from ..reference.rnn import _lstm_step, _recurrence  # the reference's own cell: same semantics
+from ..reference.rnn import lstm_step, recurrence  # the reference's own cell: same semantics
 from .recurrent import parse_spec
 from .registry import BuildContext, register
 from .tensor import attr_int, fail
@@ -327,7 +327,7 @@ def dynamic_quantize_lstm(node: Node, ctx: BuildContext):
         loaded = (weights(1, Wq, Ws, Wz, InvalidModelError), weights(2, Rq, Rs, Rz, InvalidModelError))
 
     def make_step(d, Wd, Rd, Wbd, Rbd, P):
-        step = _lstm_step(Wd, Rd, Wbd, Rbd, P[d], acts[3 * d: 3 * d + 3], spec.clip, int(spec.input_forget))
+        step = lstm_step(Wd, Rd, Wbd, Rbd, P[d], acts[3 * d: 3 * d + 3], spec.clip, int(spec.input_forget))
 
         def quantized_step(Xt, states):  # h_{t-1} only feeds the R product in an LSTM cell
             return step(Xt, (fake_quantize_uint8(states[0]), states[1]))
@@ -352,7 +352,7 @@ def dynamic_quantize_lstm(node: Node, ctx: BuildContext):
         X_q = X.copy()
         X_q[:rows] = fake_quantize_uint8(X[:rows])
         try:
-            outputs = _recurrence(
+            outputs = recurrence(
                 "LSTM", X_q, W_f, R_f, B, sequence_lens,
                 {"initial_h": initial_h, "initial_c": initial_c}, H, spec.direction, 0,
                 lambda d, Wd, Rd, Wbd, Rbd: make_step(d, Wd, Rd, Wbd, Rbd, P),

@@ -55,7 +55,7 @@ def _clipper(clip: float | None) -> Callable[[np.ndarray], np.ndarray]:
     return lambda v: np.clip(v, -clip, clip).astype(v.dtype, copy=False)
 
 
-def _lstm_step(W, R, Wb, Rb, P, acts, clip, input_forget) -> StepFn:
+def lstm_step(W, R, Wb, Rb, P, acts, clip, input_forget) -> StepFn:
     """One LSTM direction. W [4H, I], R [4H, H], Wb/Rb [4H], P [3H]; acts (f, g, h)."""
     f, g, h = acts
     Wi, Wo, Wf, Wc = np.split(W, 4)
@@ -155,7 +155,7 @@ def _scan(step: StepFn, X: np.ndarray, lens: np.ndarray, states: tuple[np.ndarra
     return Y, states
 
 
-def _recurrence(
+def recurrence(
     op: str, X, W, R, B, sequence_lens, initial_states, hidden_size, direction, layout,
     make_step: Callable[[int, np.ndarray, np.ndarray, np.ndarray, np.ndarray], StepFn],
 ):
@@ -306,9 +306,9 @@ def lstm(
             P_all = _as_array("LSTM", "P", P, dtype)
             _check_shape("LSTM", "P", P_all, (D, 3 * H), "[num_directions, 3*hidden_size]")
             Pd = P_all[d]
-        return _lstm_step(Wd, Rd, Wbd, Rbd, Pd, acts[3 * d: 3 * d + 3], clip, input_forget)
+        return lstm_step(Wd, Rd, Wbd, Rbd, Pd, acts[3 * d: 3 * d + 3], clip, input_forget)
 
-    return _recurrence(
+    return recurrence(
         "LSTM", X, W, R, B, sequence_lens, {"initial_h": initial_h, "initial_c": initial_c},
         hidden_size, direction, layout, make_step,
     )
@@ -334,7 +334,7 @@ def gru(
     def make_step(d, Wd, Rd, Wbd, Rbd):
         return _gru_step(Wd, Rd, Wbd, Rbd, acts[2 * d: 2 * d + 2], clip, linear_before_reset != 0)
 
-    return _recurrence(
+    return recurrence(
         "GRU", X, W, R, B, sequence_lens, {"initial_h": initial_h},
         hidden_size, direction, layout, make_step,
     )
@@ -356,7 +356,7 @@ def rnn(
     def make_step(d, Wd, Rd, Wbd, Rbd):
         return _rnn_step(Wd, Rd, Wbd, Rbd, acts[d: d + 1], clip)
 
-    return _recurrence(
+    return recurrence(
         "RNN", X, W, R, B, sequence_lens, {"initial_h": initial_h},
         hidden_size, direction, layout, make_step,
     )
