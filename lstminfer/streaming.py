@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import struct
 import threading
 from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
+from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
 from .graph import Graph, ValueInfo
 from .ops.registry import BuildContext
 from .plan import Plan
-from .state_pairing import Pairing, StateSlot, find_pairing
+from .state_pairing import RECURRENT_OPS, Pairing, StateSlot, find_pairing
 from .time_locality import analyse
 
 FORMAT_MAGIC = b"LSTMINFER-STREAM"
@@ -103,6 +104,13 @@ class StreamProgram:
         self._check_chunking()
         self.fingerprint = _fingerprint(graph)
         self._output_batch_axes: dict[str, int | None] | None = None
+        # Fast path of step (see ``Stream.step``): one tensor data input, checked
+        # by identity of dtype and by a shape already accepted; and ``direct``,
+        # the recurrent kernel itself when the plan is that one node.
+        vi = self.data_inputs[0] if len(self.data_inputs) == 1 else None
+        self.chunk_dtype = vi.dtype if vi is not None and vi.kind == "tensor" else None
+        self.chunk_batch_axis = self.batch_axes[vi.name] if vi is not None else None
+        self.direct = self._direct_call()
 
     # -- running ------------------------------------------------------------
     def run(self, data: list[np.ndarray], states: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -110,6 +118,14 @@ class StreamProgram:
         values = self.plan.execute(data + states, self.wanted)
         n = len(self.output_names)
         return values[:n], values[n:]
+
+    def run_fast(self, data: list[np.ndarray], states: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``run`` for feeds already checked: the direct kernel call when there is one."""
+        direct = self.direct
+        if direct is None:
+            return self.run(data, states)
+        out = direct(data[0], states)
+        return [out[0]], list(out[1:])
 
     def data_feeds(self, x: Any, batch: int | None = 1) -> list[np.ndarray]:
         """``x`` (array or dict) checked against the data inputs: dtype, rank, fixed dims, batch."""
@@ -271,6 +287,46 @@ class StreamProgram:
         return self._output_batch_axes
 
     # -- helpers ------------------------------------------------------------------
+    def _direct_call(self):
+        """``call(x, states) -> (outputs, new states)`` running the recurrent kernel alone, or None.
+
+        Applies when the live plan is one LSTM/GRU/RNN node whose X is the only
+        data input, whose initial_h/initial_c are the carried states and whose
+        other inputs are constants: no executor, no per-call slot bookkeeping.
+        """
+        schedule = self.plan.schedule(self.wanted)
+        if len(schedule) != 1 or self.chunk_dtype is None:
+            return None
+        step = schedule[0][0]
+        node = step.node
+        if step.outer_names or node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
+            return None
+        slot = self.plan.output_slot
+        x_slot = slot(self.data_inputs[0].name)
+        state_slots = [slot(s.stream_input) for s in self.slots]
+        template: list[Any] = []
+        x_at, state_at = None, [None] * len(state_slots)
+        for position, (name, s) in enumerate(zip(node.inputs, step.inputs)):
+            if not name:
+                template.append(None)
+            elif s == x_slot and x_at is None:
+                x_at = position
+                template.append(None)
+            elif s in state_slots and state_at[state_slots.index(s)] is None:
+                state_at[state_slots.index(s)] = position
+                template.append(None)
+            elif self.plan.constant(name) is not None:
+                template.append(self.plan.constant(name))
+            else:
+                return None
+        if x_at != 0 or None in state_at:
+            return None
+        picks = [step.outputs.index(w) if w in step.outputs else None for w in self.wanted]
+        # Y first, then Y_h[, Y_c] in slot order: then ``out[0]`` and ``out[1:]`` need no picking.
+        if picks != list(range(len(picks))) or len(self.output_names) != 1:
+            return None
+        return _kernel_call(step.kernel, template, state_at, node.label())
+
     def _dummy(self, vi: ValueInfo, batch: int, time: int, rng=None) -> np.ndarray:
         shape = [d if isinstance(d, int) else 1 for d in vi.shape]
         if self.batch_axes[vi.name] is not None:
@@ -323,39 +379,64 @@ class StreamProgram:
 
 
 class Stream:
-    """One sequence run chunk by chunk; see the module doc. Single-owner: not thread-safe."""
+    """One sequence run chunk by chunk; see the module doc. Single-owner: not thread-safe.
+
+    The carried states are a list in slot order. ``step``'s fast path accepts
+    a chunk without the full check when it is an ndarray of the input's exact
+    dtype and of the shape of the last chunk that passed the full check.
+    """
+
+    __slots__ = ("_program", "_states", "_shape")
 
     def __init__(self, program: StreamProgram, state: Any = None):
         self._program = program
-        self._state = dict(program.initial_state)
+        self._states = [program.initial_state[s.key] for s in program.slots]
+        self._shape: tuple[int, ...] | None = None  # last chunk shape that passed the full check
         if isinstance(state, (bytes, bytearray, memoryview)):
-            self._state = program.load(state)
+            self._set(program.load(state))
         elif state is not None:
             self.set_state(state)
 
     def step(self, x: Any) -> Any:
         """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
         program = self._program
-        data = program.data_feeds(x, batch=1)
-        outputs, states = program.run(data, [self._state[s.key] for s in program.slots])
-        # Copies: Y_h may be a view into Y, or the same array as a returned output.
-        self._state = {s.key: np.array(v) for s, v in zip(program.slots, states)}
+        if x.__class__ is np.ndarray and x.dtype is program.chunk_dtype and x.shape == self._shape:
+            direct = program.direct
+            if direct is not None:
+                out = direct(x, self._states)
+                self._states = _owned(out[1:])
+                return out[0]  # a kernel's Y: computed by this call, so fresh and writeable
+            outputs, states = program.run([x], self._states)
+        else:
+            data = program.data_feeds(x, batch=1)
+            outputs, states = program.run_fast(data, self._states)
+            if len(data) == 1:
+                self._shape = data[0].shape
+        self._states = _owned(states)
+        if len(outputs) == 1:
+            y = outputs[0]
+            return y.copy() if y.__class__ is np.ndarray and not y.flags.writeable else y
         return program.outputs(outputs)
 
     def reset(self) -> None:
-        self._state = dict(self._program.initial_state)
+        program = self._program
+        self._states = [program.initial_state[s.key] for s in program.slots]
 
     @property
     def state(self) -> dict[str, np.ndarray]:
         """Copies of the carried states, by key (the recurrent nodes' Y_h/Y_c names)."""
-        return {k: np.array(v) for k, v in self._state.items()}
+        return {s.key: np.array(v) for s, v in zip(self._program.slots, self._states)}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         """Set some carried states by key, or all of them from the model's state inputs (h0/c0)."""
-        self._state = self._program.checked_state(state, self._state)
+        current = dict(zip((s.key for s in self._program.slots), self._states))
+        self._set(self._program.checked_state(state, current))
 
     def save(self) -> bytes:
-        return self._program.save(self._state)
+        return self._program.save(dict(zip((s.key for s in self._program.slots), self._states)))
+
+    def _set(self, state: Mapping[str, np.ndarray]) -> None:
+        self._states = [state[s.key] for s in self._program.slots]
 
 
 class StreamPool:
@@ -375,8 +456,11 @@ class StreamPool:
         self._program = program
         self._output_axes = program.output_batch_axes()
         self.max_streams = max_streams
-        self._buffers = [np.zeros((max_streams,) + _without(program.state_shapes[s.key], s.batch_axis),
+        # Each state's own layout with its batch axis max_streams long: a run of
+        # slots lo..hi is a view the kernel reads as is, and takes one copy back.
+        self._buffers = [np.zeros(_with(program.state_shapes[s.key], s.batch_axis, max_streams),
                                   dtype=program.state_dtypes[s.key]) for s in program.slots]
+        self._shape: tuple[int, ...] | None = None  # a chunk shape that passed the full check
         self._slot_of: dict[int, int] = {}
         self._free = list(range(max_streams - 1, -1, -1))  # pop() hands out slot 0 first
         self._next_id = 0
@@ -438,26 +522,76 @@ class StreamPool:
         program = self._program
         with self.lock:
             sids = list(frames)
-            slots = np.array([self._slot(sid) for sid in sids], dtype=np.intp)
-            data = [program.data_feeds(frames[sid], batch=1) for sid in sids]
-            first = [np.shape(v) for v in data[0]]
-            for sid, feeds in zip(sids, data):
-                shapes = [np.shape(v) for v in feeds]
-                if shapes != first:
-                    raise InvalidInputError(
-                        f"stream {sid}: chunk shape(s) {shapes} differ from stream {sids[0]}'s {first}; "
-                        "all chunks of one pool step must have the same shape (same number of time steps)"
-                    )
-            stacked = [np.concatenate([feeds[i] for feeds in data], axis=program.batch_axes[vi.name])
-                       for i, vi in enumerate(program.data_inputs)]
-            states = [np.ascontiguousarray(np.moveaxis(buf[slots], 0, s.batch_axis))
-                      for buf, s in zip(self._buffers, program.slots)]
-            outputs, new_states = program.run(stacked, states)
+            slots = self._slots_of(sids)
+            chunks = list(frames.values())
+            stacked = self._stack_fast(chunks)
+            if stacked is None:
+                stacked = self._stack_checked(sids, chunks)
+            lo = slots[0]
+            contiguous = slots == list(range(lo, lo + len(slots)))
+            if contiguous:
+                states = [_axis_slice(buf, s.batch_axis, lo, lo + len(slots))
+                          for buf, s in zip(self._buffers, program.slots)]
+            else:
+                states = [np.take(buf, slots, axis=s.batch_axis) for buf, s in zip(self._buffers, program.slots)]
+            outputs, new_states = program.run_fast(stacked, states)
             for buf, s, value in zip(self._buffers, program.slots, new_states):
-                buf[slots] = np.moveaxis(value, s.batch_axis, 0)
-        return {sid: program.outputs([_take(v, self._output_axes[name], i)
-                                      for v, name in zip(outputs, program.output_names)])
-                for i, sid in enumerate(sids)}
+                if contiguous:
+                    _axis_slice(buf, s.batch_axis, lo, lo + len(slots))[...] = value
+                else:
+                    index = [slice(None)] * buf.ndim
+                    index[s.batch_axis] = slots
+                    buf[tuple(index)] = value
+        per_output = [_split(v, self._output_axes[name], len(sids)) for v, name in zip(outputs, program.output_names)]
+        if len(per_output) == 1:
+            return dict(zip(sids, per_output[0]))
+        names = program.output_names
+        return {sid: dict(zip(names, values)) for sid, values in zip(sids, zip(*per_output))}
+
+    def _slots_of(self, sids: list) -> list[int]:
+        try:
+            if set(map(type, sids)) == {int}:  # ids are ints: 1.0 or True must not find stream 1
+                return list(map(self._slot_of.__getitem__, sids))
+        except KeyError:
+            pass
+        return [self._slot(sid) for sid in sids]  # raises, naming the bad id
+
+    def _stack_fast(self, chunks: list) -> list[np.ndarray] | None:
+        """The chunks stacked along the batch axis when they all have a shape that passed the full
+        check before and together make an array of the input's dtype (any other dtype would need
+        the full check's cast or error); else None. ``np.array`` checks the shapes in C."""
+        program = self._program
+        shape = self._shape
+        if shape is None:
+            return None
+        try:
+            stacked = np.array(chunks)
+        except (ValueError, TypeError):  # ragged shapes, odd objects
+            return None
+        if stacked.dtype is not program.chunk_dtype or stacked.shape[1:] != shape:
+            return None
+        # [n, ..., 1 (batch), ...] -> the batch axis n long, the rest in place.
+        b = program.chunk_batch_axis
+        if b:
+            stacked = stacked.transpose(tuple(range(1, b + 1)) + (0,) + tuple(range(b + 1, len(shape) + 1)))
+        return [stacked.reshape(_with(shape, b, len(chunks)))]
+
+    def _stack_checked(self, sids: list, chunks: list) -> list[np.ndarray]:
+        """The full check of every chunk (dtype, rank, fixed dims, batch 1, same shapes), then stacked."""
+        program = self._program
+        data = [program.data_feeds(chunk, batch=1) for chunk in chunks]
+        first = [np.shape(v) for v in data[0]]
+        for sid, feeds in zip(sids, data):
+            shapes = [np.shape(v) for v in feeds]
+            if shapes != first:
+                raise InvalidInputError(
+                    f"stream {sid}: chunk shape(s) {shapes} differ from stream {sids[0]}'s {first}; "
+                    "all chunks of one pool step must have the same shape (same number of time steps)"
+                )
+        if len(first) == 1:
+            self._shape = first[0]
+        return [np.concatenate([feeds[i] for feeds in data], axis=program.batch_axes[vi.name])
+                for i, vi in enumerate(program.data_inputs)]
 
     # -- slots (call with the lock held) ----------------------------------------
     def _slot(self, sid: Any) -> int:
@@ -468,23 +602,85 @@ class StreamPool:
 
     def _write(self, slot: int, values: Mapping[str, np.ndarray]) -> None:
         for buf, s in zip(self._buffers, self._program.slots):
-            buf[slot] = np.take(values[s.key], 0, axis=s.batch_axis)
+            _axis_slice(buf, s.batch_axis, slot, slot + 1)[...] = values[s.key]
 
     def _read(self, slot: int) -> dict[str, np.ndarray]:
-        return {s.key: np.expand_dims(buf[slot], s.batch_axis).copy()
+        return {s.key: _axis_slice(buf, s.batch_axis, slot, slot + 1).copy()
                 for buf, s in zip(self._buffers, self._program.slots)}
 
 
-def _without(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    return shape[:axis] + shape[axis + 1:]
+def _owned(states):
+    """The states, with any view (Y_h into Y, ...) copied: the caller may write to the outputs."""
+    for v in states:
+        if v.base is not None:
+            return [v if v.base is None else v.copy() for v in states]
+    return states
 
 
-def _take(value: np.ndarray, axis: int | None, i: int) -> np.ndarray:
-    if axis is None:
-        return np.array(value)
+def _kernel_call(kernel, template: list[Any], state_at: list[int], label: str):
+    """``call(x, states) -> kernel outputs`` with the constants bound; the usual arities spelled out
+    (a generic argument list costs about a third of a whole step at H=64)."""
+    def failed(e: Exception) -> ExecutionError:  # worded like the executor's errors
+        return ExecutionError(f"{label} failed: {type(e).__name__}: {e}")
+
+    if len(template) == 8 and state_at == [5, 6]:  # LSTM: X, W, R, B, lens, h, c, P
+        _, W, R, B, lens, _, _, P = template
+
+        def call(x, states):
+            try:
+                return kernel(x, W, R, B, lens, states[0], states[1], P)
+            except LstminferError:
+                raise
+            except Exception as e:
+                raise failed(e) from e
+    elif len(template) == 6 and state_at == [5]:  # GRU/RNN: X, W, R, B, lens, h
+        _, W, R, B, lens, _ = template
+
+        def call(x, states):
+            try:
+                return kernel(x, W, R, B, lens, states[0])
+            except LstminferError:
+                raise
+            except Exception as e:
+                raise failed(e) from e
+    else:
+        def call(x, states):
+            args = template.copy()
+            args[0] = x
+            for position, value in zip(state_at, states):
+                args[position] = value
+            try:
+                return kernel(*args)
+            except LstminferError:
+                raise
+            except Exception as e:
+                raise failed(e) from e
+
+    return call
+
+
+_SHAPE_OF = operator.attrgetter("shape")
+
+
+def _with(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:
+    return shape[:axis] + (size,) + shape[axis + 1:]
+
+
+def _axis_slice(value: np.ndarray, axis: int, start: int, stop: int) -> np.ndarray:
     index = [slice(None)] * value.ndim
-    index[axis] = slice(i, i + 1)
+    index[axis] = slice(start, stop)
     return value[tuple(index)]
+
+
+def _split(value: np.ndarray, axis: int | None, n: int) -> list[np.ndarray]:
+    """``n`` views of ``value``, one per batch row, each keeping the batch axis (size 1)."""
+    if axis is None:  # batch-independent: every stream gets its own copy
+        return [np.array(value) for _ in range(n)]
+    if not value.flags.writeable:
+        value = value.copy()
+    # A size-1 axis after the batch axis, then the batch axis first: iterating makes the views in C.
+    rows = value[(slice(None),) * (axis + 1) + (None,)]
+    return list(rows.transpose((axis,) + tuple(i for i in range(value.ndim + 1) if i != axis)))
 
 
 def _time_slice(x: np.ndarray, axis: int | None, start: int, stop: int) -> np.ndarray:

@@ -281,3 +281,107 @@ def test_state_errors_are_clear():
         s.set_state({"Y_h": np.zeros((1, 2, H), np.float32)})
     with pytest.raises(InvalidInputError, match="at least one time step"):
         s.step(np.zeros((0, 1, I), np.float32))
+
+
+# -- fast paths: a bare recurrent node runs its kernel directly; checked chunk shapes are cached --
+
+def bare_model(op="LSTM", layout=0, hidden=H, seed=0):
+    """One recurrent node, state in/out like an exporter writes it: x, h0(, c0) -> Y, Y_h(, Y_c)."""
+    rng = np.random.default_rng(seed)
+    G = GATES[op]
+    inits = [nh.from_array(rng.standard_normal((1, G * hidden, I)).astype(np.float32) * 0.5, "W"),
+             nh.from_array(rng.standard_normal((1, G * hidden, hidden)).astype(np.float32) * 0.5, "R"),
+             nh.from_array(rng.standard_normal((1, 2 * G * hidden)).astype(np.float32) * 0.1, "B")]
+    states = ["h0", "c0"] if op == "LSTM" else ["h0"]
+    outs = ["Y", "Y_h", "Y_c"] if op == "LSTM" else ["Y", "Y_h"]
+    node = oh.make_node(op, ["x", "W", "R", "B", "", *states], outs, hidden_size=hidden, layout=layout,
+                        name="rec")
+    x_shape, s_shape = (["T", "N", I], [1, "N", hidden]) if layout == 0 else (["N", "T", I], ["N", 1, hidden])
+    inputs = [oh.make_tensor_value_info("x", TP.FLOAT, x_shape)]
+    inputs += [oh.make_tensor_value_info(n, TP.FLOAT, s_shape) for n in states]
+    graph = oh.make_graph([node], "bare", inputs, [oh.make_tensor_value_info(n, TP.FLOAT, None) for n in outs],
+                          inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+BARE = {(op, layout): lstminfer.load(bare_model(op, layout)) for op in GATES for layout in (0, 1)}
+
+
+@settings(max_examples=25, deadline=None)
+@given(key=st.sampled_from(sorted(BARE)), chunking=chunkings(), seed=st.integers(0, 2**16))
+def test_bare_node_direct_path_equals_whole_run(key, chunking, seed):
+    model, (T, cuts) = BARE[key], chunking
+    op, layout = key
+    s = model.stream()
+    assert s._program.direct is not None  # the kernel is called without the executor
+    x = np.random.default_rng(seed).standard_normal((T, 1, I) if layout == 0 else (1, T, I)).astype(np.float32)
+    # Every chunk twice over: the second of equal shapes takes the cached-shape path.
+    got = np.concatenate([s.step(c) for c in time_chunks(x, layout, cuts)], axis=layout)
+    zeros = {n: np.zeros((1, 1, H), np.float32) for n in (["h0", "c0"] if op == "LSTM" else ["h0"])}
+    whole = model.run(None, {"x": x, **zeros})
+    np.testing.assert_allclose(got, whole[0], atol=TOL, rtol=0)
+    for name, value in zip(["Y_h", "Y_c"], whole[1:]):
+        np.testing.assert_allclose(s.state[name], value, atol=TOL, rtol=0)
+
+
+def test_fast_path_still_checks_and_casts_and_outputs_are_the_callers():
+    model = BARE[("LSTM", 0)]
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 1, I)).astype(np.float32)
+    s, ref = model.stream(), model.stream()
+    s.step(x[:1])
+    ref.step(x[:1])
+    y = s.step(x[1:2])  # cached shape
+    np.testing.assert_array_equal(y, ref.step(x[1:2]))
+    y[...] = 1e6  # writing to an output must not reach the carried state
+    np.testing.assert_array_equal(s.state["Y_h"], ref.state["Y_h"])
+    np.testing.assert_allclose(s.step(x[2:3].astype(np.float64)), ref.step(x[2:3]), atol=TOL, rtol=0)  # cast
+    s.step(np.asfortranarray(x[2:3]))  # strided: still accepted
+    with pytest.raises(InvalidInputError, match="dtype"):
+        s.step(x[:1].astype(np.complex64))
+    with pytest.raises(InvalidInputError, match="batch 1"):
+        s.step(np.concatenate([x[:1], x[:1]], axis=1))
+    with pytest.raises(InvalidInputError, match="axis 2"):
+        s.step(x[:1, :, :2])
+    with pytest.raises(InvalidInputError, match="at least one time step"):
+        s.step(x[:0])
+
+
+@pytest.mark.parametrize("key", [("LSTM", 0), ("GRU", 1)])
+def test_pool_any_order_and_subset_equals_streams_alone(key):
+    model = BARE[key]
+    layout = key[1]
+    rng = np.random.default_rng(7)
+    pool = model.stream_pool(max_streams=6)
+    ids = [pool.open() for _ in range(6)]
+    plans = [ids, ids[::-1], [ids[4], ids[1], ids[2]], ids[2:5], ids]  # contiguous, reversed, gathered
+    fed = {sid: [] for sid in ids}
+    for chosen in plans:
+        frames = {sid: rng.standard_normal((2, 1, I) if layout == 0 else (1, 2, I)).astype(np.float32)
+                  for sid in chosen}
+        out = pool.step(frames)
+        assert list(out) == chosen
+        for sid in chosen:
+            fed[sid].append((frames[sid], out[sid]))
+            assert out[sid].flags.writeable
+    for sid, steps in fed.items():
+        alone = run_alone(model, [f for f, _ in steps])
+        for (_, got), want in zip(steps, alone):
+            np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+def test_open_streams_cost_their_state_plus_a_small_constant():
+    import tracemalloc
+
+    model = lstminfer.load(bare_model("LSTM", hidden=64))
+    state_bytes = 2 * 64 * 4
+    model.stream()  # the program is built once per model, outside the count
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    streams = [model.stream() for _ in range(2000)]
+    x = np.zeros((1, 1, I), np.float32)
+    for s in streams:
+        s.step(x)
+    per_stream = (tracemalloc.get_traced_memory()[0] - before) / len(streams)
+    tracemalloc.stop()
+    assert per_stream < state_bytes + 600, per_stream
