@@ -79,6 +79,7 @@ def format_info(model) -> str:
     lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())))
     layers = recurrent_layers(graph)
     lines.append(f"recurrent layers: {len(layers)}")
+    runs_on = {step.node.name: step.describe for step in model._plan.steps}
     for layer in layers:
         sizes = f"input={layer.input_size if layer.input_size is not None else '?'} hidden={layer.hidden_size}"
         params = layer.parameters if layer.parameters is not None else "? (weights computed at run time)"
@@ -86,6 +87,8 @@ def format_info(model) -> str:
             f"  {layer.node}: {layer.op_type} {layer.direction} {sizes} parameters={params} "
             f"streamable={'yes' if layer.streamable else 'no'} ({layer.reason})"
         )
+        if layer.node in runs_on:  # absent for layers inside Loop/If bodies
+            lines.append(f"    runs on: {runs_on[layer.node]}")
     if layers:
         from .streaming import streamability
 
