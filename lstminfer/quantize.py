@@ -5,12 +5,17 @@ row of W[d] (one gate unit's input weights) and of R[d] gets its own scale
 max|row| / 127, values rint(w / scale) in [-127, 127], zero point 0.
 ``bf16``: every weight rounded to the nearest bfloat16 (ties to even).
 
-Compute scheme of this first version (weight-only): the quantized weights
-are expanded back to float32 once, at load, and the float kernels (reference,
-Numba, Cython) run on them, so the results are exactly those of the float
-model with int8/bf16 weights; the state and accumulation stay float32. It is
-the accuracy oracle a true int8 kernel must match; it saves no memory and
-gains no speed yet.
+Compute scheme (weight-only: the state, activations and accumulation stay float32):
+
+* int8 on the Cython backend: the int8 kernel
+  (``kernels.cython_backend.cython_int8_kernel``) keeps W and R as int8
+  panels with per-row float32 scales and dequantizes them on the fly inside
+  its products: a quarter of the weight bytes streamed per step.
+* everywhere else (reference, Numba, bf16, or a node the Cython kernel
+  declines): the quantized weights are expanded back to float32 once, at
+  load, and the float kernels run on them. That is the accuracy oracle the
+  int8 kernel matches (to float32 accumulation order); it saves no memory
+  and gains no speed.
 """
 from __future__ import annotations
 
@@ -62,6 +67,7 @@ def fake_quantize(w: np.ndarray, mode: str) -> np.ndarray:
 
 PRECISION_TEXT = {
     "int8": "int8 weights (per-channel symmetric, weight-only: expanded to float32 at load)",
+    "int8-kernel": "int8 weights (per-channel symmetric, weight-only: int8 in the kernel, float32 accumulation)",
     "bf16": "bf16 weights (weight-only: expanded to float32 at load)",
 }
 
@@ -79,6 +85,10 @@ def quantized_recurrent_build(node: Node, ctx: Any, mode: str, build: Callable[[
         kernel = build(ctx)
         kernel.describe = f"{kernel.describe}; float32 weights (W/R not float32 constants: not quantized)"
         return kernel
+    if mode == "int8" and getattr(ctx, "backend", None) == "cython":
+        kernel = _cython_int8_kernel(node, ctx, originals[1], originals[2])
+        if kernel is not None:
+            return kernel
     replaced = {names[i]: fake_quantize(originals[i], mode) for i in names}
     base_constant = ctx.constant
     inner = build(replace(ctx, constant=lambda name: replaced[name] if name in replaced else base_constant(name)))
@@ -88,4 +98,25 @@ def quantized_recurrent_build(node: Node, ctx: Any, mode: str, build: Callable[[
         return inner(X, W_q, R_q, *rest)
 
     kernel.describe = f"{getattr(inner, 'describe', 'reference')}; {PRECISION_TEXT[mode]}"
+    return kernel
+
+
+def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray) -> Any:
+    """The int8 Cython kernel for this node (weights quantized and packed now), or None if it declines."""
+    from .kernels import cython_backend
+    from .ops.recurrent import parse_spec
+
+    if not cython_backend.available():
+        return None
+    spec = parse_spec(node, ctx)
+    if spec.hidden_size is None and np.ndim(R) == 3:
+        spec = replace(spec, hidden_size=int(np.shape(R)[2]))
+    B, P = (ctx.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] else None for i in (3, 7))
+    if W.ndim != 3 or R.ndim != 3:
+        return None
+    kernel = cython_backend.cython_int8_kernel(
+        spec, W, R, B, P, (*int8_per_row(W), *int8_per_row(R)),
+        threads=ctx.options.get("threads", 1), label=node.label())
+    if kernel is not None:
+        kernel.describe = f"{kernel.describe}; {PRECISION_TEXT['int8-kernel']}"
     return kernel

@@ -380,6 +380,148 @@ def matmul(const float[:, ::1] A, const float[::1] panels, int n0, int n1, float
              &C[0, 0], C.shape[1], b)
 
 
+# ------------------------------------------------------- int8 products --
+# Weight-only int8 (lstminfer.quantize, quantize="int8"): the same panels
+# with int8 entries and one float32 scale per column (= per output row of
+# W/R), each panel's scales padded like its columns. At batch 1..3 the
+# weights are converted to float inside the micro-kernel (a quarter of the
+# bytes streamed per step) and the scale applied once per output:
+# C = scale * sum_k a[k] q[k, j] (+ bias). Row groups of 4 (the input
+# projection over T*B rows, larger batches) dequantize each panel once per
+# row block into a float buffer and run the float micro-kernel on it.
+
+cdef extern from *:
+    """
+    /* LI_VEC int8 weights -> floats. Intrinsics: GCC 12 turns __builtin_convertvector
+       from a char vector into one scalar conversion per lane. */
+    #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
+    #include <immintrin.h>
+    #endif
+    static inline li_vf li_loadq(const signed char *p) {
+        li_vf v;
+    #if defined(__AVX512F__)
+        __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
+    #elif defined(__AVX2__)
+        __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+    #elif defined(__SSE2__)
+        int32_t word; memcpy(&word, p, 4);
+        __m128i b = _mm_cvtsi32_si128(word);
+        b = _mm_unpacklo_epi16(_mm_unpacklo_epi8(b, b), _mm_unpacklo_epi8(b, b));  /* each byte in a lane's top */
+        __m128 f = _mm_cvtepi32_ps(_mm_srai_epi32(b, 24));
+    #else
+        float f[LI_VEC];
+        for (int i = 0; i < LI_VEC; i++) f[i] = (float)p[i];
+    #endif
+        memcpy(&v, &f, sizeof v);
+        return v;
+    }
+
+    /* li_tile1 on an int8 panel: C[0:2*LI_VEC] = scale * (sum_k a[k] Q[k, :]) (+ bias) */
+    static inline void li_tile1_q(const float *a, ptrdiff_t K, const signed char *Q, float *C,
+                                  const float *scale, const float *bias) {
+        li_vf z = {0};
+        li_vf p0 = z, p1 = z, q0 = z, q1 = z, r0 = z, r1 = z, t0 = z, t1 = z;
+        ptrdiff_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+            const signed char *w = Q + k * 2 * LI_VEC;
+            p0 += a[k] * li_loadq(w);                  p1 += a[k] * li_loadq(w + LI_VEC);
+            q0 += a[k + 1] * li_loadq(w + 2 * LI_VEC); q1 += a[k + 1] * li_loadq(w + 3 * LI_VEC);
+            r0 += a[k + 2] * li_loadq(w + 4 * LI_VEC); r1 += a[k + 2] * li_loadq(w + 5 * LI_VEC);
+            t0 += a[k + 3] * li_loadq(w + 6 * LI_VEC); t1 += a[k + 3] * li_loadq(w + 7 * LI_VEC);
+        }
+        for (; k < K; k++) {
+            const signed char *w = Q + k * 2 * LI_VEC;
+            p0 += a[k] * li_loadq(w); p1 += a[k] * li_loadq(w + LI_VEC);
+        }
+        p0 = ((p0 + q0) + (r0 + t0)) * li_load(scale);
+        p1 = ((p1 + q1) + (r1 + t1)) * li_load(scale + LI_VEC);
+        if (bias) { p0 += li_load(bias); p1 += li_load(bias + LI_VEC); }
+        li_store(C, p0); li_store(C + LI_VEC, p1);
+    }
+
+    /* One int8 panel (K rows of 2*LI_VEC) as floats q * scale: the dequantized weights exactly */
+    static inline void li_dequantize_panel(const signed char *Q, ptrdiff_t K, const float *scale, float *out) {
+        li_vf s0 = li_load(scale), s1 = li_load(scale + LI_VEC);
+        for (ptrdiff_t k = 0; k < K; k++) {
+            li_store(out + k * 2 * LI_VEC, li_loadq(Q + k * 2 * LI_VEC) * s0);
+            li_store(out + k * 2 * LI_VEC + LI_VEC, li_loadq(Q + k * 2 * LI_VEC + LI_VEC) * s1);
+        }
+    }
+    """
+    void li_tile1_q(const float* a, idx K, const signed char* Q, float* C, const float* scale,
+                    const float* bias) noexcept nogil
+    void li_dequantize_panel(const signed char* Q, idx K, const float* scale, float* out) noexcept nogil
+
+
+cdef void gemm_q(const float* A, idx M, idx K, idx lda, const signed char* panels, const float* scales,
+                 idx n0, idx n1, float* C, idx ldc, const float* bias) noexcept nogil:
+    """``gemm`` on int8 panels with per-column ``scales`` (padded to whole panels)."""
+    cdef idx width = n1 - n0
+    cdef idx nr = 2 * LI_VEC
+    cdef idx full_rows = M - M % 4
+    cdef idx mb = (32768 // (K if K > 0 else 1)) // 4 * 4
+    mb = 16 if mb < 16 else (256 if mb > 256 else mb)
+    cdef idx m0, m1, m, j, w, r, q
+    cdef float tmp[4 * 64]  # one partial tile (nr <= 64)
+    cdef float* panel = NULL
+    if full_rows:
+        panel = <float*>malloc((K * nr + 1) * sizeof(float))
+        if panel == NULL:  # out of memory: every row through the one-row kernel below
+            full_rows = 0
+    m0 = 0
+    while m0 < full_rows:
+        m1 = m0 + mb if m0 + mb < full_rows else full_rows
+        j = 0
+        while j < width:
+            li_dequantize_panel(panels + (j // nr) * K * nr, K, scales + j, panel)
+            w = width - j
+            m = m0
+            if w >= nr:
+                while m < m1:
+                    li_tile4(A + m * lda, lda, K, panel, nr, C + m * ldc + j, ldc,
+                             (bias + n0 + j) if bias != NULL else NULL)
+                    m += 4
+            else:
+                while m < m1:
+                    li_tile4(A + m * lda, lda, K, panel, nr, tmp, nr, NULL)
+                    for r in range(4):
+                        for q in range(w):
+                            C[(m + r) * ldc + j + q] = tmp[r * nr + q] + (bias[n0 + j + q] if bias != NULL else LI_ZERO)
+                    m += 4
+            j += nr
+        m0 = m1
+    free(panel)
+    for m in range(full_rows, M):
+        j = 0
+        while j < width:
+            w = width - j
+            if w >= nr:
+                li_tile1_q(A + m * lda, K, panels + (j // nr) * K * nr, C + m * ldc + j, scales + j,
+                           (bias + n0 + j) if bias != NULL else NULL)
+            else:
+                li_tile1_q(A + m * lda, K, panels + (j // nr) * K * nr, tmp, scales + j, NULL)
+                for q in range(w):
+                    C[m * ldc + j + q] = tmp[q] + (bias[n0 + j + q] if bias != NULL else LI_ZERO)
+            j += nr
+
+
+def matmul_int8(const float[:, ::1] A, const signed char[::1] panels, const float[::1] scales, int n0, int n1,
+                float[:, ::1] C, const float[::1] bias=None):
+    """``matmul`` on int8 panels (``pack_int8_panels``) with their per-column scales. For tests."""
+    cdef idx nr = PANEL_WIDTH
+    cdef idx cols = (n1 - n0 + nr - 1) // nr * nr
+    if C.shape[0] != A.shape[0] or C.shape[1] < n1 - n0:
+        raise ValueError("matmul_int8: shapes do not match")
+    if not (0 <= n0 <= n1) or (bias is not None and bias.shape[0] < n1):
+        raise ValueError("matmul_int8: column range out of bounds")
+    if panels.shape[0] < cols * A.shape[1] or scales.shape[0] < cols:
+        raise ValueError("matmul_int8: panels or scales too small")
+    cdef const float* b = &bias[0] if bias is not None else NULL
+    with nogil:
+        gemm_q(&A[0, 0], A.shape[0], A.shape[1], A.shape[1], &panels[0], &scales[0], n0, n1,
+               &C[0, 0], C.shape[1], b)
+
+
 # ------------------------------------------------------------- sequence --
 
 cdef struct Seq:
@@ -407,6 +549,10 @@ cdef struct Seq:
     const long long* offsets  # [D, NUM_SEGMENTS]
     const float* pbuf  # micro-kernel panels (see pack_panels)
     const long long* poff  # [D, 3]: panels of W^T, of R^T columns [0, n_a), of R^T columns [n_a, G*H)
+    # int8 weights (NULL: float32): then poff indexes qpbuf, and qsoff [D, 3] the per-column scales
+    const signed char* qpbuf
+    const float* qscale
+    const long long* qsoff
     const int* codes  # activation codes [D, acts per direction]
     const float* fparams  # alpha, beta per activation
     float* scratch
@@ -434,6 +580,16 @@ cdef inline const float* segment(const Seq* s, idx d, idx which) noexcept nogil:
 
 cdef inline const float* panels_of(const Seq* s, idx d, idx which) noexcept nogil:
     return s.pbuf + s.poff[d * 3 + which]
+
+
+cdef inline void product(const Seq* s, idx d, idx which, const float* A, idx M, idx K, idx n0, idx n1,
+                         float* C, idx ldc, const float* bias) noexcept nogil:
+    """C = A . (panels ``which`` of direction d)[:, n0:n1] (+ bias): float32 or int8 weights."""
+    if s.qpbuf != NULL:
+        gemm_q(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], s.qscale + s.qsoff[d * 3 + which],
+               n0, n1, C, ldc, bias)
+    else:
+        gemm(A, M, K, K, panels_of(s, d, which), n0, n1, C, ldc, bias)
 
 
 cdef void init_states(const Seq* s, idx d, float* h, float* c) noexcept nogil:
@@ -518,15 +674,13 @@ cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef bint active
     cdef float* hp
     cdef float* hn
-    cdef const float* RP = panels_of(s, d, 1)
-    gemm(s.X, T * B, s.I, s.I, panels_of(s, d, 0), 0, GH, xp, GH,
-         segment(s, d, SEG_BIAS_X))
+    product(s, d, 0, s.X, T * B, s.I, 0, GH, xp, GH, segment(s, d, SEG_BIAS_X))
     init_states(s, d, hbuf, c)
     for step in range(T):
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
-        gemm(hp, B, H, H, RP, 0, GH, gates, GH, NULL)
+        product(s, d, 1, hp, B, H, 0, GH, gates, GH, NULL)
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
@@ -588,18 +742,15 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef float* hp
     cdef float* hn
     cdef const float* x
-    cdef const float* RP_zr = panels_of(s, d, 1)
-    cdef const float* RP_h = panels_of(s, d, 2)
-    gemm(s.X, T * B, s.I, s.I, panels_of(s, d, 0), 0, GH, xp, GH,
-         segment(s, d, SEG_BIAS_X))
+    product(s, d, 0, s.X, T * B, s.I, 0, GH, xp, GH, segment(s, d, SEG_BIAS_X))
     init_states(s, d, hbuf, NULL)
     for step in range(T):
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
         if lbr:
-            gemm(hp, B, H, H, RP_zr, 0, 2 * H, gates, GH, NULL)
-            gemm(hp, B, H, H, RP_h, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
+            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL)
+            product(s, d, 2, hp, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
             for b in range(B):
                 active = (not s.has_lens) or t < s.lens[b]
                 if active:
@@ -608,14 +759,14 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
                 finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         else:
             # z and r first: the candidate's product needs all of r * h_prev
-            gemm(hp, B, H, H, RP_zr, 0, 2 * H, gates, GH, NULL)
+            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL)
             for b in range(B):
                 if (not s.has_lens) or t < s.lens[b]:
                     gru_zr(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, rh + b * H, H, s.clip,
                            codes[0], ab[0], ab[1])
                 else:
                     memset(rh + b * H, 0, H * sizeof(float))
-            gemm(rh, B, H, H, RP_h, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
+            product(s, d, 2, rh, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
             for b in range(B):
                 active = (not s.has_lens) or t < s.lens[b]
                 if active:
@@ -647,15 +798,13 @@ cdef void rnn_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef bint active
     cdef float* hp
     cdef float* hn
-    cdef const float* RP = panels_of(s, d, 1)
-    gemm(s.X, T * B, s.I, s.I, panels_of(s, d, 0), 0, H, xp, H,
-         segment(s, d, SEG_BIAS_X))
+    product(s, d, 0, s.X, T * B, s.I, 0, H, xp, H, segment(s, d, SEG_BIAS_X))
     init_states(s, d, hbuf, NULL)
     for step in range(T):
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
-        gemm(hp, B, H, H, RP, 0, H, gates, H, NULL)
+        product(s, d, 1, hp, B, H, 0, H, gates, H, NULL)
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
@@ -687,7 +836,8 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
              const float[::1] wbuf, const long long[:, ::1] offsets,
              const float[::1] pbuf, const long long[:, ::1] poff, const int[::1] codes,
              const float[::1] fparams, float[::1] scratch,
-             bint reverse_first, bint flag, bint time_major, float clip):
+             bint reverse_first, bint flag, bint time_major, float clip,
+             const signed char[::1] qpbuf=None, const float[::1] qscale=None, const long long[:, ::1] qsoff=None):
     """Run one recurrent node over a whole sequence, without the GIL. Returns 0, or 1 for bad lens.
 
     The caller (cython_backend.py) has checked every shape and dtype (and
@@ -695,7 +845,11 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     are in kernel order: Y viewed as [T, D, B, H], states as [S, D, B, H],
     h0/c0 as [D, B, H], all with any strides but unit stride along H (for
     layout=1 pass transposed views). ``scratch`` holds ``scratch_floats(T, B, G, H)``.
+    int8 weights: ``qpbuf``/``qscale``/``qsoff`` from ``pack_int8_panels`` (``poff``
+    then indexes ``qpbuf``; ``pbuf`` is not read).
     """
+    if (qpbuf is None) != (qscale is None) or (qpbuf is None) != (qsoff is None):
+        raise ValueError("sequence: qpbuf, qscale and qsoff come together")
     # (the stride of a length-1 axis is meaningless: numpy may set anything there)
     if ((h0.shape[2] > 1 and h0.strides[2] != 4) or (c0.shape[2] > 1 and c0.strides[2] != 4)
             or (Y.shape[3] > 1 and Y.strides[3] != 4) or (states.shape[3] > 1 and states.strides[3] != 4)):
@@ -730,6 +884,9 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.offsets = &offsets[0, 0]
     s.pbuf = &pbuf[0]
     s.poff = &poff[0, 0]
+    s.qpbuf = &qpbuf[0] if qpbuf is not None else NULL
+    s.qscale = &qscale[0] if qscale is not None else NULL
+    s.qsoff = &qsoff[0, 0] if qsoff is not None else NULL
     s.codes = &codes[0]
     s.fparams = &fparams[0]
     s.scratch = &scratch[0]
@@ -843,6 +1000,9 @@ cdef class KernelCore:
     cdef const long long* offsets
     cdef const float* pbuf
     cdef const long long* poff
+    cdef const signed char* qpbuf  # int8 weights (NULL: float32)
+    cdef const float* qscale
+    cdef const long long* qsoff
     cdef const int* codes
     cdef const float* fparams
     cdef int op, outputs
@@ -861,8 +1021,18 @@ cdef class KernelCore:
 
     def _bind_core(self, run_sequence_capsule, int op, W, R, B, P, bint check_p, wbuf, offsets, pbuf, poff,
                    codes, fparams, idx hidden_size, idx input_size, idx num_directions, idx gates, int outputs,
-                   bint reverse_first, bint flag, bint time_major, float clip, idx split_rows):
+                   bint reverse_first, bint flag, bint time_major, float clip, idx split_rows,
+                   qpbuf=None, qscale=None, qsoff=None):
         """Hold the packed constants (read-only arrays, kept alive here) as raw pointers."""
+        cdef const signed char[::1] qpbuf_v
+        cdef const float[::1] qscale_v
+        cdef const long long[:, ::1] qsoff_v
+        self.qpbuf, self.qscale, self.qsoff = NULL, NULL, NULL
+        if qpbuf is not None:
+            qpbuf_v, qscale_v, qsoff_v = qpbuf, qscale, qsoff
+            if qsoff_v.shape[0] != num_directions or qsoff_v.shape[1] != 3:
+                raise ValueError("_bind_core: qsoff does not match the directions")
+            self.qpbuf, self.qscale, self.qsoff = &qpbuf_v[0], &qscale_v[0], &qsoff_v[0, 0]
         cdef const float[::1] wbuf_v = wbuf
         cdef const long long[:, ::1] offsets_v = offsets
         cdef const float[::1] pbuf_v = pbuf
@@ -872,7 +1042,7 @@ cdef class KernelCore:
         if offsets_v.shape[0] != num_directions or offsets_v.shape[1] != NUM_SEGMENTS or poff_v.shape[0] != num_directions:
             raise ValueError("_bind_core: offsets do not match the directions")
         self.run = <sequence_fn>PyCapsule_GetPointer(run_sequence_capsule, RUN_SEQUENCE_NAME)
-        self.keep = (wbuf, offsets, pbuf, poff, codes, fparams)
+        self.keep = (wbuf, offsets, pbuf, poff, codes, fparams, qpbuf, qscale, qsoff)
         self.constants = (W, R, B, P)
         self.wbuf = &wbuf_v[0]
         self.offsets = &offsets_v[0, 0]
@@ -984,6 +1154,7 @@ cdef class KernelCore:
         s.T, s.B, s.I, s.H, s.D = T, batch, self.I, H, D
         s.time_major = self.time_major
         s.wbuf, s.offsets, s.pbuf, s.poff = self.wbuf, self.offsets, self.pbuf, self.poff
+        s.qpbuf, s.qscale, s.qsoff = self.qpbuf, self.qscale, self.qsoff
         s.codes, s.fparams = self.codes, self.fparams
         s.scratch = scratch
         s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip

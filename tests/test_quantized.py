@@ -8,6 +8,8 @@ assert: max |diff| <= 5e-3 and at most 1% of the values differ by > 1e-5.
 """
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -18,8 +20,11 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 import lstminfer
 import lstminfer.models
 from lstminfer import quantize as lq
-from lstminfer.errors import InvalidArgumentError, InvalidModelError
+from lstminfer.errors import InvalidArgumentError, InvalidInputError, InvalidModelError
+from lstminfer.kernels import cython_backend
 from lstminfer.tasks import get as get_task
+
+from kernel_cases import REFERENCE, make_inputs, make_spec, make_weights
 
 MAX_DIFF = 5e-3
 FLIP_FRACTION = 0.01
@@ -283,3 +288,134 @@ def test_int8_adding_model_accuracy_drops_at_most_half_a_point():
 def test_quantize_option_is_checked():
     with pytest.raises(InvalidArgumentError, match="quantize must be"):
         lstminfer.load(lstminfer.models.path("adding_lstm"), quantize="int4")
+
+
+# ------------------------------------------------ the int8 Cython kernel
+
+needs_cython = pytest.mark.skipif(not cython_backend.available(), reason="Cython extension not built")
+
+
+def _dequantized(q, scale):
+    return lq.dequantize_per_row(q, scale)
+
+
+def _int8_case(seed, op, direction, layout, H, I, T, batch, with_lens, linear_before_reset=False, clip=None):
+    rng = np.random.default_rng(seed)
+    spec = make_spec(op, hidden_size=H, direction=direction, layout=layout, clip=clip,
+                     linear_before_reset=linear_before_reset)
+    W, R, B, P = make_weights(rng, op, spec.num_directions, H, I)
+    lens = rng.integers(0, T + 1, batch).astype(np.int32) if with_lens else None
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T, batch, lens=lens)
+    return spec, W, R, B, P, inputs
+
+
+def _check_int8_kernel_against_oracle(spec, W, R, B, P, inputs):
+    qW, sW = lq.int8_per_row(W)
+    qR, sR = lq.int8_per_row(R)
+    kernel = cython_backend.cython_int8_kernel(spec, W, R, B, P, (qW, sW, qR, sR))
+    assert kernel is not None and "int8" in kernel.describe
+    ours = kernel(*inputs)
+    oracle_inputs = list(inputs)
+    oracle_inputs[1], oracle_inputs[2] = _dequantized(qW, sW), _dequantized(qR, sR)
+    args = oracle_inputs if spec.op == "LSTM" else oracle_inputs[:6]
+    expected = REFERENCE[spec.op](*args, **spec.reference_kwargs())[: spec.num_outputs]
+    assert len(ours) == len(expected)
+    for a, b in zip(ours, expected):
+        assert a.dtype == np.float32 and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    return kernel
+
+
+_ISAS = ["native", "portable"]
+
+
+@needs_cython
+@pytest.mark.parametrize("isa", _ISAS)
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_int8_kernel_matches_the_dequantized_reference(monkeypatch, isa, op, direction):
+    if isa == "portable":
+        monkeypatch.setenv(cython_backend.PORTABLE_ENV, "1")
+    else:
+        monkeypatch.delenv(cython_backend.PORTABLE_ENV, raising=False)
+    rng = np.random.default_rng(zlib.crc32(f"{op}{direction}".encode()))
+    # H = 1 and 17 (partial panels), batch 1 (one-row kernel) and 5 (a dequantized 4-row group + 1)
+    for H, I, T, batch, with_lens in ((1, 3, 4, 1, False), (17, 5, 6, 5, True), (int(rng.integers(2, 40)),
+                                      int(rng.integers(1, 40)), int(rng.integers(1, 8)), int(rng.integers(1, 9)),
+                                      bool(rng.integers(0, 2)))):
+        for layout in (0, 1):
+            case = _int8_case(int(rng.integers(2**31)), op, direction, layout, H, I, T, batch, with_lens)
+            kernel = _check_int8_kernel_against_oracle(*case)
+            assert kernel.isa == (cython_backend.isa() if isa == "native" else "portable")
+
+
+@needs_cython
+@pytest.mark.parametrize("isa", _ISAS)
+def test_int8_kernel_gru_linear_before_reset_and_clip(monkeypatch, isa):
+    if isa == "portable":
+        monkeypatch.setenv(cython_backend.PORTABLE_ENV, "1")
+    case = _int8_case(12, "GRU", "bidirectional", 0, 17, 9, 5, 3, True, linear_before_reset=True, clip=0.7)
+    _check_int8_kernel_against_oracle(*case)
+
+
+@needs_cython
+def test_int8_kernel_stores_int8_panels_not_float_weights():
+    spec, W, R, B, P, inputs = _int8_case(13, "LSTM", "forward", 0, 64, 32, 2, 1, False)
+    kernel = _check_int8_kernel_against_oracle(spec, W, R, B, P, inputs)
+    assert kernel._qpanels.dtype == np.int8
+    weight_floats = W.size + R.size
+    assert kernel._qpanels.nbytes < 1.2 * weight_floats  # ~1 byte per weight (+ panel padding)
+    assert kernel._packed.buffer.size < weight_floats / 10  # only biases and peepholes stay float
+
+
+@needs_cython
+def test_int8_matmul_equals_float_product_of_dequantized_weights():
+    ext = cython_backend._module(cython_backend.isa())
+    rng = np.random.default_rng(14)
+    for M, K, N in ((1, 7, 5), (5, 33, 70), (8, 1, 1)):
+        w = rng.standard_normal((1, N, K)).astype(np.float32)
+        q, s = lq.int8_per_row(w)
+        panels, offsets, scales, scale_offsets = cython_backend.pack_int8_panels(
+            "RNN", q, s, np.zeros((1, N, N), np.int8), np.ones((1, N), np.float32), ext.PANEL_WIDTH)
+        A = rng.standard_normal((M, K)).astype(np.float32)
+        bias = rng.standard_normal(N).astype(np.float32)
+        C = np.zeros((M, N), np.float32)
+        ext.matmul_int8(A, panels[offsets[0, 0]:], scales[scale_offsets[0, 0]:], 0, N, C, bias)
+        expected = A.astype(np.float64) @ _dequantized(q, s)[0].T.astype(np.float64) + bias
+        np.testing.assert_allclose(C, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_cython
+def test_int8_kernel_fallbacks_use_the_dequantized_weights():
+    """An ndarray subclass X and out-of-range sequence_lens leave the C path: the reference then
+    runs on the dequantized weights (same answers) and reports the errors."""
+    spec, W, R, B, P, inputs = _int8_case(15, "LSTM", "forward", 0, 8, 4, 3, 2, False)
+    kernel = _check_int8_kernel_against_oracle(spec, W, R, B, P, inputs)
+    expected = kernel(*inputs)
+
+    class Subclass(np.ndarray):
+        pass
+
+    ours = kernel(inputs[0].view(Subclass), *inputs[1:])
+    for a, b in zip(ours, expected):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(InvalidInputError, match="sequence_lens"):
+        kernel(inputs[0], W, R, B, np.array([1, 9], np.int32), *inputs[5:])
+
+
+@needs_cython
+@pytest.mark.parametrize("isa", _ISAS)
+def test_int8_load_runs_the_int8_kernel_and_matches_the_oracle_model(monkeypatch, isa):
+    if isa == "portable":
+        monkeypatch.setenv(cython_backend.PORTABLE_ENV, "1")
+    model = _lstm_model("bidirectional", H=17, I=5)
+    quantized = lstminfer.load(model, backend="cython", quantize="int8")
+    assert "int8" in quantized.describe() and "int8 in the kernel" in quantized.describe()
+    oracle = lstminfer.load(_with_weights_quantized(model, "int8"), backend="reference")
+    rng = np.random.default_rng(16)
+    feeds = {"X": rng.standard_normal((6, 1, 5)).astype(np.float32),
+             "h0": rng.standard_normal((2, 1, 17)).astype(np.float32),
+             "c0": rng.standard_normal((2, 1, 17)).astype(np.float32)}
+    for _ in range(2):  # the second call takes the C fast path with warm buffers
+        for a, b in zip(quantized.run(None, feeds), oracle.run(None, feeds)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -27,6 +27,13 @@ it or raises its error, so the two paths never disagree on errors.
 
 threads > 1: a batch of at least 4 rows per thread is split across threads
 (each runs the whole sequence on its rows); smaller batches run on one.
+
+int8 weights (``cython_int8_kernel``, for ``lstminfer.load(..., quantize="int8")``):
+W and R quantized per output row (``lstminfer.quantize.int8_per_row``) are
+packed as int8 panels with float32 scales and dequantized on the fly inside
+the products (float32 accumulation, state and activations); the kernel
+answers for the original float W/R (by identity, as the model passes them)
+and its fallbacks run the reference on the dequantized weights.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ import importlib
 import math
 import os
 import threading
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -41,7 +49,8 @@ import numpy as np
 from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
 from .common import same_constant, thread_pool, weights_problem
-from .packing import ALIGN_FLOATS, SEG_RT, SEG_WT, PackedWeights, pack, row_stride
+from .packing import (ALIGN_FLOATS, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_RT, SEG_WT,
+                      PackedWeights, kernel_row_order, pack, row_stride, unit_blocks)
 
 OPS = ("LSTM", "GRU", "RNN")
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -52,6 +61,8 @@ _ISA_MODULES = {"avx512": "lstminfer._rnn_kernels_avx512", "avx2": "lstminfer._r
 _ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "portable": ()}
 
 _F32 = np.dtype(np.float32)
+_NO_PANELS = np.zeros(ALIGN_FLOATS, dtype=np.float32)  # pbuf of an int8 kernel (never read)
+_NO_PANELS.flags.writeable = False
 _NO_LENS = np.zeros(1, dtype=np.int32)
 _NO_STATE = np.zeros((1, 1, 1), dtype=np.float32)
 _REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
@@ -161,6 +172,87 @@ def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np
     return buffer, offsets
 
 
+def cython_int8_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, quantized: tuple, *, threads: int = 1,
+                       label: str = ""):
+    """An int8-weight Cython kernel, or None (see ``why_not_fused``).
+
+    ``W``/``R``: the float32 constants of the model (what the kernel is called
+    with); ``quantized``: (qW, sW, qR, sR), their per-row int8 values [D, G*H, K]
+    and float32 scales [D, G*H] (``lstminfer.quantize.int8_per_row``).
+    """
+    if why_not_fused(spec, W, R, B, P) is not None:
+        return None
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    qW, sW, qR, sR = quantized
+    for q, scale, w in ((qW, sW, W), (qR, sR, R)):
+        if q.dtype != np.int8 or q.shape != w.shape or scale.dtype != _F32 or scale.shape != w.shape[:2]:
+            raise ValueError(f"quantized weights do not match: {q.dtype}{list(q.shape)} scales "
+                             f"{scale.dtype}{list(scale.shape)} for weights {list(w.shape)}")
+    return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label,
+                        int8=(qW, sW, qR, sR))
+
+
+def pack_int8_panels(op: str, qW: np.ndarray, sW: np.ndarray, qR: np.ndarray, sR: np.ndarray,
+                     panel_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``pack_panels`` for int8 weights: the same three column ranges per direction, int8
+    panels, and each range's per-column scales (zero-padded like its columns).
+
+    Returns (panels int8, offsets [D, 3] into them, scales float32, offsets [D, 3] into those).
+    """
+    D, GH, I = qW.shape
+    H = qR.shape[2]
+    split = 2 * H if op == "GRU" else GH
+    order = kernel_row_order(op, H, unit_blocks(H, 1))
+    pieces: list[np.ndarray] = []
+    scale_pieces: list[np.ndarray] = []
+    offsets = np.zeros((D, 3), dtype=np.int64)
+    scale_offsets = np.zeros((D, 3), dtype=np.int64)
+    position = scale_position = 0
+    for d in range(D):
+        WT, RT = qW[d][order].T, qR[d][order].T
+        sw, sr = sW[d][order], sR[d][order]
+        for which, (matrix, scale) in enumerate(((WT, sw), (RT[:, :split], sr[:split]), (RT[:, split:], sr[split:]))):
+            K, N = matrix.shape
+            columns = -(-N // panel_width) * panel_width
+            padded = np.zeros((K, columns), dtype=np.int8)
+            padded[:, :N] = matrix
+            panels = padded.reshape(K, columns // panel_width, panel_width).transpose(1, 0, 2).ravel()
+            panels = np.concatenate([panels, np.zeros(-panels.size % 64, dtype=np.int8)])  # 64-byte aligned
+            scales = np.zeros(-(-columns // ALIGN_FLOATS) * ALIGN_FLOATS, dtype=np.float32)
+            scales[:N] = scale
+            offsets[d, which], scale_offsets[d, which] = position, scale_position
+            position += panels.size
+            scale_position += scales.size
+            pieces.append(panels)
+            scale_pieces.append(scales)
+    buffer = np.concatenate(pieces + [np.zeros(64, dtype=np.int8)])
+    scale_buffer = np.concatenate(scale_pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
+    for array in (buffer, offsets, scale_buffer, scale_offsets):
+        array.flags.writeable = False
+    return buffer, offsets, scale_buffer, scale_offsets
+
+
+def _small_segments_only(packed: PackedWeights) -> PackedWeights:
+    """``packed`` without its float W/R copies (an int8 kernel reads only the biases and peepholes)."""
+    D, H = packed.num_directions, packed.hidden_size
+    GH = GATES[packed.op] * H
+    kept = {SEG_BIAS_X: GH, SEG_BIAS_RH: H, SEG_PEEP: 3 * H}
+    offsets = np.zeros((D, NUM_SEGMENTS), dtype=np.int64)
+    pieces, position = [], 0
+    for d in range(D):
+        for which, size in kept.items():
+            padded = -(-size // ALIGN_FLOATS) * ALIGN_FLOATS
+            piece = np.zeros(padded, dtype=np.float32)
+            piece[:size] = packed.segment(d, which, (size,))
+            offsets[d, which] = position
+            position += padded
+            pieces.append(piece)
+    buffer = np.concatenate(pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
+    buffer.flags.writeable = offsets.flags.writeable = False
+    return replace(packed, buffer=buffer, offsets=offsets)
+
+
 class CythonKernel(_KernelCore):
     """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``.
 
@@ -171,7 +263,7 @@ class CythonKernel(_KernelCore):
     """
 
     def __init__(self, spec: Any, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndarray | None,
-                 *, threads: int = 1, label: str = ""):
+                 *, threads: int = 1, label: str = "", int8: tuple | None = None):
         self.spec = spec
         self.op = spec.op
         self.label = label
@@ -179,7 +271,11 @@ class CythonKernel(_KernelCore):
         self._ext = _module(self.isa)
         self._opcode = self._ext.OPS[self.op]
         lbr = bool(spec.linear_before_reset) if self.op == "GRU" else False
+        self._int8 = int8
+        self._dequantized: tuple | None = None  # int8: the float W/R the fallbacks use, made on first need
         self._packed = pack(self.op, W, R, B, P, linear_before_reset=lbr, blocks=1)
+        if int8 is not None:
+            self._packed = _small_segments_only(self._packed)
         self._constants = (W, R, B, P)
         self.hidden_size = self._packed.hidden_size
         self.input_size = self._packed.input_size
@@ -188,7 +284,13 @@ class CythonKernel(_KernelCore):
         self._states = 2 if self.op == "LSTM" else 1
         self._offsets = np.ascontiguousarray(self._packed.offsets, dtype=np.int64)
         self._offsets.flags.writeable = False
-        self._panels, self._panel_offsets = pack_panels(self._packed, self._ext.PANEL_WIDTH)
+        if int8 is None:
+            self._panels, self._panel_offsets = pack_panels(self._packed, self._ext.PANEL_WIDTH)
+            self._qpanels = self._qscales = self._qscale_offsets = None
+        else:
+            self._panels = _NO_PANELS
+            self._qpanels, self._panel_offsets, self._qscales, self._qscale_offsets = pack_int8_panels(
+                self.op, *int8, self._ext.PANEL_WIDTH)
         codes = [self._ext.ACTIVATION_CODES[a.name.lower()] for a in spec.activations]
         self._codes = np.asarray(codes, dtype=np.int32)
         self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)
@@ -202,7 +304,8 @@ class CythonKernel(_KernelCore):
         self._reference_kwargs = spec.reference_kwargs()
         acts = "+".join(a.name for a in spec.activations[: ACTS_PER_DIRECTION[self.op]])
         self.describe = (
-            f"cython {self.op.lower()}_seq {self.isa} (H={self.hidden_size}, {spec.direction}, {acts}, "
+            f"cython {self.op.lower()}_seq {self.isa}{' int8' if int8 is not None else ''} "
+            f"(H={self.hidden_size}, {spec.direction}, {acts}, "
             + ("1 thread)" if threads == 1 else
                f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows)")
         )
@@ -213,6 +316,7 @@ class CythonKernel(_KernelCore):
                 self.hidden_size, self.input_size, self.num_directions, self._gates, spec.num_outputs,
                 self._reverse_first, self._flag, self._time_major, self._clip,
                 _MIN_ROWS_PER_PART * threads if threads > 1 else 0,
+                self._qpanels, self._qscales, self._qscale_offsets,
             )
 
     # ------------------------------------------------------------------
@@ -266,6 +370,7 @@ class CythonKernel(_KernelCore):
                 self._packed.buffer, self._offsets, self._panels, self._panel_offsets, self._codes, self._fparams,
                 self._scratch(T, batch),
                 self._reverse_first, self._flag, time_major, self._clip,
+                self._qpanels, self._qscales, self._qscale_offsets,
             )
         if status:  # sequence_lens outside [0, T]: the reference raises the error
             return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
@@ -288,6 +393,7 @@ class CythonKernel(_KernelCore):
                 Y[:, :, b0:b1], states[:, :, b0:b1], self._packed.buffer, self._offsets, self._panels,
                 self._panel_offsets, self._codes,
                 self._fparams, self._scratch(T, b1 - b0), self._reverse_first, self._flag, time_major, self._clip,
+                self._qpanels, self._qscales, self._qscale_offsets,
             )
 
         futures = [thread_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
@@ -324,6 +430,8 @@ class CythonKernel(_KernelCore):
 
     def _reference(self, *inputs):
         run = _REFERENCE[self.op]
+        if self._int8 is not None:
+            inputs = self._as_dequantized(inputs)
         args = inputs if self.op == "LSTM" else inputs[:6]
         prefix = f"{self.label}: " if self.label else ""
         try:
@@ -335,4 +443,18 @@ class CythonKernel(_KernelCore):
         return outputs[: self.spec.num_outputs]
 
 
-__all__ = ["CythonKernel", "available", "cython_kernel", "isa", "pack_panels", "unavailable_reason", "why_not_fused"]
+    def _as_dequantized(self, inputs: tuple) -> tuple:
+        """int8 kernel: the packed W/R replaced by the dequantized weights the kernel computes with."""
+        X, W, R, *rest = inputs
+        W0, R0 = self._constants[:2]
+        if not (same_constant(W, W0) and same_constant(R, R0)):
+            return inputs  # other weights than those quantized: run as given
+        if self._dequantized is None:
+            qW, sW, qR, sR = self._int8
+            self._dequantized = tuple((q.astype(np.float32) * s[..., None]).astype(np.float32)
+                                      for q, s in ((qW, sW), (qR, sR)))
+        return (X, *self._dequantized, *rest)
+
+
+__all__ = ["CythonKernel", "available", "cython_int8_kernel", "cython_kernel", "isa", "pack_int8_panels",
+           "pack_panels", "unavailable_reason", "why_not_fused"]
