@@ -56,6 +56,13 @@ def same_constant(given: Any, packed: np.ndarray | None) -> bool:
             and np.array_equal(given, packed))
 
 
+def same_weights(op: str, packed: tuple, W: Any, R: Any, B: Any, P: Any) -> bool:
+    """Are the run-time W, R, B (and P for LSTM) the constants ``packed`` = (W, R, B, P)?"""
+    W0, R0, B0, P0 = packed
+    return (same_constant(W, W0) and same_constant(R, R0) and same_constant(B, B0)
+            and (op != "LSTM" or same_constant(P, P0)))
+
+
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
 

@@ -48,7 +48,7 @@ import numpy as np
 
 from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
-from .common import same_constant, thread_pool, weights_problem
+from .common import same_constant, same_weights, thread_pool, weights_problem
 from .packing import (ALIGN_FLOATS, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_RT, SEG_WT,
                       PackedWeights, kernel_row_order, pack, row_stride, unit_blocks)
 
@@ -411,9 +411,7 @@ class CythonKernel(_KernelCore):
         return None, False
 
     def _same_weights(self, W, R, B, P) -> bool:
-        W0, R0, B0, P0 = self._constants
-        return (same_constant(W, W0) and same_constant(R, R0) and same_constant(B, B0)
-                and (self.op != "LSTM" or same_constant(P, P0)))
+        return same_weights(self.op, self._constants, W, R, B, P)
 
     def _scratch(self, T: int, batch: int) -> np.ndarray:
         """This thread's scratch buffer, grown as needed (threads never share one)."""

@@ -20,7 +20,7 @@ from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
 from . import numba_rnn
 from .numba_math import ACTIVATION_CODES
-from .common import same_constant, thread_pool
+from .common import same_weights, thread_pool
 from .packing import PackedWeights, num_gates
 
 _F32 = np.dtype(np.float32)
@@ -182,9 +182,7 @@ class FusedKernel:
         return None, False
 
     def _same_weights(self, W, R, B, P) -> bool:
-        W0, R0, B0, P0 = self._constants
-        return (same_constant(W, W0) and same_constant(R, R0) and same_constant(B, B0)
-                and (self.op != "LSTM" or same_constant(P, P0)))
+        return same_weights(self.op, self._constants, W, R, B, P)
 
     def _scratch(self, T: int, batch: int) -> np.ndarray:
         local = self._local
