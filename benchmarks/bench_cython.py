@@ -24,12 +24,11 @@ import sys
 import threading
 import time
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from peers import CONFIGS, HIDDEN_SIZES, Case, feeds, ort_runner, weights  # noqa: E402
+from peers import CONFIGS, HIDDEN_SIZES, Case, feeds, measure, ort_runner, weights  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ("ort-1t", "lstminfer-cython", "cython-kernel")
@@ -162,15 +161,7 @@ CASES = [Case(op, H, config) for op in ("LSTM", "GRU") for config in CONFIGS for
 
 @pytest.mark.parametrize("peer,case", [pytest.param(p, c, id=f"{c.name}-{p}") for c in CASES for p in PEERS])
 def test_cython_layer(benchmark, peer, case):
-    run = make_runner(peer, case)
-    run()
-    benchmark.group = case.name
-    benchmark.extra_info.update(op=case.op, hidden=case.hidden, config=case.config, peer=peer,
-                                T=case.T, B=case.B, flops=case.flops)
-    if case.config == "batch" or (case.config == "seq" and case.hidden >= 256):
-        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-    else:
-        benchmark(run)
+    measure(benchmark, make_runner(peer, case), case, peer)
 
 
 @pytest.mark.parametrize("peer", list(_COLD))

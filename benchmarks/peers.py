@@ -180,3 +180,19 @@ def make_runner(peer: str, case: Case):
         backend = peer.split("-")[1]
         return lstminfer_runner(case, backend, 2 if peer.endswith("-2t") else 1)
     raise ValueError(f"unknown peer {peer}")
+
+
+def measure(benchmark, run, case: Case, peer: str) -> None:
+    """Time ``run`` for ``case`` with pytest-benchmark, tagged so that report.py can group peers.
+
+    The first call stays outside the timing (compile/warm caches, like a served model); long
+    cases get a fixed number of rounds.
+    """
+    run()
+    benchmark.group = case.name
+    benchmark.extra_info.update(op=case.op, hidden=case.hidden, config=case.config, peer=peer,
+                                T=case.T, B=case.B, flops=case.flops)
+    if case.config == "batch" or (case.config == "seq" and case.hidden >= 256):
+        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
+    else:
+        benchmark(run)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from peers import CONFIGS, HIDDEN_SIZES, PEERS, Case, make_runner
+from peers import CONFIGS, HIDDEN_SIZES, PEERS, Case, make_runner, measure
 
 CASES = [Case(op, H, config) for op in ("LSTM", "GRU") for config in CONFIGS for H in HIDDEN_SIZES]
 
@@ -36,11 +36,4 @@ def test_recurrent_layer(benchmark, peer, case):
         run = make_runner(peer, case)
     except ImportError as err:  # e.g. torch not installed: that peer is simply absent
         pytest.skip(f"{peer} unavailable: {err}")
-    run()  # first call outside the timing: compile/warm caches like a served model
-    benchmark.group = case.name
-    benchmark.extra_info.update(op=case.op, hidden=case.hidden, config=case.config, peer=peer,
-                                T=case.T, B=case.B, flops=case.flops)
-    if case.config == "batch" or (case.config == "seq" and case.hidden >= 256):
-        benchmark.pedantic(run, rounds=5, iterations=1, warmup_rounds=1)
-    else:
-        benchmark(run)
+    measure(benchmark, run, case, peer)
