@@ -99,7 +99,7 @@ def _lstminfer(quantize):
 
 def _kernel(int8):
     def make(hidden, tmp_path):
-        from lstminfer import quantize as lq
+        from lstminfer import quantization as lq
         from lstminfer.kernels import cython_backend
         from lstminfer.ops.recurrent import RecurrentSpec
         from lstminfer.reference import cell_activations

@@ -51,7 +51,7 @@ class Model:
     ``backend`` is "auto", "numba" or "reference" (see ``lstminfer.backends``);
     ``threads`` is how many cores a fast recurrent kernel may use (default 1).
     ``quantize`` ("int8" or "bf16") quantizes the LSTM/GRU/RNN weights at load
-    (see ``lstminfer.quantize``).
+    (see ``lstminfer.quantization``).
     ``sess_options``/``providers`` are accepted (and ignored) so that code
     written for onnxruntime runs unchanged.
     """
@@ -60,7 +60,7 @@ class Model:
                  sess_options: Any = None, providers: Any = None, provider_options: Any = None, **_ignored: Any):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
-        from .quantize import check_mode
+        from .quantization import check_mode
 
         self.quantize = check_mode(quantize)
         self.backend = resolve_backend(backend)

@@ -381,7 +381,7 @@ def matmul(const float[:, ::1] A, const float[::1] panels, int n0, int n1, float
 
 
 # ------------------------------------------------------- int8 products --
-# Weight-only int8 (lstminfer.quantize, quantize="int8"): the same panels
+# Weight-only int8 (lstminfer.quantization, quantize="int8"): the same panels
 # with int8 entries and one float32 scale per column (= per output row of
 # W/R), each panel's scales padded like its columns. At batch 1..3 the
 # weights are converted to float inside the micro-kernel (a quarter of the

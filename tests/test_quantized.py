@@ -19,7 +19,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 import lstminfer
 import lstminfer.models
-from lstminfer import quantize as lq
+from lstminfer import quantization as lq
 from lstminfer.errors import InvalidArgumentError, InvalidInputError, InvalidModelError
 from lstminfer.kernels import cython_backend
 from lstminfer.tasks import get as get_task

@@ -29,7 +29,7 @@ threads > 1: a batch of at least 4 rows per thread is split across threads
 (each runs the whole sequence on its rows); smaller batches run on one.
 
 int8 weights (``cython_int8_kernel``, for ``lstminfer.load(..., quantize="int8")``):
-W and R quantized per output row (``lstminfer.quantize.int8_per_row``) are
+W and R quantized per output row (``lstminfer.quantization.int8_per_row``) are
 packed as int8 panels with float32 scales and dequantized on the fly inside
 the products (float32 accumulation, state and activations); the kernel
 answers for the original float W/R (by identity, as the model passes them)
@@ -178,7 +178,7 @@ def cython_int8_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, quantized: tup
 
     ``W``/``R``: the float32 constants of the model (what the kernel is called
     with); ``quantized``: (qW, sW, qR, sR), their per-row int8 values [D, G*H, K]
-    and float32 scales [D, G*H] (``lstminfer.quantize.int8_per_row``).
+    and float32 scales [D, G*H] (``lstminfer.quantization.int8_per_row``).
     """
     if why_not_fused(spec, W, R, B, P) is not None:
         return None

@@ -253,8 +253,8 @@ def _check_constant_weights(node: Node, spec: RecurrentSpec, ctx: BuildContext) 
 def _build(node: Node, ctx: BuildContext) -> Kernel:
     spec = _check_constant_weights(node, parse_spec(node, ctx), ctx)
     mode = ctx.options.get("quantize")
-    if mode:  # load-time weight quantization (lstminfer.quantize)
-        from ..quantize import quantized_recurrent_build
+    if mode:  # load-time weight quantization (lstminfer.quantization)
+        from ..quantization import quantized_recurrent_build
 
         return quantized_recurrent_build(node, ctx, mode, lambda qctx: _build_kernel(spec, node, qctx))
     return _build_kernel(spec, node, ctx)
