@@ -19,6 +19,8 @@ RNN_ISA_ARGS = {
 
 extensions = [
     Extension("lstminfer._cpu", ["native/_cpu.pyx"], extra_compile_args=COMPILE_ARGS),
+    # Model.run's per-call loop (feed checks, steps, output detaching) in C.
+    Extension("lstminfer._runtime", ["native/_runtime.pyx"], extra_compile_args=COMPILE_ARGS),
 ] + [
     Extension(f"lstminfer._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
               extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi"])

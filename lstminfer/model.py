@@ -15,7 +15,7 @@ from .errors import InvalidArgumentError, InvalidInputError
 from .graph import ValueInfo
 from .onnx_import import ImportedModel, import_model
 from .ops.registry import BuildContext
-from .plan import Plan
+from .plan import Plan, _runtime
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,8 @@ class Model:
             if vi.kind == "tensor" and vi.dtype is not None and vi.dtype != np.dtype(object) and vi.shape is not None
         ]
         self._all_fast = len(self._fast_checks) == len(self._inputs)
+        # The same test and the executor loop in C (lstminfer._runtime), when built.
+        self._c_checks = tuple(self._fast_checks) if self._all_fast and _runtime is not None else None
 
     # -- onnxruntime-compatible surface -----------------------------------
     @property
@@ -124,6 +126,12 @@ class Model:
             run_options: Any = None) -> list[Any]:
         """Run the model; returns the requested outputs in order, like onnxruntime."""
         wanted = self._wanted(output_names)
+        if self._c_checks is not None and input_feed.__class__ is dict:
+            feeds = _runtime.checked_feeds(input_feed, self._c_checks)
+            if feeds is not None:
+                outputs = _runtime.detach(self._plan.execute(feeds, wanted), feeds)
+                if outputs is not None:
+                    return outputs
         feeds = self._validated_feeds(input_feed)
         outputs = self._plan.execute(feeds, wanted)
         feed_roots = {id(f if f.base is None else _root(f)) for f in feeds if f.__class__ is np.ndarray}
@@ -140,22 +148,53 @@ class Model:
         if x is not None:
             if named:
                 raise InvalidArgumentError("predict() takes one positional array or named arrays, not both")
-            if len(self._inputs) != 1:
+            data = [vi.name for vi in self._inputs if vi.name not in self._state_inputs()]
+            if len(data) != 1:
                 raise InvalidArgumentError(
-                    f"predict(x) needs a single-input model; this one has inputs {self.input_names}: "
+                    f"predict(x) needs a model with one data input; this one has inputs {self.input_names}: "
                     "pass them by name, e.g. predict(" + ", ".join(f"{n}=..." for n in self.input_names) + ")"
                 )
-            named = {self._inputs[0].name: x}
+            named = {data[0]: x}
         feeds = {}
         for name, value in named.items():
             vi = self._input_by_name.get(name)
             if vi is not None and vi.dtype is not None and vi.kind == "tensor":
                 value = _cast_same_kind(value, vi)
             feeds[name] = value
+        for vi in self._inputs:
+            if vi.name not in feeds and vi.name in self._state_inputs():
+                feeds[vi.name] = self._zero_state(vi, feeds)
         outputs = self.run(None, feeds)
         if len(outputs) == 1:
             return outputs[0]
         return dict(zip(self.output_names, outputs))
+
+    def _state_inputs(self) -> frozenset[str]:
+        """Inputs that only carry an initial recurrent state: ``predict`` fills them with zeros."""
+        names = self.__dict__.get("_state_input_names")
+        if names is None:
+            from .state_pairing import state_input_names
+
+            names = self.__dict__["_state_input_names"] = frozenset(state_input_names(self._imported.graph))
+        return names
+
+    def _zero_state(self, vi: ValueInfo, feeds: Mapping[str, Any]) -> np.ndarray:
+        """Zeros for state input ``vi``; a named dim takes its size from a given input with that dim."""
+        shape = []
+        for axis, dim in enumerate(vi.shape or ()):
+            if isinstance(dim, int):
+                shape.append(dim)
+                continue
+            size = next((np.shape(feeds[other.name])[k] for other in self._inputs if other.name in feeds
+                         for k, d in enumerate(other.shape or ()) if d == dim and dim is not None
+                         and np.ndim(feeds[other.name]) > k), None)
+            if size is None:
+                raise InvalidArgumentError(
+                    f"predict: cannot size the zero initial state '{vi.name}' {_shape_text(vi.shape)}: "
+                    f"axis {axis} matches no dim of the given inputs; pass {vi.name}=... explicitly"
+                )
+            shape.append(size)
+        return np.zeros(shape, dtype=vi.dtype or np.float32)
 
     def stream(self, state: Any = None):
         """A ``Stream`` stepping this model chunk by chunk (see ``lstminfer.streaming``).

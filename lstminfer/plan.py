@@ -18,6 +18,13 @@ from .errors import ExecutionError, InvalidModelError, LstminferError
 from .graph import Graph, Node
 from .ops.registry import BuildContext, Kernel
 
+try:  # the executor loop in C (native/_runtime.pyx); the Python loop below is the same thing
+    from . import _runtime
+    if not _runtime.AVAILABLE:
+        _runtime = None
+except ImportError:  # pragma: no cover - only when the extension was not built
+    _runtime = None
+
 # Ops whose outputs change from call to call even with constant inputs.
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _ABSENT = -1  # slot index of an omitted optional input
@@ -68,9 +75,10 @@ class Plan:
         self._template: list[Any] = [None] * (len(self._slots) + 1)
         for slot, value in constants.items():
             self._template[slot] = value
-        self._feed_slots = [self._slots[n] for n in feeds]
+        self._feed_slots = tuple(self._slots[n] for n in feeds)
         self._output_slots = [self._slots[n] for n in self.output_names]
         self._schedules: dict[tuple[int, ...], tuple[tuple[Step, tuple[int, ...]], ...]] = {}
+        self._compiled: dict[tuple[int, ...], tuple | None] = {}
         self._lock = threading.Lock()
 
     # -- building ---------------------------------------------------------
@@ -157,8 +165,32 @@ class Plan:
         """Every slot the steps scheduled for ``wanted`` read."""
         return {s for step, _ in self.schedule(wanted) for s in step.inputs + step.outer if s != _ABSENT}
 
+    def compiled(self, wanted: tuple[int, ...]) -> tuple | None:
+        """The schedule for ``wanted`` as ``_runtime.execute`` takes it, or None (no extension,
+        or a step with a subgraph reading outer-scope values: those run in Python)."""
+        try:
+            return self._compiled[wanted]
+        except KeyError:
+            pass
+        absent = len(self._template) - 1  # the trailing None slot
+        compiled = None
+        if _runtime is not None:
+            schedule = self.schedule(wanted)
+            if not any(step.outer_names for step, _ in schedule):
+                compiled = tuple((step.kernel, tuple(absent if s == _ABSENT else s for s in step.inputs),
+                                  step.outputs, frees, step) for step, frees in schedule)
+        with self._lock:
+            self._compiled[wanted] = compiled
+        return compiled
+
     def execute(self, feeds: Sequence[Any], wanted: tuple[int, ...]) -> list[Any]:
         """Run with ``feeds`` (inputs then outer-scope values, in order)."""
+        compiled = self._compiled.get(wanted, False)
+        if compiled is False:
+            compiled = self.compiled(wanted)
+        if compiled is not None:
+            return _runtime.execute(self._template, self._feed_slots, feeds if feeds.__class__ is list else list(feeds),
+                                    compiled, wanted, _step_error)
         values = self._template.copy()
         for slot, value in zip(self._feed_slots, feeds):
             values[slot] = value
@@ -220,6 +252,11 @@ def _run_step(step: Step, values) -> Sequence[Any]:
     if len(out) < len(step.outputs):
         raise _short_output_error(step, out)
     return out
+
+
+def _step_error(step: Step, args: list[Any], error: Exception | None, outputs: Any) -> ExecutionError:
+    """The error ``_runtime.execute`` raises for a failing step (or one short of outputs)."""
+    return _execution_error(step, args, error) if error is not None else _short_output_error(step, outputs)
 
 
 def _execution_error(step: Step, args: list[Any], error: Exception) -> ExecutionError:

@@ -59,16 +59,20 @@ def walk(graph: Graph):
             yield from walk(sub)
 
 
+def state_input_names(graph: Graph) -> list[str]:
+    """The graph inputs that only carry an initial recurrent state (h0/c0 and their glue)."""
+    consumers = _consumers(graph)
+    graph_outputs = {vi.name for vi in graph.outputs}
+    return [vi.name for vi in graph.inputs if _only_feeds_initial_state(vi.name, consumers, graph_outputs)]
+
+
 def find_pairing(graph: Graph) -> Pairing:
     """Analyse ``graph``; raise ``NotStreamableError`` naming the node that prevents streaming."""
     recurrent = _check_recurrent_nodes(graph)
-    consumers = _consumers(graph)
     producers = {o: n for n in graph.nodes for o in n.outputs if o}
-    graph_outputs = {vi.name for vi in graph.outputs}
     constants = set(graph.initializers)
 
-    state_inputs = [vi.name for vi in graph.inputs
-                    if _only_feeds_initial_state(vi.name, consumers, graph_outputs)]
+    state_inputs = state_input_names(graph)
     data_inputs = [vi for vi in graph.inputs if vi.name not in state_inputs]
     for node in recurrent:
         for kind, port, _ in STATE_PORTS[node.op_type]:

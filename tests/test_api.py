@@ -305,3 +305,57 @@ def test_onnx_backend_interface_runs_models_and_single_nodes(rng):
     np.testing.assert_array_equal(out, x + x)
     with pytest.raises(ValueError, match="CPU only"):
         backend.prepare(sample_model(), "CUDA")
+
+
+def _lstm_with_state_inputs(state_dim="batch"):
+    rng = np.random.default_rng(3)
+    H, I = 5, 3
+    W = oh.make_tensor("W", TP.FLOAT, [1, 4 * H, I], rng.standard_normal(4 * H * I).tolist())
+    R = oh.make_tensor("R", TP.FLOAT, [1, 4 * H, H], rng.standard_normal(4 * H * H).tolist())
+    return make_model(
+        [oh.make_node("LSTM", ["x", "W", "R", "", "", "h0", "c0"], ["y", "h_n", "c_n"], hidden_size=H)],
+        [oh.make_tensor_value_info("x", TP.FLOAT, ["time", "batch", I]),
+         oh.make_tensor_value_info("h0", TP.FLOAT, [1, state_dim, H]),
+         oh.make_tensor_value_info("c0", TP.FLOAT, [1, state_dim, H])],
+        [oh.make_tensor_value_info("y", TP.FLOAT, ["time", 1, "batch", H]),
+         oh.make_tensor_value_info("h_n", TP.FLOAT, [1, "batch", H]),
+         oh.make_tensor_value_info("c_n", TP.FLOAT, [1, "batch", H])],
+        [W, R],
+    )
+
+
+def test_predict_fills_missing_state_inputs_with_zeros(rng):
+    m = lstminfer.load(_lstm_with_state_inputs())
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    out = m.predict(x)
+    zeros = np.zeros((1, 2, 5), np.float32)
+    expected = m.run(None, {"x": x, "h0": zeros, "c0": zeros})
+    for name, value in zip(m.output_names, expected):
+        np.testing.assert_array_equal(out[name], value)
+    h0 = rng.standard_normal((1, 2, 5)).astype(np.float32)  # a given state is used, the other zeroed
+    np.testing.assert_array_equal(m.predict(x=x, h0=h0)["y"], m.run(["y"], {"x": x, "h0": h0, "c0": zeros})[0])
+
+
+def test_predict_zero_state_needs_a_sizable_shape(rng):
+    m = lstminfer.load(_lstm_with_state_inputs(state_dim="other"))
+    with pytest.raises(lstminfer.InvalidArgumentError, match="'h0'.*pass h0=... explicitly"):
+        m.predict(rng.standard_normal((4, 2, 3)).astype(np.float32))
+
+
+def test_run_fast_path_detaches_views_and_reports_kernel_errors():
+    # Identity returns the feed itself; Reshape a view of it: both must come back as copies.
+    m = lstminfer.load(make_model(
+        [oh.make_node("Identity", ["a"], ["b"]), oh.make_node("Reshape", ["a", "s"], ["r"])],
+        [oh.make_tensor_value_info("a", TP.FLOAT, [2, 2])],
+        [oh.make_tensor_value_info("b", TP.FLOAT, [2, 2]), oh.make_tensor_value_info("r", TP.FLOAT, [4])],
+        [oh.make_tensor("s", TP.INT64, [1], [4])]))
+    a = np.arange(4, dtype=np.float32).reshape(2, 2)
+    b, r = m.run(None, {"a": a})
+    b[0, 0] = r[1] = 99
+    assert a[0, 0] == 0 and a[0, 1] == 1
+    bad = lstminfer.load(make_model(
+        [oh.make_node("Reshape", ["a", "s"], ["r"])],
+        [oh.make_tensor_value_info("a", TP.FLOAT, [2, 2])], [oh.make_tensor_value_info("r", TP.FLOAT, None)],
+        [oh.make_tensor("s", TP.INT64, [1], [3])]))
+    with pytest.raises(lstminfer.ExecutionError, match="Reshape"):
+        bad.run(None, {"a": a})
