@@ -9,7 +9,8 @@ One LSTM node (``peers.onnx_model``: x, h0, c0 -> Y, Y_h, Y_c), T = 1 per step:
   the previous call; lstminfer-stream is ``model.stream().step(x)``.
 * ``pool64``: 64 open streams, one frame each per unit of work. ort-1t and
   lstminfer-stream step them one by one (each with its own state);
-  lstminfer-pool steps them all with one ``StreamPool.step``.
+  lstminfer-pool steps them all with one ``StreamPool.step`` (-2t: the
+  model loaded with ``threads=2``, the batch of streams split across both cores).
 
 Issue targets (ort-1t time / lstminfer time, same run): step H=64 >= 6x,
 H=256 >= 1.6x; pool64 H=64 >= 15x, H=256 >= 5x, and pool >= 3x the streams
@@ -25,7 +26,7 @@ from peers import onnx_model
 STREAMS = 64
 HIDDEN = (64, 256)
 CONFIGS = {"step": 1, "pool64": STREAMS}  # streams stepped per unit of work
-PEERS = ("ort-1t", "lstminfer-stream", "lstminfer-pool")
+PEERS = ("ort-1t", "lstminfer-stream", "lstminfer-pool", "lstminfer-pool-2t")
 
 
 def _frames(hidden: int, n: int) -> list[np.ndarray]:
@@ -64,18 +65,19 @@ def stream_runner(hidden: int, n: int):
     return run
 
 
-def pool_runner(hidden: int, n: int):
+def pool_runner(hidden: int, n: int, threads: int = 1):
     import lstminfer
 
-    pool = lstminfer.load(onnx_model("LSTM", hidden)).stream_pool(n)
+    pool = lstminfer.load(onnx_model("LSTM", hidden), threads=threads).stream_pool(n)
     frames = dict(zip([pool.open() for _ in range(n)], _frames(hidden, n)))
     return lambda: pool.step(frames)
 
 
-RUNNERS = {"ort-1t": ort_runner, "lstminfer-stream": stream_runner, "lstminfer-pool": pool_runner}
+RUNNERS = {"ort-1t": ort_runner, "lstminfer-stream": stream_runner, "lstminfer-pool": pool_runner,
+           "lstminfer-pool-2t": lambda hidden, n: pool_runner(hidden, n, threads=2)}
 PARAMS = [pytest.param(peer, hidden, config, id=f"LSTM-H{hidden}-{config}-{peer}")
           for config in CONFIGS for hidden in HIDDEN for peer in PEERS
-          if not (peer == "lstminfer-pool" and config == "step")]
+          if not (peer.startswith("lstminfer-pool") and config == "step")]
 
 
 @pytest.mark.parametrize("peer,hidden,config", PARAMS)

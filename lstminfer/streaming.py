@@ -33,7 +33,7 @@ import numpy as np
 from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
 from .graph import Graph, ValueInfo
 from .ops.registry import BuildContext
-from .plan import Plan
+from .plan import Plan, _runtime
 from .state_pairing import RECURRENT_OPS, Pairing, StateSlot, find_pairing
 from .time_locality import analyse
 
@@ -522,13 +522,17 @@ class StreamPool:
         program = self._program
         with self.lock:
             sids = list(frames)
-            slots = self._slots_of(sids)
+            found = _runtime.lookup_slots(self._slot_of, sids) if _runtime is not None else None
+            if found is not None:
+                slots, contiguous = found
+            else:
+                slots = self._slots_of(sids)
+                contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
             chunks = list(frames.values())
             stacked = self._stack_fast(chunks)
             if stacked is None:
                 stacked = self._stack_checked(sids, chunks)
             lo = slots[0]
-            contiguous = slots == list(range(lo, lo + len(slots)))
             if contiguous:
                 states = [_axis_slice(buf, s.batch_axis, lo, lo + len(slots))
                           for buf, s in zip(self._buffers, program.slots)]
@@ -564,12 +568,17 @@ class StreamPool:
         shape = self._shape
         if shape is None:
             return None
-        try:
-            stacked = np.array(chunks)
-        except (ValueError, TypeError):  # ragged shapes, odd objects
-            return None
-        if stacked.dtype is not program.chunk_dtype or stacked.shape[1:] != shape:
-            return None
+        if _runtime is not None:  # one memcpy per chunk, in C
+            stacked = np.empty((len(chunks),) + shape, program.chunk_dtype)
+            if not _runtime.gather_chunks(chunks, stacked, shape):
+                return None
+        else:
+            try:
+                stacked = np.array(chunks)
+            except (ValueError, TypeError):  # ragged shapes, odd objects
+                return None
+            if stacked.dtype is not program.chunk_dtype or stacked.shape[1:] != shape:
+                return None
         # [n, ..., 1 (batch), ...] -> the batch axis n long, the rest in place.
         b = program.chunk_batch_axis
         if b:

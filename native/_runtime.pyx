@@ -38,6 +38,21 @@ cdef extern from *:
         int flags
     const int RT_WRITEABLE
 
+cdef extern from "string.h":
+    void* memcpy(void* dst, const void* src, size_t n) nogil
+
+cdef extern from *:
+    """
+    typedef struct {
+        PyObject_HEAD
+        char *data;
+    } rt_ndarray_data;
+    #define RT_C_CONTIGUOUS 0x0001
+    """
+    ctypedef struct rt_ndarray_data:
+        char* data
+    const int RT_C_CONTIGUOUS
+
 cdef type _NDARRAY = np.ndarray
 
 
@@ -61,6 +76,8 @@ def _layout_ok():
         for k in range(arr.ndim):
             if a.dimensions[k] != arr.shape[k]:
                 return False
+        if <size_t>(<rt_ndarray_data*><PyObject*>arr).data != <size_t>arr.__array_interface__["data"][0]:
+            return False
     return True
 
 
@@ -161,3 +178,55 @@ def detach(list outputs, list feeds):
                 break
         out.append(value)
     return out
+
+
+def gather_chunks(list chunks, out, tuple shape):
+    """Copy each chunk (an exact C-contiguous ndarray of ``out``'s dtype and of ``shape``) into
+    ``out[i]`` (C-contiguous, ``len(chunks)`` rows of ``shape``); False, copying nothing
+    useful, as soon as a chunk is anything else (the caller then checks them one by one)."""
+    cdef rt_ndarray* o = as_array(out)
+    cdef rt_ndarray* a
+    cdef Py_ssize_t i, k, n = len(chunks), nd = len(shape)
+    cdef Py_ssize_t row_bytes = (<object>o.descr).itemsize
+    if type(out) is not _NDARRAY or not (o.flags & RT_C_CONTIGUOUS) or o.nd != nd + 1 or o.dimensions[0] != n:
+        return False
+    for k in range(nd):
+        if o.dimensions[k + 1] != <Py_ssize_t>shape[k]:
+            return False
+        row_bytes *= <Py_ssize_t>shape[k]
+    cdef char* dst = (<rt_ndarray_data*><PyObject*>out).data
+    for i in range(n):
+        chunk = chunks[i]
+        if type(chunk) is not _NDARRAY:
+            return False
+        a = as_array(chunk)
+        if a.descr != o.descr or a.nd != nd or not (a.flags & RT_C_CONTIGUOUS):
+            return False
+        for k in range(nd):
+            if a.dimensions[k] != <Py_ssize_t>shape[k]:
+                return False
+        memcpy(dst + i * row_bytes, (<rt_ndarray_data*><PyObject*>chunk).data, row_bytes)
+    return True
+
+
+def lookup_slots(dict slot_of, list sids):
+    """(slots, contiguous) for the stream ids ``sids`` (exact ints only: 1.0 or True must not
+    find stream 1), contiguous when they are lo, lo+1, ...; None if any id is unknown or not
+    an int (the caller then reports which)."""
+    cdef list slots = []
+    cdef bint contiguous = True
+    cdef Py_ssize_t i, first = 0, slot
+    for i in range(len(sids)):
+        sid = sids[i]
+        if type(sid) is not int:
+            return None
+        value = slot_of.get(sid)
+        if value is None:
+            return None
+        slot = <Py_ssize_t>value
+        if i == 0:
+            first = slot
+        elif slot != first + i:
+            contiguous = False
+        slots.append(value)
+    return slots, contiguous
