@@ -30,11 +30,20 @@ def load(model: Any, backend: str = "auto", **options: Any) -> Model:
     return Model(model, backend=backend, **options)
 
 
+def quantize(src: Any, dst: Any, mode: str = "int8", *, dense: bool = True):
+    """Save ``src`` as a standard ONNX file with int8 (DequantizeLinear) or bf16 (Cast) weights
+    that onnxruntime runs and ``lstminfer.load`` runs on its int8 kernel; returns a summary
+    of what was quantized (see ``lstminfer.quantize_export``)."""
+    from .quantize_export import quantize as write_quantized  # imports onnx: only when used
+
+    return write_quantized(src, dst, mode, dense=dense)
+
+
 # Same object as ``Model``: swapping ``onnxruntime`` for ``lstminfer`` is enough.
 InferenceSession = Model
 
 __all__ = [
     "BackendUnavailableError", "ExecutionError", "InferenceSession", "InvalidArgumentError",
     "InvalidInputError", "InvalidModelError", "LstminferError", "Model", "ModelMetadata",
-    "NodeArg", "NotStreamableError", "UnsupportedModelError", "available_backends", "load",
+    "NodeArg", "NotStreamableError", "UnsupportedModelError", "available_backends", "load", "quantize",
 ]

@@ -1,4 +1,4 @@
-"""The ``lstminfer`` command line: info, run."""
+"""The ``lstminfer`` command line: info, run, compile, quantize, demo."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +11,7 @@ def _cmd_info(args) -> int:
     import lstminfer
     from .summary import format_info
 
-    model = lstminfer.load(args.model, backend=args.backend)
+    model = lstminfer.load(args.model, backend=args.backend, quantize=args.quantize)
     print(format_info(model))
     if args.plan:
         print(model.describe())
@@ -65,6 +65,20 @@ def _cmd_compile(args) -> int:
     return 0
 
 
+def _cmd_quantize(args) -> int:
+    from .quantize_export import accuracy_report, format_report, quantize
+
+    if args.report:
+        if args.model or args.o:
+            raise SystemExit("lstminfer quantize: --report scores the bundled models; give no IN or -o with it")
+        print(format_report(accuracy_report(sequences=args.sequences, backend=args.backend)))
+        return 0
+    if not args.model or not args.o:
+        raise SystemExit("lstminfer quantize: expected IN -o OUT (or --report)")
+    print(quantize(args.model, args.o, args.mode, dense=not args.keep_dense).text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lstminfer", description="Fast CPU inference for ONNX recurrent models (LSTM, GRU, RNN)."
@@ -76,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("model", help="path to an .onnx file")
     info.add_argument("--backend", default="auto", help="backend to plan with (default: auto)")
     info.add_argument("--plan", action="store_true", help="also print the execution plan")
+    info.add_argument("--quantize", choices=("int8", "bf16"), help="plan with weights quantized at load")
     info.set_defaults(func=_cmd_info)
 
     run = sub.add_parser("run", help="run a model on inputs stored as .npy files")
@@ -90,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         "compile", help="compile the Numba kernels into the on-disk cache ahead of time (deployment images)"
     )
     compile_.set_defaults(func=_cmd_compile)
+
+    quant = sub.add_parser(
+        "quantize", help="save a copy with int8 (DequantizeLinear) or bf16 weights that onnxruntime also runs; "
+                         "--report: accuracy of float32/int8/bf16 on the bundled models")
+    quant.add_argument("model", nargs="?", metavar="IN", help="path to an .onnx file")
+    quant.add_argument("-o", metavar="OUT.onnx", help="where to write the quantized model")
+    quant.add_argument("--mode", choices=("int8", "bf16"), default="int8", help="weight precision (default: int8)")
+    quant.add_argument("--keep-dense", action="store_true", help="leave MatMul/Gemm/Gather weights float32")
+    quant.add_argument("--report", action="store_true",
+                       help="print max/mean abs error vs float32 and the task metric of the bundled models")
+    quant.add_argument("--sequences", type=int, default=2000, help="task sequences per model for --report")
+    quant.add_argument("--backend", default="auto", help="backend for --report (default: auto)")
+    quant.set_defaults(func=_cmd_quantize)
 
     from .demo import add_demo_parser
 

@@ -11,11 +11,19 @@ Compute scheme (weight-only: the state, activations and accumulation stay float3
   (``kernels.cython_backend.cython_int8_kernel``) keeps W and R as int8
   panels with per-row float32 scales and dequantizes them on the fly inside
   its products: a quarter of the weight bytes streamed per step.
-* everywhere else (reference, Numba, bf16, or a node the Cython kernel
+* bf16 on the Cython backend: ``cython_bf16_kernel`` when the extension has
+  one (bf16 weights widened inside the products).
+* everywhere else (reference, Numba, or a node the Cython kernel
   declines): the quantized weights are expanded back to float32 once, at
   load, and the float kernels run on them. That is the accuracy oracle the
   int8 kernel matches (to float32 accumulation order); it saves no memory
   and gains no speed.
+
+Without the option, weights the file stores quantized (``lstminfer.quantize``'s
+output: folded int8 ``DequantizeLinear``, see ``ops.quantized.stored_int8``;
+bf16-exact values) take the same kernels with the same values and scales
+(``stored_precision_build``). Every recurrent kernel gets ``kernel.precision``
+(printed by ``lstminfer info``) and its describe() names the precision.
 """
 from __future__ import annotations
 
@@ -65,11 +73,73 @@ def fake_quantize(w: np.ndarray, mode: str) -> np.ndarray:
     return round_to_bf16(w)
 
 
-PRECISION_TEXT = {
-    "int8": "int8 weights (per-channel symmetric, weight-only: expanded to float32 at load)",
-    "int8-kernel": "int8 weights (per-channel symmetric, weight-only: int8 in the kernel, float32 accumulation)",
-    "bf16": "bf16 weights (weight-only: expanded to float32 at load)",
+# kernel.precision (what ``lstminfer info`` prints) and the describe() suffix of each case.
+PRECISION = {
+    "float32": ("float32", "float32 weights"),
+    "int8": ("int8 (weight-only, expanded to float32 at load)",
+             "int8 weights (per-channel symmetric, weight-only: expanded to float32 at load)"),
+    "int8-kernel": ("int8 (int8 kernel, weight-only)",
+                    "int8 weights (per-channel symmetric, weight-only: int8 in the kernel, float32 accumulation)"),
+    "bf16": ("bf16 (weight-only, expanded to float32 at load)", "bf16 weights (weight-only: expanded to float32 at load)"),
+    "bf16-kernel": ("bf16 (bf16 kernel, weight-only)",
+                    "bf16 weights (weight-only: bf16 in the kernel, float32 accumulation)"),
 }
+PRECISION_TEXT = {k: text for k, (_, text) in PRECISION.items()}
+STORED = "stored in the file"  # describe() note for weights that come quantized in the model
+
+
+def _tag(kernel: Any, precision: str, note: str = "") -> Any:
+    short, text = PRECISION[precision]
+    scheme = getattr(kernel, "scheme", "weight-only") if precision == "int8-kernel" else "weight-only"
+    if scheme != "weight-only":  # the int8 kernel's dynamic scheme (int8 activations, int32 accumulation)
+        short, text = f"int8 (int8 kernel, dynamic: {scheme})", f"int8 weights and activations ({scheme})"
+    kernel.precision = short
+    kernel.describe = f"{getattr(kernel, 'describe', 'reference')}; {text}{note}"
+    return kernel
+
+
+def _float_constants(node: Node, ctx: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    W, R = (ctx.constant(node.inputs[i]) for i in (1, 2))
+    if any(v is None or np.asarray(v).dtype != np.float32 for v in (W, R)):
+        return None
+    return W, R
+
+
+def is_bf16_exact(w: np.ndarray) -> bool:
+    """Every value exactly a bfloat16 (and not all zero): a model saved by ``quantize(mode="bf16")``."""
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    return bool(bits.size) and not np.any(bits & np.uint32(0xFFFF)) and bool(np.any(bits << np.uint32(1)))
+
+
+def stored_precision_build(node: Node, ctx: Any, build: Callable[[Any], Any]) -> Any:
+    """No ``quantize`` option: the kernel for the weights as the file stores them.
+
+    W/R that are folded ``DequantizeLinear`` outputs of int8 constants with
+    one scale per row (``lstminfer.quantize``'s files) run on the int8 Cython
+    kernel with those very values and scales; bf16-exact weights on the bf16
+    kernel where there is one. Everything else is float32.
+    """
+    from .ops.quantized import stored_int8
+
+    weights = _float_constants(node, ctx)
+    if weights is None:
+        kernel = build(ctx)
+        kernel.precision = PRECISION["float32"][0]
+        return kernel
+    W, R = weights
+    stored = stored_int8(W), stored_int8(R)
+    if stored[0] is not None and stored[1] is not None:
+        if getattr(ctx, "backend", None) == "cython":
+            kernel = _cython_int8_kernel(node, ctx, W, R, (*stored[0], *stored[1]))
+            if kernel is not None:
+                return _tag(kernel, "int8-kernel", f", {STORED}")
+        return _tag(build(ctx), "int8", f", {STORED}")
+    if is_bf16_exact(W) and is_bf16_exact(R):
+        kernel = _cython_bf16_kernel(node, ctx, W, R) if getattr(ctx, "backend", None) == "cython" else None
+        if kernel is not None:
+            return _tag(kernel, "bf16-kernel", f", {STORED}")
+        return _tag(build(ctx), "bf16", f", {STORED}")
+    return _tag(build(ctx), "float32")
 
 
 def quantized_recurrent_build(node: Node, ctx: Any, mode: str, build: Callable[[Any], Any]) -> Any:
@@ -79,16 +149,27 @@ def quantized_recurrent_build(node: Node, ctx: Any, mode: str, build: Callable[[
     ``ctx.constant`` (fast kernels pack them at load) and so does the returned
     kernel at run time. Non-constant W/R stay float32, and describe() says so.
     """
-    names = {i: node.inputs[i] for i in (1, 2)}
-    originals = {i: ctx.constant(name) for i, name in names.items()}
-    if any(v is None or np.asarray(v).dtype != np.float32 for v in originals.values()):
+    from .ops.quantized import stored_int8
+
+    weights = _float_constants(node, ctx)
+    if weights is None:
         kernel = build(ctx)
         kernel.describe = f"{kernel.describe}; float32 weights (W/R not float32 constants: not quantized)"
+        kernel.precision = PRECISION["float32"][0]
         return kernel
-    if mode == "int8" and getattr(ctx, "backend", None) == "cython":
-        kernel = _cython_int8_kernel(node, ctx, originals[1], originals[2])
+    names = {1: node.inputs[1], 2: node.inputs[2]}
+    originals = {1: weights[0], 2: weights[1]}
+    on_cython = getattr(ctx, "backend", None) == "cython"
+    if mode == "int8" and on_cython:
+        # Weights the file already stores as int8 keep their scales (a re-derived scale can differ by 1 ulp).
+        quantized = [stored_int8(w) or int8_per_row(w) for w in weights]
+        kernel = _cython_int8_kernel(node, ctx, *weights, (*quantized[0], *quantized[1]))
         if kernel is not None:
-            return kernel
+            return _tag(kernel, "int8-kernel")
+    if mode == "bf16" and on_cython:
+        kernel = _cython_bf16_kernel(node, ctx, *weights)
+        if kernel is not None:
+            return _tag(kernel, "bf16-kernel")
     replaced = {names[i]: fake_quantize(originals[i], mode) for i in names}
     base_constant = ctx.constant
     inner = build(replace(ctx, constant=lambda name: replaced[name] if name in replaced else base_constant(name)))
@@ -97,26 +178,38 @@ def quantized_recurrent_build(node: Node, ctx: Any, mode: str, build: Callable[[
     def kernel(X, W, R, *rest):
         return inner(X, W_q, R_q, *rest)
 
-    kernel.describe = f"{getattr(inner, 'describe', 'reference')}; {PRECISION_TEXT[mode]}"
-    return kernel
+    kernel.describe = getattr(inner, "describe", "reference")
+    return _tag(kernel, mode)
 
 
-def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray) -> Any:
-    """The int8 Cython kernel for this node (weights quantized and packed now), or None if it declines."""
-    from .kernels import cython_backend
+def _kernel_inputs(node: Node, ctx: Any, R: np.ndarray):
+    """(spec with hidden_size filled in, B, P) for the Cython kernel builders."""
     from .ops.recurrent import parse_spec
 
-    if not cython_backend.available():
-        return None
     spec = parse_spec(node, ctx)
     if spec.hidden_size is None and np.ndim(R) == 3:
         spec = replace(spec, hidden_size=int(np.shape(R)[2]))
     B, P = (ctx.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] else None for i in (3, 7))
-    if W.ndim != 3 or R.ndim != 3:
+    return spec, B, P
+
+
+def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray, quantized: tuple) -> Any:
+    """The int8 Cython kernel for this node (``quantized``: qW, sW, qR, sR), or None if it declines."""
+    from .kernels import cython_backend
+
+    if not cython_backend.available() or W.ndim != 3 or R.ndim != 3:
         return None
-    kernel = cython_backend.cython_int8_kernel(
-        spec, W, R, B, P, (*int8_per_row(W), *int8_per_row(R)),
-        threads=ctx.options.get("threads", 1), label=node.label())
-    if kernel is not None:
-        kernel.describe = f"{kernel.describe}; {PRECISION_TEXT['int8-kernel']}"
-    return kernel
+    spec, B, P = _kernel_inputs(node, ctx, R)
+    return cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized,
+                                             threads=ctx.options.get("threads", 1), label=node.label())
+
+
+def _cython_bf16_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray) -> Any:
+    """The bf16 Cython kernel when the extension has one (it rounds W/R itself), else None."""
+    from .kernels import cython_backend
+
+    make = getattr(cython_backend, "cython_bf16_kernel", None)
+    if make is None or not cython_backend.available() or W.ndim != 3 or R.ndim != 3:
+        return None
+    spec, B, P = _kernel_inputs(node, ctx, R)
+    return make(spec, W, R, B, P, threads=ctx.options.get("threads", 1), label=node.label())

@@ -8,7 +8,7 @@ import numpy as np
 
 from .graph import Graph, Node
 
-RECURRENT_OPS = {"LSTM": 4, "GRU": 3, "RNN": 1}  # op -> gates per hidden unit
+RECURRENT_OPS = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}  # op -> gates per hidden unit
 
 
 @dataclass(frozen=True)
@@ -35,11 +35,19 @@ def op_counts(graph: Graph) -> Counter:
     return Counter(n.op_type for n in walk_nodes(graph))
 
 
-def recurrent_layers(graph: Graph) -> list[RecurrentLayer]:
+def recurrent_layers(graph: Graph, folded=None) -> list[RecurrentLayer]:
+    """``folded(name)``: a plan's constant lookup, for weights computed at load (e.g. DequantizeLinear)."""
     constants = dict(graph.initializers)
     for node in graph.nodes:  # Constant nodes carry weights in some exporters' graphs
         if node.op_type == "Constant" and "value" in node.attrs:
             constants[node.outputs[0]] = node.attrs["value"]
+    if folded is not None:
+        for node in graph.nodes:
+            if node.op_type in RECURRENT_OPS:
+                for name in node.inputs:
+                    value = folded(name) if name and name not in constants else None
+                    if isinstance(value, np.ndarray):
+                        constants[name] = value
     return [_layer(n, constants) for n in walk_nodes(graph) if n.op_type in RECURRENT_OPS]
 
 
@@ -47,7 +55,8 @@ def _layer(node: Node, constants: dict[str, np.ndarray]) -> RecurrentLayer:
     direction = node.attr("direction", "forward")
     hidden = node.attr("hidden_size", None)
     W = constants.get(node.inputs[1]) if len(node.inputs) > 1 else None
-    input_size = int(W.shape[-1]) if W is not None and W.ndim == 3 else None
+    input_axis = 1 if node.op_type == "DynamicQuantizeLSTM" else 2  # its W is [D, input_size, 4H]
+    input_size = int(W.shape[input_axis]) if W is not None and W.ndim == 3 else None
     params = 0
     for i in (1, 2, 3, 7):  # W, R, B, P
         if len(node.inputs) > i and node.inputs[i]:
@@ -77,9 +86,10 @@ def format_info(model) -> str:
     lines += [f"  {a.name}: {a.type} {a.shape}" for a in model.get_outputs()]
     counts = op_counts(graph)
     lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())))
-    layers = recurrent_layers(graph)
+    layers = recurrent_layers(graph, model._plan.constant)
     lines.append(f"recurrent layers: {len(layers)}")
     runs_on = {step.node.name: step.describe for step in model._plan.steps}
+    precision = {step.node.name: getattr(step.kernel, "precision", None) for step in model._plan.steps}
     for layer in layers:
         sizes = f"input={layer.input_size if layer.input_size is not None else '?'} hidden={layer.hidden_size}"
         params = layer.parameters if layer.parameters is not None else "? (weights computed at run time)"
@@ -89,6 +99,8 @@ def format_info(model) -> str:
         )
         if layer.node in runs_on:  # absent for layers inside Loop/If bodies
             lines.append(f"    runs on: {runs_on[layer.node]}")
+        if precision.get(layer.node):
+            lines.append(f"    precision: {precision[layer.node]}")
     if layers:
         from .streaming import streamability
 

@@ -83,3 +83,34 @@ def test_help_on_every_command(command):
     )
     assert result.returncode == 0
     assert "usage: lstminfer" in result.stdout
+
+
+def test_quantize_writes_a_model_that_loads_back_and_info_shows_int8(model_path, tmp_path, capsys):
+    import lstminfer
+
+    out_path = tmp_path / "int8.onnx"
+    assert main(["quantize", str(model_path), "-o", str(out_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "(int8): 2 weight(s) quantized" in printed and "int8: W [1, 16, 3]" in printed
+    x = np.random.default_rng(2).standard_normal((4, 2, 3)).astype(np.float32)
+    np.testing.assert_allclose(lstminfer.load(out_path).run(None, {"X": x})[1],
+                               lstminfer.load(model_path, quantize="int8").run(None, {"X": x})[1], atol=1e-6)
+    assert main(["info", str(out_path)]) == 0
+    assert "precision: int8 (" in capsys.readouterr().out
+    assert main(["info", str(model_path), "--quantize", "bf16"]) == 0
+    assert "precision: bf16 (" in capsys.readouterr().out
+
+
+def test_quantize_refusals_exit_2_with_the_reason(model_path, capsys):
+    assert main(["quantize", str(model_path), "-o", str(model_path)]) == 2
+    assert "is the source file" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="IN -o OUT"):
+        main(["quantize", str(model_path)])
+
+
+def test_quantize_report_prints_the_accuracy_table(capsys):
+    assert main(["quantize", "--report", "--sequences", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "max|err|" in out
+    for name in ("adding_lstm", "forecast_lstm", "forecast_gru"):
+        assert all(f"{name:<14} {p:<9}" in out for p in ("float32", "int8", "bf16")), name

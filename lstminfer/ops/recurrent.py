@@ -252,12 +252,14 @@ def _check_constant_weights(node: Node, spec: RecurrentSpec, ctx: BuildContext) 
 
 def _build(node: Node, ctx: BuildContext) -> Kernel:
     spec = _check_constant_weights(node, parse_spec(node, ctx), ctx)
-    mode = ctx.options.get("quantize")
-    if mode:  # load-time weight quantization (lstminfer.quantization)
-        from ..quantization import quantized_recurrent_build
+    # Weight precision (lstminfer.quantization): quantized at load under the quantize option,
+    # else as the file stores them (int8 DequantizeLinear, bf16); sets kernel.precision.
+    from ..quantization import quantized_recurrent_build, stored_precision_build
 
+    mode = ctx.options.get("quantize")
+    if mode:
         return quantized_recurrent_build(node, ctx, mode, lambda qctx: _build_kernel(spec, node, qctx))
-    return _build_kernel(spec, node, ctx)
+    return stored_precision_build(node, ctx, lambda qctx: _build_kernel(spec, node, qctx))
 
 
 def _build_kernel(spec: RecurrentSpec, node: Node, ctx: BuildContext) -> Kernel:
