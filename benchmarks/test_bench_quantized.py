@@ -1,38 +1,45 @@
-"""int8 streaming step: ``lstminfer.load(..., quantize="int8")`` against onnxruntime float32 and int8.
+"""int8 and bf16: ``lstminfer.load(..., quantize=...)`` and the Cython kernels against onnxruntime.
 
-    pytest benchmarks/test_bench_quantized.py --benchmark-json=quantized.json
-    python benchmarks/report.py quantized.json
+    cd benchmarks && pytest -q test_bench_quantized.py --benchmark-json=/tmp/q.json && python report.py /tmp/q.json
 
-One LSTM node (``peers.onnx_model``: x, h0, c0 -> Y, Y_h, Y_c), T = 1, B = 1,
-the state fed back each call, one thread everywhere:
+One LSTM/GRU node (``peers.onnx_model``: x, h0[, c0] -> Y, Y_h[, Y_c]), one thread everywhere:
 
-* ort-f32: the float model, ``session.run``.
+* ``stream``: T = 1, B = 1, the state fed back each call; ``seq``: T = 256, B = 1;
+  ``batch``: T = 128, B = 64 (both from a zero state).
+* ort-1t: the float model, ``session.run`` (the baseline of report.py's ratios).
 * ort-int8: ``quantize_dynamic`` (per-channel int8 weights, dynamic uint8
-  activations: DynamicQuantizeLSTM), run with IOBinding, its state outputs
-  bound as the next call's inputs (no copies).
-* lstminfer-f32 / lstminfer-int8: ``model.run`` with and without ``quantize="int8"``.
-* kernel-f32 / kernel-int8: the Cython kernel alone (no plan, no feed checks).
+  activations: DynamicQuantizeLSTM; LSTM only, onnxruntime has no int8 GRU),
+  run with IOBinding, the stream's state outputs bound as the next call's inputs.
+* lstminfer-f32 / -int8 / -bf16: ``model.run`` with quantize=None / "int8" / "bf16"
+  (stream only: the per-call path a streaming application takes).
+* kernel-f32 / kernel-int8-wo / kernel-int8-vnni / kernel-bf16: the Cython kernel
+  alone (no plan, no feed checks): float32, weight-only int8, dynamic int8 on
+  AVX-512 VNNI (skipped without it), bf16 weights.
 
-Issue 7 targets (ort-f32 time / lstminfer-int8 time, same run, H=256 and 512):
->= 3x, and >= 1.3x ort-int8's speed.
+Issue 7 targets (ort-1t time / lstminfer time, same run): stream LSTM H=256/512
+int8 >= 3x and >= 1.3x ort-int8's speed; seq/batch LSTM int8 >= ort-int8; GRU int8
+>= 2x ort-1t at H >= 256.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from peers import onnx_model, weights
+from peers import CONFIGS, onnx_model, weights
 
-HIDDEN = (256, 512)
-PEERS = ("ort-f32", "ort-int8", "lstminfer-f32", "lstminfer-int8", "kernel-f32", "kernel-int8")
-
-
-def _zeros(hidden):
-    return np.zeros((1, 1, hidden), np.float32)
+CASES = [(op, hidden, config) for config in ("stream", "seq", "batch") for op in ("LSTM", "GRU")
+         for hidden in (64, 256, 512)]
+PEERS = ("ort-1t", "ort-int8", "lstminfer-f32", "lstminfer-int8", "lstminfer-bf16",
+         "kernel-f32", "kernel-int8-wo", "kernel-int8-vnni", "kernel-bf16")
 
 
-def _frame(hidden):
-    return np.random.default_rng(1).standard_normal((1, 1, hidden)).astype(np.float32)
+def _states(op, batch, hidden):
+    return [np.zeros((1, batch, hidden), np.float32) for _ in range(2 if op == "LSTM" else 1)]
+
+
+def _input(config, hidden):
+    T, B = CONFIGS[config]
+    return np.random.default_rng(1).standard_normal((T, B, hidden)).astype(np.float32)
 
 
 def _session(source):
@@ -43,31 +50,40 @@ def _session(source):
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
-def ort_f32(hidden, tmp_path):
-    session = _session(onnx_model("LSTM", hidden).SerializeToString())
-    x, state = _frame(hidden), [_zeros(hidden)] * 2
+def _feeds(op, x, states):
+    return dict(zip(("X", "h0", "c0"), (x, *states)))
+
+
+def ort_f32(op, hidden, config, tmp_path):
+    session = _session(onnx_model(op, hidden).SerializeToString())
+    x = _input(config, hidden)
+    states = _states(op, x.shape[1], hidden)
 
     def run():
-        _, state[0], state[1] = session.run(None, {"X": x, "h0": state[0], "c0": state[1]})
+        outputs = session.run(None, _feeds(op, x, states))
+        if config == "stream":
+            states[:] = outputs[1:]
 
     return run
 
 
-def ort_int8(hidden, tmp_path):
+def ort_int8(op, hidden, config, tmp_path):
     import onnx
     import onnxruntime as ort
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    if op != "LSTM":
+        raise ImportError("onnxruntime has no int8 GRU")
     src, dst = tmp_path / "f32.onnx", tmp_path / "int8.onnx"
-    onnx.save(onnx_model("LSTM", hidden), src)
+    onnx.save(onnx_model(op, hidden), src)
     quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8)
     session = _session(str(dst))
     binding = session.io_binding()
-    x = ort.OrtValue.ortvalue_from_numpy(_frame(hidden))
-    y = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 1, 1, hidden), np.float32))
-    states = [ort.OrtValue.ortvalue_from_numpy(_zeros(hidden)) for _ in range(4)]  # (h, c) in, (h, c) out
-    binding.bind_ortvalue_input("X", x)
-    binding.bind_ortvalue_output("Y", y)
+    x = _input(config, hidden)
+    T, B = x.shape[:2]
+    binding.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(x))
+    binding.bind_ortvalue_output("Y", ort.OrtValue.ortvalue_from_numpy(np.zeros((T, 1, B, hidden), np.float32)))
+    states = [ort.OrtValue.ortvalue_from_numpy(np.zeros((1, B, hidden), np.float32)) for _ in range(4)]
     side = [0]
 
     def run():
@@ -77,63 +93,83 @@ def ort_int8(hidden, tmp_path):
         binding.bind_ortvalue_output("Y_h", states[2 - i])
         binding.bind_ortvalue_output("Y_c", states[3 - i])
         session.run_with_iobinding(binding)
-        side[0] = 2 - i
+        if config == "stream":
+            side[0] = 2 - i
 
     return run
 
 
 def _lstminfer(quantize):
-    def make(hidden, tmp_path):
+    def make(op, hidden, config, tmp_path):
         import lstminfer
 
-        model = lstminfer.load(onnx_model("LSTM", hidden), backend="cython", quantize=quantize)
-        x, state = _frame(hidden), [_zeros(hidden)] * 2
+        if config != "stream":
+            raise ImportError("model.run peers are measured on the stream only")
+        model = lstminfer.load(onnx_model(op, hidden), backend="cython", quantize=quantize)
+        x = _input(config, hidden)
+        states = _states(op, 1, hidden)
 
         def run():
-            _, state[0], state[1] = model.run(None, {"X": x, "h0": state[0], "c0": state[1]})
+            states[:] = model.run(None, _feeds(op, x, states))[1:]
 
         return run
 
     return make
 
 
-def _kernel(int8):
-    def make(hidden, tmp_path):
+def _kernel(precision):
+    def make(op, hidden, config, tmp_path):
         from lstminfer import quantization as lq
-        from lstminfer.kernels import cython_backend
+        from lstminfer.kernels import cython_backend as cb
         from lstminfer.ops.recurrent import RecurrentSpec
         from lstminfer.reference import cell_activations
 
-        w = weights("LSTM", hidden)
+        if precision == "int8-vnni" and not cb.vnni_available():
+            raise ImportError("this CPU has no AVX-512 VNNI")
+        w = weights(op, hidden)
         W, R, B = w["W"], w["R"], w["B"]
-        spec = RecurrentSpec(op="LSTM", hidden_size=hidden, direction="forward", layout=0,
-                             activations=cell_activations("LSTM", "forward", None, None, None), clip=None,
-                             input_forget=False, linear_before_reset=False, num_outputs=3)
-        kernel = (cython_backend.cython_int8_kernel(spec, W, R, B, None, (*lq.int8_per_row(W), *lq.int8_per_row(R)))
-                  if int8 else cython_backend.cython_kernel(spec, W, R, B, None))
-        x, state = _frame(hidden), [_zeros(hidden)] * 2
+        spec = RecurrentSpec(op=op, hidden_size=hidden, direction="forward", layout=0,
+                             activations=cell_activations(op, "forward", None, None, None), clip=None,
+                             input_forget=False, linear_before_reset=False, num_outputs=3 if op == "LSTM" else 2)
+        quantized = (*lq.int8_per_row(W), *lq.int8_per_row(R))
+        if precision == "f32":
+            kernel = cb.cython_kernel(spec, W, R, B, None)
+        elif precision == "bf16":
+            kernel = cb.cython_bf16_kernel(spec, W, R, B, None)
+        else:
+            kernel = cb.cython_int8_kernel(spec, W, R, B, None, quantized,
+                                           scheme="vnni" if precision == "int8-vnni" else "weight-only")
+        x = _input(config, hidden)
+        states = _states(op, x.shape[1], hidden)
 
         def run():
-            _, state[0], state[1] = kernel(x, W, R, B, None, state[0], state[1])
+            outputs = kernel(x, W, R, B, None, *states)
+            if config == "stream":
+                states[:] = outputs[1:]
 
         return run
 
     return make
 
 
-RUNNERS = {"ort-f32": ort_f32, "ort-int8": ort_int8, "lstminfer-f32": _lstminfer(None),
-           "lstminfer-int8": _lstminfer("int8"), "kernel-f32": _kernel(False), "kernel-int8": _kernel(True)}
+RUNNERS = {"ort-1t": ort_f32, "ort-int8": ort_int8, "lstminfer-f32": _lstminfer(None),
+           "lstminfer-int8": _lstminfer("int8"), "lstminfer-bf16": _lstminfer("bf16"),
+           "kernel-f32": _kernel("f32"), "kernel-int8-wo": _kernel("int8"), "kernel-int8-vnni": _kernel("int8-vnni"),
+           "kernel-bf16": _kernel("bf16")}
 
 
 @pytest.mark.parametrize("peer", PEERS)
-@pytest.mark.parametrize("hidden", HIDDEN)
-def test_quantized_step(benchmark, tmp_path, peer, hidden):
+@pytest.mark.parametrize("case", CASES, ids=[f"{op}-H{h}-{c}" for op, h, c in CASES])
+def test_quantized(benchmark, tmp_path, peer, case):
+    op, hidden, config = case
     try:
-        run = RUNNERS[peer](hidden, tmp_path)
-    except ImportError as err:  # onnxruntime absent: that peer is simply missing
+        run = RUNNERS[peer](op, hidden, config, tmp_path)
+    except ImportError as err:  # onnxruntime absent, no int8 GRU there, no VNNI here: that peer is missing
         pytest.skip(f"{peer} unavailable: {err}")
     run()  # first call outside the timing
-    benchmark.group = f"LSTM-H{hidden}-step-quantized"
-    benchmark.extra_info.update(op="LSTM", hidden=hidden, config="step", peer=peer, T=1, B=1,
-                                flops=2 * 4 * hidden * 2 * hidden)
+    T, B = CONFIGS[config]
+    G = 4 if op == "LSTM" else 3
+    benchmark.group = f"{op}-H{hidden}-{config}-quantized"
+    benchmark.extra_info.update(op=op, hidden=hidden, config=config, peer=peer, T=T, B=B,
+                                flops=2 * G * hidden * 2 * hidden * T * B)
     benchmark(run)

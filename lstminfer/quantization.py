@@ -200,7 +200,9 @@ def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray, quan
     if not cython_backend.available() or W.ndim != 3 or R.ndim != 3:
         return None
     spec, B, P = _kernel_inputs(node, ctx, R)
-    return cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized,
+    # "auto": dynamic int8 activations on VNNI where the CPU has it, else weight-only
+    # (cython_backend.INT8_SCHEME_ENV forces one).
+    return cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized, scheme="auto",
                                              threads=ctx.options.get("threads", 1), label=node.label())
 
 

@@ -16,6 +16,8 @@ cdef extern from *:
         if (!strcmp(name, "avx2")) return __builtin_cpu_supports("avx2");
         if (!strcmp(name, "fma")) return __builtin_cpu_supports("fma");
         if (!strcmp(name, "avx512f")) return __builtin_cpu_supports("avx512f");
+        if (!strcmp(name, "avx512bw")) return __builtin_cpu_supports("avx512bw");
+        if (!strcmp(name, "avx512vl")) return __builtin_cpu_supports("avx512vl");
         if (!strcmp(name, "avx512vnni")) return __builtin_cpu_supports("avx512vnni");
         if (!strcmp(name, "avx512bf16")) return __builtin_cpu_supports("avx512bf16");
         return 0;
@@ -30,7 +32,7 @@ cdef extern from *:
     int LSTMINFER_X86
 
 # Feature names as GCC spells them, in the order kernels prefer them.
-FEATURES = ("avx2", "fma", "avx512f", "avx512vnni", "avx512bf16")
+FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avx512bf16")
 
 
 def features():

@@ -381,6 +381,8 @@ def matmul(const float[:, ::1] A, const float[::1] panels, int n0, int n1, float
 
 
 # ------------------------------------------------------- int8 products --
+# (Seq.qkind picks the product: QK_INT8 here, QK_BF16 the same code on bf16
+# panels, QK_VNNI the dynamic-int8 products of li_vnni.h.)
 # Weight-only int8 (lstminfer.quantization, quantize="int8"): the same panels
 # with int8 entries and one float32 scale per column (= per output row of
 # W/R), each panel's scales padded like its columns. At batch 1..3 the
@@ -453,9 +455,75 @@ cdef extern from *:
     void li_dequantize_panel(const signed char* Q, idx K, const float* scale, float* out) noexcept nogil
 
 
-cdef void gemm_q(const float* A, idx M, idx K, idx lda, const signed char* panels, const float* scales,
-                 idx n0, idx n1, float* C, idx ldc, const float* bias) noexcept nogil:
-    """``gemm`` on int8 panels with per-column ``scales`` (padded to whole panels)."""
+# bf16 weights (quantize="bf16"): the same panels of uint16 bf16 bit patterns and
+# no scales; bf16 -> float32 is exact (the 16 bits shifted into the top half), so
+# the products equal the float ones on the rounded weights.
+cdef extern from *:
+    """
+    static inline li_vf li_loadbf(const uint16_t *p) {
+        li_vf v;
+    #if defined(__AVX512F__)
+        __m512i f = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
+    #elif defined(__AVX2__)
+        __m256i f = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
+    #elif defined(__SSE2__)
+        __m128i f = _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p));
+    #else
+        uint32_t f[LI_VEC];
+        for (int i = 0; i < LI_VEC; i++) f[i] = (uint32_t)p[i] << 16;
+    #endif
+        memcpy(&v, &f, sizeof v);
+        return v;
+    }
+
+    /* li_tile1 on a bf16 panel */
+    static inline void li_tile1_bf(const float *a, ptrdiff_t K, const uint16_t *Q, float *C, const float *bias) {
+        li_vf z = {0};
+        li_vf p0 = z, p1 = z, q0 = z, q1 = z, r0 = z, r1 = z, t0 = z, t1 = z;
+        ptrdiff_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+            const uint16_t *w = Q + k * 2 * LI_VEC;
+            p0 += a[k] * li_loadbf(w);                  p1 += a[k] * li_loadbf(w + LI_VEC);
+            q0 += a[k + 1] * li_loadbf(w + 2 * LI_VEC); q1 += a[k + 1] * li_loadbf(w + 3 * LI_VEC);
+            r0 += a[k + 2] * li_loadbf(w + 4 * LI_VEC); r1 += a[k + 2] * li_loadbf(w + 5 * LI_VEC);
+            t0 += a[k + 3] * li_loadbf(w + 6 * LI_VEC); t1 += a[k + 3] * li_loadbf(w + 7 * LI_VEC);
+        }
+        for (; k < K; k++) {
+            const uint16_t *w = Q + k * 2 * LI_VEC;
+            p0 += a[k] * li_loadbf(w); p1 += a[k] * li_loadbf(w + LI_VEC);
+        }
+        p0 = (p0 + q0) + (r0 + t0);
+        p1 = (p1 + q1) + (r1 + t1);
+        if (bias) { p0 += li_load(bias); p1 += li_load(bias + LI_VEC); }
+        li_store(C, p0); li_store(C + LI_VEC, p1);
+    }
+
+    static inline void li_expand_panel_bf(const uint16_t *Q, ptrdiff_t K, float *out) {
+        for (ptrdiff_t k = 0; k < K; k++) {
+            li_store(out + k * 2 * LI_VEC, li_loadbf(Q + k * 2 * LI_VEC));
+            li_store(out + k * 2 * LI_VEC + LI_VEC, li_loadbf(Q + k * 2 * LI_VEC + LI_VEC));
+        }
+    }
+    """
+    ctypedef unsigned short u16 "uint16_t"
+    void li_tile1_bf(const float* a, idx K, const u16* Q, float* C, const float* bias) noexcept nogil
+    void li_expand_panel_bf(const u16* Q, idx K, float* out) noexcept nogil
+
+
+# Dynamic int8 on AVX-512 VNNI (quantize="int8" on a CPU that has it): see the header.
+cdef extern from "li_vnni.h":
+    const int LI_VNNI_NR, LI_VNNI_COMPILED
+    int li_vnni_gemm(const float* A, idx M, idx K, idx lda, const signed char* panels, const float* scales,
+                     idx width, float* C, idx ldc, const float* bias) noexcept nogil
+
+VNNI_PANEL_WIDTH = LI_VNNI_NR  # columns per VNNI panel (cython_backend.pack_vnni_panels)
+VNNI_COMPILED = bool(LI_VNNI_COMPILED)  # False: this compiler had no VNNI code (never select it)
+
+
+cdef void gemm_q(const float* A, idx M, idx K, idx lda, const void* panels, const float* scales,
+                 idx n0, idx n1, float* C, idx ldc, const float* bias, bint bf16) noexcept nogil:
+    """``gemm`` on int8 panels with per-column ``scales`` (padded to whole panels),
+    or (``bf16``) on bf16 panels, no scales."""
     cdef idx width = n1 - n0
     cdef idx nr = 2 * LI_VEC
     cdef idx full_rows = M - M % 4
@@ -473,7 +541,10 @@ cdef void gemm_q(const float* A, idx M, idx K, idx lda, const signed char* panel
         m1 = m0 + mb if m0 + mb < full_rows else full_rows
         j = 0
         while j < width:
-            li_dequantize_panel(panels + (j // nr) * K * nr, K, scales + j, panel)
+            if bf16:
+                li_expand_panel_bf(<const u16*>panels + (j // nr) * K * nr, K, panel)
+            else:
+                li_dequantize_panel(<const signed char*>panels + (j // nr) * K * nr, K, scales + j, panel)
             w = width - j
             m = m0
             if w >= nr:
@@ -495,11 +566,18 @@ cdef void gemm_q(const float* A, idx M, idx K, idx lda, const signed char* panel
         j = 0
         while j < width:
             w = width - j
-            if w >= nr:
-                li_tile1_q(A + m * lda, K, panels + (j // nr) * K * nr, C + m * ldc + j, scales + j,
-                           (bias + n0 + j) if bias != NULL else NULL)
+            if w >= nr and bf16:
+                li_tile1_bf(A + m * lda, K, <const u16*>panels + (j // nr) * K * nr, C + m * ldc + j,
+                            (bias + n0 + j) if bias != NULL else NULL)
+            elif w >= nr:
+                li_tile1_q(A + m * lda, K, <const signed char*>panels + (j // nr) * K * nr, C + m * ldc + j,
+                           scales + j, (bias + n0 + j) if bias != NULL else NULL)
             else:
-                li_tile1_q(A + m * lda, K, panels + (j // nr) * K * nr, tmp, scales + j, NULL)
+                if bf16:
+                    li_tile1_bf(A + m * lda, K, <const u16*>panels + (j // nr) * K * nr, tmp, NULL)
+                else:
+                    li_tile1_q(A + m * lda, K, <const signed char*>panels + (j // nr) * K * nr, tmp,
+                               scales + j, NULL)
                 for q in range(w):
                     C[m * ldc + j + q] = tmp[q] + (bias[n0 + j + q] if bias != NULL else LI_ZERO)
             j += nr
@@ -519,7 +597,45 @@ def matmul_int8(const float[:, ::1] A, const signed char[::1] panels, const floa
     cdef const float* b = &bias[0] if bias is not None else NULL
     with nogil:
         gemm_q(&A[0, 0], A.shape[0], A.shape[1], A.shape[1], &panels[0], &scales[0], n0, n1,
-               &C[0, 0], C.shape[1], b)
+               &C[0, 0], C.shape[1], b, False)
+
+
+def matmul_bf16(const float[:, ::1] A, const unsigned short[::1] panels, int n0, int n1, float[:, ::1] C,
+                const float[::1] bias=None):
+    """``matmul`` on bf16 panels (``pack_bf16_panels``: bit patterns as uint16). For tests."""
+    cdef idx nr = PANEL_WIDTH
+    if C.shape[0] != A.shape[0] or C.shape[1] < n1 - n0:
+        raise ValueError("matmul_bf16: shapes do not match")
+    if not (0 <= n0 <= n1) or (bias is not None and bias.shape[0] < n1):
+        raise ValueError("matmul_bf16: column range out of bounds")
+    if panels.shape[0] < (n1 - n0 + nr - 1) // nr * nr * A.shape[1]:
+        raise ValueError("matmul_bf16: panels too small")
+    cdef const float* b = &bias[0] if bias is not None else NULL
+    with nogil:
+        gemm_q(&A[0, 0], A.shape[0], A.shape[1], A.shape[1], &panels[0], NULL, n0, n1,
+               &C[0, 0], C.shape[1], b, True)
+
+
+def matmul_vnni(const float[:, ::1] A, const signed char[::1] panels, const float[::1] scales, int width,
+                float[:, ::1] C, const float[::1] bias=None):
+    """C[:, :width] = dynamic-int8 A . panels (``pack_vnni_panels``) (+ bias). For tests; the caller
+    checks that the CPU has AVX-512 VNNI."""
+    cdef idx nr = LI_VNNI_NR
+    cdef idx cols = (width + nr - 1) // nr * nr
+    cdef idx Kp = (A.shape[1] + 3) // 4 * 4
+    cdef int status
+    if C.shape[0] != A.shape[0] or C.shape[1] < width or width < 0:
+        raise ValueError("matmul_vnni: shapes do not match")
+    if (bias is not None and bias.shape[0] < width) or scales.shape[0] < cols:
+        raise ValueError("matmul_vnni: bias or scales too small")
+    if panels.shape[0] < cols // nr * (Kp * nr + 4 * nr):
+        raise ValueError("matmul_vnni: panels too small")
+    cdef const float* b = &bias[0] if bias is not None else NULL
+    with nogil:
+        status = li_vnni_gemm(&A[0, 0], A.shape[0], A.shape[1], A.shape[1], &panels[0], &scales[0], width,
+                              &C[0, 0], C.shape[1], b)
+    if status:
+        raise MemoryError("matmul_vnni: no memory for the quantized rows")
 
 
 # ------------------------------------------------------------- sequence --
@@ -553,12 +669,23 @@ cdef struct Seq:
     const signed char* qpbuf
     const float* qscale
     const long long* qsoff
+    int qkind  # QK_*: how qpbuf's weights are stored and multiplied
     const int* codes  # activation codes [D, acts per direction]
     const float* fparams  # alpha, beta per activation
     float* scratch
     bint reverse_first
     bint flag  # LSTM input_forget, GRU linear_before_reset
     float clip
+
+
+# Weight storage of a kernel (Seq.qkind; cython_backend.QKINDS names them).
+cdef enum:
+    QK_FLOAT = 0  # float32 panels in pbuf
+    QK_INT8 = 1  # int8 panels + column scales, dequantized in the product (weight-only)
+    QK_VNNI = 2  # int8 VNNI panels + column scales, rows quantized per call (li_vnni.h)
+    QK_BF16 = 3  # bf16 panels in qpbuf, no scales (weight-only)
+
+QKINDS = {"float32": QK_FLOAT, "int8": QK_INT8, "int8-vnni": QK_VNNI, "bf16": QK_BF16}
 
 
 cdef inline idx padded(idx n) noexcept nogil:
@@ -585,9 +712,14 @@ cdef inline const float* panels_of(const Seq* s, idx d, idx which) noexcept nogi
 cdef inline void product(const Seq* s, idx d, idx which, const float* A, idx M, idx K, idx n0, idx n1,
                          float* C, idx ldc, const float* bias) noexcept nogil:
     """C = A . (panels ``which`` of direction d)[:, n0:n1] (+ bias): float32 or int8 weights."""
-    if s.qpbuf != NULL:
+    if s.qkind == QK_VNNI:
+        li_vnni_gemm(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], s.qscale + s.qsoff[d * 3 + which],
+                     n1 - n0, C, ldc, (bias + n0) if bias != NULL else NULL)
+    elif s.qkind == QK_INT8:
         gemm_q(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], s.qscale + s.qsoff[d * 3 + which],
-               n0, n1, C, ldc, bias)
+               n0, n1, C, ldc, bias, False)
+    elif s.qkind == QK_BF16:
+        gemm_q(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], NULL, n0, n1, C, ldc, bias, True)
     else:
         gemm(A, M, K, K, panels_of(s, d, which), n0, n1, C, ldc, bias)
 
@@ -837,7 +969,8 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
              const float[::1] pbuf, const long long[:, ::1] poff, const int[::1] codes,
              const float[::1] fparams, float[::1] scratch,
              bint reverse_first, bint flag, bint time_major, float clip,
-             const signed char[::1] qpbuf=None, const float[::1] qscale=None, const long long[:, ::1] qsoff=None):
+             const signed char[::1] qpbuf=None, const float[::1] qscale=None, const long long[:, ::1] qsoff=None,
+             int qkind=QK_INT8):
     """Run one recurrent node over a whole sequence, without the GIL. Returns 0, or 1 for bad lens.
 
     The caller (cython_backend.py) has checked every shape and dtype (and
@@ -845,11 +978,15 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     are in kernel order: Y viewed as [T, D, B, H], states as [S, D, B, H],
     h0/c0 as [D, B, H], all with any strides but unit stride along H (for
     layout=1 pass transposed views). ``scratch`` holds ``scratch_floats(T, B, G, H)``.
-    int8 weights: ``qpbuf``/``qscale``/``qsoff`` from ``pack_int8_panels`` (``poff``
-    then indexes ``qpbuf``; ``pbuf`` is not read).
+    Low-precision weights: ``qpbuf``/``qscale``/``qsoff`` from ``pack_int8_panels``
+    (``qkind`` QK_INT8), ``pack_vnni_panels`` (QK_VNNI) or ``pack_bf16_panels`` (QK_BF16,
+    bytes; its scales unused); ``poff`` then holds byte offsets into ``qpbuf`` and
+    ``pbuf`` is not read.
     """
     if (qpbuf is None) != (qscale is None) or (qpbuf is None) != (qsoff is None):
         raise ValueError("sequence: qpbuf, qscale and qsoff come together")
+    if qpbuf is not None and qkind not in (QK_INT8, QK_VNNI, QK_BF16):
+        raise ValueError(f"sequence: qkind {qkind} is not a low-precision kind")
     # (the stride of a length-1 axis is meaningless: numpy may set anything there)
     if ((h0.shape[2] > 1 and h0.strides[2] != 4) or (c0.shape[2] > 1 and c0.strides[2] != 4)
             or (Y.shape[3] > 1 and Y.strides[3] != 4) or (states.shape[3] > 1 and states.strides[3] != 4)):
@@ -887,6 +1024,7 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.qpbuf = &qpbuf[0] if qpbuf is not None else NULL
     s.qscale = &qscale[0] if qscale is not None else NULL
     s.qsoff = &qsoff[0, 0] if qsoff is not None else NULL
+    s.qkind = qkind if qpbuf is not None else QK_FLOAT
     s.codes = &codes[0]
     s.fparams = &fparams[0]
     s.scratch = &scratch[0]
@@ -1003,6 +1141,7 @@ cdef class KernelCore:
     cdef const signed char* qpbuf  # int8 weights (NULL: float32)
     cdef const float* qscale
     cdef const long long* qsoff
+    cdef int qkind
     cdef const int* codes
     cdef const float* fparams
     cdef int op, outputs
@@ -1022,12 +1161,15 @@ cdef class KernelCore:
     def _bind_core(self, run_sequence_capsule, int op, W, R, B, P, bint check_p, wbuf, offsets, pbuf, poff,
                    codes, fparams, idx hidden_size, idx input_size, idx num_directions, idx gates, int outputs,
                    bint reverse_first, bint flag, bint time_major, float clip, idx split_rows,
-                   qpbuf=None, qscale=None, qsoff=None):
+                   qpbuf=None, qscale=None, qsoff=None, int qkind=QK_INT8):
         """Hold the packed constants (read-only arrays, kept alive here) as raw pointers."""
         cdef const signed char[::1] qpbuf_v
         cdef const float[::1] qscale_v
         cdef const long long[:, ::1] qsoff_v
         self.qpbuf, self.qscale, self.qsoff = NULL, NULL, NULL
+        self.qkind = qkind if qpbuf is not None else QK_FLOAT
+        if qpbuf is not None and qkind not in (QK_INT8, QK_VNNI, QK_BF16):
+            raise ValueError(f"_bind_core: qkind {qkind} is not a low-precision kind")
         if qpbuf is not None:
             qpbuf_v, qscale_v, qsoff_v = qpbuf, qscale, qsoff
             if qsoff_v.shape[0] != num_directions or qsoff_v.shape[1] != 3:
@@ -1154,7 +1296,7 @@ cdef class KernelCore:
         s.T, s.B, s.I, s.H, s.D = T, batch, self.I, H, D
         s.time_major = self.time_major
         s.wbuf, s.offsets, s.pbuf, s.poff = self.wbuf, self.offsets, self.pbuf, self.poff
-        s.qpbuf, s.qscale, s.qsoff = self.qpbuf, self.qscale, self.qsoff
+        s.qpbuf, s.qscale, s.qsoff, s.qkind = self.qpbuf, self.qscale, self.qsoff, self.qkind
         s.codes, s.fparams = self.codes, self.fparams
         s.scratch = scratch
         s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip

@@ -23,6 +23,15 @@ from lstminfer.kernels import cython_backend
 from lstminfer.quantize_export import DENSE_MIN_WEIGHTS, quantize
 
 ORT_TOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def _weight_only_int8(monkeypatch):
+    """These tests check the file format against onnxruntime's float arithmetic on the
+    dequantized weights: the weight-only int8 kernel matches that to float32 rounding
+    (the VNNI scheme's own error bound is tested in test_int8_kernels.py)."""
+    monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")
+
 RELOAD_TOL = 1e-6
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 

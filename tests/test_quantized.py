@@ -257,7 +257,10 @@ def _with_weights_quantized(model: onnx.ModelProto, mode: str) -> onnx.ModelProt
 
 @pytest.mark.parametrize("mode", ["int8", "bf16"])
 @pytest.mark.parametrize("backend", ["reference", "auto"])
-def test_quantized_load_equals_the_dequantized_weight_oracle(mode, backend):
+def test_quantized_load_equals_the_dequantized_weight_oracle(mode, backend, monkeypatch):
+    # weight-only int8 equals the oracle to float32 rounding; the VNNI scheme's own bound
+    # (dynamic activation quantization) is tested in test_int8_kernels.py
+    monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")
     model = onnx.load(lstminfer.models.path("forecast_gru"))
     x = get_task("forecast").sample(3, 40, np.random.default_rng(10))[0]
     oracle = lstminfer.load(_with_weights_quantized(model, mode), backend="reference")
@@ -326,7 +329,7 @@ def _int8_case(seed, op, direction, layout, H, I, T, batch, with_lens, linear_be
 def _check_int8_kernel_against_oracle(spec, W, R, B, P, inputs):
     qW, sW = lq.int8_per_row(W)
     qR, sR = lq.int8_per_row(R)
-    kernel = cython_backend.cython_int8_kernel(spec, W, R, B, P, (qW, sW, qR, sR))
+    kernel = cython_backend.cython_int8_kernel(spec, W, R, B, P, (qW, sW, qR, sR), scheme="weight-only")
     assert kernel is not None and "int8" in kernel.describe
     ours = kernel(*inputs)
     oracle_inputs = list(inputs)
@@ -420,6 +423,7 @@ def test_int8_kernel_fallbacks_use_the_dequantized_weights():
 @needs_cython
 @pytest.mark.parametrize("isa", _ISAS)
 def test_int8_load_runs_the_int8_kernel_and_matches_the_oracle_model(monkeypatch, isa):
+    monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")  # VNNI's bound: test_int8_kernels.py
     if isa == "portable":
         monkeypatch.setenv(cython_backend.PORTABLE_ENV, "1")
     model = _lstm_model("bidirectional", H=17, I=5)

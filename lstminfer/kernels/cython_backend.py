@@ -28,12 +28,31 @@ it or raises its error, so the two paths never disagree on errors.
 threads > 1: a batch of at least 4 rows per thread is split across threads
 (each runs the whole sequence on its rows); smaller batches run on one.
 
-int8 weights (``cython_int8_kernel``, for ``lstminfer.load(..., quantize="int8")``):
-W and R quantized per output row (``lstminfer.quantization.int8_per_row``) are
-packed as int8 panels with float32 scales and dequantized on the fly inside
-the products (float32 accumulation, state and activations); the kernel
-answers for the original float W/R (by identity, as the model passes them)
-and its fallbacks run the reference on the dequantized weights.
+Low-precision weights (``lstminfer.load(..., quantize="int8"/"bf16")``); every such
+kernel answers for the original float W/R (by identity, as the model passes them),
+reads only its biases/peepholes as float32 (state, gates and activations stay
+float32), and its fallbacks run the reference on the weights it computes with:
+
+* ``cython_int8_kernel(..., scheme=)``: W/R quantized per output row
+  (``lstminfer.quantization.int8_per_row``). "weight-only": int8 panels with
+  float32 scales, widened inside the products (float32 accumulation): equals
+  the reference on the dequantized weights to float32 rounding. "vnni":
+  dynamic int8 (native/li_vnni.h): each product's activation rows (x_t for the
+  input projection of all steps at once, h_{t-1} per step) quantized per row
+  and call, symmetric 8-bit, u8 x s8 ``vpdpbusd`` with int32 accumulation,
+  scaled back per output. It adds error of the same order as the weights'
+  quantization: vs the dequantized-weight reference, max |diff| <= 0.05 and
+  mean <= 0.01 (times max(1, |output|)); measured max 2.1e-2 / mean 4.8e-3 on
+  random H=256 models, 1.7e-2 / 2e-3 on the bundled ones (adding model's accuracy:
+  99.45% float, 99.6% vnni). "auto" (``int8_scheme``): VNNI wherever the CPU
+  has it (AVX-512 VNNI+BW+VL, LSTMINFER_PORTABLE unset, I and H <= 4096),
+  since it measured 3-4x the weight-only product at every shape tried
+  (M = 1..8192 rows, K = 64..512; step, sequence and batch runs alike);
+  ``LSTMINFER_INT8_SCHEME=weight-only|vnni`` overrides "auto".
+* ``cython_bf16_kernel``: W/R rounded to bf16 (``quantization.round_to_bf16``),
+  stored as bf16 and widened exactly (a 16-bit shift) inside the products:
+  equals the float kernel on the rounded weights. (``vdpbf16ps`` would need the
+  activations in bf16 too, losing that equality.)
 """
 from __future__ import annotations
 
@@ -49,11 +68,10 @@ import numpy as np
 from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
 from .common import same_constant, same_weights, thread_pool, weights_problem
-from .packing import (ALIGN_FLOATS, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_RT, SEG_WT,
-                      PackedWeights, kernel_row_order, pack, row_stride, unit_blocks)
+from .packing import (ALIGN_FLOATS, GATES, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_RT, SEG_WT,
+                      PackedWeights, pack, pack_bf16_panels, pack_int8_panels, pack_vnni_panels, row_stride)
 
 OPS = ("LSTM", "GRU", "RNN")
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 PORTABLE_ENV = "LSTMINFER_PORTABLE"
 _ISA_MODULES = {"avx512": "lstminfer._rnn_kernels_avx512", "avx2": "lstminfer._rnn_kernels_avx2",
@@ -172,65 +190,91 @@ def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np
     return buffer, offsets
 
 
+INT8_SCHEMES = ("auto", "vnni", "weight-only")
+INT8_SCHEME_ENV = "LSTMINFER_INT8_SCHEME"  # forces "vnni" or "weight-only" where a kernel asks for "auto"
+VNNI_MAX_K = 4096  # VNNI keeps 4 quantized rows of K bytes on the stack (larger K: weight-only)
+
+
+def vnni_available() -> bool:
+    """Can int8 kernels use the dynamic AVX-512 VNNI products here (and now: not LSTMINFER_PORTABLE)?"""
+    if _IMPORT_ERROR or isa() == "portable":
+        return False
+    try:
+        from .._cpu import features
+        have = features()
+    except ImportError:
+        return False
+    return (all(have.get(f) for f in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))
+            and bool(getattr(_module(isa()), "VNNI_COMPILED", False)))
+
+
+def int8_scheme(scheme: str, input_size: int, hidden_size: int) -> str:
+    """"vnni" or "weight-only" for an int8 kernel asked for ``scheme``.
+
+    The rule for "auto" (measured, benchmarks/test_bench_quantized.py and README
+    "int8 kernels"): dynamic VNNI for every product wherever the CPU has it
+    (3-4x the weight-only product at every shape tried, M = 1..8192 rows,
+    K = 64..512), else weight-only; ``LSTMINFER_INT8_SCHEME`` overrides it.
+    """
+    if scheme not in INT8_SCHEMES:
+        raise ValueError(f"int8 scheme must be one of {INT8_SCHEMES}, got {scheme!r}")
+    if scheme == "auto":
+        scheme = os.environ.get(INT8_SCHEME_ENV, "") or "auto"
+        if scheme not in INT8_SCHEMES:
+            raise ValueError(f"{INT8_SCHEME_ENV} must be one of {INT8_SCHEMES[1:]}, got {scheme!r}")
+    fits = max(input_size, hidden_size) <= VNNI_MAX_K
+    if scheme == "vnni" and not (vnni_available() and fits):
+        raise ValueError("int8 scheme 'vnni' needs AVX-512 VNNI (lstminfer._cpu), LSTMINFER_PORTABLE unset "
+                         f"and input/hidden size <= {VNNI_MAX_K}")
+    if scheme == "auto":
+        return "vnni" if vnni_available() and fits else "weight-only"
+    return scheme
+
+
+def _check_threads(threads: Any) -> None:
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+
+
 def cython_int8_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, quantized: tuple, *, threads: int = 1,
-                       label: str = ""):
+                       label: str = "", scheme: str = "weight-only"):
     """An int8-weight Cython kernel, or None (see ``why_not_fused``).
 
     ``W``/``R``: the float32 constants of the model (what the kernel is called
     with); ``quantized``: (qW, sW, qR, sR), their per-row int8 values [D, G*H, K]
     and float32 scales [D, G*H] (``lstminfer.quantization.int8_per_row``).
+    ``scheme``: "weight-only" (the products equal float32 ones on the dequantized
+    weights), "vnni" (activations quantized per row and call as well: int32
+    accumulation, error bounded in tests/test_int8_kernels.py) or "auto"
+    (``int8_scheme``: VNNI where the CPU has it).
     """
     if why_not_fused(spec, W, R, B, P) is not None:
         return None
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    _check_threads(threads)
     qW, sW, qR, sR = quantized
     for q, scale, w in ((qW, sW, W), (qR, sR, R)):
         if q.dtype != np.int8 or q.shape != w.shape or scale.dtype != _F32 or scale.shape != w.shape[:2]:
             raise ValueError(f"quantized weights do not match: {q.dtype}{list(q.shape)} scales "
                              f"{scale.dtype}{list(scale.shape)} for weights {list(w.shape)}")
+    chosen = int8_scheme(scheme, W.shape[2], R.shape[2])
     return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label,
-                        int8=(qW, sW, qR, sR))
+                        int8=(qW, sW, qR, sR), precision="int8-vnni" if chosen == "vnni" else "int8")
 
 
-def pack_int8_panels(op: str, qW: np.ndarray, sW: np.ndarray, qR: np.ndarray, sR: np.ndarray,
-                     panel_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``pack_panels`` for int8 weights: the same three column ranges per direction, int8
-    panels, and each range's per-column scales (zero-padded like its columns).
+def cython_bf16_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, *, threads: int = 1, label: str = ""):
+    """A bf16-weight Cython kernel, or None (see ``why_not_fused``).
 
-    Returns (panels int8, offsets [D, 3] into them, scales float32, offsets [D, 3] into those).
+    ``W``/``R``: the float32 constants of the model (the kernel answers for them
+    by identity); it computes with them rounded to bf16
+    (``lstminfer.quantization.round_to_bf16``), stored as bf16 and widened
+    exactly inside the products (float32 accumulation): results equal the float
+    kernel on the rounded weights. Biases and peepholes stay float32.
     """
-    D, GH, I = qW.shape
-    H = qR.shape[2]
-    split = 2 * H if op == "GRU" else GH
-    order = kernel_row_order(op, H, unit_blocks(H, 1))
-    pieces: list[np.ndarray] = []
-    scale_pieces: list[np.ndarray] = []
-    offsets = np.zeros((D, 3), dtype=np.int64)
-    scale_offsets = np.zeros((D, 3), dtype=np.int64)
-    position = scale_position = 0
-    for d in range(D):
-        WT, RT = qW[d][order].T, qR[d][order].T
-        sw, sr = sW[d][order], sR[d][order]
-        for which, (matrix, scale) in enumerate(((WT, sw), (RT[:, :split], sr[:split]), (RT[:, split:], sr[split:]))):
-            K, N = matrix.shape
-            columns = -(-N // panel_width) * panel_width
-            padded = np.zeros((K, columns), dtype=np.int8)
-            padded[:, :N] = matrix
-            panels = padded.reshape(K, columns // panel_width, panel_width).transpose(1, 0, 2).ravel()
-            panels = np.concatenate([panels, np.zeros(-panels.size % 64, dtype=np.int8)])  # 64-byte aligned
-            scales = np.zeros(-(-columns // ALIGN_FLOATS) * ALIGN_FLOATS, dtype=np.float32)
-            scales[:N] = scale
-            offsets[d, which], scale_offsets[d, which] = position, scale_position
-            position += panels.size
-            scale_position += scales.size
-            pieces.append(panels)
-            scale_pieces.append(scales)
-    buffer = np.concatenate(pieces + [np.zeros(64, dtype=np.int8)])
-    scale_buffer = np.concatenate(scale_pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
-    for array in (buffer, offsets, scale_buffer, scale_offsets):
-        array.flags.writeable = False
-    return buffer, offsets, scale_buffer, scale_offsets
+    if why_not_fused(spec, W, R, B, P) is not None:
+        return None
+    _check_threads(threads)
+    return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label,
+                        precision="bf16")
 
 
 def _small_segments_only(packed: PackedWeights) -> PackedWeights:
@@ -263,7 +307,7 @@ class CythonKernel(_KernelCore):
     """
 
     def __init__(self, spec: Any, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndarray | None,
-                 *, threads: int = 1, label: str = "", int8: tuple | None = None):
+                 *, threads: int = 1, label: str = "", int8: tuple | None = None, precision: str = "float32"):
         self.spec = spec
         self.op = spec.op
         self.label = label
@@ -271,10 +315,13 @@ class CythonKernel(_KernelCore):
         self._ext = _module(self.isa)
         self._opcode = self._ext.OPS[self.op]
         lbr = bool(spec.linear_before_reset) if self.op == "GRU" else False
+        if (int8 is not None) != (precision in ("int8", "int8-vnni")) or precision not in self._ext.QKINDS:
+            raise ValueError(f"CythonKernel: precision {precision!r} with int8 weights {int8 is not None}")
+        self.precision = precision
         self._int8 = int8
-        self._dequantized: tuple | None = None  # int8: the float W/R the fallbacks use, made on first need
+        self._dequantized: tuple | None = None  # low precision: the float W/R the fallbacks use, made on first need
         self._packed = pack(self.op, W, R, B, P, linear_before_reset=lbr, blocks=1)
-        if int8 is not None:
+        if precision != "float32":
             self._packed = _small_segments_only(self._packed)
         self._constants = (W, R, B, P)
         self.hidden_size = self._packed.hidden_size
@@ -284,13 +331,19 @@ class CythonKernel(_KernelCore):
         self._states = 2 if self.op == "LSTM" else 1
         self._offsets = np.ascontiguousarray(self._packed.offsets, dtype=np.int64)
         self._offsets.flags.writeable = False
-        if int8 is None:
+        self._qkind = self._ext.QKINDS[precision]
+        if precision == "float32":
             self._panels, self._panel_offsets = pack_panels(self._packed, self._ext.PANEL_WIDTH)
             self._qpanels = self._qscales = self._qscale_offsets = None
         else:
             self._panels = _NO_PANELS
-            self._qpanels, self._panel_offsets, self._qscales, self._qscale_offsets = pack_int8_panels(
-                self.op, *int8, self._ext.PANEL_WIDTH)
+            if precision == "int8":
+                lowp = pack_int8_panels(self.op, *int8, self._ext.PANEL_WIDTH)
+            elif precision == "int8-vnni":
+                lowp = pack_vnni_panels(self.op, *int8, self._ext.VNNI_PANEL_WIDTH)
+            else:
+                lowp = pack_bf16_panels(self.op, *self._lowp_weights(W, R), self._ext.PANEL_WIDTH)
+            self._qpanels, self._panel_offsets, self._qscales, self._qscale_offsets = lowp
         codes = [self._ext.ACTIVATION_CODES[a.name.lower()] for a in spec.activations]
         self._codes = np.asarray(codes, dtype=np.int32)
         self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)
@@ -304,7 +357,7 @@ class CythonKernel(_KernelCore):
         self._reference_kwargs = spec.reference_kwargs()
         acts = "+".join(a.name for a in spec.activations[: ACTS_PER_DIRECTION[self.op]])
         self.describe = (
-            f"cython {self.op.lower()}_seq {self.isa}{' int8' if int8 is not None else ''} "
+            f"cython {self.op.lower()}_seq {self.isa}{'' if precision == 'float32' else ' ' + precision} "
             f"(H={self.hidden_size}, {spec.direction}, {acts}, "
             + ("1 thread)" if threads == 1 else
                f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows)")
@@ -316,7 +369,7 @@ class CythonKernel(_KernelCore):
                 self.hidden_size, self.input_size, self.num_directions, self._gates, spec.num_outputs,
                 self._reverse_first, self._flag, self._time_major, self._clip,
                 _MIN_ROWS_PER_PART * threads if threads > 1 else 0,
-                self._qpanels, self._qscales, self._qscale_offsets,
+                self._qpanels, self._qscales, self._qscale_offsets, self._qkind,
             )
 
     # ------------------------------------------------------------------
@@ -370,7 +423,7 @@ class CythonKernel(_KernelCore):
                 self._packed.buffer, self._offsets, self._panels, self._panel_offsets, self._codes, self._fparams,
                 self._scratch(T, batch),
                 self._reverse_first, self._flag, time_major, self._clip,
-                self._qpanels, self._qscales, self._qscale_offsets,
+                self._qpanels, self._qscales, self._qscale_offsets, self._qkind,
             )
         if status:  # sequence_lens outside [0, T]: the reference raises the error
             return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
@@ -393,7 +446,7 @@ class CythonKernel(_KernelCore):
                 Y[:, :, b0:b1], states[:, :, b0:b1], self._packed.buffer, self._offsets, self._panels,
                 self._panel_offsets, self._codes,
                 self._fparams, self._scratch(T, b1 - b0), self._reverse_first, self._flag, time_major, self._clip,
-                self._qpanels, self._qscales, self._qscale_offsets,
+                self._qpanels, self._qscales, self._qscale_offsets, self._qkind,
             )
 
         futures = [thread_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
@@ -428,7 +481,7 @@ class CythonKernel(_KernelCore):
 
     def _reference(self, *inputs):
         run = _REFERENCE[self.op]
-        if self._int8 is not None:
+        if self.precision != "float32":
             inputs = self._as_dequantized(inputs)
         args = inputs if self.op == "LSTM" else inputs[:6]
         prefix = f"{self.label}: " if self.label else ""
@@ -448,11 +501,18 @@ class CythonKernel(_KernelCore):
         if not (same_constant(W, W0) and same_constant(R, R0)):
             return inputs  # other weights than those quantized: run as given
         if self._dequantized is None:
-            qW, sW, qR, sR = self._int8
-            self._dequantized = tuple((q.astype(np.float32) * s[..., None]).astype(np.float32)
-                                      for q, s in ((qW, sW), (qR, sR)))
+            self._dequantized = self._lowp_weights(W0, R0)
         return (X, *self._dequantized, *rest)
 
+    def _lowp_weights(self, W, R) -> tuple:
+        """The float32 W/R this low-precision kernel computes with (its products' oracle)."""
+        if self.precision == "bf16":
+            from ..quantization import round_to_bf16
+            return round_to_bf16(W), round_to_bf16(R)
+        qW, sW, qR, sR = self._int8
+        return tuple((q.astype(np.float32) * s[..., None]).astype(np.float32) for q, s in ((qW, sW), (qR, sR)))
 
-__all__ = ["CythonKernel", "available", "cython_int8_kernel", "cython_kernel", "isa", "pack_int8_panels",
-           "pack_panels", "unavailable_reason", "why_not_fused"]
+
+__all__ = ["CythonKernel", "available", "cython_bf16_kernel", "cython_int8_kernel", "cython_kernel", "int8_scheme",
+           "isa", "pack_bf16_panels", "pack_int8_panels", "pack_panels", "pack_vnni_panels", "unavailable_reason",
+           "vnni_available", "why_not_fused"]

@@ -36,6 +36,9 @@ PEEPHOLE_KERNEL = "ifo"  # order of the ``peep`` rows in the packed buffer
 ALIGN_FLOATS = 16  # 64 bytes: one cache line / one AVX-512 register
 
 
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+
+
 def num_gates(op: str) -> int:
     return len(ONNX_GATES[op])
 
@@ -145,3 +148,111 @@ def pack(op: str, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndar
                 peep[row] = onnx_rows[PEEPHOLE_ONNX.index(gate)]
     buffer.flags.writeable = False
     return packed
+
+
+# ------------------------------------------------- low-precision panels --
+# The Cython kernels' products read weights as panels: a column range of the
+# k-major matrix, ``width`` columns at a time, each panel one sequential stream
+# (see native/_rnn_core.pxi). These make the int8-VNNI and bf16 variants.
+
+def vnni_panels(matrix: np.ndarray, width: int = 64) -> np.ndarray:
+    """int8 k-major ``matrix`` [K, N] as VNNI panels (native/li_vnni.h), int8 bytes.
+
+    Per panel of ``width`` columns: for each group of 4 k (K padded to a
+    multiple of 4 with zero rows), the columns' 4 bytes side by side (one
+    vpdpbusd operand per 16 columns), then ``width`` int32 corrections
+    128 * sum_k matrix[k, j] (undoing the +128 that makes activations unsigned).
+    """
+    K, N = matrix.shape
+    Kp = -(-K // 4) * 4
+    columns = -(-N // width) * width
+    padded = np.zeros((Kp, columns), dtype=np.int8)
+    padded[:K, :N] = matrix
+    count = columns // width
+    groups = padded.reshape(Kp // 4, 4, count, width).transpose(2, 0, 3, 1).reshape(count, Kp * width)
+    corrections = (128 * padded.astype(np.int32).sum(axis=0)).astype("<i4").reshape(count, width)
+    return np.concatenate([groups, corrections.view(np.int8)], axis=1).ravel()
+
+
+def bf16_bits(w: np.ndarray) -> np.ndarray:
+    """float32 values already rounded to bf16 (``quantization.round_to_bf16``) -> their uint16 bits."""
+    bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
+    if np.any(bits & np.uint32(0xFFFF)):
+        raise ValueError("bf16_bits: the weights are not rounded to bf16")
+    return (bits >> np.uint32(16)).astype(np.uint16)
+
+
+def column_panels(matrix: np.ndarray, width: int) -> np.ndarray:
+    """k-major ``matrix`` [K, N] (any dtype) as panels of ``width`` columns, the last zero-padded."""
+    K, N = matrix.shape
+    columns = -(-N // width) * width
+    padded = np.zeros((K, columns), dtype=matrix.dtype)
+    padded[:, :N] = matrix
+    return padded.reshape(K, columns // width, width).transpose(1, 0, 2).ravel()
+
+
+def _column_ranges(op: str, W: np.ndarray, R: np.ndarray, sW: np.ndarray | None, sR: np.ndarray | None):
+    """Per direction, the three k-major column ranges the products read (as in ``pack_panels``),
+    each with its columns' scales (None without scales): yields (d, which, matrix [K, N], scales)."""
+    D, GH, _ = W.shape
+    H = R.shape[2]
+    split = 2 * H if op == "GRU" else GH
+    order = kernel_row_order(op, H, unit_blocks(H, 1))
+    for d in range(D):
+        WT, RT = W[d][order].T, R[d][order].T
+        sw = sW[d][order] if sW is not None else None
+        sr = sR[d][order] if sR is not None else None
+        yield d, 0, WT, sw
+        yield d, 1, RT[:, :split], (sr[:split] if sr is not None else None)
+        yield d, 2, RT[:, split:], (sr[split:] if sr is not None else None)
+
+
+def _pack_ranges(op, W, R, sW, sR, make_panels, width):
+    """Byte panels of every column range (``make_panels(matrix)`` -> 1-D array), 64-byte aligned,
+    and their scales padded to whole panels. Returns (panels int8, offsets [D, 3] in bytes,
+    scales float32, offsets [D, 3])."""
+    D = W.shape[0]
+    pieces, scale_pieces = [], []
+    offsets = np.zeros((D, 3), dtype=np.int64)
+    scale_offsets = np.zeros((D, 3), dtype=np.int64)
+    position = scale_position = 0
+    for d, which, matrix, scale in _column_ranges(op, W, R, sW, sR):
+        panels = np.ascontiguousarray(make_panels(matrix)).view(np.int8)
+        panels = np.concatenate([panels, np.zeros(-panels.size % 64, dtype=np.int8)])
+        columns = -(-matrix.shape[1] // width) * width
+        scales = np.zeros(-(-columns // ALIGN_FLOATS) * ALIGN_FLOATS, dtype=np.float32)
+        if scale is not None:
+            scales[:matrix.shape[1]] = scale
+        offsets[d, which], scale_offsets[d, which] = position, scale_position
+        position += panels.size
+        scale_position += scales.size
+        pieces.append(panels)
+        scale_pieces.append(scales)
+    buffer = np.concatenate(pieces + [np.zeros(64, dtype=np.int8)])
+    scale_buffer = np.concatenate(scale_pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
+    for array in (buffer, offsets, scale_buffer, scale_offsets):
+        array.flags.writeable = False
+    return buffer, offsets, scale_buffer, scale_offsets
+
+
+def pack_int8_panels(op: str, qW: np.ndarray, sW: np.ndarray, qR: np.ndarray, sR: np.ndarray,
+                     panel_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``pack_panels`` for int8 weights: the same three column ranges per direction, int8
+    panels, and each range's per-column scales (zero-padded like its columns).
+
+    Returns (panels int8, offsets [D, 3] into them, scales float32, offsets [D, 3] into those).
+    """
+    return _pack_ranges(op, qW, qR, sW, sR, lambda m: column_panels(m, panel_width), panel_width)
+
+
+def pack_vnni_panels(op: str, qW: np.ndarray, sW: np.ndarray, qR: np.ndarray, sR: np.ndarray,
+                     panel_width: int = 64) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``pack_int8_panels`` in the VNNI layout (``packing.vnni_panels``: 4 k per column, column sums)."""
+    return _pack_ranges(op, qW, qR, sW, sR, lambda m: vnni_panels(m, panel_width), panel_width)
+
+
+def pack_bf16_panels(op: str, W: np.ndarray, R: np.ndarray,
+                     panel_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``pack_panels`` of bf16-rounded float32 W/R as bf16 bit patterns (bytes, offsets in bytes);
+    the scales returned are zeros (the kernel reads none)."""
+    return _pack_ranges(op, W, R, None, None, lambda m: column_panels(bf16_bits(m), panel_width), panel_width)

@@ -1,0 +1,185 @@
+/* Dynamic int8 products on AVX-512 VNNI (vpdpbusd: u8 x s8 -> int32), for
+   lstminfer.load(..., quantize="int8") on the Cython backend.
+
+   C[m, j] = (sum_k u[m, k] Q[k, j] - 128 colsum_j) * a_scale[m] * w_scale[j] + bias[j]
+
+   where each row of A is quantized on the fly, symmetric per row
+   (a_scale = max|A[m, :]| / 127, q = rint(A / a_scale) in [-127, 127]) and
+   shifted to u = q + 128 so that vpdpbusd (unsigned x signed) can take it;
+   the shift comes back out through 128 * colsum_j, precomputed per column.
+   Accumulation is exact in int32 for K < 2^16 (each product < 2^15).
+
+   Weights: panels of LI_VNNI_NR = 64 columns (cython_backend.pack_vnni_panels):
+   per panel Kp/4 groups, each 64 columns x 4 consecutive k (256 bytes, one
+   vpdpbusd operand per 16 columns), then 64 int32 corrections (128 colsum).
+   Kp = K rounded up to 4, the padding rows and columns zero.
+
+   Compiled into every build (function-level target attributes: the module's
+   flags stay portable); cython_backend calls it only when lstminfer._cpu
+   reports avx512vnni (and bw, vl). */
+#ifndef LI_VNNI_H
+#define LI_VNNI_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define LI_VNNI_NR 64
+#define LI_VNNI_STACK 16384 /* bytes of quantized rows kept on the stack */
+
+#if defined(__GNUC__) && defined(__x86_64__) && (__GNUC__ >= 8)
+#include <immintrin.h>
+#define LI_VNNI_COMPILED 1
+#define LI_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni")))
+
+/* rows of A -> u8 rows of qa (Kp bytes each, padding 128 = zero), and their scales.
+   A non-finite value in a row makes its scale NaN, so its outputs are NaN (as in float). */
+LI_VNNI_TARGET static void li_vnni_quantize_rows(const float *A, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t lda,
+                                                 uint8_t *qa, ptrdiff_t Kp, float *a_scale) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i shift = _mm512_set1_epi32(128);
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *a = A + r * lda;
+        uint8_t *q = qa + r * Kp;
+        __m512 peak = zero, poison = zero; /* poison: sum of 0 * a, NaN iff some a is inf/NaN */
+        ptrdiff_t k = 0;
+        for (; k < K; k += 16) {
+            __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(m, a + k);
+            peak = _mm512_max_ps(peak, _mm512_abs_ps(v));
+            poison = _mm512_add_ps(poison, _mm512_mul_ps(v, zero));
+        }
+        float amax = _mm512_reduce_max_ps(peak);
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        float bad = _mm512_reduce_add_ps(poison);
+        a_scale[r] = bad == 0.0f ? amax / 127.0f : __builtin_nanf("");
+        if (bad != 0.0f) inv = 0.0f;
+        const __m512 vinv = _mm512_set1_ps(inv);
+        for (k = 0; k < K; k += 16) {
+            __mmask16 m = K - k >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (K - k)) - 1);
+            __m512i v = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, a + k), vinv)); /* rint */
+            _mm512_mask_cvtepi32_storeu_epi8(q + k, m, _mm512_add_epi32(v, shift));
+        }
+        for (k = K; k < Kp; k++) q[k] = 128;
+    }
+}
+
+static inline int32_t li_vnni_word(const uint8_t *p) { int32_t w; memcpy(&w, p, 4); return w; }
+
+/* C[0:w] = (acc - corr) * (a_scale * w_scale) + bias, one row, four vectors of 16 columns */
+LI_VNNI_TARGET static inline void li_vnni_finish(__m512i acc, int v, const int32_t *corr, const float *ws,
+                                                 float as, const float *bias, float *c, ptrdiff_t w) {
+    ptrdiff_t left = w - 16 * v;
+    if (left <= 0) return;
+    __mmask16 m = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+    __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_loadu_si512(corr + 16 * v)));
+    f = _mm512_mul_ps(f, _mm512_mul_ps(_mm512_set1_ps(as), _mm512_loadu_ps(ws + 16 * v)));
+    if (bias) f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(m, bias + 16 * v));
+    _mm512_mask_storeu_ps(c + 16 * v, m, f);
+}
+
+/* 4 rows x 64 columns: 16 accumulators, each weight vector used by 4 rows */
+LI_VNNI_TARGET static void li_vnni_tile4(const uint8_t *qa, ptrdiff_t Kp, const int8_t *P, const float *as,
+                                         const float *ws, const float *bias, float *C, ptrdiff_t ldc, ptrdiff_t w) {
+    __m512i c[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 4; v++) c[r][v] = _mm512_setzero_si512();
+    for (ptrdiff_t k = 0; k < Kp; k += 4) {
+        const int8_t *p = P + k * LI_VNNI_NR;
+        __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + 64);
+        __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);
+        for (int r = 0; r < 4; r++) {
+            __m512i b = _mm512_set1_epi32(li_vnni_word(qa + r * Kp + k));
+            c[r][0] = _mm512_dpbusd_epi32(c[r][0], b, w0);
+            c[r][1] = _mm512_dpbusd_epi32(c[r][1], b, w1);
+            c[r][2] = _mm512_dpbusd_epi32(c[r][2], b, w2);
+            c[r][3] = _mm512_dpbusd_epi32(c[r][3], b, w3);
+        }
+    }
+    const int32_t *corr = (const int32_t *)(const void *)(P + Kp * LI_VNNI_NR);
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 4; v++) li_vnni_finish(c[r][v], v, corr, ws, as[r], bias, C + r * ldc, w);
+}
+
+/* 1 row x 64 columns: two k chains of 4 accumulators (vpdpbusd latency), summed at the end */
+LI_VNNI_TARGET static void li_vnni_tile1(const uint8_t *qa, ptrdiff_t Kp, const int8_t *P, float as,
+                                         const float *ws, const float *bias, float *C, ptrdiff_t w) {
+    __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0, d0 = c0, d1 = c0, d2 = c0, d3 = c0;
+    ptrdiff_t k = 0;
+    for (; k + 8 <= Kp; k += 8) {
+        const int8_t *p = P + k * LI_VNNI_NR;
+        __m512i b = _mm512_set1_epi32(li_vnni_word(qa + k)), e = _mm512_set1_epi32(li_vnni_word(qa + k + 4));
+        c0 = _mm512_dpbusd_epi32(c0, b, _mm512_loadu_si512(p));
+        c1 = _mm512_dpbusd_epi32(c1, b, _mm512_loadu_si512(p + 64));
+        c2 = _mm512_dpbusd_epi32(c2, b, _mm512_loadu_si512(p + 128));
+        c3 = _mm512_dpbusd_epi32(c3, b, _mm512_loadu_si512(p + 192));
+        d0 = _mm512_dpbusd_epi32(d0, e, _mm512_loadu_si512(p + 256));
+        d1 = _mm512_dpbusd_epi32(d1, e, _mm512_loadu_si512(p + 320));
+        d2 = _mm512_dpbusd_epi32(d2, e, _mm512_loadu_si512(p + 384));
+        d3 = _mm512_dpbusd_epi32(d3, e, _mm512_loadu_si512(p + 448));
+    }
+    if (k < Kp) {
+        const int8_t *p = P + k * LI_VNNI_NR;
+        __m512i b = _mm512_set1_epi32(li_vnni_word(qa + k));
+        c0 = _mm512_dpbusd_epi32(c0, b, _mm512_loadu_si512(p));
+        c1 = _mm512_dpbusd_epi32(c1, b, _mm512_loadu_si512(p + 64));
+        c2 = _mm512_dpbusd_epi32(c2, b, _mm512_loadu_si512(p + 128));
+        c3 = _mm512_dpbusd_epi32(c3, b, _mm512_loadu_si512(p + 192));
+    }
+    const int32_t *corr = (const int32_t *)(const void *)(P + Kp * LI_VNNI_NR);
+    li_vnni_finish(_mm512_add_epi32(c0, d0), 0, corr, ws, as, bias, C, w);
+    li_vnni_finish(_mm512_add_epi32(c1, d1), 1, corr, ws, as, bias, C, w);
+    li_vnni_finish(_mm512_add_epi32(c2, d2), 2, corr, ws, as, bias, C, w);
+    li_vnni_finish(_mm512_add_epi32(c3, d3), 3, corr, ws, as, bias, C, w);
+}
+
+/* C[m, 0:width] for m < M (see the top); ``scales``/``bias`` start at the first column.
+   Rows go in blocks whose quantized copy stays in L1 (each panel then serves the whole
+   block). Returns 0, or -1 if a large K needed memory that malloc refused. */
+LI_VNNI_TARGET static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda,
+                                       const int8_t *panels, const float *scales, ptrdiff_t width,
+                                       float *C, ptrdiff_t ldc, const float *bias) {
+    ptrdiff_t Kp = (K + 3) / 4 * 4;
+    ptrdiff_t panel_bytes = Kp * LI_VNNI_NR + 4 * LI_VNNI_NR;
+    ptrdiff_t mb = (LI_VNNI_STACK / (Kp > 0 ? Kp : 1)) / 4 * 4;
+    mb = mb < 4 ? 4 : (mb > 256 ? 256 : mb);
+    uint8_t stack[LI_VNNI_STACK] __attribute__((aligned(64)));
+    float as[256];
+    uint8_t *qa = stack;
+    if (mb * Kp > LI_VNNI_STACK) {
+        qa = (uint8_t *)malloc((size_t)(mb * Kp));
+        if (!qa) { /* out of memory: NaN rather than wrong numbers */
+            for (ptrdiff_t m = 0; m < M; m++)
+                for (ptrdiff_t j = 0; j < width; j++) C[m * ldc + j] = __builtin_nanf("");
+            return -1;
+        }
+    }
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += mb) {
+        ptrdiff_t rows = M - m0 < mb ? M - m0 : mb;
+        li_vnni_quantize_rows(A + m0 * lda, rows, K, lda, qa, Kp, as);
+        for (ptrdiff_t j = 0; j < width; j += LI_VNNI_NR) {
+            const int8_t *P = panels + (j / LI_VNNI_NR) * panel_bytes;
+            ptrdiff_t w = width - j < LI_VNNI_NR ? width - j : LI_VNNI_NR;
+            const float *b = bias ? bias + j : NULL;
+            ptrdiff_t r = 0;
+            for (; r + 4 <= rows; r += 4)
+                li_vnni_tile4(qa + r * Kp, Kp, P, as + r, scales + j, b, C + (m0 + r) * ldc + j, ldc, w);
+            for (; r < rows; r++)
+                li_vnni_tile1(qa + r * Kp, Kp, P, as[r], scales + j, b, C + (m0 + r) * ldc + j, w);
+        }
+    }
+    if (qa != stack) free(qa);
+    return 0;
+}
+
+#else /* no VNNI code here: never selected (cython_backend checks the CPU), fails loudly if it were */
+#define LI_VNNI_COMPILED 0
+static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda, const int8_t *panels,
+                        const float *scales, ptrdiff_t width, float *C, ptrdiff_t ldc, const float *bias) {
+    (void)A; (void)M; (void)K; (void)lda; (void)panels; (void)scales; (void)width; (void)C; (void)ldc; (void)bias;
+    return -1;
+}
+#endif
+
+#endif /* LI_VNNI_H */
