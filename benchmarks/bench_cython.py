@@ -2,6 +2,7 @@
 
     pytest benchmarks/bench_cython.py --benchmark-json=bench_cython.json     # pytest-benchmark
     python benchmarks/bench_cython.py                                        # quick table on stdout
+    python benchmarks/bench_cython.py cold                                   # the cold-start table only
 
 Three measurements:
 
@@ -11,7 +12,8 @@ Three measurements:
   "cython-kernel" (the kernel called directly: no executor) and "ort-1t";
 * cold start: a fresh process imports lstminfer, loads the bundled
   ``adding_lstm`` with backend="cython" and runs one prediction (target
-  <= 0.15 s), next to onnxruntime's and the Numba backend's (warm cache);
+  <= 0.15 s), next to onnxruntime's and the Numba backend's (warm cache),
+  with cached bytecode (as installed) and compiling from source;
 * two threads: two concurrent long calls of one kernel, against the same
   two calls one after the other (the kernels release the GIL: expect ~0.5-0.7
   on two free cores, 1.0 if the GIL were held).
@@ -21,6 +23,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -98,23 +101,61 @@ m = lstminfer.load(lstminfer.models.path("adding_lstm"), backend="numba")
 m.run(None, {{"x": np.zeros((1, 50, 2), np.float32), "h0": np.zeros((1, 1, 32), np.float32),
               "c0": np.zeros((1, 1, 32), np.float32)}})
 """,
+    # The model's path as a literal: importing lstminfer.models would import lstminfer too.
     "ort-1t": """
-import onnxruntime as ort, numpy as np, lstminfer.models
+import onnxruntime as ort, numpy as np
 o = ort.SessionOptions(); o.intra_op_num_threads = 1
-s = ort.InferenceSession(lstminfer.models.path("adding_lstm"), o, providers=["CPUExecutionProvider"])
+s = ort.InferenceSession({model!r}, o, providers=["CPUExecutionProvider"])
 s.run(None, {{"x": np.zeros((1, 50, 2), np.float32), "h0": np.zeros((1, 1, 32), np.float32),
               "c0": np.zeros((1, 1, 32), np.float32)}})
 """,
 }
 
 
-def cold_start(peer: str) -> float:
+# Bytecode: a pip-installed package has compiled .pyc files, but a checkout run with
+# PYTHONDONTWRITEBYTECODE=1 (as our dev machines are) compiles lstminfer's modules at every
+# import (~30 ms). "pyc" runs with bytecode cached under a private PYTHONPYCACHEPREFIX (the
+# deployment case; every peer gets the same), "source" with the environment as it is.
+BYTECODE_MODES = ("pyc", "source")
+_PYC_DIR = os.path.join(tempfile.gettempdir(), "lstminfer-bench-pyc")
+
+
+def cold_start(peer: str, bytecode: str = "pyc") -> float:
     """Seconds for a fresh process: import, load the bundled model, one prediction (interpreter start excluded)."""
-    body = "import sys, time\n_t = time.perf_counter()\n" + _COLD[peer].format(bench=os.path.dirname(__file__)) \
+    model = os.path.join(ROOT, "lstminfer", "models", "adding_lstm.onnx")
+    body = "import sys, time\n_t = time.perf_counter()\n" + _COLD[peer].format(model=model) \
         + "print(time.perf_counter() - _t)\n"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    if bytecode == "pyc":
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = _PYC_DIR
     out = subprocess.run([sys.executable, "-c", body], check=True, env=env, cwd=ROOT, capture_output=True, text=True)
     return float(out.stdout.strip().splitlines()[-1])
+
+
+def cold_start_table(rounds: int = 7) -> None:
+    """Best and median of ``rounds`` fresh processes per peer and bytecode mode, rounds interleaved
+    (the machine is shared: interleaving spreads its noise over every peer)."""
+    print("| cold start (import + load + 1 run) | bytecode | best | median |")
+    print("|---|---|---|---|")
+    for bytecode in BYTECODE_MODES:
+        times: dict[str, list[float]] = {peer: [] for peer in _COLD}
+        failed: dict[str, str] = {}
+        for peer in _COLD:  # warm-up: fills the .pyc and Numba caches
+            try:
+                cold_start(peer, bytecode)
+            except subprocess.CalledProcessError as e:
+                failed[peer] = ((e.stderr or "").strip().splitlines() or ["?"])[-1]
+        for _ in range(rounds):
+            for peer in _COLD:
+                if peer not in failed:
+                    times[peer].append(cold_start(peer, bytecode))
+        for peer in _COLD:
+            if peer in failed:
+                print(f"| {peer} | {bytecode} | failed: {failed[peer]} | |")
+                continue
+            ts = sorted(times[peer])
+            print(f"| {peer} | {bytecode} | {ts[0]:.3f} s | {ts[len(ts) // 2]:.3f} s |", flush=True)
 
 
 def import_breakdown() -> str:
@@ -164,13 +205,14 @@ def test_cython_layer(benchmark, peer, case):
     measure(benchmark, make_runner(peer, case), case, peer)
 
 
+@pytest.mark.parametrize("bytecode", BYTECODE_MODES)
 @pytest.mark.parametrize("peer", list(_COLD))
-def test_cython_cold_start(benchmark, peer):
-    if peer == "lstminfer-numba":
-        cold_start(peer)  # fill the Numba cache once: the warm-cache deployment case
+def test_cython_cold_start(benchmark, peer, bytecode):
+    cold_start(peer, bytecode)  # fill the .pyc (and Numba) caches once: the deployment case
     benchmark.group = "cold-start-cython"
-    benchmark.extra_info.update(op="LSTM", hidden=32, config="cold-start", peer=peer, T=50, B=1, flops=0)
-    benchmark.pedantic(lambda: cold_start(peer), rounds=3, iterations=1)
+    benchmark.extra_info.update(op="LSTM", hidden=32, config=f"cold-start-{bytecode}", peer=peer, T=50, B=1,
+                                flops=0)
+    benchmark.pedantic(lambda: cold_start(peer, bytecode), rounds=3, iterations=1)
 
 
 def test_two_threads_use_two_cores(benchmark):
@@ -198,6 +240,9 @@ def _best(run, seconds: float = 0.3) -> float:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["cold"]:  # the cold-start table only
+        cold_start_table()
+        return
     from lstminfer.kernels import cython_backend
 
     hidden = [int(h) for h in os.environ.get("BENCH_H", "64,256").split(",")]
@@ -212,10 +257,7 @@ def main() -> None:
                 ort, model, kernel = t["ort-1t"], t["lstminfer-cython"], t["cython-kernel"]
                 print(f"| {case.name} | {ort * 1e6:.1f} us | {model * 1e6:.1f} us | {ort / model:.2f} | "
                       f"{kernel * 1e6:.1f} us | {ort / kernel:.2f} | {kernel / case.T * 1e6:.2f} |", flush=True)
-    for peer in _COLD:
-        if peer == "lstminfer-numba":
-            cold_start(peer)
-        print(f"cold start {peer}: best of 3 = {min(cold_start(peer) for _ in range(3)):.3f} s")
+    cold_start_table()
     print("slowest imports of lstminfer.kernels.cython_backend:\n" + import_breakdown())
     ratio, one = two_thread_ratio()
     print(f"two threads: wall(2 concurrent) / wall(2 in a row) = {ratio:.2f} (one call {one * 1e3:.1f} ms)")

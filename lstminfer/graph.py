@@ -5,6 +5,7 @@ tests) works on these plain objects, so graphs can be built by hand.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,9 @@ class Graph:
     inputs: list[ValueInfo]
     outputs: list[ValueInfo]
     initializers: dict[str, np.ndarray] = field(default_factory=dict)
-    value_info: dict[str, ValueInfo] = field(default_factory=dict)
+    # Inferred shapes of intermediate values; read-only, and from a file inferred on first
+    # use (onnx_import.LazyValueInfo): only describe() and the streaming analysis need it.
+    value_info: Mapping[str, ValueInfo] = field(default_factory=dict)
     opsets: dict[str, int] = field(default_factory=lambda: {"": 17})
     name: str = "graph"
 

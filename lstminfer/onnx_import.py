@@ -1,21 +1,24 @@
-"""ONNX protobuf -> internal ``Graph``. The only module that imports ``onnx``.
+"""ONNX protobuf -> internal ``Graph``. With ``onnx_proto``, the only code that reads protobuf.
 
 Parsing happens once, at load: the file is read (with external-data files
-beside it), checked for structure, shape-inferred, model-local functions are
-inlined, and every node, attribute and initializer becomes a plain Python
-object (see ``graph.py``).
+beside it), checked for structure, model-local functions are inlined, and
+every node, attribute and initializer becomes a plain Python object (see
+``graph.py``). The ``onnx`` package itself is imported only where it is
+really needed (external data, local functions, shape inference), so a plain
+load stays fast; shape inference (intermediate shapes, for ``describe()`` and
+streaming analysis) runs on first use of ``Graph.value_info``.
 """
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
-from google.protobuf.message import DecodeError
-from onnx import numpy_helper
 
+from . import onnx_proto
 from .dtypes import numpy_dtype
 from .errors import InvalidModelError, UnsupportedModelError
 from .graph import Graph, Node, ValueInfo
@@ -40,10 +43,8 @@ class ImportedModel:
     ir_version: int = 0
 
 
-def read_model(model: Any) -> tuple[onnx.ModelProto, str]:
-    """Accept a path, bytes or ModelProto; return the proto and a source name."""
-    if isinstance(model, onnx.ModelProto):
-        return model, "<ModelProto>"
+def read_model(model: Any) -> tuple[Any, str]:
+    """Accept a path, bytes or ModelProto; return the proto (onnx's ModelProto class) and a source name."""
     if isinstance(model, (bytes, bytearray, memoryview)):
         return _parse_bytes(bytes(model), "<bytes>"), "<bytes>"
     if isinstance(model, (str, os.PathLike)):
@@ -54,15 +55,20 @@ def read_model(model: Any) -> tuple[onnx.ModelProto, str]:
             proto = _parse_bytes(f.read(), path)
         _load_external_data(proto, os.path.dirname(os.path.abspath(path)), path)
         return proto, path
+    proto = onnx_proto.as_model_proto(model)
+    if proto is not None:
+        return proto, "<ModelProto>"
     raise TypeError(
         f"model must be a file path, bytes or onnx.ModelProto, got {type(model).__name__}"
     )
 
 
-def _parse_bytes(data: bytes, source: str) -> onnx.ModelProto:
+def _parse_bytes(data: bytes, source: str):
+    from google.protobuf.message import DecodeError
+
     if not data:
         raise InvalidModelError(f"{source}: the model is empty (0 bytes)")
-    proto = onnx.ModelProto()
+    proto = onnx_proto.pb2().ModelProto()
     try:
         proto.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
@@ -78,12 +84,12 @@ def _parse_bytes(data: bytes, source: str) -> onnx.ModelProto:
     return proto
 
 
-def _load_external_data(proto: onnx.ModelProto, base_dir: str, source: str) -> None:
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
-
-    tensors = list(_all_tensors(proto.graph))
-    if not any(uses_external_data(t) for t in tensors):
+def _load_external_data(proto, base_dir: str, source: str) -> None:
+    if not any(onnx_proto.uses_external_data(t) for t in _all_tensors(proto.graph)):
         return
+    import onnx
+    from onnx.external_data_helper import load_external_data_for_model
+
     try:
         load_external_data_for_model(proto, base_dir)
     except (OSError, ValueError, onnx.checker.ValidationError) as e:
@@ -92,7 +98,7 @@ def _load_external_data(proto: onnx.ModelProto, base_dir: str, source: str) -> N
         ) from None
 
 
-def _all_tensors(graph: onnx.GraphProto):
+def _all_tensors(graph):
     yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
@@ -110,8 +116,10 @@ def import_model(model: Any) -> ImportedModel:
     proto, source = read_model(model)
     opsets = _opsets(proto, source)
     if proto.functions:
+        import onnx.inliner
+
         proto = onnx.inliner.inline_local_functions(proto)
-    value_info = _infer_value_info(proto)
+    value_info = LazyValueInfo(_shape_inference_input(proto))
     graph = _convert_graph(proto.graph, opsets, value_info, source)
     return ImportedModel(
         graph=graph,
@@ -127,7 +135,7 @@ def import_model(model: Any) -> ImportedModel:
     )
 
 
-def _opsets(proto: onnx.ModelProto, source: str) -> dict[str, int]:
+def _opsets(proto, source: str) -> dict[str, int]:
     opsets: dict[str, int] = {}
     for imp in proto.opset_import:
         domain = "" if imp.domain in ("", "ai.onnx") else imp.domain
@@ -145,9 +153,80 @@ def _opsets(proto: onnx.ModelProto, source: str) -> dict[str, int]:
     return opsets
 
 
-def _infer_value_info(proto: onnx.ModelProto) -> dict[str, ValueInfo]:
+# Initializers with more elements than this are handed to shape inference as typed
+# inputs without their values: it needs their shapes only (data propagation reads
+# small integer shape tensors), and the lazy copy should not hold every weight.
+_SHAPE_DATA_MAX_ELEMENTS = 1024
+
+
+def _shape_inference_input(proto):
+    """What shape inference needs of ``proto``: the proto, minus the values of large initializers."""
+    pb = onnx_proto.pb2()
+    light = pb.ModelProto()
+    for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+        setattr(light, name, getattr(proto, name))
+    light.opset_import.extend(proto.opset_import)
+    g, lg = proto.graph, light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    lg.sparse_initializer.extend(g.sparse_initializer)
+    declared = {vi.name for vi in g.input}
+    for t in g.initializer:
+        count = 1
+        for d in t.dims:
+            count *= d
+        if count <= _SHAPE_DATA_MAX_ELEMENTS:
+            lg.initializer.append(t)
+        elif t.name not in declared:
+            vi = lg.input.add()
+            vi.name = t.name
+            vi.type.tensor_type.elem_type = t.data_type
+            for d in t.dims:
+                vi.type.tensor_type.shape.dim.add().dim_value = d
+    return light
+
+
+class LazyValueInfo(Mapping):
+    """Shapes/dtypes of intermediate values (name -> ValueInfo), inferred on first use.
+
+    Shape inference needs the ``onnx`` package (~50 ms to import) and runs over
+    the whole graph; only ``describe()`` and the streaming analysis read it.
+    """
+
+    def __init__(self, proto) -> None:
+        self._proto = proto
+        self._values: dict[str, ValueInfo] | None = None
+        self._lock = threading.Lock()  # Models are shared between threads
+
+    def _infer(self) -> dict[str, ValueInfo]:
+        if self._values is None:
+            with self._lock:
+                if self._values is None:
+                    self._values = _infer_value_info(self._proto)
+                    self._proto = None  # no longer needed
+        return self._values
+
+    def __getitem__(self, name: str) -> ValueInfo:
+        return self._infer()[name]
+
+    def __iter__(self):
+        return iter(self._infer())
+
+    def __len__(self) -> int:
+        return len(self._infer())
+
+    def __repr__(self) -> str:
+        return f"LazyValueInfo({'not inferred yet' if self._values is None else self._values!r})"
+
+
+def _infer_value_info(proto) -> dict[str, ValueInfo]:
     """Shapes/dtypes of intermediate values, for ``describe()``; best effort."""
     try:
+        import onnx.shape_inference
+
         inferred = onnx.shape_inference.infer_shapes(proto, strict_mode=False, data_prop=True)
     except Exception:  # inference is informative only; the executor never needs it
         inferred = proto
@@ -161,7 +240,7 @@ def _infer_value_info(proto: onnx.ModelProto) -> dict[str, ValueInfo]:
 
 
 def _convert_graph(
-    g: onnx.GraphProto, opsets: dict[str, int], value_info: dict[str, ValueInfo], source: str
+    g, opsets: dict[str, int], value_info: dict[str, ValueInfo], source: str
 ) -> Graph:
     where = f"{source}, graph '{g.name}'"
     initializers: dict[str, np.ndarray] = {}
@@ -186,7 +265,7 @@ def _convert_graph(
 
 
 def _node(
-    n: onnx.NodeProto, index: int, opsets: dict[str, int], value_info: dict[str, ValueInfo], source: str
+    n, index: int, opsets: dict[str, int], value_info: dict[str, ValueInfo], source: str
 ) -> Node:
     name = n.name or f"{n.op_type}_{index}"
     node = Node(
@@ -208,8 +287,8 @@ def _node(
     return node
 
 
-def _attribute(attr: onnx.AttributeProto, opsets, value_info, source: str, where: str) -> Any:
-    A = onnx.AttributeProto
+def _attribute(attr, opsets, value_info, source: str, where: str) -> Any:
+    A = onnx_proto.pb2().AttributeProto
     kind = attr.type
     if kind == A.FLOAT:
         return float(attr.f)
@@ -247,19 +326,11 @@ def _decode(raw: bytes) -> str | bytes:
         return raw
 
 
-def _tensor(t: onnx.TensorProto, where: str) -> np.ndarray:
-    numpy_dtype(t.data_type, where)  # raises a clear error for unsupported types
-    try:
-        array = numpy_helper.to_array(t)
-    except Exception as e:  # a corrupt tensor: wrong raw_data size, bad external ref...
-        raise InvalidModelError(f"{where}: cannot read tensor data ({e})") from None
-    if array.dtype.kind in "SU":
-        array = array.astype(object)
-    array.setflags(write=False)  # initializers are shared by every run
-    return array
+def _tensor(t, where: str) -> np.ndarray:
+    return onnx_proto.to_array(t, where)
 
 
-def _sparse_tensor(st: onnx.SparseTensorProto, where: str) -> np.ndarray:
+def _sparse_tensor(st, where: str) -> np.ndarray:
     values = _tensor(st.values, where)
     indices = _tensor(st.indices, where).astype(np.int64)
     dense = np.zeros(tuple(st.dims), dtype=values.dtype)
@@ -271,11 +342,11 @@ def _sparse_tensor(st: onnx.SparseTensorProto, where: str) -> np.ndarray:
     return dense
 
 
-def _value_info(vi: onnx.ValueInfoProto, where: str) -> ValueInfo:
+def _value_info(vi, where: str) -> ValueInfo:
     return _type_info(vi.name, vi.type, where)
 
 
-def _type_info(name: str, t: onnx.TypeProto, where: str) -> ValueInfo:
+def _type_info(name: str, t, where: str) -> ValueInfo:
     """ValueInfo of a TypeProto: tensor, seq(tensor), optional(tensor | seq(tensor))."""
     kind = "tensor"
     which = t.WhichOneof("value")

@@ -37,7 +37,6 @@ GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 # bf16 files hold bfloat16 initializers; lstminfer's importer reads them once it widens
 # bfloat16 to float32 (onnx_import._tensor), which the lead adds with this change.
-bf16_import = pytest.mark.xfail(strict=True, reason="onnx_import does not read bfloat16 initializers yet")
 
 
 def _ort_run(path, feeds, fuse=True):
@@ -203,7 +202,6 @@ def test_onnxruntime_runs_the_bf16_file(tmp_path):
     _assert_close(_ort_run(dst, feeds), lstminfer.load(src, quantize="bf16").run(None, feeds), ORT_TOL)
 
 
-@bf16_import
 def test_bf16_file_loads_back(tmp_path):
     model = _recurrent_model("GRU")
     src, dst = tmp_path / "float.onnx", tmp_path / "bf16.onnx"

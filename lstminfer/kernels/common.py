@@ -3,12 +3,14 @@ the identity check on packed constants, and the helper thread pools."""
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .packing import num_gates
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 _F32 = np.dtype(np.float32)
 
@@ -72,5 +74,8 @@ def thread_pool(workers: int) -> ThreadPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
+            # Imported here: concurrent.futures costs ~4 ms of cold start, and one thread needs no pool.
+            from concurrent.futures import ThreadPoolExecutor
+
             pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer")
         return pool

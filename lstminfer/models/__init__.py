@@ -12,7 +12,6 @@ the ones not shipped (the plain RNN that fails the adding problem).
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import InvalidArgumentError
@@ -34,6 +33,8 @@ def path(name: str) -> str:
 
 def metadata(name: str) -> dict:
     """The bundled model ``name``'s metadata (the parsed NAME.json)."""
+    import json  # here: not on the path of a plain load (cold start)
+
     return json.loads(_file(name, ".json").read_text())
 
 

@@ -8,9 +8,14 @@ node output (``None`` allowed for an optional output nobody reads).
 
 Nodes with subgraph attributes (Loop, If, Scan) get the values their body
 reads from enclosing scopes as a keyword argument ``outer: dict[str, value]``.
+
+The op modules register their ops when imported, and a load imports only the
+modules its model's ops live in (``OP_MODULES``): most models need a few of
+them, and importing all of them costs cold start.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -55,6 +60,62 @@ class BuildContext:
 
 _REGISTRY: dict[tuple[str, str], list[OpSpec]] = {}
 
+# Built-in op module -> the ops it registers ("domain:Op" outside the default domain).
+# tests/test_cold_start_imports.py checks this against what the modules register.
+OP_MODULES: dict[str, str] = {
+    "control": "If Loop Scan",
+    "elementwise": (
+        "Abs Acos Acosh Add And Asin Asinh Atan Atanh BitShift BitwiseAnd BitwiseNot BitwiseOr "
+        "BitwiseXor Cast CastLike Ceil Celu Clip Cos Cosh Div Dropout Elu Equal Erf Exp Floor Gelu "
+        "Greater GreaterOrEqual HardSigmoid HardSwish Identity IsInf IsNaN LeakyRelu Less LessOrEqual "
+        "Log Max Mean Min Mish Mod Mul Neg Not Or PRelu Pow Reciprocal Relu Round Selu Shrink Sigmoid "
+        "Sign Sin Sinh Softplus Softsign Sqrt Sub Sum Tan Tanh ThresholdedRelu Where Xor"
+    ),
+    "nn": "BatchNormalization Einsum Gemm Hardmax LayerNormalization LogSoftmax MatMul Softmax",
+    "quantized": (
+        "DequantizeLinear DynamicQuantizeLinear MatMulInteger QuantizeLinear "
+        "com.microsoft:DynamicQuantizeLSTM com.microsoft:DynamicQuantizeMatMul "
+        "com.microsoft:MatMulIntegerToFloat"
+    ),
+    "recurrent": "GRU LSTM RNN",
+    "reduce": (
+        "ArgMax ArgMin ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean ReduceMin "
+        "ReduceProd ReduceSum ReduceSumSquare"
+    ),
+    "sequence": (
+        "ConcatFromSequence Optional OptionalGetElement OptionalHasElement SequenceAt SequenceConstruct "
+        "SequenceEmpty SequenceErase SequenceInsert SequenceLength SplitToSequence"
+    ),
+    "tensor": (
+        "Compress Concat Constant ConstantOfShape CumSum Expand EyeLike Flatten Gather GatherElements "
+        "GatherND NonZero OneHot Pad Range Reshape ReverseSequence Scatter ScatterElements ScatterND "
+        "Shape Size Slice Split Squeeze Tile TopK Transpose Trilu Unsqueeze"
+    ),
+}
+
+
+def _module_index() -> dict[tuple[str, str], str]:
+    index = {}
+    for module, names in OP_MODULES.items():
+        for name in names.split():
+            domain, _, op_type = name.rpartition(":")
+            index[(domain, op_type)] = module
+    return index
+
+
+_MODULE_OF = _module_index()
+
+
+def load_op_module(module: str) -> None:
+    """Import built-in op module ``module`` (registering its ops) if not done yet."""
+    importlib.import_module(f"{__package__}.{module}")
+
+
+def load_all() -> None:
+    """Import every built-in op module (to list or inspect the whole op table)."""
+    for module in OP_MODULES:
+        load_op_module(module)
+
 
 def _norm_domain(domain: str) -> str:
     return "" if domain in DEFAULT_DOMAINS else domain
@@ -74,6 +135,9 @@ def register(op_type: str, domain: str = "", *, since: int = 1, until: int | Non
 def lookup(node: Node, opset: int) -> OpSpec:
     """The spec that runs ``node`` at ``opset``; raise a clear error if none."""
     domain = _norm_domain(node.domain)
+    module = _MODULE_OF.get((domain, node.op_type))
+    if module is not None:
+        load_op_module(module)
     specs = _REGISTRY.get((domain, node.op_type))
     where = f"{node.label()}, domain '{node.domain or 'ai.onnx'}', opset {opset}"
     if not specs:
@@ -92,4 +156,5 @@ def lookup(node: Node, opset: int) -> OpSpec:
 
 def supported_ops() -> list[str]:
     """Sorted 'domain:Op' names (default domain without prefix)."""
+    load_all()
     return sorted(f"{d + ':' if d else ''}{op}" for d, op in _REGISTRY)
