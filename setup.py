@@ -23,7 +23,7 @@ extensions = [
     Extension("lstminfer._runtime", ["native/_runtime.pyx"], extra_compile_args=COMPILE_ARGS),
 ] + [
     Extension(f"lstminfer._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
-              extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi", "native/li_vnni.h"])
+              extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi", "native/li_vnni.h", "native/li_workers.h"])
     for suffix, flags in RNN_ISA_ARGS.items()
 ]
 

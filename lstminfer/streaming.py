@@ -111,6 +111,7 @@ class StreamProgram:
         self.chunk_dtype = vi.dtype if vi is not None and vi.kind == "tensor" else None
         self.chunk_batch_axis = self.batch_axes[vi.name] if vi is not None else None
         self.direct = self._direct_call()
+        self.direct_into = self._direct_into()
 
     # -- running ------------------------------------------------------------
     def run(self, data: list[np.ndarray], states: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -327,6 +328,15 @@ class StreamProgram:
             return None
         return _kernel_call(step.kernel, template, state_at, node.label())
 
+    def _direct_into(self):
+        """``into(x, *states) -> Y or None``: the direct kernel updating the states in place
+        (``KernelCore.run_into``), when ``direct`` applies with no sequence_lens; else None."""
+        if self.direct is None:
+            return None
+        step = self.plan.schedule(self.wanted)[0][0]
+        lens = step.node.inputs[4] if len(step.node.inputs) > 4 else ""
+        return getattr(step.kernel, "run_into", None) if not lens else None
+
     def _dummy(self, vi: ValueInfo, batch: int, time: int, rng=None) -> np.ndarray:
         shape = [d if isinstance(d, int) else 1 for d in vi.shape]
         if self.batch_axes[vi.name] is not None:
@@ -390,7 +400,8 @@ class Stream:
 
     def __init__(self, program: StreamProgram, state: Any = None):
         self._program = program
-        self._states = [program.initial_state[s.key] for s in program.slots]
+        # Always this stream's own arrays: the direct kernel updates them in place.
+        self._states = [program.initial_state[s.key].copy() for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # last chunk shape that passed the full check
         if isinstance(state, (bytes, bytearray, memoryview)):
             self._set(program.load(state))
@@ -401,6 +412,11 @@ class Stream:
         """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
         program = self._program
         if x.__class__ is np.ndarray and x.dtype is program.chunk_dtype and x.shape == self._shape:
+            into = program.direct_into
+            if into is not None:  # the kernel writes the new states over ours: no allocation
+                y = into(x, *self._states)
+                if y is not None:
+                    return y
             direct = program.direct
             if direct is not None:
                 out = direct(x, self._states)
@@ -420,7 +436,7 @@ class Stream:
 
     def reset(self) -> None:
         program = self._program
-        self._states = [program.initial_state[s.key] for s in program.slots]
+        self._states = [program.initial_state[s.key].copy() for s in program.slots]
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -436,7 +452,7 @@ class Stream:
         return self._program.save(dict(zip((s.key for s in self._program.slots), self._states)))
 
     def _set(self, state: Mapping[str, np.ndarray]) -> None:
-        self._states = [state[s.key] for s in self._program.slots]
+        self._states = [np.array(state[s.key]) for s in self._program.slots]  # own copies
 
 
 class StreamPool:
@@ -533,6 +549,12 @@ class StreamPool:
             if stacked is None:
                 stacked = self._stack_checked(sids, chunks)
             lo = slots[0]
+            into = program.direct_into
+            if contiguous and into is not None:  # the kernel updates the slots in place
+                y = into(stacked[0], *[_axis_slice(buf, s.batch_axis, lo, lo + len(slots))
+                                       for buf, s in zip(self._buffers, program.slots)])
+                if y is not None:
+                    return dict(zip(sids, _split(y, self._output_axes[program.output_names[0]], len(sids))))
             if contiguous:
                 states = [_axis_slice(buf, s.batch_axis, lo, lo + len(slots))
                           for buf, s in zip(self._buffers, program.slots)]

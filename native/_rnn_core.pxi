@@ -16,7 +16,7 @@
 
 from libc.math cimport expm1f, expf, fabsf, log1pf
 from libc.string cimport memcpy, memset
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from cpython.ref cimport PyObject
 
@@ -1063,6 +1063,7 @@ cdef extern from *:
     } li_ndarray;
     #define LI_C_CONTIGUOUS 0x0001
     #define LI_ALIGNED 0x0100
+    #define LI_WRITEABLE 0x0400
     """
     ctypedef struct li_ndarray:
         char* data
@@ -1071,9 +1072,29 @@ cdef extern from *:
         Py_ssize_t* strides
         PyObject* descr
         int flags
-    const int LI_C_CONTIGUOUS, LI_ALIGNED
+    const int LI_C_CONTIGUOUS, LI_ALIGNED, LI_WRITEABLE
 
 ctypedef int (*sequence_fn)(const Seq* s, int op) noexcept nogil
+
+cdef extern from "li_workers.h":
+    ctypedef int (*li_job_fn)(void* arg) noexcept nogil
+    ctypedef struct li_worker:
+        pass
+    int li_worker_start(li_worker* w) noexcept nogil
+    void li_worker_post(li_worker* w, li_job_fn fn, void* arg) noexcept nogil
+    int li_worker_wait(li_worker* w) noexcept nogil
+    void li_worker_stop(li_worker* w) noexcept nogil
+
+
+cdef struct Part:  # one thread's share of a batch split
+    Seq s
+    sequence_fn run
+    int op
+
+
+cdef int run_part(void* arg) noexcept nogil:
+    cdef Part* part = <Part*>arg
+    return part.run(&part.s, part.op)
 
 cdef const char* RUN_SEQUENCE_NAME = "lstminfer._rnn_kernels.run_sequence"
 # This build's run_sequence, for the KernelCore of any build (they share Seq).
@@ -1154,14 +1175,26 @@ cdef class KernelCore:
     cdef float* scratch
     cdef idx scratch_size
     cdef bint scratch_busy
+    # threads > 1: batches of split_rows+ rows are cut into ``threads`` parts, part 0 run by
+    # the caller and the others by this kernel's own worker threads (li_workers.h); they
+    # use the scratch buffer too, so only its holder splits.
+    cdef idx threads
+    cdef li_worker* workers
+    cdef Part* part_jobs
 
     def __dealloc__(self):
+        cdef idx p
+        if self.workers != NULL:
+            for p in range(self.threads - 1):
+                li_worker_stop(&self.workers[p])
+        free(self.workers)
+        free(self.part_jobs)
         free(self.scratch)
 
     def _bind_core(self, run_sequence_capsule, int op, W, R, B, P, bint check_p, wbuf, offsets, pbuf, poff,
                    codes, fparams, idx hidden_size, idx input_size, idx num_directions, idx gates, int outputs,
                    bint reverse_first, bint flag, bint time_major, float clip, idx split_rows,
-                   qpbuf=None, qscale=None, qsoff=None, int qkind=QK_INT8):
+                   qpbuf=None, qscale=None, qsoff=None, int qkind=QK_INT8, idx threads=1):
         """Hold the packed constants (read-only arrays, kept alive here) as raw pointers."""
         cdef const signed char[::1] qpbuf_v
         cdef const float[::1] qscale_v
@@ -1196,6 +1229,7 @@ cdef class KernelCore:
         self.H, self.I, self.D, self.G = hidden_size, input_size, num_directions, gates
         self.reverse_first, self.flag, self.time_major, self.clip = reverse_first, flag, time_major, clip
         self.split_rows = split_rows
+        self.threads = threads if split_rows else 1
         self.ready = LAYOUT_OK
 
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
@@ -1229,56 +1263,63 @@ cdef class KernelCore:
             s.h0_d, s.h0_b = a.strides[ax_d] // 4, a.strides[1 - ax_d] // 4
         return True
 
-    cdef object fast(self, object X, object lens, object h0, object c0):
-        cdef Seq s
+    cdef int bind(self, Seq* s, object X, object lens, object h0, object c0) except -1:
+        """Point ``s`` at the per-call inputs and the constants; 1: these need the Python path."""
         cdef li_ndarray* a
-        cdef idx T, batch, H = self.H, D = self.D, need
-        cdef int status
-        cdef float* scratch
-        cdef bint own_scratch
+        cdef idx T, batch
         if not f32_array(X, 3):
-            return None
+            return 1
         a = as_array(X)
         if not (a.flags & LI_C_CONTIGUOUS) or a.dimensions[2] != self.I:
-            return None
+            return 1
         T = a.dimensions[0] if self.time_major else a.dimensions[1]
         batch = a.dimensions[1] if self.time_major else a.dimensions[0]
-        if T == 0 or batch == 0 or (self.split_rows and batch >= self.split_rows):
-            return None
+        if T == 0 or batch == 0:
+            return 1
         s.X = <const float*>a.data
         s.has_lens, s.has_h0, s.has_c0 = False, False, False
         s.lens, s.h0, s.c0 = NULL, NULL, NULL
         if lens is not None:
             if type(lens) is not _NDARRAY:
-                return None
+                return 1
             a = as_array(lens)
             if (a.descr != <PyObject*>_INT32 or a.nd != 1 or a.dimensions[0] != batch
                     or not (a.flags & LI_C_CONTIGUOUS) or not (a.flags & LI_ALIGNED)):
-                return None
+                return 1
             s.lens, s.has_lens = <const int*>a.data, True
-        if not self.state(&s, h0, batch, False):
-            return None
-        if self.op == OP_LSTM and not self.state(&s, c0, batch, True):
-            return None
+        if not self.state(s, h0, batch, False):
+            return 1
+        if self.op == OP_LSTM and not self.state(s, c0, batch, True):
+            return 1
+        s.T, s.B, s.I, s.H, s.D = T, batch, self.I, self.H, self.D
+        s.time_major = self.time_major
+        s.wbuf, s.offsets, s.pbuf, s.poff = self.wbuf, self.offsets, self.pbuf, self.poff
+        s.qpbuf, s.qscale, s.qsoff, s.qkind = self.qpbuf, self.qscale, self.qsoff, self.qkind
+        s.codes, s.fparams = self.codes, self.fparams
+        s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip
+        return 0
 
+    cdef void output_strides(self, Seq* s) noexcept:
+        """Y and state strides for outputs allocated in the node's layout (fresh, C order)."""
+        cdef idx T = s.T, batch = s.B, H = self.H, D = self.D
         if self.time_major:
-            Y = _EMPTY((T, D, batch, H), _FLOAT32)
-            Yh = _EMPTY((D, batch, H), _FLOAT32)
-            Yc = _EMPTY((D, batch, H), _FLOAT32) if self.op == OP_LSTM else None
             s.y_t, s.y_d, s.y_b = D * batch * H, batch * H, H
             s.s_d, s.s_b = batch * H, H
         else:
-            Y = _EMPTY((batch, T, D, H), _FLOAT32)
-            Yh = _EMPTY((batch, D, H), _FLOAT32)
-            Yc = _EMPTY((batch, D, H), _FLOAT32) if self.op == OP_LSTM else None
             s.y_t, s.y_d, s.y_b = D * H, H, T * D * H
             s.s_d, s.s_b = H, D * H
-        s.Y = <float*>as_array(Y).data
-        s.Sh = <float*>as_array(Yh).data
-        s.Sc = <float*>as_array(Yc).data if Yc is not None else NULL
 
-        need = scratch_need(T, batch, self.G, H)
-        own_scratch = not self.scratch_busy
+    cdef int launch(self, Seq* s) except -1:
+        """Run ``s`` (inputs and outputs bound), its batch split across the worker threads when
+        the kernel has them; returns run_sequence's status (1: sequence_lens out of range)."""
+        cdef idx parts = self.parts_for(s.B), need, p, b0, b1, offset = 0
+        cdef int status = 0
+        cdef float* scratch
+        cdef bint own_scratch = not self.scratch_busy
+        cdef Part* part
+        need = 0
+        for p in range(parts):
+            need += self.part_need(s, s.B * p // parts, s.B * (p + 1) // parts, parts)
         if own_scratch:
             if self.scratch_size < need:
                 free(self.scratch)
@@ -1289,25 +1330,136 @@ cdef class KernelCore:
                 self.scratch_size = need
             self.scratch_busy = True
             scratch = self.scratch
-        else:
-            buffer = self._scratch(T, batch)  # this thread's, from the Python path
+        else:  # another thread has this kernel's buffer (and workers): this thread's, serially
+            parts = 1
+            buffer = self._scratch(s.T, s.B)
             scratch = <float*>as_array(buffer).data
-
-        s.T, s.B, s.I, s.H, s.D = T, batch, self.I, H, D
-        s.time_major = self.time_major
-        s.wbuf, s.offsets, s.pbuf, s.poff = self.wbuf, self.offsets, self.pbuf, self.poff
-        s.qpbuf, s.qscale, s.qsoff, s.qkind = self.qpbuf, self.qscale, self.qsoff, self.qkind
-        s.codes, s.fparams = self.codes, self.fparams
-        s.scratch = scratch
-        s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip
-        with nogil:
-            status = self.run(&s, self.op)
+        if parts == 1:
+            s.scratch = scratch
+            with nogil:
+                status = self.run(s, self.op)
+        else:
+            for p in range(parts):
+                b0, b1 = s.B * p // parts, s.B * (p + 1) // parts
+                part = &self.part_jobs[p]
+                part.s = s[0]
+                part.run, part.op = self.run, self.op
+                offset += self.cut_part(&part.s, b0, b1, scratch + offset)
+            with nogil:
+                for p in range(1, parts):
+                    li_worker_post(&self.workers[p - 1], run_part, &self.part_jobs[p])
+                status = run_part(&self.part_jobs[0])
+                for p in range(1, parts):
+                    status |= li_worker_wait(&self.workers[p - 1])
         if own_scratch:
             self.scratch_busy = False
-        if status:  # sequence_lens outside [0, T]: the Python path sends it to the reference
+        return status
+
+    cdef idx parts_for(self, idx batch) except -1:
+        """How many threads run a batch of ``batch`` rows (1 unless the kernel splits it)."""
+        cdef idx p
+        if not self.split_rows or batch < self.split_rows or self.scratch_busy:
+            return 1
+        if self.workers == NULL:
+            self.workers = <li_worker*>calloc(self.threads - 1, sizeof(li_worker))
+            self.part_jobs = <Part*>calloc(self.threads, sizeof(Part))
+            if self.workers == NULL or self.part_jobs == NULL:
+                raise MemoryError()
+        for p in range(self.threads - 1):
+            if li_worker_start(&self.workers[p]) != 0:
+                return 1  # no thread to be had: run serially
+        return self.threads
+
+    cdef idx part_need(self, const Seq* s, idx b0, idx b1, idx parts) noexcept:
+        """Scratch floats of the part with rows [b0, b1) (a time-major X of several steps is
+        copied into its own rows, so that each part reads a C-contiguous X)."""
+        cdef idx need = scratch_need(s.T, b1 - b0, self.G, self.H)
+        if parts > 1 and s.time_major and s.T > 1:
+            need += padded(s.T * (b1 - b0) * s.I)
+        return need
+
+    cdef idx cut_part(self, Seq* s, idx b0, idx b1, float* scratch) noexcept nogil:
+        """Narrow ``s`` to batch rows [b0, b1) with scratch from ``scratch``; returns floats used."""
+        cdef idx nb = b1 - b0, t, used = scratch_need(s.T, b1 - b0, self.G, self.H)
+        cdef float* xcopy
+        if not s.time_major:
+            s.X = s.X + b0 * s.T * s.I
+        elif s.T == 1:
+            s.X = s.X + b0 * s.I
+        else:
+            xcopy = scratch + used
+            for t in range(s.T):
+                memcpy(xcopy + t * nb * s.I, s.X + (t * s.B + b0) * s.I, nb * s.I * sizeof(float))
+            s.X = xcopy
+            used += padded(s.T * nb * s.I)
+        if s.has_lens:
+            s.lens = s.lens + b0
+        if s.has_h0:
+            s.h0 = s.h0 + b0 * s.h0_b
+        if s.has_c0:
+            s.c0 = s.c0 + b0 * s.c0_b
+        s.Y = s.Y + b0 * s.y_b
+        s.Sh = s.Sh + b0 * s.s_b
+        if s.Sc != NULL:
+            s.Sc = s.Sc + b0 * s.s_b
+        s.B = nb
+        s.scratch = scratch
+        return used
+
+    cdef object fast(self, object X, object lens, object h0, object c0):
+        cdef Seq s
+        cdef idx T, batch, H = self.H, D = self.D
+        if self.bind(&s, X, lens, h0, c0):
+            return None
+        T, batch = s.T, s.B
+        if self.time_major:
+            Y = _EMPTY((T, D, batch, H), _FLOAT32)
+            Yh = _EMPTY((D, batch, H), _FLOAT32)
+            Yc = _EMPTY((D, batch, H), _FLOAT32) if self.op == OP_LSTM else None
+        else:
+            Y = _EMPTY((batch, T, D, H), _FLOAT32)
+            Yh = _EMPTY((batch, D, H), _FLOAT32)
+            Yc = _EMPTY((batch, D, H), _FLOAT32) if self.op == OP_LSTM else None
+        self.output_strides(&s)
+        s.Y = <float*>as_array(Y).data
+        s.Sh = <float*>as_array(Yh).data
+        s.Sc = <float*>as_array(Yc).data if Yc is not None else NULL
+        if self.launch(&s):  # sequence_lens outside [0, T]: the Python path sends it to the reference
             return None
         if self.outputs >= 3 and Yc is not None:
             return (Y, Yh, Yc)
         if self.outputs == 2:
             return (Y, Yh)
         return (Y,)
+
+    def run_into(self, X, h, c=None):
+        """One chunk of a stream: Y for ``X`` from the states ``h`` (and ``c`` for LSTM), which
+        receive the new states in place (the kernel copies them in before it writes). ``h``/``c``:
+        C-contiguous, writeable float32 [D, batch, H] (layout 0) / [batch, D, H], owned by the
+        caller. Returns Y (fresh), or None when anything needs the general path (``__call__``)."""
+        cdef Seq s
+        cdef li_ndarray* a
+        cdef idx T, batch, H = self.H, D = self.D
+        if not self.ready or h is None or ((c is None) != (self.op != OP_LSTM)):
+            return None
+        for state in (h, c):
+            if state is not None:
+                if type(state) is not _NDARRAY:
+                    return None
+                a = as_array(state)
+                if not (a.flags & LI_C_CONTIGUOUS) or not (a.flags & LI_WRITEABLE):
+                    return None
+        if self.bind(&s, X, None, h, c):
+            return None
+        T, batch = s.T, s.B
+        if self.time_major:
+            Y = _EMPTY((T, D, batch, H), _FLOAT32)
+        else:
+            Y = _EMPTY((batch, T, D, H), _FLOAT32)
+        self.output_strides(&s)  # the states are C-contiguous in the same layout as fresh ones
+        s.Y = <float*>as_array(Y).data
+        s.Sh = <float*>as_array(h).data
+        s.Sc = <float*>as_array(c).data if c is not None else NULL
+        if self.launch(&s):
+            return None
+        return Y

@@ -306,6 +306,74 @@ def test_threads_split_the_batch(op):
     assert_close(kernel(*inputs), expected_of(op, spec, inputs))
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+def test_batch_split_runs_on_the_kernels_own_threads(op, T, layout, threads, monkeypatch):
+    rng = np.random.default_rng(31 + T + layout + threads)
+    W, R, B, P = make_weights(rng, op, 2, 24, 7)
+    spec = make_spec(op, direction="bidirectional", layout=layout)
+    kernel = build(op, spec, make_inputs(rng, op, spec, W, R, B, P, T=T, batch=1), threads=threads)
+
+    def python_path(*args):
+        raise AssertionError("the split should run in C, not through the Python path")
+
+    monkeypatch.setattr(kernel, "_slow", python_path)
+    for batch, with_lens in ((4 * threads, False), (4 * threads + 3, True), (13 * threads, True)):
+        lens = rng.integers(0, T + 1, batch).astype(np.int32) if with_lens else None
+        inputs = make_inputs(rng, op, spec, W, R, B, P, T=T, batch=batch, lens=lens)
+        for _ in range(2):  # the second call reuses the started workers and the scratch
+            assert_close(kernel(*inputs), expected_of(op, spec, inputs))
+
+
+def test_split_kernel_from_several_threads_at_once():
+    """Python threads sharing one threads=2 kernel: one call holds the workers, the others run serially."""
+    rng = np.random.default_rng(32)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 32, 8)
+    spec = make_spec("LSTM")
+    kernel = cython_backend.cython_kernel(spec, W, R, B, P, threads=2)
+    jobs = [make_inputs(rng, "LSTM", spec, W, R, B, P, T=3 + k, batch=8 + k) for k in range(6)]
+    expected = [expected_of("LSTM", spec, job) for job in jobs]
+    failures = []
+
+    def worker(offset):
+        for repeat in range(15):
+            k = (offset + repeat) % len(jobs)
+            try:
+                assert_close(kernel(*jobs[k]), expected[k])
+            except AssertionError as e:
+                failures.append((k, str(e)))
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not failures
+
+
+def test_split_kernel_works_in_a_forked_child():
+    """A fork copies the kernel but not its worker threads: the child starts its own."""
+    import multiprocessing
+
+    rng = np.random.default_rng(33)
+    W, R, B, P = make_weights(rng, "GRU", 1, 16, 4)
+    spec = make_spec("GRU")
+    kernel = cython_backend.cython_kernel(spec, W, R, B, P, threads=2)
+    inputs = make_inputs(rng, "GRU", spec, W, R, B, P, T=2, batch=12)
+    expected = kernel(*inputs)  # starts the parent's workers
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    child = ctx.Process(target=lambda: results.put([a.tolist() for a in kernel(*inputs)]))
+    child.start()
+    got = results.get(timeout=60)
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(np.asarray(g, np.float32), e, rtol=0, atol=TOL)
+
+
 def test_one_kernel_from_several_threads_at_once():
     rng = np.random.default_rng(4)
     W, R, B, P = make_weights(rng, "LSTM", 1, 48, 8)
