@@ -218,6 +218,7 @@ cdef extern from *:
         if (bias) { p0 += li_load(bias); p1 += li_load(bias + LI_VEC); }
         li_store(C, p0); li_store(C + LI_VEC, p1);
     }
+
     """
     const int LI_VEC
     void li_tile4(const float* A, idx lda, idx K, const float* B, idx ldb, float* C, idx ldc,
@@ -305,7 +306,7 @@ def apply_activation(float[::1] values, str name, float alpha=0.0, float beta=0.
 
 
 cdef void gemm(const float* A, idx M, idx K, idx lda, const float* panels, idx n0, idx n1,
-               float* C, idx ldc, const float* bias) noexcept nogil:
+               float* C, idx ldc, const float* bias, bint backwards=False) noexcept nogil:
     """C[m, j] = bias[n0 + j] + sum_k A[m, k] BT[k, n0 + j] for j < n1 - n0 (bias may be NULL).
 
     ``panels`` holds the columns [n0, n1) of the k-major weights BT packed for the micro-kernel
@@ -346,10 +347,14 @@ cdef void gemm(const float* A, idx M, idx K, idx lda, const float* panels, idx n
                     m += 4
             j += nr
         m0 = m1
-    # the last M % 4 rows (all of them at batch 1..3): one row per pass over the panels
+    # the last M % 4 rows (all of them at batch 1..3): one row per pass over the panels.
+    # ``backwards`` walks the panels last to first: a recurrent product alternates it step
+    # by step, so the panels read last (still in L2) are read first again, where a scan in
+    # one direction over weights just larger than L2 would miss on every line.
+    cdef idx npanels = (width + nr - 1) // nr, p
     for m in range(full_rows, M):
-        j = 0
-        while j < width:
+        for p in range(npanels):
+            j = (npanels - 1 - p) * nr if backwards else p * nr
             panel = panels + (j // nr) * K * nr
             w = width - j
             if w >= nr:
@@ -358,7 +363,6 @@ cdef void gemm(const float* A, idx M, idx K, idx lda, const float* panels, idx n
                 li_tile1(A + m * lda, K, panel, tmp, NULL)
                 for q in range(w):
                     C[m * ldc + j + q] = tmp[q] + (bias[n0 + j + q] if bias != NULL else LI_ZERO)
-            j += nr
 
 
 PANEL_WIDTH = 2 * LI_VEC  # columns per panel of the micro-kernel in this build
@@ -710,7 +714,7 @@ cdef inline const float* panels_of(const Seq* s, idx d, idx which) noexcept nogi
 
 
 cdef inline void product(const Seq* s, idx d, idx which, const float* A, idx M, idx K, idx n0, idx n1,
-                         float* C, idx ldc, const float* bias) noexcept nogil:
+                         float* C, idx ldc, const float* bias, bint backwards=False) noexcept nogil:
     """C = A . (panels ``which`` of direction d)[:, n0:n1] (+ bias): float32 or int8 weights."""
     if s.qkind == QK_VNNI:
         li_vnni_gemm(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], s.qscale + s.qsoff[d * 3 + which],
@@ -721,7 +725,7 @@ cdef inline void product(const Seq* s, idx d, idx which, const float* A, idx M, 
     elif s.qkind == QK_BF16:
         gemm_q(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], NULL, n0, n1, C, ldc, bias, True)
     else:
-        gemm(A, M, K, K, panels_of(s, d, which), n0, n1, C, ldc, bias)
+        gemm(A, M, K, K, panels_of(s, d, which), n0, n1, C, ldc, bias, backwards)
 
 
 cdef void init_states(const Seq* s, idx d, float* h, float* c) noexcept nogil:
@@ -812,7 +816,7 @@ cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
-        product(s, d, 1, hp, B, H, 0, GH, gates, GH, NULL)
+        product(s, d, 1, hp, B, H, 0, GH, gates, GH, NULL, step & 1)
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
@@ -881,8 +885,8 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
         if lbr:
-            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL)
-            product(s, d, 2, hp, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
+            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL, step & 1)
+            product(s, d, 2, hp, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL, step & 1)
             for b in range(B):
                 active = (not s.has_lens) or t < s.lens[b]
                 if active:
@@ -891,14 +895,14 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
                 finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         else:
             # z and r first: the candidate's product needs all of r * h_prev
-            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL)
+            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL, step & 1)
             for b in range(B):
                 if (not s.has_lens) or t < s.lens[b]:
                     gru_zr(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, rh + b * H, H, s.clip,
                            codes[0], ab[0], ab[1])
                 else:
                     memset(rh + b * H, 0, H * sizeof(float))
-            product(s, d, 2, rh, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL)
+            product(s, d, 2, rh, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL, step & 1)
             for b in range(B):
                 active = (not s.has_lens) or t < s.lens[b]
                 if active:
@@ -936,7 +940,7 @@ cdef void rnn_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
-        product(s, d, 1, hp, B, H, 0, H, gates, H, NULL)
+        product(s, d, 1, hp, B, H, 0, H, gates, H, NULL, step & 1)
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
