@@ -1,4 +1,5 @@
 """Build the Cython extensions in native/ as private modules of lstminfer."""
+import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
@@ -23,6 +24,8 @@ extensions = [
     Extension("lstminfer._runtime", ["native/_runtime.pyx"], extra_compile_args=COMPILE_ARGS),
 ] + [
     Extension(f"lstminfer._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
+              include_dirs=[numpy.get_include()],  # outputs allocated through numpy's C API
+              define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
               extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi", "native/li_vnni.h", "native/li_workers.h"])
     for suffix, flags in RNN_ISA_ARGS.items()
 ]

@@ -125,6 +125,12 @@ class Model:
     def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
             run_options: Any = None) -> list[Any]:
         """Run the model; returns the requested outputs in order, like onnxruntime."""
+        if output_names is None and input_feed.__class__ is dict:
+            whole = self._run_all()
+            if whole is not None:
+                outputs = _runtime.run_checked(input_feed, *whole)
+                if outputs is not None:
+                    return outputs
         wanted = self._wanted(output_names)
         if self._c_checks is not None and input_feed.__class__ is dict:
             feeds = _runtime.checked_feeds(input_feed, self._c_checks)
@@ -136,6 +142,21 @@ class Model:
         outputs = self._plan.execute(feeds, wanted)
         feed_roots = {id(f if f.base is None else _root(f)) for f in feeds if f.__class__ is np.ndarray}
         return [_detach(v, feeds, feed_roots) for v in outputs]
+
+    def _run_all(self) -> tuple | None:
+        """``_runtime.run_checked``'s arguments after the feed, for all outputs (None: no C path)."""
+        cached = self.__dict__.get("_run_all_args", False)
+        if cached is False:
+            cached = None
+            wanted = self._wanted(None)
+            compiled = self._plan.compiled(wanted) if self._c_checks is not None else None
+            if compiled is not None:
+                from .plan import _step_error
+
+                cached = (self._c_checks, self._plan._template, self._plan._feed_slots, compiled, wanted,
+                          _step_error, _detach_all)
+            self.__dict__["_run_all_args"] = cached
+        return cached
 
     # -- friendlier surface ----------------------------------------------
     def predict(self, x: Any = None, /, **named: Any) -> Any:
@@ -346,6 +367,11 @@ def _root(array: np.ndarray) -> np.ndarray:
     while isinstance(array.base, np.ndarray):
         array = array.base
     return array
+
+
+def _detach_all(outputs: list[Any], feeds: list[Any]) -> list[Any]:
+    feed_roots = {id(f if f.base is None else _root(f)) for f in feeds if f.__class__ is np.ndarray}
+    return [_detach(v, feeds, feed_roots) for v in outputs]
 
 
 def _detach(value: Any, feeds: list[Any], feed_roots: set[int]) -> Any:

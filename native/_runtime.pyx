@@ -230,3 +230,16 @@ def lookup_slots(dict slot_of, list sids):
             contiguous = False
         slots.append(value)
     return slots, contiguous
+
+
+def run_checked(dict feed, tuple checks, list template, tuple feed_slots, tuple steps, tuple wanted,
+                on_error, detach_fallback):
+    """Model.run in one call: ``checked_feeds``, ``execute``, ``detach``. None (nothing run)
+    when the feeds need the full check; ``detach_fallback(outputs, feeds)`` handles outputs
+    ``detach`` declines."""
+    feeds = checked_feeds(feed, checks)
+    if feeds is None:
+        return None
+    outputs = execute(template, feed_slots, feeds, steps, wanted, on_error)
+    detached = detach(outputs, feeds)
+    return detached if detached is not None else detach_fallback(outputs, feeds)
