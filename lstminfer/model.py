@@ -67,6 +67,11 @@ class Model:
         self.threads = threads
         self._imported: ImportedModel = import_model(model)
         graph = self._imported.graph
+        self.quantized_dense: list[str] = []  # MatMul/Gemm/Gather weights quantized at load
+        if self.quantize:  # dense weights here; the recurrent ones where their kernels are built
+            from .quantization import quantize_dense_initializers
+
+            self.quantized_dense = quantize_dense_initializers(graph, self.quantize)
         ctx = BuildContext(opsets=graph.opsets, backend=self.backend,
                            options={"threads": threads, "quantize": self.quantize})
         try:
@@ -241,6 +246,9 @@ class Model:
             "outputs: " + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self.get_outputs()),
             f"{len(self._plan.steps)} steps (after constant folding):",
         ]
+        if self.quantize:
+            head.insert(3, f"quantize={self.quantize}: dense weights quantized at load: "
+                           + (", ".join(self.quantized_dense) or "none (none float32 with >= 4096 values)"))
         return "\n".join(head + ["  " + line for line in self._plan.describe_lines()])
 
     def __repr__(self) -> str:

@@ -215,3 +215,56 @@ def _cython_bf16_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray) -> A
         return None
     spec, B, P = _kernel_inputs(node, ctx, R)
     return make(spec, W, R, B, P, threads=ctx.options.get("threads", 1), label=node.label())
+
+
+# ------------------------------------------------------------------ dense weights
+DENSE_MIN_WEIGHTS = 4096  # MatMul/Gemm/Gather weights below this stay float32 (they save nothing)
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
+def weight_roles(op_type: str, domain: str, attr: Callable[[str, int], int]) -> list[tuple[int, str, str, bool]]:
+    """(input index, role, layout, dense) of the weights a node of ``op_type`` may have quantized.
+
+    ``layout``: "recurrent" ([D, G*H, K], a scale per row), "columns" ([K, N], a scale per
+    output column) or "rows" ([N, K], a scale per row). ``attr(name, default)`` reads the
+    node's integer attributes. The one rule for ``load(quantize=)`` and ``lstminfer.quantize``.
+    """
+    if domain not in ("", "ai.onnx"):
+        return []
+    if op_type in RECURRENT_OPS:
+        return [(1, "W", "recurrent", False), (2, "R", "recurrent", False)]
+    if op_type == "MatMul":
+        return [(1, "B", "columns", True)]
+    if op_type == "Gemm":
+        return [(1, "B", "rows" if attr("transB", 0) else "columns", True)]
+    if op_type == "Gather":
+        return [(0, "data", "rows", True)] if attr("axis", 0) == 0 else []
+    return []
+
+
+def quantized_dense(w: np.ndarray, layout: str, mode: str) -> np.ndarray:
+    """A dense weight as ``mode`` stores it, expanded back to float32."""
+    if mode == "bf16":
+        return round_to_bf16(w)
+    if layout == "columns":
+        return np.ascontiguousarray(dequantize_per_row(*int8_per_row(w.T)).T)
+    return dequantize_per_row(*int8_per_row(w))
+
+
+def quantize_dense_initializers(graph: Any, mode: str) -> list[str]:
+    """Replace, in ``graph.initializers``, the float32 MatMul/Gemm/Gather weights of at least
+    ``DENSE_MIN_WEIGHTS`` elements by their quantized values (weight-only: expanded to float32
+    at load, as ``lstminfer.quantize`` stores them); returns their names."""
+    done: list[str] = []
+    for node in graph.nodes:
+        for index, _, layout, dense in weight_roles(node.op_type, node.domain, node.attr):
+            name = node.inputs[index] if index < len(node.inputs) else ""
+            w = graph.initializers.get(name)
+            if (not dense or name in done or w is None or w.dtype != np.float32 or w.ndim != 2
+                    or w.size < DENSE_MIN_WEIGHTS):
+                continue
+            q = quantized_dense(w, layout, mode)
+            q.setflags(write=False)
+            graph.initializers[name] = q
+            done.append(name)
+    return done

@@ -15,9 +15,8 @@ onnxruntime runs the file; ``lstminfer.load(dst)`` recognises the int8
 pattern (``ops.quantized.stored_int8``) and runs the recurrent layers on the
 int8 kernel with the very same values and scales. Dense (MatMul/Gemm/Gather)
 weights are quantized only from ``DENSE_MIN_WEIGHTS`` elements on (smaller
-ones save nothing); ``load(src, quantize=...)`` quantizes only the recurrent
-weights, so on a model with such dense layers the two differ by the dense
-layers' rounding.
+ones save nothing), by the same rule as ``load(src, quantize=...)``
+(``quantization.weight_roles``), so the two run the same weights.
 """
 from __future__ import annotations
 
@@ -28,11 +27,9 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgumentError, UnsupportedModelError
-from .quantization import MODES, int8_per_row, round_to_bf16
+from .quantization import DENSE_MIN_WEIGHTS, MODES, int8_per_row, round_to_bf16, weight_roles
 
-DENSE_MIN_WEIGHTS = 4096  # MatMul/Gemm/Gather weights below this stay float32
 MIN_OPSET = 13  # per-axis DequantizeLinear and Cast from bfloat16
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
 @dataclass(frozen=True)
@@ -179,19 +176,8 @@ def _candidates(graph, dense: bool, summary: QuantizeSummary) -> list[Candidate]
 
 def _roles(node) -> list[tuple[int, str, str, bool]]:
     """(input index, role, layout, dense) of the weights ``node`` may have quantized."""
-    if node.domain not in ("", "ai.onnx"):
-        return []
-    if node.op_type in RECURRENT_OPS:
-        return [(1, "W", "recurrent", False), (2, "R", "recurrent", False)]
-    if node.op_type == "MatMul":
-        return [(1, "B", "columns", True)]
-    if node.op_type == "Gemm":
-        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-        return [(1, "B", "rows" if trans_b else "columns", True)]
-    if node.op_type == "Gather":
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
-        return [(0, "data", "rows", True)] if axis == 0 else []
-    return []
+    ints = {a.name: a.i for a in node.attribute}
+    return weight_roles(node.op_type, node.domain, lambda name, default: ints.get(name, default))
 
 
 def _fresh(base: str, taken: set[str]) -> str:

@@ -164,7 +164,9 @@ def test_dense_weights_are_quantized_per_output_column_when_large_enough(tmp_pat
     kept_summary = quantize(src, kept, "int8", dense=False)
     assert [name for name, _, _ in kept_summary.quantized] == ["W", "R"]
     assert any("dense=False" in why for _, why in kept_summary.left_float)
-    _assert_close(_ort_run(kept, feeds), lstminfer.load(src, quantize="int8").run(None, feeds), ORT_TOL)
+    _assert_close(_ort_run(kept, feeds), lstminfer.load(kept).run(None, feeds), ORT_TOL)
+    # load-time quantization follows the same rule: the dense head too
+    _assert_close(lstminfer.load(src, quantize="int8").run(None, feeds), theirs, ORT_TOL)
 
 
 def test_gemm_transposed_and_gather_tables_are_quantized_per_row(tmp_path):
@@ -188,6 +190,12 @@ def test_gemm_transposed_and_gather_tables_are_quantized_per_row(tmp_path):
     theirs = _ort_run(dst, feeds, fuse=False)
     _assert_close(lstminfer.load(dst).run(None, feeds), theirs, ORT_TOL)
     assert np.abs(theirs[0] - lstminfer.load(src).run(None, feeds)[0]).max() < 0.05
+    loaded = lstminfer.load(src, quantize="int8")  # the same rule at load time
+    assert sorted(loaded.quantized_dense) == ["B", "table"]
+    _assert_close(loaded.run(None, feeds), theirs, ORT_TOL)
+    bf16 = tmp_path / "bf16.onnx"
+    quantize(src, bf16, "bf16")
+    _assert_close(lstminfer.load(src, quantize="bf16").run(None, feeds), _ort_run(bf16, feeds), ORT_TOL)
 
 
 def test_onnxruntime_runs_the_bf16_file(tmp_path):

@@ -257,8 +257,10 @@ def cython_int8_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, quantized: tup
             raise ValueError(f"quantized weights do not match: {q.dtype}{list(q.shape)} scales "
                              f"{scale.dtype}{list(scale.shape)} for weights {list(w.shape)}")
     chosen = int8_scheme(scheme, W.shape[2], R.shape[2])
-    return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label,
-                        int8=(qW, sW, qR, sR), precision="int8-vnni" if chosen == "vnni" else "int8")
+    kernel = CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label,
+                          int8=(qW, sW, qR, sR), precision="int8-vnni" if chosen == "vnni" else "int8")
+    kernel.scheme = chosen  # "vnni" (dynamic int8 activations) or "weight-only": describe() says which
+    return kernel
 
 
 def cython_bf16_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, *, threads: int = 1, label: str = ""):
