@@ -653,6 +653,21 @@ def matmul_vnni(const float[:, ::1] A, const signed char[::1] panels, const floa
 
 # ------------------------------------------------------------- sequence --
 
+cdef extern from "li_workers.h":
+    ctypedef int (*li_job_fn)(void* arg) noexcept nogil
+    ctypedef struct li_worker:
+        pass
+    ctypedef struct li_barrier:
+        int parties
+        int count
+        int generation
+    int li_worker_start(li_worker* w) noexcept nogil
+    void li_worker_post(li_worker* w, li_job_fn fn, void* arg) noexcept nogil
+    int li_worker_wait(li_worker* w) noexcept nogil
+    void li_worker_stop(li_worker* w) noexcept nogil
+    void li_barrier_wait(li_barrier* b) noexcept nogil
+
+
 cdef struct Seq:
     # X [T, B, I] (time_major) or [B, T, I], C-contiguous
     const float* X
@@ -689,6 +704,10 @@ cdef struct Seq:
     bint reverse_first
     bint flag  # LSTM input_forget, GRU linear_before_reset
     float clip
+    # threads=N at small batch: this part computes hidden units [u0, u1) of every gate
+    # (serial: 0, H) and meets the other parts at ``barrier`` after each step (NULL: alone)
+    idx u0, u1
+    li_barrier* barrier
 
 
 # Weight storage of a kernel (Seq.qkind; cython_backend.QKINDS names them).
@@ -723,7 +742,7 @@ cdef inline const float* panels_of(const Seq* s, idx d, idx which) noexcept nogi
 
 
 cdef inline void product(const Seq* s, idx d, idx which, const float* A, idx M, idx K, idx n0, idx n1,
-                         float* C, idx ldc, const float* bias, bint backwards=False) noexcept nogil:
+                         float* C, idx ldc, const float* bias, bint backwards=False, idx skip=0) noexcept nogil:
     """C = A . (panels ``which`` of direction d)[:, n0:n1] (+ bias): float32 or int8 weights."""
     if s.qkind == QK_VNNI:
         li_vnni_gemm(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], s.qscale + s.qsoff[d * 3 + which],
@@ -734,41 +753,64 @@ cdef inline void product(const Seq* s, idx d, idx which, const float* A, idx M, 
     elif s.qkind == QK_BF16:
         gemm_q(A, M, K, K, s.qpbuf + s.poff[d * 3 + which], NULL, n0, n1, C, ldc, bias, True)
     else:
-        gemm(A, M, K, K, panels_of(s, d, which), n0, n1, C, ldc, bias, backwards)
+        # ``skip``: columns of this panel set before n0 (whole panels; float32 only, see units_ok)
+        gemm(A, M, K, K, panels_of(s, d, which) + (skip // (2 * LI_VEC)) * K * (2 * LI_VEC), n0, n1, C, ldc,
+             bias, backwards)
+
+
+cdef inline void product_units(const Seq* s, idx d, idx which, const float* A, idx M, idx K, idx base,
+                               idx G, float* C0, idx ldc, const float* bias, bint backwards) noexcept nogil:
+    """Columns base + g*H + [u0, u1) of C0 (g < G) from panel set ``which`` (whose columns
+    start at ``base``): all G*H of them in one product when this part has every unit."""
+    cdef idx g, n0, H = s.H
+    if s.u0 == 0 and s.u1 == H:
+        product(s, d, which, A, M, K, base, base + G * H, C0 + base, ldc, bias, backwards)
+        return
+    for g in range(G):
+        n0 = base + g * H + s.u0
+        product(s, d, which, A, M, K, n0, n0 + s.u1 - s.u0, C0 + n0, ldc, bias, backwards, n0 - base)
+
+
+cdef inline void step_done(const Seq* s) noexcept nogil:
+    """After a step: parts splitting the units wait for each other (the next step reads all of h)."""
+    if s.barrier != NULL:
+        li_barrier_wait(s.barrier)
 
 
 cdef void init_states(const Seq* s, idx d, float* h, float* c) noexcept nogil:
+    """h (and c) rows from h0/c0 or zeros: this part's units [u0, u1)."""
     cdef idx b
-    cdef idx H = s.H
+    cdef idx H = s.H, u0 = s.u0, n = s.u1 - s.u0
     for b in range(s.B):
         if s.has_h0:
-            memcpy(h + b * H, s.h0 + d * s.h0_d + b * s.h0_b, H * sizeof(float))
+            memcpy(h + b * H + u0, s.h0 + d * s.h0_d + b * s.h0_b + u0, n * sizeof(float))
         else:
-            memset(h + b * H, 0, H * sizeof(float))
+            memset(h + b * H + u0, 0, n * sizeof(float))
         if c != NULL:
             if s.has_c0:
-                memcpy(c + b * H, s.c0 + d * s.c0_d + b * s.c0_b, H * sizeof(float))
+                memcpy(c + b * H + u0, s.c0 + d * s.c0_d + b * s.c0_b + u0, n * sizeof(float))
             else:
-                memset(c + b * H, 0, H * sizeof(float))
+                memset(c + b * H + u0, 0, n * sizeof(float))
 
 
 cdef void store_states(const Seq* s, idx d, const float* h, const float* c) noexcept nogil:
     cdef idx b
-    cdef idx H = s.H
+    cdef idx H = s.H, u0 = s.u0, n = s.u1 - s.u0
     for b in range(s.B):
-        memcpy(s.Sh + d * s.s_d + b * s.s_b, h + b * H, H * sizeof(float))
+        memcpy(s.Sh + d * s.s_d + b * s.s_b + u0, h + b * H + u0, n * sizeof(float))
         if c != NULL:
-            memcpy(s.Sc + d * s.s_d + b * s.s_b, c + b * H, H * sizeof(float))
+            memcpy(s.Sc + d * s.s_d + b * s.s_b + u0, c + b * H + u0, n * sizeof(float))
 
 
 cdef inline void finish_row(const Seq* s, bint active, float* hn, const float* hp, idx t, idx d, idx b) noexcept nogil:
-    """Y for this step; an inactive row keeps its state and writes zeros."""
-    cdef float* y = s.Y + t * s.y_t + d * s.y_d + b * s.y_b
+    """Y for this step (units [u0, u1) of the row); an inactive row keeps its state and writes zeros."""
+    cdef idx u0 = s.u0, n = s.u1 - s.u0
+    cdef float* y = s.Y + t * s.y_t + d * s.y_d + b * s.y_b + u0
     if active:
-        memcpy(y, hn, s.H * sizeof(float))
+        memcpy(y, hn + u0, n * sizeof(float))
     else:
-        memcpy(hn, hp, s.H * sizeof(float))
-        memset(y, 0, s.H * sizeof(float))
+        memcpy(hn + u0, hp + u0, n * sizeof(float))
+        memset(y, 0, n * sizeof(float))
 
 
 cdef inline const float* xp_row(const Seq* s, const float* xp, idx GH, idx t, idx b) noexcept nogil:
@@ -778,17 +820,18 @@ cdef inline const float* xp_row(const Seq* s, const float* xp, idx GH, idx t, id
 # ----------------------------------------------------------------- LSTM --
 
 cdef void lstm_cells(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr po,
-                             idx H, float clip, bint input_forget, const int* codes, const float* ab) noexcept nogil:
-    """One step for one batch row, as a few passes over H (each vectorized), the gate rows of ``g`` overwritten."""
+                             idx H, idx S, float clip, bint input_forget, const int* codes, const float* ab) noexcept nogil:
+    """One step of H units of one batch row (gates S apart in x and g), as a few vectorized
+    passes, the gate rows of ``g`` overwritten."""
     cdef idx j
     cdef fptr gi = g
-    cdef fptr gf = g + H
-    cdef fptr gc = g + 2 * H
-    cdef fptr go = g + 3 * H
+    cdef fptr gf = g + S
+    cdef fptr gc = g + 2 * S
+    cdef fptr go = g + 3 * S
     for j in range(H):
         gi[j] = clampf(x[j] + gi[j] + pi[j] * c[j], clip)
-        gf[j] = clampf(x[H + j] + gf[j] + pf[j] * c[j], clip)
-        gc[j] = clampf(x[2 * H + j] + gc[j], clip)
+        gf[j] = clampf(x[S + j] + gf[j] + pf[j] * c[j], clip)
+        gc[j] = clampf(x[2 * S + j] + gc[j], clip)
     act_inplace(gi, H, codes[0], ab[0], ab[1])
     if input_forget:
         for j in range(H):
@@ -798,7 +841,7 @@ cdef void lstm_cells(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr 
     act_inplace(gc, H, codes[1], ab[2], ab[3])
     for j in range(H):
         c[j] = gf[j] * c[j] + gi[j] * gc[j]
-        go[j] = clampf(x[3 * H + j] + go[j] + po[j] * c[j], clip)
+        go[j] = clampf(x[3 * S + j] + go[j] + po[j] * c[j], clip)
         h[j] = c[j]
     act_inplace(go, H, codes[0], ab[0], ab[1])
     act_inplace(h, H, codes[2], ab[4], ab[5])
@@ -819,20 +862,23 @@ cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef bint active
     cdef float* hp
     cdef float* hn
-    product(s, d, 0, s.X, T * B, s.I, 0, GH, xp, GH, segment(s, d, SEG_BIAS_X))
+    cdef idx u0 = s.u0, n = s.u1 - s.u0
+    product_units(s, d, 0, s.X, T * B, s.I, 0, 4, xp, GH, segment(s, d, SEG_BIAS_X), False)
     init_states(s, d, hbuf, c)
+    step_done(s)
     for step in range(T):
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
-        product(s, d, 1, hp, B, H, 0, GH, gates, GH, NULL, step & 1)
+        product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, step & 1)
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
-                lstm_cells(xp_row(s, xp, GH, t, b), gates + b * GH, hn + b * H, c + b * H,
-                           peep, peep + H, peep + 2 * H, H, s.clip, s.flag, codes, ab)
+                lstm_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hn + b * H + u0, c + b * H + u0,
+                           peep + u0, peep + H + u0, peep + 2 * H + u0, n, H, s.clip, s.flag, codes, ab)
             finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         cur = 1 - cur
+        step_done(s)
     store_states(s, d, hbuf + cur * B * H, c)
 
 
@@ -860,16 +906,22 @@ cdef void gru_output(cfptr xh, cfptr z, fptr gh, cfptr hp, fptr h, idx H, float 
         h[j] = (LI_ONE - z[j]) * gh[j] + z[j] * hp[j]
 
 
-cdef void gru_lbr_cells(cfptr x, fptr g, cfptr hp, fptr h, cfptr rbh, idx H, float clip,
+cdef void gru_lbr_cells(cfptr x, fptr g, cfptr hp, fptr h, cfptr rbh, idx H, idx S, float clip,
                         const int* codes, const float* ab) noexcept nogil:
-    """linear_before_reset: h~ = g(xh + r (h_prev . Rh^T + Rbh)); the whole step."""
+    """linear_before_reset: h~ = g(xh + r (h_prev . Rh^T + Rbh)); the whole step of H units
+    (gates S apart in x and g)."""
     cdef idx j
-    for j in range(2 * H):
+    for j in range(H):
         g[j] = clampf(x[j] + g[j], clip)
-    act_inplace(g, 2 * H, codes[0], ab[0], ab[1])
+        g[S + j] = clampf(x[S + j] + g[S + j], clip)
+    if S == H:  # z and r adjacent: one pass
+        act_inplace(g, 2 * H, codes[0], ab[0], ab[1])
+    else:
+        act_inplace(g, H, codes[0], ab[0], ab[1])
+        act_inplace(g + S, H, codes[0], ab[0], ab[1])
     for j in range(H):  # fold r into the recurrent part, then the common output
-        g[2 * H + j] = g[H + j] * (g[2 * H + j] + rbh[j])
-    gru_output(x + 2 * H, g, g + 2 * H, hp, h, H, clip, codes[1], ab[2], ab[3])
+        g[2 * S + j] = g[S + j] * (g[2 * S + j] + rbh[j])
+    gru_output(x + 2 * S, g, g + 2 * S, hp, h, H, clip, codes[1], ab[2], ab[3])
 
 
 cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
@@ -887,20 +939,22 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef float* hp
     cdef float* hn
     cdef const float* x
-    product(s, d, 0, s.X, T * B, s.I, 0, GH, xp, GH, segment(s, d, SEG_BIAS_X))
+    cdef idx u0 = s.u0, n = s.u1 - s.u0
+    product_units(s, d, 0, s.X, T * B, s.I, 0, 3, xp, GH, segment(s, d, SEG_BIAS_X), False)
     init_states(s, d, hbuf, NULL)
+    step_done(s)
     for step in range(T):
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
-        if lbr:
-            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL, step & 1)
-            product(s, d, 2, hp, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL, step & 1)
+        if lbr:  # (only this form splits units across threads: see units_ok)
+            product_units(s, d, 1, hp, B, H, 0, 2, gates, GH, NULL, step & 1)
+            product_units(s, d, 2, hp, B, H, 2 * H, 1, gates, GH, NULL, step & 1)
             for b in range(B):
                 active = (not s.has_lens) or t < s.lens[b]
                 if active:
-                    gru_lbr_cells(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, hn + b * H, rbh,
-                                  H, s.clip, codes, ab)
+                    gru_lbr_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hp + b * H + u0,
+                                  hn + b * H + u0, rbh + u0, n, H, s.clip, codes, ab)
                 finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         else:
             # z and r first: the candidate's product needs all of r * h_prev
@@ -920,12 +974,14 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
                                H, s.clip, codes[1], ab[2], ab[3])
                 finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         cur = 1 - cur
+        step_done(s)
     store_states(s, d, hbuf + cur * B * H, NULL)
 
 
 # ------------------------------------------------------------------ RNN --
 
 cdef void rnn_cells(cfptr x, cfptr g, fptr h, idx H, float clip, int code, float alpha, float beta) noexcept nogil:
+    """H units of one row: h = f(x + g)."""
     cdef idx j
     for j in range(H):
         h[j] = clampf(x[j] + g[j], clip)
@@ -943,19 +999,23 @@ cdef void rnn_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef bint active
     cdef float* hp
     cdef float* hn
-    product(s, d, 0, s.X, T * B, s.I, 0, H, xp, H, segment(s, d, SEG_BIAS_X))
+    cdef idx u0 = s.u0, n = s.u1 - s.u0
+    product_units(s, d, 0, s.X, T * B, s.I, 0, 1, xp, H, segment(s, d, SEG_BIAS_X), False)
     init_states(s, d, hbuf, NULL)
+    step_done(s)
     for step in range(T):
         t = T - 1 - step if reverse else step
         hp = hbuf + cur * B * H
         hn = hbuf + (1 - cur) * B * H
-        product(s, d, 1, hp, B, H, 0, H, gates, H, NULL, step & 1)
+        product_units(s, d, 1, hp, B, H, 0, 1, gates, H, NULL, step & 1)
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
-                rnn_cells(xp_row(s, xp, H, t, b), gates + b * H, hn + b * H, H, s.clip, code, alpha, beta)
+                rnn_cells(xp_row(s, xp, H, t, b) + u0, gates + b * H + u0, hn + b * H + u0, n, s.clip,
+                          code, alpha, beta)
             finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
         cur = 1 - cur
+        step_done(s)
     store_states(s, d, hbuf + cur * B * H, NULL)
 
 
@@ -1044,6 +1104,7 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.reverse_first = reverse_first
     s.flag = flag
     s.clip = clip
+    s.u0, s.u1, s.barrier = 0, s.H, NULL
     cdef int status
     with nogil:
         status = run_sequence(&s, op)
@@ -1089,14 +1150,11 @@ cdef extern from *:
 
 ctypedef int (*sequence_fn)(const Seq* s, int op) noexcept nogil
 
-cdef extern from "li_workers.h":
-    ctypedef int (*li_job_fn)(void* arg) noexcept nogil
-    ctypedef struct li_worker:
-        pass
-    int li_worker_start(li_worker* w) noexcept nogil
-    void li_worker_post(li_worker* w, li_job_fn fn, void* arg) noexcept nogil
-    int li_worker_wait(li_worker* w) noexcept nogil
-    void li_worker_stop(li_worker* w) noexcept nogil
+
+
+# Smallest hidden size whose units are split across threads at small batch: below it a step
+# is a few microseconds, and a barrier per step costs more than half of it.
+UNIT_SPLIT_MIN_H = 128
 
 
 cdef struct Part:  # one thread's share of a batch split
@@ -1207,6 +1265,15 @@ cdef class KernelCore:
     cdef idx threads
     cdef li_worker* workers
     cdef Part* part_jobs
+    # Below split_rows rows, threads split the hidden units instead (DeepCPU's partitioning:
+    # each core keeps its slice of R in its own L2 across steps), meeting at ``barrier``
+    # after each step; float32 LSTM, GRU (linear_before_reset) and RNN with whole panels
+    # per part (units_ok, set at load).
+    cdef bint units_ok
+    cdef li_barrier barrier
+    # the float panel width of the build that runs (this class is the portable build's,
+    # shared by every build: its own LI_VEC is not the running one's)
+    cdef idx panel_width
 
     def __dealloc__(self):
         cdef idx p
@@ -1220,7 +1287,7 @@ cdef class KernelCore:
     def _bind_core(self, run_sequence_capsule, int op, W, R, B, P, bint check_p, wbuf, offsets, pbuf, poff,
                    codes, fparams, idx hidden_size, idx input_size, idx num_directions, idx gates, int outputs,
                    bint reverse_first, bint flag, bint time_major, float clip, idx split_rows,
-                   qpbuf=None, qscale=None, qsoff=None, int qkind=QK_INT8, idx threads=1):
+                   qpbuf=None, qscale=None, qsoff=None, int qkind=QK_INT8, idx threads=1, idx panel_width=0):
         """Hold the packed constants (read-only arrays, kept alive here) as raw pointers."""
         cdef const signed char[::1] qpbuf_v
         cdef const float[::1] qscale_v
@@ -1256,6 +1323,10 @@ cdef class KernelCore:
         self.reverse_first, self.flag, self.time_major, self.clip = reverse_first, flag, time_major, clip
         self.split_rows = split_rows
         self.threads = threads if split_rows else 1
+        self.panel_width = panel_width
+        self.units_ok = (self.threads > 1 and self.qkind == QK_FLOAT and hidden_size >= UNIT_SPLIT_MIN_H
+                         and hidden_size % panel_width == 0 and hidden_size // panel_width >= self.threads
+                         and (op != OP_GRU or flag))
         self.ready = LAYOUT_OK
 
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
@@ -1323,6 +1394,7 @@ cdef class KernelCore:
         s.qpbuf, s.qscale, s.qsoff, s.qkind = self.qpbuf, self.qscale, self.qsoff, self.qkind
         s.codes, s.fparams = self.codes, self.fparams
         s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip
+        s.u0, s.u1, s.barrier = 0, self.H, NULL
         return 0
 
     cdef void output_strides(self, Seq* s) noexcept:
@@ -1344,8 +1416,11 @@ cdef class KernelCore:
         cdef bint own_scratch = not self.scratch_busy
         cdef Part* part
         need = 0
-        for p in range(parts):
-            need += self.part_need(s, s.B * p // parts, s.B * (p + 1) // parts, parts)
+        if parts > 1 and s.B < self.split_rows:  # a unit split: one shared scratch
+            need = scratch_need(s.T, s.B, self.G, self.H)
+        else:
+            for p in range(parts):
+                need += self.part_need(s, s.B * p // parts, s.B * (p + 1) // parts, parts)
         if own_scratch:
             if self.scratch_size < need:
                 free(self.scratch)
@@ -1364,6 +1439,21 @@ cdef class KernelCore:
             s.scratch = scratch
             with nogil:
                 status = self.run(s, self.op)
+        elif self.units_ok and s.B < self.split_rows:  # parts share the scratch, each its units
+            self.barrier.parties, self.barrier.count = parts, 0
+            for p in range(parts):
+                part = &self.part_jobs[p]
+                part.s = s[0]
+                part.s.scratch = scratch
+                part.s.u0, part.s.u1 = self.unit_bound(p, parts), self.unit_bound(p + 1, parts)
+                part.s.barrier = &self.barrier
+                part.run, part.op = self.run, self.op
+            with nogil:
+                for p in range(1, parts):
+                    li_worker_post(&self.workers[p - 1], run_part, &self.part_jobs[p])
+                status = run_part(&self.part_jobs[0])
+                for p in range(1, parts):
+                    status |= li_worker_wait(&self.workers[p - 1])
         else:
             for p in range(parts):
                 b0, b1 = s.B * p // parts, s.B * (p + 1) // parts
@@ -1382,9 +1472,10 @@ cdef class KernelCore:
         return status
 
     cdef idx parts_for(self, idx batch) except -1:
-        """How many threads run a batch of ``batch`` rows (1 unless the kernel splits it)."""
+        """How many threads run a batch of ``batch`` rows: 1 unless the kernel splits the
+        batch (at split_rows rows or more) or, below that, the hidden units (``units_ok``)."""
         cdef idx p
-        if not self.split_rows or batch < self.split_rows or self.scratch_busy:
+        if not self.split_rows or (batch < self.split_rows and not self.units_ok) or self.scratch_busy:
             return 1
         if self.workers == NULL:
             self.workers = <li_worker*>calloc(self.threads - 1, sizeof(li_worker))
@@ -1395,6 +1486,11 @@ cdef class KernelCore:
             if li_worker_start(&self.workers[p]) != 0:
                 return 1  # no thread to be had: run serially
         return self.threads
+
+    cdef idx unit_bound(self, idx p, idx parts) noexcept:
+        """First hidden unit of part p of a unit split: whole weight panels per part."""
+        cdef idx nr = self.panel_width
+        return (self.H // nr) * p // parts * nr
 
     cdef idx part_need(self, const Seq* s, idx b0, idx b1, idx parts) noexcept:
         """Scratch floats of the part with rows [b0, b1) (a time-major X of several steps is

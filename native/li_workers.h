@@ -130,4 +130,33 @@ static void li_worker_stop(li_worker *w) {
     w->pid = 0;
 }
 
+/* A spinning barrier for the parts of a hidden-unit split: they meet after every time
+   step (the next step reads every unit of h). Sense by generation count; polls, then
+   yields the core like li_worker_wait. */
+typedef struct {
+    int parties;
+    int count;
+    int generation;
+} li_barrier;
+
+static void li_barrier_wait(li_barrier *b) {
+    int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
+    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->parties) {
+        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
+        __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
+        return;
+    }
+    long long until = 0;
+    int polls = 0;
+    while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation) {
+        li_relax();
+        if (++polls & 63)
+            continue;
+        if (until == 0)
+            until = li_now_ns() + LI_CALLER_POLL_NS;
+        else if (li_now_ns() >= until)
+            sched_yield();
+    }
+}
+
 #endif

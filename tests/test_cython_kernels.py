@@ -327,6 +327,29 @@ def test_batch_split_runs_on_the_kernels_own_threads(op, T, layout, threads, mon
             assert_close(kernel(*inputs), expected_of(op, spec, inputs))
 
 
+@pytest.mark.parametrize("op,extra", [("LSTM", {}), ("LSTM", {"input_forget": 1, "clip": 0.9}),
+                                      ("GRU", {"linear_before_reset": 1}), ("RNN", {})])
+def test_small_batches_split_the_hidden_units_across_threads(op, extra, each_isa, monkeypatch):
+    """Below the batch split, threads take whole weight panels of hidden units each and meet
+    after every step: the same answers, in C (no Python path)."""
+    H = 4 * 2 * ext(each_isa).PANEL_WIDTH  # four panels per gate: two per part, or uneven with 3 threads
+    rng = np.random.default_rng(34)
+    W, R, B, P = make_weights(rng, op, 2, H, 9)
+    for threads, layout in ((2, 0), (3, 1)):
+        spec = make_spec(op, direction="bidirectional", layout=layout, **extra)
+        kernel = build(op, spec, make_inputs(rng, op, spec, W, R, B, P, T=2, batch=1), threads=threads)
+
+        def python_path(*args):
+            raise AssertionError("the unit split should run in C")
+
+        monkeypatch.setattr(kernel, "_slow", python_path)
+        for batch, with_lens in ((1, False), (3, True)):
+            lens = rng.integers(0, 7, batch).astype(np.int32) if with_lens else None
+            inputs = make_inputs(rng, op, spec, W, R, B, P, T=6, batch=batch, lens=lens)
+            for _ in range(2):
+                assert_close(kernel(*inputs), expected_of(op, spec, inputs), relative=True)
+
+
 def test_split_kernel_from_several_threads_at_once():
     """Python threads sharing one threads=2 kernel: one call holds the workers, the others run serially."""
     rng = np.random.default_rng(32)

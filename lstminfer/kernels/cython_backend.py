@@ -371,7 +371,7 @@ class CythonKernel(_KernelCore):
                 self.hidden_size, self.input_size, self.num_directions, self._gates, spec.num_outputs,
                 self._reverse_first, self._flag, self._time_major, self._clip,
                 _MIN_ROWS_PER_PART * threads if threads > 1 else 0,
-                self._qpanels, self._qscales, self._qscale_offsets, self._qkind, threads,
+                self._qpanels, self._qscales, self._qscale_offsets, self._qkind, threads, self._ext.PANEL_WIDTH,
             )
 
     # ------------------------------------------------------------------
