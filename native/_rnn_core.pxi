@@ -1329,6 +1329,11 @@ cdef class KernelCore:
                          and (op != OP_GRU or flag))
         self.ready = LAYOUT_OK
 
+    @property
+    def splits_units(self):
+        """Whether batches below the batch split run with the hidden units split across threads."""
+        return bool(self.units_ok)
+
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
         cdef tuple constants
         if self.ready:

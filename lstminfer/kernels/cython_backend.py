@@ -373,6 +373,8 @@ class CythonKernel(_KernelCore):
                 _MIN_ROWS_PER_PART * threads if threads > 1 else 0,
                 self._qpanels, self._qscales, self._qscale_offsets, self._qkind, threads, self._ext.PANEL_WIDTH,
             )
+            if self.splits_units:
+                self.describe = self.describe[:-1] + ", hidden units split below)"
 
     # ------------------------------------------------------------------
     def _slow(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
