@@ -112,6 +112,62 @@ def test_product_matches_numpy_and_writes_only_its_columns(M, K, N, n0, n1):
     assert (out[:, :3] == 7).all() and (out[:, 3 + width:] == 7).all()
 
 
+@pytest.mark.parametrize("M,K,N,n0,n1", [
+    (135, 300, 200, 3, 197),  # several M and K blocks, a column tail and a row tail
+    (64, 128, 64, 0, 64),  # exactly one K block, no tail
+    (8, 1, 40, 8, 40),  # K = 1
+    (4, 257, 8 * 48, 0, 8 * 48),  # K one past a block
+])
+def test_tiled_product_blocks_and_tails(M, K, N, n0, n1):
+    rng = np.random.default_rng(M + K + N)
+    A = rng.standard_normal((M, K)).astype(np.float32)
+    Bm = rng.standard_normal((N, K)).astype(np.float32)
+    out = np.full((M, N + 6), 7.0, dtype=np.float32)
+    numba_math.product(A, Bm, np.ascontiguousarray(Bm.T), n0, n1, out, 3)
+    width = n1 - n0
+    expected = A.astype(np.float64) @ Bm[n0:n1].T.astype(np.float64)
+    assert np.abs(out[:, 3: 3 + width] - expected).max() <= 1e-5 * np.sqrt(K) * max(1, np.abs(expected).max())
+    assert (out[:, :3] == 7).all() and (out[:, 3 + width:] == 7).all()
+
+
+def test_tiled_product_reads_strided_rows():
+    """A and out as row slices of wider arrays (the drivers pass views of the scratch buffer)."""
+    rng = np.random.default_rng(2)
+    A = rng.standard_normal((12, 40)).astype(np.float32)[:, 3:35]
+    BmT = rng.standard_normal((32, 80)).astype(np.float32)
+    Bm = np.ascontiguousarray(BmT.T)
+    out = np.zeros((12, 100), dtype=np.float32)
+    numba_math.product(A, Bm, BmT, 16, 80, out, 20)
+    np.testing.assert_allclose(out[:, 20:84], A @ BmT[:, 16:80], atol=1e-4)
+    assert not out[:, :20].any() and not out[:, 84:].any()
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction,layout", [("forward", 0), ("reverse", 0), ("bidirectional", 0),
+                                              ("bidirectional", 1)])
+def test_projection_in_chunks_of_steps(op, direction, layout):
+    """T * B over the chunk size: several projected chunks, the last one partial."""
+    rng = np.random.default_rng(13)
+    batch, T = 3, 100
+    assert numba_rnn.scratch_size(T, batch, 4, 8, True) < numba_rnn.scratch_size(T, batch, 4, 8, False)
+    D = 2 if direction == "bidirectional" else 1
+    W, R, B, P = make_weights(rng, op, D, 24, 9, scale=0.5)
+    spec = make_spec(op, hidden_size=24, direction=direction, layout=layout)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=T, batch=batch,
+                         lens=np.array([T, 57, 1], dtype=np.int32))
+    assert_close(*run_both(op, spec, inputs), relative=True)  # the LSTM cell state reaches |c| ~ 40
+
+
+def test_lstm_without_peepholes_takes_the_short_path_and_matches():
+    rng = np.random.default_rng(14)
+    W, R, B, _ = make_weights(rng, "LSTM", 1, 48, 16)
+    spec = make_spec("LSTM", hidden_size=48, input_forget=True)
+    zeros = np.zeros((1, 3 * 48), dtype=np.float32)
+    for P in (None, zeros):
+        inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=30, batch=2, lens=None)
+        assert_close(*run_both("LSTM", spec, inputs))
+
+
 # ------------------------------------------------------------- packing --
 
 def test_gate_orders_are_permutations_of_the_spec_order():
@@ -231,6 +287,30 @@ def test_two_threads_match_one(batch, H):
         np.testing.assert_allclose(a, b, atol=1e-6)
     blocks = 2 if H >= kernels.HIDDEN_SPLIT_MIN_UNITS else 1
     assert f"split in {blocks} blocks" in kernels.numba_kernel(spec, W, R, B, P, threads=2).describe
+
+
+@pytest.mark.parametrize("op,lbr", [("GRU", False), ("GRU", True), ("RNN", False), ("LSTM", False)])
+def test_hidden_split_threads_meet_at_each_step(op, lbr):
+    """Batch 1 at H >= 256 with two threads: each runs its unit block, a spin barrier per step."""
+    rng = np.random.default_rng(15)
+    H = kernels.HIDDEN_SPLIT_MIN_UNITS + 8
+    W, R, B, P = make_weights(rng, op, 2, H, 5)
+    spec = make_spec(op, hidden_size=H, direction="bidirectional", linear_before_reset=lbr)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=11, batch=1, lens=np.array([9], np.int32))
+    kernel = kernels.numba_kernel(spec, W, R, B, P, threads=2)
+    assert "split in 2 blocks" in kernel.describe
+    expected = REFERENCE[op](*inputs, **spec.reference_kwargs())[: spec.num_outputs]
+    assert_close(kernel(*inputs), expected)
+    # Several calls at once from other threads (each call's second part queues on the shared pool).
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(3) as callers:
+        results = [f.result(timeout=60) for f in [callers.submit(kernel, *inputs) for _ in range(6)]]
+    for got in results:
+        assert_close(got, expected)
+    bad = list(inputs)
+    bad[4] = np.array([12], np.int32)  # beyond T: both parts stop before any barrier, the reference raises
+    with pytest.raises(InvalidInputError, match="sequence_lens"):
+        kernel(*bad)
 
 
 # ------------------------------------------------------ contract edges --

@@ -21,9 +21,11 @@ Contract with the recurrent op factory (``lstminfer/ops/recurrent.py``)::
   batch of at least 4 rows per thread is split across threads (each runs the
   whole sequence on its rows: no barrier per step); a smaller one splits the
   hidden units (H >= 256 only) so each core keeps its slice of W/R in its
-  own cache (DeepCPU's private-cache partitioning), with one barrier per
-  step: 1.4-1.5x at H=512 when the second core is free, but far slower when
-  another process holds it (the barrier waits for a descheduled thread).
+  own cache (DeepCPU's private-cache partitioning), with one spinning
+  barrier per step (no prange: its fork/join cost ~10 us per step); a thread
+  that finds its partner descheduled takes over the partner's block after a
+  grace period, so a busy second core costs little. It pays only when the
+  second core is free (1.5-1.8x at H=256-512 measured).
 
 The returned ``kernel(X, W, R, B, sequence_lens, initial_h, initial_c, P)``
 (GRU/RNN: the first six) returns ``(Y, Y_h[, Y_c])`` cut to
@@ -87,17 +89,18 @@ def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, thr
     return FusedKernel(spec, packed, W, R, B, P, threads=threads, serial_packed=serial, label=label)
 
 
-def compile_all(parallel: bool = True) -> list[str]:
-    """Compile (or load from the cache) every kernel; returns their names. For ``lstminfer compile``."""
+def compile_all() -> list[str]:
+    """Compile (or load from the cache) every kernel; returns their names. For ``lstminfer compile``.
+
+    One driver per op serves every thread count (each thread runs one part)."""
     if _NUMBA_ERROR:
         return []
     from .numba_rnn import driver
 
     names = []
     for op in OPS:
-        for par in ((False, True) if parallel else (False,)):
-            driver(op, par)
-            names.append(f"{op.lower()}_sequence{'_parallel' if par else ''}")
+        driver(op)
+        names.append(f"{op.lower()}_sequence")
     return names
 
 

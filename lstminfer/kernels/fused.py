@@ -26,6 +26,7 @@ from .packing import PackedWeights, num_gates
 _F32 = np.dtype(np.float32)
 _NO_LENS = np.zeros(0, dtype=np.int32)
 _NO_STATE = np.zeros((0, 0, 0), dtype=np.float32)
+_NO_SYNC = np.zeros(1, dtype=np.int64)  # one part: the barrier is never used
 _REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
 _MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs more than it saves
 
@@ -45,14 +46,12 @@ class FusedKernel:
         self.num_directions = packed.num_directions
         self._states = 2 if self.op == "LSTM" else 1
         self._nblocks = packed.blocks
-        self._parallel = packed.blocks > 1
-        self._run = numba_rnn.driver(self.op, self._parallel)
+        self._run = numba_rnn.driver(self.op)
         self._table, self._fparams = self._tables(spec, packed)
         # threads > 1: batches of 4+ rows per thread split the batch (no per-step barrier);
         # smaller ones split the hidden units (``packed`` has ``threads`` unit blocks).
         self._batch_parts = threads if serial_packed is not None else 1
         self._serial_packed = serial_packed if serial_packed is not None else packed
-        self._serial_run = numba_rnn.driver(self.op, False) if serial_packed is not None else self._run
         self._serial_table = self._tables(spec, self._serial_packed)[0]
         self._flag = bool(spec.input_forget if self.op == "LSTM" else
                           spec.linear_before_reset if self.op == "GRU" else False)
@@ -126,11 +125,13 @@ class FusedKernel:
         if self._batch_parts > 1 and batch >= _MIN_ROWS_PER_PART * self._batch_parts:
             status = self._run_batch_split(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, T, batch)
         else:
-            status = self._run(
-                X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, self._packed.buffer,
-                self._table, self._fparams, self._scratch(T, batch), D, self._nblocks, self._reverse_first,
-                self._flag, time_major, self._clip,
-            )
+            args = (X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, self._packed.buffer,
+                    self._table, self._fparams, self._scratch(T, batch), D, self._nblocks, self._reverse_first,
+                    self._flag, time_major, self._clip)
+            if self._nblocks > 1:
+                status = self._run_hidden_split(args)
+            else:
+                status = self._run(*args, 0, 1, _NO_SYNC)
         if not time_major:  # [T, D, B, H] -> [B, T, D, H]; states [S, D, B, H] -> [S, B, D, H]
             Y = np.ascontiguousarray(Y.transpose(2, 0, 1, 3))
             states = np.ascontiguousarray(states.transpose(0, 2, 1, 3))
@@ -156,12 +157,12 @@ class FusedKernel:
             Xk = np.ascontiguousarray(X[:, b0:b1]) if time_major else X[b0:b1]
             Yk = np.empty((Y.shape[0], Y.shape[1], b1 - b0, Y.shape[3]), dtype=_F32)
             states_k = np.empty((states.shape[0], states.shape[1], b1 - b0, states.shape[3]), dtype=_F32)
-            status = self._serial_run(
+            status = self._run(
                 Xk, lens[b0:b1] if has_lens else lens, has_lens,
                 np.ascontiguousarray(h0[:, b0:b1]) if has_h0 else h0, has_h0,
                 np.ascontiguousarray(c0[:, b0:b1]) if has_c0 else c0, has_c0, Yk, states_k,
                 self._serial_packed.buffer, self._serial_table, self._fparams, self._scratch(T, b1 - b0),
-                self.num_directions, 1, self._reverse_first, self._flag, time_major, self._clip,
+                self.num_directions, 1, self._reverse_first, self._flag, time_major, self._clip, 0, 1, _NO_SYNC,
             )
             Y[:, :, b0:b1] = Yk
             states[:, :, b0:b1] = states_k
@@ -169,6 +170,19 @@ class FusedKernel:
 
         futures = [thread_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
         status = run_part(0)
+        return max([status] + [f.result() for f in futures])
+
+    def _run_hidden_split(self, args) -> int:
+        """One thread per unit block, meeting after each step (``numba_rnn._claim``).
+
+        Part 0 runs in the calling thread; a part whose thread starts late
+        (pool busy, core taken) finds its blocks done by the others.
+        """
+        parts = self._nblocks
+        sync = np.zeros(numba_rnn.sync_size(parts), dtype=np.int64)
+        pool = thread_pool(parts - 1)
+        futures = [pool.submit(self._run, *args, k, parts, sync) for k in range(1, parts)]
+        status = self._run(*args, 0, parts, sync)
         return max([status] + [f.result() for f in futures])
 
     def _initial_state(self, value, state_shape):
@@ -188,7 +202,7 @@ class FusedKernel:
         local = self._local
         if getattr(local, "T", -1) == T and local.batch == batch:
             return local.scratch
-        need = numba_rnn.scratch_size(T, batch, num_gates(self.op), self.hidden_size)
+        need = numba_rnn.scratch_size(T, batch, num_gates(self.op), self.hidden_size, self._time_major)
         buf = getattr(local, "scratch", None)
         if buf is None or buf.size < need:
             buf = np.empty(max(need, 16), dtype=_F32)

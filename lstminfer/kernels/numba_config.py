@@ -1,7 +1,7 @@
 """The one place that decides how kernels are compiled by Numba.
 
 Every kernel goes through ``jit`` (helpers) or ``jit_entry`` (the drivers a
-kernel call enters, serial or with ``prange`` across cores), so the compile
+kernel call enters; threads are started by the caller, see numba_rnn), so the compile
 flags live here only:
 
 * fastmath without ``nnan``/``ninf``: NaN and inf inputs must propagate as in

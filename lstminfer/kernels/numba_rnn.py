@@ -1,19 +1,21 @@
 """Numba kernels for whole LSTM, GRU and RNN sequences, gates fused.
 
-One call runs a whole node: for each direction, the input projection of all
-time steps as one matrix product (``xp = X . W^T + bias``), then the time loop
+One call runs a whole node: for each direction, the input projection
+(``xp = X . W^T + bias``) as one matrix product per chunk of steps (of about
+``_CHUNK_ROWS`` rows: big enough for the GEMM, small enough to stay in cache
+until its steps read it), and the time loop
 with, per step, one product ``gates = h . R^T`` and one fused pass over the
 hidden units (gate activations, cell update, peepholes, clip, input_forget,
 sequence_lens masking, linear_before_reset). No Python per step and no
 allocation: the state and gate buffers are carved out of ``scratch``.
 
-Hidden units are split into ``nblocks`` blocks (``packing.unit_blocks``);
-the ``_parallel`` drivers give each block to its own core with ``prange``
-(its rows of W and R stay in that core's cache; one barrier per step), the
-serial ones loop. The hidden state is double-buffered (``hbuf[cur]`` ->
-``hbuf[1 - cur]``) because every block reads all of h_prev while the others
-write h_next. (Splitting a batch across threads needs no barrier: see
-``fused.FusedKernel``.)
+Hidden units are split into ``nblocks`` blocks (``packing.unit_blocks``).
+One thread may run them all (``nparts`` = 1), or ``nparts`` threads run the
+same driver at once, each on its home block (its rows of W and R stay in its
+core's cache), meeting after each step (``_claim``/``_phase_end``). The
+hidden state is double-buffered (``hbuf[cur]`` -> ``hbuf[1 - cur]``) because
+every block reads all of h_prev while the others write h_next. (Splitting a
+batch across threads needs no barrier: see ``fused.FusedKernel``.)
 
 Default activations take a fully fused, vectorized loop; any other
 combination runs the same steps as a few vectorized passes per row.
@@ -25,7 +27,9 @@ Arguments shared by the drivers (types in ``driver_signature``):
   buffer; table (int64) = unit block edges [nblocks + 1], then segment offsets
   [D, NUM_SEGMENTS], then activation codes [D, acts per direction]; fparams
   (float32) = alpha, beta of each activation; scratch of
-  ``scratch_size(T, B, G, H)`` floats.
+  ``scratch_size(T, B, G, H, time_major)`` floats; part, nparts: this
+  thread and how many run the node (``_claim``); sync: int64
+  [``sync_size(nblocks)``] zeroed, shared by the parts (unused for one).
 Return 0, or 1 when sequence_lens holds a value outside [0, T] (nothing
 written then: the caller reports the error).
 """
@@ -33,9 +37,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import types as pytypes
 
-from numba import prange, types
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from .numba_config import jit, jit_entry
 from .numba_math import (
@@ -46,6 +54,134 @@ from .packing import NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG
 ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 _ALIGN = 16
+
+
+# ------------------------------------------------------------ threads --
+# Hidden-unit split: ``nparts`` threads run the same driver. The work between
+# two sync points (a "phase": one step, say) is one item per unit block; each
+# thread claims its home block first (its rows of W and R stay in its core's
+# cache), then takes any block still unclaimed: at once if the block's owner
+# did not show up in the previous phase, else after a grace period. So a
+# thread that the OS has descheduled (a busy machine) costs its partner one
+# grace period, then the partner runs on alone instead of spinning until it
+# comes back (measured: a plain barrier took 250x longer on a loaded machine).
+# A phase ends when all its blocks are done (a counter bumped atomically:
+# ~0.1 us when both cores are free, against ~10 us for a ``prange`` launch per
+# step). ``sync``: int64, zeroed before the parts start: [0] the blocks done;
+# [_SLOT * (1 + k)] the epoch in which block k was last claimed; [_SLOT * (1 +
+# nblocks + p)] the last epoch part p started (own cache lines). Epochs count
+# phases from 1.
+
+_SLOT = 16  # int64 per cache line (and then some)
+_GRACE_SPINS = 8000  # ~25 ns each: 0.2 ms, past the short preemptions a partner suffers on a shared machine
+
+
+def sync_size(nblocks):
+    """int64 slots of ``sync`` for ``nblocks`` blocks run by as many threads."""
+    return _SLOT * (1 + 2 * nblocks)
+
+
+def _atomic_pointer(context, builder, signature, args):
+    data = context.make_array(signature.args[0])(context, builder, args[0]).data
+    return builder.gep(data, [args[1]])
+
+
+@intrinsic
+def _atomic_add(typingctx, sync, index, value):
+    """``sync[index] += value``, atomically (sequentially consistent: a full fence)."""
+    def codegen(context, builder, signature, args):
+        return builder.atomic_rmw("add", _atomic_pointer(context, builder, signature, args), args[2], "seq_cst")
+
+    return types.int64(sync, types.intp, types.int64), codegen
+
+
+@intrinsic
+def _atomic_read(typingctx, sync, index):
+    """``sync[index]`` with acquire ordering: a fresh read each time, never hoisted out of a loop."""
+    def codegen(context, builder, signature, args):
+        return builder.load_atomic(_atomic_pointer(context, builder, signature, args), "acquire", 8)
+
+    return types.int64(sync, types.intp), codegen
+
+
+@intrinsic
+def _atomic_write(typingctx, sync, index, value):
+    """``sync[index] = value`` with release ordering."""
+    def codegen(context, builder, signature, args):
+        builder.store_atomic(args[2], _atomic_pointer(context, builder, signature, args), "release", 8)
+        return context.get_dummy_value()
+
+    return types.void(sync, types.intp, types.int64), codegen
+
+
+@intrinsic
+def _compare_and_swap(typingctx, sync, index, expected, new):
+    """``sync[index] = new`` if it holds ``expected`` (atomically); whether it did."""
+    def codegen(context, builder, signature, args):
+        pair = builder.cmpxchg(_atomic_pointer(context, builder, signature, args), args[2], args[3],
+                               "seq_cst", "seq_cst")
+        return builder.extract_value(pair, 1)
+
+    return types.boolean(sync, types.intp, types.int64, types.int64), codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
+
+
+@intrinsic
+def _spin_pause(typingctx):
+    """The x86 ``pause`` hint inside a spin loop (nothing elsewhere)."""
+    def codegen(context, builder, signature, args):
+        if _X86:
+            pause = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                   "llvm.x86.sse2.pause")
+            builder.call(pause, [])
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@jit
+def _claim(sync, epoch, part, nblocks, nparts, finished):
+    """The next block this thread runs in this phase, or -1 when none is left.
+
+    ``finished``: the block it just ran (-1 at the start of the phase). One
+    thread: simply every block in turn.
+    """
+    if nparts == 1:
+        return finished + 1 if finished + 1 < nblocks else -1
+    if finished >= 0:
+        _atomic_add(sync, 0, 1)
+    home = part * nblocks // nparts
+    if finished < 0:
+        _atomic_write(sync, _SLOT * (1 + nblocks + part), epoch)
+        if _compare_and_swap(sync, _SLOT * (home + 1), epoch - 1, epoch):
+            return home
+    for k in range(nblocks):
+        if k == home:
+            continue
+        slot = _SLOT * (k + 1)
+        owner = k * nparts // nblocks
+        grace = _GRACE_SPINS if _atomic_read(sync, _SLOT * (1 + nblocks + owner)) >= epoch - 1 else 0
+        spins = 0
+        while _atomic_read(sync, slot) < epoch:  # not claimed yet in this phase
+            if spins >= grace:
+                if _compare_and_swap(sync, slot, epoch - 1, epoch):
+                    return k
+                break
+            spins += 1
+            _spin_pause()
+    return -1
+
+
+@jit
+def _phase_end(sync, epoch, nblocks, nparts):
+    """Wait until every block of this phase is done; returns the next epoch."""
+    if nparts > 1:
+        target = epoch * nblocks
+        while _atomic_read(sync, 0) < target:
+            _spin_pause()
+    return epoch + 1
 
 
 # ------------------------------------------------------------ buffers --
@@ -59,23 +195,38 @@ def _row_stride(n):  # same as packing.row_stride
     return stride + _ALIGN if stride % 128 == 0 else stride
 
 
-def _scratch_size(T, B, G, H):
-    # xp [T*B, GHs], gates [B, GHs] (GHs = row stride of G*H), hbuf [2, B, H], c [B, H], rh [B, H]
+# Time-major inputs are projected a chunk of steps at a time, about this many
+# rows (steps x batch) per chunk: enough rows for the GEMM tiles, and the chunk
+# of projections is still in cache when its steps read it (projecting all
+# steps up front wrote 34 MB at H=256, batch 64, and read it back from DRAM).
+_CHUNK_ROWS = 128
+
+
+def _chunk_steps(T, B, time_major):
+    """Steps projected at once (batch-major rows of one step are not contiguous: all of them)."""
+    return min(T, max(1, _CHUNK_ROWS // max(B, 1))) if time_major else T
+
+
+def _scratch_size(T, B, G, H, time_major):
+    # xp [TC*B, GHs] (TC = _chunk_steps), gates [B, GHs] (GHs = row stride of G*H), hbuf [2, B, H],
+    # c [B, H], rh [B, H]
     GHs = _row_stride(G * H)
-    return _padded(T * B * GHs) + _padded(B * GHs) + _padded(2 * B * H) + 2 * _padded(B * H)
+    TC = _chunk_steps(T, B, time_major)
+    return _padded(TC * B * GHs) + _padded(B * GHs) + _padded(2 * B * H) + 2 * _padded(B * H)
 
 
-scratch_size = _scratch_size  # plain Python for the callers (the jitted copy is below)
+scratch_size = _scratch_size  # plain Python for the callers (the jitted copies are below)
 _padded_nb = jit(_padded)
 _row_stride_nb = jit(_row_stride)
+_chunk_steps_nb = jit(_chunk_steps)
 
 
 @jit
-def _carve(scratch, T, B, G, H):
+def _carve(scratch, TC, B, G, H):
     o = 0
     GHs = _row_stride_nb(G * H)
-    xp = scratch[o: o + T * B * GHs].reshape((T * B, GHs))
-    o += _padded_nb(T * B * GHs)
+    xp = scratch[o: o + TC * B * GHs].reshape((TC * B, GHs))
+    o += _padded_nb(TC * B * GHs)
     gates = scratch[o: o + B * GHs].reshape((B, GHs))
     o += _padded_nb(B * GHs)
     hbuf = scratch[o: o + 2 * B * H].reshape((2, B, H))
@@ -107,19 +258,37 @@ def _check_lens(lens, has_lens, T):
 
 
 @jit
-def _init_state(dst, src, has_src, d):
-    B, H = dst.shape
-    for b in range(B):
-        for j in range(H):
+def _init_state(dst, src, has_src, d, u0, u1):
+    for b in range(dst.shape[0]):
+        for j in range(u0, u1):
             dst[b, j] = src[d, b, j] if has_src else ZERO
 
 
 @jit
+def _store_state(states, which, d, src, u0, u1):
+    for b in range(src.shape[0]):
+        for j in range(u0, u1):
+            states[which, d, b, j] = src[b, j]
+
+
+@jit
 def _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G):
+    """Rows of ``xp`` = rows of X2 . W^T + bias, this unit block's columns."""
     u0 = table[k]
     u1 = table[k + 1]
-    product(X2, wW, wWT, G * u0, G * u1, xp, G * u0)
-    add_bias_rows(xp, bias_x, G * u0, G * u1)
+    out = xp[: X2.shape[0]]
+    product(X2, wW, wWT, G * u0, G * u1, out, G * u0)
+    add_bias_rows(out, bias_x, G * u0, G * u1)
+
+
+@jit
+def _chunk_rows(X2, step, TC, T, B, reverse, time_major):
+    """(first time index, rows of X2) of the chunk of steps starting at ``step``."""
+    if not time_major:
+        return 0, X2
+    n = min(TC, T - step)
+    first = T - step - n if reverse else step
+    return first, X2[first * B: (first + n) * B]
 
 
 @jit
@@ -164,6 +333,30 @@ def _lstm_cells_default(xr, gr, h, c, pi, pf, po, bs, clip, ff):
 
 
 @jit
+def _lstm_cells_no_peepholes(xr, gr, h, c, bs, clip, ff):
+    """``_lstm_cells_default`` without peepholes: o no longer waits for the new C (shorter chain)."""
+    xi, xf, xg, xo = xr[:bs], xr[bs: 2 * bs], xr[2 * bs: 3 * bs], xr[3 * bs: 4 * bs]
+    gi, gf, gg, go = gr[:bs], gr[bs: 2 * bs], gr[2 * bs: 3 * bs], gr[3 * bs: 4 * bs]
+    for j in range(bs):
+        it = fast_sigmoid(_clamp(xi[j] + gi[j], clip))
+        ft = fast_sigmoid(_clamp(xf[j] + gf[j], clip))
+        ft = ff * (ONE - it) + (ONE - ff) * ft
+        gt = fast_tanh(_clamp(xg[j] + gg[j], clip))
+        ot = fast_sigmoid(_clamp(xo[j] + go[j], clip))
+        ct = ft * c[j] + it * gt
+        c[j] = ct
+        h[j] = ot * fast_tanh(ct)
+
+
+@jit
+def _all_zero(v):
+    for x in v.ravel():
+        if x != ZERO:
+            return False
+    return True
+
+
+@jit
 def _lstm_cells_generic(xr, gr, h, c, pi, pf, po, bs, clip, input_forget,
                         cf, af, bf, cg, ag, bg, ch, ah, bh):
     """Any activations: the same equations as vectorized passes over the row."""
@@ -192,12 +385,12 @@ def _lstm_cells_generic(xr, gr, h, c, pi, pf, po, bs, clip, input_forget,
 
 
 @jit
-def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, u0, u1, t, lens, has_lens, Y, d, clip,
-                input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh):
+def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, peepholes, u0, u1, t, lens, has_lens, Y, d,
+                clip, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh):
     bs = u1 - u0
     cb = 4 * u0
     ce = 4 * u1
-    product(hp, wR, wRT, cb, ce, gates, cb)
+    product(hp, wR, wRT, cb, ce, gates, cb, t % 2 == 1)
     ff = ONE if input_forget else ZERO
     pi, pf, po = peep[0, u0:u1], peep[1, u0:u1], peep[2, u0:u1]
     for b in range(hp.shape[0]):
@@ -207,7 +400,9 @@ def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, u0, u1, t, lens, ha
             gr = gates[b, cb:ce]
             h = hn[b, u0:u1]
             cr = c[b, u0:u1]
-            if default:
+            if default and not peepholes:
+                _lstm_cells_no_peepholes(xr, gr, h, cr, bs, clip, ff)
+            elif default:
                 _lstm_cells_default(xr, gr, h, cr, pi, pf, po, bs, clip, ff)
             else:
                 _lstm_cells_generic(xr, gr, h, cr, pi, pf, po, bs, clip,
@@ -216,7 +411,7 @@ def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, u0, u1, t, lens, ha
 
 
 def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
-                   D, nblocks, reverse_first, input_forget, time_major, clip):
+                   D, nblocks, reverse_first, input_forget, time_major, clip, part, nparts, sync):
     T = X.shape[0] if time_major else X.shape[1]
     B = X.shape[1] if time_major else X.shape[0]
     I = X.shape[2]
@@ -224,9 +419,11 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
     G = 4
     if _check_lens(lens, has_lens, T):
         return 1
+    epoch = 1
     X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    TC = _chunk_steps_nb(T, B, time_major)
     clip32 = F32(clip)
-    xp, gates, hbuf, c, _ = _carve(scratch, T, B, G, H)
+    xp, gates, hbuf, c, _ = _carve(scratch, TC, B, G, H)
     codes_at = nblocks + 1 + D * NUM_SEGMENTS
     for d in range(D):
         reverse = reverse_first or d == 1
@@ -237,30 +434,45 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
         wRT = _segment(wbuf, table, nblocks, d, SEG_RT, GHs * H).reshape((H, GHs))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         peep = _segment(wbuf, table, nblocks, d, SEG_PEEP, 3 * H).reshape((3, H))
+        peepholes = not _all_zero(peep)
         a = codes_at + 3 * d
         cf, cg, ch = table[a], table[a + 1], table[a + 2]
         p = 6 * d
         af, bf, ag, bg, ah, bh = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3], fparams[p + 4], fparams[p + 5]
         default = cf == SIGMOID and cg == TANH and ch == TANH
-        for k in prange(nblocks):
-            _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G)
-        _init_state(hbuf[0], h0, has_h0, d)
-        _init_state(c, c0, has_c0, d)
+        k = _claim(sync, epoch, part, nblocks, nparts, -1)
+        while k >= 0:
+            _init_state(hbuf[0], h0, has_h0, d, table[k], table[k + 1])
+            _init_state(c, c0, has_c0, d, table[k], table[k + 1])
+            k = _claim(sync, epoch, part, nblocks, nparts, k)
+        epoch = _phase_end(sync, epoch, nblocks, nparts)  # every block reads all of h_prev
         cur = 0
+        first = 0
+        rows = X2[:0]
         for step in range(T):
+            new_chunk = step % TC == 0
+            if new_chunk:
+                first, rows = _chunk_rows(X2, step, TC, T, B, reverse, time_major)
             t = T - 1 - step if reverse else step
-            r0 = t * B if time_major else t
+            r0 = (t - first) * B if time_major else t
             rb = 1 if time_major else T
             hp = hbuf[cur]
             hn = hbuf[1 - cur]
-            for k in prange(nblocks):
-                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, table[k], table[k + 1], t, lens, has_lens,
-                            Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh)
+            k = _claim(sync, epoch, part, nblocks, nparts, -1)
+            while k >= 0:
+                if new_chunk:  # block k's projections are read by block k's steps only
+                    _project(rows, wW, wWT, bias_x, xp, table, nblocks, k, G)
+                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, peepholes, table[k], table[k + 1], t,
+                            lens, has_lens, Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh)
+                k = _claim(sync, epoch, part, nblocks, nparts, k)
+            epoch = _phase_end(sync, epoch, nblocks, nparts)
             cur = 1 - cur
-        for b in range(B):
-            for j in range(H):
-                states[0, d, b, j] = hbuf[cur, b, j]
-                states[1, d, b, j] = c[b, j]
+        k = _claim(sync, epoch, part, nblocks, nparts, -1)
+        while k >= 0:
+            _store_state(states, 0, d, hbuf[cur], table[k], table[k + 1])
+            _store_state(states, 1, d, c, table[k], table[k + 1])
+            k = _claim(sync, epoch, part, nblocks, nparts, k)
+        epoch = _phase_end(sync, epoch, nblocks, nparts)
     return 0
 
 
@@ -331,7 +543,7 @@ def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, bias_rh, u0, u1, t, lens
     bs = u1 - u0
     cb = 3 * u0
     ce = 3 * u1
-    product(hp, wR, wRT, cb, ce if lbr else cb + 2 * bs, gates, cb)
+    product(hp, wR, wRT, cb, ce if lbr else cb + 2 * bs, gates, cb, t % 2 == 1)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
@@ -355,7 +567,7 @@ def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, u0, u1, t, lens, has_len
     bs = u1 - u0
     cb = 3 * u0
     hb = cb + 2 * bs
-    product(rh, wR, wRT, hb, hb + bs, gates, hb)
+    product(rh, wR, wRT, hb, hb + bs, gates, hb, t % 2 == 1)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
@@ -365,7 +577,7 @@ def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, u0, u1, t, lens, has_len
 
 
 def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
-                  D, nblocks, reverse_first, linear_before_reset, time_major, clip):
+                  D, nblocks, reverse_first, linear_before_reset, time_major, clip, part, nparts, sync):
     T = X.shape[0] if time_major else X.shape[1]
     B = X.shape[1] if time_major else X.shape[0]
     I = X.shape[2]
@@ -373,9 +585,11 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
     G = 3
     if _check_lens(lens, has_lens, T):
         return 1
+    epoch = 1
     X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    TC = _chunk_steps_nb(T, B, time_major)
     clip32 = F32(clip)
-    xp, gates, hbuf, _, rh = _carve(scratch, T, B, G, H)
+    xp, gates, hbuf, _, rh = _carve(scratch, TC, B, G, H)
     codes_at = nblocks + 1 + D * NUM_SEGMENTS
     lbr = linear_before_reset
     for d in range(D):
@@ -392,27 +606,44 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
         p = 4 * d
         af, bf, ag, bg = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3]
         default = cf == SIGMOID and cg == TANH
-        for k in prange(nblocks):
-            _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G)
-        _init_state(hbuf[0], h0, has_h0, d)
+        k = _claim(sync, epoch, part, nblocks, nparts, -1)
+        while k >= 0:
+            _init_state(hbuf[0], h0, has_h0, d, table[k], table[k + 1])
+            k = _claim(sync, epoch, part, nblocks, nparts, k)
+        epoch = _phase_end(sync, epoch, nblocks, nparts)  # every block reads all of h_prev
         cur = 0
+        first = 0
+        rows = X2[:0]
         for step in range(T):
+            new_chunk = step % TC == 0
+            if new_chunk:
+                first, rows = _chunk_rows(X2, step, TC, T, B, reverse, time_major)
             t = T - 1 - step if reverse else step
-            r0 = t * B if time_major else t
+            r0 = (t - first) * B if time_major else t
             rb = 1 if time_major else T
             hp = hbuf[cur]
             hn = hbuf[1 - cur]
-            for k in prange(nblocks):
+            k = _claim(sync, epoch, part, nblocks, nparts, -1)
+            while k >= 0:
+                if new_chunk:  # block k's projections are read by block k's steps only
+                    _project(rows, wW, wWT, bias_x, xp, table, nblocks, k, G)
                 _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, bias_rh, table[k], table[k + 1], t, lens, has_lens,
                             Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg)
-            if not lbr:
-                for k in prange(nblocks):
+                k = _claim(sync, epoch, part, nblocks, nparts, k)
+            epoch = _phase_end(sync, epoch, nblocks, nparts)
+            if not lbr:  # phase 2 reads all of r * h_prev
+                k = _claim(sync, epoch, part, nblocks, nparts, -1)
+                while k >= 0:
                     _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, table[k], table[k + 1], t, lens, has_lens,
                                 Y, d, clip32, default, cg, ag, bg)
+                    k = _claim(sync, epoch, part, nblocks, nparts, k)
+                epoch = _phase_end(sync, epoch, nblocks, nparts)
             cur = 1 - cur
-        for b in range(B):
-            for j in range(H):
-                states[0, d, b, j] = hbuf[cur, b, j]
+        k = _claim(sync, epoch, part, nblocks, nparts, -1)
+        while k >= 0:
+            _store_state(states, 0, d, hbuf[cur], table[k], table[k + 1])
+            k = _claim(sync, epoch, part, nblocks, nparts, k)
+        epoch = _phase_end(sync, epoch, nblocks, nparts)
     return 0
 
 
@@ -420,7 +651,7 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
 
 @jit
 def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, u0, u1, t, lens, has_lens, Y, d, clip, cf, af, bf):
-    product(hp, wR, wRT, u0, u1, gates, u0)
+    product(hp, wR, wRT, u0, u1, gates, u0, t % 2 == 1)
     bs = u1 - u0
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
@@ -439,7 +670,7 @@ def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, u0, u1, t, lens, has_lens, Y,
 
 
 def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
-                  D, nblocks, reverse_first, unused_flag, time_major, clip):
+                  D, nblocks, reverse_first, unused_flag, time_major, clip, part, nparts, sync):
     T = X.shape[0] if time_major else X.shape[1]
     B = X.shape[1] if time_major else X.shape[0]
     I = X.shape[2]
@@ -447,9 +678,11 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
     G = 1
     if _check_lens(lens, has_lens, T):
         return 1
+    epoch = 1
     X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    TC = _chunk_steps_nb(T, B, time_major)
     clip32 = F32(clip)
-    xp, gates, hbuf, _, _ = _carve(scratch, T, B, G, H)
+    xp, gates, hbuf, _, _ = _carve(scratch, TC, B, G, H)
     codes_at = nblocks + 1 + D * NUM_SEGMENTS
     for d in range(D):
         reverse = reverse_first or d == 1
@@ -461,30 +694,44 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, H)
         cf = table[codes_at + d]
         af, bf = fparams[2 * d], fparams[2 * d + 1]
-        for k in prange(nblocks):
-            _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G)
-        _init_state(hbuf[0], h0, has_h0, d)
+        k = _claim(sync, epoch, part, nblocks, nparts, -1)
+        while k >= 0:
+            _init_state(hbuf[0], h0, has_h0, d, table[k], table[k + 1])
+            k = _claim(sync, epoch, part, nblocks, nparts, k)
+        epoch = _phase_end(sync, epoch, nblocks, nparts)  # every block reads all of h_prev
         cur = 0
+        first = 0
+        rows = X2[:0]
         for step in range(T):
+            new_chunk = step % TC == 0
+            if new_chunk:
+                first, rows = _chunk_rows(X2, step, TC, T, B, reverse, time_major)
             t = T - 1 - step if reverse else step
-            r0 = t * B if time_major else t
+            r0 = (t - first) * B if time_major else t
             rb = 1 if time_major else T
             hp = hbuf[cur]
             hn = hbuf[1 - cur]
-            for k in prange(nblocks):
+            k = _claim(sync, epoch, part, nblocks, nparts, -1)
+            while k >= 0:
+                if new_chunk:  # block k's projections are read by block k's steps only
+                    _project(rows, wW, wWT, bias_x, xp, table, nblocks, k, G)
                 _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, table[k], table[k + 1], t, lens, has_lens,
                            Y, d, clip32, cf, af, bf)
+                k = _claim(sync, epoch, part, nblocks, nparts, k)
+            epoch = _phase_end(sync, epoch, nblocks, nparts)
             cur = 1 - cur
-        for b in range(B):
-            for j in range(H):
-                states[0, d, b, j] = hbuf[cur, b, j]
+        k = _claim(sync, epoch, part, nblocks, nparts, -1)
+        while k >= 0:
+            _store_state(states, 0, d, hbuf[cur], table[k], table[k + 1])
+            k = _claim(sync, epoch, part, nblocks, nparts, k)
+        epoch = _phase_end(sync, epoch, nblocks, nparts)
     return 0
 
 
 # ------------------------------------------------------------ drivers --
 
 def _renamed(fn, name):
-    """A copy of ``fn`` under another name: its own Numba cache entry (serial vs parallel)."""
+    """A copy of ``fn`` under another name: its own Numba cache entry (per source digest)."""
     copy = pytypes.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
     copy.__qualname__ = name
     copy.__doc__ = fn.__doc__
@@ -510,7 +757,7 @@ def _kernel_sources_digest() -> str:
 
 
 _DIGEST = _kernel_sources_digest()
-_DRIVERS: dict[tuple[str, bool], object] = {}
+_DRIVERS: dict[str, object] = {}
 
 
 def driver_signature():
@@ -538,17 +785,21 @@ def driver_signature():
         array(f32, 1),  # scratch
         types.int64, types.int64, types.boolean, types.boolean, types.boolean,  # D, nblocks, reverse_first, flag, time_major
         types.float64,  # clip (inf: none)
+        types.int64, types.int64, array(types.int64, 1),  # part, nparts, sync
     )
 
 
-def driver(op: str, parallel: bool):
-    """The compiled driver for ``op`` (compiled, or loaded from the cache, on first use here)."""
-    key = (op, parallel)
-    dispatcher = _DRIVERS.get(key)
+def driver(op: str, parallel: bool = False):
+    """The compiled driver for ``op`` (compiled, or loaded from the cache, on first use here).
+
+    ``parallel`` is accepted for older callers: the same driver runs one part
+    per thread (``nparts``), so there is no separate parallel build.
+    """
+    dispatcher = _DRIVERS.get(op)
     if dispatcher is None:
-        name = f"{op.lower()}_sequence{'_parallel' if parallel else ''}_{_DIGEST}"
-        dispatcher = jit_entry(_renamed(_SOURCES[op], name), parallel)
+        name = f"{op.lower()}_sequence_{_DIGEST}"
+        dispatcher = jit_entry(_renamed(_SOURCES[op], name))
         dispatcher.compile(driver_signature())
         dispatcher.disable_compile()  # arguments convert to this signature; never compile on a request
-        _DRIVERS[key] = dispatcher
+        _DRIVERS[op] = dispatcher
     return dispatcher
