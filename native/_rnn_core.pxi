@@ -657,15 +657,22 @@ cdef extern from "li_workers.h":
     ctypedef int (*li_job_fn)(void* arg) noexcept nogil
     ctypedef struct li_worker:
         pass
-    ctypedef struct li_barrier:
-        int parties
-        int count
-        int generation
+    ctypedef struct li_block:
+        pass
+    ctypedef struct li_sched:
+        int parts
+        li_block* blocks
+        idx* bounds
     int li_worker_start(li_worker* w) noexcept nogil
     void li_worker_post(li_worker* w, li_job_fn fn, void* arg) noexcept nogil
     int li_worker_wait(li_worker* w) noexcept nogil
     void li_worker_stop(li_worker* w) noexcept nogil
-    void li_barrier_wait(li_barrier* b) noexcept nogil
+    void li_block_reset(li_block* b) noexcept nogil
+    bint li_block_claim(li_block* b, int task) noexcept nogil
+    void li_block_finish(li_block* b, int done) noexcept nogil
+    int li_block_done(li_block* b) noexcept nogil
+    long long li_now_ns() noexcept nogil
+    void li_relax() noexcept nogil
 
 
 cdef struct Seq:
@@ -704,10 +711,10 @@ cdef struct Seq:
     bint reverse_first
     bint flag  # LSTM input_forget, GRU linear_before_reset
     float clip
-    # threads=N at small batch: this part computes hidden units [u0, u1) of every gate
-    # (serial: 0, H) and meets the other parts at ``barrier`` after each step (NULL: alone)
-    idx u0, u1
-    li_barrier* barrier
+    # threads=N at small batch: the parts share this schedule of hidden-unit blocks
+    # (NULL: the whole node in this thread); ``part`` is this thread's own block
+    li_sched* sched
+    int part
 
 
 # Weight storage of a kernel (Seq.qkind; cython_backend.QKINDS names them).
@@ -759,28 +766,23 @@ cdef inline void product(const Seq* s, idx d, idx which, const float* A, idx M, 
 
 
 cdef inline void product_units(const Seq* s, idx d, idx which, const float* A, idx M, idx K, idx base,
-                               idx G, float* C0, idx ldc, const float* bias, bint backwards) noexcept nogil:
+                               idx G, float* C0, idx ldc, const float* bias, bint backwards,
+                               idx u0, idx u1) noexcept nogil:
     """Columns base + g*H + [u0, u1) of C0 (g < G) from panel set ``which`` (whose columns
-    start at ``base``): all G*H of them in one product when this part has every unit."""
+    start at ``base``): all G*H of them in one product for the whole of H."""
     cdef idx g, n0, H = s.H
-    if s.u0 == 0 and s.u1 == H:
+    if u0 == 0 and u1 == H:
         product(s, d, which, A, M, K, base, base + G * H, C0 + base, ldc, bias, backwards)
         return
     for g in range(G):
-        n0 = base + g * H + s.u0
-        product(s, d, which, A, M, K, n0, n0 + s.u1 - s.u0, C0 + n0, ldc, bias, backwards, n0 - base)
+        n0 = base + g * H + u0
+        product(s, d, which, A, M, K, n0, n0 + u1 - u0, C0 + n0, ldc, bias, backwards, n0 - base)
 
 
-cdef inline void step_done(const Seq* s) noexcept nogil:
-    """After a step: parts splitting the units wait for each other (the next step reads all of h)."""
-    if s.barrier != NULL:
-        li_barrier_wait(s.barrier)
-
-
-cdef void init_states(const Seq* s, idx d, float* h, float* c) noexcept nogil:
-    """h (and c) rows from h0/c0 or zeros: this part's units [u0, u1)."""
+cdef void init_states(const Seq* s, idx d, float* h, float* c, idx u0, idx u1) noexcept nogil:
+    """Units [u0, u1) of the h (and c) rows, from h0/c0 or zeros."""
     cdef idx b
-    cdef idx H = s.H, u0 = s.u0, n = s.u1 - s.u0
+    cdef idx H = s.H, n = u1 - u0
     for b in range(s.B):
         if s.has_h0:
             memcpy(h + b * H + u0, s.h0 + d * s.h0_d + b * s.h0_b + u0, n * sizeof(float))
@@ -793,18 +795,19 @@ cdef void init_states(const Seq* s, idx d, float* h, float* c) noexcept nogil:
                 memset(c + b * H + u0, 0, n * sizeof(float))
 
 
-cdef void store_states(const Seq* s, idx d, const float* h, const float* c) noexcept nogil:
+cdef void store_states(const Seq* s, idx d, const float* h, const float* c, idx u0, idx u1) noexcept nogil:
     cdef idx b
-    cdef idx H = s.H, u0 = s.u0, n = s.u1 - s.u0
+    cdef idx H = s.H, n = u1 - u0
     for b in range(s.B):
         memcpy(s.Sh + d * s.s_d + b * s.s_b + u0, h + b * H + u0, n * sizeof(float))
         if c != NULL:
             memcpy(s.Sc + d * s.s_d + b * s.s_b + u0, c + b * H + u0, n * sizeof(float))
 
 
-cdef inline void finish_row(const Seq* s, bint active, float* hn, const float* hp, idx t, idx d, idx b) noexcept nogil:
+cdef inline void finish_row(const Seq* s, bint active, float* hn, const float* hp, idx t, idx d, idx b,
+                            idx u0, idx u1) noexcept nogil:
     """Y for this step (units [u0, u1) of the row); an inactive row keeps its state and writes zeros."""
-    cdef idx u0 = s.u0, n = s.u1 - s.u0
+    cdef idx n = u1 - u0
     cdef float* y = s.Y + t * s.y_t + d * s.y_d + b * s.y_b + u0
     if active:
         memcpy(y, hn + u0, n * sizeof(float))
@@ -849,7 +852,9 @@ cdef void lstm_cells(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr 
         h[j] *= go[j]
 
 
-cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
+cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noexcept nogil:
+    """Task k of direction d for hidden units [u0, u1): k = -1 the input projection and the
+    initial state, 0 <= k < T step k, k = T the final state (see run_sequence)."""
     cdef idx T = s.T, B = s.B, H = s.H, GH = 4 * s.H
     cdef float* xp = s.scratch
     cdef float* gates = xp + padded(T * B * GH)
@@ -858,28 +863,25 @@ cdef void lstm_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef const float* peep = segment(s, d, SEG_PEEP)
     cdef const int* codes = s.codes + 3 * d
     cdef const float* ab = s.fparams + 6 * d
-    cdef idx step, t, b, cur = 0
+    cdef idx t, b, n = u1 - u0
     cdef bint active
-    cdef float* hp
-    cdef float* hn
-    cdef idx u0 = s.u0, n = s.u1 - s.u0
-    product_units(s, d, 0, s.X, T * B, s.I, 0, 4, xp, GH, segment(s, d, SEG_BIAS_X), False)
-    init_states(s, d, hbuf, c)
-    step_done(s)
-    for step in range(T):
-        t = T - 1 - step if reverse else step
-        hp = hbuf + cur * B * H
-        hn = hbuf + (1 - cur) * B * H
-        product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, step & 1)
-        for b in range(B):
-            active = (not s.has_lens) or t < s.lens[b]
-            if active:
-                lstm_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hn + b * H + u0, c + b * H + u0,
-                           peep + u0, peep + H + u0, peep + 2 * H + u0, n, H, s.clip, s.flag, codes, ab)
-            finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
-        cur = 1 - cur
-        step_done(s)
-    store_states(s, d, hbuf + cur * B * H, c)
+    cdef float* hp = hbuf + (k & 1) * B * H  # the state alternates between two buffers
+    cdef float* hn = hbuf + (1 - (k & 1)) * B * H
+    if k < 0:
+        product_units(s, d, 0, s.X, T * B, s.I, 0, 4, xp, GH, segment(s, d, SEG_BIAS_X), False, u0, u1)
+        init_states(s, d, hbuf, c, u0, u1)
+        return
+    if k == T:
+        store_states(s, d, hp, c, u0, u1)
+        return
+    t = T - 1 - k if reverse else k
+    product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, k & 1, u0, u1)
+    for b in range(B):
+        active = (not s.has_lens) or t < s.lens[b]
+        if active:
+            lstm_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hn + b * H + u0, c + b * H + u0,
+                       peep + u0, peep + H + u0, peep + 2 * H + u0, n, H, s.clip, s.flag, codes, ab)
+        finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
 
 
 # ------------------------------------------------------------------ GRU --
@@ -924,7 +926,9 @@ cdef void gru_lbr_cells(cfptr x, fptr g, cfptr hp, fptr h, cfptr rbh, idx H, idx
     gru_output(x + 2 * S, g, g + 2 * S, hp, h, H, clip, codes[1], ab[2], ab[3])
 
 
-cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
+cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noexcept nogil:
+    """``lstm_task`` for GRU (only linear_before_reset=1 runs with u0, u1 other than 0, H:
+    the other form needs all of r * h_prev within a step)."""
     cdef idx T = s.T, B = s.B, H = s.H, GH = 3 * s.H
     cdef float* xp = s.scratch
     cdef float* gates = xp + padded(T * B * GH)
@@ -933,49 +937,45 @@ cdef void gru_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
     cdef const float* rbh = segment(s, d, SEG_BIAS_RH)
     cdef const int* codes = s.codes + 2 * d
     cdef const float* ab = s.fparams + 4 * d
-    cdef bint lbr = s.flag
-    cdef idx step, t, b, cur = 0
+    cdef idx t, b, n = u1 - u0
     cdef bint active
-    cdef float* hp
-    cdef float* hn
+    cdef float* hp = hbuf + (k & 1) * B * H
+    cdef float* hn = hbuf + (1 - (k & 1)) * B * H
     cdef const float* x
-    cdef idx u0 = s.u0, n = s.u1 - s.u0
-    product_units(s, d, 0, s.X, T * B, s.I, 0, 3, xp, GH, segment(s, d, SEG_BIAS_X), False)
-    init_states(s, d, hbuf, NULL)
-    step_done(s)
-    for step in range(T):
-        t = T - 1 - step if reverse else step
-        hp = hbuf + cur * B * H
-        hn = hbuf + (1 - cur) * B * H
-        if lbr:  # (only this form splits units across threads: see units_ok)
-            product_units(s, d, 1, hp, B, H, 0, 2, gates, GH, NULL, step & 1)
-            product_units(s, d, 2, hp, B, H, 2 * H, 1, gates, GH, NULL, step & 1)
-            for b in range(B):
-                active = (not s.has_lens) or t < s.lens[b]
-                if active:
-                    gru_lbr_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hp + b * H + u0,
-                                  hn + b * H + u0, rbh + u0, n, H, s.clip, codes, ab)
-                finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
+    if k < 0:
+        product_units(s, d, 0, s.X, T * B, s.I, 0, 3, xp, GH, segment(s, d, SEG_BIAS_X), False, u0, u1)
+        init_states(s, d, hbuf, NULL, u0, u1)
+        return
+    if k == T:
+        store_states(s, d, hp, NULL, u0, u1)
+        return
+    t = T - 1 - k if reverse else k
+    if s.flag:  # linear_before_reset
+        product_units(s, d, 1, hp, B, H, 0, 2, gates, GH, NULL, k & 1, u0, u1)
+        product_units(s, d, 2, hp, B, H, 2 * H, 1, gates, GH, NULL, k & 1, u0, u1)
+        for b in range(B):
+            active = (not s.has_lens) or t < s.lens[b]
+            if active:
+                gru_lbr_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hp + b * H + u0,
+                              hn + b * H + u0, rbh + u0, n, H, s.clip, codes, ab)
+            finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
+        return
+    # z and r first: the candidate's product needs all of r * h_prev
+    product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL, k & 1)
+    for b in range(B):
+        if (not s.has_lens) or t < s.lens[b]:
+            gru_zr(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, rh + b * H, H, s.clip,
+                   codes[0], ab[0], ab[1])
         else:
-            # z and r first: the candidate's product needs all of r * h_prev
-            product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL, step & 1)
-            for b in range(B):
-                if (not s.has_lens) or t < s.lens[b]:
-                    gru_zr(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, rh + b * H, H, s.clip,
-                           codes[0], ab[0], ab[1])
-                else:
-                    memset(rh + b * H, 0, H * sizeof(float))
-            product(s, d, 2, rh, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL, step & 1)
-            for b in range(B):
-                active = (not s.has_lens) or t < s.lens[b]
-                if active:
-                    x = xp_row(s, xp, GH, t, b)
-                    gru_output(x + 2 * H, gates + b * GH, gates + b * GH + 2 * H, hp + b * H, hn + b * H,
-                               H, s.clip, codes[1], ab[2], ab[3])
-                finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
-        cur = 1 - cur
-        step_done(s)
-    store_states(s, d, hbuf + cur * B * H, NULL)
+            memset(rh + b * H, 0, H * sizeof(float))
+    product(s, d, 2, rh, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL, k & 1)
+    for b in range(B):
+        active = (not s.has_lens) or t < s.lens[b]
+        if active:
+            x = xp_row(s, xp, GH, t, b)
+            gru_output(x + 2 * H, gates + b * GH, gates + b * GH + 2 * H, hp + b * H, hn + b * H,
+                       H, s.clip, codes[1], ab[2], ab[3])
+        finish_row(s, active, hn + b * H, hp + b * H, t, d, b, 0, H)
 
 
 # ------------------------------------------------------------------ RNN --
@@ -988,35 +988,78 @@ cdef void rnn_cells(cfptr x, cfptr g, fptr h, idx H, float clip, int code, float
     act_inplace(h, H, code, alpha, beta)
 
 
-cdef void rnn_direction(const Seq* s, idx d, bint reverse) noexcept nogil:
+cdef void rnn_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noexcept nogil:
+    """``lstm_task`` for RNN."""
     cdef idx T = s.T, B = s.B, H = s.H
     cdef float* xp = s.scratch
     cdef float* gates = xp + padded(T * B * H)
     cdef float* hbuf = gates + padded(B * H)
     cdef int code = s.codes[d]
     cdef float alpha = s.fparams[2 * d], beta = s.fparams[2 * d + 1]
-    cdef idx step, t, b, cur = 0
+    cdef idx t, b, n = u1 - u0
     cdef bint active
-    cdef float* hp
-    cdef float* hn
-    cdef idx u0 = s.u0, n = s.u1 - s.u0
-    product_units(s, d, 0, s.X, T * B, s.I, 0, 1, xp, H, segment(s, d, SEG_BIAS_X), False)
-    init_states(s, d, hbuf, NULL)
-    step_done(s)
-    for step in range(T):
-        t = T - 1 - step if reverse else step
-        hp = hbuf + cur * B * H
-        hn = hbuf + (1 - cur) * B * H
-        product_units(s, d, 1, hp, B, H, 0, 1, gates, H, NULL, step & 1)
-        for b in range(B):
-            active = (not s.has_lens) or t < s.lens[b]
-            if active:
-                rnn_cells(xp_row(s, xp, H, t, b) + u0, gates + b * H + u0, hn + b * H + u0, n, s.clip,
-                          code, alpha, beta)
-            finish_row(s, active, hn + b * H, hp + b * H, t, d, b)
-        cur = 1 - cur
-        step_done(s)
-    store_states(s, d, hbuf + cur * B * H, NULL)
+    cdef float* hp = hbuf + (k & 1) * B * H
+    cdef float* hn = hbuf + (1 - (k & 1)) * B * H
+    if k < 0:
+        product_units(s, d, 0, s.X, T * B, s.I, 0, 1, xp, H, segment(s, d, SEG_BIAS_X), False, u0, u1)
+        init_states(s, d, hbuf, NULL, u0, u1)
+        return
+    if k == T:
+        store_states(s, d, hp, NULL, u0, u1)
+        return
+    t = T - 1 - k if reverse else k
+    product_units(s, d, 1, hp, B, H, 0, 1, gates, H, NULL, k & 1, u0, u1)
+    for b in range(B):
+        active = (not s.has_lens) or t < s.lens[b]
+        if active:
+            rnn_cells(xp_row(s, xp, H, t, b) + u0, gates + b * H + u0, hn + b * H + u0, n, s.clip,
+                      code, alpha, beta)
+        finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
+
+
+cdef inline void run_task(const Seq* s, int op, idx task, idx u0, idx u1) noexcept nogil:
+    """Task number ``task`` of the whole node: direction task // (T + 2), then -1 .. T."""
+    cdef idx d = task // (s.T + 2), k = task % (s.T + 2) - 1
+    cdef bint reverse = s.reverse_first or d == 1
+    if op == OP_LSTM:
+        lstm_task(s, d, reverse, k, u0, u1)
+    elif op == OP_GRU:
+        gru_task(s, d, reverse, k, u0, u1)
+    else:
+        rnn_task(s, d, reverse, k, u0, u1)
+
+
+cdef void run_shared(const Seq* s, int op) noexcept nogil:
+    """This thread's share of a hidden-unit split: every task of its own block, and of a
+    partner's block that its thread has not started in time (a descheduled thread on a busy
+    machine would otherwise stall every step). Task i of any block starts only once task
+    i - 1 of every block is done (a step reads all of h)."""
+    cdef li_sched* sched = s.sched
+    cdef int me = s.part, parts = sched.parts, b
+    cdef idx i, ntasks = s.D * (s.T + 2)
+    cdef long long started, own_ns = 0, until
+    cdef bint partner_away = False
+    for i in range(ntasks):
+        if li_block_claim(&sched.blocks[me], <int>i):
+            started = li_now_ns()
+            run_task(s, op, i, sched.bounds[me], sched.bounds[me + 1])
+            own_ns = li_now_ns() - started
+            li_block_finish(&sched.blocks[me], <int>i + 1)
+        for b in range(parts):
+            if li_block_done(&sched.blocks[b]) > i:
+                continue
+            # Wait for block b; take its task over if nobody started it in a few times our
+            # own task's time (at once if its thread was already away last time).
+            until = li_now_ns() + (0 if partner_away else 4 * own_ns + 2000)
+            while li_block_done(&sched.blocks[b]) <= i:
+                if b != me and li_now_ns() >= until and li_block_claim(&sched.blocks[b], <int>i):
+                    run_task(s, op, i, sched.bounds[b], sched.bounds[b + 1])
+                    li_block_finish(&sched.blocks[b], <int>i + 1)
+                    partner_away = True
+                    break
+                li_relax()
+            else:
+                partner_away = False
 
 
 cdef int run_sequence(const Seq* s, int op) noexcept nogil:
@@ -1025,13 +1068,12 @@ cdef int run_sequence(const Seq* s, int op) noexcept nogil:
         for b in range(s.B):
             if s.lens[b] < 0 or s.lens[b] > s.T:
                 return 1
-    for d in range(s.D):
-        if op == OP_LSTM:
-            lstm_direction(s, d, s.reverse_first or d == 1)
-        elif op == OP_GRU:
-            gru_direction(s, d, s.reverse_first or d == 1)
-        else:
-            rnn_direction(s, d, s.reverse_first or d == 1)
+    cdef idx task
+    if s.sched != NULL:
+        run_shared(s, op)
+        return 0
+    for task in range(s.D * (s.T + 2)):
+        run_task(s, op, task, 0, s.H)
     return 0
 
 
@@ -1104,7 +1146,7 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.reverse_first = reverse_first
     s.flag = flag
     s.clip = clip
-    s.u0, s.u1, s.barrier = 0, s.H, NULL
+    s.sched, s.part = NULL, 0
     cdef int status
     with nogil:
         status = run_sequence(&s, op)
@@ -1266,11 +1308,11 @@ cdef class KernelCore:
     cdef li_worker* workers
     cdef Part* part_jobs
     # Below split_rows rows, threads split the hidden units instead (DeepCPU's partitioning:
-    # each core keeps its slice of R in its own L2 across steps), meeting at ``barrier``
-    # after each step; float32 LSTM, GRU (linear_before_reset) and RNN with whole panels
-    # per part (units_ok, set at load).
+    # each core keeps its slice of R in its own L2 across steps), scheduled step by step
+    # through ``sched`` (run_shared); float32 LSTM, GRU (linear_before_reset) and RNN with
+    # whole panels per part (units_ok, set at load).
     cdef bint units_ok
-    cdef li_barrier barrier
+    cdef li_sched sched
     # the float panel width of the build that runs (this class is the portable build's,
     # shared by every build: its own LI_VEC is not the running one's)
     cdef idx panel_width
@@ -1282,6 +1324,8 @@ cdef class KernelCore:
                 li_worker_stop(&self.workers[p])
         free(self.workers)
         free(self.part_jobs)
+        free(self.sched.blocks)
+        free(self.sched.bounds)
         free(self.scratch)
 
     def _bind_core(self, run_sequence_capsule, int op, W, R, B, P, bint check_p, wbuf, offsets, pbuf, poff,
@@ -1399,7 +1443,7 @@ cdef class KernelCore:
         s.qpbuf, s.qscale, s.qsoff, s.qkind = self.qpbuf, self.qscale, self.qsoff, self.qkind
         s.codes, s.fparams = self.codes, self.fparams
         s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip
-        s.u0, s.u1, s.barrier = 0, self.H, NULL
+        s.sched, s.part = NULL, 0
         return 0
 
     cdef void output_strides(self, Seq* s) noexcept:
@@ -1445,13 +1489,15 @@ cdef class KernelCore:
             with nogil:
                 status = self.run(s, self.op)
         elif self.units_ok and s.B < self.split_rows:  # parts share the scratch, each its units
-            self.barrier.parties, self.barrier.count = parts, 0
+            self.sched.parts = <int>parts
+            for p in range(parts + 1):
+                self.sched.bounds[p] = self.unit_bound(p, parts)
             for p in range(parts):
+                li_block_reset(&self.sched.blocks[p])
                 part = &self.part_jobs[p]
                 part.s = s[0]
                 part.s.scratch = scratch
-                part.s.u0, part.s.u1 = self.unit_bound(p, parts), self.unit_bound(p + 1, parts)
-                part.s.barrier = &self.barrier
+                part.s.sched, part.s.part = &self.sched, <int>p
                 part.run, part.op = self.run, self.op
             with nogil:
                 for p in range(1, parts):
@@ -1485,7 +1531,9 @@ cdef class KernelCore:
         if self.workers == NULL:
             self.workers = <li_worker*>calloc(self.threads - 1, sizeof(li_worker))
             self.part_jobs = <Part*>calloc(self.threads, sizeof(Part))
-            if self.workers == NULL or self.part_jobs == NULL:
+            self.sched.blocks = <li_block*>calloc(self.threads, sizeof(li_block))
+            self.sched.bounds = <idx*>calloc(self.threads + 1, sizeof(idx))
+            if self.workers == NULL or self.part_jobs == NULL or self.sched.blocks == NULL or self.sched.bounds == NULL:
                 raise MemoryError()
         for p in range(self.threads - 1):
             if li_worker_start(&self.workers[p]) != 0:

@@ -130,33 +130,40 @@ static void li_worker_stop(li_worker *w) {
     w->pid = 0;
 }
 
-/* A spinning barrier for the parts of a hidden-unit split: they meet after every time
-   step (the next step reads every unit of h). Sense by generation count; polls, then
-   yields the core like li_worker_wait. */
+/* The schedule of a hidden-unit split: each thread owns a block of units and runs its
+   tasks (per direction: input projection, every step, final state) in order; task i of
+   a block may start once task i - 1 of every block is done. ``claimed`` counts a
+   block's tasks started, ``done`` those finished: a thread claims a task with a
+   compare-and-swap, so a block whose thread is descheduled can be run by another. */
 typedef struct {
-    int parties;
-    int count;
-    int generation;
-} li_barrier;
+    int claimed;
+    int done;
+    char pad[56];  /* one cache line per block: the threads poll each other's */
+} li_block;
 
-static void li_barrier_wait(li_barrier *b) {
-    int generation = __atomic_load_n(&b->generation, __ATOMIC_ACQUIRE);
-    if (__atomic_add_fetch(&b->count, 1, __ATOMIC_ACQ_REL) == b->parties) {
-        __atomic_store_n(&b->count, 0, __ATOMIC_RELAXED);
-        __atomic_store_n(&b->generation, generation + 1, __ATOMIC_RELEASE);
-        return;
-    }
-    long long until = 0;
-    int polls = 0;
-    while (__atomic_load_n(&b->generation, __ATOMIC_ACQUIRE) == generation) {
-        li_relax();
-        if (++polls & 63)
-            continue;
-        if (until == 0)
-            until = li_now_ns() + LI_CALLER_POLL_NS;
-        else if (li_now_ns() >= until)
-            sched_yield();
-    }
+typedef struct {
+    int parts;
+    li_block *blocks;    /* parts */
+    ptrdiff_t *bounds;   /* parts + 1: block b is units [bounds[b], bounds[b + 1]) */
+} li_sched;
+
+static inline void li_block_reset(li_block *b) {
+    __atomic_store_n(&b->claimed, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->done, 0, __ATOMIC_RELAXED);
+}
+
+/* Claim task ``task`` of the block (true: the caller runs it). */
+static inline int li_block_claim(li_block *b, int task) {
+    int expected = task;
+    return __atomic_compare_exchange_n(&b->claimed, &expected, task + 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+static inline void li_block_finish(li_block *b, int done) {
+    __atomic_store_n(&b->done, done, __ATOMIC_RELEASE);
+}
+
+static inline int li_block_done(li_block *b) {
+    return __atomic_load_n(&b->done, __ATOMIC_ACQUIRE);
 }
 
 #endif
