@@ -350,6 +350,37 @@ def test_small_batches_split_the_hidden_units_across_threads(op, extra, each_isa
                 assert_close(kernel(*inputs), expected_of(op, spec, inputs), relative=True)
 
 
+def test_unit_split_is_right_when_the_cores_are_oversubscribed():
+    """More threads than cores (and a busy process beside them): parts get descheduled, and
+    their blocks are taken over mid-sequence; the answers must not change."""
+    import multiprocessing
+
+    rng = np.random.default_rng(35)
+    H = 4 * ext(cython_backend.isa()).PANEL_WIDTH
+    W, R, B, P = make_weights(rng, "LSTM", 2, H, 5)
+    spec = make_spec("LSTM", direction="bidirectional")
+    kernel = build("LSTM", spec, make_inputs(rng, "LSTM", spec, W, R, B, P, T=2, batch=1), threads=4)
+    busy = multiprocessing.get_context("fork").Process(target=_spin, args=(3.0,))
+    busy.start()
+    try:
+        for batch in (1, 2, 3):
+            inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=40, batch=batch)
+            expected = expected_of("LSTM", spec, inputs)
+            for _ in range(5):
+                assert_close(kernel(*inputs), expected, relative=True)
+    finally:
+        busy.terminate()
+        busy.join()
+
+
+def _spin(seconds):
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def test_split_kernel_from_several_threads_at_once():
     """Python threads sharing one threads=2 kernel: one call holds the workers, the others run serially."""
     rng = np.random.default_rng(32)
