@@ -73,7 +73,8 @@ class Model:
 
             self.quantized_dense = quantize_dense_initializers(graph, self.quantize)
         ctx = BuildContext(opsets=graph.opsets, backend=self.backend,
-                           options={"threads": threads, "quantize": self.quantize})
+                           options={"threads": threads, "quantize": self.quantize,
+                                    "initializers": frozenset(graph.initializers)})
         try:
             self._plan = Plan(graph, ctx)
         except Exception as e:

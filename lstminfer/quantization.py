@@ -130,7 +130,12 @@ def stored_precision_build(node: Node, ctx: Any, build: Callable[[Any], Any]) ->
     stored = stored_int8(W), stored_int8(R)
     if stored[0] is not None and stored[1] is not None:
         if getattr(ctx, "backend", None) == "cython":
-            kernel = _cython_int8_kernel(node, ctx, W, R, (*stored[0], *stored[1]))
+            # Dequantized weights (a DequantizeLinear computed them) may run with int8
+            # activations too; float initializers that merely happen to be int8-exact
+            # (small integers, say) keep float results: weight-only.
+            plain = ctx.options.get("initializers", frozenset())
+            scheme = "weight-only" if node.inputs[1] in plain or node.inputs[2] in plain else "auto"
+            kernel = _cython_int8_kernel(node, ctx, W, R, (*stored[0], *stored[1]), scheme)
             if kernel is not None:
                 return _tag(kernel, "int8-kernel", f", {STORED}")
         return _tag(build(ctx), "int8", f", {STORED}")
@@ -193,7 +198,8 @@ def _kernel_inputs(node: Node, ctx: Any, R: np.ndarray):
     return spec, B, P
 
 
-def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray, quantized: tuple) -> Any:
+def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray, quantized: tuple,
+                        scheme: str = "auto") -> Any:
     """The int8 Cython kernel for this node (``quantized``: qW, sW, qR, sR), or None if it declines."""
     from .kernels import cython_backend
 
@@ -202,7 +208,7 @@ def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray, quan
     spec, B, P = _kernel_inputs(node, ctx, R)
     # "auto": dynamic int8 activations on VNNI where the CPU has it, else weight-only
     # (cython_backend.INT8_SCHEME_ENV forces one).
-    return cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized, scheme="auto",
+    return cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized, scheme=scheme,
                                              threads=ctx.options.get("threads", 1), label=node.label())
 
 

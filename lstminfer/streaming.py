@@ -82,7 +82,8 @@ class StreamProgram:
         self.slots: tuple[StateSlot, ...] = pairing.slots
         self.data_inputs: tuple[ValueInfo, ...] = pairing.data_inputs
         self.output_names = [vi.name for vi in pairing.data_outputs]
-        ctx = BuildContext(opsets=graph.opsets, backend=model.backend, options={"threads": model.threads, "quantize": model.quantize})
+        ctx = BuildContext(opsets=graph.opsets, backend=model.backend, options={"threads": model.threads, "quantize": model.quantize,
+                                                                         "initializers": frozenset(graph.initializers)})
         self.plan = Plan(pairing.graph, ctx)
         self.wanted = tuple(self.plan.output_slot(n) for n in self.output_names + [s.stream_output for s in self.slots])
         unfed = {self.plan.output_slot(n): n for n in pairing.state_inputs}

@@ -886,15 +886,20 @@ cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) no
 
 # ------------------------------------------------------------------ GRU --
 
-cdef void gru_zr(cfptr x, fptr g, cfptr hp, fptr rh, idx H, float clip,
+cdef void gru_zr(cfptr x, fptr g, cfptr hp, fptr rh, idx H, idx S, float clip,
                  int code, float alpha, float beta) noexcept nogil:
-    """z (kept in g[:H]) and r * h_prev (into rh), for linear_before_reset = 0."""
+    """z (kept in g[:H]) and r * h_prev (into rh) of H units, gates S apart, for linear_before_reset = 0."""
     cdef idx j
-    for j in range(2 * H):
-        g[j] = clampf(x[j] + g[j], clip)
-    act_inplace(g, 2 * H, code, alpha, beta)
     for j in range(H):
-        rh[j] = g[H + j] * hp[j]
+        g[j] = clampf(x[j] + g[j], clip)
+        g[S + j] = clampf(x[S + j] + g[S + j], clip)
+    if S == H:
+        act_inplace(g, 2 * H, code, alpha, beta)
+    else:
+        act_inplace(g, H, code, alpha, beta)
+        act_inplace(g + S, H, code, alpha, beta)
+    for j in range(H):
+        rh[j] = g[S + j] * hp[j]
 
 
 cdef void gru_output(cfptr xh, cfptr z, fptr gh, cfptr hp, fptr h, idx H, float clip,
@@ -926,9 +931,9 @@ cdef void gru_lbr_cells(cfptr x, fptr g, cfptr hp, fptr h, cfptr rbh, idx H, idx
     gru_output(x + 2 * S, g, g + 2 * S, hp, h, H, clip, codes[1], ab[2], ab[3])
 
 
-cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noexcept nogil:
-    """``lstm_task`` for GRU (only linear_before_reset=1 runs with u0, u1 other than 0, H:
-    the other form needs all of r * h_prev within a step)."""
+cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1, int phase) noexcept nogil:
+    """``lstm_task`` for GRU. Without linear_before_reset a step is two tasks (``phase`` 0:
+    z and r * h_prev; 1: the candidate, whose product reads all of r * h_prev)."""
     cdef idx T = s.T, B = s.B, H = s.H, GH = 3 * s.H
     cdef float* xp = s.scratch
     cdef float* gates = xp + padded(T * B * GH)
@@ -960,22 +965,23 @@ cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noe
                               hn + b * H + u0, rbh + u0, n, H, s.clip, codes, ab)
             finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
         return
-    # z and r first: the candidate's product needs all of r * h_prev
-    product(s, d, 1, hp, B, H, 0, 2 * H, gates, GH, NULL, k & 1)
-    for b in range(B):
-        if (not s.has_lens) or t < s.lens[b]:
-            gru_zr(xp_row(s, xp, GH, t, b), gates + b * GH, hp + b * H, rh + b * H, H, s.clip,
-                   codes[0], ab[0], ab[1])
-        else:
-            memset(rh + b * H, 0, H * sizeof(float))
-    product(s, d, 2, rh, B, H, 2 * H, 3 * H, gates + 2 * H, GH, NULL, k & 1)
+    if phase == 0:  # z and r first: the candidate's product needs all of r * h_prev
+        product_units(s, d, 1, hp, B, H, 0, 2, gates, GH, NULL, k & 1, u0, u1)
+        for b in range(B):
+            if (not s.has_lens) or t < s.lens[b]:
+                gru_zr(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hp + b * H + u0, rh + b * H + u0,
+                       n, H, s.clip, codes[0], ab[0], ab[1])
+            else:
+                memset(rh + b * H + u0, 0, n * sizeof(float))
+        return
+    product_units(s, d, 2, rh, B, H, 2 * H, 1, gates, GH, NULL, k & 1, u0, u1)
     for b in range(B):
         active = (not s.has_lens) or t < s.lens[b]
         if active:
             x = xp_row(s, xp, GH, t, b)
-            gru_output(x + 2 * H, gates + b * GH, gates + b * GH + 2 * H, hp + b * H, hn + b * H,
-                       H, s.clip, codes[1], ab[2], ab[3])
-        finish_row(s, active, hn + b * H, hp + b * H, t, d, b, 0, H)
+            gru_output(x + 2 * H + u0, gates + b * GH + u0, gates + b * GH + 2 * H + u0, hp + b * H + u0,
+                       hn + b * H + u0, n, s.clip, codes[1], ab[2], ab[3])
+        finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
 
 
 # ------------------------------------------------------------------ RNN --
@@ -1017,14 +1023,26 @@ cdef void rnn_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noe
         finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
 
 
+cdef inline idx tasks_per_step(const Seq* s, int op) noexcept nogil:
+    return 2 if op == OP_GRU and not s.flag else 1
+
+
 cdef inline void run_task(const Seq* s, int op, idx task, idx u0, idx u1) noexcept nogil:
-    """Task number ``task`` of the whole node: direction task // (T + 2), then -1 .. T."""
-    cdef idx d = task // (s.T + 2), k = task % (s.T + 2) - 1
+    """Task number ``task`` of the whole node: per direction the projection (k = -1), each
+    step k (in ``tasks_per_step`` phases) and the final state (k = T)."""
+    cdef idx m = tasks_per_step(s, op), per_direction = s.T * m + 2
+    cdef idx d = task // per_direction, i = task % per_direction, k, phase = 0
     cdef bint reverse = s.reverse_first or d == 1
+    if i == 0:
+        k = -1
+    elif i == per_direction - 1:
+        k = s.T
+    else:
+        k, phase = (i - 1) // m, (i - 1) % m
     if op == OP_LSTM:
         lstm_task(s, d, reverse, k, u0, u1)
     elif op == OP_GRU:
-        gru_task(s, d, reverse, k, u0, u1)
+        gru_task(s, d, reverse, k, u0, u1, <int>phase)
     else:
         rnn_task(s, d, reverse, k, u0, u1)
 
@@ -1036,7 +1054,7 @@ cdef void run_shared(const Seq* s, int op) noexcept nogil:
     i - 1 of every block is done (a step reads all of h)."""
     cdef li_sched* sched = s.sched
     cdef int me = s.part, parts = sched.parts, b
-    cdef idx i, ntasks = s.D * (s.T + 2)
+    cdef idx i, ntasks = s.D * (s.T * tasks_per_step(s, op) + 2)
     cdef long long started, own_ns = 0, until
     cdef bint partner_away = False
     for i in range(ntasks):
@@ -1072,7 +1090,7 @@ cdef int run_sequence(const Seq* s, int op) noexcept nogil:
     if s.sched != NULL:
         run_shared(s, op)
         return 0
-    for task in range(s.D * (s.T + 2)):
+    for task in range(s.D * (s.T * tasks_per_step(s, op) + 2)):
         run_task(s, op, task, 0, s.H)
     return 0
 
@@ -1309,8 +1327,8 @@ cdef class KernelCore:
     cdef Part* part_jobs
     # Below split_rows rows, threads split the hidden units instead (DeepCPU's partitioning:
     # each core keeps its slice of R in its own L2 across steps), scheduled step by step
-    # through ``sched`` (run_shared); float32 LSTM, GRU (linear_before_reset) and RNN with
-    # whole panels per part (units_ok, set at load).
+    # through ``sched`` (run_shared); float32 LSTM, GRU and RNN with whole panels per part
+    # (units_ok, set at load).
     cdef bint units_ok
     cdef li_sched sched
     # the float panel width of the build that runs (this class is the portable build's,
@@ -1369,8 +1387,7 @@ cdef class KernelCore:
         self.threads = threads if split_rows else 1
         self.panel_width = panel_width
         self.units_ok = (self.threads > 1 and self.qkind == QK_FLOAT and hidden_size >= UNIT_SPLIT_MIN_H
-                         and hidden_size % panel_width == 0 and hidden_size // panel_width >= self.threads
-                         and (op != OP_GRU or flag))
+                         and hidden_size % panel_width == 0 and hidden_size // panel_width >= self.threads)
         self.ready = LAYOUT_OK
 
     @property

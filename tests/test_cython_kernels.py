@@ -328,7 +328,7 @@ def test_batch_split_runs_on_the_kernels_own_threads(op, T, layout, threads, mon
 
 
 @pytest.mark.parametrize("op,extra", [("LSTM", {}), ("LSTM", {"input_forget": 1, "clip": 0.9}),
-                                      ("GRU", {"linear_before_reset": 1}), ("RNN", {})])
+                                      ("GRU", {"linear_before_reset": 1}), ("GRU", {}), ("RNN", {})])
 def test_small_batches_split_the_hidden_units_across_threads(op, extra, each_isa, monkeypatch):
     """Below the batch split, threads take whole weight panels of hidden units each and meet
     after every step: the same answers, in C (no Python path)."""

@@ -303,3 +303,20 @@ def test_a_loaded_int8_file_streams_on_its_int8_weights(tmp_path, backend):
     float_whole = lstminfer.load(lstminfer.models.path("forecast_lstm"), backend=backend).run(
         ["y"], {"x": x, "h0": zeros, "c0": zeros})[0]
     assert np.abs(whole - float_whole).max() > 1e-5  # the int8 weights, not the float ones
+
+
+def test_float_weights_that_happen_to_be_int8_exact_keep_float_results():
+    """Values in {-1, 0, 1} are exactly q * scale per row: such a float model may run on the
+    int8 kernel, but only weight-only (float results), never with int8 activations."""
+    rng = np.random.default_rng(8)
+    H, I = 32, 8
+    nodes = [helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=H)]
+    inits = [numpy_helper.from_array(rng.integers(-1, 2, (1, 4 * H, n)).astype(np.float32), name)
+             for name, n in (("W", I), ("R", H))]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [5, 2, I])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = {"X": (rng.standard_normal((5, 2, I)) * 0.3).astype(np.float32)}
+    fast = lstminfer.load(model, backend="cython")
+    assert "vnni" not in fast.describe()
+    _assert_close(fast.run(None, x), lstminfer.load(model, backend="reference").run(None, x), 1e-5)
