@@ -731,12 +731,23 @@ cdef inline idx padded(idx n) noexcept nogil:
     return (n + 15) // 16 * 16
 
 
+cdef inline idx chunk_steps(idx T, idx B, idx GH) noexcept nogil:
+    """Steps whose input projections are computed together, just before the first of them:
+    ~128 KiB of projections, which stay in L2 next to the recurrent weights (all T steps
+    at once would be T*B*GH floats, evicting R on every step). At least one step."""
+    cdef idx c = 32768 // (B * GH) if B * GH > 0 else T
+    if c < 1:
+        c = 1
+    return c if c < T else (T if T > 0 else 1)
+
+
 cdef inline idx scratch_need(idx T, idx B, idx G, idx H) noexcept nogil:
-    return padded(T * B * G * H) + padded(B * G * H) + padded(2 * B * H) + 2 * padded(B * H) + 16
+    return (padded(chunk_steps(T, B, G * H) * B * G * H) + padded(B * G * H) + padded(2 * B * H)
+            + 2 * padded(B * H) + 16)
 
 
 def scratch_floats(idx T, idx B, idx G, idx H):
-    """Floats of scratch a sequence needs: xp [T*B, G*H], gates [B, G*H], h [2, B, H], c [B, H], rh [B, H]."""
+    """Floats of scratch a sequence needs: xp [chunk_steps*B, G*H], gates [B, G*H], h [2, B, H], c [B, H], rh [B, H]."""
     return scratch_need(T, B, G, H)
 
 
@@ -816,8 +827,33 @@ cdef inline void finish_row(const Seq* s, bint active, float* hn, const float* h
         memset(y, 0, n * sizeof(float))
 
 
-cdef inline const float* xp_row(const Seq* s, const float* xp, idx GH, idx t, idx b) noexcept nogil:
-    return xp + ((t * s.B + b) if s.time_major else (b * s.T + t)) * GH
+cdef inline const float* xp_row(const Seq* s, const float* xp, idx GH, idx t, idx b, idx tb) noexcept nogil:
+    """Row of the projections of time t, batch row b, in the chunk starting at time tb."""
+    return xp + (((t - tb) * s.B + b) if s.time_major else (b * chunk_steps(s.T, s.B, GH) + t - tb)) * GH
+
+
+cdef inline idx chunk_start(const Seq* s, idx GH, idx k, bint reverse) noexcept nogil:
+    """The first time (in X) of the projection chunk holding step k."""
+    cdef idx C = chunk_steps(s.T, s.B, GH), k0 = k - k % C
+    cdef idx n = C if k0 + C <= s.T else s.T - k0
+    return s.T - k0 - n if reverse else k0
+
+
+cdef void project_chunk(const Seq* s, idx d, idx k, bint reverse, idx G, float* xp, idx u0, idx u1) noexcept nogil:
+    """At the first step of a chunk: the input projections of its steps, units [u0, u1)."""
+    cdef idx GH = G * s.H, C = chunk_steps(s.T, s.B, GH), b
+    cdef idx k0 = k - k % C, n, tb
+    if k != k0:
+        return
+    n = C if k0 + C <= s.T else s.T - k0
+    tb = s.T - k0 - n if reverse else k0
+    if s.time_major:  # times tb .. tb+n-1 are n*B consecutive rows of X
+        product_units(s, d, 0, s.X + tb * s.B * s.I, n * s.B, s.I, 0, G, xp, GH, segment(s, d, SEG_BIAS_X),
+                      False, u0, u1)
+    else:
+        for b in range(s.B):
+            product_units(s, d, 0, s.X + (b * s.T + tb) * s.I, n, s.I, 0, G, xp + b * C * GH, GH,
+                          segment(s, d, SEG_BIAS_X), False, u0, u1)
 
 
 # ----------------------------------------------------------------- LSTM --
@@ -857,29 +893,30 @@ cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) no
     initial state, 0 <= k < T step k, k = T the final state (see run_sequence)."""
     cdef idx T = s.T, B = s.B, H = s.H, GH = 4 * s.H
     cdef float* xp = s.scratch
-    cdef float* gates = xp + padded(T * B * GH)
+    cdef float* gates = xp + padded(chunk_steps(T, B, GH) * B * GH)
     cdef float* hbuf = gates + padded(B * GH)
     cdef float* c = hbuf + padded(2 * B * H)
     cdef const float* peep = segment(s, d, SEG_PEEP)
     cdef const int* codes = s.codes + 3 * d
     cdef const float* ab = s.fparams + 6 * d
-    cdef idx t, b, n = u1 - u0
+    cdef idx t, b, tb, n = u1 - u0
     cdef bint active
     cdef float* hp = hbuf + (k & 1) * B * H  # the state alternates between two buffers
     cdef float* hn = hbuf + (1 - (k & 1)) * B * H
     if k < 0:
-        product_units(s, d, 0, s.X, T * B, s.I, 0, 4, xp, GH, segment(s, d, SEG_BIAS_X), False, u0, u1)
         init_states(s, d, hbuf, c, u0, u1)
         return
     if k == T:
         store_states(s, d, hp, c, u0, u1)
         return
     t = T - 1 - k if reverse else k
+    project_chunk(s, d, k, reverse, 4, xp, u0, u1)
+    tb = chunk_start(s, GH, k, reverse)
     product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, k & 1, u0, u1)
     for b in range(B):
         active = (not s.has_lens) or t < s.lens[b]
         if active:
-            lstm_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hn + b * H + u0, c + b * H + u0,
+            lstm_cells(xp_row(s, xp, GH, t, b, tb) + u0, gates + b * GH + u0, hn + b * H + u0, c + b * H + u0,
                        peep + u0, peep + H + u0, peep + 2 * H + u0, n, H, s.clip, s.flag, codes, ab)
         finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
 
@@ -936,32 +973,34 @@ cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1, int
     z and r * h_prev; 1: the candidate, whose product reads all of r * h_prev)."""
     cdef idx T = s.T, B = s.B, H = s.H, GH = 3 * s.H
     cdef float* xp = s.scratch
-    cdef float* gates = xp + padded(T * B * GH)
+    cdef float* gates = xp + padded(chunk_steps(T, B, GH) * B * GH)
     cdef float* hbuf = gates + padded(B * GH)
     cdef float* rh = hbuf + padded(2 * B * H) + padded(B * H)
     cdef const float* rbh = segment(s, d, SEG_BIAS_RH)
     cdef const int* codes = s.codes + 2 * d
     cdef const float* ab = s.fparams + 4 * d
-    cdef idx t, b, n = u1 - u0
+    cdef idx t, b, tb, n = u1 - u0
     cdef bint active
     cdef float* hp = hbuf + (k & 1) * B * H
     cdef float* hn = hbuf + (1 - (k & 1)) * B * H
     cdef const float* x
     if k < 0:
-        product_units(s, d, 0, s.X, T * B, s.I, 0, 3, xp, GH, segment(s, d, SEG_BIAS_X), False, u0, u1)
         init_states(s, d, hbuf, NULL, u0, u1)
         return
     if k == T:
         store_states(s, d, hp, NULL, u0, u1)
         return
     t = T - 1 - k if reverse else k
+    tb = chunk_start(s, GH, k, reverse)
+    if phase == 0:
+        project_chunk(s, d, k, reverse, 3, xp, u0, u1)
     if s.flag:  # linear_before_reset
         product_units(s, d, 1, hp, B, H, 0, 2, gates, GH, NULL, k & 1, u0, u1)
         product_units(s, d, 2, hp, B, H, 2 * H, 1, gates, GH, NULL, k & 1, u0, u1)
         for b in range(B):
             active = (not s.has_lens) or t < s.lens[b]
             if active:
-                gru_lbr_cells(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hp + b * H + u0,
+                gru_lbr_cells(xp_row(s, xp, GH, t, b, tb) + u0, gates + b * GH + u0, hp + b * H + u0,
                               hn + b * H + u0, rbh + u0, n, H, s.clip, codes, ab)
             finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
         return
@@ -969,7 +1008,7 @@ cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1, int
         product_units(s, d, 1, hp, B, H, 0, 2, gates, GH, NULL, k & 1, u0, u1)
         for b in range(B):
             if (not s.has_lens) or t < s.lens[b]:
-                gru_zr(xp_row(s, xp, GH, t, b) + u0, gates + b * GH + u0, hp + b * H + u0, rh + b * H + u0,
+                gru_zr(xp_row(s, xp, GH, t, b, tb) + u0, gates + b * GH + u0, hp + b * H + u0, rh + b * H + u0,
                        n, H, s.clip, codes[0], ab[0], ab[1])
             else:
                 memset(rh + b * H + u0, 0, n * sizeof(float))
@@ -978,7 +1017,7 @@ cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1, int
     for b in range(B):
         active = (not s.has_lens) or t < s.lens[b]
         if active:
-            x = xp_row(s, xp, GH, t, b)
+            x = xp_row(s, xp, GH, t, b, tb)
             gru_output(x + 2 * H + u0, gates + b * GH + u0, gates + b * GH + 2 * H + u0, hp + b * H + u0,
                        hn + b * H + u0, n, s.clip, codes[1], ab[2], ab[3])
         finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
@@ -998,27 +1037,28 @@ cdef void rnn_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noe
     """``lstm_task`` for RNN."""
     cdef idx T = s.T, B = s.B, H = s.H
     cdef float* xp = s.scratch
-    cdef float* gates = xp + padded(T * B * H)
+    cdef float* gates = xp + padded(chunk_steps(T, B, H) * B * H)
     cdef float* hbuf = gates + padded(B * H)
     cdef int code = s.codes[d]
     cdef float alpha = s.fparams[2 * d], beta = s.fparams[2 * d + 1]
-    cdef idx t, b, n = u1 - u0
+    cdef idx t, b, tb, n = u1 - u0
     cdef bint active
     cdef float* hp = hbuf + (k & 1) * B * H
     cdef float* hn = hbuf + (1 - (k & 1)) * B * H
     if k < 0:
-        product_units(s, d, 0, s.X, T * B, s.I, 0, 1, xp, H, segment(s, d, SEG_BIAS_X), False, u0, u1)
         init_states(s, d, hbuf, NULL, u0, u1)
         return
     if k == T:
         store_states(s, d, hp, NULL, u0, u1)
         return
     t = T - 1 - k if reverse else k
+    project_chunk(s, d, k, reverse, 1, xp, u0, u1)
+    tb = chunk_start(s, H, k, reverse)
     product_units(s, d, 1, hp, B, H, 0, 1, gates, H, NULL, k & 1, u0, u1)
     for b in range(B):
         active = (not s.has_lens) or t < s.lens[b]
         if active:
-            rnn_cells(xp_row(s, xp, H, t, b) + u0, gates + b * H + u0, hn + b * H + u0, n, s.clip,
+            rnn_cells(xp_row(s, xp, H, t, b, tb) + u0, gates + b * H + u0, hn + b * H + u0, n, s.clip,
                       code, alpha, beta)
         finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
 
