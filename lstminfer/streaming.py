@@ -412,12 +412,16 @@ class Stream:
     def step(self, x: Any) -> Any:
         """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
         program = self._program
+        into = program.direct_into
+        if into is not None:
+            # The kernel checks x itself (float32 ndarray, rank 3, the input size, at least one
+            # step, batch 1 like our states; a streamable input has no fixed time size) and
+            # writes the new states over ours; anything else returns None and takes the
+            # checked path below, which reports the problem.
+            y = into(x, *self._states)
+            if y is not None:
+                return y
         if x.__class__ is np.ndarray and x.dtype is program.chunk_dtype and x.shape == self._shape:
-            into = program.direct_into
-            if into is not None:  # the kernel writes the new states over ours: no allocation
-                y = into(x, *self._states)
-                if y is not None:
-                    return y
             direct = program.direct
             if direct is not None:
                 out = direct(x, self._states)

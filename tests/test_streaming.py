@@ -385,3 +385,26 @@ def test_open_streams_cost_their_state_plus_a_small_constant():
     per_stream = (tracemalloc.get_traced_memory()[0] - before) / len(streams)
     tracemalloc.stop()
     assert per_stream < state_bytes + 600, per_stream
+
+
+def test_kernel_path_checks_every_chunk_like_the_checked_path():
+    """Stream.step hands chunks straight to the kernel, which checks dtype, rank, size and
+    batch 1 itself; a model declaring batch 1 streams the same way."""
+    free = BARE[("LSTM", 0)].stream()
+    assert free._program.direct_into is not None
+    fixed_model = bare_model("LSTM", 0)
+    fixed_model.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 1  # x: [T, 1, I]
+    fixed = lstminfer.load(fixed_model).stream()
+    assert fixed._program.direct_into is not None
+    rng = np.random.default_rng(9)
+    two = rng.standard_normal((2, 1, I)).astype(np.float32)
+    np.testing.assert_allclose(fixed.step(two), free.step(two), atol=TOL, rtol=0)
+    with pytest.raises(InvalidInputError, match="batch 1"):
+        free.step(rng.standard_normal((2, 2, I)).astype(np.float32))
+    with pytest.raises(InvalidInputError, match="x"):
+        fixed.step(rng.standard_normal((2, 2, I)).astype(np.float32))
+    with pytest.raises(InvalidInputError, match="at least one time step"):
+        free.step(rng.standard_normal((0, 1, I)).astype(np.float32))
+    with pytest.raises(InvalidInputError):
+        free.step(rng.standard_normal((2, 1, I + 1)).astype(np.float32))
+    np.testing.assert_allclose(free.step(two.astype(np.float64)), fixed.step(two), atol=TOL, rtol=0)
