@@ -94,6 +94,7 @@ class Model:
         self._all_fast = len(self._fast_checks) == len(self._inputs)
         # The same test and the executor loop in C (lstminfer._runtime), when built.
         self._c_checks = tuple(self._fast_checks) if self._all_fast and _runtime is not None else None
+        self._run_all = self._checked_run()
 
     # -- onnxruntime-compatible surface -----------------------------------
     @property
@@ -132,9 +133,9 @@ class Model:
             run_options: Any = None) -> list[Any]:
         """Run the model; returns the requested outputs in order, like onnxruntime."""
         if output_names is None and input_feed.__class__ is dict:
-            whole = self._run_all()
-            if whole is not None:
-                outputs = _runtime.run_checked(input_feed, *whole)
+            whole = self._run_all
+            if whole is not None:  # the usual call, in C (_runtime.CheckedRun)
+                outputs = whole(input_feed)
                 if outputs is not None:
                     return outputs
         wanted = self._wanted(output_names)
@@ -149,20 +150,16 @@ class Model:
         feed_roots = {id(f if f.base is None else _root(f)) for f in feeds if f.__class__ is np.ndarray}
         return [_detach(v, feeds, feed_roots) for v in outputs]
 
-    def _run_all(self) -> tuple | None:
-        """``_runtime.run_checked``'s arguments after the feed, for all outputs (None: no C path)."""
-        cached = self.__dict__.get("_run_all_args", False)
-        if cached is False:
-            cached = None
-            wanted = self._wanted(None)
-            compiled = self._plan.compiled(wanted) if self._c_checks is not None else None
-            if compiled is not None:
-                from .plan import _step_error
+    def _checked_run(self):
+        """``Model.run(None, feed)`` in C for this plan (``_runtime.CheckedRun``), or None."""
+        wanted = self._wanted(None)
+        compiled = self._plan.compiled(wanted) if self._c_checks is not None else None
+        if compiled is None:
+            return None
+        from .plan import _step_error
 
-                cached = (self._c_checks, self._plan._template, self._plan._feed_slots, compiled, wanted,
-                          _step_error, _detach_all)
-            self.__dict__["_run_all_args"] = cached
-        return cached
+        return _runtime.CheckedRun(self._c_checks, self._plan._template, self._plan._feed_slots, compiled,
+                                   wanted, _step_error, _detach_all)
 
     # -- friendlier surface ----------------------------------------------
     def predict(self, x: Any = None, /, **named: Any) -> Any:

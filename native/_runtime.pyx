@@ -95,6 +95,10 @@ cdef inline object root_of(object value):
 
 
 def checked_feeds(dict feed, tuple checks):
+    return _checked_feeds(feed, checks)
+
+
+cdef object _checked_feeds(dict feed, tuple checks):
     """The feeds in input order when each is an exact ndarray of its input's dtype, rank and fixed
     dims and ``feed`` has no other names; else None (the caller checks fully and reports).
 
@@ -121,6 +125,10 @@ def checked_feeds(dict feed, tuple checks):
 
 
 def execute(list template, tuple feed_slots, list feeds, tuple steps, tuple wanted, on_error):
+    return _execute(template, feed_slots, feeds, steps, wanted, on_error)
+
+
+cdef list _execute(list template, tuple feed_slots, list feeds, tuple steps, tuple wanted, on_error):
     """Plan.execute over a compiled schedule: ``steps`` holds (kernel, inputs, outputs, frees, step)
     with input slots already valid list indices and ABSENT (-1) outputs skipped.
 
@@ -156,6 +164,10 @@ def execute(list template, tuple feed_slots, list feeds, tuple steps, tuple want
 
 
 def detach(list outputs, list feeds):
+    return _detach(outputs, feeds)
+
+
+cdef object _detach(list outputs, list feeds):
     """Model.run's outputs, each copied if it aliases a feed or is read-only (a constant);
     None when an output is not a plain ndarray owning (through its bases) its memory: the
     caller then takes the general path."""
@@ -232,14 +244,24 @@ def lookup_slots(dict slot_of, list sids):
     return slots, contiguous
 
 
-def run_checked(dict feed, tuple checks, list template, tuple feed_slots, tuple steps, tuple wanted,
-                on_error, detach_fallback):
-    """Model.run in one call: ``checked_feeds``, ``execute``, ``detach``. None (nothing run)
-    when the feeds need the full check; ``detach_fallback(outputs, feeds)`` handles outputs
-    ``detach`` declines."""
-    feeds = checked_feeds(feed, checks)
-    if feeds is None:
-        return None
-    outputs = execute(template, feed_slots, feeds, steps, wanted, on_error)
-    detached = detach(outputs, feeds)
-    return detached if detached is not None else detach_fallback(outputs, feeds)
+cdef class CheckedRun:
+    """Model.run(None, feed) in one call: ``checked_feeds``, ``execute``, ``detach``, for one
+    plan's schedule of all outputs. Returns None (nothing run) when the feeds need the full
+    check; ``detach_fallback(outputs, feeds)`` handles outputs ``detach`` declines."""
+    cdef tuple checks, feed_slots, steps, wanted
+    cdef list template
+    cdef object on_error, detach_fallback
+
+    def __init__(self, tuple checks, list template, tuple feed_slots, tuple steps, tuple wanted,
+                 on_error, detach_fallback):
+        self.checks, self.template, self.feed_slots = checks, template, feed_slots
+        self.steps, self.wanted = steps, wanted
+        self.on_error, self.detach_fallback = on_error, detach_fallback
+
+    def __call__(self, dict feed):
+        feeds = _checked_feeds(feed, self.checks)
+        if feeds is None:
+            return None
+        outputs = _execute(self.template, self.feed_slots, feeds, self.steps, self.wanted, self.on_error)
+        detached = _detach(outputs, feeds)
+        return detached if detached is not None else self.detach_fallback(outputs, feeds)
