@@ -715,6 +715,7 @@ cdef struct Seq:
     # (NULL: the whole node in this thread); ``part`` is this thread's own block
     li_sched* sched
     int part
+    idx chunk  # chunk_steps(T, B, G*H), set once per call (per-step code reads it)
 
 
 # Weight storage of a kernel (Seq.qkind; cython_backend.QKINDS names them).
@@ -829,19 +830,19 @@ cdef inline void finish_row(const Seq* s, bint active, float* hn, const float* h
 
 cdef inline const float* xp_row(const Seq* s, const float* xp, idx GH, idx t, idx b, idx tb) noexcept nogil:
     """Row of the projections of time t, batch row b, in the chunk starting at time tb."""
-    return xp + (((t - tb) * s.B + b) if s.time_major else (b * chunk_steps(s.T, s.B, GH) + t - tb)) * GH
+    return xp + (((t - tb) * s.B + b) if s.time_major else (b * s.chunk + t - tb)) * GH
 
 
 cdef inline idx chunk_start(const Seq* s, idx GH, idx k, bint reverse) noexcept nogil:
     """The first time (in X) of the projection chunk holding step k."""
-    cdef idx C = chunk_steps(s.T, s.B, GH), k0 = k - k % C
+    cdef idx C = s.chunk, k0 = k - k % C
     cdef idx n = C if k0 + C <= s.T else s.T - k0
     return s.T - k0 - n if reverse else k0
 
 
 cdef void project_chunk(const Seq* s, idx d, idx k, bint reverse, idx G, float* xp, idx u0, idx u1) noexcept nogil:
     """At the first step of a chunk: the input projections of its steps, units [u0, u1)."""
-    cdef idx GH = G * s.H, C = chunk_steps(s.T, s.B, GH), b
+    cdef idx GH = G * s.H, C = s.chunk, b
     cdef idx k0 = k - k % C, n, tb
     if k != k0:
         return
@@ -893,7 +894,7 @@ cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) no
     initial state, 0 <= k < T step k, k = T the final state (see run_sequence)."""
     cdef idx T = s.T, B = s.B, H = s.H, GH = 4 * s.H
     cdef float* xp = s.scratch
-    cdef float* gates = xp + padded(chunk_steps(T, B, GH) * B * GH)
+    cdef float* gates = xp + padded(s.chunk * B * GH)
     cdef float* hbuf = gates + padded(B * GH)
     cdef float* c = hbuf + padded(2 * B * H)
     cdef const float* peep = segment(s, d, SEG_PEEP)
@@ -973,7 +974,7 @@ cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1, int
     z and r * h_prev; 1: the candidate, whose product reads all of r * h_prev)."""
     cdef idx T = s.T, B = s.B, H = s.H, GH = 3 * s.H
     cdef float* xp = s.scratch
-    cdef float* gates = xp + padded(chunk_steps(T, B, GH) * B * GH)
+    cdef float* gates = xp + padded(s.chunk * B * GH)
     cdef float* hbuf = gates + padded(B * GH)
     cdef float* rh = hbuf + padded(2 * B * H) + padded(B * H)
     cdef const float* rbh = segment(s, d, SEG_BIAS_RH)
@@ -1037,7 +1038,7 @@ cdef void rnn_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noe
     """``lstm_task`` for RNN."""
     cdef idx T = s.T, B = s.B, H = s.H
     cdef float* xp = s.scratch
-    cdef float* gates = xp + padded(chunk_steps(T, B, H) * B * H)
+    cdef float* gates = xp + padded(s.chunk * B * H)
     cdef float* hbuf = gates + padded(B * H)
     cdef int code = s.codes[d]
     cdef float alpha = s.fparams[2 * d], beta = s.fparams[2 * d + 1]
@@ -1121,17 +1122,27 @@ cdef void run_shared(const Seq* s, int op) noexcept nogil:
 
 
 cdef int run_sequence(const Seq* s, int op) noexcept nogil:
-    cdef idx b, d
+    cdef idx b, d, k, phase, m = tasks_per_step(s, op)
+    cdef bint reverse
+    cdef Seq local = s[0]
     if s.has_lens:
         for b in range(s.B):
             if s.lens[b] < 0 or s.lens[b] > s.T:
                 return 1
-    cdef idx task
+    local.chunk = chunk_steps(s.T, s.B, s.H * (4 if op == OP_LSTM else 3 if op == OP_GRU else 1))
     if s.sched != NULL:
-        run_shared(s, op)
+        run_shared(&local, op)
         return 0
-    for task in range(s.D * (s.T * tasks_per_step(s, op) + 2)):
-        run_task(s, op, task, 0, s.H)
+    for d in range(s.D):  # the tasks of run_task, in order, without decoding task numbers
+        reverse = s.reverse_first or d == 1
+        for k in range(-1, s.T + 1):
+            for phase in range(m if 0 <= k < s.T else 1):
+                if op == OP_LSTM:
+                    lstm_task(&local, d, reverse, k, 0, s.H)
+                elif op == OP_GRU:
+                    gru_task(&local, d, reverse, k, 0, s.H, <int>phase)
+                else:
+                    rnn_task(&local, d, reverse, k, 0, s.H)
     return 0
 
 
