@@ -44,6 +44,14 @@ def ort_runner(hidden: int, n: int):
     frames = _frames(hidden, n)
     states = [[np.zeros((1, 1, hidden), np.float32)] * 2 for _ in range(n)]
 
+    if n == 1:  # one stream: the call itself, no loop around it (as for lstminfer-stream)
+        x, state = frames[0], states[0]
+
+        def run_one():
+            _, state[0], state[1] = session.run(None, {"X": x, "h0": state[0], "c0": state[1]})
+
+        return run_one
+
     def run():
         for x, state in zip(frames, states):
             _, state[0], state[1] = session.run(None, {"X": x, "h0": state[0], "c0": state[1]})
@@ -57,6 +65,8 @@ def stream_runner(hidden: int, n: int):
     model = lstminfer.load(onnx_model("LSTM", hidden))
     streams = [model.stream() for _ in range(n)]
     frames = _frames(hidden, n)
+    if n == 1:
+        return lambda: streams[0].step(frames[0])
 
     def run():
         for s, x in zip(streams, frames):

@@ -397,10 +397,11 @@ class Stream:
     dtype and of the shape of the last chunk that passed the full check.
     """
 
-    __slots__ = ("_program", "_states", "_shape")
+    __slots__ = ("_program", "_states", "_shape", "_into")
 
     def __init__(self, program: StreamProgram, state: Any = None):
         self._program = program
+        self._into = program.direct_into
         # Always this stream's own arrays: the direct kernel updates them in place.
         self._states = [program.initial_state[s.key].copy() for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # last chunk shape that passed the full check
@@ -411,8 +412,7 @@ class Stream:
 
     def step(self, x: Any) -> Any:
         """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
-        program = self._program
-        into = program.direct_into
+        into = self._into
         if into is not None:
             # The kernel checks x itself (float32 ndarray, rank 3, the input size, at least one
             # step, batch 1 like our states; a streamable input has no fixed time size) and
@@ -421,6 +421,7 @@ class Stream:
             y = into(x, *self._states)
             if y is not None:
                 return y
+        program = self._program
         if x.__class__ is np.ndarray and x.dtype is program.chunk_dtype and x.shape == self._shape:
             direct = program.direct
             if direct is not None:

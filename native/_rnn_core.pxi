@@ -1338,6 +1338,15 @@ cdef inline bint f32_array(object value, int nd) noexcept:
     return True
 
 
+cdef inline bint owned_state(object value) noexcept:
+    """An exact ndarray, C-contiguous and writeable: a state run_into may overwrite."""
+    cdef li_ndarray* a
+    if type(value) is not _NDARRAY:
+        return False
+    a = as_array(value)
+    return (a.flags & LI_C_CONTIGUOUS) != 0 and (a.flags & LI_WRITEABLE) != 0
+
+
 cdef class KernelCore:
     """The per-call fast path of a recurrent kernel; ``_bind_core`` once at load, then call it.
 
@@ -1683,15 +1692,10 @@ cdef class KernelCore:
         cdef Seq s
         cdef li_ndarray* a
         cdef idx T, batch, H = self.H, D = self.D
-        if not self.ready or h is None or ((c is None) != (self.op != OP_LSTM)):
+        if not self.ready or not owned_state(h) or ((c is None) != (self.op != OP_LSTM)):
             return None
-        for state in (h, c):
-            if state is not None:
-                if type(state) is not _NDARRAY:
-                    return None
-                a = as_array(state)
-                if not (a.flags & LI_C_CONTIGUOUS) or not (a.flags & LI_WRITEABLE):
-                    return None
+        if c is not None and not owned_state(c):
+            return None
         if self.bind(&s, X, None, h, c):
             return None
         T, batch = s.T, s.B
