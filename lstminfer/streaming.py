@@ -715,6 +715,10 @@ def _split(value: np.ndarray, axis: int | None, n: int) -> list[np.ndarray]:
         return [np.array(value) for _ in range(n)]
     if not value.flags.writeable:
         value = value.copy()
+    shape = value.shape
+    if value.flags.c_contiguous and all(d == 1 for d in shape[:axis]):
+        # rows already lie one after another (e.g. Y [1, 1, n, H]): a reshape is a view
+        return list(value.reshape((n,) + shape[:axis] + (1,) + shape[axis + 1:]))
     # A size-1 axis after the batch axis, then the batch axis first: iterating makes the views in C.
     rows = value[(slice(None),) * (axis + 1) + (None,)]
     return list(rows.transpose((axis,) + tuple(i for i in range(value.ndim + 1) if i != axis)))
