@@ -389,15 +389,34 @@ class StreamProgram:
         return np.asarray(W).dtype if W is not None else np.dtype(np.float32)
 
 
-class Stream:
+class _PyStreamStep:
+    """``Stream.step``'s fast path where lstminfer._runtime is not built (it has it in C)."""
+
+    __slots__ = ("_into", "_states")
+
+    def step(self, x: Any) -> Any:
+        into = self._into
+        if into is not None:
+            y = into(x, *self._states)
+            if y is not None:
+                return y
+        return self._step_checked(x)
+
+
+_StreamStep = _runtime.StreamCore if _runtime is not None else _PyStreamStep
+
+
+class Stream(_StreamStep):
     """One sequence run chunk by chunk; see the module doc. Single-owner: not thread-safe.
 
-    The carried states are a list in slot order. ``step``'s fast path accepts
-    a chunk without the full check when it is an ndarray of the input's exact
-    dtype and of the shape of the last chunk that passed the full check.
+    The carried states are a list in slot order. ``step`` first hands the chunk to the
+    kernel's ``run_into`` when the model is one recurrent node (the kernel checks it and
+    updates the states in place); otherwise ``_step_checked`` accepts a chunk without the
+    full check when it is an ndarray of the input's exact dtype and of the shape of the last
+    chunk that passed the full check.
     """
 
-    __slots__ = ("_program", "_states", "_shape", "_into")
+    __slots__ = ("_program", "_shape")
 
     def __init__(self, program: StreamProgram, state: Any = None):
         self._program = program
@@ -410,17 +429,10 @@ class Stream:
         elif state is not None:
             self.set_state(state)
 
-    def step(self, x: Any) -> Any:
-        """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
-        into = self._into
-        if into is not None:
-            # The kernel checks x itself (float32 ndarray, rank 3, the input size, at least one
-            # step, batch 1 like our states; a streamable input has no fixed time size) and
-            # writes the new states over ours; anything else returns None and takes the
-            # checked path below, which reports the problem.
-            y = into(x, *self._states)
-            if y is not None:
-                return y
+    def _step_checked(self, x: Any) -> Any:
+        """``step`` for what the kernel's fast path declined (the kernel checks dtype, rank, the
+        input size, at least one step and batch 1; a streamable input has no fixed time size):
+        the checks that report the problem, and models with glue around the recurrent nodes."""
         program = self._program
         if x.__class__ is np.ndarray and x.dtype is program.chunk_dtype and x.shape == self._shape:
             direct = program.direct

@@ -265,3 +265,25 @@ cdef class CheckedRun:
         outputs = _execute(self.template, self.feed_slots, feeds, self.steps, self.wanted, self.on_error)
         detached = _detach(outputs, feeds)
         return detached if detached is not None else self.detach_fallback(outputs, feeds)
+
+
+cdef class StreamCore:
+    """``Stream.step``'s fast path in C (lstminfer.streaming.Stream subclasses it): the chunk
+    goes straight to the kernel's ``run_into`` with the stream's states (it checks the chunk
+    and writes the new states over them); anything it declines goes to ``_step_checked``."""
+    cdef public object _into  # the kernel's run_into, or None
+    cdef public list _states
+
+    def step(self, x):
+        """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
+        cdef list states = self._states
+        if self._into is not None:
+            if len(states) == 2:
+                y = self._into(x, states[0], states[1])
+            elif len(states) == 1:
+                y = self._into(x, states[0])
+            else:
+                y = self._into(x, *states)
+            if y is not None:
+                return y
+        return self._step_checked(x)

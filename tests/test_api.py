@@ -359,3 +359,42 @@ def test_run_fast_path_detaches_views_and_reports_kernel_errors():
         [oh.make_tensor("s", TP.INT64, [1], [3])]))
     with pytest.raises(lstminfer.ExecutionError, match="Reshape"):
         bad.run(None, {"a": a})
+
+
+def test_everything_runs_without_the_runtime_extension(monkeypatch, rng):
+    """lstminfer._runtime (the per-call loop in C) is optional: the Python paths give the same."""
+    import lstminfer.model
+    import lstminfer.plan
+    import lstminfer.streaming
+
+    model = _lstm_with_state_inputs()
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    zeros = np.zeros((1, 2, 5), np.float32)
+    expected = lstminfer.load(model).run(None, {"x": x, "h0": zeros, "c0": zeros})
+    for module in (lstminfer.plan, lstminfer.model, lstminfer.streaming):
+        monkeypatch.setattr(module, "_runtime", None)
+    slow = lstminfer.load(model)
+    assert slow._run_all is None and slow._plan.compiled(slow._wanted(None)) is None
+    for a, b in zip(slow.run(None, {"x": x, "h0": zeros, "c0": zeros}), expected):
+        np.testing.assert_array_equal(a, b)
+    pool = slow.stream_pool(4)
+    ids = [pool.open(), pool.open()]
+    out = pool.step({i: x[:, k:k + 1] for k, i in enumerate(ids)})
+    for k, i in enumerate(ids):
+        np.testing.assert_allclose(out[i], expected[0][:, :, k:k + 1], atol=1e-6)
+
+
+def test_python_stream_step_matches_the_c_one(rng):
+    from lstminfer.streaming import _PyStreamStep
+
+    class PyStream(_PyStreamStep):
+        __slots__ = ("calls",)
+
+        def _step_checked(self, x):
+            self.calls += 1
+            return "checked"
+
+    s = PyStream()
+    s._into, s._states, s.calls = (lambda x, h, c: None if x is None else (x, h, c)), [1, 2], 0
+    assert s.step("x") == ("x", 1, 2) and s.calls == 0
+    assert s.step(None) == "checked" and s.calls == 1
