@@ -498,6 +498,7 @@ class StreamPool:
         self._slot_of: dict[int, int] = {}
         self._free = list(range(max_streams - 1, -1, -1))  # pop() hands out slot 0 first
         self._next_id = 0
+        self._views: dict[tuple[int, int], list[np.ndarray]] = {}
         self.lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -549,7 +550,7 @@ class StreamPool:
 
         All chunks must have the same shape (same number of time steps).
         """
-        if not isinstance(frames, Mapping):
+        if frames.__class__ is not dict and not isinstance(frames, Mapping):
             raise InvalidArgumentError(f"step takes a dict stream id -> chunk, got {type(frames).__name__}")
         if not frames:
             return {}
@@ -569,8 +570,7 @@ class StreamPool:
             lo = slots[0]
             into = program.direct_into
             if contiguous and into is not None:  # the kernel updates the slots in place
-                y = into(stacked[0], *[_axis_slice(buf, s.batch_axis, lo, lo + len(slots))
-                                       for buf, s in zip(self._buffers, program.slots)])
+                y = into(stacked[0], *self._slot_views(lo, len(slots)))
                 if y is not None:
                     return dict(zip(sids, _split(y, self._output_axes[program.output_names[0]], len(sids))))
             if contiguous:
@@ -591,6 +591,15 @@ class StreamPool:
             return dict(zip(sids, per_output[0]))
         names = program.output_names
         return {sid: dict(zip(names, values)) for sid, values in zip(sids, zip(*per_output))}
+
+    def _slot_views(self, lo: int, n: int) -> list[np.ndarray]:
+        """Views of slots lo .. lo+n-1 of every state buffer (kept: the buffers never move)."""
+        views = self._views.get((lo, n))
+        if views is None:
+            views = [_axis_slice(buf, s.batch_axis, lo, lo + n) for buf, s in zip(self._buffers, self._program.slots)]
+            if len(self._views) < 256:
+                self._views[(lo, n)] = views
+        return views
 
     def _slots_of(self, sids: list) -> list[int]:
         try:
