@@ -500,6 +500,11 @@ class StreamPool:
         self._next_id = 0
         self._views: dict[tuple[int, int], list[np.ndarray]] = {}
         self.lock = threading.Lock()
+        # the whole step in C for a bare recurrent node (_runtime.PoolStepCore); None: Python
+        self._fast = None
+        if _runtime is not None and program.direct_into is not None and program.chunk_batch_axis in (0, 1):
+            self._fast = _runtime.PoolStepCore(program.direct_into, self, self._slot_of, self._views,
+                                               self._slot_views, program.chunk_batch_axis)
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -555,6 +560,13 @@ class StreamPool:
         if not frames:
             return {}
         program = self._program
+        fast = self._fast
+        if fast is not None and frames.__class__ is dict:
+            with self.lock:
+                done = fast(frames)
+            if done is not None:
+                sids, y = done
+                return dict(zip(sids, _split(y, self._output_axes[program.output_names[0]], len(sids))))
         with self.lock:
             sids = list(frames)
             found = _runtime.lookup_slots(self._slot_of, sids) if _runtime is not None else None

@@ -287,3 +287,84 @@ cdef class StreamCore:
             if y is not None:
                 return y
         return self._step_checked(x)
+
+
+cdef extern from "Python.h":
+    int PyDict_Next(object p, Py_ssize_t* ppos, PyObject** pkey, PyObject** pvalue)
+
+
+cdef class PoolStepCore:
+    """``StreamPool.step``'s fast path in C, for a pool whose model is one recurrent node with
+    rank-3 chunks: ids looked up, chunks gathered into one batch, the kernel's ``run_into``
+    on the slots' state views, one output view per stream. Returns None (nothing changed)
+    whenever anything is unusual; the caller (holding the pool's lock) then takes its full
+    path, which reports errors."""
+    cdef object into, empty, dtype, pool, slot_views
+    cdef dict slot_of, views
+    cdef Py_ssize_t batch_axis  # of the chunks (and of X): 1 time-major, 0 batch-major
+
+    def __init__(self, into, pool, dict slot_of, dict views, slot_views, Py_ssize_t batch_axis):
+        self.into, self.pool, self.slot_of, self.views, self.slot_views = into, pool, slot_of, views, slot_views
+        self.batch_axis = batch_axis
+        self.empty = np.empty
+        self.dtype = np.dtype(np.float32)
+
+    def __call__(self, dict frames):
+        cdef Py_ssize_t n = len(frames), pos = 0, i = 0, t, T, I, first = 0, slot
+        cdef PyObject* key
+        cdef PyObject* value
+        cdef rt_ndarray* a
+        cdef list sids = []
+        cdef tuple shape = self.pool._shape
+        cdef char* dst
+        cdef char* src
+        if n == 0 or shape is None or len(shape) != 3:
+            return None
+        if self.batch_axis == 1:  # chunks [T, 1, I] -> X [T, n, I]
+            T, I = <Py_ssize_t>shape[0], <Py_ssize_t>shape[2]
+            if <Py_ssize_t>shape[1] != 1:
+                return None
+            X = self.empty((T, n, I), self.dtype)
+        elif self.batch_axis == 0:  # chunks [1, T, I] -> X [n, T, I]
+            T, I = <Py_ssize_t>shape[1], <Py_ssize_t>shape[2]
+            if <Py_ssize_t>shape[0] != 1:
+                return None
+            X = self.empty((n, T, I), self.dtype)
+        else:
+            return None
+        dst = (<rt_ndarray_data*><PyObject*>X).data
+        while PyDict_Next(frames, &pos, &key, &value):
+            sid = <object>key
+            if type(sid) is not int:
+                return None
+            found = self.slot_of.get(sid)
+            if found is None:
+                return None
+            slot = <Py_ssize_t>found
+            if i == 0:
+                first = slot
+            elif slot != first + i:
+                return None  # not consecutive slots: the full path gathers them
+            chunk = <object>value
+            if type(chunk) is not _NDARRAY:
+                return None
+            a = as_array(chunk)
+            if (a.descr != <PyObject*>self.dtype or a.nd != 3 or not (a.flags & RT_C_CONTIGUOUS)
+                    or a.dimensions[0] != <Py_ssize_t>shape[0] or a.dimensions[1] != <Py_ssize_t>shape[1]
+                    or a.dimensions[2] != I):
+                return None
+            src = (<rt_ndarray_data*><PyObject*>chunk).data
+            if self.batch_axis == 1:
+                for t in range(T):
+                    memcpy(dst + ((t * n + i) * I) * 4, src + t * I * 4, I * 4)
+            else:
+                memcpy(dst + i * T * I * 4, src, T * I * 4)
+            sids.append(sid)
+            i += 1
+        views = self.views.get((first, n))
+        if views is None:
+            views = self.slot_views(first, n)
+        y = self.into(X, *views)
+        if y is None:
+            return None
+        return sids, y

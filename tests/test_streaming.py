@@ -408,3 +408,22 @@ def test_kernel_path_checks_every_chunk_like_the_checked_path():
     with pytest.raises(InvalidInputError):
         free.step(rng.standard_normal((2, 1, I + 1)).astype(np.float32))
     np.testing.assert_allclose(free.step(two.astype(np.float64)), fixed.step(two), atol=TOL, rtol=0)
+
+
+def test_pool_fast_path_declines_bad_chunks_without_touching_states():
+    model = BARE[("LSTM", 0)]
+    pool = model.stream_pool(max_streams=3)
+    assert pool._fast is not None  # a bare node: the whole step runs in C
+    a, b = pool.open(), pool.open()
+    rng = np.random.default_rng(11)
+    good = {a: rng.standard_normal((1, 1, I)).astype(np.float32), b: rng.standard_normal((1, 1, I)).astype(np.float32)}
+    pool.step(good)
+    before = [pool.state(a), pool.state(b)]
+    for bad in ({a: good[a], b: good[b][:, :, :2]}, {a: good[a], 99: good[b]}, {a: good[a], b: np.repeat(good[b], 2, axis=0)}):
+        with pytest.raises((InvalidInputError, InvalidArgumentError)):
+            pool.step(bad)
+        for sid, state in zip((a, b), before):
+            for key, value in pool.state(sid).items():
+                np.testing.assert_array_equal(value, state[key])
+    out = pool.step({a: good[a], b: good[b].astype(np.float64)})  # a cast the full path accepts
+    assert out[a].dtype == np.float32
