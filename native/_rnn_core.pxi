@@ -1122,8 +1122,7 @@ cdef void run_shared(const Seq* s, int op) noexcept nogil:
 
 
 cdef int run_sequence(const Seq* s, int op) noexcept nogil:
-    cdef idx b, d, k, phase, m = tasks_per_step(s, op)
-    cdef bint reverse
+    cdef idx b, task
     cdef Seq local = s[0]
     if s.has_lens:
         for b in range(s.B):
@@ -1133,16 +1132,8 @@ cdef int run_sequence(const Seq* s, int op) noexcept nogil:
     if s.sched != NULL:
         run_shared(&local, op)
         return 0
-    for d in range(s.D):  # the tasks of run_task, in order, without decoding task numbers
-        reverse = s.reverse_first or d == 1
-        for k in range(-1, s.T + 1):
-            for phase in range(m if 0 <= k < s.T else 1):
-                if op == OP_LSTM:
-                    lstm_task(&local, d, reverse, k, 0, s.H)
-                elif op == OP_GRU:
-                    gru_task(&local, d, reverse, k, 0, s.H, <int>phase)
-                else:
-                    rnn_task(&local, d, reverse, k, 0, s.H)
+    for task in range(s.D * (s.T * tasks_per_step(s, op) + 2)):
+        run_task(&local, op, task, 0, s.H)
     return 0
 
 
