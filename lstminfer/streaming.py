@@ -580,11 +580,6 @@ class StreamPool:
             if stacked is None:
                 stacked = self._stack_checked(sids, chunks)
             lo = slots[0]
-            into = program.direct_into
-            if contiguous and into is not None:  # the kernel updates the slots in place
-                y = into(stacked[0], *self._slot_views(lo, len(slots)))
-                if y is not None:
-                    return dict(zip(sids, _split(y, self._output_axes[program.output_names[0]], len(sids))))
             if contiguous:
                 states = [_axis_slice(buf, s.batch_axis, lo, lo + len(slots))
                           for buf, s in zip(self._buffers, program.slots)]
