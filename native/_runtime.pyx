@@ -192,12 +192,35 @@ cdef object _detach(list outputs, list feeds):
     return out
 
 
+cdef inline bint chunk_ok(object chunk, PyObject* descr, tuple shape):
+    """An exact C-contiguous ndarray of dtype ``descr`` and of ``shape``: a chunk copied as is."""
+    cdef rt_ndarray* a
+    cdef Py_ssize_t k
+    if type(chunk) is not _NDARRAY:
+        return False
+    a = as_array(chunk)
+    if a.descr != descr or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS):
+        return False
+    for k in range(a.nd):
+        if a.dimensions[k] != <Py_ssize_t>shape[k]:
+            return False
+    return True
+
+
+cdef inline Py_ssize_t slot_for(dict slot_of, object sid):
+    """The slot of stream ``sid``, or -1 if unknown or not an exact int (1.0 or True must
+    not find stream 1)."""
+    if type(sid) is not int:
+        return -1
+    value = slot_of.get(sid)
+    return -1 if value is None else <Py_ssize_t>value
+
+
 def gather_chunks(list chunks, out, tuple shape):
     """Copy each chunk (an exact C-contiguous ndarray of ``out``'s dtype and of ``shape``) into
     ``out[i]`` (C-contiguous, ``len(chunks)`` rows of ``shape``); False, copying nothing
     useful, as soon as a chunk is anything else (the caller then checks them one by one)."""
     cdef rt_ndarray* o = as_array(out)
-    cdef rt_ndarray* a
     cdef Py_ssize_t i, k, n = len(chunks), nd = len(shape)
     cdef Py_ssize_t row_bytes = (<object>o.descr).itemsize
     if type(out) is not _NDARRAY or not (o.flags & RT_C_CONTIGUOUS) or o.nd != nd + 1 or o.dimensions[0] != n:
@@ -209,14 +232,8 @@ def gather_chunks(list chunks, out, tuple shape):
     cdef char* dst = (<rt_ndarray_data*><PyObject*>out).data
     for i in range(n):
         chunk = chunks[i]
-        if type(chunk) is not _NDARRAY:
+        if not chunk_ok(chunk, o.descr, shape):
             return False
-        a = as_array(chunk)
-        if a.descr != o.descr or a.nd != nd or not (a.flags & RT_C_CONTIGUOUS):
-            return False
-        for k in range(nd):
-            if a.dimensions[k] != <Py_ssize_t>shape[k]:
-                return False
         memcpy(dst + i * row_bytes, (<rt_ndarray_data*><PyObject*>chunk).data, row_bytes)
     return True
 
@@ -229,18 +246,14 @@ def lookup_slots(dict slot_of, list sids):
     cdef bint contiguous = True
     cdef Py_ssize_t i, first = 0, slot
     for i in range(len(sids)):
-        sid = sids[i]
-        if type(sid) is not int:
+        slot = slot_for(slot_of, sids[i])
+        if slot < 0:
             return None
-        value = slot_of.get(sid)
-        if value is None:
-            return None
-        slot = <Py_ssize_t>value
         if i == 0:
             first = slot
         elif slot != first + i:
             contiguous = False
-        slots.append(value)
+        slots.append(slot)
     return slots, contiguous
 
 
@@ -313,7 +326,6 @@ cdef class PoolStepCore:
         cdef Py_ssize_t n = len(frames), pos = 0, i = 0, t, T, I, first = 0, slot
         cdef PyObject* key
         cdef PyObject* value
-        cdef rt_ndarray* a
         cdef list sids = []
         cdef tuple shape = self.pool._shape
         cdef char* dst
@@ -335,23 +347,15 @@ cdef class PoolStepCore:
         dst = (<rt_ndarray_data*><PyObject*>X).data
         while PyDict_Next(frames, &pos, &key, &value):
             sid = <object>key
-            if type(sid) is not int:
+            slot = slot_for(self.slot_of, sid)
+            if slot < 0:
                 return None
-            found = self.slot_of.get(sid)
-            if found is None:
-                return None
-            slot = <Py_ssize_t>found
             if i == 0:
                 first = slot
             elif slot != first + i:
                 return None  # not consecutive slots: the full path gathers them
             chunk = <object>value
-            if type(chunk) is not _NDARRAY:
-                return None
-            a = as_array(chunk)
-            if (a.descr != <PyObject*>self.dtype or a.nd != 3 or not (a.flags & RT_C_CONTIGUOUS)
-                    or a.dimensions[0] != <Py_ssize_t>shape[0] or a.dimensions[1] != <Py_ssize_t>shape[1]
-                    or a.dimensions[2] != I):
+            if not chunk_ok(chunk, <PyObject*>self.dtype, shape):
                 return None
             src = (<rt_ndarray_data*><PyObject*>chunk).data
             if self.batch_axis == 1:
