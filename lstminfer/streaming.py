@@ -502,9 +502,12 @@ class StreamPool:
         self.lock = threading.Lock()
         # the whole step in C for a bare recurrent node (_runtime.PoolStepCore); None: Python
         self._fast = None
-        if _runtime is not None and program.direct_into is not None and program.chunk_batch_axis in (0, 1):
+        out_axis = self._output_axes[program.output_names[0]]
+        if (_runtime is not None and program.direct_into is not None and program.chunk_batch_axis in (0, 1)
+                and out_axis is not None):
             self._fast = _runtime.PoolStepCore(program.direct_into, self, self._slot_of, self._views,
-                                               self._slot_views, program.chunk_batch_axis)
+                                               self._slot_views, program.chunk_batch_axis, out_axis,
+                                               lambda sids, y: _rows_by_stream(sids, y, out_axis))
 
     def __len__(self) -> int:
         return len(self._slot_of)
@@ -565,8 +568,7 @@ class StreamPool:
             with self.lock:
                 done = fast(frames)
             if done is not None:
-                sids, y = done
-                return dict(zip(sids, _split(y, self._output_axes[program.output_names[0]], len(sids))))
+                return done
         with self.lock:
             sids = list(frames)
             found = _runtime.lookup_slots(self._slot_of, sids) if _runtime is not None else None
@@ -593,9 +595,9 @@ class StreamPool:
                     index = [slice(None)] * buf.ndim
                     index[s.batch_axis] = slots
                     buf[tuple(index)] = value
+        if len(outputs) == 1:
+            return _rows_by_stream(sids, outputs[0], self._output_axes[program.output_names[0]])
         per_output = [_split(v, self._output_axes[name], len(sids)) for v, name in zip(outputs, program.output_names)]
-        if len(per_output) == 1:
-            return dict(zip(sids, per_output[0]))
         names = program.output_names
         return {sid: dict(zip(names, values)) for sid, values in zip(sids, zip(*per_output))}
 
@@ -735,6 +737,15 @@ def _axis_slice(value: np.ndarray, axis: int, start: int, stop: int) -> np.ndarr
     index = [slice(None)] * value.ndim
     index[axis] = slice(start, stop)
     return value[tuple(index)]
+
+
+def _rows_by_stream(sids: list, value: np.ndarray, axis: int | None) -> dict:
+    """{sid: its row of ``value`` along the batch axis} (views, made in C when it can)."""
+    if _runtime is not None and axis is not None:
+        rows = _runtime.rows_by_stream(sids, value, axis)
+        if rows is not None:
+            return rows
+    return dict(zip(sids, _split(value, axis, len(sids))))
 
 
 def _split(value: np.ndarray, axis: int | None, n: int) -> list[np.ndarray]:

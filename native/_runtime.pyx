@@ -8,9 +8,17 @@ in model.py/plan.py does (which remains the fallback when this extension is
 not built, and the path for anything unusual): they either finish the job
 or return None so the caller takes the full path, which reports errors.
 """
-from cpython.ref cimport PyObject
+from cpython.ref cimport PyObject, Py_INCREF
 
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
+
+cdef extern from "numpy/arrayobject.h":
+    # steals a reference to descr
+    object PyArray_NewFromDescr(type subtype, cnp.dtype descr, int nd, cnp.npy_intp* dims,
+                                cnp.npy_intp* strides, void* data, int flags, object base)
 
 from lstminfer.errors import LstminferError
 
@@ -257,6 +265,40 @@ def lookup_slots(dict slot_of, list sids):
     return slots, contiguous
 
 
+def rows_by_stream(list sids, y, int axis):
+    """{sids[i]: y's row i along ``axis``, as a view keeping that axis (size 1)}: the pool's
+    per-stream outputs. Made here because numpy's own view making (``list(y)``) costs
+    about twice as much per row. None when ``y`` is not a writeable ndarray with ``len(sids)``
+    rows along ``axis`` (the caller then splits it in Python)."""
+    cdef Py_ssize_t n = len(sids), i
+    cdef cnp.ndarray a
+    cdef cnp.npy_intp dims[32]
+    cdef cnp.npy_intp* strides
+    cdef char* data
+    cdef int k, nd
+    cdef dict out = {}
+    if type(y) is not _NDARRAY:
+        return None
+    a = <cnp.ndarray>y
+    nd = cnp.PyArray_NDIM(a)
+    if not (0 <= axis < nd <= 32) or cnp.PyArray_DIMS(a)[axis] != n or not cnp.PyArray_ISWRITEABLE(a):
+        return None
+    descr = a.dtype
+    strides = cnp.PyArray_STRIDES(a)
+    data = cnp.PyArray_BYTES(a)
+    for k in range(nd):
+        dims[k] = cnp.PyArray_DIMS(a)[k]
+    dims[axis] = 1
+    for i in range(n):
+        Py_INCREF(descr)
+        row = PyArray_NewFromDescr(_NDARRAY, descr, nd, dims, strides, data + i * strides[axis],
+                                   cnp.NPY_ARRAY_WRITEABLE, None)
+        Py_INCREF(a)
+        cnp.PyArray_SetBaseObject(row, a)  # steals the reference
+        out[sids[i]] = row
+    return out
+
+
 cdef class CheckedRun:
     """Model.run(None, feed) in one call: ``checked_feeds``, ``execute``, ``detach``, for one
     plan's schedule of all outputs. Returns None (nothing run) when the feeds need the full
@@ -309,16 +351,20 @@ cdef extern from "Python.h":
 cdef class PoolStepCore:
     """``StreamPool.step``'s fast path in C, for a pool whose model is one recurrent node with
     rank-3 chunks: ids looked up, chunks gathered into one batch, the kernel's ``run_into``
-    on the slots' state views, one output view per stream. Returns None (nothing changed)
+    on the slots' state views, {stream id: its view of Y}. Returns None (nothing changed)
     whenever anything is unusual; the caller (holding the pool's lock) then takes its full
     path, which reports errors."""
-    cdef object into, empty, dtype, pool, slot_views
+    cdef object into, empty, dtype, pool, slot_views, split_rows
     cdef dict slot_of, views
     cdef Py_ssize_t batch_axis  # of the chunks (and of X): 1 time-major, 0 batch-major
+    cdef int out_axis  # the batch axis of the kernel's Y
 
-    def __init__(self, into, pool, dict slot_of, dict views, slot_views, Py_ssize_t batch_axis):
+    def __init__(self, into, pool, dict slot_of, dict views, slot_views, Py_ssize_t batch_axis, int out_axis,
+                 split_rows):
         self.into, self.pool, self.slot_of, self.views, self.slot_views = into, pool, slot_of, views, slot_views
         self.batch_axis = batch_axis
+        self.out_axis = out_axis
+        self.split_rows = split_rows  # (sids, Y) -> dict, where rows_by_stream declines
         self.empty = np.empty
         self.dtype = np.dtype(np.float32)
 
@@ -371,4 +417,5 @@ cdef class PoolStepCore:
         y = self.into(X, *views)
         if y is None:
             return None
-        return sids, y
+        rows = rows_by_stream(sids, y, self.out_axis)
+        return rows if rows is not None else self.split_rows(sids, y)  # the states have moved on: never None here

@@ -427,3 +427,33 @@ def test_pool_fast_path_declines_bad_chunks_without_touching_states():
                 np.testing.assert_array_equal(value, state[key])
     out = pool.step({a: good[a], b: good[b].astype(np.float64)})  # a cast the full path accepts
     assert out[a].dtype == np.float32
+
+
+@pytest.mark.parametrize("shape,axis", [((1, 1, 6, 4), 2), ((3, 1, 6, 4), 2), ((6, 2, 4), 0), ((2, 6), 1)])
+def test_rows_by_stream_are_the_rows_as_views(shape, axis):
+    """The pool's per-stream outputs (made in C when lstminfer._runtime is built) equal numpy's rows."""
+    from lstminfer.streaming import _rows_by_stream
+
+    y = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    sids = [7, 3, 11, 0, 5, 2]
+    rows = _rows_by_stream(sids, y, axis)
+    assert list(rows) == sids
+    for i, sid in enumerate(sids):
+        expected = np.take(y, [i], axis=axis)
+        np.testing.assert_array_equal(rows[sid], expected)
+        assert rows[sid].shape == expected.shape and rows[sid].dtype == y.dtype
+        assert np.shares_memory(rows[sid], y)
+    rows[3][...] = -1  # a stream's output is its own row, not its neighbours'
+    assert (np.take(y, [1], axis=axis) == -1).all() and (np.take(y, [0], axis=axis) >= 0).all()
+
+
+def test_c_rows_by_stream_declines_what_it_cannot_view():
+    runtime = pytest.importorskip("lstminfer._runtime")
+    y = np.zeros((1, 4, 3), np.float32)
+    assert runtime.rows_by_stream([1, 2, 3], y, 1) is None  # 3 ids, 4 rows
+    assert runtime.rows_by_stream([1, 2, 3, 4], y, 3) is None  # no such axis
+    assert runtime.rows_by_stream([1, 2, 3, 4], [[0.0]], 0) is None  # not an array
+    frozen = y.copy()
+    frozen.flags.writeable = False
+    assert runtime.rows_by_stream([1, 2, 3, 4], frozen, 1) is None
+    assert set(runtime.rows_by_stream([1, 2, 3, 4], y, 1)) == {1, 2, 3, 4}
