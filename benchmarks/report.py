@@ -93,6 +93,11 @@ def plot(cases: dict[tuple, dict[str, dict]], path: str) -> bool:
     ax.set_xticklabels([f"{op} {h} {c}" for op, h, c in keys], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel(f"speed vs {BASELINE} (x)")
     ax.set_yscale("log")
+    from matplotlib.ticker import FuncFormatter
+    ratio_label = FuncFormatter(lambda v, _: f"{v:g}x")
+    ax.yaxis.set_major_formatter(ratio_label)
+    ax.yaxis.set_minor_formatter(ratio_label)
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
