@@ -15,6 +15,7 @@ code in the streaming plan.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Iterator
 
 import numpy as np
 
@@ -161,8 +162,10 @@ def _only_feeds_initial_state(name: str, consumers, graph_outputs: set[str]) -> 
     return reached_state
 
 
-def _check_initial_state_source(node: Node, kind: str, name: str, producers, allowed: set[str]) -> None:
-    """initial_h/c must come from state inputs, constants or shapes, never from the data."""
+def _sources(name: str, producers) -> Iterator[tuple[str, Node | None]]:
+    """Where ``name`` is computed from, walking up through ordinary nodes: each graph input or
+    initializer reached (producer None) and each recurrent op output reached, once. Shape nodes
+    end a path: only a shape flows through them, never data or state."""
     stack, seen = ([name] if name else []), set()
     while stack:
         value = stack.pop()
@@ -170,46 +173,40 @@ def _check_initial_state_source(node: Node, kind: str, name: str, producers, all
             continue
         seen.add(value)
         producer = producers.get(value)
+        if producer is None or producer.op_type in RECURRENT_OPS:
+            yield value, producer
+        elif producer.op_type != "Shape":
+            stack.extend(i for i in producer.inputs if i)
+
+
+def _check_initial_state_source(node: Node, kind: str, name: str, producers, allowed: set[str]) -> None:
+    """initial_h/c must come from state inputs, constants or shapes, never from the data."""
+    for value, producer in _sources(name, producers):
         if producer is None:  # a graph input or an initializer
             if value not in allowed:
                 raise NotStreamableError(
                     f"{node.label()}: its initial_{kind} ('{name}') is computed from the data "
                     f"input '{value}', so it cannot be replaced by the carried state"
                 )
-            continue
-        if producer.op_type in RECURRENT_OPS:
+        else:
             raise NotStreamableError(
                 f"{node.label()}: its initial_{kind} ('{name}') is computed from the output of "
                 f"{producer.label()} (an encoder-decoder hand-off), which streaming cannot carry"
             )
-        if producer.op_type == "Shape":
-            continue
-        stack.extend(i for i in producer.inputs if i)
 
 
 def _only_from_final_state(name: str, producers, constants: set[str]) -> bool:
     """True if ``name`` is computed from recurrent Y_h/Y_c only (plus constants and shapes)."""
     reached_state = False
-    stack, seen = [name], set()
-    while stack:
-        value = stack.pop()
-        if value in seen:
-            continue
-        seen.add(value)
-        producer = producers.get(value)
+    for value, producer in _sources(name, producers):
         if producer is None:  # a graph input (data or state) or an initializer
             if value in constants:
                 continue
             return False
-        if producer.op_type in RECURRENT_OPS:
-            index = producer.outputs.index(value)
-            if index not in {out for _, _, out in STATE_PORTS[producer.op_type]}:
-                return False
-            reached_state = True
-            continue
-        if producer.op_type == "Shape":
-            continue
-        stack.extend(i for i in producer.inputs if i)
+        index = producer.outputs.index(value)
+        if index not in {out for _, _, out in STATE_PORTS[producer.op_type]}:
+            return False
+        reached_state = True
     return reached_state
 
 
