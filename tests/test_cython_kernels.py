@@ -93,6 +93,39 @@ def test_fast_tanh_and_sigmoid_accuracy(isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+def test_sigmoid_and_tanh_saturate_and_keep_nan(isa):
+    """exp's argument clamp (min/max on AVX-512, selects elsewhere): infinities and huge values
+    saturate, NaN stays NaN, for every lane position."""
+    x = np.array([np.inf, -np.inf, 1e30, -1e30, 89.0, -88.0, np.nan, 0.0] * 5, dtype=np.float32)
+    sig, tanh = x.copy(), x.copy()
+    ext(isa).apply_activation(sig, "Sigmoid")
+    ext(isa).apply_activation(tanh, "Tanh")
+    finite = ~np.isnan(x)
+    with np.errstate(over="ignore"):
+        expected_sig = (1 / (1 + np.exp(-x.astype(np.float64))))[finite]
+    assert np.abs(sig[finite] - expected_sig).max() <= 1e-7
+    assert np.abs(tanh[finite] - np.tanh(x.astype(np.float64))[finite]).max() <= 1e-7
+    assert np.isnan(sig[~finite]).all() and np.isnan(tanh[~finite]).all()
+
+
+# H=87: every build runs the fused default-activation cells on whole groups of LI_U vectors,
+# then single vectors (AVX-512: 64 + 16, AVX2: 64 + 16, portable: 80 + 4), then 7 units
+# through the per-gate passes.
+@pytest.mark.parametrize("op,extra", [("LSTM", {}), ("LSTM", {"clip": 0.8}), ("GRU", {}),
+                                      ("GRU", {"linear_before_reset": 1, "clip": 1.5}),
+                                      ("LSTM", {"input_forget": 1}),
+                                      ("LSTM", {"activations": ["HardSigmoid", "Tanh", "Tanh"]})])
+@pytest.mark.parametrize("batch", [1, 6])
+def test_fused_cells_and_their_tails_match_reference(each_isa, op, extra, batch):
+    rng = np.random.default_rng(batch + len(extra))
+    W, R, B, P = make_weights(rng, op, 1, 87, 12, scale=2.0)  # scale: gates past the clip
+    spec = make_spec(op, **extra)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=30, batch=batch,
+                         lens=np.array([30, 11, 0, 30, 1, 29][:batch], dtype=np.int32))
+    assert_close(build(op, spec, inputs)(*inputs), expected_of(op, spec, inputs))
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("name", SUPPORTED_ACTIVATIONS)
 def test_every_activation_matches_reference(isa, name):
     x = np.linspace(-12, 12, 2401, dtype=np.float32)
