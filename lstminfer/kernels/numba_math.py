@@ -11,7 +11,8 @@
   selected by an integer code (``ACTIVATION_CODES``).
 * ``product``: ``out[m, c0+n] = A[m] . Bm[n0+n]``: a register-tiled GEMM
   (``gemm_tiles``, its micro-kernel written in LLVM IR) for 4+ rows, a
-  vectorized matrix-vector product (``matvec_kn``) for the rest; cache-
+  register-tiled matrix-vector product (``matvec_panels``, weights in L2) or a
+  vectorized one (``matvec_kn``, larger weights) for the rest; cache-
   blocked, single-threaded: no BLAS thread pool spinning next to the kernel,
   no call overhead at batch 1, and no SciPy dependency.
 
@@ -342,97 +343,220 @@ def _axpy_4rows(A, m, BmT, n0, n1, out, c0):
 # vector registers for a whole K block while each step broadcasts MR values
 # of A and loads NV vectors of the k-major weights. LLVM's vectorizer, given
 # the same loop in Python, keeps the tile in memory (a load and a store per
-# FMA): 80 GFLOP/s against ~100 here. Tile shape by register file: 32 vector
-# registers (AVX-512, even for 8-wide vectors) hold a 4 x 32 tile plus its
-# operands; 16 (AVX2) a 4 x 16 one.
-_VW = 8  # floats per vector: 256-bit (measured: 512-bit vectors run no faster on Zen 4)
+# FMA): 80 GFLOP/s against ~100 here. With AVX-512 (32 registers) an 8 x 32
+# tile of 512-bit vectors: half the instructions of 256-bit ones and twice
+# the rows per weight load (measured on Zen 4, K = 512: 112 GFLOP/s against
+# 98 for a 4 x 32 tile of 256-bit vectors); a 4-row tile takes the rows left
+# over. With AVX2 (16 registers) 4 x 16 tiles only.
 _HOST_FEATURES = llvm_binding.get_host_cpu_features()
-_MR = 4
-_NV = 4 if _HOST_FEATURES.get("avx512f", False) else 2
-_NR = _NV * _VW
-_KC = 128  # K block: the NR-wide panel of weights (KC * NR * 4 bytes = 16 KiB) stays in L1
-_MC = 64  # M block: MC x KC of A (32 KiB) and MC x N of out stay in L2
+_AVX512 = bool(_HOST_FEATURES.get("avx512f", False))
+_VW = 16 if _AVX512 else 8  # floats per vector
+_NV = 2
+_NR = _NV * _VW  # columns per tile
+_MR = 4  # rows per narrow tile (and the unit of rows the tiles take)
+_MR_WIDE = 8 if _AVX512 else 4
+_KC = 512  # K block: an NR-wide panel of weights (<= 64 KiB) stays in L2 while the row tiles reuse it
+_A_BLOCK_FLOATS = 32768  # M block: rows of A (MC x K, 128 KiB) that stay in L2 across the panels
+
+
+def _make_tile_kernel(mr, nv=_NV, prefetch_rows=False):
+    """An intrinsic ``C[mr, nv*VW] (+)= A[mr, K] . Bt[K, nv*VW]`` at addresses a, b, c (row strides in floats).
+
+    With ``prefetch_rows``, each row of Bt read also prefetches the ``nv*VW``
+    floats ``prefetch`` floats along it (the next panel's row, see ``gemm_tiles``).
+    """
+
+    @intrinsic
+    def tile_kernel(typingctx, a, lda, b, ldb, c, ldc, K, accumulate, prefetch):
+        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
+                         types.intp, types.boolean, types.intp)
+
+        def codegen(context, builder, signature, args):
+            return _tile_codegen(builder, args, mr, nv, prefetch_rows, context)
+
+        return sig, codegen
+
+    return tile_kernel
+
+
+class _VectorIR:
+    """What the micro-kernels share: float32 vectors of VW lanes, their pointers, FMA and broadcast."""
+
+    def __init__(self, builder):
+        self.builder = builder
+        self.i64 = ir.IntType(64)
+        self.i32 = ir.IntType(32)
+        self.vec = ir.VectorType(ir.FloatType(), _VW)
+        self.fptr = ir.FloatType().as_pointer()
+        self.vptr = self.vec.as_pointer()
+        self.zero = ir.Constant(self.vec, [0.0] * _VW)
+        self._undef = ir.Constant(self.vec, ir.Undefined)
+        self._splat = ir.Constant(ir.VectorType(self.i32, _VW), [0] * _VW)
+        self._fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.vec, [self.vec] * 3),
+                                                   f"llvm.fma.v{_VW}f32")
+
+    def pointer(self, address):
+        return self.builder.inttoptr(address, self.fptr)
+
+    def const(self, value):
+        return ir.Constant(self.i64, value)
+
+    def vector_at(self, base, offset):
+        """The address ``base + offset`` floats, as a vector pointer."""
+        return self.builder.bitcast(self.builder.gep(base, [offset]), self.vptr)
+
+    def broadcast_load(self, base, offset):
+        scalar = self.builder.load(self.builder.gep(base, [offset]), align=4)
+        inserted = self.builder.insert_element(self._undef, scalar, ir.Constant(self.i32, 0))
+        return self.builder.shuffle_vector(inserted, self._undef, self._splat)
+
+    def fma(self, a, b, c):
+        return self.builder.call(self._fma, [a, b, c])
+
+
+def _tile_codegen(builder, args, mr, nv, prefetch_rows, context):
+    a_addr, lda_, b_addr, ldb_, c_addr, ldc_, k_count, acc_flag, pf_offset = args
+    v_ = _VectorIR(builder)
+    i64, i32, vec, fptr = v_.i64, v_.i32, v_.vec, v_.fptr
+    a0, b0, c0 = v_.pointer(a_addr), v_.pointer(b_addr), v_.pointer(c_addr)
+    zero = v_.zero
+
+    def vload(base, offset):
+        return builder.load(v_.vector_at(base, offset), align=4)
+
+    c_rows = [builder.gep(c0, [builder.mul(ir.Constant(i64, i), ldc_)]) for i in range(mr)]
+    a_rows = [builder.gep(a0, [builder.mul(ir.Constant(i64, i), lda_)]) for i in range(mr)]
+    init = []
+    for i in range(mr):
+        for v in range(nv):
+            loaded = vload(c_rows[i], ir.Constant(i64, v * _VW))
+            init.append(builder.select(acc_flag, loaded, zero))
+    entry = builder.block
+    loop = builder.append_basic_block("tile_loop")
+    done = builder.append_basic_block("tile_done")
+    builder.cbranch(builder.icmp_signed(">", k_count, ir.Constant(i64, 0)), loop, done)
+
+    builder.position_at_end(loop)
+    k = builder.phi(i64)
+    b_row = builder.phi(fptr)
+    accs = [builder.phi(vec) for _ in init]
+    k.add_incoming(ir.Constant(i64, 0), entry)
+    b_row.add_incoming(b0, entry)
+    for acc, value in zip(accs, init):
+        acc.add_incoming(value, entry)
+    weights = [vload(b_row, ir.Constant(i64, v * _VW)) for v in range(nv)]
+    if prefetch_rows:
+        prefetch = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), i32, i32, i32]),
+            "llvm.prefetch.p0i8")
+        pf_row = builder.gep(b_row, [pf_offset])
+        for line in range(max(nv * _VW // 16, 1)):  # the 64-byte lines of a panel row
+            target = builder.bitcast(builder.gep(pf_row, [ir.Constant(i64, 16 * line)]), ir.IntType(8).as_pointer())
+            builder.call(prefetch, [target, ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+    new_accs = []
+    for i in range(mr):
+        bcast = v_.broadcast_load(a_rows[i], k)
+        for v in range(nv):
+            new_accs.append(v_.fma(bcast, weights[v], accs[i * nv + v]))
+    k_next = builder.add(k, ir.Constant(i64, 1))
+    b_next = builder.gep(b_row, [ldb_])
+    loop_end = builder.block
+    k.add_incoming(k_next, loop_end)
+    b_row.add_incoming(b_next, loop_end)
+    for acc, value in zip(accs, new_accs):
+        acc.add_incoming(value, loop_end)
+    builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
+
+    builder.position_at_end(done)
+    results = []
+    for first, last in zip(init, new_accs):  # every phi before the first store
+        result = builder.phi(vec)
+        result.add_incoming(first, entry)
+        result.add_incoming(last, loop_end)
+        results.append(result)
+    for i in range(mr):
+        for v in range(nv):
+            builder.store(results[i * nv + v], v_.vector_at(c_rows[i], ir.Constant(i64, v * _VW)), align=4)
+    return context.get_dummy_value()
+
+
+_tile_kernel = _make_tile_kernel(_MR)
+_tile_kernel_wide = _make_tile_kernel(_MR_WIDE)
+# The first row tile of each panel fetches the next panel: the weights' rows
+# are a row stride apart (not one sequential stream the hardware prefetcher
+# follows), and at batch 64, H=512 X and Y (16 MiB each) push them out of L3.
+# Measured there: products 30 % slower inside the sequence than alone
+# without it; with it the whole LSTM layer went from 367 to 311 ms.
+_tile_kernel_wide_pf = _make_tile_kernel(_MR_WIDE, _NV, True)
+_tile_kernel_pf = _make_tile_kernel(_MR, _NV, True)
+
+
+# Batch 1, weights in cache: one row against panels of NR columns, 4 rows of
+# the weights per step into 4 sets of accumulators (8 independent FMA chains,
+# like the 4-row tiles), summed at the end. ``matvec_kn`` instead loads and
+# stores ``out`` once per 8 rows (measured: whole GRU/LSTM sequences 4-10 %
+# faster at H=64..256 this way; slower once the weights stream from L3).
+_ROW_UNROLL = 4
 
 
 @intrinsic
-def _tile_kernel(typingctx, a, lda, b, ldb, c, ldc, K, accumulate):
-    """``C[MR, NR] (+)= A[MR, K] . Bt[K, NR]`` at addresses a, b, c (row strides in floats)."""
-    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, types.boolean)
+def _row_kernel(typingctx, a, b, ldb, c, steps):
+    """``C[0:NR] = sum_k a[k] Bt[k, 0:NR]`` for k < 4 * steps, at addresses a, b, c (``ldb`` in floats)."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        a_addr, lda_, b_addr, ldb_, c_addr, ldc_, k_count, acc_flag = args
-        f32 = ir.FloatType()
-        i64 = ir.IntType(64)
-        i32 = ir.IntType(32)
-        vec = ir.VectorType(f32, _VW)
-        fptr = f32.as_pointer()
-        vptr = vec.as_pointer()
-        a0 = builder.inttoptr(a_addr, fptr)
-        b0 = builder.inttoptr(b_addr, fptr)
-        c0 = builder.inttoptr(c_addr, fptr)
-        zero = ir.Constant(vec, [0.0] * _VW)
-        splat_mask = ir.Constant(ir.VectorType(i32, _VW), [0] * _VW)
-        undef = ir.Constant(vec, ir.Undefined)
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                             f"llvm.fma.v{_VW}f32")
-
-        def vload(base, offset):
-            return builder.load(builder.bitcast(builder.gep(base, [offset]), vptr), align=4)
-
-        c_rows = [builder.gep(c0, [builder.mul(ir.Constant(i64, i), ldc_)]) for i in range(_MR)]
-        a_rows = [builder.gep(a0, [builder.mul(ir.Constant(i64, i), lda_)]) for i in range(_MR)]
-        init = []
-        for i in range(_MR):
-            for v in range(_NV):
-                loaded = vload(c_rows[i], ir.Constant(i64, v * _VW))
-                init.append(builder.select(acc_flag, loaded, zero))
+        a_addr, b_addr, ldb_, c_addr, steps_ = args
+        v_ = _VectorIR(builder)
+        i64, vec, fptr, zero = v_.i64, v_.vec, v_.fptr, v_.zero
+        a0, b0, c0 = v_.pointer(a_addr), v_.pointer(b_addr), v_.pointer(c_addr)
+        n_acc = _ROW_UNROLL * _NV
         entry = builder.block
-        loop = builder.append_basic_block("tile_loop")
-        done = builder.append_basic_block("tile_done")
-        builder.cbranch(builder.icmp_signed(">", k_count, ir.Constant(i64, 0)), loop, done)
+        loop = builder.append_basic_block("row_loop")
+        done = builder.append_basic_block("row_done")
+        builder.cbranch(builder.icmp_signed(">", steps_, ir.Constant(i64, 0)), loop, done)
 
         builder.position_at_end(loop)
-        k = builder.phi(i64)
+        step = builder.phi(i64)
         b_row = builder.phi(fptr)
-        accs = [builder.phi(vec) for _ in init]
-        k.add_incoming(ir.Constant(i64, 0), entry)
+        a_ptr = builder.phi(fptr)
+        accs = [builder.phi(vec) for _ in range(n_acc)]
+        step.add_incoming(ir.Constant(i64, 0), entry)
         b_row.add_incoming(b0, entry)
-        for acc, value in zip(accs, init):
-            acc.add_incoming(value, entry)
-        weights = [vload(b_row, ir.Constant(i64, v * _VW)) for v in range(_NV)]
+        a_ptr.add_incoming(a0, entry)
+        for acc in accs:
+            acc.add_incoming(zero, entry)
         new_accs = []
-        for i in range(_MR):
-            scalar = builder.load(builder.gep(a_rows[i], [k]), align=4)
-            bcast = builder.shuffle_vector(builder.insert_element(undef, scalar, ir.Constant(i32, 0)),
-                                           undef, splat_mask)
+        row = b_row
+        for u in range(_ROW_UNROLL):
+            bcast = v_.broadcast_load(a_ptr, ir.Constant(i64, u))
             for v in range(_NV):
-                new_accs.append(builder.call(fma, [bcast, weights[v], accs[i * _NV + v]]))
-        k_next = builder.add(k, ir.Constant(i64, 1))
-        b_next = builder.gep(b_row, [ldb_])
+                weight = builder.load(v_.vector_at(row, ir.Constant(i64, v * _VW)), align=4)
+                new_accs.append(v_.fma(bcast, weight, accs[u * _NV + v]))
+            row = builder.gep(row, [ldb_])
+        step_next = builder.add(step, ir.Constant(i64, 1))
         loop_end = builder.block
-        k.add_incoming(k_next, loop_end)
-        b_row.add_incoming(b_next, loop_end)
+        step.add_incoming(step_next, loop_end)
+        b_row.add_incoming(row, loop_end)
+        a_ptr.add_incoming(builder.gep(a_ptr, [ir.Constant(i64, _ROW_UNROLL)]), loop_end)
         for acc, value in zip(accs, new_accs):
             acc.add_incoming(value, loop_end)
-        builder.cbranch(builder.icmp_signed("<", k_next, k_count), loop, done)
+        builder.cbranch(builder.icmp_signed("<", step_next, steps_), loop, done)
 
         builder.position_at_end(done)
         results = []
-        for first, last in zip(init, new_accs):  # every phi before the first store
+        for last in new_accs:
             result = builder.phi(vec)
-            result.add_incoming(first, entry)
+            result.add_incoming(zero, entry)
             result.add_incoming(last, loop_end)
             results.append(result)
-        for i in range(_MR):
-            for v in range(_NV):
-                ptr = builder.bitcast(builder.gep(c_rows[i], [ir.Constant(i64, v * _VW)]), vptr)
-                builder.store(results[i * _NV + v], ptr, align=4)
+        for v in range(_NV):
+            total = results[v]
+            for u in range(1, _ROW_UNROLL):
+                total = builder.fadd(total, results[u * _NV + v])
+            builder.store(total, v_.vector_at(c0, ir.Constant(i64, v * _VW)), align=4)
         return context.get_dummy_value()
 
     return sig, codegen
-
-
 @jit
 def gemm_tiles(A, BmT, n0, n1, out, c0):
     """``out[m, c0 + n - n0] = A[m] . BmT[:, n]`` for m < M - M % MR and n in [n0, n1), n1 - n0 a multiple of NR."""
@@ -444,16 +568,65 @@ def gemm_tiles(A, BmT, n0, n1, out, c0):
     a_base = A.ctypes.data
     b_base = BmT.ctypes.data
     c_base = out.ctypes.data
-    for m0 in range(0, full, _MC):  # the MC x N block of ``out`` stays in L2 across the K blocks
-        m1 = min(m0 + _MC, full)
+    # rows per M block: A's block (~128 KiB) stays in L2, a multiple of the wide tile
+    mc = min(max(_A_BLOCK_FLOATS // max(K, 1), 16), 256) // _MR_WIDE * _MR_WIDE
+    for m0 in range(0, full, mc):  # the MC x N block of ``out`` stays in cache across the K blocks
+        m1 = min(m0 + mc, full)
+        wide_end = m0 + (m1 - m0) // _MR_WIDE * _MR_WIDE
         for k0 in range(0, K, _KC):
             kc = min(_KC, K - k0)
             for n in range(n0, n1, _NR):
                 b_addr = b_base + 4 * (k0 * ldb + n)
                 c_col = c_base + 4 * (c0 + n - n0)
-                for m in range(m0, m1, _MR):
+                m = m0
+                if m + _MR_WIDE <= wide_end:
+                    _tile_kernel_wide_pf(a_base + 4 * (m * lda + k0), lda, b_addr, ldb,
+                                         c_col + 4 * m * ldc, ldc, kc, k0 > 0, _NR)
+                    m += _MR_WIDE
+                else:
+                    _tile_kernel_pf(a_base + 4 * (m * lda + k0), lda, b_addr, ldb,
+                                    c_col + 4 * m * ldc, ldc, kc, k0 > 0, _NR)
+                    m += _MR
+                while m < wide_end:
+                    _tile_kernel_wide(a_base + 4 * (m * lda + k0), lda, b_addr, ldb,
+                                      c_col + 4 * m * ldc, ldc, kc, k0 > 0, 0)
+                    m += _MR_WIDE
+                while m < m1:
                     _tile_kernel(a_base + 4 * (m * lda + k0), lda, b_addr, ldb,
-                                 c_col + 4 * m * ldc, ldc, kc, k0 > 0)
+                                 c_col + 4 * m * ldc, ldc, kc, k0 > 0, 0)
+                    m += _MR
+
+
+@jit
+def matvec_panels(h, RT, n0, n1, out, backward=False):
+    """``out[n - n0] = sum_k h[k] * RT[k, n]`` for n in [n0, n1): one row, k-major weights in cache.
+
+    Panels of ``_NR`` columns (``_row_kernel``: the panel's sums in registers
+    over all of K, no loads and stores of ``out`` per group of k as in
+    ``matvec_kn``), ``matvec_kn`` for the last columns and the last K % 4
+    rows. ``backward`` walks the panels from the end (see ``matvec_kn``).
+    """
+    K = h.shape[0]
+    width = n1 - n0
+    panels = width // _NR
+    done = panels * _NR
+    k4 = K - K % _ROW_UNROLL
+    ldb = RT.strides[0] // 4
+    a_addr = h.ctypes.data
+    b_base = RT.ctypes.data + 4 * n0
+    c_base = out.ctypes.data
+    if done < width:
+        matvec_kn(h, RT, n0 + done, n1, out[done:width], backward)
+    for p in range(panels):
+        col = _NR * (panels - 1 - p if backward else p)
+        _row_kernel(a_addr, b_base + 4 * col, ldb, c_base + 4 * col, k4 // _ROW_UNROLL)
+    if k4 < K and done:
+        o = out[:done]
+        for k in range(k4, K):
+            hk = h[k]
+            w = RT[k, n0:n0 + done]
+            for j in range(done):
+                o[j] += hk * w[j]
 
 
 # Above this many bytes of k-major weights (about half of L2), the 4-row axpy
@@ -470,6 +643,11 @@ def _product_4rows(A, Bm, BmT, n0, n1, out, c0):
             _axpy_4rows(A, m, BmT, n0, n1, out, c0)
     else:
         matmul_nt(A, Bm, n0, n1, out, c0)
+
+
+# Batch 1: up to this many bytes of weights (in L2), ``matvec_panels``; above,
+# ``matvec_kn``, whose whole-row reads stream better from L3.
+_PANEL_MATVEC_BYTES = 1100 * 1024
 
 
 @jit
@@ -489,5 +667,9 @@ def product(A, Bm, BmT, n0, n1, out, c0, backward=False):
             gemm_tiles(A[:full], BmT, n0, n0 + tiled, out[:full], c0)
         if n0 + tiled < n1:
             _product_4rows(A[:full], Bm, BmT, n0 + tiled, n1, out[:full], c0 + tiled)
+    panels = A.shape[1] * (n1 - n0) * 4 <= _PANEL_MATVEC_BYTES
     for m in range(full, M):
-        matvec_kn(A[m], BmT, n0, n1, out[m, c0:], backward)
+        if panels:
+            matvec_panels(A[m], BmT, n0, n1, out[m, c0:], backward)
+        else:
+            matvec_kn(A[m], BmT, n0, n1, out[m, c0:], backward)
