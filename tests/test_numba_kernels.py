@@ -17,7 +17,7 @@ numba = pytest.importorskip("numba")
 
 from lstminfer import kernels, reference  # noqa: E402
 from lstminfer.errors import InvalidInputError  # noqa: E402
-from lstminfer.kernels import numba_config, numba_math, numba_rnn, packing  # noqa: E402
+from lstminfer.kernels import fused, numba_config, numba_math, numba_rnn, packing  # noqa: E402
 from lstminfer.reference import SUPPORTED_ACTIVATIONS  # noqa: E402
 from lstminfer.reference.activations import Activation  # noqa: E402
 
@@ -416,3 +416,190 @@ def test_cache_location_that_cannot_be_written_falls_back_to_memory(monkeypatch)
         numba_config.jit_entry(lambda x: x)
     assert calls == [True, False] and not numba_config.caching_enabled
     assert any("NUMBA_CACHE_DIR" in str(w.message) for w in caught)
+
+
+# --------------------------------------------- C entry (no dispatcher) --
+
+entry_built = pytest.mark.skipif(fused._numba_entry is None, reason="lstminfer._numba_entry not built")
+
+
+def entry_kernel(op, spec, W, R, B, P):
+    """A one-thread kernel whose calls must all take the C entry (``_slow`` fails the test)."""
+    kernel = kernels.numba_kernel(spec, W, R, B, P)
+    assert kernel.entry_bound
+
+    def no_slow(*args):
+        raise AssertionError("the C entry declined a call it should take")
+
+    kernel._slow = no_slow
+    return kernel
+
+
+@entry_built
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction,layout", [("forward", 0), ("reverse", 1), ("bidirectional", 0),
+                                              ("bidirectional", 1)])
+@pytest.mark.parametrize("T,batch", [(1, 1), (1, 3), (6, 1), (5, 4)])
+def test_c_entry_matches_reference(op, direction, layout, T, batch):
+    rng = np.random.default_rng(T * 10 + batch)
+    D = 2 if direction == "bidirectional" else 1
+    W, R, B, P = make_weights(rng, op, D, 17, 5)
+    spec = make_spec(op, hidden_size=17, direction=direction, layout=layout, clip=2.5,
+                     linear_before_reset=batch % 2 == 1, input_forget=T == 1)
+    kernel = entry_kernel(op, spec, W, R, B, P)
+    for lens, with_states in ((None, True), (np.arange(T, T - batch, -1).clip(0).astype(np.int32), False)):
+        inputs = make_inputs(rng, op, spec, W, R, B, P, T=T, batch=batch, lens=lens, with_h0=with_states,
+                             with_c0=with_states)
+        expected = REFERENCE[op](*inputs, **spec.reference_kwargs())[: spec.num_outputs]
+        got = kernel(*inputs)
+        assert_close(got, expected)
+        assert all(g.flags.c_contiguous for g in got)
+
+
+@entry_built
+@pytest.mark.parametrize("op,num_outputs", [("LSTM", 1), ("LSTM", 2), ("GRU", 1)])
+def test_c_entry_trailing_outputs(op, num_outputs):
+    rng = np.random.default_rng(3)
+    W, R, B, P = make_weights(rng, op, 1, 8, 3)
+    spec = make_spec(op, hidden_size=8, num_outputs=num_outputs, layout=1)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=3, batch=2)
+    got = entry_kernel(op, spec, W, R, B, P)(*inputs)
+    assert len(got) == num_outputs
+    assert_close(got, REFERENCE[op](*inputs, **spec.reference_kwargs())[:num_outputs])
+
+
+@entry_built
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_run_into_updates_the_states_in_place_like_chunks_of_one_sequence(op, layout):
+    rng = np.random.default_rng(4)
+    W, R, B, P = make_weights(rng, op, 1, 16, 4)
+    spec = make_spec(op, hidden_size=16, layout=layout)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=7, batch=2)
+    X = inputs[0]
+    expected = REFERENCE[op](*inputs, **spec.reference_kwargs())
+    kernel = entry_kernel(op, spec, W, R, B, P)
+    h = inputs[5].copy()
+    states = (h, inputs[6].copy()) if op == "LSTM" else (h,)
+    ys = []
+    for t0, t1 in ((0, 1), (1, 4), (4, 7)):
+        chunk = np.ascontiguousarray(X[t0:t1] if layout == 0 else X[:, t0:t1])
+        ys.append(kernel.run_into(chunk, *states))
+    assert_close([np.concatenate(ys, axis=layout)] + list(states), expected)
+    # What it declines (the stream's checked path takes it): read-only states, float64, wrong shapes.
+    read_only = h.copy()
+    read_only.flags.writeable = False
+    rest = states[1:]
+    assert kernel.run_into(X, read_only, *rest) is None
+    assert kernel.run_into(X.astype(np.float64), h, *rest) is None
+    assert kernel.run_into(X[:, :1] if layout == 0 else X[:1], h, *rest) is None  # batch 1, states batch 2
+    assert kernel.run_into(X, h) is None if op == "LSTM" else kernel.run_into(X, h, h.copy()) is None
+
+
+@entry_built
+def test_c_entry_declines_to_the_python_path_which_gives_the_reference():
+    rng = np.random.default_rng(13)
+    op = "LSTM"
+    W, R, B, P = make_weights(rng, op, 1, 6, 3)
+    spec = make_spec(op, hidden_size=6)
+    kernel = kernels.numba_kernel(spec, W, R, B, P)
+    slow_calls = []
+    original = kernel._slow
+    kernel._slow = lambda *args: slow_calls.append(1) or original(*args)
+    X, _, _, _, _, h0, c0, _ = make_inputs(rng, op, spec, W, R, B, P, T=4, batch=3)
+    cases = [
+        (X[:, ::2], W, R, B, None, h0[:, ::2], c0[:, ::2], P),  # strided X and states
+        (X, W, (R * 2).astype(np.float32), B, None, h0, c0, P),  # other weights
+        (X, W, R, B, np.array([4, 0, 2], np.int64), h0, c0, P),  # lens not int32
+        (X, W, R, B, None, np.asfortranarray(h0), c0, P),
+    ]
+    for inputs in cases:
+        expected = reference.lstm(*inputs, **spec.reference_kwargs())
+        assert_close([g.astype(np.float32) for g in kernel(*inputs)], [e.astype(np.float32) for e in expected])
+    assert len(slow_calls) == len(cases)
+    with pytest.raises(InvalidInputError, match=r"sequence_lens"):  # out of range: the reference's error
+        kernel(X, W, R, B, np.array([5, 1, 1], np.int32), h0, c0, P)
+    with pytest.raises(InvalidInputError, match=r"initial_h"):
+        kernel(X, W, R, B, None, h0[:, :2].copy(), c0, P)
+    with pytest.raises(InvalidInputError, match=r"element type float64"):  # float64 X, float32 weights
+        kernel(X.astype(np.float64), W, R, B, None, h0, c0, P)
+
+
+@entry_built
+def test_two_threads_kernels_and_a_busy_scratch_buffer_use_the_entry():
+    """threads=2 keeps the Python path; one kernel called from several threads at once stays right."""
+    rng = np.random.default_rng(14)
+    op = "GRU"
+    W, R, B, _ = make_weights(rng, op, 1, 48, 8)
+    spec = make_spec(op, hidden_size=48)
+    assert not kernels.numba_kernel(spec, W, R, B, None, threads=2).entry_bound
+    kernel = entry_kernel(op, spec, W, R, B, None)
+    feeds = [make_inputs(rng, op, spec, W, R, B, None, T=int(rng.integers(1, 40)), batch=int(rng.integers(1, 5)))
+             for _ in range(12)]
+    expected = [REFERENCE[op](*f, **spec.reference_kwargs()) for f in feeds]
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            results = list(pool.map(lambda f: kernel(*f), feeds))
+            for got, exp in zip(results, expected):
+                assert_close(got, exp)
+
+
+@entry_built
+def test_entry_compiled_at_load_and_cached_under_the_kernel_digest():
+    from lstminfer.kernels import numba_entry
+
+    rng = np.random.default_rng(16)
+    W, R, B, _ = make_weights(rng, "RNN", 1, 4, 2)
+    kernels.numba_kernel(make_spec("RNN", hidden_size=4), W, R, B, None)
+    compiled = numba_entry._ENTRIES["RNN"]
+    assert compiled.__name__ == f"rnn_entry_{numba_rnn._DIGEST}" and compiled.address
+    assert numba_entry.entry("RNN") is compiled
+    assert fused._numba_entry.SLOT_NAMES == numba_entry.SLOT_NAMES
+    # `lstminfer compile` warms the entries with the drivers, so a deployment image has both cached
+    assert {"lstm_entry", "gru_entry", "rnn_entry"} <= set(kernels.compile_all())
+    assert numba_entry._ENTRIES["RNN"] is compiled
+
+
+def test_everything_runs_without_the_numba_entry_extension(tmp_path):
+    """lstminfer._numba_entry is optional: without it the Python path gives the same numbers."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_entry.py"
+    script.write_text(
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name == 'lstminfer._numba_entry':\n"
+        "            raise ImportError('blocked for the test')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import numpy as np\n"
+        "sys.path.insert(0, 'tests')\n"
+        "from lstminfer import kernels\n"
+        "from lstminfer.kernels import fused\n"
+        "from kernel_cases import make_inputs, make_spec, make_weights\n"
+        "assert fused._numba_entry is None\n"
+        "rng = np.random.default_rng(1)\n"
+        "W, R, B, P = make_weights(rng, 'LSTM', 2, 9, 4)\n"
+        "spec = make_spec('LSTM', hidden_size=9, direction='bidirectional', layout=1)\n"
+        "k = kernels.numba_kernel(spec, W, R, B, P)\n"
+        "assert not hasattr(k, 'run_into')\n"
+        "inputs = make_inputs(rng, 'LSTM', spec, W, R, B, P, T=5, batch=3, lens=np.array([5, 2, 0], np.int32))\n"
+        "np.savez(sys.argv[1], *k(*inputs))\n"
+    )
+    out = tmp_path / "out.npz"
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    subprocess.run([sys.executable, str(script), str(out)], cwd=root, env=env, check=True, timeout=120)
+    rng = np.random.default_rng(1)
+    W, R, B, P = make_weights(rng, "LSTM", 2, 9, 4)
+    spec = make_spec("LSTM", hidden_size=9, direction="bidirectional", layout=1)
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=5, batch=3, lens=np.array([5, 2, 0], np.int32))
+    with np.load(out) as slow:
+        got = [slow[f"arr_{k}"] for k in range(3)]
+    assert_close(got, reference.lstm(*inputs, **spec.reference_kwargs()))
+    for a, b in zip(got, kernels.numba_kernel(spec, W, R, B, P)(*inputs)):
+        np.testing.assert_allclose(a, b, atol=1e-6)

@@ -92,15 +92,18 @@ def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, thr
 def compile_all() -> list[str]:
     """Compile (or load from the cache) every kernel; returns their names. For ``lstminfer compile``.
 
-    One driver per op serves every thread count (each thread runs one part)."""
+    One driver per op serves every thread count (each thread runs one part); its C entry
+    (``numba_entry``, used at one thread when ``lstminfer._numba_entry`` is built) is cached too."""
     if _NUMBA_ERROR:
         return []
+    from .numba_entry import entry
     from .numba_rnn import driver
 
     names = []
     for op in OPS:
         driver(op)
-        names.append(f"{op.lower()}_sequence")
+        entry(op)
+        names += [f"{op.lower()}_sequence", f"{op.lower()}_entry"]
     return names
 
 

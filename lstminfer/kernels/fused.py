@@ -2,11 +2,18 @@
 
 ``FusedKernel(spec, packed, ...)`` is built once at load. Each call checks
 what the jitted driver cannot (dtypes, shapes, that W/R/B/P are still the
-constants it packed), allocates the outputs, reuses a per-thread scratch
-buffer and makes a single call into ``numba_rnn``. Anything unusual (a
-float64 X, a bad shape, weights that differ from the packed ones) goes to the
-reference implementation instead, which computes it or raises the error the
-reference raises, so the two paths never disagree on errors.
+constants it packed), allocates the outputs, reuses a scratch buffer and
+makes a single call into ``numba_rnn``. Anything unusual (a float64 X, a bad
+shape, weights that differ from the packed ones) goes to the reference
+implementation instead, which computes it or raises the error the reference
+raises, so the two paths never disagree on errors.
+
+Two ways in. With one thread and the ``lstminfer._numba_entry`` extension
+built, calls (and streams' ``run_into``) go to ``EntryCore`` (C): it checks
+the common case and calls the op's Numba ``cfunc`` (``numba_entry``) with the
+GIL released, no Numba dispatcher in between (that costs ~5 µs a call).
+Everything else, and every call without the extension or with threads > 1,
+runs ``_slow`` below: the same checks in Python and a dispatcher call.
 """
 from __future__ import annotations
 
@@ -23,6 +30,20 @@ from .numba_math import ACTIVATION_CODES
 from .common import same_weights, thread_pool
 from .packing import PackedWeights, num_gates
 
+try:
+    from .. import _numba_entry
+except ImportError:  # not built: every call takes the Python path
+    _numba_entry = None
+
+
+class _NoEntry:
+    def __call__(self, *inputs):
+        return self._slow(*inputs)
+
+
+# The per-call fast path lives in C (EntryCore.__call__ / run_into, native/_numba_entry.pyx).
+_EntryCore = _numba_entry.EntryCore if _numba_entry is not None else _NoEntry
+
 _F32 = np.dtype(np.float32)
 _NO_LENS = np.zeros(0, dtype=np.int32)
 _NO_STATE = np.zeros((0, 0, 0), dtype=np.float32)
@@ -30,8 +51,12 @@ _NO_SYNC = np.zeros(1, dtype=np.int64)  # one part: the barrier is never used
 _REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
 _MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs more than it saves
 
-class FusedKernel:
-    """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``."""
+class FusedKernel(_EntryCore):
+    """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``.
+
+    Calls go to ``EntryCore.__call__`` (C) when the entry is bound (one thread, the
+    extension built); what it declines, and every call otherwise, comes to ``_slow``.
+    """
 
     def __init__(self, spec: Any, packed: PackedWeights, W: np.ndarray, R: np.ndarray,
                  B: np.ndarray | None, P: np.ndarray | None, *, threads: int = 1,
@@ -67,6 +92,20 @@ class FusedKernel:
                f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows, "
                f"else hidden units split in {self._nblocks} blocks)")
         )
+        if _numba_entry is not None and self._batch_parts == 1 and self._nblocks == 1:
+            self._bind()
+
+    def _bind(self) -> None:
+        """Compile (or load) the op's C entry and hand it the packed constants."""
+        from . import numba_entry
+
+        self._sync = np.zeros(1, dtype=np.int64)
+        self._bind_entry(
+            numba_entry.address(self.op), numba_entry.SLOT_NAMES, *self._constants, self.op == "LSTM",
+            self._packed.buffer, self._table, self._fparams, self._sync, self.hidden_size, self.input_size,
+            self.num_directions, self._states, num_gates(self.op), self._nblocks, self._reverse_first, self._flag,
+            self._time_major, self._clip, self.spec.num_outputs, numba_rnn.scratch_size,
+        )
 
     @staticmethod
     def _tables(spec: Any, packed: PackedWeights) -> tuple[np.ndarray, np.ndarray]:
@@ -80,8 +119,8 @@ class FusedKernel:
         return table, fparams
 
     # ------------------------------------------------------------------
-    def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
-        # Kept lean: at batch 1 and one step, this Python is most of the cost.
+    def _slow(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
+        """Everything the C entry declines (or every call, where it is not bound)."""
         W0, R0, B0, P0 = self._constants
         if not ((W is W0 and R is R0 and B is B0 and (P is P0 or self.op != "LSTM")) or
                 self._same_weights(W, R, B, P)):
