@@ -222,6 +222,51 @@ def test_node_case(case, model):
             _assert_same(g, e, rtol, atol, f"data set {k}, output {i}")
 
 
+RECURRENT = {"LSTM", "GRU", "RNN"}
+_WEIGHT_POSITIONS = (1, 2, 3, 7)  # W, R, B and (LSTM) P among a recurrent node's inputs
+
+
+def _recurrent_params():
+    """(case, model, backend) for every selected case whose graph is one recurrent node."""
+    import lstminfer
+
+    params = []
+    for case, model in _selected_cases():
+        nodes = model.graph.node
+        if case.name in EXCLUDED or len(nodes) != 1 or nodes[0].op_type not in RECURRENT:
+            continue
+        for backend in lstminfer.available_backends():
+            params.append(pytest.param(case, model, backend, id=f"{case.name}-{backend}"))
+    return params
+
+
+@pytest.mark.parametrize("case, model, backend", _recurrent_params())
+def test_recurrent_case_under_every_backend(case, model, backend):
+    """The recurrent cases again, their weights as initializers (so the fast kernels take them), per backend."""
+    node = model.graph.node[0]
+    weights = {name for k, name in enumerate(node.input) if k in _WEIGHT_POSITIONS and name}
+    rtol, atol = (TOLERANCE[case.name][:2] if case.name in TOLERANCE else (case.rtol, case.atol))
+    for k, (inputs, expected) in enumerate(case.data_sets):
+        feeds = _feeds(model, inputs)
+        constant = onnx.ModelProto()
+        constant.CopyFrom(model)
+        for vi in [vi for vi in constant.graph.input if vi.name in weights]:
+            constant.graph.input.remove(vi)
+            constant.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(feeds.pop(vi.name)), vi.name))
+        loaded = lstminfer.load(constant, backend=backend)
+        if np.asarray(inputs[0]).dtype == np.float32:  # float64 cases run on the reference by design
+            assert f"via {backend}" in loaded.describe(), loaded.describe()
+        got = loaded.run(None, feeds)
+        assert len(got) == len(expected)
+        for i, (g, e) in enumerate(zip(got, expected)):
+            _assert_same(g, e, rtol, atol, f"[{backend}] data set {k}, output {i}")
+
+
+def test_recurrent_cases_exist_for_every_op():
+    covered = {model.graph.node[0].op_type for case, model, _ in (p.values for p in _recurrent_params())}
+    assert covered == RECURRENT
+
+
 def test_lists_name_selected_cases_only():
     """Every EXCLUDED / KNOWN_FAILING_OTHERS / TOLERANCE entry is a case that actually runs."""
     selected = {case.name for case, _ in _selected_cases()}

@@ -5,6 +5,12 @@ Single-node models are built with onnx.helper and run by onnxruntime and by
 (max abs diff <= 1e-5, float32). onnxruntime refuses layout=1, so layout=1 is
 checked against onnxruntime on the transposed layout-0 model.
 
+Each case runs on lstminfer twice over: as built (W, R, B, P fed at run time:
+the reference kernel, since the fast ones pack constant weights at load) and
+with those weights as initializers, as exporters write them, under every
+available backend (Cython, Numba, reference), each checked to really run its
+own kernel. So this whole suite is the conformance suite of every backend.
+
 Where onnxruntime departs from the spec we pass explicit values instead of
 relying on defaults (see lstminfer/reference/activations.py): it defaults
 alpha/beta of Affine, ThresholdedRelu, ScaledTanh (and all RNN functions) to
@@ -92,21 +98,47 @@ def make_model(op, attrs, feeds, outputs=None, opset=14, initializers=(), dynami
     return model
 
 
+WEIGHTS = ("W", "R", "B", "P")
+
+
+def with_constant_weights(model, feeds):
+    """``model`` with the fed W, R, B, P as initializers, and the feeds left to give."""
+    constant = type(model)()
+    constant.CopyFrom(model)
+    graph = constant.graph
+    moved = [vi for vi in graph.input if vi.name in WEIGHTS and vi.name in feeds]
+    for vi in moved:
+        graph.input.remove(vi)
+        graph.initializer.append(numpy_helper.from_array(feeds[vi.name], vi.name))
+    return constant, {k: v for k, v in feeds.items() if k not in WEIGHTS}
+
+
+def lstminfer_runs(model, feeds):
+    """[(label, outputs)]: the model as built, then with constant weights under every available backend."""
+    runs = [("weights fed", lstminfer.load(model).run(None, feeds))]
+    constant, rest = with_constant_weights(model, feeds)
+    for backend in lstminfer.available_backends():
+        loaded = lstminfer.load(constant, backend=backend)
+        assert f"via {backend}" in loaded.describe(), loaded.describe()  # its own kernel, not a fallback
+        runs.append((backend, loaded.run(None, rest)))
+    return runs
+
+
 def run_both(model, feeds):
+    """onnxruntime's outputs, and lstminfer's [(label, outputs)] (``lstminfer_runs``)."""
     expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
-    got = lstminfer.load(model).run(None, feeds)
-    return expected, got
+    return expected, lstminfer_runs(model, feeds)
 
 
-def assert_close(expected, got, tolerance=TOLERANCE):
+def assert_close(expected, got, tolerance=TOLERANCE, where=""):
     """Max abs diff <= tolerance, scaled by the largest |value| when that is above 1.
 
     Unbounded activations (Softplus, Relu, Affine in every slot) reach values
     of ~20, where one float32 rounding step alone is ~2e-6.
     """
-    assert len(got) == len(expected)
+    assert len(got) == len(expected), where
     for e, g in zip(expected, got):
-        assert g.dtype == e.dtype and g.shape == e.shape
+        assert g.dtype == e.dtype and g.shape == e.shape, where
         finite = np.isfinite(e)
         np.testing.assert_array_equal(np.isfinite(g), finite)  # overflow in the same places
         e, g = e[finite], g[finite]
@@ -114,14 +146,16 @@ def assert_close(expected, got, tolerance=TOLERANCE):
             continue
         diff = float(np.max(np.abs(g.astype(np.float64) - e)))
         scale = max(1.0, float(np.max(np.abs(e))))
-        assert diff <= tolerance * scale, f"max abs diff {diff} (largest |value| {scale})"
+        assert diff <= tolerance * scale, f"{where}: max abs diff {diff} (largest |value| {scale})"
 
 
 def check(op, attrs, feeds, outputs=None, opset=14, tolerance=TOLERANCE):
+    """lstminfer (every run of ``lstminfer_runs``) against onnxruntime; returns the first run's outputs."""
     model = make_model(op, attrs, feeds, outputs, opset)
-    expected, got = run_both(model, feeds)
-    assert_close(expected, got, tolerance)
-    return got
+    expected, runs = run_both(model, feeds)
+    for label, got in runs:
+        assert_close(expected, got, tolerance, label)
+    return runs[0][1]
 
 
 # ------------------------------------------------ directions and opsets --
@@ -252,14 +286,16 @@ def test_layout1_matches_onnxruntime_on_transposed_model(op):
     attrs = {"hidden_size": 6, "direction": "bidirectional"}
     expected = ort.InferenceSession(make_model(op, attrs, feeds).SerializeToString()).run(None, feeds)
     batchwise = {k: (v.transpose(1, 0, 2) if k in ("X", "initial_h", "initial_c") else v) for k, v in feeds.items()}
-    got = lstminfer.load(make_model(op, dict(attrs, layout=1), batchwise)).run(None, batchwise)
-    assert_close([expected[0].transpose(2, 0, 1, 3)] + [e.transpose(1, 0, 2) for e in expected[1:]], got)
+    expected = [expected[0].transpose(2, 0, 1, 3)] + [e.transpose(1, 0, 2) for e in expected[1:]]
+    for label, got in lstminfer_runs(make_model(op, dict(attrs, layout=1), batchwise), batchwise):
+        assert_close(expected, got, where=label)
 
 
 def test_hidden_size_attribute_may_be_omitted():
     feeds = make_feeds("GRU", seed=11)
     expected = ort.InferenceSession(make_model("GRU", {"hidden_size": 6}, feeds).SerializeToString()).run(None, feeds)
-    assert_close(expected, lstminfer.load(make_model("GRU", {}, feeds)).run(None, feeds))
+    for label, got in lstminfer_runs(make_model("GRU", {}, feeds), feeds):
+        assert_close(expected, got, where=label)
 
 
 # --------------------------------------------------------- sizes, lengths --
@@ -348,12 +384,12 @@ EXPLODED = 1e3
 
 def check_against_float64(op, attrs, feeds, outputs, opset):
     model = make_model(op, attrs, feeds, outputs, opset)
-    ort_out, ours = run_both(model, feeds)
+    ort_out, runs = run_both(model, feeds)
     args = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in feeds.items()}
     truth = getattr(reference, op.lower())(**args, **attrs)
     by_name = dict(zip(OUTPUTS[op], truth))
     names = [n for n in (OUTPUTS[op] if outputs is None else outputs) if n]  # "" = output skipped
-    for name, e, g in zip(names, ort_out, ours):
+    for label, name, e, g in ((label, *values) for label, ours in runs for values in zip(names, ort_out, ours)):
         t = by_name[name]
         finite = np.isfinite(t) & np.isfinite(e)
         # An exploding recurrence (|h| in the thousands) amplifies each rounding
@@ -363,7 +399,7 @@ def check_against_float64(op, attrs, feeds, outputs, opset):
         ort_err = float(np.max(np.abs(e[finite] - t[finite]), initial=0.0))
         scale = max(1.0, float(np.max(np.abs(t[finite]), initial=0.0)))
         assert ours_err <= 2 * ort_err + TOLERANCE * scale, (
-            f"{name}: lstminfer is {ours_err:.3g} from the float64 reference, onnxruntime {ort_err:.3g}"
+            f"{name} [{label}]: lstminfer is {ours_err:.3g} from the float64 reference, onnxruntime {ort_err:.3g}"
         )
 
 
