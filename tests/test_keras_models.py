@@ -36,9 +36,9 @@ def op_counts(graph: onnx.GraphProto, counts=None) -> collections.Counter:
 
 
 @functools.lru_cache(maxsize=None)
-def sessions(name):
+def sessions(name, backend="auto"):
     path = KERAS_DIR / f"{name}.onnx"
-    return lstminfer.load(str(path)), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return lstminfer.load(str(path), backend=backend), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
 def random_feed(session, batch, steps, rng, masked):
@@ -71,10 +71,11 @@ def test_fixtures_cover_recurrent_ops_and_loops():
     assert uses["bidirectional_gru"]["Loop"] == 2
 
 
+@pytest.mark.parametrize("backend", lstminfer.available_backends())
 @pytest.mark.parametrize("name", FIXTURES)
 @pytest.mark.parametrize("batch, steps", [(1, 1), (1, 7), (8, 1), (8, 7), (1, 50), (8, 50)])
-def test_keras_fixture_matches_onnxruntime(name, batch, steps, rng):
-    ours, reference = sessions(name)
+def test_keras_fixture_matches_onnxruntime(name, batch, steps, backend, rng):
+    ours, reference = sessions(name, backend)
     feed = random_feed(reference, batch, steps, rng, masked=name in MASKED)
     expected = reference.run(None, feed)
     got = ours.run(None, feed)
