@@ -603,3 +603,18 @@ def test_everything_runs_without_the_numba_entry_extension(tmp_path):
     assert_close(got, reference.lstm(*inputs, **spec.reference_kwargs()))
     for a, b in zip(got, kernels.numba_kernel(spec, W, R, B, P)(*inputs)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("op,lbr", [("LSTM", False), ("GRU", False), ("GRU", True), ("RNN", False)])
+@pytest.mark.parametrize("H", [1, 17, 45])
+@pytest.mark.parametrize("T,batch", [(1, 1), (1, 3), (5, 2), (3, 5)])
+def test_small_batches_over_packed_panels(op, lbr, H, T, batch):
+    """Batch 1..3 (every row over the panels) and 5 (one row left by the tiles): odd H, both directions,
+    both layouts, sequence_lens."""
+    rng = np.random.default_rng(H * 10 + T + batch)
+    W, R, B, P = make_weights(rng, op, 2, H, 3)
+    for layout in (0, 1):
+        spec = make_spec(op, hidden_size=H, direction="bidirectional", layout=layout, linear_before_reset=lbr)
+        lens = rng.integers(0, T + 1, batch).astype(np.int32)
+        inputs = make_inputs(rng, op, spec, W, R, B, P, T=T, batch=batch, lens=lens)
+        assert_close(*run_both(op, spec, inputs))

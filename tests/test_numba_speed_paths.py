@@ -117,3 +117,56 @@ def test_panel_matvec_walks_agree():
     np.testing.assert_array_equal(forward[:panels], backward[:panels])
     np.testing.assert_allclose(forward[panels:], backward[panels:], atol=1e-5)
     np.testing.assert_allclose(forward, h.astype(np.float64) @ BmT[:, :N].astype(np.float64), atol=1e-4)
+
+
+# ----------------------------------------------- batch 1 over packed panels --
+PW = numba_math.PANEL_WIDTH
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("K", [1, 3, 7, 8, 9, 17, 64, 67])
+@pytest.mark.parametrize("width", [1, 17, PW, PW + 1, 3 * PW + 5])
+def test_matvec_over_packed_panels(K, width, backward):
+    """Every K tail (8-row steps, then single rows), a partial last panel, both walks; nothing written past."""
+    from lstminfer.kernels.packing import column_panels
+
+    rng = np.random.default_rng(K * 100 + width)
+    M = rng.standard_normal((K, width)).astype(np.float32)
+    h = rng.standard_normal(K).astype(np.float32)
+    panels = column_panels(M, PW)
+    out = np.full(width + 9, 7.0, dtype=np.float32)
+    numba_math.matvec_packed(h, panels, width, out, backward)
+    expected = h.astype(np.float64) @ M.astype(np.float64)
+    np.testing.assert_allclose(out[:width], expected, atol=1e-5 * max(1.0, np.sqrt(K)))
+    assert (out[width:] == 7).all(), "matvec_packed wrote past its columns"
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("H,blocks", [(1, 1), (17, 1), (40, 2), (264, 2)])
+def test_with_panels_lays_out_every_range(op, H, blocks):
+    """Each unit block's column ranges (GRU: z,r | h) as panels of W^T and R^T; the rest unchanged."""
+    from lstminfer.kernels import packing
+
+    rng = np.random.default_rng(H)
+    G, I, D = packing.GATES[op], 5, 2
+    W = rng.standard_normal((D, G * H, I)).astype(np.float32)
+    R = rng.standard_normal((D, G * H, H)).astype(np.float32)
+    packed = packing.pack(op, W, R, None, None, blocks=blocks)
+    extended = packing.with_panels(packed)
+    assert extended.offsets.shape == (D, packing.PANEL_SEGMENTS)
+    assert (extended.offsets % packing.ALIGN_FLOATS == 0).all()
+    assert extended.buffer.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(extended.buffer[:packed.buffer.size], packed.buffer)
+    ranges = packing.panel_ranges(op, packed.edges)
+    GHs = packing.row_stride(G * H)
+    for d in range(D):
+        for which, source, K in ((packing.SEG_WP, packing.SEG_WT, I), (packing.SEG_RP, packing.SEG_RT, H)):
+            matrix = packed.segment(d, source, (K, GHs))
+            start = int(extended.offsets[d, which])
+            for c0, c1 in ranges:
+                columns = packing.panel_columns(c1 - c0)
+                got = extended.buffer[start: start + K * columns].reshape(columns // PW, K, PW)
+                got = got.transpose(1, 0, 2).reshape(K, columns)
+                np.testing.assert_array_equal(got[:, :c1 - c0], matrix[:, c0:c1])
+                assert (got[:, c1 - c0:] == 0).all()
+                start += K * columns

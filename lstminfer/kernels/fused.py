@@ -28,7 +28,7 @@ from ..errors import InvalidInputError, UnsupportedModelError
 from . import numba_rnn
 from .numba_math import ACTIVATION_CODES
 from .common import same_weights, thread_pool
-from .packing import PackedWeights, num_gates
+from .packing import PackedWeights, num_gates, with_panels
 
 try:
     from .. import _numba_entry
@@ -64,6 +64,8 @@ class FusedKernel(_EntryCore):
         self.spec = spec
         self.op = spec.op
         self.label = label
+        # + W^T and R^T as panels (the batch-1 products): one more copy of the weights
+        packed = with_panels(packed)
         self._packed = packed
         self._constants = (W, R, B, P)
         self.hidden_size = packed.hidden_size
@@ -76,7 +78,7 @@ class FusedKernel(_EntryCore):
         # threads > 1: batches of 4+ rows per thread split the batch (no per-step barrier);
         # smaller ones split the hidden units (``packed`` has ``threads`` unit blocks).
         self._batch_parts = threads if serial_packed is not None else 1
-        self._serial_packed = serial_packed if serial_packed is not None else packed
+        self._serial_packed = with_panels(serial_packed) if serial_packed is not None else packed
         self._serial_table = self._tables(spec, self._serial_packed)[0]
         self._flag = bool(spec.input_forget if self.op == "LSTM" else
                           spec.linear_before_reset if self.op == "GRU" else False)

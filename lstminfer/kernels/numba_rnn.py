@@ -25,7 +25,7 @@ Arguments shared by the drivers (types in ``driver_signature``):
   h0 (c0) [D, B, H] (used if has_h0/has_c0); Y [T, D, B, H]; states
   [S, D, B, H] (S = 2 for LSTM: h, c), all C-contiguous; wbuf = the packed
   buffer; table (int64) = unit block edges [nblocks + 1], then segment offsets
-  [D, NUM_SEGMENTS], then activation codes [D, acts per direction]; fparams
+  [D, PANEL_SEGMENTS] (``packing.with_panels``), then activation codes [D, acts per direction]; fparams
   (float32) = alpha, beta of each activation; scratch of
   ``scratch_size(T, B, G, H, time_major)`` floats; part, nparts: this
   thread and how many run the node (``_claim``); sync: int64
@@ -40,6 +40,8 @@ import os
 import platform
 import types as pytypes
 
+import numba
+
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
@@ -47,9 +49,11 @@ from numba.extending import intrinsic
 
 from .numba_config import jit, jit_entry
 from .numba_math import (
-    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, product,
+    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, matvec_packed,
+    product,
 )
-from .packing import NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_RT, SEG_W, SEG_WT
+from .packing import (PANEL_SEGMENTS, PANEL_WIDTH, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_RP, SEG_RT, SEG_W,
+                      SEG_WP, SEG_WT)
 
 ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
@@ -225,21 +229,48 @@ _chunk_steps_nb = jit(_chunk_steps)
 def _carve(scratch, TC, B, G, H):
     o = 0
     GHs = _row_stride_nb(G * H)
-    xp = scratch[o: o + TC * B * GHs].reshape((TC * B, GHs))
+    xp = _matrix(scratch, o, TC * B, GHs)
     o += _padded_nb(TC * B * GHs)
-    gates = scratch[o: o + B * GHs].reshape((B, GHs))
+    gates = _matrix(scratch, o, B, GHs)
     o += _padded_nb(B * GHs)
-    hbuf = scratch[o: o + 2 * B * H].reshape((2, B, H))
+    hbuf = _cube(scratch, o, 2, B, H)
     o += _padded_nb(2 * B * H)
-    c = scratch[o: o + B * H].reshape((B, H))
+    c = _matrix(scratch, o, B, H)
     o += _padded_nb(B * H)
-    rh = scratch[o: o + B * H].reshape((B, H))
+    rh = _matrix(scratch, o, B, H)
     return xp, gates, hbuf, c, rh
+
+
+# Views of the buffers as matrices: numba.carray over the address, not ``reshape``, which calls
+# a C helper (numba_attempt_nocopy_reshape) each time: ~6 % of a T=1, H=8 call had gone there.
+@intrinsic
+def _f32_pointer(typingctx, address):
+    """The integer ``address`` as a float32 pointer (for ``numba.carray``)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+
+    return types.CPointer(types.float32)(types.intp), codegen
+
+
+@jit
+def _matrix(buf, start, rows, cols):
+    """``buf``'s floats from ``start`` (C-contiguous buffer) as a [rows, cols] array."""
+    return numba.carray(_f32_pointer(buf.ctypes.data + 4 * start), (rows, cols))
+
+
+@jit
+def _cube(buf, start, n0, n1, n2):
+    return numba.carray(_f32_pointer(buf.ctypes.data + 4 * start), (n0, n1, n2))
+
+
+@jit
+def _segment_matrix(wbuf, table, nblocks, d, which, rows, cols):
+    return _matrix(wbuf, table[nblocks + 1 + d * PANEL_SEGMENTS + which], rows, cols)
 
 
 @jit
 def _segment(wbuf, table, nblocks, d, which, n):
-    start = table[nblocks + 1 + d * NUM_SEGMENTS + which]
+    start = table[nblocks + 1 + d * PANEL_SEGMENTS + which]
     return wbuf[start: start + n]
 
 
@@ -257,27 +288,102 @@ def _check_lens(lens, has_lens, T):
     return 0
 
 
+# Row slices indexed from 0 (see below): indexing the 3-D arrays in the loop made LLVM
+# gather and scatter (~4 % of a T=1, H=64 call).
 @jit
 def _init_state(dst, src, has_src, d, u0, u1):
     for b in range(dst.shape[0]):
-        for j in range(u0, u1):
-            dst[b, j] = src[d, b, j] if has_src else ZERO
+        row = dst[b, u0:u1]
+        if has_src:
+            given = src[d, b, u0:u1]
+            for j in range(u1 - u0):
+                row[j] = given[j]
+        else:
+            for j in range(u1 - u0):
+                row[j] = ZERO
 
 
 @jit
 def _store_state(states, which, d, src, u0, u1):
     for b in range(src.shape[0]):
-        for j in range(u0, u1):
-            states[which, d, b, j] = src[b, j]
+        row = states[which, d, b, u0:u1]
+        given = src[b, u0:u1]
+        for j in range(u1 - u0):
+            row[j] = given[j]
 
 
 @jit
-def _project(X2, wW, wWT, bias_x, xp, table, nblocks, k, G):
+def _panel_columns(width):  # packing.panel_columns
+    return (width + PANEL_WIDTH - 1) // PANEL_WIDTH * PANEL_WIDTH
+
+
+@jit
+def _all_panel_columns(table, nblocks, G):
+    """Columns of the panels of every unit block (``packing.with_panels``)."""
+    total = 0
+    for j in range(nblocks):
+        bs = table[j + 1] - table[j]
+        total += _panel_columns(2 * bs) + _panel_columns(bs) if G == 3 else _panel_columns(G * bs)
+    return total
+
+
+@jit
+def _range_panels(panels, K, table, k, split, G):
+    """Unit block k's panels (``packing.panel_ranges``) of a K-row matrix: the columns before
+    ``split`` (GRU: z, r; the others: all), or from it (GRU: h) when ``split`` is False."""
+    before = 0
+    for j in range(k):
+        bs = table[j + 1] - table[j]
+        before += _panel_columns(2 * bs) + _panel_columns(bs) if G == 3 else _panel_columns(G * bs)
+    bs = table[k + 1] - table[k]
+    if G != 3:
+        width = G * bs
+    elif split:
+        width = 2 * bs
+    else:
+        before += _panel_columns(2 * bs)
+        width = bs
+    return panels[K * before: K * (before + _panel_columns(width))]
+
+
+@jit
+def _product(A, Bm, BmT, panels, n0, n1, out, c0, backward):
+    """``product``, with the rows the register tiles leave (all of them below 4) over ``panels``
+    (columns [n0, n1) as panels, from the first)."""
+    M = A.shape[0]
+    full = M - M % 4
+    if full:
+        product(A[:full], Bm, BmT, n0, n1, out[:full], c0, backward)
+    for m in range(full, M):
+        matvec_packed(A[m], panels, n1 - n0, out[m, c0:], backward)
+
+
+@jit
+def _block_product(A, Bm, BmT, panels, table, k, G, first, last, out, backward):
+    """``_product`` over unit block k's gate columns [G*u0 + first*bs, G*u0 + last*bs) (gates first..last-1),
+    a range that covers whole ``packing.panel_ranges``."""
+    u0 = table[k]
+    bs = table[k + 1] - u0
+    K = A.shape[1]
+    c0 = G * u0 + first * bs
+    if G == 3 and first < 2:
+        split = G * u0 + 2 * bs
+        _product(A, Bm, BmT, _range_panels(panels, K, table, k, True, G), c0, split, out, c0, backward)
+        if last == 3:
+            _product(A, Bm, BmT, _range_panels(panels, K, table, k, False, G), split, G * u0 + 3 * bs, out, split,
+                     backward)
+    else:
+        _product(A, Bm, BmT, _range_panels(panels, K, table, k, G == 3 and first < 2, G), c0, G * u0 + last * bs,
+                 out, c0, backward)
+
+
+@jit
+def _project(X2, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G):
     """Rows of ``xp`` = rows of X2 . W^T + bias, this unit block's columns."""
     u0 = table[k]
     u1 = table[k + 1]
     out = xp[: X2.shape[0]]
-    product(X2, wW, wWT, G * u0, G * u1, out, G * u0)
+    _block_product(X2, wW, wWT, wWP, table, k, G, 0, G, out, False)
     add_bias_rows(out, bias_x, G * u0, G * u1)
 
 
@@ -385,12 +491,14 @@ def _lstm_cells_generic(xr, gr, h, c, pi, pf, po, bs, clip, input_forget,
 
 
 @jit
-def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, peepholes, u0, u1, t, lens, has_lens, Y, d,
+def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, table, k, t, lens, has_lens, Y, d,
                 clip, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh):
+    u0 = table[k]
+    u1 = table[k + 1]
     bs = u1 - u0
     cb = 4 * u0
     ce = 4 * u1
-    product(hp, wR, wRT, cb, ce, gates, cb, t % 2 == 1)
+    _block_product(hp, wR, wRT, wRP, table, k, 4, 0, 4, gates, t % 2 == 1)
     ff = ONE if input_forget else ZERO
     pi, pf, po = peep[0, u0:u1], peep[1, u0:u1], peep[2, u0:u1]
     for b in range(hp.shape[0]):
@@ -420,20 +528,22 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
     if _check_lens(lens, has_lens, T):
         return 1
     epoch = 1
-    X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
     clip32 = F32(clip)
     xp, gates, hbuf, c, _ = _carve(scratch, TC, B, G, H)
-    codes_at = nblocks + 1 + D * NUM_SEGMENTS
+    codes_at = nblocks + 1 + D * PANEL_SEGMENTS
     for d in range(D):
         reverse = reverse_first or d == 1
-        wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
-        wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
+        wW = _segment_matrix(wbuf, table, nblocks, d, SEG_W, G * H, I)
+        wR = _segment_matrix(wbuf, table, nblocks, d, SEG_R, G * H, H)
         GHs = _row_stride_nb(G * H)
-        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, GHs * I).reshape((I, GHs))
-        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, GHs * H).reshape((H, GHs))
+        wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, GHs)
+        wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, GHs)
+        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * _all_panel_columns(table, nblocks, G))
+        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * _all_panel_columns(table, nblocks, G))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
-        peep = _segment(wbuf, table, nblocks, d, SEG_PEEP, 3 * H).reshape((3, H))
+        peep = _segment_matrix(wbuf, table, nblocks, d, SEG_PEEP, 3, H)
         peepholes = not _all_zero(peep)
         a = codes_at + 3 * d
         cf, cg, ch = table[a], table[a + 1], table[a + 2]
@@ -461,8 +571,8 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
             k = _claim(sync, epoch, part, nblocks, nparts, -1)
             while k >= 0:
                 if new_chunk:  # block k's projections are read by block k's steps only
-                    _project(rows, wW, wWT, bias_x, xp, table, nblocks, k, G)
-                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, peep, peepholes, table[k], table[k + 1], t,
+                    _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
+                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, table, k, t,
                             lens, has_lens, Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh)
                 k = _claim(sync, epoch, part, nblocks, nparts, k)
             epoch = _phase_end(sync, epoch, nblocks, nparts)
@@ -537,13 +647,15 @@ def _gru_lbr_cells(xr, gr, hp, h, rbh, bs, clip, default, cf, af, bf, cg, ag, bg
 
 
 @jit
-def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, bias_rh, u0, u1, t, lens, has_lens, Y, d, clip, lbr,
+def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens, Y, d, clip, lbr,
                 default, cf, af, bf, cg, ag, bg):
     """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev)."""
+    u0 = table[k]
+    u1 = table[k + 1]
     bs = u1 - u0
     cb = 3 * u0
     ce = 3 * u1
-    product(hp, wR, wRT, cb, ce if lbr else cb + 2 * bs, gates, cb, t % 2 == 1)
+    _block_product(hp, wR, wRT, wRP, table, k, 3, 0, 3 if lbr else 2, gates, t % 2 == 1)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
@@ -563,11 +675,14 @@ def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, bias_rh, u0, u1, t, lens
 
 
 @jit
-def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, u0, u1, t, lens, has_lens, Y, d, clip, default, cg, ag, bg):
+def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d, clip, default,
+                cg, ag, bg):
+    u0 = table[k]
+    u1 = table[k + 1]
     bs = u1 - u0
     cb = 3 * u0
     hb = cb + 2 * bs
-    product(rh, wR, wRT, hb, hb + bs, gates, hb, t % 2 == 1)
+    _block_product(rh, wR, wRT, wRP, table, k, 3, 2, 3, gates, t % 2 == 1)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
@@ -586,19 +701,21 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
     if _check_lens(lens, has_lens, T):
         return 1
     epoch = 1
-    X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
     clip32 = F32(clip)
     xp, gates, hbuf, _, rh = _carve(scratch, TC, B, G, H)
-    codes_at = nblocks + 1 + D * NUM_SEGMENTS
+    codes_at = nblocks + 1 + D * PANEL_SEGMENTS
     lbr = linear_before_reset
     for d in range(D):
         reverse = reverse_first or d == 1
-        wW = _segment(wbuf, table, nblocks, d, SEG_W, G * H * I).reshape((G * H, I))
-        wR = _segment(wbuf, table, nblocks, d, SEG_R, G * H * H).reshape((G * H, H))
+        wW = _segment_matrix(wbuf, table, nblocks, d, SEG_W, G * H, I)
+        wR = _segment_matrix(wbuf, table, nblocks, d, SEG_R, G * H, H)
         GHs = _row_stride_nb(G * H)
-        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, GHs * I).reshape((I, GHs))
-        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, GHs * H).reshape((H, GHs))
+        wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, GHs)
+        wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, GHs)
+        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * _all_panel_columns(table, nblocks, G))
+        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * _all_panel_columns(table, nblocks, G))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         bias_rh = _segment(wbuf, table, nblocks, d, SEG_BIAS_RH, H)
         a = codes_at + 2 * d
@@ -626,15 +743,15 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
             k = _claim(sync, epoch, part, nblocks, nparts, -1)
             while k >= 0:
                 if new_chunk:  # block k's projections are read by block k's steps only
-                    _project(rows, wW, wWT, bias_x, xp, table, nblocks, k, G)
-                _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, bias_rh, table[k], table[k + 1], t, lens, has_lens,
+                    _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
+                _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens,
                             Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg)
                 k = _claim(sync, epoch, part, nblocks, nparts, k)
             epoch = _phase_end(sync, epoch, nblocks, nparts)
             if not lbr:  # phase 2 reads all of r * h_prev
                 k = _claim(sync, epoch, part, nblocks, nparts, -1)
                 while k >= 0:
-                    _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, table[k], table[k + 1], t, lens, has_lens,
+                    _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, table, k, t, lens, has_lens,
                                 Y, d, clip32, default, cg, ag, bg)
                     k = _claim(sync, epoch, part, nblocks, nparts, k)
                 epoch = _phase_end(sync, epoch, nblocks, nparts)
@@ -650,8 +767,10 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
 # ---------------------------------------------------------------- RNN --
 
 @jit
-def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, u0, u1, t, lens, has_lens, Y, d, clip, cf, af, bf):
-    product(hp, wR, wRT, u0, u1, gates, u0, t % 2 == 1)
+def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d, clip, cf, af, bf):
+    u0 = table[k]
+    u1 = table[k + 1]
+    _block_product(hp, wR, wRT, wRP, table, k, 1, 0, 1, gates, t % 2 == 1)
     bs = u1 - u0
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
@@ -679,18 +798,20 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
     if _check_lens(lens, has_lens, T):
         return 1
     epoch = 1
-    X2 = X.reshape((X.shape[0] * X.shape[1], I))
+    X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
     clip32 = F32(clip)
     xp, gates, hbuf, _, _ = _carve(scratch, TC, B, G, H)
-    codes_at = nblocks + 1 + D * NUM_SEGMENTS
+    codes_at = nblocks + 1 + D * PANEL_SEGMENTS
     for d in range(D):
         reverse = reverse_first or d == 1
-        wW = _segment(wbuf, table, nblocks, d, SEG_W, H * I).reshape((H, I))
-        wR = _segment(wbuf, table, nblocks, d, SEG_R, H * H).reshape((H, H))
+        wW = _segment_matrix(wbuf, table, nblocks, d, SEG_W, H, I)
+        wR = _segment_matrix(wbuf, table, nblocks, d, SEG_R, H, H)
         Hs = _row_stride_nb(H)
-        wWT = _segment(wbuf, table, nblocks, d, SEG_WT, Hs * I).reshape((I, Hs))
-        wRT = _segment(wbuf, table, nblocks, d, SEG_RT, Hs * H).reshape((H, Hs))
+        wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, Hs)
+        wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, Hs)
+        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * _all_panel_columns(table, nblocks, G))
+        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * _all_panel_columns(table, nblocks, G))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, H)
         cf = table[codes_at + d]
         af, bf = fparams[2 * d], fparams[2 * d + 1]
@@ -714,8 +835,8 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
             k = _claim(sync, epoch, part, nblocks, nparts, -1)
             while k >= 0:
                 if new_chunk:  # block k's projections are read by block k's steps only
-                    _project(rows, wW, wWT, bias_x, xp, table, nblocks, k, G)
-                _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, table[k], table[k + 1], t, lens, has_lens,
+                    _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
+                _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_lens,
                            Y, d, clip32, cf, af, bf)
                 k = _claim(sync, epoch, part, nblocks, nparts, k)
             epoch = _phase_end(sync, epoch, nblocks, nparts)
