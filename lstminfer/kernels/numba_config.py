@@ -52,6 +52,12 @@ def jit(fn):
     return numba.njit(cache=False, **_COMMON)(fn)
 
 
+def jit_inline(fn):
+    """A small helper on the per-step path, inlined at Numba's IR level into its callers (LLVM
+    does not inline across Numba's per-function modules; each call passes arrays as dozens of words)."""
+    return numba.njit(cache=False, inline="always", **_COMMON)(fn)
+
+
 def jit_entry(fn, parallel: bool = False):
     """An entry point, cached on disk; ``parallel`` spreads its ``prange`` loops over cores."""
     return _compile(fn, parallel=True) if parallel else _compile(fn)

@@ -47,7 +47,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .numba_config import jit, jit_entry
+from .numba_config import jit, jit_entry, jit_inline
 from .numba_math import (
     ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, matvec_packed,
     product,
@@ -145,7 +145,7 @@ def _spin_pause(typingctx):
     return types.void(), codegen
 
 
-@jit
+@jit_inline
 def _claim(sync, epoch, part, nblocks, nparts, finished):
     """The next block this thread runs in this phase, or -1 when none is left.
 
@@ -178,7 +178,7 @@ def _claim(sync, epoch, part, nblocks, nparts, finished):
     return -1
 
 
-@jit
+@jit_inline
 def _phase_end(sync, epoch, nblocks, nparts):
     """Wait until every block of this phase is done; returns the next epoch."""
     if nparts > 1:
@@ -312,7 +312,7 @@ def _store_state(states, which, d, src, u0, u1):
             row[j] = given[j]
 
 
-@jit
+@jit_inline
 def _panel_columns(width):  # packing.panel_columns
     return (width + PANEL_WIDTH - 1) // PANEL_WIDTH * PANEL_WIDTH
 
@@ -327,7 +327,7 @@ def _all_panel_columns(table, nblocks, G):
     return total
 
 
-@jit
+@jit_inline
 def _range_panels(panels, K, table, k, split, G):
     """Unit block k's panels (``packing.panel_ranges``) of a K-row matrix: the columns before
     ``split`` (GRU: z, r; the others: all), or from it (GRU: h) when ``split`` is False."""
@@ -346,7 +346,7 @@ def _range_panels(panels, K, table, k, split, G):
     return panels[K * before: K * (before + _panel_columns(width))]
 
 
-@jit
+@jit_inline
 def _product(A, Bm, BmT, panels, n0, n1, out, c0, backward):
     """``product``, with the rows the register tiles leave (all of them below 4) over ``panels``
     (columns [n0, n1) as panels, from the first)."""
@@ -358,7 +358,7 @@ def _product(A, Bm, BmT, panels, n0, n1, out, c0, backward):
         matvec_packed(A[m], panels, n1 - n0, out[m, c0:], backward)
 
 
-@jit
+@jit_inline
 def _block_product(A, Bm, BmT, panels, table, k, G, first, last, out, backward):
     """``_product`` over unit block k's gate columns [G*u0 + first*bs, G*u0 + last*bs) (gates first..last-1),
     a range that covers whole ``packing.panel_ranges``."""
@@ -397,7 +397,7 @@ def _chunk_rows(X2, step, TC, T, B, reverse, time_major):
     return first, X2[first * B: (first + n) * B]
 
 
-@jit
+@jit_inline
 def _finish_row(hn_row, hp_row, active, Y, t, d, b, u0, u1):
     """Y for this step; an inactive row keeps its state and writes zeros."""
     y = Y[t, d, b, u0:u1]
