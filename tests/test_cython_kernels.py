@@ -383,6 +383,38 @@ def test_small_batches_split_the_hidden_units_across_threads(op, extra, each_isa
                 assert_close(kernel(*inputs), expected_of(op, spec, inputs), relative=True)
 
 
+@pytest.mark.parametrize("op,extra", [("LSTM", {}), ("LSTM", {"input_forget": 1, "clip": 0.9}), ("GRU", {}),
+                                      ("GRU", {"linear_before_reset": 1}), ("RNN", {})])
+def test_one_step_calls_alternate_the_product_order_with_the_same_bits(op, extra, each_isa):
+    """One-step calls read R before W on every other call (flip_products): the same bits
+    each call, and the reference's values, at odd sizes, both directions, batch 1 and 5 (the
+    4-row tiles), sequence_lens, and the hidden units split across two threads."""
+    width = ext(each_isa).PANEL_WIDTH
+    rng = np.random.default_rng(35)
+    for H, I, threads in ((1, 3, 1), (17, 5, 1), (40, 33, 1), (4 * width, 7, 2)):
+        W, R, B, P = make_weights(rng, op, 1, H, I)
+        for direction in ("forward", "reverse"):
+            spec = make_spec(op, direction=direction, **extra)
+            kernel = build(op, spec, make_inputs(rng, op, spec, W, R, B, P, T=1, batch=1), threads=threads)
+            assert kernel.alternates_products
+            kernel._slow = lambda *args: pytest.fail("the C entry declined plain inputs")
+            for batch, lens in ((1, None), (5, np.array([1, 0, 1, 1, 0], np.int32))):
+                inputs = make_inputs(rng, op, spec, W, R, B, P, T=1, batch=batch, lens=lens)
+                first = kernel(*inputs)
+                for _ in range(2):
+                    for a, b in zip(first, kernel(*inputs)):
+                        np.testing.assert_array_equal(a, b)
+                assert_close(first, expected_of(op, spec, inputs), relative=True)
+
+
+def test_large_or_bidirectional_kernels_keep_one_product_order():
+    rng = np.random.default_rng(36)
+    for H, direction in ((256, "forward"), (8, "bidirectional")):  # W + R: 2 MiB; two directions
+        W, R, B, P = make_weights(rng, "LSTM", 2 if direction == "bidirectional" else 1, H, H)
+        spec = make_spec("LSTM", direction=direction)
+        assert not build("LSTM", spec, make_inputs(rng, "LSTM", spec, W, R, B, P, T=1, batch=1)).alternates_products
+
+
 def test_unit_split_is_right_when_the_cores_are_oversubscribed():
     """More threads than cores (and a busy process beside them): parts get descheduled, and
     their blocks are taken over mid-sequence; the answers must not change."""
