@@ -1540,6 +1540,21 @@ cdef bint flip_products(idx directions, idx weights, int qkind) noexcept:
 UNIT_SPLIT_MIN_H = 128
 
 
+cdef extern from "stdlib.h":
+    int posix_memalign(void** memptr, size_t alignment, size_t size) nogil
+
+
+cdef float* aligned_floats(idx n) noexcept nogil:
+    """n floats on a 64-byte boundary (NULL if out of memory; free() releases them): the scratch's
+    rows (xp, gates, states, each padded to 16 floats) then start on cache lines, where
+    malloc's 16-byte alignment split every AVX-512 load and store of the gate passes (one-step
+    calls at H=64-256 ~1-3% faster, best of 20 rounds in 3 runs; sequences even)."""
+    cdef void* p = NULL
+    if posix_memalign(&p, 64, (n if n > 0 else 1) * sizeof(float)) != 0:
+        return NULL
+    return <float*>p
+
+
 cdef struct Part:  # one thread's share of a batch split
     Seq s
     sequence_fn run
@@ -1838,7 +1853,7 @@ cdef class KernelCore:
             if self.scratch_size < need:
                 free(self.scratch)
                 self.scratch_size = 0
-                self.scratch = <float*>malloc(need * sizeof(float))
+                self.scratch = aligned_floats(need)
                 if self.scratch == NULL:
                     raise MemoryError()
                 self.scratch_size = need
