@@ -150,7 +150,8 @@ def _panels(BT, width):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("M,K,N,n0,n1", [(1, 7, 5, 0, 5), (3, 17, 37, 2, 37), (4, 1, 16, 0, 16),
                                          (5, 64, 19, 3, 11), (9, 3, 33, 0, 33), (70, 20, 67, 1, 66),
-                                         (260, 33, 96, 0, 96)])
+                                         (260, 33, 96, 0, 96), (2, 1, 40, 0, 40), (2, 33, 70, 5, 70),
+                                         (6, 8, 64, 0, 64), (7, 65, 33, 0, 33), (3, 2, 1, 0, 1)])
 def test_matmul_matches_numpy_and_writes_only_its_columns(isa, M, K, N, n0, n1):
     rng = np.random.default_rng(M * 100 + K)
     A = rng.standard_normal((M, K)).astype(np.float32)
@@ -197,9 +198,11 @@ def test_default_activations_float32_parity(each_isa, op, direction, layout):
 
 
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
-@pytest.mark.parametrize("H,batch", [(1, 1), (64, 1), (64, 9), (17, 17)])
+@pytest.mark.parametrize("H,batch", [(1, 1), (64, 1), (64, 9), (17, 17), (1, 2), (40, 2), (17, 3), (33, 6),
+                                     (64, 7)])
 def test_shapes_batch_one_and_tiles(each_isa, op, H, batch):
-    """Batch 1 (row kernel), multiples of 4 plus leftovers (tile kernel), H not a multiple of the panel."""
+    """Batch 1 (row kernel), 2-3 rows (one pass for them), multiples of 4 plus leftovers (tile
+    kernel), H not a multiple of the panel."""
     rng = np.random.default_rng(H + batch)
     W, R, B, P = make_weights(rng, op, 1, H, 7)
     spec = make_spec(op, linear_before_reset=(op == "GRU" and H == 17))
@@ -398,7 +401,7 @@ def test_one_step_calls_alternate_the_product_order_with_the_same_bits(op, extra
             kernel = build(op, spec, make_inputs(rng, op, spec, W, R, B, P, T=1, batch=1), threads=threads)
             assert kernel.alternates_products
             kernel._slow = lambda *args: pytest.fail("the C entry declined plain inputs")
-            for batch, lens in ((1, None), (5, np.array([1, 0, 1, 1, 0], np.int32))):
+            for batch, lens in ((1, None), (3, np.array([1, 0, 1], np.int32)), (5, np.array([1, 0, 1, 1, 0], np.int32))):
                 inputs = make_inputs(rng, op, spec, W, R, B, P, T=1, batch=batch, lens=lens)
                 first = kernel(*inputs)
                 for _ in range(2):
