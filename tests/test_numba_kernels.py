@@ -618,3 +618,33 @@ def test_small_batches_over_packed_panels(op, lbr, H, T, batch):
         lens = rng.integers(0, T + 1, batch).astype(np.int32)
         inputs = make_inputs(rng, op, spec, W, R, B, P, T=T, batch=batch, lens=lens)
         assert_close(*run_both(op, spec, inputs))
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("H,I", [(1, 1), (17, 3), (40, 17)])
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_one_step_single_panel_pass_matches_the_reference(op, H, I, direction, layout):
+    """T=1, batch < 4: x . W^T, h . R^T and the bias in one panel pass (numba_rnn._fused_step), through the
+    call and through ``run_into``; default and other activations, peepholes, clip, flags, lengths 0/1."""
+    rng = np.random.default_rng(H * 7 + I)
+    for batch in (1, 3):
+        for variant in range(3):
+            acts = {"LSTM": ["HardSigmoid", "Tanh", "Relu"], "GRU": ["HardSigmoid", "Relu"], "RNN": ["Relu"]}[op]
+            D = 2 if direction == "bidirectional" else 1
+            spec = make_spec(op, hidden_size=H, direction=direction, layout=layout,
+                             activations=acts * D if variant == 2 else None, clip=2.5 if variant == 1 else None,
+                             input_forget=op == "LSTM" and variant == 1,
+                             linear_before_reset=op == "GRU" and variant != 1)
+            W, R, B, P = make_weights(rng, op, D, H, I, with_peepholes=variant != 0)
+            lens = np.array([1, 0, 1][:batch], np.int32) if variant == 1 else None
+            inputs = make_inputs(rng, op, spec, W, R, B, P, T=1, batch=batch, lens=lens)
+            got, expected = run_both(op, spec, inputs)
+            assert_close(got, expected)
+            if lens is not None:  # run_into takes no lengths
+                continue
+            kernel = kernels.numba_kernel(spec, W, R, B, P)
+            states = [inputs[5].copy()] + ([inputs[6].copy()] if op == "LSTM" else [])
+            Y = kernel.run_into(inputs[0], *states)
+            if Y is not None:  # the C entry took it
+                assert_close([Y] + states, expected)

@@ -141,6 +141,25 @@ def test_matvec_over_packed_panels(K, width, backward):
     assert (out[width:] == 7).all(), "matvec_packed wrote past its columns"
 
 
+@pytest.mark.parametrize("KX,KH", [(1, 1), (3, 17), (8, 9), (64, 67)])
+@pytest.mark.parametrize("width", [1, 17, PW, PW + 1, 3 * PW + 5])
+def test_two_products_and_bias_over_packed_panels(KX, KH, width):
+    """``matvec2_packed``: x . MX + h . MH + bias in one pass (the streaming step); nothing written past."""
+    from lstminfer.kernels.packing import column_panels
+
+    rng = np.random.default_rng(KX * 1000 + KH * 10 + width)
+    MX = rng.standard_normal((KX, width)).astype(np.float32)
+    MH = rng.standard_normal((KH, width)).astype(np.float32)
+    x = rng.standard_normal(KX).astype(np.float32)
+    h = rng.standard_normal(KH).astype(np.float32)
+    bias = rng.standard_normal(width).astype(np.float32)
+    out = np.full(width + 9, 7.0, dtype=np.float32)
+    numba_math.matvec2_packed(x, column_panels(MX, PW), h, column_panels(MH, PW), bias, width, out)
+    expected = x.astype(np.float64) @ MX + h.astype(np.float64) @ MH + bias
+    np.testing.assert_allclose(out[:width], expected, atol=1e-5 * max(1.0, np.sqrt(KX + KH)))
+    assert (out[width:] == 7).all(), "matvec2_packed wrote past its columns"
+
+
 @pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
 @pytest.mark.parametrize("H,blocks", [(1, 1), (17, 1), (40, 2), (264, 2)])
 def test_with_panels_lays_out_every_range(op, H, blocks):

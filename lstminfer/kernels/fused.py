@@ -28,7 +28,7 @@ from ..errors import InvalidInputError, UnsupportedModelError
 from . import numba_rnn
 from .numba_math import ACTIVATION_CODES
 from .common import same_weights, thread_pool
-from .packing import PackedWeights, num_gates, with_panels
+from .packing import SEG_PEEP, PackedWeights, num_gates, with_panels
 
 try:
     from .. import _numba_entry
@@ -113,7 +113,12 @@ class FusedKernel(_EntryCore):
     def _tables(spec: Any, packed: PackedWeights) -> tuple[np.ndarray, np.ndarray]:
         codes = [ACTIVATION_CODES[a.name.lower()] for a in spec.activations]
         params = [v for a in spec.activations for v in (a.alpha, a.beta)]
-        table = np.concatenate([packed.edges, packed.offsets.ravel(), np.asarray(codes, dtype=np.int64)])
+        # LSTM: whether each direction's peepholes are nonzero, decided here once (scanning them
+        # on every call was ~3 % of a T=1, H=8 call)
+        peepholes = ([bool(np.any(packed.segment(d, SEG_PEEP, (3, packed.hidden_size))))
+                      for d in range(packed.num_directions)] if spec.op == "LSTM" else [])
+        table = np.concatenate([packed.edges, packed.offsets.ravel(), np.asarray(codes, dtype=np.int64),
+                                np.asarray(peepholes, dtype=np.int64)])
         table = table.astype(np.int64)
         fparams = np.asarray(params, dtype=np.float32)
         table.flags.writeable = False
@@ -162,11 +167,11 @@ class FusedKernel(_EntryCore):
         if not (flags.c_contiguous and flags.writeable):
             X = np.array(X, order="C")
         Y = np.empty((T, D, batch, H), dtype=_F32)
-        states = np.empty((self._states, D, batch, H), dtype=_F32)
+        states = np.empty((self._states, D, batch, H), dtype=_F32)  # the driver's h_out, c_out: states[0], states[-1]
         if self._batch_parts > 1 and batch >= _MIN_ROWS_PER_PART * self._batch_parts:
             status = self._run_batch_split(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, T, batch)
         else:
-            args = (X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, self._packed.buffer,
+            args = (X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states[0], states[-1], self._packed.buffer,
                     self._table, self._fparams, self._scratch(T, batch), D, self._nblocks, self._reverse_first,
                     self._flag, time_major, self._clip)
             if self._nblocks > 1:
@@ -201,7 +206,7 @@ class FusedKernel(_EntryCore):
             status = self._run(
                 Xk, lens[b0:b1] if has_lens else lens, has_lens,
                 np.ascontiguousarray(h0[:, b0:b1]) if has_h0 else h0, has_h0,
-                np.ascontiguousarray(c0[:, b0:b1]) if has_c0 else c0, has_c0, Yk, states_k,
+                np.ascontiguousarray(c0[:, b0:b1]) if has_c0 else c0, has_c0, Yk, states_k[0], states_k[-1],
                 self._serial_packed.buffer, self._serial_table, self._fparams, self._scratch(T, b1 - b0),
                 self.num_directions, 1, self._reverse_first, self._flag, time_major, self._clip, 0, 1, _NO_SYNC,
             )

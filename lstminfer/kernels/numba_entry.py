@@ -8,11 +8,12 @@ arrays (``numba.carray``) and calls the driver as a numba-to-numba call. The
 Cython front end (``native/_numba_entry.pyx``, ``lstminfer._numba_entry``)
 fills the block and calls the address with the GIL released.
 
-The entry also does what the driver leaves to its caller: states go through
-a scratch area (the driver wants one [S, D, B, H] array; the caller's Y_h and
-Y_c are separate arrays, and for ``run_into`` they are also the initial
-states), and layout=1 Y and states are transposed from/to the driver's
-time-major order when their memory order differs (a copy into ``Y_TMP``).
+The entry also does what the driver leaves to its caller: layout=1 Y and
+states are transposed from/to the driver's time-major order when their
+memory order differs (a copy into ``Y_TMP``, or through the ``STATES``
+scratch area). Otherwise the driver writes the final states straight into
+Y_h and Y_c (for ``run_into`` the initial states too: the driver reads them
+before it writes); an output not wanted goes to ``STATES``.
 
 Block slots (int64; addresses as integers, 0 = absent):
   X, X_D0, X_D1: X [X_D0, X_D1, I] (time-major: [T, B, I], else [B, T, I]),
@@ -20,7 +21,7 @@ Block slots (int64; addresses as integers, 0 = absent):
   [B, D, H]; used if HAS_H0/HAS_C0), H0_TMP/C0_TMP (where to transpose them
   to [D, B, H] first; 0: use as they are), Y (the output in the node's
   layout), Y_TMP (0: the driver writes Y directly; else [T, D, B, H] to
-  transpose from), YH/YC (0: not wanted), STATES (S*D*B*H floats), SCRATCH +
+  transpose from), YH/YC (0: not wanted), STATES (S*D*B*H floats: states not wanted or transposed), SCRATCH +
   SCRATCH_SIZE (``numba_rnn.scratch_size`` floats), the packed constants
   WBUF/TABLE/FPARAMS + sizes, SYNC (int64 [1]), and the sizes H, I, D,
   S (states: 2 for LSTM), NBLOCKS and the flags REVERSE_FIRST, FLAG, TIME_MAJOR.
@@ -93,17 +94,31 @@ def _state_in(block, slot, tmp_slot, used, D, B, H):
 
 
 @numba_config.jit
-def _state_out(states, which, address, time_major, D, B, H):
-    if address == 0:
+def _driver_order(address, time_major, B, D):
+    """Whether the output at ``address`` has the driver's [D, B, H] memory order (it writes there directly)."""
+    return address != 0 and (time_major or B == 1 or D == 1)
+
+
+@numba_config.jit
+def _state_target(block, slot, which, time_major, D, B, H):
+    """Where the driver writes a final state: the output itself, or its place in ``STATES``."""
+    if _driver_order(block[slot], time_major, B, D):
+        return numba.carray(_f32_at(block[slot]), (D, B, H))
+    return numba.carray(_f32_at(block[STATES] + 4 * which * D * B * H), (D, B, H))
+
+
+@numba_config.jit
+def _state_out(state, address, time_major, D, B, H):
+    """A final state the driver left in ``STATES`` into the [B, D, H] output (nothing when wanted in place)."""
+    if address == 0 or _driver_order(address, time_major, B, D):
         return
-    if time_major:
-        dst = numba.carray(_f32_at(address), (D, B, H))
-        dst[:, :, :] = states[which]
-    else:
-        dst_b = numba.carray(_f32_at(address), (B, D, H))
-        for d in range(D):
-            for b in range(B):
-                dst_b[b, d, :] = states[which, d, b, :]
+    dst_b = numba.carray(_f32_at(address), (B, D, H))
+    for d in range(D):
+        for b in range(B):
+            row = dst_b[b, d]
+            src = state[d, b]
+            for j in range(H):
+                row[j] = src[j]
 
 
 def _entry_source(block, clip):
@@ -119,13 +134,14 @@ def _entry_source(block, clip):
     c0 = _state_in(block, C0, C0_TMP, has_c0, D, B, H)
     y_direct = block[Y_TMP] == 0
     y = numba.carray(_f32_at(block[Y] if y_direct else block[Y_TMP]), (T, D, B, H))
-    states = numba.carray(_f32_at(block[STATES]), (S, D, B, H))
+    h_out = _state_target(block, YH, 0, time_major, D, B, H)
+    c_out = _state_target(block, YC, 1, time_major, D, B, H) if S > 1 else h_out
     wbuf = _f32_array(block[WBUF], block[WBUF_SIZE])
     table = numba.carray(_i64_at(block[TABLE]), (block[TABLE_SIZE],))
     fparams = _f32_array(block[FPARAMS], block[FPARAMS_SIZE])
     scratch = _f32_array(block[SCRATCH], block[SCRATCH_SIZE])
     sync = numba.carray(_i64_at(block[SYNC]), (1,))
-    status = _driver(x, lens, has_lens, h0, has_h0, c0, has_c0, y, states, wbuf, table, fparams, scratch,
+    status = _driver(x, lens, has_lens, h0, has_h0, c0, has_c0, y, h_out, c_out, wbuf, table, fparams, scratch,
                      D, block[NBLOCKS], block[REVERSE_FIRST] != 0, block[FLAG] != 0, time_major, clip,
                      0, 1, sync)
     if status:
@@ -136,9 +152,9 @@ def _entry_source(block, clip):
             for d in range(D):
                 for b in range(B):
                     out[b, t, d, :] = y[t, d, b, :]
-    _state_out(states, 0, block[YH], time_major, D, B, H)
+    _state_out(h_out, block[YH], time_major, D, B, H)
     if S > 1:
-        _state_out(states, 1, block[YC], time_major, D, B, H)
+        _state_out(c_out, block[YC], time_major, D, B, H)
     return 0
 
 

@@ -687,14 +687,13 @@ _PANEL_UNROLL = (16 if _AVX512 else 8) // _PANEL_VECTORS  # rows per step: 16 (A
 _PANEL_PREFETCH_FLOATS = 0  # software prefetch distance along the stream (0: none)
 
 
-def _panel_codegen(context, builder, args):
-    a_addr, b_addr, c_addr, k_count, ncols = args
+def _panel_codegen(context, builder, streams, c_addr, ncols, addend_addr=None):
+    """``C[j] = addend[j] + sum over streams (a, P, K) of sum_k a[k] P[k, j]`` for j < ncols (one
+    set of accumulators: several products and a bias cost one store)."""
     v_ = _VectorIR(builder)
     i64, i32, vec, fptr, zero = v_.i64, v_.i32, v_.vec, v_.fptr, v_.zero
-    a0, b0, c0 = v_.pointer(a_addr), v_.pointer(b_addr), v_.pointer(c_addr)
+    c0 = v_.pointer(c_addr)
     n_acc = _PANEL_UNROLL * _PANEL_VECTORS
-    steps = builder.sdiv(k_count, ir.Constant(i64, _PANEL_UNROLL))
-    entry = builder.block
 
     def counted_loop(name, count, start_b, start_a, start_accs, body):
         """A loop of ``count`` iterations carrying the weight and row pointers and the accumulators."""
@@ -757,16 +756,22 @@ def _panel_codegen(context, builder, args):
                     builder.gep(a_ptr, [ir.Constant(i64, count)]), new_accs)
         return body
 
-    b_end, a_end, accs = counted_loop("panel_rows", steps, b0, a0, [zero] * n_acc, rows(_PANEL_UNROLL))
-    tail = builder.srem(k_count, ir.Constant(i64, _PANEL_UNROLL))
-    _, _, accs = counted_loop("panel_tail", tail, b_end, a_end, accs, rows(1))
-    del entry
+    accs = [zero] * n_acc
+    for a_addr, b_addr, k_count in streams:
+        steps = builder.sdiv(k_count, ir.Constant(i64, _PANEL_UNROLL))
+        b_end, a_end, accs = counted_loop("panel_rows", steps, v_.pointer(b_addr), v_.pointer(a_addr), accs,
+                                          rows(_PANEL_UNROLL))
+        tail = builder.srem(k_count, ir.Constant(i64, _PANEL_UNROLL))
+        _, _, accs = counted_loop("panel_tail", tail, b_end, a_end, accs, rows(1))
     # masked store of the first ``ncols`` columns: the panel's padding columns belong to no output
     lanes = ir.VectorType(i64, _VW)
     mask_type = ir.VectorType(ir.IntType(1), _VW)
     store = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [vec, v_.vptr, i32, mask_type]),
         f"llvm.masked.store.v{_VW}f32.p0")
+    load = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vec, [v_.vptr, i32, mask_type, vec]), f"llvm.masked.load.v{_VW}f32.p0")
+    addend = v_.pointer(addend_addr) if addend_addr is not None else None
     limit = builder.insert_element(ir.Constant(lanes, ir.Undefined), ncols, ir.Constant(i32, 0))
     limit = builder.shuffle_vector(limit, ir.Constant(lanes, ir.Undefined), ir.Constant(ir.VectorType(i32, _VW), [0] * _VW))
     for v in range(_PANEL_VECTORS):
@@ -775,6 +780,9 @@ def _panel_codegen(context, builder, args):
             total = builder.fadd(total, accs[u * _PANEL_VECTORS + v])
         index = ir.Constant(lanes, [v * _VW + j for j in range(_VW)])
         mask = builder.icmp_signed("<", index, limit)
+        if addend is not None:
+            total = builder.fadd(total, builder.call(load, [v_.vector_at(addend, ir.Constant(i64, v * _VW)),
+                                                            ir.Constant(i32, 4), mask, zero]))
         builder.call(store, [total, v_.vector_at(c0, ir.Constant(i64, v * _VW)), ir.Constant(i32, 4), mask])
     return context.get_dummy_value()
 
@@ -785,9 +793,37 @@ def _panel_kernel(typingctx, a, b, c, K, ncols):
     sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp)
 
     def codegen(context, builder, signature, args):
-        return _panel_codegen(context, builder, args)
+        a_addr, b_addr, c_addr, k_count, ncols = args
+        return _panel_codegen(context, builder, [(a_addr, b_addr, k_count)], c_addr, ncols)
 
     return sig, codegen
+
+
+@intrinsic
+def _panel2_kernel(typingctx, a1, b1, K1, a2, b2, K2, bias, c, ncols):
+    """``C[j] = bias[j] + a1 . P1[:, j] + a2 . P2[:, j]`` for j < ncols: two panels (K1 and K2 rows) and a bias
+    through the same accumulators."""
+    sig = types.void(*[types.intp] * 9)
+
+    def codegen(context, builder, signature, args):
+        a1_, b1_, k1, a2_, b2_, k2, bias_, c_, ncols_ = args
+        return _panel_codegen(context, builder, [(a1_, b1_, k1), (a2_, b2_, k2)], c_, ncols_, bias_)
+
+    return sig, codegen
+
+
+@jit
+def matvec2_packed(x, panels_x, h, panels_h, bias, width, out):
+    """``out[n] = bias[n] + x . MX[:, n] + h . MH[:, n]`` for n < width (MX, MH packed as panels: see
+    ``matvec_packed``): the input and recurrent products of one step in one pass, no projection stored."""
+    KX = x.shape[0]
+    KH = h.shape[0]
+    count = (width + PANEL_WIDTH - 1) // PANEL_WIDTH
+    for q in range(count):
+        _panel2_kernel(x.ctypes.data, panels_x.ctypes.data + 4 * q * KX * PANEL_WIDTH, KX,
+                       h.ctypes.data, panels_h.ctypes.data + 4 * q * KH * PANEL_WIDTH, KH,
+                       bias.ctypes.data + 4 * q * PANEL_WIDTH, out.ctypes.data + 4 * q * PANEL_WIDTH,
+                       min(PANEL_WIDTH, width - q * PANEL_WIDTH))
 
 
 @jit

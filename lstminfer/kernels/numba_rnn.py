@@ -22,10 +22,13 @@ combination runs the same steps as a few vectorized passes per row.
 
 Arguments shared by the drivers (types in ``driver_signature``):
   X [T, B, I] (time_major) or [B, T, I]; lens int32 [B] (used if has_lens);
-  h0 (c0) [D, B, H] (used if has_h0/has_c0); Y [T, D, B, H]; states
-  [S, D, B, H] (S = 2 for LSTM: h, c), all C-contiguous; wbuf = the packed
-  buffer; table (int64) = unit block edges [nblocks + 1], then segment offsets
-  [D, PANEL_SEGMENTS] (``packing.with_panels``), then activation codes [D, acts per direction]; fparams
+  h0 (c0) [D, B, H] (used if has_h0/has_c0); Y [T, D, B, H]; h_out, c_out
+  [D, B, H] (the final states; c_out unused but for LSTM), all C-contiguous
+  (h_out may be h0's own memory: h0 is read before it is written); wbuf = the
+  packed buffer; table (int64) = unit block edges [nblocks + 1], then segment
+  offsets [D, PANEL_SEGMENTS] (``packing.with_panels``), then activation codes
+  [D, acts per direction], then (LSTM) whether each direction has nonzero
+  peepholes [D] (``peephole_flags``: decided at load); fparams
   (float32) = alpha, beta of each activation; scratch of
   ``scratch_size(T, B, G, H, time_major)`` floats; part, nparts: this
   thread and how many run the node (``_claim``); sync: int64
@@ -49,7 +52,8 @@ from numba.extending import intrinsic
 
 from .numba_config import jit, jit_entry, jit_inline
 from .numba_math import (
-    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, matvec_packed,
+    ONE, SIGMOID, TANH, ZERO, F32, activate_inplace, add_bias_rows, fast_sigmoid, fast_tanh, matvec2_packed,
+    matvec_packed,
     product,
 )
 from .packing import (PANEL_SEGMENTS, PANEL_WIDTH, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_RP, SEG_RT, SEG_W,
@@ -304,9 +308,9 @@ def _init_state(dst, src, has_src, d, u0, u1):
 
 
 @jit
-def _store_state(states, which, d, src, u0, u1):
+def _store_state(dst, d, src, u0, u1):
     for b in range(src.shape[0]):
-        row = states[which, d, b, u0:u1]
+        row = dst[d, b, u0:u1]
         given = src[b, u0:u1]
         for j in range(u1 - u0):
             row[j] = given[j]
@@ -388,6 +392,62 @@ def _project(X2, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G):
 
 
 @jit
+def _fused_step(T, B):
+    """Whether a step computes x . W^T + h . R^T + bias in one panel pass per row (``_fused_block_product``,
+    ``_gru_fused_block_product``):
+    one step (a stream), rows all on the panel path (``_product``: below 4)."""
+    return T == 1 and B < 4
+
+
+@jit
+def _fused_block_product(X2, hp, wWP, wRP, bias_x, xp, gates, table, k, G):
+    """Unit block k's gates of a single step (LSTM, RNN): x . W^T + h . R^T + bias into ``gates``, zeros into
+    ``xp`` (what the cells add to them). Against a projection then a product: one store, no reload, no
+    bias pass."""
+    u0 = table[k]
+    c0 = G * u0
+    c1 = G * table[k + 1]
+    I = X2.shape[1]
+    H = hp.shape[1]
+    px = _range_panels(wWP, I, table, k, True, G)
+    ph = _range_panels(wRP, H, table, k, True, G)
+    bias = bias_x[c0:]
+    for b in range(hp.shape[0]):
+        matvec2_packed(X2[b], px, hp[b], ph, bias, c1 - c0, gates[b, c0:])
+        zeros = xp[b, c0:c1]
+        for j in range(c1 - c0):
+            zeros[j] = ZERO
+
+
+@jit
+def _gru_fused_block_product(X2, hp, wWP, wRP, bias_x, xp, gates, table, k, lbr):
+    """``_fused_block_product`` for GRU: z and r in one pass; h's input part (+ bias) into ``xp``, as a
+    projection would leave it (h's recurrent part waits for r: phase 2, or the cells with lbr)."""
+    u0 = table[k]
+    bs = table[k + 1] - u0
+    c0 = 3 * u0
+    hc = c0 + 2 * bs
+    I = X2.shape[1]
+    H = hp.shape[1]
+    px = _range_panels(wWP, I, table, k, True, 3)
+    ph = _range_panels(wRP, H, table, k, True, 3)
+    pxh = _range_panels(wWP, I, table, k, False, 3)
+    bias = bias_x[c0:]
+    bias_h = bias_x[hc: hc + bs]
+    for b in range(hp.shape[0]):
+        matvec2_packed(X2[b], px, hp[b], ph, bias, 2 * bs, gates[b, c0:])
+        zeros = xp[b, c0:hc]
+        for j in range(2 * bs):
+            zeros[j] = ZERO
+        matvec_packed(X2[b], pxh, bs, xp[b, hc:])
+        xh = xp[b, hc: hc + bs]
+        for j in range(bs):
+            xh[j] += bias_h[j]
+        if lbr:
+            matvec_packed(hp[b], _range_panels(wRP, H, table, k, False, 3), bs, gates[b, hc:])
+
+
+@jit
 def _chunk_rows(X2, step, TC, T, B, reverse, time_major):
     """(first time index, rows of X2) of the chunk of steps starting at ``step``."""
     if not time_major:
@@ -455,14 +515,6 @@ def _lstm_cells_no_peepholes(xr, gr, h, c, bs, clip, ff):
 
 
 @jit
-def _all_zero(v):
-    for x in v.ravel():
-        if x != ZERO:
-            return False
-    return True
-
-
-@jit
 def _lstm_cells_generic(xr, gr, h, c, pi, pf, po, bs, clip, input_forget,
                         cf, af, bf, cg, ag, bg, ch, ah, bh):
     """Any activations: the same equations as vectorized passes over the row."""
@@ -492,13 +544,15 @@ def _lstm_cells_generic(xr, gr, h, c, pi, pf, po, bs, clip, input_forget,
 
 @jit
 def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, table, k, t, lens, has_lens, Y, d,
-                clip, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh):
+                clip, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh, fused):
+    """fused: ``gates`` already holds the whole pre-activation (``_fused_block_product``)."""
     u0 = table[k]
     u1 = table[k + 1]
     bs = u1 - u0
     cb = 4 * u0
     ce = 4 * u1
-    _block_product(hp, wR, wRT, wRP, table, k, 4, 0, 4, gates, t % 2 == 1)
+    if not fused:
+        _block_product(hp, wR, wRT, wRP, table, k, 4, 0, 4, gates, t % 2 == 1)
     ff = ONE if input_forget else ZERO
     pi, pf, po = peep[0, u0:u1], peep[1, u0:u1], peep[2, u0:u1]
     for b in range(hp.shape[0]):
@@ -518,15 +572,16 @@ def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, tab
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
 
-def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
+def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
                    D, nblocks, reverse_first, input_forget, time_major, clip, part, nparts, sync):
     T = X.shape[0] if time_major else X.shape[1]
     B = X.shape[1] if time_major else X.shape[0]
     I = X.shape[2]
-    H = states.shape[3]
+    H = h_out.shape[2]
     G = 4
     if _check_lens(lens, has_lens, T):
         return 1
+    fused = _fused_step(T, B)
     epoch = 1
     X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
@@ -544,7 +599,7 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
         wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * _all_panel_columns(table, nblocks, G))
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         peep = _segment_matrix(wbuf, table, nblocks, d, SEG_PEEP, 3, H)
-        peepholes = not _all_zero(peep)
+        peepholes = table[codes_at + 3 * D + d] != 0  # decided at load (peephole_flags)
         a = codes_at + 3 * d
         cf, cg, ch = table[a], table[a + 1], table[a + 2]
         p = 6 * d
@@ -570,17 +625,20 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, t
             hn = hbuf[1 - cur]
             k = _claim(sync, epoch, part, nblocks, nparts, -1)
             while k >= 0:
-                if new_chunk:  # block k's projections are read by block k's steps only
+                if fused:
+                    _fused_block_product(rows, hp, wWP, wRP, bias_x, xp, gates, table, k, G)
+                elif new_chunk:  # block k's projections are read by block k's steps only
                     _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
                 _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, table, k, t,
-                            lens, has_lens, Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh)
+                            lens, has_lens, Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh,
+                            fused)
                 k = _claim(sync, epoch, part, nblocks, nparts, k)
             epoch = _phase_end(sync, epoch, nblocks, nparts)
             cur = 1 - cur
         k = _claim(sync, epoch, part, nblocks, nparts, -1)
         while k >= 0:
-            _store_state(states, 0, d, hbuf[cur], table[k], table[k + 1])
-            _store_state(states, 1, d, c, table[k], table[k + 1])
+            _store_state(h_out, d, hbuf[cur], table[k], table[k + 1])
+            _store_state(c_out, d, c, table[k], table[k + 1])
             k = _claim(sync, epoch, part, nblocks, nparts, k)
         epoch = _phase_end(sync, epoch, nblocks, nparts)
     return 0
@@ -648,14 +706,16 @@ def _gru_lbr_cells(xr, gr, hp, h, rbh, bs, clip, default, cf, af, bf, cg, ag, bg
 
 @jit
 def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens, Y, d, clip, lbr,
-                default, cf, af, bf, cg, ag, bg):
-    """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev)."""
+                default, cf, af, bf, cg, ag, bg, fused):
+    """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev).
+    fused: the products are done (``_gru_fused_block_product``)."""
     u0 = table[k]
     u1 = table[k + 1]
     bs = u1 - u0
     cb = 3 * u0
     ce = 3 * u1
-    _block_product(hp, wR, wRT, wRP, table, k, 3, 0, 3 if lbr else 2, gates, t % 2 == 1)
+    if not fused:
+        _block_product(hp, wR, wRT, wRP, table, k, 3, 0, 3 if lbr else 2, gates, t % 2 == 1)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
@@ -691,15 +751,16 @@ def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, table, k, t, lens, 
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
 
-def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
+def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
                   D, nblocks, reverse_first, linear_before_reset, time_major, clip, part, nparts, sync):
     T = X.shape[0] if time_major else X.shape[1]
     B = X.shape[1] if time_major else X.shape[0]
     I = X.shape[2]
-    H = states.shape[3]
+    H = h_out.shape[2]
     G = 3
     if _check_lens(lens, has_lens, T):
         return 1
+    fused = _fused_step(T, B)
     epoch = 1
     X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
@@ -742,10 +803,12 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
             hn = hbuf[1 - cur]
             k = _claim(sync, epoch, part, nblocks, nparts, -1)
             while k >= 0:
-                if new_chunk:  # block k's projections are read by block k's steps only
+                if fused:
+                    _gru_fused_block_product(rows, hp, wWP, wRP, bias_x, xp, gates, table, k, lbr)
+                elif new_chunk:  # block k's projections are read by block k's steps only
                     _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
                 _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens,
-                            Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg)
+                            Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg, fused)
                 k = _claim(sync, epoch, part, nblocks, nparts, k)
             epoch = _phase_end(sync, epoch, nblocks, nparts)
             if not lbr:  # phase 2 reads all of r * h_prev
@@ -758,7 +821,7 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
             cur = 1 - cur
         k = _claim(sync, epoch, part, nblocks, nparts, -1)
         while k >= 0:
-            _store_state(states, 0, d, hbuf[cur], table[k], table[k + 1])
+            _store_state(h_out, d, hbuf[cur], table[k], table[k + 1])
             k = _claim(sync, epoch, part, nblocks, nparts, k)
         epoch = _phase_end(sync, epoch, nblocks, nparts)
     return 0
@@ -767,10 +830,11 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
 # ---------------------------------------------------------------- RNN --
 
 @jit
-def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d, clip, cf, af, bf):
+def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d, clip, cf, af, bf, fused):
     u0 = table[k]
     u1 = table[k + 1]
-    _block_product(hp, wR, wRT, wRP, table, k, 1, 0, 1, gates, t % 2 == 1)
+    if not fused:
+        _block_product(hp, wR, wRT, wRP, table, k, 1, 0, 1, gates, t % 2 == 1)
     bs = u1 - u0
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
@@ -788,15 +852,16 @@ def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_l
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
 
-def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, table, fparams, scratch,
+def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
                   D, nblocks, reverse_first, unused_flag, time_major, clip, part, nparts, sync):
     T = X.shape[0] if time_major else X.shape[1]
     B = X.shape[1] if time_major else X.shape[0]
     I = X.shape[2]
-    H = states.shape[3]
+    H = h_out.shape[2]
     G = 1
     if _check_lens(lens, has_lens, T):
         return 1
+    fused = _fused_step(T, B)
     epoch = 1
     X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
@@ -834,16 +899,18 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, wbuf, ta
             hn = hbuf[1 - cur]
             k = _claim(sync, epoch, part, nblocks, nparts, -1)
             while k >= 0:
-                if new_chunk:  # block k's projections are read by block k's steps only
+                if fused:
+                    _fused_block_product(rows, hp, wWP, wRP, bias_x, xp, gates, table, k, G)
+                elif new_chunk:  # block k's projections are read by block k's steps only
                     _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
                 _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_lens,
-                           Y, d, clip32, cf, af, bf)
+                           Y, d, clip32, cf, af, bf, fused)
                 k = _claim(sync, epoch, part, nblocks, nparts, k)
             epoch = _phase_end(sync, epoch, nblocks, nparts)
             cur = 1 - cur
         k = _claim(sync, epoch, part, nblocks, nparts, -1)
         while k >= 0:
-            _store_state(states, 0, d, hbuf[cur], table[k], table[k + 1])
+            _store_state(h_out, d, hbuf[cur], table[k], table[k + 1])
             k = _claim(sync, epoch, part, nblocks, nparts, k)
         epoch = _phase_end(sync, epoch, nblocks, nparts)
     return 0
@@ -899,7 +966,7 @@ def driver_signature():
         array(f32, 3, True), types.boolean,  # h0, has_h0
         array(f32, 3, True), types.boolean,  # c0, has_c0
         array(f32, 4),  # Y
-        array(f32, 4),  # states
+        array(f32, 3), array(f32, 3),  # h_out, c_out
         array(f32, 1, True),  # wbuf
         array(types.int64, 1, True),  # table
         array(f32, 1, True),  # fparams
