@@ -295,8 +295,22 @@ cdef extern from *:
         li_store(C + ldc, (c10 + d10) + b0); li_store(C + ldc + LI_VEC, (c11 + d11) + b1);
     }
 
+    /* 1..3 rows of A times one panel, read once for them all, where each row read it again
+       (best of 15 rounds, Zen 4: one-step LSTM H=256 call at batch 2 48 -> 26 us, batch 3
+       71 -> 32 us, H=512 at batch 2 190 -> 100 us; T=64 sequences at batch 2-3 ~35% faster).
+       Always inlined: batch 1 keeps li_tile1 inside gemm's panel loop, as before. */
+    static inline __attribute__((always_inline)) void li_tile_rows(const float *A, ptrdiff_t lda, int rows,
+                                                                  ptrdiff_t K, const float *B, float *C,
+                                                                  ptrdiff_t ldc, const float *bias) {
+        if (rows == 1) li_tile1(A, K, B, C, bias);
+        else if (rows == 2) li_tile2(A, lda, K, B, C, ldc, bias);
+        else li_tile3(A, lda, K, B, C, ldc, bias);
+    }
+
     """
     const int LI_VEC
+    void li_tile_rows(const float* A, idx lda, int rows, idx K, const float* B, float* C, idx ldc,
+                      const float* bias) noexcept nogil
     void li_tile2(const float* A, idx lda, idx K, const float* B, float* C, idx ldc, const float* bias) noexcept nogil
     void li_tile3(const float* A, idx lda, idx K, const float* B, float* C, idx ldc, const float* bias) noexcept nogil
     void li_tile4(const float* A, idx lda, idx K, const float* B, idx ldb, float* C, idx ldc,
@@ -615,7 +629,7 @@ cdef void gemm(const float* A, idx M, idx K, idx lda, const float* panels, idx n
     contiguous floats, the last one zero-padded. Groups of 4 rows go through
     the register-tiled micro-kernel, in row blocks whose A stays in L2 (each
     panel is reused by every row group of a block); the last M % 4 rows
-    (all of them at batch 1..3) go together through each panel (rows_tile),
+    (all of them at batch 1..3) go together through each panel (li_tile_rows),
     reading the panels as one sequential stream. ``n0`` only offsets ``bias``.
     """
     cdef idx width = n1 - n0
@@ -662,26 +676,14 @@ cdef void gemm(const float* A, idx M, idx K, idx lda, const float* panels, idx n
         panel = panels + (j // nr) * K * nr
         w = width - j
         if w >= nr:
-            rows_tile(A + m * lda, lda, rest, K, panel, C + m * ldc + j, ldc,
-                      (bias + n0 + j) if bias != NULL else NULL)
+            li_tile_rows(A + m * lda, lda, rest, K, panel, C + m * ldc + j, ldc,
+                         (bias + n0 + j) if bias != NULL else NULL)
         else:
-            rows_tile(A + m * lda, lda, rest, K, panel, tmp, nr, NULL)
+            li_tile_rows(A + m * lda, lda, rest, K, panel, tmp, nr, NULL)
             for r in range(rest):
                 for q in range(w):
                     C[(m + r) * ldc + j + q] = tmp[r * nr + q] + (bias[n0 + j + q] if bias != NULL else LI_ZERO)
 
-
-cdef inline void rows_tile(const float* A, idx lda, int rows, idx K, const float* panel, float* C, idx ldc,
-                           const float* bias) noexcept nogil:
-    """1..3 rows of A times one panel, read once for them all, where each row read it again
-    (best of 15 rounds, Zen 4: one-step LSTM H=256 call at batch 2 48 -> 26 us, batch 3
-    71 -> 32 us, H=512 at batch 2 190 -> 100 us; T=64 sequences at batch 2-3 ~35% faster)."""
-    if rows == 1:
-        li_tile1(A, K, panel, C, bias)
-    elif rows == 2:
-        li_tile2(A, lda, K, panel, C, ldc, bias)
-    else:
-        li_tile3(A, lda, K, panel, C, ldc, bias)
 
 
 PANEL_WIDTH = 2 * LI_VEC  # columns per panel of the micro-kernel in this build
