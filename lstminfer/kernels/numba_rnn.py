@@ -393,14 +393,13 @@ def _project(X2, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G):
 
 @jit
 def _fused_step(T, B):
-    """Whether a step computes x . W^T + h . R^T + bias in one panel pass per row (``_fused_block_product``,
-    ``_gru_fused_block_product``):
+    """Whether a step (LSTM, RNN) computes x . W^T + h . R^T + bias in one panel pass per row
+    (``_fused_block_product``):
     one step (a stream), rows all on the panel path (``_product``: below 4)."""
     return T == 1 and B < 4
 
 
-# inlined: LSTM T=1 call 0.95 -> 0.89 us at H=8, 2.26 -> 2.20 at H=64 (best of 3 runs each; the GRU twin
-# measured no gain)
+# inlined: LSTM T=1 call 0.95 -> 0.89 us at H=8, 2.26 -> 2.20 at H=64 (best of 3 runs each)
 @jit_inline
 def _fused_block_product(X2, hp, wWP, wRP, bias_x, xp, gates, table, k, G):
     """Unit block k's gates of a single step (LSTM, RNN): x . W^T + h . R^T + bias into ``gates``, zeros into
@@ -419,34 +418,6 @@ def _fused_block_product(X2, hp, wWP, wRP, bias_x, xp, gates, table, k, G):
         zeros = xp[b, c0:c1]
         for j in range(c1 - c0):
             zeros[j] = ZERO
-
-
-@jit
-def _gru_fused_block_product(X2, hp, wWP, wRP, bias_x, xp, gates, table, k, lbr):
-    """``_fused_block_product`` for GRU: z and r in one pass; h's input part (+ bias) into ``xp``, as a
-    projection would leave it (h's recurrent part waits for r: phase 2, or the cells with lbr)."""
-    u0 = table[k]
-    bs = table[k + 1] - u0
-    c0 = 3 * u0
-    hc = c0 + 2 * bs
-    I = X2.shape[1]
-    H = hp.shape[1]
-    px = _range_panels(wWP, I, table, k, True, 3)
-    ph = _range_panels(wRP, H, table, k, True, 3)
-    pxh = _range_panels(wWP, I, table, k, False, 3)
-    bias = bias_x[c0:]
-    bias_h = bias_x[hc: hc + bs]
-    for b in range(hp.shape[0]):
-        matvec2_packed(X2[b], px, hp[b], ph, bias, 2 * bs, gates[b, c0:])
-        zeros = xp[b, c0:hc]
-        for j in range(2 * bs):
-            zeros[j] = ZERO
-        matvec_packed(X2[b], pxh, bs, xp[b, hc:])
-        xh = xp[b, hc: hc + bs]
-        for j in range(bs):
-            xh[j] += bias_h[j]
-        if lbr:
-            matvec_packed(hp[b], _range_panels(wRP, H, table, k, False, 3), bs, gates[b, hc:])
 
 
 @jit
@@ -708,16 +679,14 @@ def _gru_lbr_cells(xr, gr, hp, h, rbh, bs, clip, default, cf, af, bf, cg, ag, bg
 
 @jit
 def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens, Y, d, clip, lbr,
-                default, cf, af, bf, cg, ag, bg, fused):
-    """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev).
-    fused: the products are done (``_gru_fused_block_product``)."""
+                default, cf, af, bf, cg, ag, bg):
+    """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev)."""
     u0 = table[k]
     u1 = table[k + 1]
     bs = u1 - u0
     cb = 3 * u0
     ce = 3 * u1
-    if not fused:
-        _block_product(hp, wR, wRT, wRP, table, k, 3, 0, 3 if lbr else 2, gates, t % 2 == 1)
+    _block_product(hp, wR, wRT, wRP, table, k, 3, 0, 3 if lbr else 2, gates, t % 2 == 1)
     for b in range(hp.shape[0]):
         active = (not has_lens) or t < lens[b]
         if active:
@@ -762,7 +731,6 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wb
     G = 3
     if _check_lens(lens, has_lens, T):
         return 1
-    fused = _fused_step(T, B)
     epoch = 1
     X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
@@ -805,12 +773,11 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wb
             hn = hbuf[1 - cur]
             k = _claim(sync, epoch, part, nblocks, nparts, -1)
             while k >= 0:
-                if fused:
-                    _gru_fused_block_product(rows, hp, wWP, wRP, bias_x, xp, gates, table, k, lbr)
-                elif new_chunk:  # block k's projections are read by block k's steps only
+                if new_chunk:  # block k's projections are read by block k's steps only (GRU: no one-pass
+                    # step, whose z/r pass plus a separate h projection measured 0.08 us slower at H=64)
                     _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
                 _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens,
-                            Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg, fused)
+                            Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg)
                 k = _claim(sync, epoch, part, nblocks, nparts, k)
             epoch = _phase_end(sync, epoch, nblocks, nparts)
             if not lbr:  # phase 2 reads all of r * h_prev
