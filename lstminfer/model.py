@@ -44,7 +44,27 @@ class ModelMetadata:
     custom_metadata_map: dict[str, str]
 
 
-class Model:
+class _PyRunCore:
+    """``_runtime.RunCore`` in Python, where the extension is not built."""
+
+    _run_all = None
+
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
+            run_options: Any = None) -> list[Any]:
+        """Run the model; returns the requested outputs in order, like onnxruntime."""
+        whole = self._run_all
+        if output_names is None and input_feed.__class__ is dict and whole is not None:
+            outputs = whole(input_feed)
+            if outputs is not None:
+                return outputs
+        return self._run_checked(output_names, input_feed)
+
+
+# Model.run's usual call (no output names, a dict of feeds) is a C method; the rest is _run_checked.
+_RunCore = _runtime.RunCore if _runtime is not None else _PyRunCore
+
+
+class Model(_RunCore):
     """A loaded ONNX model, ready to run.
 
     ``model`` is a file path, the model's bytes or an ``onnx.ModelProto``.
@@ -129,15 +149,10 @@ class Model:
             custom_metadata_map=dict(m.metadata),
         )
 
-    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
-            run_options: Any = None) -> list[Any]:
-        """Run the model; returns the requested outputs in order, like onnxruntime."""
-        if output_names is None and input_feed.__class__ is dict:
-            whole = self._run_all
-            if whole is not None:  # the usual call, in C (_runtime.CheckedRun)
-                outputs = whole(input_feed)
-                if outputs is not None:
-                    return outputs
+    # run(output_names, input_feed, run_options=None): _RunCore's (C), then _run_checked below.
+
+    def _run_checked(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> list[Any]:
+        """``run`` for every call the C path (``self._run_all``) does not take: checks everything."""
         wanted = self._wanted(output_names)
         if self._c_checks is not None and input_feed.__class__ is dict:
             feeds = _runtime.checked_feeds(input_feed, self._c_checks)

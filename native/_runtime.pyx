@@ -314,12 +314,31 @@ cdef class CheckedRun:
         self.on_error, self.detach_fallback = on_error, detach_fallback
 
     def __call__(self, dict feed):
+        return self.run(feed)
+
+    cdef object run(self, dict feed):
         feeds = _checked_feeds(feed, self.checks)
         if feeds is None:
             return None
         outputs = _execute(self.template, self.feed_slots, feeds, self.steps, self.wanted, self.on_error)
         detached = _detach(outputs, feeds)
         return detached if detached is not None else self.detach_fallback(outputs, feeds)
+
+
+cdef class RunCore:
+    """``Model.run``'s usual call in C (lstminfer.model.Model subclasses it): ``run(None, dict)``
+    goes straight to the plan's ``CheckedRun``; anything else, or feeds it declines, to the
+    Python ``_run_checked``. The Python method alone cost ~0.3 us of a 2.3 us GRU H=64 step."""
+    cdef public CheckedRun _run_all  # None: no C path for this plan
+
+    def run(self, output_names, input_feed, run_options=None):
+        """Run the model; returns the requested outputs in order, like onnxruntime."""
+        cdef CheckedRun whole = self._run_all
+        if output_names is None and type(input_feed) is dict and whole is not None:
+            outputs = whole.run(<dict>input_feed)
+            if outputs is not None:
+                return outputs
+        return self._run_checked(output_names, input_feed)
 
 
 cdef class StreamCore:

@@ -384,6 +384,39 @@ def test_everything_runs_without_the_runtime_extension(monkeypatch, rng):
         np.testing.assert_allclose(out[i], expected[0][:, :, k:k + 1], atol=1e-6)
 
 
+def test_run_takes_the_c_path_only_for_the_usual_call(rng):
+    """Model.run(None, dict) goes to the plan's CheckedRun (C); other calls, and feeds it
+    declines, to _run_checked, which checks everything. The Python twin does the same."""
+    from lstminfer.model import _PyRunCore
+
+    class PyModel(_PyRunCore):
+        def __init__(self, run_all):
+            self._run_all = run_all
+            self.checked = []
+
+        def _run_checked(self, names, feed):
+            self.checked.append(names)
+            return "checked"
+
+    fast = PyModel(lambda feed: ["fast"])
+    assert fast.run(None, {"x": 1}) == ["fast"] and fast.checked == []
+    assert fast.run(["y"], {"x": 1}) == "checked" and fast.run(None, [("x", 1)]) == "checked"
+    assert PyModel(lambda feed: None).run(None, {}) == "checked"  # declined by the C path
+    assert PyModel(None).run(None, {}) == "checked"
+
+    model = _lstm_with_state_inputs()
+    m = lstminfer.load(model)
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    feeds = {"x": x, "h0": np.zeros((1, 2, 5), np.float32), "c0": np.zeros((1, 2, 5), np.float32)}
+    assert m._run_all is not None
+    for a, b in zip(m.run(None, feeds), m._run_checked(None, feeds)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(lstminfer.InvalidInputError, match="x"):
+        m.run(None, dict(feeds, x=x[:, :, :2]))  # declined by the C check, reported by the full one
+    with pytest.raises(TypeError):
+        m._run_all = "not a CheckedRun"
+
+
 def test_python_stream_step_matches_the_c_one(rng):
     from lstminfer.streaming import _PyStreamStep
 
