@@ -589,11 +589,12 @@ def test_fast_path_and_python_path_agree(op, layout):
 @pytest.mark.parametrize("precision", ["float32", "int8", "vnni", "bf16"])
 def test_weight_panels_start_on_a_cache_line(precision):
     """np.concatenate leaves buffers 16-48 bytes into a line; the kernels' panels must start on one."""
+    from lstminfer.kernels.packing import concatenate_aligned
     from lstminfer.quantization import int8_per_row
 
     for size in (1, 3, 17, 100):
         pieces = [np.arange(size, dtype=np.float32), np.ones(5, np.float32)]
-        joined = cython_backend.concatenate_aligned(pieces)
+        joined = concatenate_aligned(pieces)
         assert joined.ctypes.data % 64 == 0
         np.testing.assert_array_equal(joined, np.concatenate(pieces))
     rng = np.random.default_rng(3)

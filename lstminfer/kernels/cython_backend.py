@@ -69,7 +69,8 @@ from .. import reference
 from ..errors import InvalidInputError, UnsupportedModelError
 from .common import same_constant, same_weights, thread_pool, weights_problem
 from .packing import (ALIGN_FLOATS, GATES, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_RT, SEG_WT,
-                      PackedWeights, pack, pack_bf16_panels, pack_int8_panels, pack_vnni_panels, row_stride)
+                      PackedWeights, column_panels, concatenate_aligned, pack, pack_bf16_panels, pack_int8_panels,
+                      pack_vnni_panels, row_stride)
 
 OPS = ("LSTM", "GRU", "RNN")
 ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
@@ -153,24 +154,6 @@ def cython_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, th
     return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label)
 
 
-def concatenate_aligned(pieces: list[np.ndarray]) -> np.ndarray:
-    """``np.concatenate(pieces)`` into a buffer that starts on a 64-byte boundary.
-
-    np.concatenate's result starts wherever malloc put it (16, 32 or 48 bytes
-    into a cache line were seen); every AVX-512 load of such panels then
-    splits across two lines (measured: one LSTM H=256 step through ``run``
-    27.8 -> 26.2 µs, GRU 21.4 -> 20.1 µs once aligned).
-    """
-    dtype = pieces[0].dtype
-    size = sum(piece.size for piece in pieces)
-    per_line = 64 // dtype.itemsize
-    raw = np.empty(size + per_line, dtype=dtype)
-    shift = (-raw.ctypes.data // dtype.itemsize) % per_line
-    out = raw[shift: shift + size]
-    np.concatenate(pieces, out=out)
-    return out
-
-
 def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np.ndarray]:
     """The weights again, in the panel layout of the micro-kernel (``gemm`` in native/_rnn_core.pxi).
 
@@ -193,11 +176,7 @@ def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np
         WT = packed.segment(d, SEG_WT, (I, row_stride(GH)))[:, :GH]
         RT = packed.segment(d, SEG_RT, (H, row_stride(GH)))[:, :GH]
         for which, matrix in enumerate((WT, RT[:, :split], RT[:, split:])):
-            K, N = matrix.shape
-            columns = -(-N // panel_width) * panel_width
-            padded = np.zeros((K, columns), dtype=np.float32)
-            padded[:, :N] = matrix
-            panels = padded.reshape(K, columns // panel_width, panel_width).transpose(1, 0, 2).ravel()
+            panels = column_panels(matrix, panel_width)
             panels = np.concatenate([panels, np.zeros(-panels.size % ALIGN_FLOATS, dtype=np.float32)])
             offsets[d, which] = position
             position += panels.size
@@ -363,9 +342,7 @@ class CythonKernel(_KernelCore):
                 lowp = pack_vnni_panels(self.op, *int8, self._ext.VNNI_PANEL_WIDTH)
             else:
                 lowp = pack_bf16_panels(self.op, *self._lowp_weights(W, R), self._ext.PANEL_WIDTH)
-            qpanels, self._panel_offsets, self._qscales, self._qscale_offsets = lowp
-            self._qpanels = concatenate_aligned([qpanels])  # 64-byte aligned like the float panels
-            self._qpanels.flags.writeable = False
+            self._qpanels, self._panel_offsets, self._qscales, self._qscale_offsets = lowp
         codes = [self._ext.ACTIVATION_CODES[a.name.lower()] for a in spec.activations]
         self._codes = np.asarray(codes, dtype=np.int32)
         self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)

