@@ -323,7 +323,7 @@ def _panel_columns(width):  # packing.panel_columns
 
 @jit
 def _all_panel_columns(table, nblocks, G):
-    """Columns of the panels of every unit block (``packing.with_panels``)."""
+    """Columns of the panels of unit blocks 0 .. nblocks-1 (``packing.with_panels``)."""
     total = 0
     for j in range(nblocks):
         bs = table[j + 1] - table[j]
@@ -335,10 +335,7 @@ def _all_panel_columns(table, nblocks, G):
 def _range_panels(panels, K, table, k, split, G):
     """Unit block k's panels (``packing.panel_ranges``) of a K-row matrix: the columns before
     ``split`` (GRU: z, r; the others: all), or from it (GRU: h) when ``split`` is False."""
-    before = 0
-    for j in range(k):
-        bs = table[j + 1] - table[j]
-        before += _panel_columns(2 * bs) + _panel_columns(bs) if G == 3 else _panel_columns(G * bs)
+    before = _all_panel_columns(table, k, G)
     bs = table[k + 1] - table[k]
     if G != 3:
         width = G * bs
@@ -568,8 +565,9 @@ def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, w
         GHs = _row_stride_nb(G * H)
         wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, GHs)
         wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, GHs)
-        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * _all_panel_columns(table, nblocks, G))
-        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * _all_panel_columns(table, nblocks, G))
+        panel_columns = _all_panel_columns(table, nblocks, G)
+        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * panel_columns)
+        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * panel_columns)
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         peep = _segment_matrix(wbuf, table, nblocks, d, SEG_PEEP, 3, H)
         peepholes = table[codes_at + 3 * D + d] != 0  # decided at load (peephole_flags)
@@ -745,8 +743,9 @@ def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wb
         GHs = _row_stride_nb(G * H)
         wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, GHs)
         wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, GHs)
-        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * _all_panel_columns(table, nblocks, G))
-        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * _all_panel_columns(table, nblocks, G))
+        panel_columns = _all_panel_columns(table, nblocks, G)
+        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * panel_columns)
+        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * panel_columns)
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
         bias_rh = _segment(wbuf, table, nblocks, d, SEG_BIAS_RH, H)
         a = codes_at + 2 * d
@@ -844,8 +843,9 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wb
         Hs = _row_stride_nb(H)
         wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, Hs)
         wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, Hs)
-        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * _all_panel_columns(table, nblocks, G))
-        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * _all_panel_columns(table, nblocks, G))
+        panel_columns = _all_panel_columns(table, nblocks, G)
+        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * panel_columns)
+        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * panel_columns)
         bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, H)
         cf = table[codes_at + d]
         af, bf = fparams[2 * d], fparams[2 * d + 1]
