@@ -1,5 +1,6 @@
 """Random specs, weights and inputs for testing a fast kernel against the reference
-(shared by the Cython and Numba kernel tests)."""
+(shared by the Cython and Numba kernel tests), and ``with_initializers``: a model
+whose weights are constants, which the fast kernels need (shared by the conformance tests)."""
 from __future__ import annotations
 
 import numpy as np
@@ -40,3 +41,17 @@ def make_inputs(rng, op, spec, W, R, B, P, T, batch, lens=None, with_h0=True, wi
     if op == "LSTM":
         inputs += [rng.standard_normal(state_shape).astype(np.float32) if with_c0 else None, P]
     return inputs
+
+
+def with_initializers(model, values):
+    """A copy of the ``onnx.ModelProto`` ``model`` whose graph inputs named in ``values`` are
+    initializers holding those arrays (the fast kernels pack constant weights only)."""
+    from onnx import numpy_helper
+
+    constant = type(model)()
+    constant.CopyFrom(model)
+    graph = constant.graph
+    for vi in [vi for vi in graph.input if vi.name in values]:
+        graph.input.remove(vi)
+        graph.initializer.append(numpy_helper.from_array(np.asarray(values[vi.name]), vi.name))
+    return constant

@@ -39,6 +39,8 @@ from lstminfer.ops import supported_ops
 from lstminfer.ops.registry import MAX_OPSET
 from lstminfer.onnx_import import MIN_OPSET
 
+from kernel_cases import with_initializers
+
 # Deliberately unsupported: must raise UnsupportedModelError.
 _BF16 = "bfloat16 element type is not supported"
 EXCLUDED: dict[str, str] = {
@@ -248,11 +250,7 @@ def test_recurrent_case_under_every_backend(case, model, backend):
     rtol, atol = (TOLERANCE[case.name][:2] if case.name in TOLERANCE else (case.rtol, case.atol))
     for k, (inputs, expected) in enumerate(case.data_sets):
         feeds = _feeds(model, inputs)
-        constant = onnx.ModelProto()
-        constant.CopyFrom(model)
-        for vi in [vi for vi in constant.graph.input if vi.name in weights]:
-            constant.graph.input.remove(vi)
-            constant.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(feeds.pop(vi.name)), vi.name))
+        constant = with_initializers(model, {name: feeds.pop(name) for name in weights if name in feeds})
         loaded = lstminfer.load(constant, backend=backend)
         if np.asarray(inputs[0]).dtype == np.float32:  # float64 cases run on the reference by design
             assert f"via {backend}" in loaded.describe(), loaded.describe()

@@ -36,6 +36,8 @@ from lstminfer import reference
 from lstminfer.ops import recurrent
 from lstminfer.ops.registry import BuildContext
 
+from kernel_cases import with_initializers
+
 INPUTS = {
     "LSTM": ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"),
     "GRU": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
@@ -103,13 +105,7 @@ WEIGHTS = ("W", "R", "B", "P")
 
 def with_constant_weights(model, feeds):
     """``model`` with the fed W, R, B, P as initializers, and the feeds left to give."""
-    constant = type(model)()
-    constant.CopyFrom(model)
-    graph = constant.graph
-    moved = [vi for vi in graph.input if vi.name in WEIGHTS and vi.name in feeds]
-    for vi in moved:
-        graph.input.remove(vi)
-        graph.initializer.append(numpy_helper.from_array(feeds[vi.name], vi.name))
+    constant = with_initializers(model, {k: v for k, v in feeds.items() if k in WEIGHTS})
     return constant, {k: v for k, v in feeds.items() if k not in WEIGHTS}
 
 
