@@ -171,10 +171,7 @@ class Model(_RunCore):
         compiled = self._plan.compiled(wanted) if self._c_checks is not None else None
         if compiled is None:
             return None
-        from .plan import _step_error
-
-        return _runtime.CheckedRun(self._c_checks, self._plan._template, self._plan._feed_slots, compiled,
-                                   wanted, _step_error, _detach_all)
+        return _runtime.CheckedRun(self._c_checks, compiled, _detach_all)
 
     # -- friendlier surface ----------------------------------------------
     def predict(self, x: Any = None, /, **named: Any) -> Any:

@@ -166,8 +166,8 @@ class Plan:
         return {s for step, _ in self.schedule(wanted) for s in step.inputs + step.outer if s != _ABSENT}
 
     def compiled(self, wanted: tuple[int, ...]) -> tuple | None:
-        """The schedule for ``wanted`` as ``_runtime.execute`` takes it, or None (no extension,
-        or a step with a subgraph reading outer-scope values: those run in Python)."""
+        """The schedule for ``wanted`` compiled for the C loop (``_runtime.Schedule``), or None (no
+        extension, or a step with a subgraph reading outer-scope values: those run in Python)."""
         try:
             return self._compiled[wanted]
         except KeyError:
@@ -177,8 +177,9 @@ class Plan:
         if _runtime is not None:
             schedule = self.schedule(wanted)
             if not any(step.outer_names for step, _ in schedule):
-                compiled = tuple((step.kernel, tuple(absent if s == _ABSENT else s for s in step.inputs),
-                                  step.outputs, frees, step) for step, frees in schedule)
+                steps = tuple((step.kernel, tuple(absent if s == _ABSENT else s for s in step.inputs),
+                               step.outputs, frees, step) for step, frees in schedule)
+                compiled = _runtime.Schedule(self._template, self._feed_slots, steps, wanted, _step_error)
         with self._lock:
             self._compiled[wanted] = compiled
         return compiled
@@ -189,8 +190,7 @@ class Plan:
         if compiled is False:
             compiled = self.compiled(wanted)
         if compiled is not None:
-            return _runtime.execute(self._template, self._feed_slots, feeds if feeds.__class__ is list else list(feeds),
-                                    compiled, wanted, _step_error)
+            return compiled.run(feeds if feeds.__class__ is list else list(feeds))
         values = self._template.copy()
         for slot, value in zip(self._feed_slots, feeds):
             values[slot] = value
@@ -255,7 +255,7 @@ def _run_step(step: Step, values) -> Sequence[Any]:
 
 
 def _step_error(step: Step, args: list[Any], error: Exception | None, outputs: Any) -> ExecutionError:
-    """The error ``_runtime.execute`` raises for a failing step (or one short of outputs)."""
+    """The error ``_runtime.Schedule`` raises for a failing step (or one short of outputs)."""
     return _execution_error(step, args, error) if error is not None else _short_output_error(step, outputs)
 
 

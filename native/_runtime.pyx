@@ -132,43 +132,103 @@ cdef object _checked_feeds(dict feed, tuple checks):
     return out
 
 
-def execute(list template, tuple feed_slots, list feeds, tuple steps, tuple wanted, on_error):
-    return _execute(template, feed_slots, feeds, steps, wanted, on_error)
+cdef extern from "Python.h":
+    object PyObject_Call(object func, object args, PyObject* kwargs)
+    object PyTuple_New(Py_ssize_t n)
+    void PyTuple_SET_ITEM(object t, Py_ssize_t i, object v)  # steals v: INCREF first
+    PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
+    void PyList_SET_ITEM(object l, Py_ssize_t i, object v)  # steals v, does not release the old item
+    object PyList_New(Py_ssize_t n)
 
 
-cdef list _execute(list template, tuple feed_slots, list feeds, tuple steps, tuple wanted, on_error):
-    """Plan.execute over a compiled schedule: ``steps`` holds (kernel, inputs, outputs, frees, step)
-    with input slots already valid list indices and ABSENT (-1) outputs skipped.
+cdef class Schedule:
+    """``Plan.execute`` over one compiled schedule, its slot numbers held as C arrays.
 
+    ``steps``: (kernel, inputs, outputs, frees, step) per step, input slots valid list
+    indices, ABSENT (-1) outputs skipped; ``template`` the plan's slot values (constants,
+    None elsewhere); ``feed_slots`` where the feeds go; ``wanted`` the slots returned.
     ``on_error(step, args, error, outputs)`` builds the exception for a failing kernel
-    (``outputs`` None) or for one returning too few outputs.
+    (``outputs`` None) or for one returning too few outputs. Immutable: shared by threads.
     """
-    cdef list values = list(template)
-    cdef Py_ssize_t i, slot
-    cdef Py_ssize_t n = min(len(feed_slots), len(feeds))  # as zip() would
-    cdef tuple entry, inputs, outputs, frees
-    for i in range(n):
-        values[<Py_ssize_t>feed_slots[i]] = feeds[i]
-    for entry in steps:
-        inputs = <tuple>entry[1]
-        outputs = <tuple>entry[2]
-        frees = <tuple>entry[3]
-        args = tuple([values[<Py_ssize_t>s] for s in inputs])
-        try:
-            result = entry[0](*args)
-        except LstminferError:
-            raise
-        except Exception as e:
-            raise on_error(entry[4], list(args), e, None) from e
-        if len(result) < len(outputs):
-            raise on_error(entry[4], list(args), None, result)
-        for i in range(len(outputs)):
-            slot = <Py_ssize_t>outputs[i]
-            if slot >= 0:
-                values[slot] = result[i]
-        for s in frees:
-            values[<Py_ssize_t>s] = None
-    return [values[<Py_ssize_t>s] for s in wanted]
+    cdef list template, kernels, step_objects
+    cdef Py_ssize_t nslots, nfeeds, nsteps, nwanted
+    cdef object on_error
+    # per step k: inputs slot_at[in_at[k]:in_at[k+1]], outputs out_at.., frees free_at..
+    cdef Py_ssize_t[:] feed_slot, wanted_slot, slot_at, in_at, out_at, free_at
+
+    def __init__(self, list template, tuple feed_slots, tuple steps, tuple wanted, on_error):
+        cdef list slots = []
+        cdef list in_at = [], out_at = [], free_at = []
+        self.template, self.on_error = template, on_error
+        self.kernels = [entry[0] for entry in steps]
+        self.step_objects = [entry[4] for entry in steps]
+        for entry in steps:  # one flat array: inputs, then outputs, then frees of each step
+            in_at.append(len(slots))
+            slots.extend(entry[1])
+            out_at.append(len(slots))
+            slots.extend(entry[2])
+            free_at.append(len(slots))
+            slots.extend(entry[3])
+        in_at.append(len(slots))
+        for name, values in (("inputs", [s for entry in steps for s in entry[1]]),
+                             ("feed slots", feed_slots), ("wanted", wanted)):
+            if any(not 0 <= s < len(template) for s in values):
+                raise ValueError(f"Schedule: {name} {values} outside the template's {len(template)} slots")
+        self.nslots, self.nfeeds, self.nsteps, self.nwanted = len(template), len(feed_slots), len(steps), len(wanted)
+        self.feed_slot = _index_array(feed_slots)
+        self.wanted_slot = _index_array(wanted)
+        self.slot_at = _index_array(slots)
+        self.in_at = _index_array(in_at)
+        self.out_at = _index_array(out_at + [0])
+        self.free_at = _index_array(free_at + [0])
+
+    def run(self, list feeds):
+        """The wanted values after running every step on ``feeds`` (in feed-slot order; extra ignored)."""
+        return self._run(feeds)
+
+    cdef list _run(self, list feeds):
+        cdef list values = list(self.template)
+        cdef Py_ssize_t i, k, j, slot, n = min(self.nfeeds, len(feeds))  # as zip() would
+        cdef Py_ssize_t a, b, nout
+        for i in range(n):
+            _set(values, self.feed_slot[i], feeds[i])
+        for k in range(self.nsteps):
+            a, b = self.in_at[k], self.out_at[k]
+            args = PyTuple_New(b - a)
+            for j in range(b - a):
+                value = <object>PyList_GET_ITEM(values, self.slot_at[a + j])
+                Py_INCREF(value)
+                PyTuple_SET_ITEM(args, j, value)
+            try:
+                result = PyObject_Call(self.kernels[k], args, NULL)
+            except LstminferError:
+                raise
+            except Exception as e:
+                raise self.on_error(self.step_objects[k], list(args), e, None) from e
+            nout = self.free_at[k] - b
+            if len(result) < nout:
+                raise self.on_error(self.step_objects[k], list(args), None, result)
+            for j in range(nout):
+                slot = self.slot_at[b + j]
+                if slot >= 0:
+                    _set(values, slot, result[j])
+            for j in range(self.free_at[k], self.in_at[k + 1]):
+                _set(values, self.slot_at[j], None)
+        out = PyList_New(self.nwanted)
+        for i in range(self.nwanted):
+            value = <object>PyList_GET_ITEM(values, self.wanted_slot[i])
+            Py_INCREF(value)
+            PyList_SET_ITEM(out, i, value)
+        return out
+
+
+cdef inline void _set(list values, Py_ssize_t slot, object value):
+    """values[slot] = value (slot checked at construction)."""
+    values[slot] = value
+
+
+cdef Py_ssize_t[:] _index_array(values):
+    return np.asarray(list(values), dtype=np.intp) if len(values) else np.zeros(1, dtype=np.intp)
 
 
 def detach(list outputs, list feeds):
@@ -300,18 +360,15 @@ def rows_by_stream(list sids, y, int axis):
 
 
 cdef class CheckedRun:
-    """Model.run(None, feed) in one call: ``checked_feeds``, ``execute``, ``detach``, for one
-    plan's schedule of all outputs. Returns None (nothing run) when the feeds need the full
-    check; ``detach_fallback(outputs, feeds)`` handles outputs ``detach`` declines."""
-    cdef tuple checks, feed_slots, steps, wanted
-    cdef list template
-    cdef object on_error, detach_fallback
+    """Model.run(None, feed) in one call: ``checked_feeds``, the plan's ``Schedule`` of all
+    outputs, ``detach``. Returns None (nothing run) when the feeds need the full check;
+    ``detach_fallback(outputs, feeds)`` handles outputs ``detach`` declines."""
+    cdef tuple checks
+    cdef Schedule schedule
+    cdef object detach_fallback
 
-    def __init__(self, tuple checks, list template, tuple feed_slots, tuple steps, tuple wanted,
-                 on_error, detach_fallback):
-        self.checks, self.template, self.feed_slots = checks, template, feed_slots
-        self.steps, self.wanted = steps, wanted
-        self.on_error, self.detach_fallback = on_error, detach_fallback
+    def __init__(self, tuple checks, Schedule schedule, detach_fallback):
+        self.checks, self.schedule, self.detach_fallback = checks, schedule, detach_fallback
 
     def __call__(self, dict feed):
         return self.run(feed)
@@ -320,7 +377,7 @@ cdef class CheckedRun:
         feeds = _checked_feeds(feed, self.checks)
         if feeds is None:
             return None
-        outputs = _execute(self.template, self.feed_slots, feeds, self.steps, self.wanted, self.on_error)
+        outputs = self.schedule._run(feeds)
         detached = _detach(outputs, feeds)
         return detached if detached is not None else self.detach_fallback(outputs, feeds)
 

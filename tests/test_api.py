@@ -431,3 +431,37 @@ def test_python_stream_step_matches_the_c_one(rng):
     s._into, s._states, s.calls = (lambda x, h, c: None if x is None else (x, h, c)), [1, 2], 0
     assert s.step("x") == ("x", 1, 2) and s.calls == 0
     assert s.step(None) == "checked" and s.calls == 1
+
+
+def test_compiled_schedule_runs_steps_and_reports_failures():
+    """_runtime.Schedule (the C step loop): slots in and out, absent outputs, frees, and the
+    on_error hook for a kernel that raises or returns too few outputs."""
+    runtime = pytest.importorskip("lstminfer._runtime")
+    calls = []
+
+    def add(a, b):
+        calls.append((a, b))
+        return (a + b, a - b)
+
+    def broken(a):
+        raise ValueError("no")
+
+    def short(a):
+        return ()
+
+    def on_error(step, args, error, outputs):
+        return RuntimeError(f"{step}: {args} {error!r} {outputs!r}")
+
+    # slots: 0, 1 feeds; 2 constant 10; 3, 4 results; 5 the absent slot (None)
+    template = [None, None, 10, None, None, None]
+    steps = ((add, (0, 2), (3, -1), (), "add"), (add, (3, 1), (4, 3), (0,), "add2"))
+    schedule = runtime.Schedule(template, (0, 1), steps, (4, 3, 0), on_error)
+    assert schedule.run([1, 2]) == [13, 9, None]  # 1+10=11; 11+2, 11-2; slot 0 freed
+    assert calls == [(1, 10), (11, 2)] and template == [None, None, 10, None, None, None]
+    with pytest.raises(RuntimeError, match=r"bad: \[1\] ValueError\('no'\) None") as info:
+        runtime.Schedule(template, (0,), ((broken, (0,), (), (), "bad"),), (0,), on_error).run([1])
+    assert isinstance(info.value.__cause__, ValueError)
+    with pytest.raises(RuntimeError, match=r"few: \[1\] None \(\)"):
+        runtime.Schedule(template, (0,), ((short, (0,), (3,), (), "few"),), (3,), on_error).run([1])
+    with pytest.raises(ValueError, match="outside the template"):
+        runtime.Schedule(template, (0,), ((add, (0, 9), (3,), (), "x"),), (3,), on_error)
