@@ -383,19 +383,27 @@ def check_against_float64(op, attrs, feeds, outputs, opset):
     ort_out, runs = run_both(model, feeds)
     args = {k: (v.astype(np.float64) if v.dtype == np.float32 else v) for k, v in feeds.items()}
     truth = getattr(reference, op.lower())(**args, **attrs)
+    # The spec's equations evaluated plainly in float32: how far honest float32 rounding
+    # drifts on this case. onnxruntime alone can be luckier than that (a different summation
+    # order happens to cancel), which made the bound tighter than float32 itself allows.
+    plain32 = getattr(reference, op.lower())(**feeds, **attrs)
     by_name = dict(zip(OUTPUTS[op], truth))
+    plain_by_name = dict(zip(OUTPUTS[op], plain32))
     names = [n for n in (OUTPUTS[op] if outputs is None else outputs) if n]  # "" = output skipped
     for label, name, e, g in ((label, *values) for label, ours in runs for values in zip(names, ort_out, ours)):
         t = by_name[name]
-        finite = np.isfinite(t) & np.isfinite(e)
+        p = np.asarray(plain_by_name[name])
+        finite = np.isfinite(t) & np.isfinite(e) & np.isfinite(p)
         # An exploding recurrence (|h| in the thousands) amplifies each rounding
         # exponentially: no float32 parity bound is meaningful there.
         assume(float(np.max(np.abs(t[finite]), initial=0.0)) < EXPLODED)
         ours_err = float(np.max(np.abs(g[finite] - t[finite]), initial=0.0))
         ort_err = float(np.max(np.abs(e[finite] - t[finite]), initial=0.0))
+        plain_err = float(np.max(np.abs(p[finite] - t[finite]), initial=0.0))
         scale = max(1.0, float(np.max(np.abs(t[finite]), initial=0.0)))
-        assert ours_err <= 2 * ort_err + TOLERANCE * scale, (
-            f"{name} [{label}]: lstminfer is {ours_err:.3g} from the float64 reference, onnxruntime {ort_err:.3g}"
+        assert ours_err <= 2 * max(ort_err, plain_err) + TOLERANCE * scale, (
+            f"{name} [{label}]: lstminfer is {ours_err:.3g} from the float64 reference, onnxruntime {ort_err:.3g}, "
+            f"the plain float32 reference {plain_err:.3g}"
         )
 
 
