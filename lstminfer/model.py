@@ -113,7 +113,7 @@ class Model(_RunCore):
         ]
         self._all_fast = len(self._fast_checks) == len(self._inputs)
         # The same test and the executor loop in C (lstminfer._runtime), when built.
-        self._c_checks = tuple(self._fast_checks) if self._all_fast and _runtime is not None else None
+        self._c_checks = _runtime.FeedChecks(tuple(self._fast_checks)) if self._all_fast and _runtime is not None else None
         self._run_all = self._checked_run()
 
     # -- onnxruntime-compatible surface -----------------------------------
@@ -155,7 +155,7 @@ class Model(_RunCore):
         """``run`` for every call the C path (``self._run_all``) does not take: checks everything."""
         wanted = self._wanted(output_names)
         if self._c_checks is not None and input_feed.__class__ is dict:
-            feeds = _runtime.checked_feeds(input_feed, self._c_checks)
+            feeds = self._c_checks.feeds(input_feed)
             if feeds is not None:
                 outputs = _runtime.detach(self._plan.execute(feeds, wanted), feeds)
                 if outputs is not None:

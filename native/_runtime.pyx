@@ -102,36 +102,6 @@ cdef inline object root_of(object value):
     return value
 
 
-def checked_feeds(dict feed, tuple checks):
-    return _checked_feeds(feed, checks)
-
-
-cdef object _checked_feeds(dict feed, tuple checks):
-    """The feeds in input order when each is an exact ndarray of its input's dtype, rank and fixed
-    dims and ``feed`` has no other names; else None (the caller checks fully and reports).
-
-    ``checks``: per input (name, dtype, rank, ((axis, size), ...)).
-    """
-    cdef list out = []
-    cdef rt_ndarray* a
-    cdef tuple check
-    cdef Py_ssize_t axis, size
-    if len(feed) != len(checks):
-        return None
-    for check in checks:
-        value = feed.get(check[0])
-        if type(value) is not _NDARRAY:
-            return None
-        a = as_array(value)
-        if a.descr != <PyObject*>check[1] or a.nd != <int>check[2]:
-            return None
-        for axis, size in check[3]:
-            if a.dimensions[axis] != size:
-                return None
-        out.append(value)
-    return out
-
-
 cdef extern from "Python.h":
     object PyObject_Call(object func, object args, PyObject* kwargs)
     object PyTuple_New(Py_ssize_t n)
@@ -139,6 +109,58 @@ cdef extern from "Python.h":
     PyObject* PyList_GET_ITEM(object l, Py_ssize_t i)
     void PyList_SET_ITEM(object l, Py_ssize_t i, object v)  # steals v, does not release the old item
     object PyList_New(Py_ssize_t n)
+
+
+cdef class FeedChecks:
+    """The fast acceptance test of a model's feeds, its numbers held as C arrays.
+
+    ``checks``: per input (name, dtype, rank, ((axis, size), ...)). ``feeds(feed)`` returns
+    the feeds in input order when each is an exact ndarray of its input's dtype, rank and
+    fixed dims and ``feed`` has no other names; else None (the caller checks fully and reports).
+    """
+    cdef tuple names, dtypes
+    cdef Py_ssize_t n
+    cdef Py_ssize_t[:] rank, dim_at, axis, size  # input k's fixed dims: axis/size[dim_at[k]:dim_at[k+1]]
+
+    def __init__(self, tuple checks):
+        cdef list dim_at = [0], axes = [], sizes = []
+        for name, dtype, rank, dims in checks:
+            for a, d in dims:
+                if not 0 <= a < rank:
+                    raise ValueError(f"FeedChecks: axis {a} outside input {name!r}'s rank {rank}")
+                axes.append(a)
+                sizes.append(d)
+            dim_at.append(len(axes))
+        self.names = tuple(c[0] for c in checks)
+        self.dtypes = tuple(np.dtype(c[1]) for c in checks)
+        self.n = len(checks)
+        self.rank = _index_array([c[2] for c in checks])
+        self.dim_at = _index_array(dim_at)
+        self.axis = _index_array(axes)
+        self.size = _index_array(sizes)
+
+    def feeds(self, dict feed):
+        return self._feeds(feed)
+
+    cdef object _feeds(self, dict feed):
+        cdef rt_ndarray* a
+        cdef Py_ssize_t k, j
+        if len(feed) != self.n:
+            return None
+        out = PyList_New(self.n)
+        for k in range(self.n):
+            value = feed.get(self.names[k])
+            if type(value) is not _NDARRAY:
+                return None
+            a = as_array(value)
+            if a.descr != <PyObject*>self.dtypes[k] or a.nd != self.rank[k]:
+                return None
+            for j in range(self.dim_at[k], self.dim_at[k + 1]):
+                if a.dimensions[self.axis[j]] != self.size[j]:
+                    return None
+            Py_INCREF(value)
+            PyList_SET_ITEM(out, k, value)
+        return out
 
 
 cdef class Schedule:
@@ -360,21 +382,21 @@ def rows_by_stream(list sids, y, int axis):
 
 
 cdef class CheckedRun:
-    """Model.run(None, feed) in one call: ``checked_feeds``, the plan's ``Schedule`` of all
+    """Model.run(None, feed) in one call: ``FeedChecks``, the plan's ``Schedule`` of all
     outputs, ``detach``. Returns None (nothing run) when the feeds need the full check;
     ``detach_fallback(outputs, feeds)`` handles outputs ``detach`` declines."""
-    cdef tuple checks
+    cdef FeedChecks checks
     cdef Schedule schedule
     cdef object detach_fallback
 
-    def __init__(self, tuple checks, Schedule schedule, detach_fallback):
+    def __init__(self, FeedChecks checks, Schedule schedule, detach_fallback):
         self.checks, self.schedule, self.detach_fallback = checks, schedule, detach_fallback
 
     def __call__(self, dict feed):
         return self.run(feed)
 
     cdef object run(self, dict feed):
-        feeds = _checked_feeds(feed, self.checks)
+        feeds = self.checks._feeds(feed)
         if feeds is None:
             return None
         outputs = self.schedule._run(feeds)

@@ -465,3 +465,20 @@ def test_compiled_schedule_runs_steps_and_reports_failures():
         runtime.Schedule(template, (0,), ((short, (0,), (3,), (), "few"),), (3,), on_error).run([1])
     with pytest.raises(ValueError, match="outside the template"):
         runtime.Schedule(template, (0,), ((add, (0, 9), (3,), (), "x"),), (3,), on_error)
+
+
+def test_feed_checks_accept_only_exact_feeds():
+    """_runtime.FeedChecks (Model.run's fast acceptance test): exact ndarrays of each input's dtype,
+    rank and fixed dims, no other names, in input order; anything else None (the full check)."""
+    runtime = pytest.importorskip("lstminfer._runtime")
+    f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
+    checks = runtime.FeedChecks((("x", f32, 3, ((2, 4),)), ("n", i64, 1, ())))
+    x, n = np.zeros((5, 1, 4), np.float32), np.zeros(2, np.int64)
+    assert [id(v) for v in checks.feeds({"n": n, "x": x})] == [id(x), id(n)]
+    declined = [{"x": x}, {"x": x, "n": n, "extra": n}, {"x": x.astype(np.float64), "n": n},
+                {"x": x[0], "n": n}, {"x": np.zeros((5, 1, 3), np.float32), "n": n},
+                {"x": x.tolist(), "n": n}, {"x": np.ma.masked_array(x), "n": n}, {"y": x, "n": n}]
+    for feed in declined:
+        assert checks.feeds(feed) is None, feed
+    with pytest.raises(ValueError, match="axis 3 outside"):
+        runtime.FeedChecks((("x", f32, 3, ((3, 4),)),))
