@@ -26,12 +26,12 @@ cdef enum:
     S_X, S_X_D0, S_X_D1, S_LENS, S_HAS_LENS, S_H0, S_HAS_H0, S_C0, S_HAS_C0, S_H0_TMP, S_C0_TMP, S_Y, S_Y_TMP
     S_YH, S_YC, S_STATES, S_SCRATCH, S_SCRATCH_SIZE, S_WBUF, S_WBUF_SIZE, S_TABLE, S_TABLE_SIZE, S_FPARAMS
     S_FPARAMS_SIZE, S_SYNC, S_HIDDEN, S_INPUT, S_DIRECTIONS, S_NUM_STATES, S_NBLOCKS, S_REVERSE_FIRST, S_FLAG
-    S_TIME_MAJOR, NUM_SLOTS
+    S_TIME_MAJOR, S_ROUTE, NUM_SLOTS
 
 SLOT_NAMES = ("X", "X_D0", "X_D1", "LENS", "HAS_LENS", "H0", "HAS_H0", "C0", "HAS_C0", "H0_TMP", "C0_TMP", "Y",
               "Y_TMP", "YH", "YC", "STATES", "SCRATCH", "SCRATCH_SIZE", "WBUF", "WBUF_SIZE", "TABLE", "TABLE_SIZE",
               "FPARAMS", "FPARAMS_SIZE", "SYNC", "HIDDEN", "INPUT", "DIRECTIONS", "NUM_STATES", "NBLOCKS",
-              "REVERSE_FIRST", "FLAG", "TIME_MAJOR")
+              "REVERSE_FIRST", "FLAG", "TIME_MAJOR", "ROUTE")
 assert len(SLOT_NAMES) == NUM_SLOTS
 
 ctypedef Py_ssize_t idx
@@ -85,6 +85,7 @@ cdef class EntryCore:
     cdef float* scratch
     cdef idx scratch_floats
     cdef bint scratch_busy
+    cdef readonly int64_t last_route  # the entry's ROUTE of the last call (1: numba_rnn's one-step path)
 
     def __dealloc__(self):
         free(self.scratch)
@@ -235,6 +236,7 @@ cdef class EntryCore:
             block[S_C0_TMP] = block[S_SCRATCH] + tmp_at[3] * 4
         with nogil:
             status = self.fn(block, self.clip)
+        self.last_route = block[S_ROUTE]
         if own:
             self.scratch_busy = False
         else:

@@ -546,6 +546,49 @@ def test_two_threads_kernels_and_a_busy_scratch_buffer_use_the_entry():
 
 
 @entry_built
+@SETTINGS
+@given(cases(), st.integers(1, 3))
+def test_one_step_path_matches_reference(case, batch):
+    """T = 1, batch 1..3 (a stream's step) takes numba_rnn.step, not the sequence driver, with every
+    attribute: activations, clip, input_forget, peepholes, linear_before_reset, sequence_lens 0 or 1,
+    initial states absent or present, both layouts and directions, odd sizes."""
+    rng = np.random.default_rng(case["seed"])
+    op, spec = case["op"], case["spec"]
+    W, R, B, P = make_weights(rng, op, spec.num_directions, case["H"], case["I"], case["with_bias"],
+                              case["with_peepholes"], scale=0.5)
+    lens = None if case["lens"] is None else rng.integers(0, 2, batch).astype(np.int32)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, 1, batch, lens, case["with_h0"], case["with_c0"])
+    kernel = entry_kernel(op, spec, W, R, B, P)
+    got = kernel(*inputs)
+    assert kernel.last_route == 1
+    assert_close(got, REFERENCE[op](*inputs, **spec.reference_kwargs())[: spec.num_outputs], relative=True)
+
+
+@entry_built
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_one_step_path_updates_states_in_place_and_longer_calls_take_the_driver(op, layout):
+    """run_into at T = 1 reads and writes the states in the same memory; T = 2 or batch 4 take the driver."""
+    rng = np.random.default_rng(21)
+    W, R, B, P = make_weights(rng, op, 1, 17, 3)
+    spec = make_spec(op, hidden_size=17, layout=layout, linear_before_reset=op == "GRU", clip=1.5)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=5, batch=1)
+    expected = REFERENCE[op](*inputs, **spec.reference_kwargs())
+    kernel = entry_kernel(op, spec, W, R, B, P)
+    X = inputs[0]
+    states = (inputs[5].copy(), inputs[6].copy()) if op == "LSTM" else (inputs[5].copy(),)
+    ys = []
+    for t in range(5):
+        ys.append(kernel.run_into(np.ascontiguousarray(X[t:t + 1] if layout == 0 else X[:, t:t + 1]), *states))
+        assert kernel.last_route == 1
+    assert_close([np.concatenate(ys, axis=layout)] + list(states), expected)
+    for T, batch in ((2, 1), (1, 4)):
+        kernel(*make_inputs(rng, op, spec, W, R, B, P, T=T, batch=batch))
+        assert kernel.last_route == 0
+    assert numba_rnn.one_step(1, 3, 1) and not numba_rnn.one_step(1, 3, 2)
+
+
+@entry_built
 def test_entry_compiled_at_load_and_cached_under_the_kernel_digest():
     from lstminfer.kernels import numba_entry
 

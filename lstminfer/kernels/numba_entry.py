@@ -24,7 +24,8 @@ Block slots (int64; addresses as integers, 0 = absent):
   transpose from), YH/YC (0: not wanted), STATES (S*D*B*H floats: states not wanted or transposed), SCRATCH +
   SCRATCH_SIZE (``numba_rnn.scratch_size`` floats), the packed constants
   WBUF/TABLE/FPARAMS + sizes, SYNC (int64 [1]), and the sizes H, I, D,
-  S (states: 2 for LSTM), NBLOCKS and the flags REVERSE_FIRST, FLAG, TIME_MAJOR.
+  S (states: 2 for LSTM), NBLOCKS and the flags REVERSE_FIRST, FLAG, TIME_MAJOR; ROUTE (written
+  here: 1 when the call took ``numba_rnn.step`` (``one_step``), else left 0).
 Returns the driver's status (0, or 1: sequence_lens outside [0, T]).
 
 Compiled (or loaded from Numba's cache) when a kernel is built, never on a
@@ -44,11 +45,11 @@ from . import numba_config, numba_rnn
 
 (X, X_D0, X_D1, LENS, HAS_LENS, H0, HAS_H0, C0, HAS_C0, H0_TMP, C0_TMP, Y, Y_TMP, YH, YC, STATES,
  SCRATCH, SCRATCH_SIZE, WBUF, WBUF_SIZE, TABLE, TABLE_SIZE, FPARAMS, FPARAMS_SIZE, SYNC,
- HIDDEN, INPUT, DIRECTIONS, NUM_STATES, NBLOCKS, REVERSE_FIRST, FLAG, TIME_MAJOR) = range(33)
+ HIDDEN, INPUT, DIRECTIONS, NUM_STATES, NBLOCKS, REVERSE_FIRST, FLAG, TIME_MAJOR, ROUTE) = range(34)
 SLOT_NAMES = ("X", "X_D0", "X_D1", "LENS", "HAS_LENS", "H0", "HAS_H0", "C0", "HAS_C0", "H0_TMP", "C0_TMP", "Y",
               "Y_TMP", "YH", "YC", "STATES", "SCRATCH", "SCRATCH_SIZE", "WBUF", "WBUF_SIZE", "TABLE", "TABLE_SIZE",
               "FPARAMS", "FPARAMS_SIZE", "SYNC", "HIDDEN", "INPUT", "DIRECTIONS", "NUM_STATES", "NBLOCKS",
-              "REVERSE_FIRST", "FLAG", "TIME_MAJOR")  # the C side checks its copy against this at bind
+              "REVERSE_FIRST", "FLAG", "TIME_MAJOR", "ROUTE")  # the C side checks its copy against this at bind
 assert all(globals()[name] == k for k, name in enumerate(SLOT_NAMES))
 BLOCK_SLOTS = len(SLOT_NAMES)
 SIGNATURE = types.int64(types.CPointer(types.int64), types.float64)
@@ -141,9 +142,15 @@ def _entry_source(block, clip):
     fparams = _f32_array(block[FPARAMS], block[FPARAMS_SIZE])
     scratch = _f32_array(block[SCRATCH], block[SCRATCH_SIZE])
     sync = numba.carray(_i64_at(block[SYNC]), (1,))
-    status = _driver(x, lens, has_lens, h0, has_h0, c0, has_c0, y, h_out, c_out, wbuf, table, fparams, scratch,
-                     D, block[NBLOCKS], block[REVERSE_FIRST] != 0, block[FLAG] != 0, time_major, clip,
-                     0, 1, sync)
+    if numba_rnn.one_step_nb(T, B, block[NBLOCKS]):  # a stream's step: no sequence shell around it
+        rows = numba.carray(_f32_at(block[X]), (B, I))  # X's one step: B rows either layout
+        status = _step(rows, lens, has_lens, h0, has_h0, c0, has_c0, y, h_out, c_out, wbuf, table, fparams,
+                       scratch, D, block[FLAG] != 0, clip)
+        block[ROUTE] = 1
+    else:
+        status = _driver(x, lens, has_lens, h0, has_h0, c0, has_c0, y, h_out, c_out, wbuf, table, fparams,
+                         scratch, D, block[NBLOCKS], block[REVERSE_FIRST] != 0, block[FLAG] != 0, time_major,
+                         clip, 0, 1, sync)
     if status:
         return status
     if not y_direct:  # [T, D, B, H] -> the node's [B, T, D, H]
@@ -182,7 +189,7 @@ def entry(op: str):
         # named after the driver: the cache entry of each op and kernel-source version is its own.
         driver = numba_rnn.driver(op)
         name = f"{op.lower()}_entry_{numba_rnn._DIGEST}"
-        namespace = dict(globals(), _driver=driver)
+        namespace = dict(globals(), _driver=driver, _step=numba_rnn.step(op))
         fn = pytypes.FunctionType(_entry_source.__code__, namespace, name)
         fn.__qualname__ = name
         compiled = _ENTRIES[op] = _compile(fn)

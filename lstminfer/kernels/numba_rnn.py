@@ -885,6 +885,213 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wb
     return 0
 
 
+# ------------------------------------------------------- one step --
+# A stream feeds one step at a time (T = 1, batch 1..3). The sequence drivers
+# spend more on their shell (segments, unit blocks, claims, chunks, the state
+# double buffer) than on such a step (measured, LSTM H=8: 0.75 us of which
+# ~0.25 before any step). ``one_step`` calls take these instead: per
+# direction and row, the gate pre-activations x . W^T + h . R^T + bias in one
+# panel pass (GRU: z, r; then the candidate's), then the cells, reading the
+# initial states where they lie and writing Y and the final states directly.
+# The cells are the drivers' own, handed a zero projection row (the bias and
+# x . W^T are already in ``gates``), so every attribute means the same here.
+
+def one_step(T, B, nblocks):
+    """Whether a call takes ``step(op)`` instead of the sequence driver: one step of 1..3 rows, one unit block
+    (one thread)."""
+    return T == 1 and B < 4 and nblocks == 1
+
+
+one_step_nb = jit_inline(one_step)
+
+
+@jit_inline
+def _vector(address, n):
+    return numba.carray(_f32_pointer(address), (n,))
+
+
+@jit_inline
+def _state_row(state, has_state, d, b, zeros):
+    """Row b of direction d of an initial state [D, B, H], or ``zeros`` (H floats) when it is absent."""
+    if has_state:
+        return _vector(state.ctypes.data + 4 * (d * state.shape[1] + b) * state.shape[2], state.shape[2])
+    return _vector(zeros.ctypes.data, zeros.shape[0])
+
+
+@jit_inline
+def _fill(dst, value):
+    for j in range(dst.shape[0]):
+        dst[j] = value
+
+
+@jit_inline
+def _copy(dst, src):
+    """``dst[:] = src`` (the same memory is fine: the states may be written where they were read)."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
+
+
+@jit_inline
+def _past_end(lens, has_lens, b, y, h_out, hp):
+    """A row whose sequence is empty (sequence_lens 0): Y zeros, its state kept; whether it is one."""
+    if has_lens and lens[b] == 0:
+        _fill(y, ZERO)
+        _copy(h_out, hp)
+        return True
+    return False
+
+
+@jit
+def _lstm_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D,
+               input_forget, clip):
+    B, I = X2.shape
+    H = h_out.shape[2]
+    GH = 4 * H
+    if _check_lens(lens, has_lens, 1):
+        return 1
+    clip32 = F32(clip)
+    xp, gates, hbuf, _, _ = _carve(scratch, 1, B, 4, H)
+    no_x = xp[0, :GH]
+    _fill(no_x, ZERO)
+    no_h = hbuf[0, 0]
+    _fill(no_h, ZERO)
+    hk = H if has_h0 else 0  # rows of R^T to read: none without an initial state
+    columns = _panel_columns(GH)
+    codes_at = 2 + D * PANEL_SEGMENTS
+    ff = ONE if input_forget else ZERO
+    for d in range(D):
+        wWP = _segment(wbuf, table, 1, d, SEG_WP, I * columns)
+        wRP = _segment(wbuf, table, 1, d, SEG_RP, H * columns)
+        bias_x = _segment(wbuf, table, 1, d, SEG_BIAS_X, GH)
+        peep = _segment_matrix(wbuf, table, 1, d, SEG_PEEP, 3, H)
+        pi, pf, po = peep[0], peep[1], peep[2]
+        peepholes = table[codes_at + 3 * D + d] != 0
+        a = codes_at + 3 * d
+        cf, cg, ch = table[a], table[a + 1], table[a + 2]
+        p = 6 * d
+        af, bf, ag, bg, ah, bh = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3], fparams[p + 4], fparams[p + 5]
+        default = cf == SIGMOID and cg == TANH and ch == TANH
+        for b in range(B):
+            hp = _state_row(h0, has_h0, d, b, no_h)
+            c = c_out[d, b]
+            _copy(c, _state_row(c0, has_c0, d, b, no_h))  # the cells update c in place
+            y = Y[0, d, b]
+            if _past_end(lens, has_lens, b, y, h_out[d, b], hp):
+                continue
+            g = gates[b]
+            matvec2_packed(X2[b], wWP, hp[:hk], wRP, bias_x, GH, g)
+            if default and not peepholes:
+                _lstm_cells_no_peepholes(no_x, g, y, c, H, clip32, ff)
+            elif default:
+                _lstm_cells_default(no_x, g, y, c, pi, pf, po, H, clip32, ff)
+            else:
+                _lstm_cells_generic(no_x, g, y, c, pi, pf, po, H, clip32, input_forget,
+                                    cf, af, bf, cg, ag, bg, ch, ah, bh)
+            _copy(h_out[d, b], y)
+    return 0
+
+
+@jit
+def _gru_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D,
+              linear_before_reset, clip):
+    """Without linear_before_reset the candidate's pass reads x and r * h_prev together (Wbh + Rbh are in its
+    bias); with it, x . Wh^T + Wbh and h_prev . Rh^T are two passes (r multiplies only the second)."""
+    B, I = X2.shape
+    H = h_out.shape[2]
+    if _check_lens(lens, has_lens, 1):
+        return 1
+    clip32 = F32(clip)
+    xp, gates, hbuf, _, rh = _carve(scratch, 1, B, 3, H)
+    xrow = xp[0, :3 * H]  # zeros, but for x . Wh^T + Wbh with linear_before_reset
+    _fill(xrow, ZERO)
+    xh = xrow[2 * H:]
+    no_h = hbuf[0, 0]
+    _fill(no_h, ZERO)
+    hk = H if has_h0 else 0
+    zr_columns = _panel_columns(2 * H)
+    columns = zr_columns + _panel_columns(H)
+    codes_at = 2 + D * PANEL_SEGMENTS
+    for d in range(D):
+        wWP = _segment(wbuf, table, 1, d, SEG_WP, I * columns)
+        wRP = _segment(wbuf, table, 1, d, SEG_RP, H * columns)
+        wWP_h = wWP[I * zr_columns:]
+        wRP_h = wRP[H * zr_columns:]
+        bias_x = _segment(wbuf, table, 1, d, SEG_BIAS_X, 3 * H)
+        bias_rh = _segment(wbuf, table, 1, d, SEG_BIAS_RH, H)
+        a = codes_at + 2 * d
+        cf, cg = table[a], table[a + 1]
+        p = 4 * d
+        af, bf, ag, bg = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3]
+        default = cf == SIGMOID and cg == TANH
+        for b in range(B):
+            hp = _state_row(h0, has_h0, d, b, no_h)
+            y = Y[0, d, b]
+            if _past_end(lens, has_lens, b, y, h_out[d, b], hp):
+                continue
+            g = gates[b]
+            x = X2[b]
+            matvec2_packed(x, wWP, hp[:hk], wRP, bias_x, 2 * H, g)  # z, r
+            gh = g[2 * H:]
+            if linear_before_reset:
+                matvec2_packed(x, wWP_h, hp[:0], wRP_h, bias_x[2 * H:], H, xh)
+                matvec_packed(hp[:hk], wRP_h, H, gh)
+                _gru_lbr_cells(xrow, g, hp, y, bias_rh, H, clip32, default, cf, af, bf, cg, ag, bg)
+            else:
+                r_h = rh[b]
+                _gru_gates_zr(xrow, g, hp, r_h, H, clip32, default, cf, af, bf)
+                matvec2_packed(x, wWP_h, r_h[:hk], wRP_h, bias_x[2 * H:], H, gh)
+                _gru_output(xh, g, gh, hp, y, H, clip32, default, cg, ag, bg)
+            _copy(h_out[d, b], y)
+    return 0
+
+
+@jit
+def _rnn_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D,
+              unused_flag, clip):
+    B, I = X2.shape
+    H = h_out.shape[2]
+    if _check_lens(lens, has_lens, 1):
+        return 1
+    clip32 = F32(clip)
+    _, gates, hbuf, _, _ = _carve(scratch, 1, B, 1, H)
+    no_h = hbuf[0, 0]
+    _fill(no_h, ZERO)
+    hk = H if has_h0 else 0
+    columns = _panel_columns(H)
+    codes_at = 2 + D * PANEL_SEGMENTS
+    for d in range(D):
+        wWP = _segment(wbuf, table, 1, d, SEG_WP, I * columns)
+        wRP = _segment(wbuf, table, 1, d, SEG_RP, H * columns)
+        bias_x = _segment(wbuf, table, 1, d, SEG_BIAS_X, H)
+        cf = table[codes_at + d]
+        af, bf = fparams[2 * d], fparams[2 * d + 1]
+        for b in range(B):
+            hp = _state_row(h0, has_h0, d, b, no_h)
+            y = Y[0, d, b]
+            if _past_end(lens, has_lens, b, y, h_out[d, b], hp):
+                continue
+            g = gates[b]
+            matvec2_packed(X2[b], wWP, hp[:hk], wRP, bias_x, H, g)
+            if cf == TANH:
+                for j in range(H):
+                    y[j] = fast_tanh(_clamp(g[j], clip32))
+            else:
+                for j in range(H):
+                    y[j] = _clamp(g[j], clip32)
+                activate_inplace(y, cf, af, bf)
+            _copy(h_out[d, b], y)
+    return 0
+
+
+_STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
+
+
+def step(op: str):
+    """The jitted one-step function of ``op`` (``one_step``): the sequence driver's arguments, but X as its
+    [B, I] rows and no threads (nblocks 1, part 0 of 1). Compiled into the C entry, not on its own."""
+    return _STEPS[op]
+
+
 # ------------------------------------------------------------ drivers --
 
 def _renamed(fn, name):
