@@ -14,8 +14,8 @@
 # bias_rh [H] and peep [3, H] (i,f,o) segments, and the panels that
 # cython_backend.pack_panels makes of its k-major WT [I, G*H] and RT [H, G*H].
 
-from libc.math cimport expm1f, expf, fabsf, log1pf
-from libc.string cimport memcpy, memset
+from libc.math cimport INFINITY, expm1f, expf, fabsf, log1pf
+from libc.string cimport memcpy, memmove, memset
 from libc.stdlib cimport calloc, free, malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from cpython.ref cimport PyObject
@@ -400,10 +400,25 @@ cdef extern from *:
     }
     static inline li_vf li_vsigmoid(li_vf x) { return 1.0f / (1.0f + li_vexp(-x)); }
 
+    /* clip ? x : clip, then -clip ? x : -clip, NaN passing through. AVX-512/AVX2: as min/max
+       (the second operand returned on NaN), where the two selects took six instructions: the
+       same values, a quarter of a gate pass's instructions at clip = inf (its default). */
+    #if defined(__AVX512F__)
+    static inline li_vf li_vclamp(li_vf x, float clip) {
+        __m512 m = _mm512_min_ps(_mm512_set1_ps(clip), (__m512)x);
+        return (li_vf)_mm512_max_ps(_mm512_set1_ps(-clip), m);
+    }
+    #elif defined(__AVX2__)
+    static inline li_vf li_vclamp(li_vf x, float clip) {
+        __m256 m = _mm256_min_ps(_mm256_set1_ps(clip), (__m256)x);
+        return (li_vf)_mm256_max_ps(_mm256_set1_ps(-clip), m);
+    }
+    #else
     static inline li_vf li_vclamp(li_vf x, float clip) {
         x = li_vsel(x > li_splat(clip), li_splat(clip), x);
         return li_vsel(x < li_splat(-clip), li_splat(-clip), x);
     }
+    #endif
 
     /* The same exp/sigmoid/tanh on LI_U vectors at once, each step of the maths written
        for all of them in a row: a gate vector's chain of ~30 dependent operations (~100
@@ -522,6 +537,102 @@ cdef extern from *:
         return j;
     }
 
+    /* A whole LSTM step (T = 1) of 4 batch rows for the LI_VEC units at j of every gate,
+       AVX-512 only (4 rows x 4 gates: 16 accumulators and 4 weight vectors fit its 32
+       registers; AVX2's 16 would spill): bias + x W^T + h R^T accumulated in registers over
+       k < I then k < H, straight from the product panels (gate g's units at column g*H + j,
+       H a multiple of LI_VEC), then the cells on the 4 rows at once. The projection and the
+       gates are never stored and reloaded, and no separate bias or gate pass runs. Rows
+       whose bit in ``store`` is clear compute but store nothing (a 4-row tile's padding, or
+       a row that sequence_lens ends before the step). */
+    #if defined(__AVX512F__)
+    #define LI_STEP_FUSED 1
+    /* 1 / d by vrcp14ps and one Newton step (relative error ~2^-28 before rounding: within an
+       ulp of the division), on the FMA pipes where vdivps waits on the divider. */
+    static inline li_vf li_vrecip(li_vf d) {
+        li_vf r = (li_vf)_mm512_rcp14_ps((__m512)d);
+        return r * (2.0f - d * r);
+    }
+    static inline __attribute__((always_inline)) void li_vsigmoid_fast_u(li_vf *x) {
+        LI_EACH x[u] = -x[u];
+        li_vexp_u(x);
+        LI_EACH x[u] = li_vrecip(1.0f + x[u]);
+    }
+    /* tanh x = sign(x) (1 - 2 / (e^(2|x|) + 1)) for every x: within ~1e-7 absolute (near 0 the
+       subtraction cancels, where li_vtanh_u switches to its odd polynomial for relative
+       accuracy, which a gate added to O(1) terms does not need), a third fewer operations. */
+    static inline __attribute__((always_inline)) void li_vtanh_fast_u(li_vf *x) {
+        li_vf e[LI_U];
+        LI_EACH e[u] = 2.0f * li_vabs(x[u]);
+        li_vexp_u(e);
+        LI_EACH x[u] = li_vsign_of(1.0f - 2.0f * li_vrecip(e[u] + 1.0f), x[u]);
+    }
+    static inline void li_lstm_step4(const float *const *x, const float *const *h, const float *const *c,
+                                     ptrdiff_t I, ptrdiff_t H, ptrdiff_t j, const float *wpanels,
+                                     const float *rpanels, const float *bias, const float *peep, float clip,
+                                     int clipped, int store, float *const *y, float *const *cn) {
+        const ptrdiff_t nr = 2 * LI_VEC;
+        const float *wg[4], *rg[4];
+        li_vf acc[4][4];
+        for (int g = 0; g < 4; g++) {
+            ptrdiff_t n = g * H + j;  /* column of W^T / R^T: panel n / nr, offset n % nr */
+            wg[g] = wpanels + (n / nr) * I * nr + n % nr;
+            rg[g] = rpanels + (n / nr) * H * nr + n % nr;
+            li_vf b = li_load(bias + n);
+            for (int r = 0; r < 4; r++) acc[r][g] = b;
+        }
+        const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+        for (ptrdiff_t k = 0; k < I; k++) {
+            li_vf w0 = li_load(wg[0] + k * nr), w1 = li_load(wg[1] + k * nr);
+            li_vf w2 = li_load(wg[2] + k * nr), w3 = li_load(wg[3] + k * nr);
+            float s0 = x0[k], s1 = x1[k], s2 = x2[k], s3 = x3[k];
+            acc[0][0] += s0 * w0; acc[0][1] += s0 * w1; acc[0][2] += s0 * w2; acc[0][3] += s0 * w3;
+            acc[1][0] += s1 * w0; acc[1][1] += s1 * w1; acc[1][2] += s1 * w2; acc[1][3] += s1 * w3;
+            acc[2][0] += s2 * w0; acc[2][1] += s2 * w1; acc[2][2] += s2 * w2; acc[2][3] += s2 * w3;
+            acc[3][0] += s3 * w0; acc[3][1] += s3 * w1; acc[3][2] += s3 * w2; acc[3][3] += s3 * w3;
+        }
+        const float *h0 = h[0], *h1 = h[1], *h2 = h[2], *h3 = h[3];
+        for (ptrdiff_t k = 0; k < H; k++) {
+            li_vf w0 = li_load(rg[0] + k * nr), w1 = li_load(rg[1] + k * nr);
+            li_vf w2 = li_load(rg[2] + k * nr), w3 = li_load(rg[3] + k * nr);
+            float s0 = h0[k], s1 = h1[k], s2 = h2[k], s3 = h3[k];
+            acc[0][0] += s0 * w0; acc[0][1] += s0 * w1; acc[0][2] += s0 * w2; acc[0][3] += s0 * w3;
+            acc[1][0] += s1 * w0; acc[1][1] += s1 * w1; acc[1][2] += s1 * w2; acc[1][3] += s1 * w3;
+            acc[2][0] += s2 * w0; acc[2][1] += s2 * w1; acc[2][2] += s2 * w2; acc[2][3] += s2 * w3;
+            acc[3][0] += s3 * w0; acc[3][1] += s3 * w1; acc[3][2] += s3 * w2; acc[3][3] += s3 * w3;
+        }
+        li_vf pi = li_load(peep + j), pf = li_load(peep + H + j), po = li_load(peep + 2 * H + j);
+        li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
+        LI_EACH cv[u] = li_load(c[u] + j);
+        LI_EACH gi[u] = acc[u][0] + pi * cv[u];
+        LI_EACH gf[u] = acc[u][1] + pf * cv[u];
+        LI_EACH gc[u] = acc[u][2];
+        if (clipped) {
+            LI_EACH gi[u] = li_vclamp(gi[u], clip);
+            LI_EACH gf[u] = li_vclamp(gf[u], clip);
+            LI_EACH gc[u] = li_vclamp(gc[u], clip);
+        }
+        li_vsigmoid_fast_u(gi);
+        li_vsigmoid_fast_u(gf);
+        li_vtanh_fast_u(gc);
+        LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
+        LI_EACH go[u] = acc[u][3] + po * cv[u];
+        if (clipped) {
+            LI_EACH go[u] = li_vclamp(go[u], clip);
+        }
+        LI_EACH if (store >> u & 1) li_store(cn[u] + j, cv[u]);
+        li_vsigmoid_fast_u(go);
+        li_vtanh_fast_u(cv);
+        LI_EACH if (store >> u & 1) li_store(y[u] + j, cv[u] * go[u]);
+    }
+    #else
+    #define LI_STEP_FUSED 0
+    static inline void li_lstm_step4(const float *const *x, const float *const *h, const float *const *c,
+                                     ptrdiff_t I, ptrdiff_t H, ptrdiff_t j, const float *wpanels,
+                                     const float *rpanels, const float *bias, const float *peep, float clip,
+                                     int clipped, int store, float *const *y, float *const *cn) {}
+    #endif
+
     /* GRU z and r * h_prev (sigmoid), linear_before_reset = 0: z into g[:n], r * h_prev into rh */
     static inline ptrdiff_t li_gru_zr_std(const float *x, float *g, const float *hp, float *rh, ptrdiff_t n,
                                           ptrdiff_t S, float clip) {
@@ -590,6 +701,10 @@ cdef extern from *:
     void li_tanh_n(float* v, idx n) noexcept nogil
     idx li_lstm_cells_std(const float* x, const float* g, float* h, float* c, const float* pi, const float* pf,
                           const float* po, idx n, idx S, float clip) noexcept nogil
+    const bint LI_STEP_FUSED
+    void li_lstm_step4(const float* const* x, const float* const* h, const float* const* c, idx I, idx H, idx j,
+                       const float* wpanels, const float* rpanels, const float* bias, const float* peep, float clip,
+                       bint clipped, int store, float* const* y, float* const* cn) noexcept nogil
     idx li_gru_zr_std(const float* x, float* g, const float* hp, float* rh, idx n, idx S, float clip) noexcept nogil
     idx li_gru_output_std(const float* xh, const float* z, const float* gh, const float* hp, float* h, idx n,
                           float clip) noexcept nogil
@@ -1416,6 +1531,105 @@ cdef void rnn_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noe
         finish_row(s, active, hn + b * H, hp + b * H, t, d, b, u0, u1)
 
 
+# ------------------------------------------------------ fused one step --
+# One-step calls (T = 1) of a batch: StreamPool.step, many streams at once. The general path
+# projects x (x W^T + bias into scratch), multiplies h by R^T into scratch, then reads both
+# back in the gate pass, and copies the state in and out of scratch. li_lstm_step4 does
+# it all in registers per 4 rows and LI_VEC units, reading h0/c0 and writing Y, Y_h, Y_c
+# directly.
+
+cdef extern from *:
+    """
+    static unsigned long long li_fused_steps_run = 0;  /* calls that took it: tests prove the path */
+    static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_steps_run, 1, __ATOMIC_RELAXED); }
+    """
+    unsigned long long li_fused_steps_run
+    void li_count_fused_step() noexcept nogil
+
+# Smallest batch that takes it: at 1..3 rows a 4-row tile would mostly compute padding,
+# where the general path's li_tile_rows reads each panel once for just those rows.
+cdef enum:
+    STEP_MIN_ROWS = 4
+FUSED_STEP_MIN_ROWS = STEP_MIN_ROWS
+FUSED_STEP = bool(LI_STEP_FUSED)  # this build has the fused step (AVX-512)
+
+
+def fused_steps_run():
+    """How many calls so far ran as one fused LSTM step (lstm_step_fused), for tests."""
+    return li_fused_steps_run
+
+
+cdef bint fused_step_ok(const Seq* s, int op) noexcept nogil:
+    """Whether this call is one LSTM step that li_lstm_step4 runs: an AVX-512 build, float32
+    weights, T = 1 at FUSED_STEP_MIN_ROWS+ rows (each thread's rows of a batch split), whole
+    vectors of hidden units, sigmoid/tanh/tanh without input_forget in every direction.
+    (Clip, peepholes, sequence_lens, both directions and layouts: all run here.)"""
+    cdef idx d
+    if not (LI_STEP_FUSED and op == OP_LSTM and s.T == 1 and s.B >= STEP_MIN_ROWS and s.qkind == QK_FLOAT
+            and s.sched == NULL and not s.flag and s.H % LI_VEC == 0):
+        return False
+    for d in range(s.D):
+        if s.codes[3 * d] != SIGMOID or s.codes[3 * d + 1] != TANH or s.codes[3 * d + 2] != TANH:
+            return False
+    return True
+
+
+cdef void keep_state_row(const Seq* s, idx d, idx b, const float* zeros) noexcept nogil:
+    """A row that sequence_lens ends before the step: Y zero, Y_h/Y_c its initial state."""
+    cdef idx H = s.H
+    cdef const float* h = s.h0 + d * s.h0_d + b * s.h0_b if s.has_h0 else zeros
+    cdef const float* c = s.c0 + d * s.c0_d + b * s.c0_b if s.has_c0 else zeros
+    memset(s.Y + d * s.y_d + b * s.y_b, 0, H * sizeof(float))
+    memmove(s.Sh + d * s.s_d + b * s.s_b, h, H * sizeof(float))  # memmove: run_into's states are h0/c0
+    memmove(s.Sc + d * s.s_d + b * s.s_b, c, H * sizeof(float))
+
+
+cdef void lstm_step_fused(const Seq* s, idx d) noexcept nogil:
+    """Direction d of a one-step call through li_lstm_step4, 4 rows at a time (the last group
+    padded with its first row, never stored). run_into passes Y_h = h0 and Y_c = c0: each
+    tile reads and writes c only in its own units, and a group's Y_h rows are written from
+    Y once its last tile has read h."""
+    cdef idx H = s.H, b0, b, r, j
+    cdef const float* xr[4]
+    cdef const float* hr[4]
+    cdef const float* cr[4]
+    cdef float* yr[4]
+    cdef float* cnr[4]
+    cdef float* zeros = s.scratch  # h0/c0 when not given
+    cdef const float* wpanels = panels_of(s, d, 0)
+    cdef const float* rpanels = panels_of(s, d, 1)
+    cdef const float* bias = segment(s, d, SEG_BIAS_X)
+    cdef const float* peep = segment(s, d, SEG_PEEP)
+    cdef bint clipped = s.clip < INFINITY
+    cdef int store
+    memset(zeros, 0, H * sizeof(float))
+    b0 = 0
+    while b0 < s.B:
+        store = 0
+        for r in range(4):
+            b = b0 + r if b0 + r < s.B else b0
+            xr[r] = s.X + b * s.I  # T = 1: row b of X in either layout
+            hr[r] = s.h0 + d * s.h0_d + b * s.h0_b if s.has_h0 else zeros
+            cr[r] = s.c0 + d * s.c0_d + b * s.c0_b if s.has_c0 else zeros
+            yr[r] = s.Y + d * s.y_d + b * s.y_b
+            cnr[r] = s.Sc + d * s.s_d + b * s.s_b
+            if b0 + r < s.B and (not s.has_lens or s.lens[b] > 0):
+                store |= 1 << r
+        j = 0
+        while j < H:
+            li_lstm_step4(xr, hr, cr, s.I, H, j, wpanels, rpanels, bias, peep, s.clip, clipped, store, yr, cnr)
+            j += LI_VEC
+        for r in range(4):
+            b = b0 + r
+            if b >= s.B:
+                break
+            if store >> r & 1:
+                memcpy(s.Sh + d * s.s_d + b * s.s_b, yr[r], H * sizeof(float))
+            else:
+                keep_state_row(s, d, b, zeros)
+        b0 += 4
+
+
 cdef inline idx tasks_per_step(const Seq* s, int op) noexcept nogil:
     return 2 if op == OP_GRU and not s.flag else 1
 
@@ -1481,6 +1695,11 @@ cdef int run_sequence(const Seq* s, int op) noexcept nogil:
             if s.lens[b] < 0 or s.lens[b] > s.T:
                 return 1
     local.chunk = chunk_steps(s.T, s.B, s.H * (4 if op == OP_LSTM else 3 if op == OP_GRU else 1))
+    if fused_step_ok(s, op):
+        for task in range(s.D):
+            lstm_step_fused(s, task)
+        li_count_fused_step()
+        return 0
     if s.sched != NULL:
         run_shared(&local, op)
         return 0

@@ -612,3 +612,77 @@ def test_weight_panels_start_on_a_cache_line(precision):
         kernel, panels = cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized, scheme=scheme), "_qpanels"
     buffer = getattr(kernel, panels)
     assert buffer.ctypes.data % 64 == 0 and not buffer.flags.writeable
+
+
+# ------------------------------------------------------ fused one step --
+
+def _fused_steps(isa):
+    return ext(isa).fused_steps_run()
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_fused_one_step_matches_reference_and_is_taken(each_isa, direction, layout):
+    """One-step LSTM calls at 4+ rows run as one fused pass on AVX-512 (lstm_step_fused): the
+    reference's values at batches around the 4-row tiles, odd input sizes, clip, peepholes or
+    none, absent states, sequence_lens ending rows before the step, threads 1 and 2 (each
+    thread's rows fused); the counter proves the path ran, and on other builds that it did not."""
+    fused = ext(each_isa).FUSED_STEP
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(41)
+    for H, I, batch, threads, extra, peep, states in (
+            (vec, 1, 4, 1, {}, True, True), (3 * vec, 17, 5, 1, {"clip": 0.7}, False, True),
+            (2 * vec, 64, 7, 2, {}, True, False), (4 * vec, 33, 9, 2, {"clip": 2.5}, True, True),
+            (64, 64, 64, 2, {}, True, True), (vec, 5, 17, 1, {}, True, False)):
+        W, R, B, P = make_weights(rng, "LSTM", 2 if direction == "bidirectional" else 1, H, I, with_peepholes=peep)
+        spec = make_spec("LSTM", direction=direction, layout=layout, **extra)
+        for lens in (None, (np.arange(batch) % 3 != 1).astype(np.int32)):
+            inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=1, batch=batch, lens=lens,
+                                 with_h0=states, with_c0=states)
+            kernel = build("LSTM", spec, inputs, threads=threads)
+            kernel._slow = lambda *args: pytest.fail("the C entry declined plain inputs")
+            before = _fused_steps(each_isa)
+            got = kernel(*inputs)
+            parts = threads if batch >= 4 * threads else 1  # the batch split's parts, each fused
+            assert _fused_steps(each_isa) - before == (parts if fused else 0)
+            assert_close(got, expected_of("LSTM", spec, inputs))
+
+
+def test_fused_one_step_declines_what_it_does_not_claim(each_isa):
+    """Batches under 4 rows, more than one step, hidden sizes not whole vectors, input_forget,
+    other activations and a hidden-unit split run the general path (the counter stays)."""
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(42)
+    cases = [(vec, 3, 1, {}, 1), (vec, 8, 2, {}, 1), (vec + 1, 8, 1, {}, 1), (vec, 8, 1, {"input_forget": 1}, 1),
+             (vec, 8, 1, {"activations": ["HardSigmoid", "Tanh", "Tanh"]}, 1),
+             (max(128, 4 * vec), 5, 1, {}, 2)]  # 5 rows < 4 x 2 threads: the units are split
+    for H, batch, T, extra, threads in cases:
+        W, R, B, P = make_weights(rng, "LSTM", 1, H, 9)
+        spec = make_spec("LSTM", **extra)
+        inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=T, batch=batch)
+        kernel = build("LSTM", spec, inputs, threads=threads)
+        before = _fused_steps(each_isa)
+        got = kernel(*inputs)
+        assert _fused_steps(each_isa) == before, (H, batch, T, extra)
+        assert_close(got, expected_of("LSTM", spec, inputs))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_steps_in_place_keep_parity_over_a_long_stream(each_isa, threads):
+    """run_into (StreamPool.step's call: the states are h0/c0 and receive Y_h/Y_c in place)
+    for 200 one-step calls equals the reference over the whole sequence: the fused cells'
+    maths (reciprocal, one tanh form) does not drift."""
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(43)
+    H, I, batch, T = 2 * vec, 19, 10, 200
+    W, R, B, P = make_weights(rng, "LSTM", 1, H, I)
+    spec = make_spec("LSTM")
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=T, batch=batch)
+    kernel = build("LSTM", spec, inputs, threads=threads)
+    X, h, c = inputs[0], inputs[5].copy(), inputs[6].copy()
+    before = _fused_steps(each_isa)
+    ys = [kernel.run_into(np.ascontiguousarray(X[t:t + 1]), h, c) for t in range(T)]
+    assert (_fused_steps(each_isa) - before > 0) == ext(each_isa).FUSED_STEP
+    Y, Y_h, Y_c = expected_of("LSTM", spec, inputs)
+    assert_close((np.concatenate(ys), h), (Y, Y_h))
+    assert_close((c,), (Y_c,), relative=True)  # c grows to ~100 over the steps here
