@@ -544,7 +544,7 @@ cdef extern from *:
        H a multiple of LI_VEC), then the cells on the 4 rows at once. The projection and the
        gates are never stored and reloaded, and no separate bias or gate pass runs. Rows
        whose bit in ``store`` is clear compute but store nothing (a 4-row tile's padding, or
-       a row that sequence_lens ends before the step). */
+       a row that sequence_lens ends before the step). ``peep`` NULL: no peepholes. */
     #if defined(__AVX512F__)
     #define LI_STEP_FUSED 1
     /* 1 / d by vrcp14ps and one Newton step (relative error ~2^-28 before rounding: within an
@@ -553,9 +553,26 @@ cdef extern from *:
         li_vf r = (li_vf)_mm512_rcp14_ps((__m512)d);
         return r * (2.0f - d * r);
     }
+    /* e^x for the fused cells in 7 multiply-adds where li_vexp_u takes 9 (the gates' share of
+       the FMA pipes, which the products already fill): r = x - n ln2 in one fused multiply-add
+       (ln2's float rounding adds n * 2e-9 to r: <= 6e-8 relative for |x| <= 20, and beyond
+       that sigmoid and tanh have saturated), e^r by a degree-5 polynomial fitted for relative
+       error on |r| <= ln2/2 (1.7e-7 in float32 against li_vexp_u's degree 6). */
+    static inline __attribute__((always_inline)) void li_vexp_fast_u(li_vf *x) {
+        li_vf nf[LI_U], r[LI_U], p[LI_U];
+        LI_EACH x[u] = li_clamp_exp_arg(x[u]);
+        LI_EACH nf[u] = li_vfloor(x[u] * 1.4426950408889634f + 0.5f);
+        LI_EACH r[u] = x[u] - nf[u] * 0.6931471805599453f;
+        LI_EACH p[u] = 0.008290309458971024f * r[u] + 0.041897933930158615f;
+        LI_EACH p[u] = p[u] * r[u] + 0.1666763573884964f;
+        LI_EACH p[u] = p[u] * r[u] + 0.4999915063381195f;
+        LI_EACH p[u] = p[u] * r[u] + 0.9999997019767761f;
+        LI_EACH p[u] = p[u] * r[u] + 1.0f;
+        LI_EACH x[u] = li_vscale2n(p[u], nf[u]);
+    }
     static inline __attribute__((always_inline)) void li_vsigmoid_fast_u(li_vf *x) {
         LI_EACH x[u] = -x[u];
-        li_vexp_u(x);
+        li_vexp_fast_u(x);
         LI_EACH x[u] = li_vrecip(1.0f + x[u]);
     }
     /* tanh x = sign(x) (1 - 2 / (e^(2|x|) + 1)) for every x: within ~1e-7 absolute (near 0 the
@@ -564,7 +581,7 @@ cdef extern from *:
     static inline __attribute__((always_inline)) void li_vtanh_fast_u(li_vf *x) {
         li_vf e[LI_U];
         LI_EACH e[u] = 2.0f * li_vabs(x[u]);
-        li_vexp_u(e);
+        li_vexp_fast_u(e);
         LI_EACH x[u] = li_vsign_of(1.0f - 2.0f * li_vrecip(e[u] + 1.0f), x[u]);
     }
     static inline void li_lstm_step4(const float *const *x, const float *const *h, const float *const *c,
@@ -601,12 +618,16 @@ cdef extern from *:
             acc[2][0] += s2 * w0; acc[2][1] += s2 * w1; acc[2][2] += s2 * w2; acc[2][3] += s2 * w3;
             acc[3][0] += s3 * w0; acc[3][1] += s3 * w1; acc[3][2] += s3 * w2; acc[3][3] += s3 * w3;
         }
-        li_vf pi = li_load(peep + j), pf = li_load(peep + H + j), po = li_load(peep + 2 * H + j);
         li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
         LI_EACH cv[u] = li_load(c[u] + j);
-        LI_EACH gi[u] = acc[u][0] + pi * cv[u];
-        LI_EACH gf[u] = acc[u][1] + pf * cv[u];
+        LI_EACH gi[u] = acc[u][0];
+        LI_EACH gf[u] = acc[u][1];
         LI_EACH gc[u] = acc[u][2];
+        if (peep) {
+            li_vf pi = li_load(peep + j), pf = li_load(peep + H + j);
+            LI_EACH gi[u] += pi * cv[u];
+            LI_EACH gf[u] += pf * cv[u];
+        }
         if (clipped) {
             LI_EACH gi[u] = li_vclamp(gi[u], clip);
             LI_EACH gf[u] = li_vclamp(gf[u], clip);
@@ -616,7 +637,11 @@ cdef extern from *:
         li_vsigmoid_fast_u(gf);
         li_vtanh_fast_u(gc);
         LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
-        LI_EACH go[u] = acc[u][3] + po * cv[u];
+        LI_EACH go[u] = acc[u][3];
+        if (peep) {
+            li_vf po = li_load(peep + 2 * H + j);
+            LI_EACH go[u] += po * cv[u];
+        }
         if (clipped) {
             LI_EACH go[u] = li_vclamp(go[u], clip);
         }
@@ -1552,6 +1577,7 @@ cdef enum:
     STEP_MIN_ROWS = 4
 FUSED_STEP_MIN_ROWS = STEP_MIN_ROWS
 FUSED_STEP = bool(LI_STEP_FUSED)  # this build has the fused step (AVX-512)
+FUSED_STEP_MAX_BYTES = STEP_MAX_BYTES
 
 
 def fused_steps_run():
@@ -1559,17 +1585,34 @@ def fused_steps_run():
     return li_fused_steps_run
 
 
+# Largest W + R (per direction) that takes it. Each 4-row group reads all of them: from L2
+# when they fit (1 MiB on Zen 4), where the general path's products keep each panel in L1
+# for every row. LSTM H=I=128 (0.5 MiB) at batch 64 ran 5% faster fused, H=256 (2 MiB) 1%
+# slower, H=512 2% slower (one thread, best of 7 in 2 runs).
+cdef enum:
+    STEP_MAX_BYTES = 1024 * 1024
+
+
 cdef bint fused_step_ok(const Seq* s, int op) noexcept nogil:
     """Whether this call is one LSTM step that li_lstm_step4 runs: an AVX-512 build, float32
-    weights, T = 1 at FUSED_STEP_MIN_ROWS+ rows (each thread's rows of a batch split), whole
-    vectors of hidden units, sigmoid/tanh/tanh without input_forget in every direction.
-    (Clip, peepholes, sequence_lens, both directions and layouts: all run here.)"""
+    weights up to STEP_MAX_BYTES, T = 1 at FUSED_STEP_MIN_ROWS+ rows (each thread's rows of a
+    batch split), whole vectors of hidden units, sigmoid/tanh/tanh without input_forget in
+    every direction. (Clip, peepholes, sequence_lens, both directions and layouts: all run here.)"""
     cdef idx d
     if not (LI_STEP_FUSED and op == OP_LSTM and s.T == 1 and s.B >= STEP_MIN_ROWS and s.qkind == QK_FLOAT
-            and s.sched == NULL and not s.flag and s.H % LI_VEC == 0):
+            and s.sched == NULL and not s.flag and s.H % LI_VEC == 0
+            and 4 * s.H * (s.I + s.H) * sizeof(float) <= STEP_MAX_BYTES):
         return False
     for d in range(s.D):
         if s.codes[3 * d] != SIGMOID or s.codes[3 * d + 1] != TANH or s.codes[3 * d + 2] != TANH:
+            return False
+    return True
+
+
+cdef bint all_zero(const float* v, idx n) noexcept nogil:
+    cdef idx i
+    for i in range(n):
+        if v[i] != 0:
             return False
     return True
 
@@ -1601,6 +1644,8 @@ cdef void lstm_step_fused(const Seq* s, idx d) noexcept nogil:
     cdef const float* bias = segment(s, d, SEG_BIAS_X)
     cdef const float* peep = segment(s, d, SEG_PEEP)
     cdef bint clipped = s.clip < INFINITY
+    if all_zero(peep, 3 * H):  # no P: the tiles skip their multiply-adds (a tenth of the cells' share)
+        peep = NULL
     cdef int store
     memset(zeros, 0, H * sizeof(float))
     b0 = 0

@@ -650,12 +650,14 @@ def test_fused_one_step_matches_reference_and_is_taken(each_isa, direction, layo
 
 def test_fused_one_step_declines_what_it_does_not_claim(each_isa):
     """Batches under 4 rows, more than one step, hidden sizes not whole vectors, input_forget,
-    other activations and a hidden-unit split run the general path (the counter stays)."""
+    other activations, a hidden-unit split and weights over FUSED_STEP_MAX_BYTES run the
+    general path (the counter stays)."""
     vec = ext(each_isa).PANEL_WIDTH // 2
     rng = np.random.default_rng(42)
     cases = [(vec, 3, 1, {}, 1), (vec, 8, 2, {}, 1), (vec + 1, 8, 1, {}, 1), (vec, 8, 1, {"input_forget": 1}, 1),
              (vec, 8, 1, {"activations": ["HardSigmoid", "Tanh", "Tanh"]}, 1),
-             (max(128, 4 * vec), 5, 1, {}, 2)]  # 5 rows < 4 x 2 threads: the units are split
+             (max(128, 4 * vec), 5, 1, {}, 2),  # 5 rows < 4 x 2 threads: the units are split
+             (256, 8, 1, {}, 1)]  # W + R: 4 * 256 * (9 + 256) floats > 1 MiB
     for H, batch, T, extra, threads in cases:
         W, R, B, P = make_weights(rng, "LSTM", 1, H, 9)
         spec = make_spec("LSTM", **extra)
@@ -664,6 +666,7 @@ def test_fused_one_step_declines_what_it_does_not_claim(each_isa):
         before = _fused_steps(each_isa)
         got = kernel(*inputs)
         assert _fused_steps(each_isa) == before, (H, batch, T, extra)
+        assert 4 * 256 * (9 + 256) * 4 > ext(each_isa).FUSED_STEP_MAX_BYTES
         assert_close(got, expected_of("LSTM", spec, inputs))
 
 
