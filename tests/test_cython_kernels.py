@@ -8,6 +8,7 @@ this CPU can run is tested (the portable one always).
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 import time
 
@@ -439,6 +440,27 @@ def test_unit_split_is_right_when_the_cores_are_oversubscribed():
     finally:
         busy.terminate()
         busy.join()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs sched_setaffinity")
+@pytest.mark.parametrize("T", [1, 5])
+def test_batch_split_is_right_when_its_workers_share_the_callers_core(T):
+    """The kernel's worker threads pinned to the caller's core: a worker rarely starts its
+    part before the caller finished its own, so the caller takes the parts back and runs them
+    (li_worker_wait), or a worker preempted mid-part finishes it later; the answers must not
+    change, over many calls (a part run twice or never would show)."""
+    rng = np.random.default_rng(44)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 32, 9)
+    spec = make_spec("LSTM")
+    kernel = build("LSTM", spec, make_inputs(rng, "LSTM", spec, W, R, B, P, T=T, batch=12), threads=3)
+    cores = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cores)})  # the workers start at the first split call and inherit it
+    try:
+        for _ in range(30):
+            inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=T, batch=12)
+            assert_close(kernel(*inputs), expected_of("LSTM", spec, inputs), relative=True)
+    finally:
+        os.sched_setaffinity(0, cores)
 
 
 def _spin(seconds):
