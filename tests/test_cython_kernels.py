@@ -670,6 +670,27 @@ def test_fused_one_step_matches_reference_and_is_taken(each_isa, direction, layo
             assert_close(got, expected_of("LSTM", spec, inputs))
 
 
+def test_fused_one_step_saturates_and_keeps_nan(each_isa):
+    """The fused cells' own exp/sigmoid/tanh at saturating gates (|x| up to ~1e4, past exp's
+    clamp) and NaN inputs: the reference's values, NaN only in the rows that had one."""
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(45)
+    W, R, B, P = make_weights(rng, "LSTM", 1, 2 * vec, 6)
+    spec = make_spec("LSTM")
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=1, batch=8)
+    inputs[0] = inputs[0] * np.float32(1e4)
+    inputs[0][0, 3, 2] = np.nan
+    kernel = build("LSTM", spec, inputs)
+    before = _fused_steps(each_isa)
+    got = kernel(*inputs)
+    assert _fused_steps(each_isa) - before == int(ext(each_isa).FUSED_STEP)
+    expected = expected_of("LSTM", spec, inputs)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(e))
+        assert np.isnan(g[..., 3, :]).all() and not np.isnan(np.delete(g, 3, axis=-2)).any()
+    assert_close([np.nan_to_num(g) for g in got], [np.nan_to_num(e) for e in expected], relative=True)
+
+
 def test_fused_one_step_declines_what_it_does_not_claim(each_isa):
     """Batches under 4 rows, more than one step, hidden sizes not whole vectors, input_forget,
     other activations, a hidden-unit split and weights over FUSED_STEP_MAX_BYTES run the

@@ -28,6 +28,10 @@ it or raises its error, so the two paths never disagree on errors.
 threads > 1: a batch of at least 4 rows per thread is split across threads
 (each runs the whole sequence on its rows); smaller batches run on one.
 
+One-step LSTM calls (T = 1, ``StreamPool.step``) of 4+ rows (per thread) run as
+one fused pass on the AVX-512 build (``lstm_step_fused`` in native/_rnn_core.pxi:
+products, bias and cells in register tiles; its ``fused_steps_run()`` counts them).
+
 Low-precision weights (``lstminfer.load(..., quantize="int8"/"bf16")``); every such
 kernel answers for the original float W/R (by identity, as the model passes them),
 reads only its biases/peepholes as float32 (state, gates and activations stay
