@@ -816,14 +816,18 @@ def _panel2_kernel(typingctx, a1, b1, K1, a2, b2, K2, bias, c, ncols):
 def matvec2_packed(x, panels_x, h, panels_h, bias, width, out):
     """``out[n] = bias[n] + x . MX[:, n] + h . MH[:, n]`` for n < width (MX, MH packed as panels: see
     ``matvec_packed``): the input and recurrent products of one step in one pass, no projection stored."""
-    KX = x.shape[0]
-    KH = h.shape[0]
+    matvec2_at(x.ctypes.data, x.shape[0], panels_x.ctypes.data, h.ctypes.data, h.shape[0], panels_h.ctypes.data,
+               bias.ctypes.data, width, out.ctypes.data)
+
+
+@jit
+def matvec2_at(x, KX, panels_x, h, KH, panels_h, bias, width, out):
+    """``matvec2_packed`` on addresses: an out-of-line call passes integers only (an array argument is
+    reference-counted on the way in and out), and its code is compiled once, not at every inlined call."""
     count = (width + PANEL_WIDTH - 1) // PANEL_WIDTH
     for q in range(count):
-        _panel2_kernel(x.ctypes.data, panels_x.ctypes.data + 4 * q * KX * PANEL_WIDTH, KX,
-                       h.ctypes.data, panels_h.ctypes.data + 4 * q * KH * PANEL_WIDTH, KH,
-                       bias.ctypes.data + 4 * q * PANEL_WIDTH, out.ctypes.data + 4 * q * PANEL_WIDTH,
-                       min(PANEL_WIDTH, width - q * PANEL_WIDTH))
+        _panel2_kernel(x, panels_x + 4 * q * KX * PANEL_WIDTH, KX, h, panels_h + 4 * q * KH * PANEL_WIDTH, KH,
+                       bias + 4 * q * PANEL_WIDTH, out + 4 * q * PANEL_WIDTH, min(PANEL_WIDTH, width - q * PANEL_WIDTH))
 
 
 @jit

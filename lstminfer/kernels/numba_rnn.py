@@ -908,8 +908,10 @@ one_step_nb = jit_inline(one_step)
 def _inlined(helper):
     """A copy of a jitted helper inlined (Numba IR) into the one-step functions, themselves inlined into
     the C entry: each out-of-line call increfs and decrefs every array argument, and a step makes a
-    dozen (with the step inlined too, kernel calls: LSTM H=8 0.67 -> 0.56 us, H=64 2.03 -> 1.90, GRU H=8
-    0.62 -> 0.48, H=64 1.60 -> 1.45; best of 7, 3 runs)."""
+    dozen (with the step inlined too, kernel calls: LSTM H=8 0.67 -> 0.59 us, H=64 2.03 -> 1.84, GRU H=8
+    0.62 -> 0.49, H=64 1.60 -> 1.45; best of 7, 3 runs). The panel passes stay out of line on addresses
+    (``matvec2_at``) and the rare activations' cells too: inlined, they made an empty-cache ``lstminfer
+    compile`` ~19 % slower for ~0.03 us."""
     return jit_inline(helper.py_func)
 
 
@@ -918,10 +920,8 @@ _carve_inline = _inlined(_carve)
 _segment_inline = _inlined(_segment)
 _segment_matrix_inline = _inlined(_segment_matrix)
 _matvec2_inline = _inlined(matvec2_packed)
-_matvec_inline = _inlined(matvec_packed)
 _lstm_cells_no_peepholes_inline = _inlined(_lstm_cells_no_peepholes)
 _lstm_cells_default_inline = _inlined(_lstm_cells_default)
-_lstm_cells_generic_inline = _inlined(_lstm_cells_generic)
 _gru_gates_zr_inline = _inlined(_gru_gates_zr)
 _gru_output_inline = _inlined(_gru_output)
 _gru_lbr_cells_inline = _inlined(_gru_lbr_cells)
@@ -1007,7 +1007,7 @@ def _lstm_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf
             elif default:
                 _lstm_cells_default_inline(no_x, g, y, c, pi, pf, po, H, clip32, ff)
             else:
-                _lstm_cells_generic_inline(no_x, g, y, c, pi, pf, po, H, clip32, input_forget,
+                _lstm_cells_generic(no_x, g, y, c, pi, pf, po, H, clip32, input_forget,  # (rare: not inlined)
                                     cf, af, bf, cg, ag, bg, ch, ah, bh)
             _copy(h_out[d, b], y)
     return 0
@@ -1056,7 +1056,7 @@ def _gru_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf,
             gh = g[2 * H:]
             if linear_before_reset:
                 _matvec2_inline(x, wWP_h, hp[:0], wRP_h, bias_x[2 * H:], H, xh)
-                _matvec_inline(hp[:hk], wRP_h, H, gh)
+                _matvec2_inline(hp[:hk], wRP_h, hp[:0], wRP_h, no_h, H, gh)  # (no_h: a zero bias)
                 _gru_lbr_cells_inline(xrow, g, hp, y, bias_rh, H, clip32, default, cf, af, bf, cg, ag, bg)
             else:
                 r_h = rh[b]
