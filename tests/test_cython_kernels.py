@@ -691,6 +691,30 @@ def test_fused_one_step_saturates_and_keeps_nan(each_isa):
     assert_close([np.nan_to_num(g) for g in got], [np.nan_to_num(e) for e in expected], relative=True)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_fused_one_step_fast_and_python_paths_agree(each_isa, layout, threads):
+    """The Python path (equal weight copies, int64 lens; with threads=2 its own batch split
+    into strided Y/state views) fuses the step too: the same bits as the C entry."""
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(46)
+    W, R, B, P = make_weights(rng, "LSTM", 2, 2 * vec, 5)
+    spec = make_spec("LSTM", direction="bidirectional", layout=layout)
+    lens = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1], dtype=np.int32)
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=1, batch=9, lens=lens)
+    kernel = build("LSTM", spec, inputs, threads=threads)
+    fast = kernel(*inputs)
+    other = list(inputs)
+    other[1:4] = [W.copy(), R.copy(), B.copy()]
+    other[4] = lens.astype(np.int64)
+    before = _fused_steps(each_isa)
+    slow = kernel(*other)
+    assert (_fused_steps(each_isa) > before) == ext(each_isa).FUSED_STEP
+    for f, s in zip(fast, slow):
+        np.testing.assert_array_equal(f, s)
+    assert_close(fast, expected_of("LSTM", spec, inputs))
+
+
 def test_fused_one_step_declines_what_it_does_not_claim(each_isa):
     """Batches under 4 rows, more than one step, hidden sizes not whole vectors, input_forget,
     other activations, a hidden-unit split and weights over FUSED_STEP_MAX_BYTES run the
