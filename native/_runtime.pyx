@@ -173,7 +173,7 @@ cdef class Schedule:
     (``outputs`` None) or for one returning too few outputs. Immutable: shared by threads.
     """
     cdef list template, kernels, step_objects
-    cdef Py_ssize_t nslots, nfeeds, nsteps, nwanted
+    cdef Py_ssize_t nfeeds, nsteps, nwanted
     cdef object on_error
     # per step k: inputs slot_at[in_at[k]:in_at[k+1]], outputs out_at.., frees free_at..
     cdef Py_ssize_t[:] feed_slot, wanted_slot, slot_at, in_at, out_at, free_at
@@ -192,17 +192,20 @@ cdef class Schedule:
             free_at.append(len(slots))
             slots.extend(entry[3])
         in_at.append(len(slots))
-        for name, values in (("inputs", [s for entry in steps for s in entry[1]]),
-                             ("feed slots", feed_slots), ("wanted", wanted)):
-            if any(not 0 <= s < len(template) for s in values):
+        # every slot written or read without bounds checks in _run: checked here, once
+        for name, values, lowest in (("inputs", [s for entry in steps for s in entry[1]], 0),
+                                     ("outputs", [s for entry in steps for s in entry[2]], -1),
+                                     ("frees", [s for entry in steps for s in entry[3]], 0),
+                                     ("feed slots", feed_slots, 0), ("wanted", wanted, 0)):
+            if any(not lowest <= s < len(template) for s in values):
                 raise ValueError(f"Schedule: {name} {values} outside the template's {len(template)} slots")
-        self.nslots, self.nfeeds, self.nsteps, self.nwanted = len(template), len(feed_slots), len(steps), len(wanted)
+        self.nfeeds, self.nsteps, self.nwanted = len(feed_slots), len(steps), len(wanted)
         self.feed_slot = _index_array(feed_slots)
         self.wanted_slot = _index_array(wanted)
         self.slot_at = _index_array(slots)
         self.in_at = _index_array(in_at)
-        self.out_at = _index_array(out_at + [0])
-        self.free_at = _index_array(free_at + [0])
+        self.out_at = _index_array(out_at)
+        self.free_at = _index_array(free_at)
 
     def run(self, list feeds):
         """The wanted values after running every step on ``feeds`` (in feed-slot order; extra ignored)."""
@@ -213,7 +216,7 @@ cdef class Schedule:
         cdef Py_ssize_t i, k, j, slot, n = min(self.nfeeds, len(feeds))  # as zip() would
         cdef Py_ssize_t a, b, nout
         for i in range(n):
-            _set(values, self.feed_slot[i], feeds[i])
+            values[self.feed_slot[i]] = feeds[i]
         for k in range(self.nsteps):
             a, b = self.in_at[k], self.out_at[k]
             args = PyTuple_New(b - a)
@@ -233,20 +236,15 @@ cdef class Schedule:
             for j in range(nout):
                 slot = self.slot_at[b + j]
                 if slot >= 0:
-                    _set(values, slot, result[j])
+                    values[slot] = result[j]
             for j in range(self.free_at[k], self.in_at[k + 1]):
-                _set(values, self.slot_at[j], None)
+                values[self.slot_at[j]] = None
         out = PyList_New(self.nwanted)
         for i in range(self.nwanted):
             value = <object>PyList_GET_ITEM(values, self.wanted_slot[i])
             Py_INCREF(value)
             PyList_SET_ITEM(out, i, value)
         return out
-
-
-cdef inline void _set(list values, Py_ssize_t slot, object value):
-    """values[slot] = value (slot checked at construction)."""
-    values[slot] = value
 
 
 cdef Py_ssize_t[:] _index_array(values):

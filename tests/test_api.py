@@ -465,6 +465,10 @@ def test_compiled_schedule_runs_steps_and_reports_failures():
         runtime.Schedule(template, (0,), ((short, (0,), (3,), (), "few"),), (3,), on_error).run([1])
     with pytest.raises(ValueError, match="outside the template"):
         runtime.Schedule(template, (0,), ((add, (0, 9), (3,), (), "x"),), (3,), on_error)
+    with pytest.raises(ValueError, match="outputs .* outside the template"):
+        runtime.Schedule(template, (0,), ((add, (0, 2), (6,), (), "x"),), (0,), on_error)
+    with pytest.raises(ValueError, match="frees .* outside the template"):
+        runtime.Schedule(template, (0,), ((add, (0, 2), (3,), (-1,), "x"),), (3,), on_error)
 
 
 def test_feed_checks_accept_only_exact_feeds():
