@@ -964,6 +964,18 @@ def _past_end(lens, has_lens, b, y, h_out, hp):
 
 
 @jit_inline
+def _step_buffers(scratch, B, G, H, has_h0):
+    """A one-step function's scratch: projection rows (zeroed: the bias and x . W^T go into the gates),
+    gate rows, GRU's r * h_prev rows, a zero row standing for an absent initial state, and how many rows
+    of R^T a step reads (none without an initial state)."""
+    xp, gates, hbuf, _, rh = _carve_inline(scratch, 1, B, G, H)
+    _fill(xp[0, :G * H], ZERO)
+    no_h = hbuf[0, 0]
+    _fill(no_h, ZERO)
+    return xp[0, :G * H], gates, rh, no_h, (H if has_h0 else 0)
+
+
+@jit_inline
 def _lstm_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D,
                input_forget, clip):
     B, I = X2.shape
@@ -972,12 +984,7 @@ def _lstm_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf
     if _check_lens_inline(lens, has_lens, 1):
         return 1
     clip32 = F32(clip)
-    xp, gates, hbuf, _, _ = _carve_inline(scratch, 1, B, 4, H)
-    no_x = xp[0, :GH]
-    _fill(no_x, ZERO)
-    no_h = hbuf[0, 0]
-    _fill(no_h, ZERO)
-    hk = H if has_h0 else 0  # rows of R^T to read: none without an initial state
+    no_x, gates, _, no_h, hk = _step_buffers(scratch, B, 4, H, has_h0)
     columns = _panel_columns(GH)
     codes_at = 2 + D * PANEL_SEGMENTS
     ff = ONE if input_forget else ZERO
@@ -1023,13 +1030,8 @@ def _gru_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf,
     if _check_lens_inline(lens, has_lens, 1):
         return 1
     clip32 = F32(clip)
-    xp, gates, hbuf, _, rh = _carve_inline(scratch, 1, B, 3, H)
-    xrow = xp[0, :3 * H]  # zeros, but for x . Wh^T + Wbh with linear_before_reset
-    _fill(xrow, ZERO)
-    xh = xrow[2 * H:]
-    no_h = hbuf[0, 0]
-    _fill(no_h, ZERO)
-    hk = H if has_h0 else 0
+    xrow, gates, rh, no_h, hk = _step_buffers(scratch, B, 3, H, has_h0)  # xrow: zeros, but for
+    xh = xrow[2 * H:]  # x . Wh^T + Wbh with linear_before_reset
     zr_columns = _panel_columns(2 * H)
     columns = zr_columns + _panel_columns(H)
     codes_at = 2 + D * PANEL_SEGMENTS
@@ -1075,10 +1077,7 @@ def _rnn_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf,
     if _check_lens_inline(lens, has_lens, 1):
         return 1
     clip32 = F32(clip)
-    _, gates, hbuf, _, _ = _carve_inline(scratch, 1, B, 1, H)
-    no_h = hbuf[0, 0]
-    _fill(no_h, ZERO)
-    hk = H if has_h0 else 0
+    _, gates, _, no_h, hk = _step_buffers(scratch, B, 1, H, has_h0)
     columns = _panel_columns(H)
     codes_at = 2 + D * PANEL_SEGMENTS
     for d in range(D):
