@@ -271,11 +271,13 @@ cdef class EntryCore:
             return (Y, Yh)
         return (Y,)
 
-    def run_into(self, X, h, c=None):
+    def run_into(self, X, h, c=None, then=None, out=None):
         """One chunk of a stream: Y for ``X`` from the states ``h`` (and ``c`` for LSTM), which
         receive the new states in place. ``h``/``c``: C-contiguous, writeable float32
         [D, batch, H] (layout 0) / [batch, D, H], owned by the caller. Returns Y (fresh), or
-        None when anything needs the general path (``__call__``)."""
+        None when anything needs the general path (``__call__``); then(Y) instead of Y when
+        ``then`` is given (the Cython kernel's contract; here called after the run). ``out``
+        (an array the Cython kernel may fill as Y) is not used here: Y is always fresh."""
         cdef int64_t block[NUM_SLOTS]
         cdef idx T, batch, H = self.H, D = self.D
         if not self.ready or (c is None) != (self.S == 1):
@@ -295,4 +297,4 @@ cdef class EntryCore:
             block[S_YC] = address(c)
         if self.launch(block):
             return None
-        return Y
+        return Y if then is None else then(Y)

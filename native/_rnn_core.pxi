@@ -16,7 +16,7 @@
 
 from libc.math cimport INFINITY, expm1f, expf, fabsf, log1pf
 from libc.string cimport memcpy, memmove, memset
-from libc.stdlib cimport calloc, free, malloc
+from libc.stdlib cimport free, malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
 from cpython.ref cimport PyObject
 
@@ -1125,6 +1125,12 @@ cdef extern from "li_workers.h":
     int li_block_done(li_block* b) noexcept nogil
     long long li_now_ns() noexcept nogil
     void li_relax() noexcept nogil
+    size_t li_line_stride(size_t size) noexcept nogil
+    void* li_lines_alloc(size_t n, size_t size) noexcept nogil
+    ctypedef struct li_range:
+        int next
+        int end
+    int li_range_claim(li_range* r) noexcept nogil
 
 
 cdef struct Seq:
@@ -1168,6 +1174,11 @@ cdef struct Seq:
     li_sched* sched
     int part
     idx chunk  # chunk_steps(T, B, G*H), set once per call (per-step code reads it)
+    # a part of a batch split (number ``part`` of ``parts``): the uncut call, and the parts'
+    # ranges of its 4-row groups when the fused one step runs it (lstm_step_claimed); NULL otherwise
+    const Seq* whole
+    li_range* ranges
+    int parts
     bint flip  # T = 1: this call reads R before W, both last panel first (see flip_products)
 
 
@@ -1627,52 +1638,84 @@ cdef void keep_state_row(const Seq* s, idx d, idx b, const float* zeros) noexcep
     memmove(s.Sc + d * s.s_d + b * s.s_b, c, H * sizeof(float))
 
 
-cdef void lstm_step_fused(const Seq* s, idx d) noexcept nogil:
-    """Direction d of a one-step call through li_lstm_step4, 4 rows at a time (the last group
-    padded with its first row, never stored). run_into passes Y_h = h0 and Y_c = c0: each
-    tile reads and writes c only in its own units, and a group's Y_h rows are written from
-    Y once its last tile has read h."""
-    cdef idx H = s.H, b0, b, r, j
+cdef void lstm_step_group(const Seq* s, idx d, idx b0, float* zeros, const float* peep) noexcept nogil:
+    """Rows b0 .. b0+3 of direction d through li_lstm_step4 (past the batch: padded with row
+    b0, never stored). run_into passes Y_h = h0 and Y_c = c0: each tile reads and writes c
+    only in its own units, and the group's Y_h rows are written from Y once its last tile
+    has read h. ``zeros``: H zero floats (h0/c0 when not given); ``peep``: NULL if all zero."""
+    cdef idx H = s.H, b, r, j
     cdef const float* xr[4]
     cdef const float* hr[4]
     cdef const float* cr[4]
     cdef float* yr[4]
     cdef float* cnr[4]
-    cdef float* zeros = s.scratch  # h0/c0 when not given
     cdef const float* wpanels = panels_of(s, d, 0)
     cdef const float* rpanels = panels_of(s, d, 1)
     cdef const float* bias = segment(s, d, SEG_BIAS_X)
-    cdef const float* peep = segment(s, d, SEG_PEEP)
     cdef bint clipped = s.clip < INFINITY
-    if all_zero(peep, 3 * H):  # no P: the tiles skip their multiply-adds (a tenth of the cells' share)
-        peep = NULL
-    cdef int store
-    memset(zeros, 0, H * sizeof(float))
-    b0 = 0
-    while b0 < s.B:
-        store = 0
-        for r in range(4):
-            b = b0 + r if b0 + r < s.B else b0
-            xr[r] = s.X + b * s.I  # T = 1: row b of X in either layout
-            hr[r] = s.h0 + d * s.h0_d + b * s.h0_b if s.has_h0 else zeros
-            cr[r] = s.c0 + d * s.c0_d + b * s.c0_b if s.has_c0 else zeros
-            yr[r] = s.Y + d * s.y_d + b * s.y_b
-            cnr[r] = s.Sc + d * s.s_d + b * s.s_b
-            if b0 + r < s.B and (not s.has_lens or s.lens[b] > 0):
-                store |= 1 << r
-        j = 0
-        while j < H:
-            li_lstm_step4(xr, hr, cr, s.I, H, j, wpanels, rpanels, bias, peep, s.clip, clipped, store, yr, cnr)
-            j += LI_VEC
-        for r in range(4):
-            b = b0 + r
-            if b >= s.B:
+    cdef int store = 0
+    for r in range(4):
+        b = b0 + r if b0 + r < s.B else b0
+        xr[r] = s.X + b * s.I  # T = 1: row b of X in either layout
+        hr[r] = s.h0 + d * s.h0_d + b * s.h0_b if s.has_h0 else zeros
+        cr[r] = s.c0 + d * s.c0_d + b * s.c0_b if s.has_c0 else zeros
+        yr[r] = s.Y + d * s.y_d + b * s.y_b
+        cnr[r] = s.Sc + d * s.s_d + b * s.s_b
+        if b0 + r < s.B and (not s.has_lens or s.lens[b] > 0):
+            store |= 1 << r
+    j = 0
+    while j < H:
+        li_lstm_step4(xr, hr, cr, s.I, H, j, wpanels, rpanels, bias, peep, s.clip, clipped, store, yr, cnr)
+        j += LI_VEC
+    for r in range(4):
+        b = b0 + r
+        if b >= s.B:
+            break
+        if store >> r & 1:
+            memcpy(s.Sh + d * s.s_d + b * s.s_b, yr[r], H * sizeof(float))
+        else:
+            keep_state_row(s, d, b, zeros)
+
+
+cdef const float* nonzero_peepholes(const Seq* s, idx d) noexcept nogil:
+    """Direction d's peepholes, NULL when all zero (the tiles then skip their multiply-adds,
+    a tenth of the cells' share)."""
+    cdef const float* peep = segment(s, d, SEG_PEEP)
+    return NULL if all_zero(peep, 3 * s.H) else peep
+
+
+cdef void lstm_step_fused(const Seq* s, float* zeros) noexcept nogil:
+    """A one-step call through li_lstm_step4, 4 rows at a time, every direction."""
+    cdef idx d, b0
+    cdef const float* peep
+    memset(zeros, 0, s.H * sizeof(float))
+    for d in range(s.D):
+        peep = nonzero_peepholes(s, d)
+        b0 = 0
+        while b0 < s.B:
+            lstm_step_group(s, d, b0, zeros, peep)
+            b0 += 4
+
+
+cdef void lstm_step_claimed(const Seq* whole, li_range* ranges, int parts, int me, float* zeros) noexcept nogil:
+    """This thread's share of a batch split's one-step call: the 4-row groups (of every
+    direction) of its own range, then those left in the other parts' ranges, so that a
+    thread whose core is slower now (the machine's other work, the caller's Python between
+    calls) takes fewer groups instead of holding up the call."""
+    cdef idx groups = (whole.B + 3) // 4, d, last_d = -1
+    cdef int g, k, q
+    cdef const float* peep = NULL
+    memset(zeros, 0, whole.H * sizeof(float))
+    for k in range(parts):
+        q = (me + k) % parts
+        while True:
+            g = li_range_claim(&ranges[q])
+            if g < 0:
                 break
-            if store >> r & 1:
-                memcpy(s.Sh + d * s.s_d + b * s.s_b, yr[r], H * sizeof(float))
-            else:
-                keep_state_row(s, d, b, zeros)
-        b0 += 4
+            d = g // groups
+            if d != last_d:
+                peep, last_d = nonzero_peepholes(whole, d), d
+            lstm_step_group(whole, d, g % groups * 4, zeros, peep)
 
 
 cdef inline idx tasks_per_step(const Seq* s, int op) noexcept nogil:
@@ -1740,9 +1783,12 @@ cdef int run_sequence(const Seq* s, int op) noexcept nogil:
             if s.lens[b] < 0 or s.lens[b] > s.T:
                 return 1
     local.chunk = chunk_steps(s.T, s.B, s.H * (4 if op == OP_LSTM else 3 if op == OP_GRU else 1))
-    if fused_step_ok(s, op):
-        for task in range(s.D):
-            lstm_step_fused(s, task)
+    if s.whole != NULL and fused_step_ok(s.whole, op):  # decided on the whole batch: alike in every part
+        lstm_step_claimed(s.whole, s.ranges, s.parts, s.part, s.scratch)
+        li_count_fused_step()
+        return 0
+    if s.whole == NULL and fused_step_ok(s, op):
+        lstm_step_fused(s, s.scratch)
         li_count_fused_step()
         return 0
     if s.sched != NULL:
@@ -1823,6 +1869,7 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.flag = flag
     s.clip = clip
     s.sched, s.part = NULL, 0
+    s.whole, s.ranges, s.parts = NULL, NULL, 1
     s.flip = False
     cdef int status
     with nogil:
@@ -1987,6 +2034,17 @@ cdef inline bint owned_state(object value) noexcept:
     return (a.flags & LI_C_CONTIGUOUS) != 0 and (a.flags & LI_WRITEABLE) != 0
 
 
+cdef inline bint fits4(object value, idx a, idx b, idx c, idx d) noexcept:
+    """An exact float32 ndarray [a, b, c, d], C-contiguous, aligned and writeable: an ``out`` run_into may fill."""
+    cdef li_ndarray* arr
+    if value is None or type(value) is not _NDARRAY:
+        return False
+    arr = as_array(value)
+    return (arr.descr == <PyObject*>_FLOAT32 and arr.nd == 4 and arr.dimensions[0] == a and arr.dimensions[1] == b
+            and arr.dimensions[2] == c and arr.dimensions[3] == d and (arr.flags & LI_C_CONTIGUOUS) != 0
+            and (arr.flags & LI_ALIGNED) != 0 and (arr.flags & LI_WRITEABLE) != 0)
+
+
 cdef class KernelCore:
     """The per-call fast path of a recurrent kernel; ``_bind_core`` once at load, then call it.
 
@@ -2024,7 +2082,8 @@ cdef class KernelCore:
     # use the scratch buffer too, so only its holder splits.
     cdef idx threads
     cdef li_worker* workers
-    cdef Part* part_jobs
+    cdef char* part_jobs  # one Part per thread, each on cache lines of its own (part_at)
+    cdef li_range* ranges  # a batch split's fused one step: each part's 4-row groups (lstm_step_claimed)
     # Below split_rows rows, threads split the hidden units instead (DeepCPU's partitioning:
     # each core keeps its slice of R in its own L2 across steps), scheduled step by step
     # through ``sched`` (run_shared); float32 LSTM, GRU and RNN with whole panels per part
@@ -2047,6 +2106,7 @@ cdef class KernelCore:
         free(self.part_jobs)
         free(self.sched.blocks)
         free(self.sched.bounds)
+        free(self.ranges)
         free(self.scratch)
 
     def _bind_core(self, run_sequence_capsule, int op, W, R, B, P, bint check_p, wbuf, offsets, pbuf, poff,
@@ -2172,6 +2232,7 @@ cdef class KernelCore:
         s.codes, s.fparams = self.codes, self.fparams
         s.reverse_first, s.flag, s.clip = self.reverse_first, self.flag, self.clip
         s.sched, s.part = NULL, 0
+        s.whole, s.ranges, s.parts = NULL, NULL, 1
         s.flip = False
         return 0
 
@@ -2185,10 +2246,12 @@ cdef class KernelCore:
             s.y_t, s.y_d, s.y_b = D * H, H, T * D * H
             s.s_d, s.s_b = H, D * H
 
-    cdef int launch(self, Seq* s) except -1:
+    cdef int launch(self, Seq* s, object then=None, object Y=None, list result=None) except -1:
         """Run ``s`` (inputs and outputs bound), its batch split across the worker threads when
-        the kernel has them; returns run_sequence's status (1: sequence_lens out of range)."""
-        cdef idx parts = self.parts_for(s.B), need, p, b0, b1, offset = 0
+        the kernel has them; returns run_sequence's status (1: sequence_lens out of range).
+        ``then``: appends then(Y) to ``result``; with the batch split it runs while the
+        workers compute (the caller's own groups wait for it), else after the run."""
+        cdef idx parts = self.parts_for(s.B), need, p, b0, b1, offset = 0, groups
         cdef int status = 0
         cdef float* scratch
         cdef bint own_scratch = not self.scratch_busy
@@ -2226,32 +2289,46 @@ cdef class KernelCore:
                 self.sched.bounds[p] = self.unit_bound(p, parts)
             for p in range(parts):
                 li_block_reset(&self.sched.blocks[p])
-                part = &self.part_jobs[p]
+                part = self.part_at(p)
                 part.s = s[0]
                 part.s.scratch = scratch
                 part.s.sched, part.s.part = &self.sched, <int>p
                 part.run, part.op = self.run, self.op
             with nogil:
                 for p in range(1, parts):
-                    li_worker_post(&self.workers[p - 1], run_part, &self.part_jobs[p])
-                status = run_part(&self.part_jobs[0])
+                    li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
+                status = run_part(self.part_at(0))
                 for p in range(1, parts):
                     status |= li_worker_wait(&self.workers[p - 1])
         else:
+            groups = s.D * ((s.B + 3) // 4)
+            for p in range(parts):
+                self.ranges[p].next, self.ranges[p].end = <int>(groups * p // parts), <int>(groups * (p + 1) // parts)
             for p in range(parts):
                 b0, b1 = s.B * p // parts, s.B * (p + 1) // parts
-                part = &self.part_jobs[p]
+                part = self.part_at(p)
                 part.s = s[0]
                 part.run, part.op = self.run, self.op
                 offset += self.cut_part(&part.s, b0, b1, scratch + offset)
+                part.s.whole, part.s.ranges, part.s.parts, part.s.part = s, self.ranges, <int>parts, <int>p
             with nogil:
                 for p in range(1, parts):
-                    li_worker_post(&self.workers[p - 1], run_part, &self.part_jobs[p])
-                status = run_part(&self.part_jobs[0])
-                for p in range(1, parts):
-                    status |= li_worker_wait(&self.workers[p - 1])
+                    li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
+            try:
+                if then is not None:  # Python work that needs only Y's address, beside the workers'
+                    result.append(then(Y))
+                    then = None
+            finally:  # then() raised: the parts still run to the end before the error goes up
+                with nogil:
+                    status = run_part(self.part_at(0))
+                    for p in range(1, parts):
+                        status |= li_worker_wait(&self.workers[p - 1])
+                if own_scratch:
+                    self.scratch_busy = False
         if own_scratch:
             self.scratch_busy = False
+        if then is not None:
+            result.append(then(Y))
         return status
 
     cdef idx parts_for(self, idx batch) except -1:
@@ -2261,16 +2338,21 @@ cdef class KernelCore:
         if not self.split_rows or (batch < self.split_rows and not self.units_ok) or self.scratch_busy:
             return 1
         if self.workers == NULL:
-            self.workers = <li_worker*>calloc(self.threads - 1, sizeof(li_worker))
-            self.part_jobs = <Part*>calloc(self.threads, sizeof(Part))
-            self.sched.blocks = <li_block*>calloc(self.threads, sizeof(li_block))
-            self.sched.bounds = <idx*>calloc(self.threads + 1, sizeof(idx))
-            if self.workers == NULL or self.part_jobs == NULL or self.sched.blocks == NULL or self.sched.bounds == NULL:
+            self.workers = <li_worker*>li_lines_alloc(self.threads - 1, sizeof(li_worker))
+            self.part_jobs = <char*>li_lines_alloc(self.threads, sizeof(Part))
+            self.sched.blocks = <li_block*>li_lines_alloc(self.threads, sizeof(li_block))
+            self.sched.bounds = <idx*>li_lines_alloc(1, (self.threads + 1) * sizeof(idx))
+            self.ranges = <li_range*>li_lines_alloc(self.threads, sizeof(li_range))
+            if (self.workers == NULL or self.part_jobs == NULL or self.sched.blocks == NULL or self.sched.bounds == NULL
+                    or self.ranges == NULL):
                 raise MemoryError()
         for p in range(self.threads - 1):
             if li_worker_start(&self.workers[p]) != 0:
                 return 1  # no thread to be had: run serially
         return self.threads
+
+    cdef inline Part* part_at(self, idx p) noexcept nogil:
+        return <Part*>(self.part_jobs + p * li_line_stride(sizeof(Part)))
 
     cdef idx unit_bound(self, idx p, idx parts) noexcept:
         """First hidden unit of part p of a unit split: whole weight panels per part."""
@@ -2339,11 +2421,15 @@ cdef class KernelCore:
             return (Y, Yh)
         return (Y,)
 
-    def run_into(self, X, h, c=None):
+    def run_into(self, X, h, c=None, then=None, out=None):
         """One chunk of a stream: Y for ``X`` from the states ``h`` (and ``c`` for LSTM), which
         receive the new states in place (the kernel copies them in before it writes). ``h``/``c``:
         C-contiguous, writeable float32 [D, batch, H] (layout 0) / [batch, D, H], owned by the
-        caller. Returns Y (fresh), or None when anything needs the general path (``__call__``)."""
+        caller. Returns Y (fresh), or None when anything needs the general path (``__call__``).
+        ``then``: returns then(Y) instead, called while worker threads may still be writing Y
+        (it may take Y's shape and address, not its values): StreamPool.step's per-stream views.
+        ``out``: written as Y instead of a fresh array when it is a C-contiguous writeable
+        float32 array of Y's shape that nothing else can see (the caller's business)."""
         cdef Seq s
         cdef li_ndarray* a
         cdef idx T, batch, H = self.H, D = self.D
@@ -2355,13 +2441,14 @@ cdef class KernelCore:
             return None
         T, batch = s.T, s.B
         if self.time_major:
-            Y = empty4(T, D, batch, H)
+            Y = out if fits4(out, T, D, batch, H) else empty4(T, D, batch, H)
         else:
-            Y = empty4(batch, T, D, H)
+            Y = out if fits4(out, batch, T, D, H) else empty4(batch, T, D, H)
         self.output_strides(&s)  # the states are C-contiguous in the same layout as fresh ones
         s.Y = <float*>as_array(Y).data
         s.Sh = <float*>as_array(h).data
         s.Sc = <float*>as_array(c).data if c is not None else NULL
-        if self.launch(&s):
-            return None
-        return Y
+        if then is None:
+            return None if self.launch(&s) else Y
+        result = []
+        return None if self.launch(&s, then, Y, result) else result[0]

@@ -350,13 +350,20 @@ def rows_by_stream(list sids, y, int axis):
     per-stream outputs. Made here because numpy's own view making (``list(y)``) costs
     about twice as much per row. None when ``y`` is not a writeable ndarray with ``len(sids)``
     rows along ``axis`` (the caller then splits it in Python)."""
-    cdef Py_ssize_t n = len(sids), i
+    return _rows(sids, None, y, axis)
+
+
+cdef object _rows(list sids, dict keyed, y, int axis):
+    """rows_by_stream for the ids ``sids``, or the keys of ``keyed`` in its order when sids is None."""
+    cdef Py_ssize_t n = len(sids) if sids is not None else len(keyed), i, pos = 0
     cdef cnp.ndarray a
     cdef cnp.npy_intp dims[32]
     cdef cnp.npy_intp* strides
     cdef char* data
     cdef int k, nd
     cdef dict out = {}
+    cdef PyObject* key
+    cdef PyObject* value
     if type(y) is not _NDARRAY:
         return None
     a = <cnp.ndarray>y
@@ -370,12 +377,18 @@ def rows_by_stream(list sids, y, int axis):
         dims[k] = cnp.PyArray_DIMS(a)[k]
     dims[axis] = 1
     for i in range(n):
+        if sids is not None:
+            sid = sids[i]
+        elif PyDict_Next(keyed, &pos, &key, &value):
+            sid = <object>key
+        else:
+            return None  # keyed changed size: cannot happen under the pool's lock
         Py_INCREF(descr)
         row = PyArray_NewFromDescr(_NDARRAY, descr, nd, dims, strides, data + i * strides[axis],
                                    cnp.NPY_ARRAY_WRITEABLE, None)
         Py_INCREF(a)
         cnp.PyArray_SetBaseObject(row, a)  # steals the reference
-        out[sids[i]] = row
+        out[sid] = row
     return out
 
 
@@ -444,31 +457,62 @@ cdef extern from "Python.h":
     int PyDict_Next(object p, Py_ssize_t* ppos, PyObject** pkey, PyObject** pvalue)
 
 
+cdef class RowsOf:
+    """then(Y) for the kernel's run_into: {stream id: its row of Y} (rows_by_stream, else the
+    pool's Python split) for the ids of ``frames``, the step under way (set per step, under
+    the pool's lock)."""
+    cdef dict frames
+    cdef int axis
+    cdef object split_rows
+    cdef object y  # the Y it was last called with
+
+    def __init__(self, int axis, split_rows):
+        self.axis, self.split_rows = axis, split_rows
+
+    def __call__(self, y):
+        self.y = y
+        rows = _rows(None, self.frames, y, self.axis)
+        return rows if rows is not None else self.split_rows(list(self.frames), y)
+
+
 cdef class PoolStepCore:
     """``StreamPool.step``'s fast path in C, for a pool whose model is one recurrent node with
     rank-3 chunks: ids looked up, chunks gathered into one batch, the kernel's ``run_into``
     on the slots' state views, {stream id: its view of Y}. Returns None (nothing changed)
     whenever anything is unusual; the caller (holding the pool's lock) then takes its full
     path, which reports errors."""
-    cdef object into, empty, dtype, pool, slot_views, split_rows
+    cdef object into, empty, dtype, pool, slot_views, X, Y
     cdef dict slot_of, views
     cdef Py_ssize_t batch_axis  # of the chunks (and of X): 1 time-major, 0 batch-major
-    cdef int out_axis  # the batch axis of the kernel's Y
+    cdef RowsOf rows_of
 
     def __init__(self, into, pool, dict slot_of, dict views, slot_views, Py_ssize_t batch_axis, int out_axis,
                  split_rows):
         self.into, self.pool, self.slot_of, self.views, self.slot_views = into, pool, slot_of, views, slot_views
         self.batch_axis = batch_axis
-        self.out_axis = out_axis
-        self.split_rows = split_rows  # (sids, Y) -> dict, where rows_by_stream declines
+        self.rows_of = RowsOf(out_axis, split_rows)  # split_rows: (sids, Y) -> dict, where rows_by_stream declines
         self.empty = np.empty
         self.dtype = np.dtype(np.float32)
+
+    cdef object batch_buffer(self, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2):
+        """The step's batch X [d0, d1, d2], reused from the last step of that shape: it never
+        leaves this object (the kernel reads it during the call) and the pool's lock serializes
+        steps, where a fresh 16 KiB buffer per step cost ~1 us in malloc at 64 streams."""
+        cdef rt_ndarray* a
+        X = self.X
+        if X is not None:
+            a = as_array(X)
+            if a.dimensions[0] == d0 and a.dimensions[1] == d1 and a.dimensions[2] == d2:
+                return X
+        X = self.empty((d0, d1, d2), self.dtype)
+        if d0 * d1 * d2 <= (1 << 20):  # kept only while small (1M floats)
+            self.X = X
+        return X
 
     def __call__(self, dict frames):
         cdef Py_ssize_t n = len(frames), pos = 0, i = 0, t, T, I, first = 0, slot
         cdef PyObject* key
         cdef PyObject* value
-        cdef list sids = []
         cdef tuple shape = self.pool._shape
         cdef char* dst
         cdef char* src
@@ -478,12 +522,12 @@ cdef class PoolStepCore:
             T, I = <Py_ssize_t>shape[0], <Py_ssize_t>shape[2]
             if <Py_ssize_t>shape[1] != 1:
                 return None
-            X = self.empty((T, n, I), self.dtype)
+            X = self.batch_buffer(T, n, I)
         elif self.batch_axis == 0:  # chunks [1, T, I] -> X [n, T, I]
             T, I = <Py_ssize_t>shape[1], <Py_ssize_t>shape[2]
             if <Py_ssize_t>shape[0] != 1:
                 return None
-            X = self.empty((n, T, I), self.dtype)
+            X = self.batch_buffer(n, T, I)
         else:
             return None
         dst = (<rt_ndarray_data*><PyObject*>X).data
@@ -505,13 +549,26 @@ cdef class PoolStepCore:
                     memcpy(dst + ((t * n + i) * I) * 4, src + t * I * 4, I * 4)
             else:
                 memcpy(dst + i * T * I * 4, src, T * I * 4)
-            sids.append(sid)
             i += 1
         views = self.views.get((first, n))
         if views is None:
             views = self.slot_views(first, n)
-        y = self.into(X, *views)
-        if y is None:
-            return None
-        rows = rows_by_stream(sids, y, self.out_axis)
-        return rows if rows is not None else self.split_rows(sids, y)  # the states have moved on: never None here
+        # The last step's Y again when nothing but this object holds it any more (the caller
+        # dropped every row of it: no one can see it change); a fresh 16 KiB Y per step cost
+        # ~1 us in malloc and free at 64 streams.
+        out = self.Y if self.Y is not None and (<PyObject*>self.Y).ob_refcnt == 1 else None
+        self.Y = None
+        self.rows_of.frames = frames
+        try:  # the rows are made while the kernel's workers compute (run_into's ``then``)
+            if len(views) == 2:
+                rows = self.into(X, views[0], views[1], self.rows_of, out)
+            elif len(views) == 1:
+                rows = self.into(X, views[0], None, self.rows_of, out)
+            else:
+                rows = None
+            y = self.rows_of.y
+            if rows is not None and y is not None and cnp.PyArray_SIZE(<cnp.ndarray>y) <= (1 << 20):
+                self.Y = y
+            return rows
+        finally:
+            self.rows_of.frames = self.rows_of.y = None

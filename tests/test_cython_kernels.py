@@ -756,3 +756,80 @@ def test_fused_steps_in_place_keep_parity_over_a_long_stream(each_isa, threads):
     Y, Y_h, Y_c = expected_of("LSTM", spec, inputs)
     assert_close((np.concatenate(ys), h), (Y, Y_h))
     assert_close((c,), (Y_c,), relative=True)  # c grows to ~100 over the steps here
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_run_into_then_and_out(each_isa, threads):
+    """run_into(..., then, out): then(Y) is returned instead of Y (with threads=2 it runs while
+    the workers compute, so it gets Y before its values: here it only keeps it); a fitting
+    ``out`` is written as Y, anything else (shape, dtype, layout, read-only) leaves Y fresh."""
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(47)
+    H, I, batch = 2 * vec, 11, 64
+    W, R, B, P = make_weights(rng, "LSTM", 1, H, I)
+    spec = make_spec("LSTM")
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=1, batch=batch)
+    kernel = build("LSTM", spec, inputs, threads=threads)
+    expected = expected_of("LSTM", spec, inputs)
+    X = inputs[0]
+    seen = []
+
+    def then(y):
+        seen.append(y)
+        return "rows"
+
+    for out in (None, np.empty((1, 1, batch, H), np.float32), np.empty((1, 1, batch, H), np.float64),
+                np.empty((1, 1, batch, H + 1), np.float32), np.empty((1, 1, H, batch), np.float32).transpose(0, 1, 3, 2)):
+        h, c = inputs[5].copy(), inputs[6].copy()
+        assert kernel.run_into(X, h, c, then, out) == "rows"
+        y = seen.pop()
+        fits = out is not None and out.dtype == np.float32 and out.shape == y.shape and out.flags.c_contiguous
+        assert (y is out) == fits
+        assert_close((y, h, c), expected)
+    read_only = np.empty((1, 1, batch, H), np.float32)
+    read_only.flags.writeable = False
+    h, c = inputs[5].copy(), inputs[6].copy()
+    assert kernel.run_into(X, h, c, None, read_only) is not read_only
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_run_into_then_raising_finishes_the_step_first(each_isa, threads):
+    """An error in ``then`` reaches the caller once the step is done (the workers never keep
+    writing into states the caller has moved on from), and the kernel runs on as before."""
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(48)
+    H, I, batch = vec, 5, 32
+    W, R, B, P = make_weights(rng, "LSTM", 1, H, I)
+    spec = make_spec("LSTM")
+    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=1, batch=batch)
+    kernel = build("LSTM", spec, inputs, threads=threads)
+    expected = expected_of("LSTM", spec, inputs)
+
+    def then(y):
+        raise KeyError("then failed")
+
+    h, c = inputs[5].copy(), inputs[6].copy()
+    with pytest.raises(KeyError, match="then failed"):
+        kernel.run_into(inputs[0], h, c, then)
+    assert_close((h, c), expected[1:])  # the step ran to the end
+    h, c = inputs[5].copy(), inputs[6].copy()
+    y = kernel.run_into(inputs[0], h, c)
+    assert_close((y, h, c), expected)
+
+
+def test_batch_split_steals_groups_from_a_busy_caller(each_isa):
+    """threads=2, one-step LSTM: the caller takes its share only after ``then`` returns, so the
+    worker takes groups from the caller's range as well; the result is the reference's, the
+    same with a caller that is late by a little or by far."""
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(49)
+    for H, I, batch, direction in ((vec, 7, 64, "forward"), (2 * vec, 3, 13, "bidirectional")):
+        W, R, B, P = make_weights(rng, "LSTM", 2 if direction == "bidirectional" else 1, H, I)
+        spec = make_spec("LSTM", direction=direction)
+        inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=1, batch=batch)
+        kernel = build("LSTM", spec, inputs, threads=2)
+        expected = expected_of("LSTM", spec, inputs)
+        for delay in (0.0, 0.0005, 0.02):
+            h, c = inputs[5].copy(), inputs[6].copy()
+            y = kernel.run_into(inputs[0], h, c, lambda y: (time.sleep(delay), y)[1])
+            assert_close((y, h, c), expected)
