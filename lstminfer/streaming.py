@@ -473,7 +473,21 @@ class Stream(_StreamStep):
         self._states = [np.array(state[s.key]) for s in self._program.slots]  # own copies
 
 
-class StreamPool:
+class _PyPoolStep:
+    """``StreamPool.step`` where lstminfer._runtime is not built (it has its usual call in C)."""
+
+    def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
+        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
+
+        All chunks must have the same shape (same number of time steps).
+        """
+        return self._step_checked(frames)
+
+
+_PoolStep = _runtime.PoolCore if _runtime is not None else _PyPoolStep
+
+
+class StreamPool(_PoolStep):
     """Up to ``max_streams`` streams stepped together: one batched run of the model per ``step``.
 
     States live in preallocated per-state buffers of ``max_streams`` slots;
@@ -496,8 +510,13 @@ class StreamPool:
                                   dtype=program.state_dtypes[s.key]) for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # a chunk shape that passed the full check
         self._slot_of: dict[int, int] = {}
+        # Stream ids are never reused: generation << _id_bits | slot, where generation counts the
+        # streams that slot held before; _sid_at[slot] is the id open there (-1: none), which
+        # the C step reads instead of looking each id up in _slot_of.
+        self._id_bits = max(1, (max_streams - 1).bit_length())
+        self._sid_at = np.full(max_streams, -1, np.int64)
+        self._generation = [0] * max_streams
         self._free = list(range(max_streams - 1, -1, -1))  # pop() hands out slot 0 first
-        self._next_id = 0
         self._views: dict[tuple[int, int], list[np.ndarray]] = {}
         self.lock = threading.Lock()
         # the whole step in C for a bare recurrent node (_runtime.PoolStepCore); None: Python
@@ -505,15 +524,17 @@ class StreamPool:
         out_axis = self._output_axes[program.output_names[0]]
         if (_runtime is not None and program.direct_into is not None and program.chunk_batch_axis in (0, 1)
                 and out_axis is not None):
-            self._fast = _runtime.PoolStepCore(program.direct_into, self, self._slot_of, self._views,
-                                               self._slot_views, program.chunk_batch_axis, out_axis,
+            self._fast = _runtime.PoolStepCore(program.direct_into, self, self.lock, self._sid_at, self._id_bits,
+                                               self._views, self._slot_views, program.chunk_batch_axis, out_axis,
                                                lambda sids, y: _rows_by_stream(sids, y, out_axis))
 
     def __len__(self) -> int:
         return len(self._slot_of)
 
     def open(self, state: Any = None) -> int:
-        """A new stream id, starting from the initial state, ``state`` bytes or a state dict."""
+        """A new stream id, starting from the initial state, ``state`` bytes or a state dict.
+
+        Ids are ints never handed out twice by this pool (a closed stream's id stays unknown)."""
         program = self._program
         if isinstance(state, (bytes, bytearray, memoryview)):
             values = program.load(state)
@@ -526,15 +547,18 @@ class StreamPool:
                 raise InvalidArgumentError(f"stream pool is full ({self.max_streams} open streams); close one first")
             slot = self._free.pop()
             self._write(slot, values)
-            sid = self._next_id
-            self._next_id += 1
+            sid = self._generation[slot] << self._id_bits | slot
+            self._generation[slot] += 1
             self._slot_of[sid] = slot
+            self._sid_at[slot] = sid
             return sid
 
     def close(self, sid: int) -> None:
         with self.lock:
-            self._free.append(self._slot(sid))
+            slot = self._slot(sid)
+            self._free.append(slot)
             del self._slot_of[sid]
+            self._sid_at[slot] = -1
 
     def reset(self, sid: int) -> None:
         with self.lock:
@@ -553,22 +577,14 @@ class StreamPool:
         with self.lock:
             return self._program.save(self._read(self._slot(sid)))
 
-    def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
-        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
-
-        All chunks must have the same shape (same number of time steps).
-        """
+    def _step_checked(self, frames: Mapping[int, Any]) -> dict[int, Any]:
+        """``step`` for what the C step (``PoolCore.step``) declined or where it is not built:
+        the checks that report the problem, any model, ids in any order."""
         if frames.__class__ is not dict and not isinstance(frames, Mapping):
             raise InvalidArgumentError(f"step takes a dict stream id -> chunk, got {type(frames).__name__}")
         if not frames:
             return {}
         program = self._program
-        fast = self._fast
-        if fast is not None and frames.__class__ is dict:
-            with self.lock:
-                done = fast(frames)
-            if done is not None:
-                return done
         with self.lock:
             sids = list(frames)
             found = _runtime.lookup_slots(self._slot_of, sids) if _runtime is not None else None
@@ -662,7 +678,8 @@ class StreamPool:
 
     # -- slots (call with the lock held) ----------------------------------------
     def _slot(self, sid: Any) -> int:
-        slot = self._slot_of.get(sid) if isinstance(sid, (int, np.integer)) else None
+        # integers only, and not bools: True must not find stream 1 (as 1.0 does not)
+        slot = self._slot_of.get(sid) if isinstance(sid, (int, np.integer)) and not isinstance(sid, bool) else None
         if slot is None:
             raise InvalidArgumentError(f"unknown or closed stream id {sid!r} ({len(self._slot_of)} open)")
         return slot

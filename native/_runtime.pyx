@@ -280,6 +280,31 @@ cdef object _detach(list outputs, list feeds):
     return out
 
 
+cdef extern from *:
+    """
+    #if defined(__SSE2__)
+    #include <emmintrin.h>
+    #endif
+    /* A chunk's row into the batch: inline for the small rows of a pool step (a libc call
+       per 256-byte row was ~0.6 us of a 64-stream step), memcpy beyond. */
+    static inline void rt_copy(char *dst, const char *src, Py_ssize_t n) {
+    #if defined(__SSE2__)
+        if (n <= 1024) {
+            Py_ssize_t i = 0;
+            for (; i + 16 <= n; i += 16)
+                _mm_storeu_si128((__m128i *)(dst + i), _mm_loadu_si128((const __m128i *)(src + i)));
+            for (; i < n; i++)
+                dst[i] = src[i];
+            return;
+        }
+    #endif
+        memcpy(dst, src, (size_t)n);
+    }
+    """
+    void rt_copy(char* dst, const char* src, Py_ssize_t n) noexcept nogil
+    dict _PyDict_NewPresized(Py_ssize_t minused)
+
+
 cdef inline bint chunk_ok(object chunk, PyObject* descr, tuple shape):
     """An exact C-contiguous ndarray of dtype ``descr`` and of ``shape``: a chunk copied as is."""
     cdef rt_ndarray* a
@@ -361,7 +386,7 @@ cdef object _rows(list sids, dict keyed, y, int axis):
     cdef cnp.npy_intp* strides
     cdef char* data
     cdef int k, nd
-    cdef dict out = {}
+    cdef dict out
     cdef PyObject* key
     cdef PyObject* value
     if type(y) is not _NDARRAY:
@@ -376,6 +401,7 @@ cdef object _rows(list sids, dict keyed, y, int axis):
     for k in range(nd):
         dims[k] = cnp.PyArray_DIMS(a)[k]
     dims[axis] = 1
+    out = _PyDict_NewPresized(n)  # no resizing on the way to n entries
     for i in range(n):
         if sids is not None:
             sid = sids[i]
@@ -475,24 +501,85 @@ cdef class RowsOf:
         return rows if rows is not None else self.split_rows(list(self.frames), y)
 
 
+cdef extern from "Python.h":
+    long long as_long_long "PyLong_AsLongLong"(PyObject* value) noexcept
+    void PyErr_Clear() noexcept
+
+
+cdef inline Py_ssize_t slot_by_id(object sid, const long long* sid_at, long long id_mask,
+                                  Py_ssize_t max_streams):
+    """The slot of open stream ``sid`` (an exact int: 1.0 or True must not find stream 1) from
+    the pool's ids: generation << id bits | slot, and sid_at[slot] the id open there (-1: none);
+    -1 if none. Two array reads where a dict lookup cost ~20 ns a stream."""
+    cdef long long value
+    cdef Py_ssize_t slot
+    if type(sid) is not int:
+        return -1
+    value = as_long_long(<PyObject*>sid)
+    if value < 0:
+        PyErr_Clear()  # -1 with an overflow error: no such id either
+        return -1
+    slot = <Py_ssize_t>(value & id_mask)
+    if slot >= max_streams or sid_at[slot] != value:
+        return -1
+    return slot
+
+
+cdef class PoolCore:
+    """``StreamPool.step``'s usual call in C (lstminfer.streaming.StreamPool subclasses it): a
+    non-empty dict goes to the pool's ``PoolStepCore`` under the pool's lock; anything else,
+    or frames it declines, to the Python ``_step_checked``, which reports errors."""
+    cdef public PoolStepCore _fast  # None: no C path for this pool's model
+    cdef public tuple _shape  # a chunk shape that passed the full check (None: none yet)
+
+    def step(self, frames):
+        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
+
+        All chunks must have the same shape (same number of time steps).
+        """
+        cdef PoolStepCore fast = self._fast
+        if fast is not None and type(frames) is dict and len(<dict>frames) > 0:
+            done = fast.locked(<dict>frames)
+            if done is not None:
+                return done
+        return self._step_checked(frames)
+
+
 cdef class PoolStepCore:
     """``StreamPool.step``'s fast path in C, for a pool whose model is one recurrent node with
     rank-3 chunks: ids looked up, chunks gathered into one batch, the kernel's ``run_into``
     on the slots' state views, {stream id: its view of Y}. Returns None (nothing changed)
-    whenever anything is unusual; the caller (holding the pool's lock) then takes its full
-    path, which reports errors."""
-    cdef object into, empty, dtype, pool, slot_views, X, Y
-    cdef dict slot_of, views
+    whenever anything is unusual; the caller then takes its full path, which reports errors."""
+    cdef object into, empty, dtype, slot_views, X, Y, acquire, release, sid_array
+    cdef PoolCore pool
+    cdef dict views
+    cdef const long long* sid_at
+    cdef long long id_mask
+    cdef Py_ssize_t max_streams
     cdef Py_ssize_t batch_axis  # of the chunks (and of X): 1 time-major, 0 batch-major
     cdef RowsOf rows_of
 
-    def __init__(self, into, pool, dict slot_of, dict views, slot_views, Py_ssize_t batch_axis, int out_axis,
-                 split_rows):
-        self.into, self.pool, self.slot_of, self.views, self.slot_views = into, pool, slot_of, views, slot_views
+    def __init__(self, into, PoolCore pool, lock, sid_at, int id_bits, dict views, slot_views,
+                 Py_ssize_t batch_axis, int out_axis, split_rows):
+        """``sid_at``: the pool's int64 array of the id open in each slot (-1: none), updated in
+        place by open/close; ids are generation << id_bits | slot."""
+        cdef const long long[::1] ids = sid_at
+        self.into, self.pool, self.views, self.slot_views = into, pool, views, slot_views
+        self.acquire, self.release = lock.acquire, lock.release
+        self.sid_array, self.sid_at, self.max_streams = sid_at, &ids[0], ids.shape[0]
+        self.id_mask = (1 << id_bits) - 1
         self.batch_axis = batch_axis
         self.rows_of = RowsOf(out_axis, split_rows)  # split_rows: (sids, Y) -> dict, where rows_by_stream declines
         self.empty = np.empty
         self.dtype = np.dtype(np.float32)
+
+    cdef object locked(self, dict frames):
+        """__call__ holding the pool's lock."""
+        self.acquire()
+        try:
+            return self._step(frames)
+        finally:
+            self.release()
 
     cdef object batch_buffer(self, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2):
         """The step's batch X [d0, d1, d2], reused from the last step of that shape: it never
@@ -510,6 +597,10 @@ cdef class PoolStepCore:
         return X
 
     def __call__(self, dict frames):
+        """One step (the caller holds the pool's lock); None when declined."""
+        return self._step(frames)
+
+    cdef object _step(self, dict frames):
         cdef Py_ssize_t n = len(frames), pos = 0, i = 0, t, T, I, first = 0, slot
         cdef PyObject* key
         cdef PyObject* value
@@ -533,7 +624,7 @@ cdef class PoolStepCore:
         dst = (<rt_ndarray_data*><PyObject*>X).data
         while PyDict_Next(frames, &pos, &key, &value):
             sid = <object>key
-            slot = slot_for(self.slot_of, sid)
+            slot = slot_by_id(sid, self.sid_at, self.id_mask, self.max_streams)
             if slot < 0:
                 return None
             if i == 0:
@@ -546,9 +637,9 @@ cdef class PoolStepCore:
             src = (<rt_ndarray_data*><PyObject*>chunk).data
             if self.batch_axis == 1:
                 for t in range(T):
-                    memcpy(dst + ((t * n + i) * I) * 4, src + t * I * 4, I * 4)
+                    rt_copy(dst + ((t * n + i) * I) * 4, src + t * I * 4, I * 4)
             else:
-                memcpy(dst + i * T * I * 4, src, T * I * 4)
+                rt_copy(dst + i * T * I * 4, src, T * I * 4)
             i += 1
         views = self.views.get((first, n))
         if views is None:

@@ -433,6 +433,37 @@ def test_python_stream_step_matches_the_c_one(rng):
     assert s.step(None) == "checked" and s.calls == 1
 
 
+def test_pool_step_takes_the_c_path_only_for_a_non_empty_dict(rng):
+    """PoolCore.step (C) hands a non-empty dict to the pool's PoolStepCore under its lock and
+    everything else, or frames it declines, to _step_checked; the Python twin always checks."""
+    import lstminfer.streaming as streaming
+
+    model = lstminfer.load(_lstm_with_state_inputs())
+    for base in {streaming._PoolStep, streaming._PyPoolStep}:
+        class Pool(base):
+            def _step_checked(self, frames):
+                return ("checked", frames)
+
+        pool = Pool()
+        pool._fast = None
+        assert pool.step({0: 1}) == ("checked", {0: 1})
+        if base is streaming._PyPoolStep:
+            continue
+        real = model.stream_pool(2)
+        sid = real.open()
+        x = rng.standard_normal((1, 1, 3)).astype(np.float32)
+        pool._fast = real._fast
+        real._shape = (1, 1, 3)  # the chunk shape its full check would have passed
+        assert real._fast is not None
+        out = pool.step({sid: x})  # runs in C on real's kernel and slots
+        np.testing.assert_array_equal(out[sid], model.stream().step(x))
+        assert not real.lock.locked()
+        for frames in ({}, [(sid, x)], {sid: x.astype(np.float64)}, {sid + 1: x}):
+            assert pool.step(frames) == ("checked", frames)
+        with pytest.raises(TypeError):
+            pool._fast = "not a PoolStepCore"
+
+
 def test_compiled_schedule_runs_steps_and_reports_failures():
     """_runtime.Schedule (the C step loop): slots in and out, absent outputs, frees, and the
     on_error hook for a kernel that raises or returns too few outputs."""

@@ -248,6 +248,33 @@ def test_pool_bad_input_leaves_other_streams_intact():
     np.testing.assert_array_equal(pool.step({c: x})[c], model.stream().step(x))
 
 
+def test_pool_ids_are_never_reused_and_only_exact_ints_find_a_stream():
+    """Ids are generation << bits | slot: a closed stream's id stays unknown after its slot is
+    reopened; the C step and the Python path agree on what finds a stream (exact ints; numpy
+    integers through the Python path; 1.0, True, negative or huge ints never)."""
+    model = BARE[("LSTM", 1)]
+    pool = model.stream_pool(max_streams=3)
+    assert pool._fast is not None
+    x = np.random.default_rng(13).standard_normal((1, 1, I)).astype(np.float32)
+    a, b = pool.open(), pool.open()
+    pool.close(a)
+    c = pool.open()  # a's slot again, under a new id
+    assert len({a, b, c}) == 3 and len(pool) == 2
+    for bad in (a, -1, 2 ** 70, 1.0 * b, b == b):
+        with pytest.raises(InvalidArgumentError, match="unknown or closed"):
+            pool.step({c: x, bad: x})
+    out = pool.step({c: x, np.int64(b): x})  # both fresh: one step from the initial state
+    for sid in (c, b):
+        np.testing.assert_allclose(out[sid], model.stream().step(x), atol=TOL, rtol=0)
+    ids = set()
+    for _ in range(20):  # one slot reopened many times: every id new
+        pool.close(c)
+        c = pool.open()
+        assert c not in ids and c not in (a, b)
+        ids.add(c)
+    np.testing.assert_array_equal(pool.step({c: x})[c], model.stream().step(x))
+
+
 def test_threaded_pool_matches_streams_alone():
     model = MODELS[("RNN", 0)]
     pool = model.stream_pool(max_streams=8)
