@@ -285,8 +285,8 @@ cdef extern from *:
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
-    /* A chunk's row into the batch: inline for the small rows of a pool step (a libc call
-       per 256-byte row was ~0.6 us of a 64-stream step), memcpy beyond. */
+    /* A chunk's row into the batch: inline for the small rows of a pool step (the libc call
+       per 256-byte row showed in its profile), memcpy beyond. */
     static inline void rt_copy(char *dst, const char *src, Py_ssize_t n) {
     #if defined(__SSE2__)
         if (n <= 1024) {
