@@ -539,3 +539,32 @@ def test_c_rows_by_stream_declines_what_it_cannot_view():
     frozen.flags.writeable = False
     assert runtime.rows_by_stream([1, 2, 3, 4], frozen, 1) is None
     assert set(runtime.rows_by_stream([1, 2, 3, 4], y, 1)) == {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_two_thread_pool_matches_streams_alone(op, layout):
+    """threads=2: a pool step's batch is split across both cores (LSTM H=32 at 8+ rows: the
+    fused one step, its groups claimed and stolen, the rows made meanwhile), for all streams,
+    runs of them and scattered subsets (the Python path), T = 1 and 2; each stream's outputs
+    equal its own Stream's, and rows a caller keeps are never written again."""
+    hidden = 32
+    model = lstminfer.load(bare_model(op, layout, hidden=hidden, seed=3), threads=2)
+    alone_model = lstminfer.load(bare_model(op, layout, hidden=hidden, seed=3))
+    pool = model.stream_pool(max_streams=40)
+    sids = [pool.open() for _ in range(40)]
+    alone = {sid: alone_model.stream() for sid in sids}
+    rng = np.random.default_rng(21)
+    kept = []
+    for step, subset in enumerate([sids, sids[3:35], sids[::3], sids, sids[:9], sids]):
+        T = 1 if step % 3 else 2
+        shape = (T, 1, I) if layout == 0 else (1, T, I)
+        frames = {sid: rng.standard_normal(shape).astype(np.float32) for sid in subset}
+        out = pool.step(frames)
+        for sid, x in frames.items():
+            expected = alone[sid].step(x)
+            np.testing.assert_allclose(out[sid], expected, atol=TOL, rtol=0)
+            if sid == subset[0]:
+                kept.append((out[sid], expected))
+    for row, expected in kept:
+        np.testing.assert_allclose(row, expected, atol=TOL, rtol=0)
