@@ -509,10 +509,8 @@ class StreamPool(_PoolStep):
         self._buffers = [np.zeros(_with(program.state_shapes[s.key], s.batch_axis, max_streams),
                                   dtype=program.state_dtypes[s.key]) for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # a chunk shape that passed the full check
-        self._slot_of: dict[int, int] = {}
         # Stream ids are never reused: generation << _id_bits | slot, where generation counts the
-        # streams that slot held before; _sid_at[slot] is the id open there (-1: none), which
-        # the C step reads instead of looking each id up in _slot_of.
+        # streams that slot held before; _sid_at[slot] is the id open there (-1: none).
         self._id_bits = max(1, (max_streams - 1).bit_length())
         self._sid_at = np.full(max_streams, -1, np.int64)
         self._generation = [0] * max_streams
@@ -529,7 +527,7 @@ class StreamPool(_PoolStep):
                                                lambda sids, y: _rows_by_stream(sids, y, out_axis))
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return self.max_streams - len(self._free)
 
     def open(self, state: Any = None) -> int:
         """A new stream id, starting from the initial state, ``state`` bytes or a state dict.
@@ -549,7 +547,6 @@ class StreamPool(_PoolStep):
             self._write(slot, values)
             sid = self._generation[slot] << self._id_bits | slot
             self._generation[slot] += 1
-            self._slot_of[sid] = slot
             self._sid_at[slot] = sid
             return sid
 
@@ -557,7 +554,6 @@ class StreamPool(_PoolStep):
         with self.lock:
             slot = self._slot(sid)
             self._free.append(slot)
-            del self._slot_of[sid]
             self._sid_at[slot] = -1
 
     def reset(self, sid: int) -> None:
@@ -587,7 +583,7 @@ class StreamPool(_PoolStep):
         program = self._program
         with self.lock:
             sids = list(frames)
-            found = _runtime.lookup_slots(self._slot_of, sids) if _runtime is not None else None
+            found = _runtime.lookup_slots(self._sid_at, self._id_bits, sids) if _runtime is not None else None
             if found is not None:
                 slots, contiguous = found
             else:
@@ -627,11 +623,6 @@ class StreamPool(_PoolStep):
         return views
 
     def _slots_of(self, sids: list) -> list[int]:
-        try:
-            if set(map(type, sids)) == {int}:  # ids are ints: 1.0 or True must not find stream 1
-                return list(map(self._slot_of.__getitem__, sids))
-        except KeyError:
-            pass
         return [self._slot(sid) for sid in sids]  # raises, naming the bad id
 
     def _stack_fast(self, chunks: list) -> list[np.ndarray] | None:
@@ -678,11 +669,12 @@ class StreamPool(_PoolStep):
 
     # -- slots (call with the lock held) ----------------------------------------
     def _slot(self, sid: Any) -> int:
-        # integers only, and not bools: True must not find stream 1 (as 1.0 does not)
-        slot = self._slot_of.get(sid) if isinstance(sid, (int, np.integer)) and not isinstance(sid, bool) else None
-        if slot is None:
-            raise InvalidArgumentError(f"unknown or closed stream id {sid!r} ({len(self._slot_of)} open)")
-        return slot
+        # integers only (numpy's too), not bools: True must not find stream 1 (as 1.0 does not)
+        if isinstance(sid, (int, np.integer)) and not isinstance(sid, bool) and sid >= 0:
+            slot = int(sid) & ((1 << self._id_bits) - 1)
+            if slot < self.max_streams and self._sid_at[slot] == sid:
+                return slot
+        raise InvalidArgumentError(f"unknown or closed stream id {sid!r} ({len(self)} open)")
 
     def _write(self, slot: int, values: Mapping[str, np.ndarray]) -> None:
         for buf, s in zip(self._buffers, self._program.slots):

@@ -320,13 +320,28 @@ cdef inline bint chunk_ok(object chunk, PyObject* descr, tuple shape):
     return True
 
 
-cdef inline Py_ssize_t slot_for(dict slot_of, object sid):
-    """The slot of stream ``sid``, or -1 if unknown or not an exact int (1.0 or True must
-    not find stream 1)."""
+cdef extern from "Python.h":
+    long long as_long_long "PyLong_AsLongLong"(PyObject* value) noexcept
+    void PyErr_Clear() noexcept
+
+
+cdef inline Py_ssize_t slot_by_id(object sid, const long long* sid_at, long long id_mask,
+                                  Py_ssize_t max_streams):
+    """The slot of open stream ``sid`` (an exact int: 1.0 or True must not find stream 1) from
+    the pool's ids: generation << id bits | slot, and sid_at[slot] the id open there (-1: none);
+    -1 if none. Two array reads where a dict lookup cost ~20 ns a stream."""
+    cdef long long value
+    cdef Py_ssize_t slot
     if type(sid) is not int:
         return -1
-    value = slot_of.get(sid)
-    return -1 if value is None else <Py_ssize_t>value
+    value = as_long_long(<PyObject*>sid)
+    if value < 0:
+        PyErr_Clear()  # -1 with an overflow error: no such id either
+        return -1
+    slot = <Py_ssize_t>(value & id_mask)
+    if slot >= max_streams or sid_at[slot] != value:
+        return -1
+    return slot
 
 
 def gather_chunks(list chunks, out, tuple shape):
@@ -351,15 +366,17 @@ def gather_chunks(list chunks, out, tuple shape):
     return True
 
 
-def lookup_slots(dict slot_of, list sids):
-    """(slots, contiguous) for the stream ids ``sids`` (exact ints only: 1.0 or True must not
-    find stream 1), contiguous when they are lo, lo+1, ...; None if any id is unknown or not
-    an int (the caller then reports which)."""
+def lookup_slots(sid_at, int id_bits, list sids):
+    """(slots, contiguous) for the stream ids ``sids`` (a pool's ids: see slot_by_id; exact ints
+    only), contiguous when they are lo, lo+1, ...; None if any id is unknown or not an int
+    (the caller then reports which)."""
+    cdef const long long[::1] ids = sid_at
+    cdef long long mask = (1LL << id_bits) - 1
     cdef list slots = []
     cdef bint contiguous = True
     cdef Py_ssize_t i, first = 0, slot
     for i in range(len(sids)):
-        slot = slot_for(slot_of, sids[i])
+        slot = slot_by_id(sids[i], &ids[0], mask, ids.shape[0])
         if slot < 0:
             return None
         if i == 0:
@@ -501,30 +518,6 @@ cdef class RowsOf:
         return rows if rows is not None else self.split_rows(list(self.frames), y)
 
 
-cdef extern from "Python.h":
-    long long as_long_long "PyLong_AsLongLong"(PyObject* value) noexcept
-    void PyErr_Clear() noexcept
-
-
-cdef inline Py_ssize_t slot_by_id(object sid, const long long* sid_at, long long id_mask,
-                                  Py_ssize_t max_streams):
-    """The slot of open stream ``sid`` (an exact int: 1.0 or True must not find stream 1) from
-    the pool's ids: generation << id bits | slot, and sid_at[slot] the id open there (-1: none);
-    -1 if none. Two array reads where a dict lookup cost ~20 ns a stream."""
-    cdef long long value
-    cdef Py_ssize_t slot
-    if type(sid) is not int:
-        return -1
-    value = as_long_long(<PyObject*>sid)
-    if value < 0:
-        PyErr_Clear()  # -1 with an overflow error: no such id either
-        return -1
-    slot = <Py_ssize_t>(value & id_mask)
-    if slot >= max_streams or sid_at[slot] != value:
-        return -1
-    return slot
-
-
 cdef class PoolCore:
     """``StreamPool.step``'s usual call in C (lstminfer.streaming.StreamPool subclasses it): a
     non-empty dict goes to the pool's ``PoolStepCore`` under the pool's lock; anything else,
@@ -567,7 +560,7 @@ cdef class PoolStepCore:
         self.into, self.pool, self.views, self.slot_views = into, pool, views, slot_views
         self.acquire, self.release = lock.acquire, lock.release
         self.sid_array, self.sid_at, self.max_streams = sid_at, &ids[0], ids.shape[0]
-        self.id_mask = (1 << id_bits) - 1
+        self.id_mask = (1LL << id_bits) - 1
         self.batch_axis = batch_axis
         self.rows_of = RowsOf(out_axis, split_rows)  # split_rows: (sids, Y) -> dict, where rows_by_stream declines
         self.empty = np.empty
