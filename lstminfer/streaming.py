@@ -671,8 +671,9 @@ class StreamPool(_PoolStep):
     def _slot(self, sid: Any) -> int:
         # integers only (numpy's too), not bools: True must not find stream 1 (as 1.0 does not)
         if isinstance(sid, (int, np.integer)) and not isinstance(sid, bool) and sid >= 0:
-            slot = int(sid) & ((1 << self._id_bits) - 1)
-            if slot < self.max_streams and self._sid_at[slot] == sid:
+            value = int(sid)  # exact, whatever numpy integer type it came as
+            slot = value & ((1 << self._id_bits) - 1)
+            if slot < self.max_streams and int(self._sid_at[slot]) == value:
                 return slot
         raise InvalidArgumentError(f"unknown or closed stream id {sid!r} ({len(self)} open)")
 
