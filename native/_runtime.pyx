@@ -362,7 +362,7 @@ def gather_chunks(list chunks, out, tuple shape):
         chunk = chunks[i]
         if not chunk_ok(chunk, o.descr, shape):
             return False
-        memcpy(dst + i * row_bytes, (<rt_ndarray_data*><PyObject*>chunk).data, row_bytes)
+        rt_copy(dst + i * row_bytes, (<rt_ndarray_data*><PyObject*>chunk).data, row_bytes)
     return True
 
 
