@@ -7,6 +7,10 @@ ratio onnxruntime-1-thread time / peer time (> 1: faster than the baseline);
 then GFLOP/s = 2*G*H*(I+H)*T*B / median. Cold-start rows show seconds.
 The plot needs matplotlib, which lstminfer does not depend on: without it
 the PNG is skipped with a message.
+
+Whole-model rows (``test_bench_whole_model.py``, tagged with ``model`` and
+``row``) get their own table: model x row, lstminfer and onnxruntime-1-thread
+median in µs, and the ratio onnxruntime / lstminfer (> 1: lstminfer faster).
 """
 from __future__ import annotations
 
@@ -26,11 +30,54 @@ def load_results(path: str) -> dict[tuple, dict[str, dict]]:
     cases: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for bench in data.get("benchmarks", []):
         info = bench.get("extra_info", {})
-        if "peer" not in info:
+        if "peer" not in info or "model" in info:  # whole-model rows: load_whole_models
             continue
         key = (info["op"], info["hidden"], info["config"])
         cases[key][info["peer"]] = {"median": bench["stats"]["median"], "flops": info.get("flops", 0)}
     return cases
+
+
+def load_whole_models(path: str) -> dict[tuple[str, str], dict[str, dict]]:
+    """{(model, row): {peer: {"median": s, "T": n, "B": n}}} for the whole-model benchmarks."""
+    with open(path) as f:
+        data = json.load(f)
+    rows: dict[tuple[str, str], dict[str, dict]] = defaultdict(dict)
+    for bench in data.get("benchmarks", []):
+        info = bench.get("extra_info", {})
+        if "model" not in info or "peer" not in info:
+            continue
+        rows[(info["model"], info["row"])][info["peer"]] = {
+            "median": bench["stats"]["median"], "T": info.get("T"), "B": info.get("B")}
+    return rows
+
+
+WHOLE_ROW_ORDER = {"stream": 0, "run": 1, "pool": 2, "seq": 3, "batch": 4}
+WHOLE_ROW_WHAT = {"stream": "Stream.step", "run": "Model.run, state fed back", "pool": "StreamPool.step, 64 streams",
+                  "seq": "Model.run", "batch": "Model.run"}
+
+
+def whole_model_markdown(rows: dict[tuple[str, str], dict[str, dict]]) -> str:
+    models = list(dict.fromkeys(model for model, _ in rows))  # in the order they ran
+    lines = [
+        f"Whole models: median time per call, lstminfer vs {BASELINE} in the same run; "
+        f"ratio = {BASELINE} / lstminfer (higher: lstminfer faster).",
+        "",
+        f"| model | row | T×B | lstminfer call | lstminfer µs | {BASELINE} µs | ratio |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for key in sorted(rows, key=lambda k: (models.index(k[0]), WHOLE_ROW_ORDER.get(k[1], 9))):
+        model, row = key
+        peers = rows[key]
+        ours, base = peers.get("lstminfer", {}).get("median"), peers.get(BASELINE, {}).get("median")
+        any_peer = next(iter(peers.values()))
+        shape = f"{any_peer['T']}×{any_peer['B']}" if any_peer.get("T") is not None else "—"
+        ratio = f"{base / ours:.2f}x" if ours and base else "—"
+        lines.append(f"| {model} | {row} | {shape} | {WHOLE_ROW_WHAT.get(row, '')} | {_us(ours)} | {_us(base)} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _us(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e6:,.1f}"
 
 
 def _sort_key(key):
@@ -111,16 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--png", help="write the plot here (needs matplotlib)")
     args = parser.parse_args(argv)
     cases = load_results(args.json)
-    if not cases:
+    whole = load_whole_models(args.json)
+    if not cases and not whole:
         print(f"{args.json}: no lstminfer benchmarks found", file=sys.stderr)
         return 1
-    table = markdown(cases)
+    tables = ([markdown(cases)] if cases else []) + ([whole_model_markdown(whole)] if whole else [])
+    table = "\n".join(tables)
     if args.out:
         with open(args.out, "w") as f:
             f.write(table)
     else:
         print(table)
-    if args.png and plot(cases, args.png):
+    if args.png and cases and plot(cases, args.png):
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
