@@ -2167,6 +2167,17 @@ cdef class KernelCore:
         """Whether batches below the batch split run with the hidden units split across threads."""
         return bool(self.units_ok)
 
+    def packs(self, W, R, B, P=None):
+        """Whether W, R, B (and P) are the constants this kernel packed (by identity): a compiled
+        program calls the kernel on raw pointers (``call_kernel``) only then."""
+        cdef tuple constants = <tuple>self.constants
+        return bool(self.ready and W is constants[0] and R is constants[1] and B is constants[2]
+                    and (P is constants[3] or not self.check_p))
+
+    @property
+    def layout_time_major(self):
+        return bool(self.time_major)
+
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
         cdef tuple constants
         if self.ready:
@@ -2453,3 +2464,46 @@ cdef class KernelCore:
             return None if self.launch(&s) else Y
         result = []
         return None if self.launch(&s, then, Y, result) else result[0]
+
+
+cdef extern from "li_call.h":
+    ctypedef struct li_call:
+        const float* X
+        idx T, B
+        const int* lens
+        const float* h0
+        idx h0_d, h0_b
+        const float* c0
+        idx c0_d, c0_b
+        float* Y
+        idx y_t, y_d, y_b
+        float* Sh
+        float* Sc
+        idx s_d, s_b
+    const char* LI_CALL_CAPSULE
+
+
+cdef int call_kernel(object core, const li_call* c) except -1:
+    """A compiled program's call of ``core`` (a KernelCore whose ``packs`` held) on raw pointers:
+    0 done, 1 declined (sequence_lens outside [0, T]: the caller's general path reports it)."""
+    cdef KernelCore k = <KernelCore>core
+    cdef Seq s
+    s.X, s.T, s.B, s.I, s.H, s.D = c.X, c.T, c.B, k.I, k.H, k.D
+    s.time_major = k.time_major
+    s.lens, s.has_lens = c.lens, c.lens != NULL
+    s.h0, s.h0_d, s.h0_b, s.has_h0 = c.h0, c.h0_d, c.h0_b, c.h0 != NULL
+    s.c0, s.c0_d, s.c0_b, s.has_c0 = c.c0, c.c0_d, c.c0_b, c.c0 != NULL
+    s.Y, s.y_t, s.y_d, s.y_b = c.Y, c.y_t, c.y_d, c.y_b
+    s.Sh, s.Sc, s.s_d, s.s_b = c.Sh, c.Sc, c.s_d, c.s_b
+    s.wbuf, s.offsets, s.pbuf, s.poff = k.wbuf, k.offsets, k.pbuf, k.poff
+    s.qpbuf, s.qscale, s.qsoff, s.qkind = k.qpbuf, k.qscale, k.qsoff, k.qkind
+    s.codes, s.fparams = k.codes, k.fparams
+    s.reverse_first, s.flag, s.clip = k.reverse_first, k.flag, k.clip
+    s.sched, s.part = NULL, 0
+    s.whole, s.ranges, s.parts = NULL, NULL, 1
+    s.flip = False
+    return k.launch(&s)
+
+
+# The program's entry into this build's kernels (any KernelCore: the class is the portable build's).
+CALL_KERNEL = PyCapsule_New(<void*>call_kernel, LI_CALL_CAPSULE, NULL)

@@ -656,3 +656,6 @@ cdef class PoolStepCore:
             return rows
         finally:
             self.rows_of.frames = self.rows_of.y = None
+
+
+include "_program.pxi"

@@ -1,0 +1,612 @@
+# Included by _runtime.pyx: the executor of a compiled program (lstminfer/program.py builds it).
+#
+# A program is a model's plan specialised, for one signature of its feeds (dtypes and shapes),
+# into instructions over raw memory: shape-only ops became views at compile time and run
+# nothing; layout changes, dense heads, elementwise ops, softmax, embedding lookups and the
+# recurrent kernels run here in C; any other op calls its NumPy kernel on views of that memory.
+# Every value lives at a fixed byte offset from a base: the arena (per call, reused), a feed,
+# or an absolute address (a constant kept alive by the program).
+from libc.math cimport expf, tanhf, fabsf, sqrtf, logf
+from libc.stdlib cimport malloc, free
+from cpython.pycapsule cimport PyCapsule_GetPointer
+
+cdef extern from "li_call.h":
+    ctypedef struct li_call:
+        const float* X
+        Py_ssize_t T, B
+        const int* lens
+        const float* h0
+        Py_ssize_t h0_d, h0_b
+        const float* c0
+        Py_ssize_t c0_d, c0_b
+        float* Y
+        Py_ssize_t y_t, y_d, y_b
+        float* Sh
+        float* Sc
+        Py_ssize_t s_d, s_b
+    const char* LI_CALL_CAPSULE
+
+ctypedef int (*call_kernel_fn)(object, const li_call*) except -1
+
+DEF MAX_DIMS = 8
+DEF MAX_FEEDS = 64
+# bases[0] is the arena, bases[1 + k] feed k, bases[ABSOLUTE] NULL (offsets are addresses)
+cdef enum:
+    ARENA = 0
+    ABSOLUTE = MAX_FEEDS + 1
+BASE_ABSOLUTE = ABSOLUTE
+MAX_PROGRAM_FEEDS = MAX_FEEDS
+
+cdef struct Ref:
+    int base
+    Py_ssize_t offset
+
+cdef inline char* at(char** bases, Ref r) noexcept nogil:
+    return bases[r.base] + r.offset
+
+
+cdef Ref make_ref(tuple ref):
+    cdef Ref r
+    r.base, r.offset = ref[0], ref[1]
+    if not (0 <= r.base <= ABSOLUTE):
+        raise ValueError(f"program: base {r.base} out of range")
+    return r
+
+
+cdef int fill_dims(Py_ssize_t* out, values, int nd) except -1:
+    cdef int k
+    if len(values) != nd or nd > MAX_DIMS:
+        raise ValueError(f"program: {len(values)} dims where {nd} (at most {MAX_DIMS}) expected")
+    for k in range(nd):
+        out[k] = values[k]
+    return 0
+
+
+cdef void strided_copy(char* dst, const char* src, int nd, const Py_ssize_t* shape,
+                       const Py_ssize_t* dst_strides, const Py_ssize_t* src_strides,
+                       Py_ssize_t inner_bytes) noexcept nogil:
+    """Copy an nd-dim block of ``inner_bytes``-byte items (the innermost contiguous run)."""
+    cdef Py_ssize_t i
+    if nd == 0:
+        rt_copy(dst, src, inner_bytes)
+        return
+    for i in range(shape[0]):
+        strided_copy(dst + i * dst_strides[0], src + i * src_strides[0], nd - 1, shape + 1,
+                     dst_strides + 1, src_strides + 1, inner_bytes)
+
+
+cdef class Instr:
+    """One instruction: ``run(bases)`` returns 0 when done, 1 to decline the whole call."""
+    cdef str text  # for describe()
+
+    cdef int run(self, char** bases) except -1:
+        return 0
+
+
+cdef class Copy(Instr):
+    """A strided block copied to another place (layout changes, Concat's pieces, outputs)."""
+    cdef Ref src, dst
+    cdef int nd
+    cdef Py_ssize_t inner
+    cdef Py_ssize_t shape[MAX_DIMS]
+    cdef Py_ssize_t src_strides[MAX_DIMS]
+    cdef Py_ssize_t dst_strides[MAX_DIMS]
+
+    def __init__(self, tuple src, tuple dst, tuple shape, tuple src_strides, tuple dst_strides, Py_ssize_t inner):
+        """``shape``/strides: the outer dims (bytes); ``inner``: bytes of the contiguous innermost run."""
+        self.src, self.dst, self.nd, self.inner = make_ref(src), make_ref(dst), len(shape), inner
+        fill_dims(self.shape, shape, self.nd)
+        fill_dims(self.src_strides, src_strides, self.nd)
+        fill_dims(self.dst_strides, dst_strides, self.nd)
+
+    cdef int run(self, char** bases) except -1:
+        strided_copy(at(bases, self.dst), at(bases, self.src), self.nd, self.shape, self.dst_strides,
+                     self.src_strides, self.inner)
+        return 0
+
+
+cdef class Dense(Instr):
+    """out[m, :] = A[m, :] @ W + bias for M rows of K floats (row stride lda bytes) into
+    contiguous rows of N: the heads (MatMul/Gemm + Add) exporters put after a recurrent node.
+    ``wt`` is W transposed [N, K] (dot products: few outputs), ``w`` W [K, N] (row updates)."""
+    cdef Ref a, out
+    cdef Py_ssize_t M, K, N, lda
+    cdef const float* w
+    cdef const float* wt
+    cdef const float* bias
+    cdef object keep
+
+    def __init__(self, tuple a, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda, w, wt, bias, tuple out, Py_ssize_t N):
+        cdef const float[:, ::1] w_v = w
+        cdef const float[:, ::1] wt_v = wt
+        cdef const float[::1] b_v
+        if w_v.shape[0] != K or w_v.shape[1] != N or wt_v.shape[0] != N or wt_v.shape[1] != K:
+            raise ValueError("Dense: weights do not match K, N")
+        self.a, self.out, self.M, self.K, self.N, self.lda = make_ref(a), make_ref(out), M, K, N, lda
+        self.w, self.wt, self.bias = &w_v[0, 0], &wt_v[0, 0], NULL
+        if bias is not None:
+            b_v = bias
+            if b_v.shape[0] != N:
+                raise ValueError("Dense: bias does not match N")
+            self.bias = &b_v[0]
+        self.keep = (w, wt, bias)
+
+    cdef int run(self, char** bases) except -1:
+        cdef const char* a = at(bases, self.a)
+        cdef float* out = <float*>at(bases, self.out)
+        with nogil:
+            dense_rows(<const float*>a, self.M, self.K, self.lda, self.w, self.wt, self.bias, out, self.N)
+        return 0
+
+
+cdef void dense_rows(const float* A, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda, const float* w,
+                     const float* wt, const float* bias, float* out, Py_ssize_t N) noexcept nogil:
+    cdef Py_ssize_t m, n, k
+    cdef const float* a
+    cdef float* o
+    cdef const float* wk
+    cdef float acc, x
+    for m in range(M):
+        a = <const float*>(<const char*>A + m * lda)
+        o = out + m * N
+        if N < 16:
+            for n in range(N):
+                wk = wt + n * K
+                acc = 0.0
+                for k in range(K):
+                    acc = acc + a[k] * wk[k]
+                o[n] = acc + (bias[n] if bias != NULL else 0.0)
+        else:
+            for n in range(N):
+                o[n] = bias[n] if bias != NULL else 0.0
+            for k in range(K):
+                x = a[k]
+                wk = w + k * N
+                for n in range(N):
+                    o[n] = o[n] + x * wk[n]
+
+
+cdef enum:
+    U_SIGMOID = 0
+    U_TANH = 1
+    U_RELU = 2
+    U_EXP = 3
+    U_NEG = 4
+    U_ABS = 5
+    U_SQRT = 6
+    U_IDENTITY = 7
+
+UNARY_CODES = {"Sigmoid": U_SIGMOID, "Tanh": U_TANH, "Relu": U_RELU, "Exp": U_EXP, "Neg": U_NEG,
+               "Abs": U_ABS, "Sqrt": U_SQRT}
+
+
+cdef class Unary(Instr):
+    """A float32 elementwise function over n contiguous values (NumPy's maths: libm's)."""
+    cdef Ref src, dst
+    cdef Py_ssize_t n
+    cdef int code
+
+    def __init__(self, tuple src, tuple dst, Py_ssize_t n, int code):
+        self.src, self.dst, self.n, self.code = make_ref(src), make_ref(dst), n, code
+
+    cdef int run(self, char** bases) except -1:
+        cdef const float* x = <const float*>at(bases, self.src)
+        cdef float* y = <float*>at(bases, self.dst)
+        cdef Py_ssize_t i
+        cdef float v
+        with nogil:
+            if self.code == U_SIGMOID:
+                for i in range(self.n):
+                    v = x[i]
+                    y[i] = 1.0 / (1.0 + expf(-v)) if v >= 0 else expf(v) / (1.0 + expf(v))
+            elif self.code == U_TANH:
+                for i in range(self.n):
+                    y[i] = tanhf(x[i])
+            elif self.code == U_RELU:
+                for i in range(self.n):
+                    y[i] = x[i] if x[i] > 0 else (0.0 if x[i] == x[i] else x[i])
+            elif self.code == U_EXP:
+                for i in range(self.n):
+                    y[i] = expf(x[i])
+            elif self.code == U_NEG:
+                for i in range(self.n):
+                    y[i] = -x[i]
+            elif self.code == U_ABS:
+                for i in range(self.n):
+                    y[i] = fabsf(x[i])
+            elif self.code == U_SQRT:
+                for i in range(self.n):
+                    y[i] = sqrtf(x[i])
+            else:
+                for i in range(self.n):
+                    y[i] = x[i]
+        return 0
+
+
+cdef enum:
+    B_ADD = 0
+    B_SUB = 1
+    B_MUL = 2
+    B_DIV = 3
+
+BINARY_CODES = {"Add": B_ADD, "Sub": B_SUB, "Mul": B_MUL, "Div": B_DIV}
+
+
+cdef void binary_block(char* out, const char* a, const char* b, int nd, const Py_ssize_t* shape,
+                       const Py_ssize_t* out_strides, const Py_ssize_t* a_strides, const Py_ssize_t* b_strides,
+                       int code) noexcept nogil:
+    cdef Py_ssize_t i, n
+    cdef float* o
+    cdef const float* x
+    cdef const float* y
+    cdef Py_ssize_t sa, sb
+    if nd == 1:  # innermost: strides in floats (0 for a broadcast operand)
+        n, o, x, y = shape[0], <float*>out, <const float*>a, <const float*>b
+        sa, sb = a_strides[0] // 4, b_strides[0] // 4
+        if code == B_ADD:
+            for i in range(n):
+                o[i] = x[i * sa] + y[i * sb]
+        elif code == B_SUB:
+            for i in range(n):
+                o[i] = x[i * sa] - y[i * sb]
+        elif code == B_MUL:
+            for i in range(n):
+                o[i] = x[i * sa] * y[i * sb]
+        else:
+            for i in range(n):
+                o[i] = x[i * sa] / y[i * sb]
+        return
+    for i in range(shape[0]):
+        binary_block(out + i * out_strides[0], a + i * a_strides[0], b + i * b_strides[0], nd - 1, shape + 1,
+                     out_strides + 1, a_strides + 1, b_strides + 1, code)
+
+
+cdef class Binary(Instr):
+    """A float32 Add/Sub/Mul/Div with NumPy broadcasting (stride 0), into a contiguous output."""
+    cdef Ref a, b, out
+    cdef int nd, code
+    cdef Py_ssize_t shape[MAX_DIMS]
+    cdef Py_ssize_t a_strides[MAX_DIMS]
+    cdef Py_ssize_t b_strides[MAX_DIMS]
+    cdef Py_ssize_t out_strides[MAX_DIMS]
+
+    def __init__(self, tuple a, tuple b, tuple out, tuple shape, tuple a_strides, tuple b_strides,
+                 tuple out_strides, int code):
+        self.a, self.b, self.out, self.nd, self.code = make_ref(a), make_ref(b), make_ref(out), len(shape), code
+        if self.nd < 1:
+            raise ValueError("Binary: at least one dim")
+        fill_dims(self.shape, shape, self.nd)
+        fill_dims(self.a_strides, a_strides, self.nd)
+        fill_dims(self.b_strides, b_strides, self.nd)
+        fill_dims(self.out_strides, out_strides, self.nd)
+
+    cdef int run(self, char** bases) except -1:
+        cdef char* out = at(bases, self.out)
+        cdef const char* a = at(bases, self.a)
+        cdef const char* b = at(bases, self.b)
+        with nogil:
+            binary_block(out, a, b, self.nd, self.shape, self.out_strides, self.a_strides, self.b_strides, self.code)
+        return 0
+
+
+cdef class Softmax(Instr):
+    """Softmax over the last axis of contiguous float32 rows (max subtracted, as NumPy's kernel)."""
+    cdef Ref src, dst
+    cdef Py_ssize_t rows, cols
+    cdef bint log
+
+    def __init__(self, tuple src, tuple dst, Py_ssize_t rows, Py_ssize_t cols, bint log=False):
+        self.src, self.dst, self.rows, self.cols, self.log = make_ref(src), make_ref(dst), rows, cols, log
+
+    cdef int run(self, char** bases) except -1:
+        cdef const float* x = <const float*>at(bases, self.src)
+        cdef float* y = <float*>at(bases, self.dst)
+        cdef Py_ssize_t r, i, n = self.cols
+        cdef float top, total
+        with nogil:
+            for r in range(self.rows):
+                top = x[r * n]
+                for i in range(1, n):
+                    if x[r * n + i] > top:
+                        top = x[r * n + i]
+                total = 0.0
+                for i in range(n):
+                    y[r * n + i] = expf(x[r * n + i] - top)
+                    total = total + y[r * n + i]
+                if self.log:
+                    for i in range(n):
+                        y[r * n + i] = (x[r * n + i] - top) - logf(total)
+                else:
+                    for i in range(n):
+                        y[r * n + i] = y[r * n + i] / total
+        return 0
+
+
+
+cdef class GatherRows(Instr):
+    """out[i] = table[ids[i]] (an embedding lookup: Gather axis 0 of a constant table by int32/int64
+    ids, negative ids counted from the end); an id out of range declines (the general path reports it)."""
+    cdef const char* table
+    cdef Py_ssize_t rows, row_bytes, n
+    cdef Ref ids, out
+    cdef int id_bytes
+    cdef object keep
+
+    def __init__(self, table, tuple ids, Py_ssize_t n, int id_bytes, tuple out):
+        cdef const unsigned char[:, ::1] t = table.reshape(table.shape[0], -1).view(np.uint8)
+        if id_bytes not in (4, 8):
+            raise ValueError("GatherRows: ids are int32 or int64")
+        self.table, self.rows, self.row_bytes = <const char*>&t[0, 0] if t.shape[0] else NULL, t.shape[0], t.shape[1]
+        self.ids, self.n, self.id_bytes, self.out, self.keep = make_ref(ids), n, id_bytes, make_ref(out), table
+
+    cdef int run(self, char** bases) except -1:
+        cdef const char* ids = at(bases, self.ids)
+        cdef char* out = at(bases, self.out)
+        cdef Py_ssize_t i
+        cdef long long k
+        for i in range(self.n):
+            k = (<const long long*>ids)[i] if self.id_bytes == 8 else (<const int*>ids)[i]
+            if k < 0:
+                k += self.rows
+            if not 0 <= k < self.rows:
+                return 1
+            rt_copy(out + i * self.row_bytes, self.table + k * self.row_bytes, self.row_bytes)
+        return 0
+
+
+cdef class Recurrent(Instr):
+    """An LSTM/GRU/RNN node on its Cython kernel, called on pointers (li_call.h)."""
+    cdef object core
+    cdef call_kernel_fn call
+    cdef Ref x, lens, h0, c0, y, yh, yc
+    cdef bint has_lens, has_h0, has_c0, has_yc
+    cdef li_call args
+
+    def __init__(self, core, capsule, Py_ssize_t T, Py_ssize_t B, tuple x, lens, h0, tuple h0_strides, c0,
+                 tuple c0_strides, tuple y, tuple y_strides, tuple yh, yc, tuple s_strides):
+        """Strides in floats: states (d, b), Y (t, d, b), Y_h/Y_c (d, b); None: absent."""
+        self.core = core
+        self.call = <call_kernel_fn>PyCapsule_GetPointer(capsule, LI_CALL_CAPSULE)
+        self.x, self.y, self.yh = make_ref(x), make_ref(y), make_ref(yh)
+        self.has_lens, self.has_h0, self.has_c0, self.has_yc = lens is not None, h0 is not None, c0 is not None, yc is not None
+        if self.has_lens:
+            self.lens = make_ref(lens)
+        if self.has_h0:
+            self.h0 = make_ref(h0)
+            self.args.h0_d = h0_strides[0]
+            self.args.h0_b = h0_strides[1]
+        if self.has_c0:
+            self.c0 = make_ref(c0)
+            self.args.c0_d = c0_strides[0]
+            self.args.c0_b = c0_strides[1]
+        if self.has_yc:
+            self.yc = make_ref(yc)
+        self.args.T = T
+        self.args.B = B
+        self.args.y_t = y_strides[0]
+        self.args.y_d = y_strides[1]
+        self.args.y_b = y_strides[2]
+        self.args.s_d = s_strides[0]
+        self.args.s_b = s_strides[1]
+
+    cdef int run(self, char** bases) except -1:
+        cdef li_call call = self.args  # a copy: threads may run this program at once
+        cdef li_call* c = &call
+        c.X = <const float*>at(bases, self.x)
+        c.lens = <const int*>at(bases, self.lens) if self.has_lens else NULL
+        c.h0 = <const float*>at(bases, self.h0) if self.has_h0 else NULL
+        c.c0 = <const float*>at(bases, self.c0) if self.has_c0 else NULL
+        c.Y = <float*>at(bases, self.y)
+        c.Sh = <float*>at(bases, self.yh)
+        c.Sc = <float*>at(bases, self.yc) if self.has_yc else NULL
+        return self.call(self.core, c)
+
+
+cdef class PyCall(Instr):
+    """An op without a C instruction: its NumPy kernel called on views of the program's memory,
+    its outputs copied to their places (declined when one differs from the compiled signature)."""
+    cdef object kernel, step, on_error
+    cdef tuple args  # per input: None, ("obj", value) or ("ref", ref, shape, strides, dtype)
+    cdef tuple outer_names
+    cdef tuple outer_at  # positions in args of the outer-scope values (after the inputs)
+    cdef tuple outs  # per output: None (unused) or (ref, shape, dtype)
+    cdef Py_ssize_t ninputs
+
+    def __init__(self, kernel, tuple args, Py_ssize_t ninputs, tuple outer_names, tuple outs, step, on_error):
+        self.kernel, self.args, self.ninputs, self.outer_names, self.outs = kernel, args, ninputs, outer_names, outs
+        self.step, self.on_error = step, on_error
+        for a in args:
+            if a is not None and a[0] == "ref":
+                make_ref(a[1])
+        for o in outs:
+            if o is not None:
+                make_ref(o[0])
+
+    cdef int run(self, char** bases) except -1:
+        cdef Py_ssize_t i, n = len(self.args)
+        cdef Ref r
+        values = PyList_New(n)
+        for i in range(n):
+            spec = self.args[i]
+            if spec is None:
+                value = None
+            elif spec[0] == "obj":
+                value = spec[1]
+            else:
+                r = make_ref(spec[1])
+                value = view_of(at(bases, r), spec[2], spec[3], spec[4])
+            Py_INCREF(value)
+            PyList_SET_ITEM(values, i, value)
+        inputs = values[:self.ninputs]
+        try:
+            if self.outer_names:
+                result = self.kernel(*inputs, outer=dict(zip(self.outer_names, values[self.ninputs:])))
+            else:
+                result = self.kernel(*inputs)
+        except LstminferError:
+            raise
+        except Exception as e:
+            raise self.on_error(self.step, inputs, e, None) from e
+        if len(result) < len(self.outs):
+            raise self.on_error(self.step, inputs, None, result)
+        for i in range(len(self.outs)):
+            out = self.outs[i]
+            if out is None:
+                continue
+            value = result[i]
+            if type(value) is not _NDARRAY or value.shape != out[1] or value.dtype != out[2]:
+                return 1  # not the compiled signature (a data-dependent shape): the general path
+            r = make_ref(out[0])
+            dst = view_of(at(bases, r), out[1], None, out[2])
+            cnp.PyArray_CopyInto(<cnp.ndarray>dst, <cnp.ndarray>value)
+        return 0
+
+
+cdef object view_of(char* data, tuple shape, strides, dtype):
+    """An ndarray over ``data`` (C order when ``strides`` is None); the caller keeps the memory alive."""
+    cdef cnp.npy_intp dims[MAX_DIMS]
+    cdef cnp.npy_intp steps[MAX_DIMS]
+    cdef int k, nd = len(shape)
+    if nd > MAX_DIMS:
+        raise ValueError("program: too many dims")
+    for k in range(nd):
+        dims[k] = shape[k]
+        if strides is not None:
+            steps[k] = strides[k]
+    Py_INCREF(dtype)
+    return PyArray_NewFromDescr(_NDARRAY, <cnp.dtype>dtype, nd, dims, steps if strides is not None else NULL, data,
+                                cnp.NPY_ARRAY_WRITEABLE, None)
+
+
+cdef class Program:
+    """The instructions of one signature, run on feeds (checked here: exact ndarrays of the
+    compiled dtypes and shapes, C-contiguous and aligned) into fresh outputs, or into the
+    caller's arrays (``into``: a stream's states, written once everything has been read).
+
+    ``feed_specs``: (dtype, shape) per feed; ``outputs``: (shape, dtype, OutCopy) per wanted
+    value, the copy from where it lives into a C-order array of its shape; ``arena_bytes``: the scratch memory of one call, reused through a free list (a call
+    in another thread takes another arena)."""
+    cdef public tuple feed_specs, outputs, instructions
+    cdef Py_ssize_t nfeeds, nout, arena_bytes
+    cdef list arenas
+    cdef object keep
+    cdef list out_copies  # per output: a Copy from its ref into a C-order array of its shape
+    cdef public object text
+
+    def __init__(self, tuple feed_specs, tuple instructions, tuple outputs, Py_ssize_t arena_bytes, keep, text=""):
+        if len(feed_specs) > MAX_FEEDS:
+            raise ValueError(f"program: at most {MAX_FEEDS} feeds")
+        self.feed_specs, self.instructions, self.outputs = feed_specs, instructions, outputs
+        self.nfeeds, self.nout, self.arena_bytes = len(feed_specs), len(outputs), arena_bytes
+        self.arenas, self.keep, self.text = [], keep, text
+        self.out_copies = [o[2] for o in outputs]
+        for copy in self.out_copies:
+            if not isinstance(copy, OutCopy):
+                raise TypeError("program: outputs are copied by OutCopy objects")
+        for ins in instructions:
+            if not isinstance(ins, Instr):
+                raise TypeError("program: instructions are Instr objects")
+
+    cdef bint feeds_ok(self, list feeds, char** bases):
+        cdef Py_ssize_t k, j
+        cdef rt_ndarray* a
+        cdef tuple shape
+        if len(feeds) != self.nfeeds:
+            return False
+        for k in range(self.nfeeds):
+            value = feeds[k]
+            spec = <tuple>self.feed_specs[k]
+            if type(value) is not _NDARRAY:
+                return False
+            a = as_array(value)
+            shape = <tuple>spec[1]
+            if a.descr != <PyObject*>spec[0] or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS) \
+                    or not (a.flags & 0x0100):  # NPY_ARRAY_ALIGNED
+                return False
+            for j in range(a.nd):
+                if a.dimensions[j] != <Py_ssize_t>shape[j]:
+                    return False
+            bases[1 + k] = (<rt_ndarray_data*><PyObject*>value).data
+        return True
+
+    def matches(self, list feeds):
+        cdef char* bases[ABSOLUTE + 1]
+        return self.feeds_ok(feeds, bases)
+
+    def run(self, list feeds, list into=None):
+        """The wanted values for ``feeds``, or None (nothing written) when the program declines."""
+        return self._run(feeds, into)
+
+    cdef object _run(self, list feeds, list into):
+        cdef char* bases[ABSOLUTE + 1]
+        cdef Py_ssize_t k
+        cdef Instr ins
+        cdef int status = 0
+        if not self.feeds_ok(feeds, bases):
+            return None
+        if into is not None and not self.into_ok(into):
+            return None
+        bases[ABSOLUTE] = NULL
+        arena = self.arenas.pop() if self.arenas else np.empty(self.arena_bytes + 64, np.uint8)
+        bases[ARENA] = <char*>(((<size_t>(<rt_ndarray_data*><PyObject*>arena).data) + 63) & ~(<size_t>63))
+        try:
+            for ins in self.instructions:
+                status = ins.run(bases)
+                if status:
+                    return None
+            out = PyList_New(self.nout)
+            for k in range(self.nout):
+                spec = <tuple>self.outputs[k]
+                target = into[k] if into is not None else None
+                if target is None:
+                    target = _empty(spec[0], spec[1])
+                (<OutCopy>self.out_copies[k]).run_into(bases, (<rt_ndarray_data*><PyObject*>target).data)
+                Py_INCREF(target)
+                PyList_SET_ITEM(out, k, target)
+            return out
+        finally:
+            self.arenas.append(arena)
+
+    cdef bint into_ok(self, list into):
+        cdef Py_ssize_t k, j
+        cdef rt_ndarray* a
+        cdef tuple shape
+        if len(into) != self.nout:
+            return False
+        for k in range(self.nout):
+            value = into[k]
+            if value is None:
+                continue
+            spec = <tuple>self.outputs[k]
+            shape = <tuple>spec[0]
+            if type(value) is not _NDARRAY:
+                return False
+            a = as_array(value)
+            if a.descr != <PyObject*>spec[1] or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS) \
+                    or not (a.flags & RT_WRITEABLE):
+                return False
+            for j in range(a.nd):
+                if a.dimensions[j] != <Py_ssize_t>shape[j]:
+                    return False
+        return True
+
+
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_Empty(int nd, cnp.npy_intp* dims, cnp.dtype descr, int fortran)  # steals descr
+
+
+cdef object _empty(tuple shape, dtype):
+    cdef cnp.npy_intp dims[MAX_DIMS]
+    cdef int k, nd = len(shape)
+    for k in range(nd):
+        dims[k] = shape[k]
+    Py_INCREF(dtype)
+    return PyArray_Empty(nd, dims, <cnp.dtype>dtype, 0)
+
+
+cdef class OutCopy(Copy):
+    """A Copy whose destination is given per call (a fresh output array or the caller's)."""
+
+    cdef int run_into(self, char** bases, char* dst) except -1:
+        strided_copy(dst, at(bases, self.src), self.nd, self.shape, self.dst_strides, self.src_strides, self.inner)
+        return 0
