@@ -16,6 +16,7 @@ from .graph import ValueInfo
 from .onnx_import import ImportedModel, import_model
 from .ops.registry import BuildContext
 from .plan import Plan, _runtime
+from .program import Programs
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ class Model(_RunCore):
         self._all_fast = len(self._fast_checks) == len(self._inputs)
         # The same test and the executor loop in C (lstminfer._runtime), when built.
         self._c_checks = _runtime.FeedChecks(tuple(self._fast_checks)) if self._all_fast and _runtime is not None else None
+        self._programs = Programs(self._plan, self._wanted(None))
         self._run_all = self._checked_run()
 
     # -- onnxruntime-compatible surface -----------------------------------
@@ -166,12 +168,15 @@ class Model(_RunCore):
         return [_detach(v, feeds, feed_roots) for v in outputs]
 
     def _checked_run(self):
-        """``Model.run(None, feed)`` in C for this plan (``_runtime.CheckedRun``), or None."""
+        """``Model.run(None, feed)`` in C for this plan (``_runtime.CheckedRun``), or None: the
+        compiled program of the feeds' signature, else the plan's schedule."""
         wanted = self._wanted(None)
         compiled = self._plan.compiled(wanted) if self._c_checks is not None else None
         if compiled is None:
             return None
-        return _runtime.CheckedRun(self._c_checks, compiled, _detach_all)
+        run = _runtime.CheckedRun(self._c_checks, compiled, _detach_all)
+        run.programs = self._programs.fast
+        return run
 
     # -- friendlier surface ----------------------------------------------
     def predict(self, x: Any = None, /, **named: Any) -> Any:

@@ -35,6 +35,7 @@ cdef enum:
     ARENA = 0
     ABSOLUTE = MAX_FEEDS + 1
 BASE_ABSOLUTE = ABSOLUTE
+BASE_ARENA = ARENA
 MAX_PROGRAM_FEEDS = MAX_FEEDS
 
 cdef struct Ref:
@@ -610,3 +611,27 @@ cdef class OutCopy(Copy):
     cdef int run_into(self, char** bases, char* dst) except -1:
         strided_copy(dst, at(bases, self.src), self.nd, self.shape, self.dst_strides, self.src_strides, self.inner)
         return 0
+
+
+cdef class ProgramSet:
+    """The compiled programs of one plan: the last one used, checked against the feeds in C,
+    and ``lookup(feeds)`` (Python: by signature, compiling on first sight) for any other."""
+    cdef Program last
+    cdef object lookup
+
+    def __init__(self, lookup):
+        self.lookup = lookup
+
+    def run(self, list feeds, list into=None):
+        """The program's outputs for ``feeds`` or None (no program for them, or it declined)."""
+        return self._run(feeds, into)
+
+    cdef object _run(self, list feeds, list into):
+        cdef char* bases[ABSOLUTE + 1]
+        cdef Program program = self.last
+        if program is None or not program.feeds_ok(feeds, bases):
+            program = self.lookup(feeds)
+            if program is None:
+                return None
+            self.last = program
+        return program._run(feeds, into)

@@ -435,6 +435,9 @@ cdef object _rows(list sids, dict keyed, y, int axis):
     return out
 
 
+include "_program.pxi"
+
+
 cdef class CheckedRun:
     """Model.run(None, feed) in one call: ``FeedChecks``, the plan's ``Schedule`` of all
     outputs, ``detach``. Returns None (nothing run) when the feeds need the full check;
@@ -442,6 +445,7 @@ cdef class CheckedRun:
     cdef FeedChecks checks
     cdef Schedule schedule
     cdef object detach_fallback
+    cdef public ProgramSet programs  # the plan compiled per signature (None: the schedule alone)
 
     def __init__(self, FeedChecks checks, Schedule schedule, detach_fallback):
         self.checks, self.schedule, self.detach_fallback = checks, schedule, detach_fallback
@@ -453,6 +457,10 @@ cdef class CheckedRun:
         feeds = self.checks._feeds(feed)
         if feeds is None:
             return None
+        if self.programs is not None:
+            outputs = self.programs._run(feeds, None)
+            if outputs is not None:
+                return outputs  # fresh arrays: nothing to detach
         outputs = self.schedule._run(feeds)
         detached = _detach(outputs, feeds)
         return detached if detached is not None else self.detach_fallback(outputs, feeds)
@@ -657,5 +665,3 @@ cdef class PoolStepCore:
         finally:
             self.rows_of.frames = self.rows_of.y = None
 
-
-include "_program.pxi"
