@@ -562,7 +562,12 @@ class Programs:
         self.plan, self.wanted = plan, wanted
         self._by_signature: dict[tuple, Any] = {}
         self._lock = threading.Lock()
-        self.fast = _runtime.ProgramSet(self.lookup) if _runtime is not None else None
+        self.fast = _runtime.ProgramSet(self.lookup, self.find) if _runtime is not None else None
+
+    def find(self, feeds: Sequence[Any]):
+        """The program already compiled for ``feeds``' signature, or None."""
+        key = signature(feeds)
+        return self._by_signature.get(key) if key is not None else None
 
     def lookup(self, feeds: Sequence[Any]):
         """The program for ``feeds``' signature (compiling it on first sight), or None."""

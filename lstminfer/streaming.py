@@ -34,6 +34,7 @@ from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, Lst
 from .graph import Graph, ValueInfo
 from .ops.registry import BuildContext
 from .plan import Plan, _runtime
+from .program import Programs
 from .state_pairing import RECURRENT_OPS, Pairing, StateSlot, find_pairing
 from .time_locality import analyse
 
@@ -86,6 +87,7 @@ class StreamProgram:
                                                                          "initializers": frozenset(graph.initializers)})
         self.plan = Plan(pairing.graph, ctx)
         self.wanted = tuple(self.plan.output_slot(n) for n in self.output_names + [s.stream_output for s in self.slots])
+        self.programs = Programs(self.plan, self.wanted)
         unfed = {self.plan.output_slot(n): n for n in pairing.state_inputs}
         read = self.plan.reads(self.wanted)
         for slot, name in unfed.items():
@@ -121,11 +123,18 @@ class StreamProgram:
         n = len(self.output_names)
         return values[:n], values[n:]
 
-    def run_fast(self, data: list[np.ndarray], states: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """``run`` for feeds already checked: the direct kernel call when there is one."""
+    def run_fast(self, data: list[np.ndarray], states: list[np.ndarray],
+                 in_place: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``run`` for feeds already checked: the direct kernel call when there is one, else the
+        compiled program of their signature (``in_place``: writing the new states over ``states``'
+        arrays, which are then the states returned), else the plan."""
         direct = self.direct
         if direct is None:
-            return self.run(data, states)
+            n = len(self.output_names)
+            values = self.programs.run(data + states, [None] * n + states if in_place else None)
+            if values is None:
+                return self.run(data, states)
+            return values[:n], values[n:]
         out = direct(data[0], states)
         return [out[0]], list(out[1:])
 
@@ -392,7 +401,7 @@ class StreamProgram:
 class _PyStreamStep:
     """``Stream.step``'s fast path where lstminfer._runtime is not built (it has it in C)."""
 
-    __slots__ = ("_into", "_states")
+    __slots__ = ("_into", "_states", "_programs", "_names")
 
     def step(self, x: Any) -> Any:
         into = self._into
@@ -416,11 +425,13 @@ class Stream(_StreamStep):
     chunk that passed the full check.
     """
 
-    __slots__ = ("_program", "_shape")
+    __slots__ = ("_program", "_shape")  # and StreamCore's _into, _states, _programs, _names
 
     def __init__(self, program: StreamProgram, state: Any = None):
         self._program = program
         self._into = program.direct_into
+        self._programs = program.programs.fast if program.direct_into is None else None
+        self._names = tuple(program.output_names)
         # Always this stream's own arrays: the direct kernel updates them in place.
         self._states = [program.initial_state[s.key].copy() for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # last chunk shape that passed the full check
@@ -440,10 +451,10 @@ class Stream(_StreamStep):
                 out = direct(x, self._states)
                 self._states = _owned(out[1:])
                 return out[0]  # a kernel's Y: computed by this call, so fresh and writeable
-            outputs, states = program.run([x], self._states)
+            outputs, states = program.run_fast([x], self._states, in_place=True)
         else:
             data = program.data_feeds(x, batch=1)
-            outputs, states = program.run_fast(data, self._states)
+            outputs, states = program.run_fast(data, self._states, in_place=True)
             if len(data) == 1:
                 self._shape = data[0].shape
         self._states = _owned(states)
@@ -599,8 +610,10 @@ class StreamPool(_PoolStep):
                           for buf, s in zip(self._buffers, program.slots)]
             else:
                 states = [np.take(buf, slots, axis=s.batch_axis) for buf, s in zip(self._buffers, program.slots)]
-            outputs, new_states = program.run_fast(stacked, states)
-            for buf, s, value in zip(self._buffers, program.slots, new_states):
+            outputs, new_states = program.run_fast(stacked, states, in_place=contiguous)
+            for buf, s, value, old in zip(self._buffers, program.slots, new_states, states):
+                if value is old:  # the program wrote it in place
+                    continue
                 if contiguous:
                     _axis_slice(buf, s.batch_axis, lo, lo + len(slots))[...] = value
                 else:

@@ -615,12 +615,14 @@ cdef class OutCopy(Copy):
 
 cdef class ProgramSet:
     """The compiled programs of one plan: the last one used, checked against the feeds in C,
-    and ``lookup(feeds)`` (Python: by signature, compiling on first sight) for any other."""
+    and Python's lookup by signature for any other."""
     cdef Program last
-    cdef object lookup
+    cdef object lookup, find
 
-    def __init__(self, lookup):
-        self.lookup = lookup
+    def __init__(self, lookup, find):
+        """``lookup(feeds)`` compiles on first sight (feeds checked by the caller);
+        ``find(feeds)`` only returns a program already compiled."""
+        self.lookup, self.find = lookup, find
 
     def run(self, list feeds, list into=None):
         """The program's outputs for ``feeds`` or None (no program for them, or it declined)."""
@@ -631,6 +633,18 @@ cdef class ProgramSet:
         cdef Program program = self.last
         if program is None or not program.feeds_ok(feeds, bases):
             program = self.lookup(feeds)
+            if program is None:
+                return None
+            self.last = program
+        return program._run(feeds, into)
+
+    cdef object _run_cached(self, list feeds, list into):
+        """``run`` for feeds nobody has checked: only a program compiled before (whose own check
+        of the feeds then stands for the full one) runs them."""
+        cdef char* bases[ABSOLUTE + 1]
+        cdef Program program = self.last
+        if program is None or not program.feeds_ok(feeds, bases):
+            program = self.find(feeds)
             if program is None:
                 return None
             self.last = program

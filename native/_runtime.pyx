@@ -488,10 +488,13 @@ cdef class StreamCore:
     and writes the new states over them); anything it declines goes to ``_step_checked``."""
     cdef public object _into  # the kernel's run_into, or None
     cdef public list _states
+    cdef public ProgramSet _programs  # a whole model's streaming plan compiled (None: none)
+    cdef public tuple _names  # its data outputs
 
     def step(self, x):
         """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
         cdef list states = self._states
+        cdef Py_ssize_t n
         if self._into is not None:
             if len(states) == 2:
                 y = self._into(x, states[0], states[1])
@@ -501,6 +504,11 @@ cdef class StreamCore:
                 y = self._into(x, *states)
             if y is not None:
                 return y
+        elif self._programs is not None:  # a chunk of a signature already compiled: new states in place
+            n = len(self._names)
+            out = self._programs._run_cached([x] + states, [None] * n + states)
+            if out is not None:
+                return out[0] if n == 1 else dict(zip(self._names, out))
         return self._step_checked(x)
 
 
