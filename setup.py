@@ -22,7 +22,7 @@ extensions = [
     Extension("lstminfer._cpu", ["native/_cpu.pyx"], extra_compile_args=COMPILE_ARGS),
     # Model.run's per-call loop (feed checks, steps, output detaching) in C.
     Extension("lstminfer._runtime", ["native/_runtime.pyx"], include_dirs=[numpy.get_include()],
-              depends=["native/_program.pxi", "native/li_call.h"],
+              depends=["native/_program.pxi", "native/li_call.h", "native/li_dense.h"],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=COMPILE_ARGS),
     Extension("lstminfer._numba_entry", ["native/_numba_entry.pyx"], include_dirs=[numpy.get_include()], define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=COMPILE_ARGS),  # Numba kernels' per-call path
 ] + [

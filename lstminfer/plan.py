@@ -80,6 +80,7 @@ class Plan:
         self._schedules: dict[tuple[int, ...], tuple[tuple[Step, tuple[int, ...]], ...]] = {}
         self._compiled: dict[tuple[int, ...], tuple | None] = {}
         self._lock = threading.Lock()
+        self._programs = None  # a subgraph's compiled programs (``run``), made on first use
 
     # -- building ---------------------------------------------------------
     def _slot(self, name: str) -> int:
@@ -215,9 +216,19 @@ class Plan:
         return [values[s] for s in wanted]
 
     def run(self, inputs: Sequence[Any], outer: dict[str, Any] | None = None) -> list[Any]:
-        """Subgraph entry point (Loop/If/Scan bodies): all outputs, in order."""
+        """Subgraph entry point (Loop/If/Scan bodies): all outputs, in order. A body runs once per
+        iteration with feeds of one signature: its compiled program (``lstminfer.program``) runs
+        it when there is one."""
         outer = outer or {}
         feeds = list(inputs) + [outer[n] for n in self.outer_names]
+        programs = self._programs
+        if programs is None:
+            from .program import Programs
+
+            programs = self._programs = Programs(self, tuple(self._output_slots))
+        outputs = programs.run(feeds)
+        if outputs is not None:
+            return outputs
         return self.execute(feeds, tuple(self._output_slots))
 
     def describe_lines(self) -> list[str]:

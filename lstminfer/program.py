@@ -125,7 +125,7 @@ class _Compiler:
         self.arena = 0
         self.instructions: list[Any] = []
         self.keep: list[Any] = []  # constants the instructions point into
-        self.lines: list[str] = []
+        self.lines: dict[int, str] = {}  # index in schedule -> what became of that node
         self.fused: dict[int, str] = {}  # index in schedule -> the instruction that did its work
         feed_specs = []
         if len(feeds) > _runtime.MAX_PROGRAM_FEEDS:
@@ -219,11 +219,11 @@ class _Compiler:
                             value = np.array(value)
                             value.setflags(write=False)
                         self.values[slot] = value
-                self.lines.append(f"{node.label()}: folded (fixed for this signature)")
+                self.lines[i] = f"{node.label()}: folded (fixed for this signature)"
                 continue
             dynamic.update(s for s in step.outputs if s != _ABSENT)
             how = self.lower(i, step, outputs)
-            self.lines.append(f"{node.label()}: {how}")
+            self.lines[i] = f"{node.label()}: {how}"
         return self.program()
 
     def _trace(self, step) -> Sequence[Any]:
@@ -370,7 +370,7 @@ class _Compiler:
                           f"C dense (MatMul + {add.node.label()})")
         if how is not None:
             self.fused[j] = step.node.label()
-            self.lines.append(f"{add.node.label()}: fused into {step.node.label()} (bias)")
+            self.lines[j] = f"{add.node.label()}: fused into {step.node.label()} (its bias)"
         return how
 
     def _add_value(self, add, matmul_step, matmul_out):
@@ -517,7 +517,7 @@ class _Compiler:
             copy = copy_instruction(_runtime.OutCopy, ref, (_runtime.BASE_ARENA, 0), array.shape, array.strides,
                                     c_strides(array.shape, array.itemsize), array.itemsize)
             outputs.append((tuple(array.shape), array.dtype, copy))
-        text = "\n".join(self.lines)
+        text = "\n".join(self.lines[i] for i in sorted(self.lines))
         return _runtime.Program(self.feed_specs, tuple(self.instructions), tuple(outputs), self.arena,
                                 tuple(self.keep), text)
 
@@ -534,18 +534,26 @@ def _kernel_capsule():
     return _capsule
 
 
+@dataclass(frozen=True)
+class NotCompiled:
+    """Why a signature has no program (its calls take the plan's general path)."""
+
+    reason: str
+
+
 def compile_program(plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any]):
     """The ``_runtime.Program`` of ``plan`` for ``wanted`` and the signature of ``feeds`` (which it
-    runs once, as the trace), or None when this plan cannot be compiled for it."""
+    runs once, as the trace), or ``NotCompiled`` saying why this plan cannot be compiled for it."""
     if _runtime is None:
-        return None
+        return NotCompiled("lstminfer._runtime is not built")
     try:
         return _Compiler(plan, wanted, feeds).run()
-    except (CompileDeclined, LstminferError):
-        return None
+    except (CompileDeclined, LstminferError) as e:
+        return NotCompiled(str(e))
 
 
 def signature(feeds: Sequence[Any]) -> tuple | None:
+    """(dtype, shape) of each feed; None when one is not an ndarray (no program then)."""
     key = []
     for f in feeds:
         if f.__class__ is not np.ndarray:
@@ -566,25 +574,24 @@ class Programs:
 
     def find(self, feeds: Sequence[Any]):
         """The program already compiled for ``feeds``' signature, or None."""
-        key = signature(feeds)
-        return self._by_signature.get(key) if key is not None else None
+        program = self._by_signature.get(signature(feeds))
+        return None if isinstance(program, NotCompiled) else program
 
     def lookup(self, feeds: Sequence[Any]):
         """The program for ``feeds``' signature (compiling it on first sight), or None."""
         key = signature(feeds)
         if key is None:
             return None
-        try:
-            return self._by_signature[key]
-        except KeyError:
-            pass
-        with self._lock:
-            if key not in self._by_signature:
-                program = compile_program(self.plan, self.wanted, feeds)
-                if len(self._by_signature) >= _MAX_PROGRAMS:
-                    self._by_signature.pop(next(iter(self._by_signature)))
-                self._by_signature[key] = program
-            return self._by_signature[key]
+        program = self._by_signature.get(key)
+        if program is None:
+            with self._lock:
+                program = self._by_signature.get(key)
+                if program is None:
+                    program = compile_program(self.plan, self.wanted, feeds)
+                    if len(self._by_signature) >= _MAX_PROGRAMS:
+                        self._by_signature.pop(next(iter(self._by_signature)))
+                    self._by_signature[key] = program
+        return None if isinstance(program, NotCompiled) else program
 
     def run(self, feeds: list, into: list | None = None) -> list | None:
         """The wanted values (fresh arrays, or written into ``into``'s arrays), or None: not run."""
@@ -592,9 +599,13 @@ class Programs:
             return None
         return self.fast.run(feeds, into)
 
-    def describe(self, feeds: Sequence[Any] | None = None) -> str:
-        """The program of ``feeds``' signature (else the most recent one) as text."""
-        program = self.lookup(feeds) if feeds is not None else None
-        if program is None and self._by_signature:
-            program = next((p for p in reversed(list(self._by_signature.values())) if p is not None), None)
-        return program.text if program is not None else ""
+    def describe(self, feeds: Sequence[Any]) -> str:
+        """The program of ``feeds``' signature as text (each node: vanished, fused, folded, a C
+        instruction or NumPy), compiling it if needed; or why there is none."""
+        self.lookup(feeds)
+        program = self._by_signature.get(signature(feeds))
+        if program is None:
+            return "not compiled: the inputs are not all ndarrays"
+        if isinstance(program, NotCompiled):
+            return f"not compiled ({program.reason}): every node runs through the plan"
+        return program.text

@@ -531,11 +531,12 @@ class StreamPool(_PoolStep):
         # the whole step in C for a bare recurrent node (_runtime.PoolStepCore); None: Python
         self._fast = None
         out_axis = self._output_axes[program.output_names[0]]
-        if (_runtime is not None and program.direct_into is not None and program.chunk_batch_axis in (0, 1)
-                and out_axis is not None):
+        one_output = program.direct_into is not None or len(program.output_names) == 1
+        if _runtime is not None and one_output and program.chunk_batch_axis in (0, 1) and out_axis is not None:
+            programs = program.programs.fast if program.direct_into is None else None
             self._fast = _runtime.PoolStepCore(program.direct_into, self, self.lock, self._sid_at, self._id_bits,
                                                self._views, self._slot_views, program.chunk_batch_axis, out_axis,
-                                               lambda sids, y: _rows_by_stream(sids, y, out_axis))
+                                               lambda sids, y: _rows_by_stream(sids, y, out_axis), programs)
 
     def __len__(self) -> int:
         return self.max_streams - len(self._free)
@@ -606,8 +607,7 @@ class StreamPool(_PoolStep):
                 stacked = self._stack_checked(sids, chunks)
             lo = slots[0]
             if contiguous:
-                states = [_axis_slice(buf, s.batch_axis, lo, lo + len(slots))
-                          for buf, s in zip(self._buffers, program.slots)]
+                states = self._slot_views(lo, len(slots))
             else:
                 states = [np.take(buf, slots, axis=s.batch_axis) for buf, s in zip(self._buffers, program.slots)]
             outputs, new_states = program.run_fast(stacked, states, in_place=contiguous)

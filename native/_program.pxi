@@ -108,8 +108,8 @@ cdef class Copy(Instr):
 
 cdef class Dense(Instr):
     """out[m, :] = A[m, :] @ W + bias for M rows of K floats (row stride lda bytes) into
-    contiguous rows of N: the heads (MatMul/Gemm + Add) exporters put after a recurrent node.
-    ``wt`` is W transposed [N, K] (dot products: few outputs), ``w`` W [K, N] (row updates)."""
+    contiguous rows of N (li_dense.h): the heads (MatMul/Gemm + Add) exporters put after a
+    recurrent node. ``w`` is W [K, N], ``wt`` W transposed [N, K]."""
     cdef Ref a, out
     cdef Py_ssize_t M, K, N, lda
     cdef const float* w
@@ -140,31 +140,9 @@ cdef class Dense(Instr):
         return 0
 
 
-cdef void dense_rows(const float* A, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda, const float* w,
-                     const float* wt, const float* bias, float* out, Py_ssize_t N) noexcept nogil:
-    cdef Py_ssize_t m, n, k
-    cdef const float* a
-    cdef float* o
-    cdef const float* wk
-    cdef float acc, x
-    for m in range(M):
-        a = <const float*>(<const char*>A + m * lda)
-        o = out + m * N
-        if N < 16:
-            for n in range(N):
-                wk = wt + n * K
-                acc = 0.0
-                for k in range(K):
-                    acc = acc + a[k] * wk[k]
-                o[n] = acc + (bias[n] if bias != NULL else 0.0)
-        else:
-            for n in range(N):
-                o[n] = bias[n] if bias != NULL else 0.0
-            for k in range(K):
-                x = a[k]
-                wk = w + k * N
-                for n in range(N):
-                    o[n] = o[n] + x * wk[n]
+cdef extern from "li_dense.h":
+    void dense_rows "li_dense_rows"(const float* A, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda, const float* w,
+                                    const float* wt, const float* bias, float* out, Py_ssize_t N) noexcept nogil
 
 
 cdef enum:

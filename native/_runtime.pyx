@@ -561,6 +561,8 @@ cdef class PoolStepCore:
     whenever anything is unusual; the caller then takes its full path, which reports errors."""
     cdef object into, empty, dtype, slot_views, X, Y, acquire, release, sid_array
     cdef PoolCore pool
+    cdef ProgramSet programs  # a whole model (into None): its streaming plan compiled
+    cdef Py_ssize_t noutputs  # the programs' data outputs (one), before the new states
     cdef dict views
     cdef const long long* sid_at
     cdef long long id_mask
@@ -569,11 +571,16 @@ cdef class PoolStepCore:
     cdef RowsOf rows_of
 
     def __init__(self, into, PoolCore pool, lock, sid_at, int id_bits, dict views, slot_views,
-                 Py_ssize_t batch_axis, int out_axis, split_rows):
+                 Py_ssize_t batch_axis, int out_axis, split_rows, ProgramSet programs=None):
         """``sid_at``: the pool's int64 array of the id open in each slot (-1: none), updated in
-        place by open/close; ids are generation << id_bits | slot."""
+        place by open/close; ids are generation << id_bits | slot. ``into``: the bare recurrent
+        node's run_into; else (None) ``programs``, the compiled programs of a one-output model,
+        which run a batch whose signature the pool's full path compiled before."""
         cdef const long long[::1] ids = sid_at
+        if (into is None) == (programs is None):
+            raise ValueError("PoolStepCore: one of into and programs")
         self.into, self.pool, self.views, self.slot_views = into, pool, views, slot_views
+        self.programs, self.noutputs = programs, 1
         self.acquire, self.release = lock.acquire, lock.release
         self.sid_array, self.sid_at, self.max_streams = sid_at, &ids[0], ids.shape[0]
         self.id_mask = (1LL << id_bits) - 1
@@ -653,6 +660,15 @@ cdef class PoolStepCore:
         views = self.views.get((first, n))
         if views is None:
             views = self.slot_views(first, n)
+        if self.programs is not None:  # the new states written over the slots' views
+            out = self.programs._run_cached([X] + views, [None] * self.noutputs + views)
+            if out is None:
+                return None
+            self.rows_of.frames = frames
+            try:
+                return self.rows_of(out[0])
+            finally:
+                self.rows_of.frames = self.rows_of.y = None
         # The last step's Y again when nothing but this object holds it any more (the caller
         # dropped every row of it: no one can see it change); a fresh 16 KiB Y per step cost
         # ~1 us in malloc and free at 64 streams.
