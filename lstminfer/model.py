@@ -253,8 +253,11 @@ class Model(_RunCore):
 
         return StreamPool(program_for(self), max_streams)
 
-    def describe(self) -> str:
-        """The plan as text: each node, its op, output shapes and what runs it."""
+    def describe(self, feeds: Mapping[str, Any] | None = None) -> str:
+        """The plan as text (each node, its op, output shapes and what runs it), then the
+        compiled program of ``feeds``' signature (default: zeros with every free dim 1): which
+        nodes vanished into views, fused into another's instruction, were folded, run as C
+        instructions, or fall back to NumPy."""
         head = [
             f"model: {self.source}  backend: {self.backend}  opsets: {self._imported.graph.opsets}",
             "inputs:  " + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self.get_inputs()),
@@ -264,7 +267,19 @@ class Model(_RunCore):
         if self.quantize:
             head.insert(3, f"quantize={self.quantize}: dense weights quantized at load: "
                            + (", ".join(self.quantized_dense) or "none (none float32 with >= 4096 values)"))
-        return "\n".join(head + ["  " + line for line in self._plan.describe_lines()])
+        lines = head + ["  " + line for line in self._plan.describe_lines()]
+        try:
+            values = self._validated_feeds(feeds if feeds is not None else self._example_feeds())
+        except (InvalidInputError, InvalidArgumentError) as e:
+            return "\n".join(lines + [f"compiled program: none for these inputs ({e})"])
+        shapes = ", ".join(f"{vi.name} {list(np.shape(v))}" for vi, v in zip(self._inputs, values))
+        program = self._programs.describe(values)
+        return "\n".join(lines + [f"compiled program for {shapes}:"] + ["  " + line for line in program.splitlines()])
+
+    def _example_feeds(self) -> dict[str, np.ndarray]:
+        """Zeros of each input's dtype, every dim that is not fixed 1: describe()'s default signature."""
+        return {vi.name: np.zeros([d if isinstance(d, int) else 1 for d in (vi.shape or ())], dtype=vi.dtype or np.float32)
+                for vi in self._inputs}
 
     def __repr__(self) -> str:
         return f"<lstminfer.Model {self.source!r} inputs={self.input_names} outputs={self.output_names}>"

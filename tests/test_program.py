@@ -1,0 +1,315 @@
+"""The compiled program (lstminfer/program.py, native/_program.pxi) against the plan it compiles.
+
+Every ``Model.run``, ``Stream.step`` and ``StreamPool.step`` already goes through it (the rest of
+the suite checks their results); here: that whole exports really compile (views vanish, heads
+fuse, kernels run in C), that each instruction kind gives the plan's numbers on fresh random
+shapes, and what happens at the edges: a result whose shape depends on the data, strided
+feeds, threads, outputs the caller writes to.
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnxruntime as ort
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+import lstminfer
+from lstminfer import models
+
+TOL = 1e-5
+
+
+def plan_outputs(model, feeds: dict) -> list[np.ndarray]:
+    """The plan's general path (node by node), for comparison with the program."""
+    return model._plan.execute([feeds[n] for n in model.input_names], model._wanted(None))
+
+
+def program_text(model, feeds: dict) -> str:
+    """The compiled-program part of ``describe(feeds)``."""
+    text = model.describe(feeds)
+    assert "compiled program for" in text, text
+    return text.split("compiled program for", 1)[1]
+
+
+def ort_session(model_or_path):
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    source = model_or_path.SerializeToString() if isinstance(model_or_path, onnx.ModelProto) else model_or_path
+    return ort.InferenceSession(source, so, providers=["CPUExecutionProvider"])
+
+
+def bundled_feeds(model, rng, batch, time):
+    feeds = {}
+    for vi in model.get_inputs():
+        shape = [batch if d == "batch" else time if d == "time" else d for d in vi.shape]
+        feeds[vi.name] = rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+# ------------------------------------------------------------ whole exports
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_bundled_model_compiles_glue_away(name):
+    model = lstminfer.load(models.path(name))
+    feeds = bundled_feeds(model, np.random.default_rng(0), 1, 1)
+    text = program_text(model, feeds)
+    assert "not compiled" not in text
+    assert text.count("vanished (a view)") == 3  # Transpose, Squeeze, Transpose
+    assert "C LSTM kernel" in text or "C GRU kernel" in text
+    assert "fused into node '/head/MatMul'" in text
+    assert "numpy" not in text  # nothing left in Python
+
+
+@pytest.mark.parametrize("name", models.available())
+@pytest.mark.parametrize("batch,time", [(1, 1), (3, 7), (2, 200)])
+def test_bundled_model_program_matches_plan_and_onnxruntime(name, batch, time):
+    model = lstminfer.load(models.path(name))
+    feeds = bundled_feeds(model, np.random.default_rng(batch * time), batch, time)
+    got = model.run(None, feeds)
+    for g, p, o in zip(got, plan_outputs(model, feeds), ort_session(models.path(name)).run(None, feeds)):
+        np.testing.assert_allclose(g, p, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(g, o, atol=TOL, rtol=TOL)
+
+
+@pytest.mark.parametrize("name", models.available())
+def test_state_fed_back_loop_matches_onnxruntime(name):
+    """The loop every onnxruntime user writes: T=1 runs, h_n/c_n fed back as h0/c0."""
+    model = lstminfer.load(models.path(name))
+    sess = ort_session(models.path(name))
+    rng = np.random.default_rng(1)
+    ours = bundled_feeds(model, rng, 1, 1)
+    theirs = dict(ours)
+    states = [vi.name for vi in model.get_inputs()][1:]
+    for _ in range(30):
+        x = rng.standard_normal(ours["x"].shape).astype(np.float32)
+        ours["x"] = theirs["x"] = x
+        got, want = model.run(None, ours), sess.run(None, theirs)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=TOL, rtol=TOL)
+        ours.update(zip(states, got[1:]))
+        theirs.update(zip(states, want[1:]))
+
+
+torch_models = pytest.importorskip("torch_models", reason="torch is not installed")
+
+
+@pytest.mark.parametrize("exporter,opset", [("torchscript", 17), ("dynamo", 18)])
+def test_two_layer_batch_first_state_io_loop(exporter, opset):
+    """A PyTorch 2-layer batch-first LSTM with h0/c0 in and h_n/c_n out (Slice/Concat of the
+    per-layer states): the state-fed-back loop compiles to two C kernels and copies."""
+    spec = torch_models.RecurrentSpec("LSTM", num_layers=2, batch_first=True, state_io=True)
+    onnx_bytes = torch_models.export(spec, exporter, opset, 3, 1)  # dynamo fixes T at export: 1
+    model, sess = lstminfer.load(onnx_bytes), ort_session_bytes(onnx_bytes)
+    rng = np.random.default_rng(2)
+    feeds = spec.make_inputs(rng, 1, 1)
+    text = program_text(model, feeds)
+    assert text.count("C LSTM kernel") == 2, text
+    assert "numpy" not in text, text
+    theirs = dict(feeds)
+    for _ in range(10):
+        got, want = model.run(None, feeds), sess.run(None, theirs)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=TOL, rtol=TOL)
+        x = rng.standard_normal(feeds["x"].shape).astype(np.float32)
+        feeds = {"x": x, "h0": got[1], "c0": got[2]}
+        theirs = {"x": x, "h0": want[1], "c0": want[2]}
+
+
+def ort_session_bytes(data: bytes):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+def test_embedding_classifier_compiles_gather_and_softmax():
+    spec = torch_models.ClassifierSpec()
+    data = torch_models.export(spec, "torchscript", 17)
+    model, sess = lstminfer.load(data), ort_session_bytes(data)
+    feeds = spec.make_inputs(np.random.default_rng(3), 4, 9)
+    text = program_text(model, feeds)
+    assert "C row lookup (Gather)" in text and "C softmax" in text, text
+    for g, w in zip(model.run(None, feeds), sess.run(None, feeds)):
+        np.testing.assert_allclose(g, w, atol=TOL, rtol=TOL)
+
+
+# ------------------------------------------------------------ instruction kinds on random shapes
+
+
+def _glue_model(shape, perm, const_shape, n_out, opset=17):
+    """X -> Transpose -> Mul(const, broadcast) -> Add(X') -> Tanh -> Sigmoid -> MatMul(W) -> Add(b)
+    -> Softmax(-1), and a Concat of two branches: every C instruction kind."""
+    F = shape[perm[-1]]
+    rng = np.random.default_rng(sum(shape) + n_out)
+    inits = [
+        onnx.numpy_helper.from_array(rng.standard_normal(const_shape).astype(np.float32), "scale"),
+        onnx.numpy_helper.from_array(rng.standard_normal((F, n_out)).astype(np.float32), "W"),
+        onnx.numpy_helper.from_array(rng.standard_normal(n_out).astype(np.float32), "b"),
+    ]
+    nodes = [
+        oh.make_node("Transpose", ["x"], ["xt"], perm=list(perm)),
+        oh.make_node("Mul", ["xt", "scale"], ["scaled"]),
+        oh.make_node("Add", ["scaled", "xt"], ["summed"]),
+        oh.make_node("Tanh", ["summed"], ["t"]),
+        oh.make_node("Sigmoid", ["t"], ["s"]),
+        oh.make_node("MatMul", ["s", "W"], ["mm"]),
+        oh.make_node("Add", ["mm", "b"], ["head"]),
+        oh.make_node("Softmax", ["head"], ["probs"], axis=-1),
+        oh.make_node("Relu", ["xt"], ["r"]),
+        oh.make_node("Concat", ["t", "r"], ["both"], axis=len(shape) - 1),
+    ]
+    graph = oh.make_graph(nodes, "glue", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(shape))],
+                          [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("probs", "both")],
+                          inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
+    model.ir_version = 8
+    return model
+
+
+@st.composite
+def glue_cases(draw):
+    shape = draw(hnp.array_shapes(min_dims=2, max_dims=4, min_side=1, max_side=6))
+    perm = draw(st.permutations(range(len(shape))))
+    out_shape = tuple(shape[p] for p in perm)
+    # the constant broadcasts over some axes (size 1 there) and matches the others
+    const_shape = tuple(draw(st.sampled_from([1, d])) for d in out_shape)
+    return shape, tuple(perm), const_shape, draw(st.integers(1, 20)), draw(st.integers(0, 2**16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(glue_cases())
+def test_every_instruction_kind_matches_the_plan_and_onnxruntime(case):
+    shape, perm, const_shape, n_out, seed = case
+    onnx_model = _glue_model(shape, perm, const_shape, n_out)
+    model = lstminfer.load(onnx_model)
+    x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+    text = program_text(model, {"x": x})
+    assert "numpy" not in text, text
+    got = model.run(None, {"x": x})
+    plan = plan_outputs(model, {"x": x})
+    want = ort_session(onnx_model).run(None, {"x": x})
+    for g, p, w in zip(got, plan, want):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_allclose(g, p, atol=2e-6, rtol=1e-5)
+        np.testing.assert_allclose(g, w, atol=2e-6, rtol=1e-5)
+
+
+def test_gather_out_of_range_id_is_reported_not_read():
+    table = np.arange(12, dtype=np.float32).reshape(4, 3)
+    graph = oh.make_graph([oh.make_node("Gather", ["table", "ids"], ["rows"], name="lookup")], "g",
+                          [oh.make_tensor_value_info("ids", onnx.TensorProto.INT64, [None])],
+                          [oh.make_tensor_value_info("rows", onnx.TensorProto.FLOAT, None)],
+                          [onnx.numpy_helper.from_array(table, "table")])
+    model = lstminfer.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    np.testing.assert_array_equal(model.run(None, {"ids": np.array([3, -1, 0])})[0], table[[3, -1, 0]])
+    assert "C row lookup" in program_text(model, {"ids": np.array([3, -1, 0])})
+    with pytest.raises(lstminfer.errors.ExecutionError, match="lookup"):
+        model.run(None, {"ids": np.array([1, 4, 0])})  # same signature, id out of range
+
+
+# ------------------------------------------------------------ edges
+
+
+def test_data_dependent_shape_declines_to_the_plan():
+    """NonZero's output length depends on the values: the program compiled for one call's
+    values declines on another's, and the plan gives the right answer."""
+    nodes = [oh.make_node("NonZero", ["x"], ["nz"]), oh.make_node("Cast", ["nz"], ["y"], to=onnx.TensorProto.FLOAT)]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [6])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)])
+    model = lstminfer.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    for x in ([0, 1, 0, 2, 0, 3], [1, 1, 1, 1, 1, 0], [0, 0, 0, 0, 0, 0], [0, 1, 0, 2, 0, 3]):
+        x = np.array(x, dtype=np.float32)
+        np.testing.assert_array_equal(model.run(None, {"x": x})[0], np.nonzero(x)[0][None].astype(np.float32))
+
+
+def test_strided_and_readonly_feeds_give_the_same_numbers():
+    model = lstminfer.load(models.path("adding_lstm"))
+    rng = np.random.default_rng(4)
+    big = rng.standard_normal((3, 10, 4)).astype(np.float32)
+    x = big[:, ::2, 1:3]  # not contiguous
+    h = np.zeros((1, 3, 32), np.float32)
+    h.flags.writeable = False
+    got = model.run(None, {"x": x, "h0": h, "c0": h})
+    want = model.run(None, {"x": np.ascontiguousarray(x), "h0": h.copy(), "c0": h.copy()})
+    for g, w in zip(got, want):  # the plan's NumPy head for the strided call: float32 rounding apart
+        np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-6)
+
+
+def test_outputs_are_fresh_and_writeable():
+    model = lstminfer.load(models.path("adding_lstm"))
+    feeds = bundled_feeds(model, np.random.default_rng(5), 1, 1)
+    first = model.run(None, feeds)
+    kept = [a.copy() for a in first]
+    for a in first:
+        assert a.flags.writeable and a.flags.owndata
+        assert not any(np.shares_memory(a, f) for f in feeds.values())
+        a[...] = 7.0  # the caller's: a later call neither sees nor overwrites it
+    second = model.run(None, feeds)
+    for k, s in zip(kept, second):
+        np.testing.assert_array_equal(k, s)
+    assert all((a == 7.0).all() for a in first)
+
+
+def test_threads_share_a_program():
+    model = lstminfer.load(models.path("forecast_lstm"))
+    rng = np.random.default_rng(6)
+    cases = [bundled_feeds(model, rng, 2, 5) for _ in range(8)]
+    expected = [model.run(None, f) for f in cases]
+    errors = []
+
+    def worker(k):
+        for _ in range(200):
+            i = (k + _) % len(cases)
+            got = model.run(None, cases[i])
+            if not all(np.array_equal(g, e) for g, e in zip(got, expected[i])):
+                errors.append(i)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+def test_stream_updates_its_own_states_in_place():
+    model = lstminfer.load(models.path("adding_lstm"))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((1, 12, 2)).astype(np.float32)
+    a, b = model.stream(), model.stream()
+    before = b.state
+    ys = [a.step(x[:, t:t + 1]) for t in range(12)]
+    for key, value in b.state.items():  # the other stream is untouched
+        np.testing.assert_array_equal(value, before[key])
+    whole_y, h_n, c_n = model.run(None, {"x": x, "h0": np.zeros((1, 1, 32), np.float32),
+                                         "c0": np.zeros((1, 1, 32), np.float32)})
+    np.testing.assert_allclose(np.concatenate(ys, axis=1), whole_y, atol=TOL, rtol=0)
+    h_key = [s.key for s in a._program.slots if s.kind == "h"][0]
+    np.testing.assert_allclose(a.state[h_key], h_n, atol=TOL, rtol=0)
+
+
+def test_whole_model_pool_matches_streams_alone():
+    model = lstminfer.load(models.path("forecast_gru"))
+    rng = np.random.default_rng(8)
+    pool = model.stream_pool(16)
+    ids = [pool.open() for _ in range(16)]
+    alone = {sid: model.stream() for sid in ids}
+    for step in range(6):
+        chosen = ids if step % 2 == 0 else ids[3:11]  # all, then a run of slots
+        frames = {sid: rng.standard_normal((1, 1, 1)).astype(np.float32) for sid in chosen}
+        out = pool.step(frames)
+        for sid, chunk in frames.items():
+            np.testing.assert_allclose(out[sid], alone[sid].step(chunk), atol=1e-6, rtol=0)
+
+
+def test_describe_shows_the_program():
+    model = lstminfer.load(models.path("adding_lstm"))
+    text = model.describe()
+    assert "compiled program" in text and "vanished (a view)" in text and "fused into" in text
