@@ -22,14 +22,14 @@ extensions = [
     Extension("lstminfer._cpu", ["native/_cpu.pyx"], extra_compile_args=COMPILE_ARGS),
     # Model.run's per-call loop (feed checks, steps, output detaching) in C.
     Extension("lstminfer._runtime", ["native/_runtime.pyx"], include_dirs=[numpy.get_include()],
-              depends=["native/_program.pxi", "native/li_call.h", "native/li_dense.h"],
+              depends=["native/_program.pxi", "native/li_call.h", "native/li_dense.h", "native/li_typed.h", "native/li_vector.h", "native/li_math.h"],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=COMPILE_ARGS),
     Extension("lstminfer._numba_entry", ["native/_numba_entry.pyx"], include_dirs=[numpy.get_include()], define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=COMPILE_ARGS),  # Numba kernels' per-call path
 ] + [
     Extension(f"lstminfer._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
               include_dirs=[numpy.get_include()],  # outputs allocated through numpy's C API
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-              extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi", "native/li_vnni.h", "native/li_workers.h", "native/li_call.h"])
+              extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi", "native/li_vnni.h", "native/li_workers.h", "native/li_call.h", "native/li_math.h"])
     for suffix, flags in RNN_ISA_ARGS.items()
 ]
 

@@ -225,7 +225,7 @@ class Plan:
         if programs is None:
             from .program import Programs
 
-            programs = self._programs = Programs(self, tuple(self._output_slots))
+            programs = self._programs = Programs(self, tuple(self._output_slots), body=True)
         outputs = programs.run(feeds)
         if outputs is not None:
             return outputs

@@ -91,6 +91,11 @@ def copy_instruction(cls, src: tuple[int, int], dst: tuple[int, int], shape: Seq
     return cls(src, dst, tuple(dims), tuple(s), tuple(d), inner)
 
 
+def _Row(src, dst, dims, src_strides, dst_strides, inner):
+    """copy_instruction's arguments for GatherRows' per-row block copy."""
+    return dims, src_strides, dst_strides, inner
+
+
 def c_strides(shape: Sequence[int], itemsize: int) -> tuple[int, ...]:
     strides, step = [], itemsize
     for d in reversed(shape):
@@ -105,6 +110,18 @@ except ImportError:  # pragma: no cover - numpy 1.x
     _byte_bounds = np.byte_bounds
 
 
+def _copy_with_strides(value: np.ndarray) -> np.ndarray:
+    """A copy of ``value`` in memory of its own, laid out with the same strides."""
+    if value.flags.c_contiguous:
+        return np.array(value, order="C", copy=True)
+    lo, hi = _byte_bounds(value)
+    buffer = np.empty(max(hi - lo, 1) + _ALIGN, np.uint8)
+    first = (-_address(buffer)) % _ALIGN + (_address(value) - lo)  # element 0, the lowest byte aligned
+    copy = np.ndarray(value.shape, value.dtype, buffer, first, value.strides)
+    copy[...] = value
+    return copy
+
+
 def _address(array: np.ndarray) -> int:
     return array.__array_interface__["data"][0]
 
@@ -116,8 +133,11 @@ def _is_c_contiguous(array: np.ndarray) -> bool:
 class _Compiler:
     """One compile: the trace of ``plan``'s schedule for ``wanted`` on ``feeds``, lowered."""
 
-    def __init__(self, plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any]):
-        self.plan, self.wanted = plan, wanted
+    def __init__(self, plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any], body: bool = False,
+                 pinned: frozenset[int] = frozenset()):
+        """``body``: a subgraph's program, whose outputs that are a feed or a constant hand it
+        back as it is; ``pinned``: feeds compiled in as constants (only they are accepted)."""
+        self.plan, self.wanted, self.body = plan, wanted, body
         self.schedule = [step for step, _ in plan.schedule(wanted)]
         self.values: list[Any] = plan._template.copy()
         self.places: dict[int, _Place] = {}
@@ -128,22 +148,32 @@ class _Compiler:
         self.lines: dict[int, str] = {}  # index in schedule -> what became of that node
         self.fused: dict[int, str] = {}  # index in schedule -> the instruction that did its work
         feed_specs = []
+        self.dynamic: set[int] = set()
         if len(feeds) > _runtime.MAX_PROGRAM_FEEDS:
             raise CompileDeclined(f"more than {_runtime.MAX_PROGRAM_FEEDS} feeds")
         for k, (slot, value) in enumerate(zip(plan._feed_slots, feeds)):
             if value.__class__ is not np.ndarray or value.dtype.hasobject:
                 raise CompileDeclined(f"feed {k} is not a numeric ndarray")
-            traced = np.array(value, order="C", copy=True)  # memory of its own: views are found by address
+            if k in pinned:
+                self.values[slot] = value
+                feed_specs.append((value.dtype, tuple(value.shape), value))
+                continue
+            if not value.flags.aligned:
+                raise CompileDeclined(f"feed {k} is not aligned")
+            traced = _copy_with_strides(value)  # memory of its own: views are found by address
             self.values[slot] = traced
             self._own(slot, 1 + k, 0, traced)
-            feed_specs.append((value.dtype, tuple(value.shape)))
+            self.dynamic.add(slot)
+            strided = not value.flags.c_contiguous
+            feed_specs.append((value.dtype, tuple(value.shape)) + ((None, value.strides) if strided else ()))
         self.feed_specs = tuple(feed_specs)
 
     # -- memory ---------------------------------------------------------------
     def _own(self, slot: int, base: int, offset: int, array: np.ndarray) -> _Place:
+        """``array`` (its element 0 at ``offset`` from ``base``) owns the memory its bytes span."""
         place = self.places[slot] = _Place(base, offset, array)
-        start = _address(array)
-        self.regions.append((start, start + max(array.nbytes, 1), base, offset))
+        lo, hi = _byte_bounds(array)
+        self.regions.append((lo, max(hi, lo + 1), base, offset - (_address(array) - lo)))
         self.values[slot] = array
         return place
 
@@ -197,7 +227,7 @@ class _Compiler:
 
     # -- the trace --------------------------------------------------------------
     def run(self) -> Any:
-        dynamic = {self.plan._feed_slots[k] for k in range(len(self.feed_specs))}
+        dynamic = self.dynamic
         readers: dict[int, list[int]] = {}
         for i, step in enumerate(self.schedule):
             for s in step.inputs + step.outer:
@@ -247,6 +277,8 @@ class _Compiler:
             lowering = self.unary
         if lowering is None and op in _runtime.BINARY_CODES:
             lowering = self.binary
+        if op in _runtime.TYPED_OPS and (lowering is None or not self._out_f32(outputs)):
+            lowering = self.typed
         if lowering is not None:
             how = lowering(i, step, outputs)
             if how is not None:
@@ -464,23 +496,52 @@ class _Compiler:
         return "C copies (Concat)"
 
     def gather(self, i, step, outputs):
-        if step.node.attr("axis", 0) != 0 or step.inputs[0] in self.places:
+        if step.node.attr("axis", 0) != 0 or len(step.inputs) != 2:
             return None
-        table = self.values[step.inputs[0]]
-        ids = self.values[step.inputs[1]]
+        table, ids = self.values[step.inputs[0]], self.values[step.inputs[1]]
         if not (isinstance(table, np.ndarray) and table.ndim >= 1 and not table.dtype.hasobject
                 and isinstance(ids, np.ndarray) and ids.dtype in (np.int32, np.int64)):
             return None
-        table = np.ascontiguousarray(table)
-        if table.ndim == 1:
-            table = table.reshape(-1, 1)
-            if outputs[0].shape != ids.shape:
-                return None
-        ref, ids_value = self.contiguous_source(step.inputs[1])
-        place = self.alloc(step.outputs[0], outputs[0].shape, outputs[0].dtype, outputs[0])
-        self.keep.append(table)
-        self.instructions.append(_runtime.GatherRows(table, ref, ids_value.size, ids_value.itemsize, place.ref))
+        out = outputs[0]
+        if not isinstance(out, np.ndarray) or out.shape != ids.shape + table.shape[1:] or out.dtype != table.dtype:
+            return None
+        table_ref, table = self.source(step.inputs[0])
+        if not table.flags.aligned:
+            return None
+        ids_ref, ids = self.contiguous_source(step.inputs[1])
+        place = self.alloc(step.outputs[0], out.shape, out.dtype, out)
+        row_shape = table.shape[1:]
+        row = copy_instruction(_Row, None, None, row_shape, table.strides[1:], c_strides(row_shape, table.itemsize),
+                               table.itemsize)
+        self.instructions.append(_runtime.GatherRows(
+            table_ref, table.shape[0], table.strides[0], ids_ref, ids.size, ids.itemsize, place.ref,
+            table.itemsize * int(np.prod(row_shape, dtype=np.int64)), *row))
         return "C row lookup (Gather)"
+
+    def typed(self, i, step, outputs):
+        node, codes = step.node, _runtime.TYPED_DTYPES
+        out = outputs[0]
+        unary = node.op_type in ("Cast", "Not", "Neg")
+        if len(step.inputs) != (1 if unary else 2) or _ABSENT in step.inputs or len(outputs) != 1:
+            return None
+        if not isinstance(out, np.ndarray) or out.dtype not in codes:
+            return None
+        sources = [self.source(s) for s in step.inputs]
+        if any(a.dtype not in codes for _, a in sources):
+            return None
+        if node.op_type == "Div" and any(a.dtype.kind != "f" for _, a in sources):
+            return None  # integer division: NumPy's rounding, left to its kernel
+        shape = np.broadcast_shapes(*(a.shape for _, a in sources))
+        if shape != out.shape:
+            return None
+        place = self.alloc(step.outputs[0], shape, out.dtype, out)
+        strides = [np.broadcast_to(a, shape).strides for _, a in sources] + [c_strides(shape, out.itemsize)]
+        dims, merged = collapse(shape, *strides)
+        (a_ref, a), (b_ref, b) = sources[0], sources[-1]
+        self.instructions.append(_runtime.Typed(
+            _runtime.TYPED_OPS[node.op_type], a_ref, codes[a.dtype], None if unary else b_ref, codes[b.dtype],
+            place.ref, codes[out.dtype], tuple(dims), tuple(merged[0]), tuple(merged[-2]), tuple(merged[-1])))
+        return "C elementwise"
 
     def python_call(self, step, outputs) -> str:
         args = []
@@ -507,6 +568,23 @@ class _Compiler:
         return f"numpy ({step.describe}) on the program's memory"
 
     # -- the program --------------------------------------------------------------
+    def alias(self, slot: int):
+        """What a body's program may hand back for output ``slot`` as it is: ("feed", k) when it
+        is all of feed k, ("obj", value) for a constant; None (copied) otherwise, and always
+        for a model's own run (its outputs never alias its inputs or constants)."""
+        if not self.body:
+            return None
+        place = self.places.get(slot)
+        if place is None:
+            value = self.values[slot]
+            return ("obj", value) if is_pinned(value) else None
+        if place.base >= 1 and place.base - 1 < len(self.feed_specs) and place.offset == 0:
+            k = place.base - 1
+            shape = self.feed_specs[k][1]
+            if place.array.shape == shape and place.array.strides == c_strides(shape, place.array.itemsize):
+                return ("feed", k)
+        return None
+
     def program(self):
         outputs = []
         for slot in self.wanted:
@@ -516,10 +594,16 @@ class _Compiler:
             ref, array = self.source(slot)
             copy = copy_instruction(_runtime.OutCopy, ref, (_runtime.BASE_ARENA, 0), array.shape, array.strides,
                                     c_strides(array.shape, array.itemsize), array.itemsize)
-            outputs.append((tuple(array.shape), array.dtype, copy))
+            outputs.append((tuple(array.shape), array.dtype, copy, self.alias(slot)))
         text = "\n".join(self.lines[i] for i in sorted(self.lines))
         return _runtime.Program(self.feed_specs, tuple(self.instructions), tuple(outputs), self.arena,
                                 tuple(self.keep), text)
+
+
+def is_pinned(value: Any) -> bool:
+    """A read-only ndarray owning (through its bases) its memory: a constant a body's program may
+    compile in (checked by identity on every call)."""
+    return value.__class__ is np.ndarray and not value.flags.writeable
 
 
 _capsule = None
@@ -541,13 +625,14 @@ class NotCompiled:
     reason: str
 
 
-def compile_program(plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any]):
+def compile_program(plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any], body: bool = False,
+                    pinned: frozenset[int] = frozenset()):
     """The ``_runtime.Program`` of ``plan`` for ``wanted`` and the signature of ``feeds`` (which it
     runs once, as the trace), or ``NotCompiled`` saying why this plan cannot be compiled for it."""
     if _runtime is None:
         return NotCompiled("lstminfer._runtime is not built")
     try:
-        return _Compiler(plan, wanted, feeds).run()
+        return _Compiler(plan, wanted, feeds, body, pinned).run()
     except (CompileDeclined, LstminferError) as e:
         return NotCompiled(str(e))
 
@@ -558,40 +643,67 @@ def signature(feeds: Sequence[Any]) -> tuple | None:
     for f in feeds:
         if f.__class__ is not np.ndarray:
             return None
-        key.append((f.dtype.str, f.shape))
+        key.append((f.dtype.str, f.shape) if f.flags.c_contiguous else (f.dtype.str, f.shape, f.strides))
     return tuple(key)
 
 
 class Programs:
     """One compiled program per signature of ``plan``'s feeds for ``wanted`` (compiled on first
-    sight, kept for up to _MAX_PROGRAMS signatures), with the C fast path for a repeated one."""
+    sight, kept for up to _MAX_PROGRAMS signatures), with the C fast path for a repeated one.
 
-    def __init__(self, plan: Plan, wanted: tuple[int, ...]):
-        self.plan, self.wanted = plan, wanted
+    ``body``: the programs of a subgraph body (Loop/Scan/If), run once per iteration. Read-only
+    feeds that stay the same object from iteration to iteration (values from the enclosing
+    graph, and loop-carried values the body hands back unchanged: tf2onnx carries its weights
+    that way) are compiled in as constants, so that their MatMuls become dense instructions;
+    such a program only accepts those very objects (its signature holds their identity)."""
+
+    def __init__(self, plan: Plan, wanted: tuple[int, ...], body: bool = False):
+        self.plan, self.wanted, self.body = plan, wanted, body
         self._by_signature: dict[tuple, Any] = {}
+        self._pins: dict[tuple, tuple[int, ...]] = {}  # a body's shapes -> the feeds it pins
         self._lock = threading.Lock()
         self.fast = _runtime.ProgramSet(self.lookup, self.find) if _runtime is not None else None
 
+    def _key(self, feeds: Sequence[Any]) -> tuple | None:
+        shapes = signature(feeds)
+        if shapes is None or not self.body:
+            return shapes
+        pins = self._pins.get(shapes)
+        if pins is None:
+            return None
+        return shapes + tuple(id(feeds[k]) for k in pins)
+
     def find(self, feeds: Sequence[Any]):
         """The program already compiled for ``feeds``' signature, or None."""
-        program = self._by_signature.get(signature(feeds))
+        program = self._by_signature.get(self._key(feeds))
         return None if isinstance(program, NotCompiled) else program
 
     def lookup(self, feeds: Sequence[Any]):
         """The program for ``feeds``' signature (compiling it on first sight), or None."""
-        key = signature(feeds)
-        if key is None:
-            return None
-        program = self._by_signature.get(key)
+        program = self._by_signature.get(self._key(feeds))
         if program is None:
             with self._lock:
-                program = self._by_signature.get(key)
-                if program is None:
-                    program = compile_program(self.plan, self.wanted, feeds)
-                    if len(self._by_signature) >= _MAX_PROGRAMS:
-                        self._by_signature.pop(next(iter(self._by_signature)))
-                    self._by_signature[key] = program
+                program = self._compile(feeds)
         return None if isinstance(program, NotCompiled) else program
+
+    def _compile(self, feeds: Sequence[Any]):
+        shapes = signature(feeds)
+        if shapes is None:
+            return NotCompiled("a feed is not an ndarray")
+        pins: tuple[int, ...] = ()
+        if self.body:
+            pins = self._pins.get(shapes)
+            if pins is None:  # which read-only feeds stay put: those of a first, unpinned program
+                first = compile_program(self.plan, self.wanted, feeds, body=True)
+                pins = self._pins[shapes] = _steady_feeds(first, self.plan, feeds)
+        key = shapes + tuple(id(feeds[k]) for k in pins) if self.body else shapes
+        program = self._by_signature.get(key)
+        if program is None:
+            program = compile_program(self.plan, self.wanted, feeds, body=self.body, pinned=frozenset(pins))
+            if len(self._by_signature) >= _MAX_PROGRAMS:
+                self._by_signature.pop(next(iter(self._by_signature)))
+            self._by_signature[key] = program
+        return program
 
     def run(self, feeds: list, into: list | None = None) -> list | None:
         """The wanted values (fresh arrays, or written into ``into``'s arrays), or None: not run."""
@@ -602,10 +714,17 @@ class Programs:
     def describe(self, feeds: Sequence[Any]) -> str:
         """The program of ``feeds``' signature as text (each node: vanished, fused, folded, a C
         instruction or NumPy), compiling it if needed; or why there is none."""
-        self.lookup(feeds)
-        program = self._by_signature.get(signature(feeds))
-        if program is None:
-            return "not compiled: the inputs are not all ndarrays"
+        with self._lock:
+            program = self._compile(feeds)
         if isinstance(program, NotCompiled):
             return f"not compiled ({program.reason}): every node runs through the plan"
         return program.text
+
+
+def _steady_feeds(program, plan: Plan, feeds: Sequence[Any]) -> tuple[int, ...]:
+    """The read-only feeds of a body that keep their identity between iterations: the enclosing
+    scope's values, and those the (unpinned) ``program`` returns as they are."""
+    steady = set(range(len(plan.input_names), len(feeds)))
+    if not isinstance(program, NotCompiled):
+        steady.update(alias[1] for *_, alias in program.outputs if alias is not None and alias[0] == "feed")
+    return tuple(sorted(k for k in steady if is_pinned(feeds[k])))

@@ -145,22 +145,29 @@ cdef extern from "li_dense.h":
                                     const float* wt, const float* bias, float* out, Py_ssize_t N) noexcept nogil
 
 
-cdef enum:
-    U_SIGMOID = 0
-    U_TANH = 1
-    U_RELU = 2
-    U_EXP = 3
-    U_NEG = 4
-    U_ABS = 5
-    U_SQRT = 6
-    U_IDENTITY = 7
+cdef extern from "li_vector.h":
+    enum:
+        U_SIGMOID "LI_U_SIGMOID"
+        U_TANH "LI_U_TANH"
+        U_RELU "LI_U_RELU"
+        U_EXP "LI_U_EXP"
+        U_NEG "LI_U_NEG"
+        U_ABS "LI_U_ABS"
+        U_SQRT "LI_U_SQRT"
+        B_ADD "LI_B_ADD"
+        B_SUB "LI_B_SUB"
+        B_MUL "LI_B_MUL"
+        B_DIV "LI_B_DIV"
+    void li_unary(int code, const float* x, float* y, Py_ssize_t n) noexcept nogil
+    void li_binary(int code, float* o, const float* x, Py_ssize_t sa, const float* y, Py_ssize_t sb,
+                   Py_ssize_t n) noexcept nogil
 
 UNARY_CODES = {"Sigmoid": U_SIGMOID, "Tanh": U_TANH, "Relu": U_RELU, "Exp": U_EXP, "Neg": U_NEG,
                "Abs": U_ABS, "Sqrt": U_SQRT}
 
 
 cdef class Unary(Instr):
-    """A float32 elementwise function over n contiguous values (NumPy's maths: libm's)."""
+    """A float32 elementwise function over n contiguous values (li_vector.h)."""
     cdef Ref src, dst
     cdef Py_ssize_t n
     cdef int code
@@ -171,42 +178,10 @@ cdef class Unary(Instr):
     cdef int run(self, char** bases) except -1:
         cdef const float* x = <const float*>at(bases, self.src)
         cdef float* y = <float*>at(bases, self.dst)
-        cdef Py_ssize_t i
-        cdef float v
         with nogil:
-            if self.code == U_SIGMOID:
-                for i in range(self.n):
-                    v = x[i]
-                    y[i] = 1.0 / (1.0 + expf(-v)) if v >= 0 else expf(v) / (1.0 + expf(v))
-            elif self.code == U_TANH:
-                for i in range(self.n):
-                    y[i] = tanhf(x[i])
-            elif self.code == U_RELU:
-                for i in range(self.n):
-                    y[i] = x[i] if x[i] > 0 else (0.0 if x[i] == x[i] else x[i])
-            elif self.code == U_EXP:
-                for i in range(self.n):
-                    y[i] = expf(x[i])
-            elif self.code == U_NEG:
-                for i in range(self.n):
-                    y[i] = -x[i]
-            elif self.code == U_ABS:
-                for i in range(self.n):
-                    y[i] = fabsf(x[i])
-            elif self.code == U_SQRT:
-                for i in range(self.n):
-                    y[i] = sqrtf(x[i])
-            else:
-                for i in range(self.n):
-                    y[i] = x[i]
+            li_unary(self.code, x, y, self.n)
         return 0
 
-
-cdef enum:
-    B_ADD = 0
-    B_SUB = 1
-    B_MUL = 2
-    B_DIV = 3
 
 BINARY_CODES = {"Add": B_ADD, "Sub": B_SUB, "Mul": B_MUL, "Div": B_DIV}
 
@@ -214,26 +189,9 @@ BINARY_CODES = {"Add": B_ADD, "Sub": B_SUB, "Mul": B_MUL, "Div": B_DIV}
 cdef void binary_block(char* out, const char* a, const char* b, int nd, const Py_ssize_t* shape,
                        const Py_ssize_t* out_strides, const Py_ssize_t* a_strides, const Py_ssize_t* b_strides,
                        int code) noexcept nogil:
-    cdef Py_ssize_t i, n
-    cdef float* o
-    cdef const float* x
-    cdef const float* y
-    cdef Py_ssize_t sa, sb
+    cdef Py_ssize_t i
     if nd == 1:  # innermost: strides in floats (0 for a broadcast operand)
-        n, o, x, y = shape[0], <float*>out, <const float*>a, <const float*>b
-        sa, sb = a_strides[0] // 4, b_strides[0] // 4
-        if code == B_ADD:
-            for i in range(n):
-                o[i] = x[i * sa] + y[i * sb]
-        elif code == B_SUB:
-            for i in range(n):
-                o[i] = x[i * sa] - y[i * sb]
-        elif code == B_MUL:
-            for i in range(n):
-                o[i] = x[i * sa] * y[i * sb]
-        else:
-            for i in range(n):
-                o[i] = x[i * sa] / y[i * sb]
+        li_binary(code, <float*>out, <const float*>a, a_strides[0] // 4, <const float*>b, b_strides[0] // 4, shape[0])
         return
     for i in range(shape[0]):
         binary_block(out + i * out_strides[0], a + i * a_strides[0], b + i * b_strides[0], nd - 1, shape + 1,
@@ -265,6 +223,49 @@ cdef class Binary(Instr):
         cdef const char* b = at(bases, self.b)
         with nogil:
             binary_block(out, a, b, self.nd, self.shape, self.out_strides, self.a_strides, self.b_strides, self.code)
+        return 0
+
+
+cdef extern from "li_typed.h":
+    void typed_block "li_typed_block"(char* out, const char* a, const char* b, int nd, const Py_ssize_t* shape,
+                                      const Py_ssize_t* so, const Py_ssize_t* sa, const Py_ssize_t* sb, int op,
+                                      int ta, int tb, int to, int in_float) noexcept nogil
+
+TYPED_OPS = {"Cast": 0, "Add": 1, "Sub": 2, "Mul": 3, "Div": 4, "Less": 5, "LessOrEqual": 6, "Greater": 7,
+             "GreaterOrEqual": 8, "Equal": 9, "And": 10, "Or": 11, "Xor": 12, "Not": 13, "Neg": 14, "Max": 15,
+             "Min": 16}
+TYPED_DTYPES = {np.dtype(np.bool_): 0, np.dtype(np.int32): 1, np.dtype(np.int64): 2, np.dtype(np.float32): 3,
+                np.dtype(np.float64): 4}
+
+
+cdef class Typed(Instr):
+    """An elementwise op on bool/int32/int64/float32/float64 values with broadcasting (li_typed.h):
+    the casts, comparisons, logic and counters around loops and shapes."""
+    cdef Ref a, b, out
+    cdef bint has_b
+    cdef int nd, op, ta, tb, to, in_float
+    cdef Py_ssize_t shape[MAX_DIMS]
+    cdef Py_ssize_t a_strides[MAX_DIMS]
+    cdef Py_ssize_t b_strides[MAX_DIMS]
+    cdef Py_ssize_t out_strides[MAX_DIMS]
+
+    def __init__(self, int op, tuple a, int ta, b, int tb, tuple out, int to, tuple shape, tuple a_strides,
+                 tuple b_strides, tuple out_strides):
+        """``b`` None for a unary op (Cast, Not, Neg); strides in bytes."""
+        self.op, self.ta, self.tb, self.to, self.nd = op, ta, tb, to, len(shape)
+        self.a, self.out, self.has_b = make_ref(a), make_ref(out), b is not None
+        if self.has_b:
+            self.b = make_ref(b)
+        self.in_float = ta >= 3 or (self.has_b and tb >= 3)
+        fill_dims(self.shape, shape, self.nd)
+        fill_dims(self.a_strides, a_strides, self.nd)
+        fill_dims(self.b_strides, b_strides if b is not None else a_strides, self.nd)
+        fill_dims(self.out_strides, out_strides, self.nd)
+
+    cdef int run(self, char** bases) except -1:
+        typed_block(at(bases, self.out), at(bases, self.a), at(bases, self.b) if self.has_b else NULL, self.nd,
+                    self.shape, self.out_strides, self.a_strides, self.b_strides, self.op, self.ta, self.tb,
+                    self.to, self.in_float)
         return 0
 
 
@@ -303,22 +304,31 @@ cdef class Softmax(Instr):
 
 
 cdef class GatherRows(Instr):
-    """out[i] = table[ids[i]] (an embedding lookup: Gather axis 0 of a constant table by int32/int64
-    ids, negative ids counted from the end); an id out of range declines (the general path reports it)."""
-    cdef const char* table
-    cdef Py_ssize_t rows, row_bytes, n
-    cdef Ref ids, out
-    cdef int id_bytes
-    cdef object keep
+    """out[i] = table[ids[i]]: Gather along axis 0 (an embedding lookup, a loop's read of its
+    step) by int32/int64 ids, negative ids counted from the end; an id out of range declines
+    (the general path reports it). The table is a constant or a per-call value of any strides:
+    a row is ``row_stride`` bytes after the last, and copied as a strided block (see Copy)."""
+    cdef Ref table, ids, out
+    cdef Py_ssize_t rows, row_stride, out_row_bytes, n, inner
+    cdef int id_bytes, nd
+    cdef Py_ssize_t shape[MAX_DIMS]
+    cdef Py_ssize_t src_strides[MAX_DIMS]
+    cdef Py_ssize_t dst_strides[MAX_DIMS]
 
-    def __init__(self, table, tuple ids, Py_ssize_t n, int id_bytes, tuple out):
-        cdef const unsigned char[:, ::1] t = table.reshape(table.shape[0], -1).view(np.uint8)
+    def __init__(self, tuple table, Py_ssize_t rows, Py_ssize_t row_stride, tuple ids, Py_ssize_t n, int id_bytes,
+                 tuple out, Py_ssize_t out_row_bytes, tuple shape, tuple src_strides, tuple dst_strides,
+                 Py_ssize_t inner):
         if id_bytes not in (4, 8):
             raise ValueError("GatherRows: ids are int32 or int64")
-        self.table, self.rows, self.row_bytes = <const char*>&t[0, 0] if t.shape[0] else NULL, t.shape[0], t.shape[1]
-        self.ids, self.n, self.id_bytes, self.out, self.keep = make_ref(ids), n, id_bytes, make_ref(out), table
+        self.table, self.rows, self.row_stride = make_ref(table), rows, row_stride
+        self.ids, self.n, self.id_bytes, self.out = make_ref(ids), n, id_bytes, make_ref(out)
+        self.out_row_bytes, self.nd, self.inner = out_row_bytes, len(shape), inner
+        fill_dims(self.shape, shape, self.nd)
+        fill_dims(self.src_strides, src_strides, self.nd)
+        fill_dims(self.dst_strides, dst_strides, self.nd)
 
     cdef int run(self, char** bases) except -1:
+        cdef const char* table = at(bases, self.table)
         cdef const char* ids = at(bases, self.ids)
         cdef char* out = at(bases, self.out)
         cdef Py_ssize_t i
@@ -329,7 +339,8 @@ cdef class GatherRows(Instr):
                 k += self.rows
             if not 0 <= k < self.rows:
                 return 1
-            rt_copy(out + i * self.row_bytes, self.table + k * self.row_bytes, self.row_bytes)
+            strided_copy(out + i * self.out_row_bytes, table + k * self.row_stride, self.nd, self.shape,
+                         self.dst_strides, self.src_strides, self.inner)
         return 0
 
 
@@ -462,8 +473,12 @@ cdef class Program:
     compiled dtypes and shapes, C-contiguous and aligned) into fresh outputs, or into the
     caller's arrays (``into``: a stream's states, written once everything has been read).
 
-    ``feed_specs``: (dtype, shape) per feed; ``outputs``: (shape, dtype, OutCopy) per wanted
-    value, the copy from where it lives into a C-order array of its shape; ``arena_bytes``: the scratch memory of one call, reused through a free list (a call
+    ``feed_specs``: (dtype, shape) per C-order feed, (dtype, shape, None, strides) for one with
+    other strides (a view the enclosing graph hands a body), or (dtype, shape, value) for a feed
+    compiled in as a constant (then only that object is accepted); ``outputs``: (shape, dtype, OutCopy, alias) per
+    wanted value, the copy from where it lives into a C-order array of its shape, or with alias
+    ("feed", k) / ("obj", value) that object itself (a subgraph body's pass-through values, which
+    may alias; never for Model.run); ``arena_bytes``: the scratch memory of one call, reused through a free list (a call
     in another thread takes another arena)."""
     cdef public tuple feed_specs, outputs, instructions
     cdef Py_ssize_t nfeeds, nout, arena_bytes
@@ -495,16 +510,26 @@ cdef class Program:
         for k in range(self.nfeeds):
             value = feeds[k]
             spec = <tuple>self.feed_specs[k]
+            if len(spec) == 3:  # pinned: compiled in as a constant, so only this very object
+                if value is not spec[2]:
+                    return False
+                continue
             if type(value) is not _NDARRAY:
                 return False
             a = as_array(value)
             shape = <tuple>spec[1]
-            if a.descr != <PyObject*>spec[0] or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS) \
-                    or not (a.flags & 0x0100):  # NPY_ARRAY_ALIGNED
+            if not same_dtype(a.descr, spec[0]) or a.nd != len(shape) or not (a.flags & 0x0100):  # ALIGNED
                 return False
             for j in range(a.nd):
                 if a.dimensions[j] != <Py_ssize_t>shape[j]:
                     return False
+            if len(spec) == 4:  # a strided feed: these very strides (where a dim steps at all)
+                strides = <tuple>spec[3]
+                for j in range(a.nd):
+                    if a.dimensions[j] > 1 and a.strides[j] != <Py_ssize_t>strides[j]:
+                        return False
+            elif not (a.flags & RT_C_CONTIGUOUS):
+                return False
             bases[1 + k] = (<rt_ndarray_data*><PyObject*>value).data
         return True
 
@@ -537,6 +562,12 @@ cdef class Program:
             for k in range(self.nout):
                 spec = <tuple>self.outputs[k]
                 target = into[k] if into is not None else None
+                alias = spec[3]
+                if target is None and alias is not None:  # a feed or a constant handed back as it is
+                    target = feeds[<Py_ssize_t>alias[1]] if alias[0] == "feed" else alias[1]
+                    Py_INCREF(target)
+                    PyList_SET_ITEM(out, k, target)
+                    continue
                 if target is None:
                     target = _empty(spec[0], spec[1])
                 (<OutCopy>self.out_copies[k]).run_into(bases, (<rt_ndarray_data*><PyObject*>target).data)
@@ -561,7 +592,7 @@ cdef class Program:
             if type(value) is not _NDARRAY:
                 return False
             a = as_array(value)
-            if a.descr != <PyObject*>spec[1] or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS) \
+            if not same_dtype(a.descr, spec[1]) or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS) \
                     or not (a.flags & RT_WRITEABLE):
                 return False
             for j in range(a.nd):
@@ -572,6 +603,11 @@ cdef class Program:
 
 cdef extern from "numpy/arrayobject.h":
     object PyArray_Empty(int nd, cnp.npy_intp* dims, cnp.dtype descr, int fortran)  # steals descr
+
+
+cdef inline bint same_dtype(PyObject* descr, object dtype):
+    """The usual case by identity; an equal descr made elsewhere ('<i4' read from a file) by value."""
+    return descr == <PyObject*>dtype or cnp.PyArray_EquivTypes(<cnp.dtype><object>descr, <cnp.dtype>dtype)
 
 
 cdef object _empty(tuple shape, dtype):

@@ -41,6 +41,7 @@ cdef extern from *:
     ctypedef struct rt_ndarray:
         int nd
         Py_ssize_t* dimensions
+        Py_ssize_t* strides
         PyObject* base
         PyObject* descr
         int flags
