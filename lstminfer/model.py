@@ -273,8 +273,8 @@ class Model(_RunCore):
         except (InvalidInputError, InvalidArgumentError) as e:
             return "\n".join(lines + [f"compiled program: none for these inputs ({e})"])
         shapes = ", ".join(f"{vi.name} {list(np.shape(v))}" for vi, v in zip(self._inputs, values))
-        program = self._programs.describe(values)
-        return "\n".join(lines + [f"compiled program for {shapes}:"] + ["  " + line for line in program.splitlines()])
+        lines += [f"compiled program for {shapes}:"] + ["  " + line for line in self._programs.describe(values).splitlines()]
+        return "\n".join(lines + _body_lines(self._plan, "  "))
 
     def _example_feeds(self) -> dict[str, np.ndarray]:
         """Zeros of each input's dtype, every dim that is not fixed 1: describe()'s default signature."""
@@ -344,6 +344,21 @@ class Model(_RunCore):
                 )
             feeds.append(_check_input(vi, input_feed[vi.name]))
         return feeds
+
+
+def _body_lines(plan, indent: str) -> list[str]:
+    """The programs Loop/Scan/If bodies compiled (per iteration signature) on the runs so far."""
+    lines = []
+    for body in plan.bodies:
+        compiled = body._programs.compiled() if body._programs is not None else []
+        head = f"{indent}body '{body.graph.name}': "
+        if not compiled:
+            lines.append(head + "no compiled program yet (compiled on its first run)")
+            continue
+        lines.append(head + "compiled program of its latest signature:")
+        lines += [indent + "  " + line for line in compiled[-1].text.splitlines()]
+        lines += _body_lines(body, indent + "  ")
+    return lines
 
 
 def _check_input(vi: ValueInfo, value: Any) -> Any:

@@ -62,6 +62,7 @@ class Plan:
         constants: dict[int, Any] = {self._slot(k): v for k, v in graph.initializers.items()}
         visible = set(feeds) | set(graph.initializers)
         self._constants = constants  # grows as nodes are folded while building
+        self.bodies: list[Plan] = []  # the plans of this graph's Loop/Scan/If bodies
         self.steps = self._build_steps(graph, ctx, visible, constants, set(scope))
         missing = [n for n in self.output_names if n not in self._slots]
         if missing:
@@ -104,7 +105,7 @@ class Plan:
             if node.subgraphs():
                 # A body may read anything visible here: our values and our own scope.
                 node_scope = tuple(visible | scope)
-                node_ctx.compile_subgraph = _subgraph_compiler(ctx, node_scope)
+                node_ctx.compile_subgraph = _subgraph_compiler(ctx, node_scope, self.bodies)
             kernel = spec.factory(node, node_ctx)
             outer_names = tuple(n for sub in node.subgraphs() for n in sub.free_names())
             outer_names = tuple(dict.fromkeys(outer_names))
@@ -241,9 +242,11 @@ class Plan:
         return lines
 
 
-def _subgraph_compiler(ctx: BuildContext, scope: tuple[str, ...]):
+def _subgraph_compiler(ctx: BuildContext, scope: tuple[str, ...], bodies: list):
     def compile_subgraph(graph: Graph) -> Plan:
-        return Plan(graph, ctx, scope=scope)
+        body = Plan(graph, ctx, scope=scope)
+        bodies.append(body)
+        return body
 
     return compile_subgraph
 

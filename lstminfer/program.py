@@ -565,7 +565,8 @@ class _Compiler:
             outs.append((place.ref, tuple(value.shape), value.dtype))
         self.instructions.append(_runtime.PyCall(step.kernel, tuple(args), len(step.inputs), tuple(step.outer_names),
                                                  tuple(outs), step, _step_error))
-        return f"numpy ({step.describe}) on the program's memory"
+        via = "" if step.describe == "numpy" else f" ({step.describe})"
+        return f"falls back: its numpy kernel{via}, called on the program's memory"
 
     # -- the program --------------------------------------------------------------
     def alias(self, slot: int):
@@ -710,6 +711,10 @@ class Programs:
         if self.fast is None:
             return None
         return self.fast.run(feeds, into)
+
+    def compiled(self) -> list:
+        """The programs compiled so far (most recent last)."""
+        return [p for p in self._by_signature.values() if not isinstance(p, NotCompiled)]
 
     def describe(self, feeds: Sequence[Any]) -> str:
         """The program of ``feeds``' signature as text (each node: vanished, fused, folded, a C

@@ -29,6 +29,8 @@ cdef extern from "li_call.h":
 ctypedef int (*call_kernel_fn)(object, const li_call*) except -1
 
 DEF MAX_DIMS = 8
+DEF KEEP_ARENA_BYTES = 16 << 20  # larger arenas are allocated per call and freed after it
+DEF KEEP_ARENAS = 4  # per program: one per thread running it at once
 DEF MAX_FEEDS = 64
 # bases[0] is the arena, bases[1 + k] feed k, bases[ABSOLUTE] NULL (offsets are addresses)
 cdef enum:
@@ -533,6 +535,10 @@ cdef class Program:
             bases[1 + k] = (<rt_ndarray_data*><PyObject*>value).data
         return True
 
+    def kept_arenas(self):
+        """How many arenas wait for the next call."""
+        return len(self.arenas)
+
     def matches(self, list feeds):
         cdef char* bases[ABSOLUTE + 1]
         return self.feeds_ok(feeds, bases)
@@ -574,8 +580,9 @@ cdef class Program:
                 Py_INCREF(target)
                 PyList_SET_ITEM(out, k, target)
             return out
-        finally:
-            self.arenas.append(arena)
+        finally:  # kept for the next call unless big (a long sequence's) or enough are kept already
+            if self.arena_bytes <= KEEP_ARENA_BYTES and len(self.arenas) < KEEP_ARENAS:
+                self.arenas.append(arena)
 
     cdef bint into_ok(self, list into):
         cdef Py_ssize_t k, j

@@ -65,7 +65,7 @@ def test_bundled_model_compiles_glue_away(name):
     assert text.count("vanished (a view)") == 3  # Transpose, Squeeze, Transpose
     assert "C LSTM kernel" in text or "C GRU kernel" in text
     assert "fused into node '/head/MatMul'" in text
-    assert "numpy" not in text  # nothing left in Python
+    assert "falls back" not in text  # nothing left to NumPy
 
 
 @pytest.mark.parametrize("name", models.available())
@@ -112,7 +112,7 @@ def test_two_layer_batch_first_state_io_loop(exporter, opset):
     feeds = spec.make_inputs(rng, 1, 1)
     text = program_text(model, feeds)
     assert text.count("C LSTM kernel") == 2, text
-    assert "numpy" not in text, text
+    assert "falls back" not in text, text
     theirs = dict(feeds)
     for _ in range(10):
         got, want = model.run(None, feeds), sess.run(None, theirs)
@@ -191,7 +191,7 @@ def test_every_instruction_kind_matches_the_plan_and_onnxruntime(case):
     model = lstminfer.load(onnx_model)
     x = np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
     text = program_text(model, {"x": x})
-    assert "numpy" not in text, text
+    assert "falls back" not in text, text
     got = model.run(None, {"x": x})
     plan = plan_outputs(model, {"x": x})
     want = ort_session(onnx_model).run(None, {"x": x})
@@ -313,3 +313,93 @@ def test_describe_shows_the_program():
     model = lstminfer.load(models.path("adding_lstm"))
     text = model.describe()
     assert "compiled program" in text and "vanished (a view)" in text and "fused into" in text
+
+
+# ------------------------------------------------------------ subgraph bodies and typed ops
+
+KERAS = __import__("pathlib").Path(__file__).parent / "data" / "keras"
+
+
+@pytest.mark.parametrize("batch,time", [(1, 30), (4, 9)])
+def test_loop_body_runs_as_one_program(batch, time):
+    """tf2onnx's Keras GRU is a Loop whose body reads the weights it carries unchanged: they are
+    compiled in, the body's MatMuls become dense instructions and no node is left to NumPy; one
+    program serves every iteration and every later call."""
+    path = str(KERAS / "gru_reset_after_seq.onnx")
+    model, sess = lstminfer.load(path), ort_session(path)
+    x = np.random.default_rng(9).standard_normal((batch, time, 5)).astype(np.float32)
+    for _ in range(3):
+        np.testing.assert_allclose(model.run(None, {"x": x} if "x" in model.input_names else
+                                             {model.input_names[0]: x})[0],
+                                   sess.run(None, {sess.get_inputs()[0].name: x})[0], atol=TOL, rtol=TOL)
+    (body,) = model._plan.bodies
+    (program,) = body._programs.compiled()
+    assert "falls back" not in program.text and program.text.count("C dense") == 2, program.text
+    assert "body '" in model.describe()
+
+
+TYPED_BINARY = ["Add", "Sub", "Mul", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "Max", "Min"]
+NUMERIC = [np.int32, np.int64, np.float64]
+ONNX_TYPE = {np.dtype(np.bool_): onnx.TensorProto.BOOL, np.dtype(np.int32): onnx.TensorProto.INT32,
+             np.dtype(np.int64): onnx.TensorProto.INT64, np.dtype(np.float32): onnx.TensorProto.FLOAT,
+             np.dtype(np.float64): onnx.TensorProto.DOUBLE}
+
+
+def _one_node(op, feeds: dict, **attrs):
+    names = list(feeds)
+    graph = oh.make_graph([oh.make_node(op, names, ["y"], **attrs)], "g",
+                          [oh.make_tensor_value_info(n, ONNX_TYPE[np.asarray(v).dtype], list(np.shape(v)))
+                           for n, v in feeds.items()],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.UNDEFINED, None)])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def _values(draw, shape, dtype):
+    if dtype == np.bool_:
+        return np.asarray(draw(hnp.arrays(np.bool_, shape)))
+    return np.asarray(draw(hnp.arrays(dtype, shape, elements=st.integers(-50, 50))), dtype=dtype)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), shapes=hnp.mutually_broadcastable_shapes(num_shapes=2, min_dims=0, max_dims=3, max_side=4))
+def test_typed_elementwise_matches_the_plan(data, shapes):
+    op = data.draw(st.sampled_from(TYPED_BINARY + ["And", "Or", "Xor", "Cast", "Not", "Neg"]))
+    if op in ("And", "Or", "Xor", "Not"):
+        dtype = np.bool_
+    else:
+        dtype = data.draw(st.sampled_from(NUMERIC + ([np.bool_, np.float32] if op == "Cast" else [])))
+    a = _values(data.draw, shapes.input_shapes[0], dtype)
+    feeds = {"a": a}
+    attrs = {}
+    if op == "Cast":
+        target = data.draw(st.sampled_from(list(ONNX_TYPE)))
+        attrs["to"] = ONNX_TYPE[target]
+    elif op not in ("Not", "Neg"):
+        feeds["b"] = _values(data.draw, shapes.input_shapes[1], dtype)
+    model = lstminfer.load(_one_node(op, feeds, **attrs))
+    assert "C elementwise" in program_text(model, feeds)
+    got = model.run(None, feeds)[0]
+    want = plan_outputs(model, feeds)[0]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_big_arenas_are_not_kept():
+    """A long sequence's scratch memory is freed after the call, a short one's kept for the next."""
+    model = lstminfer.load(models.path("adding_lstm"))
+    rng = np.random.default_rng(10)
+    for time in (5, 150_000):  # Y alone: 19 MB
+        feeds = bundled_feeds(model, rng, 1, time)
+        model.run(None, feeds)
+        program = model._programs.find([feeds[n] for n in model.input_names])
+        assert program.kept_arenas() == (1 if time == 5 else 0)
+
+
+def test_describe_names_the_nodes_left_to_numpy():
+    nodes = [oh.make_node("NonZero", ["x"], ["nz"], name="where_nonzero")]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [6])],
+                          [oh.make_tensor_value_info("nz", onnx.TensorProto.INT64, None)])
+    model = lstminfer.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
+    assert "'where_nonzero' (NonZero): falls back: its numpy kernel" in program_text(model, {"x": np.ones(6, np.float32)})
