@@ -167,6 +167,11 @@ class _Compiler:
             strided = not value.flags.c_contiguous
             feed_specs.append((value.dtype, tuple(value.shape)) + ((None, value.strides) if strided else ()))
         self.feed_specs = tuple(feed_specs)
+        if len(wanted) > _runtime.MAX_PROGRAM_OUTPUTS:
+            raise CompileDeclined(f"more than {_runtime.MAX_PROGRAM_OUTPUTS} outputs")
+        # outputs an instruction may write in place (each wanted once; placed by alloc())
+        self.direct = {slot: k for k, slot in enumerate(wanted) if wanted.count(slot) == 1}
+        self.direct_at = [False] * len(wanted)
 
     # -- memory ---------------------------------------------------------------
     def _own(self, slot: int, base: int, offset: int, array: np.ndarray) -> _Place:
@@ -178,11 +183,16 @@ class _Compiler:
         return place
 
     def alloc(self, slot: int, shape: Sequence[int], dtype: np.dtype, value: Any = None) -> _Place:
-        """Arena memory for ``slot`` (C order), its traced value ``value`` copied there."""
-        offset = self.arena
+        """Memory for ``slot`` (C order), its traced value ``value`` copied there: the output array
+        itself when ``slot`` is an output of the program (written in place), else the arena."""
         array = np.empty(tuple(shape), dtype)
         if value is not None:
             array[...] = value
+        k = self.direct.pop(slot, None)
+        if k is not None:
+            self.direct_at[k] = True
+            return self._own(slot, _runtime.BASE_OUTPUT0 + k, 0, array)
+        offset = self.arena
         self.arena = offset + (array.nbytes + _ALIGN - 1) // _ALIGN * _ALIGN
         return self._own(slot, _runtime.BASE_ARENA, offset, array)
 
@@ -593,9 +603,12 @@ class _Compiler:
             if value.__class__ is not np.ndarray or value.dtype.hasobject:
                 raise CompileDeclined("an output is not a numeric ndarray")
             ref, array = self.source(slot)
+            if self.direct_at[len(outputs)]:
+                outputs.append((tuple(array.shape), array.dtype, None, None, True))
+                continue
             copy = copy_instruction(_runtime.OutCopy, ref, (_runtime.BASE_ARENA, 0), array.shape, array.strides,
                                     c_strides(array.shape, array.itemsize), array.itemsize)
-            outputs.append((tuple(array.shape), array.dtype, copy, self.alias(slot)))
+            outputs.append((tuple(array.shape), array.dtype, copy, self.alias(slot), False))
         text = "\n".join(self.lines[i] for i in sorted(self.lines))
         return _runtime.Program(self.feed_specs, tuple(self.instructions), tuple(outputs), self.arena,
                                 tuple(self.keep), text)
@@ -731,5 +744,5 @@ def _steady_feeds(program, plan: Plan, feeds: Sequence[Any]) -> tuple[int, ...]:
     scope's values, and those the (unpinned) ``program`` returns as they are."""
     steady = set(range(len(plan.input_names), len(feeds)))
     if not isinstance(program, NotCompiled):
-        steady.update(alias[1] for *_, alias in program.outputs if alias is not None and alias[0] == "feed")
+        steady.update(spec[3][1] for spec in program.outputs if spec[3] is not None and spec[3][0] == "feed")
     return tuple(sorted(k for k in steady if is_pinned(feeds[k])))

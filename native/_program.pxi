@@ -32,11 +32,16 @@ DEF MAX_DIMS = 8
 DEF KEEP_ARENA_BYTES = 16 << 20  # larger arenas are allocated per call and freed after it
 DEF KEEP_ARENAS = 4  # per program: one per thread running it at once
 DEF MAX_FEEDS = 64
-# bases[0] is the arena, bases[1 + k] feed k, bases[ABSOLUTE] NULL (offsets are addresses)
+DEF MAX_OUTPUTS = 64
+# bases[0] is the arena, bases[1 + k] feed k, bases[OUTPUT0 + k] output k (an array made for the
+# call, written in place), bases[ABSOLUTE] NULL (offsets are addresses)
 cdef enum:
     ARENA = 0
-    ABSOLUTE = MAX_FEEDS + 1
+    OUTPUT0 = MAX_FEEDS + 1
+    ABSOLUTE = OUTPUT0 + MAX_OUTPUTS
 BASE_ABSOLUTE = ABSOLUTE
+BASE_OUTPUT0 = OUTPUT0
+MAX_PROGRAM_OUTPUTS = MAX_OUTPUTS
 BASE_ARENA = ARENA
 MAX_PROGRAM_FEEDS = MAX_FEEDS
 
@@ -477,28 +482,31 @@ cdef class Program:
 
     ``feed_specs``: (dtype, shape) per C-order feed, (dtype, shape, None, strides) for one with
     other strides (a view the enclosing graph hands a body), or (dtype, shape, value) for a feed
-    compiled in as a constant (then only that object is accepted); ``outputs``: (shape, dtype, OutCopy, alias) per
-    wanted value, the copy from where it lives into a C-order array of its shape, or with alias
-    ("feed", k) / ("obj", value) that object itself (a subgraph body's pass-through values, which
-    may alias; never for Model.run); ``arena_bytes``: the scratch memory of one call, reused through a free list (a call
-    in another thread takes another arena)."""
+    compiled in as a constant (then only that object is accepted).
+    ``outputs``: (shape, dtype, OutCopy, alias, direct) per wanted value: the copy from where it
+    lives into a C-order array of its shape; or with alias ("feed", k) / ("obj", value) that
+    object itself (a subgraph body's pass-through values, which may alias; never for Model.run);
+    or, ``direct``, an array made for the call at base OUTPUT0 + k that the instructions write in
+    place (no copy). ``arena_bytes``: the scratch memory of one call, reused through a free list
+    (a call in another thread takes another arena)."""
     cdef public tuple feed_specs, outputs, instructions
-    cdef Py_ssize_t nfeeds, nout, arena_bytes
+    cdef Py_ssize_t nfeeds, nout, arena_bytes, ndirect
     cdef list arenas
     cdef object keep
     cdef list out_copies  # per output: a Copy from its ref into a C-order array of its shape
     cdef public object text
 
     def __init__(self, tuple feed_specs, tuple instructions, tuple outputs, Py_ssize_t arena_bytes, keep, text=""):
-        if len(feed_specs) > MAX_FEEDS:
-            raise ValueError(f"program: at most {MAX_FEEDS} feeds")
+        if len(feed_specs) > MAX_FEEDS or len(outputs) > MAX_OUTPUTS:
+            raise ValueError(f"program: at most {MAX_FEEDS} feeds and {MAX_OUTPUTS} outputs")
         self.feed_specs, self.instructions, self.outputs = feed_specs, instructions, outputs
         self.nfeeds, self.nout, self.arena_bytes = len(feed_specs), len(outputs), arena_bytes
         self.arenas, self.keep, self.text = [], keep, text
         self.out_copies = [o[2] for o in outputs]
-        for copy in self.out_copies:
-            if not isinstance(copy, OutCopy):
-                raise TypeError("program: outputs are copied by OutCopy objects")
+        self.ndirect = sum(1 for o in outputs if o[4])
+        for o in outputs:
+            if not (isinstance(o[2], OutCopy) or (o[2] is None and o[4])):
+                raise TypeError("program: an output is copied by an OutCopy or written in place")
         for ins in instructions:
             if not isinstance(ins, Instr):
                 raise TypeError("program: instructions are Instr objects")
@@ -557,6 +565,15 @@ cdef class Program:
         if into is not None and not self.into_ok(into):
             return None
         bases[ABSOLUTE] = NULL
+        cdef list direct = None
+        if self.ndirect:  # the outputs instructions write in place: this call's fresh arrays
+            direct = [None] * self.nout
+            for k in range(self.nout):
+                spec = <tuple>self.outputs[k]
+                if spec[4]:
+                    target = _empty(spec[0], spec[1])
+                    direct[k] = target
+                    bases[OUTPUT0 + k] = (<rt_ndarray_data*><PyObject*>target).data
         arena = self.arenas.pop() if self.arenas else np.empty(self.arena_bytes + 64, np.uint8)
         bases[ARENA] = <char*>(((<size_t>(<rt_ndarray_data*><PyObject*>arena).data) + 63) & ~(<size_t>63))
         try:
@@ -568,6 +585,16 @@ cdef class Program:
             for k in range(self.nout):
                 spec = <tuple>self.outputs[k]
                 target = into[k] if into is not None else None
+                if spec[4]:  # written in place: handed over, or copied into the caller's array
+                    if target is None:
+                        target = direct[k]
+                    else:
+                        memcpy((<rt_ndarray_data*><PyObject*>target).data,
+                               (<rt_ndarray_data*><PyObject*>direct[k]).data,
+                               cnp.PyArray_NBYTES(<cnp.ndarray>target))
+                    Py_INCREF(target)
+                    PyList_SET_ITEM(out, k, target)
+                    continue
                 alias = spec[3]
                 if target is None and alias is not None:  # a feed or a constant handed back as it is
                     target = feeds[<Py_ssize_t>alias[1]] if alias[0] == "feed" else alias[1]
