@@ -62,18 +62,23 @@ def whole_model_markdown(rows: dict[tuple[str, str], dict[str, dict]]) -> str:
         f"Whole models: median time per call, lstminfer vs {BASELINE} in the same run; "
         f"ratio = {BASELINE} / lstminfer (higher: lstminfer faster).",
         "",
-        f"| model | row | T×B | lstminfer call | lstminfer µs | {BASELINE} µs | ratio |",
-        "|---|---|---|---|---:|---:|---:|",
+        f"| model | row | T×B | lstminfer call | lstminfer µs | {BASELINE} µs | ratio | threads=2 µs | ratio |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(rows, key=lambda k: (models.index(k[0]), WHOLE_ROW_ORDER.get(k[1], 9))):
         model, row = key
         peers = rows[key]
         ours, base = peers.get("lstminfer", {}).get("median"), peers.get(BASELINE, {}).get("median")
+        two = peers.get("lstminfer-2t", {}).get("median")
         any_peer = next(iter(peers.values()))
         shape = f"{any_peer['T']}×{any_peer['B']}" if any_peer.get("T") is not None else "—"
-        ratio = f"{base / ours:.2f}x" if ours and base else "—"
-        lines.append(f"| {model} | {row} | {shape} | {WHOLE_ROW_WHAT.get(row, '')} | {_us(ours)} | {_us(base)} | {ratio} |")
+        lines.append(f"| {model} | {row} | {shape} | {WHOLE_ROW_WHAT.get(row, '')} | {_us(ours)} | {_us(base)} | "
+                     f"{_ratio(base, ours)} | {_us(two)} | {_ratio(base, two)} |")
     return "\n".join(lines) + "\n"
+
+
+def _ratio(base: float | None, ours: float | None) -> str:
+    return f"{base / ours:.2f}x" if ours and base else "—"
 
 
 def _us(seconds: float | None) -> str:

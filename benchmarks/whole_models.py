@@ -61,7 +61,7 @@ ATOL = RTOL = 1e-5  # |lstminfer - onnxruntime| <= ATOL + RTOL * |onnxruntime|, 
 CHECK_STEPS = 3  # stepped rows: steps compared (the state fed back between them)
 OPSET = 17
 SEED = 0  # torch.manual_seed of the exported PyTorch models
-PEERS = ("ort-1t", "lstminfer")
+PEERS = ("ort-1t", "lstminfer", "lstminfer-2t")  # -2t: the model loaded with threads=2
 BASELINE = "ort-1t"
 
 
@@ -295,10 +295,10 @@ def ort_session(path: str):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
-def load_lstminfer(path: str):
+def load_lstminfer(path: str, threads: int = 1):
     import lstminfer
 
-    return lstminfer.load(path)
+    return lstminfer.load(path, threads=threads)
 
 
 def feedback_loop(session, feeds: dict[str, np.ndarray], state_names: list[str]):
@@ -323,8 +323,8 @@ def make_runner(peer: str, model: WholeModel, row: str, cache_dir: str | None = 
     data = signature(path).data
     if peer == "ort-1t":
         session = ort_session(path)
-    elif peer == "lstminfer":
-        session = load_lstminfer(path)
+    elif peer in ("lstminfer", "lstminfer-2t"):
+        session = load_lstminfer(path, threads=2 if peer == "lstminfer-2t" else 1)
         if row == "stream":
             stream = session.stream()
             x1 = feeds[data]

@@ -467,7 +467,20 @@ cdef extern from *:
        (bit-identical results); each returns the units it did (a multiple of LI_VEC), the
        caller runs the rest through the passes. */
 
-    /* LSTM, sigmoid/tanh/tanh, no input_forget: gates S apart in x and g */
+    /* One vector of LSTM units (sigmoid/tanh/tanh), gates S apart in x and g */
+    static inline void li_lstm_cells_vec(const float *x, const float *g, float *h, float *c, const float *pi,
+                                         const float *pf, const float *po, ptrdiff_t S, float clip) {
+        li_vf cv = li_load(c);
+        li_vf gi = li_vsigmoid(li_vclamp(li_load(x) + li_load(g) + li_load(pi) * cv, clip));
+        li_vf gf = li_vsigmoid(li_vclamp(li_load(x + S) + li_load(g + S) + li_load(pf) * cv, clip));
+        li_vf gc = li_vtanh(li_vclamp(li_load(x + 2 * S) + li_load(g + 2 * S), clip));
+        cv = gf * cv + gi * gc;
+        li_vf go = li_vsigmoid(li_vclamp(li_load(x + 3 * S) + li_load(g + 3 * S) + li_load(po) * cv, clip));
+        li_store(c, cv);
+        li_store(h, li_vtanh(cv) * go);
+    }
+
+    /* LSTM, sigmoid/tanh/tanh, no input_forget: gates S apart in x and g; all n units */
     static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float *h, float *c,
                                               const float *pi, const float *pf, const float *po,
                                               ptrdiff_t n, ptrdiff_t S, float clip) {
@@ -488,15 +501,23 @@ cdef extern from *:
             li_vtanh_u(cv);
             LI_EACH li_store(h + j + u * LI_VEC, cv[u] * go[u]);
         }
-        for (; j + LI_VEC <= n; j += LI_VEC) {
-            li_vf cv = li_load(c + j);
-            li_vf gi = li_vsigmoid(li_vclamp(li_load(x + j) + li_load(g + j) + li_load(pi + j) * cv, clip));
-            li_vf gf = li_vsigmoid(li_vclamp(li_load(x + S + j) + li_load(g + S + j) + li_load(pf + j) * cv, clip));
-            li_vf gc = li_vtanh(li_vclamp(li_load(x + 2 * S + j) + li_load(g + 2 * S + j), clip));
-            cv = gf * cv + gi * gc;
-            li_vf go = li_vsigmoid(li_vclamp(li_load(x + 3 * S + j) + li_load(g + 3 * S + j) + li_load(po + j) * cv, clip));
-            li_store(c + j, cv);
-            li_store(h + j, li_vtanh(cv) * go);
+        for (; j + LI_VEC <= n; j += LI_VEC)
+            li_lstm_cells_vec(x + j, g + j, h + j, c + j, pi + j, pf + j, po + j, S, clip);
+        if (j < n) {  /* fewer units than a vector (H = 8 on AVX-512): one vector of zero-padded copies */
+            ptrdiff_t m = n - j, q;
+            float tx[4 * LI_VEC] = {0}, tg[4 * LI_VEC] = {0}, tp[3 * LI_VEC] = {0}, tc[LI_VEC] = {0}, th[LI_VEC];
+            for (q = 0; q < 4; q++) {
+                memcpy(tx + q * LI_VEC, x + q * S + j, m * sizeof(float));
+                memcpy(tg + q * LI_VEC, g + q * S + j, m * sizeof(float));
+            }
+            memcpy(tp, pi + j, m * sizeof(float));
+            memcpy(tp + LI_VEC, pf + j, m * sizeof(float));
+            memcpy(tp + 2 * LI_VEC, po + j, m * sizeof(float));
+            memcpy(tc, c + j, m * sizeof(float));
+            li_lstm_cells_vec(tx, tg, th, tc, tp, tp + LI_VEC, tp + 2 * LI_VEC, LI_VEC, clip);
+            memcpy(c + j, tc, m * sizeof(float));
+            memcpy(h + j, th, m * sizeof(float));
+            j = n;
         }
         return j;
     }
