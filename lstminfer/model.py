@@ -116,6 +116,7 @@ class Model(_RunCore):
         # The same test and the executor loop in C (lstminfer._runtime), when built.
         self._c_checks = _runtime.FeedChecks(tuple(self._fast_checks)) if self._all_fast and _runtime is not None else None
         self._programs = Programs(self._plan, self._wanted(None))
+        self._programs_by_wanted: dict[tuple[int, ...], Programs] = {}  # run(["y"], ...) and the like
         self._run_all = self._checked_run()
 
     # -- onnxruntime-compatible surface -----------------------------------
@@ -156,16 +157,34 @@ class Model(_RunCore):
     def _run_checked(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> list[Any]:
         """``run`` for every call the C path (``self._run_all``) does not take: checks everything."""
         wanted = self._wanted(output_names)
+        programs = self._programs_for(wanted)
         if self._c_checks is not None and input_feed.__class__ is dict:
             feeds = self._c_checks.feeds(input_feed)
             if feeds is not None:
+                outputs = programs.run(feeds)  # fresh arrays
+                if outputs is not None:
+                    return outputs
                 outputs = _runtime.detach(self._plan.execute(feeds, wanted), feeds)
                 if outputs is not None:
                     return outputs
         feeds = self._validated_feeds(input_feed)
+        outputs = programs.run(feeds) if all(f.__class__ is np.ndarray for f in feeds) else None
+        if outputs is not None:
+            return outputs
         outputs = self._plan.execute(feeds, wanted)
         feed_roots = {id(f if f.base is None else _root(f)) for f in feeds if f.__class__ is np.ndarray}
         return [_detach(v, feeds, feed_roots) for v in outputs]
+
+    def _programs_for(self, wanted: tuple[int, ...]) -> Programs:
+        """The compiled programs of the outputs ``wanted`` (all of them: ``self._programs``)."""
+        if wanted == self._programs.wanted:
+            return self._programs
+        programs = self._programs_by_wanted.get(wanted)
+        if programs is None:
+            programs = Programs(self._plan, wanted)
+            if len(self._programs_by_wanted) < 64:  # as many as _wanted caches
+                self._programs_by_wanted[wanted] = programs
+        return programs
 
     def _checked_run(self):
         """``Model.run(None, feed)`` in C for this plan (``_runtime.CheckedRun``), or None: the

@@ -31,7 +31,8 @@ from .errors import LstminferError
 from .plan import Plan, _runtime
 from .program_compiler import CompileDeclined, Compiler, is_pinned
 
-_MAX_PROGRAMS = 32  # signatures kept per model
+_MAX_PROGRAMS = 32  # signatures kept per model (the least recently used goes)
+_USES_PER_COMPILE = 4  # past the first few, a signature compiles only while programs are used this much
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ class Programs:
         self.plan, self.wanted, self.body = plan, wanted, body
         self._by_signature: dict[tuple, Any] = {}
         self._pins: dict[tuple, tuple[int, ...]] = {}  # a body's shapes -> the feeds it pins
+        self._uses = self._compiles = 0  # programs run through lookup / compiled
         self._lock = threading.Lock()
         self.fast = _runtime.ProgramSet(self.lookup, self.find) if _runtime is not None else None
 
@@ -95,12 +97,27 @@ class Programs:
         return None if isinstance(program, NotCompiled) else program
 
     def lookup(self, feeds: Sequence[Any]):
-        """The program for ``feeds``' signature (compiling it on first sight), or None."""
-        program = self._by_signature.get(self._key(feeds))
-        if program is None:
+        """The program for ``feeds``' signature (compiled on first sight: every call of a signature
+        then gives the same bits), or None. Where signatures keep changing and their programs
+        are seldom used again (every sequence a new length), compiling stops after a few
+        (``_worth_compiling``) and the plan runs the new ones, as it would without programs."""
+        key = self._key(feeds)
+        program = self._by_signature.pop(key, None) if key is not None else None
+        if program is not None:
+            self._by_signature[key] = program  # the most recently used, last
+            self._uses += 1
+        else:
             with self._lock:
+                if not self._worth_compiling():
+                    return None
                 program = self._compile(feeds)
         return None if isinstance(program, NotCompiled) else program
+
+    def _worth_compiling(self) -> bool:
+        """A compile costs a run of the plan and ~0.2 ms: worth it while the programs made so far
+        have each been used at least _USES_PER_COMPILE times on average."""
+        uses = self._uses + (self.fast.hits if self.fast is not None else 0)
+        return self._compiles < _USES_PER_COMPILE or self._compiles * _USES_PER_COMPILE <= uses
 
     def _compile(self, feeds: Sequence[Any]):
         shapes = signature(feeds)
@@ -115,6 +132,7 @@ class Programs:
         key = shapes + tuple(id(feeds[k]) for k in pins) if self.body else shapes
         program = self._by_signature.get(key)
         if program is None:
+            self._compiles += 1
             program = compile_program(self.plan, self.wanted, feeds, body=self.body, pinned=frozenset(pins))
             if len(self._by_signature) >= _MAX_PROGRAMS:
                 self._by_signature.pop(next(iter(self._by_signature)))

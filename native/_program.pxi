@@ -666,6 +666,7 @@ cdef class ProgramSet:
     and Python's lookup by signature for any other."""
     cdef Program last
     cdef object lookup, find
+    cdef public long long hits  # calls the last program took without asking Python
 
     def __init__(self, lookup, find):
         """``lookup(feeds)`` compiles on first sight (feeds checked by the caller);
@@ -684,6 +685,8 @@ cdef class ProgramSet:
             if program is None:
                 return None
             self.last = program
+        else:
+            self.hits += 1
         return program._run(feeds, into)
 
     cdef object _run_cached(self, list feeds, list into):
@@ -696,4 +699,6 @@ cdef class ProgramSet:
             if program is None:
                 return None
             self.last = program
+        else:
+            self.hits += 1
         return program._run(feeds, into)

@@ -246,6 +246,7 @@ def test_outputs_are_fresh_and_writeable():
     model = lstminfer.load(models.path("adding_lstm"))
     feeds = bundled_feeds(model, np.random.default_rng(5), 1, 1)
     first = model.run(None, feeds)
+    assert model._programs.find([feeds[n] for n in model.input_names]) is not None
     kept = [a.copy() for a in first]
     for a in first:
         assert a.flags.writeable and a.flags.owndata
@@ -262,6 +263,7 @@ def test_threads_share_a_program():
     rng = np.random.default_rng(6)
     cases = [bundled_feeds(model, rng, 2, 5) for _ in range(8)]
     expected = [model.run(None, f) for f in cases]
+    assert model._programs.find([cases[0][n] for n in model.input_names]) is not None
     errors = []
 
     def worker(k):
@@ -403,3 +405,28 @@ def test_describe_names_the_nodes_left_to_numpy():
                           [oh.make_tensor_value_info("nz", onnx.TensorProto.INT64, None)])
     model = lstminfer.load(oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]))
     assert "'where_nonzero' (NonZero): falls back: its numpy kernel" in program_text(model, {"x": np.ones(6, np.float32)})
+
+
+def test_signatures_compile_only_while_programs_pay():
+    model = lstminfer.load(models.path("forecast_gru"))
+    rng = np.random.default_rng(11)
+    programs = model._programs
+    feeds = bundled_feeds(model, rng, 1, 3)
+    model.run(None, feeds)
+    assert programs.find([feeds[n] for n in model.input_names]) is not None  # on first sight
+    # every call a new length: after a few compiles that are never used again, compiling stops
+    # and the plan runs them (with the same numbers); used programs earn new compiles
+    for time in range(4, 40):
+        feeds = bundled_feeds(model, rng, 1, time)
+        got = model.run(None, feeds)
+        for g, p in zip(got, plan_outputs(model, feeds)):
+            np.testing.assert_allclose(g, p, atol=1e-6, rtol=0)
+    assert len(programs.compiled()) == 4
+    for _ in range(30):
+        model.run(None, feeds)  # not compiled: the plan
+    assert len(programs.compiled()) == 4
+    old = bundled_feeds(model, rng, 1, 3)
+    for _ in range(16):
+        model.run(None, old)
+    model.run(None, bundled_feeds(model, rng, 1, 50))
+    assert len(programs.compiled()) == 5
