@@ -22,6 +22,7 @@ when an op's result differs from its compiled signature; the caller then runs th
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -43,13 +44,13 @@ class NotCompiled:
 
 
 def compile_program(plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any], body: bool = False,
-                    pinned: frozenset[int] = frozenset()):
+                    pinned: frozenset[int] = frozenset(), shared: dict | None = None):
     """The ``_runtime.Program`` of ``plan`` for ``wanted`` and the signature of ``feeds`` (which it
     runs once, as the trace), or ``NotCompiled`` saying why this plan cannot be compiled for it."""
     if _runtime is None:
         return NotCompiled("lstminfer._runtime is not built")
     try:
-        return Compiler(plan, wanted, feeds, body, pinned).run()
+        return Compiler(plan, wanted, feeds, body, pinned, shared).run()
     except (CompileDeclined, LstminferError) as e:
         return NotCompiled(str(e))
 
@@ -76,9 +77,10 @@ class Programs:
 
     def __init__(self, plan: Plan, wanted: tuple[int, ...], body: bool = False):
         self.plan, self.wanted, self.body = plan, wanted, body
-        self._by_signature: dict[tuple, Any] = {}
+        self._by_signature: OrderedDict[tuple, Any] = OrderedDict()  # least recently used first
         self._pins: dict[tuple, tuple[int, ...]] = {}  # a body's shapes -> the feeds it pins
         self._uses = self._compiles = 0  # programs run through lookup / compiled
+        self._shared: dict = {}  # weights laid out for the instructions, made once for all signatures
         self._lock = threading.Lock()
         self.fast = _runtime.ProgramSet(self.lookup, self.find) if _runtime is not None else None
 
@@ -102,9 +104,12 @@ class Programs:
         are seldom used again (every sequence a new length), compiling stops after a few
         (``_worth_compiling``) and the plan runs the new ones, as it would without programs."""
         key = self._key(feeds)
-        program = self._by_signature.pop(key, None) if key is not None else None
+        program = self._by_signature.get(key) if key is not None else None
         if program is not None:
-            self._by_signature[key] = program  # the most recently used, last
+            try:
+                self._by_signature.move_to_end(key)
+            except KeyError:  # dropped by another thread's compile meanwhile: still good to run
+                pass
             self._uses += 1
         else:
             with self._lock:
@@ -127,15 +132,16 @@ class Programs:
         if self.body:
             pins = self._pins.get(shapes)
             if pins is None:  # which read-only feeds stay put: those of a first, unpinned program
-                first = compile_program(self.plan, self.wanted, feeds, body=True)
+                first = compile_program(self.plan, self.wanted, feeds, body=True, shared=self._shared)
                 pins = self._pins[shapes] = _steady_feeds(first, self.plan, feeds)
         key = shapes + tuple(id(feeds[k]) for k in pins) if self.body else shapes
         program = self._by_signature.get(key)
         if program is None:
             self._compiles += 1
-            program = compile_program(self.plan, self.wanted, feeds, body=self.body, pinned=frozenset(pins))
+            program = compile_program(self.plan, self.wanted, feeds, body=self.body, pinned=frozenset(pins),
+                                      shared=self._shared)
             if len(self._by_signature) >= _MAX_PROGRAMS:
-                self._by_signature.pop(next(iter(self._by_signature)))
+                self._by_signature.popitem(last=False)
             self._by_signature[key] = program
         return program
 

@@ -118,10 +118,12 @@ class Compiler:
     """One compile: the trace of ``plan``'s schedule for ``wanted`` on ``feeds``, lowered."""
 
     def __init__(self, plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any], body: bool = False,
-                 pinned: frozenset[int] = frozenset()):
+                 pinned: frozenset[int] = frozenset(), shared: dict | None = None):
         """``body``: a subgraph's program, whose outputs that are a feed or a constant hand it
-        back as it is; ``pinned``: feeds compiled in as constants (only they are accepted)."""
+        back as it is; ``pinned``: feeds compiled in as constants (only they are accepted);
+        ``shared``: what programs of the same plan share (weights laid out for an instruction)."""
         self.plan, self.wanted, self.body = plan, wanted, body
+        self.shared = shared if shared is not None else {}
         self.schedule = [step for step, _ in plan.schedule(wanted)]
         self.values: list[Any] = plan._template.copy()
         self.places: dict[int, _Place] = {}
@@ -339,10 +341,12 @@ class Compiler:
             states[1][1], places[0], y_strides, places[1], places[2], s_strides))
         return f"C {node.op_type} kernel on the program's memory"
 
-    def _dense(self, a_slot: int, W: np.ndarray, bias: np.ndarray | None, out_slot: int, out_value, how: str):
-        """A Dense instruction: out_slot = a_slot @ W (+ bias), or None when A does not fit."""
+    def _dense(self, a_slot: int, shape: tuple[int, int], weights, bias: np.ndarray | None, out_slot: int,
+               out_value, how: str):
+        """A Dense instruction: out_slot = a_slot @ W (+ bias), W [K, N] of ``shape`` laid out as
+        Dense takes it by ``weights()``; None when A does not fit."""
         a_ref, A = self.source(a_slot)
-        K, N = W.shape
+        K, N = shape
         if A.dtype != _F32 or A.ndim < 1 or A.shape[-1] != K:
             return None
         M = int(np.prod(A.shape[:-1], dtype=np.int64))
@@ -353,13 +357,11 @@ class Compiler:
             a_ref, A = self.contiguous_source(a_slot)
             rows = A.reshape(M, K)
         lda = rows.strides[0] if M > 1 else K * 4
-        W = np.ascontiguousarray(W, dtype=_F32)
-        Wt = np.ascontiguousarray(W.T)
         out_shape = tuple(A.shape[:-1]) + (N,)
         if tuple(np.shape(out_value)) != out_shape:
             return None
         place = self.alloc(out_slot, out_shape, _F32, out_value)
-        self.instructions.append(_runtime.Dense(a_ref, M, K, lda, W, Wt, bias, place.ref, N))
+        self.instructions.append(_runtime.Dense(a_ref, M, K, lda, weights(), bias, place.ref, N))
         return how
 
     def _bias_after(self, out_slot: int, N: int) -> tuple[int, np.ndarray] | None:
@@ -380,18 +382,34 @@ class Compiler:
             return None
         return j, np.ascontiguousarray(np.broadcast_to(bias.reshape(-1), (N,)), dtype=_F32)
 
+    def dense_weights(self, B: np.ndarray, transposed: bool, alpha: float):
+        """``() -> weights`` for Dense: alpha * B (B^T when ``transposed``) in its layout, made once
+        per weight and shared by every signature's program (``self.shared``)."""
+        def make():
+            key = ("dense", id(B), transposed, alpha)
+            hit = self.shared.get(key)
+            if hit is None:
+                W = (B.T if transposed else B).astype(_F32) * np.float32(alpha) if alpha != 1.0 else \
+                    (B.T if transposed else B)
+                layout = W if W.shape[1] >= _runtime.DENSE_ROWS_FROM else W.T
+                hit = self.shared[key] = (B, np.ascontiguousarray(layout, dtype=_F32))  # B: its id stays its
+            return hit[1]
+
+        return make
+
     def matmul(self, i, step, outputs):
         W = self.values[step.inputs[1]]
         if step.inputs[1] in self.places or not isinstance(W, np.ndarray) or W.dtype != _F32 or W.ndim != 2:
             return None
         N = W.shape[1]
+        weights = self.dense_weights(W, False, 1.0)
         fused = self._bias_after(step.outputs[0], N)
         if fused is None:
-            return self._dense(step.inputs[0], W, None, step.outputs[0], outputs[0], "C dense (MatMul)")
+            return self._dense(step.inputs[0], W.shape, weights, None, step.outputs[0], outputs[0], "C dense (MatMul)")
         j, bias = fused
         add = self.schedule[j]
-        how = self._dense(step.inputs[0], W, bias, add.outputs[0], self._add_value(add, step, outputs[0]),
-                          f"C dense (MatMul + {add.node.label()})")
+        how = self._dense(step.inputs[0], W.shape, weights, bias, add.outputs[0],
+                          self._add_value(add, step, outputs[0]), f"C dense (MatMul + {add.node.label()})")
         if how is not None:
             self.fused[j] = step.node.label()
             self.lines[j] = f"{add.node.label()}: fused into {step.node.label()} (its bias)"
@@ -409,8 +427,9 @@ class Compiler:
         B = self.values[step.inputs[1]]
         if step.inputs[1] in self.places or not isinstance(B, np.ndarray) or B.dtype != _F32 or B.ndim != 2:
             return None
-        W = (B.T if node.attr("transB", 0) else B) * np.float32(node.attr("alpha", 1.0))
-        N = W.shape[1]
+        transposed = bool(node.attr("transB", 0))
+        shape = B.shape[::-1] if transposed else B.shape
+        N = shape[1]
         bias = None
         if len(step.inputs) > 2 and step.inputs[2] != _ABSENT:
             C = self.values[step.inputs[2]]
@@ -422,7 +441,8 @@ class Compiler:
         A = self.values[step.inputs[0]]
         if not isinstance(A, np.ndarray) or A.ndim != 2:
             return None
-        return self._dense(step.inputs[0], W.astype(_F32), bias, step.outputs[0], outputs[0], "C dense (Gemm)")
+        weights = self.dense_weights(B, transposed, float(node.attr("alpha", 1.0)))
+        return self._dense(step.inputs[0], shape, weights, bias, step.outputs[0], outputs[0], "C dense (Gemm)")
 
     def unary(self, i, step, outputs):
         if not self._out_f32(outputs) or not self._inputs_f32(step, 1):

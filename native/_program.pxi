@@ -116,40 +116,41 @@ cdef class Copy(Instr):
 cdef class Dense(Instr):
     """out[m, :] = A[m, :] @ W + bias for M rows of K floats (row stride lda bytes) into
     contiguous rows of N (li_dense.h): the heads (MatMul/Gemm + Add) exporters put after a
-    recurrent node. ``w`` is W [K, N], ``wt`` W transposed [N, K]."""
+    recurrent node. ``weights``: W [K, N] when N >= DENSE_ROWS_FROM, else W transposed [N, K]."""
     cdef Ref a, out
     cdef Py_ssize_t M, K, N, lda
     cdef const float* w
-    cdef const float* wt
     cdef const float* bias
     cdef object keep
 
-    def __init__(self, tuple a, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda, w, wt, bias, tuple out, Py_ssize_t N):
-        cdef const float[:, ::1] w_v = w
-        cdef const float[:, ::1] wt_v = wt
+    def __init__(self, tuple a, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda, weights, bias, tuple out, Py_ssize_t N):
+        cdef const float[:, ::1] w_v = weights
         cdef const float[::1] b_v
-        if w_v.shape[0] != K or w_v.shape[1] != N or wt_v.shape[0] != N or wt_v.shape[1] != K:
+        if (w_v.shape[0], w_v.shape[1]) != ((K, N) if N >= DENSE_ROWS_FROM else (N, K)) or K < 1:
             raise ValueError("Dense: weights do not match K, N")
         self.a, self.out, self.M, self.K, self.N, self.lda = make_ref(a), make_ref(out), M, K, N, lda
-        self.w, self.wt, self.bias = &w_v[0, 0], &wt_v[0, 0], NULL
+        self.w, self.bias = &w_v[0, 0], NULL
         if bias is not None:
             b_v = bias
             if b_v.shape[0] != N:
                 raise ValueError("Dense: bias does not match N")
             self.bias = &b_v[0]
-        self.keep = (w, wt, bias)
+        self.keep = (weights, bias)
 
     cdef int run(self, char** bases) except -1:
         cdef const char* a = at(bases, self.a)
         cdef float* out = <float*>at(bases, self.out)
         with nogil:
-            dense_rows(<const float*>a, self.M, self.K, self.lda, self.w, self.wt, self.bias, out, self.N)
+            dense_rows(<const float*>a, self.M, self.K, self.lda, self.w, self.bias, out, self.N)
         return 0
 
 
 cdef extern from "li_dense.h":
     void dense_rows "li_dense_rows"(const float* A, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda, const float* w,
-                                    const float* wt, const float* bias, float* out, Py_ssize_t N) noexcept nogil
+                                    const float* bias, float* out, Py_ssize_t N) noexcept nogil
+    const Py_ssize_t LI_DENSE_ROWS_FROM
+
+DENSE_ROWS_FROM = LI_DENSE_ROWS_FROM
 
 
 cdef extern from "li_vector.h":

@@ -1,7 +1,8 @@
 /* Dense rows for a compiled program's heads: out[m, :] = A[m, :] @ W + bias.
-   Few outputs (N < 16) take dot products with W^T, in 16 independent partial sums that the
-   compiler turns into vector lanes (a single running sum is one latency-bound chain); more
-   outputs update the output row with each A[m, k] * W[k, :] (vectorized over N).
+   Few outputs (N < LI_DENSE_ROWS_FROM) take dot products with W^T (the weights given as W^T,
+   [N, K]), in 16 independent partial sums that the compiler turns into vector lanes (a single
+   running sum is one latency-bound chain); more outputs update the output row with each
+   A[m, k] * W[k, :] (the weights given as W, [K, N]; vectorized over N).
    Built for AVX-512, AVX2 and the baseline, picked by the CPU at load (GCC/Clang on x86-64). */
 #ifndef LI_DENSE_H
 #define LI_DENSE_H
@@ -14,6 +15,7 @@
 #endif
 
 #define LI_DOT_LANES 16
+#define LI_DENSE_ROWS_FROM 16
 
 static inline float li_dot(const float *restrict a, const float *restrict b, Py_ssize_t K) {
     float acc[LI_DOT_LANES] = {0};
@@ -31,12 +33,12 @@ static inline float li_dot(const float *restrict a, const float *restrict b, Py_
 
 LI_DENSE_CLONES
 static void li_dense_rows(const float *A, Py_ssize_t M, Py_ssize_t K, Py_ssize_t lda_bytes,
-                          const float *restrict w, const float *restrict wt, const float *restrict bias,
-                          float *restrict out, Py_ssize_t N) {
+                          const float *restrict w, const float *restrict bias, float *restrict out, Py_ssize_t N) {
+    const float *restrict wt = w;
     for (Py_ssize_t m = 0; m < M; m++) {
         const float *restrict a = (const float *)((const char *)A + m * lda_bytes);
         float *restrict o = out + m * N;
-        if (N < 16) {
+        if (N < LI_DENSE_ROWS_FROM) {
             for (Py_ssize_t n = 0; n < N; n++)
                 o[n] = li_dot(a, wt + n * K, K) + (bias ? bias[n] : 0.0f);
             continue;

@@ -430,3 +430,14 @@ def test_signatures_compile_only_while_programs_pay():
         model.run(None, old)
     model.run(None, bundled_feeds(model, rng, 1, 50))
     assert len(programs.compiled()) == 5
+
+
+def test_signatures_share_the_head_weights():
+    """Each signature's program reads the same laid-out head weights (a big vocabulary head is
+    copied once per model, not once per sequence length)."""
+    model = lstminfer.load(models.path("adding_lstm"))
+    rng = np.random.default_rng(12)
+    for time in (1, 5, 9):
+        model.run(None, bundled_feeds(model, rng, 2, time))
+    assert len(model._programs.compiled()) == 3
+    assert len([k for k in model._programs._shared if k[0] == "dense"]) == 1
