@@ -82,7 +82,7 @@ static inline li_num li_apply(int op, li_num a, li_num b, int in_float) {
 static inline void li_store(char *p, int t, li_num v, int from_float) {
     switch (t) {
     case LI_BOOL: *(unsigned char *)p = from_float ? v.f != 0.0 : v.i != 0; break;
-    case LI_I32: *(int32_t *)p = from_float ? (int32_t)(long long)v.f : (int32_t)v.i; break;
+    case LI_I32: *(int32_t *)p = from_float ? (int32_t)v.f : (int32_t)v.i; break;  /* as NumPy's cast */
     case LI_I64: *(int64_t *)p = from_float ? (int64_t)v.f : (int64_t)v.i; break;
     case LI_F32: *(float *)p = (float)(from_float ? v.f : (double)v.i); break;
     default: *(double *)p = from_float ? v.f : (double)v.i; break;
