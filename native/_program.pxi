@@ -4,10 +4,10 @@
 # into instructions over raw memory: shape-only ops became views at compile time and run
 # nothing; layout changes, dense heads, elementwise ops, softmax, embedding lookups and the
 # recurrent kernels run here in C; any other op calls its NumPy kernel on views of that memory.
-# Every value lives at a fixed byte offset from a base: the arena (per call, reused), a feed,
-# or an absolute address (a constant kept alive by the program).
-from libc.math cimport expf, tanhf, fabsf, sqrtf, logf
-from libc.stdlib cimport malloc, free
+# Every value lives at a fixed byte offset from a base: the arena (the call's scratch, reused),
+# a feed, an output array made for the call, or an absolute address (a constant the program
+# keeps alive). The C loops themselves are in li_dense.h, li_vector.h and li_typed.h.
+from libc.math cimport expf, logf
 from cpython.pycapsule cimport PyCapsule_GetPointer
 
 cdef extern from "li_call.h":
