@@ -29,7 +29,7 @@ cdef extern from "li_call.h":
 ctypedef int (*call_kernel_fn)(object, const li_call*) except -1
 
 DEF MAX_DIMS = 8
-DEF KEEP_ARENA_BYTES = 16 << 20  # larger arenas are allocated per call and freed after it
+DEF KEEP_ARENA_BYTES = 4 << 20  # larger ones are made per call: kept, 32 signatures' would add up
 DEF KEEP_ARENAS = 4  # per program: one per thread running it at once
 DEF MAX_FEEDS = 64
 DEF MAX_OUTPUTS = 64
