@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="describe a model: inputs, outputs, ops, recurrent layers")
     info.add_argument("model", help="path to an .onnx file")
     info.add_argument("--backend", default="auto", help="backend to plan with (default: auto)")
-    info.add_argument("--plan", action="store_true", help="also print the execution plan")
+    info.add_argument("--plan", action="store_true",
+                      help="also print the execution plan and its compiled program (every free dim 1)")
     info.add_argument("--quantize", choices=("int8", "bf16"), help="plan with weights quantized at load")
     info.set_defaults(func=_cmd_info)
 

@@ -114,3 +114,12 @@ def test_quantize_report_prints_the_accuracy_table(capsys):
     assert "max|err|" in out
     for name in ("adding_lstm", "forecast_lstm", "forecast_gru"):
         assert all(f"{name:<14} {p:<9}" in out for p in ("float32", "int8", "bf16")), name
+
+
+def test_info_plan_shows_the_compiled_program(capsys):
+    from lstminfer import models
+
+    assert main(["info", models.path("adding_lstm"), "--plan"]) == 0
+    out = capsys.readouterr().out
+    assert "compiled program for x [1, 1, 2], h0 [1, 1, 32], c0 [1, 1, 32]:" in out
+    assert out.count("vanished (a view)") == 3 and "C LSTM kernel" in out and "fused into" in out
