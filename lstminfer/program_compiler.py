@@ -248,12 +248,12 @@ class Compiler:
                 self.lines[i] = f"{node.label()}: folded (fixed for this signature)"
                 continue
             dynamic.update(s for s in step.outputs if s != _ABSENT)
-            how = self.lower(i, step, outputs)
+            how = self.lower(step, outputs)
             self.lines[i] = f"{node.label()}: {how}"
         return self.program()
 
     # -- lowering ---------------------------------------------------------------
-    def lower(self, i: int, step, outputs: Sequence[Any]) -> str:
+    def lower(self, step, outputs: Sequence[Any]) -> str:
         op = step.node.op_type if step.node.domain in ("", "ai.onnx") else None
         if op in VIEW_OPS:
             places = [self.view_place(v) if s != _ABSENT else None for s, v in zip(step.outputs, outputs)]
@@ -273,7 +273,7 @@ class Compiler:
         if op in _runtime.TYPED_OPS and (lowering is None or not self._out_f32(outputs)):
             lowering = self.typed
         if lowering is not None:
-            how = lowering(i, step, outputs)
+            how = lowering(step, outputs)
             if how is not None:
                 return how
         return self.python_call(step, outputs)
@@ -281,7 +281,7 @@ class Compiler:
     def _out_f32(self, outputs, n: int = 1) -> bool:
         return all(isinstance(v, np.ndarray) and v.dtype == _F32 for v in outputs[:n])
 
-    def recurrent(self, i, step, outputs):
+    def recurrent(self, step, outputs):
         kernel = step.kernel
         packs = getattr(kernel, "packs", None)
         node = step.node
@@ -297,15 +297,11 @@ class Compiler:
         T, B = (X.shape[0], X.shape[1]) if time_major else (X.shape[1], X.shape[0])
         Y = outputs[0]
         D, H = (Y.shape[1], Y.shape[3]) if time_major else (Y.shape[2], Y.shape[3])
-        refs = {}
-        refs["x"], _ = self.contiguous_source(step.inputs[0])
         lens_slot = step.inputs[4] if len(step.inputs) > 4 else _ABSENT
-        refs["lens"] = None
         if lens_slot != _ABSENT:
             lens = self.values[lens_slot]
             if not (isinstance(lens, np.ndarray) and lens.dtype == np.int32 and lens.shape == (B,)):
                 return None
-            refs["lens"], _ = self.contiguous_source(lens_slot)
         states = []
         for k in (5, 6):
             slot = step.inputs[k] if len(step.inputs) > k else _ABSENT
@@ -323,6 +319,9 @@ class Compiler:
         s_shape = (D, B, H) if time_major else (B, D, H)
         if Y.shape != y_shape:
             return None
+        # every check passed: from here on instructions are emitted (a layout copy first, if any)
+        x_ref, _ = self.contiguous_source(step.inputs[0])
+        lens_ref = self.contiguous_source(lens_slot)[0] if lens_slot != _ABSENT else None
         slots = list(step.outputs) + [_ABSENT] * (3 - len(step.outputs))
         places = []
         for k, shape in enumerate((y_shape, s_shape, s_shape)):
@@ -337,7 +336,7 @@ class Compiler:
         y_strides = (D * B * H, B * H, H) if time_major else (D * H, H, T * D * H)
         s_strides = (B * H, H) if time_major else (H, D * H)
         self.instructions.append(_runtime.Recurrent(
-            kernel, _kernel_capsule(), T, B, refs["x"], refs["lens"], states[0][0], states[0][1], states[1][0],
+            kernel, _kernel_capsule(), T, B, x_ref, lens_ref, states[0][0], states[0][1], states[1][0],
             states[1][1], places[0], y_strides, places[1], places[2], s_strides))
         return f"C {node.op_type} kernel on the program's memory"
 
@@ -350,16 +349,14 @@ class Compiler:
         if A.dtype != _F32 or A.ndim < 1 or A.shape[-1] != K:
             return None
         M = int(np.prod(A.shape[:-1], dtype=np.int64))
-        if M * K * N > _DENSE_MAX_MACS:
+        out_shape = tuple(A.shape[:-1]) + (N,)
+        if M * K * N > _DENSE_MAX_MACS or tuple(np.shape(out_value)) != out_shape:
             return None
         rows = A.reshape(M, K) if M else None
         if rows is None or not np.may_share_memory(rows, A) or (K > 1 and rows.strides[1] != 4) or not A.flags.aligned:
             a_ref, A = self.contiguous_source(a_slot)
             rows = A.reshape(M, K)
         lda = rows.strides[0] if M > 1 else K * 4
-        out_shape = tuple(A.shape[:-1]) + (N,)
-        if tuple(np.shape(out_value)) != out_shape:
-            return None
         place = self.alloc(out_slot, out_shape, _F32, out_value)
         self.instructions.append(_runtime.Dense(a_ref, M, K, lda, weights(), bias, place.ref, N))
         return how
@@ -397,7 +394,7 @@ class Compiler:
 
         return make
 
-    def matmul(self, i, step, outputs):
+    def matmul(self, step, outputs):
         W = self.values[step.inputs[1]]
         if step.inputs[1] in self.places or not isinstance(W, np.ndarray) or W.dtype != _F32 or W.ndim != 2:
             return None
@@ -420,7 +417,7 @@ class Compiler:
         values[matmul_step.outputs[0]] = matmul_out
         return _run_step(add, values)[0]
 
-    def gemm(self, i, step, outputs):
+    def gemm(self, step, outputs):
         node = step.node
         if node.attr("transA", 0) or len(step.inputs) < 2:
             return None
@@ -444,7 +441,7 @@ class Compiler:
         weights = self.dense_weights(B, transposed, float(node.attr("alpha", 1.0)))
         return self._dense(step.inputs[0], shape, weights, bias, step.outputs[0], outputs[0], "C dense (Gemm)")
 
-    def unary(self, i, step, outputs):
+    def unary(self, step, outputs):
         if not self._out_f32(outputs) or not self._inputs_f32(step, 1):
             return None
         ref, x = self.contiguous_source(step.inputs[0])
@@ -456,7 +453,7 @@ class Compiler:
         return len(step.inputs) == n and all(
             s != _ABSENT and isinstance(self.values[s], np.ndarray) and self.values[s].dtype == _F32 for s in step.inputs)
 
-    def binary(self, i, step, outputs):
+    def binary(self, step, outputs):
         if not self._out_f32(outputs) or not self._inputs_f32(step, 2):
             return None
         (a_ref, a), (b_ref, b) = self.source(step.inputs[0]), self.source(step.inputs[1])
@@ -474,7 +471,7 @@ class Compiler:
                                                  _runtime.BINARY_CODES[step.node.op_type]))
         return "C elementwise"
 
-    def softmax(self, i, step, outputs):
+    def softmax(self, step, outputs):
         node = step.node
         if not self._out_f32(outputs) or not self._inputs_f32(step, 1):
             return None
@@ -489,7 +486,7 @@ class Compiler:
                                                   node.op_type == "LogSoftmax"))
         return "C softmax"
 
-    def concat(self, i, step, outputs):
+    def concat(self, step, outputs):
         out = outputs[0]
         if not isinstance(out, np.ndarray) or out.dtype.hasobject or any(s == _ABSENT for s in step.inputs):
             return None
@@ -507,7 +504,7 @@ class Compiler:
             at += array.shape[axis]
         return "C copies (Concat)"
 
-    def gather(self, i, step, outputs):
+    def gather(self, step, outputs):
         if step.node.attr("axis", 0) != 0 or len(step.inputs) != 2:
             return None
         table, ids = self.values[step.inputs[0]], self.values[step.inputs[1]]
@@ -529,7 +526,7 @@ class Compiler:
             table.itemsize * int(np.prod(row_shape, dtype=np.int64)), *row))
         return "C row lookup (Gather)"
 
-    def typed(self, i, step, outputs):
+    def typed(self, step, outputs):
         node, codes = step.node, _runtime.TYPED_DTYPES
         out = outputs[0]
         unary = node.op_type in ("Cast", "Not", "Neg")
