@@ -458,7 +458,7 @@ class Compiler:
             return None
         (a_ref, a), (b_ref, b) = self.source(step.inputs[0]), self.source(step.inputs[1])
         shape = np.broadcast_shapes(a.shape, b.shape)
-        if shape != outputs[0].shape:
+        if shape != outputs[0].shape or not (a.flags.aligned and b.flags.aligned):
             return None
         a_strides = np.broadcast_to(a, shape).strides
         b_strides = np.broadcast_to(b, shape).strides
