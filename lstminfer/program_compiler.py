@@ -505,9 +505,13 @@ class Compiler:
         return "C copies (Concat)"
 
     def gather(self, step, outputs):
-        if step.node.attr("axis", 0) != 0 or len(step.inputs) != 2:
+        if len(step.inputs) != 2:
             return None
         table, ids = self.values[step.inputs[0]], self.values[step.inputs[1]]
+        if isinstance(ids, np.ndarray) and ids.ndim == 0 and step.inputs[1] not in self.places:
+            return self._gather_one(step, table, int(ids))
+        if step.node.attr("axis", 0) != 0:
+            return None
         if not (isinstance(table, np.ndarray) and table.ndim >= 1 and not table.dtype.hasobject
                 and isinstance(ids, np.ndarray) and ids.dtype in (np.int32, np.int64)):
             return None
@@ -525,6 +529,23 @@ class Compiler:
             table_ref, table.shape[0], table.strides[0], ids_ref, ids.size, ids.itemsize, place.ref,
             table.itemsize * int(np.prod(row_shape, dtype=np.int64)), *row))
         return "C row lookup (Gather)"
+
+    def _gather_one(self, step, data, index: int):
+        """Gather of one constant index (``y[:, -1]``, the last step a classifier reads): a view."""
+        place = self.places.get(step.inputs[0])
+        if place is None or not isinstance(data, np.ndarray) or data.ndim == 0:
+            return None
+        axis = step.node.attr("axis", 0) % data.ndim
+        size = data.shape[axis]
+        if not -size <= index < size:
+            return None  # out of range: the kernel reports it
+        view = place.array[(slice(None),) * axis + (index % size,)]
+        at = self.view_place(view)
+        if at is None:
+            return None
+        self.places[step.outputs[0]] = at
+        self.values[step.outputs[0]] = view
+        return "vanished (a view: Gather of a constant index)"
 
     def typed(self, step, outputs):
         node, codes = step.node, _runtime.TYPED_DTYPES
