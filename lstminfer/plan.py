@@ -41,6 +41,7 @@ class Step:
     outer_names: tuple[str, ...]  # values a subgraph reads from enclosing scopes
     outer: tuple[int, ...]
     describe: str  # which kernel/backend runs it, for describe()
+    opset: int = 0  # of the node's domain: what its attributes' defaults are
 
 
 class Plan:
@@ -117,6 +118,7 @@ class Plan:
                 outer_names=outer_names,
                 outer=tuple(self._slot(n) for n in outer_names),
                 describe=getattr(kernel, "describe", "numpy"),
+                opset=opset,
             )
             if _foldable(step, constants):
                 values = _run_step(step, constants)

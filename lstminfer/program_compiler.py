@@ -476,12 +476,14 @@ class Compiler:
         if not self._out_f32(outputs) or not self._inputs_f32(step, 1):
             return None
         x = self.values[step.inputs[0]]
-        axis = node.attr("axis", None)  # the default differs by opset (-1 from 13, 1 before)
-        if x.ndim == 0 or axis is None or axis % x.ndim != x.ndim - 1:
+        if x.ndim == 0:
             return None
+        axis = node.attr("axis", -1 if step.opset >= 13 else 1) % x.ndim
+        if step.opset >= 13 and axis != x.ndim - 1:
+            return None  # along an inner axis: not rows
         ref, x = self.contiguous_source(step.inputs[0])
         place = self.alloc(step.outputs[0], x.shape, _F32, outputs[0])
-        cols = x.shape[-1]
+        cols = int(np.prod(x.shape[axis:], dtype=np.int64))  # before 13: the dims from axis on, flattened
         self.instructions.append(_runtime.Softmax(ref, place.ref, x.size // max(cols, 1), cols,
                                                   node.op_type == "LogSoftmax"))
         return "C softmax"
