@@ -168,7 +168,7 @@ class Model(_RunCore):
                 if outputs is not None:
                     return outputs
         feeds = self._validated_feeds(input_feed)
-        outputs = programs.run(feeds) if all(f.__class__ is np.ndarray for f in feeds) else None
+        outputs = programs.run(feeds)  # None for feeds no program takes (sequences, optionals)
         if outputs is not None:
             return outputs
         outputs = self._plan.execute(feeds, wanted)

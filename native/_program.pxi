@@ -85,7 +85,6 @@ cdef void strided_copy(char* dst, const char* src, int nd, const Py_ssize_t* sha
 
 cdef class Instr:
     """One instruction: ``run(bases)`` returns 0 when done, 1 to decline the whole call."""
-    cdef str text  # for describe()
 
     cdef int run(self, char** bases) except -1:
         return 0
@@ -548,21 +547,21 @@ cdef class Program:
         """How many arenas wait for the next call."""
         return len(self.arenas)
 
-    def matches(self, list feeds):
-        cdef char* bases[ABSOLUTE + 1]
-        return self.feeds_ok(feeds, bases)
-
     def run(self, list feeds, list into=None):
         """The wanted values for ``feeds``, or None (nothing written) when the program declines."""
         return self._run(feeds, into)
 
     cdef object _run(self, list feeds, list into):
         cdef char* bases[ABSOLUTE + 1]
+        if not self.feeds_ok(feeds, bases):
+            return None
+        return self._run_on(feeds, into, bases)
+
+    cdef object _run_on(self, list feeds, list into, char** bases):
+        """``_run`` for feeds ``feeds_ok`` accepted, their addresses in ``bases``."""
         cdef Py_ssize_t k
         cdef Instr ins
         cdef int status = 0
-        if not self.feeds_ok(feeds, bases):
-            return None
         if into is not None and not self.into_ok(into):
             return None
         bases[ABSOLUTE] = NULL
@@ -679,27 +678,22 @@ cdef class ProgramSet:
         return self._run(feeds, into)
 
     cdef object _run(self, list feeds, list into):
-        cdef char* bases[ABSOLUTE + 1]
-        cdef Program program = self.last
-        if program is None or not program.feeds_ok(feeds, bases):
-            program = self.lookup(feeds)
-            if program is None:
-                return None
-            self.last = program
-        else:
-            self.hits += 1
-        return program._run(feeds, into)
+        return self._take(feeds, into, self.lookup)
 
     cdef object _run_cached(self, list feeds, list into):
         """``run`` for feeds nobody has checked: only a program compiled before (whose own check
         of the feeds then stands for the full one) runs them."""
+        return self._take(feeds, into, self.find)
+
+    cdef object _take(self, list feeds, list into, finder):
+        """The last program on ``feeds`` when it accepts them (checked once), else ``finder``'s."""
         cdef char* bases[ABSOLUTE + 1]
         cdef Program program = self.last
-        if program is None or not program.feeds_ok(feeds, bases):
-            program = self.find(feeds)
-            if program is None:
-                return None
-            self.last = program
-        else:
+        if program is not None and program.feeds_ok(feeds, bases):
             self.hits += 1
+            return program._run_on(feeds, into, bases)
+        program = finder(feeds)
+        if program is None:
+            return None
+        self.last = program
         return program._run(feeds, into)

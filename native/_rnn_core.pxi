@@ -2222,7 +2222,14 @@ cdef class KernelCore:
             return 1
         if self.op == OP_LSTM and not self.state(s, c0, batch, True):
             return 1
-        s.T, s.B, s.I, s.H, s.D = T, batch, self.I, self.H, self.D
+        s.T, s.B = T, batch
+        self.bind_constants(s)
+        return 0
+
+    cdef void bind_constants(self, Seq* s) noexcept:
+        """Point ``s`` at this kernel's sizes, packed weights and settings, one whole call in
+        this thread (no batch split, no unit schedule)."""
+        s.I, s.H, s.D = self.I, self.H, self.D
         s.time_major = self.time_major
         s.wbuf, s.offsets, s.pbuf, s.poff = self.wbuf, self.offsets, self.pbuf, self.poff
         s.qpbuf, s.qscale, s.qsoff, s.qkind = self.qpbuf, self.qscale, self.qsoff, self.qkind
@@ -2231,7 +2238,6 @@ cdef class KernelCore:
         s.sched, s.part = NULL, 0
         s.whole, s.ranges, s.parts = NULL, NULL, 1
         s.flip = False
-        return 0
 
     cdef void output_strides(self, Seq* s) noexcept:
         """Y and state strides for outputs allocated in the node's layout (fresh, C order)."""
@@ -2473,20 +2479,13 @@ cdef int call_kernel(object core, const li_call* c) except -1:
     0 done, 1 declined (sequence_lens outside [0, T]: the caller's general path reports it)."""
     cdef KernelCore k = <KernelCore>core
     cdef Seq s
-    s.X, s.T, s.B, s.I, s.H, s.D = c.X, c.T, c.B, k.I, k.H, k.D
-    s.time_major = k.time_major
+    s.X, s.T, s.B = c.X, c.T, c.B
     s.lens, s.has_lens = c.lens, c.lens != NULL
     s.h0, s.h0_d, s.h0_b, s.has_h0 = c.h0, c.h0_d, c.h0_b, c.h0 != NULL
     s.c0, s.c0_d, s.c0_b, s.has_c0 = c.c0, c.c0_d, c.c0_b, c.c0 != NULL
     s.Y, s.y_t, s.y_d, s.y_b = c.Y, c.y_t, c.y_d, c.y_b
     s.Sh, s.Sc, s.s_d, s.s_b = c.Sh, c.Sc, c.s_d, c.s_b
-    s.wbuf, s.offsets, s.pbuf, s.poff = k.wbuf, k.offsets, k.pbuf, k.poff
-    s.qpbuf, s.qscale, s.qsoff, s.qkind = k.qpbuf, k.qscale, k.qsoff, k.qkind
-    s.codes, s.fparams = k.codes, k.fparams
-    s.reverse_first, s.flag, s.clip = k.reverse_first, k.flag, k.clip
-    s.sched, s.part = NULL, 0
-    s.whole, s.ranges, s.parts = NULL, NULL, 1
-    s.flip = False
+    k.bind_constants(&s)
     return k.launch(&s)
 
 

@@ -562,8 +562,7 @@ cdef class PoolStepCore:
     whenever anything is unusual; the caller then takes its full path, which reports errors."""
     cdef object into, empty, dtype, slot_views, X, Y, acquire, release, sid_array
     cdef PoolCore pool
-    cdef ProgramSet programs  # a whole model (into None): its streaming plan compiled
-    cdef Py_ssize_t noutputs  # the programs' data outputs (one), before the new states
+    cdef ProgramSet programs  # a whole model of one data output (into None): its streaming plan compiled
     cdef dict views
     cdef const long long* sid_at
     cdef long long id_mask
@@ -581,7 +580,7 @@ cdef class PoolStepCore:
         if (into is None) == (programs is None):
             raise ValueError("PoolStepCore: one of into and programs")
         self.into, self.pool, self.views, self.slot_views = into, pool, views, slot_views
-        self.programs, self.noutputs = programs, 1
+        self.programs = programs
         self.acquire, self.release = lock.acquire, lock.release
         self.sid_array, self.sid_at, self.max_streams = sid_at, &ids[0], ids.shape[0]
         self.id_mask = (1LL << id_bits) - 1
@@ -662,7 +661,7 @@ cdef class PoolStepCore:
         if views is None:
             views = self.slot_views(first, n)
         if self.programs is not None:  # the new states written over the slots' views
-            out = self.programs._run_cached([X] + views, [None] * self.noutputs + views)
+            out = self.programs._run_cached([X] + views, [None] + views)  # Y, then the states
             if out is None:
                 return None
             self.rows_of.frames = frames
