@@ -4,7 +4,7 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 # Portable flags only: a wheel must run on any x86-64; fast paths are chosen
-# at run time by CPU feature (lstminfer._cpu), never by -march=native.
+# at run time by CPU feature (lstminfer._native._cpu), never by -march=native.
 COMPILE_ARGS = ["-O3"]
 
 # The recurrent kernels are built once per instruction set from one source
@@ -19,14 +19,14 @@ RNN_ISA_ARGS = {
 }
 
 extensions = [
-    Extension("lstminfer._cpu", ["native/_cpu.pyx"], extra_compile_args=COMPILE_ARGS),
+    Extension("lstminfer._native._cpu", ["native/_cpu.pyx"], extra_compile_args=COMPILE_ARGS),
     # Model.run's per-call loop (feed checks, steps, output detaching) in C.
-    Extension("lstminfer._runtime", ["native/_runtime.pyx"], include_dirs=[numpy.get_include()],
+    Extension("lstminfer._native._runtime", ["native/_runtime.pyx"], include_dirs=[numpy.get_include()],
               depends=["native/_program.pxi", "native/li_call.h", "native/li_dense.h", "native/li_typed.h", "native/li_vector.h", "native/li_math.h"],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=COMPILE_ARGS),
-    Extension("lstminfer._numba_entry", ["native/_numba_entry.pyx"], include_dirs=[numpy.get_include()], define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=COMPILE_ARGS),  # Numba kernels' per-call path
+    Extension("lstminfer._native._numba_entry", ["native/_numba_entry.pyx"], include_dirs=[numpy.get_include()], define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")], extra_compile_args=COMPILE_ARGS),  # Numba kernels' per-call path
 ] + [
-    Extension(f"lstminfer._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
+    Extension(f"lstminfer._native._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
               include_dirs=[numpy.get_include()],  # outputs allocated through numpy's C API
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
               extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi", "native/li_vnni.h", "native/li_workers.h", "native/li_call.h", "native/li_math.h"])

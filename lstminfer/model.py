@@ -113,7 +113,7 @@ class Model(_RunCore):
             if vi.kind == "tensor" and vi.dtype is not None and vi.dtype != np.dtype(object) and vi.shape is not None
         ]
         self._all_fast = len(self._fast_checks) == len(self._inputs)
-        # The same test and the executor loop in C (lstminfer._runtime), when built.
+        # The same test and the executor loop in C (lstminfer._native._runtime), when built.
         self._c_checks = _runtime.FeedChecks(tuple(self._fast_checks)) if self._all_fast and _runtime is not None else None
         self._programs = Programs(self._plan, self._wanted(None))
         self._programs_by_wanted: dict[tuple[int, ...], Programs] = {}  # run(["y"], ...) and the like

@@ -19,7 +19,7 @@ from .graph import Graph, Node
 from .ops.registry import BuildContext, Kernel
 
 try:  # the executor loop in C (native/_runtime.pyx); the Python loop below is the same thing
-    from . import _runtime
+    from ._native import _runtime
     if not _runtime.AVAILABLE:
         _runtime = None
 except ImportError:  # pragma: no cover - only when the extension was not built

@@ -48,7 +48,7 @@ def compile_program(plan: Plan, wanted: tuple[int, ...], feeds: Sequence[Any], b
     """The ``_runtime.Program`` of ``plan`` for ``wanted`` and the signature of ``feeds`` (which it
     runs once, as the trace), or ``NotCompiled`` saying why this plan cannot be compiled for it."""
     if _runtime is None:
-        return NotCompiled("lstminfer._runtime is not built")
+        return NotCompiled("lstminfer._native._runtime is not built")
     try:
         return Compiler(plan, wanted, feeds, body, pinned, shared).run()
     except (CompileDeclined, LstminferError) as e:

@@ -647,7 +647,7 @@ _capsule = None
 def _kernel_capsule():
     global _capsule
     if _capsule is None:
-        from . import _rnn_kernels
+        from ._native import _rnn_kernels
 
         _capsule = _rnn_kernels.CALL_KERNEL
     return _capsule

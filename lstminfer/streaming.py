@@ -399,7 +399,7 @@ class StreamProgram:
 
 
 class _PyStreamStep:
-    """``Stream.step``'s fast path where lstminfer._runtime is not built (it has it in C)."""
+    """``Stream.step``'s fast path where lstminfer._native._runtime is not built (it has it in C)."""
 
     __slots__ = ("_into", "_states", "_programs", "_names")
 
@@ -485,7 +485,7 @@ class Stream(_StreamStep):
 
 
 class _PyPoolStep:
-    """``StreamPool.step`` where lstminfer._runtime is not built (it has its usual call in C)."""
+    """``StreamPool.step`` where lstminfer._native._runtime is not built (it has its usual call in C)."""
 
     def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
         """Step the given streams by one chunk each, in one batched run; streams not given are untouched.

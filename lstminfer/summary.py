@@ -113,7 +113,7 @@ def format_info(model) -> str:
 
 def cpu_features_text() -> str:
     try:
-        from . import _cpu
+        from ._native import _cpu
     except ImportError as e:  # running from a source tree without a build
         return f"unknown (native extension not built: {e})"
     flags = _cpu.features()

@@ -1951,7 +1951,7 @@ cdef int run_part(void* arg) noexcept nogil:
     cdef Part* part = <Part*>arg
     return part.run(&part.s, part.op)
 
-cdef const char* RUN_SEQUENCE_NAME = "lstminfer._rnn_kernels.run_sequence"
+cdef const char* RUN_SEQUENCE_NAME = "lstminfer._native._rnn_kernels.run_sequence"
 # This build's run_sequence, for the KernelCore of any build (they share Seq).
 RUN_SEQUENCE = PyCapsule_New(<void*>run_sequence, RUN_SEQUENCE_NAME, NULL)
 

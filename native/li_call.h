@@ -1,5 +1,5 @@
-/* One recurrent node's call from a compiled program (lstminfer._runtime) into the kernel
-   module (lstminfer._rnn_kernels*): raw pointers, no Python objects per call.
+/* One recurrent node's call from a compiled program (lstminfer._native._runtime) into the kernel
+   module (lstminfer._native._rnn_kernels*): raw pointers, no Python objects per call.
    X is C-contiguous [T, B, I] (time-major) or [B, T, I]; states and outputs may have any
    strides (in floats) as long as the hidden units are contiguous. */
 #ifndef LI_CALL_H
@@ -20,6 +20,6 @@ typedef struct {
     Py_ssize_t s_d, s_b;
 } li_call;
 
-#define LI_CALL_CAPSULE "lstminfer._rnn_kernels.call_kernel"
+#define LI_CALL_CAPSULE "lstminfer._native._rnn_kernels.call_kernel"
 
 #endif

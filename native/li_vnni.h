@@ -15,7 +15,7 @@
    Kp = K rounded up to 4, the padding rows and columns zero.
 
    Compiled into every build (function-level target attributes: the module's
-   flags stay portable); cython_backend calls it only when lstminfer._cpu
+   flags stay portable); cython_backend calls it only when lstminfer._native._cpu
    reports avx512vnni (and bw, vl). */
 #ifndef LI_VNNI_H
 #define LI_VNNI_H

@@ -362,7 +362,7 @@ def test_run_fast_path_detaches_views_and_reports_kernel_errors():
 
 
 def test_everything_runs_without_the_runtime_extension(monkeypatch, rng):
-    """lstminfer._runtime (the per-call loop in C) is optional: the Python paths give the same."""
+    """lstminfer._native._runtime (the per-call loop in C) is optional: the Python paths give the same."""
     import lstminfer.model
     import lstminfer.plan
     import lstminfer.streaming
@@ -467,7 +467,7 @@ def test_pool_step_takes_the_c_path_only_for_a_non_empty_dict(rng):
 def test_compiled_schedule_runs_steps_and_reports_failures():
     """_runtime.Schedule (the C step loop): slots in and out, absent outputs, frees, and the
     on_error hook for a kernel that raises or returns too few outputs."""
-    runtime = pytest.importorskip("lstminfer._runtime")
+    runtime = pytest.importorskip("lstminfer._native._runtime")
     calls = []
 
     def add(a, b):
@@ -505,7 +505,7 @@ def test_compiled_schedule_runs_steps_and_reports_failures():
 def test_feed_checks_accept_only_exact_feeds():
     """_runtime.FeedChecks (Model.run's fast acceptance test): exact ndarrays of each input's dtype,
     rank and fixed dims, no other names, in input order; anything else None (the full check)."""
-    runtime = pytest.importorskip("lstminfer._runtime")
+    runtime = pytest.importorskip("lstminfer._native._runtime")
     f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
     checks = runtime.FeedChecks((("x", f32, 3, ((2, 4),)), ("n", i64, 1, ())))
     x, n = np.zeros((5, 1, 4), np.float32), np.zeros(2, np.int64)

@@ -1,4 +1,4 @@
-"""The Cython kernels (lstminfer._rnn_kernels*, lstminfer.kernels.cython_backend) against the reference.
+"""The Cython kernels (lstminfer._native._rnn_kernels*, lstminfer.kernels.cython_backend) against the reference.
 
 Float32 parity: max |cython - reference| <= 1e-5 for outputs of order 1;
 with unbounded activations (Relu, Affine, ...) values can grow, so there the
@@ -32,7 +32,7 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 
 
 def _runnable_isas() -> list[str]:
-    from lstminfer._cpu import features
+    from lstminfer._native._cpu import features
 
     have = features()
     return [name for name, needs in cython_backend._ISA_NEEDS.items() if all(have.get(f) for f in needs)]

@@ -37,7 +37,7 @@ VNNI_MEAN = 0.01
 
 
 def _runnable_isas() -> list[str]:
-    from lstminfer._cpu import features
+    from lstminfer._native._cpu import features
 
     have = features()
     return [name for name, needs in cb._ISA_NEEDS.items() if all(have.get(f) for f in needs)]

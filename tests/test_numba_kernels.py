@@ -420,7 +420,7 @@ def test_cache_location_that_cannot_be_written_falls_back_to_memory(monkeypatch)
 
 # --------------------------------------------- C entry (no dispatcher) --
 
-entry_built = pytest.mark.skipif(fused._numba_entry is None, reason="lstminfer._numba_entry not built")
+entry_built = pytest.mark.skipif(fused._numba_entry is None, reason="lstminfer._native._numba_entry not built")
 
 
 def entry_kernel(op, spec, W, R, B, P):
@@ -605,7 +605,7 @@ def test_entry_compiled_at_load_and_cached_under_the_kernel_digest():
 
 
 def test_everything_runs_without_the_numba_entry_extension(tmp_path):
-    """lstminfer._numba_entry is optional: without it the Python path gives the same numbers."""
+    """lstminfer._native._numba_entry is optional: without it the Python path gives the same numbers."""
     import subprocess
     import sys
 
@@ -614,7 +614,7 @@ def test_everything_runs_without_the_numba_entry_extension(tmp_path):
         "import sys, importlib.abc\n"
         "class Block(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path, target=None):\n"
-        "        if name == 'lstminfer._numba_entry':\n"
+        "        if name == 'lstminfer._native._numba_entry':\n"
         "            raise ImportError('blocked for the test')\n"
         "sys.meta_path.insert(0, Block())\n"
         "import numpy as np\n"

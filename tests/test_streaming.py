@@ -514,7 +514,7 @@ def test_pool_reuses_its_output_only_when_no_row_is_held(backend):
 
 @pytest.mark.parametrize("shape,axis", [((1, 1, 6, 4), 2), ((3, 1, 6, 4), 2), ((6, 2, 4), 0), ((2, 6), 1)])
 def test_rows_by_stream_are_the_rows_as_views(shape, axis):
-    """The pool's per-stream outputs (made in C when lstminfer._runtime is built) equal numpy's rows."""
+    """The pool's per-stream outputs (made in C when lstminfer._native._runtime is built) equal numpy's rows."""
     from lstminfer.streaming import _rows_by_stream
 
     y = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
@@ -531,7 +531,7 @@ def test_rows_by_stream_are_the_rows_as_views(shape, axis):
 
 
 def test_c_rows_by_stream_declines_what_it_cannot_view():
-    runtime = pytest.importorskip("lstminfer._runtime")
+    runtime = pytest.importorskip("lstminfer._native._runtime")
     y = np.zeros((1, 4, 3), np.float32)
     assert runtime.rows_by_stream([1, 2, 3], y, 1) is None  # 3 ids, 4 rows
     assert runtime.rows_by_stream([1, 2, 3, 4], y, 3) is None  # no such axis

@@ -93,7 +93,7 @@ def compile_all() -> list[str]:
     """Compile (or load from the cache) every kernel; returns their names. For ``lstminfer compile``.
 
     One driver per op serves every thread count (each thread runs one part); its C entry
-    (``numba_entry``, used at one thread when ``lstminfer._numba_entry`` is built) is cached too."""
+    (``numba_entry``, used at one thread when ``lstminfer._native._numba_entry`` is built) is cached too."""
     if _NUMBA_ERROR:
         return []
     from .numba_entry import entry

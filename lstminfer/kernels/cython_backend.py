@@ -1,4 +1,4 @@
-"""The Cython kernels (``lstminfer._rnn_kernels*``): compiled ahead of time, no JIT, no GIL.
+"""The Cython kernels (``lstminfer._native._rnn_kernels*``): compiled ahead of time, no JIT, no GIL.
 
 Same contract as the Numba path (``lstminfer.kernels.numba_kernel``)::
 
@@ -15,7 +15,7 @@ at once (scratch buffers are per thread, weights read-only).
 
 Instruction set: the extension is built three times from one source
 (portable baseline, AVX2+FMA, AVX-512); ``isa()`` picks the best one this
-CPU has (``lstminfer._cpu.features()``) unless ``LSTMINFER_PORTABLE=1``,
+CPU has (``lstminfer._native._cpu.features()``) unless ``LSTMINFER_PORTABLE=1``,
 which forces the baseline build. It is read when a kernel is built.
 
 Falls back (``cython_kernel`` returns None): extension not built, W/R not
@@ -79,8 +79,8 @@ from .packing import (ALIGN_FLOATS, GATES, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X
 OPS = ("LSTM", "GRU", "RNN")
 ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 PORTABLE_ENV = "LSTMINFER_PORTABLE"
-_ISA_MODULES = {"avx512": "lstminfer._rnn_kernels_avx512", "avx2": "lstminfer._rnn_kernels_avx2",
-                "portable": "lstminfer._rnn_kernels"}
+_ISA_MODULES = {"avx512": "lstminfer._native._rnn_kernels_avx512", "avx2": "lstminfer._native._rnn_kernels_avx2",
+                "portable": "lstminfer._native._rnn_kernels"}
 _ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "portable": ()}
 
 _F32 = np.dtype(np.float32)
@@ -93,10 +93,10 @@ _MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs m
 
 _IMPORT_ERROR: str | None = None
 try:
-    from .. import _rnn_kernels as _portable
+    from .._native import _rnn_kernels as _portable
 except ImportError as err:  # pragma: no cover - only when the extension was not built
     _portable = None
-    _IMPORT_ERROR = (f"the Cython extension lstminfer._rnn_kernels is not built ({err}); "
+    _IMPORT_ERROR = (f"the Cython extension lstminfer._native._rnn_kernels is not built ({err}); "
                      "run `pip install -e .` (needs Cython and a C compiler)")
 
 
@@ -124,7 +124,7 @@ def isa() -> str:
     if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
         return "portable"
     try:
-        from .._cpu import features
+        from .._native._cpu import features
         have = features()
     except ImportError:
         return "portable"
@@ -201,7 +201,7 @@ def vnni_available() -> bool:
     if _IMPORT_ERROR or isa() == "portable":
         return False
     try:
-        from .._cpu import features
+        from .._native._cpu import features
         have = features()
     except ImportError:
         return False
@@ -225,7 +225,7 @@ def int8_scheme(scheme: str, input_size: int, hidden_size: int) -> str:
             raise ValueError(f"{INT8_SCHEME_ENV} must be one of {INT8_SCHEMES[1:]}, got {scheme!r}")
     fits = max(input_size, hidden_size) <= VNNI_MAX_K
     if scheme == "vnni" and not (vnni_available() and fits):
-        raise ValueError("int8 scheme 'vnni' needs AVX-512 VNNI (lstminfer._cpu), LSTMINFER_PORTABLE unset "
+        raise ValueError("int8 scheme 'vnni' needs AVX-512 VNNI (lstminfer._native._cpu), LSTMINFER_PORTABLE unset "
                          f"and input/hidden size <= {VNNI_MAX_K}")
     if scheme == "auto":
         return "vnni" if vnni_available() and fits else "weight-only"

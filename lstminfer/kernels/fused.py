@@ -8,7 +8,7 @@ shape, weights that differ from the packed ones) goes to the reference
 implementation instead, which computes it or raises the error the reference
 raises, so the two paths never disagree on errors.
 
-Two ways in. With one thread and the ``lstminfer._numba_entry`` extension
+Two ways in. With one thread and the ``lstminfer._native._numba_entry`` extension
 built, calls (and streams' ``run_into``) go to ``EntryCore`` (C): it checks
 the common case and calls the op's Numba ``cfunc`` (``numba_entry``) with the
 GIL released, no Numba dispatcher in between (that costs ~5 µs a call).
@@ -31,7 +31,7 @@ from .common import same_weights, thread_pool
 from .packing import SEG_PEEP, PackedWeights, num_gates, with_panels
 
 try:
-    from .. import _numba_entry
+    from .._native import _numba_entry
 except ImportError:  # not built: every call takes the Python path
     _numba_entry = None
 

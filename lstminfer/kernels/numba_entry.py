@@ -5,7 +5,7 @@ unboxing 22 arguments), more than a whole T=1, H=64 step. ``entry(op)``
 returns the address of ``int64 entry(int64* block, float64 clip)``: a
 ``numba.cfunc`` that turns the flat block of addresses and sizes below into
 arrays (``numba.carray``) and calls the driver as a numba-to-numba call. The
-Cython front end (``native/_numba_entry.pyx``, ``lstminfer._numba_entry``)
+Cython front end (``native/_numba_entry.pyx``, ``lstminfer._native._numba_entry``)
 fills the block and calls the address with the GIL released.
 
 The entry also does what the driver leaves to its caller: layout=1 Y and

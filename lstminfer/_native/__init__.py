@@ -1,0 +1,1 @@
+"""The compiled extensions built from native/ (a leaf: they import no lstminfer Python module)."""
