@@ -1,4 +1,4 @@
-"""Cold start (issue 5): what a load imports, and the onnx-free tensor decoder it relies on.
+"""Cold start: what a load imports, and the onnx-free tensor decoder it relies on.
 
 A fresh process that imports lstminfer, loads the bundled model with the Cython
 backend and runs it must not import ``onnx``, ``numba`` or ``scipy`` (each costs
