@@ -421,6 +421,25 @@ def test_int8_kernel_fallbacks_use_the_dequantized_weights():
 
 
 @needs_cython
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_loaded_low_precision_kernels_fall_back_on_their_own_weights(mode, monkeypatch):
+    """Through ``load`` (whose kernel.precision is the text info prints), the fallbacks still
+    run the reference on the weights the kernel computes with."""
+    monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")
+    model = lstminfer.load(lstminfer.models.path("forecast_gru"), backend="cython", quantize=mode)
+    kernel = next(s.kernel for s in model._plan.steps if s.node.op_type == "GRU")
+    assert isinstance(kernel, cython_backend.CythonKernel) and kernel.precision.startswith(mode)
+    W, R, B, _ = kernel._constants
+    X = np.random.default_rng(3).standard_normal((5, 2, W.shape[2])).astype(np.float32)
+
+    class Subclass(np.ndarray):
+        pass
+
+    for a, b in zip(kernel(X.view(Subclass), W, R, B), kernel(X, W, R, B)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_cython
 @pytest.mark.parametrize("isa", _ISAS)
 def test_int8_load_runs_the_int8_kernel_and_matches_the_oracle_model(monkeypatch, isa):
     monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")  # VNNI's bound: test_int8_kernels.py

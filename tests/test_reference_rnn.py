@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from lstminfer.errors import InvalidInputError, UnsupportedModelError
-from lstminfer.reference import gru, lstm, resolve_activations, rnn
+from lstminfer.reference import GATES, gru, lstm, resolve_activations, rnn
 from lstminfer.reference.activations import Activation
 
 OPS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def sig(x: float) -> float:

@@ -1,52 +1,37 @@
-"""Fast kernels for the recurrent ops (Numba, gates fused).
+"""The Numba backend: fused recurrent kernels, JIT-compiled at load (cached on disk).
 
-Contract with the recurrent op factory (``lstminfer/ops/recurrent.py``)::
+``build(spec, weights, precision, ctx)`` is the backend's builder (registered
+in ``lstminfer.backends``); ``numba_kernel(spec, W, R, B, P, threads=1,
+label=...)`` makes the kernel, or returns None where ``why_not_fused`` has a
+reason (Numba missing, W/R not constants, dtypes other than float32, weight
+shapes that don't match, an activation without a fused version). Only
+float32: low-precision weights run here expanded to float32 at load.
 
-    kernel = numba_kernel(spec, W, R, B, P, threads=1, label=node.label())
-    if kernel is None:
-        reason = why_not_fused(spec, W, R, B, P)   # a short sentence for describe()/info
-        ...fall back to the reference kernel...
+* ``W``, ``R``: the constant weights, ``None`` when they are not constants.
+* ``B``, ``P``: the constant values, or ``None`` (omitted, or not constants:
+  each call compares the W/R/B/P it receives with the packed ones, identity
+  first, and runs the reference when they differ).
+* ``threads``: 1 (default: no thread pool) or more: a batch of at least 4
+  rows per thread is split across threads (each runs the whole sequence on
+  its rows: no barrier per step); a smaller one splits the hidden units
+  (H >= 256 only) so each core keeps its slice of W/R in its own cache, with
+  one spinning barrier per step; a thread that finds its partner descheduled
+  takes over the partner's block after a grace period.
 
-* ``spec``: the parsed ``RecurrentSpec`` (op, hidden_size, direction, layout,
-  activations with alpha/beta, clip, input_forget, linear_before_reset,
-  num_outputs).
-* ``W``, ``R``: the constant weights (``ctx.constant(name)``); ``None`` when
-  they are not constants, which is one of the cases that fall back.
-* ``B``, ``P``: the constant values, or ``None`` when the input is omitted.
-  If such an input exists but is not a constant, pass ``None`` anyway: each
-  call compares the W/R/B/P it receives with the packed ones (identity
-  first, so it costs nothing for constants) and runs the reference when they
-  differ.
-* ``threads``: 1 (default: no thread pool, best at batch 1) or more: a
-  batch of at least 4 rows per thread is split across threads (each runs the
-  whole sequence on its rows: no barrier per step); a smaller one splits the
-  hidden units (H >= 256 only) so each core keeps its slice of W/R in its
-  own cache (DeepCPU's private-cache partitioning), with one spinning
-  barrier per step (no prange: its fork/join cost ~10 us per step); a thread
-  that finds its partner descheduled takes over the partner's block after a
-  grace period, so a busy second core costs little. It pays only when the
-  second core is free (1.5-1.8x at H=256-512 measured).
-
-The returned ``kernel(X, W, R, B, sequence_lens, initial_h, initial_c, P)``
-(GRU/RNN: the first six) returns ``(Y, Y_h[, Y_c])`` cut to
-``spec.num_outputs``, with the reference's semantics and float32 outputs;
-``kernel.describe`` names what runs it. Compilation happens inside
-``numba_kernel`` (at load) or comes from Numba's cache; ``compile_all()``
-fills the cache ahead of time (``lstminfer compile``).
-
-Falls back (``numba_kernel`` returns None): Numba missing, W/R not
-constants, dtypes other than float32 (float64 runs on the reference), weight
-shapes that don't match (the reference reports them at run time), an
-activation without a fused version.
+The kernel returns ``(Y, Y_h[, Y_c])`` cut to ``spec.num_outputs``, float32,
+with the reference's semantics; ``kernel.describe`` names what runs it.
+``compile_all()`` fills the cache ahead of time (``lstminfer compile``).
 """
 from __future__ import annotations
 
 import importlib.util
 from typing import Any
 
+from .shell import FLOAT32, KernelContext, Precision, RecurrentWeights, check_threads
 
-# numba is optional, and only looked up here, not imported: importing it costs
-# ~0.15 s of cold start that the Cython and reference backends don't need.
+
+# numba is optional, and only looked up here, not imported: importing it is a cold start
+# that the Cython and reference backends don't need.
 _NUMBA_ERROR: str | None = (
     None if importlib.util.find_spec("numba") is not None else "numba is not installed"
 )
@@ -57,6 +42,10 @@ HIDDEN_SPLIT_MIN_UNITS = 256
 
 def available() -> bool:
     return _NUMBA_ERROR is None
+
+
+def unavailable_reason() -> str | None:
+    return None if _NUMBA_ERROR is None else "numba cannot be imported (pip install numba)"
 
 
 def why_not_fused(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None) -> str | None:
@@ -77,8 +66,7 @@ def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, thr
     from .fused import FusedKernel
     from .packing import pack
 
-    if not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    check_threads(threads)
     P = P if spec.op == "LSTM" else None
     lbr = bool(getattr(spec, "linear_before_reset", False))
     # Splitting the hidden units costs a barrier per time step: below this size
@@ -87,6 +75,15 @@ def numba_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, thr
     packed = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=blocks)
     serial = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=1) if threads > 1 else None
     return FusedKernel(spec, packed, W, R, B, P, threads=threads, serial_packed=serial, label=label)
+
+
+def build(spec: Any, weights: RecurrentWeights, precision: Precision = FLOAT32, ctx: KernelContext = KernelContext()):
+    """The backend's builder: (kernel, "") or (None, why not); float32 only."""
+    if precision.name != "float32":
+        return None, f"no {precision.name} Numba kernel"
+    W, R, B, P = weights.W, weights.R, weights.B, weights.P
+    kernel = numba_kernel(spec, W, R, B, P, threads=ctx.threads, label=ctx.label)
+    return (kernel, "") if kernel is not None else (None, why_not_fused(spec, W, R, B, P) or "")
 
 
 def compile_all() -> list[str]:
