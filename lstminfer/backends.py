@@ -32,7 +32,7 @@ def register_backend(name: str, module: str | ModuleType | Any) -> None:
 
 # Cython first: no JIT (instant cold start), and per call at least as fast as Numba (benchmarks/).
 register_backend("cython", "lstminfer.kernels.cython_backend")
-register_backend("numba", "lstminfer.kernels")
+register_backend("numba", "lstminfer.kernels.numba_backend")
 
 
 def _module(backend: str):

@@ -12,7 +12,7 @@ output keeps the name ``w``, so every consumer is unchanged:
 * bf16: a bfloat16 initializer and ``Cast(to=FLOAT)``.
 
 onnxruntime runs the file; ``lstminfer.load(dst)`` recognises the int8
-pattern (``ops.quantized.stored_int8``) and runs the recurrent layers on the
+pattern (``quantization.stored_int8``) and runs the recurrent layers on the
 int8 kernel with the very same values and scales. Dense (MatMul/Gemm/Gather)
 weights are quantized only from ``DENSE_MIN_WEIGHTS`` elements on (smaller
 ones save nothing), by the same rule as ``load(src, quantize=...)``

@@ -47,7 +47,7 @@ INPUTS = {
 }
 OUTPUTS = {"LSTM": ("Y", "Y_h", "Y_c"), "GRU": ("Y", "Y_h"), "RNN": ("Y", "Y_h")}
 GATES = reference.GATES
-PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
+PER_DIRECTION = {op: len(names) for op, names in reference.DEFAULT_ACTIVATIONS.items()}
 OPS = list(INPUTS)
 DIRECTIONS = ["forward", "reverse", "bidirectional"]
 TOLERANCE = 1e-5

@@ -52,7 +52,7 @@ def _onnx_cases():
     """ONNX's node test cases for LSTM/GRU/RNN.
 
     Importing a case module runs its exports into the module-level case list;
-    importing only these three is ~10x faster than ``collect_testcases()``.
+    importing only these three is much faster than ``collect_testcases()``.
     """
     import importlib
 

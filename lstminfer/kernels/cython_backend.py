@@ -46,10 +46,9 @@ from .packing import (ALIGN_FLOATS, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_P
                       PackedWeights, column_panels, concatenate_aligned, pack, pack_bf16_panels, pack_int8_panels,
                       pack_vnni_panels, row_stride)
 from .shell import (FLOAT32, MIN_ROWS_PER_PART, KernelContext, Precision, RecurrentShell, RecurrentWeights,
-                    check_threads)
+                    activations_text, check_threads)
 
 OPS = ("LSTM", "GRU", "RNN")
-ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 PORTABLE_ENV = "LSTMINFER_PORTABLE"
 _ISA_MODULES = {"avx512": "lstminfer._native._rnn_kernels_avx512", "avx2": "lstminfer._native._rnn_kernels_avx2",
                 "portable": "lstminfer._native._rnn_kernels"}
@@ -295,11 +294,11 @@ class CythonKernel(_KernelCore, RecurrentShell):
         if (int8 is not None) != (precision in ("int8", "int8-vnni")) or precision not in self._ext.QKINDS:
             raise ValueError(f"CythonKernel: precision {precision!r} with int8 weights {int8 is not None}")
         self.precision = precision
-        self._int8 = int8
         self._packed = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=1)
         if precision != "float32":
             self._packed = _small_segments_only(self._packed)
-        self._init_shell(spec, (W, R, B, P), self._packed, label=label, batch_parts=threads, lowp=precision)
+        self._init_shell(spec, (W, R, B, P), self._packed, label=label, batch_parts=threads, lowp=precision,
+                         int8=int8)
         self._gates = GATES[self.op]
         self._offsets = np.ascontiguousarray(self._packed.offsets, dtype=np.int64)
         self._offsets.flags.writeable = False
@@ -320,7 +319,7 @@ class CythonKernel(_KernelCore, RecurrentShell):
         self._codes = np.asarray(codes, dtype=np.int32)
         self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)
         self._codes.flags.writeable = self._fparams.flags.writeable = False
-        acts = "+".join(a.name for a in spec.activations[: ACTS_PER_DIRECTION[self.op]])
+        acts = activations_text(spec)
         self.describe = (
             f"cython {self.op.lower()}_seq {self.isa}{'' if precision == 'float32' else ' ' + precision} "
             f"(H={self.hidden_size}, {spec.direction}, {acts}, "

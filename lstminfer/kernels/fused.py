@@ -17,7 +17,7 @@ from . import numba_rnn
 from .common import thread_pool
 from .numba_math import ACTIVATION_CODES
 from .packing import SEG_PEEP, PackedWeights, num_gates, with_panels
-from .shell import MIN_ROWS_PER_PART, RecurrentShell
+from .shell import MIN_ROWS_PER_PART, RecurrentShell, activations_text
 
 try:
     from .._native import _numba_entry
@@ -64,7 +64,7 @@ class FusedKernel(_EntryCore, RecurrentShell):
         self._table, self._fparams = self._tables(spec, packed)
         self._serial_packed = with_panels(serial_packed) if serial_packed is not None else packed
         self._serial_table = self._tables(spec, self._serial_packed)[0]
-        acts = "+".join(a.name for a in spec.activations[: numba_rnn.ACTS_PER_DIRECTION[self.op]])
+        acts = activations_text(spec)
         self.describe = (
             f"numba {self.op.lower()}_seq fused (H={self.hidden_size}, {spec.direction}, {acts}, "
             + ("1 thread)" if threads == 1 else

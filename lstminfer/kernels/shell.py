@@ -66,6 +66,11 @@ class KernelContext:
     label: str = ""
 
 
+def activations_text(spec: Any) -> str:
+    """The first direction's activations, as describe() shows them ("Sigmoid+Tanh+Tanh")."""
+    return "+".join(a.name for a in spec.activations[: len(reference.DEFAULT_ACTIVATIONS[spec.op])])
+
+
 def check_threads(threads: Any) -> None:
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
@@ -111,7 +116,7 @@ class RecurrentShell:
     WRITABLE_X = False  # the compiled call is typed for a writable X
 
     def _init_shell(self, spec: Any, constants: tuple, packed: Any, *, label: str, batch_parts: int,
-                    lowp: str = "float32") -> None:
+                    lowp: str = "float32", int8: tuple | None = None) -> None:
         self.spec = spec
         self.op = spec.op
         self.label = label
@@ -129,6 +134,7 @@ class RecurrentShell:
         self._local = threading.local()
         self._reference_kwargs = spec.reference_kwargs()
         self._lowp = lowp  # "float32", or the low precision the products use ("int8", "int8-vnni", "bf16")
+        self._int8 = int8  # int8: (qW, sW, qR, sR)
         self._dequantized: tuple | None = None  # low precision: the float W/R the fallbacks use, made on first need
 
     # ------------------------------------------------------------ hooks
