@@ -6,6 +6,7 @@ a_scale * |w|; so max |diff| <= 5e-3 and at most 1% of the values differ by > 1e
 """
 from __future__ import annotations
 
+import types
 import zlib
 
 import numpy as np
@@ -509,6 +510,34 @@ def test_describe_and_info_show_each_layers_precision(mode):
     assert {None: "float32 weights", "int8": "int8 weights", "bf16": "bf16 weights"}[mode] in line
     if mode == "int8" and model.backend == "cython":
         assert "precision: int8 (int8 kernel" in info
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_a_registered_backend_is_asked_for_the_precision_and_may_decline_it(mode, monkeypatch):
+    """Precision is an argument of the builder: a backend with a bf16 kernel runs bf16 weights
+    itself; for int8 it declines and its float32 kernel runs the weights expanded at load."""
+    from lstminfer import backends
+    from lstminfer.kernels import shell
+
+    asked = []
+
+    def build(spec, weights, precision, ctx):
+        asked.append(precision.name)
+        if precision.name not in ("float32", "bf16"):
+            return None, f"no {precision.name} kernel"
+        reference = shell.reference_kernel(spec, ctx.label)
+        kernel = lambda X, W, R, *rest: reference(X, lq.round_to_bf16(W), lq.round_to_bf16(R), *rest)  # noqa: E731
+        kernel.describe = f"toy {precision.name}"
+        return kernel, ""
+
+    monkeypatch.setattr(backends, "_MODULES", dict(backends._MODULES))
+    backends.register_backend("toy", types.SimpleNamespace(unavailable_reason=lambda: None, build=build))
+    model = lstminfer.load(_lstm_model("forward"), backend="toy", quantize=mode)
+    line = next(l for l in model.describe().splitlines() if ": LSTM ->" in l)
+    if mode == "bf16":
+        assert asked == ["bf16"] and "toy bf16; bf16 weights (weight-only: bf16 in the kernel" in line
+    else:
+        assert asked == ["int8", "float32"] and "toy float32; int8 weights" in line and "expanded" in line
 
 
 def test_info_shows_onnxruntime_quantized_lstm_as_int8(tmp_path):
