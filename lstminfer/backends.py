@@ -1,63 +1,72 @@
 """Which backend runs the recurrent kernels, chosen once at load.
 
-- "reference": the pure-NumPy oracle, always available.
 - "cython": kernels compiled ahead of time (native/), no JIT, GIL released.
 - "numba": the fused Numba kernels (JIT at load, cached on disk).
+- "reference": the pure-NumPy oracle, always available.
 
-A fast backend may decline a node it cannot fuse (non-constant weights,
+A backend is a module with ``unavailable_reason()`` (None where it runs) and
+``build(spec, weights, precision, ctx)`` (``lstminfer.kernels.shell``), named
+by one ``register_backend`` line below; it is imported only when asked for.
+A fast backend may decline a node it cannot run (non-constant weights,
 float64, ...): that node then runs the reference and ``describe()`` says why.
-"auto" takes the first available of AUTO_ORDER; ``LSTMINFER_BACKEND``
-overrides the default "auto".
+"auto" takes the first available backend in registration order;
+``LSTMINFER_BACKEND`` overrides the default "auto".
 """
 from __future__ import annotations
 
+import importlib
 import os
+from types import ModuleType
+from typing import Any, Callable
 
 from .errors import BackendUnavailableError, InvalidArgumentError
-from .graph import Node
-from .ops.recurrent import register_recurrent_kernel
-from .ops.registry import BuildContext
 
-KNOWN_BACKENDS = ("auto", "reference", "numba", "cython")
-# Cython first: no JIT (instant cold start), and per call it measured at least
-# as fast as the Numba kernels on every shape we benchmark (benchmarks/).
-AUTO_ORDER = ("cython", "numba", "reference")
+REFERENCE = "reference"
+_MODULES: dict[str, str | ModuleType | Any] = {}  # name -> module (or its import path), in "auto" order
 
 
-def _fast_module(backend: str):
-    if backend == "cython":
-        from .kernels import cython_backend
+def register_backend(name: str, module: str | ModuleType | Any) -> None:
+    """Let ``name`` run recurrent nodes; ``module``: a module, or its import path (imported on first use)."""
+    _MODULES[name] = module
 
-        return cython_backend
-    from . import kernels
 
-    return kernels
+# Cython first: no JIT (instant cold start), and per call at least as fast as Numba (benchmarks/).
+register_backend("cython", "lstminfer.kernels.cython_backend")
+register_backend("numba", "lstminfer.kernels.numba_backend")
+
+
+def _module(backend: str):
+    module = _MODULES[backend]
+    if isinstance(module, str):
+        module = _MODULES[backend] = importlib.import_module(module)
+    return module
+
+
+def known_backends() -> tuple[str, ...]:
+    return ("auto", REFERENCE, *reversed(_MODULES))
 
 
 def why_unavailable(backend: str) -> str | None:
     """None if ``backend`` runs here, else the reason."""
-    if backend == "reference":
+    if backend == REFERENCE:
         return None
-    if backend == "cython":
-        return _fast_module("cython").unavailable_reason()
-    if backend == "numba":
-        return None if _fast_module("numba").available() else "numba cannot be imported (pip install numba)"
-    return f"unknown backend {backend!r}"
+    if backend not in _MODULES:
+        return f"unknown backend {backend!r}"
+    return _module(backend).unavailable_reason()
 
 
 def available_backends() -> list[str]:
     """Backends that run here, in the order "auto" prefers them."""
-    return [b for b in AUTO_ORDER if why_unavailable(b) is None]
+    return [b for b in (*_MODULES, REFERENCE) if why_unavailable(b) is None]
 
 
 def resolve_backend(requested: str | None = "auto") -> str:
     """Concrete backend name for ``requested`` (None/"auto" -> env var or best available)."""
     if requested is None or requested == "auto":
         requested = os.environ.get("LSTMINFER_BACKEND", "auto") or "auto"
-    if not isinstance(requested, str) or requested not in KNOWN_BACKENDS:
-        raise InvalidArgumentError(
-            f"unknown backend {requested!r}; choose one of {', '.join(KNOWN_BACKENDS)}"
-        )
+    known = known_backends()
+    if not isinstance(requested, str) or requested not in known:
+        raise InvalidArgumentError(f"unknown backend {requested!r}; choose one of {', '.join(known)}")
     if requested == "auto":
         return available_backends()[0]
     why = why_unavailable(requested)
@@ -66,26 +75,8 @@ def resolve_backend(requested: str | None = "auto") -> str:
     return requested
 
 
-def _constant_input(node: Node, ctx: BuildContext, index: int):
-    name = node.inputs[index] if len(node.inputs) > index else ""
-    return ctx.constant(name) if name else None
-
-
-def _builder(backend: str):
-    """The recurrent-op builder of a fast backend: packs constant weights once, at load."""
-
-    def build(spec, node: Node, ctx: BuildContext):
-        module = _fast_module(backend)
-        make = module.cython_kernel if backend == "cython" else module.numba_kernel
-        W, R, B, P = (_constant_input(node, ctx, i) for i in (1, 2, 3, 7))
-        kernel = make(spec, W, R, B, P, threads=ctx.options.get("threads", 1), label=node.label())
-        if kernel is None:
-            return None, module.why_not_fused(spec, W, R, B, P)
-        return kernel, ""
-
-    return build
-
-
-for _backend in ("cython", "numba"):
-    for _op in ("LSTM", "GRU", "RNN"):
-        register_recurrent_kernel(_backend, _op, _builder(_backend))
+def builder(backend: str) -> Callable | None:
+    """``backend``'s ``build(spec, weights, precision, ctx)``, or None for the reference (and unknown names)."""
+    if backend == REFERENCE or backend not in _MODULES:
+        return None
+    return _module(backend).build

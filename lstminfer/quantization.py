@@ -1,39 +1,23 @@
-"""Load-time weight quantization of the recurrent ops: ``lstminfer.load(path, quantize="int8")``.
+"""Weight quantization maths: per-row int8, bf16 rounding, and which weights a node has.
 
 ``int8``: per-output-channel symmetric int8 for LSTM/GRU/RNN W and R: each
 row of W[d] (one gate unit's input weights) and of R[d] gets its own scale
 max|row| / 127, values rint(w / scale) in [-127, 127], zero point 0.
 ``bf16``: every weight rounded to the nearest bfloat16 (ties to even).
 
-Compute scheme (weight-only: the state, activations and accumulation stay float32):
-
-* int8 on the Cython backend: the int8 kernel
-  (``kernels.cython_backend.cython_int8_kernel``) keeps W and R as int8
-  panels with per-row float32 scales and dequantizes them on the fly inside
-  its products: a quarter of the weight bytes streamed per step.
-* bf16 on the Cython backend: ``cython_bf16_kernel`` when the extension has
-  one (bf16 weights widened inside the products).
-* everywhere else (reference, Numba, or a node the Cython kernel
-  declines): the quantized weights are expanded back to float32 once, at
-  load, and the float kernels run on them. That is the accuracy oracle the
-  int8 kernel matches (to float32 accumulation order); it saves no memory
-  and gains no speed.
-
-Without the option, weights the file stores quantized (``lstminfer.quantize``'s
-output: folded int8 ``DequantizeLinear``, see ``ops.quantized.stored_int8``;
-bf16-exact values) take the same kernels with the same values and scales
-(``stored_precision_build``). Every recurrent kernel gets ``kernel.precision``
-(printed by ``lstminfer info``) and its describe() names the precision.
+A leaf module (numpy only): the kernels, the ops and ``lstminfer.quantize``
+all use it. Which kernel runs a quantized recurrent node (an int8/bf16
+kernel, or float32 kernels on the weights expanded at load) is decided in
+``lstminfer.ops.recurrent_kernel``.
 """
 from __future__ import annotations
 
-from dataclasses import replace
+import weakref
 from typing import Any, Callable
 
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .graph import Node
 
 MODES = ("int8", "bf16")
 INT8_MAX = 127
@@ -73,154 +57,52 @@ def fake_quantize(w: np.ndarray, mode: str) -> np.ndarray:
     return round_to_bf16(w)
 
 
-# kernel.precision (what ``lstminfer info`` prints) and the describe() suffix of each case.
-PRECISION = {
-    "float32": ("float32", "float32 weights"),
-    "int8": ("int8 (weight-only, expanded to float32 at load)",
-             "int8 weights (per-channel symmetric, weight-only: expanded to float32 at load)"),
-    "int8-kernel": ("int8 (int8 kernel, weight-only)",
-                    "int8 weights (per-channel symmetric, weight-only: int8 in the kernel, float32 accumulation)"),
-    "bf16": ("bf16 (weight-only, expanded to float32 at load)", "bf16 weights (weight-only: expanded to float32 at load)"),
-    "bf16-kernel": ("bf16 (bf16 kernel, weight-only)",
-                    "bf16 weights (weight-only: bf16 in the kernel, float32 accumulation)"),
-}
-PRECISION_TEXT = {k: text for k, (_, text) in PRECISION.items()}
-STORED = "stored in the file"  # describe() note for weights that come quantized in the model
-
-
-def _tag(kernel: Any, precision: str, note: str = "") -> Any:
-    short, text = PRECISION[precision]
-    scheme = getattr(kernel, "scheme", "weight-only") if precision == "int8-kernel" else "weight-only"
-    if scheme != "weight-only":  # the int8 kernel's dynamic scheme (int8 activations, int32 accumulation)
-        short, text = f"int8 (int8 kernel, dynamic: {scheme})", f"int8 weights and activations ({scheme})"
-    kernel.precision = short
-    kernel.describe = f"{getattr(kernel, 'describe', 'reference')}; {text}{note}"
-    return kernel
-
-
-def _float_constants(node: Node, ctx: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    W, R = (ctx.constant(node.inputs[i]) for i in (1, 2))
-    if any(v is None or np.asarray(v).dtype != np.float32 for v in (W, R)):
-        return None
-    return W, R
-
-
 def is_bf16_exact(w: np.ndarray) -> bool:
     """Every value exactly a bfloat16 (and not all zero): a model saved by ``quantize(mode="bf16")``."""
     bits = np.ascontiguousarray(w, dtype=np.float32).view(np.uint32)
     return bool(bits.size) and not np.any(bits & np.uint32(0xFFFF)) and bool(np.any(bits << np.uint32(1)))
 
 
-def stored_precision_build(node: Node, ctx: Any, build: Callable[[Any], Any]) -> Any:
-    """No ``quantize`` option: the kernel for the weights as the file stores them.
-
-    W/R that are folded ``DequantizeLinear`` outputs of int8 constants with
-    one scale per row (``lstminfer.quantize``'s files) run on the int8 Cython
-    kernel with those very values and scales; bf16-exact weights on the bf16
-    kernel where there is one. Everything else is float32.
-    """
-    from .ops.quantized import stored_int8
-
-    weights = _float_constants(node, ctx)
-    if weights is None:
-        kernel = build(ctx)
-        kernel.precision = PRECISION["float32"][0]
-        return kernel
-    W, R = weights
-    stored = stored_int8(W), stored_int8(R)
-    if stored[0] is not None and stored[1] is not None:
-        if getattr(ctx, "backend", None) == "cython":
-            # Dequantized weights (a DequantizeLinear computed them) may run with int8
-            # activations too; float initializers that merely happen to be int8-exact
-            # (small integers, say) keep float results: weight-only.
-            plain = ctx.options.get("initializers", frozenset())
-            scheme = "weight-only" if node.inputs[1] in plain or node.inputs[2] in plain else "auto"
-            kernel = _cython_int8_kernel(node, ctx, W, R, (*stored[0], *stored[1]), scheme)
-            if kernel is not None:
-                return _tag(kernel, "int8-kernel", f", {STORED}")
-        return _tag(build(ctx), "int8", f", {STORED}")
-    if is_bf16_exact(W) and is_bf16_exact(R):
-        kernel = _cython_bf16_kernel(node, ctx, W, R) if getattr(ctx, "backend", None) == "cython" else None
-        if kernel is not None:
-            return _tag(kernel, "bf16-kernel", f", {STORED}")
-        return _tag(build(ctx), "bf16", f", {STORED}")
-    return _tag(build(ctx), "float32")
+# ------------------------------------------------------------------ int8 stored in the file
+# Folded DequantizeLinear outputs that are int8 values times one scale per
+# row (zero point 0): id(output) -> (weakref to it, q, row scales). The
+# recurrent ops look their W/R up here (``stored_int8``) to run the int8
+# kernel on the stored values: how ``lstminfer.quantize``'s files load back.
+_STORED_INT8: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
 
 
-def quantized_recurrent_build(node: Node, ctx: Any, mode: str, build: Callable[[Any], Any]) -> Any:
-    """Build a recurrent node's kernel with its constant W and R quantized under ``mode``.
-
-    ``build(ctx)`` builds the float kernel; it sees the quantized weights through
-    ``ctx.constant`` (fast kernels pack them at load) and so does the returned
-    kernel at run time. Non-constant W/R stay float32, and describe() says so.
-    """
-    from .ops.quantized import stored_int8
-
-    weights = _float_constants(node, ctx)
-    if weights is None:
-        kernel = build(ctx)
-        kernel.describe = f"{kernel.describe}; float32 weights (W/R not float32 constants: not quantized)"
-        kernel.precision = PRECISION["float32"][0]
-        return kernel
-    names = {1: node.inputs[1], 2: node.inputs[2]}
-    originals = {1: weights[0], 2: weights[1]}
-    on_cython = getattr(ctx, "backend", None) == "cython"
-    if mode == "int8" and on_cython:
-        # Weights the file already stores as int8 keep their scales (a re-derived scale can differ by 1 ulp).
-        quantized = [stored_int8(w) or int8_per_row(w) for w in weights]
-        kernel = _cython_int8_kernel(node, ctx, *weights, (*quantized[0], *quantized[1]))
-        if kernel is not None:
-            return _tag(kernel, "int8-kernel")
-    if mode == "bf16" and on_cython:
-        kernel = _cython_bf16_kernel(node, ctx, *weights)
-        if kernel is not None:
-            return _tag(kernel, "bf16-kernel")
-    replaced = {names[i]: fake_quantize(originals[i], mode) for i in names}
-    base_constant = ctx.constant
-    inner = build(replace(ctx, constant=lambda name: replaced[name] if name in replaced else base_constant(name)))
-    W_q, R_q = replaced[names[1]], replaced[names[2]]
-
-    def kernel(X, W, R, *rest):
-        return inner(X, W_q, R_q, *rest)
-
-    kernel.describe = getattr(inner, "describe", "reference")
-    return _tag(kernel, mode)
+def remember_int8(result: np.ndarray, x: np.ndarray, scale: np.ndarray, zero_point) -> None:
+    """Note that ``result`` = ``x`` (int8) * ``scale``, if that is one scale per row and zero point 0."""
+    if zero_point is not None and np.any(zero_point != 0):
+        return
+    full = np.broadcast_to(scale, x.shape)
+    if x.shape[-1] and full.strides[-1] != 0 and not np.all(full == full[..., :1]):
+        return  # the scale varies along a row
+    row_scale = np.ascontiguousarray(full[..., 0], dtype=np.float32)
+    key = id(result)
+    _STORED_INT8[key] = (weakref.ref(result), x, row_scale)
+    weakref.finalize(result, _STORED_INT8.pop, key, None)
 
 
-def _kernel_inputs(node: Node, ctx: Any, R: np.ndarray):
-    """(spec with hidden_size filled in, B, P) for the Cython kernel builders."""
-    from .ops.recurrent import parse_spec
-
-    spec = parse_spec(node, ctx)
-    if spec.hidden_size is None and np.ndim(R) == 3:
-        spec = replace(spec, hidden_size=int(np.shape(R)[2]))
-    B, P = (ctx.constant(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] else None for i in (3, 7))
-    return spec, B, P
-
-
-def _cython_int8_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray, quantized: tuple,
-                        scheme: str = "auto") -> Any:
-    """The int8 Cython kernel for this node (``quantized``: qW, sW, qR, sR), or None if it declines."""
-    from .kernels import cython_backend
-
-    if not cython_backend.available() or W.ndim != 3 or R.ndim != 3:
+def stored_int8(w: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """(q int8 [..., N, K], scale float32 [..., N]) when ``w`` is exactly q * scale per row, as a
+    folded ``DequantizeLinear`` of an int8 constant (zero point 0) computed it, possibly reshaped;
+    else None."""
+    if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim < 2 or not w.flags.c_contiguous:
         return None
-    spec, B, P = _kernel_inputs(node, ctx, R)
-    # "auto": dynamic int8 activations on VNNI where the CPU has it, else weight-only
-    # (cython_backend.INT8_SCHEME_ENV forces one).
-    return cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized, scheme=scheme,
-                                             threads=ctx.options.get("threads", 1), label=node.label())
-
-
-def _cython_bf16_kernel(node: Node, ctx: Any, W: np.ndarray, R: np.ndarray) -> Any:
-    """The bf16 Cython kernel when the extension has one (it rounds W/R itself), else None."""
-    from .kernels import cython_backend
-
-    make = getattr(cython_backend, "cython_bf16_kernel", None)
-    if make is None or not cython_backend.available() or W.ndim != 3 or R.ndim != 3:
+    root = w
+    while isinstance(root.base, np.ndarray):
+        root = root.base
+    entry = _STORED_INT8.get(id(root))
+    if entry is None or entry[0]() is not root:
         return None
-    spec, B, P = _kernel_inputs(node, ctx, R)
-    return make(spec, W, R, B, P, threads=ctx.options.get("threads", 1), label=node.label())
+    _, q, row_scale = entry
+    if q.size != w.size or q.shape[-1] != w.shape[-1] or w.ctypes.data != root.ctypes.data:
+        return None
+    q, scale = q.reshape(w.shape), row_scale.reshape(w.shape[:-1])
+    if not np.array_equal(q.astype(np.float32) * scale[..., None], w):
+        return None
+    return q, scale
 
 
 # ------------------------------------------------------------------ dense weights

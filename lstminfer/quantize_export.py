@@ -12,7 +12,7 @@ output keeps the name ``w``, so every consumer is unchanged:
 * bf16: a bfloat16 initializer and ``Cast(to=FLOAT)``.
 
 onnxruntime runs the file; ``lstminfer.load(dst)`` recognises the int8
-pattern (``ops.quantized.stored_int8``) and runs the recurrent layers on the
+pattern (``quantization.stored_int8``) and runs the recurrent layers on the
 int8 kernel with the very same values and scales. Dense (MatMul/Gemm/Gather)
 weights are quantized only from ``DENSE_MIN_WEIGHTS`` elements on (smaller
 ones save nothing), by the same rule as ``load(src, quantize=...)``
@@ -244,9 +244,8 @@ class AccuracyRow:
 def accuracy_report(models=REPORT_MODELS, *, sequences: int = 2000, seed: int = 0,
                     backend: str = "auto") -> list[AccuracyRow]:
     """Score each bundled model in float32, int8 and bf16 on the same fresh task data."""
-    import lstminfer
-    import lstminfer.models as bundled
-
+    from . import models as bundled
+    from .model import Model
     from .tasks import get as get_task
 
     rows = []
@@ -257,8 +256,8 @@ def accuracy_report(models=REPORT_MODELS, *, sequences: int = 2000, seed: int = 
                                 np.random.default_rng(seed))
         outputs = {}
         for precision in PRECISIONS:
-            model = lstminfer.load(bundled.path(name), backend=backend,
-                                   quantize=None if precision == "float32" else precision)
+            model = Model(bundled.path(name), backend=backend,
+                          quantize=None if precision == "float32" else precision)
             feeds = {a.name: np.zeros([sequences if isinstance(d, str) else d for d in a.shape], np.float32)
                      for a in model.get_inputs()}  # zero initial states
             feeds[model.input_names[0]] = x

@@ -7,10 +7,9 @@ import numpy as np
 
 from lstminfer import reference
 from lstminfer.ops.recurrent import RecurrentSpec
-from lstminfer.reference import cell_activations
+from lstminfer.reference import GATES, cell_activations
 
 REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def make_spec(op, *, hidden_size=None, direction="forward", layout=0, activations=None, alphas=None,

@@ -14,11 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
-from lstminfer import reference
-from lstminfer.errors import InvalidInputError
 from lstminfer.kernels import cython_backend
 from lstminfer.reference import SUPPORTED_ACTIVATIONS
 from lstminfer.reference.activations import Activation
@@ -28,7 +24,6 @@ from kernel_cases import REFERENCE, make_inputs, make_spec, make_weights
 pytestmark = pytest.mark.skipif(not cython_backend.available(), reason=str(cython_backend.unavailable_reason()))
 
 TOL = 1e-5
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _runnable_isas() -> list[str]:
@@ -183,21 +178,6 @@ def test_pack_panels_layout():
 
 # -------------------------------------------------------------- parity --
 
-@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
-@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
-@pytest.mark.parametrize("layout", [0, 1])
-def test_default_activations_float32_parity(each_isa, op, direction, layout):
-    rng = np.random.default_rng(11)
-    D = 2 if direction == "bidirectional" else 1
-    W, R, B, P = make_weights(rng, op, D, 17, 33)
-    spec = make_spec(op, hidden_size=17, direction=direction, layout=layout)
-    inputs = make_inputs(rng, op, spec, W, R, B, P, T=20, batch=5,
-                         lens=np.array([20, 0, 7, 1, 19], dtype=np.int32))
-    kernel = build(op, spec, inputs)
-    assert each_isa in kernel.describe
-    assert_close(kernel(*inputs), expected_of(op, spec, inputs))
-
-
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
 @pytest.mark.parametrize("H,batch", [(1, 1), (64, 1), (64, 9), (17, 17), (1, 2), (40, 2), (17, 3), (33, 6),
                                      (64, 7)])
@@ -229,119 +209,8 @@ def test_isa_selection_and_portable_env(monkeypatch):
     assert_close(best(*inputs), expected)
 
 
-@st.composite
-def cases(draw):
-    op = draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
-    direction = draw(st.sampled_from(reference.DIRECTIONS))
-    D = 2 if direction == "bidirectional" else 1
-    H = draw(st.sampled_from([1, 2, 5, 17, 33]))
-    I = draw(st.sampled_from([1, 3, 17]))
-    T = draw(st.integers(0, 6))
-    batch = draw(st.integers(1, 6))
-    activations = alphas = betas = None
-    if draw(st.booleans()):
-        per = len(reference.DEFAULT_ACTIVATIONS[op])
-        activations = draw(st.lists(st.sampled_from(SUPPORTED_ACTIVATIONS), min_size=per * D, max_size=per * D))
-        alphas = draw(st.lists(st.floats(0.05, 1.5), max_size=per * D))
-        betas = draw(st.lists(st.floats(0.05, 1.5), max_size=per * D))
-    clip = draw(st.one_of(st.none(), st.floats(0.1, 5.0)))
-    layout = draw(st.sampled_from([0, 1]))
-    input_forget = op == "LSTM" and draw(st.booleans())
-    lbr = op == "GRU" and draw(st.booleans())
-    num_outputs = draw(st.integers(1, 3 if op == "LSTM" else 2))
-    spec = make_spec(op, direction=direction, layout=layout, activations=activations, alphas=alphas,
-                     betas=betas, clip=clip, input_forget=input_forget, linear_before_reset=lbr,
-                     num_outputs=num_outputs)
-    flags = draw(st.lists(st.booleans(), min_size=5, max_size=5))
-    lens = None
-    if flags[0]:
-        lens = np.asarray(draw(st.lists(st.integers(0, T), min_size=batch, max_size=batch)), dtype=np.int32)
-    seed = draw(st.integers(0, 2**31 - 1))
-    return op, spec, D, H, I, T, batch, lens, flags, seed
-
-
-@SETTINGS
-@given(cases())
-def test_random_attributes_match_reference(case):
-    op, spec, D, H, I, T, batch, lens, flags, seed = case
-    rng = np.random.default_rng(seed)
-    W, R, B, P = make_weights(rng, op, D, H, I, with_bias=flags[1], with_peepholes=flags[2], scale=0.7)
-    inputs = make_inputs(rng, op, spec, W, R, B, P, T, batch, lens=lens, with_h0=flags[3], with_c0=flags[4])
-    got = build(op, spec, inputs)(*inputs)
-    expected = expected_of(op, spec, inputs)
-    bounded = all(a.name in ("Sigmoid", "Tanh", "HardSigmoid", "Softsign") for a in spec.activations)
-    assert_close(got, expected, relative=not bounded)
-
-
-# ---------------------------------------------------- fallbacks, errors --
-
-def test_why_not_fused_reasons():
-    rng = np.random.default_rng(0)
-    W, R, B, P = make_weights(rng, "LSTM", 1, 4, 3)
-    spec = make_spec("LSTM")
-    assert cython_backend.why_not_fused(spec, W, R, B, P) is None
-    assert "constants" in cython_backend.why_not_fused(spec, None, R, B, P)
-    assert "float32" in cython_backend.why_not_fused(spec, W.astype(np.float64), R, B, P)
-    assert "shape" in cython_backend.why_not_fused(spec, W, R, B[:, :5], P)
-    assert cython_backend.cython_kernel(spec, None, R, B, P) is None
-    with pytest.raises(ValueError, match="threads"):
-        cython_backend.cython_kernel(spec, W, R, B, P, threads=0)
-
-
-def test_unusual_inputs_go_to_the_reference():
-    rng = np.random.default_rng(1)
-    W, R, B, P = make_weights(rng, "GRU", 1, 6, 4)
-    spec = make_spec("GRU")
-    inputs = make_inputs(rng, "GRU", spec, W, R, B, P, T=5, batch=3)
-    kernel = build("GRU", spec, inputs)
-    as64 = [v.astype(np.float64) if isinstance(v, np.ndarray) else v for v in inputs]
-    got = kernel(*as64)  # float64 runs on the reference, in float64
-    assert got[0].dtype == np.float64
-    other = inputs.copy()
-    other[2] = R * np.float32(0.5)  # weights other than the packed constants
-    assert_close(kernel(*other), expected_of("GRU", spec, other))
-    other[2] = R.copy()  # equal values, another array: still the fast path's result
-    assert_close(kernel(*other), expected_of("GRU", spec, inputs))
-    strided = inputs.copy()
-    strided[0] = np.asarray(inputs[0][:, :, ::-1]).copy()[:, :, ::-1]  # non-contiguous X
-    assert not strided[0].flags.c_contiguous
-    assert_close(kernel(*strided), expected_of("GRU", spec, strided))
-    lens64 = inputs.copy()
-    lens64[4] = np.array([5, 2, 0], dtype=np.int64)
-    assert_close(kernel(*lens64), expected_of("GRU", spec, lens64))
-
-
-def test_errors_name_the_node():
-    rng = np.random.default_rng(2)
-    W, R, B, P = make_weights(rng, "LSTM", 1, 6, 4)
-    spec = make_spec("LSTM")
-    inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=5, batch=2)
-    kernel = build("LSTM", spec, inputs)
-    bad_lens = inputs.copy()
-    bad_lens[4] = np.array([6, 1], dtype=np.int32)
-    with pytest.raises(InvalidInputError, match=r"node 'rnn0'.*sequence_lens"):
-        kernel(*bad_lens)
-    bad_lens[4] = np.array([2**40, 1], dtype=np.int64)  # no int32 wrap-around into a valid length
-    with pytest.raises(InvalidInputError, match=r"node 'rnn0'.*sequence_lens"):
-        kernel(*bad_lens)
-    bad_h0 = inputs.copy()
-    bad_h0[5] = np.zeros((1, 3, 6), dtype=np.float32)
-    with pytest.raises(InvalidInputError, match=r"node 'rnn0'.*initial_h"):
-        kernel(*bad_h0)
-
-
 # ------------------------------------------------------------- threads --
-
-@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
-def test_threads_split_the_batch(op):
-    rng = np.random.default_rng(3)
-    W, R, B, P = make_weights(rng, op, 2, 16, 5)
-    spec = make_spec(op, direction="bidirectional", layout=1)
-    inputs = make_inputs(rng, op, spec, W, R, B, P, T=7, batch=11, lens=rng.integers(0, 8, 11).astype(np.int32))
-    kernel = build(op, spec, inputs, threads=2)
-    assert "2 threads" in kernel.describe
-    assert_close(kernel(*inputs), expected_of(op, spec, inputs))
-
+# (parity, fallbacks, errors and the batch split of every backend: tests/test_backend_parity.py)
 
 @pytest.mark.parametrize("threads", [2, 3])
 @pytest.mark.parametrize("layout", [0, 1])

@@ -1,6 +1,6 @@
 """Low-precision Cython kernels: dynamic int8 on AVX-512 VNNI, weight-only int8, bf16 weights.
 
-Oracles and bounds (documented in lstminfer/kernels/cython_backend.py):
+Oracles and bounds (the kernels: lstminfer/kernels/cython_backend.py):
 
 * weight-only int8 and bf16: the reference run on the dequantized / bf16-rounded
   weights, to float32 accumulation order (1e-5, relative to max(1, |output|)).
@@ -8,8 +8,8 @@ Oracles and bounds (documented in lstminfer/kernels/cython_backend.py):
   symmetric, 8 bits), which adds error of the same order as the weights'
   quantization. Against the dequantized-weight oracle, with the default
   activations: max |diff| <= VNNI_MAX * max(1, max |output|) and
-  mean |diff| <= VNNI_MEAN * max(1, max |output|) (measured on random H=256
-  models: max 2.1e-2, mean 4.8e-3; bundled models: max 1.7e-2, mean 2e-3).
+  mean |diff| <= VNNI_MEAN * max(1, max |output|) (with margin over random H=256
+  and the bundled models).
   Its integer products themselves equal an exact emulation to 1e-5.
 """
 from __future__ import annotations

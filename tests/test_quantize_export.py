@@ -21,6 +21,7 @@ import lstminfer.models
 from lstminfer.errors import InvalidArgumentError, UnsupportedModelError
 from lstminfer.kernels import cython_backend
 from lstminfer.quantize_export import DENSE_MIN_WEIGHTS, quantize
+from lstminfer.reference import GATES
 
 ORT_TOL = 1e-5
 
@@ -33,7 +34,6 @@ def _weight_only_int8(monkeypatch):
     monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")
 
 RELOAD_TOL = 1e-6
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 # bf16 files hold bfloat16 initializers; lstminfer's importer reads them once it widens
 # bfloat16 to float32 (onnx_import._tensor), which the lead adds with this change.

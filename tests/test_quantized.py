@@ -1,13 +1,12 @@
 """Quantization: onnxruntime's quantize_dynamic models, the ONNX quantization ops, load(quantize=...).
 
-Tolerance vs onnxruntime's int8 outputs (measured, see README of issue 7):
-the LSTM emulation agrees to ~1e-6 except where a value sits on a uint8
-rounding boundary and a 1-ulp difference flips it to the neighbouring
-bucket; one flip moves a product by a_scale * |w| (~1e-3 here). So we
-assert: max |diff| <= 5e-3 and at most 1% of the values differ by > 1e-5.
+Tolerance vs onnxruntime's int8 outputs: a value on a uint8 rounding boundary
+may flip to the neighbouring bucket (a 1-ulp difference), moving a product by
+a_scale * |w|; so max |diff| <= 5e-3 and at most 1% of the values differ by > 1e-5.
 """
 from __future__ import annotations
 
+import types
 import zlib
 
 import numpy as np
@@ -421,6 +420,25 @@ def test_int8_kernel_fallbacks_use_the_dequantized_weights():
 
 
 @needs_cython
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_loaded_low_precision_kernels_fall_back_on_their_own_weights(mode, monkeypatch):
+    """Through ``load`` (whose kernel.precision is the text info prints), the fallbacks still
+    run the reference on the weights the kernel computes with."""
+    monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")
+    model = lstminfer.load(lstminfer.models.path("forecast_gru"), backend="cython", quantize=mode)
+    kernel = next(s.kernel for s in model._plan.steps if s.node.op_type == "GRU")
+    assert isinstance(kernel, cython_backend.CythonKernel) and kernel.precision.startswith(mode)
+    W, R, B, _ = kernel._constants
+    X = np.random.default_rng(3).standard_normal((5, 2, W.shape[2])).astype(np.float32)
+
+    class Subclass(np.ndarray):
+        pass
+
+    for a, b in zip(kernel(X.view(Subclass), W, R, B), kernel(X, W, R, B)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+@needs_cython
 @pytest.mark.parametrize("isa", _ISAS)
 def test_int8_load_runs_the_int8_kernel_and_matches_the_oracle_model(monkeypatch, isa):
     monkeypatch.setenv(cython_backend.INT8_SCHEME_ENV, "weight-only")  # VNNI's bound: test_int8_kernels.py
@@ -492,6 +510,34 @@ def test_describe_and_info_show_each_layers_precision(mode):
     assert {None: "float32 weights", "int8": "int8 weights", "bf16": "bf16 weights"}[mode] in line
     if mode == "int8" and model.backend == "cython":
         assert "precision: int8 (int8 kernel" in info
+
+
+@pytest.mark.parametrize("mode", ["int8", "bf16"])
+def test_a_registered_backend_is_asked_for_the_precision_and_may_decline_it(mode, monkeypatch):
+    """Precision is an argument of the builder: a backend with a bf16 kernel runs bf16 weights
+    itself; for int8 it declines and its float32 kernel runs the weights expanded at load."""
+    from lstminfer import backends
+    from lstminfer.kernels import shell
+
+    asked = []
+
+    def build(spec, weights, precision, ctx):
+        asked.append(precision.name)
+        if precision.name not in ("float32", "bf16"):
+            return None, f"no {precision.name} kernel"
+        reference = shell.reference_kernel(spec, ctx.label)
+        kernel = lambda X, W, R, *rest: reference(X, lq.round_to_bf16(W), lq.round_to_bf16(R), *rest)  # noqa: E731
+        kernel.describe = f"toy {precision.name}"
+        return kernel, ""
+
+    monkeypatch.setattr(backends, "_MODULES", dict(backends._MODULES))
+    backends.register_backend("toy", types.SimpleNamespace(unavailable_reason=lambda: None, build=build))
+    model = lstminfer.load(_lstm_model("forward"), backend="toy", quantize=mode)
+    line = next(l for l in model.describe().splitlines() if ": LSTM ->" in l)
+    if mode == "bf16":
+        assert asked == ["bf16"] and "toy bf16; bf16 weights (weight-only: bf16 in the kernel" in line
+    else:
+        assert asked == ["int8", "float32"] and "toy float32; int8 weights" in line and "expanded" in line
 
 
 def test_info_shows_onnxruntime_quantized_lstm_as_int8(tmp_path):

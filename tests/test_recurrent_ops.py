@@ -19,6 +19,7 @@ alpha/beta of Affine, ThresholdedRelu, ScaledTanh (and all RNN functions) to
 from __future__ import annotations
 
 import itertools
+import types
 
 import numpy as np
 import onnxruntime as ort
@@ -30,6 +31,7 @@ from onnx import helper as oh
 from onnx import numpy_helper
 
 import lstminfer
+from lstminfer import backends
 from lstminfer.errors import InvalidInputError, InvalidModelError, UnsupportedModelError
 from lstminfer.graph import Node
 from lstminfer import reference
@@ -44,8 +46,8 @@ INPUTS = {
     "RNN": ("X", "W", "R", "B", "sequence_lens", "initial_h"),
 }
 OUTPUTS = {"LSTM": ("Y", "Y_h", "Y_c"), "GRU": ("Y", "Y_h"), "RNN": ("Y", "Y_h")}
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
+GATES = reference.GATES
+PER_DIRECTION = {op: len(names) for op, names in reference.DEFAULT_ACTIVATIONS.items()}
 OPS = list(INPUTS)
 DIRECTIONS = ["forward", "reverse", "bidirectional"]
 TOLERANCE = 1e-5
@@ -433,24 +435,24 @@ def test_spec_is_parsed_with_defaults():
     assert spec.hidden_size is None and spec.num_directions == 1 and not spec.linear_before_reset
 
 
-def test_fast_backend_builder_is_asked_first_and_may_decline():
+def test_a_registered_backend_is_asked_first_and_may_decline(monkeypatch):
     seen = []
 
-    def builder(spec, node, ctx):
-        seen.append(spec)
+    def build(spec, weights, precision, ctx):
+        seen.append((spec.direction, precision.name, ctx.label))
         if spec.direction == "reverse":
             return None, "no reverse kernel"
         return (lambda *inputs: ("fast",)), ""
 
-    recurrent.register_recurrent_kernel("test-backend", "RNN", builder)
-    try:
-        ctx = BuildContext(opsets={"": 14}, backend="test-backend")
-        assert recurrent.rnn_factory(node_of("RNN"), ctx)() == ("fast",)
-        declined = recurrent.rnn_factory(node_of("RNN", direction="reverse"), ctx)
-        assert declined.describe == "reference (test-backend declined: no reverse kernel)"
-        assert [s.direction for s in seen] == ["forward", "reverse"]
-    finally:
-        recurrent._FAST_BUILDERS.pop(("test-backend", "RNN"))
+    monkeypatch.setattr(backends, "_MODULES", dict(backends._MODULES))
+    backends.register_backend("test-backend", types.SimpleNamespace(unavailable_reason=lambda: None, build=build))
+    assert backends.resolve_backend("test-backend") == "test-backend"
+    assert "test-backend" in backends.available_backends()
+    ctx = BuildContext(opsets={"": 14}, backend="test-backend")
+    assert recurrent.rnn_factory(node_of("RNN"), ctx)() == ("fast",)
+    declined = recurrent.rnn_factory(node_of("RNN", direction="reverse"), ctx)
+    assert declined.describe == "reference (test-backend declined: no reverse kernel)"
+    assert seen == [("forward", "float32", "node 'my_rnn' (RNN)"), ("reverse", "float32", "node 'my_rnn' (RNN)")]
 
 
 # ----------------------------------------------------------- bad input --

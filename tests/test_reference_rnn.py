@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from lstminfer.errors import InvalidInputError, UnsupportedModelError
-from lstminfer.reference import gru, lstm, resolve_activations, rnn
+from lstminfer.reference import GATES, gru, lstm, resolve_activations, rnn
 from lstminfer.reference.activations import Activation
 
 OPS = {"LSTM": lstm, "GRU": gru, "RNN": rnn}
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
 def sig(x: float) -> float:
@@ -53,7 +52,7 @@ def _onnx_cases():
     """ONNX's node test cases for LSTM/GRU/RNN.
 
     Importing a case module runs its exports into the module-level case list;
-    importing only these three is ~10x faster than ``collect_testcases()``.
+    importing only these three is much faster than ``collect_testcases()``.
     """
     import importlib
 

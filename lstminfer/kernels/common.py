@@ -74,7 +74,7 @@ def thread_pool(workers: int) -> ThreadPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(workers)
         if pool is None:
-            # Imported here: concurrent.futures costs ~4 ms of cold start, and one thread needs no pool.
+            # Imported here: concurrent.futures slows cold start, and one thread needs no pool.
             from concurrent.futures import ThreadPoolExecutor
 
             pool = _POOLS[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lstminfer")

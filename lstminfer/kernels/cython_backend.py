@@ -1,83 +1,54 @@
 """The Cython kernels (``lstminfer._native._rnn_kernels*``): compiled ahead of time, no JIT, no GIL.
 
-Same contract as the Numba path (``lstminfer.kernels.numba_kernel``)::
-
-    kernel = cython_kernel(spec, W, R, B, P, threads=1, label=node.label())
-    if kernel is None:
-        reason = why_not_fused(spec, W, R, B, P)    # a short sentence for describe()/info
-        ...fall back to the reference kernel...
-
-``kernel(X, W, R, B, sequence_lens, initial_h, initial_c, P)`` (GRU/RNN: the
-first six) returns ``(Y, Y_h[, Y_c])`` cut to ``spec.num_outputs``, float32,
-with the reference's semantics; ``kernel.describe`` names what runs it. The
-GIL is released for the whole sequence, so one kernel serves several threads
-at once (scratch buffers are per thread, weights read-only).
+``build(spec, weights, precision, ctx)`` is the backend's builder (registered
+in ``lstminfer.backends``); ``cython_kernel``, ``cython_int8_kernel`` and
+``cython_bf16_kernel`` make one precision's kernel, or return None where
+``why_not_fused`` has a reason (extension not built, W/R not constants,
+dtypes other than float32, weight shapes that don't match). A kernel is a
+``CythonKernel``: its C core (``KernelCore``, native/_rnn_core.pxi) runs the
+common call with the GIL released; the rest goes to the recurrent shell
+(``kernels.shell``), whose reference fallback computes it or raises.
 
 Instruction set: the extension is built three times from one source
 (portable baseline, AVX2+FMA, AVX-512); ``isa()`` picks the best one this
 CPU has (``lstminfer._native._cpu.features()``) unless ``LSTMINFER_PORTABLE=1``,
 which forces the baseline build. It is read when a kernel is built.
 
-Falls back (``cython_kernel`` returns None): extension not built, W/R not
-constants, dtypes other than float32 (float64 runs on the reference), weight
-shapes that don't match (the reference reports them at run time). At run
-time, anything unusual (float64 X, bad shapes, weights other than the packed
-constants, sequence_lens out of range) goes to the reference, which computes
-it or raises its error, so the two paths never disagree on errors.
+threads > 1: a batch of at least 4 rows per thread is split across threads;
+smaller batches run on one (or split the hidden units, in C).
 
-threads > 1: a batch of at least 4 rows per thread is split across threads
-(each runs the whole sequence on its rows); smaller batches run on one.
+Low precision (weight-only: state, gates, activations and accumulation stay
+float32); every such kernel answers for the original float W/R (by identity),
+and its fallbacks run the reference on the weights it computes with:
 
-One-step LSTM calls (T = 1, ``StreamPool.step``) of 4+ rows (per thread) run as
-one fused pass on the AVX-512 build (``lstm_step_fused`` in native/_rnn_core.pxi:
-products, bias and cells in register tiles; its ``fused_steps_run()`` counts them).
-
-Low-precision weights (``lstminfer.load(..., quantize="int8"/"bf16")``); every such
-kernel answers for the original float W/R (by identity, as the model passes them),
-reads only its biases/peepholes as float32 (state, gates and activations stay
-float32), and its fallbacks run the reference on the weights it computes with:
-
-* ``cython_int8_kernel(..., scheme=)``: W/R quantized per output row
-  (``lstminfer.quantization.int8_per_row``). "weight-only": int8 panels with
-  float32 scales, widened inside the products (float32 accumulation): equals
-  the reference on the dequantized weights to float32 rounding. "vnni":
-  dynamic int8 (native/li_vnni.h): each product's activation rows (x_t for the
-  input projection of all steps at once, h_{t-1} per step) quantized per row
-  and call, symmetric 8-bit, u8 x s8 ``vpdpbusd`` with int32 accumulation,
-  scaled back per output. It adds error of the same order as the weights'
-  quantization: vs the dequantized-weight reference, max |diff| <= 0.05 and
-  mean <= 0.01 (times max(1, |output|)); measured max 2.1e-2 / mean 4.8e-3 on
-  random H=256 models, 1.7e-2 / 2e-3 on the bundled ones (adding model's accuracy:
-  99.45% float, 99.6% vnni). "auto" (``int8_scheme``): VNNI wherever the CPU
-  has it (AVX-512 VNNI+BW+VL, LSTMINFER_PORTABLE unset, I and H <= 4096),
-  since it measured 3-4x the weight-only product at every shape tried
-  (M = 1..8192 rows, K = 64..512; step, sequence and batch runs alike);
-  ``LSTMINFER_INT8_SCHEME=weight-only|vnni`` overrides "auto".
-* ``cython_bf16_kernel``: W/R rounded to bf16 (``quantization.round_to_bf16``),
-  stored as bf16 and widened exactly (a 16-bit shift) inside the products:
-  equals the float kernel on the rounded weights. (``vdpbf16ps`` would need the
-  activations in bf16 too, losing that equality.)
+* int8 (``cython_int8_kernel``): W/R per output row (``quantization.int8_per_row``).
+  "weight-only": int8 panels widened inside the products, equal to the
+  reference on the dequantized weights to float32 rounding. "vnni": dynamic
+  int8 (native/li_vnni.h), activation rows quantized per row and call,
+  ``vpdpbusd`` with int32 accumulation; its error bound is in
+  tests/test_int8_kernels.py. "auto" (``int8_scheme``) takes VNNI wherever the
+  CPU has it; ``LSTMINFER_INT8_SCHEME=weight-only|vnni`` overrides it.
+* bf16 (``cython_bf16_kernel``): W/R rounded to bf16, widened exactly inside
+  the products: equal to the float kernel on the rounded weights.
 """
 from __future__ import annotations
 
 import importlib
-import math
 import os
-import threading
 from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from .. import reference
-from ..errors import InvalidInputError, UnsupportedModelError
-from .common import same_constant, same_weights, thread_pool, weights_problem
-from .packing import (ALIGN_FLOATS, GATES, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_RT, SEG_WT,
+from ..reference import GATES
+from .common import weights_problem
+from .packing import (ALIGN_FLOATS, NUM_SEGMENTS, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_RT, SEG_WT,
                       PackedWeights, column_panels, concatenate_aligned, pack, pack_bf16_panels, pack_int8_panels,
                       pack_vnni_panels, row_stride)
+from .shell import (FLOAT32, MIN_ROWS_PER_PART, KernelContext, Precision, RecurrentShell, RecurrentWeights,
+                    activations_text, check_threads)
 
 OPS = ("LSTM", "GRU", "RNN")
-ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 PORTABLE_ENV = "LSTMINFER_PORTABLE"
 _ISA_MODULES = {"avx512": "lstminfer._native._rnn_kernels_avx512", "avx2": "lstminfer._native._rnn_kernels_avx2",
                 "portable": "lstminfer._native._rnn_kernels"}
@@ -86,10 +57,6 @@ _ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "po
 _F32 = np.dtype(np.float32)
 _NO_PANELS = np.zeros(ALIGN_FLOATS, dtype=np.float32)  # pbuf of an int8 kernel (never read)
 _NO_PANELS.flags.writeable = False
-_NO_LENS = np.zeros(1, dtype=np.int32)
-_NO_STATE = np.zeros((1, 1, 1), dtype=np.float32)
-_REFERENCE = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
-_MIN_ROWS_PER_PART = 4  # below this, splitting the batch across threads costs more than it saves
 
 _IMPORT_ERROR: str | None = None
 try:
@@ -108,7 +75,6 @@ class _NoCore:  # pragma: no cover - only when the extension was not built (no k
 # The per-call fast path lives in C (KernelCore.__call__, native/_rnn_core.pxi); the
 # portable build's class serves every build, bound to the chosen build's run_sequence.
 _KernelCore = _portable.KernelCore if _portable is not None else _NoCore
-
 
 
 def available() -> bool:
@@ -153,9 +119,24 @@ def cython_kernel(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None, *, th
     """A Cython kernel for this node (weights packed at load), or None (see ``why_not_fused``)."""
     if why_not_fused(spec, W, R, B, P) is not None:
         return None
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    check_threads(threads)
     return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label)
+
+
+def build(spec: Any, weights: RecurrentWeights, precision: Precision = FLOAT32, ctx: KernelContext = KernelContext()):
+    """The backend's builder: (kernel, "") or (None, why not) for this node in ``precision``."""
+    W, R, B, P = weights.W, weights.R, weights.B, weights.P
+    options = dict(threads=ctx.threads, label=ctx.label)
+    if precision.name == "float32":
+        kernel = cython_kernel(spec, W, R, B, P, **options)
+    elif precision.name == "int8":
+        kernel = None if np.ndim(W) != 3 or np.ndim(R) != 3 else cython_int8_kernel(
+            spec, W, R, B, P, weights.int8, scheme=precision.int8_scheme, **options)
+    elif precision.name == "bf16":
+        kernel = cython_bf16_kernel(spec, W, R, B, P, **options)
+    else:
+        return None, f"no {precision.name} Cython kernel"
+    return (kernel, "") if kernel is not None else (None, why_not_fused(spec, W, R, B, P) or "")
 
 
 def pack_panels(packed: PackedWeights, panel_width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -212,10 +193,8 @@ def vnni_available() -> bool:
 def int8_scheme(scheme: str, input_size: int, hidden_size: int) -> str:
     """"vnni" or "weight-only" for an int8 kernel asked for ``scheme``.
 
-    The rule for "auto" (measured, benchmarks/test_bench_quantized.py and README
-    "int8 kernels"): dynamic VNNI for every product wherever the CPU has it
-    (3-4x the weight-only product at every shape tried, M = 1..8192 rows,
-    K = 64..512), else weight-only; ``LSTMINFER_INT8_SCHEME`` overrides it.
+    "auto": dynamic VNNI wherever the CPU has it (faster than weight-only at every
+    shape benchmarked), else weight-only; ``LSTMINFER_INT8_SCHEME`` overrides it.
     """
     if scheme not in INT8_SCHEMES:
         raise ValueError(f"int8 scheme must be one of {INT8_SCHEMES}, got {scheme!r}")
@@ -232,11 +211,6 @@ def int8_scheme(scheme: str, input_size: int, hidden_size: int) -> str:
     return scheme
 
 
-def _check_threads(threads: Any) -> None:
-    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-
-
 def cython_int8_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, quantized: tuple, *, threads: int = 1,
                        label: str = "", scheme: str = "weight-only"):
     """An int8-weight Cython kernel, or None (see ``why_not_fused``).
@@ -251,7 +225,7 @@ def cython_int8_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, quantized: tup
     """
     if why_not_fused(spec, W, R, B, P) is not None:
         return None
-    _check_threads(threads)
+    check_threads(threads)
     qW, sW, qR, sR = quantized
     for q, scale, w in ((qW, sW, W), (qR, sR, R)):
         if q.dtype != np.int8 or q.shape != w.shape or scale.dtype != _F32 or scale.shape != w.shape[:2]:
@@ -275,7 +249,7 @@ def cython_bf16_kernel(spec: Any, W: Any, R: Any, B: Any, P: Any, *, threads: in
     """
     if why_not_fused(spec, W, R, B, P) is not None:
         return None
-    _check_threads(threads)
+    check_threads(threads)
     return CythonKernel(spec, W, R, B, P if spec.op == "LSTM" else None, threads=threads, label=label,
                         precision="bf16")
 
@@ -300,38 +274,32 @@ def _small_segments_only(packed: PackedWeights) -> PackedWeights:
     return replace(packed, buffer=buffer, offsets=offsets)
 
 
-class CythonKernel(_KernelCore):
+class CythonKernel(_KernelCore, RecurrentShell):
     """``kernel(X, W, R, B, sequence_lens, initial_h[, initial_c, P]) -> (Y, Y_h[, Y_c])``.
 
     Calls go to ``KernelCore.__call__`` (C): the packed constants (by identity),
     float32 arrays of the exact shapes and int32 lens run there with no Python
-    in between; anything else comes to ``_slow`` below, which normalizes what it
-    can and sends the rest (with its errors) to the reference.
+    in between; anything else comes to the shell's ``_slow``.
     """
+
+    NO_LENS = np.zeros(1, dtype=np.int32)
+    NO_STATE = np.zeros((1, 1, 1), dtype=np.float32)
 
     def __init__(self, spec: Any, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndarray | None,
                  *, threads: int = 1, label: str = "", int8: tuple | None = None, precision: str = "float32"):
-        self.spec = spec
-        self.op = spec.op
-        self.label = label
         self.isa = isa()
         self._ext = _module(self.isa)
-        self._opcode = self._ext.OPS[self.op]
-        lbr = bool(spec.linear_before_reset) if self.op == "GRU" else False
+        self._opcode = self._ext.OPS[spec.op]
+        lbr = bool(spec.linear_before_reset) if spec.op == "GRU" else False
         if (int8 is not None) != (precision in ("int8", "int8-vnni")) or precision not in self._ext.QKINDS:
             raise ValueError(f"CythonKernel: precision {precision!r} with int8 weights {int8 is not None}")
         self.precision = precision
-        self._int8 = int8
-        self._dequantized: tuple | None = None  # low precision: the float W/R the fallbacks use, made on first need
-        self._packed = pack(self.op, W, R, B, P, linear_before_reset=lbr, blocks=1)
+        self._packed = pack(spec.op, W, R, B, P, linear_before_reset=lbr, blocks=1)
         if precision != "float32":
             self._packed = _small_segments_only(self._packed)
-        self._constants = (W, R, B, P)
-        self.hidden_size = self._packed.hidden_size
-        self.input_size = self._packed.input_size
-        self.num_directions = self._packed.num_directions
+        self._init_shell(spec, (W, R, B, P), self._packed, label=label, batch_parts=threads, lowp=precision,
+                         int8=int8)
         self._gates = GATES[self.op]
-        self._states = 2 if self.op == "LSTM" else 1
         self._offsets = np.ascontiguousarray(self._packed.offsets, dtype=np.int64)
         self._offsets.flags.writeable = False
         self._qkind = self._ext.QKINDS[precision]
@@ -351,19 +319,12 @@ class CythonKernel(_KernelCore):
         self._codes = np.asarray(codes, dtype=np.int32)
         self._fparams = np.asarray([v for a in spec.activations for v in (a.alpha, a.beta)], dtype=np.float32)
         self._codes.flags.writeable = self._fparams.flags.writeable = False
-        self._flag = bool(spec.input_forget if self.op == "LSTM" else lbr)
-        self._clip = math.inf if spec.clip is None else float(spec.clip)
-        self._reverse_first = spec.direction == "reverse"
-        self._time_major = spec.layout == 0
-        self._threads = threads
-        self._local = threading.local()
-        self._reference_kwargs = spec.reference_kwargs()
-        acts = "+".join(a.name for a in spec.activations[: ACTS_PER_DIRECTION[self.op]])
+        acts = activations_text(spec)
         self.describe = (
             f"cython {self.op.lower()}_seq {self.isa}{'' if precision == 'float32' else ' ' + precision} "
             f"(H={self.hidden_size}, {spec.direction}, {acts}, "
             + ("1 thread)" if threads == 1 else
-               f"{threads} threads: batch split at >= {_MIN_ROWS_PER_PART * threads} rows)")
+               f"{threads} threads: batch split at >= {MIN_ROWS_PER_PART * threads} rows)")
         )
         if _portable is not None:
             self._bind_core(
@@ -371,153 +332,24 @@ class CythonKernel(_KernelCore):
                 self._packed.buffer, self._offsets, self._panels, self._panel_offsets, self._codes, self._fparams,
                 self.hidden_size, self.input_size, self.num_directions, self._gates, spec.num_outputs,
                 self._reverse_first, self._flag, self._time_major, self._clip,
-                _MIN_ROWS_PER_PART * threads if threads > 1 else 0,
+                MIN_ROWS_PER_PART * threads if threads > 1 else 0,
                 self._qpanels, self._qscales, self._qscale_offsets, self._qkind, threads, self._ext.PANEL_WIDTH,
             )
             if self.splits_units:
                 self.describe = self.describe[:-1] + ", hidden units split below)"
 
-    # ------------------------------------------------------------------
-    def _slow(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
-        """Everything the C fast path declines: equal (not identical) weights, other dtypes,
-        strided or converted inputs, thread splits, bad sequence_lens (to the reference)."""
-        W0, R0, B0, P0 = self._constants
-        if not ((W is W0 and R is R0 and B is B0 and (P is P0 or self.op != "LSTM")) or
-                self._same_weights(W, R, B, P)):
-            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
-        if not (type(X) is np.ndarray and X.dtype == _F32 and X.ndim == 3 and X.shape[2] == self.input_size):
-            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
-        time_major = self._time_major
-        D, H = self.num_directions, self.hidden_size
-        if time_major:
-            T, batch = X.shape[0], X.shape[1]
-            state_shape = (D, batch, H)
-        else:
-            batch, T = X.shape[0], X.shape[1]
-            state_shape = (batch, D, H)
-        h0, has_h0 = self._initial_state(initial_h, state_shape)
-        c0, has_c0 = self._initial_state(initial_c, state_shape) if self.op == "LSTM" else (_NO_STATE, False)
-        if h0 is None or c0 is None:
-            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
-        if sequence_lens is None:
-            lens, has_lens = _NO_LENS, False
-        else:
-            lens, has_lens = sequence_lens, True
-            if not (type(lens) is np.ndarray and lens.dtype == np.int32 and lens.shape == (batch,)
-                    and lens.flags.c_contiguous):
-                if not (isinstance(lens, np.ndarray) and lens.dtype.kind in "iu" and lens.shape == (batch,)):
-                    return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
-                lens = np.ascontiguousarray(lens.clip(-1, T + 1), dtype=np.int32)  # clip: no int32 wrap-around
+    def _run_rows(self, X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, T, rows, part) -> int:
+        return self._ext.sequence(
+            self._opcode, X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states,
+            self._packed.buffer, self._offsets, self._panels, self._panel_offsets, self._codes, self._fparams,
+            self._scratch(T, rows), self._reverse_first, self._flag, self._time_major, self._clip,
+            self._qpanels, self._qscales, self._qscale_offsets, self._qkind,
+        )
 
-        if time_major:
-            Y = np.empty((T, D, batch, H), dtype=_F32)
-            states = np.empty((self._states, D, batch, H), dtype=_F32)
-            Y_view, states_view = Y, states
-        else:
-            Y = np.empty((batch, T, D, H), dtype=_F32)
-            states = np.empty((self._states, batch, D, H), dtype=_F32)
-            Y_view, states_view = Y.transpose(1, 2, 0, 3), states.transpose(0, 2, 1, 3)
-        if not X.flags.c_contiguous:
-            X = np.ascontiguousarray(X)
-
-        if self._threads > 1 and batch >= _MIN_ROWS_PER_PART * self._threads:
-            status = self._run_batch_split(X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view, T, batch)
-        else:
-            status = self._ext.sequence(
-                self._opcode, X, lens, has_lens, h0, has_h0, c0, has_c0, Y_view, states_view,
-                self._packed.buffer, self._offsets, self._panels, self._panel_offsets, self._codes, self._fparams,
-                self._scratch(T, batch),
-                self._reverse_first, self._flag, time_major, self._clip,
-                self._qpanels, self._qscales, self._qscale_offsets, self._qkind,
-            )
-        if status:  # sequence_lens outside [0, T]: the reference raises the error
-            return self._reference(X, W, R, B, sequence_lens, initial_h, initial_c, P)
-        if self.op == "LSTM":
-            return (Y, states[0], states[1])[: self.spec.num_outputs]
-        return (Y, states[0])[: self.spec.num_outputs]
-
-    def _run_batch_split(self, X, lens, has_lens, h0, has_h0, c0, has_c0, Y, states, T, batch) -> int:
-        """Batch rows split across threads, each running the whole sequence on its rows (no barrier)."""
-        parts = self._threads
-        edges = [round(batch * k / parts) for k in range(parts + 1)]
-        time_major = self._time_major
-
-        def run_part(k):
-            b0, b1 = edges[k], edges[k + 1]
-            Xk = np.ascontiguousarray(X[:, b0:b1]) if time_major else X[b0:b1]
-            return self._ext.sequence(
-                self._opcode, Xk, lens[b0:b1] if has_lens else lens, has_lens,
-                h0[:, b0:b1] if has_h0 else h0, has_h0, c0[:, b0:b1] if has_c0 else c0, has_c0,
-                Y[:, :, b0:b1], states[:, :, b0:b1], self._packed.buffer, self._offsets, self._panels,
-                self._panel_offsets, self._codes,
-                self._fparams, self._scratch(T, b1 - b0), self._reverse_first, self._flag, time_major, self._clip,
-                self._qpanels, self._qscales, self._qscale_offsets, self._qkind,
-            )
-
-        futures = [thread_pool(parts - 1).submit(run_part, k) for k in range(1, parts)]
-        status = run_part(0)
-        return max([status] + [f.result() for f in futures])
-
-    def _initial_state(self, value, state_shape):
-        """(array in [D, B, H] order, given?) or (None, False) when the reference must handle it."""
-        if value is None:
-            return _NO_STATE, False
-        if type(value) is np.ndarray and value.dtype == _F32 and value.shape == state_shape:
-            if value.strides[-1] != 4 and value.shape[-1] > 1:
-                value = np.ascontiguousarray(value)
-            return (value if self._time_major else value.transpose(1, 0, 2)), True
-        return None, False
-
-    def _same_weights(self, W, R, B, P) -> bool:
-        return same_weights(self.op, self._constants, W, R, B, P)
-
-    def _scratch(self, T: int, batch: int) -> np.ndarray:
-        """This thread's scratch buffer, grown as needed (threads never share one)."""
-        local = self._local
-        if getattr(local, "key", None) == (T, batch):
-            return local.scratch
-        need = self._ext.scratch_floats(T, batch, self._gates, self.hidden_size)
-        buf = getattr(local, "scratch", None)
-        if buf is None or buf.size < need:
-            buf = np.empty(need, dtype=_F32)
-            local.scratch = buf
-        local.key = (T, batch)
-        return buf
-
-    def _reference(self, *inputs):
-        run = _REFERENCE[self.op]
-        if self.precision != "float32":
-            inputs = self._as_dequantized(inputs)
-        args = inputs if self.op == "LSTM" else inputs[:6]
-        prefix = f"{self.label}: " if self.label else ""
-        try:
-            outputs = run(*args, **self._reference_kwargs)
-        except InvalidInputError as err:
-            raise InvalidInputError(f"{prefix}{err}") from None
-        except UnsupportedModelError as err:
-            raise UnsupportedModelError(f"{prefix}{err}") from None
-        return outputs[: self.spec.num_outputs]
+    def _scratch_floats(self, T: int, batch: int) -> int:
+        return self._ext.scratch_floats(T, batch, self._gates, self.hidden_size)
 
 
-    def _as_dequantized(self, inputs: tuple) -> tuple:
-        """int8 kernel: the packed W/R replaced by the dequantized weights the kernel computes with."""
-        X, W, R, *rest = inputs
-        W0, R0 = self._constants[:2]
-        if not (same_constant(W, W0) and same_constant(R, R0)):
-            return inputs  # other weights than those quantized: run as given
-        if self._dequantized is None:
-            self._dequantized = self._lowp_weights(W0, R0)
-        return (X, *self._dequantized, *rest)
-
-    def _lowp_weights(self, W, R) -> tuple:
-        """The float32 W/R this low-precision kernel computes with (its products' oracle)."""
-        if self.precision == "bf16":
-            from ..quantization import round_to_bf16
-            return round_to_bf16(W), round_to_bf16(R)
-        qW, sW, qR, sR = self._int8
-        return tuple((q.astype(np.float32) * s[..., None]).astype(np.float32) for q, s in ((qW, sW), (qR, sR)))
-
-
-__all__ = ["CythonKernel", "available", "cython_bf16_kernel", "cython_int8_kernel", "cython_kernel", "int8_scheme",
-           "isa", "pack_bf16_panels", "pack_int8_panels", "pack_panels", "pack_vnni_panels", "unavailable_reason",
-           "vnni_available", "why_not_fused"]
+__all__ = ["CythonKernel", "available", "build", "cython_bf16_kernel", "cython_int8_kernel", "cython_kernel",
+           "int8_scheme", "isa", "pack_bf16_panels", "pack_int8_panels", "pack_panels", "pack_vnni_panels",
+           "unavailable_reason", "vnni_available", "why_not_fused"]

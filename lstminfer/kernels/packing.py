@@ -11,8 +11,7 @@ gates in spec order (``ONNX_GATES``). The kernels want, per direction:
 * ``WT``/``RT``: the same matrices transposed (k-major), for the products
   vectorized along the outputs (batch 1..3, and small weights). Their rows
   are ``row_stride(G*H)`` floats apart: a stride that is a multiple of
-  512 bytes puts the rows a kernel reads together in the same L1 sets
-  (measured: 50 -> 70 GFLOP/s at H=256 once padded).
+  512 bytes would put the rows a kernel reads together in the same L1 sets.
 * ``bias_x``: the biases added to the input projection, pre-summed (Wb + Rb;
   GRU with linear_before_reset keeps Rbh apart, since r multiplies it).
 * ``bias_rh``: that GRU Rbh (zeros otherwise), per unit.
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..reference import GATES
+
 # Gate order of the ONNX spec, and the order the kernels compute them in.
 ONNX_GATES = {"LSTM": "iofc", "GRU": "zrh", "RNN": "i"}
 KERNEL_GATES = {"LSTM": "ifco", "GRU": "zrh", "RNN": "i"}
@@ -36,11 +37,8 @@ PEEPHOLE_KERNEL = "ifo"  # order of the ``peep`` rows in the packed buffer
 ALIGN_FLOATS = 16  # 64 bytes: one cache line / one AVX-512 register
 
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-
-
 def num_gates(op: str) -> int:
-    return len(ONNX_GATES[op])
+    return GATES[op]
 
 
 def unit_blocks(hidden_size: int, blocks: int) -> np.ndarray:
@@ -113,10 +111,8 @@ def _aligned_zeros(size: int) -> np.ndarray:
 def concatenate_aligned(pieces: list[np.ndarray]) -> np.ndarray:
     """``np.concatenate(pieces)`` into a buffer that starts on a 64-byte boundary.
 
-    np.concatenate's result starts wherever malloc put it (16, 32 or 48 bytes
-    into a cache line were seen); every AVX-512 load of such panels then
-    splits across two lines (measured: one LSTM H=256 step through ``run``
-    27.8 -> 26.2 µs, GRU 21.4 -> 20.1 µs once aligned).
+    np.concatenate's result starts wherever malloc put it; an AVX-512 load of
+    unaligned panels splits across two cache lines.
     """
     dtype = pieces[0].dtype
     size = sum(piece.size for piece in pieces)
@@ -178,7 +174,7 @@ def pack(op: str, W: np.ndarray, R: np.ndarray, B: np.ndarray | None, P: np.ndar
 # PANEL_WIDTH columns at a time, each panel K rows of PANEL_WIDTH contiguous
 # floats (the last zero-padded), panels one after another. A matrix-vector
 # product then reads one sequential stream instead of 128 bytes from each of
-# K rows a row stride apart (measured, K=256, N=1024 in L3: 15 -> 10 us).
+# K rows a row stride apart.
 
 def panel_ranges(op: str, edges: np.ndarray) -> list[tuple[int, int]]:
     """The column ranges [c0, c1) of the packed k-major matrices that get their own panels, in order."""

@@ -15,13 +15,13 @@ K we could hold in memory), so the result is exact and uses BLAS.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidInputError, InvalidModelError, UnsupportedModelError
 from ..graph import Node
+from ..quantization import remember_int8, stored_int8
 from ..reference.rnn import lstm_step, recurrence  # the reference's own cell: same semantics
 from .recurrent import parse_spec
 from .registry import BuildContext, register
@@ -182,50 +182,10 @@ def dequantize_linear(node: Node, ctx: BuildContext):
         result = (values.astype(np.float32) * s).astype(out_dtype, copy=False)
         if (x.dtype == np.int8 and x.ndim >= 2 and result.dtype == np.float32 and not x.flags.writeable
                 and not scale.flags.writeable):
-            _remember_int8(result, x, s, zero_point)  # constants (folded at load): see stored_int8
+            remember_int8(result, x, s, zero_point)  # constants (folded at load): see stored_int8
         return (result,)
 
     return kernel
-
-
-# Folded DequantizeLinear outputs that are int8 values times one scale per
-# row (zero point 0): id(output) -> (weakref to it, q, row scales). The
-# recurrent ops look their W/R up here (``stored_int8``) to run the int8
-# kernel on the stored values: how ``lstminfer.quantize``'s files load back.
-_STORED_INT8: dict[int, tuple[Any, np.ndarray, np.ndarray]] = {}
-
-
-def _remember_int8(result: np.ndarray, x: np.ndarray, scale: np.ndarray, zero_point) -> None:
-    if zero_point is not None and np.any(zero_point != 0):
-        return
-    full = np.broadcast_to(scale, x.shape)
-    if x.shape[-1] and full.strides[-1] != 0 and not np.all(full == full[..., :1]):
-        return  # the scale varies along a row
-    row_scale = np.ascontiguousarray(full[..., 0], dtype=np.float32)
-    key = id(result)
-    _STORED_INT8[key] = (weakref.ref(result), x, row_scale)
-    weakref.finalize(result, _STORED_INT8.pop, key, None)
-
-
-def stored_int8(w: Any) -> tuple[np.ndarray, np.ndarray] | None:
-    """(q int8 [..., N, K], scale float32 [..., N]) when ``w`` is exactly q * scale per row, as a
-    folded ``DequantizeLinear`` of an int8 constant (zero point 0) computed it, possibly reshaped;
-    else None."""
-    if not isinstance(w, np.ndarray) or w.dtype != np.float32 or w.ndim < 2 or not w.flags.c_contiguous:
-        return None
-    root = w
-    while isinstance(root.base, np.ndarray):
-        root = root.base
-    entry = _STORED_INT8.get(id(root))
-    if entry is None or entry[0]() is not root:
-        return None
-    _, q, row_scale = entry
-    if q.size != w.size or q.shape[-1] != w.shape[-1] or w.ctypes.data != root.ctypes.data:
-        return None
-    q, scale = q.reshape(w.shape), row_scale.reshape(w.shape[:-1])
-    if not np.array_equal(q.astype(np.float32) * scale[..., None], w):
-        return None
-    return q, scale
 
 
 @register("DynamicQuantizeLinear", since=11)

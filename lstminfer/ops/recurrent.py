@@ -1,10 +1,11 @@
 """LSTM, GRU and RNN: attributes parsed and checked at load, kernels swappable.
 
 The factory turns a node into a ``RecurrentSpec`` (frozen, backend-neutral)
-and then asks for a kernel: a fast backend registered with
-``register_recurrent_kernel`` for ``ctx.backend`` gets the first try, the
-pure-NumPy reference (``lstminfer.reference``) is the fallback. Every kernel
-carries ``kernel.describe``, a short string naming what runs it.
+and then asks ``recurrent_kernel.build_recurrent_kernel`` for a kernel: the
+builder of ``ctx.backend`` (``lstminfer.backends``) gets the first try, in
+the weights' precision, the pure-NumPy reference (``lstminfer.reference``)
+is the fallback. Every kernel carries ``kernel.describe``, a short string
+naming what runs it.
 
 Weights that are constants at load (initializers, folded values) are
 checked against hidden_size/direction at load (``InvalidModelError``); all
@@ -14,14 +15,15 @@ raise ``InvalidInputError`` naming the node.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from .. import reference
-from ..errors import InvalidInputError, InvalidModelError, UnsupportedModelError
+from ..errors import InvalidModelError, UnsupportedModelError
 from ..graph import Node
 from ..reference.activations import Activation, activation_kind
+from .recurrent_kernel import build_recurrent_kernel
 from .registry import BuildContext, Kernel, register
 
 # Inputs and outputs of each op, in spec order.
@@ -67,17 +69,6 @@ class RecurrentSpec:
         if self.op == "GRU":
             kwargs["linear_before_reset"] = int(self.linear_before_reset)
         return kwargs
-
-
-# (backend, op) -> builder(spec, node, ctx) returning (kernel, "") or (None, why not):
-# a builder that declines says why, and describe()/info show it.
-KernelBuilder = Callable[[RecurrentSpec, Node, BuildContext], "tuple[Kernel | None, str]"]
-_FAST_BUILDERS: dict[tuple[str, str], KernelBuilder] = {}
-
-
-def register_recurrent_kernel(backend: str, op: str, builder: KernelBuilder) -> None:
-    """Let ``backend`` run ``op``; its builder may return None for specs it cannot run."""
-    _FAST_BUILDERS[(backend, op)] = builder
 
 
 # ------------------------------------------------------------ parsing --
@@ -188,28 +179,6 @@ def _parse_activations(node: Node, op: str, direction: str) -> tuple[Activation,
 
 # ------------------------------------------------------------ kernels --
 
-_REFERENCE_FUNCTIONS = {"LSTM": reference.lstm, "GRU": reference.gru, "RNN": reference.rnn}
-
-
-def reference_kernel(spec: RecurrentSpec, node: Node) -> Kernel:
-    """The pure-NumPy kernel: runs ``lstminfer.reference`` with the parsed spec."""
-    run = _REFERENCE_FUNCTIONS[spec.op]
-    kwargs = spec.reference_kwargs()
-    label = node.label()
-
-    def kernel(*inputs):
-        try:
-            outputs = run(*inputs, **kwargs)
-        except InvalidInputError as err:
-            raise InvalidInputError(f"{label}: {err}") from None
-        except UnsupportedModelError as err:
-            raise UnsupportedModelError(f"{label}: {err}") from None
-        return outputs[: spec.num_outputs]
-
-    kernel.describe = "reference"
-    return kernel
-
-
 def _check_constant_weights(node: Node, spec: RecurrentSpec, ctx: BuildContext) -> RecurrentSpec:
     """Check W, R, B, P that are known at load; fill hidden_size from R if absent."""
     def constant(index: int):
@@ -251,27 +220,7 @@ def _check_constant_weights(node: Node, spec: RecurrentSpec, ctx: BuildContext) 
 
 
 def _build(node: Node, ctx: BuildContext) -> Kernel:
-    spec = _check_constant_weights(node, parse_spec(node, ctx), ctx)
-    # Weight precision (lstminfer.quantization): quantized at load under the quantize option,
-    # else as the file stores them (int8 DequantizeLinear, bf16); sets kernel.precision.
-    from ..quantization import quantized_recurrent_build, stored_precision_build
-
-    mode = ctx.options.get("quantize")
-    if mode:
-        return quantized_recurrent_build(node, ctx, mode, lambda qctx: _build_kernel(spec, node, qctx))
-    return stored_precision_build(node, ctx, lambda qctx: _build_kernel(spec, node, qctx))
-
-
-def _build_kernel(spec: RecurrentSpec, node: Node, ctx: BuildContext) -> Kernel:
-    builder = _FAST_BUILDERS.get((ctx.backend, spec.op))
-    if builder is None:
-        return reference_kernel(spec, node)
-    kernel, why_not = builder(spec, node, ctx)
-    if kernel is not None:
-        return kernel
-    kernel = reference_kernel(spec, node)
-    kernel.describe = f"reference ({ctx.backend} declined: {why_not})"
-    return kernel
+    return build_recurrent_kernel(_check_constant_weights(node, parse_spec(node, ctx), ctx), node, ctx)
 
 
 @register("LSTM", since=7)
