@@ -3,7 +3,7 @@
    AVX-512); everything else is written on li_vf (GCC vector extensions, LI_VEC floats) and the
    helpers below, never on __AVX*__ or _mm* directly.
 
-   LI_VEC    floats per vector: 16 (AVX-512), 8 (AVX), 4 (otherwise)
+   LI_VEC    floats per vector: 16 (AVX-512), 8 (AVX2), 4 (otherwise)
    LI_VREGS  vector registers: 32 on AVX-512, where 4 rows x 4 gates of accumulators fit
    LI_ISA    the build's name, as lstminfer/kernels/cython_backend.py spells it */
 #ifndef LI_SIMD_H
@@ -16,23 +16,18 @@
 #if defined(__AVX512F__)
 #define LI_ISA_AVX512 1
 #define LI_ISA_AVX2 1
-#elif defined(__AVX2__)
-#define LI_ISA_AVX512 0
-#define LI_ISA_AVX2 1
-#else
-#define LI_ISA_AVX512 0
-#define LI_ISA_AVX2 0
-#endif
-
-#if LI_ISA_AVX512
 #define LI_VEC 16
 #define LI_VREGS 32
 #define LI_ISA "avx512"
-#elif defined(__AVX__)
+#elif defined(__AVX2__)
+#define LI_ISA_AVX512 0
+#define LI_ISA_AVX2 1
 #define LI_VEC 8
 #define LI_VREGS 16
 #define LI_ISA "avx2"
 #else
+#define LI_ISA_AVX512 0
+#define LI_ISA_AVX2 0
 #define LI_VEC 4
 #define LI_VREGS 16
 #define LI_ISA "portable"
