@@ -115,11 +115,31 @@ static void test_lstm_cells(void) {
     }
 }
 
+static int add_one(void *arg) {
+    *(int *)arg += 1;
+    return 7;
+}
+
+/* a worker thread runs posted jobs, one after another, and returns their status */
+static void test_worker(void) {
+    li_worker *w = (li_worker *)li_lines_alloc(1, sizeof(li_worker));
+    int count = 0;
+    check(w != NULL && li_worker_start(w) == 0, "li_worker_start", 0, 0);
+    for (int i = 0; i < 100; i++) {
+        li_worker_post(w, add_one, &count);
+        check(li_worker_wait(w) == 7, "li_worker_wait status", 0, 7);
+    }
+    check(count == 100, "li_worker jobs run", count, 100);
+    li_worker_stop(w);
+    free(w);
+}
+
 int main(void) {
     test_scalar_maths();
     test_vector_maths();
     test_products();
     test_lstm_cells();
+    test_worker();
     printf("%s %s: %d failures\n", LI_ISA, failures ? "FAILED" : "ok", failures);
     return failures != 0;
 }
