@@ -1091,24 +1091,23 @@ cdef int check_weights(str who, int op, idx D, idx I, idx H, int qkind, idx nr,
     pbuf (float32, in floats) or qpbuf (low precision, in bytes), their scales, the codes."""
     cdef idx G = gates_of(op), d, which, K, N, cols, need, start, end
     cdef idx split = 2 * H if op == OP_GRU else G * H
-    if not (op == OP_LSTM or op == OP_GRU or op == OP_RNN):
+    if op != OP_LSTM and op != OP_GRU and op != OP_RNN:
         raise bad(who, "op", "0 (LSTM), 1 (GRU) or 2 (RNN)", op)
-    if not (offsets.shape[0] == D and offsets.shape[1] == NUM_SEGMENTS):
+    if offsets.shape[0] != D or offsets.shape[1] != NUM_SEGMENTS:
         raise bad(who, "offsets shape", (D, NUM_SEGMENTS), (offsets.shape[0], offsets.shape[1]))
-    if not (poff.shape[0] == D and poff.shape[1] == 3):
+    if poff.shape[0] != D or poff.shape[1] != 3:
         raise bad(who, "poff shape", (D, 3), (poff.shape[0], poff.shape[1]))
     if codes_n < D * acts_of(op):
         raise bad(who, "codes length", f">= {D * acts_of(op)}", codes_n)
     if fparams_n < 2 * D * acts_of(op):
         raise bad(who, "fparams length", f">= {2 * D * acts_of(op)}", fparams_n)
-    if qkind != QK_FLOAT:
-        if not (qsoff.shape[0] == D and qsoff.shape[1] == 3):
-            raise bad(who, "qsoff shape", (D, 3), (qsoff.shape[0], qsoff.shape[1]))
+    if qkind != QK_FLOAT and (qsoff.shape[0] != D or qsoff.shape[1] != 3):
+        raise bad(who, "qsoff shape", (D, 3), (qsoff.shape[0], qsoff.shape[1]))
     for d in range(D):
         for which, need in ((SEG_BIAS_X, G * H), (SEG_BIAS_RH, H if op == OP_GRU else 0),
                             (SEG_PEEP, 3 * H if op == OP_LSTM else 0)):
             start = offsets[d, which]
-            if not (start >= 0 and start + need <= wbuf_n):
+            if start < 0 or start + need > wbuf_n:
                 raise bad(who, f"wbuf segment {which} of direction {d}", f"{need} floats within {wbuf_n}",
                           f"offset {start}")
         for which in range(3):
@@ -1125,12 +1124,12 @@ cdef int check_weights(str who, int op, idx D, idx I, idx H, int qkind, idx nr,
                 cols = panel_columns(N, LI_VNNI_NR)
                 need, end = cols // LI_VNNI_NR * ((K + 3) // 4 * 4 * LI_VNNI_NR + 4 * LI_VNNI_NR), qpbuf_n
             start = poff[d, which]
-            if not (start >= 0 and start + need <= end):
+            if start < 0 or start + need > end:
                 raise bad(who, f"panels {which} of direction {d}",
                           f"{need} {'floats' if qkind == QK_FLOAT else 'bytes'} within {end}", f"offset {start}")
             if qkind == QK_INT8 or qkind == QK_VNNI:
                 start = qsoff[d, which]
-                if not (start >= 0 and start + cols <= qscale_n):
+                if start < 0 or start + cols > qscale_n:
                     raise bad(who, f"scales {which} of direction {d}", f"{cols} floats within {qscale_n}",
                               f"offset {start}")
     return 0
@@ -1443,7 +1442,7 @@ cdef class KernelCore:
         cdef const long long[:, ::1] poff_v = poff
         cdef const int[::1] codes_v = codes
         cdef const float[::1] fparams_v = fparams
-        if not (panel_width in (0, build.panel_width)):
+        if panel_width != 0 and panel_width != build.panel_width:
             raise bad("_bind_core", "panel_width (of the build that runs)", build.panel_width, panel_width)
         if gates != gates_of(op):
             raise bad("_bind_core", "gates", gates_of(op), gates)
