@@ -18,8 +18,13 @@ RNN_ISA_ARGS = {
     "_avx512": ["-mavx512f", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
 }
 
+# Everything the recurrent kernels include: an edit to any of them rebuilds every ISA variant.
+RNN_DEPENDS = ["native/_rnn_core.pxi", "native/li_constants.pxd", "native/li_no_complex_i.h", "native/li_simd.h",
+               "native/li_gemm.h", "native/li_vmath.h", "native/li_cells.h", "native/li_math.h", "native/li_vnni.h",
+               "native/li_workers.h", "native/li_call.h"]
+
 extensions = [
-    Extension("lstminfer._native._cpu", ["native/_cpu.pyx"], extra_compile_args=COMPILE_ARGS),
+    Extension("lstminfer._native._cpu", ["native/_cpu.pyx"], depends=["native/li_cpu.h"], extra_compile_args=COMPILE_ARGS),
     # Model.run's per-call loop (feed checks, steps, output detaching) in C.
     Extension("lstminfer._native._runtime", ["native/_runtime.pyx"], include_dirs=[numpy.get_include()],
               depends=["native/_program.pxi", "native/li_call.h", "native/li_dense.h", "native/li_typed.h", "native/li_vector.h", "native/li_math.h"],
@@ -29,7 +34,7 @@ extensions = [
     Extension(f"lstminfer._native._rnn_kernels{suffix}", [f"native/_rnn_kernels{suffix}.pyx"],
               include_dirs=[numpy.get_include()],  # outputs allocated through numpy's C API
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-              extra_compile_args=COMPILE_ARGS + flags, depends=["native/_rnn_core.pxi", "native/li_vnni.h", "native/li_workers.h", "native/li_call.h", "native/li_math.h"])
+              extra_compile_args=COMPILE_ARGS + flags, depends=RNN_DEPENDS)
     for suffix, flags in RNN_ISA_ARGS.items()
 ]
 

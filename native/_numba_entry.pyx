@@ -1,8 +1,8 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 """The Numba backend's per-call fast path in C: checks, outputs, one call of the op's cfunc.
 
-Through Numba's dispatcher a kernel call costs ~5 µs before any work (typing
-and unboxing 22 arguments), more than a whole T=1, H=64 step. ``EntryCore``
+Through Numba's dispatcher a kernel call costs more before any work (typing
+and unboxing 22 arguments) than a whole small one-step call. ``EntryCore``
 (subclassed by ``lstminfer.kernels.fused.FusedKernel``) checks the inputs
 here, allocates the outputs through numpy's C API, fills the flat argument
 block of ``lstminfer.kernels.numba_entry`` and calls its C entry with the GIL

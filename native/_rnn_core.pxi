@@ -1,13 +1,16 @@
 # Shared source of the _rnn_kernels* extension modules (included, not compiled alone).
 #
 # setup.py compiles this same code several times, once per instruction set
-# (portable baseline, AVX2+FMA, AVX-512), each into its own private module;
-# lstminfer/kernels/cython_backend.py imports the one the CPU supports.
+# (portable baseline, AVX2+FMA, AVX-512: native/li_simd.h decides the vector
+# width), each into its own private module; lstminfer/kernels/cython_backend.py
+# imports the one the CPU supports.
 #
 # Whole LSTM/GRU/RNN sequences, every attribute, over preallocated buffers:
 # for each direction the input projection of all steps at once
 # (xp = X . W^T + bias), then per step one product gates = h . R^T and a
 # few vectorized passes over the hidden units. No allocation and no GIL inside.
+# The C lives in headers: li_gemm.h (products), li_vmath.h (vector maths),
+# li_cells.h (whole cells, the fused one step), li_vnni.h, li_workers.h.
 #
 # Weights come packed by lstminfer/kernels/packing.py (one block; gate-major,
 # kernel gate order LSTM i,f,c,o; GRU z,r,h): we read its bias_x [G*H],
@@ -18,16 +21,14 @@ from libc.math cimport INFINITY, expm1f, expf, fabsf, log1pf
 from libc.string cimport memcpy, memmove, memset
 from libc.stdlib cimport free, malloc
 from cpython.pycapsule cimport PyCapsule_GetPointer, PyCapsule_New
-from cpython.ref cimport PyObject
 
 import numpy as np
 cimport numpy as cnp
 
-cdef extern from *:
-    """
-    /* numpy's headers pull in complex.h, whose I macro would rename Seq.I */
-    #undef I
-    """
+from li_constants cimport *
+
+cdef extern from "li_no_complex_i.h":
+    pass
 
 cnp.import_array()
 
@@ -42,40 +43,63 @@ cdef extern from "li_math.h":
     ctypedef float* fptr "float * __restrict__"
     ctypedef const float* cfptr "const float * __restrict__"
 
-# Activation codes (the same numbering as numba_math.ACTIVATION_CODES).
-cdef enum:
-    RELU = 0
-    TANH = 1
-    SIGMOID = 2
-    AFFINE = 3
-    LEAKY_RELU = 4
-    THRESHOLDED_RELU = 5
-    SCALED_TANH = 6
-    HARD_SIGMOID = 7
-    ELU = 8
-    SOFTSIGN = 9
-    SOFTPLUS = 10
+cdef extern from "li_simd.h":
+    const int LI_VEC
+    const char* LI_ISA
 
+cdef extern from "li_gemm.h":
+    void li_tile_rows(const float* A, idx lda, int rows, idx K, const float* B, float* C, idx ldc,
+                      const float* bias) noexcept nogil
+    void li_tile4(const float* A, idx lda, idx K, const float* B, idx ldb, float* C, idx ldc,
+                  const float* bias) noexcept nogil
+    ctypedef unsigned short u16 "uint16_t"
+    void li_tile1_q(const float* a, idx K, const signed char* Q, float* C, const float* scale,
+                    const float* bias) noexcept nogil
+    void li_dequantize_panel(const signed char* Q, idx K, const float* scale, float* out) noexcept nogil
+    void li_tile1_bf(const float* a, idx K, const u16* Q, float* C, const float* bias) noexcept nogil
+    void li_expand_panel_bf(const u16* Q, idx K, float* out) noexcept nogil
+
+cdef extern from "li_vmath.h":
+    void li_sigmoid_n(float* v, idx n) noexcept nogil
+    void li_tanh_n(float* v, idx n) noexcept nogil
+
+cdef extern from "li_cells.h":
+    idx li_lstm_cells_std(const float* x, const float* g, float* h, float* c, const float* pi, const float* pf,
+                          const float* po, idx n, idx S, float clip) noexcept nogil
+    const bint LI_STEP_FUSED
+    void li_lstm_step4(const float* const* x, const float* const* h, const float* const* c, idx I, idx H, idx j,
+                       const float* wpanels, const float* rpanels, const float* bias, const float* peep, float clip,
+                       bint clipped, int store, float* const* y, float* const* cn) noexcept nogil
+    unsigned long long li_fused_steps_run
+    void li_count_fused_step() noexcept nogil
+    idx li_gru_zr_std(const float* x, float* g, const float* hp, float* rh, idx n, idx S, float clip) noexcept nogil
+    idx li_gru_output_std(const float* xh, const float* z, const float* gh, const float* hp, float* h, idx n,
+                          float clip) noexcept nogil
+    idx li_gru_lbr_cells_std(const float* x, const float* g, const float* hp, float* h, const float* rbh, idx n,
+                             idx S, float clip) noexcept nogil
+
+# The shared numbers (li_constants.pxd), for the Python side and for the test that checks they agree.
+PACKING = {"SEG_W": SEG_W, "SEG_R": SEG_R, "SEG_BIAS_X": SEG_BIAS_X, "SEG_BIAS_RH": SEG_BIAS_RH,
+           "SEG_PEEP": SEG_PEEP, "SEG_WT": SEG_WT, "SEG_RT": SEG_RT, "NUM_SEGMENTS": NUM_SEGMENTS,
+           "ALIGN_FLOATS": ALIGN_FLOATS}  # packing.py's names
 ACTIVATION_CODES = {
     "relu": RELU, "tanh": TANH, "sigmoid": SIGMOID, "affine": AFFINE, "leakyrelu": LEAKY_RELU,
     "thresholdedrelu": THRESHOLDED_RELU, "scaledtanh": SCALED_TANH, "hardsigmoid": HARD_SIGMOID,
     "elu": ELU, "softsign": SOFTSIGN, "softplus": SOFTPLUS,
 }
-
-# Packed segments (packing.SEG_*): W, R, bias_x, bias_rh, peep, WT, RT; we read three.
-cdef enum:
-    SEG_BIAS_X = 2
-    SEG_BIAS_RH = 3
-    SEG_PEEP = 4
-    NUM_SEGMENTS = 7
-
-cdef enum:
-    OP_LSTM = 0
-    OP_GRU = 1
-    OP_RNN = 2
-
 OPS = {"LSTM": OP_LSTM, "GRU": OP_GRU, "RNN": OP_RNN}
+GATES = {"LSTM": GATES_LSTM, "GRU": GATES_GRU, "RNN": GATES_RNN}
+ACTS_PER_DIRECTION = {"LSTM": ACTS_LSTM, "GRU": ACTS_GRU, "RNN": ACTS_RNN}
+QKINDS = {"float32": QK_FLOAT, "int8": QK_INT8, "int8-vnni": QK_VNNI, "bf16": QK_BF16}
+ISA = LI_ISA.decode("ascii")  # this build's instruction set, as li_simd.h chose it
 
+
+cdef inline idx gates_of(int op) noexcept nogil:
+    return GATES_LSTM if op == OP_LSTM else (GATES_GRU if op == OP_GRU else GATES_RNN)
+
+
+cdef inline idx acts_of(int op) noexcept nogil:
+    return ACTS_LSTM if op == OP_LSTM else (ACTS_GRU if op == OP_GRU else ACTS_RNN)
 
 
 # ---------------------------------------------------------- activations --
@@ -123,604 +147,8 @@ cdef inline float activate(float x, int code, float alpha, float beta) noexcept 
 
 
 # -------------------------------------------------------------- products --
-# Weights pre-packed in panels (cython_backend.pack_panels); register-tiled
-# micro-kernels in C with GCC vector extensions (one source, native vector
-# width in each build). Measured against OpenBLAS (numpy, 1 thread) and a
-# k-major axpy form vectorized by GCC: these win at every shape tried.
-
-cdef extern from *:
-    """
-    /* Register-tiled micro-kernel: 4 rows x 2 vectors of columns, the 8
-       accumulators held in registers across the whole k loop. GCC vector
-       extensions: native width per build (AVX-512 16 floats, AVX 8, else 4),
-       so every build keeps its 8 accumulators in registers. */
-    #include <string.h>
-    #include <stddef.h>
-    #if defined(__AVX512F__)
-    #define LI_VEC 16
-    #elif defined(__AVX__)
-    #define LI_VEC 8
-    #else
-    #define LI_VEC 4
-    #endif
-    typedef float li_vf __attribute__((vector_size(LI_VEC * 4)));
-    static inline li_vf li_load(const float *p) { li_vf v; memcpy(&v, p, sizeof v); return v; }
-    static inline void li_store(float *p, li_vf v) { memcpy(p, &v, sizeof v); }
-
-    /* C[r, 0:2*LI_VEC] = bias[0:2*LI_VEC] (or 0) + sum_k A[r, k] B[k, 0:2*LI_VEC], r < 4 */
-    static inline void li_tile4(const float *A, ptrdiff_t lda, ptrdiff_t K, const float *B, ptrdiff_t ldb,
-                                float *C, ptrdiff_t ldc, const float *bias) {
-        li_vf z = {0};
-        li_vf b0 = bias ? li_load(bias) : z, b1 = bias ? li_load(bias + LI_VEC) : z;
-        li_vf c00 = b0, c01 = b1, c10 = b0, c11 = b1, c20 = b0, c21 = b1, c30 = b0, c31 = b1;
-        const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda, *a3 = A + 3 * lda;
-        for (ptrdiff_t k = 0; k < K; k++) {
-            const float *w = B + k * ldb;
-            li_vf w0 = li_load(w), w1 = li_load(w + LI_VEC);
-            float s0 = a0[k], s1 = a1[k], s2 = a2[k], s3 = a3[k];
-            c00 += s0 * w0; c01 += s0 * w1;
-            c10 += s1 * w0; c11 += s1 * w1;
-            c20 += s2 * w0; c21 += s2 * w1;
-            c30 += s3 * w0; c31 += s3 * w1;
-        }
-        li_store(C, c00); li_store(C + LI_VEC, c01);
-        li_store(C + ldc, c10); li_store(C + ldc + LI_VEC, c11);
-        li_store(C + 2 * ldc, c20); li_store(C + 2 * ldc + LI_VEC, c21);
-        li_store(C + 3 * ldc, c30); li_store(C + 3 * ldc + LI_VEC, c31);
-    }
-
-    /* One row: C[0:2*LI_VEC] = bias (or 0) + sum_k a[k] B[k, 0:2*LI_VEC]. Four k per pass into
-       separate accumulators (8 independent chains), the panel read as one sequential stream. */
-    static inline void li_tile1(const float *a, ptrdiff_t K, const float *B, float *C, const float *bias) {
-        li_vf z = {0};
-        li_vf p0 = z, p1 = z, q0 = z, q1 = z, r0 = z, r1 = z, t0 = z, t1 = z;
-        ptrdiff_t k = 0;
-        for (; k + 4 <= K; k += 4) {
-            const float *w = B + k * 2 * LI_VEC;
-            p0 += a[k] * li_load(w);                  p1 += a[k] * li_load(w + LI_VEC);
-            q0 += a[k + 1] * li_load(w + 2 * LI_VEC); q1 += a[k + 1] * li_load(w + 3 * LI_VEC);
-            r0 += a[k + 2] * li_load(w + 4 * LI_VEC); r1 += a[k + 2] * li_load(w + 5 * LI_VEC);
-            t0 += a[k + 3] * li_load(w + 6 * LI_VEC); t1 += a[k + 3] * li_load(w + 7 * LI_VEC);
-        }
-        for (; k < K; k++) {
-            const float *w = B + k * 2 * LI_VEC;
-            p0 += a[k] * li_load(w); p1 += a[k] * li_load(w + LI_VEC);
-        }
-        p0 = (p0 + q0) + (r0 + t0);
-        p1 = (p1 + q1) + (r1 + t1);
-        if (bias) { p0 += li_load(bias); p1 += li_load(bias + LI_VEC); }
-        li_store(C, p0); li_store(C + LI_VEC, p1);
-    }
-
-    /* Keeps v in a register: without it GCC folds each use of a weight vector into its
-       multiply-add as a memory operand, loading it again per row, and two rows then ran ~20%
-       slower than one (a loop over the panels of W and R, H=128..512, best of 15 rounds). */
-    #if defined(__x86_64__) || defined(__i386__)
-    #define LI_IN_REGISTER(v) __asm__("" : "+v"(v))
-    #else
-    #define LI_IN_REGISTER(v) ((void)0)
-    #endif
-
-    /* Three rows: C[r, 0:2*LI_VEC] = bias (or 0) + sum_k A[r, k] B[k, :], two k per pass into
-       separate accumulators (12 chains). Each panel is read once for all the rows, where one
-       row at a time read it once per row. */
-    static inline void li_tile3(const float *A, ptrdiff_t lda, ptrdiff_t K, const float *B,
-                                float *C, ptrdiff_t ldc, const float *bias) {
-        li_vf z = {0};
-        li_vf c00 = z, c01 = z, c10 = z, c11 = z, c20 = z, c21 = z;  /* even k */
-        li_vf d00 = z, d01 = z, d10 = z, d11 = z, d20 = z, d21 = z;  /* odd k */
-        const float *a0 = A, *a1 = A + lda, *a2 = A + 2 * lda;
-        ptrdiff_t k = 0;
-        for (; k + 2 <= K; k += 2) {
-            const float *w = B + k * 2 * LI_VEC;
-            li_vf w0 = li_load(w), w1 = li_load(w + LI_VEC), v0 = li_load(w + 2 * LI_VEC), v1 = li_load(w + 3 * LI_VEC);
-            LI_IN_REGISTER(w0); LI_IN_REGISTER(w1); LI_IN_REGISTER(v0); LI_IN_REGISTER(v1);
-            c00 += a0[k] * w0; c01 += a0[k] * w1; d00 += a0[k + 1] * v0; d01 += a0[k + 1] * v1;
-            c10 += a1[k] * w0; c11 += a1[k] * w1; d10 += a1[k + 1] * v0; d11 += a1[k + 1] * v1;
-            c20 += a2[k] * w0; c21 += a2[k] * w1; d20 += a2[k + 1] * v0; d21 += a2[k + 1] * v1;
-        }
-        if (k < K) {
-            const float *w = B + k * 2 * LI_VEC;
-            li_vf w0 = li_load(w), w1 = li_load(w + LI_VEC);
-            c00 += a0[k] * w0; c01 += a0[k] * w1;
-            c10 += a1[k] * w0; c11 += a1[k] * w1;
-            c20 += a2[k] * w0; c21 += a2[k] * w1;
-        }
-        li_vf b0 = bias ? li_load(bias) : z, b1 = bias ? li_load(bias + LI_VEC) : z;
-        li_store(C, (c00 + d00) + b0); li_store(C + LI_VEC, (c01 + d01) + b1);
-        li_store(C + ldc, (c10 + d10) + b0); li_store(C + ldc + LI_VEC, (c11 + d11) + b1);
-        li_store(C + 2 * ldc, (c20 + d20) + b0); li_store(C + 2 * ldc + LI_VEC, (c21 + d21) + b1);
-    }
-
-    /* li_tile3 for two rows (its own kernel: three rows with one repeated made 6 multiply-adds
-       per 2 weight vectors, which bound a one-step call at ~42 us at H=256 where the weights
-       stream in ~24 us) */
-    static inline void li_tile2(const float *A, ptrdiff_t lda, ptrdiff_t K, const float *B,
-                                float *C, ptrdiff_t ldc, const float *bias) {
-        li_vf z = {0};
-        li_vf c00 = z, c01 = z, c10 = z, c11 = z, d00 = z, d01 = z, d10 = z, d11 = z;
-        const float *a0 = A, *a1 = A + lda;
-        ptrdiff_t k = 0;
-        for (; k + 2 <= K; k += 2) {
-            const float *w = B + k * 2 * LI_VEC;
-            li_vf w0 = li_load(w), w1 = li_load(w + LI_VEC), v0 = li_load(w + 2 * LI_VEC), v1 = li_load(w + 3 * LI_VEC);
-            LI_IN_REGISTER(w0); LI_IN_REGISTER(w1); LI_IN_REGISTER(v0); LI_IN_REGISTER(v1);
-            c00 += a0[k] * w0; c01 += a0[k] * w1; d00 += a0[k + 1] * v0; d01 += a0[k + 1] * v1;
-            c10 += a1[k] * w0; c11 += a1[k] * w1; d10 += a1[k + 1] * v0; d11 += a1[k + 1] * v1;
-        }
-        if (k < K) {
-            const float *w = B + k * 2 * LI_VEC;
-            li_vf w0 = li_load(w), w1 = li_load(w + LI_VEC);
-            c00 += a0[k] * w0; c01 += a0[k] * w1;
-            c10 += a1[k] * w0; c11 += a1[k] * w1;
-        }
-        li_vf b0 = bias ? li_load(bias) : z, b1 = bias ? li_load(bias + LI_VEC) : z;
-        li_store(C, (c00 + d00) + b0); li_store(C + LI_VEC, (c01 + d01) + b1);
-        li_store(C + ldc, (c10 + d10) + b0); li_store(C + ldc + LI_VEC, (c11 + d11) + b1);
-    }
-
-    /* 1..3 rows of A times one panel, read once for them all, where each row read it again
-       (best of 15 rounds, Zen 4: one-step LSTM H=256 call at batch 2 48 -> 26 us, batch 3
-       71 -> 32 us, H=512 at batch 2 190 -> 100 us; T=64 sequences at batch 2-3 ~35% faster).
-       Always inlined: batch 1 keeps li_tile1 inside gemm's panel loop, as before. */
-    static inline __attribute__((always_inline)) void li_tile_rows(const float *A, ptrdiff_t lda, int rows,
-                                                                  ptrdiff_t K, const float *B, float *C,
-                                                                  ptrdiff_t ldc, const float *bias) {
-        if (rows == 1) li_tile1(A, K, B, C, bias);
-        else if (rows == 2) li_tile2(A, lda, K, B, C, ldc, bias);
-        else li_tile3(A, lda, K, B, C, ldc, bias);
-    }
-
-    """
-    const int LI_VEC
-    void li_tile_rows(const float* A, idx lda, int rows, idx K, const float* B, float* C, idx ldc,
-                      const float* bias) noexcept nogil
-    void li_tile2(const float* A, idx lda, idx K, const float* B, float* C, idx ldc, const float* bias) noexcept nogil
-    void li_tile3(const float* A, idx lda, idx K, const float* B, float* C, idx ldc, const float* bias) noexcept nogil
-    void li_tile4(const float* A, idx lda, idx K, const float* B, idx ldb, float* C, idx ldc,
-                  const float* bias) noexcept nogil
-    void li_tile1(const float* a, idx K, const float* B, float* C, const float* bias) noexcept nogil
-
-
-# ---------------------------------------------------------- vector maths --
-# The same exp/tanh/sigmoid as li_exp/li_tanh/li_sigmoid above, written on
-# GCC vector types: GCC 12 does not auto-vectorize those scalar versions
-# (their float selects and floorf count as control flow, whatever the
-# flags), and every gate of every step goes through them.
-
-cdef extern from *:
-    """
-    typedef int32_t li_vi __attribute__((vector_size(LI_VEC * 4)));
-    static inline li_vf li_splat(float a) { li_vf v = {0}; return v + a; }
-    /* m ? a : b, lane by lane (m from a comparison: all ones or zero) */
-    static inline li_vf li_vsel(li_vi m, li_vf a, li_vf b) { return (li_vf)((m & (li_vi)a) | (~m & (li_vi)b)); }
-    /* AVX-512: exp's argument clamp as min/max (NaN still passes: the second operand is
-       returned), floor in one vrndscaleps and the scaling by 2^n in one vscalefps, where the
-       portable form converts to int and back and builds 2^n from exponent bits. The same
-       values (floor and scaling by a power of two are exact) in a third fewer instructions:
-       ~10% off a batch-64 LSTM step. AVX2: min/max and vroundps, 2^n still from bits. */
-    #if defined(__AVX512F__)
-    #include <immintrin.h>
-    static inline li_vf li_clamp_exp_arg(li_vf x) {
-        __m512 m = _mm512_min_ps(_mm512_set1_ps(88.0f), (__m512)x);  /* 88 < x ? 88 : x */
-        return (li_vf)_mm512_max_ps(_mm512_set1_ps(-87.0f), m);      /* -87 > x ? -87 : x */
-    }
-    static inline li_vf li_vfloor(li_vf v) { return (li_vf)_mm512_roundscale_ps((__m512)v, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC); }
-    static inline li_vf li_vscale2n(li_vf p, li_vf nf) { return (li_vf)_mm512_scalef_ps((__m512)p, (__m512)nf); }
-    #define LI_EXP_FLOAT_N 1
-    #elif defined(__AVX2__)
-    #include <immintrin.h>
-    static inline li_vf li_clamp_exp_arg(li_vf x) {
-        __m256 m = _mm256_min_ps(_mm256_set1_ps(88.0f), (__m256)x);
-        return (li_vf)_mm256_max_ps(_mm256_set1_ps(-87.0f), m);
-    }
-    static inline li_vf li_vfloor(li_vf v) { return (li_vf)_mm256_floor_ps((__m256)v); }
-    static inline li_vf li_vscale2n(li_vf p, li_vf nf) {
-        li_vi n = __builtin_convertvector(nf, li_vi);  /* exact: nf is a whole number in [-126, 127] */
-        return p * (li_vf)((n + 127) << 23);
-    }
-    #define LI_EXP_FLOAT_N 1
-    #else
-    #define LI_EXP_FLOAT_N 0
-    static inline li_vf li_clamp_exp_arg(li_vf x) {
-        x = li_vsel(x > li_splat(88.0f), li_splat(88.0f), x);
-        return li_vsel(x < li_splat(-87.0f), li_splat(-87.0f), x);
-    }
-    #endif
-    static inline li_vf li_vexp(li_vf x) {
-        x = li_clamp_exp_arg(x);
-        li_vf v = x * 1.4426950408889634f + 0.5f;
-    #if LI_EXP_FLOAT_N
-        li_vf nf = li_vfloor(v);
-    #else
-        li_vi n = __builtin_convertvector(v, li_vi);            /* floor(v): truncate, */
-        n += (li_vi)(__builtin_convertvector(n, li_vf) > v);    /* then -1 where that rounded up */
-        li_vf nf = __builtin_convertvector(n, li_vf);
-    #endif
-        li_vf r = (x - nf * 0.693359375f) - nf * -2.1219444005469057e-04f;
-        li_vf p = (((((0.001394460077755586f * r + 0.00837191219414511f) * r + 0.041666280339128475f) * r
-                   + 0.16666455876315142f) * r + 0.500000008440243f) * r + 1.0000000281441013f) * r + 1.0f;
-    #if LI_EXP_FLOAT_N
-        return li_vscale2n(p, nf);
-    #else
-        return p * (li_vf)((n + 127) << 23);
-    #endif
-    }
-    /* |x| and copysign(b, x) (b >= 0) as bit operations: one instruction each where selects
-       took two or three. The same values as the selects wherever tanh uses them (they differ
-       only at -0.0, which takes tanh's polynomial branch, and at NaN, which stays NaN). */
-    static inline li_vf li_vabs(li_vf x) { return (li_vf)((li_vi)x & 0x7fffffff); }
-    static inline li_vf li_vsign_of(li_vf b, li_vf x) {
-        return (li_vf)((li_vi)b | ((li_vi)x & INT32_MIN));
-    }
-    static inline li_vf li_vtanh(li_vf x) {
-        li_vf ax = li_vabs(x);
-        li_vf z = x * x;
-        li_vf small = x * ((((((0.002170434489101387f * z - 0.008205207588960822f) * z + 0.021710702834346958f) * z
-                       - 0.053948235080212965f) * z + 0.13333212457152305f) * z - 0.33333330596960725f) * z
-                       + 0.999999999899251f);
-        li_vf big = li_vsign_of(1.0f - 2.0f / (li_vexp(2.0f * ax) + 1.0f), x);
-        return li_vsel(ax < li_splat(0.625f), small, big);
-    }
-    static inline li_vf li_vsigmoid(li_vf x) { return 1.0f / (1.0f + li_vexp(-x)); }
-
-    /* clip ? x : clip, then -clip ? x : -clip, NaN passing through. AVX-512/AVX2: as min/max
-       (the second operand returned on NaN), where the two selects took six instructions: the
-       same values, a quarter of a gate pass's instructions at clip = inf (its default). */
-    #if defined(__AVX512F__)
-    static inline li_vf li_vclamp(li_vf x, float clip) {
-        __m512 m = _mm512_min_ps(_mm512_set1_ps(clip), (__m512)x);
-        return (li_vf)_mm512_max_ps(_mm512_set1_ps(-clip), m);
-    }
-    #elif defined(__AVX2__)
-    static inline li_vf li_vclamp(li_vf x, float clip) {
-        __m256 m = _mm256_min_ps(_mm256_set1_ps(clip), (__m256)x);
-        return (li_vf)_mm256_max_ps(_mm256_set1_ps(-clip), m);
-    }
-    #else
-    static inline li_vf li_vclamp(li_vf x, float clip) {
-        x = li_vsel(x > li_splat(clip), li_splat(clip), x);
-        return li_vsel(x < li_splat(-clip), li_splat(-clip), x);
-    }
-    #endif
-
-    /* The same exp/sigmoid/tanh on LI_U vectors at once, each step of the maths written
-       for all of them in a row: a gate vector's chain of ~30 dependent operations (~100
-       cycles) overlaps LI_U - 1 others, where one vector at a time ran at ~0.7 instructions
-       per cycle (the reorder window holds little more than one chain). Term for term the
-       single-vector maths (bit-identical results). */
-    #define LI_U 4
-    #define LI_EACH for (int u = 0; u < LI_U; u++)
-    static inline __attribute__((always_inline)) void li_vexp_u(li_vf *x) {
-        li_vf v[LI_U], nf[LI_U], r[LI_U], p[LI_U];
-        LI_EACH x[u] = li_clamp_exp_arg(x[u]);
-        LI_EACH v[u] = x[u] * 1.4426950408889634f + 0.5f;
-    #if LI_EXP_FLOAT_N
-        LI_EACH nf[u] = li_vfloor(v[u]);
-    #else
-        li_vi n[LI_U];
-        LI_EACH n[u] = __builtin_convertvector(v[u], li_vi);
-        LI_EACH n[u] += (li_vi)(__builtin_convertvector(n[u], li_vf) > v[u]);
-        LI_EACH nf[u] = __builtin_convertvector(n[u], li_vf);
-    #endif
-        LI_EACH r[u] = (x[u] - nf[u] * 0.693359375f) - nf[u] * -2.1219444005469057e-04f;
-        LI_EACH p[u] = 0.001394460077755586f * r[u] + 0.00837191219414511f;
-        LI_EACH p[u] = p[u] * r[u] + 0.041666280339128475f;
-        LI_EACH p[u] = p[u] * r[u] + 0.16666455876315142f;
-        LI_EACH p[u] = p[u] * r[u] + 0.500000008440243f;
-        LI_EACH p[u] = p[u] * r[u] + 1.0000000281441013f;
-        LI_EACH p[u] = p[u] * r[u] + 1.0f;
-    #if LI_EXP_FLOAT_N
-        LI_EACH x[u] = li_vscale2n(p[u], nf[u]);
-    #else
-        LI_EACH x[u] = p[u] * (li_vf)((n[u] + 127) << 23);
-    #endif
-    }
-    static inline __attribute__((always_inline)) void li_vsigmoid_u(li_vf *x) {
-        LI_EACH x[u] = -x[u];
-        li_vexp_u(x);
-        LI_EACH x[u] = 1.0f / (1.0f + x[u]);
-    }
-    static inline __attribute__((always_inline)) void li_vtanh_u(li_vf *x) {
-        li_vf ax[LI_U], z[LI_U], small[LI_U], e[LI_U];
-        LI_EACH ax[u] = li_vabs(x[u]);
-        LI_EACH z[u] = x[u] * x[u];
-        LI_EACH small[u] = 0.002170434489101387f * z[u] - 0.008205207588960822f;
-        LI_EACH small[u] = small[u] * z[u] + 0.021710702834346958f;
-        LI_EACH small[u] = small[u] * z[u] - 0.053948235080212965f;
-        LI_EACH small[u] = small[u] * z[u] + 0.13333212457152305f;
-        LI_EACH small[u] = small[u] * z[u] - 0.33333330596960725f;
-        LI_EACH small[u] = x[u] * (small[u] * z[u] + 0.999999999899251f);
-        LI_EACH e[u] = 2.0f * ax[u];
-        li_vexp_u(e);
-        LI_EACH e[u] = li_vsign_of(1.0f - 2.0f / (e[u] + 1.0f), x[u]);
-        LI_EACH x[u] = li_vsel(ax[u] < li_splat(0.625f), small[u], e[u]);
-    }
-    #define LI_AT(p, j) li_load((p) + (j) + u * LI_VEC)
-
-    /* v[:n] = f(v) in place; the last n % LI_VEC through a zero-padded vector, so that
-       every element gets the same maths (LI_U vectors at a time first). */
-    #define LI_MAP_N(name, f, f_u)                                              \
-        static inline void name(float *v, ptrdiff_t n) {                        \
-            ptrdiff_t j = 0;                                                    \
-            for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {                \
-                li_vf x[LI_U];                                                  \
-                LI_EACH x[u] = LI_AT(v, j);                                     \
-                f_u(x);                                                         \
-                LI_EACH li_store(v + j + u * LI_VEC, x[u]);                     \
-            }                                                                   \
-            for (; j + LI_VEC <= n; j += LI_VEC) li_store(v + j, f(li_load(v + j))); \
-            if (j < n) {                                                        \
-                float tail[LI_VEC] = {0};                                       \
-                memcpy(tail, v + j, (size_t)(n - j) * sizeof(float));           \
-                li_store(tail, f(li_load(tail)));                               \
-                memcpy(v + j, tail, (size_t)(n - j) * sizeof(float));           \
-            }                                                                   \
-        }
-    LI_MAP_N(li_sigmoid_n, li_vsigmoid, li_vsigmoid_u)
-    LI_MAP_N(li_tanh_n, li_vtanh, li_vtanh_u)
-
-    /* Whole cells in one pass for the default activations, LI_U vectors of units at a time
-       (then single vectors): the gates never stored and reloaded, every transcendental of
-       LI_U vectors interleaved (measured ~170 cycles per vector of LSTM cells on AVX-512
-       where one vector at a time took ~260). The same maths, term for term, as the passes
-       (bit-identical results); each returns the units it did (a multiple of LI_VEC), the
-       caller runs the rest through the passes. */
-
-    /* One vector of LSTM units (sigmoid/tanh/tanh), gates S apart in x and g */
-    static inline void li_lstm_cells_vec(const float *x, const float *g, float *h, float *c, const float *pi,
-                                         const float *pf, const float *po, ptrdiff_t S, float clip) {
-        li_vf cv = li_load(c);
-        li_vf gi = li_vsigmoid(li_vclamp(li_load(x) + li_load(g) + li_load(pi) * cv, clip));
-        li_vf gf = li_vsigmoid(li_vclamp(li_load(x + S) + li_load(g + S) + li_load(pf) * cv, clip));
-        li_vf gc = li_vtanh(li_vclamp(li_load(x + 2 * S) + li_load(g + 2 * S), clip));
-        cv = gf * cv + gi * gc;
-        li_vf go = li_vsigmoid(li_vclamp(li_load(x + 3 * S) + li_load(g + 3 * S) + li_load(po) * cv, clip));
-        li_store(c, cv);
-        li_store(h, li_vtanh(cv) * go);
-    }
-
-    /* LSTM, sigmoid/tanh/tanh, no input_forget: gates S apart in x and g; all n units */
-    static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float *h, float *c,
-                                              const float *pi, const float *pf, const float *po,
-                                              ptrdiff_t n, ptrdiff_t S, float clip) {
-        ptrdiff_t j = 0;
-        for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-            li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
-            LI_EACH cv[u] = LI_AT(c, j);
-            LI_EACH gi[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u], clip);
-            LI_EACH gf[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u], clip);
-            LI_EACH gc[u] = li_vclamp(LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j), clip);
-            li_vsigmoid_u(gi);
-            li_vsigmoid_u(gf);
-            li_vtanh_u(gc);
-            LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
-            LI_EACH go[u] = li_vclamp(LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u], clip);
-            LI_EACH li_store(c + j + u * LI_VEC, cv[u]);
-            li_vsigmoid_u(go);
-            li_vtanh_u(cv);
-            LI_EACH li_store(h + j + u * LI_VEC, cv[u] * go[u]);
-        }
-        for (; j + LI_VEC <= n; j += LI_VEC)
-            li_lstm_cells_vec(x + j, g + j, h + j, c + j, pi + j, pf + j, po + j, S, clip);
-        if (j < n) {  /* fewer units than a vector (H = 8 on AVX-512): one vector of zero-padded copies */
-            ptrdiff_t m = n - j, q;
-            float tx[4 * LI_VEC] = {0}, tg[4 * LI_VEC] = {0}, tp[3 * LI_VEC] = {0}, tc[LI_VEC] = {0}, th[LI_VEC];
-            for (q = 0; q < 4; q++) {
-                memcpy(tx + q * LI_VEC, x + q * S + j, m * sizeof(float));
-                memcpy(tg + q * LI_VEC, g + q * S + j, m * sizeof(float));
-            }
-            memcpy(tp, pi + j, m * sizeof(float));
-            memcpy(tp + LI_VEC, pf + j, m * sizeof(float));
-            memcpy(tp + 2 * LI_VEC, po + j, m * sizeof(float));
-            memcpy(tc, c + j, m * sizeof(float));
-            li_lstm_cells_vec(tx, tg, th, tc, tp, tp + LI_VEC, tp + 2 * LI_VEC, LI_VEC, clip);
-            memcpy(c + j, tc, m * sizeof(float));
-            memcpy(h + j, th, m * sizeof(float));
-            j = n;
-        }
-        return j;
-    }
-
-    /* A whole LSTM step (T = 1) of 4 batch rows for the LI_VEC units at j of every gate,
-       AVX-512 only (4 rows x 4 gates: 16 accumulators and 4 weight vectors fit its 32
-       registers; AVX2's 16 would spill): bias + x W^T + h R^T accumulated in registers over
-       k < I then k < H, straight from the product panels (gate g's units at column g*H + j,
-       H a multiple of LI_VEC), then the cells on the 4 rows at once. The projection and the
-       gates are never stored and reloaded, and no separate bias or gate pass runs. Rows
-       whose bit in ``store`` is clear compute but store nothing (a 4-row tile's padding, or
-       a row that sequence_lens ends before the step). ``peep`` NULL: no peepholes. */
-    #if defined(__AVX512F__)
-    #define LI_STEP_FUSED 1
-    /* 1 / d by vrcp14ps and one Newton step (relative error ~2^-28 before rounding: within an
-       ulp of the division), on the FMA pipes where vdivps waits on the divider. */
-    static inline li_vf li_vrecip(li_vf d) {
-        li_vf r = (li_vf)_mm512_rcp14_ps((__m512)d);
-        return r * (2.0f - d * r);
-    }
-    /* e^x for the fused cells in 7 multiply-adds where li_vexp_u takes 9 (the gates' share of
-       the FMA pipes, which the products already fill): r = x - n ln2 in one fused multiply-add
-       (ln2's float rounding adds n * 2e-9 to r: <= 6e-8 relative for |x| <= 20, and beyond
-       that sigmoid and tanh have saturated), e^r by a degree-5 polynomial fitted for relative
-       error on |r| <= ln2/2 (1.7e-7 in float32 against li_vexp_u's degree 6). */
-    static inline __attribute__((always_inline)) void li_vexp_fast_u(li_vf *x) {
-        li_vf nf[LI_U], r[LI_U], p[LI_U];
-        LI_EACH x[u] = li_clamp_exp_arg(x[u]);
-        LI_EACH nf[u] = li_vfloor(x[u] * 1.4426950408889634f + 0.5f);
-        LI_EACH r[u] = x[u] - nf[u] * 0.6931471805599453f;
-        LI_EACH p[u] = 0.008290309458971024f * r[u] + 0.041897933930158615f;
-        LI_EACH p[u] = p[u] * r[u] + 0.1666763573884964f;
-        LI_EACH p[u] = p[u] * r[u] + 0.4999915063381195f;
-        LI_EACH p[u] = p[u] * r[u] + 0.9999997019767761f;
-        LI_EACH p[u] = p[u] * r[u] + 1.0f;
-        LI_EACH x[u] = li_vscale2n(p[u], nf[u]);
-    }
-    static inline __attribute__((always_inline)) void li_vsigmoid_fast_u(li_vf *x) {
-        LI_EACH x[u] = -x[u];
-        li_vexp_fast_u(x);
-        LI_EACH x[u] = li_vrecip(1.0f + x[u]);
-    }
-    /* tanh x = sign(x) (1 - 2 / (e^(2|x|) + 1)) for every x: within ~1e-7 absolute (near 0 the
-       subtraction cancels, where li_vtanh_u switches to its odd polynomial for relative
-       accuracy, which a gate added to O(1) terms does not need), a third fewer operations. */
-    static inline __attribute__((always_inline)) void li_vtanh_fast_u(li_vf *x) {
-        li_vf e[LI_U];
-        LI_EACH e[u] = 2.0f * li_vabs(x[u]);
-        li_vexp_fast_u(e);
-        LI_EACH x[u] = li_vsign_of(1.0f - 2.0f * li_vrecip(e[u] + 1.0f), x[u]);
-    }
-    static inline void li_lstm_step4(const float *const *x, const float *const *h, const float *const *c,
-                                     ptrdiff_t I, ptrdiff_t H, ptrdiff_t j, const float *wpanels,
-                                     const float *rpanels, const float *bias, const float *peep, float clip,
-                                     int clipped, int store, float *const *y, float *const *cn) {
-        const ptrdiff_t nr = 2 * LI_VEC;
-        const float *wg[4], *rg[4];
-        li_vf acc[4][4];
-        for (int g = 0; g < 4; g++) {
-            ptrdiff_t n = g * H + j;  /* column of W^T / R^T: panel n / nr, offset n % nr */
-            wg[g] = wpanels + (n / nr) * I * nr + n % nr;
-            rg[g] = rpanels + (n / nr) * H * nr + n % nr;
-            li_vf b = li_load(bias + n);
-            for (int r = 0; r < 4; r++) acc[r][g] = b;
-        }
-        const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
-        for (ptrdiff_t k = 0; k < I; k++) {
-            li_vf w0 = li_load(wg[0] + k * nr), w1 = li_load(wg[1] + k * nr);
-            li_vf w2 = li_load(wg[2] + k * nr), w3 = li_load(wg[3] + k * nr);
-            float s0 = x0[k], s1 = x1[k], s2 = x2[k], s3 = x3[k];
-            acc[0][0] += s0 * w0; acc[0][1] += s0 * w1; acc[0][2] += s0 * w2; acc[0][3] += s0 * w3;
-            acc[1][0] += s1 * w0; acc[1][1] += s1 * w1; acc[1][2] += s1 * w2; acc[1][3] += s1 * w3;
-            acc[2][0] += s2 * w0; acc[2][1] += s2 * w1; acc[2][2] += s2 * w2; acc[2][3] += s2 * w3;
-            acc[3][0] += s3 * w0; acc[3][1] += s3 * w1; acc[3][2] += s3 * w2; acc[3][3] += s3 * w3;
-        }
-        const float *h0 = h[0], *h1 = h[1], *h2 = h[2], *h3 = h[3];
-        for (ptrdiff_t k = 0; k < H; k++) {
-            li_vf w0 = li_load(rg[0] + k * nr), w1 = li_load(rg[1] + k * nr);
-            li_vf w2 = li_load(rg[2] + k * nr), w3 = li_load(rg[3] + k * nr);
-            float s0 = h0[k], s1 = h1[k], s2 = h2[k], s3 = h3[k];
-            acc[0][0] += s0 * w0; acc[0][1] += s0 * w1; acc[0][2] += s0 * w2; acc[0][3] += s0 * w3;
-            acc[1][0] += s1 * w0; acc[1][1] += s1 * w1; acc[1][2] += s1 * w2; acc[1][3] += s1 * w3;
-            acc[2][0] += s2 * w0; acc[2][1] += s2 * w1; acc[2][2] += s2 * w2; acc[2][3] += s2 * w3;
-            acc[3][0] += s3 * w0; acc[3][1] += s3 * w1; acc[3][2] += s3 * w2; acc[3][3] += s3 * w3;
-        }
-        li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
-        LI_EACH cv[u] = li_load(c[u] + j);
-        LI_EACH gi[u] = acc[u][0];
-        LI_EACH gf[u] = acc[u][1];
-        LI_EACH gc[u] = acc[u][2];
-        if (peep) {
-            li_vf pi = li_load(peep + j), pf = li_load(peep + H + j);
-            LI_EACH gi[u] += pi * cv[u];
-            LI_EACH gf[u] += pf * cv[u];
-        }
-        if (clipped) {
-            LI_EACH gi[u] = li_vclamp(gi[u], clip);
-            LI_EACH gf[u] = li_vclamp(gf[u], clip);
-            LI_EACH gc[u] = li_vclamp(gc[u], clip);
-        }
-        li_vsigmoid_fast_u(gi);
-        li_vsigmoid_fast_u(gf);
-        li_vtanh_fast_u(gc);
-        LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
-        LI_EACH go[u] = acc[u][3];
-        if (peep) {
-            li_vf po = li_load(peep + 2 * H + j);
-            LI_EACH go[u] += po * cv[u];
-        }
-        if (clipped) {
-            LI_EACH go[u] = li_vclamp(go[u], clip);
-        }
-        LI_EACH if (store >> u & 1) li_store(cn[u] + j, cv[u]);
-        li_vsigmoid_fast_u(go);
-        li_vtanh_fast_u(cv);
-        LI_EACH if (store >> u & 1) li_store(y[u] + j, cv[u] * go[u]);
-    }
-    #else
-    #define LI_STEP_FUSED 0
-    static inline void li_lstm_step4(const float *const *x, const float *const *h, const float *const *c,
-                                     ptrdiff_t I, ptrdiff_t H, ptrdiff_t j, const float *wpanels,
-                                     const float *rpanels, const float *bias, const float *peep, float clip,
-                                     int clipped, int store, float *const *y, float *const *cn) {}
-    #endif
-
-    /* GRU z and r * h_prev (sigmoid), linear_before_reset = 0: z into g[:n], r * h_prev into rh */
-    static inline ptrdiff_t li_gru_zr_std(const float *x, float *g, const float *hp, float *rh, ptrdiff_t n,
-                                          ptrdiff_t S, float clip) {
-        ptrdiff_t j = 0;
-        for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-            li_vf z[LI_U], r[LI_U];
-            LI_EACH z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
-            LI_EACH r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
-            li_vsigmoid_u(z);
-            li_vsigmoid_u(r);
-            LI_EACH li_store(g + j + u * LI_VEC, z[u]);
-            LI_EACH li_store(rh + j + u * LI_VEC, r[u] * LI_AT(hp, j));
-        }
-        for (; j + LI_VEC <= n; j += LI_VEC) {
-            li_vf z = li_vsigmoid(li_vclamp(li_load(x + j) + li_load(g + j), clip));
-            li_vf r = li_vsigmoid(li_vclamp(li_load(x + S + j) + li_load(g + S + j), clip));
-            li_store(g + j, z);
-            li_store(rh + j, r * li_load(hp + j));
-        }
-        return j;
-    }
-
-    /* GRU output (tanh): h = (1 - z) tanh(xh + gh) + z h_prev */
-    static inline ptrdiff_t li_gru_output_std(const float *xh, const float *z, const float *gh, const float *hp,
-                                              float *h, ptrdiff_t n, float clip) {
-        ptrdiff_t j = 0;
-        for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-            li_vf cand[LI_U];
-            LI_EACH cand[u] = li_vclamp(LI_AT(xh, j) + LI_AT(gh, j), clip);
-            li_vtanh_u(cand);
-            LI_EACH li_store(h + j + u * LI_VEC, (1.0f - LI_AT(z, j)) * cand[u] + LI_AT(z, j) * LI_AT(hp, j));
-        }
-        for (; j + LI_VEC <= n; j += LI_VEC) {
-            li_vf cand = li_vtanh(li_vclamp(li_load(xh + j) + li_load(gh + j), clip));
-            li_vf zv = li_load(z + j);
-            li_store(h + j, (1.0f - zv) * cand + zv * li_load(hp + j));
-        }
-        return j;
-    }
-
-    /* GRU linear_before_reset (sigmoid, tanh): the whole step */
-    static inline ptrdiff_t li_gru_lbr_cells_std(const float *x, const float *g, const float *hp, float *h,
-                                                 const float *rbh, ptrdiff_t n, ptrdiff_t S, float clip) {
-        ptrdiff_t j = 0;
-        for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-            li_vf z[LI_U], r[LI_U], cand[LI_U];
-            LI_EACH z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
-            LI_EACH r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
-            li_vsigmoid_u(z);
-            li_vsigmoid_u(r);
-            LI_EACH cand[u] = li_vclamp(LI_AT(x, 2 * S + j) + r[u] * (LI_AT(g, 2 * S + j) + LI_AT(rbh, j)), clip);
-            li_vtanh_u(cand);
-            LI_EACH li_store(h + j + u * LI_VEC, (1.0f - z[u]) * cand[u] + z[u] * LI_AT(hp, j));
-        }
-        for (; j + LI_VEC <= n; j += LI_VEC) {
-            li_vf z = li_vsigmoid(li_vclamp(li_load(x + j) + li_load(g + j), clip));
-            li_vf r = li_vsigmoid(li_vclamp(li_load(x + S + j) + li_load(g + S + j), clip));
-            li_vf gh = r * (li_load(g + 2 * S + j) + li_load(rbh + j));
-            li_vf cand = li_vtanh(li_vclamp(li_load(x + 2 * S + j) + gh, clip));
-            li_store(h + j, (1.0f - z) * cand + z * li_load(hp + j));
-        }
-        return j;
-    }
-    """
-    void li_sigmoid_n(float* v, idx n) noexcept nogil
-    void li_tanh_n(float* v, idx n) noexcept nogil
-    idx li_lstm_cells_std(const float* x, const float* g, float* h, float* c, const float* pi, const float* pf,
-                          const float* po, idx n, idx S, float clip) noexcept nogil
-    const bint LI_STEP_FUSED
-    void li_lstm_step4(const float* const* x, const float* const* h, const float* const* c, idx I, idx H, idx j,
-                       const float* wpanels, const float* rpanels, const float* bias, const float* peep, float clip,
-                       bint clipped, int store, float* const* y, float* const* cn) noexcept nogil
-    idx li_gru_zr_std(const float* x, float* g, const float* hp, float* rh, idx n, idx S, float clip) noexcept nogil
-    idx li_gru_output_std(const float* xh, const float* z, const float* gh, const float* hp, float* h, idx n,
-                          float clip) noexcept nogil
-    idx li_gru_lbr_cells_std(const float* x, const float* g, const float* hp, float* h, const float* rbh, idx n,
-                             idx S, float clip) noexcept nogil
-
+# Weights pre-packed in panels (cython_backend.pack_panels), multiplied by the
+# register-tiled micro-kernels of li_gemm.h (faster than OpenBLAS at these shapes).
 
 cdef void act_inplace(fptr v, idx n, int code, float alpha, float beta) noexcept nogil:
     """v[:n] = act(v); the common codes get their own (vectorized) loop."""
@@ -831,134 +259,10 @@ def matmul(const float[:, ::1] A, const float[::1] panels, int n0, int n1, float
 
 
 # ------------------------------------------------------- int8 products --
-# (Seq.qkind picks the product: QK_INT8 here, QK_BF16 the same code on bf16
-# panels, QK_VNNI the dynamic-int8 products of li_vnni.h.)
-# Weight-only int8 (lstminfer.quantization, quantize="int8"): the same panels
-# with int8 entries and one float32 scale per column (= per output row of
-# W/R), each panel's scales padded like its columns. At batch 1..3 the
-# weights are converted to float inside the micro-kernel (a quarter of the
-# bytes streamed per step) and the scale applied once per output:
-# C = scale * sum_k a[k] q[k, j] (+ bias). Row groups of 4 (the input
-# projection over T*B rows, larger batches) dequantize each panel once per
-# row block into a float buffer and run the float micro-kernel on it.
-
-cdef extern from *:
-    """
-    /* LI_VEC int8 weights -> floats. Intrinsics: GCC 12 turns __builtin_convertvector
-       from a char vector into one scalar conversion per lane. */
-    #if defined(__AVX512F__) || defined(__AVX2__) || defined(__SSE2__)
-    #include <immintrin.h>
-    #endif
-    static inline li_vf li_loadq(const signed char *p) {
-        li_vf v;
-    #if defined(__AVX512F__)
-        __m512 f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-    #elif defined(__AVX2__)
-        __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-    #elif defined(__SSE2__)
-        int32_t word; memcpy(&word, p, 4);
-        __m128i b = _mm_cvtsi32_si128(word);
-        b = _mm_unpacklo_epi16(_mm_unpacklo_epi8(b, b), _mm_unpacklo_epi8(b, b));  /* each byte in a lane's top */
-        __m128 f = _mm_cvtepi32_ps(_mm_srai_epi32(b, 24));
-    #else
-        float f[LI_VEC];
-        for (int i = 0; i < LI_VEC; i++) f[i] = (float)p[i];
-    #endif
-        memcpy(&v, &f, sizeof v);
-        return v;
-    }
-
-    /* li_tile1 on an int8 panel: C[0:2*LI_VEC] = scale * (sum_k a[k] Q[k, :]) (+ bias) */
-    static inline void li_tile1_q(const float *a, ptrdiff_t K, const signed char *Q, float *C,
-                                  const float *scale, const float *bias) {
-        li_vf z = {0};
-        li_vf p0 = z, p1 = z, q0 = z, q1 = z, r0 = z, r1 = z, t0 = z, t1 = z;
-        ptrdiff_t k = 0;
-        for (; k + 4 <= K; k += 4) {
-            const signed char *w = Q + k * 2 * LI_VEC;
-            p0 += a[k] * li_loadq(w);                  p1 += a[k] * li_loadq(w + LI_VEC);
-            q0 += a[k + 1] * li_loadq(w + 2 * LI_VEC); q1 += a[k + 1] * li_loadq(w + 3 * LI_VEC);
-            r0 += a[k + 2] * li_loadq(w + 4 * LI_VEC); r1 += a[k + 2] * li_loadq(w + 5 * LI_VEC);
-            t0 += a[k + 3] * li_loadq(w + 6 * LI_VEC); t1 += a[k + 3] * li_loadq(w + 7 * LI_VEC);
-        }
-        for (; k < K; k++) {
-            const signed char *w = Q + k * 2 * LI_VEC;
-            p0 += a[k] * li_loadq(w); p1 += a[k] * li_loadq(w + LI_VEC);
-        }
-        p0 = ((p0 + q0) + (r0 + t0)) * li_load(scale);
-        p1 = ((p1 + q1) + (r1 + t1)) * li_load(scale + LI_VEC);
-        if (bias) { p0 += li_load(bias); p1 += li_load(bias + LI_VEC); }
-        li_store(C, p0); li_store(C + LI_VEC, p1);
-    }
-
-    /* One int8 panel (K rows of 2*LI_VEC) as floats q * scale: the dequantized weights exactly */
-    static inline void li_dequantize_panel(const signed char *Q, ptrdiff_t K, const float *scale, float *out) {
-        li_vf s0 = li_load(scale), s1 = li_load(scale + LI_VEC);
-        for (ptrdiff_t k = 0; k < K; k++) {
-            li_store(out + k * 2 * LI_VEC, li_loadq(Q + k * 2 * LI_VEC) * s0);
-            li_store(out + k * 2 * LI_VEC + LI_VEC, li_loadq(Q + k * 2 * LI_VEC + LI_VEC) * s1);
-        }
-    }
-    """
-    void li_tile1_q(const float* a, idx K, const signed char* Q, float* C, const float* scale,
-                    const float* bias) noexcept nogil
-    void li_dequantize_panel(const signed char* Q, idx K, const float* scale, float* out) noexcept nogil
-
-
-# bf16 weights (quantize="bf16"): the same panels of uint16 bf16 bit patterns and
-# no scales; bf16 -> float32 is exact (the 16 bits shifted into the top half), so
-# the products equal the float ones on the rounded weights.
-cdef extern from *:
-    """
-    static inline li_vf li_loadbf(const uint16_t *p) {
-        li_vf v;
-    #if defined(__AVX512F__)
-        __m512i f = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16);
-    #elif defined(__AVX2__)
-        __m256i f = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16);
-    #elif defined(__SSE2__)
-        __m128i f = _mm_unpacklo_epi16(_mm_setzero_si128(), _mm_loadl_epi64((const __m128i *)p));
-    #else
-        uint32_t f[LI_VEC];
-        for (int i = 0; i < LI_VEC; i++) f[i] = (uint32_t)p[i] << 16;
-    #endif
-        memcpy(&v, &f, sizeof v);
-        return v;
-    }
-
-    /* li_tile1 on a bf16 panel */
-    static inline void li_tile1_bf(const float *a, ptrdiff_t K, const uint16_t *Q, float *C, const float *bias) {
-        li_vf z = {0};
-        li_vf p0 = z, p1 = z, q0 = z, q1 = z, r0 = z, r1 = z, t0 = z, t1 = z;
-        ptrdiff_t k = 0;
-        for (; k + 4 <= K; k += 4) {
-            const uint16_t *w = Q + k * 2 * LI_VEC;
-            p0 += a[k] * li_loadbf(w);                  p1 += a[k] * li_loadbf(w + LI_VEC);
-            q0 += a[k + 1] * li_loadbf(w + 2 * LI_VEC); q1 += a[k + 1] * li_loadbf(w + 3 * LI_VEC);
-            r0 += a[k + 2] * li_loadbf(w + 4 * LI_VEC); r1 += a[k + 2] * li_loadbf(w + 5 * LI_VEC);
-            t0 += a[k + 3] * li_loadbf(w + 6 * LI_VEC); t1 += a[k + 3] * li_loadbf(w + 7 * LI_VEC);
-        }
-        for (; k < K; k++) {
-            const uint16_t *w = Q + k * 2 * LI_VEC;
-            p0 += a[k] * li_loadbf(w); p1 += a[k] * li_loadbf(w + LI_VEC);
-        }
-        p0 = (p0 + q0) + (r0 + t0);
-        p1 = (p1 + q1) + (r1 + t1);
-        if (bias) { p0 += li_load(bias); p1 += li_load(bias + LI_VEC); }
-        li_store(C, p0); li_store(C + LI_VEC, p1);
-    }
-
-    static inline void li_expand_panel_bf(const uint16_t *Q, ptrdiff_t K, float *out) {
-        for (ptrdiff_t k = 0; k < K; k++) {
-            li_store(out + k * 2 * LI_VEC, li_loadbf(Q + k * 2 * LI_VEC));
-            li_store(out + k * 2 * LI_VEC + LI_VEC, li_loadbf(Q + k * 2 * LI_VEC + LI_VEC));
-        }
-    }
-    """
-    ctypedef unsigned short u16 "uint16_t"
-    void li_tile1_bf(const float* a, idx K, const u16* Q, float* C, const float* bias) noexcept nogil
-    void li_expand_panel_bf(const u16* Q, idx K, float* out) noexcept nogil
-
+# Seq.qkind picks the product: QK_INT8 (weight-only int8 panels with per-column scales),
+# QK_BF16 (the same code on bf16 panels) or QK_VNNI (li_vnni.h). At batch 1..3 li_gemm.h
+# converts the weights inside the micro-kernel (a quarter of the bytes streamed per step);
+# row groups of 4 dequantize each panel once per row block and run the float micro-kernel.
 
 # Dynamic int8 on AVX-512 VNNI (quantize="int8" on a CPU that has it): see the header.
 cdef extern from "li_vnni.h":
@@ -1167,18 +471,9 @@ cdef struct Seq:
     bint flip  # T = 1: this call reads R before W, both last panel first (see flip_products)
 
 
-# Weight storage of a kernel (Seq.qkind; cython_backend.QKINDS names them).
-cdef enum:
-    QK_FLOAT = 0  # float32 panels in pbuf
-    QK_INT8 = 1  # int8 panels + column scales, dequantized in the product (weight-only)
-    QK_VNNI = 2  # int8 VNNI panels + column scales, rows quantized per call (li_vnni.h)
-    QK_BF16 = 3  # bf16 panels in qpbuf, no scales (weight-only)
-
-QKINDS = {"float32": QK_FLOAT, "int8": QK_INT8, "int8-vnni": QK_VNNI, "bf16": QK_BF16}
-
 
 cdef inline idx padded(idx n) noexcept nogil:
-    return (n + 15) // 16 * 16
+    return (n + ALIGN_FLOATS - 1) // ALIGN_FLOATS * ALIGN_FLOATS
 
 
 cdef inline idx chunk_steps(idx T, idx B, idx GH) noexcept nogil:
@@ -1559,14 +854,6 @@ cdef void rnn_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noe
 # it all in registers per 4 rows and LI_VEC units, reading h0/c0 and writing Y, Y_h, Y_c
 # directly.
 
-cdef extern from *:
-    """
-    static unsigned long long li_fused_steps_run = 0;  /* calls that took it: tests prove the path */
-    static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_steps_run, 1, __ATOMIC_RELAXED); }
-    """
-    unsigned long long li_fused_steps_run
-    void li_count_fused_step() noexcept nogil
-
 # Smallest batch that takes it: at 1..3 rows a 4-row tile would mostly compute padding,
 # where the general path's li_tile_rows reads each panel once for just those rows.
 cdef enum:
@@ -1581,10 +868,8 @@ def fused_steps_run():
     return li_fused_steps_run
 
 
-# Largest W + R (per direction) that takes it. Each 4-row group reads all of them: from L2
-# when they fit (1 MiB on Zen 4), where the general path's products keep each panel in L1
-# for every row. LSTM H=I=128 (0.5 MiB) at batch 64 ran 5% faster fused, H=256 (2 MiB) 1%
-# slower, H=512 2% slower (one thread, best of 7 in 2 runs).
+# Largest W + R (per direction) that takes it: each 4-row group reads all of them, which pays
+# only while they stay in L2 (the general path's products keep each panel in L1 for every row).
 cdef enum:
     STEP_MAX_BYTES = 1024 * 1024
 
@@ -1686,8 +971,8 @@ cdef void lstm_step_claimed(const Seq* whole, li_range* ranges, int parts, int m
     """This thread's share of a batch split's one-step call: the 4-row groups (of every
     direction) of its own range, then those left in the other parts' ranges, so that a
     thread that starts late (the caller runs run_into's ``then`` first) or whose core is
-    slower now takes fewer groups instead of holding up the call. (Items of one LI_VEC tile
-    each, a quarter of a group at H = 64, cost 0.6 us more per call than they saved.)"""
+    slower now takes fewer groups instead of holding up the call. (Whole groups: finer items
+    cost more in claims than they save.)"""
     cdef idx groups = (whole.B + 3) // 4, d, last_d = -1
     cdef int g, k, q
     cdef const float* peep = NULL
@@ -1785,6 +1070,71 @@ cdef int run_sequence(const Seq* s, int op) noexcept nogil:
     return 0
 
 
+# ------------------------------------------------------------ size checks --
+# The def entry points run C over raw pointers with bounds checks off: each checks
+# first (O(1) per direction) every size it then trusts.
+
+cdef object bad(str who, str what, object expected, object got):
+    return ValueError(f"{who}: {what}: expected {expected}, got {got}")
+
+
+cdef inline idx panel_columns(idx n, idx nr) noexcept:
+    return (n + nr - 1) // nr * nr
+
+
+cdef int check_weights(str who, int op, idx D, idx I, idx H, int qkind, idx nr,
+                       const long long[:, ::1] offsets, idx wbuf_n, const long long[:, ::1] poff, idx pbuf_n,
+                       const long long[:, ::1] qsoff, idx qpbuf_n, idx qscale_n, idx codes_n,
+                       idx fparams_n) except -1:
+    """The packed constants cover everything run_sequence reads for D directions of I inputs
+    and H units: the segments of ``offsets`` in wbuf, the three panel ranges of ``poff`` in
+    pbuf (float32, in floats) or qpbuf (low precision, in bytes), their scales, the codes."""
+    cdef idx G = gates_of(op), d, which, K, N, cols, need, start, end
+    cdef idx split = 2 * H if op == OP_GRU else G * H
+    if op != OP_LSTM and op != OP_GRU and op != OP_RNN:
+        raise bad(who, "op", "0 (LSTM), 1 (GRU) or 2 (RNN)", op)
+    if offsets.shape[0] != D or offsets.shape[1] != NUM_SEGMENTS:
+        raise bad(who, "offsets shape", (D, NUM_SEGMENTS), (offsets.shape[0], offsets.shape[1]))
+    if poff.shape[0] != D or poff.shape[1] != 3:
+        raise bad(who, "poff shape", (D, 3), (poff.shape[0], poff.shape[1]))
+    if codes_n < D * acts_of(op):
+        raise bad(who, "codes length", f">= {D * acts_of(op)}", codes_n)
+    if fparams_n < 2 * D * acts_of(op):
+        raise bad(who, "fparams length", f">= {2 * D * acts_of(op)}", fparams_n)
+    if qkind != QK_FLOAT and (qsoff.shape[0] != D or qsoff.shape[1] != 3):
+        raise bad(who, "qsoff shape", (D, 3), (qsoff.shape[0], qsoff.shape[1]))
+    for d in range(D):
+        for which, need in ((SEG_BIAS_X, G * H), (SEG_BIAS_RH, H if op == OP_GRU else 0),
+                            (SEG_PEEP, 3 * H if op == OP_LSTM else 0)):
+            start = offsets[d, which]
+            if start < 0 or start + need > wbuf_n:
+                raise bad(who, f"wbuf segment {which} of direction {d}", f"{need} floats within {wbuf_n}",
+                          f"offset {start}")
+        for which in range(3):
+            K = I if which == 0 else H
+            N = G * H if which == 0 else (split if which == 1 else G * H - split)
+            cols = panel_columns(N, nr)
+            if qkind == QK_FLOAT:
+                need, end = cols * K, pbuf_n
+            elif qkind == QK_INT8:
+                need, end = cols * K, qpbuf_n
+            elif qkind == QK_BF16:
+                need, end = 2 * cols * K, qpbuf_n
+            else:  # QK_VNNI: per panel of LI_VNNI_NR columns, K rounded up to 4 rows, then its column sums
+                cols = panel_columns(N, LI_VNNI_NR)
+                need, end = cols // LI_VNNI_NR * ((K + 3) // 4 * 4 * LI_VNNI_NR + 4 * LI_VNNI_NR), qpbuf_n
+            start = poff[d, which]
+            if start < 0 or start + need > end:
+                raise bad(who, f"panels {which} of direction {d}",
+                          f"{need} {'floats' if qkind == QK_FLOAT else 'bytes'} within {end}", f"offset {start}")
+            if qkind == QK_INT8 or qkind == QK_VNNI:
+                start = qsoff[d, which]
+                if start < 0 or start + cols > qscale_n:
+                    raise bad(who, f"scales {which} of direction {d}", f"{cols} floats within {qscale_n}",
+                              f"offset {start}")
+    return 0
+
+
 def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_lens,
              const float[:, :, :] h0, bint has_h0, const float[:, :, :] c0, bint has_c0,
              float[:, :, :, :] Y, float[:, :, :, :] states,
@@ -1796,16 +1146,16 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
              int qkind=QK_INT8):
     """Run one recurrent node over a whole sequence, without the GIL. Returns 0, or 1 for bad lens.
 
-    The caller (cython_backend.py) has checked every shape and dtype (and
-    packed ``pbuf``/``poff`` with ``pack_panels``); arrays
-    are in kernel order: Y viewed as [T, D, B, H], states as [S, D, B, H],
-    h0/c0 as [D, B, H], all with any strides but unit stride along H (for
-    layout=1 pass transposed views). ``scratch`` holds ``scratch_floats(T, B, G, H)``.
-    Low-precision weights: ``qpbuf``/``qscale``/``qsoff`` from ``pack_int8_panels``
-    (``qkind`` QK_INT8), ``pack_vnni_panels`` (QK_VNNI) or ``pack_bf16_panels`` (QK_BF16,
-    bytes; its scales unused); ``poff`` then holds byte offsets into ``qpbuf`` and
-    ``pbuf`` is not read.
+    Arrays are in kernel order: Y viewed as [T, D, B, H], states as [S, D, B, H] (S = 2 for
+    LSTM, else 1), h0/c0 as [D, B, H], all with any strides but unit stride along H (for
+    layout=1 pass transposed views); ``pbuf``/``poff`` from ``pack_panels``, ``scratch`` of
+    ``scratch_floats(T, B, G, H)``. Low-precision weights: ``qpbuf``/``qscale``/``qsoff`` from
+    ``pack_int8_panels`` (``qkind`` QK_INT8), ``pack_vnni_panels`` (QK_VNNI) or
+    ``pack_bf16_panels`` (QK_BF16, bytes; its scales unused); ``poff`` then holds byte offsets
+    into ``qpbuf`` and ``pbuf`` is not read. Every size is checked (ValueError) before any is trusted.
     """
+    if op != OP_LSTM and op != OP_GRU and op != OP_RNN:
+        raise bad("sequence", "op", "0 (LSTM), 1 (GRU) or 2 (RNN)", op)
     if (qpbuf is None) != (qscale is None) or (qpbuf is None) != (qsoff is None):
         raise ValueError("sequence: qpbuf, qscale and qsoff come together")
     if qpbuf is not None and qkind not in (QK_INT8, QK_VNNI, QK_BF16):
@@ -1814,14 +1164,31 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     if ((h0.shape[2] > 1 and h0.strides[2] != 4) or (c0.shape[2] > 1 and c0.strides[2] != 4)
             or (Y.shape[3] > 1 and Y.strides[3] != 4) or (states.shape[3] > 1 and states.strides[3] != 4)):
         raise ValueError("sequence: h0, c0, Y and states need unit stride along hidden units")
+    cdef idx T = X.shape[0] if time_major else X.shape[1]
+    cdef idx B = X.shape[1] if time_major else X.shape[0]
+    cdef idx I = X.shape[2], D = states.shape[1], H = states.shape[3]
+    cdef int kind = qkind if qpbuf is not None else QK_FLOAT
+    cdef idx S = 2 if op == OP_LSTM else 1
+    if states.shape[0] != S or states.shape[2] != B:
+        raise bad("sequence", "states shape", (S, D, B, H),
+                  (states.shape[0], states.shape[1], states.shape[2], states.shape[3]))
+    if Y.shape[0] != T or Y.shape[1] != D or Y.shape[2] != B or Y.shape[3] != H:
+        raise bad("sequence", "Y shape", (T, D, B, H), (Y.shape[0], Y.shape[1], Y.shape[2], Y.shape[3]))
+    if has_lens and lens.shape[0] != B:
+        raise bad("sequence", "lens length", B, lens.shape[0])
+    if has_h0 and (h0.shape[0] != D or h0.shape[1] != B or h0.shape[2] != H):
+        raise bad("sequence", "h0 shape", (D, B, H), (h0.shape[0], h0.shape[1], h0.shape[2]))
+    if has_c0 and op == OP_LSTM and (c0.shape[0] != D or c0.shape[1] != B or c0.shape[2] != H):
+        raise bad("sequence", "c0 shape", (D, B, H), (c0.shape[0], c0.shape[1], c0.shape[2]))
+    check_weights("sequence", op, D, I, H, kind, 2 * LI_VEC, offsets, wbuf.shape[0], poff, pbuf.shape[0],
+                  qsoff, qpbuf.shape[0] if qpbuf is not None else 0, qscale.shape[0] if qscale is not None else 0,
+                  codes.shape[0], fparams.shape[0])
+    if scratch.shape[0] < scratch_need(T, B, gates_of(op), H):
+        raise bad("sequence", "scratch length", f">= {scratch_need(T, B, gates_of(op), H)}", scratch.shape[0])
     cdef Seq s
     s.X = &X[0, 0, 0]
     s.time_major = time_major
-    s.T = X.shape[0] if time_major else X.shape[1]
-    s.B = X.shape[1] if time_major else X.shape[0]
-    s.I = X.shape[2]
-    s.D = states.shape[1]
-    s.H = states.shape[3]
+    s.T, s.B, s.I, s.D, s.H = T, B, I, D, H
     s.lens = &lens[0] if has_lens else NULL
     s.has_lens = has_lens
     s.h0 = &h0[0, 0, 0]
@@ -1831,13 +1198,13 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.c0 = &c0[0, 0, 0]
     s.c0_d = c0.strides[0] // 4
     s.c0_b = c0.strides[1] // 4
-    s.has_c0 = has_c0
+    s.has_c0 = has_c0 and op == OP_LSTM
     s.Y = &Y[0, 0, 0, 0]
     s.y_t = Y.strides[0] // 4
     s.y_d = Y.strides[1] // 4
     s.y_b = Y.strides[2] // 4
     s.Sh = &states[0, 0, 0, 0]
-    s.Sc = (s.Sh + states.strides[0] // 4) if states.shape[0] > 1 else NULL
+    s.Sc = (s.Sh + states.strides[0] // 4) if op == OP_LSTM else NULL
     s.s_d = states.strides[1] // 4
     s.s_b = states.strides[2] // 4
     s.wbuf = &wbuf[0]
@@ -1847,7 +1214,7 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.qpbuf = &qpbuf[0] if qpbuf is not None else NULL
     s.qscale = &qscale[0] if qscale is not None else NULL
     s.qsoff = &qsoff[0, 0] if qsoff is not None else NULL
-    s.qkind = qkind if qpbuf is not None else QK_FLOAT
+    s.qkind = kind
     s.codes = &codes[0]
     s.fparams = &fparams[0]
     s.scratch = &scratch[0]
@@ -1864,54 +1231,19 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
 
 
 # ------------------------------------------------------- per-call entry --
-# One LSTM step at H=64, batch 1 is about a microsecond of arithmetic; a def
-# taking ~20 typed memoryviews costs several more. So a kernel is a
-# KernelCore (cython_backend.CythonKernel subclasses it): everything
-# constant is turned into raw pointers once, at load, and __call__ (a C
-# slot: no Python frame) checks the few per-call arrays through their C
-# struct, allocates the outputs and runs. Anything unusual returns to the
-# Python path (CythonKernel._slow), which keeps every fallback and error.
-
-cdef extern from *:
-    """
-    /* The leading fields of numpy's PyArrayObject_fields: an ABI numpy keeps
-       across 1.x and 2.x. Read only after _ndarray_layout_ok() confirmed
-       it on a live array, so no numpy headers are needed at build time. */
-    typedef struct {
-        PyObject_HEAD
-        char *data;
-        int nd;
-        Py_ssize_t *dimensions;
-        Py_ssize_t *strides;
-        PyObject *base;
-        PyObject *descr;
-        int flags;
-    } li_ndarray;
-    #define LI_C_CONTIGUOUS 0x0001
-    #define LI_ALIGNED 0x0100
-    #define LI_WRITEABLE 0x0400
-    """
-    ctypedef struct li_ndarray:
-        char* data
-        int nd
-        Py_ssize_t* dimensions
-        Py_ssize_t* strides
-        PyObject* descr
-        int flags
-    const int LI_C_CONTIGUOUS, LI_ALIGNED, LI_WRITEABLE
+# A def taking ~20 typed memoryviews costs several times a small step's arithmetic. So a
+# kernel is a KernelCore (cython_backend.CythonKernel subclasses it): everything constant is
+# turned into raw pointers once, at load, and __call__ (a C slot: no Python frame) checks the
+# few per-call arrays through numpy's C API, allocates the outputs and runs. Anything unusual
+# returns to the Python path (CythonKernel._slow), which keeps every fallback and error.
 
 ctypedef int (*sequence_fn)(const Seq* s, int op) noexcept nogil
 
 
-
-# A stream of one-step calls reads W then R in every call, from L3 where they exceed L2
-# together. Every other call (Seq.flip) reads them in the opposite order, R then W, each last
-# panel first, so that it starts on the panels the previous call left in L2. Measured on Zen 4
-# (1 MiB L2), one-step kernel calls, best of 20 rounds, W+R in MiB: LSTM H=192 (1.1) 7-8%
-# faster in 4 runs of 4, GRU H=256 (1.5) ~1%, LSTM H=256 (2.0) even, and in a loop of the
-# products alone LSTM H=384 (4.5) and H=512 (8) 1-5% slower (a reversed scan prefetches worse
-# from L3): hence only up to 1.5 MiB. One direction only (two would alternate W0 R0 W1 R1).
-# Panel order never changes a sum, so the results are bit-identical either way.
+# A stream of one-step calls reads W then R in every call. Every other call (Seq.flip) reads
+# them in the opposite order, R then W, each last panel first, so that it starts on the panels
+# the previous call left in L2; beyond ~1.5 MiB the reversed scan's worse prefetch from L3 costs
+# more. One direction only (two would alternate W0 R0 W1 R1); panel order never changes a sum.
 cdef enum:
     FLIP_MAX_BYTES = 3 * 1024 * 1024 // 2
 
@@ -1931,10 +1263,8 @@ cdef extern from "stdlib.h":
 
 
 cdef float* aligned_floats(idx n) noexcept nogil:
-    """n floats on a 64-byte boundary (NULL if out of memory; free() releases them): the scratch's
-    rows (xp, gates, states, each padded to 16 floats) then start on cache lines, where
-    malloc's 16-byte alignment split every AVX-512 load and store of the gate passes (one-step
-    calls at H=64-256 ~1-3% faster, best of 20 rounds in 3 runs; sequences even)."""
+    """n floats on a 64-byte boundary (NULL if out of memory; free() releases them), so that the
+    scratch's rows (each padded to ALIGN_FLOATS) start on cache lines: no split vector loads."""
     cdef void* p = NULL
     if posix_memalign(&p, 64, (n if n > 0 else 1) * sizeof(float)) != 0:
         return NULL
@@ -1951,12 +1281,18 @@ cdef int run_part(void* arg) noexcept nogil:
     cdef Part* part = <Part*>arg
     return part.run(&part.s, part.op)
 
-cdef const char* RUN_SEQUENCE_NAME = "lstminfer._native._rnn_kernels.run_sequence"
-# This build's run_sequence, for the KernelCore of any build (they share Seq).
-RUN_SEQUENCE = PyCapsule_New(<void*>run_sequence, RUN_SEQUENCE_NAME, NULL)
+cdef struct Build:  # what a KernelCore (the portable build's class) needs of the build that runs
+    sequence_fn run
+    idx panel_width
+
+
+cdef const char* BUILD_NAME = "lstminfer._native._rnn_kernels.build"
+cdef Build BUILD
+BUILD.run, BUILD.panel_width = run_sequence, 2 * LI_VEC
+# This build's run_sequence and panel width, for the KernelCore of any build (they share Seq).
+RUN_SEQUENCE = PyCapsule_New(<void*>&BUILD, BUILD_NAME, NULL)
 
 cdef object _NDARRAY = np.ndarray
-cdef object _EMPTY = np.empty
 
 
 cdef inline object empty3(idx a, idx b, idx c):
@@ -1974,61 +1310,49 @@ cdef object _FLOAT32 = np.dtype(np.float32)
 cdef object _INT32 = np.dtype(np.int32)
 
 
-cdef inline li_ndarray* as_array(object value) noexcept:
-    return <li_ndarray*><PyObject*>value
+# Per-call checks of arrays already known to be exact ndarrays (``type(v) is _NDARRAY``), through
+# numpy's C API on the borrowed object (no reference counting). Exact dtype objects: the
+# canonical native float32 / int32 descrs, one pointer comparison each.
 
-
-def _ndarray_layout_ok():
-    """Do numpy arrays here have the struct layout li_ndarray assumes? (checked on live arrays)"""
-    cdef li_ndarray* a
-    base = np.zeros((3, 4, 5), dtype=np.float32)
-    for arr, contiguous in ((base, True), (base[::2, 1:, ::-1], False)):
-        a = as_array(arr)
-        if (a.nd != 3 or a.data != <char*><size_t>arr.__array_interface__["data"][0]
-                or a.descr != <PyObject*>arr.dtype or bool(a.flags & LI_C_CONTIGUOUS) != contiguous):
-            return False
-        for k in range(3):
-            if a.dimensions[k] != arr.shape[k] or a.strides[k] != arr.strides[k]:
-                return False
-    return np.dtype(np.float32) is _FLOAT32 and np.zeros(2, np.int32).dtype is _INT32
-
-
-cdef bint LAYOUT_OK = _ndarray_layout_ok()
+cdef inline bint has_flags(cnp.ndarray a, int flags) noexcept:
+    return (cnp.PyArray_FLAGS(a) & flags) == flags
 
 
 cdef inline bint f32_array(object value, int nd) noexcept:
     """An exact ndarray of native float32 (the canonical descr), rank nd, aligned, strides in floats."""
-    cdef li_ndarray* a
     cdef int k
     if type(value) is not _NDARRAY:
         return False
-    a = as_array(value)
-    if a.nd != nd or a.descr != <PyObject*>_FLOAT32 or not (a.flags & LI_ALIGNED):
+    cdef cnp.npy_intp* strides = cnp.PyArray_STRIDES(<cnp.ndarray>value)
+    if (cnp.PyArray_NDIM(<cnp.ndarray>value) != nd or <void*>cnp.PyArray_DESCR(<cnp.ndarray>value) != <void*>_FLOAT32
+            or not has_flags(<cnp.ndarray>value, cnp.NPY_ARRAY_ALIGNED)):
         return False
     for k in range(nd):
-        if a.strides[k] % 4:
+        if strides[k] % 4:
             return False
     return True
 
 
 cdef inline bint owned_state(object value) noexcept:
     """An exact ndarray, C-contiguous and writeable: a state run_into may overwrite."""
-    cdef li_ndarray* a
-    if type(value) is not _NDARRAY:
-        return False
-    a = as_array(value)
-    return (a.flags & LI_C_CONTIGUOUS) != 0 and (a.flags & LI_WRITEABLE) != 0
+    return type(value) is _NDARRAY and has_flags(<cnp.ndarray>value,
+                                                 cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_WRITEABLE)
 
 
 cdef inline bint fits4(object value, idx a, idx b, idx c, idx d) noexcept:
     """An exact float32 ndarray [a, b, c, d], C-contiguous, aligned and writeable: an ``out`` run_into may fill."""
-    cdef li_ndarray* arr
     if value is None or type(value) is not _NDARRAY:
         return False
-    arr = as_array(value)
-    return (arr.descr == <PyObject*>_FLOAT32 and arr.nd == 4 and arr.dimensions[0] == a and arr.dimensions[1] == b
-            and arr.dimensions[2] == c and arr.dimensions[3] == d and (arr.flags & LI_C_CONTIGUOUS) != 0
-            and (arr.flags & LI_ALIGNED) != 0 and (arr.flags & LI_WRITEABLE) != 0)
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
+    return (<void*>cnp.PyArray_DESCR(<cnp.ndarray>value) == <void*>_FLOAT32
+            and cnp.PyArray_NDIM(<cnp.ndarray>value) == 4
+            and dims[0] == a and dims[1] == b and dims[2] == c and dims[3] == d
+            and has_flags(<cnp.ndarray>value,
+                          cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED | cnp.NPY_ARRAY_WRITEABLE))
+
+
+cdef inline float* data_of(object array) noexcept:
+    return <float*>cnp.PyArray_DATA(<cnp.ndarray>array)
 
 
 cdef class KernelCore:
@@ -2099,34 +1423,46 @@ cdef class KernelCore:
                    codes, fparams, idx hidden_size, idx input_size, idx num_directions, idx gates, int outputs,
                    bint reverse_first, bint flag, bint time_major, float clip, idx split_rows,
                    qpbuf=None, qscale=None, qsoff=None, int qkind=QK_INT8, idx threads=1, idx panel_width=0):
-        """Hold the packed constants (read-only arrays, kept alive here) as raw pointers."""
-        cdef const signed char[::1] qpbuf_v
-        cdef const float[::1] qscale_v
-        cdef const long long[:, ::1] qsoff_v
-        self.qpbuf, self.qscale, self.qsoff = NULL, NULL, NULL
-        self.qkind = qkind if qpbuf is not None else QK_FLOAT
+        """Hold the packed constants (read-only arrays, kept alive here) as raw pointers, once
+        checked to cover everything the kernel reads (ValueError otherwise)."""
+        cdef const signed char[::1] qpbuf_v = None
+        cdef const float[::1] qscale_v = None
+        cdef const long long[:, ::1] qsoff_v = None
+        cdef const Build* build = <const Build*>PyCapsule_GetPointer(run_sequence_capsule, BUILD_NAME)
+        if (qpbuf is None) != (qscale is None) or (qpbuf is None) != (qsoff is None):
+            raise ValueError("_bind_core: qpbuf, qscale and qsoff come together")
         if qpbuf is not None and qkind not in (QK_INT8, QK_VNNI, QK_BF16):
             raise ValueError(f"_bind_core: qkind {qkind} is not a low-precision kind")
+        cdef int kind = qkind if qpbuf is not None else QK_FLOAT
         if qpbuf is not None:
             qpbuf_v, qscale_v, qsoff_v = qpbuf, qscale, qsoff
-            if qsoff_v.shape[0] != num_directions or qsoff_v.shape[1] != 3:
-                raise ValueError("_bind_core: qsoff does not match the directions")
-            self.qpbuf, self.qscale, self.qsoff = &qpbuf_v[0], &qscale_v[0], &qsoff_v[0, 0]
         cdef const float[::1] wbuf_v = wbuf
         cdef const long long[:, ::1] offsets_v = offsets
         cdef const float[::1] pbuf_v = pbuf
         cdef const long long[:, ::1] poff_v = poff
         cdef const int[::1] codes_v = codes
         cdef const float[::1] fparams_v = fparams
-        if offsets_v.shape[0] != num_directions or offsets_v.shape[1] != NUM_SEGMENTS or poff_v.shape[0] != num_directions:
-            raise ValueError("_bind_core: offsets do not match the directions")
-        self.run = <sequence_fn>PyCapsule_GetPointer(run_sequence_capsule, RUN_SEQUENCE_NAME)
+        if panel_width != 0 and panel_width != build.panel_width:
+            raise bad("_bind_core", "panel_width (of the build that runs)", build.panel_width, panel_width)
+        if gates != gates_of(op):
+            raise bad("_bind_core", "gates", gates_of(op), gates)
+        if threads < 1:
+            raise bad("_bind_core", "threads", ">= 1", threads)
+        check_weights("_bind_core", op, num_directions, input_size, hidden_size, kind, build.panel_width,
+                      offsets_v, wbuf_v.shape[0], poff_v, pbuf_v.shape[0], qsoff_v,
+                      qpbuf_v.shape[0] if qpbuf is not None else 0, qscale_v.shape[0] if qpbuf is not None else 0,
+                      codes_v.shape[0], fparams_v.shape[0])
+        self.run = build.run
         self.keep = (wbuf, offsets, pbuf, poff, codes, fparams, qpbuf, qscale, qsoff)
         self.constants = (W, R, B, P)
         self.wbuf = &wbuf_v[0]
         self.offsets = &offsets_v[0, 0]
         self.pbuf = &pbuf_v[0]
         self.poff = &poff_v[0, 0]
+        self.qkind = kind
+        self.qpbuf = &qpbuf_v[0] if qpbuf is not None else NULL
+        self.qscale = &qscale_v[0] if qpbuf is not None else NULL
+        self.qsoff = &qsoff_v[0, 0] if qpbuf is not None else NULL
         self.codes = &codes_v[0]
         self.fparams = &fparams_v[0]
         self.op, self.outputs, self.check_p = op, outputs, check_p
@@ -2134,13 +1470,13 @@ cdef class KernelCore:
         self.reverse_first, self.flag, self.time_major, self.clip = reverse_first, flag, time_major, clip
         self.split_rows = split_rows
         self.threads = threads if split_rows else 1
-        self.panel_width = panel_width
+        self.panel_width = build.panel_width
         self.flip_ok = flip_products(num_directions, gates * hidden_size * (input_size + hidden_size),
                                      self.qkind)
         self.steps = 0
         self.units_ok = (self.threads > 1 and self.qkind == QK_FLOAT and hidden_size >= UNIT_SPLIT_MIN_H
-                         and hidden_size % panel_width == 0 and hidden_size // panel_width >= self.threads)
-        self.ready = LAYOUT_OK
+                         and hidden_size % self.panel_width == 0 and hidden_size // self.panel_width >= self.threads)
+        self.ready = True
 
     @property
     def alternates_products(self):
@@ -2176,48 +1512,47 @@ cdef class KernelCore:
 
     cdef bint state(self, Seq* s, object value, idx batch, bint is_c):
         """Point s at an initial state of shape [D, B, H] (layout 0) / [B, D, H]; False: Python path."""
-        cdef li_ndarray* a
         cdef idx ax_d = 0 if self.time_major else 1
         if value is None:
             return True
         if not f32_array(value, 3):
             return False
-        a = as_array(value)
-        if (a.dimensions[ax_d] != self.D or a.dimensions[1 - ax_d] != batch or a.dimensions[2] != self.H
-                or (a.strides[2] != 4 and self.H > 1)):
+        cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
+        cdef cnp.npy_intp* strides = cnp.PyArray_STRIDES(<cnp.ndarray>value)
+        if dims[ax_d] != self.D or dims[1 - ax_d] != batch or dims[2] != self.H or (strides[2] != 4 and self.H > 1):
             return False
         if is_c:
-            s.c0, s.has_c0 = <const float*>a.data, True
-            s.c0_d, s.c0_b = a.strides[ax_d] // 4, a.strides[1 - ax_d] // 4
+            s.c0, s.has_c0 = data_of(value), True
+            s.c0_d, s.c0_b = strides[ax_d] // 4, strides[1 - ax_d] // 4
         else:
-            s.h0, s.has_h0 = <const float*>a.data, True
-            s.h0_d, s.h0_b = a.strides[ax_d] // 4, a.strides[1 - ax_d] // 4
+            s.h0, s.has_h0 = data_of(value), True
+            s.h0_d, s.h0_b = strides[ax_d] // 4, strides[1 - ax_d] // 4
         return True
 
     cdef int bind(self, Seq* s, object X, object lens, object h0, object c0) except -1:
         """Point ``s`` at the per-call inputs and the constants; 1: these need the Python path."""
-        cdef li_ndarray* a
         cdef idx T, batch
-        if not f32_array(X, 3):
+        cdef cnp.npy_intp* dims
+        if not f32_array(X, 3) or not has_flags(<cnp.ndarray>X, cnp.NPY_ARRAY_C_CONTIGUOUS):
             return 1
-        a = as_array(X)
-        if not (a.flags & LI_C_CONTIGUOUS) or a.dimensions[2] != self.I:
+        dims = cnp.PyArray_DIMS(<cnp.ndarray>X)
+        if dims[2] != self.I:
             return 1
-        T = a.dimensions[0] if self.time_major else a.dimensions[1]
-        batch = a.dimensions[1] if self.time_major else a.dimensions[0]
+        T = dims[0] if self.time_major else dims[1]
+        batch = dims[1] if self.time_major else dims[0]
         if T == 0 or batch == 0:
             return 1
-        s.X = <const float*>a.data
+        s.X = data_of(X)
         s.has_lens, s.has_h0, s.has_c0 = False, False, False
         s.lens, s.h0, s.c0 = NULL, NULL, NULL
         if lens is not None:
             if type(lens) is not _NDARRAY:
                 return 1
-            a = as_array(lens)
-            if (a.descr != <PyObject*>_INT32 or a.nd != 1 or a.dimensions[0] != batch
-                    or not (a.flags & LI_C_CONTIGUOUS) or not (a.flags & LI_ALIGNED)):
+            if (<void*>cnp.PyArray_DESCR(<cnp.ndarray>lens) != <void*>_INT32 or cnp.PyArray_NDIM(<cnp.ndarray>lens) != 1
+                    or cnp.PyArray_DIMS(<cnp.ndarray>lens)[0] != batch
+                    or not has_flags(<cnp.ndarray>lens, cnp.NPY_ARRAY_C_CONTIGUOUS | cnp.NPY_ARRAY_ALIGNED)):
                 return 1
-            s.lens, s.has_lens = <const int*>a.data, True
+            s.lens, s.has_lens = <const int*>cnp.PyArray_DATA(<cnp.ndarray>lens), True
         if not self.state(s, h0, batch, False):
             return 1
         if self.op == OP_LSTM and not self.state(s, c0, batch, True):
@@ -2250,88 +1585,121 @@ cdef class KernelCore:
             s.s_d, s.s_b = H, D * H
 
     cdef int launch(self, Seq* s, object then=None, object Y=None, list result=None) except -1:
-        """Run ``s`` (inputs and outputs bound), its batch split across the worker threads when
-        the kernel has them; returns run_sequence's status (1: sequence_lens out of range).
-        ``then``: appends then(Y) to ``result``; with the batch split it runs while the
-        workers compute (the caller's own groups wait for it), else after the run."""
-        cdef idx parts = self.parts_for(s.B), need, p, b0, b1, offset = 0, groups
-        cdef int status = 0
+        """Run ``s`` (inputs and outputs bound) by one of three strategies: in this thread, its
+        hidden units split across the workers, or its batch split across them. Returns
+        run_sequence's status (1: sequence_lens out of range). ``then``: appends then(Y) to
+        ``result``, while the workers compute when the batch is split, else after the run."""
+        cdef idx parts
+        cdef int status
         cdef float* scratch
-        cdef bint own_scratch = not self.scratch_busy
-        cdef Part* part
-        need = 0
         if self.flip_ok and s.T == 1:
             s.flip = self.steps & 1
             self.steps += 1
-        if parts > 1 and s.B < self.split_rows:  # a unit split: one shared scratch
-            need = scratch_need(s.T, s.B, self.G, self.H)
+        if self.scratch_busy:  # another thread has this kernel's buffer (and workers): its own, serially
+            buffer = self._scratch(s.T, s.B)  # CythonKernel's per-thread buffer
+            status = self.run_here(s, data_of(buffer))
         else:
-            for p in range(parts):
-                need += self.part_need(s, s.B * p // parts, s.B * (p + 1) // parts, parts)
-        if own_scratch:
-            if self.scratch_size < need:
-                free(self.scratch)
-                self.scratch_size = 0
-                self.scratch = aligned_floats(need)
-                if self.scratch == NULL:
-                    raise MemoryError()
-                self.scratch_size = need
-            self.scratch_busy = True
-            scratch = self.scratch
-        else:  # another thread has this kernel's buffer (and workers): this thread's, serially
-            parts = 1
-            buffer = self._scratch(s.T, s.B)
-            scratch = <float*>as_array(buffer).data
-        if parts == 1:
-            s.scratch = scratch
+            parts = self.parts_for(s.B)
+            scratch = self.take_scratch(self.scratch_floats(s, parts))
+            try:
+                if parts == 1:
+                    status = self.run_here(s, scratch)
+                elif self.unit_split(s, parts):
+                    status = self.run_unit_split(s, parts, scratch)
+                else:
+                    status = self.run_batch_split(s, parts, scratch, then, Y, result)
+                    then = None
+            finally:
+                self.scratch_busy = False
+        if then is not None:
+            result.append(then(Y))
+        return status
+
+    cdef inline bint unit_split(self, const Seq* s, idx parts) noexcept:
+        """Whether ``parts`` threads split the hidden units (below split_rows rows), not the batch."""
+        return parts > 1 and s.B < self.split_rows
+
+    cdef idx scratch_floats(self, const Seq* s, idx parts) noexcept:
+        """Scratch floats a call needs: one shared scratch for a unit split, else the parts' own."""
+        cdef idx need = 0, p
+        if self.unit_split(s, parts):
+            return scratch_need(s.T, s.B, self.G, self.H)
+        for p in range(parts):
+            need += self.part_need(s, s.B * p // parts, s.B * (p + 1) // parts, parts)
+        return need
+
+    cdef float* take_scratch(self, idx need) except NULL:
+        """This kernel's scratch buffer, grown to ``need`` floats and marked busy (the caller frees
+        it for the next call: ``scratch_busy = False``). Only read and set holding the GIL."""
+        if self.scratch_size < need:
+            free(self.scratch)
+            self.scratch_size = 0
+            self.scratch = aligned_floats(need)
+            if self.scratch == NULL:
+                raise MemoryError()
+            self.scratch_size = need
+        self.scratch_busy = True
+        return self.scratch
+
+    cdef int run_here(self, Seq* s, float* scratch) noexcept:
+        """The whole call in this thread."""
+        cdef int status
+        s.scratch = scratch
+        with nogil:
+            status = self.run(s, self.op)
+        return status
+
+    cdef int run_unit_split(self, Seq* s, idx parts, float* scratch) noexcept:
+        """Each of ``parts`` threads takes whole weight panels of hidden units, step by step
+        (run_shared), all in one scratch."""
+        cdef idx p
+        cdef int status
+        cdef Part* part
+        self.sched.parts = <int>parts
+        for p in range(parts + 1):
+            self.sched.bounds[p] = self.unit_bound(p, parts)
+        for p in range(parts):
+            li_block_reset(&self.sched.blocks[p])
+            part = self.part_at(p)
+            part.s = s[0]
+            part.s.scratch = scratch
+            part.s.sched, part.s.part = &self.sched, <int>p
+            part.run, part.op = self.run, self.op
+        with nogil:
+            for p in range(1, parts):
+                li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
+            status = run_part(self.part_at(0))
+            for p in range(1, parts):
+                status |= li_worker_wait(&self.workers[p - 1])
+        return status
+
+    cdef int run_batch_split(self, Seq* s, idx parts, float* scratch, object then, object Y,
+                             list result) except -1:
+        """Each of ``parts`` threads runs the whole sequence on its own batch rows (no barrier),
+        this one last: ``then`` (Python work that needs only Y's address) runs first, beside
+        the workers. If it raises, the parts still run to the end before the error goes up."""
+        cdef idx p, offset = 0, groups = s.D * ((s.B + 3) // 4)
+        cdef int status = 0
+        cdef Part* part
+        for p in range(parts):
+            self.ranges[p].next, self.ranges[p].end = <int>(groups * p // parts), <int>(groups * (p + 1) // parts)
+        for p in range(parts):
+            part = self.part_at(p)
+            part.s = s[0]
+            part.run, part.op = self.run, self.op
+            offset += self.cut_part(&part.s, s.B * p // parts, s.B * (p + 1) // parts, scratch + offset)
+            part.s.whole, part.s.ranges, part.s.parts, part.s.part = s, self.ranges, <int>parts, <int>p
+        with nogil:
+            for p in range(1, parts):
+                li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
+        try:
+            if then is not None:
+                result.append(then(Y))
+        finally:
             with nogil:
-                status = self.run(s, self.op)
-        elif self.units_ok and s.B < self.split_rows:  # parts share the scratch, each its units
-            self.sched.parts = <int>parts
-            for p in range(parts + 1):
-                self.sched.bounds[p] = self.unit_bound(p, parts)
-            for p in range(parts):
-                li_block_reset(&self.sched.blocks[p])
-                part = self.part_at(p)
-                part.s = s[0]
-                part.s.scratch = scratch
-                part.s.sched, part.s.part = &self.sched, <int>p
-                part.run, part.op = self.run, self.op
-            with nogil:
-                for p in range(1, parts):
-                    li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
                 status = run_part(self.part_at(0))
                 for p in range(1, parts):
                     status |= li_worker_wait(&self.workers[p - 1])
-        else:
-            groups = s.D * ((s.B + 3) // 4)
-            for p in range(parts):
-                self.ranges[p].next, self.ranges[p].end = <int>(groups * p // parts), <int>(groups * (p + 1) // parts)
-            for p in range(parts):
-                b0, b1 = s.B * p // parts, s.B * (p + 1) // parts
-                part = self.part_at(p)
-                part.s = s[0]
-                part.run, part.op = self.run, self.op
-                offset += self.cut_part(&part.s, b0, b1, scratch + offset)
-                part.s.whole, part.s.ranges, part.s.parts, part.s.part = s, self.ranges, <int>parts, <int>p
-            with nogil:
-                for p in range(1, parts):
-                    li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
-            try:
-                if then is not None:  # Python work that needs only Y's address, beside the workers'
-                    result.append(then(Y))
-                    then = None
-            finally:  # then() raised: the parts still run to the end before the error goes up
-                with nogil:
-                    status = run_part(self.part_at(0))
-                    for p in range(1, parts):
-                        status |= li_worker_wait(&self.workers[p - 1])
-                if own_scratch:
-                    self.scratch_busy = False
-        if own_scratch:
-            self.scratch_busy = False
-        if then is not None:
-            result.append(then(Y))
         return status
 
     cdef idx parts_for(self, idx batch) except -1:
@@ -2413,9 +1781,9 @@ cdef class KernelCore:
             Yh = empty3(batch, D, H)
             Yc = empty3(batch, D, H) if self.op == OP_LSTM else None
         self.output_strides(&s)
-        s.Y = <float*>as_array(Y).data
-        s.Sh = <float*>as_array(Yh).data
-        s.Sc = <float*>as_array(Yc).data if Yc is not None else NULL
+        s.Y = data_of(Y)
+        s.Sh = data_of(Yh)
+        s.Sc = data_of(Yc) if Yc is not None else NULL
         if self.launch(&s):  # sequence_lens outside [0, T]: the Python path sends it to the reference
             return None
         if self.outputs >= 3 and Yc is not None:
@@ -2434,7 +1802,6 @@ cdef class KernelCore:
         ``out``: written as Y instead of a fresh array when it is a C-contiguous writeable
         float32 array of Y's shape that nothing else can see (the caller's business)."""
         cdef Seq s
-        cdef li_ndarray* a
         cdef idx T, batch, H = self.H, D = self.D
         if not self.ready or not owned_state(h) or ((c is None) != (self.op != OP_LSTM)):
             return None
@@ -2448,9 +1815,9 @@ cdef class KernelCore:
         else:
             Y = out if fits4(out, batch, T, D, H) else empty4(batch, T, D, H)
         self.output_strides(&s)  # the states are C-contiguous in the same layout as fresh ones
-        s.Y = <float*>as_array(Y).data
-        s.Sh = <float*>as_array(h).data
-        s.Sc = <float*>as_array(c).data if c is not None else NULL
+        s.Y = data_of(Y)
+        s.Sh = data_of(h)
+        s.Sc = data_of(c) if c is not None else NULL
         if then is None:
             return None if self.launch(&s) else Y
         result = []

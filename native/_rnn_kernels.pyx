@@ -4,5 +4,3 @@
 Compiled with the baseline flags of a distributed wheel; always importable.
 """
 include "_rnn_core.pxi"
-
-ISA = "portable"

@@ -4,5 +4,3 @@
 lstminfer/kernels/cython_backend.py imports it only on a CPU with AVX2 and FMA.
 """
 include "_rnn_core.pxi"
-
-ISA = "avx2"

@@ -1,7 +1,7 @@
 /* Persistent worker threads for the recurrent kernels' threads=N batch split.
 
-   A Python thread pool hands a job over in tens of microseconds (GIL, futures);
-   a batch-64 LSTM step at H=64 is ~50 us of work. So each threaded kernel owns
+   A Python thread pool hands a job over in tens of microseconds (GIL, futures),
+   as long as a whole small step. So each threaded kernel owns
    N-1 pthreads: the caller posts a job with one atomic store, runs its own part,
    then waits for the others' "done" flags. After a job a worker polls for the
    next one for a short while (calls come back to back while serving), then
@@ -24,8 +24,7 @@ typedef int (*li_job_fn)(void *arg);
 
 /* Shared between the caller's and the workers' cores: every such structure gets cache lines
    of its own. A worker polls its flags while the caller runs Python between calls, and
-   whatever malloc put beside them would bounce between the cores with every write (a
-   precaution: no difference measured on this 2-core machine). */
+   whatever malloc put beside them would bounce between the cores with every write. */
 #define LI_LINE 64
 
 static inline size_t li_line_stride(size_t size) {
@@ -134,8 +133,7 @@ static void li_worker_post(li_worker *w, li_job_fn fn, void *arg) {
 /* The posted job's status, once it is done (spins, then yields the core). A job its worker
    has not started by the time the caller finished its own part (the worker descheduled on a
    busy machine, or still waking from its condition variable) runs here instead: one core's
-   time for the whole, where waiting for the worker's turn cost ~100 us per call (LSTM H=64
-   batch 64 one-step calls, threads=2, with the other core busy: 107 us, one thread 44 us). */
+   time for the whole beats waiting for the worker's turn on a busy machine. */
 static int li_worker_wait(li_worker *w) {
     long long until = 0;
     int polls = 0;
@@ -166,7 +164,7 @@ static void li_worker_stop(li_worker *w) {
 
 /* A batch split's items [next, end) that its own thread takes first and others may steal
    once theirs are done: each range on a line of its own, so that taking one's own items
-   stays on one core (a shared counter cost ~2 us a call in line transfers between cores). */
+   stays on one core (a shared counter would move its line between cores on every claim). */
 typedef struct {
     int next;
     int end;

@@ -1,0 +1,220 @@
+/* Whole recurrent cells (LSTM, GRU) on vectors of hidden units, for the default activations,
+   and the fused one-step LSTM of 4 batch rows: _rnn_core.pxi runs anything else through
+   per-activation passes. */
+#ifndef LI_CELLS_H
+#define LI_CELLS_H
+
+#include "li_simd.h"
+#include "li_vmath.h"
+
+/* Whole cells in one pass for the default activations, LI_U vectors of units at a time (then
+   single vectors), so that the gates are never stored and reloaded. The same maths, term for
+   term, as the passes (bit-identical results); each returns the units it did (a multiple of
+   LI_VEC), the caller runs the rest through the passes. */
+
+/* One vector of LSTM units (sigmoid/tanh/tanh), gates S apart in x and g */
+static inline void li_lstm_cells_vec(const float *x, const float *g, float *h, float *c, const float *pi,
+                                     const float *pf, const float *po, ptrdiff_t S, float clip) {
+    li_vf cv = li_load(c);
+    li_vf gi = li_vsigmoid(li_vclamp(li_load(x) + li_load(g) + li_load(pi) * cv, clip));
+    li_vf gf = li_vsigmoid(li_vclamp(li_load(x + S) + li_load(g + S) + li_load(pf) * cv, clip));
+    li_vf gc = li_vtanh(li_vclamp(li_load(x + 2 * S) + li_load(g + 2 * S), clip));
+    cv = gf * cv + gi * gc;
+    li_vf go = li_vsigmoid(li_vclamp(li_load(x + 3 * S) + li_load(g + 3 * S) + li_load(po) * cv, clip));
+    li_store(c, cv);
+    li_store(h, li_vtanh(cv) * go);
+}
+
+/* LSTM, sigmoid/tanh/tanh, no input_forget: gates S apart in x and g; all n units */
+static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float *h, float *c,
+                                          const float *pi, const float *pf, const float *po,
+                                          ptrdiff_t n, ptrdiff_t S, float clip) {
+    ptrdiff_t j = 0;
+    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
+        li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
+        LI_EACH cv[u] = LI_AT(c, j);
+        LI_EACH gi[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u], clip);
+        LI_EACH gf[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u], clip);
+        LI_EACH gc[u] = li_vclamp(LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j), clip);
+        li_vsigmoid_u(gi);
+        li_vsigmoid_u(gf);
+        li_vtanh_u(gc);
+        LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
+        LI_EACH go[u] = li_vclamp(LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u], clip);
+        LI_EACH li_store(c + j + u * LI_VEC, cv[u]);
+        li_vsigmoid_u(go);
+        li_vtanh_u(cv);
+        LI_EACH li_store(h + j + u * LI_VEC, cv[u] * go[u]);
+    }
+    for (; j + LI_VEC <= n; j += LI_VEC)
+        li_lstm_cells_vec(x + j, g + j, h + j, c + j, pi + j, pf + j, po + j, S, clip);
+    if (j < n) {  /* fewer units than a vector (H = 8 on AVX-512): one vector of zero-padded copies */
+        ptrdiff_t m = n - j, q;
+        float tx[4 * LI_VEC] = {0}, tg[4 * LI_VEC] = {0}, tp[3 * LI_VEC] = {0}, tc[LI_VEC] = {0}, th[LI_VEC];
+        for (q = 0; q < 4; q++) {
+            memcpy(tx + q * LI_VEC, x + q * S + j, m * sizeof(float));
+            memcpy(tg + q * LI_VEC, g + q * S + j, m * sizeof(float));
+        }
+        memcpy(tp, pi + j, m * sizeof(float));
+        memcpy(tp + LI_VEC, pf + j, m * sizeof(float));
+        memcpy(tp + 2 * LI_VEC, po + j, m * sizeof(float));
+        memcpy(tc, c + j, m * sizeof(float));
+        li_lstm_cells_vec(tx, tg, th, tc, tp, tp + LI_VEC, tp + 2 * LI_VEC, LI_VEC, clip);
+        memcpy(c + j, tc, m * sizeof(float));
+        memcpy(h + j, th, m * sizeof(float));
+        j = n;
+    }
+    return j;
+}
+
+/* A whole LSTM step (T = 1) of 4 batch rows for the LI_VEC units at j of every gate, where 32
+   vector registers hold 4 rows x 4 gates of accumulators and 4 weight vectors: bias + x W^T +
+   h R^T accumulated in registers over k < I then k < H, straight from the product panels (gate
+   g's units at column g*H + j, H a multiple of LI_VEC), then the cells on the 4 rows at once.
+   Rows whose bit in ``store`` is clear compute but store nothing (a 4-row tile's padding, or a
+   row that sequence_lens ends before the step). ``peep`` NULL: no peepholes. */
+#if LI_VREGS >= 32 && LI_FLOAT_FLOOR
+#define LI_STEP_FUSED 1
+static inline void li_lstm_step4(const float *const *x, const float *const *h, const float *const *c,
+                                 ptrdiff_t I, ptrdiff_t H, ptrdiff_t j, const float *wpanels,
+                                 const float *rpanels, const float *bias, const float *peep, float clip,
+                                 int clipped, int store, float *const *y, float *const *cn) {
+    const ptrdiff_t nr = 2 * LI_VEC;
+    const float *wg[4], *rg[4];
+    li_vf acc[4][4];
+    for (int g = 0; g < 4; g++) {
+        ptrdiff_t n = g * H + j;  /* column of W^T / R^T: panel n / nr, offset n % nr */
+        wg[g] = wpanels + (n / nr) * I * nr + n % nr;
+        rg[g] = rpanels + (n / nr) * H * nr + n % nr;
+        li_vf b = li_load(bias + n);
+        for (int r = 0; r < 4; r++) acc[r][g] = b;
+    }
+    const float *x0 = x[0], *x1 = x[1], *x2 = x[2], *x3 = x[3];
+    for (ptrdiff_t k = 0; k < I; k++) {
+        li_vf w0 = li_load(wg[0] + k * nr), w1 = li_load(wg[1] + k * nr);
+        li_vf w2 = li_load(wg[2] + k * nr), w3 = li_load(wg[3] + k * nr);
+        float s0 = x0[k], s1 = x1[k], s2 = x2[k], s3 = x3[k];
+        acc[0][0] += s0 * w0; acc[0][1] += s0 * w1; acc[0][2] += s0 * w2; acc[0][3] += s0 * w3;
+        acc[1][0] += s1 * w0; acc[1][1] += s1 * w1; acc[1][2] += s1 * w2; acc[1][3] += s1 * w3;
+        acc[2][0] += s2 * w0; acc[2][1] += s2 * w1; acc[2][2] += s2 * w2; acc[2][3] += s2 * w3;
+        acc[3][0] += s3 * w0; acc[3][1] += s3 * w1; acc[3][2] += s3 * w2; acc[3][3] += s3 * w3;
+    }
+    const float *h0 = h[0], *h1 = h[1], *h2 = h[2], *h3 = h[3];
+    for (ptrdiff_t k = 0; k < H; k++) {
+        li_vf w0 = li_load(rg[0] + k * nr), w1 = li_load(rg[1] + k * nr);
+        li_vf w2 = li_load(rg[2] + k * nr), w3 = li_load(rg[3] + k * nr);
+        float s0 = h0[k], s1 = h1[k], s2 = h2[k], s3 = h3[k];
+        acc[0][0] += s0 * w0; acc[0][1] += s0 * w1; acc[0][2] += s0 * w2; acc[0][3] += s0 * w3;
+        acc[1][0] += s1 * w0; acc[1][1] += s1 * w1; acc[1][2] += s1 * w2; acc[1][3] += s1 * w3;
+        acc[2][0] += s2 * w0; acc[2][1] += s2 * w1; acc[2][2] += s2 * w2; acc[2][3] += s2 * w3;
+        acc[3][0] += s3 * w0; acc[3][1] += s3 * w1; acc[3][2] += s3 * w2; acc[3][3] += s3 * w3;
+    }
+    li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
+    LI_EACH cv[u] = li_load(c[u] + j);
+    LI_EACH gi[u] = acc[u][0];
+    LI_EACH gf[u] = acc[u][1];
+    LI_EACH gc[u] = acc[u][2];
+    if (peep) {
+        li_vf pi = li_load(peep + j), pf = li_load(peep + H + j);
+        LI_EACH gi[u] += pi * cv[u];
+        LI_EACH gf[u] += pf * cv[u];
+    }
+    if (clipped) {
+        LI_EACH gi[u] = li_vclamp(gi[u], clip);
+        LI_EACH gf[u] = li_vclamp(gf[u], clip);
+        LI_EACH gc[u] = li_vclamp(gc[u], clip);
+    }
+    li_vsigmoid_fast_u(gi);
+    li_vsigmoid_fast_u(gf);
+    li_vtanh_fast_u(gc);
+    LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
+    LI_EACH go[u] = acc[u][3];
+    if (peep) {
+        li_vf po = li_load(peep + 2 * H + j);
+        LI_EACH go[u] += po * cv[u];
+    }
+    if (clipped) {
+        LI_EACH go[u] = li_vclamp(go[u], clip);
+    }
+    LI_EACH if (store >> u & 1) li_store(cn[u] + j, cv[u]);
+    li_vsigmoid_fast_u(go);
+    li_vtanh_fast_u(cv);
+    LI_EACH if (store >> u & 1) li_store(y[u] + j, cv[u] * go[u]);
+}
+#else
+#define LI_STEP_FUSED 0
+static inline void li_lstm_step4(const float *const *x, const float *const *h, const float *const *c,
+                                 ptrdiff_t I, ptrdiff_t H, ptrdiff_t j, const float *wpanels,
+                                 const float *rpanels, const float *bias, const float *peep, float clip,
+                                 int clipped, int store, float *const *y, float *const *cn) {}
+#endif
+
+/* One-step calls that took li_lstm_step4, counted so that tests can prove the path ran */
+static unsigned long long li_fused_steps_run = 0;
+static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_steps_run, 1, __ATOMIC_RELAXED); }
+
+/* GRU z and r * h_prev (sigmoid), linear_before_reset = 0: z into g[:n], r * h_prev into rh */
+static inline ptrdiff_t li_gru_zr_std(const float *x, float *g, const float *hp, float *rh, ptrdiff_t n,
+                                      ptrdiff_t S, float clip) {
+    ptrdiff_t j = 0;
+    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
+        li_vf z[LI_U], r[LI_U];
+        LI_EACH z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
+        LI_EACH r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
+        li_vsigmoid_u(z);
+        li_vsigmoid_u(r);
+        LI_EACH li_store(g + j + u * LI_VEC, z[u]);
+        LI_EACH li_store(rh + j + u * LI_VEC, r[u] * LI_AT(hp, j));
+    }
+    for (; j + LI_VEC <= n; j += LI_VEC) {
+        li_vf z = li_vsigmoid(li_vclamp(li_load(x + j) + li_load(g + j), clip));
+        li_vf r = li_vsigmoid(li_vclamp(li_load(x + S + j) + li_load(g + S + j), clip));
+        li_store(g + j, z);
+        li_store(rh + j, r * li_load(hp + j));
+    }
+    return j;
+}
+
+/* GRU output (tanh): h = (1 - z) tanh(xh + gh) + z h_prev */
+static inline ptrdiff_t li_gru_output_std(const float *xh, const float *z, const float *gh, const float *hp,
+                                          float *h, ptrdiff_t n, float clip) {
+    ptrdiff_t j = 0;
+    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
+        li_vf cand[LI_U];
+        LI_EACH cand[u] = li_vclamp(LI_AT(xh, j) + LI_AT(gh, j), clip);
+        li_vtanh_u(cand);
+        LI_EACH li_store(h + j + u * LI_VEC, (1.0f - LI_AT(z, j)) * cand[u] + LI_AT(z, j) * LI_AT(hp, j));
+    }
+    for (; j + LI_VEC <= n; j += LI_VEC) {
+        li_vf cand = li_vtanh(li_vclamp(li_load(xh + j) + li_load(gh + j), clip));
+        li_vf zv = li_load(z + j);
+        li_store(h + j, (1.0f - zv) * cand + zv * li_load(hp + j));
+    }
+    return j;
+}
+
+/* GRU linear_before_reset (sigmoid, tanh): the whole step */
+static inline ptrdiff_t li_gru_lbr_cells_std(const float *x, const float *g, const float *hp, float *h,
+                                             const float *rbh, ptrdiff_t n, ptrdiff_t S, float clip) {
+    ptrdiff_t j = 0;
+    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
+        li_vf z[LI_U], r[LI_U], cand[LI_U];
+        LI_EACH z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
+        LI_EACH r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
+        li_vsigmoid_u(z);
+        li_vsigmoid_u(r);
+        LI_EACH cand[u] = li_vclamp(LI_AT(x, 2 * S + j) + r[u] * (LI_AT(g, 2 * S + j) + LI_AT(rbh, j)), clip);
+        li_vtanh_u(cand);
+        LI_EACH li_store(h + j + u * LI_VEC, (1.0f - z[u]) * cand[u] + z[u] * LI_AT(hp, j));
+    }
+    for (; j + LI_VEC <= n; j += LI_VEC) {
+        li_vf z = li_vsigmoid(li_vclamp(li_load(x + j) + li_load(g + j), clip));
+        li_vf r = li_vsigmoid(li_vclamp(li_load(x + S + j) + li_load(g + S + j), clip));
+        li_vf gh = r * (li_load(g + 2 * S + j) + li_load(rbh + j));
+        li_vf cand = li_vtanh(li_vclamp(li_load(x + 2 * S + j) + gh, clip));
+        li_store(h + j, (1.0f - z) * cand + z * li_load(hp + j));
+    }
+    return j;
+}
+
+#endif
