@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lstminfer.kernels import cython_backend, numba_math, packing
+from lstminfer import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each build of the recurrent kernels and the CPU features it needs.
@@ -73,7 +74,8 @@ def test_segments_match_packing(ext):
 def test_shared_constants_match_python(ext):
     assert ext.ACTIVATION_CODES == numba_math.ACTIVATION_CODES
     assert ext.GATES == packing.GATES
-    assert ext.ACTS_PER_DIRECTION == cython_backend.ACTS_PER_DIRECTION
+    assert ext.GATES == reference.GATES
+    assert ext.ACTS_PER_DIRECTION == {op: len(names) for op, names in reference.DEFAULT_ACTIVATIONS.items()}
     assert set(ext.OPS) == set(cython_backend.OPS)
 
 
