@@ -1,7 +1,7 @@
 """C entry points to the Numba drivers: one ``cfunc`` per op, called from C without Numba's dispatcher.
 
-Calling a jitted driver from Python costs ~5 µs per call (typing and
-unboxing 22 arguments), more than a whole T=1, H=64 step. ``entry(op)``
+Calling a jitted driver from Python types and unboxes its 22 arguments
+at every call, which costs more than a whole small step. ``entry(op)``
 returns the address of ``int64 entry(int64* block, float64 clip)``: a
 ``numba.cfunc`` that turns the flat block of addresses and sizes below into
 arrays (``numba.carray``) and calls the driver as a numba-to-numba call. The

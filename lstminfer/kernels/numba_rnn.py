@@ -1,5 +1,13 @@
 """Numba kernels for whole LSTM, GRU and RNN sequences, gates fused.
 
+One shell, ``_sequence``, runs every op; the op supplies only its cell
+(``_lstm_cell``, ``_gru_cell``, ``_rnn_cell`` with their ``*_constants``, in
+``_CELLS``), and ``driver(op)`` compiles a copy of the shell bound to it, as
+``run_sequence`` does with ``lstm_task``/``gru_task``/``rnn_task`` in
+``native/_rnn_core.pxi`` and ``reference.rnn`` with its step bodies. A
+stream's single step has its own small shell, ``_step`` (``step(op)``), over
+each op's row (``_ROWS``).
+
 One call runs a whole node: for each direction, the input projection
 (``xp = X . W^T + bias``) as one matrix product per chunk of steps (of about
 ``_CHUNK_ROWS`` rows: big enough for the GEMM, small enough to stay in cache
@@ -69,13 +77,10 @@ _ALIGN = 16
 # two sync points (a "phase": one step, say) is one item per unit block; each
 # thread claims its home block first (its rows of W and R stay in its core's
 # cache), then takes any block still unclaimed: at once if the block's owner
-# did not show up in the previous phase, else after a grace period. So a
-# thread that the OS has descheduled (a busy machine) costs its partner one
-# grace period, then the partner runs on alone instead of spinning until it
-# comes back (measured: a plain barrier took 250x longer on a loaded machine).
-# A phase ends when all its blocks are done (a counter bumped atomically:
-# ~0.1 us when both cores are free, against ~10 us for a ``prange`` launch per
-# step). ``sync``: int64, zeroed before the parts start: [0] the blocks done;
+# did not show up in the previous phase, else after a grace period, so a
+# descheduled partner (a busy machine) costs one grace period, not a stall.
+# A phase ends when all its blocks are done (a counter bumped atomically: far
+# cheaper than a ``prange`` launch per step). ``sync``: int64, zeroed before the parts start: [0] the blocks done;
 # [_SLOT * (1 + k)] the epoch in which block k was last claimed; [_SLOT * (1 +
 # nblocks + p)] the last epoch part p started (own cache lines). Epochs count
 # phases from 1.
@@ -203,10 +208,8 @@ def _row_stride(n):  # same as packing.row_stride
     return stride + _ALIGN if stride % 128 == 0 else stride
 
 
-# Time-major inputs are projected a chunk of steps at a time, about this many
-# rows (steps x batch) per chunk: enough rows for the GEMM tiles, and the chunk
-# of projections is still in cache when its steps read it (projecting all
-# steps up front wrote 34 MB at H=256, batch 64, and read it back from DRAM).
+# Time-major inputs are projected a chunk of steps at a time, about this many rows (steps x batch) per
+# chunk: enough rows for the GEMM tiles, and still in cache when its steps read them.
 _CHUNK_ROWS = 128
 
 
@@ -246,7 +249,7 @@ def _carve(scratch, TC, B, G, H):
 
 
 # Views of the buffers as matrices: numba.carray over the address, not ``reshape``, which calls
-# a C helper (numba_attempt_nocopy_reshape) each time: ~6 % of a T=1, H=8 call had gone there.
+# a C helper (numba_attempt_nocopy_reshape) each time.
 @intrinsic
 def _f32_pointer(typingctx, address):
     """The integer ``address`` as a float32 pointer (for ``numba.carray``)."""
@@ -292,8 +295,7 @@ def _check_lens(lens, has_lens, T):
     return 0
 
 
-# Row slices indexed from 0 (see below): indexing the 3-D arrays in the loop made LLVM
-# gather and scatter (~4 % of a T=1, H=64 call).
+# Row slices indexed from 0 (see below): indexing the 3-D arrays in the loop makes LLVM gather and scatter.
 @jit
 def _init_state(dst, src, has_src, d, u0, u1):
     for b in range(dst.shape[0]):
@@ -401,7 +403,6 @@ def _fused_step(T, B):
     return T == 1 and B < 4
 
 
-# inlined: LSTM T=1 call 0.95 -> 0.89 us at H=8, 2.26 -> 2.20 at H=64 (best of 3 runs each)
 @jit_inline
 def _fused_block_product(X2, hp, wWP, wRP, bias_x, xp, gates, table, k, G):
     """Unit block k's gates of a single step (LSTM, RNN): x . W^T + h . R^T + bias into ``gates``, zeros into
@@ -452,7 +453,7 @@ def _finish_row(hn_row, hp_row, active, Y, t, d, b, u0, u1):
 
 # ------------------------------------------------------------- cells --
 # Each op supplies what the shell (``_sequence``) leaves to it:
-#   constants(wbuf, table, fparams, nblocks, D, d, H): its settings of direction d
+#   cell_constants(wbuf, table, fparams, nblocks, D, d, H): its settings of direction d
 #     (activation codes and parameters, peepholes, GRU's Rbh), a tuple;
 #   cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d,
 #        clip, flag, fused): unit block k of step t: the recurrent product (unless ``fused``: ``gates``
@@ -728,7 +729,7 @@ def _rnn_cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, tab
 
 # What ``driver`` binds into the shell per op: globals of its copy of ``_sequence``, so constants
 # when it compiles (the branches on them fold). G, the gate count, comes from ``reference.GATES``.
-# GRU fuses no step: its z/r pass plus a separate candidate projection was slower at H=64.
+# GRU fuses no step: its z/r pass plus a separate candidate projection was slower.
 _CELLS = {
     "LSTM": dict(cell_constants=_lstm_constants, cell=_lstm_cell, CELL_STATE=True, FUSES=True, TWO_PHASES=False),
     "GRU": dict(cell_constants=_gru_constants, cell=_gru_cell, CELL_STATE=False, FUSES=False, TWO_PHASES=True),
@@ -740,7 +741,8 @@ _CELLS = {
 
 def _sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
               D, nblocks, reverse_first, flag, time_major, clip, part, nparts, sync):
-    """The sequence driver of every op: ``driver(op)`` compiles a copy bound to the op's cell (``_CELLS``).
+    """The sequence driver of every op: ``driver(op)`` compiles a copy whose globals G (gates per unit),
+    ``cell_constants``, ``cell``, CELL_STATE, FUSES and TWO_PHASES are the op's (``_CELLS``).
 
     Per direction: its weights and the cell's constants, the initial state, then per step (blocks claimed by
     the parts, a phase end after each phase) the chunk's input projection when a chunk starts, the cell, and
@@ -798,7 +800,7 @@ def _sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, 
                     elif phase == 0 and new_chunk:  # block k's projections are read by block k's steps only
                         _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
                     cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, table, k, t, lens,
-                          has_lens, Y, d, clip32, flag, fused)
+                         has_lens, Y, d, clip32, flag, fused)
                     k = _claim(sync, epoch, part, nblocks, nparts, k)
                 epoch = _phase_end(sync, epoch, nblocks, nparts)
             cur = 1 - cur
@@ -948,7 +950,8 @@ def _rnn_row(consts, x, hp, hk, wWP, wRP, bias_x, no_x, no_h, g, r_h, y, c, H, I
 
 def _step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D, flag,
           clip):
-    """The one-step shell of every op: ``step(op)`` compiles a copy bound to the op's row (``_ROWS``)."""
+    """The one-step shell of every op: ``step(op)`` compiles a copy whose globals G, CELL_STATE,
+    ``cell_constants`` and ``row`` are the op's (``_CELLS``, ``_ROWS``)."""
     B, I = X2.shape
     H = h_out.shape[2]
     if _check_lens_inline(lens, has_lens, 1):
@@ -1024,9 +1027,9 @@ _DRIVERS: dict[str, object] = {}
 def driver_signature():
     """The one signature every driver is compiled for.
 
-    All arrays C-contiguous: with a read-only X or strided (layout=1) Y the
-    same code measured ~35 % slower at batch 64, so the caller copies those
-    cases instead (cheap next to the recurrence).
+    All arrays C-contiguous: a read-only X or a strided (layout=1) Y makes
+    the same code much slower, so the caller copies those (cheap next to the
+    recurrence).
     """
     f32, i32 = types.float32, types.int32
 
