@@ -896,7 +896,7 @@ def _step_buffers(scratch, B, G, H, has_h0):
 
 
 # One row of one direction, for every op: ``row(consts, x, hp, hk, wWP, wRP, bias_x, no_x, no_h, g, r_h, y, c,
-# H, I, clip, flag)``: consts from the op's ``constants``; x the input row, hp h_prev (its first hk floats
+# H, I, clip, flag)``: consts from the op's ``cell_constants``; x the input row, hp h_prev (its first hk floats
 # multiply R^T); panels wWP, wRP; no_x the zero projection row, no_h H zeros; g the gate row, r_h GRU's
 # r * h_prev row; y the output row (h); c the cell state row, updated in place (LSTM).
 
