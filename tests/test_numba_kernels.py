@@ -24,7 +24,6 @@ from lstminfer.reference.activations import Activation  # noqa: E402
 from kernel_cases import REFERENCE, make_inputs, make_spec, make_weights  # noqa: E402
 
 TOL = 1e-5
-ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -230,6 +229,40 @@ def test_default_activations_float32_parity(op, direction):
     assert_close(*run_both(op, spec, inputs))
 
 
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("direction", reference.DIRECTIONS)
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("with_lens", [False, True])
+@pytest.mark.parametrize("clip", [None, 0.8])
+@pytest.mark.parametrize("flag", [False, True])
+def test_every_op_through_the_one_sequence_shell(op, direction, layout, with_lens, clip, flag):
+    """Every op x direction x layout x sequence_lens x clip x (input_forget | linear_before_reset) through
+    ``numba_rnn._sequence``: several steps, batch 5 (four rows on the register tiles, one on the panels)."""
+    rng = np.random.default_rng([ord(op[0]), len(direction), layout, with_lens, clip is None, flag])
+    D = 2 if direction == "bidirectional" else 1
+    T, batch = 7, 5
+    W, R, B, P = make_weights(rng, op, D, 19, 6)
+    spec = make_spec(op, hidden_size=19, direction=direction, layout=layout, clip=clip,
+                     input_forget=flag and op == "LSTM", linear_before_reset=flag and op == "GRU")
+    lens = np.array([7, 0, 3, 1, 6], np.int32) if with_lens else None
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=T, batch=batch, lens=lens)
+    kernel = kernels.numba_kernel(spec, W, R, B, P)
+    expected = REFERENCE[op](*inputs, **spec.reference_kwargs())[: spec.num_outputs]
+    assert_close(kernel(*inputs), expected)
+    assert getattr(kernel, "last_route", 0) == 0  # the sequence shell, not the one-step path
+
+
+def test_one_driver_source_bound_per_op():
+    """The three drivers are one function (``_sequence``) compiled per op around its cell, and their gate
+    counts are the reference's."""
+    for op in ("LSTM", "GRU", "RNN"):
+        dispatcher = numba_rnn.driver(op)
+        assert dispatcher.py_func.__code__ is numba_rnn._sequence.__code__
+        assert dispatcher.py_func.__globals__["G"] == reference.GATES[op]
+        assert dispatcher.py_func.__name__ == f"{op.lower()}_sequence_{numba_rnn._DIGEST}"
+    assert numba_rnn.ACTS_PER_DIRECTION == {op: len(a) for op, a in reference.DEFAULT_ACTIVATIONS.items()}
+
+
 @st.composite
 def cases(draw):
     op = draw(st.sampled_from(["LSTM", "GRU", "RNN"]))
@@ -242,7 +275,8 @@ def cases(draw):
     activations = None
     if draw(st.booleans()):
         activations = draw(st.lists(st.sampled_from(SUPPORTED_ACTIVATIONS),
-                                    min_size=ACTS_PER_DIRECTION[op] * D, max_size=ACTS_PER_DIRECTION[op] * D))
+                                    min_size=len(reference.DEFAULT_ACTIVATIONS[op]) * D,
+                                    max_size=len(reference.DEFAULT_ACTIVATIONS[op]) * D))
     alphas = draw(st.lists(st.floats(0.05, 1.5), max_size=6))
     betas = draw(st.lists(st.floats(0.05, 1.5), max_size=6))
     lens = None

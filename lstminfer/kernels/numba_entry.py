@@ -1,7 +1,7 @@
 """C entry points to the Numba drivers: one ``cfunc`` per op, called from C without Numba's dispatcher.
 
-Calling a jitted driver from Python costs ~5 µs per call (typing and
-unboxing 22 arguments), more than a whole T=1, H=64 step. ``entry(op)``
+Calling a jitted driver from Python types and unboxes its 22 arguments
+at every call, which costs more than a whole small step. ``entry(op)``
 returns the address of ``int64 entry(int64* block, float64 clip)``: a
 ``numba.cfunc`` that turns the flat block of addresses and sizes below into
 arrays (``numba.carray``) and calls the driver as a numba-to-numba call. The
@@ -34,7 +34,6 @@ an edited driver is never run from a stale entry.
 """
 from __future__ import annotations
 
-import types as pytypes
 import warnings
 
 import numba
@@ -185,13 +184,9 @@ def entry(op: str):
     """The compiled ``cfunc`` for ``op`` (its ``.address`` is the C entry); compiled or loaded once."""
     compiled = _ENTRIES.get(op)
     if compiled is None:
-        # Its own copy of the source, bound to this op's driver (a global, frozen at compile time),
-        # named after the driver: the cache entry of each op and kernel-source version is its own.
-        driver = numba_rnn.driver(op)
-        name = f"{op.lower()}_entry_{numba_rnn._DIGEST}"
-        namespace = dict(globals(), _driver=driver, _step=numba_rnn.step(op))
-        fn = pytypes.FunctionType(_entry_source.__code__, namespace, name)
-        fn.__qualname__ = name
+        # Named after the kernel sources: the cache entry of each op and kernel-source version is its own.
+        fn = numba_rnn.bound(_entry_source, f"{op.lower()}_entry_{numba_rnn._DIGEST}",
+                             _driver=numba_rnn.driver(op), _step=numba_rnn.step(op))
         compiled = _ENTRIES[op] = _compile(fn)
     return compiled
 

@@ -2,11 +2,10 @@
 
 * ``fast_exp``/``fast_tanh``/``fast_sigmoid``: polynomials, one division and
   an exponent built from bits, so LLVM vectorizes loops that use them (a
-  libm ``tanhf``/``expf`` call per element would not, and costs 2-3x at small
-  hidden sizes). Within a few float32 ulps of the exact functions (tests:
-  tanh/sigmoid abs error < 1.5e-7): long sequences accumulate these errors
-  in the cell state, so a cruder approximation (we tried a rational tanh at
-  3.5e-7) broke the 1e-5 parity on a 200-step model.
+  libm ``tanhf``/``expf`` call per element would not). Within a few float32
+  ulps of the exact functions (tests: tanh/sigmoid abs error < 1.5e-7): long
+  sequences accumulate these errors in the cell state, which a cruder
+  approximation lets past the 1e-5 parity.
 * ``activate``/``activate_inplace``: every activation of the ONNX RNN ops,
   selected by an integer code (``ACTIVATION_CODES``).
 * ``product``: ``out[m, c0+n] = A[m] . Bm[n0+n]``: a register-tiled GEMM
@@ -269,8 +268,8 @@ def matvec_kn(h, RT, n0, n1, out, backward=False):
     (batch 1); eight rows of RT per pass keep loads and stores of ``out`` low.
     ``backward`` walks the rows of RT from the end: alternated step by step,
     the rows read last are read first again while they are still in cache
-    (weights a bit larger than L2, e.g. 1 MiB at H=256, otherwise miss on
-    every row under LRU-like replacement).
+    (weights a bit larger than L2 otherwise miss on every row under LRU-like
+    replacement).
     """
     K = h.shape[0]
     width = n1 - n0
@@ -341,13 +340,11 @@ def _axpy_4rows(A, m, BmT, n0, n1, out, c0):
 # The products at 4+ rows (input projection, batched recurrent step) run on a
 # micro-kernel written in LLVM IR: an MR x (NV * VW) tile of ``out`` stays in
 # vector registers for a whole K block while each step broadcasts MR values
-# of A and loads NV vectors of the k-major weights. LLVM's vectorizer, given
-# the same loop in Python, keeps the tile in memory (a load and a store per
-# FMA): 80 GFLOP/s against ~100 here. With AVX-512 (32 registers) an 8 x 32
-# tile of 512-bit vectors: half the instructions of 256-bit ones and twice
-# the rows per weight load (measured on Zen 4, K = 512: 112 GFLOP/s against
-# 98 for a 4 x 32 tile of 256-bit vectors); a 4-row tile takes the rows left
-# over. With AVX2 (16 registers) 4 x 16 tiles only.
+# of A and loads NV vectors of the k-major weights (LLVM's vectorizer, given
+# the same loop in Python, keeps the tile in memory: a load and a store per
+# FMA). With AVX-512 (32 registers) an 8 x 32 tile of 512-bit vectors: half
+# the instructions of 256-bit ones and twice the rows per weight load; a
+# 4-row tile takes the rows left over. With AVX2 (16 registers) 4 x 16 tiles.
 _HOST_FEATURES = llvm_binding.get_host_cpu_features()
 _AVX512 = bool(_HOST_FEATURES.get("avx512f", False))
 _VW = 16 if _AVX512 else 8  # floats per vector
@@ -482,20 +479,16 @@ def _tile_codegen(builder, args, mr, nv, prefetch_rows, context):
 
 _tile_kernel = _make_tile_kernel(_MR)
 _tile_kernel_wide = _make_tile_kernel(_MR_WIDE)
-# The first row tile of each panel fetches the next panel: the weights' rows
-# are a row stride apart (not one sequential stream the hardware prefetcher
-# follows), and at batch 64, H=512 X and Y (16 MiB each) push them out of L3.
-# Measured there: products 30 % slower inside the sequence than alone
-# without it; with it the whole LSTM layer went from 367 to 311 ms.
+# The first row tile of each panel fetches the next panel: the weights' rows are a row stride apart (no
+# sequential stream for the hardware prefetcher), and at large batches X and Y push them out of L3.
 _tile_kernel_wide_pf = _make_tile_kernel(_MR_WIDE, _NV, True)
 _tile_kernel_pf = _make_tile_kernel(_MR, _NV, True)
 
 
 # Batch 1, weights in cache: one row against panels of NR columns, 4 rows of
 # the weights per step into 4 sets of accumulators (8 independent FMA chains,
-# like the 4-row tiles), summed at the end. ``matvec_kn`` instead loads and
-# stores ``out`` once per 8 rows (measured: whole GRU/LSTM sequences 4-10 %
-# faster at H=64..256 this way; slower once the weights stream from L3).
+# like the 4-row tiles), summed at the end; ``matvec_kn``, which loads and
+# stores ``out`` once per 8 rows, wins once the weights stream from L3.
 _ROW_UNROLL = 4
 
 
@@ -683,7 +676,7 @@ def product(A, Bm, BmT, n0, n1, out, c0, backward=False):
 # instead of 128 bytes from each of K rows a row stride apart.
 PANEL_WIDTH = 32  # floats per panel row: packing.PANEL_WIDTH (two AVX-512 / four AVX2 vectors)
 _PANEL_VECTORS = PANEL_WIDTH // _VW
-_PANEL_UNROLL = (16 if _AVX512 else 8) // _PANEL_VECTORS  # rows per step: 16 (AVX2: 8) accumulators; 8 rows measured 0.49 against 0.63 us for 4 (K=64, N=256)
+_PANEL_UNROLL = (16 if _AVX512 else 8) // _PANEL_VECTORS  # rows per step: 16 (AVX2: 8) independent accumulators
 _PANEL_PREFETCH_FLOATS = 0  # software prefetch distance along the stream (0: none)
 
 

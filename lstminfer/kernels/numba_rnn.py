@@ -1,5 +1,13 @@
 """Numba kernels for whole LSTM, GRU and RNN sequences, gates fused.
 
+One shell, ``_sequence``, runs every op; the op supplies only its cell
+(``_lstm_cell``, ``_gru_cell``, ``_rnn_cell`` with their ``*_constants``, in
+``_CELLS``), and ``driver(op)`` compiles a copy of the shell bound to it, as
+``run_sequence`` does with ``lstm_task``/``gru_task``/``rnn_task`` in
+``native/_rnn_core.pxi`` and ``reference.rnn`` with its step bodies. A
+stream's single step has its own small shell, ``_step`` (``step(op)``), over
+each op's row (``_ROWS``).
+
 One call runs a whole node: for each direction, the input projection
 (``xp = X . W^T + bias``) as one matrix product per chunk of steps (of about
 ``_CHUNK_ROWS`` rows: big enough for the GEMM, small enough to stay in cache
@@ -56,11 +64,11 @@ from .numba_math import (
     matvec_packed,
     product,
 )
+from ..reference import DEFAULT_ACTIVATIONS, GATES
 from .packing import (PANEL_SEGMENTS, PANEL_WIDTH, SEG_BIAS_RH, SEG_BIAS_X, SEG_PEEP, SEG_R, SEG_RP, SEG_RT, SEG_W,
                       SEG_WP, SEG_WT)
 
-ACTS_PER_DIRECTION = {"LSTM": 3, "GRU": 2, "RNN": 1}
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+ACTS_PER_DIRECTION = {op: len(acts) for op, acts in DEFAULT_ACTIVATIONS.items()}
 _ALIGN = 16
 
 
@@ -69,13 +77,10 @@ _ALIGN = 16
 # two sync points (a "phase": one step, say) is one item per unit block; each
 # thread claims its home block first (its rows of W and R stay in its core's
 # cache), then takes any block still unclaimed: at once if the block's owner
-# did not show up in the previous phase, else after a grace period. So a
-# thread that the OS has descheduled (a busy machine) costs its partner one
-# grace period, then the partner runs on alone instead of spinning until it
-# comes back (measured: a plain barrier took 250x longer on a loaded machine).
-# A phase ends when all its blocks are done (a counter bumped atomically:
-# ~0.1 us when both cores are free, against ~10 us for a ``prange`` launch per
-# step). ``sync``: int64, zeroed before the parts start: [0] the blocks done;
+# did not show up in the previous phase, else after a grace period, so a
+# descheduled partner (a busy machine) costs one grace period, not a stall.
+# A phase ends when all its blocks are done (a counter bumped atomically: far
+# cheaper than a ``prange`` launch per step). ``sync``: int64, zeroed before the parts start: [0] the blocks done;
 # [_SLOT * (1 + k)] the epoch in which block k was last claimed; [_SLOT * (1 +
 # nblocks + p)] the last epoch part p started (own cache lines). Epochs count
 # phases from 1.
@@ -203,10 +208,8 @@ def _row_stride(n):  # same as packing.row_stride
     return stride + _ALIGN if stride % 128 == 0 else stride
 
 
-# Time-major inputs are projected a chunk of steps at a time, about this many
-# rows (steps x batch) per chunk: enough rows for the GEMM tiles, and the chunk
-# of projections is still in cache when its steps read it (projecting all
-# steps up front wrote 34 MB at H=256, batch 64, and read it back from DRAM).
+# Time-major inputs are projected a chunk of steps at a time, about this many rows (steps x batch) per
+# chunk: enough rows for the GEMM tiles, and still in cache when its steps read them.
 _CHUNK_ROWS = 128
 
 
@@ -246,7 +249,7 @@ def _carve(scratch, TC, B, G, H):
 
 
 # Views of the buffers as matrices: numba.carray over the address, not ``reshape``, which calls
-# a C helper (numba_attempt_nocopy_reshape) each time: ~6 % of a T=1, H=8 call had gone there.
+# a C helper (numba_attempt_nocopy_reshape) each time.
 @intrinsic
 def _f32_pointer(typingctx, address):
     """The integer ``address`` as a float32 pointer (for ``numba.carray``)."""
@@ -267,12 +270,12 @@ def _cube(buf, start, n0, n1, n2):
     return numba.carray(_f32_pointer(buf.ctypes.data + 4 * start), (n0, n1, n2))
 
 
-@jit
+@jit_inline
 def _segment_matrix(wbuf, table, nblocks, d, which, rows, cols):
     return _matrix(wbuf, table[nblocks + 1 + d * PANEL_SEGMENTS + which], rows, cols)
 
 
-@jit
+@jit_inline
 def _segment(wbuf, table, nblocks, d, which, n):
     start = table[nblocks + 1 + d * PANEL_SEGMENTS + which]
     return wbuf[start: start + n]
@@ -292,8 +295,7 @@ def _check_lens(lens, has_lens, T):
     return 0
 
 
-# Row slices indexed from 0 (see below): indexing the 3-D arrays in the loop made LLVM
-# gather and scatter (~4 % of a T=1, H=64 call).
+# Row slices indexed from 0 (see below): indexing the 3-D arrays in the loop makes LLVM gather and scatter.
 @jit
 def _init_state(dst, src, has_src, d, u0, u1):
     for b in range(dst.shape[0]):
@@ -321,13 +323,18 @@ def _panel_columns(width):  # packing.panel_columns
     return (width + PANEL_WIDTH - 1) // PANEL_WIDTH * PANEL_WIDTH
 
 
+@jit_inline
+def _block_panel_columns(bs, G):
+    """Columns of the panels of a unit block of ``bs`` units (``packing.with_panels``; GRU: z, r apart from h)."""
+    return _panel_columns(2 * bs) + _panel_columns(bs) if G == 3 else _panel_columns(G * bs)
+
+
 @jit
 def _all_panel_columns(table, nblocks, G):
-    """Columns of the panels of unit blocks 0 .. nblocks-1 (``packing.with_panels``)."""
+    """Columns of the panels of unit blocks 0 .. nblocks-1."""
     total = 0
     for j in range(nblocks):
-        bs = table[j + 1] - table[j]
-        total += _panel_columns(2 * bs) + _panel_columns(bs) if G == 3 else _panel_columns(G * bs)
+        total += _block_panel_columns(table[j + 1] - table[j], G)
     return total
 
 
@@ -396,7 +403,6 @@ def _fused_step(T, B):
     return T == 1 and B < 4
 
 
-# inlined: LSTM T=1 call 0.95 -> 0.89 us at H=8, 2.26 -> 2.20 at H=64 (best of 3 runs each)
 @jit_inline
 def _fused_block_product(X2, hp, wWP, wRP, bias_x, xp, gates, table, k, G):
     """Unit block k's gates of a single step (LSTM, RNN): x . W^T + h . R^T + bias into ``gates``, zeros into
@@ -444,6 +450,25 @@ def _finish_row(hn_row, hp_row, active, Y, t, d, b, u0, u1):
 
 # Element-wise loops index slices from 0: with ``row[offset + j]`` Numba keeps
 # a negative-index check per access and LLVM no longer vectorizes the loop.
+
+# ------------------------------------------------------------- cells --
+# Each op supplies what the shell (``_sequence``) leaves to it:
+#   cell_constants(wbuf, table, fparams, nblocks, D, d, H): its settings of direction d
+#     (activation codes and parameters, peepholes, GRU's Rbh), a tuple;
+#   cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d,
+#        clip, flag, fused): unit block k of step t: the recurrent product (unless ``fused``: ``gates``
+#     already holds the whole pre-activation), the gates, and h (and c) into ``hn`` (``c``) and Y.
+#     ``xp`` row r0 + b * rb is row b's input projection; ``rh`` is GRU's r * h_prev; ``flag`` is
+#     LSTM's input_forget or GRU's linear_before_reset.
+# and, in ``_CELLS``, whether it keeps a cell state, fuses a single step's two products
+# (``_fused_block_product``), and runs a second phase per step (GRU: all of r * h_prev first).
+
+
+@jit_inline
+def _codes_at(nblocks, D):
+    """Where ``table`` holds the activation codes (after the block edges and segment offsets)."""
+    return nblocks + 1 + D * PANEL_SEGMENTS
+
 
 # --------------------------------------------------------------- LSTM --
 
@@ -512,10 +537,25 @@ def _lstm_cells_generic(xr, gr, h, c, pi, pf, po, bs, clip, input_forget,
         h[j] *= go[j]
 
 
+@jit_inline
+def _lstm_constants(wbuf, table, fparams, nblocks, D, d, H):
+    """(peepholes [3, H] in i, f, o order, whether they are nonzero (decided at load), whether the activations are
+    the defaults, then the codes and alpha, beta of f, g, h)."""
+    codes_at = _codes_at(nblocks, D)
+    peep = _segment_matrix(wbuf, table, nblocks, d, SEG_PEEP, 3, H)
+    peepholes = table[codes_at + 3 * D + d] != 0
+    a = codes_at + 3 * d
+    cf, cg, ch = table[a], table[a + 1], table[a + 2]
+    p = 6 * d
+    af, bf, ag, bg, ah, bh = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3], fparams[p + 4], fparams[p + 5]
+    default = cf == SIGMOID and cg == TANH and ch == TANH
+    return peep, peepholes, default, cf, af, bf, cg, ag, bg, ch, ah, bh
+
+
 @jit
-def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, table, k, t, lens, has_lens, Y, d,
-                clip, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh, fused):
-    """fused: ``gates`` already holds the whole pre-activation (``_fused_block_product``)."""
+def _lstm_cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d,
+               clip, input_forget, fused):
+    peep, peepholes, default, cf, af, bf, cg, ag, bg, ch, ah, bh = consts
     u0 = table[k]
     u1 = table[k + 1]
     bs = u1 - u0
@@ -540,79 +580,6 @@ def _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, tab
                 _lstm_cells_generic(xr, gr, h, cr, pi, pf, po, bs, clip,
                                     input_forget, cf, af, bf, cg, ag, bg, ch, ah, bh)
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
-
-
-def _lstm_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
-                   D, nblocks, reverse_first, input_forget, time_major, clip, part, nparts, sync):
-    T = X.shape[0] if time_major else X.shape[1]
-    B = X.shape[1] if time_major else X.shape[0]
-    I = X.shape[2]
-    H = h_out.shape[2]
-    G = 4
-    if _check_lens(lens, has_lens, T):
-        return 1
-    fused = _fused_step(T, B)
-    epoch = 1
-    X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
-    TC = _chunk_steps_nb(T, B, time_major)
-    clip32 = F32(clip)
-    xp, gates, hbuf, c, _ = _carve(scratch, TC, B, G, H)
-    codes_at = nblocks + 1 + D * PANEL_SEGMENTS
-    for d in range(D):
-        reverse = reverse_first or d == 1
-        wW = _segment_matrix(wbuf, table, nblocks, d, SEG_W, G * H, I)
-        wR = _segment_matrix(wbuf, table, nblocks, d, SEG_R, G * H, H)
-        GHs = _row_stride_nb(G * H)
-        wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, GHs)
-        wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, GHs)
-        panel_columns = _all_panel_columns(table, nblocks, G)
-        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * panel_columns)
-        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * panel_columns)
-        bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
-        peep = _segment_matrix(wbuf, table, nblocks, d, SEG_PEEP, 3, H)
-        peepholes = table[codes_at + 3 * D + d] != 0  # decided at load (peephole_flags)
-        a = codes_at + 3 * d
-        cf, cg, ch = table[a], table[a + 1], table[a + 2]
-        p = 6 * d
-        af, bf, ag, bg, ah, bh = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3], fparams[p + 4], fparams[p + 5]
-        default = cf == SIGMOID and cg == TANH and ch == TANH
-        k = _claim(sync, epoch, part, nblocks, nparts, -1)
-        while k >= 0:
-            _init_state(hbuf[0], h0, has_h0, d, table[k], table[k + 1])
-            _init_state(c, c0, has_c0, d, table[k], table[k + 1])
-            k = _claim(sync, epoch, part, nblocks, nparts, k)
-        epoch = _phase_end(sync, epoch, nblocks, nparts)  # every block reads all of h_prev
-        cur = 0
-        first = 0
-        rows = X2[:0]
-        for step in range(T):
-            new_chunk = step % TC == 0
-            if new_chunk:
-                first, rows = _chunk_rows(X2, step, TC, T, B, reverse, time_major)
-            t = T - 1 - step if reverse else step
-            r0 = (t - first) * B if time_major else t
-            rb = 1 if time_major else T
-            hp = hbuf[cur]
-            hn = hbuf[1 - cur]
-            k = _claim(sync, epoch, part, nblocks, nparts, -1)
-            while k >= 0:
-                if fused:
-                    _fused_block_product(rows, hp, wWP, wRP, bias_x, xp, gates, table, k, G)
-                elif new_chunk:  # block k's projections are read by block k's steps only
-                    _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
-                _lstm_block(xp, r0, rb, gates, hp, hn, c, wR, wRT, wRP, peep, peepholes, table, k, t,
-                            lens, has_lens, Y, d, clip32, input_forget, default, cf, af, bf, cg, ag, bg, ch, ah, bh,
-                            fused)
-                k = _claim(sync, epoch, part, nblocks, nparts, k)
-            epoch = _phase_end(sync, epoch, nblocks, nparts)
-            cur = 1 - cur
-        k = _claim(sync, epoch, part, nblocks, nparts, -1)
-        while k >= 0:
-            _store_state(h_out, d, hbuf[cur], table[k], table[k + 1])
-            _store_state(c_out, d, c, table[k], table[k + 1])
-            k = _claim(sync, epoch, part, nblocks, nparts, k)
-        epoch = _phase_end(sync, epoch, nblocks, nparts)
-    return 0
 
 
 # ---------------------------------------------------------------- GRU --
@@ -675,130 +642,70 @@ def _gru_lbr_cells(xr, gr, hp, h, rbh, bs, clip, default, cf, af, bf, cg, ag, bg
         _gru_output(xh, gz, gh, hp, h, bs, clip, False, cg, ag, bg)
 
 
+@jit_inline
+def _gru_constants(wbuf, table, fparams, nblocks, D, d, H):
+    """(Rbh [H] (linear_before_reset's own bias), whether the activations are the defaults, then the codes and
+    alpha, beta of f, g)."""
+    bias_rh = _segment(wbuf, table, nblocks, d, SEG_BIAS_RH, H)
+    a = _codes_at(nblocks, D) + 2 * d
+    cf, cg = table[a], table[a + 1]
+    p = 4 * d
+    af, bf, ag, bg = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3]
+    return bias_rh, cf == SIGMOID and cg == TANH, cf, af, bf, cg, ag, bg
+
+
 @jit
-def _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens, Y, d, clip, lbr,
-                default, cf, af, bf, cg, ag, bg):
-    """lbr: the whole step. Otherwise z and r * h_prev only (phase 2 needs all of r * h_prev)."""
+def _gru_cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d,
+              clip, lbr, fused):
+    """Phase 0 with linear_before_reset: the whole step. Without: z and r * h_prev only, then phase 1 (which
+    needs all of r * h_prev) the candidate and h."""
+    bias_rh, default, cf, af, bf, cg, ag, bg = consts
     u0 = table[k]
     u1 = table[k + 1]
     bs = u1 - u0
     cb = 3 * u0
     ce = 3 * u1
-    _block_product(hp, wR, wRT, wRP, table, k, 3, 0, 3 if lbr else 2, gates, t % 2 == 1)
-    for b in range(hp.shape[0]):
-        active = (not has_lens) or t < lens[b]
-        if active:
-            xr = xp[r0 + b * rb, cb:ce]
-            gr = gates[b, cb:ce]
-            if lbr:
-                _gru_lbr_cells(xr, gr, hp[b, u0:u1], hn[b, u0:u1], bias_rh[u0:u1], bs, clip, default,
-                               cf, af, bf, cg, ag, bg)
+    if phase == 0:
+        _block_product(hp, wR, wRT, wRP, table, k, 3, 0, 3 if lbr else 2, gates, t % 2 == 1)
+        for b in range(hp.shape[0]):
+            active = (not has_lens) or t < lens[b]
+            if active:
+                xr = xp[r0 + b * rb, cb:ce]
+                gr = gates[b, cb:ce]
+                if lbr:
+                    _gru_lbr_cells(xr, gr, hp[b, u0:u1], hn[b, u0:u1], bias_rh[u0:u1], bs, clip, default,
+                                   cf, af, bf, cg, ag, bg)
+                else:
+                    _gru_gates_zr(xr, gr, hp[b, u0:u1], rh[b, u0:u1], bs, clip, default, cf, af, bf)
             else:
-                _gru_gates_zr(xr, gr, hp[b, u0:u1], rh[b, u0:u1], bs, clip, default, cf, af, bf)
-        else:
-            rhb = rh[b, u0:u1]
-            for j in range(bs):
-                rhb[j] = ZERO
-        if lbr:
+                rhb = rh[b, u0:u1]
+                for j in range(bs):
+                    rhb[j] = ZERO
+            if lbr:
+                _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
+    else:
+        hb = cb + 2 * bs
+        _block_product(rh, wR, wRT, wRP, table, k, 3, 2, 3, gates, t % 2 == 1)
+        for b in range(hp.shape[0]):
+            active = (not has_lens) or t < lens[b]
+            if active:
+                _gru_output(xp[r0 + b * rb, hb: hb + bs], gates[b, cb: cb + bs], gates[b, hb: hb + bs],
+                            hp[b, u0:u1], hn[b, u0:u1], bs, clip, default, cg, ag, bg)
             _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
-
-
-@jit
-def _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d, clip, default,
-                cg, ag, bg):
-    u0 = table[k]
-    u1 = table[k + 1]
-    bs = u1 - u0
-    cb = 3 * u0
-    hb = cb + 2 * bs
-    _block_product(rh, wR, wRT, wRP, table, k, 3, 2, 3, gates, t % 2 == 1)
-    for b in range(hp.shape[0]):
-        active = (not has_lens) or t < lens[b]
-        if active:
-            _gru_output(xp[r0 + b * rb, hb: hb + bs], gates[b, cb: cb + bs], gates[b, hb: hb + bs],
-                        hp[b, u0:u1], hn[b, u0:u1], bs, clip, default, cg, ag, bg)
-        _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
-
-
-def _gru_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
-                  D, nblocks, reverse_first, linear_before_reset, time_major, clip, part, nparts, sync):
-    T = X.shape[0] if time_major else X.shape[1]
-    B = X.shape[1] if time_major else X.shape[0]
-    I = X.shape[2]
-    H = h_out.shape[2]
-    G = 3
-    if _check_lens(lens, has_lens, T):
-        return 1
-    epoch = 1
-    X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
-    TC = _chunk_steps_nb(T, B, time_major)
-    clip32 = F32(clip)
-    xp, gates, hbuf, _, rh = _carve(scratch, TC, B, G, H)
-    codes_at = nblocks + 1 + D * PANEL_SEGMENTS
-    lbr = linear_before_reset
-    for d in range(D):
-        reverse = reverse_first or d == 1
-        wW = _segment_matrix(wbuf, table, nblocks, d, SEG_W, G * H, I)
-        wR = _segment_matrix(wbuf, table, nblocks, d, SEG_R, G * H, H)
-        GHs = _row_stride_nb(G * H)
-        wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, GHs)
-        wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, GHs)
-        panel_columns = _all_panel_columns(table, nblocks, G)
-        wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * panel_columns)
-        wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * panel_columns)
-        bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
-        bias_rh = _segment(wbuf, table, nblocks, d, SEG_BIAS_RH, H)
-        a = codes_at + 2 * d
-        cf, cg = table[a], table[a + 1]
-        p = 4 * d
-        af, bf, ag, bg = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3]
-        default = cf == SIGMOID and cg == TANH
-        k = _claim(sync, epoch, part, nblocks, nparts, -1)
-        while k >= 0:
-            _init_state(hbuf[0], h0, has_h0, d, table[k], table[k + 1])
-            k = _claim(sync, epoch, part, nblocks, nparts, k)
-        epoch = _phase_end(sync, epoch, nblocks, nparts)  # every block reads all of h_prev
-        cur = 0
-        first = 0
-        rows = X2[:0]
-        for step in range(T):
-            new_chunk = step % TC == 0
-            if new_chunk:
-                first, rows = _chunk_rows(X2, step, TC, T, B, reverse, time_major)
-            t = T - 1 - step if reverse else step
-            r0 = (t - first) * B if time_major else t
-            rb = 1 if time_major else T
-            hp = hbuf[cur]
-            hn = hbuf[1 - cur]
-            k = _claim(sync, epoch, part, nblocks, nparts, -1)
-            while k >= 0:
-                if new_chunk:  # block k's projections are read by block k's steps only (GRU: no one-pass
-                    # step, whose z/r pass plus a separate h projection measured 0.08 us slower at H=64)
-                    _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
-                _gru_phase1(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, bias_rh, table, k, t, lens, has_lens,
-                            Y, d, clip32, lbr, default, cf, af, bf, cg, ag, bg)
-                k = _claim(sync, epoch, part, nblocks, nparts, k)
-            epoch = _phase_end(sync, epoch, nblocks, nparts)
-            if not lbr:  # phase 2 reads all of r * h_prev
-                k = _claim(sync, epoch, part, nblocks, nparts, -1)
-                while k >= 0:
-                    _gru_phase2(xp, r0, rb, gates, hp, hn, rh, wR, wRT, wRP, table, k, t, lens, has_lens,
-                                Y, d, clip32, default, cg, ag, bg)
-                    k = _claim(sync, epoch, part, nblocks, nparts, k)
-                epoch = _phase_end(sync, epoch, nblocks, nparts)
-            cur = 1 - cur
-        k = _claim(sync, epoch, part, nblocks, nparts, -1)
-        while k >= 0:
-            _store_state(h_out, d, hbuf[cur], table[k], table[k + 1])
-            k = _claim(sync, epoch, part, nblocks, nparts, k)
-        epoch = _phase_end(sync, epoch, nblocks, nparts)
-    return 0
 
 
 # ---------------------------------------------------------------- RNN --
 
+@jit_inline
+def _rnn_constants(wbuf, table, fparams, nblocks, D, d, H):
+    """(code, alpha, beta of f)."""
+    return table[_codes_at(nblocks, D) + d], fparams[2 * d], fparams[2 * d + 1]
+
+
 @jit
-def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d, clip, cf, af, bf, fused):
+def _rnn_cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, table, k, t, lens, has_lens, Y, d,
+              clip, unused_flag, fused):
+    cf, af, bf = consts
     u0 = table[k]
     u1 = table[k + 1]
     if not fused:
@@ -820,38 +727,57 @@ def _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_l
         _finish_row(hn[b], hp[b], active, Y, t, d, b, u0, u1)
 
 
-def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
-                  D, nblocks, reverse_first, unused_flag, time_major, clip, part, nparts, sync):
+# What ``driver`` binds into the shell per op: globals of its copy of ``_sequence``, so constants
+# when it compiles (the branches on them fold). G, the gate count, comes from ``reference.GATES``.
+# GRU fuses no step: its z/r pass plus a separate candidate projection was slower.
+_CELLS = {
+    "LSTM": dict(cell_constants=_lstm_constants, cell=_lstm_cell, CELL_STATE=True, FUSES=True, TWO_PHASES=False),
+    "GRU": dict(cell_constants=_gru_constants, cell=_gru_cell, CELL_STATE=False, FUSES=False, TWO_PHASES=True),
+    "RNN": dict(cell_constants=_rnn_constants, cell=_rnn_cell, CELL_STATE=False, FUSES=True, TWO_PHASES=False),
+}
+
+
+# ------------------------------------------------------------ the shell --
+
+def _sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch,
+              D, nblocks, reverse_first, flag, time_major, clip, part, nparts, sync):
+    """The sequence driver of every op: ``driver(op)`` compiles a copy whose globals G (gates per unit),
+    ``cell_constants``, ``cell``, CELL_STATE, FUSES and TWO_PHASES are the op's (``_CELLS``).
+
+    Per direction: its weights and the cell's constants, the initial state, then per step (blocks claimed by
+    the parts, a phase end after each phase) the chunk's input projection when a chunk starts, the cell, and
+    at the end the final state.
+    """
     T = X.shape[0] if time_major else X.shape[1]
     B = X.shape[1] if time_major else X.shape[0]
     I = X.shape[2]
     H = h_out.shape[2]
-    G = 1
     if _check_lens(lens, has_lens, T):
         return 1
-    fused = _fused_step(T, B)
+    fused = FUSES and _fused_step(T, B)
+    phases = 2 if TWO_PHASES and not flag else 1
     epoch = 1
     X2 = _matrix(X, 0, X.shape[0] * X.shape[1], I)
     TC = _chunk_steps_nb(T, B, time_major)
     clip32 = F32(clip)
-    xp, gates, hbuf, _, _ = _carve(scratch, TC, B, G, H)
-    codes_at = nblocks + 1 + D * PANEL_SEGMENTS
+    xp, gates, hbuf, c, rh = _carve(scratch, TC, B, G, H)
+    GHs = _row_stride_nb(G * H)
+    panel_columns = _all_panel_columns(table, nblocks, G)
     for d in range(D):
         reverse = reverse_first or d == 1
-        wW = _segment_matrix(wbuf, table, nblocks, d, SEG_W, H, I)
-        wR = _segment_matrix(wbuf, table, nblocks, d, SEG_R, H, H)
-        Hs = _row_stride_nb(H)
-        wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, Hs)
-        wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, Hs)
-        panel_columns = _all_panel_columns(table, nblocks, G)
+        wW = _segment_matrix(wbuf, table, nblocks, d, SEG_W, G * H, I)
+        wR = _segment_matrix(wbuf, table, nblocks, d, SEG_R, G * H, H)
+        wWT = _segment_matrix(wbuf, table, nblocks, d, SEG_WT, I, GHs)
+        wRT = _segment_matrix(wbuf, table, nblocks, d, SEG_RT, H, GHs)
         wWP = _segment(wbuf, table, nblocks, d, SEG_WP, I * panel_columns)
         wRP = _segment(wbuf, table, nblocks, d, SEG_RP, H * panel_columns)
-        bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, H)
-        cf = table[codes_at + d]
-        af, bf = fparams[2 * d], fparams[2 * d + 1]
+        bias_x = _segment(wbuf, table, nblocks, d, SEG_BIAS_X, G * H)
+        consts = cell_constants(wbuf, table, fparams, nblocks, D, d, H)
         k = _claim(sync, epoch, part, nblocks, nparts, -1)
         while k >= 0:
             _init_state(hbuf[0], h0, has_h0, d, table[k], table[k + 1])
+            if CELL_STATE:
+                _init_state(c, c0, has_c0, d, table[k], table[k + 1])
             k = _claim(sync, epoch, part, nblocks, nparts, k)
         epoch = _phase_end(sync, epoch, nblocks, nparts)  # every block reads all of h_prev
         cur = 0
@@ -866,35 +792,34 @@ def _rnn_sequence(X, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wb
             rb = 1 if time_major else T
             hp = hbuf[cur]
             hn = hbuf[1 - cur]
-            k = _claim(sync, epoch, part, nblocks, nparts, -1)
-            while k >= 0:
-                if fused:
-                    _fused_block_product(rows, hp, wWP, wRP, bias_x, xp, gates, table, k, G)
-                elif new_chunk:  # block k's projections are read by block k's steps only
-                    _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
-                _rnn_block(xp, r0, rb, gates, hp, hn, wR, wRT, wRP, table, k, t, lens, has_lens,
-                           Y, d, clip32, cf, af, bf, fused)
-                k = _claim(sync, epoch, part, nblocks, nparts, k)
-            epoch = _phase_end(sync, epoch, nblocks, nparts)
+            for phase in range(phases):
+                k = _claim(sync, epoch, part, nblocks, nparts, -1)
+                while k >= 0:
+                    if phase == 0 and fused:
+                        _fused_block_product(rows, hp, wWP, wRP, bias_x, xp, gates, table, k, G)
+                    elif phase == 0 and new_chunk:  # block k's projections are read by block k's steps only
+                        _project(rows, wW, wWT, wWP, bias_x, xp, table, nblocks, k, G)
+                    cell(phase, consts, xp, r0, rb, gates, hp, hn, c, rh, wR, wRT, wRP, table, k, t, lens,
+                         has_lens, Y, d, clip32, flag, fused)
+                    k = _claim(sync, epoch, part, nblocks, nparts, k)
+                epoch = _phase_end(sync, epoch, nblocks, nparts)
             cur = 1 - cur
         k = _claim(sync, epoch, part, nblocks, nparts, -1)
         while k >= 0:
             _store_state(h_out, d, hbuf[cur], table[k], table[k + 1])
+            if CELL_STATE:  # (GRU, RNN: c_out may be h_out's memory)
+                _store_state(c_out, d, c, table[k], table[k + 1])
             k = _claim(sync, epoch, part, nblocks, nparts, k)
         epoch = _phase_end(sync, epoch, nblocks, nparts)
     return 0
 
 
 # ------------------------------------------------------- one step --
-# A stream feeds one step at a time (T = 1, batch 1..3). The sequence drivers
-# spend more on their shell (segments, unit blocks, claims, chunks, the state
-# double buffer) than on such a step (measured, LSTM H=8: 0.75 us of which
-# ~0.25 before any step). ``one_step`` calls take these instead: per
-# direction and row, the gate pre-activations x . W^T + h . R^T + bias in one
-# panel pass (GRU: z, r; then the candidate's), then the cells, reading the
-# initial states where they lie and writing Y and the final states directly.
-# The cells are the drivers' own, handed a zero projection row (the bias and
-# x . W^T are already in ``gates``), so every attribute means the same here.
+# A stream feeds one step at a time (T = 1, batch 1..3): too short to pay for the sequence shell (segments,
+# unit blocks, claims, chunks, the state double buffer). ``one_step`` calls take ``step(op)`` instead: per
+# direction and row, x . W^T + h . R^T + bias in one panel pass, then the op's row (``_ROWS``: the cells of
+# the sequence, handed a zero projection row), reading the initial states where they lie and writing Y and
+# the final states directly.
 
 def one_step(T, B, nblocks):
     """Whether a call takes ``step(op)`` instead of the sequence driver: one step of 1..3 rows, one unit block
@@ -906,19 +831,14 @@ one_step_nb = jit_inline(one_step)
 
 
 def _inlined(helper):
-    """A copy of a jitted helper inlined (Numba IR) into the one-step functions, themselves inlined into
-    the C entry: each out-of-line call increfs and decrefs every array argument, and a step makes a
-    dozen (with the step inlined too, kernel calls: LSTM H=8 0.67 -> 0.59 us, H=64 2.03 -> 1.84, GRU H=8
-    0.62 -> 0.49, H=64 1.60 -> 1.45; best of 7, 3 runs). The panel passes stay out of line on addresses
-    (``matvec2_at``) and the rare activations' cells too: inlined, they made an empty-cache ``lstminfer
-    compile`` ~19 % slower for ~0.03 us."""
+    """A copy of a jitted helper inlined (Numba IR) into the step, itself inlined into the C entry: an
+    out-of-line call increfs and decrefs every array argument. The panel passes (``matvec2_at``, on
+    addresses) and the rare activations' cells stay out of line: cold compile time."""
     return jit_inline(helper.py_func)
 
 
 _check_lens_inline = _inlined(_check_lens)
 _carve_inline = _inlined(_carve)
-_segment_inline = _inlined(_segment)
-_segment_matrix_inline = _inlined(_segment_matrix)
 _matvec2_inline = _inlined(matvec2_packed)
 _lstm_cells_no_peepholes_inline = _inlined(_lstm_cells_no_peepholes)
 _lstm_cells_default_inline = _inlined(_lstm_cells_default)
@@ -965,9 +885,9 @@ def _past_end(lens, has_lens, b, y, h_out, hp):
 
 @jit_inline
 def _step_buffers(scratch, B, G, H, has_h0):
-    """A one-step function's scratch: projection rows (zeroed: the bias and x . W^T go into the gates),
-    gate rows, GRU's r * h_prev rows, a zero row standing for an absent initial state, and how many rows
-    of R^T a step reads (none without an initial state)."""
+    """The step's scratch: a zero projection row (the bias and x . W^T go into the gates; GRU with
+    linear_before_reset writes its candidate's past the first 2H), gate rows, GRU's r * h_prev rows, a zero
+    row standing for an absent initial state, and how many rows of R^T a step reads (none without one)."""
     xp, gates, hbuf, _, rh = _carve_inline(scratch, 1, B, G, H)
     _fill(xp[0, :G * H], ZERO)
     no_h = hbuf[0, 0]
@@ -975,155 +895,114 @@ def _step_buffers(scratch, B, G, H, has_h0):
     return xp[0, :G * H], gates, rh, no_h, (H if has_h0 else 0)
 
 
+# One row of one direction, for every op: ``row(consts, x, hp, hk, wWP, wRP, bias_x, no_x, no_h, g, r_h, y, c,
+# H, I, clip, flag)``: consts from the op's ``cell_constants``; x the input row, hp h_prev (its first hk floats
+# multiply R^T); panels wWP, wRP; no_x the zero projection row, no_h H zeros; g the gate row, r_h GRU's
+# r * h_prev row; y the output row (h); c the cell state row, updated in place (LSTM).
+
 @jit_inline
-def _lstm_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D,
-               input_forget, clip):
+def _lstm_row(consts, x, hp, hk, wWP, wRP, bias_x, no_x, no_h, g, r_h, y, c, H, I, clip, input_forget):
+    peep, peepholes, default, cf, af, bf, cg, ag, bg, ch, ah, bh = consts
+    _matvec2_inline(x, wWP, hp[:hk], wRP, bias_x, 4 * H, g)
+    ff = ONE if input_forget else ZERO
+    if default and not peepholes:
+        _lstm_cells_no_peepholes_inline(no_x, g, y, c, H, clip, ff)
+    elif default:
+        _lstm_cells_default_inline(no_x, g, y, c, peep[0], peep[1], peep[2], H, clip, ff)
+    else:
+        _lstm_cells_generic(no_x, g, y, c, peep[0], peep[1], peep[2], H, clip, input_forget,  # (rare: not inlined)
+                            cf, af, bf, cg, ag, bg, ch, ah, bh)
+
+
+@jit_inline
+def _gru_row(consts, x, hp, hk, wWP, wRP, bias_x, xrow, no_h, g, r_h, y, c, H, I, clip, linear_before_reset):
+    """Without linear_before_reset the candidate's pass reads x and r * h_prev together (Wbh + Rbh are in its
+    bias); with it, x . Wh^T + Wbh and h_prev . Rh^T are two passes (r multiplies only the second)."""
+    bias_rh, default, cf, af, bf, cg, ag, bg = consts
+    zr_columns = _panel_columns(2 * H)
+    wWP_h = wWP[I * zr_columns:]
+    wRP_h = wRP[H * zr_columns:]
+    _matvec2_inline(x, wWP, hp[:hk], wRP, bias_x, 2 * H, g)  # z, r
+    gh = g[2 * H:]
+    xh = xrow[2 * H:]
+    if linear_before_reset:
+        _matvec2_inline(x, wWP_h, hp[:0], wRP_h, bias_x[2 * H:], H, xh)
+        _matvec2_inline(hp[:hk], wRP_h, hp[:0], wRP_h, no_h, H, gh)  # (no_h: a zero bias)
+        _gru_lbr_cells_inline(xrow, g, hp, y, bias_rh, H, clip, default, cf, af, bf, cg, ag, bg)
+    else:
+        _gru_gates_zr_inline(xrow, g, hp, r_h, H, clip, default, cf, af, bf)
+        _matvec2_inline(x, wWP_h, r_h[:hk], wRP_h, bias_x[2 * H:], H, gh)
+        _gru_output_inline(xh, g, gh, hp, y, H, clip, default, cg, ag, bg)
+
+
+@jit_inline
+def _rnn_row(consts, x, hp, hk, wWP, wRP, bias_x, no_x, no_h, g, r_h, y, c, H, I, clip, unused_flag):
+    cf, af, bf = consts
+    _matvec2_inline(x, wWP, hp[:hk], wRP, bias_x, H, g)
+    if cf == TANH:
+        for j in range(H):
+            y[j] = fast_tanh(_clamp(g[j], clip))
+    else:
+        for j in range(H):
+            y[j] = _clamp(g[j], clip)
+        activate_inplace(y, cf, af, bf)
+
+
+def _step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D, flag,
+          clip):
+    """The one-step shell of every op: ``step(op)`` compiles a copy whose globals G, CELL_STATE,
+    ``cell_constants`` and ``row`` are the op's (``_CELLS``, ``_ROWS``)."""
     B, I = X2.shape
     H = h_out.shape[2]
-    GH = 4 * H
     if _check_lens_inline(lens, has_lens, 1):
         return 1
     clip32 = F32(clip)
-    no_x, gates, _, no_h, hk = _step_buffers(scratch, B, 4, H, has_h0)
-    columns = _panel_columns(GH)
-    codes_at = 2 + D * PANEL_SEGMENTS
-    ff = ONE if input_forget else ZERO
+    no_x, gates, rh, no_h, hk = _step_buffers(scratch, B, G, H, has_h0)
+    columns = _block_panel_columns(H, G)
     for d in range(D):
-        wWP = _segment_inline(wbuf, table, 1, d, SEG_WP, I * columns)
-        wRP = _segment_inline(wbuf, table, 1, d, SEG_RP, H * columns)
-        bias_x = _segment_inline(wbuf, table, 1, d, SEG_BIAS_X, GH)
-        peep = _segment_matrix_inline(wbuf, table, 1, d, SEG_PEEP, 3, H)
-        pi, pf, po = peep[0], peep[1], peep[2]
-        peepholes = table[codes_at + 3 * D + d] != 0
-        a = codes_at + 3 * d
-        cf, cg, ch = table[a], table[a + 1], table[a + 2]
-        p = 6 * d
-        af, bf, ag, bg, ah, bh = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3], fparams[p + 4], fparams[p + 5]
-        default = cf == SIGMOID and cg == TANH and ch == TANH
+        wWP = _segment(wbuf, table, 1, d, SEG_WP, I * columns)
+        wRP = _segment(wbuf, table, 1, d, SEG_RP, H * columns)
+        bias_x = _segment(wbuf, table, 1, d, SEG_BIAS_X, G * H)
+        consts = cell_constants(wbuf, table, fparams, 1, D, d, H)
         for b in range(B):
             hp = _state_row(h0, has_h0, d, b, no_h)
             c = c_out[d, b]
-            _copy(c, _state_row(c0, has_c0, d, b, no_h))  # the cells update c in place
+            if CELL_STATE:
+                _copy(c, _state_row(c0, has_c0, d, b, no_h))  # the cells update c in place
             y = Y[0, d, b]
             if _past_end(lens, has_lens, b, y, h_out[d, b], hp):
                 continue
-            g = gates[b]
-            _matvec2_inline(X2[b], wWP, hp[:hk], wRP, bias_x, GH, g)
-            if default and not peepholes:
-                _lstm_cells_no_peepholes_inline(no_x, g, y, c, H, clip32, ff)
-            elif default:
-                _lstm_cells_default_inline(no_x, g, y, c, pi, pf, po, H, clip32, ff)
-            else:
-                _lstm_cells_generic(no_x, g, y, c, pi, pf, po, H, clip32, input_forget,  # (rare: not inlined)
-                                    cf, af, bf, cg, ag, bg, ch, ah, bh)
+            row(consts, X2[b], hp, hk, wWP, wRP, bias_x, no_x, no_h, gates[b], rh[b], y, c, H, I, clip32, flag)
             _copy(h_out[d, b], y)
     return 0
 
 
-@jit_inline
-def _gru_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D,
-              linear_before_reset, clip):
-    """Without linear_before_reset the candidate's pass reads x and r * h_prev together (Wbh + Rbh are in its
-    bias); with it, x . Wh^T + Wbh and h_prev . Rh^T are two passes (r multiplies only the second)."""
-    B, I = X2.shape
-    H = h_out.shape[2]
-    if _check_lens_inline(lens, has_lens, 1):
-        return 1
-    clip32 = F32(clip)
-    xrow, gates, rh, no_h, hk = _step_buffers(scratch, B, 3, H, has_h0)  # xrow: zeros, but for
-    xh = xrow[2 * H:]  # x . Wh^T + Wbh with linear_before_reset
-    zr_columns = _panel_columns(2 * H)
-    columns = zr_columns + _panel_columns(H)
-    codes_at = 2 + D * PANEL_SEGMENTS
-    for d in range(D):
-        wWP = _segment_inline(wbuf, table, 1, d, SEG_WP, I * columns)
-        wRP = _segment_inline(wbuf, table, 1, d, SEG_RP, H * columns)
-        wWP_h = wWP[I * zr_columns:]
-        wRP_h = wRP[H * zr_columns:]
-        bias_x = _segment_inline(wbuf, table, 1, d, SEG_BIAS_X, 3 * H)
-        bias_rh = _segment_inline(wbuf, table, 1, d, SEG_BIAS_RH, H)
-        a = codes_at + 2 * d
-        cf, cg = table[a], table[a + 1]
-        p = 4 * d
-        af, bf, ag, bg = fparams[p], fparams[p + 1], fparams[p + 2], fparams[p + 3]
-        default = cf == SIGMOID and cg == TANH
-        for b in range(B):
-            hp = _state_row(h0, has_h0, d, b, no_h)
-            y = Y[0, d, b]
-            if _past_end(lens, has_lens, b, y, h_out[d, b], hp):
-                continue
-            g = gates[b]
-            x = X2[b]
-            _matvec2_inline(x, wWP, hp[:hk], wRP, bias_x, 2 * H, g)  # z, r
-            gh = g[2 * H:]
-            if linear_before_reset:
-                _matvec2_inline(x, wWP_h, hp[:0], wRP_h, bias_x[2 * H:], H, xh)
-                _matvec2_inline(hp[:hk], wRP_h, hp[:0], wRP_h, no_h, H, gh)  # (no_h: a zero bias)
-                _gru_lbr_cells_inline(xrow, g, hp, y, bias_rh, H, clip32, default, cf, af, bf, cg, ag, bg)
-            else:
-                r_h = rh[b]
-                _gru_gates_zr_inline(xrow, g, hp, r_h, H, clip32, default, cf, af, bf)
-                _matvec2_inline(x, wWP_h, r_h[:hk], wRP_h, bias_x[2 * H:], H, gh)
-                _gru_output_inline(xh, g, gh, hp, y, H, clip32, default, cg, ag, bg)
-            _copy(h_out[d, b], y)
-    return 0
-
-
-@jit_inline
-def _rnn_step(X2, lens, has_lens, h0, has_h0, c0, has_c0, Y, h_out, c_out, wbuf, table, fparams, scratch, D,
-              unused_flag, clip):
-    B, I = X2.shape
-    H = h_out.shape[2]
-    if _check_lens_inline(lens, has_lens, 1):
-        return 1
-    clip32 = F32(clip)
-    _, gates, _, no_h, hk = _step_buffers(scratch, B, 1, H, has_h0)
-    columns = _panel_columns(H)
-    codes_at = 2 + D * PANEL_SEGMENTS
-    for d in range(D):
-        wWP = _segment_inline(wbuf, table, 1, d, SEG_WP, I * columns)
-        wRP = _segment_inline(wbuf, table, 1, d, SEG_RP, H * columns)
-        bias_x = _segment_inline(wbuf, table, 1, d, SEG_BIAS_X, H)
-        cf = table[codes_at + d]
-        af, bf = fparams[2 * d], fparams[2 * d + 1]
-        for b in range(B):
-            hp = _state_row(h0, has_h0, d, b, no_h)
-            y = Y[0, d, b]
-            if _past_end(lens, has_lens, b, y, h_out[d, b], hp):
-                continue
-            g = gates[b]
-            _matvec2_inline(X2[b], wWP, hp[:hk], wRP, bias_x, H, g)
-            if cf == TANH:
-                for j in range(H):
-                    y[j] = fast_tanh(_clamp(g[j], clip32))
-            else:
-                for j in range(H):
-                    y[j] = _clamp(g[j], clip32)
-                activate_inplace(y, cf, af, bf)
-            _copy(h_out[d, b], y)
-    return 0
-
-
-_STEPS = {"LSTM": _lstm_step, "GRU": _gru_step, "RNN": _rnn_step}
+_ROWS = {"LSTM": _lstm_row, "GRU": _gru_row, "RNN": _rnn_row}
+_STEPS: dict[str, object] = {}
 
 
 def step(op: str):
     """The jitted one-step function of ``op`` (``one_step``): the sequence driver's arguments, but X as its
     [B, I] rows and no threads (nblocks 1, part 0 of 1). Compiled into the C entry, not on its own."""
-    return _STEPS[op]
+    compiled = _STEPS.get(op)
+    if compiled is None:
+        cell = _CELLS[op]
+        source = bound(_step, f"{op.lower()}_step", G=GATES[op], CELL_STATE=cell["CELL_STATE"], row=_ROWS[op],
+                       cell_constants=cell["cell_constants"])
+        compiled = _STEPS[op] = jit_inline(source)
+    return compiled
 
 
 # ------------------------------------------------------------ drivers --
 
-def _renamed(fn, name):
-    """A copy of ``fn`` under another name: its own Numba cache entry (per source digest)."""
-    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+def bound(fn, name, **names):
+    """A copy of ``fn`` named ``name`` (its own Numba cache entry: Numba keys the cache on the name and
+    bytecode, not on globals) whose module globals also hold ``names`` (frozen as constants when it compiles)."""
+    namespace = dict(fn.__globals__, **names) if names else fn.__globals__
+    copy = pytypes.FunctionType(fn.__code__, namespace, name, fn.__defaults__, fn.__closure__)
     copy.__qualname__ = name
     copy.__doc__ = fn.__doc__
     return copy
-
-
-_SOURCES = {"LSTM": _lstm_sequence, "GRU": _gru_sequence, "RNN": _rnn_sequence}
 
 
 def _kernel_sources_digest() -> str:
@@ -1148,9 +1027,9 @@ _DRIVERS: dict[str, object] = {}
 def driver_signature():
     """The one signature every driver is compiled for.
 
-    All arrays C-contiguous: with a read-only X or strided (layout=1) Y the
-    same code measured ~35 % slower at batch 64, so the caller copies those
-    cases instead (cheap next to the recurrence).
+    All arrays C-contiguous: a read-only X or a strided (layout=1) Y makes
+    the same code much slower, so the caller copies those (cheap next to the
+    recurrence).
     """
     f32, i32 = types.float32, types.int32
 
@@ -1183,7 +1062,7 @@ def driver(op: str, parallel: bool = False):
     dispatcher = _DRIVERS.get(op)
     if dispatcher is None:
         name = f"{op.lower()}_sequence_{_DIGEST}"
-        dispatcher = jit_entry(_renamed(_SOURCES[op], name))
+        dispatcher = jit_entry(bound(_sequence, name, G=GATES[op], **_CELLS[op]))
         dispatcher.compile(driver_signature())
         dispatcher.disable_compile()  # arguments convert to this signature; never compile on a request
         _DRIVERS[op] = dispatcher
