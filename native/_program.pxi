@@ -513,7 +513,8 @@ cdef class Program:
 
     cdef bint feeds_ok(self, list feeds, char** bases):
         cdef Py_ssize_t k, j
-        cdef rt_ndarray* a
+        cdef cnp.npy_intp* dims
+        cdef cnp.npy_intp* strides
         cdef tuple shape
         if len(feeds) != self.nfeeds:
             return False
@@ -526,21 +527,22 @@ cdef class Program:
                 continue
             if type(value) is not _NDARRAY:
                 return False
-            a = as_array(value)
             shape = <tuple>spec[1]
-            if not same_dtype(a.descr, spec[0]) or a.nd != len(shape) or not (a.flags & 0x0100):  # ALIGNED
+            if not same_dtype(descr_of(value), spec[0]) or cnp.PyArray_NDIM(<cnp.ndarray>value) != len(shape) \
+                    or not cnp.PyArray_ISALIGNED(<cnp.ndarray>value):
                 return False
-            for j in range(a.nd):
-                if a.dimensions[j] != <Py_ssize_t>shape[j]:
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
+            for j in range(len(shape)):
+                if dims[j] != <Py_ssize_t>shape[j]:
                     return False
             if len(spec) == 4:  # a strided feed: these very strides (where a dim steps at all)
-                strides = <tuple>spec[3]
-                for j in range(a.nd):
-                    if a.dimensions[j] > 1 and a.strides[j] != <Py_ssize_t>strides[j]:
+                strides = cnp.PyArray_STRIDES(<cnp.ndarray>value)
+                for j in range(len(shape)):
+                    if dims[j] > 1 and strides[j] != <Py_ssize_t>(<tuple>spec[3])[j]:
                         return False
-            elif not (a.flags & RT_C_CONTIGUOUS):
+            elif not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value):
                 return False
-            bases[1 + k] = (<rt_ndarray_data*><PyObject*>value).data
+            bases[1 + k] = data_of(value)
         return True
 
     def kept_arenas(self):
@@ -573,9 +575,9 @@ cdef class Program:
                 if spec[4]:
                     target = _empty(spec[0], spec[1])
                     direct[k] = target
-                    bases[OUTPUT0 + k] = (<rt_ndarray_data*><PyObject*>target).data
+                    bases[OUTPUT0 + k] = data_of(target)
         arena = self.arenas.pop() if self.arenas else np.empty(self.arena_bytes + 64, np.uint8)
-        bases[ARENA] = <char*>(((<size_t>(<rt_ndarray_data*><PyObject*>arena).data) + 63) & ~(<size_t>63))
+        bases[ARENA] = <char*>(((<size_t>data_of(arena)) + 63) & ~(<size_t>63))
         try:
             for ins in self.instructions:
                 status = ins.run(bases)
@@ -589,9 +591,7 @@ cdef class Program:
                     if target is None:
                         target = direct[k]
                     else:
-                        memcpy((<rt_ndarray_data*><PyObject*>target).data,
-                               (<rt_ndarray_data*><PyObject*>direct[k]).data,
-                               cnp.PyArray_NBYTES(<cnp.ndarray>target))
+                        memcpy(data_of(target), data_of(direct[k]), cnp.PyArray_NBYTES(<cnp.ndarray>target))
                     Py_INCREF(target)
                     PyList_SET_ITEM(out, k, target)
                     continue
@@ -603,7 +603,7 @@ cdef class Program:
                     continue
                 if target is None:
                     target = _empty(spec[0], spec[1])
-                (<OutCopy>self.out_copies[k]).run_into(bases, (<rt_ndarray_data*><PyObject*>target).data)
+                (<OutCopy>self.out_copies[k]).run_into(bases, data_of(target))
                 Py_INCREF(target)
                 PyList_SET_ITEM(out, k, target)
             return out
@@ -613,7 +613,7 @@ cdef class Program:
 
     cdef bint into_ok(self, list into):
         cdef Py_ssize_t k, j
-        cdef rt_ndarray* a
+        cdef cnp.npy_intp* dims
         cdef tuple shape
         if len(into) != self.nout:
             return False
@@ -625,12 +625,12 @@ cdef class Program:
             shape = <tuple>spec[0]
             if type(value) is not _NDARRAY:
                 return False
-            a = as_array(value)
-            if not same_dtype(a.descr, spec[1]) or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS) \
-                    or not (a.flags & RT_WRITEABLE):
+            if not same_dtype(descr_of(value), spec[1]) or cnp.PyArray_NDIM(<cnp.ndarray>value) != len(shape) \
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>value):
                 return False
-            for j in range(a.nd):
-                if a.dimensions[j] != <Py_ssize_t>shape[j]:
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
+            for j in range(len(shape)):
+                if dims[j] != <Py_ssize_t>shape[j]:
                     return False
         return True
 
