@@ -123,7 +123,7 @@ class Programs:
         return None if isinstance(program, NotCompiled) else program
 
     def _worth_compiling(self) -> bool:
-        """A compile costs a run of the plan and ~0.2 ms: worth it while the programs made so far
+        """A compile costs a run of the plan and more: worth it while the programs made so far
         have each been used at least _USES_PER_COMPILE times on average."""
         uses = self._uses + (self.fast.hits if self.fast is not None else 0)
         return self._compiles < _USES_PER_COMPILE or self._compiles * _USES_PER_COMPILE <= uses

@@ -685,7 +685,7 @@ def _owned(states):
 
 def _kernel_call(kernel, template: list[Any], state_at: list[int], label: str):
     """``call(x, states) -> kernel outputs`` with the constants bound; the usual arities spelled out
-    (a generic argument list costs about a third of a whole step at H=64)."""
+    (a generic argument list is a large part of a small step)."""
     def failed(e: Exception) -> ExecutionError:  # worded like the executor's errors
         return ExecutionError(f"{label} failed: {type(e).__name__}: {e}")
 

@@ -1956,7 +1956,6 @@ cdef const char* RUN_SEQUENCE_NAME = "lstminfer._native._rnn_kernels.run_sequenc
 RUN_SEQUENCE = PyCapsule_New(<void*>run_sequence, RUN_SEQUENCE_NAME, NULL)
 
 cdef object _NDARRAY = np.ndarray
-cdef object _EMPTY = np.empty
 
 
 cdef inline object empty3(idx a, idx b, idx c):

@@ -338,8 +338,8 @@ def lookup_slots(sid_at, int id_bits, list sids):
 
 def rows_by_stream(list sids, y, int axis):
     """{sids[i]: y's row i along ``axis``, as a view keeping that axis (size 1)}: the pool's
-    per-stream outputs. Made here because numpy's own view making (``list(y)``) costs
-    about twice as much per row. None when ``y`` is not a writeable ndarray with ``len(sids)``
+    per-stream outputs, made here: cheaper per row than numpy's own view making (``list(y)``).
+    None when ``y`` is not a writeable ndarray with ``len(sids)``
     rows along ``axis`` (the caller then splits it in Python)."""
     return _rows(sids, None, y, axis)
 
@@ -636,4 +636,3 @@ cdef class PoolStep:
             return rows
         finally:
             self.rows_of.frames = self.rows_of.y = None
-
