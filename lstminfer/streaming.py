@@ -416,8 +416,8 @@ class Stream:
                 return y
         return self._step_checked(x)
 
-    if _runtime is not None:
-        step = _runtime.stream_step  # the same in C, through self._fast
+    if _runtime is not None:  # the same in C through self._fast; a class function: no bound method per stream
+        step = _runtime.stream_step
 
     def _step_checked(self, x: Any) -> Any:
         """``step`` for what the kernel's fast path declined (the kernel checks dtype, rank, the

@@ -463,7 +463,7 @@ cdef class StreamStep:
 
 def stream_step(stream, x):
     """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
-    # Stream.step itself: a function of the class (no per-stream bound method: streams are many).
+    # Stream.step itself, a function of the class: a bound method per stream would add to every stream's memory.
     cdef StreamStep fast = stream._fast
     if fast is not None:
         y = fast.take(x)
