@@ -456,6 +456,7 @@ def test_stream_step_takes_the_kernel_first(rng):
 def test_pool_step_takes_the_c_path_only_for_a_non_empty_dict(rng):
     """PoolStep.step (C) steps a non-empty dict under the pool's lock and hands everything else,
     or frames it declines, to ``checked`` (StreamPool._step_checked)."""
+    runtime = pytest.importorskip("lstminfer._native._runtime")
     model = lstminfer.load(_lstm_with_state_inputs())
     real = model.stream_pool(2)
     assert real._fast is not None and real.step == real._fast.step
@@ -468,7 +469,6 @@ def test_pool_step_takes_the_c_path_only_for_a_non_empty_dict(rng):
     real.reset(sid)
     checked = []
     real._step_checked = lambda frames: checked.append(frames) or ("checked", frames)
-    runtime = pytest.importorskip("lstminfer._native._runtime")
     pool = runtime.PoolStep(real._program.direct_into, real._step_checked, real.lock, real._sid_at, real._id_bits,
                             real._views, real._slot_views, 1, 1, lambda sids, y: None)
     pool.shape = (1, 1, 3)
