@@ -384,6 +384,20 @@ cdef object _rows(list sids, dict keyed, y, int axis):
     return out
 
 
+cdef list prepend(object first, Py_ssize_t n, list rest):
+    """[first] * n + rest, made in one allocation (a step's feeds and targets)."""
+    cdef Py_ssize_t k, m = len(rest)
+    out = PyList_New(n + m)
+    for k in range(n):
+        Py_INCREF(first)
+        PyList_SET_ITEM(out, k, first)
+    for k in range(m):
+        value = <object>PyList_GET_ITEM(rest, k)
+        Py_INCREF(value)
+        PyList_SET_ITEM(out, n + k, value)
+    return out
+
+
 include "_program.pxi"
 
 
@@ -455,7 +469,7 @@ cdef class StreamStep:
                 return self.into(x, states[0])
             return self.into(x, *states)
         n = len(self.names)  # a chunk of a signature already compiled: new states in place
-        out = self.programs._run_cached([x] + states, [None] * n + states)
+        out = self.programs._run_cached(prepend(x, 1, states), prepend(None, n, states))
         if out is None:
             return None
         return out[0] if n == 1 else dict(zip(self.names, out))
@@ -610,7 +624,7 @@ cdef class PoolStep:
         if views is None:
             views = self.slot_views(first, n)
         if self.programs is not None:  # the new states written over the slots' views
-            out = self.programs._run_cached([X] + views, [None] + views)  # Y, then the states
+            out = self.programs._run_cached(prepend(X, 1, views), prepend(None, 1, views))  # Y, then the states
             if out is None:
                 return None
             self.rows_of.frames = frames
