@@ -5,18 +5,23 @@ then hands them to the plan, which trusts them.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .backends import resolve_backend
-from .errors import InvalidArgumentError, InvalidInputError
+from .c_runtime import _runtime
+from .errors import InvalidArgumentError, InvalidInputError, NotStreamableError
+from .feeds import Inputs, cast_same_kind, shape_text
 from .graph import ValueInfo
 from .onnx_import import ImportedModel, import_model
 from .ops.registry import BuildContext
-from .plan import Plan, _runtime
+from .plan import Plan
 from .program import Programs
+from .state_pairing import state_input_names
+from .streaming import Stream, StreamPool, StreamProgram
 
 
 @dataclass(frozen=True)
@@ -45,31 +50,11 @@ class ModelMetadata:
     custom_metadata_map: dict[str, str]
 
 
-class _PyRunCore:
-    """``_runtime.RunCore`` in Python, where the extension is not built."""
-
-    _run_all = None
-
-    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
-            run_options: Any = None) -> list[Any]:
-        """Run the model; returns the requested outputs in order, like onnxruntime."""
-        whole = self._run_all
-        if output_names is None and input_feed.__class__ is dict and whole is not None:
-            outputs = whole(input_feed)
-            if outputs is not None:
-                return outputs
-        return self._run_checked(output_names, input_feed)
-
-
-# Model.run's usual call (no output names, a dict of feeds) is a C method; the rest is _run_checked.
-_RunCore = _runtime.RunCore if _runtime is not None else _PyRunCore
-
-
-class Model(_RunCore):
+class Model:
     """A loaded ONNX model, ready to run.
 
     ``model`` is a file path, the model's bytes or an ``onnx.ModelProto``.
-    ``backend`` is "auto", "numba" or "reference" (see ``lstminfer.backends``);
+    ``backend`` is "auto", "cython", "numba" or "reference" (see ``lstminfer.backends``);
     ``threads`` is how many cores a fast recurrent kernel may use (default 1).
     ``quantize`` ("int8" or "bf16") quantizes the LSTM/GRU/RNN weights at load
     (see ``lstminfer.quantization``).
@@ -93,31 +78,25 @@ class Model(_RunCore):
             from .quantization import quantize_dense_initializers
 
             self.quantized_dense = quantize_dense_initializers(graph, self.quantize)
-        ctx = BuildContext(opsets=graph.opsets, backend=self.backend,
-                           options={"threads": threads, "quantize": self.quantize,
-                                    "initializers": frozenset(graph.initializers)})
+        self._ctx = BuildContext(opsets=graph.opsets, backend=self.backend,
+                                 options={"threads": threads, "quantize": self.quantize,
+                                          "initializers": frozenset(graph.initializers)})
         try:
-            self._plan = Plan(graph, ctx)
+            self._plan = Plan(graph, self._ctx)
         except Exception as e:
             _prefix_source(e, self._imported.source)
             raise
         self._inputs = list(graph.inputs)
         self._outputs = list(graph.outputs)
-        self._input_by_name = {vi.name: vi for vi in self._inputs}
+        self._feeds = Inputs(self._inputs)
         self._wanted_cache: dict[Any, tuple[int, ...]] = {}
-        # Fast acceptance test per input: (name, dtype, rank, fixed dims); anything
-        # that fails it goes through the full check, which explains the problem.
-        self._fast_checks = [
-            (vi.name, vi.dtype, len(vi.shape), tuple((i, d) for i, d in enumerate(vi.shape) if isinstance(d, int)))
-            for vi in self._inputs
-            if vi.kind == "tensor" and vi.dtype is not None and vi.dtype != np.dtype(object) and vi.shape is not None
-        ]
-        self._all_fast = len(self._fast_checks) == len(self._inputs)
-        # The same test and the executor loop in C (lstminfer._native._runtime), when built.
-        self._c_checks = _runtime.FeedChecks(tuple(self._fast_checks)) if self._all_fast and _runtime is not None else None
         self._programs = Programs(self._plan, self._wanted(None))
         self._programs_by_wanted: dict[tuple[int, ...], Programs] = {}  # run(["y"], ...) and the like
-        self._run_all = self._checked_run()
+        self._streaming: StreamProgram | NotStreamableError | None = None  # built by the first stream()
+        self._lock = threading.Lock()
+        self._fast = self._run_path()
+        if self._fast is not None:  # run(None, dict) in C; every other call comes back to _run_checked
+            self.run = self._fast.run
 
     # -- onnxruntime-compatible surface -----------------------------------
     @property
@@ -152,28 +131,24 @@ class Model(_RunCore):
             custom_metadata_map=dict(m.metadata),
         )
 
-    # run(output_names, input_feed, run_options=None): _RunCore's (C), then _run_checked below.
+    def run(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
+            run_options: Any = None) -> list[Any]:
+        """Run the model; returns the requested outputs in order, like onnxruntime."""
+        return self._run_checked(output_names, input_feed)
 
     def _run_checked(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any]) -> list[Any]:
-        """``run`` for every call the C path (``self._run_all``) does not take: checks everything."""
+        """``run`` for every call the C path (``self._fast``) does not take: checks everything."""
         wanted = self._wanted(output_names)
         programs = self._programs_for(wanted)
-        if self._c_checks is not None and input_feed.__class__ is dict:
-            feeds = self._c_checks.feeds(input_feed)
-            if feeds is not None:
-                outputs = programs.run(feeds)  # fresh arrays
-                if outputs is not None:
-                    return outputs
-                outputs = _runtime.detach(self._plan.execute(feeds, wanted), feeds)
-                if outputs is not None:
-                    return outputs
-        feeds = self._validated_feeds(input_feed)
-        outputs = programs.run(feeds)  # None for feeds no program takes (sequences, optionals)
+        feeds = self._feeds.exact(input_feed)
+        if feeds is None:
+            feeds = self._feeds.checked(input_feed)
+        outputs = programs.run(feeds)  # fresh arrays; None for feeds no program takes (sequences, optionals)
         if outputs is not None:
             return outputs
         outputs = self._plan.execute(feeds, wanted)
-        feed_roots = {id(f if f.base is None else _root(f)) for f in feeds if f.__class__ is np.ndarray}
-        return [_detach(v, feeds, feed_roots) for v in outputs]
+        detached = _runtime.detach(outputs, feeds) if _runtime is not None else None
+        return detached if detached is not None else _detach_all(outputs, feeds)
 
     def _programs_for(self, wanted: tuple[int, ...]) -> Programs:
         """The compiled programs of the outputs ``wanted`` (all of them: ``self._programs``)."""
@@ -186,16 +161,14 @@ class Model(_RunCore):
                 self._programs_by_wanted[wanted] = programs
         return programs
 
-    def _checked_run(self):
-        """``Model.run(None, feed)`` in C for this plan (``_runtime.CheckedRun``), or None: the
-        compiled program of the feeds' signature, else the plan's schedule."""
-        wanted = self._wanted(None)
-        compiled = self._plan.compiled(wanted) if self._c_checks is not None else None
-        if compiled is None:
+    def _run_path(self):
+        """``Model.run``'s usual call in C (``_runtime.ModelRun``): the feeds' exact check, the compiled
+        program of their signature, else the plan's schedule; None without the extension."""
+        checks = self._feeds.c_checks
+        if checks is None:
             return None
-        run = _runtime.CheckedRun(self._c_checks, compiled, _detach_all)
-        run.programs = self._programs.fast
-        return run
+        return _runtime.ModelRun(self._run_checked, checks, self._plan.compiled(self._wanted(None)),
+                                self._programs.fast, _detach_all)
 
     # -- friendlier surface ----------------------------------------------
     def predict(self, x: Any = None, /, **named: Any) -> Any:
@@ -217,9 +190,9 @@ class Model(_RunCore):
             named = {data[0]: x}
         feeds = {}
         for name, value in named.items():
-            vi = self._input_by_name.get(name)
+            vi = self._feeds.by_name.get(name)
             if vi is not None and vi.dtype is not None and vi.kind == "tensor":
-                value = _cast_same_kind(value, vi)
+                value = cast_same_kind(value, vi)
             feeds[name] = value
         for vi in self._inputs:
             if vi.name not in feeds and vi.name in self._state_inputs():
@@ -233,8 +206,6 @@ class Model(_RunCore):
         """Inputs that only carry an initial recurrent state: ``predict`` fills them with zeros."""
         names = self.__dict__.get("_state_input_names")
         if names is None:
-            from .state_pairing import state_input_names
-
             names = self.__dict__["_state_input_names"] = frozenset(state_input_names(self._imported.graph))
         return names
 
@@ -250,27 +221,38 @@ class Model(_RunCore):
                          and np.ndim(feeds[other.name]) > k), None)
             if size is None:
                 raise InvalidArgumentError(
-                    f"predict: cannot size the zero initial state '{vi.name}' {_shape_text(vi.shape)}: "
+                    f"predict: cannot size the zero initial state '{vi.name}' {shape_text(vi.shape)}: "
                     f"axis {axis} matches no dim of the given inputs; pass {vi.name}=... explicitly"
                 )
             shape.append(size)
         return np.zeros(shape, dtype=vi.dtype or np.float32)
 
-    def stream(self, state: Any = None):
+    def stream(self, state: Any = None) -> Stream:
         """A ``Stream`` stepping this model chunk by chunk (see ``lstminfer.streaming``).
 
         ``state``: bytes from ``Stream.save()``, or a state dict. Raises
         ``NotStreamableError`` naming the node that prevents streaming.
         """
-        from .streaming import Stream, program_for
+        return Stream(self._stream_program(), state)
 
-        return Stream(program_for(self), state)
-
-    def stream_pool(self, max_streams: int = 64):
+    def stream_pool(self, max_streams: int = 64) -> StreamPool:
         """A thread-safe ``StreamPool`` stepping up to ``max_streams`` streams in one batched run."""
-        from .streaming import StreamPool, program_for
+        return StreamPool(self._stream_program(), max_streams)
 
-        return StreamPool(program_for(self), max_streams)
+    def _stream_program(self) -> StreamProgram:
+        """What this model's streams share, built on first use and kept (a NotStreamableError too)."""
+        program = self._streaming
+        if program is None:
+            with self._lock:
+                if self._streaming is None:
+                    try:
+                        self._streaming = StreamProgram(self._imported.graph, self._plan, self._ctx)
+                    except NotStreamableError as e:
+                        self._streaming = e
+                program = self._streaming
+        if isinstance(program, NotStreamableError):
+            raise NotStreamableError(f"{self.source}: {program}")
+        return program
 
     def describe(self, feeds: Mapping[str, Any] | None = None) -> str:
         """The plan as text (each node, its op, output shapes and what runs it), then the
@@ -288,7 +270,7 @@ class Model(_RunCore):
                            + (", ".join(self.quantized_dense) or "none (none float32 with >= 4096 values)"))
         lines = head + ["  " + line for line in self._plan.describe_lines()]
         try:
-            values = self._validated_feeds(feeds if feeds is not None else self._example_feeds())
+            values = self._feeds.checked(feeds if feeds is not None else self._example_feeds())
         except (InvalidInputError, InvalidArgumentError) as e:
             return "\n".join(lines + [f"compiled program: none for these inputs ({e})"])
         shapes = ", ".join(f"{vi.name} {list(np.shape(v))}" for vi, v in zip(self._inputs, values))
@@ -327,49 +309,12 @@ class Model(_RunCore):
                 )
         return tuple(self._plan.output_slot(n) for n in output_names)
 
-    def _validated_feeds(self, input_feed: Mapping[str, Any]) -> list[Any]:
-        if not isinstance(input_feed, Mapping):
-            raise InvalidInputError(
-                f"input feed must be a dict name -> array, got {type(input_feed).__name__}"
-            )
-        unknown = [n for n in input_feed if n not in self._input_by_name]
-        if unknown:
-            raise InvalidInputError(
-                f"unknown input name(s) {unknown}; the model's inputs are {self.input_names}"
-            )
-        if self._all_fast and len(input_feed) == len(self._fast_checks):
-            feeds = []
-            for name, dtype, rank, fixed in self._fast_checks:
-                value = input_feed.get(name)
-                if value.__class__ is not np.ndarray or value.ndim != rank or (
-                        value.dtype is not dtype and value.dtype != dtype):  # `is`: the usual, cheap case
-                    break
-                shape = value.shape
-                for axis, size in fixed:
-                    if shape[axis] != size:
-                        break
-                else:
-                    feeds.append(value)
-                    continue
-                break
-            else:
-                return feeds
-        feeds = []
-        for vi in self._inputs:
-            if vi.name not in input_feed:
-                raise InvalidInputError(
-                    f"missing input '{vi.name}' (expected {vi.type_string()} with shape "
-                    f"{_shape_text(vi.shape)}); the model's inputs are {self.input_names}"
-                )
-            feeds.append(_check_input(vi, input_feed[vi.name]))
-        return feeds
-
 
 def _body_lines(plan, indent: str) -> list[str]:
     """The programs Loop/Scan/If bodies compiled (per iteration signature) on the runs so far."""
     lines = []
     for body in plan.bodies:
-        compiled = body._programs.compiled() if body._programs is not None else []
+        compiled = body.programs.compiled() if body.programs is not None else []
         head = f"{indent}body '{body.graph.name}': "
         if not compiled:
             lines.append(head + "no compiled program yet (compiled on its first run)")
@@ -378,61 +323,6 @@ def _body_lines(plan, indent: str) -> list[str]:
         lines += [indent + "  " + line for line in compiled[-1].text.splitlines()]
         lines += _body_lines(body, indent + "  ")
     return lines
-
-
-def _check_input(vi: ValueInfo, value: Any) -> Any:
-    if vi.kind in ("optional", "optional_sequence") and value is None:
-        return None
-    if vi.kind in ("sequence", "optional_sequence"):
-        if not isinstance(value, (list, tuple)):
-            raise InvalidInputError(f"input '{vi.name}': expected a sequence (list of arrays), got {type(value).__name__}")
-        return [_check_tensor(vi, np.asarray(v), f"input '{vi.name}' element {i}", check_shape=False)
-                for i, v in enumerate(value)]
-    if not isinstance(value, np.ndarray):
-        value = np.asarray(value)
-    return _check_tensor(vi, value, f"input '{vi.name}'", check_shape=True)
-
-
-def _check_tensor(vi: ValueInfo, value: np.ndarray, where: str, check_shape: bool) -> np.ndarray:
-    from .dtypes import onnx_type_name
-
-    if vi.dtype is not None:
-        ok = value.dtype == vi.dtype or (vi.dtype == np.dtype(object) and value.dtype.kind in "OUS")
-        if not ok:
-            got = onnx_type_name(value.dtype) if _known_dtype(value.dtype) else str(value.dtype)
-            raise InvalidInputError(
-                f"{where}: wrong dtype: expected tensor({onnx_type_name(vi.dtype)}), got tensor({got})"
-            )
-    if check_shape and vi.shape is not None:
-        if value.ndim != len(vi.shape):
-            raise InvalidInputError(
-                f"{where}: wrong rank: expected {len(vi.shape)} dimensions {_shape_text(vi.shape)}, "
-                f"got {value.ndim} with shape {tuple(value.shape)}"
-            )
-        for axis, (want, got) in enumerate(zip(vi.shape, value.shape)):
-            if isinstance(want, int) and want != got:
-                raise InvalidInputError(
-                    f"{where}: wrong size on axis {axis}: expected {want} (shape {_shape_text(vi.shape)}), "
-                    f"got {got} (shape {tuple(value.shape)})"
-                )
-    return value
-
-
-def _known_dtype(dtype: np.dtype) -> bool:
-    from .dtypes import onnx_code
-
-    try:
-        onnx_code(dtype)
-        return True
-    except KeyError:
-        return False
-
-
-def _cast_same_kind(value: Any, vi: ValueInfo) -> Any:
-    arr = np.asarray(value)
-    if arr.dtype != vi.dtype and np.can_cast(arr.dtype, vi.dtype, casting="same_kind"):
-        return arr.astype(vi.dtype)
-    return arr
 
 
 def _root(array: np.ndarray) -> np.ndarray:
@@ -468,12 +358,6 @@ def _detach(value: Any, feeds: list[Any], feed_roots: set[int]) -> Any:
     ):
         return value.copy()
     return value
-
-
-def _shape_text(shape) -> str:
-    if shape is None:
-        return "(any)"
-    return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
 
 
 def _prefix_source(error: Exception, source: str) -> None:

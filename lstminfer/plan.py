@@ -18,12 +18,7 @@ from .errors import ExecutionError, InvalidModelError, LstminferError
 from .graph import Graph, Node
 from .ops.registry import BuildContext, Kernel
 
-try:  # the executor loop in C (native/_runtime.pyx); the Python loop below is the same thing
-    from ._native import _runtime
-    if not _runtime.AVAILABLE:
-        _runtime = None
-except ImportError:  # pragma: no cover - only when the extension was not built
-    _runtime = None
+from .c_runtime import _runtime  # the executor loop in C; the Python loop below is the same thing
 
 # Ops whose outputs change from call to call even with constant inputs.
 _NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -78,11 +73,11 @@ class Plan:
         for slot, value in constants.items():
             self._template[slot] = value
         self._feed_slots = tuple(self._slots[n] for n in feeds)
-        self._output_slots = [self._slots[n] for n in self.output_names]
+        self.all_outputs = tuple(self._slots[n] for n in self.output_names)
         self._schedules: dict[tuple[int, ...], tuple[tuple[Step, tuple[int, ...]], ...]] = {}
         self._compiled: dict[tuple[int, ...], tuple | None] = {}
         self._lock = threading.Lock()
-        self._programs = None  # a subgraph's compiled programs (``run``), made on first use
+        self.programs = None  # a body's compiled programs for ``run``: set by lstminfer.program.Programs
 
     # -- building ---------------------------------------------------------
     def _slot(self, name: str) -> int:
@@ -220,19 +215,15 @@ class Plan:
 
     def run(self, inputs: Sequence[Any], outer: dict[str, Any] | None = None) -> list[Any]:
         """Subgraph entry point (Loop/If/Scan bodies): all outputs, in order. A body runs once per
-        iteration with feeds of one signature: its compiled program (``lstminfer.program``) runs
-        it when there is one."""
+        iteration with feeds of one signature: its compiled program (``self.programs``) runs it
+        when there is one."""
         outer = outer or {}
         feeds = list(inputs) + [outer[n] for n in self.outer_names]
-        programs = self._programs
-        if programs is None:
-            from .program import Programs
-
-            programs = self._programs = Programs(self, tuple(self._output_slots), body=True)
-        outputs = programs.run(feeds)
-        if outputs is not None:
-            return outputs
-        return self.execute(feeds, tuple(self._output_slots))
+        if self.programs is not None:
+            outputs = self.programs.run(feeds)
+            if outputs is not None:
+                return outputs
+        return self.execute(feeds, self.all_outputs)
 
     def describe_lines(self) -> list[str]:
         info = self.graph.value_info

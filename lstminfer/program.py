@@ -29,7 +29,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import LstminferError
-from .plan import Plan, _runtime
+from .c_runtime import _runtime
+from .plan import Plan
 from .program_compiler import CompileDeclined, Compiler, is_pinned
 
 _MAX_PROGRAMS = 32  # signatures kept per model (the least recently used goes)
@@ -83,6 +84,9 @@ class Programs:
         self._shared: dict = {}  # weights laid out for the instructions, made once for all signatures
         self._lock = threading.Lock()
         self.fast = _runtime.ProgramSet(self.lookup, self.find) if _runtime is not None else None
+        for sub in plan.bodies:  # each body runs once per iteration (``Plan.run``): its own programs
+            if sub.programs is None:
+                sub.programs = Programs(sub, sub.all_outputs, body=True)
 
     def _key(self, feeds: Sequence[Any]) -> tuple | None:
         shapes = signature(feeds)
@@ -119,7 +123,7 @@ class Programs:
         return None if isinstance(program, NotCompiled) else program
 
     def _worth_compiling(self) -> bool:
-        """A compile costs a run of the plan and ~0.2 ms: worth it while the programs made so far
+        """A compile costs a run of the plan and more: worth it while the programs made so far
         have each been used at least _USES_PER_COMPILE times on average."""
         uses = self._uses + (self.fast.hits if self.fast is not None else 0)
         return self._compiles < _USES_PER_COMPILE or self._compiles * _USES_PER_COMPILE <= uses

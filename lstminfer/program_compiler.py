@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .plan import _ABSENT, _NONDETERMINISTIC, Plan, _run_step, _step_error, _runtime
+from .c_runtime import _runtime
+from .plan import _ABSENT, _NONDETERMINISTIC, Plan, _run_step, _step_error
 
 VIEW_OPS = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", "Transpose", "Slice", "Split",
                       "Expand", "Dropout"})

@@ -23,17 +23,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import struct
 import threading
 from typing import Any, Mapping
 
 import numpy as np
 
+from .c_runtime import _runtime
 from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
+from .feeds import cast_same_kind, check_input
 from .graph import Graph, ValueInfo
 from .ops.registry import BuildContext
-from .plan import Plan, _runtime
+from .plan import Plan
 from .program import Programs
 from .state_pairing import RECURRENT_OPS, Pairing, StateSlot, find_pairing
 from .time_locality import analyse
@@ -43,48 +44,32 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct("<16sII")  # magic, version, header length
 _CHECK_CHUNKS = (2, 3)  # the load-time check runs T=5 whole and as 2+3
 _CHECK_ATOL, _CHECK_RTOL = 1e-5, 1e-4
-_program_lock = threading.Lock()
-
-
-def program_for(model) -> "StreamProgram":
-    """The model's ``StreamProgram``, built on first use and cached (errors too)."""
-    cached = model.__dict__.get("_stream_program")
-    if cached is None:
-        with _program_lock:
-            cached = model.__dict__.get("_stream_program")
-            if cached is None:
-                try:
-                    cached = StreamProgram(model)
-                except NotStreamableError as e:
-                    cached = e
-                model.__dict__["_stream_program"] = cached
-    if isinstance(cached, NotStreamableError):
-        raise NotStreamableError(f"{model.source}: {cached}")
-    return cached
 
 
 def streamability(model) -> tuple[bool, str]:
     """(True, how) or (False, why not): what ``lstminfer info`` reports."""
     try:
-        program = program_for(model)
+        keys = list(model.stream().state)
     except NotStreamableError as e:
         return False, str(e)
-    return True, f"{len(program.slots)} carried state tensor(s): " + ", ".join(s.key for s in program.slots)
+    return True, f"{len(keys)} carried state tensor(s): " + ", ".join(keys)
 
 
 class StreamProgram:
-    """What every stream of one model shares: the streaming plan and its axes. Immutable."""
+    """What every stream of one model shares: the streaming plan and its axes. Immutable.
 
-    def __init__(self, model):
-        graph: Graph = model._imported.graph
-        self.model = model
+    ``graph`` is the model's graph, ``plan`` its plan (which computes initial states from the
+    model's own state inputs) and ``ctx`` what that plan was built with.
+    """
+
+    def __init__(self, graph: Graph, plan: Plan, ctx: BuildContext):
+        self.graph_inputs: tuple[ValueInfo, ...] = tuple(graph.inputs)
+        self.model_plan = plan
         pairing: Pairing = find_pairing(graph)
         self.pairing = pairing
         self.slots: tuple[StateSlot, ...] = pairing.slots
         self.data_inputs: tuple[ValueInfo, ...] = pairing.data_inputs
         self.output_names = [vi.name for vi in pairing.data_outputs]
-        ctx = BuildContext(opsets=graph.opsets, backend=model.backend, options={"threads": model.threads, "quantize": model.quantize,
-                                                                         "initializers": frozenset(graph.initializers)})
         self.plan = Plan(pairing.graph, ctx)
         self.wanted = tuple(self.plan.output_slot(n) for n in self.output_names + [s.stream_output for s in self.slots])
         self.programs = Programs(self.plan, self.wanted)
@@ -140,8 +125,6 @@ class StreamProgram:
 
     def data_feeds(self, x: Any, batch: int | None = 1) -> list[np.ndarray]:
         """``x`` (array or dict) checked against the data inputs: dtype, rank, fixed dims, batch."""
-        from .model import _cast_same_kind, _check_input
-
         if isinstance(x, Mapping):
             unknown = [k for k in x if k not in {vi.name for vi in self.data_inputs}]
             missing = [vi.name for vi in self.data_inputs if vi.name not in x]
@@ -159,7 +142,7 @@ class StreamProgram:
             )
         feeds = []
         for vi in self.data_inputs:
-            value = _check_input(vi, _cast_same_kind(named[vi.name], vi))
+            value = check_input(vi, cast_same_kind(named[vi.name], vi))
             time, b = self.time_axes[vi.name], self.batch_axes[vi.name]
             if time is not None and value.shape[time] < 1:
                 raise InvalidInputError(f"input '{vi.name}': a chunk needs at least one time step (axis {time}), "
@@ -180,13 +163,13 @@ class StreamProgram:
     # -- states ---------------------------------------------------------------
     def state_from_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Carried states for the model's own state inputs (zeros where not given), via its glue."""
-        original = self.model._plan
+        original = self.model_plan
         slots_with_input = [s for s in self.slots if s.original_input]
         wanted = tuple(original.output_slot(s.original_input) for s in slots_with_input)
         values = {}
         if wanted:
             run_feeds = []
-            for vi in self.model._imported.graph.inputs:
+            for vi in self.graph_inputs:
                 if vi.name in feeds:
                     run_feeds.append(feeds[vi.name])
                 else:
@@ -387,51 +370,31 @@ class StreamProgram:
     def _hidden_size(self, s: StateSlot) -> int:
         H = s.node.attr("hidden_size", None)
         if H is None:
-            R = self.model._plan.constant(s.node.inputs[2])
+            R = self.model_plan.constant(s.node.inputs[2])
             if R is None:
                 raise NotStreamableError(f"{s.node.label()}: hidden_size unknown (no attribute, R not constant)")
             H = int(np.shape(R)[2])
         return int(H)
 
     def _state_dtype(self, s: StateSlot) -> np.dtype:
-        W = self.model._plan.constant(s.node.inputs[1])
+        W = self.model_plan.constant(s.node.inputs[1])
         return np.asarray(W).dtype if W is not None else np.dtype(np.float32)
 
 
-class _PyStreamStep:
-    """``Stream.step``'s fast path where lstminfer._native._runtime is not built (it has it in C)."""
-
-    __slots__ = ("_into", "_states", "_programs", "_names")
-
-    def step(self, x: Any) -> Any:
-        into = self._into
-        if into is not None:
-            y = into(x, *self._states)
-            if y is not None:
-                return y
-        return self._step_checked(x)
-
-
-_StreamStep = _runtime.StreamCore if _runtime is not None else _PyStreamStep
-
-
-class Stream(_StreamStep):
+class Stream:
     """One sequence run chunk by chunk; see the module doc. Single-owner: not thread-safe.
 
-    The carried states are a list in slot order. ``step`` first hands the chunk to the
-    kernel's ``run_into`` when the model is one recurrent node (the kernel checks it and
-    updates the states in place); otherwise ``_step_checked`` accepts a chunk without the
-    full check when it is an ndarray of the input's exact dtype and of the shape of the last
-    chunk that passed the full check.
+    The carried states are a list in slot order, updated in place. ``step`` first hands the
+    chunk to the stream's ``StreamStep`` (C: the kernel's ``run_into`` when the model is one
+    recurrent node, which checks it and updates the states in place); otherwise
+    ``_step_checked`` accepts a chunk without the full check when it is an ndarray of the
+    input's exact dtype and of the shape of the last chunk that passed the full check.
     """
 
-    __slots__ = ("_program", "_shape")  # and StreamCore's _into, _states, _programs, _names
+    __slots__ = ("_program", "_states", "_shape", "_fast")
 
     def __init__(self, program: StreamProgram, state: Any = None):
         self._program = program
-        self._into = program.direct_into
-        self._programs = program.programs.fast if program.direct_into is None else None
-        self._names = tuple(program.output_names)
         # Always this stream's own arrays: the direct kernel updates them in place.
         self._states = [program.initial_state[s.key].copy() for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # last chunk shape that passed the full check
@@ -439,6 +402,22 @@ class Stream(_StreamStep):
             self._set(program.load(state))
         elif state is not None:
             self.set_state(state)
+        programs = program.programs.fast if program.direct_into is None else None
+        self._fast = None  # the C step (_runtime.StreamStep), sharing self._states
+        if _runtime is not None and (program.direct_into is not None or programs is not None):
+            self._fast = _runtime.StreamStep(self._states, program.direct_into, programs, tuple(program.output_names))
+
+    def step(self, x: Any) -> Any:
+        """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
+        into = self._program.direct_into
+        if into is not None:
+            y = into(x, *self._states)
+            if y is not None:
+                return y
+        return self._step_checked(x)
+
+    if _runtime is not None:  # the same in C through self._fast; a class function: no bound method per stream
+        step = _runtime.stream_step
 
     def _step_checked(self, x: Any) -> Any:
         """``step`` for what the kernel's fast path declined (the kernel checks dtype, rank, the
@@ -449,7 +428,7 @@ class Stream(_StreamStep):
             direct = program.direct
             if direct is not None:
                 out = direct(x, self._states)
-                self._states = _owned(out[1:])
+                self._states[:] = _owned(out[1:])
                 return out[0]  # a kernel's Y: computed by this call, so fresh and writeable
             outputs, states = program.run_fast([x], self._states, in_place=True)
         else:
@@ -457,7 +436,7 @@ class Stream(_StreamStep):
             outputs, states = program.run_fast(data, self._states, in_place=True)
             if len(data) == 1:
                 self._shape = data[0].shape
-        self._states = _owned(states)
+        self._states[:] = _owned(states)
         if len(outputs) == 1:
             y = outputs[0]
             return y.copy() if y.__class__ is np.ndarray and not y.flags.writeable else y
@@ -465,7 +444,7 @@ class Stream(_StreamStep):
 
     def reset(self) -> None:
         program = self._program
-        self._states = [program.initial_state[s.key].copy() for s in program.slots]
+        self._states[:] = [program.initial_state[s.key].copy() for s in program.slots]
 
     @property
     def state(self) -> dict[str, np.ndarray]:
@@ -481,24 +460,10 @@ class Stream(_StreamStep):
         return self._program.save(dict(zip((s.key for s in self._program.slots), self._states)))
 
     def _set(self, state: Mapping[str, np.ndarray]) -> None:
-        self._states = [np.array(state[s.key]) for s in self._program.slots]  # own copies
+        self._states[:] = [np.array(state[s.key]) for s in self._program.slots]  # own copies
 
 
-class _PyPoolStep:
-    """``StreamPool.step`` where lstminfer._native._runtime is not built (it has its usual call in C)."""
-
-    def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
-        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
-
-        All chunks must have the same shape (same number of time steps).
-        """
-        return self._step_checked(frames)
-
-
-_PoolStep = _runtime.PoolCore if _runtime is not None else _PyPoolStep
-
-
-class StreamPool(_PoolStep):
+class StreamPool:
     """Up to ``max_streams`` streams stepped together: one batched run of the model per ``step``.
 
     States live in preallocated per-state buffers of ``max_streams`` slots;
@@ -528,15 +493,17 @@ class StreamPool(_PoolStep):
         self._free = list(range(max_streams - 1, -1, -1))  # pop() hands out slot 0 first
         self._views: dict[tuple[int, int], list[np.ndarray]] = {}
         self.lock = threading.Lock()
-        # the whole step in C for a bare recurrent node (_runtime.PoolStepCore); None: Python
+        # the whole step in C for a model of one recurrent node or one output (_runtime.PoolStep)
         self._fast = None
         out_axis = self._output_axes[program.output_names[0]]
         one_output = program.direct_into is not None or len(program.output_names) == 1
-        if _runtime is not None and one_output and program.chunk_batch_axis in (0, 1) and out_axis is not None:
-            programs = program.programs.fast if program.direct_into is None else None
-            self._fast = _runtime.PoolStepCore(program.direct_into, self, self.lock, self._sid_at, self._id_bits,
-                                               self._views, self._slot_views, program.chunk_batch_axis, out_axis,
-                                               lambda sids, y: _rows_by_stream(sids, y, out_axis), programs)
+        programs = program.programs.fast if program.direct_into is None else None
+        if _runtime is not None and one_output and program.chunk_batch_axis in (0, 1) and out_axis is not None \
+                and (program.direct_into is not None or programs is not None):
+            self._fast = _runtime.PoolStep(program.direct_into, self._step_checked, self.lock, self._sid_at,
+                                           self._id_bits, self._views, self._slot_views, program.chunk_batch_axis,
+                                           out_axis, lambda sids, y: _rows_by_stream(sids, y, out_axis), programs)
+            self.step = self._fast.step
 
     def __len__(self) -> int:
         return self.max_streams - len(self._free)
@@ -585,8 +552,15 @@ class StreamPool(_PoolStep):
         with self.lock:
             return self._program.save(self._read(self._slot(sid)))
 
+    def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
+        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
+
+        All chunks must have the same shape (same number of time steps).
+        """
+        return self._step_checked(frames)
+
     def _step_checked(self, frames: Mapping[int, Any]) -> dict[int, Any]:
-        """``step`` for what the C step (``PoolCore.step``) declined or where it is not built:
+        """``step`` for what the C step (``self._fast``) declined or where it is not built:
         the checks that report the problem, any model, ids in any order."""
         if frames.__class__ is not dict and not isinstance(frames, Mapping):
             raise InvalidArgumentError(f"step takes a dict stream id -> chunk, got {type(frames).__name__}")
@@ -677,6 +651,8 @@ class StreamPool(_PoolStep):
                 )
         if len(first) == 1:
             self._shape = first[0]
+            if self._fast is not None:  # the C step takes chunks of this shape without the full check
+                self._fast.shape = self._shape
         return [np.concatenate([feeds[i] for feeds in data], axis=program.batch_axes[vi.name])
                 for i, vi in enumerate(program.data_inputs)]
 
@@ -709,7 +685,7 @@ def _owned(states):
 
 def _kernel_call(kernel, template: list[Any], state_at: list[int], label: str):
     """``call(x, states) -> kernel outputs`` with the constants bound; the usual arities spelled out
-    (a generic argument list costs about a third of a whole step at H=64)."""
+    (a generic argument list is a large part of a small step)."""
     def failed(e: Exception) -> ExecutionError:  # worded like the executor's errors
         return ExecutionError(f"{label} failed: {type(e).__name__}: {e}")
 
@@ -747,9 +723,6 @@ def _kernel_call(kernel, template: list[Any], state_at: list[int], label: str):
                 raise failed(e) from e
 
     return call
-
-
-_SHAPE_OF = operator.attrgetter("shape")
 
 
 def _with(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:

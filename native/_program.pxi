@@ -45,6 +45,11 @@ MAX_PROGRAM_OUTPUTS = MAX_OUTPUTS
 BASE_ARENA = ARENA
 MAX_PROGRAM_FEEDS = MAX_FEEDS
 
+cdef enum:  # how a feed is checked (Program.feed_kind)
+    FEED_C_ORDER = 0
+    FEED_STRIDED = 1
+    FEED_PINNED = 2
+
 cdef struct Ref:
     int base
     Py_ssize_t offset
@@ -495,8 +500,16 @@ cdef class Program:
     cdef object keep
     cdef list out_copies  # per output: a Copy from its ref into a C-order array of its shape
     cdef public object text
+    # feed_specs as C numbers: feed k's kind, dtype, rank, and shape/strides at feed_at[k]..
+    cdef int feed_kind[MAX_FEEDS]
+    cdef int feed_nd[MAX_FEEDS]
+    cdef Py_ssize_t feed_at[MAX_FEEDS]
+    cdef tuple feed_dtypes
+    cdef Py_ssize_t[:] feed_shape, feed_strides
 
     def __init__(self, tuple feed_specs, tuple instructions, tuple outputs, Py_ssize_t arena_bytes, keep, text=""):
+        cdef Py_ssize_t k
+        cdef list shapes = [], strides = []
         if len(feed_specs) > MAX_FEEDS or len(outputs) > MAX_OUTPUTS:
             raise ValueError(f"program: at most {MAX_FEEDS} feeds and {MAX_OUTPUTS} outputs")
         self.feed_specs, self.instructions, self.outputs = feed_specs, instructions, outputs
@@ -510,37 +523,48 @@ cdef class Program:
         for ins in instructions:
             if not isinstance(ins, Instr):
                 raise TypeError("program: instructions are Instr objects")
+        for k, spec in enumerate(feed_specs):
+            self.feed_kind[k] = FEED_PINNED if len(spec) == 3 else FEED_STRIDED if len(spec) == 4 else FEED_C_ORDER
+            self.feed_nd[k], self.feed_at[k] = len(spec[1]), len(shapes)
+            shapes.extend(spec[1])
+            strides.extend(spec[3] if len(spec) == 4 else spec[1])
+            if len(spec) == 4 and len(spec[3]) != len(spec[1]):
+                raise ValueError(f"program: feed {k}'s shape and strides do not match")
+        self.feed_dtypes = tuple(spec[0] for spec in feed_specs)
+        self.feed_shape, self.feed_strides = _index_array(shapes), _index_array(strides)
 
     cdef bint feeds_ok(self, list feeds, char** bases):
-        cdef Py_ssize_t k, j
-        cdef rt_ndarray* a
-        cdef tuple shape
+        cdef Py_ssize_t k, j, at
+        cdef int nd, kind
+        cdef cnp.npy_intp* dims
+        cdef cnp.npy_intp* strides
         if len(feeds) != self.nfeeds:
             return False
         for k in range(self.nfeeds):
-            value = feeds[k]
-            spec = <tuple>self.feed_specs[k]
-            if len(spec) == 3:  # pinned: compiled in as a constant, so only this very object
-                if value is not spec[2]:
+            value = <object>PyList_GET_ITEM(feeds, k)
+            kind = self.feed_kind[k]
+            if kind == FEED_PINNED:  # compiled in as a constant, so only this very object
+                if value is not (<tuple>self.feed_specs[k])[2]:
                     return False
                 continue
             if type(value) is not _NDARRAY:
                 return False
-            a = as_array(value)
-            shape = <tuple>spec[1]
-            if not same_dtype(a.descr, spec[0]) or a.nd != len(shape) or not (a.flags & 0x0100):  # ALIGNED
+            nd, at = self.feed_nd[k], self.feed_at[k]
+            if not same_dtype(descr_of(value), self.feed_dtypes[k]) or cnp.PyArray_NDIM(<cnp.ndarray>value) != nd \
+                    or not cnp.PyArray_ISALIGNED(<cnp.ndarray>value):
                 return False
-            for j in range(a.nd):
-                if a.dimensions[j] != <Py_ssize_t>shape[j]:
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
+            for j in range(nd):
+                if dims[j] != self.feed_shape[at + j]:
                     return False
-            if len(spec) == 4:  # a strided feed: these very strides (where a dim steps at all)
-                strides = <tuple>spec[3]
-                for j in range(a.nd):
-                    if a.dimensions[j] > 1 and a.strides[j] != <Py_ssize_t>strides[j]:
+            if kind == FEED_STRIDED:  # these very strides (where a dim steps at all)
+                strides = cnp.PyArray_STRIDES(<cnp.ndarray>value)
+                for j in range(nd):
+                    if dims[j] > 1 and strides[j] != self.feed_strides[at + j]:
                         return False
-            elif not (a.flags & RT_C_CONTIGUOUS):
+            elif not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value):
                 return False
-            bases[1 + k] = (<rt_ndarray_data*><PyObject*>value).data
+            bases[1 + k] = data_of(value)
         return True
 
     def kept_arenas(self):
@@ -567,15 +591,15 @@ cdef class Program:
         bases[ABSOLUTE] = NULL
         cdef list direct = None
         if self.ndirect:  # the outputs instructions write in place: this call's fresh arrays
-            direct = [None] * self.nout
+            direct = prepend(None, self.nout, [])
             for k in range(self.nout):
                 spec = <tuple>self.outputs[k]
                 if spec[4]:
                     target = _empty(spec[0], spec[1])
                     direct[k] = target
-                    bases[OUTPUT0 + k] = (<rt_ndarray_data*><PyObject*>target).data
+                    bases[OUTPUT0 + k] = data_of(target)
         arena = self.arenas.pop() if self.arenas else np.empty(self.arena_bytes + 64, np.uint8)
-        bases[ARENA] = <char*>(((<size_t>(<rt_ndarray_data*><PyObject*>arena).data) + 63) & ~(<size_t>63))
+        bases[ARENA] = <char*>(((<size_t>data_of(arena)) + 63) & ~(<size_t>63))
         try:
             for ins in self.instructions:
                 status = ins.run(bases)
@@ -589,9 +613,7 @@ cdef class Program:
                     if target is None:
                         target = direct[k]
                     else:
-                        memcpy((<rt_ndarray_data*><PyObject*>target).data,
-                               (<rt_ndarray_data*><PyObject*>direct[k]).data,
-                               cnp.PyArray_NBYTES(<cnp.ndarray>target))
+                        memcpy(data_of(target), data_of(direct[k]), cnp.PyArray_NBYTES(<cnp.ndarray>target))
                     Py_INCREF(target)
                     PyList_SET_ITEM(out, k, target)
                     continue
@@ -603,7 +625,7 @@ cdef class Program:
                     continue
                 if target is None:
                     target = _empty(spec[0], spec[1])
-                (<OutCopy>self.out_copies[k]).run_into(bases, (<rt_ndarray_data*><PyObject*>target).data)
+                (<OutCopy>self.out_copies[k]).run_into(bases, data_of(target))
                 Py_INCREF(target)
                 PyList_SET_ITEM(out, k, target)
             return out
@@ -613,7 +635,7 @@ cdef class Program:
 
     cdef bint into_ok(self, list into):
         cdef Py_ssize_t k, j
-        cdef rt_ndarray* a
+        cdef cnp.npy_intp* dims
         cdef tuple shape
         if len(into) != self.nout:
             return False
@@ -625,12 +647,12 @@ cdef class Program:
             shape = <tuple>spec[0]
             if type(value) is not _NDARRAY:
                 return False
-            a = as_array(value)
-            if not same_dtype(a.descr, spec[1]) or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS) \
-                    or not (a.flags & RT_WRITEABLE):
+            if not same_dtype(descr_of(value), spec[1]) or cnp.PyArray_NDIM(<cnp.ndarray>value) != len(shape) \
+                    or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>value) or not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>value):
                 return False
-            for j in range(a.nd):
-                if a.dimensions[j] != <Py_ssize_t>shape[j]:
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
+            for j in range(len(shape)):
+                if dims[j] != <Py_ssize_t>shape[j]:
                     return False
         return True
 
@@ -645,8 +667,10 @@ cdef inline bint same_dtype(PyObject* descr, object dtype):
 
 
 cdef object _empty(tuple shape, dtype):
-    cdef cnp.npy_intp dims[MAX_DIMS]
+    cdef cnp.npy_intp dims[64]  # numpy's most dims
     cdef int k, nd = len(shape)
+    if nd > 64:
+        raise ValueError("program: too many dims")
     for k in range(nd):
         dims[k] = shape[k]
     Py_INCREF(dtype)

@@ -1,12 +1,10 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The per-call loop of ``Model.run`` in C: feed checks, the step loop, output detaching.
+"""The per-call paths in C: feed checks, the step loop, output detaching, and the fast-path
+objects ``Model``, ``Stream`` and ``StreamPool`` own (``ModelRun``, ``StreamStep``, ``PoolStep``).
 
-At H=64 one recurrent step is ~2 µs of kernel; the same work as Python
-bytecode (check three feeds, walk the schedule, check the outputs for
-aliasing) cost ~5 µs more. These functions do exactly what the Python code
-in model.py/plan.py does (which remains the fallback when this extension is
-not built, and the path for anything unusual): they either finish the job
-or return None so the caller takes the full path, which reports errors.
+Each does exactly what the Python code in model.py, plan.py and streaming.py does (the
+fallback when this extension is not built, and the path for anything unusual): it finishes
+the job or returns None (or hands the call back) so that the full path runs and reports errors.
 """
 from cpython.ref cimport PyObject, Py_INCREF
 
@@ -22,84 +20,27 @@ cdef extern from "numpy/arrayobject.h":
 
 from lstminfer.errors import LstminferError
 
-cdef extern from *:
-    """
-    /* The leading fields of numpy's PyArrayObject_fields (stable across numpy 1.x
-       and 2.x); read only after layout_ok() checked them on live arrays. */
-    typedef struct {
-        PyObject_HEAD
-        char *data;
-        int nd;
-        Py_ssize_t *dimensions;
-        Py_ssize_t *strides;
-        PyObject *base;
-        PyObject *descr;
-        int flags;
-    } rt_ndarray;
-    #define RT_WRITEABLE 0x0400
-    """
-    ctypedef struct rt_ndarray:
-        int nd
-        Py_ssize_t* dimensions
-        Py_ssize_t* strides
-        PyObject* base
-        PyObject* descr
-        int flags
-    const int RT_WRITEABLE
-
 cdef extern from "string.h":
     void* memcpy(void* dst, const void* src, size_t n) nogil
-
-cdef extern from *:
-    """
-    typedef struct {
-        PyObject_HEAD
-        char *data;
-    } rt_ndarray_data;
-    #define RT_C_CONTIGUOUS 0x0001
-    """
-    ctypedef struct rt_ndarray_data:
-        char* data
-    const int RT_C_CONTIGUOUS
 
 cdef type _NDARRAY = np.ndarray
 
 
-cdef inline rt_ndarray* as_array(object value) noexcept:
-    return <rt_ndarray*><PyObject*>value
+cdef inline PyObject* descr_of(object array) noexcept:
+    """The dtype of ``array`` (an exact ndarray: the caller checked), borrowed."""
+    return <PyObject*>cnp.PyArray_DESCR(<cnp.ndarray>array)
 
 
-def _layout_ok():
-    """Does rt_ndarray match numpy's arrays here? (checked on live arrays, once)"""
-    cdef rt_ndarray* a
-    base = np.zeros((3, 4), dtype=np.float32)
-    view = base[1:]
-    frozen = np.zeros(2)
-    frozen.flags.writeable = False
-    for arr in (base, view, frozen):
-        a = as_array(arr)
-        if a.nd != arr.ndim or a.descr != <PyObject*>arr.dtype or bool(a.flags & RT_WRITEABLE) != arr.flags.writeable:
-            return False
-        if (a.base == NULL) != (arr.base is None) or (a.base != NULL and <object>a.base is not arr.base):
-            return False
-        for k in range(arr.ndim):
-            if a.dimensions[k] != arr.shape[k]:
-                return False
-        if <size_t>(<rt_ndarray_data*><PyObject*>arr).data != <size_t>arr.__array_interface__["data"][0]:
-            return False
-    return True
-
-
-cdef bint LAYOUT_OK = _layout_ok()
-AVAILABLE = LAYOUT_OK
+cdef inline char* data_of(object array) noexcept:
+    return cnp.PyArray_BYTES(<cnp.ndarray>array)
 
 
 cdef inline object root_of(object value):
     """The ndarray that owns ``value``'s memory (following .base through ndarrays)."""
-    cdef PyObject* base = as_array(value).base
+    cdef PyObject* base = cnp.PyArray_BASE(<cnp.ndarray>value)
     while base != NULL and type(<object>base) is _NDARRAY:
         value = <object>base
-        base = as_array(value).base
+        base = cnp.PyArray_BASE(<cnp.ndarray>value)
     return value
 
 
@@ -144,8 +85,8 @@ cdef class FeedChecks:
         return self._feeds(feed)
 
     cdef object _feeds(self, dict feed):
-        cdef rt_ndarray* a
         cdef Py_ssize_t k, j
+        cdef cnp.npy_intp* dims
         if len(feed) != self.n:
             return None
         out = PyList_New(self.n)
@@ -153,11 +94,11 @@ cdef class FeedChecks:
             value = feed.get(self.names[k])
             if type(value) is not _NDARRAY:
                 return None
-            a = as_array(value)
-            if a.descr != <PyObject*>self.dtypes[k] or a.nd != self.rank[k]:
+            if descr_of(value) != <PyObject*>self.dtypes[k] or cnp.PyArray_NDIM(<cnp.ndarray>value) != self.rank[k]:
                 return None
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
             for j in range(self.dim_at[k], self.dim_at[k + 1]):
-                if a.dimensions[self.axis[j]] != self.size[j]:
+                if dims[self.axis[j]] != self.size[j]:
                     return None
             Py_INCREF(value)
             PyList_SET_ITEM(out, k, value)
@@ -266,9 +207,9 @@ cdef object _detach(list outputs, list feeds):
         if type(value) is not _NDARRAY:
             return None
         root = root_of(value)
-        if as_array(root).base != NULL:
+        if cnp.PyArray_BASE(<cnp.ndarray>root) != NULL:
             return None  # memory owned by something else (a buffer, bytes...)
-        if not (as_array(value).flags & RT_WRITEABLE):
+        if not cnp.PyArray_ISWRITEABLE(<cnp.ndarray>value):
             out.append(value.copy())
             continue
         if feed_roots is None:
@@ -286,8 +227,7 @@ cdef extern from *:
     #if defined(__SSE2__)
     #include <emmintrin.h>
     #endif
-    /* A chunk's row into the batch: inline for the small rows of a pool step (the libc call
-       per 256-byte row showed in its profile), memcpy beyond. */
+    /* A chunk's row into the batch: inline for a pool step's small rows, memcpy beyond. */
     static inline void rt_copy(char *dst, const char *src, Py_ssize_t n) {
     #if defined(__SSE2__)
         if (n <= 1024) {
@@ -308,15 +248,16 @@ cdef extern from *:
 
 cdef inline bint chunk_ok(object chunk, PyObject* descr, tuple shape):
     """An exact C-contiguous ndarray of dtype ``descr`` and of ``shape``: a chunk copied as is."""
-    cdef rt_ndarray* a
     cdef Py_ssize_t k
+    cdef cnp.npy_intp* dims
     if type(chunk) is not _NDARRAY:
         return False
-    a = as_array(chunk)
-    if a.descr != descr or a.nd != len(shape) or not (a.flags & RT_C_CONTIGUOUS):
+    if descr_of(chunk) != descr or cnp.PyArray_NDIM(<cnp.ndarray>chunk) != len(shape) \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>chunk):
         return False
-    for k in range(a.nd):
-        if a.dimensions[k] != <Py_ssize_t>shape[k]:
+    dims = cnp.PyArray_DIMS(<cnp.ndarray>chunk)
+    for k in range(len(shape)):
+        if dims[k] != <Py_ssize_t>shape[k]:
             return False
     return True
 
@@ -330,7 +271,7 @@ cdef inline Py_ssize_t slot_by_id(object sid, const long long* sid_at, long long
                                   Py_ssize_t max_streams):
     """The slot of open stream ``sid`` (an exact int: 1.0 or True must not find stream 1) from
     the pool's ids: generation << id bits | slot, and sid_at[slot] the id open there (-1: none);
-    -1 if none. Two array reads where a dict lookup cost ~20 ns a stream."""
+    -1 if none. Two array reads: cheaper than a dict lookup per stream."""
     cdef long long value
     cdef Py_ssize_t slot
     if type(sid) is not int:
@@ -349,21 +290,25 @@ def gather_chunks(list chunks, out, tuple shape):
     """Copy each chunk (an exact C-contiguous ndarray of ``out``'s dtype and of ``shape``) into
     ``out[i]`` (C-contiguous, ``len(chunks)`` rows of ``shape``); False, copying nothing
     useful, as soon as a chunk is anything else (the caller then checks them one by one)."""
-    cdef rt_ndarray* o = as_array(out)
-    cdef Py_ssize_t i, k, n = len(chunks), nd = len(shape)
-    cdef Py_ssize_t row_bytes = (<object>o.descr).itemsize
-    if type(out) is not _NDARRAY or not (o.flags & RT_C_CONTIGUOUS) or o.nd != nd + 1 or o.dimensions[0] != n:
+    cdef Py_ssize_t i, k, n = len(chunks), nd = len(shape), row_bytes
+    cdef cnp.npy_intp* dims
+    if type(out) is not _NDARRAY or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>out) \
+            or cnp.PyArray_NDIM(<cnp.ndarray>out) != nd + 1:
         return False
+    dims = cnp.PyArray_DIMS(<cnp.ndarray>out)
+    if dims[0] != n:
+        return False
+    row_bytes = cnp.PyArray_ITEMSIZE(<cnp.ndarray>out)
     for k in range(nd):
-        if o.dimensions[k + 1] != <Py_ssize_t>shape[k]:
+        if dims[k + 1] != <Py_ssize_t>shape[k]:
             return False
         row_bytes *= <Py_ssize_t>shape[k]
-    cdef char* dst = (<rt_ndarray_data*><PyObject*>out).data
+    cdef char* dst = data_of(out)
     for i in range(n):
         chunk = chunks[i]
-        if not chunk_ok(chunk, o.descr, shape):
+        if not chunk_ok(chunk, descr_of(out), shape):
             return False
-        rt_copy(dst + i * row_bytes, (<rt_ndarray_data*><PyObject*>chunk).data, row_bytes)
+        rt_copy(dst + i * row_bytes, data_of(chunk), row_bytes)
     return True
 
 
@@ -372,10 +317,13 @@ def lookup_slots(sid_at, int id_bits, list sids):
     only), contiguous when they are lo, lo+1, ...; None if any id is unknown or not an int
     (the caller then reports which)."""
     cdef const long long[::1] ids = sid_at
-    cdef long long mask = (1LL << id_bits) - 1
+    cdef long long mask
     cdef list slots = []
     cdef bint contiguous = True
     cdef Py_ssize_t i, first = 0, slot
+    if ids.shape[0] < 1 or not 0 < id_bits < 63:
+        raise ValueError(f"lookup_slots: {ids.shape[0]} slots, {id_bits} id bits")
+    mask = (1LL << id_bits) - 1
     for i in range(len(sids)):
         slot = slot_by_id(sids[i], &ids[0], mask, ids.shape[0])
         if slot < 0:
@@ -390,8 +338,8 @@ def lookup_slots(sid_at, int id_bits, list sids):
 
 def rows_by_stream(list sids, y, int axis):
     """{sids[i]: y's row i along ``axis``, as a view keeping that axis (size 1)}: the pool's
-    per-stream outputs. Made here because numpy's own view making (``list(y)``) costs
-    about twice as much per row. None when ``y`` is not a writeable ndarray with ``len(sids)``
+    per-stream outputs, made here: cheaper per row than numpy's own view making (``list(y)``).
+    None when ``y`` is not a writeable ndarray with ``len(sids)``
     rows along ``axis`` (the caller then splits it in Python)."""
     return _rows(sids, None, y, axis)
 
@@ -436,25 +384,48 @@ cdef object _rows(list sids, dict keyed, y, int axis):
     return out
 
 
+cdef list prepend(object first, Py_ssize_t n, list rest):
+    """[first] * n + rest, made in one allocation (a step's feeds and targets)."""
+    cdef Py_ssize_t k, m = len(rest)
+    out = PyList_New(n + m)
+    for k in range(n):
+        Py_INCREF(first)
+        PyList_SET_ITEM(out, k, first)
+    for k in range(m):
+        value = <object>PyList_GET_ITEM(rest, k)
+        Py_INCREF(value)
+        PyList_SET_ITEM(out, n + k, value)
+    return out
+
+
 include "_program.pxi"
 
 
-cdef class CheckedRun:
-    """Model.run(None, feed) in one call: ``FeedChecks``, the plan's ``Schedule`` of all
-    outputs, ``detach``. Returns None (nothing run) when the feeds need the full check;
+cdef class ModelRun:
+    """``Model.run``'s fast path, which a Model owns and binds as its ``run``: ``run(None, dict)``
+    goes through ``FeedChecks``, then the compiled program of the feeds' signature, else the
+    plan's ``Schedule`` (None: none), then ``detach``; any other call, or feeds these decline,
+    goes to ``checked`` (``Model._run_checked``), which reports errors.
     ``detach_fallback(outputs, feeds)`` handles outputs ``detach`` declines."""
+    cdef object checked, detach_fallback
     cdef FeedChecks checks
     cdef Schedule schedule
-    cdef object detach_fallback
-    cdef public ProgramSet programs  # the plan compiled per signature (None: the schedule alone)
+    cdef ProgramSet programs
 
-    def __init__(self, FeedChecks checks, Schedule schedule, detach_fallback):
-        self.checks, self.schedule, self.detach_fallback = checks, schedule, detach_fallback
+    def __init__(self, checked, FeedChecks checks not None, Schedule schedule, ProgramSet programs, detach_fallback):
+        self.checked, self.checks, self.schedule = checked, checks, schedule
+        self.programs, self.detach_fallback = programs, detach_fallback
 
-    def __call__(self, dict feed):
-        return self.run(feed)
+    def run(self, output_names, input_feed, run_options=None):
+        """Run the model; returns the requested outputs in order, like onnxruntime."""
+        if output_names is None and type(input_feed) is dict:
+            outputs = self.whole(<dict>input_feed)
+            if outputs is not None:
+                return outputs
+        return self.checked(output_names, input_feed)
 
-    cdef object run(self, dict feed):
+    cdef object whole(self, dict feed):
+        """All outputs for ``feed``, or None (nothing run) when it needs the full check."""
         feeds = self.checks._feeds(feed)
         if feeds is None:
             return None
@@ -462,55 +433,57 @@ cdef class CheckedRun:
             outputs = self.programs._run(feeds, None)
             if outputs is not None:
                 return outputs  # fresh arrays: nothing to detach
+        if self.schedule is None:
+            return None
         outputs = self.schedule._run(feeds)
         detached = _detach(outputs, feeds)
         return detached if detached is not None else self.detach_fallback(outputs, feeds)
 
 
-cdef class RunCore:
-    """``Model.run``'s usual call in C (lstminfer.model.Model subclasses it): ``run(None, dict)``
-    goes straight to the plan's ``CheckedRun``; anything else, or feeds it declines, to the
-    Python ``_run_checked``. The Python method alone cost ~0.3 us of a 2.3 us GRU H=64 step."""
-    cdef public CheckedRun _run_all  # None: no C path for this plan
+cdef class StreamStep:
+    """The fast path a ``Stream`` owns: the chunk goes straight to the kernel's ``run_into``
+    (``into``) with the stream's states (it checks the chunk and writes the new states over
+    them), or to ``programs`` when the program of its signature was compiled before.
+    ``states`` is the stream's own list, which both sides update in place."""
+    cdef object into
+    cdef list states
+    cdef ProgramSet programs  # a whole model's streaming plan compiled (None: none)
+    cdef tuple names  # its data outputs
 
-    def run(self, output_names, input_feed, run_options=None):
-        """Run the model; returns the requested outputs in order, like onnxruntime."""
-        cdef CheckedRun whole = self._run_all
-        if output_names is None and type(input_feed) is dict and whole is not None:
-            outputs = whole.run(<dict>input_feed)
-            if outputs is not None:
-                return outputs
-        return self._run_checked(output_names, input_feed)
+    def __init__(self, list states not None, into, ProgramSet programs, tuple names not None):
+        if (into is None) == (programs is None):
+            raise ValueError("StreamStep: one of into and programs")
+        self.states, self.into, self.programs, self.names = states, into, programs, names
 
+    def run(self, x):
+        """The outputs for chunk ``x``, or None (nothing changed) when it needs the full check."""
+        return self.take(x)
 
-cdef class StreamCore:
-    """``Stream.step``'s fast path in C (lstminfer.streaming.Stream subclasses it): the chunk
-    goes straight to the kernel's ``run_into`` with the stream's states (it checks the chunk
-    and writes the new states over them); anything it declines goes to ``_step_checked``."""
-    cdef public object _into  # the kernel's run_into, or None
-    cdef public list _states
-    cdef public ProgramSet _programs  # a whole model's streaming plan compiled (None: none)
-    cdef public tuple _names  # its data outputs
-
-    def step(self, x):
-        """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
-        cdef list states = self._states
+    cdef object take(self, x):
+        cdef list states = self.states
         cdef Py_ssize_t n
-        if self._into is not None:
+        if self.into is not None:
             if len(states) == 2:
-                y = self._into(x, states[0], states[1])
-            elif len(states) == 1:
-                y = self._into(x, states[0])
-            else:
-                y = self._into(x, *states)
-            if y is not None:
-                return y
-        elif self._programs is not None:  # a chunk of a signature already compiled: new states in place
-            n = len(self._names)
-            out = self._programs._run_cached([x] + states, [None] * n + states)
-            if out is not None:
-                return out[0] if n == 1 else dict(zip(self._names, out))
-        return self._step_checked(x)
+                return self.into(x, states[0], states[1])
+            if len(states) == 1:
+                return self.into(x, states[0])
+            return self.into(x, *states)
+        n = len(self.names)  # a chunk of a signature already compiled: new states in place
+        out = self.programs._run_cached(prepend(x, 1, states), prepend(None, n, states))
+        if out is None:
+            return None
+        return out[0] if n == 1 else dict(zip(self.names, out))
+
+
+def stream_step(stream, x):
+    """Run one chunk (any number of time steps >= 1, batch 1); returns the outputs like ``predict``."""
+    # Stream.step itself, a function of the class: a bound method per stream would add to every stream's memory.
+    cdef StreamStep fast = stream._fast
+    if fast is not None:
+        y = fast.take(x)
+        if y is not None:
+            return y
+    return stream._step_checked(x)
 
 
 cdef extern from "Python.h":
@@ -535,33 +508,13 @@ cdef class RowsOf:
         return rows if rows is not None else self.split_rows(list(self.frames), y)
 
 
-cdef class PoolCore:
-    """``StreamPool.step``'s usual call in C (lstminfer.streaming.StreamPool subclasses it): a
-    non-empty dict goes to the pool's ``PoolStepCore`` under the pool's lock; anything else,
-    or frames it declines, to the Python ``_step_checked``, which reports errors."""
-    cdef public PoolStepCore _fast  # None: no C path for this pool's model
-    cdef public tuple _shape  # a chunk shape that passed the full check (None: none yet)
-
-    def step(self, frames):
-        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
-
-        All chunks must have the same shape (same number of time steps).
-        """
-        cdef PoolStepCore fast = self._fast
-        if fast is not None and type(frames) is dict and len(<dict>frames) > 0:
-            done = fast.locked(<dict>frames)
-            if done is not None:
-                return done
-        return self._step_checked(frames)
-
-
-cdef class PoolStepCore:
-    """``StreamPool.step``'s fast path in C, for a pool whose model is one recurrent node with
-    rank-3 chunks: ids looked up, chunks gathered into one batch, the kernel's ``run_into``
-    on the slots' state views, {stream id: its view of Y}. Returns None (nothing changed)
-    whenever anything is unusual; the caller then takes its full path, which reports errors."""
-    cdef object into, empty, dtype, slot_views, X, Y, acquire, release, sid_array
-    cdef PoolCore pool
+cdef class PoolStep:
+    """``StreamPool.step``'s fast path, which a pool owns and binds as its ``step``, for a model
+    that is one recurrent node (or compiles to one program) with rank-3 chunks: under the pool's
+    lock, ids looked up, chunks gathered into one batch, the kernel's ``run_into`` on the slots'
+    state views, {stream id: its view of Y}. Anything unusual (nothing changed) goes to
+    ``checked`` (``StreamPool._step_checked``), which reports errors."""
+    cdef object into, checked, empty, dtype, slot_views, X, Y, acquire, release, sid_array
     cdef ProgramSet programs  # a whole model of one data output (into None): its streaming plan compiled
     cdef dict views
     cdef const long long* sid_at
@@ -569,8 +522,9 @@ cdef class PoolStepCore:
     cdef Py_ssize_t max_streams
     cdef Py_ssize_t batch_axis  # of the chunks (and of X): 1 time-major, 0 batch-major
     cdef RowsOf rows_of
+    cdef public tuple shape  # the chunk shape the pool's full check passed (None: none yet)
 
-    def __init__(self, into, PoolCore pool, lock, sid_at, int id_bits, dict views, slot_views,
+    def __init__(self, into, checked, lock, sid_at, int id_bits, dict views not None, slot_views,
                  Py_ssize_t batch_axis, int out_axis, split_rows, ProgramSet programs=None):
         """``sid_at``: the pool's int64 array of the id open in each slot (-1: none), updated in
         place by open/close; ids are generation << id_bits | slot. ``into``: the bare recurrent
@@ -578,8 +532,10 @@ cdef class PoolStepCore:
         which run a batch whose signature the pool's full path compiled before."""
         cdef const long long[::1] ids = sid_at
         if (into is None) == (programs is None):
-            raise ValueError("PoolStepCore: one of into and programs")
-        self.into, self.pool, self.views, self.slot_views = into, pool, views, slot_views
+            raise ValueError("PoolStep: one of into and programs")
+        if ids.shape[0] < 1 or not 0 < id_bits < 63 or batch_axis not in (0, 1):
+            raise ValueError(f"PoolStep: {ids.shape[0]} slots, {id_bits} id bits, batch axis {batch_axis}")
+        self.into, self.checked, self.views, self.slot_views = into, checked, views, slot_views
         self.programs = programs
         self.acquire, self.release = lock.acquire, lock.release
         self.sid_array, self.sid_at, self.max_streams = sid_at, &ids[0], ids.shape[0]
@@ -589,8 +545,19 @@ cdef class PoolStepCore:
         self.empty = np.empty
         self.dtype = np.dtype(np.float32)
 
+    def step(self, frames):
+        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
+
+        All chunks must have the same shape (same number of time steps).
+        """
+        if type(frames) is dict and len(<dict>frames) > 0:
+            done = self.locked(<dict>frames)
+            if done is not None:
+                return done
+        return self.checked(frames)
+
     cdef object locked(self, dict frames):
-        """__call__ holding the pool's lock."""
+        """One step holding the pool's lock; None when declined."""
         self.acquire()
         try:
             return self._step(frames)
@@ -600,27 +567,23 @@ cdef class PoolStepCore:
     cdef object batch_buffer(self, Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t d2):
         """The step's batch X [d0, d1, d2], reused from the last step of that shape: it never
         leaves this object (the kernel reads it during the call) and the pool's lock serializes
-        steps, where a fresh 16 KiB buffer per step cost ~1 us in malloc at 64 streams."""
-        cdef rt_ndarray* a
+        steps, so no malloc per step."""
+        cdef cnp.npy_intp* dims
         X = self.X
         if X is not None:
-            a = as_array(X)
-            if a.dimensions[0] == d0 and a.dimensions[1] == d1 and a.dimensions[2] == d2:
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>X)
+            if dims[0] == d0 and dims[1] == d1 and dims[2] == d2:
                 return X
         X = self.empty((d0, d1, d2), self.dtype)
         if d0 * d1 * d2 <= (1 << 20):  # kept only while small (1M floats)
             self.X = X
         return X
 
-    def __call__(self, dict frames):
-        """One step (the caller holds the pool's lock); None when declined."""
-        return self._step(frames)
-
     cdef object _step(self, dict frames):
         cdef Py_ssize_t n = len(frames), pos = 0, i = 0, t, T, I, first = 0, slot
         cdef PyObject* key
         cdef PyObject* value
-        cdef tuple shape = self.pool._shape
+        cdef tuple shape = self.shape
         cdef char* dst
         cdef char* src
         if n == 0 or shape is None or len(shape) != 3:
@@ -637,7 +600,7 @@ cdef class PoolStepCore:
             X = self.batch_buffer(n, T, I)
         else:
             return None
-        dst = (<rt_ndarray_data*><PyObject*>X).data
+        dst = data_of(X)
         while PyDict_Next(frames, &pos, &key, &value):
             sid = <object>key
             slot = slot_by_id(sid, self.sid_at, self.id_mask, self.max_streams)
@@ -650,7 +613,7 @@ cdef class PoolStepCore:
             chunk = <object>value
             if not chunk_ok(chunk, <PyObject*>self.dtype, shape):
                 return None
-            src = (<rt_ndarray_data*><PyObject*>chunk).data
+            src = data_of(chunk)
             if self.batch_axis == 1:
                 for t in range(T):
                     rt_copy(dst + ((t * n + i) * I) * 4, src + t * I * 4, I * 4)
@@ -661,7 +624,7 @@ cdef class PoolStepCore:
         if views is None:
             views = self.slot_views(first, n)
         if self.programs is not None:  # the new states written over the slots' views
-            out = self.programs._run_cached([X] + views, [None] + views)  # Y, then the states
+            out = self.programs._run_cached(prepend(X, 1, views), prepend(None, 1, views))  # Y, then the states
             if out is None:
                 return None
             self.rows_of.frames = frames
@@ -669,9 +632,8 @@ cdef class PoolStepCore:
                 return self.rows_of(out[0])
             finally:
                 self.rows_of.frames = self.rows_of.y = None
-        # The last step's Y again when nothing but this object holds it any more (the caller
-        # dropped every row of it: no one can see it change); a fresh 16 KiB Y per step cost
-        # ~1 us in malloc and free at 64 streams.
+        # The last step's Y again when nothing but this object holds it (the caller dropped every
+        # row of it, so no one sees it change): no malloc per step.
         out = self.Y if self.Y is not None and (<PyObject*>self.Y).ob_refcnt == 1 else None
         self.Y = None
         self.rows_of.frames = frames
@@ -688,4 +650,3 @@ cdef class PoolStepCore:
             return rows
         finally:
             self.rows_of.frames = self.rows_of.y = None
-

@@ -362,22 +362,31 @@ def test_run_fast_path_detaches_views_and_reports_kernel_errors():
 
 
 def test_everything_runs_without_the_runtime_extension(monkeypatch, rng):
-    """lstminfer._native._runtime (the per-call loop in C) is optional: the Python paths give the same."""
+    """lstminfer._native._runtime (the per-call paths in C) is optional: the Python paths give the same."""
+    import lstminfer.feeds
     import lstminfer.model
     import lstminfer.plan
+    import lstminfer.program
+    import lstminfer.program_compiler
     import lstminfer.streaming
 
     model = _lstm_with_state_inputs()
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     zeros = np.zeros((1, 2, 5), np.float32)
     expected = lstminfer.load(model).run(None, {"x": x, "h0": zeros, "c0": zeros})
-    for module in (lstminfer.plan, lstminfer.model, lstminfer.streaming):
+    for module in (lstminfer.feeds, lstminfer.plan, lstminfer.program, lstminfer.program_compiler,
+                   lstminfer.model, lstminfer.streaming):
         monkeypatch.setattr(module, "_runtime", None)
     slow = lstminfer.load(model)
-    assert slow._run_all is None and slow._plan.compiled(slow._wanted(None)) is None
+    assert slow._fast is None and slow._plan.compiled(slow._wanted(None)) is None
+    assert "run" not in vars(slow) and slow._programs.fast is None
     for a, b in zip(slow.run(None, {"x": x, "h0": zeros, "c0": zeros}), expected):
         np.testing.assert_array_equal(a, b)
+    stream = slow.stream()
+    assert stream._fast is None
+    np.testing.assert_allclose(stream.step(x[:, :1]), expected[0][:, :, :1], atol=1e-6)
     pool = slow.stream_pool(4)
+    assert pool._fast is None and "step" not in vars(pool)
     ids = [pool.open(), pool.open()]
     out = pool.step({i: x[:, k:k + 1] for k, i in enumerate(ids)})
     for k, i in enumerate(ids):
@@ -385,83 +394,92 @@ def test_everything_runs_without_the_runtime_extension(monkeypatch, rng):
 
 
 def test_run_takes_the_c_path_only_for_the_usual_call(rng):
-    """Model.run(None, dict) goes to the plan's CheckedRun (C); other calls, and feeds it
-    declines, to _run_checked, which checks everything. The Python twin does the same."""
-    from lstminfer.model import _PyRunCore
+    """Model.run is its ModelRun's (C): run(None, dict) goes through the feed checks and the plan;
+    other calls, and feeds it declines, to ``checked`` (Model._run_checked), which checks everything."""
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    f32 = np.dtype(np.float32)
+    checked = []
 
-    class PyModel(_PyRunCore):
-        def __init__(self, run_all):
-            self._run_all = run_all
-            self.checked = []
+    def full(names, feed):
+        checked.append(names)
+        return "checked"
 
-        def _run_checked(self, names, feed):
-            self.checked.append(names)
-            return "checked"
-
-    fast = PyModel(lambda feed: ["fast"])
-    assert fast.run(None, {"x": 1}) == ["fast"] and fast.checked == []
-    assert fast.run(["y"], {"x": 1}) == "checked" and fast.run(None, [("x", 1)]) == "checked"
-    assert PyModel(lambda feed: None).run(None, {}) == "checked"  # declined by the C path
-    assert PyModel(None).run(None, {}) == "checked"
+    schedule = runtime.Schedule([None, None], (0,), (), (0,), None)  # returns its feed
+    fast = runtime.ModelRun(full, runtime.FeedChecks((("x", f32, 1, ()),)), schedule, None, None)
+    x = np.zeros(3, np.float32)
+    (y,) = fast.run(None, {"x": x})
+    assert checked == [] and y is not x and np.array_equal(y, x)  # a feed handed back is copied
+    assert fast.run(["y"], {"x": x}) == "checked" and fast.run(None, [("x", x)]) == "checked"
+    assert fast.run(None, {"x": x.astype(np.float64)}) == "checked"  # declined by the C check
+    unscheduled = runtime.ModelRun(full, runtime.FeedChecks((("x", f32, 1, ()),)), None, None, None)
+    assert unscheduled.run(None, {"x": x}) == "checked"
+    with pytest.raises(TypeError):
+        runtime.ModelRun(full, None, schedule, None, None)
 
     model = _lstm_with_state_inputs()
     m = lstminfer.load(model)
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     feeds = {"x": x, "h0": np.zeros((1, 2, 5), np.float32), "c0": np.zeros((1, 2, 5), np.float32)}
-    assert m._run_all is not None
+    assert m.run == m._fast.run and lstminfer.Model.run.__doc__ == m.run.__doc__
     for a, b in zip(m.run(None, feeds), m._run_checked(None, feeds)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(lstminfer.InvalidInputError, match="x"):
         m.run(None, dict(feeds, x=x[:, :, :2]))  # declined by the C check, reported by the full one
-    with pytest.raises(TypeError):
-        m._run_all = "not a CheckedRun"
 
 
-def test_python_stream_step_matches_the_c_one(rng):
-    from lstminfer.streaming import _PyStreamStep
+def test_stream_step_takes_the_kernel_first(rng):
+    """Stream.step (C) hands the chunk to the stream's StreamStep, which calls the kernel's run_into
+    with the stream's own states list, and anything it declines to Stream._step_checked."""
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    states = [1, 2]
+    step = runtime.StreamStep(states, lambda x, h, c: None if x is None else (x, h, c), None, ("y",))
+    assert step.run("x") == ("x", 1, 2)
+    states[:] = [3, 4]  # the stream updates its states in place: the C step sees them
+    assert step.run("x") == ("x", 3, 4) and step.run(None) is None
+    with pytest.raises(ValueError, match="one of into and programs"):
+        runtime.StreamStep(states, None, None, ("y",))
 
-    class PyStream(_PyStreamStep):
-        __slots__ = ("calls",)
+    class Owner:
+        _fast = step
 
         def _step_checked(self, x):
-            self.calls += 1
             return "checked"
 
-    s = PyStream()
-    s._into, s._states, s.calls = (lambda x, h, c: None if x is None else (x, h, c)), [1, 2], 0
-    assert s.step("x") == ("x", 1, 2) and s.calls == 0
-    assert s.step(None) == "checked" and s.calls == 1
+    owner = Owner()
+    assert runtime.stream_step(owner, "x") == ("x", 3, 4) and runtime.stream_step(owner, None) == "checked"
+    Owner._fast = None
+    assert runtime.stream_step(owner, "x") == "checked"
+    s = lstminfer.load(_lstm_with_state_inputs()).stream()
+    assert lstminfer.streaming.Stream.step is runtime.stream_step and s._fast is not None
 
 
 def test_pool_step_takes_the_c_path_only_for_a_non_empty_dict(rng):
-    """PoolCore.step (C) hands a non-empty dict to the pool's PoolStepCore under its lock and
-    everything else, or frames it declines, to _step_checked; the Python twin always checks."""
-    import lstminfer.streaming as streaming
-
+    """PoolStep.step (C) steps a non-empty dict under the pool's lock and hands everything else,
+    or frames it declines, to ``checked`` (StreamPool._step_checked)."""
+    runtime = pytest.importorskip("lstminfer._native._runtime")
     model = lstminfer.load(_lstm_with_state_inputs())
-    for base in {streaming._PoolStep, streaming._PyPoolStep}:
-        class Pool(base):
-            def _step_checked(self, frames):
-                return ("checked", frames)
-
-        pool = Pool()
-        pool._fast = None
-        assert pool.step({0: 1}) == ("checked", {0: 1})
-        if base is streaming._PyPoolStep:
-            continue
-        real = model.stream_pool(2)
-        sid = real.open()
-        x = rng.standard_normal((1, 1, 3)).astype(np.float32)
-        pool._fast = real._fast
-        real._shape = (1, 1, 3)  # the chunk shape its full check would have passed
-        assert real._fast is not None
-        out = pool.step({sid: x})  # runs in C on real's kernel and slots
-        np.testing.assert_array_equal(out[sid], model.stream().step(x))
-        assert not real.lock.locked()
-        for frames in ({}, [(sid, x)], {sid: x.astype(np.float64)}, {sid + 1: x}):
-            assert pool.step(frames) == ("checked", frames)
-        with pytest.raises(TypeError):
-            pool._fast = "not a PoolStepCore"
+    real = model.stream_pool(2)
+    assert real._fast is not None and real.step == real._fast.step
+    sid = real.open()
+    x = rng.standard_normal((1, 1, 3)).astype(np.float32)
+    expected = model.stream().step(x)
+    assert real._fast.shape is None
+    np.testing.assert_array_equal(real.step({sid: x})[sid], expected)  # the full check, which sets the shape
+    assert real._fast.shape == (1, 1, 3)
+    real.reset(sid)
+    checked = []
+    real._step_checked = lambda frames: checked.append(frames) or ("checked", frames)
+    pool = runtime.PoolStep(real._program.direct_into, real._step_checked, real.lock, real._sid_at, real._id_bits,
+                            real._views, real._slot_views, 1, 1, lambda sids, y: None)
+    pool.shape = (1, 1, 3)
+    out = pool.step({sid: x})  # runs in C on real's kernel and slots
+    np.testing.assert_array_equal(out[sid], expected)
+    assert not real.lock.locked() and checked == []
+    for frames in ({}, [(sid, x)], {sid: x.astype(np.float64)}, {sid + 1: x}):
+        assert pool.step(frames) == ("checked", frames)
+    for sid_at, bits in ((np.zeros(0, np.int64), 1), (real._sid_at, 0), (real._sid_at, 64)):
+        with pytest.raises(ValueError, match="PoolStep"):
+            runtime.PoolStep(real._program.direct_into, None, real.lock, sid_at, bits, {}, None, 1, 1, None)
 
 
 def test_compiled_schedule_runs_steps_and_reports_failures():

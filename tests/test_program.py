@@ -339,7 +339,7 @@ def test_loop_body_runs_as_one_program(batch, time):
                                              {model.input_names[0]: x})[0],
                                    sess.run(None, {sess.get_inputs()[0].name: x})[0], atol=TOL, rtol=TOL)
     (body,) = model._plan.bodies
-    (program,) = body._programs.compiled()
+    (program,) = body.programs.compiled()
     assert "falls back" not in program.text and program.text.count("C dense") == 2, program.text
     assert "body '" in model.describe()
 

@@ -542,6 +542,18 @@ def test_c_rows_by_stream_declines_what_it_cannot_view():
     assert set(runtime.rows_by_stream([1, 2, 3, 4], y, 1)) == {1, 2, 3, 4}
 
 
+def test_c_slot_lookup_checks_the_sizes_it_trusts():
+    """lookup_slots reads the pool's id array without bounds checks: it refuses an empty one and id
+    widths whose mask would not fit (and finds open ids, exact ints only)."""
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    sid_at = np.array([-1, 1 << 2 | 1, -1, 3], np.int64)  # slot 1 holds id 5 (generation 1), slot 3 id 3
+    assert runtime.lookup_slots(sid_at, 2, [5, 3]) == ([1, 3], False)
+    assert runtime.lookup_slots(sid_at, 2, [3.0]) is None and runtime.lookup_slots(sid_at, 2, [1]) is None
+    for ids, bits in ((np.zeros(0, np.int64), 2), (sid_at, 0), (sid_at, 63)):
+        with pytest.raises(ValueError, match="lookup_slots"):
+            runtime.lookup_slots(ids, bits, [1])
+
+
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
 @pytest.mark.parametrize("layout", [0, 1])
 def test_two_thread_pool_matches_streams_alone(op, layout):
