@@ -90,8 +90,8 @@ def isa() -> str:
     if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
         return "portable"
     try:
-        from .._native._cpu import features
-        have = features()
+        from .._native import _cpu
+        have = _cpu.features()
     except ImportError:
         return "portable"
     for name in ("avx512", "avx2"):
@@ -182,8 +182,8 @@ def vnni_available() -> bool:
     if _IMPORT_ERROR or isa() == "portable":
         return False
     try:
-        from .._native._cpu import features
-        have = features()
+        from .._native import _cpu
+        have = _cpu.features()
     except ImportError:
         return False
     return (all(have.get(f) for f in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))
