@@ -3,7 +3,7 @@
 Counts (tracemalloc) what a pool of N streams and N ``Stream`` objects
 allocate once the model's stream program exists, each stream stepped once,
 and prints it per stream next to the state's own bytes (h and c of one
-single-layer LSTM). The issue's target: the state plus a small constant.
+single-layer LSTM). The target: the state plus a small constant.
 """
 from __future__ import annotations
 

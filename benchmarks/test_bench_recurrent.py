@@ -21,7 +21,7 @@ CASES = [Case(op, H, config) for op in ("LSTM", "GRU") for config in CONFIGS for
 def _too_slow(peer: str, case: Case) -> bool:
     if peer == "lstminfer-reference":
         return case.config == "batch" or (case.config == "seq" and case.hidden > 128)
-    if peer.endswith("-2t"):  # threads=2 only where the issue expects it to pay
+    if peer.endswith("-2t"):  # threads=2 only where it is expected to pay
         return case.config == "stream" or case.hidden < 256
     return False
 

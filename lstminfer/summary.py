@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .graph import Graph, Node
+from .reference import GATES
 
-RECURRENT_OPS = {"LSTM": 4, "GRU": 3, "RNN": 1, "DynamicQuantizeLSTM": 4}  # op -> gates per hidden unit
+RECURRENT_OPS = {**GATES, "DynamicQuantizeLSTM": GATES["LSTM"]}  # op -> gates per hidden unit
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from onnx import numpy_helper as nh
 import lstminfer
 import lstminfer.models
 from lstminfer import InvalidArgumentError, InvalidInputError, NotStreamableError
+from lstminfer.reference import GATES
 
-GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 I, H, HEAD = 3, 5, 2
 TOL = 1e-6
 
