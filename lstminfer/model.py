@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from .ops.registry import BuildContext
 from .plan import Plan
 from .program import Programs
 from .state_pairing import state_input_names
-from .streaming import Stream, StreamPool, StreamProgram
+
+if TYPE_CHECKING:
+    from .streaming import Stream, StreamPool, StreamProgram
 
 
 @dataclass(frozen=True)
@@ -233,10 +235,14 @@ class Model:
         ``state``: bytes from ``Stream.save()``, or a state dict. Raises
         ``NotStreamableError`` naming the node that prevents streaming.
         """
+        from .streaming import Stream  # on first use: a model that never streams does not import it
+
         return Stream(self._stream_program(), state)
 
     def stream_pool(self, max_streams: int = 64) -> StreamPool:
         """A thread-safe ``StreamPool`` stepping up to ``max_streams`` streams in one batched run."""
+        from .streaming import StreamPool
+
         return StreamPool(self._stream_program(), max_streams)
 
     def _stream_program(self) -> StreamProgram:
@@ -245,6 +251,8 @@ class Model:
         if program is None:
             with self._lock:
                 if self._streaming is None:
+                    from .streaming import StreamProgram
+
                     try:
                         self._streaming = StreamProgram(self._imported.graph, self._plan, self._ctx)
                     except NotStreamableError as e:
