@@ -222,27 +222,11 @@ cdef object _detach(list outputs, list feeds):
     return out
 
 
-cdef extern from *:
-    """
-    #if defined(__SSE2__)
-    #include <emmintrin.h>
-    #endif
-    /* A chunk's row into the batch: inline for a pool step's small rows, memcpy beyond. */
-    static inline void rt_copy(char *dst, const char *src, Py_ssize_t n) {
-    #if defined(__SSE2__)
-        if (n <= 1024) {
-            Py_ssize_t i = 0;
-            for (; i + 16 <= n; i += 16)
-                _mm_storeu_si128((__m128i *)(dst + i), _mm_loadu_si128((const __m128i *)(src + i)));
-            for (; i < n; i++)
-                dst[i] = src[i];
-            return;
-        }
-    #endif
-        memcpy(dst, src, (size_t)n);
-    }
-    """
-    void rt_copy(char* dst, const char* src, Py_ssize_t n) noexcept nogil
+cdef extern from "li_vector.h":
+    void rt_copy "li_copy_bytes"(char* dst, const char* src, Py_ssize_t n) noexcept nogil
+
+
+cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)
 
 

@@ -6,8 +6,23 @@
 #define LI_VECTOR_H
 #include <Python.h>
 #include <math.h>
+#include <string.h>
 #include "li_math.h"
 #include "li_dense.h"  /* LI_DENSE_CLONES */
+
+/* n bytes copied: a pool step's small rows inline in 16-byte moves (a fixed-size memcpy is one
+   unaligned vector move on any ISA), larger blocks by memcpy. */
+static inline void li_copy_bytes(char *restrict dst, const char *restrict src, Py_ssize_t n) {
+    if (n <= 1024) {
+        Py_ssize_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            memcpy(dst + i, src + i, 16);
+        for (; i < n; i++)
+            dst[i] = src[i];
+        return;
+    }
+    memcpy(dst, src, (size_t)n);
+}
 
 enum { LI_U_SIGMOID = 0, LI_U_TANH, LI_U_RELU, LI_U_EXP, LI_U_NEG, LI_U_ABS, LI_U_SQRT };
 enum { LI_B_ADD = 0, LI_B_SUB, LI_B_MUL, LI_B_DIV };
