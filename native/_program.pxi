@@ -66,12 +66,95 @@ cdef Ref make_ref(tuple ref):
     return r
 
 
-cdef int fill_dims(Py_ssize_t* out, values, int nd) except -1:
+cdef int fill_dims(Py_ssize_t* out, values, int nd, bint counts=False) except -1:
+    """``values`` into ``out``; ``counts``: sizes, never negative (strides may be)."""
     cdef int k
     if len(values) != nd or nd > MAX_DIMS:
         raise ValueError(f"program: {len(values)} dims where {nd} (at most {MAX_DIMS}) expected")
     for k in range(nd):
         out[k] = values[k]
+        if counts and out[k] < 0:
+            raise ValueError(f"program: a dim of {out[k]}")
+    return 0
+
+
+# -- extents: the bytes each instruction touches, checked once by Program.__init__ (run trusts them)
+
+cdef object big(Py_ssize_t value):
+    """``value`` as a Python int: extents are computed without C overflow."""
+    return value
+
+
+cdef list dims_of(const Py_ssize_t* values, int nd):
+    return [values[k] for k in range(nd)]
+
+
+cdef object count(shape):
+    n = 1
+    for d in shape:
+        n = n * d
+    return n
+
+
+cdef object span(Ref r, shape, strides, item, bint writes):
+    """(base, lo, hi, writes): the bytes [lo, hi) from ``r``'s base that ``item``-byte runs at
+    ``r`` + i . strides (i over ``shape``) touch; None when none, or a constant (ABSOLUTE)."""
+    if r.base == ABSOLUTE or item <= 0:
+        return None
+    lo = hi = big(r.offset)
+    for n, step in zip(shape, strides):
+        if n <= 0:
+            return None
+        reach = (n - 1) * step
+        if reach < 0:
+            lo = lo + reach
+        else:
+            hi = hi + reach
+    return (r.base, lo, hi + item, writes)
+
+
+cdef str base_name(int base):
+    return "arena" if base == ARENA else f"feed {base - 1}" if base < OUTPUT0 else f"output {base - OUTPUT0}"
+
+
+cdef int check_reach(str kind, extent, dict regions) except -1:
+    """ValueError unless ``extent`` (see span) lies in its base's region [start, end) of ``regions``."""
+    if extent is None:
+        return 0
+    base, lo, hi, writes = extent
+    start, end = regions.get(base, (0, 0))  # a base no call sets (a pinned feed, an output copied): nothing
+    if lo < start or hi > end:
+        raise ValueError(f"program: {kind} {'writes' if writes else 'reads'} {base_name(base)} bytes [{lo}, {hi}) "
+                         f"outside its {end - start} bytes")
+    if writes and 1 <= base < OUTPUT0:
+        raise ValueError(f"program: {kind} writes {base_name(base)}, the caller's array (maybe read-only)")
+    return 0
+
+
+cdef tuple feed_region(tuple spec):
+    """[start, end) of a checked feed's bytes from its element 0 (a strided one may start below)."""
+    shape, item = spec[1], spec[0].itemsize
+    if any(d == 0 for d in shape):
+        return (0, 0)
+    if len(spec) != 4:
+        return (0, count(shape) * item)
+    lo = hi = 0
+    for n, step in zip(shape, spec[3]):
+        if n > 1:  # feeds_ok checks the strides only of dims that step
+            reach = (n - 1) * step
+            if reach < 0:
+                lo = lo + reach
+            else:
+                hi = hi + reach
+    return (lo, hi + item)
+
+
+cdef int check_view(str kind, shape, strides, dtype) except -1:
+    """A view view_of may make: at most MAX_DIMS sizes >= 0, as many strides, a NumPy dtype."""
+    if len(shape) > MAX_DIMS or any(d < 0 for d in shape) or (strides is not None and len(strides) != len(shape)):
+        raise ValueError(f"{kind}: a view's shape {shape} / strides {strides} do not fit")
+    if not isinstance(dtype, np.dtype):
+        raise TypeError(f"{kind}: a view's dtype is not a numpy dtype")
     return 0
 
 
@@ -94,6 +177,10 @@ cdef class Instr:
     cdef int run(self, char** bases) except -1:
         return 0
 
+    cdef list extents(self):
+        """Per ref it reads or writes: a span (see span), or None."""
+        return []
+
 
 cdef class Copy(Instr):
     """A strided block copied to another place (layout changes, Concat's pieces, outputs)."""
@@ -107,9 +194,20 @@ cdef class Copy(Instr):
     def __init__(self, tuple src, tuple dst, tuple shape, tuple src_strides, tuple dst_strides, Py_ssize_t inner):
         """``shape``/strides: the outer dims (bytes); ``inner``: bytes of the contiguous innermost run."""
         self.src, self.dst, self.nd, self.inner = make_ref(src), make_ref(dst), len(shape), inner
-        fill_dims(self.shape, shape, self.nd)
+        if inner < 0:
+            raise ValueError("Copy: inner < 0")
+        fill_dims(self.shape, shape, self.nd, True)
         fill_dims(self.src_strides, src_strides, self.nd)
         fill_dims(self.dst_strides, dst_strides, self.nd)
+
+    cdef object reach(self, Ref r, bint dst):
+        """The block at ``r``, by the destination's strides (written) or the source's (read)."""
+        if dst:
+            return span(r, dims_of(self.shape, self.nd), dims_of(self.dst_strides, self.nd), self.inner, True)
+        return span(r, dims_of(self.shape, self.nd), dims_of(self.src_strides, self.nd), self.inner, False)
+
+    cdef list extents(self):
+        return [self.reach(self.src, False), self.reach(self.dst, True)]
 
     cdef int run(self, char** bases) except -1:
         strided_copy(at(bases, self.dst), at(bases, self.src), self.nd, self.shape, self.dst_strides,
@@ -132,6 +230,8 @@ cdef class Dense(Instr):
         cdef const float[::1] b_v
         if (w_v.shape[0], w_v.shape[1]) != ((K, N) if N >= DENSE_ROWS_FROM else (N, K)) or K < 1:
             raise ValueError("Dense: weights do not match K, N")
+        if M < 0 or N < 0:
+            raise ValueError("Dense: M or N < 0")
         self.a, self.out, self.M, self.K, self.N, self.lda = make_ref(a), make_ref(out), M, K, N, lda
         self.w, self.bias = &w_v[0, 0], NULL
         if bias is not None:
@@ -140,6 +240,10 @@ cdef class Dense(Instr):
                 raise ValueError("Dense: bias does not match N")
             self.bias = &b_v[0]
         self.keep = (weights, bias)
+
+    cdef list extents(self):
+        return [span(self.a, [self.M], [self.lda], big(self.K) * 4, False),
+                span(self.out, [], [], big(self.M) * self.N * 4, True)]
 
     cdef int run(self, char** bases) except -1:
         cdef const char* a = at(bases, self.a)
@@ -186,6 +290,11 @@ cdef class Unary(Instr):
 
     def __init__(self, tuple src, tuple dst, Py_ssize_t n, int code):
         self.src, self.dst, self.n, self.code = make_ref(src), make_ref(dst), n, code
+        if n < 0 or code not in UNARY_CODES.values():
+            raise ValueError(f"Unary: n {n} or code {code} out of range")
+
+    cdef list extents(self):
+        return [span(self.src, [], [], big(self.n) * 4, False), span(self.dst, [], [], big(self.n) * 4, True)]
 
     cdef int run(self, char** bases) except -1:
         cdef const float* x = <const float*>at(bases, self.src)
@@ -224,10 +333,22 @@ cdef class Binary(Instr):
         self.a, self.b, self.out, self.nd, self.code = make_ref(a), make_ref(b), make_ref(out), len(shape), code
         if self.nd < 1:
             raise ValueError("Binary: at least one dim")
-        fill_dims(self.shape, shape, self.nd)
+        if code not in BINARY_CODES.values():
+            raise ValueError(f"Binary: code {code} out of range")
+        fill_dims(self.shape, shape, self.nd, True)
         fill_dims(self.a_strides, a_strides, self.nd)
         fill_dims(self.b_strides, b_strides, self.nd)
         fill_dims(self.out_strides, out_strides, self.nd)
+
+    cdef list extents(self):
+        cdef int last = self.nd - 1
+        cdef list shape = dims_of(self.shape, self.nd)
+        cdef list sa = dims_of(self.a_strides, self.nd), sb = dims_of(self.b_strides, self.nd)
+        cdef list so = dims_of(self.out_strides, self.nd)
+        # the innermost dim as binary_block steps it: whole floats, the output contiguous
+        sa[last], sb[last], so[last] = self.a_strides[last] // 4 * 4, self.b_strides[last] // 4 * 4, 4
+        return [span(self.a, shape, sa, 4, False), span(self.b, shape, sb, 4, False),
+                span(self.out, shape, so, 4, True)]
 
     cdef int run(self, char** bases) except -1:
         cdef char* out = at(bases, self.out)
@@ -248,6 +369,7 @@ TYPED_OPS = {"Cast": 0, "Add": 1, "Sub": 2, "Mul": 3, "Div": 4, "Less": 5, "Less
              "Min": 16}
 TYPED_DTYPES = {np.dtype(np.bool_): 0, np.dtype(np.int32): 1, np.dtype(np.int64): 2, np.dtype(np.float32): 3,
                 np.dtype(np.float64): 4}
+cdef tuple TYPED_BYTES = (1, 4, 8, 4, 8)  # by TYPED_DTYPES code
 
 
 cdef class Typed(Instr):
@@ -265,14 +387,23 @@ cdef class Typed(Instr):
                  tuple b_strides, tuple out_strides):
         """``b`` None for a unary op (Cast, Not, Neg); strides in bytes."""
         self.op, self.ta, self.tb, self.to, self.nd = op, ta, tb, to, len(shape)
+        if not (0 <= op < len(TYPED_OPS) and 0 <= ta < 5 and 0 <= tb < 5 and 0 <= to < 5):
+            raise ValueError(f"Typed: op {op} or a type code ({ta}, {tb}, {to}) out of range")
         self.a, self.out, self.has_b = make_ref(a), make_ref(out), b is not None
         if self.has_b:
             self.b = make_ref(b)
         self.in_float = ta >= 3 or (self.has_b and tb >= 3)
-        fill_dims(self.shape, shape, self.nd)
+        fill_dims(self.shape, shape, self.nd, True)
         fill_dims(self.a_strides, a_strides, self.nd)
         fill_dims(self.b_strides, b_strides if b is not None else a_strides, self.nd)
         fill_dims(self.out_strides, out_strides, self.nd)
+
+    cdef list extents(self):
+        cdef list shape = dims_of(self.shape, self.nd)
+        return [span(self.a, shape, dims_of(self.a_strides, self.nd), TYPED_BYTES[self.ta], False),
+                span(self.b, shape, dims_of(self.b_strides, self.nd), TYPED_BYTES[self.tb], False)
+                if self.has_b else None,
+                span(self.out, shape, dims_of(self.out_strides, self.nd), TYPED_BYTES[self.to], True)]
 
     cdef int run(self, char** bases) except -1:
         typed_block(at(bases, self.out), at(bases, self.a), at(bases, self.b) if self.has_b else NULL, self.nd,
@@ -289,6 +420,12 @@ cdef class Softmax(Instr):
 
     def __init__(self, tuple src, tuple dst, Py_ssize_t rows, Py_ssize_t cols, bint log=False):
         self.src, self.dst, self.rows, self.cols, self.log = make_ref(src), make_ref(dst), rows, cols, log
+        if rows < 0 or cols < 0 or (rows > 0 and cols == 0):  # a row of no columns still reads its first
+            raise ValueError(f"Softmax: {rows} rows of {cols} columns")
+
+    cdef list extents(self):
+        return [span(self.src, [], [], big(self.rows) * self.cols * 4, False),
+                span(self.dst, [], [], big(self.rows) * self.cols * 4, True)]
 
     cdef int run(self, char** bases) except -1:
         cdef const float* x = <const float*>at(bases, self.src)
@@ -335,9 +472,19 @@ cdef class GatherRows(Instr):
         self.table, self.rows, self.row_stride = make_ref(table), rows, row_stride
         self.ids, self.n, self.id_bytes, self.out = make_ref(ids), n, id_bytes, make_ref(out)
         self.out_row_bytes, self.nd, self.inner = out_row_bytes, len(shape), inner
-        fill_dims(self.shape, shape, self.nd)
+        if rows < 0 or n < 0 or inner < 0:
+            raise ValueError("GatherRows: rows, n or inner < 0")
+        fill_dims(self.shape, shape, self.nd, True)
         fill_dims(self.src_strides, src_strides, self.nd)
         fill_dims(self.dst_strides, dst_strides, self.nd)
+
+    cdef list extents(self):
+        cdef list shape = dims_of(self.shape, self.nd)
+        return [span(self.ids, [], [], big(self.n) * self.id_bytes, False),
+                span(self.table, [self.rows] + shape, [self.row_stride] + dims_of(self.src_strides, self.nd),
+                     self.inner, False),
+                span(self.out, [self.n] + shape, [self.out_row_bytes] + dims_of(self.dst_strides, self.nd),
+                     self.inner, True)]
 
     cdef int run(self, char** bases) except -1:
         cdef const char* table = at(bases, self.table)
@@ -361,7 +508,8 @@ cdef class Recurrent(Instr):
     cdef object core
     cdef call_kernel_fn call
     cdef Ref x, lens, h0, c0, y, yh, yc
-    cdef bint has_lens, has_h0, has_c0, has_yc
+    cdef bint has_lens, has_h0, has_c0, has_yc, lstm
+    cdef Py_ssize_t inputs, dirs, hidden  # the core's I, D, H
     cdef li_call args
 
     def __init__(self, core, capsule, Py_ssize_t T, Py_ssize_t B, tuple x, lens, h0, tuple h0_strides, c0,
@@ -369,6 +517,11 @@ cdef class Recurrent(Instr):
         """Strides in floats: states (d, b), Y (t, d, b), Y_h/Y_c (d, b); None: absent."""
         self.core = core
         self.call = <call_kernel_fn>PyCapsule_GetPointer(capsule, LI_CALL_CAPSULE)
+        # call_kernel takes core for a bound KernelCore unchecked: only one has these sizes
+        self.inputs, self.dirs, self.hidden, self.lstm = core.call_sizes
+        if T < 1 or B < 1 or len(y_strides) != 3 or len(s_strides) != 2 or (self.lstm and yc is None) \
+                or (h0 is not None and len(h0_strides) != 2) or (c0 is not None and len(c0_strides) != 2):
+            raise ValueError("Recurrent: T, B >= 1, strides (t, d, b) for Y, (d, b) for states, Y_c for an LSTM")
         self.x, self.y, self.yh = make_ref(x), make_ref(y), make_ref(yh)
         self.has_lens, self.has_h0, self.has_c0, self.has_yc = lens is not None, h0 is not None, c0 is not None, yc is not None
         if self.has_lens:
@@ -390,6 +543,18 @@ cdef class Recurrent(Instr):
         self.args.y_b = y_strides[2]
         self.args.s_d = s_strides[0]
         self.args.s_b = s_strides[1]
+
+    cdef list extents(self):
+        cdef li_call* c = &self.args
+        T, B, row = big(c.T), big(c.B), big(self.hidden) * 4  # strides in floats, H floats per (t, d, b)
+        db = [self.dirs, c.B]
+        return [span(self.x, [], [], T * B * self.inputs * 4, False),
+                span(self.lens, [], [], B * 4, False) if self.has_lens else None,
+                span(self.h0, db, [big(c.h0_d) * 4, big(c.h0_b) * 4], row, False) if self.has_h0 else None,
+                span(self.c0, db, [big(c.c0_d) * 4, big(c.c0_b) * 4], row, False) if self.has_c0 else None,
+                span(self.y, [c.T, self.dirs, c.B], [big(c.y_t) * 4, big(c.y_d) * 4, big(c.y_b) * 4], row, True),
+                span(self.yh, db, [big(c.s_d) * 4, big(c.s_b) * 4], row, True),
+                span(self.yc, db, [big(c.s_d) * 4, big(c.s_b) * 4], row, True) if self.has_yc else None]
 
     cdef int run(self, char** bases) except -1:
         cdef li_call call = self.args  # a copy: threads may run this program at once
@@ -418,11 +583,28 @@ cdef class PyCall(Instr):
         self.kernel, self.args, self.ninputs, self.outer_names, self.outs = kernel, args, ninputs, outer_names, outs
         self.step, self.on_error = step, on_error
         for a in args:
-            if a is not None and a[0] == "ref":
+            if a is None:
+                continue
+            if a[0] == "ref":
                 make_ref(a[1])
+                check_view("PyCall", a[2], a[3], a[4])
+            elif a[0] != "obj":  # run takes anything else for a ref
+                raise ValueError("PyCall: an argument is None, ('obj', value) or ('ref', ref, shape, strides, dtype)")
         for o in outs:
             if o is not None:
                 make_ref(o[0])
+                check_view("PyCall", o[1], None, o[2])
+
+    cdef list extents(self):
+        # the views NumPy makes from these shapes/strides are checked; what the kernel does past them is unknowable
+        cdef list spans = []
+        for a in self.args:
+            if a is not None and a[0] == "ref":
+                spans.append(span(make_ref(a[1]), a[2], a[3], a[4].itemsize, False))
+        for o in self.outs:
+            if o is not None:
+                spans.append(span(make_ref(o[0]), [], [], count(o[1]) * o[2].itemsize, True))
+        return spans
 
     cdef int run(self, char** bases) except -1:
         cdef Py_ssize_t i, n = len(self.args)
@@ -532,6 +714,39 @@ cdef class Program:
                 raise ValueError(f"program: feed {k}'s shape and strides do not match")
         self.feed_dtypes = tuple(spec[0] for spec in feed_specs)
         self.feed_shape, self.feed_strides = _index_array(shapes), _index_array(strides)
+        self.check_extents()
+
+    cdef int check_extents(self) except -1:
+        """Refuse (ValueError) any instruction or output copy reaching outside its base: run trusts
+        them all; also what run takes unchecked from feed_specs and outputs (dtypes, aliases)."""
+        cdef Ref target
+        cdef OutCopy copy
+        if self.arena_bytes < 0:
+            raise ValueError("program: arena_bytes < 0")
+        cdef dict regions = {ARENA: (0, self.arena_bytes)}
+        for k, spec in enumerate(self.feed_specs):
+            if not isinstance(spec[0], np.dtype) or any(d < 0 for d in spec[1]):
+                raise ValueError(f"program: feed {k}'s dtype or shape is not a numpy dtype and sizes")
+            if len(spec) != 3:  # a pinned feed's base is never set: nothing may reach into it
+                regions[1 + k] = feed_region(spec)
+        for k, o in enumerate(self.outputs):
+            if not isinstance(o[1], np.dtype) or any(d < 0 for d in o[0]):
+                raise ValueError(f"program: output {k}'s shape or dtype is not sizes and a numpy dtype")
+            if o[3] is not None and o[3][0] == "feed" and not 0 <= o[3][1] < self.nfeeds:
+                raise ValueError(f"program: output {k} aliases feed {o[3][1]} of {self.nfeeds}")
+            if o[4]:
+                regions[OUTPUT0 + k] = (0, count(o[0]) * o[1].itemsize)
+        for ins in self.instructions:
+            for extent in (<Instr>ins).extents():
+                check_reach(type(ins).__name__, extent, regions)
+        for k, o in enumerate(self.outputs):
+            if o[2] is None:
+                continue
+            copy = <OutCopy>o[2]  # into a C-order array of the output's shape (fresh or the caller's)
+            target.base, target.offset = OUTPUT0 + k, 0
+            check_reach("OutCopy", copy.reach(copy.src, False), regions)
+            check_reach("OutCopy", copy.reach(target, True), {OUTPUT0 + k: (0, count(o[0]) * o[1].itemsize)})
+        return 0
 
     cdef bint feeds_ok(self, list feeds, char** bases):
         cdef Py_ssize_t k, j, at

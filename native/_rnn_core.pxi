@@ -1499,6 +1499,13 @@ cdef class KernelCore:
     def layout_time_major(self):
         return bool(self.time_major)
 
+    @property
+    def call_sizes(self):
+        """(I, D, H, LSTM?): what a program's Recurrent needs to bound the memory ``call_kernel`` touches."""
+        if not self.ready:
+            raise ValueError("kernel: not bound (_bind_core) yet")
+        return (self.I, self.D, self.H, self.op == OP_LSTM)
+
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
         cdef tuple constants
         if self.ready:

@@ -445,3 +445,138 @@ def test_signatures_share_the_head_weights():
         model.run(None, bundled_feeds(model, rng, 2, time))
     assert len(model._programs.compiled()) == 3
     assert len([k for k in model._programs._shared if k[0] == "dense"]) == 1
+
+
+# ------------------------------------------------------------ the instructions' reach, checked once
+
+
+F32 = np.dtype(np.float32)
+
+
+def _copy_program(runtime, instructions, arena_bytes, n=4, out_from=None, direct=False):
+    """A hand-built program over one float32 feed of ``n`` values, its output ``n`` floats copied
+    from ``out_from`` (the arena's start by default) or written in place (``direct``)."""
+    ARENA = runtime.BASE_ARENA
+    src = out_from if out_from is not None else (ARENA, 0)
+    copy = None if direct else runtime.OutCopy(src, (ARENA, 0), (), (), (), 4 * n)
+    return runtime.Program(((F32, (n,)),), tuple(instructions), (((n,), F32, copy, None, direct),), arena_bytes, ())
+
+
+def test_hand_built_program_runs_within_its_bases():
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    x = np.arange(4, dtype=np.float32)
+    neg = runtime.Unary((1, 0), (runtime.BASE_ARENA, 0), 4, runtime.UNARY_CODES["Neg"])
+    program = _copy_program(runtime, [neg], 16)
+    np.testing.assert_array_equal(program.run([x])[0], -x)
+    direct = _copy_program(runtime, [runtime.Copy((1, 0), (runtime.BASE_OUTPUT0, 0), (2,), (8,), (8,), 8)], 0,
+                           direct=True)  # two 8-byte runs of the feed straight into the output
+    np.testing.assert_array_equal(direct.run([x])[0], x)
+
+
+def test_program_refuses_instructions_reaching_outside_their_base():
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    ARENA, OUT0, ABS = runtime.BASE_ARENA, runtime.BASE_OUTPUT0, runtime.BASE_ABSOLUTE
+    neg = runtime.UNARY_CODES["Neg"]
+    ids = np.zeros(3, np.int32)  # a constant (ABSOLUTE): never checked
+    cases = [  # (instructions, arena bytes, the error)
+        ([runtime.Unary((1, 0), (ARENA, 0), 4, neg)], 8, r"Unary writes arena bytes \[0, 16\) outside its 8 bytes"),
+        ([runtime.Unary((1, 8), (ARENA, 0), 4, neg)], 16, r"Unary reads feed 0 bytes \[8, 24\) outside its 16 bytes"),
+        ([runtime.Copy((1, 0), (ARENA, 60), (4,), (4,), (4,), 4)], 64, r"Copy writes arena bytes \[60, 76\)"),
+        ([runtime.Copy((1, 12), (ARENA, 0), (4,), (-4,), (4,), 4)], 64, None),  # reversed, within the feed
+        ([runtime.Copy((1, 8), (ARENA, 0), (4,), (-4,), (4,), 4)], 64, r"Copy reads feed 0 bytes \[-4, 12\)"),
+        ([runtime.Binary((1, 0), (1, 0), (ARENA, 0), (2, 2), (8, 4), (0, 4), (8, 4), runtime.BINARY_CODES["Add"])],
+         64, None),
+        ([runtime.Binary((1, 0), (1, 4), (ARENA, 0), (2, 2), (8, 4), (8, 4), (8, 4), runtime.BINARY_CODES["Add"])],
+         64, r"Binary reads feed 0 bytes \[4, 20\)"),
+        ([runtime.Softmax((1, 0), (ARENA, 0), 2, 4)], 64, r"Softmax reads feed 0 bytes \[0, 32\)"),
+        ([runtime.Dense((1, 0), 2, 2, 12, np.ones((2, 3) if 3 >= runtime.DENSE_ROWS_FROM else (3, 2), np.float32), None,
+                        (ARENA, 0), 3)], 64,
+         r"Dense reads feed 0 bytes \[0, 20\)"),
+        ([runtime.Typed(runtime.TYPED_OPS["Cast"], (1, 0), 3, None, 3, (ARENA, 0), 4, (4,), (4,), (4,), (8,))], 16,
+         r"Typed writes arena bytes \[0, 32\) outside its 16 bytes"),
+        ([runtime.GatherRows((1, 0), 2, 8, (ABS, _address(ids)), 3, 4, (ARENA, 0), 8, (), (), (), 8)], 16,
+         r"GatherRows writes arena bytes \[0, 24\)"),  # 3 rows of 8 bytes
+        ([runtime.GatherRows((1, 0), 4, 4, (ABS, _address(ids)), 3, 4, (ARENA, 0), 8, (), (), (), 8)], 64,
+         r"GatherRows reads feed 0 bytes \[0, 20\)"),  # 4 overlapping rows of 8 bytes, 4 apart
+        ([runtime.Unary((1, 0), (OUT0, 0), 4, neg)], 64, r"Unary writes output 0 bytes \[0, 16\) outside its 0 bytes"),
+        ([runtime.Unary((2, 0), (ARENA, 0), 4, neg)], 64, r"Unary reads feed 1 bytes .* outside its 0 bytes"),
+        ([runtime.Unary((ARENA, 0), (1, 0), 4, neg)], 64, r"Unary writes feed 0, the caller's"),
+        ([runtime.Unary((ABS, _address(np.zeros(4, np.float32))), (ARENA, 0), 4, neg)], 64, None),  # constants: kept
+    ]
+    for instructions, arena_bytes, error in cases:
+        if error is None:
+            _copy_program(runtime, instructions, arena_bytes)
+            continue
+        with pytest.raises(ValueError, match=error):
+            _copy_program(runtime, instructions, arena_bytes)
+    with pytest.raises(ValueError, match=r"OutCopy reads arena bytes \[0, 16\) outside its 8 bytes"):
+        _copy_program(runtime, [], 8)
+    with pytest.raises(ValueError, match=r"OutCopy writes output 0 bytes \[0, 32\) outside its 16 bytes"):
+        runtime.Program(((F32, (4,)),), (), (((4,), F32, runtime.OutCopy((1, 0), (ARENA, 0), (2,), (0,), (16,), 16),
+                                              None, False),), 0, ())
+    strided = ((F32, (3, 2), None, (-8, 4)),)  # element 0 is the last row's first: rows at -16, -8, 0
+    copy = runtime.OutCopy((1, -16), (ARENA, 0), (), (), (), 24)
+    runtime.Program(strided, (), (((3, 2), F32, copy, None, False),), 0, ())
+    with pytest.raises(ValueError, match=r"OutCopy reads feed 0 bytes \[-12, 12\) outside its 24 bytes"):
+        copy = runtime.OutCopy((1, -12), (ARENA, 0), (), (), (), 24)
+        runtime.Program(strided, (), (((3, 2), F32, copy, None, False),), 0, ())
+
+
+def test_recurrent_instruction_is_bounded_by_its_kernel_sizes():
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    from lstminfer.program_compiler import _kernel_capsule
+
+    model = lstminfer.load(models.path("adding_lstm"))
+    core = next(s.kernel for s in model._plan.steps if s.node.op_type == "LSTM")
+    I, D, H, lstm = core.call_sizes
+    assert lstm and D == 1
+    T, B, ARENA = 3, 1, runtime.BASE_ARENA
+
+    def program(x_shape, arena_bytes):
+        rec = runtime.Recurrent(core, _kernel_capsule(), T, B, (1, 0), None, None, (0, 0), None, (0, 0), (ARENA, 0),
+                                (D * B * H, B * H, H), (ARENA, T * H * 4), (ARENA, (T + 1) * H * 4), (B * H, H))
+        copy = runtime.OutCopy((ARENA, 0), (ARENA, 0), (), (), (), T * H * 4)
+        return runtime.Program(((F32, x_shape),), (rec,), (((T, D, B, H), F32, copy, None, False),), arena_bytes, ())
+
+    x = np.random.default_rng(13).standard_normal((T, B, I)).astype(np.float32)
+    y = program((T, B, I), (T + 2) * H * 4).run([x])[0]
+    assert y.shape == (T, D, B, H) and np.all(np.abs(y) < 1)
+    with pytest.raises(ValueError, match=rf"Recurrent writes arena bytes \[{(T + 1) * H * 4}, {(T + 2) * H * 4}\)"):
+        program((T, B, I), (T + 2) * H * 4 - 1)
+    with pytest.raises(ValueError, match=rf"Recurrent reads feed 0 bytes \[0, {T * B * I * 4}\)"):
+        program((T - 1, B, I), (T + 2) * H * 4)
+    with pytest.raises(ValueError, match="Y_c for an LSTM"):
+        runtime.Recurrent(core, _kernel_capsule(), T, B, (1, 0), None, None, (0, 0), None, (0, 0), (ARENA, 0),
+                          (D * B * H, B * H, H), (ARENA, 0), None, (B * H, H))
+
+
+def test_instructions_refuse_counts_and_codes_out_of_range():
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    ARENA = runtime.BASE_ARENA
+    with pytest.raises(ValueError, match="Unary"):
+        runtime.Unary((1, 0), (ARENA, 0), -1, runtime.UNARY_CODES["Neg"])
+    with pytest.raises(ValueError, match="Unary"):
+        runtime.Unary((1, 0), (ARENA, 0), 4, 99)
+    with pytest.raises(ValueError, match="Binary"):
+        runtime.Binary((1, 0), (1, 0), (ARENA, 0), (4,), (4,), (4,), (4,), 99)
+    with pytest.raises(ValueError, match="Typed"):
+        runtime.Typed(99, (1, 0), 3, None, 3, (ARENA, 0), 3, (4,), (4,), (4,), (4,))
+    with pytest.raises(ValueError, match="Typed"):
+        runtime.Typed(0, (1, 0), 7, None, 3, (ARENA, 0), 3, (4,), (4,), (4,), (4,))
+    with pytest.raises(ValueError, match="a dim of -2"):
+        runtime.Copy((1, 0), (ARENA, 0), (-2,), (4,), (4,), 4)
+    with pytest.raises(ValueError, match="Softmax"):
+        runtime.Softmax((1, 0), (ARENA, 0), 2, 0)
+    with pytest.raises(ValueError, match="GatherRows"):
+        runtime.GatherRows((1, 0), -1, 4, (1, 0), 1, 4, (ARENA, 0), 4, (), (), (), 4)
+    with pytest.raises(ValueError, match="PyCall"):
+        runtime.PyCall(None, (("view", (1, 0), (4,), (4,), F32),), 1, (), (), None, None)
+    with pytest.raises(TypeError, match="PyCall"):
+        runtime.PyCall(None, (("ref", (1, 0), (4,), (4,), "float32"),), 1, (), (), None, None)
+    with pytest.raises(ValueError, match="aliases feed 3"):
+        runtime.Program(((F32, (4,)),), (), (((4,), F32, runtime.OutCopy((1, 0), (ARENA, 0), (), (), (), 16),
+                                              ("feed", 3), False),), 0, ())
+
+
+def _address(array: np.ndarray) -> int:
+    return array.__array_interface__["data"][0]
