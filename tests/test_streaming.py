@@ -227,10 +227,11 @@ def test_pool_bad_input_leaves_other_streams_intact():
     before = {sid: pool.state(sid) for sid in (a, b)}
     bad = [
         ({a: x, 999: x}, InvalidArgumentError, "unknown or closed"),
-        ({a: x, b: x[:, :2]}, InvalidInputError, "same shape"),
-        ({a: x, b: x.astype(np.complex64)}, InvalidInputError, "dtype"),
-        ({a: x, b: x[..., :2]}, InvalidInputError, "axis 2"),
-        ({a: x, b: np.concatenate([x, x])}, InvalidInputError, "batch 1"),
+        ({a: x, b: x[:, :0]}, InvalidInputError, f"stream {b}: .*at least one time step"),
+        ({a: x, b: x.astype(np.complex64)}, InvalidInputError, f"stream {b}: .*dtype"),
+        ({a: x, b: x[..., :2]}, InvalidInputError, f"stream {b}: .*axis 2"),
+        ({a: x[:, :2], b: x[..., :2]}, InvalidInputError, f"stream {b}: .*axis 2"),  # mixed T, one bad
+        ({a: x, b: np.concatenate([x, x])}, InvalidInputError, f"stream {b}: .*batch 1"),
     ]
     for frames, error, message in bad:
         with pytest.raises(error, match=message):
@@ -467,7 +468,7 @@ def test_pool_fast_path_declines_bad_chunks_without_touching_states():
     good = {a: rng.standard_normal((1, 1, I)).astype(np.float32), b: rng.standard_normal((1, 1, I)).astype(np.float32)}
     pool.step(good)
     before = [pool.state(a), pool.state(b)]
-    for bad in ({a: good[a], b: good[b][:, :, :2]}, {a: good[a], 99: good[b]}, {a: good[a], b: np.repeat(good[b], 2, axis=0)}):
+    for bad in ({a: good[a], b: good[b][:, :, :2]}, {a: good[a], 99: good[b]}, {a: good[a], b: np.repeat(good[b], 2, axis=1)}):
         with pytest.raises((InvalidInputError, InvalidArgumentError)):
             pool.step(bad)
         for sid, state in zip((a, b), before):
@@ -581,3 +582,89 @@ def test_two_thread_pool_matches_streams_alone(op, layout):
                 kept.append((out[sid], expected))
     for row, expected in kept:
         np.testing.assert_allclose(row, expected, atol=TOL, rtol=0)
+
+
+# -- mixed chunk lengths in one pool step: one batched run per chunk shape --
+
+def time_major(key):
+    return key[1] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(key=st.sampled_from([("bare",) + k for k in sorted(BARE)] + [("head",) + k for k in sorted(MODELS)]),
+       rounds=st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=6), min_size=1, max_size=4),
+       seed=st.integers(0, 2**16))
+def test_pool_mixed_lengths_equal_each_stream_alone(key, rounds, seed):
+    """Each round steps the first len(lengths) streams, stream i by lengths[i] time steps: every
+    output (one array, or a dict of outputs for the head models) and every state afterwards equal
+    that stream stepped alone."""
+    kind, op, layout = key
+    model = (BARE if kind == "bare" else MODELS)[(op, layout)]
+    rng = np.random.default_rng(seed)
+    pool = model.stream_pool(max_streams=6)
+    sids = [pool.open() for _ in range(6)]
+    alone = {sid: model.stream() for sid in sids}
+    for lengths in rounds:
+        frames = {sid: rng.standard_normal((T, 1, I) if layout == 0 else (1, T, I)).astype(np.float32)
+                  for sid, T in zip(sids, lengths)}
+        out = pool.step(frames)
+        assert list(out) == list(frames)
+        for sid, x in frames.items():
+            expected = alone[sid].step(x)
+            if isinstance(expected, dict):
+                assert set(out[sid]) == set(expected)
+                for name in expected:
+                    np.testing.assert_allclose(out[sid][name], expected[name], atol=TOL, rtol=0)
+            else:
+                np.testing.assert_allclose(out[sid], expected, atol=TOL, rtol=0)
+    for sid in sids:
+        for name, value in alone[sid].state.items():
+            np.testing.assert_allclose(pool.state(sid)[name], value, atol=TOL, rtol=0)
+
+
+def test_pool_mixed_lengths_scattered_and_unordered_with_state_inputs():
+    """The bundled adding_lstm (h0/c0 paired) on scattered, reversed stream ids with T 1..4 mixed:
+    the groups' slots are gathered, the answer keeps the caller's order."""
+    model = lstminfer.load(lstminfer.models.path("adding_lstm"))
+    pool = model.stream_pool(max_streams=8)
+    sids = [pool.open() for _ in range(8)]
+    alone = {sid: model.stream() for sid in sids}
+    rng = np.random.default_rng(31)
+    for chosen in (sids[::-2], sids[1:7], sids[::-1]):  # x: [batch, time, 2]
+        frames = {sid: rng.standard_normal((1, 1 + i % 4, 2)).astype(np.float32) for i, sid in enumerate(chosen)}
+        out = pool.step(frames)
+        assert list(out) == chosen
+        for sid, x in frames.items():
+            np.testing.assert_allclose(out[sid], alone[sid].step(x), atol=TOL, rtol=0)
+
+
+def test_pool_one_shape_step_keeps_the_c_path_after_mixed_steps():
+    """A mixed step runs in Python (the C step declines it) and leaves the C step's shape alone; a
+    one-shape step of another checked shape hands that shape to the C step, which then runs it."""
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    model = BARE[("LSTM", 0)]
+    pool = model.stream_pool(max_streams=4)
+    assert pool._fast is not None and pool.step == pool._fast.step
+    sids = [pool.open() for _ in range(4)]
+    rng = np.random.default_rng(41)
+
+    def frames(lengths):
+        return {sid: rng.standard_normal((T, 1, I)).astype(np.float32) for sid, T in zip(sids, lengths)}
+
+    pool.step(frames([1, 1, 1, 1]))
+    assert pool._fast.shape == (1, 1, I)
+    pool.step(frames([1, 3, 1, 2]))
+    assert pool._fast.shape == (1, 1, I) and {(1, 1, I), (2, 1, I), (3, 1, I)} <= pool._known_shapes
+    pool.step(frames([2, 2, 2, 2]))  # a checked shape: the next such step runs in C
+    assert pool._fast.shape == (2, 1, I)
+    checked = []
+    spy = runtime.PoolStep(pool._program.direct_into, lambda f: checked.append(f) or "checked", pool.lock,
+                           pool._sid_at, pool._id_bits, pool._views, pool._slot_views, 1,
+                           pool._output_axes["Y"], lambda sids, y: None)
+    spy.shape = pool._fast.shape
+    equal, mixed = frames([2, 2, 2, 2]), frames([2, 1, 2, 2])
+    alone = model.stream(state=pool.save(sids[0]))
+    out = spy.step(equal)
+    assert checked == [] and list(out) == sids
+    np.testing.assert_allclose(out[sids[0]], alone.step(equal[sids[0]]), atol=TOL, rtol=0)
+    assert spy.step(mixed) == "checked" and checked == [mixed]
