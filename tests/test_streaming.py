@@ -668,3 +668,30 @@ def test_pool_one_shape_step_keeps_the_c_path_after_mixed_steps():
     assert checked == [] and list(out) == sids
     np.testing.assert_allclose(out[sids[0]], alone.step(equal[sids[0]]), atol=TOL, rtol=0)
     assert spy.step(mixed) == "checked" and checked == [mixed]
+
+
+@pytest.mark.parametrize("lengths,masked", [([1, 2, 2, 2], True), ([1, 1, 1, 6], False), ([3, 1, 3, 2], True)])
+def test_pool_mixed_lengths_pad_or_group_both_equal_streams_alone(monkeypatch, lengths, masked):
+    """A mixed step pads to the longest chunk (one run, every recurrent layer given the lengths)
+    while that at most doubles the steps run, else runs each length as its own batch; either way
+    each stream equals it alone. A two-layer PyTorch LSTM (time-major, h0/c0 paired)."""
+    from lstminfer.streaming import StreamProgram
+
+    calls = []
+    run_masked = StreamProgram.run_masked
+    monkeypatch.setattr(StreamProgram, "run_masked", lambda self, *a, **k: calls.append(a[2]) or run_masked(self, *a, **k))
+    spec = torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True)
+    model = _torch_model(spec)
+    pool = model.stream_pool(max_streams=4)
+    sids = [pool.open() for _ in range(4)]
+    alone = {sid: model.stream() for sid in sids}
+    rng = np.random.default_rng(51)
+    for _ in range(2):
+        frames = {sid: spec.make_inputs(rng, 1, T)["x"] for sid, T in zip(sids[::-1], lengths)}
+        out = pool.step(frames)
+        for sid, x in frames.items():
+            np.testing.assert_allclose(out[sid], alone[sid].step(x), atol=TOL, rtol=0)
+    assert [list(c) for c in calls] == ([lengths] * 2 if masked else [])
+    for sid in sids:
+        for name, value in alone[sid].state.items():
+            np.testing.assert_allclose(pool.state(sid)[name], value, atol=TOL, rtol=0)
