@@ -468,7 +468,8 @@ def test_pool_fast_path_declines_bad_chunks_without_touching_states():
     good = {a: rng.standard_normal((1, 1, I)).astype(np.float32), b: rng.standard_normal((1, 1, I)).astype(np.float32)}
     pool.step(good)
     before = [pool.state(a), pool.state(b)]
-    for bad in ({a: good[a], b: good[b][:, :, :2]}, {a: good[a], 99: good[b]}, {a: good[a], b: np.repeat(good[b], 2, axis=1)}):
+    for bad in ({a: good[a], b: good[b][:, :, :2]}, {a: good[a], 99: good[b]},
+                {a: good[a], b: np.repeat(good[b], 2, axis=1)}):  # feature size, unknown id, batch 2
         with pytest.raises((InvalidInputError, InvalidArgumentError)):
             pool.step(bad)
         for sid, state in zip((a, b), before):
@@ -679,19 +680,67 @@ def test_pool_mixed_lengths_pad_or_group_both_equal_streams_alone(monkeypatch, l
 
     calls = []
     run_masked = StreamProgram.run_masked
-    monkeypatch.setattr(StreamProgram, "run_masked", lambda self, *a, **k: calls.append(a[2]) or run_masked(self, *a, **k))
+    monkeypatch.setattr(StreamProgram, "run_masked",
+                        lambda self, *a, **k: calls.append(a[2]) or run_masked(self, *a, **k))
     spec = torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True)
     model = _torch_model(spec)
     pool = model.stream_pool(max_streams=4)
     sids = [pool.open() for _ in range(4)]
     alone = {sid: model.stream() for sid in sids}
     rng = np.random.default_rng(51)
+    kept = []  # rows the caller holds: a later step never writes into them
     for _ in range(2):
         frames = {sid: spec.make_inputs(rng, 1, T)["x"] for sid, T in zip(sids[::-1], lengths)}
         out = pool.step(frames)
         for sid, x in frames.items():
-            np.testing.assert_allclose(out[sid], alone[sid].step(x), atol=TOL, rtol=0)
+            expected = alone[sid].step(x)
+            np.testing.assert_allclose(out[sid], expected, atol=TOL, rtol=0)
+            kept.append((out[sid], expected))
     assert [list(c) for c in calls] == ([lengths] * 2 if masked else [])
+    for row, expected in kept:
+        np.testing.assert_allclose(row, expected, atol=TOL, rtol=0)
     for sid in sids:
         for name, value in alone[sid].state.items():
             np.testing.assert_allclose(pool.state(sid)[name], value, atol=TOL, rtol=0)
+
+
+def two_input_model():
+    """x [T, N, 2] and z [T, N, 1] concatenated per step -> LSTM -> Y, and a per-step sum of x."""
+    rng = np.random.default_rng(8)
+    inits = [nh.from_array(rng.standard_normal((1, 4 * H, 3)).astype(np.float32) * 0.5, "W"),
+             nh.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32) * 0.5, "R"),
+             nh.from_array(np.array([2], np.int64), "feat")]
+    nodes = [oh.make_node("Concat", ["x", "z"], ["xz"], axis=2),
+             oh.make_node("LSTM", ["xz", "W", "R"], ["Y", "Y_h", "Y_c"], hidden_size=H),
+             oh.make_node("ReduceSum", ["x", "feat"], ["xsum"], keepdims=1)]
+    inputs = [oh.make_tensor_value_info("x", TP.FLOAT, ["T", "N", 2]),
+              oh.make_tensor_value_info("z", TP.FLOAT, ["T", "N", 1])]
+    outputs = [oh.make_tensor_value_info(n, TP.FLOAT, None) for n in ("Y", "xsum")]
+    return oh.make_model(oh.make_graph(nodes, "two", inputs, outputs, inits), opset_imports=[oh.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("lengths", [[2, 1, 2], [1, 1, 5]])  # padded; grouped
+def test_pool_mixed_lengths_two_inputs_dict_chunks_and_outputs(lengths):
+    """Chunks as dicts of two inputs, outputs as dicts of two outputs, mixed lengths: each stream
+    equals it alone; a chunk with a wrong feature size names its stream and input, and moves no state."""
+    model = lstminfer.load(two_input_model())
+    pool = model.stream_pool(max_streams=3)
+    sids = [pool.open() for _ in range(3)]
+    alone = {sid: model.stream() for sid in sids}
+    rng = np.random.default_rng(9)
+    for _ in range(2):
+        frames = {sid: {"x": rng.standard_normal((T, 1, 2)).astype(np.float32),
+                        "z": rng.standard_normal((T, 1, 1)).astype(np.float32)} for sid, T in zip(sids, lengths)}
+        out = pool.step(frames)
+        for sid, chunk in frames.items():
+            expected = alone[sid].step(chunk)
+            assert set(out[sid]) == {"Y", "xsum"} and out[sid]["Y"].shape == expected["Y"].shape
+            for name in expected:
+                np.testing.assert_allclose(out[sid][name], expected[name], atol=TOL, rtol=0)
+    bad = {sids[0]: frames[sids[0]], sids[2]: {"x": frames[sids[2]]["x"], "z": frames[sids[2]]["z"][..., :0]}}
+    before = [pool.state(sid) for sid in sids]
+    with pytest.raises(InvalidInputError, match=f"stream {sids[2]}: input 'z'"):
+        pool.step(bad)
+    for sid, state in zip(sids, before):
+        for name, value in state.items():
+            np.testing.assert_array_equal(pool.state(sid)[name], value)
