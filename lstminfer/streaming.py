@@ -7,6 +7,7 @@
     pool = model.stream_pool(max_streams=1000)
     a, b = pool.open(), pool.open()
     out = pool.step({a: xa, b: xb})     # one batched run of the model for both streams
+    out = pool.step({a: x3, b: x1})     # chunks of 3 and 1 steps: padded and masked, or one run each
 
 State lives at the recurrent nodes (see ``state_pairing``): each chunk runs
 the *streaming plan*, where every LSTM/GRU/RNN node reads its carried state
@@ -21,6 +22,7 @@ its whole duration, so concurrent ``step`` calls run one after the other.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -44,6 +46,9 @@ FORMAT_VERSION = 1
 _HEADER = struct.Struct("<16sII")  # magic, version, header length
 _CHECK_CHUNKS = (2, 3)  # the load-time check runs T=5 whole and as 2+3
 _CHECK_ATOL, _CHECK_RTOL = 1e-5, 1e-4
+_KNOWN_SHAPES = 64  # chunk shapes a pool remembers as checked (bounds the set under arbitrary T)
+_LENGTHS_INPUT = "__lstminfer_stream_lengths__"  # the masked plan's per-stream lengths (int32 [batch])
+_MASK_MAX_PADDING = 2.0  # pad to the longest chunk only while that at most doubles the time steps run
 
 
 def streamability(model) -> tuple[bool, str]:
@@ -100,6 +105,8 @@ class StreamProgram:
         self.chunk_batch_axis = self.batch_axes[vi.name] if vi is not None else None
         self.direct = self._direct_call()
         self.direct_into = self._direct_into()
+        self._ctx = ctx
+        self._masked: tuple[Plan, Programs, tuple[int, ...]] | None | bool = False  # built on first use
 
     # -- running ------------------------------------------------------------
     def run(self, data: list[np.ndarray], states: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -122,6 +129,47 @@ class StreamProgram:
             return values[:n], values[n:]
         out = direct(data[0], states)
         return [out[0]], list(out[1:])
+
+    def masked(self) -> tuple[Plan, Programs, tuple[int, ...]] | None:
+        """(plan, programs, wanted) of the streaming graph with every recurrent node reading
+        per-stream lengths (int32 [batch], fed after the carried states), or None where padding
+        chunks to one length is not exact: an input without a time or batch axis, an output
+        without a time axis. Exact otherwise: every node but the recurrent ones is time-local (the
+        streamability analysis), and a recurrent node given lengths leaves a row's state at its
+        last valid step, so padded steps reach no valid output. Built on first use."""
+        if self._masked is False:
+            masked = None
+            axes_known = all(self.time_axes[vi.name] is not None and self.batch_axes[vi.name] is not None
+                             and vi.kind == "tensor" for vi in self.data_inputs) \
+                and all(self.output_time_axes.get(n) is not None for n in self.output_names)
+            if axes_known:
+                graph = self.pairing.graph
+                nodes = [dataclasses.replace(n, inputs=_with_lengths(n.inputs)) if n.op_type in RECURRENT_OPS
+                         and n.domain in ("", "ai.onnx") else n for n in graph.nodes]
+                at = len(self.data_inputs) + len(self.slots)  # after the carried states: fed in that order
+                inputs = list(graph.inputs[:at]) + [ValueInfo(_LENGTHS_INPUT, np.dtype(np.int32), ("N",))] \
+                    + list(graph.inputs[at:])
+                try:
+                    plan = Plan(dataclasses.replace(graph, nodes=nodes, inputs=inputs), self._ctx)
+                    wanted = tuple(plan.output_slot(n)
+                                   for n in self.output_names + [s.stream_output for s in self.slots])
+                    masked = (plan, Programs(plan, wanted), wanted)
+                except LstminferError:  # a kernel that cannot take lengths: pools run one batch per length
+                    masked = None
+            self._masked = masked  # one assignment: pools of this model on other threads see all or nothing
+        return self._masked
+
+    def run_masked(self, data: list[np.ndarray], states: list[np.ndarray], lengths: np.ndarray,
+                   in_place: bool = False) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """``run_fast`` of the masked plan (``masked()`` not None): row i's inputs are valid for
+        ``lengths[i]`` time steps; its states come back as of that step."""
+        plan, programs, wanted = self._masked
+        n = len(self.output_names)
+        feeds = data + states + [lengths]
+        values = programs.run(feeds, [None] * n + states if in_place else None)
+        if values is None:
+            values = plan.execute(feeds, wanted)
+        return values[:n], values[n:]
 
     def data_feeds(self, x: Any, batch: int | None = 1) -> list[np.ndarray]:
         """``x`` (array or dict) checked against the data inputs: dtype, rank, fixed dims, batch."""
@@ -484,7 +532,8 @@ class StreamPool:
         # slots lo..hi is a view the kernel reads as is, and takes one copy back.
         self._buffers = [np.zeros(_with(program.state_shapes[s.key], s.batch_axis, max_streams),
                                   dtype=program.state_dtypes[s.key]) for s in program.slots]
-        self._shape: tuple[int, ...] | None = None  # a chunk shape that passed the full check
+        self._shape: tuple[int, ...] | None = None  # the checked shape of the last one-shape step (the C step's)
+        self._known_shapes: set[tuple[int, ...]] = set()  # chunk shapes that passed the full check
         # Stream ids are never reused: generation << _id_bits | slot, where generation counts the
         # streams that slot held before; _sid_at[slot] is the id open there (-1: none).
         self._id_bits = max(1, (max_streams - 1).bit_length())
@@ -553,20 +602,26 @@ class StreamPool:
             return self._program.save(self._read(self._slot(sid)))
 
     def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
-        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
+        """Step the given streams by one chunk each; streams not given are untouched.
 
-        All chunks must have the same shape (same number of time steps).
+        Returns {stream id: output} (a dict name -> array for a model of several outputs), in
+        the order of ``frames``, each equal to what that stream stepped alone would return.
+        Chunks may have different numbers of time steps (each >= 1): all in one run padded to the
+        longest, every recurrent layer given each stream's length, while padding at most doubles
+        the steps run; else one batched run per chunk shape. Equal shapes, the usual case, are one
+        run as always. Every chunk is checked before
+        any stream moves; a bad chunk (wrong dtype or feature size, batch other than 1, no time
+        step at all) raises ``InvalidInputError`` naming its stream and leaves every state as it was.
         """
         return self._step_checked(frames)
 
     def _step_checked(self, frames: Mapping[int, Any]) -> dict[int, Any]:
         """``step`` for what the C step (``self._fast``) declined or where it is not built:
-        the checks that report the problem, any model, ids in any order."""
+        the checks that report the problem, any model, ids in any order, mixed chunk shapes."""
         if frames.__class__ is not dict and not isinstance(frames, Mapping):
             raise InvalidArgumentError(f"step takes a dict stream id -> chunk, got {type(frames).__name__}")
         if not frames:
             return {}
-        program = self._program
         with self.lock:
             sids = list(frames)
             found = _runtime.lookup_slots(self._sid_at, self._id_bits, sids) if _runtime is not None else None
@@ -576,27 +631,117 @@ class StreamPool:
                 slots = self._slots_of(sids)
                 contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
             chunks = list(frames.values())
-            stacked = self._stack_fast(chunks)
-            if stacked is None:
-                stacked = self._stack_checked(sids, chunks)
-            lo = slots[0]
-            if contiguous:
-                states = self._slot_views(lo, len(slots))
+            stacked = self._stack_fast(chunks, self._shape)
+            if stacked is not None:  # all of one shape already checked: the usual step
+                ran = [(sids, self._run_slots(slots, contiguous, stacked))]
             else:
-                states = [np.take(buf, slots, axis=s.batch_axis) for buf, s in zip(self._buffers, program.slots)]
+                groups = self._groups_fast(chunks)
+                if groups is None:
+                    groups = self._groups_checked(sids, chunks)
+                padded = self._padded(groups, len(sids)) if len(groups) > 1 else None
+                if padded is not None:  # one run of every stream, masked to its own length
+                    stacked, lengths = padded
+                    outputs = self._run_slots(slots, contiguous, stacked, lengths)
+                    return self._by_stream_masked(sids, outputs, lengths)
+                ran = []
+                for positions, group_stacked in groups:
+                    if len(groups) == 1:
+                        group_sids, group_slots, group_contiguous = sids, slots, contiguous
+                    else:
+                        group_sids = [sids[i] for i in positions]
+                        group_slots = [slots[i] for i in positions]
+                        group_contiguous = group_slots == list(range(group_slots[0], group_slots[0] + len(positions)))
+                    ran.append((group_sids, self._run_slots(group_slots, group_contiguous, group_stacked)))
+        if len(ran) == 1:
+            return self._by_stream(*ran[0])
+        by_stream = {}
+        for group_sids, outputs in ran:
+            by_stream.update(self._by_stream(group_sids, outputs))
+        return {sid: by_stream[sid] for sid in sids}
+
+    def _run_slots(self, slots: list[int], contiguous: bool, stacked: list[np.ndarray],
+                   lengths: np.ndarray | None = None) -> list[np.ndarray]:
+        """One batched run of the streams in ``slots`` (in that order) on ``stacked`` (with
+        ``lengths``: the masked plan, row i valid for lengths[i] steps); their states written
+        back; the outputs. Call with the lock held."""
+        program = self._program
+        lo = slots[0]
+        if contiguous:
+            states = self._slot_views(lo, len(slots))
+        else:
+            states = [np.take(buf, slots, axis=s.batch_axis) for buf, s in zip(self._buffers, program.slots)]
+        if lengths is None:
             outputs, new_states = program.run_fast(stacked, states, in_place=contiguous)
-            for buf, s, value, old in zip(self._buffers, program.slots, new_states, states):
-                if value is old:  # the program wrote it in place
-                    continue
-                if contiguous:
-                    _axis_slice(buf, s.batch_axis, lo, lo + len(slots))[...] = value
-                else:
-                    index = [slice(None)] * buf.ndim
-                    index[s.batch_axis] = slots
-                    buf[tuple(index)] = value
+        else:
+            outputs, new_states = program.run_masked(stacked, states, lengths, in_place=contiguous)
+        for buf, s, value, old in zip(self._buffers, program.slots, new_states, states):
+            if value is old:  # the program wrote it in place
+                continue
+            if contiguous:
+                _axis_slice(buf, s.batch_axis, lo, lo + len(slots))[...] = value
+            else:
+                index = [slice(None)] * buf.ndim
+                index[s.batch_axis] = slots
+                buf[tuple(index)] = value
+        return outputs
+
+    def _by_stream(self, sids: list, outputs: list[np.ndarray]) -> dict[int, Any]:
+        """{sid: its rows of the outputs} (a dict name -> row for several outputs)."""
+        program = self._program
         if len(outputs) == 1:
             return _rows_by_stream(sids, outputs[0], self._output_axes[program.output_names[0]])
         per_output = [_split(v, self._output_axes[name], len(sids)) for v, name in zip(outputs, program.output_names)]
+        names = program.output_names
+        return {sid: dict(zip(names, values)) for sid, values in zip(sids, zip(*per_output))}
+
+    def _padded(self, groups: list[tuple[list[int], list[np.ndarray]]], n: int
+                ) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """The groups' chunks as one batch padded to the longest (each row's last step repeated,
+        so padded steps hold values its chunk already has), and each row's length; None where the
+        masked plan does not apply or padding would run more than _MASK_MAX_PADDING times the steps."""
+        program = self._program
+        axes = [(program.time_axes[vi.name], program.batch_axes[vi.name]) for vi in program.data_inputs]
+        if any(t is None or b is None for t, b in axes):
+            return None
+        group_lengths = []
+        for _, stacked in groups:
+            steps = {value.shape[t] for value, (t, _) in zip(stacked, axes)}
+            if len(steps) != 1:  # inputs of different lengths in one chunk: run as given
+                return None
+            group_lengths.append(steps.pop())
+        lengths = np.empty(n, np.int32)
+        for (positions, _), length in zip(groups, group_lengths):
+            lengths[positions] = length
+        longest = max(group_lengths)
+        if n * longest > _MASK_MAX_PADDING * int(lengths.sum()) or program.masked() is None:
+            return None
+        padded = []
+        for k, (t, b) in enumerate(axes):
+            first = groups[0][1][k]
+            value = np.empty(_with(_with(first.shape, b, n), t, longest), first.dtype)
+            for (positions, stacked), length in zip(groups, group_lengths):
+                index = [slice(None)] * value.ndim
+                index[b], index[t] = positions, slice(0, length)
+                value[tuple(index)] = stacked[k]
+                if length < longest:
+                    index[t] = slice(length, longest)
+                    value[tuple(index)] = _time_slice(stacked[k], t, length - 1, length)
+            padded.append(value)
+        return padded, lengths
+
+    def _by_stream_masked(self, sids: list, outputs: list[np.ndarray], lengths: np.ndarray) -> dict[int, Any]:
+        """``_by_stream`` of a masked run: each stream's rows cut to its own time steps."""
+        program = self._program
+        per_output = []
+        for value, name in zip(outputs, program.output_names):
+            index = [slice(None)] * value.ndim
+            t, cut = program.output_time_axes[name], []
+            for row, length in zip(_split(value, self._output_axes[name], len(sids)), lengths.tolist()):
+                index[t] = slice(0, length)
+                cut.append(row[tuple(index)])
+            per_output.append(cut)
+        if len(outputs) == 1:
+            return dict(zip(sids, per_output[0]))
         names = program.output_names
         return {sid: dict(zip(names, values)) for sid, values in zip(sids, zip(*per_output))}
 
@@ -612,12 +757,11 @@ class StreamPool:
     def _slots_of(self, sids: list) -> list[int]:
         return [self._slot(sid) for sid in sids]  # raises, naming the bad id
 
-    def _stack_fast(self, chunks: list) -> list[np.ndarray] | None:
-        """The chunks stacked along the batch axis when they all have a shape that passed the full
-        check before and together make an array of the input's dtype (any other dtype would need
-        the full check's cast or error); else None. ``np.array`` checks the shapes in C."""
+    def _stack_fast(self, chunks: list, shape: tuple[int, ...] | None) -> list[np.ndarray] | None:
+        """The chunks stacked along the batch axis when they all have ``shape``, one that passed
+        the full check before, and together make an array of the input's dtype (any other dtype
+        would need the full check's cast or error); else None. ``np.array`` checks the shapes in C."""
         program = self._program
-        shape = self._shape
         if shape is None:
             return None
         if _runtime is not None:  # one memcpy per chunk, in C
@@ -637,24 +781,52 @@ class StreamPool:
             stacked = stacked.transpose(tuple(range(1, b + 1)) + (0,) + tuple(range(b + 1, len(shape) + 1)))
         return [stacked.reshape(_with(shape, b, len(chunks)))]
 
-    def _stack_checked(self, sids: list, chunks: list) -> list[np.ndarray]:
-        """The full check of every chunk (dtype, rank, fixed dims, batch 1, same shapes), then stacked."""
-        program = self._program
-        data = [program.data_feeds(chunk, batch=1) for chunk in chunks]
-        first = [np.shape(v) for v in data[0]]
-        for sid, feeds in zip(sids, data):
-            shapes = [np.shape(v) for v in feeds]
-            if shapes != first:
-                raise InvalidInputError(
-                    f"stream {sid}: chunk shape(s) {shapes} differ from stream {sids[0]}'s {first}; "
-                    "all chunks of one pool step must have the same shape (same number of time steps)"
-                )
-        if len(first) == 1:
-            self._shape = first[0]
-            if self._fast is not None:  # the C step takes chunks of this shape without the full check
+    def _groups_fast(self, chunks: list) -> list[tuple[list[int], list[np.ndarray]]] | None:
+        """(positions, stacked) per chunk shape when every chunk is an ndarray of the input's dtype
+        with a shape that passed the full check before (then it passes again); else None."""
+        known, dtype = self._known_shapes, self._program.chunk_dtype
+        if not known:
+            return None
+        positions: dict[tuple[int, ...], list[int]] = {}
+        for i, chunk in enumerate(chunks):
+            if chunk.__class__ is not np.ndarray or chunk.dtype is not dtype or chunk.shape not in known:
+                return None
+            positions.setdefault(chunk.shape, []).append(i)
+        if len(positions) == 1:  # one shape again, after another: the C step takes it from now on
+            self._shape = chunks[0].shape
+            if self._fast is not None:
                 self._fast.shape = self._shape
-        return [np.concatenate([feeds[i] for feeds in data], axis=program.batch_axes[vi.name])
-                for i, vi in enumerate(program.data_inputs)]
+        groups = []
+        for shape, where in positions.items():
+            stacked = self._stack_fast([chunks[i] for i in where], shape)
+            if stacked is None:
+                return None
+            groups.append((where, stacked))
+        return groups
+
+    def _groups_checked(self, sids: list, chunks: list) -> list[tuple[list[int], list[np.ndarray]]]:
+        """The full check of every chunk (dtype, rank, fixed dims, batch 1, a time step), then
+        (positions, stacked) per chunk shape(s), in order of first appearance."""
+        program = self._program
+        data = []
+        for sid, chunk in zip(sids, chunks):
+            try:
+                data.append(program.data_feeds(chunk, batch=1))
+            except InvalidInputError as e:
+                raise InvalidInputError(f"stream {sid}: {e}") from None
+        positions: dict[tuple, list[int]] = {}
+        for i, feeds in enumerate(data):
+            positions.setdefault(tuple(np.shape(v) for v in feeds), []).append(i)
+        if len(program.data_inputs) == 1:  # chunks of these shapes take the fast checks from now on
+            if len(positions) == 1:
+                self._shape = next(iter(positions))[0]
+                if self._fast is not None:  # the C step takes chunks of this shape without the full check
+                    self._fast.shape = self._shape
+            if program.chunk_dtype is not None and len(self._known_shapes) < _KNOWN_SHAPES:
+                self._known_shapes.update(shapes[0] for shapes in positions)
+        return [(where, [np.concatenate([data[i][k] for i in where], axis=program.batch_axes[vi.name])
+                         for k, vi in enumerate(program.data_inputs)])
+                for where in positions.values()]
 
     # -- slots (call with the lock held) ----------------------------------------
     def _slot(self, sid: Any) -> int:
@@ -723,6 +895,12 @@ def _kernel_call(kernel, template: list[Any], state_at: list[int], label: str):
                 raise failed(e) from e
 
     return call
+
+
+def _with_lengths(inputs: tuple[str, ...]) -> tuple[str, ...]:
+    """A recurrent node's inputs with sequence_lens (input 4) the pool's per-stream lengths."""
+    padded = tuple(inputs) + ("",) * max(0, 5 - len(inputs))
+    return padded[:4] + (_LENGTHS_INPUT,) + padded[5:]
 
 
 def _with(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:

@@ -530,9 +530,16 @@ cdef class PoolStep:
         self.dtype = np.dtype(np.float32)
 
     def step(self, frames):
-        """Step the given streams by one chunk each, in one batched run; streams not given are untouched.
+        """Step the given streams by one chunk each; streams not given are untouched.
 
-        All chunks must have the same shape (same number of time steps).
+        Returns {stream id: output} (a dict name -> array for a model of several outputs), in
+        the order of ``frames``, each equal to what that stream stepped alone would return.
+        Chunks may have different numbers of time steps (each >= 1): all in one run padded to the
+        longest, every recurrent layer given each stream's length, while padding at most doubles
+        the steps run; else one batched run per chunk shape. Equal shapes, the usual case, are one
+        run as always. Every chunk is checked before
+        any stream moves; a bad chunk (wrong dtype or feature size, batch other than 1, no time
+        step at all) raises ``InvalidInputError`` naming its stream and leaves every state as it was.
         """
         if type(frames) is dict and len(<dict>frames) > 0:
             done = self.locked(<dict>frames)

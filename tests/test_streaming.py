@@ -227,10 +227,11 @@ def test_pool_bad_input_leaves_other_streams_intact():
     before = {sid: pool.state(sid) for sid in (a, b)}
     bad = [
         ({a: x, 999: x}, InvalidArgumentError, "unknown or closed"),
-        ({a: x, b: x[:, :2]}, InvalidInputError, "same shape"),
-        ({a: x, b: x.astype(np.complex64)}, InvalidInputError, "dtype"),
-        ({a: x, b: x[..., :2]}, InvalidInputError, "axis 2"),
-        ({a: x, b: np.concatenate([x, x])}, InvalidInputError, "batch 1"),
+        ({a: x, b: x[:, :0]}, InvalidInputError, f"stream {b}: .*at least one time step"),
+        ({a: x, b: x.astype(np.complex64)}, InvalidInputError, f"stream {b}: .*dtype"),
+        ({a: x, b: x[..., :2]}, InvalidInputError, f"stream {b}: .*axis 2"),
+        ({a: x[:, :2], b: x[..., :2]}, InvalidInputError, f"stream {b}: .*axis 2"),  # mixed T, one bad
+        ({a: x, b: np.concatenate([x, x])}, InvalidInputError, f"stream {b}: .*batch 1"),
     ]
     for frames, error, message in bad:
         with pytest.raises(error, match=message):
@@ -467,7 +468,8 @@ def test_pool_fast_path_declines_bad_chunks_without_touching_states():
     good = {a: rng.standard_normal((1, 1, I)).astype(np.float32), b: rng.standard_normal((1, 1, I)).astype(np.float32)}
     pool.step(good)
     before = [pool.state(a), pool.state(b)]
-    for bad in ({a: good[a], b: good[b][:, :, :2]}, {a: good[a], 99: good[b]}, {a: good[a], b: np.repeat(good[b], 2, axis=0)}):
+    for bad in ({a: good[a], b: good[b][:, :, :2]}, {a: good[a], 99: good[b]},
+                {a: good[a], b: np.repeat(good[b], 2, axis=1)}):  # feature size, unknown id, batch 2
         with pytest.raises((InvalidInputError, InvalidArgumentError)):
             pool.step(bad)
         for sid, state in zip((a, b), before):
@@ -581,3 +583,164 @@ def test_two_thread_pool_matches_streams_alone(op, layout):
                 kept.append((out[sid], expected))
     for row, expected in kept:
         np.testing.assert_allclose(row, expected, atol=TOL, rtol=0)
+
+
+# -- mixed chunk lengths in one pool step: one batched run per chunk shape --
+
+def time_major(key):
+    return key[1] == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(key=st.sampled_from([("bare",) + k for k in sorted(BARE)] + [("head",) + k for k in sorted(MODELS)]),
+       rounds=st.lists(st.lists(st.integers(1, 6), min_size=1, max_size=6), min_size=1, max_size=4),
+       seed=st.integers(0, 2**16))
+def test_pool_mixed_lengths_equal_each_stream_alone(key, rounds, seed):
+    """Each round steps the first len(lengths) streams, stream i by lengths[i] time steps: every
+    output (one array, or a dict of outputs for the head models) and every state afterwards equal
+    that stream stepped alone."""
+    kind, op, layout = key
+    model = (BARE if kind == "bare" else MODELS)[(op, layout)]
+    rng = np.random.default_rng(seed)
+    pool = model.stream_pool(max_streams=6)
+    sids = [pool.open() for _ in range(6)]
+    alone = {sid: model.stream() for sid in sids}
+    for lengths in rounds:
+        frames = {sid: rng.standard_normal((T, 1, I) if layout == 0 else (1, T, I)).astype(np.float32)
+                  for sid, T in zip(sids, lengths)}
+        out = pool.step(frames)
+        assert list(out) == list(frames)
+        for sid, x in frames.items():
+            expected = alone[sid].step(x)
+            if isinstance(expected, dict):
+                assert set(out[sid]) == set(expected)
+                for name in expected:
+                    np.testing.assert_allclose(out[sid][name], expected[name], atol=TOL, rtol=0)
+            else:
+                np.testing.assert_allclose(out[sid], expected, atol=TOL, rtol=0)
+    for sid in sids:
+        for name, value in alone[sid].state.items():
+            np.testing.assert_allclose(pool.state(sid)[name], value, atol=TOL, rtol=0)
+
+
+def test_pool_mixed_lengths_scattered_and_unordered_with_state_inputs():
+    """The bundled adding_lstm (h0/c0 paired) on scattered, reversed stream ids with T 1..4 mixed:
+    the groups' slots are gathered, the answer keeps the caller's order."""
+    model = lstminfer.load(lstminfer.models.path("adding_lstm"))
+    pool = model.stream_pool(max_streams=8)
+    sids = [pool.open() for _ in range(8)]
+    alone = {sid: model.stream() for sid in sids}
+    rng = np.random.default_rng(31)
+    for chosen in (sids[::-2], sids[1:7], sids[::-1]):  # x: [batch, time, 2]
+        frames = {sid: rng.standard_normal((1, 1 + i % 4, 2)).astype(np.float32) for i, sid in enumerate(chosen)}
+        out = pool.step(frames)
+        assert list(out) == chosen
+        for sid, x in frames.items():
+            np.testing.assert_allclose(out[sid], alone[sid].step(x), atol=TOL, rtol=0)
+
+
+def test_pool_one_shape_step_keeps_the_c_path_after_mixed_steps():
+    """A mixed step runs in Python (the C step declines it) and leaves the C step's shape alone; a
+    one-shape step of another checked shape hands that shape to the C step, which then runs it."""
+    runtime = pytest.importorskip("lstminfer._native._runtime")
+    model = BARE[("LSTM", 0)]
+    pool = model.stream_pool(max_streams=4)
+    assert pool._fast is not None and pool.step == pool._fast.step
+    sids = [pool.open() for _ in range(4)]
+    rng = np.random.default_rng(41)
+
+    def frames(lengths):
+        return {sid: rng.standard_normal((T, 1, I)).astype(np.float32) for sid, T in zip(sids, lengths)}
+
+    pool.step(frames([1, 1, 1, 1]))
+    assert pool._fast.shape == (1, 1, I)
+    pool.step(frames([1, 3, 1, 2]))
+    assert pool._fast.shape == (1, 1, I) and {(1, 1, I), (2, 1, I), (3, 1, I)} <= pool._known_shapes
+    pool.step(frames([2, 2, 2, 2]))  # a checked shape: the next such step runs in C
+    assert pool._fast.shape == (2, 1, I)
+    checked = []
+    spy = runtime.PoolStep(pool._program.direct_into, lambda f: checked.append(f) or "checked", pool.lock,
+                           pool._sid_at, pool._id_bits, pool._views, pool._slot_views, 1,
+                           pool._output_axes["Y"], lambda sids, y: None)
+    spy.shape = pool._fast.shape
+    equal, mixed = frames([2, 2, 2, 2]), frames([2, 1, 2, 2])
+    alone = model.stream(state=pool.save(sids[0]))
+    out = spy.step(equal)
+    assert checked == [] and list(out) == sids
+    np.testing.assert_allclose(out[sids[0]], alone.step(equal[sids[0]]), atol=TOL, rtol=0)
+    assert spy.step(mixed) == "checked" and checked == [mixed]
+
+
+@pytest.mark.parametrize("lengths,masked", [([1, 2, 2, 2], True), ([1, 1, 1, 6], False), ([3, 1, 3, 2], True)])
+def test_pool_mixed_lengths_pad_or_group_both_equal_streams_alone(monkeypatch, lengths, masked):
+    """A mixed step pads to the longest chunk (one run, every recurrent layer given the lengths)
+    while that at most doubles the steps run, else runs each length as its own batch; either way
+    each stream equals it alone. A two-layer PyTorch LSTM (time-major, h0/c0 paired)."""
+    from lstminfer.streaming import StreamProgram
+
+    calls = []
+    run_masked = StreamProgram.run_masked
+    monkeypatch.setattr(StreamProgram, "run_masked",
+                        lambda self, *a, **k: calls.append(a[2]) or run_masked(self, *a, **k))
+    spec = torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True)
+    model = _torch_model(spec)
+    pool = model.stream_pool(max_streams=4)
+    sids = [pool.open() for _ in range(4)]
+    alone = {sid: model.stream() for sid in sids}
+    rng = np.random.default_rng(51)
+    kept = []  # rows the caller holds: a later step never writes into them
+    for _ in range(2):
+        frames = {sid: spec.make_inputs(rng, 1, T)["x"] for sid, T in zip(sids[::-1], lengths)}
+        out = pool.step(frames)
+        for sid, x in frames.items():
+            expected = alone[sid].step(x)
+            np.testing.assert_allclose(out[sid], expected, atol=TOL, rtol=0)
+            kept.append((out[sid], expected))
+    assert [list(c) for c in calls] == ([lengths] * 2 if masked else [])
+    for row, expected in kept:
+        np.testing.assert_allclose(row, expected, atol=TOL, rtol=0)
+    for sid in sids:
+        for name, value in alone[sid].state.items():
+            np.testing.assert_allclose(pool.state(sid)[name], value, atol=TOL, rtol=0)
+
+
+def two_input_model():
+    """x [T, N, 2] and z [T, N, 1] concatenated per step -> LSTM -> Y, and a per-step sum of x."""
+    rng = np.random.default_rng(8)
+    inits = [nh.from_array(rng.standard_normal((1, 4 * H, 3)).astype(np.float32) * 0.5, "W"),
+             nh.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32) * 0.5, "R"),
+             nh.from_array(np.array([2], np.int64), "feat")]
+    nodes = [oh.make_node("Concat", ["x", "z"], ["xz"], axis=2),
+             oh.make_node("LSTM", ["xz", "W", "R"], ["Y", "Y_h", "Y_c"], hidden_size=H),
+             oh.make_node("ReduceSum", ["x", "feat"], ["xsum"], keepdims=1)]
+    inputs = [oh.make_tensor_value_info("x", TP.FLOAT, ["T", "N", 2]),
+              oh.make_tensor_value_info("z", TP.FLOAT, ["T", "N", 1])]
+    outputs = [oh.make_tensor_value_info(n, TP.FLOAT, None) for n in ("Y", "xsum")]
+    return oh.make_model(oh.make_graph(nodes, "two", inputs, outputs, inits), opset_imports=[oh.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("lengths", [[2, 1, 2], [1, 1, 5]])  # padded; grouped
+def test_pool_mixed_lengths_two_inputs_dict_chunks_and_outputs(lengths):
+    """Chunks as dicts of two inputs, outputs as dicts of two outputs, mixed lengths: each stream
+    equals it alone; a chunk with a wrong feature size names its stream and input, and moves no state."""
+    model = lstminfer.load(two_input_model())
+    pool = model.stream_pool(max_streams=3)
+    sids = [pool.open() for _ in range(3)]
+    alone = {sid: model.stream() for sid in sids}
+    rng = np.random.default_rng(9)
+    for _ in range(2):
+        frames = {sid: {"x": rng.standard_normal((T, 1, 2)).astype(np.float32),
+                        "z": rng.standard_normal((T, 1, 1)).astype(np.float32)} for sid, T in zip(sids, lengths)}
+        out = pool.step(frames)
+        for sid, chunk in frames.items():
+            expected = alone[sid].step(chunk)
+            assert set(out[sid]) == {"Y", "xsum"} and out[sid]["Y"].shape == expected["Y"].shape
+            for name in expected:
+                np.testing.assert_allclose(out[sid][name], expected[name], atol=TOL, rtol=0)
+    bad = {sids[0]: frames[sids[0]], sids[2]: {"x": frames[sids[2]]["x"], "z": frames[sids[2]]["z"][..., :0]}}
+    before = [pool.state(sid) for sid in sids]
+    with pytest.raises(InvalidInputError, match=f"stream {sids[2]}: input 'z'"):
+        pool.step(bad)
+    for sid, state in zip(sids, before):
+        for name, value in state.items():
+            np.testing.assert_array_equal(pool.state(sid)[name], value)
