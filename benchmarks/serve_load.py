@@ -5,6 +5,10 @@ client, no compression, no pings), loopback only, bounded in streams (``--max-st
 and time (``--duration`` per run, a hard stop for the whole command). It speaks the
 stream protocol of ``ws://HOST:PORT/v2/models/{m}/stream``: reads the header text frame,
 then sends binary chunks ``[T, features...]`` and expects one binary reply per chunk.
+The websockets client opens each stream (handshake and header); after that the stream's
+transport is handed to a small protocol that sends one frame masked in advance and parses
+replies in its callback, with no task or future per message, so the generator stays far
+below the servers' cost per chunk.
 
 Modes:
 
@@ -145,20 +149,6 @@ class LoadResult:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
 
 
-class _Stream:
-    __slots__ = ("ws", "payload", "reply_bytes", "due", "latencies", "answered", "errors", "first_error",
-                 "replies", "done")
-
-    def __init__(self, ws, payload: bytes, reply_bytes: int, keep: bool):
-        self.ws, self.payload, self.reply_bytes = ws, payload, reply_bytes
-        self.due: list[float] = []  # scheduled send times, in order (replies come in order)
-        self.latencies: list[float] = []
-        self.answered = self.errors = 0
-        self.first_error = ""
-        self.replies = [] if keep else None
-        self.done = asyncio.Event()
-
-
 async def _connect(url: str):
     from websockets.asyncio.client import connect
 
@@ -166,37 +156,118 @@ async def _connect(url: str):
     return await connect(url, compression=None, ping_interval=None, max_queue=None, open_timeout=CONNECT_TIMEOUT_S)
 
 
-async def _open(url: str, index: int, frames: int, seed: int, keep: bool) -> _Stream:
+async def _open_ws(url: str, index: int, frames: int, seed: int):
+    """(websockets connection, this stream's chunk bytes, reply bytes per chunk) after the header."""
     ws = await _connect(url)
-    frame_shape, dtype, out_frame = parse_header(await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT_S))
-    payload = chunk_for(index, frames, frame_shape, dtype, seed).tobytes()
-    return _Stream(ws, payload, frames * out_frame, keep)
-
-
-async def _receive(s: _Stream, expected: int) -> None:
-    from websockets.exceptions import ConnectionClosed
-
-    clock, lat, due = time.monotonic, s.latencies, s.due
     try:
-        async for message in s.ws:
-            now = clock()
-            if isinstance(message, str) or len(message) != s.reply_bytes:  # replies come in order
-                s.errors += 1
-                if not s.first_error:
-                    s.first_error = message[:200] if isinstance(message, str) else \
-                        f"reply of {len(message)} bytes, expected {s.reply_bytes}"
-            else:
-                lat.append(now - due[s.answered])
-                if s.replies is not None:
-                    s.replies.append(message)
-            s.answered += 1
-            if s.answered >= expected:
-                break
-    except ConnectionClosed as e:
-        if not s.first_error:
-            s.first_error = f"connection closed: {e}"
-    finally:
-        s.done.set()
+        frame_shape, dtype, out_frame = parse_header(await asyncio.wait_for(ws.recv(), CONNECT_TIMEOUT_S))
+    except BaseException:
+        await ws.close()
+        raise
+    return ws, chunk_for(index, frames, frame_shape, dtype, seed).tobytes(), frames * out_frame
+
+
+def masked_frame(payload: bytes, opcode: int = 0x2) -> bytes:
+    """One whole client frame (FIN, masked as RFC 6455 requires of clients) carrying ``payload``."""
+    n = len(payload)
+    if n < 126:
+        head = bytes([0x80 | opcode, 0x80 | n])
+    elif n < 1 << 16:
+        head = bytes([0x80 | opcode, 0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([0x80 | opcode, 0x80 | 127]) + n.to_bytes(8, "big")
+    mask = os.urandom(4)
+    key = np.frombuffer((mask * (n // 4 + 1))[:n], np.uint8)
+    return head + mask + (np.frombuffer(payload, np.uint8) ^ key).tobytes()
+
+
+class _FastStream(asyncio.Protocol):
+    """One stream's hot path after the websockets handshake: the same frame sent every time
+    (masked once, in advance), replies parsed in ``data_received`` without a task or a
+    future per message. Handles what a server may send: binary/text messages, ping, close."""
+
+    def __init__(self, transport, frame: bytes, reply_bytes: int, keep: bool):
+        self.transport, self.frame, self.reply_bytes = transport, frame, reply_bytes
+        self.buffer = bytearray()
+        self.due: list[float] = []  # scheduled send times, in order (replies come in order)
+        self.latencies: list[float] = []
+        self.expected = 0
+        self.answered = self.errors = 0
+        self.first_error = ""
+        self.replies = [] if keep else None
+        self.done = asyncio.get_running_loop().create_future()
+
+    def send(self, due: float) -> None:
+        self.due.append(due)
+        self.transport.write(self.frame)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buffer
+        buf += data
+        clock = time.monotonic
+        while True:
+            size = len(buf)
+            if size < 2:
+                return
+            length, start = buf[1] & 0x7F, 2
+            if length == 126:
+                if size < 4:
+                    return
+                length, start = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                if size < 10:
+                    return
+                length, start = int.from_bytes(buf[2:10], "big"), 10
+            end = start + length
+            if size < end:
+                return
+            first = buf[0]
+            opcode = first & 0x0F
+            if opcode == 0x2 and first & 0x80 and length == self.reply_bytes and self.answered < len(self.due):
+                self.latencies.append(clock() - self.due[self.answered])
+                if self.replies is not None:
+                    self.replies.append(bytes(buf[start:end]))
+                self._answered()
+            elif opcode == 0x9:  # ping: answer with a pong carrying its payload
+                self.transport.write(masked_frame(bytes(buf[start:end]), 0xA))
+            elif opcode == 0x8:
+                self._fail(f"server closed the stream: {bytes(buf[start:end])!r}")
+            elif opcode != 0xA:
+                body = bytes(buf[start:end])
+                self.errors += 1
+                self._fail(body.decode("utf-8", "replace")[:200] if opcode == 0x1 else
+                           f"reply frame opcode {opcode} fin {first >> 7} of {length} bytes, "
+                           f"expected one binary frame of {self.reply_bytes}")
+                self._answered()
+            del buf[:end]
+
+    def _answered(self) -> None:
+        self.answered += 1
+        if self.answered >= self.expected and not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, message: str) -> None:
+        if not self.first_error:
+            self.first_error = message
+
+    def connection_lost(self, exc) -> None:
+        if self.answered < self.expected:
+            self._fail(f"connection lost after {self.answered} replies: {exc}")
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(masked_frame((1000).to_bytes(2, "big"), 0x8))
+            self.transport.close()
+
+
+async def _open_fast(url: str, index: int, frames: int, seed: int, keep: bool) -> _FastStream:
+    """Handshake and header through the websockets client, then its transport to a _FastStream."""
+    ws, payload, reply_bytes = await _open_ws(url, index, frames, seed)
+    stream = _FastStream(ws.transport, masked_frame(payload), reply_bytes, keep)
+    ws.transport.set_protocol(stream)  # the server sends nothing after the header until a chunk comes
+    return stream
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -216,51 +287,56 @@ async def run_load(url: str, streams: int, frames: int, period_ms: float, durati
     per_stream = max(1, int(duration_s / interval))
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def open_one(i: int) -> _Stream:
+    async def open_one(i: int) -> _FastStream:
         async with gate:
-            return await _open(url, i, frames, seed, keep_replies)
+            return await _open_fast(url, i, frames, seed, keep_replies)
 
     opened = await asyncio.gather(*(open_one(i) for i in range(streams)), return_exceptions=True)
-    failed = [o for o in opened if isinstance(o, BaseException)]
     live = [o for o in opened if not isinstance(o, BaseException)]
     try:
-        if failed:
-            raise LoadError(f"{len(failed)} of {streams} streams failed to open: {failed[0]!r}")
-        receivers = [asyncio.ensure_future(_receive(s, per_stream)) for s in live]
+        failed = [o for o in opened if isinstance(o, BaseException)]
+        if not live:
+            raise LoadError(f"no stream opened ({streams} tried): {failed[0]!r}")
+        if failed:  # a server refusing streams under load: the run is not held, and says why
+            result.errors += len(failed)
+            result.first_error = f"{len(failed)} of {streams} streams failed to open: {failed[0]!r}"
+        for s in live:
+            s.expected = per_stream
         cpu0, proc0 = (_cpu_seconds(server_pid) if server_pid else 0.0), time.process_time()
         start = time.monotonic() + 0.05
         offsets = [start + i * interval / streams for i in range(streams)]
+        sent = late = 0
         max_lag = 0.0
-        late = sent = 0
+        clock, sleep = time.monotonic, asyncio.sleep
         for k in range(per_stream):  # every stream once per interval, in offset order
             base = k * interval
             for s, offset in zip(live, offsets):
                 due = offset + base
-                now = time.monotonic()
+                now = clock()
                 if due - now > SEND_SLACK_S:
-                    await asyncio.sleep(due - now)
-                    now = time.monotonic()
-                s.due.append(due)
-                await s.ws.send(s.payload)
-                sent += 1
+                    await sleep(due - now)
+                    now = clock()
+                s.send(due)
                 lag = now - due
-                max_lag = max(max_lag, lag)
-                late += lag > LATE_SEND_S
+                if lag > max_lag:
+                    max_lag = lag
+                if lag > LATE_SEND_S:
+                    late += 1
+            sent += len(live)
         last_due = offsets[-1] + (per_stream - 1) * interval
-        wait = max(0.0, last_due + REPLY_GRACE_S - time.monotonic())
-        await asyncio.wait([asyncio.ensure_future(s.done.wait()) for s in live], timeout=wait)
-        end = time.monotonic()
+        wait = max(0.0, last_due + REPLY_GRACE_S - clock())
+        await asyncio.wait([s.done for s in live], timeout=wait)
+        end = clock()
         cpu1, proc1 = (_cpu_seconds(server_pid) if server_pid else 0.0), time.process_time()
-        for r in receivers:
-            r.cancel()
     finally:
-        await asyncio.gather(*(s.ws.close() for s in live), return_exceptions=True)
+        for s in live:
+            s.close()
 
     lat = np.concatenate([np.asarray(s.latencies) for s in live]) * 1000.0
     result.chunks_sent, result.late_sends, result.max_send_lag_ms = sent, late, max_lag * 1000.0
     result.chunks_answered = sum(s.answered for s in live)
-    result.errors = sum(s.errors for s in live)
-    result.first_error = next((s.first_error for s in live if s.first_error), "")
+    result.errors += sum(s.errors for s in live)
+    result.first_error = result.first_error or next((s.first_error for s in live if s.first_error), "")
     wall = end - start
     if lat.size:
         result.p50_ms, result.p99_ms = (float(v) for v in np.percentile(lat, [50, 99]))
@@ -270,7 +346,7 @@ async def run_load(url: str, streams: int, frames: int, period_ms: float, durati
     result.client_cpu_util = (proc1 - proc0) / wall
     if server_pid and lat.size:
         result.server_cpu_us_per_chunk = (cpu1 - cpu0) / lat.size * 1e6
-    result.held = (lat.size == sent and result.errors == 0 and late == 0
+    result.held = (len(live) == streams and lat.size == sent and result.errors == 0 and late == 0
                    and result.p99_ms <= REALTIME_P99_S * 1000.0)
     if keep_replies:
         result.replies = [s.replies for s in live]
@@ -318,8 +394,7 @@ async def search(url: str, frames: int, period_ms: float, duration_s: float, *, 
 async def round_trip(url: str, frames: int, count: int, duration_s: float, seed: int = 0) -> dict:
     """One stream, one chunk in flight: round-trip median/p99 in ms over ``count`` chunks
     (or ``duration_s``, whichever comes first), after 50 unmeasured warm-up chunks."""
-    s = await _open(url, 0, frames, seed, keep=False)
-    ws, payload = s.ws, s.payload
+    ws, payload, _ = await _open_ws(url, 0, frames, seed)
     times = []
     clock = time.perf_counter
     try:
@@ -430,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.url:
             raise LoadError("a server URL is required (except with --echo)")
+        if not 0 < args.duration <= args.hard_stop:
+            raise LoadError(f"--duration must be in (0, --hard-stop={args.hard_stop}]; got {args.duration}")
         if not 1 <= args.streams <= args.max_streams:
             raise LoadError(f"--streams must be in [1, --max-streams={args.max_streams}]; got {args.streams}")
         url = stream_url(args.url, args.model)

@@ -12,7 +12,6 @@ import json
 import selectors
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +207,59 @@ def test_generator_refuses_bad_counts():
     with pytest.raises(serve_load.LoadError, match="streams >= 1"):
         asyncio.run(serve_load.run_load("ws://127.0.0.1:1/v2/models/m/stream", 0, 1, 20.0, 1.0))
     assert serve_load.main(["http://127.0.0.1:1", "--model", "m", "-n", "0"]) == 2
+
+
+class _Transport:
+    def __init__(self):
+        self.written: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+def _server_frame(payload: bytes, opcode: int) -> bytes:
+    n = len(payload)
+    head = bytes([0x80 | opcode, n]) if n < 126 else bytes([0x80 | opcode, 126]) + n.to_bytes(2, "big")
+    return head + payload
+
+
+def test_fast_stream_parses_replies_split_anywhere_and_counts_errors():
+    async def scenario():
+        transport = _Transport()
+        stream = serve_load._FastStream(transport, b"frame", reply_bytes=200, keep=True)
+        stream.expected = 3
+        for due in (0.0, 0.0, 0.0):
+            stream.send(due)
+        wire = (_server_frame(b"a" * 200, 0x2) + _server_frame(b"ping", 0x9)
+                + _server_frame(b'{"error": "bad chunk"}', 0x1) + _server_frame(b"b" * 200, 0x2))
+        for i in range(len(wire)):  # one byte per read: every frame boundary split
+            stream.data_received(wire[i:i + 1])
+        return transport, stream
+
+    transport, stream = asyncio.run(scenario())
+    assert transport.written[:3] == [b"frame"] * 3
+    pong = transport.written[3]
+    assert pong[0] == 0x8A and pong[1] == 0x80 | 4  # a masked pong of the ping's 4 bytes
+    assert stream.replies == [b"a" * 200, b"b" * 200] and len(stream.latencies) == 2
+    assert stream.errors == 1 and "bad chunk" in stream.first_error
+    assert stream.answered == 3 and stream.done.done()
+
+
+def test_masked_frame_unmasks_to_the_payload():
+    payload = bytes(range(256)) * 3
+    frame = serve_load.masked_frame(payload)
+    assert frame[0] == 0x82 and frame[1] == 0x80 | 126 and int.from_bytes(frame[2:4], "big") == len(payload)
+    mask, body = frame[4:8], frame[8:]
+    assert bytes(b ^ mask[i % 4] for i, b in enumerate(body)) == payload
+
+
+def test_generator_reports_a_model_the_server_refuses(peer):
+    url, _ = peer
+    with pytest.raises(serve_load.LoadError, match="no stream opened"):
+        asyncio.run(serve_load.run_load(serve_load.stream_url(url, "nope"), 2, 1, 20.0, 0.1))
