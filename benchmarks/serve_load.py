@@ -25,7 +25,8 @@ Modes:
 * ``--echo``: serve that bare echo server (websockets, uvloop) and print its URL.
 
 ``--server-pid PID`` adds the server's CPU seconds per chunk (utime + stime from
-``/proc/PID/stat`` around the timed window). Output: one JSON line, then a short table
+``/proc/PID/stat`` around the timed window); ``--batch-metrics`` the mean streams per pool
+step of ``lstminfer serve`` (its ``lstminfer_batch_size`` histogram at ``/metrics``). Output: one JSON line, then a short table
 (``--json`` for the JSON line only).
 
 Examples::
@@ -84,6 +85,12 @@ def stream_url(url: str, model: str | None) -> str:
     return urlunsplit(("ws", parts.netloc, path, parts.query, ""))
 
 
+def metrics_endpoint(stream: str) -> str:
+    """The server's ``/metrics`` URL beside a stream URL."""
+    parts = urlsplit(stream)
+    return urlunsplit(("http", parts.netloc, "/metrics", "", ""))
+
+
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -139,6 +146,7 @@ class LoadResult:
     chunks_per_s: float = 0.0
     frames_per_s: float = 0.0
     server_cpu_us_per_chunk: float | None = None
+    mean_batch_size: float | None = None  # from the server's /metrics (lstminfer_batch_size), when asked
     client_cpu_util: float = 0.0  # the generator's CPU seconds per wall second (near 1: it may limit)
     held: bool = False
     replies: list = field(default_factory=list, repr=False)  # per stream: the reply bytes (keep_replies)
@@ -146,7 +154,8 @@ class LoadResult:
     def summary(self) -> dict:
         out = asdict(self)
         out.pop("replies")
-        return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in out.items()}
+        # NaN (no reply at all) becomes null: the JSON line stays strict JSON.
+        return {k: (None if v != v else round(v, 3)) if isinstance(v, float) else v for k, v in out.items()}
 
 
 async def _connect(url: str):
@@ -270,6 +279,31 @@ async def _open_fast(url: str, index: int, frames: int, seed: int, keep: bool) -
     return stream
 
 
+BATCH_METRIC = "lstminfer_batch_size"  # the issue's histogram of streams per pool step
+
+
+def histogram_totals(metrics_text: str, name: str = BATCH_METRIC) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram in text format, added over its label sets."""
+    total = count = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(f"{name}_sum"):
+            total += float(line.rsplit(" ", 1)[1])
+        elif line.startswith(f"{name}_count"):
+            count += float(line.rsplit(" ", 1)[1])
+    return total, count
+
+
+def _fetch_batch_totals(metrics_url: str) -> tuple[float, float]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            return histogram_totals(response.read().decode("utf-8", "replace"))
+    except (OSError, urllib.error.URLError) as e:
+        raise LoadError(f"cannot read the server's metrics at {metrics_url}: {e}") from None
+
+
 def _cpu_seconds(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
@@ -277,7 +311,8 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def run_load(url: str, streams: int, frames: int, period_ms: float, duration_s: float, *,
-                   seed: int = 0, server_pid: int | None = None, keep_replies: bool = False) -> LoadResult:
+                   seed: int = 0, server_pid: int | None = None, metrics_url: str | None = None,
+                   keep_replies: bool = False) -> LoadResult:
     """N streams (``url``: the stream URL) in real time for ``duration_s``; see the module doc."""
     if streams < 1 or frames < 1 or period_ms <= 0 or duration_s <= 0:
         raise LoadError(f"need streams >= 1, frames >= 1, period_ms > 0, duration_s > 0; got "
@@ -302,6 +337,7 @@ async def run_load(url: str, streams: int, frames: int, period_ms: float, durati
             result.first_error = f"{len(failed)} of {streams} streams failed to open: {failed[0]!r}"
         for s in live:
             s.expected = per_stream
+        batches0 = await asyncio.to_thread(_fetch_batch_totals, metrics_url) if metrics_url else None
         cpu0, proc0 = (_cpu_seconds(server_pid) if server_pid else 0.0), time.process_time()
         start = time.monotonic() + 0.05
         offsets = [start + i * interval / streams for i in range(streams)]
@@ -328,6 +364,7 @@ async def run_load(url: str, streams: int, frames: int, period_ms: float, durati
         await asyncio.wait([s.done for s in live], timeout=wait)
         end = clock()
         cpu1, proc1 = (_cpu_seconds(server_pid) if server_pid else 0.0), time.process_time()
+        batches1 = await asyncio.to_thread(_fetch_batch_totals, metrics_url) if metrics_url else None
     finally:
         for s in live:
             s.close()
@@ -346,6 +383,8 @@ async def run_load(url: str, streams: int, frames: int, period_ms: float, durati
     result.client_cpu_util = (proc1 - proc0) / wall
     if server_pid and lat.size:
         result.server_cpu_us_per_chunk = (cpu1 - cpu0) / lat.size * 1e6
+    if batches0 and batches1 and batches1[1] > batches0[1]:
+        result.mean_batch_size = (batches1[0] - batches0[0]) / (batches1[1] - batches0[1])
     result.held = (len(live) == streams and lat.size == sent and result.errors == 0 and late == 0
                    and result.p99_ms <= REALTIME_P99_S * 1000.0)
     if keep_replies:
@@ -355,7 +394,7 @@ async def run_load(url: str, streams: int, frames: int, period_ms: float, durati
 
 async def search(url: str, frames: int, period_ms: float, duration_s: float, *, start: int = 16,
                  max_streams: int = 4096, resolution: float = 0.05, max_runs: int = 16,
-                 server_pid: int | None = None, progress=None) -> tuple[LoadResult | None, list[LoadResult]]:
+                 server_pid: int | None = None, metrics_url: str | None = None, progress=None) -> tuple[LoadResult | None, list[LoadResult]]:
     """The largest N held in real time (doubling from ``start``, then bisection to within
     ``resolution`` of N) and every run made; (None, runs) when even ``start`` is not held."""
     runs: list[LoadResult] = []
@@ -364,7 +403,7 @@ async def search(url: str, frames: int, period_ms: float, duration_s: float, *, 
 
     async def attempt(n: int) -> bool:
         nonlocal best
-        r = await run_load(url, n, frames, period_ms, duration_s, server_pid=server_pid)
+        r = await run_load(url, n, frames, period_ms, duration_s, server_pid=server_pid, metrics_url=metrics_url)
         runs.append(r)
         if progress:
             progress(r)
@@ -447,12 +486,14 @@ async def echo_server(host: str, port: int, features: int, ready=None) -> None:
 
 def _table(rows: list[LoadResult]) -> str:
     head = f"{'streams':>8} {'T':>3} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'chunks/s':>9} " \
-           f"{'srv us/chunk':>12} {'client cpu':>10} {'held':>5}"
+           f"{'srv us/chunk':>12} {'batch':>6} {'client cpu':>10} {'held':>5}"
     lines = [head]
     for r in rows:
         cpu = f"{r.server_cpu_us_per_chunk:.1f}" if r.server_cpu_us_per_chunk is not None else "-"
+        batch = f"{r.mean_batch_size:.1f}" if r.mean_batch_size is not None else "-"
         lines.append(f"{r.streams:>8} {r.frames:>3} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {r.max_ms:>8.2f} "
-                     f"{r.chunks_per_s:>9.0f} {cpu:>12} {r.client_cpu_util:>10.2f} {'yes' if r.held else 'no':>5}")
+                     f"{r.chunks_per_s:>9.0f} {cpu:>12} {batch:>6} {r.client_cpu_util:>10.2f} "
+                     f"{'yes' if r.held else 'no':>5}")
     return "\n".join(lines)
 
 
@@ -484,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of each run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--server-pid", type=int, help="measure this process's CPU per chunk")
+    parser.add_argument("--batch-metrics", action="store_true",
+                        help="mean streams per pool step from the server's /metrics (lstminfer serve)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--search", action="store_true", help="find the largest N held in real time")
     mode.add_argument("--rtt", action="store_true", help="one stream, one chunk in flight: round trip")
@@ -525,7 +568,20 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(record), flush=True)
     if not args.json and rows:
         print(_table(rows))
+    if not args.json and record["mode"] == "rtt":
+        print(_rtt_table(record))
     return 0
+
+
+def _rtt_table(record: dict) -> str:
+    lines = [f"{'round trip':<12} {'median ms':>10} {'p99 ms':>8} {'chunks':>7}"]
+    for who in ("server", "echo"):
+        if who in record:
+            r = record[who]
+            lines.append(f"{who:<12} {r['median_ms']:>10.3f} {r['p99_ms']:>8.3f} {r['chunks']:>7}")
+    if "server_share_ms" in record:
+        lines.append(f"{'server share':<12} {record['server_share_ms']:>10.3f}")
+    return "\n".join(lines)
 
 
 async def _dispatch(args, url: str) -> tuple[dict, list[LoadResult]]:
@@ -535,16 +591,17 @@ async def _dispatch(args, url: str) -> tuple[dict, list[LoadResult]]:
             record["echo"] = await round_trip(stream_url(args.echo_url, None), args.frames, args.count, args.duration, args.seed)
             record["server_share_ms"] = record["server"]["median_ms"] - record["echo"]["median_ms"]
         return record, []
+    metrics = metrics_endpoint(url) if args.batch_metrics else None
     if args.search:
         show = None if args.json else (lambda r: print(_table([r]).splitlines()[1], file=sys.stderr, flush=True))
         best, runs = await search(url, args.frames, args.period_ms, args.duration, start=args.start,
                                   max_streams=args.max_streams, resolution=args.resolution,
-                                  server_pid=args.server_pid, progress=show)
+                                  server_pid=args.server_pid, metrics_url=metrics, progress=show)
         record = {"mode": "search", "url": url, "max_streams_held": best.streams if best else 0,
                   "best": best.summary() if best else None, "runs": [r.summary() for r in runs]}
         return record, ([best] if best else [])
     r = await run_load(url, args.streams, args.frames, args.period_ms, args.duration, seed=args.seed,
-                       server_pid=args.server_pid)
+                       server_pid=args.server_pid, metrics_url=metrics)
     return {"mode": "run", "url": url, **r.summary()}, [r]
 
 

@@ -263,3 +263,19 @@ def test_generator_reports_a_model_the_server_refuses(peer):
     url, _ = peer
     with pytest.raises(serve_load.LoadError, match="no stream opened"):
         asyncio.run(serve_load.run_load(serve_load.stream_url(url, "nope"), 2, 1, 20.0, 0.1))
+
+
+def test_mean_batch_size_comes_from_the_histogram_totals():
+    text = ('# TYPE lstminfer_batch_size histogram\n'
+            'lstminfer_batch_size_bucket{model="a",le="1.0"} 2.0\n'
+            'lstminfer_batch_size_sum{model="a"} 30.0\nlstminfer_batch_size_count{model="a"} 4.0\n'
+            'lstminfer_batch_size_sum{model="b"} 6.0\nlstminfer_batch_size_count{model="b"} 2.0\n'
+            'lstminfer_step_seconds_sum 9.0\n')
+    assert serve_load.histogram_totals(text) == (36.0, 6.0)
+    assert serve_load.metrics_endpoint("ws://127.0.0.1:8000/v2/models/m/stream") == "http://127.0.0.1:8000/metrics"
+
+
+def test_summary_is_strict_json_when_nothing_was_answered():
+    summary = serve_load.LoadResult(streams=1, frames=1, period_ms=20.0, duration_s=1.0).summary()
+    assert summary["p99_ms"] is None and summary["held"] is False
+    json.loads(json.dumps(summary, allow_nan=False))
