@@ -279,3 +279,13 @@ def test_summary_is_strict_json_when_nothing_was_answered():
     summary = serve_load.LoadResult(streams=1, frames=1, period_ms=20.0, duration_s=1.0).summary()
     assert summary["p99_ms"] is None and summary["held"] is False
     json.loads(json.dumps(summary, allow_nan=False))
+
+
+def test_search_doubles_up_to_the_cap_when_every_run_holds(peer):
+    url, pid = peer
+    seen: list[int] = []
+    best, runs = asyncio.run(serve_load.search(serve_load.stream_url(url, "tiny"), 1, 20.0, 0.3, start=2,
+                                               max_streams=4, tries=3, server_pid=pid,
+                                               progress=lambda r: seen.append(r.streams)))
+    assert best is not None and best.streams == 4 and best.held
+    assert sorted(set(seen)) == [2, 4] and len(runs) == len(seen) <= 6
