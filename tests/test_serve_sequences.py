@@ -11,7 +11,7 @@ import lstminfer.models
 from lstminfer.serve.sequences import (BadChunkError, BadSequenceIdError, BadStateError, DrainingError,
                                        ExpiredSequenceError, PoolFullError, SequenceExistsError, SequenceManager,
                                        ServeError, TooManyQueuedError, UnknownSequenceError, check_sequence_id,
-                                       sequence_id_of, state_file_name)
+                                       parse_sequence_id, sequence_id_of, state_file_name)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,26 @@ def test_concurrent_chunks_of_equal_length_are_stepped_together(model):
     assert max(len(c) for c in calls) > 1
     assert len(manager.stats.batch_sizes) == manager.stats.batches_total
     assert all(d >= 0 for d in manager.stats.queue_delays) and manager.stats.step_seconds_total > 0
+
+
+def test_chunks_of_different_lengths_arriving_together_are_still_batched(model):
+    n = 40
+    xs = inputs(n, 3, seed=11)
+
+    async def main():
+        manager = SequenceManager(model, n, max_delay_us=20_000)  # wide window: all in one batch
+        calls = spy_steps(manager)
+        for i in range(n):
+            manager.start(i)
+        # streams 0, 2, 4 ... send 1 step, the others 3 steps
+        results = await asyncio.gather(*(manager.step(i, xs[i][:, :1 + 2 * (i % 2)]) for i in range(n)))
+        await manager.aclose()
+        return results, calls
+
+    results, calls = asyncio.run(main())
+    for i in range(n):
+        np.testing.assert_allclose(results[i], whole_run(model, xs[i][:, :1 + 2 * (i % 2)]), atol=1e-6)
+    assert max(len(c) for c in calls) >= n // 2  # whether the pool takes mixed lengths or not
 
 
 def test_chunks_of_one_stream_run_in_arrival_order_never_two_in_one_step(model):
@@ -369,6 +389,9 @@ def test_state_file_names_keep_int_and_string_ids_apart():
         back = sequence_id_of(name)
         assert back == sid and type(back) is type(sid)
     assert sequence_id_of(".int-1.state.123.tmp") is None and sequence_id_of("int-01.state") is None
+    assert parse_sequence_id("42") == 42 and parse_sequence_id("4x2") == "4x2" and parse_sequence_id("٤") == "٤"
+    with pytest.raises(BadSequenceIdError, match="2\\*\\*64"):
+        parse_sequence_id("18446744073709551616")
     assert check_sequence_id(np.uint64(5)) == 5 and type(check_sequence_id(np.uint64(5))) is int
 
 

@@ -15,6 +15,7 @@ Transport-agnostic and single-loop: call it from the event loop's thread only.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,7 @@ from ..errors import InvalidArgumentError, LstminferError
 
 DEFAULT_MAX_DELAY_US = 500
 DEFAULT_MAX_QUEUED = 64
+_log = logging.getLogger("lstminfer.serve")
 _SAMPLES_KEPT = 4096  # recent samples per series: bounded memory whatever the scrape interval
 
 
@@ -119,6 +121,7 @@ class Batcher:
         self._wakeup: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # -- what the sequence manager calls --------------------------------------------
@@ -132,8 +135,9 @@ class Batcher:
         elif len(lane) >= self.max_queued:
             raise TooManyQueuedError(f"sequence {label!r} has {len(lane)} chunks queued (the limit is "
                                      f"{self.max_queued}); wait for replies before sending more")
-        self._start()
-        future = asyncio.get_running_loop().create_future()
+        if self._task is None:
+            self._start()
+        future = self._loop.create_future()
         lane.append(_Queued(chunk, future, time.monotonic(), label))
         if key not in self._in_step and key not in self._ready:
             self._ready[key] = None
@@ -182,10 +186,10 @@ class Batcher:
 
     # -- the batching task ----------------------------------------------------------
     def _start(self) -> None:
-        if self._task is None:
-            self._wakeup, self._idle = asyncio.Event(), asyncio.Event()
-            self._idle.set()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="lstminfer-batcher")
+        self._loop = asyncio.get_running_loop()
+        self._wakeup, self._idle = asyncio.Event(), asyncio.Event()
+        self._idle.set()
+        self._task = self._loop.create_task(self._run(), name="lstminfer-batcher")
 
     def _check_idle(self) -> None:
         if self._idle is not None and not self._ready and not self._in_step:
@@ -215,7 +219,10 @@ class Batcher:
                 results, seconds = await loop.run_in_executor(self._executor, self._step, frames, labels)
             except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
                 results, seconds = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}, 0.0
-            self.stats.record_batch(len(batch), seconds, [started - item.arrived for _, item in batch])
+            try:
+                self.stats.record_batch(len(batch), seconds, [started - item.arrived for _, item in batch])
+            except Exception:  # a metrics hook must not stop the batcher
+                _log.exception("lstminfer serve: the on_batch hook failed")
             self._deliver(batch, results)
 
     def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
@@ -236,17 +243,28 @@ class Batcher:
         return batch
 
     def _step(self, frames: dict, labels: dict) -> tuple[dict, float]:
-        """In the worker thread: one pool step, or one per chunk when the batch fails."""
+        """In the worker thread: one pool step; if it raises, one step per group of equal chunk
+        shapes (a pool that refuses mixed lengths still batches), then per chunk in a failing group."""
         t0 = time.perf_counter()
         try:
             results = self._pool.step(frames)
         except Exception:
-            results = {}
+            groups: dict[Any, dict] = {}
             for key, chunk in frames.items():
-                try:
-                    results[key] = self._pool.step({key: chunk})[key]
-                except Exception as e:  # this chunk's own error, for its own caller
-                    results[key] = _as_serve_error(e, labels[key])
+                groups.setdefault(_shape_of(chunk), {})[key] = chunk
+            results = {}
+            for group in groups.values():
+                if len(groups) > 1 and len(group) > 1:
+                    try:
+                        results.update(self._pool.step(group))
+                        continue
+                    except Exception:
+                        pass
+                for key, chunk in group.items():
+                    try:
+                        results[key] = self._pool.step({key: chunk})[key]
+                    except Exception as e:  # this chunk's own error, for its own caller
+                        results[key] = _as_serve_error(e, labels[key])
         return results, time.perf_counter() - t0
 
     def _deliver(self, batch: list[tuple[Hashable, _Queued]], results: dict) -> None:
@@ -260,13 +278,23 @@ class Batcher:
                 else:
                     item.future.set_result(value)
             for action in self._after_step.pop(key, ()):
-                action()
+                try:
+                    action()
+                except Exception:  # e.g. closing a slot: never stop the batcher
+                    _log.exception("lstminfer serve: an action after a pool step failed")
             lane = self._lanes.get(key)
             if lane:
                 self._ready[key] = None
             elif lane is not None:
                 del self._lanes[key]
         self._check_idle()
+
+
+def _shape_of(chunk: Any) -> Any:
+    """A grouping key: the chunk's shape, or per input for a dict of inputs (None when unknown)."""
+    if isinstance(chunk, dict):
+        return tuple(sorted((str(name), getattr(value, "shape", None)) for name, value in chunk.items()))
+    return getattr(chunk, "shape", None)
 
 
 def _as_serve_error(e: Exception, label: Any) -> ServeError:

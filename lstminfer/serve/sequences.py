@@ -31,7 +31,8 @@ from .batcher import (DEFAULT_MAX_DELAY_US, DEFAULT_MAX_QUEUED, BadChunkError, B
                       StepFailedError, TooManyQueuedError)
 
 __all__ = [
-    "SequenceManager", "SequenceId", "LoadResult", "ServeStats", "check_sequence_id",
+    "SequenceManager", "SequenceId", "LoadResult", "ServeStats", "check_sequence_id", "parse_sequence_id",
+    "state_file_name", "sequence_id_of",
     "ServeError", "BadSequenceIdError", "UnknownSequenceError", "ExpiredSequenceError", "SequenceExistsError",
     "PoolFullError", "DrainingError", "BadStateError", "StateDirError", "TooManyQueuedError", "BadChunkError",
     "StepFailedError",
@@ -98,6 +99,8 @@ class LoadResult(NamedTuple):
 
 def check_sequence_id(sid: Any) -> SequenceId:
     """``sid`` as a sequence id: an int in [0, 2**64) (numpy's too, as int) or a non-empty string."""
+    if sid.__class__ is int and 0 <= sid <= _U64_MAX:  # the common case, first
+        return sid
     if isinstance(sid, str):
         if not sid:
             raise BadSequenceIdError("a sequence id string must not be empty")
@@ -111,6 +114,13 @@ def check_sequence_id(sid: Any) -> SequenceId:
     if not 0 <= value <= _U64_MAX:
         raise BadSequenceIdError(f"a sequence id integer must be in [0, 2**64 - 1], got {value}")
     return value
+
+
+def parse_sequence_id(text: str) -> SequenceId:
+    """An id written in a URL path or query: all ASCII digits is the integer id, anything else the string."""
+    if text.isascii() and text.isdigit():
+        return check_sequence_id(int(text))
+    return check_sequence_id(text)
 
 
 class _Sequence:
@@ -251,8 +261,8 @@ class SequenceManager:
         if self._draining:
             raise DrainingError(f"cannot step sequence {seq.sid!r}: the service is draining")
         future = self._batcher.submit(seq.pool_id, chunk, seq.sid)
-        self._ensure_reaper()
-        seq.last_used = self._clock()
+        if self._reaper is None:
+            self._ensure_reaper()
         try:
             return await future
         finally:
