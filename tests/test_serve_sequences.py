@@ -1,6 +1,7 @@
 """The sequence manager and batcher of ``lstminfer serve`` (no transport): asyncio via ``asyncio.run``."""
 import asyncio
 import random
+import threading
 import time
 
 import numpy as np
@@ -120,6 +121,27 @@ def test_chunks_of_different_lengths_arriving_together_are_still_batched(model):
     for i in range(n):
         np.testing.assert_allclose(results[i], whole_run(model, xs[i][:, :1 + 2 * (i % 2)]), atol=1e-6)
     assert max(len(c) for c in calls) >= n // 2  # whether the pool takes mixed lengths or not
+
+
+@pytest.mark.parametrize("inline_below_us", [0, 10 ** 6])
+def test_steps_run_off_the_event_loop_unless_predicted_cheaper_than_the_hop(model, inline_below_us):
+    x = np.zeros((1, 2, 2), np.float32)
+
+    async def main():
+        manager = SequenceManager(model, 2, inline_below_us=inline_below_us)
+        pool, threads = manager.pool, []
+        original = pool.step
+        pool.step = lambda frames: threads.append(threading.get_ident()) or original(frames)
+        manager.start(1)
+        for _ in range(5):
+            await manager.step(1, x)
+        await manager.aclose()
+        return threads
+
+    threads = asyncio.run(main())
+    loop_thread = threading.get_ident()
+    assert threads[0] != loop_thread  # no cost known yet: the worker thread
+    assert all((t == loop_thread) == bool(inline_below_us) for t in threads[1:])
 
 
 def test_chunks_of_one_stream_run_in_arrival_order_never_two_in_one_step(model):
@@ -261,13 +283,15 @@ def test_the_background_task_expires_idle_streams(model):
     assert 1 not in manager and manager.stats.expired_total == 1 and len(manager.pool) == 0
 
 
-def test_end_expiry_and_a_step_of_one_stream_at_once_free_the_slot_exactly_once(model):
+@pytest.mark.parametrize("inline_below_us", [0, 50], ids=["worker-thread", "inline-when-cheap"])
+def test_end_expiry_and_a_step_of_one_stream_at_once_free_the_slot_exactly_once(model, inline_below_us):
     clock = FakeClock()
     rng = random.Random(7)
     x = np.ones((1, 1, 2), np.float32)
 
     async def main():
-        manager = SequenceManager(model, 4, idle_timeout=1, max_delay_us=0, clock=clock)
+        manager = SequenceManager(model, 4, idle_timeout=1, max_delay_us=0, inline_below_us=inline_below_us,
+                                  clock=clock)
         pool, opened, closed = manager.pool, [], []
         original_open, original_close = pool.open, pool.close
         pool.open = lambda state=None: opened.append(original_open(state)) or opened[-1]

@@ -3,14 +3,16 @@
 Each stream (a *lane*, keyed by its pool id) has a FIFO of queued chunks. A stream with
 chunks waiting is *ready*; the batcher takes the head chunk of every ready stream (up to
 the pool's size), at most one per stream, once the oldest of them has waited
-``max_delay_us`` (at once when every slot has one), and steps them in a worker thread, so
-the event loop keeps reading the next chunks while the kernels run (they release the GIL).
-A stream re-enters the ready set only when its step is done: its chunks run strictly in
-arrival order, never two in one step.
+``max_delay_us`` (at once when every open stream has one: nobody else could join), and
+steps them in a worker thread, so the event loop keeps reading the next chunks while the
+kernels run (they release the GIL). Under load most batching comes from the step in flight:
+chunks arriving meanwhile make the next batch. asyncio's timers have 1 ms resolution, so a
+nonzero ``max_delay_us`` that waits at all waits ~1 ms. A stream re-enters the ready set
+only when its step is done: its chunks run strictly in arrival order, never two in one step.
 
-If a batched step raises, the chunks are stepped one by one so that only the bad chunk's
-caller gets the error (a pool step checks every chunk before it touches any state).
-Transport-agnostic and single-loop: call it from the event loop's thread only.
+If a batched step raises, the chunks are stepped per group of equal shapes, then one by one,
+so that only the bad chunk's caller gets the error (a pool step checks every chunk before it
+touches any state). Transport-agnostic and single-loop: call it from the event loop's thread.
 """
 from __future__ import annotations
 
@@ -21,10 +23,13 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Hashable
 
+import numpy as np
+
 from ..errors import InvalidArgumentError, LstminferError
 
 DEFAULT_MAX_DELAY_US = 500
 DEFAULT_MAX_QUEUED = 64
+DEFAULT_INLINE_BELOW_US = 50
 _log = logging.getLogger("lstminfer.serve")
 _SAMPLES_KEPT = 4096  # recent samples per series: bounded memory whatever the scrape interval
 
@@ -104,13 +109,18 @@ class Batcher:
     """Steps queued chunks of many streams of one ``StreamPool`` together; see the module doc."""
 
     def __init__(self, pool, *, max_delay_us: int = DEFAULT_MAX_DELAY_US, max_queued: int = DEFAULT_MAX_QUEUED,
-                 stats: ServeStats | None = None):
-        for name, value, least in (("max_delay_us", max_delay_us, 0), ("max_queued", max_queued, 1)):
+                 inline_below_us: int = DEFAULT_INLINE_BELOW_US, stats: ServeStats | None = None):
+        for name, value, least in (("max_delay_us", max_delay_us, 0), ("max_queued", max_queued, 1),
+                                   ("inline_below_us", inline_below_us, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InvalidArgumentError(f"{name} must be an integer >= {least}, got {value!r}")
         self._pool = pool
         self._max_delay = max_delay_us / 1e6
         self.max_queued = max_queued
+        # A step predicted shorter than this runs on the event loop: the hop to the worker
+        # thread and back costs more (~100 us on 2 cores) than such a step blocks the loop.
+        self._inline_below = inline_below_us / 1e6
+        self._seconds_per_byte: float | None = None  # running mean of step seconds per input byte
         self.stats = stats if stats is not None else ServeStats()
         self._lanes: dict[Hashable, deque[_Queued]] = {}
         self._ready: dict[Hashable, None] = {}  # insertion-ordered: first ready, first stepped
@@ -204,7 +214,7 @@ class Batcher:
                 self._check_idle()
                 await self._wakeup.wait()
                 continue
-            if len(self._ready) < limit:
+            if len(self._ready) < min(limit, len(self._pool)):  # else every open stream has a chunk ready
                 oldest = self._lanes[next(iter(self._ready))][0].arrived
                 wait = oldest + self._max_delay - time.monotonic()
                 if wait > 0:
@@ -215,10 +225,19 @@ class Batcher:
             started = time.monotonic()
             frames = {key: item.chunk for key, item in batch}
             labels = {key: item.label for key, item in batch}
-            try:
-                results, seconds = await loop.run_in_executor(self._executor, self._step, frames, labels)
-            except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
-                results, seconds = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}, 0.0
+            nbytes = _nbytes(frames)
+            rate = self._seconds_per_byte
+            if nbytes is not None and rate is not None and nbytes * rate < self._inline_below:
+                results, seconds = self._step(frames, labels)
+            else:
+                try:
+                    results, seconds = await loop.run_in_executor(self._executor, self._step, frames, labels)
+                except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
+                    results = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}
+                    seconds, nbytes = 0.0, None
+            if nbytes:
+                sample = seconds / nbytes
+                self._seconds_per_byte = sample if rate is None else 0.8 * rate + 0.2 * sample
             try:
                 self.stats.record_batch(len(batch), seconds, [started - item.arrived for _, item in batch])
             except Exception:  # a metrics hook must not stop the batcher
@@ -288,6 +307,22 @@ class Batcher:
             elif lane is not None:
                 del self._lanes[key]
         self._check_idle()
+
+
+def _nbytes(frames: dict) -> int | None:
+    """The chunks' size in bytes (None if any is not an array or a dict of arrays: unknown cost)."""
+    total = 0
+    for chunk in frames.values():
+        if isinstance(chunk, dict):
+            for value in chunk.values():
+                if not isinstance(value, np.ndarray):
+                    return None
+                total += value.nbytes
+        elif isinstance(chunk, np.ndarray):
+            total += chunk.nbytes
+        else:
+            return None
+    return total
 
 
 def _shape_of(chunk: Any) -> Any:
