@@ -42,7 +42,7 @@ SequenceId = Union[int, str]
 DEFAULT_IDLE_TIMEOUT = 300.0
 MAX_ID_BYTES = 128  # a string id, UTF-8: its file name (base32, ~1.6x) stays under 255 bytes
 _U64_MAX = 2 ** 64 - 1
-_REMEMBERED_EXPIRED = 100_000  # expired ids kept to say "expired" rather than "unknown"
+_REMEMBERED_EXPIRED = 65_536  # expired ids kept to say "expired" rather than "unknown" (<= ~15 MB)
 _STATE_FILE = re.compile(r"^(int-(0|[1-9][0-9]{0,19})|str-([a-z2-7]+))\.state$")
 
 
@@ -297,7 +297,7 @@ class SequenceManager:
     def save_all(self, directory: str | os.PathLike) -> list[Path]:
         """Write every open sequence's state to ``directory`` (one file each, atomically), and remove
         state files of sequences no longer open; the paths written. ``drain()`` first for a
-        consistent snapshot."""
+        consistent snapshot. One directory per model: it owns every state file in it."""
         directory = Path(directory)
         written = []
         try:
