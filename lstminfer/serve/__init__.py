@@ -1,0 +1,1 @@
+"""`lstminfer serve`: the edge service (KServe v2 HTTP, WebSocket streams, sequence batching)."""

@@ -1,0 +1,342 @@
+"""The batcher: chunks of different streams that arrive close together go into ONE ``StreamPool.step``.
+
+Each stream (a *lane*, keyed by its pool id) has a FIFO of queued chunks. A stream with
+chunks waiting is *ready*; the batcher takes the head chunk of every ready stream (up to
+the pool's size), at most one per stream, once the oldest of them has waited
+``max_delay_us`` (at once when every open stream has one: nobody else could join), and
+steps them in a worker thread, so the event loop keeps reading the next chunks while the
+kernels run (they release the GIL). Under load most batching comes from the step in flight:
+chunks arriving meanwhile make the next batch. asyncio's timers have 1 ms resolution, so a
+nonzero ``max_delay_us`` that waits at all waits ~1 ms. A stream re-enters the ready set
+only when its step is done: its chunks run strictly in arrival order, never two in one step.
+
+If a batched step raises, the chunks are stepped per group of equal shapes, then one by one,
+so that only the bad chunk's caller gets the error (a pool step checks every chunk before it
+touches any state). Transport-agnostic and single-loop: call it from the event loop's thread.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, Hashable
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, LstminferError
+
+DEFAULT_MAX_DELAY_US = 500
+DEFAULT_MAX_QUEUED = 64
+DEFAULT_INLINE_BELOW_US = 50
+_log = logging.getLogger("lstminfer.serve")
+_SAMPLES_KEPT = 4096  # recent samples per series: bounded memory whatever the scrape interval
+
+
+class ServeError(LstminferError):
+    """An error of the service; ``status`` is the HTTP status the transport answers with."""
+
+    status = 500
+
+
+class TooManyQueuedError(ServeError):
+    """A stream already has ``max_queued`` chunks waiting; the client must wait for replies."""
+
+    status = 429
+
+
+class BadChunkError(ServeError, ValueError):
+    """A chunk the model refuses (dtype, shape, batch, ...); only its own request fails."""
+
+    status = 400
+
+
+class StepFailedError(ServeError, RuntimeError):
+    """The model failed while running this chunk (not the chunk's fault as far as we can tell)."""
+
+    status = 500
+
+
+class ServeStats:
+    """Counters and recent samples the transport exports as metrics (plain attributes, cheap to update).
+
+    ``batch_sizes``, ``queue_delays`` (seconds from arrival to the start of its step) and
+    ``step_seconds`` keep the last few thousand samples: a metrics exporter drains them
+    (``popleft``) into histograms; ``on_batch(size, step_seconds, queue_delays)``, when
+    set, is called after every step instead of needing a drain.
+    """
+
+    def __init__(self) -> None:
+        self.open_streams = 0
+        self.started_total = 0
+        self.ended_total = 0
+        self.expired_total = 0
+        self.batches_total = 0
+        self.chunks_total = 0
+        self.chunk_errors_total = 0
+        self.step_seconds_total = 0.0
+        self.queue_delay_seconds_total = 0.0
+        self.batch_sizes: deque[int] = deque(maxlen=_SAMPLES_KEPT)
+        self.queue_delays: deque[float] = deque(maxlen=_SAMPLES_KEPT)
+        self.step_seconds: deque[float] = deque(maxlen=_SAMPLES_KEPT)
+        self.on_batch: Callable[[int, float, list[float]], None] | None = None
+
+    @property
+    def mean_batch_size(self) -> float:
+        return self.chunks_total / self.batches_total if self.batches_total else 0.0
+
+    def record_batch(self, size: int, seconds: float, delays: list[float]) -> None:
+        self.batches_total += 1
+        self.chunks_total += size
+        self.step_seconds_total += seconds
+        self.queue_delay_seconds_total += sum(delays)
+        self.batch_sizes.append(size)
+        self.step_seconds.append(seconds)
+        self.queue_delays.extend(delays)
+        if self.on_batch is not None:
+            self.on_batch(size, seconds, delays)
+
+
+class _Queued:
+    __slots__ = ("chunk", "future", "arrived", "label")
+
+    def __init__(self, chunk: Any, future: asyncio.Future, arrived: float, label: Any):
+        self.chunk, self.future, self.arrived, self.label = chunk, future, arrived, label
+
+
+class Batcher:
+    """Steps queued chunks of many streams of one ``StreamPool`` together; see the module doc."""
+
+    def __init__(self, pool, *, max_delay_us: int = DEFAULT_MAX_DELAY_US, max_queued: int = DEFAULT_MAX_QUEUED,
+                 inline_below_us: int = DEFAULT_INLINE_BELOW_US, stats: ServeStats | None = None):
+        for name, value, least in (("max_delay_us", max_delay_us, 0), ("max_queued", max_queued, 1),
+                                   ("inline_below_us", inline_below_us, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise InvalidArgumentError(f"{name} must be an integer >= {least}, got {value!r}")
+        self._pool = pool
+        self._max_delay = max_delay_us / 1e6
+        self.max_queued = max_queued
+        # A step predicted shorter than this runs on the event loop: the hop to the worker
+        # thread and back costs more (~100 us on 2 cores) than such a step blocks the loop.
+        self._inline_below = inline_below_us / 1e6
+        self._seconds_per_byte: float | None = None  # running mean of step seconds per input byte
+        self.stats = stats if stats is not None else ServeStats()
+        self._lanes: dict[Hashable, deque[_Queued]] = {}
+        self._ready: dict[Hashable, None] = {}  # insertion-ordered: first ready, first stepped
+        self._in_step: set[Hashable] = set()
+        self._after_step: dict[Hashable, list[Callable[[], None]]] = {}
+        # one worker: pool steps are serialised by the pool's lock anyway
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstminfer-step")
+        self._wakeup: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    # -- what the sequence manager calls --------------------------------------------
+    def submit(self, key: Hashable, chunk: Any, label: Any = None) -> asyncio.Future:
+        """Queue one chunk of stream ``key``; the future gets its output or its error."""
+        if self._closed:
+            raise StepFailedError("the batcher is closed")
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = deque()
+        elif len(lane) >= self.max_queued:
+            raise TooManyQueuedError(f"sequence {label!r} has {len(lane)} chunks queued (the limit is "
+                                     f"{self.max_queued}); wait for replies before sending more")
+        if self._task is None:
+            self._start()
+        future = self._loop.create_future()
+        lane.append(_Queued(chunk, future, time.monotonic(), label))
+        if key not in self._in_step and key not in self._ready:
+            self._ready[key] = None
+            self._idle.clear()
+            self._wakeup.set()
+        return future
+
+    def pending(self, key: Hashable) -> int:
+        """Chunks of ``key`` queued or being stepped."""
+        lane = self._lanes.get(key)
+        return (len(lane) if lane else 0) + (key in self._in_step)
+
+    def cancel(self, key: Hashable, error: BaseException) -> None:
+        """Fail every queued chunk of ``key`` with ``error`` and forget the lane (a chunk in a step completes)."""
+        self._ready.pop(key, None)
+        lane = self._lanes.pop(key, None)
+        for item in lane or ():
+            if not item.future.done():
+                item.future.set_exception(error)
+        self._check_idle()
+
+    def after_step(self, key: Hashable, action: Callable[[], None]) -> None:
+        """Run ``action`` now, or when the step ``key`` is in finishes (e.g. closing its slot)."""
+        if key in self._in_step:
+            self._after_step.setdefault(key, []).append(action)
+        else:
+            action()
+
+    async def drain(self) -> None:
+        """Wait until every queued chunk has been stepped and delivered."""
+        if self._idle is not None:
+            await self._idle.wait()
+
+    async def aclose(self) -> None:
+        """Drain, stop the batching task and the worker thread."""
+        await self.drain()
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self._executor.shutdown(wait=False)
+
+    # -- the batching task ----------------------------------------------------------
+    def _start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._wakeup, self._idle = asyncio.Event(), asyncio.Event()
+        self._idle.set()
+        self._task = self._loop.create_task(self._run(), name="lstminfer-batcher")
+
+    def _check_idle(self) -> None:
+        if self._idle is not None and not self._ready and not self._in_step:
+            self._idle.set()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        limit = self._pool.max_streams
+        while True:
+            if not self._ready:
+                self._wakeup.clear()
+                self._check_idle()
+                await self._wakeup.wait()
+                continue
+            if len(self._ready) < min(limit, len(self._pool)):  # else every open stream has a chunk ready
+                oldest = self._lanes[next(iter(self._ready))][0].arrived
+                wait = oldest + self._max_delay - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)  # let chunks of other streams join this step
+            batch = self._take(limit)
+            if not batch:
+                continue
+            started = time.monotonic()
+            frames = {key: item.chunk for key, item in batch}
+            labels = {key: item.label for key, item in batch}
+            nbytes = _nbytes(frames)
+            rate = self._seconds_per_byte
+            if nbytes is not None and rate is not None and nbytes * rate < self._inline_below:
+                results, seconds = self._step(frames, labels)
+            else:
+                try:
+                    results, seconds = await loop.run_in_executor(self._executor, self._step, frames, labels)
+                except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
+                    results = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}
+                    seconds, nbytes = 0.0, None
+            if nbytes:
+                sample = seconds / nbytes
+                self._seconds_per_byte = sample if rate is None else 0.8 * rate + 0.2 * sample
+            try:
+                self.stats.record_batch(len(batch), seconds, [started - item.arrived for _, item in batch])
+            except Exception:  # a metrics hook must not stop the batcher
+                _log.exception("lstminfer serve: the on_batch hook failed")
+            self._deliver(batch, results)
+
+    def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
+        """The head chunk of up to ``limit`` ready streams (dropping chunks whose caller went away)."""
+        batch = []
+        for key in list(self._ready):
+            if len(batch) >= limit:
+                break
+            del self._ready[key]
+            lane = self._lanes[key]
+            while lane and lane[0].future.done():  # cancelled by its caller before its step
+                lane.popleft()
+            if not lane:
+                del self._lanes[key]
+                continue
+            batch.append((key, lane.popleft()))
+            self._in_step.add(key)
+        return batch
+
+    def _step(self, frames: dict, labels: dict) -> tuple[dict, float]:
+        """In the worker thread: one pool step; if it raises, one step per group of equal chunk
+        shapes (a pool that refuses mixed lengths still batches), then per chunk in a failing group."""
+        t0 = time.perf_counter()
+        try:
+            results = self._pool.step(frames)
+        except Exception:
+            groups: dict[Any, dict] = {}
+            for key, chunk in frames.items():
+                groups.setdefault(_shape_of(chunk), {})[key] = chunk
+            results = {}
+            for group in groups.values():
+                if len(groups) > 1 and len(group) > 1:
+                    try:
+                        results.update(self._pool.step(group))
+                        continue
+                    except Exception:
+                        pass
+                for key, chunk in group.items():
+                    try:
+                        results[key] = self._pool.step({key: chunk})[key]
+                    except Exception as e:  # this chunk's own error, for its own caller
+                        results[key] = _as_serve_error(e, labels[key])
+        return results, time.perf_counter() - t0
+
+    def _deliver(self, batch: list[tuple[Hashable, _Queued]], results: dict) -> None:
+        for key, item in batch:
+            self._in_step.discard(key)
+            value = results.get(key)
+            if not item.future.done():
+                if isinstance(value, BaseException):
+                    self.stats.chunk_errors_total += 1
+                    item.future.set_exception(value)
+                else:
+                    item.future.set_result(value)
+            for action in self._after_step.pop(key, ()):
+                try:
+                    action()
+                except Exception:  # e.g. closing a slot: never stop the batcher
+                    _log.exception("lstminfer serve: an action after a pool step failed")
+            lane = self._lanes.get(key)
+            if lane:
+                self._ready[key] = None
+            elif lane is not None:
+                del self._lanes[key]
+        self._check_idle()
+
+
+def _nbytes(frames: dict) -> int | None:
+    """The chunks' size in bytes (None if any is not an array or a dict of arrays: unknown cost)."""
+    total = 0
+    for chunk in frames.values():
+        if isinstance(chunk, dict):
+            for value in chunk.values():
+                if not isinstance(value, np.ndarray):
+                    return None
+                total += value.nbytes
+        elif isinstance(chunk, np.ndarray):
+            total += chunk.nbytes
+        else:
+            return None
+    return total
+
+
+def _shape_of(chunk: Any) -> Any:
+    """A grouping key: the chunk's shape, or per input for a dict of inputs (None when unknown)."""
+    if isinstance(chunk, dict):
+        return tuple(sorted((str(name), getattr(value, "shape", None)) for name, value in chunk.items()))
+    return getattr(chunk, "shape", None)
+
+
+def _as_serve_error(e: Exception, label: Any) -> ServeError:
+    """``e`` as the error its caller gets, naming the sequence (the pool only knows its own ids)."""
+    if isinstance(e, ServeError):
+        return e
+    cls = BadChunkError if isinstance(e, (ValueError, TypeError)) else StepFailedError
+    error = cls(f"sequence {label!r}: {e}")
+    error.__cause__ = e
+    return error
