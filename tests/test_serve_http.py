@@ -4,12 +4,15 @@ tritonclient.http (binary and JSON tensors) must get what ``model.run`` gives in
 HTTP reads metadata, config and health; every bad request gets ``{"error": ...}`` with its status
 and the server keeps serving; a token guards every endpoint; SIGTERM exits 0.
 """
+import asyncio
 import json
+import logging
 import os
 import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -23,6 +26,7 @@ httpclient = pytest.importorskip("tritonclient.http")
 
 import lstminfer  # noqa: E402
 import lstminfer.models  # noqa: E402
+from lstminfer.serve.app import InferenceServer, ServeOptions, load_models  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "adding_lstm"
@@ -61,7 +65,8 @@ def _stop(proc: subprocess.Popen) -> int:
 
 @pytest.fixture(scope="module")
 def server():
-    proc, url = _start("--max-request-bytes", str(MAX_BODY))
+    proc, url = _start(lstminfer.models.path(MODEL), f"fc={lstminfer.models.path('forecast_gru')}",
+                       "--max-request-bytes", str(MAX_BODY))
     yield url
     _stop(proc)
 
@@ -96,6 +101,17 @@ def _feeds(rng, t: int = 7) -> dict:
     return {"x": rng.standard_normal((1, t, 2)).astype(np.float32),
             "h0": rng.standard_normal((1, 1, 32)).astype(np.float32),
             "c0": rng.standard_normal((1, 1, 32)).astype(np.float32)}
+
+
+def test_several_models_each_under_its_name(server, rng):
+    forecast = lstminfer.load(lstminfer.models.path("forecast_gru"))
+    feeds = {"x": rng.standard_normal((2, 4, 1)).astype(np.float32),
+             "h0": rng.standard_normal((1, 2, 32)).astype(np.float32)}
+    result = _client(server).infer("fc", _inputs(feeds, binary=True))
+    for name, want in zip(forecast.output_names, forecast.run(None, feeds)):
+        _assert_same(result.as_numpy(name), want)
+    meta = json.loads(_request(server + "/v2/models/fc")[2])
+    assert meta["name"] == "fc" and [i["name"] for i in meta["inputs"]] == ["x", "h0"]
 
 
 def _inputs(feeds: dict, binary: bool) -> list:
@@ -232,3 +248,39 @@ def test_binding_beyond_loopback_without_a_token_is_refused():
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert "0.0.0.0" in result.stderr and "token" in result.stderr and "LSTMINFER_TOKEN" in result.stderr
+
+
+def test_an_unknown_model_file_is_an_error_at_start():
+    result = subprocess.run([sys.executable, "-m", "lstminfer", "serve", "/nonexistent/m.onnx", "--port", "0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2 and "/nonexistent/m.onnx" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unexpected_exception_is_a_one_line_500_and_the_server_keeps_serving(caplog):
+    """In-process (to break the model on purpose), over a real socket."""
+    options = ServeOptions(port=0)
+    models = load_models([], options)
+    server = InferenceServer(models, options)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    url = asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+    served = models[MODEL]
+    try:
+        def broken(names, feeds):
+            raise RuntimeError("kernel exploded\nsecond line")
+
+        served.run = broken
+        with caplog.at_level(logging.ERROR, logger="lstminfer.serve"):
+            status, _, body = _request(url + INFER, "POST", _infer_body())
+        assert status == 500
+        assert json.loads(body)["error"] == "internal error: RuntimeError: kernel exploded"
+        assert len(caplog.records) == 1 and "kernel exploded" in caplog.records[0].getMessage()
+        del served.run
+        status, _, body = _request(url + INFER, "POST", _infer_body())
+        assert status == 200 and json.loads(body)["outputs"][0]["name"] == "y"
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()

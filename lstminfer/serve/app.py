@@ -8,8 +8,6 @@ into ``{"error": ...}`` with a fitting status.
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import json
 import logging
 import re
@@ -26,6 +24,7 @@ from aiohttp import web
 from .. import __version__
 from ..errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
 from ..model import Model
+from .access import bearer_matches, refuse_without_token
 from .protocol import (MODEL_VERSION, InferRequest, ProtocolError, TensorSpec, check_inputs, check_outputs,
                        encode_infer_response, error_body, model_config, model_metadata, parse_header_length,
                        parse_infer_request, server_metadata, tensor_specs)
@@ -123,15 +122,6 @@ def load_models(specs: list[str], options: ServeOptions) -> dict[str, ServedMode
     return served
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _error(status: int, message: str, headers: dict | None = None) -> web.Response:
     return web.Response(status=status, body=error_body(message), content_type=_JSON, headers=headers)
 
@@ -156,10 +146,9 @@ class InferenceServer:
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=self.options.max_request_bytes)
-        ok = web.Response  # health answers carry no body
-        app.router.add_get("/v2/health/live", lambda r: ok())
-        app.router.add_get("/v2/health/ready", lambda r: ok())
-        app.router.add_get("/v2", lambda r: _json(self._server_body))
+        app.router.add_get("/v2/health/live", self._healthy)
+        app.router.add_get("/v2/health/ready", self._healthy)
+        app.router.add_get("/v2", self._server_metadata)
         for prefix in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
             app.router.add_get(prefix, self._model_metadata)
             app.router.add_get(prefix + "/ready", self._model_ready)
@@ -172,7 +161,7 @@ class InferenceServer:
         """Token check, and every failure as ``{"error": ...}``: the server never answers a traceback."""
         if self._auth is not None:
             given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, self._auth):
+            if not bearer_matches(given, self._auth):
                 return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'"
                                    if given else "this server needs a token: send 'Authorization: Bearer <token>'",
                               {"WWW-Authenticate": "Bearer"})
@@ -196,6 +185,12 @@ class InferenceServer:
         except Exception as e:  # a bug, not the client's fault: one line, and keep serving
             log.error("%s %s failed: %s: %s", request.method, request.path, type(e).__name__, e)
             return _error(500, f"internal error: {type(e).__name__}: {e}".splitlines()[0])
+
+    async def _healthy(self, request: web.Request) -> web.Response:
+        return web.Response()  # live and ready as soon as it listens: the models load before
+
+    async def _server_metadata(self, request: web.Request) -> web.Response:
+        return _json(self._server_body)
 
     def _served(self, request: web.Request) -> ServedModel:
         name = request.match_info["model"]
@@ -243,7 +238,7 @@ class InferenceServer:
         """Bind and listen; returns the URL (the real port when the options say 0)."""
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.options.host, self.options.port, shutdown_timeout=5.0)
+        site = web.TCPSite(self._runner, self.options.host, self.options.port)
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self.url = f"http://{host if ':' not in host else f'[{host}]'}:{port}"
@@ -259,9 +254,9 @@ class InferenceServer:
 
 def serve(model_specs: list[str], options: ServeOptions) -> int:
     """Load the models, listen until SIGTERM/SIGINT, drain, return the exit status."""
-    if not is_loopback(options.host) and not options.token:
-        print(f"lstminfer serve: error: binding {options.host} (not loopback) needs a token: pass --token T or "
-              "set LSTMINFER_TOKEN, so that every request must carry 'Authorization: Bearer T'", file=sys.stderr)
+    refusal = refuse_without_token(options.host, options.token)
+    if refusal:
+        print(f"lstminfer serve: error: {refusal}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s lstminfer serve: %(message)s", stream=sys.stderr)
     try:

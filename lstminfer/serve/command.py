@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+
+from .access import refuse_without_token
 
 
 def add_serve_parser(sub) -> None:
@@ -31,6 +34,10 @@ def add_serve_parser(sub) -> None:
 
 
 def run_serve_command(args) -> int:
+    refusal = refuse_without_token(args.host, args.token)
+    if refusal:  # before the server's imports: a refused start is quick
+        print(f"lstminfer serve: error: {refusal}", file=sys.stderr)
+        return 2
     try:
         from .app import ServeOptions, serve
     except ImportError as e:  # the server's dependencies are an extra
