@@ -252,8 +252,12 @@ class InferenceServer:
         self._executor.shutdown(wait=True)
 
 
-def serve(model_specs: list[str], options: ServeOptions) -> int:
-    """Load the models, listen until SIGTERM/SIGINT, drain, return the exit status."""
+def serve(model_specs: list[str], options: ServeOptions,
+          configure: Callable[[InferenceServer], None] | None = None) -> int:
+    """Load the models, listen until SIGTERM/SIGINT, drain, return the exit status.
+
+    ``configure(server)`` runs before the server binds: routes, ``sequence_handler``, the app's
+    ``on_cleanup`` (which runs after in-flight requests have finished)."""
     refusal = refuse_without_token(options.host, options.token)
     if refusal:
         print(f"lstminfer serve: error: {refusal}", file=sys.stderr)
@@ -270,14 +274,17 @@ def serve(model_specs: list[str], options: ServeOptions) -> int:
         uvloop = None
     runner = uvloop.run if uvloop is not None else asyncio.run
     try:
-        return runner(_serve_until_signal(models, options))
+        return runner(_serve_until_signal(models, options, configure))
     except OSError as e:  # the port is taken, the address is not ours...
         print(f"lstminfer serve: error: cannot listen on {options.host}:{options.port}: {e}", file=sys.stderr)
         return 2
 
 
-async def _serve_until_signal(models: dict[str, ServedModel], options: ServeOptions) -> int:
+async def _serve_until_signal(models: dict[str, ServedModel], options: ServeOptions,
+                              configure: Callable[[InferenceServer], None] | None) -> int:
     server = InferenceServer(models, options)
+    if configure is not None:
+        configure(server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -239,7 +239,9 @@ def _from_binary(name: str, datatype: str, shape: tuple[int, ...], raw: memoryvi
     if len(raw) != expected:
         raise ProtocolError(400, f"input '{name}': shape {list(shape)} of {datatype} needs {expected} bytes, "
                                  f"binary_data_size is {len(raw)}")
-    return np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    array = np.frombuffer(raw, dtype=dtype.newbyteorder("<")).reshape(shape)
+    # after a JSON header of any length the data is seldom aligned; models run aligned arrays on their fast path
+    return array if array.flags.aligned else array.copy()
 
 
 def _bytes_tensor(name: str, shape: tuple[int, ...], raw: memoryview) -> np.ndarray:
