@@ -1,4 +1,4 @@
-"""The ``lstminfer`` command line: info, run, compile, quantize, demo."""
+"""The ``lstminfer`` command line: info, run, compile, quantize, demo, serve."""
 from __future__ import annotations
 
 import argparse
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_parser
 
     add_demo_parser(sub)
+    from .serve.command import add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
