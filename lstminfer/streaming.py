@@ -495,6 +495,11 @@ class Stream:
         self._states[:] = [program.initial_state[s.key].copy() for s in program.slots]
 
     @property
+    def output_names(self) -> list[str]:
+        """The outputs ``step`` returns (the model's outputs that are not carried states), in order."""
+        return list(self._program.output_names)
+
+    @property
     def state(self) -> dict[str, np.ndarray]:
         """Copies of the carried states, by key (the recurrent nodes' Y_h/Y_c names)."""
         return {s.key: np.array(v) for s, v in zip(self._program.slots, self._states)}
@@ -553,6 +558,16 @@ class StreamPool:
                                            self._id_bits, self._views, self._slot_views, program.chunk_batch_axis,
                                            out_axis, lambda sids, y: _rows_by_stream(sids, y, out_axis), programs)
             self.step = self._fast.step
+
+    @property
+    def output_names(self) -> list[str]:
+        """The outputs ``step`` returns per stream (the model's outputs that are not carried states)."""
+        return list(self._program.output_names)
+
+    @property
+    def state_input_names(self) -> list[str]:
+        """The model's inputs that set a stream's initial state (h0/c0 ...): a state dict may be keyed by them."""
+        return list(self._program.pairing.state_inputs)
 
     def __len__(self) -> int:
         return self.max_streams - len(self._free)

@@ -201,9 +201,9 @@ BAD_REQUESTS = [
     ("too large", "POST", INFER, b" " * (MAX_BODY + 1), {}, 413, [str(MAX_BODY), "--max-request-bytes"]),
     ("unknown path", "GET", "/v2/nothing/here", None, {}, 404, ["/v2/nothing/here"]),
     ("wrong method", "GET", INFER, None, {}, 405, ["GET", "POST"]),
-    ("sequence request", "POST", INFER,
+    ("unknown sequence", "POST", INFER,
      json.dumps({"inputs": json.loads(_infer_body())["inputs"], "parameters": {"sequence_id": 5}}).encode(), {},
-     400, ["sequence requests are not supported yet"]),
+     404, ["unknown sequence 5", "never started, or ended"]),
 ]
 
 

@@ -25,6 +25,8 @@ from .. import __version__
 from ..errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
 from ..model import Model
 from .access import bearer_matches, refuse_without_token
+from .batcher import ServeError
+from .http_sequences import SequenceRequests
 from .protocol import (MODEL_VERSION, InferRequest, ProtocolError, TensorSpec, check_inputs, check_outputs,
                        encode_infer_response, error_body, model_config, model_metadata, parse_header_length,
                        parse_infer_request, server_metadata, tensor_specs)
@@ -136,13 +138,31 @@ class InferenceServer:
     def __init__(self, models: dict[str, ServedModel], options: ServeOptions):
         self.models = models
         self.options = options
-        self.sequence_handler: SequenceHandler | None = None
+        self.sequences = {name: self._sequences_of(served) for name, served in models.items() if served.streamable}
+        self.sequence_handler: SequenceHandler | None = self._sequence_infer
         self.url: str | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lstminfer-infer")
         self._auth = f"Bearer {options.token}".encode() if options.token else None
         self._server_body = json.dumps(server_metadata("lstminfer", __version__, EXTENSIONS)).encode()
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
+
+    def _sequences_of(self, served: ServedModel) -> SequenceRequests:
+        from .sequences import SequenceManager
+
+        options = self.options
+        manager = SequenceManager(served.model, options.max_streams, max_delay_us=options.max_delay_us,
+                                  idle_timeout=options.idle_timeout)
+        return SequenceRequests(served.name, manager, served.inputs, manager.pool.output_names)
+
+    async def _sequence_infer(self, served: ServedModel, request: InferRequest) -> tuple[bytes, int | None]:
+        sequences = self.sequences.get(served.name)
+        if sequences is None:
+            raise ProtocolError(400, f"model '{served.name}' cannot stream, so it takes no sequence requests")
+        return await sequences.infer(request)
+
+    def _state_dir(self, name: str) -> Path | None:
+        return Path(self.options.state_dir) / name if self.options.state_dir else None
 
     def _build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=self.options.max_request_bytes)
@@ -169,6 +189,9 @@ class InferenceServer:
             return await handler(request)
         except ProtocolError as e:
             return _error(e.status, e.message)
+        except ServeError as e:  # the sequence manager's refusals carry their status
+            retry = getattr(e, "retry_after", None)
+            return _error(e.status, str(e), {"Retry-After": str(retry)} if retry else None)
         except web.HTTPRequestEntityTooLarge:
             return _error(413, f"the request body is larger than the server's limit of "
                                f"{self.options.max_request_bytes} bytes (--max-request-bytes)")
@@ -236,6 +259,14 @@ class InferenceServer:
 
     async def start(self) -> str:
         """Bind and listen; returns the URL (the real port when the options say 0)."""
+        for name, sequences in self.sequences.items():  # a restart resumes every saved sequence
+            directory = self._state_dir(name)
+            if directory is not None and directory.is_dir():
+                loaded = sequences.manager.load_all(directory)
+                for path, why in loaded.failed:
+                    log.error("state file %s not restored: %s", path, why)
+                if loaded.loaded:
+                    log.info("model %s: %d sequence(s) restored from %s", name, len(loaded.loaded), directory)
         self._runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=5.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.host, self.options.port)
@@ -249,6 +280,14 @@ class InferenceServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        for name, sequences in self.sequences.items():
+            manager = sequences.manager
+            await manager.drain()
+            directory = self._state_dir(name)
+            if directory is not None:
+                saved = manager.save_all(directory)
+                log.info("model %s: %d open sequence(s) saved to %s", name, len(saved), directory)
+            await manager.aclose()
         self._executor.shutdown(wait=True)
 
 
