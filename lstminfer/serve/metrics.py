@@ -16,10 +16,11 @@ The names dashboards rely on (issue #17):
   arrival to the start of its step) and ``lstminfer_step_seconds`` (histograms, all models).
 
 Why not prometheus_client's Counter/Histogram on the hot path: each ``inc``/``observe`` takes a
-lock (~1 us), per request and per queued chunk. Here a request adds to plain ints on the event
-loop, and a pool step bumps one manager's own bucket list (one writer per manager: its steps run
-one at a time); a ``prometheus_client`` collector turns them into metrics on scrape. Each server
-has its own ``CollectorRegistry``, so several servers can live in one process.
+lock (~1 us), per request and per queued chunk. Here a request adds to plain ints, and a pool step
+bumps its manager's own bucket lists (the batcher records a step on the event loop, after it), so
+every write happens on the loop's thread, without a lock; a ``prometheus_client`` collector turns
+them into metrics on scrape. Each server has its own ``CollectorRegistry``, so several servers can
+live in one process.
 """
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ Middleware = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
 
 
 class BucketCounts:
-    """A histogram's buckets (``le`` upper bounds, +Inf last), its sum and count; one writer, no lock."""
+    """A histogram's buckets (``le`` upper bounds, +Inf last) and sum; written from one thread, no lock."""
 
     __slots__ = ("bounds", "counts", "sum")
 
@@ -194,7 +195,7 @@ def _histogram(name: str, doc: str, parts: list[BucketCounts]) -> HistogramMetri
     total = 0.0
     for part in parts:
         total += part.sum
-        for i, n in enumerate(list(part.counts)):  # a copy: the writer may be adding
+        for i, n in enumerate(part.counts):
             counts[i] += n
     buckets, running = [], 0
     for bound, n in zip((*(floatToGoString(b) for b in bounds), "+Inf"), counts):
