@@ -176,3 +176,23 @@ def test_bucket_counts_are_prometheus_le_buckets_whether_observed_one_by_one_or_
     assert one.sum == pytest.approx(many.sum) and one.sum == pytest.approx(sum(values))
     for i, bound in enumerate(SECONDS_BUCKETS):  # cumulative count at le=bound: the values <= bound
         assert sum(one.counts[:i + 1]) == sum(v <= bound for v in values)
+
+
+def test_a_model_that_cannot_stream_has_no_state_endpoints():
+    import asyncio
+
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from lstminfer.serve.app import InferenceServer, ServeOptions, load_models
+
+    options = ServeOptions(port=0)
+    server = InferenceServer(load_models([lstminfer.models.path(MODEL)], options), options)
+    server.sequences.clear()  # as for a model without recurrent state (none is bundled)
+
+    async def ask():
+        async with TestClient(TestServer(server.app)) as client:
+            response = await client.get(f"/v2/models/{MODEL}/sequences/1/state")
+            return response.status, await response.json()
+
+    status, body = asyncio.run(ask())
+    assert status == 400 and "cannot stream" in body["error"] and MODEL in body["error"]
