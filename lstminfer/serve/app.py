@@ -27,9 +27,11 @@ from ..model import Model
 from .access import bearer_matches, refuse_without_token
 from .batcher import ServeError
 from .http_sequences import SequenceRequests
+from .metrics import ServeMetrics
 from .protocol import (MODEL_VERSION, InferRequest, ProtocolError, TensorSpec, check_inputs, check_outputs,
                        encode_infer_response, error_body, model_config, model_metadata, parse_header_length,
                        parse_infer_request, server_metadata, tensor_specs)
+from .state_routes import StateRoutes
 
 log = logging.getLogger("lstminfer.serve")
 
@@ -165,7 +167,9 @@ class InferenceServer:
         return Path(self.options.state_dir) / name if self.options.state_dir else None
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._guard], client_max_size=self.options.max_request_bytes)
+        self.metrics = ServeMetrics({name: sequences.manager for name, sequences in self.sequences.items()})
+        app = web.Application(middlewares=[self.metrics.counting(self._guard)],
+                              client_max_size=self.options.max_request_bytes)
         app.router.add_get("/v2/health/live", self._healthy)
         app.router.add_get("/v2/health/ready", self._healthy)
         app.router.add_get("/v2", self._server_metadata)
@@ -174,6 +178,8 @@ class InferenceServer:
             app.router.add_get(prefix + "/ready", self._model_ready)
             app.router.add_get(prefix + "/config", self._model_config)
             app.router.add_post(prefix + "/infer", self._infer)
+        StateRoutes(list(self.models), self.sequences).add_to(app)
+        app.router.add_get("/metrics", self.metrics.handle)
         return app
 
     @web.middleware
