@@ -457,7 +457,7 @@ class AsyncClient:
 
     def stream(self, model: str, sequence_id: int | str | None = None, output: str | None = None) -> "Stream":
         """``async with client.stream(m) as s: y = await s.send(chunk)``: one WebSocket, one live stream."""
-        return Stream(self._open_session(), self.url, model, sequence_id, output)
+        return Stream(self._open_session(), self.url, model, sequence_id, output, timeout=self.timeout)
 
 
 # -- the WebSocket stream ------------------------------------------------------------
@@ -474,8 +474,10 @@ class Stream:
     ``sequence_id``, ``model``, ``inputs`` and ``outputs`` come from the server's hello frame
     (per-chunk shapes: batch dropped, time as -1)."""
 
-    def __init__(self, session, url: str, model: str, sequence_id: Any = None, output: str | None = None):
+    def __init__(self, session, url: str, model: str, sequence_id: Any = None, output: str | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT):
         self._session = session
+        self._timeout = timeout  # seconds to wait for a reply (None: forever)
         self._url = _ws_url(url, model, sequence_id, output)
         self._wanted_output = output
         self._ws = None
@@ -527,7 +529,7 @@ class Stream:
     async def _receive(self, kind):
         """The next frame's payload (text: decoded JSON); a close or an {"error"} frame raises ServerError."""
         aiohttp = _aiohttp()
-        message = await self._ws.receive()
+        message = await self._ws.receive(timeout=self._timeout)
         if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
             code = self._ws.close_code or (message.data if isinstance(message.data, int) else None)
             reason = message.extra or "no reason given"
@@ -621,7 +623,12 @@ class SyncStream:
         self.close()
 
     def _run(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(self._timeout + 5)
+        future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        try:
+            return future.result(self._timeout + 5)  # the stream's own timeout fires first; this one is the backstop
+        except TimeoutError:
+            future.cancel()
+            raise
 
     def open(self) -> None:
         self._loop = asyncio.new_event_loop()

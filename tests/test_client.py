@@ -5,6 +5,7 @@ text v2 body -> text reply, {"error"} for a bad frame, refusals as close codes).
 """
 import asyncio
 import json
+import socket
 import threading
 
 import numpy as np
@@ -103,6 +104,28 @@ def test_bad_arguments_are_refused_before_sending():
         Client("ftp://host:1")
     with pytest.raises(InvalidArgumentError, match="non-empty dict"):
         Client("http://127.0.0.1:1").infer(MODEL, [1, 2])
+
+
+def test_a_kept_alive_connection_the_server_dropped_is_reopened():
+    """A server that closes every connection after one answer (as one does at its keep-alive timeout)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        for _ in range(3):
+            connection, _ = listener.accept()
+            accepted.append(connection)
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}")
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    with Client(f"http://127.0.0.1:{listener.getsockname()[1]}", timeout=5) as client:
+        assert [client.metadata() for _ in range(3)] == [{}, {}, {}]
+    thread.join(5)
+    listener.close()
+    assert len(accepted) == 3
 
 
 # -- asyncio HTTP against the real server ------------------------------------------------
