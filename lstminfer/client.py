@@ -18,6 +18,7 @@ import asyncio
 import http.client
 import json
 import random
+import socket
 import struct
 import threading
 from typing import Any, Mapping
@@ -63,6 +64,10 @@ class ServerError(LstminferError):
         self.status = status
         self.message = message
         self.retry_after = retry_after  # seconds, when the server said (503 at --max-streams)
+
+
+class ServerUnreachableError(LstminferError, ConnectionError):
+    """No connection to the server (nothing listens there, wrong host or port)."""
 
 
 # -- the v2 codec (client side) ---------------------------------------------------------
@@ -217,7 +222,14 @@ class Client:
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
             kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
-            self._connection = kind(self._host, self._port, timeout=self.timeout)
+            connection = kind(self._host, self._port, timeout=self.timeout)
+            try:
+                connection.connect()
+            except OSError as e:
+                raise ServerUnreachableError(f"cannot connect to {self.url}: {e}") from e
+            # small requests back to back: Nagle's algorithm would hold a request's last segment for an ACK
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._connection = connection
         return self._connection
 
     def _request(self, method: str, path: str, body: bytes | None = None,

@@ -16,7 +16,7 @@ from aiohttp import web  # noqa: E402
 
 import lstminfer  # noqa: E402
 import lstminfer.models  # noqa: E402
-from lstminfer.client import PATHS, AsyncClient, Client, ServerError  # noqa: E402
+from lstminfer.client import PATHS, AsyncClient, Client, ServerError, ServerUnreachableError  # noqa: E402
 from lstminfer.errors import InvalidArgumentError, LstminferError  # noqa: E402
 from test_serve_http import _start, _stop  # noqa: E402
 
@@ -104,6 +104,11 @@ def test_bad_arguments_are_refused_before_sending():
         Client("ftp://host:1")
     with pytest.raises(InvalidArgumentError, match="non-empty dict"):
         Client("http://127.0.0.1:1").infer(MODEL, [1, 2])
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens on this port now
+    with pytest.raises(ServerUnreachableError, match=f"127.0.0.1:{port}"):
+        Client(f"127.0.0.1:{port}").live()
 
 
 def test_a_kept_alive_connection_the_server_dropped_is_reopened():
@@ -371,3 +376,15 @@ def test_import_lstminfer_does_not_import_the_client():
     assert out == ["False", "False"]
     code = "import sys, lstminfer.client; print('aiohttp' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip() == "False"
+
+
+def test_without_aiohttp_the_async_parts_name_the_extra_to_install():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['aiohttp'] = None\n"
+            "from lstminfer.client import AsyncClient, Client\n"
+            "for make in (lambda: AsyncClient('http://127.0.0.1:1'), lambda: Client('http://127.0.0.1:1').stream('m')):\n"
+            "    try:\n        make()\n    except ImportError as e:\n        print(e)\n")
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.splitlines()
+    assert len(lines) == 2 and all("pip install 'lstminfer[serve]'" in line for line in lines)
