@@ -326,3 +326,18 @@ def test_shutdown_closes_streams_1001_and_keeps_them_for_the_restart(model, tmp_
     finally:
         assert _stop(proc) == 0
     np.testing.assert_allclose(np.concatenate(first + rest), _whole(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_frames_are_moved_into_a_layout_where_time_is_not_the_first_axis():
+    """[batch, features, time] (no bundled model has it): the bytes [T, features] are transposed in, and
+    an output [batch, hidden, time] comes back as [T, hidden]."""
+    from lstminfer.serve.protocol import TensorSpec
+    from lstminfer.serve.websocket import StreamLayout
+
+    spec = TensorSpec("x", np.dtype(np.float32), (-1, 3, -1))
+    layout = StreamLayout(spec, (3,), (0, 2, 1), None, 12, {"y": (0, 2)}, [], [])
+    frames = np.arange(12, dtype=np.float32).reshape(4, 3)  # T=4
+    chunk = layout.chunk(frames.tobytes())
+    np.testing.assert_array_equal(chunk, frames.T[None])
+    y = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
+    np.testing.assert_array_equal(np.frombuffer(layout.reply("y", y), np.float32).reshape(4, 2), y[0].T)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +74,11 @@ class StreamLayout:
     data_input: TensorSpec | None  # None: binary frames cannot be cut for this model (text frames only)
     features: tuple[int, ...]  # per-frame shape of the data input
     to_model_order: tuple[int, ...]  # permutes [batch, time, features...] into the input's own axes
+    chunk_shape: tuple[int, ...] | None  # the input's shape (time -1, batch 1) when the frames' bytes are in its order
+    frame_bytes: int  # bytes of one frame of the data input
     output_axes: dict[str, tuple[int | None, int | None]]  # output -> (batch axis, time axis), None: none
     header_inputs: list[dict]  # per-chunk shapes: time first as -1, batch dropped
     header_outputs: list[dict]
-
-    @property
-    def frame_bytes(self) -> int:
-        return int(np.prod(self.features, dtype=np.int64)) * self.data_input.dtype.itemsize
 
     def chunk(self, payload: bytes) -> np.ndarray:
         """The model's chunk (batch 1) from a binary frame; ProtocolError when the frame is not one."""
@@ -91,7 +90,9 @@ class StreamLayout:
         if not payload or len(payload) % frame_bytes:
             raise ProtocolError(400, f"a binary frame is T >= 1 frames of {spec.datatype} {list(self.features)} "
                                      f"({frame_bytes} bytes each), got {len(payload)} bytes")
-        frames = np.frombuffer(payload, dtype=spec.dtype.newbyteorder("<"))
+        frames = np.frombuffer(payload, dtype=_wire(spec.dtype))
+        if self.chunk_shape is not None:  # a batch of 1 before or after time moves no byte: a view
+            return frames.reshape(self.chunk_shape)
         chunk = frames.reshape(1, len(payload) // frame_bytes, *self.features).transpose(self.to_model_order)
         return chunk if chunk.flags.c_contiguous else np.ascontiguousarray(chunk)
 
@@ -99,15 +100,26 @@ class StreamLayout:
         """The output ``name`` of a chunk as a binary frame: ``[T, ...]``, batch dropped, little-endian."""
         batch_axis, time_axis = self.output_axes[name]
         one = np.asarray(value)
+        if _LITTLE and (time_axis is None or all(one.shape[i] == 1 for i in range(time_axis) if i != batch_axis)):
+            return one.tobytes()  # time already leads the axes that are not the batch of 1: C order is [T, ...]
         if batch_axis is not None:
             one = np.take(one, 0, axis=batch_axis)
         if time_axis is not None:
             one = np.moveaxis(one, time_axis - (batch_axis is not None and time_axis > batch_axis), 0)
-        return np.ascontiguousarray(one, dtype=one.dtype.newbyteorder("<")).tobytes()
+        return np.ascontiguousarray(one, dtype=_wire(one.dtype)).tobytes()
 
     def header(self, sid: Any, model: str, output: str) -> str:
         return json.dumps({"sequence_id": sid, "model": model, "inputs": self.header_inputs,
                            "outputs": self.header_outputs, "binary_output": output})
+
+
+_LITTLE = sys.byteorder == "little"
+
+
+def _wire(dtype: np.dtype) -> np.dtype:
+    """The little-endian form of ``dtype``; on a little-endian machine the very same object (the pool's fast
+    path checks the chunk's dtype by identity)."""
+    return dtype if _LITTLE and dtype.byteorder != ">" else dtype.newbyteorder("<")
 
 
 def _header_entry(spec: TensorSpec, batch_axis: int | None, time_axis: int | None) -> dict:
@@ -125,7 +137,7 @@ def stream_layout(served: Any, sequences: SequenceRequests) -> StreamLayout:
     batch_axes = program.output_batch_axes()
     output_axes = {n: (batch_axes.get(n), program.output_time_axes.get(n)) for n in sequences.outputs}
     header_outputs = [_header_entry(out_specs[n], *output_axes[n]) for n in sequences.outputs]
-    data_input, features, order = None, (), ()
+    data_input, features, order, chunk_shape = None, (), (), None
     if len(sequences.data_inputs) == 1:
         spec = in_specs[sequences.data_inputs[0]]
         batch_axis, time_axis = program.batch_axes[spec.name], program.time_axes[spec.name]
@@ -135,7 +147,12 @@ def stream_layout(served: Any, sequences: SequenceRequests) -> StreamLayout:
             following = iter(range(2, len(spec.shape)))  # source axes: 0 batch, 1 time, 2.. features in order
             order = tuple(0 if i == batch_axis else 1 if i == time_axis else next(following)
                           for i in range(len(spec.shape)))
-    return StreamLayout(data_input, features, order, output_axes, header_inputs, header_outputs)
+            if all(i == batch_axis for i in range(time_axis)):  # time is the first axis but the batch's
+                chunk_shape = tuple(1 if i == batch_axis else -1 if i == time_axis else d
+                                    for i, d in enumerate(spec.shape))
+    frame_bytes = int(np.prod(features, dtype=np.int64)) * data_input.dtype.itemsize if data_input else 0
+    return StreamLayout(data_input, features, order, chunk_shape, frame_bytes, output_axes, header_inputs,
+                        header_outputs)
 
 
 class WebSocketStreams:
