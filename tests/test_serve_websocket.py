@@ -285,6 +285,9 @@ def test_token_full_server_and_a_dropped_client():
         with pytest.raises(urllib.error.HTTPError) as err:  # the stream's exemption is not the other endpoints'
             urllib.request.urlopen(f"{url}/v2/models/{MODEL}", timeout=TIMEOUT_S)
         assert err.value.code == 401
+        with pytest.raises(urllib.error.HTTPError) as err:  # plain HTTP on the stream path: told what it is
+            urllib.request.urlopen(f"{url}/v2/models/{MODEL}/stream", timeout=TIMEOUT_S)
+        assert err.value.code == 400 and "WebSocket endpoint" in json.loads(err.value.read())["error"]
     finally:
         assert _stop(proc) == 0
     assert missing[0] == 1008 and "token" in missing[1]

@@ -19,6 +19,7 @@ or ``output`` in the URL; the close reason is the message.
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -44,7 +45,7 @@ CLOSE_GOING_AWAY = 1001  # the server shuts down
 CLOSE_NOT_FOUND = 4404  # 4000 + the HTTP status, as the other refusals
 FRESH_ID_BITS = 53  # a new stream's id stays exact as a JavaScript number (the header is JSON)
 _REASON_BYTES = 123  # the most a close frame's reason may hold
-_SEQUENCE_PARAMS = ("sequence_id", "sequence_start", "sequence_end")
+_CLOSE_WAIT_S = 2.0  # how long a close waits for the client's close frame: shutdown takes seconds, not minutes
 
 
 def is_stream_request(request: web.Request) -> bool:
@@ -171,11 +172,15 @@ class WebSocketStreams:
 
     async def _close_all(self, app: web.Application) -> None:
         self._shutting_down = True  # sequences stay open: --state-dir saves them, clients attach after restart
-        for ws in list(self._open):
-            await ws.close(code=CLOSE_GOING_AWAY, message=b"the server is shutting down")
+        await asyncio.gather(*(ws.close(code=CLOSE_GOING_AWAY, message=b"the server is shutting down")
+                               for ws in list(self._open)), return_exceptions=True)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(compress=False, max_msg_size=self.server.options.max_request_bytes)
+        ws = web.WebSocketResponse(timeout=_CLOSE_WAIT_S, compress=False, decode_text=False,
+                                   max_msg_size=self.server.options.max_request_bytes)
+        if not ws.can_prepare(request).ok:
+            raise ProtocolError(400, f"{request.path} is a WebSocket endpoint: connect with a WebSocket client "
+                                     "(ws://..., 'Upgrade: websocket')")
         await ws.prepare(request)
         try:
             name, sequences, layout, output = self._admit(request)
@@ -250,7 +255,7 @@ class WebSocketStreams:
                     await ws.send_bytes(layout.reply(output, result[output] if isinstance(result, dict) else result))
                 elif message.type == WSMsgType.TEXT:
                     body, _ = await sequences.infer(_sequence_request(message.data, sid))
-                    await ws.send_str(body.decode())
+                    await ws.send_str(body.decode())  # text in, text out (the body is JSON: ASCII)
                 elif message.type == WSMsgType.ERROR:
                     return
             except (ProtocolError, ServeError) as e:
@@ -268,9 +273,9 @@ def _reason(text: str) -> bytes:
     return text.encode()[:_REASON_BYTES].decode(errors="ignore").encode()  # cut whole characters only
 
 
-def _sequence_request(text: str, sid: Any) -> InferRequest:
+def _sequence_request(text: bytes, sid: Any) -> InferRequest:
     """A text frame as a sequence request of this connection's sequence (no start or end: the connection owns them)."""
-    request = parse_infer_request(text.encode())
+    request = parse_infer_request(text)
     params = request.parameters
     if params.get("sequence_id", sid) != sid or params.get("sequence_start") or params.get("sequence_end"):
         raise ProtocolError(400, f"this connection streams sequence {sid!r}: a text frame carries no other "
