@@ -32,6 +32,7 @@ from .protocol import (MODEL_VERSION, InferRequest, ProtocolError, TensorSpec, c
                        encode_infer_response, error_body, model_config, model_metadata, parse_header_length,
                        parse_infer_request, server_metadata, tensor_specs)
 from .state_routes import StateRoutes
+from .websocket import WebSocketStreams, is_stream_request
 
 log = logging.getLogger("lstminfer.serve")
 
@@ -180,12 +181,13 @@ class InferenceServer:
             app.router.add_post(prefix + "/infer", self._infer)
         StateRoutes(list(self.models), self.sequences).add_to(app)
         app.router.add_get("/metrics", self.metrics.handle)
+        WebSocketStreams(self).install(app)  # ws://.../v2/models/{model}/stream
         return app
 
     @web.middleware
     async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
         """Token check, and every failure as ``{"error": ...}``: the server never answers a traceback."""
-        if self._auth is not None:
+        if self._auth is not None and not is_stream_request(request):  # a stream closes 1008 itself
             given = request.headers.get("Authorization", "").encode()
             if not bearer_matches(given, self._auth):
                 return _error(401, "missing or wrong token: send 'Authorization: Bearer <token>'"
