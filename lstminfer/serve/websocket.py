@@ -248,14 +248,18 @@ class WebSocketStreams:
                      output: str, sid: Any) -> None:
         """Frame after frame, each stepped before the next is read: replies keep the chunks' order."""
         manager = sequences.manager
+        count_bytes = self.server.metrics.add_bytes
         async for message in ws:
             try:
                 if message.type == WSMsgType.BINARY:
                     result = await manager.step(sid, layout.chunk(message.data))
-                    await ws.send_bytes(layout.reply(output, result[output] if isinstance(result, dict) else result))
+                    reply = layout.reply(output, result[output] if isinstance(result, dict) else result)
+                    await ws.send_bytes(reply)
+                    count_bytes(len(message.data), len(reply))
                 elif message.type == WSMsgType.TEXT:
                     body, _ = await sequences.infer(_sequence_request(message.data, sid))
                     await ws.send_str(body.decode())  # text in, text out (the body is JSON: ASCII)
+                    count_bytes(len(message.data), len(body))
                 elif message.type == WSMsgType.ERROR:
                     return
             except (ProtocolError, ServeError) as e:
