@@ -164,6 +164,29 @@ HELLO_OUTPUTS = [{"name": "y", "datatype": "FP32", "shape": [-1, 2]},
                  {"name": "z", "datatype": "FP32", "shape": [-1]}]
 
 
+def test_websocket_stream_and_state_endpoints_of_the_real_server(server, model):
+    """The sync WebSocket stream and the state endpoints against `lstminfer serve` itself."""
+    x = _x(5, 9)
+    expected = _run(model, x)
+    with Client(server) as client:
+        with client.stream(MODEL) as stream:
+            assert [i["name"] for i in stream.inputs] == ["x"] and [o["name"] for o in stream.outputs] == ["y"]
+            got = np.concatenate([stream.send(x[0, :4]), stream.send(x[0, 4:])], axis=0)
+        np.testing.assert_allclose(got, expected[0], atol=1e-5, rtol=1e-5)
+        seq = client.sequence(MODEL, 77)
+        first = seq.step(x[:, :5])
+        blob = client.get_state(MODEL, 77)
+        client.put_state(MODEL, 78, blob)  # a copy continues exactly as the original
+        rest_77 = seq.step(x[:, 5:])
+        rest_78 = client.sequence(MODEL, 78).step(x[:, 5:], start=False)
+        np.testing.assert_allclose(np.concatenate([first, rest_77], axis=1), expected, atol=1e-5, rtol=1e-5)
+        np.testing.assert_array_equal(rest_78, rest_77)
+        client.delete(MODEL, 77)
+        with pytest.raises(ServerError) as err:
+            client.get_state(MODEL, 77)
+        assert err.value.status == 404
+
+
 def _fake_reply(x: np.ndarray, output: str) -> np.ndarray:
     """What the fake model answers: y = 2x, z = row sums (so the client's reshape can be checked)."""
     return x * 2 if output == "y" else x.sum(axis=-1)
