@@ -54,6 +54,12 @@ def _start(*args: str, env_token: str | None = None) -> tuple[subprocess.Popen, 
     raise AssertionError(f"server did not start: {proc.communicate(timeout=5)[1]}")
 
 
+def whole_output(model, x):
+    """The in-process whole-sequence output y of ``x`` (zero initial state): what a served stream must equal."""
+    out = model.predict(x=x)
+    return out["y"] if isinstance(out, dict) else out
+
+
 def _stop(proc: subprocess.Popen) -> int:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)

@@ -16,7 +16,7 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 
 import lstminfer  # noqa: E402
 import lstminfer.models  # noqa: E402
-from test_serve_http import _start, _stop  # noqa: E402
+from test_serve_http import _start, _stop, whole_output  # noqa: E402
 
 MODEL = "adding_lstm"
 
@@ -25,11 +25,6 @@ MODEL = "adding_lstm"
 def model():
     return lstminfer.load(lstminfer.models.path(MODEL))
 
-
-def _whole(model, x):
-    """The in-process whole-sequence output y (zero initial state)."""
-    out = model.predict(x)
-    return out["y"] if isinstance(out, dict) else out
 
 
 def _sequence(rng, T):
@@ -61,7 +56,7 @@ def test_a_sequence_in_chunks_equals_the_whole_run(model):
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))
         rng = np.random.default_rng(0)
         whole = _sequence(rng, 12)
-        expected = _whole(model, whole)
+        expected = whole_output(model, whole)
         np.testing.assert_allclose(_in_chunks(client, whole, 7, [1, 3, 5, 3]), expected, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(_in_chunks(client, whole, "utterance-a", [12], binary=False), expected,
                                    atol=1e-5, rtol=1e-5)
@@ -92,7 +87,7 @@ def test_a_sequence_in_chunks_equals_the_whole_run(model):
 def test_state_dir_keeps_open_sequences_across_a_restart(model, tmp_path):
     rng = np.random.default_rng(1)
     whole = _sequence(rng, 9)
-    expected = _whole(model, whole)
+    expected = whole_output(model, whole)
     proc, url = _start(lstminfer.models.path(MODEL), "--state-dir", str(tmp_path))
     try:
         client = httpclient.InferenceServerClient(url.removeprefix("http://"))

@@ -15,7 +15,7 @@ pytest.importorskip("prometheus_client")
 
 import lstminfer  # noqa: E402
 import lstminfer.models  # noqa: E402
-from test_serve_http import _request, _start, _stop  # noqa: E402
+from test_serve_http import _request, _start, _stop, whole_output  # noqa: E402
 
 MODEL = "adding_lstm"
 TOKEN = "state-token"
@@ -36,10 +36,6 @@ def server():
 def model():
     return lstminfer.load(lstminfer.models.path(MODEL))
 
-
-def _whole(model, x):
-    out = model.predict(x)
-    return out["y"] if isinstance(out, dict) else out
 
 
 def _chunk(url, sid, x, start=False, end=False):
@@ -72,7 +68,7 @@ def _metrics(url) -> dict[str, float]:
 
 def test_a_state_put_into_a_new_id_continues_like_the_original(server, model, rng):
     x = rng.standard_normal((1, 9, 2)).astype(np.float32)
-    whole = _whole(model, x)
+    whole = whole_output(model, x)
     status, first = _chunk(server, 501, x[:, :4], start=True)
     assert status == 200
     np.testing.assert_allclose(first, whole[:, :4], rtol=1e-5, atol=1e-6)
@@ -108,7 +104,7 @@ def test_reset_equals_a_fresh_start(server, model, rng):
     assert _request(_sequence_url(server, "r-503", "reset"), "POST", b"", AUTH)[0] == 204
     status, y = _chunk(server, "r-503", x, end=True)
     assert status == 200
-    np.testing.assert_allclose(y, _whole(model, x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y, whole_output(model, x), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_state_requests_get_their_error(server):

@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 
 import lstminfer  # noqa: E402
 import lstminfer.models  # noqa: E402
-from test_serve_http import _start, _stop  # noqa: E402
+from test_serve_http import _start, _stop, whole_output  # noqa: E402
 
 MODEL = "adding_lstm"
 TOKEN = "ws-token"
@@ -81,10 +81,6 @@ def _ws(url: str, path: str) -> str:
     return url.replace("http://", "ws://", 1) + path
 
 
-def _whole(model, x):
-    out = model.predict(x=x)
-    return out["y"] if isinstance(out, dict) else out
-
 
 async def _stream(ws, chunks, dtype=np.float32):
     """Each chunk [T, features] as one binary frame; the replies, in order."""
@@ -123,7 +119,7 @@ def test_binary_chunks_of_varying_length_equal_the_whole_run(server, model):
     assert header["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}]
     assert header["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}]
     assert [r.size for r in replies] == [1, 3, 7, 2, 6, 1]
-    np.testing.assert_allclose(np.concatenate(replies), _whole(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(replies), whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
 def test_a_time_first_model_streams_its_frames(server, paths):
@@ -156,7 +152,7 @@ def test_many_concurrent_streams_each_equal_its_own_run(server, model):
 
     outputs = asyncio.run(run())
     for x, got in zip(inputs, outputs):
-        np.testing.assert_allclose(got, _whole(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(got, whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
 def _request(x, **extra):
@@ -180,7 +176,7 @@ def test_text_frames_are_v2_requests_on_the_same_stream(server, model):
     (y,) = first["outputs"]
     assert y["name"] == "y" and y["shape"] == [1, 2, 1]
     got = np.concatenate([np.array(y["data"], np.float32), rest])
-    np.testing.assert_allclose(got, _whole(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
 def test_a_bad_frame_gets_its_error_and_the_stream_goes_on(server, model):
@@ -207,7 +203,7 @@ def test_a_bad_frame_gets_its_error_and_the_stream_goes_on(server, model):
     errors, replies = asyncio.run(run())
     for (_, expected), error in zip(bad, errors):
         assert expected in error, error
-    np.testing.assert_allclose(np.concatenate(replies), _whole(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(replies), whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
 def _http_step(url, x, sid, **flags):
@@ -231,7 +227,7 @@ def test_attach_to_a_sequence_started_over_http(server, model):
     assert header["sequence_id"] == sid
     last = _http_step(server, x[:, 5:], sid, sequence_end=True)  # closing the attached socket kept it open
     got = np.concatenate([first, *middle, last])
-    np.testing.assert_allclose(got, _whole(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
 def test_refusals_close_with_their_code(server):
@@ -328,7 +324,7 @@ def test_shutdown_closes_streams_1001_and_keeps_them_for_the_restart(model, tmp_
         rest = asyncio.run(after_restart())
     finally:
         assert _stop(proc) == 0
-    np.testing.assert_allclose(np.concatenate(first + rest), _whole(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(first + rest), whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
 
 
 def test_frames_are_moved_into_a_layout_where_time_is_not_the_first_axis():
