@@ -56,33 +56,23 @@ static inline li_vf li_vsign_of(li_vf b, li_vf x) { return (li_vf)((li_vi)b | ((
    normal), NaN passing through: min/max where the ISA has them (the second operand is returned on
    NaN), else two selects (a comparison with NaN is false). */
 #if LI_ISA_AVX512
-static inline li_vf li_vclamp(li_vf x, float clip) {
-    __m512 m = _mm512_min_ps(_mm512_set1_ps(clip), (__m512)x);
-    return (li_vf)_mm512_max_ps(_mm512_set1_ps(-clip), m);
-}
-static inline li_vf li_clamp_exp_arg(li_vf x) {
-    __m512 m = _mm512_min_ps(_mm512_set1_ps(88.0f), (__m512)x);
-    return (li_vf)_mm512_max_ps(_mm512_set1_ps(-87.0f), m);
+static inline li_vf li_vclamp_to(li_vf x, float lo, float hi) {
+    __m512 m = _mm512_min_ps(_mm512_set1_ps(hi), (__m512)x);
+    return (li_vf)_mm512_max_ps(_mm512_set1_ps(lo), m);
 }
 #elif LI_ISA_AVX2
-static inline li_vf li_vclamp(li_vf x, float clip) {
-    __m256 m = _mm256_min_ps(_mm256_set1_ps(clip), (__m256)x);
-    return (li_vf)_mm256_max_ps(_mm256_set1_ps(-clip), m);
-}
-static inline li_vf li_clamp_exp_arg(li_vf x) {
-    __m256 m = _mm256_min_ps(_mm256_set1_ps(88.0f), (__m256)x);
-    return (li_vf)_mm256_max_ps(_mm256_set1_ps(-87.0f), m);
+static inline li_vf li_vclamp_to(li_vf x, float lo, float hi) {
+    __m256 m = _mm256_min_ps(_mm256_set1_ps(hi), (__m256)x);
+    return (li_vf)_mm256_max_ps(_mm256_set1_ps(lo), m);
 }
 #else
-static inline li_vf li_vclamp(li_vf x, float clip) {
-    x = li_vsel(x > li_splat(clip), li_splat(clip), x);
-    return li_vsel(x < li_splat(-clip), li_splat(-clip), x);
-}
-static inline li_vf li_clamp_exp_arg(li_vf x) {
-    x = li_vsel(x > li_splat(88.0f), li_splat(88.0f), x);
-    return li_vsel(x < li_splat(-87.0f), li_splat(-87.0f), x);
+static inline li_vf li_vclamp_to(li_vf x, float lo, float hi) {
+    x = li_vsel(x > li_splat(hi), li_splat(hi), x);
+    return li_vsel(x < li_splat(lo), li_splat(lo), x);
 }
 #endif
+static inline li_vf li_vclamp(li_vf x, float clip) { return li_vclamp_to(x, -clip, clip); }
+static inline li_vf li_clamp_exp_arg(li_vf x) { return li_vclamp_to(x, -87.0f, 88.0f); }
 
 /* LI_FLOAT_FLOOR: floor in one instruction (li_vfloor) and p * 2^n from a float n (li_vscale2n);
    otherwise callers floor through int conversions and build 2^n from exponent bits. */
