@@ -3,6 +3,7 @@ expiry, on a real ``lstminfer serve``: a state moved to another id continues wit
 the original; reset equals a fresh start; an ended or expired sequence is 404; /metrics carries every
 name dashboards rely on, behind the token like every endpoint.
 """
+import asyncio
 import json
 import re
 import time
@@ -192,3 +193,24 @@ def test_a_model_that_cannot_stream_has_no_state_endpoints():
 
     status, body = asyncio.run(ask())
     assert status == 400 and "cannot stream" in body["error"] and MODEL in body["error"]
+
+
+def test_websocket_frames_and_their_errors_are_counted(server, rng):
+    pytest.importorskip("websockets")
+    from websockets.asyncio.client import connect
+
+    async def one_good_one_bad():
+        ws_url = server.replace("http://", "ws://") + f"/v2/models/{MODEL}/stream"
+        async with connect(ws_url, additional_headers=AUTH) as ws:
+            json.loads(await ws.recv())  # the stream's description
+            await ws.send(rng.standard_normal((2, 2)).astype(np.float32).tobytes())
+            assert isinstance(await ws.recv(), bytes)
+            await ws.send(b"\x00" * 3)  # not a whole frame of 2 float32 features
+            assert "error" in json.loads(await ws.recv())
+
+    before = _metrics(server)
+    asyncio.run(one_good_one_bad())
+    after = _metrics(server)
+    assert after['lstminfer_requests_total{kind="frame"}'] == before['lstminfer_requests_total{kind="frame"}'] + 2
+    assert after['lstminfer_errors_total{kind="frame"}'] == before['lstminfer_errors_total{kind="frame"}'] + 1
+    assert after["lstminfer_bytes_received_total"] >= before["lstminfer_bytes_received_total"] + 16 + 3

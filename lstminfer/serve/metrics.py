@@ -8,10 +8,12 @@ The names dashboards rely on (issue #17):
   kind, and those among them answered with a status >= 400, so errors/requests is an error ratio per
   kind. Kinds: ``infer`` (``/infer``, stateless or sequence: both are one v2 infer call), ``state``
   (``/sequences/{id}/...``), ``metadata`` (health, server and model metadata, ready, config),
-  ``metrics``, ``stream`` (a WebSocket upgrade) and ``other`` (no such endpoint or method).
+  ``metrics``, ``stream`` (a WebSocket upgrade), ``frame`` (a chunk sent over a WebSocket; an error is
+  a frame answered with ``{"error": ...}`` or one that ended the stream) and ``other`` (no such
+  endpoint or method).
   The *kind of error* is in the log line each error already gets.
 - ``lstminfer_bytes_received_total`` / ``lstminfer_bytes_sent_total``: HTTP bodies (the request's
-  Content-Length, the response's body); a WebSocket adds its frames with ``add_bytes``.
+  Content-Length, the response's body); a WebSocket adds its frames with ``count_frame``.
 - ``lstminfer_batch_size`` (streams per pool step), ``lstminfer_queue_delay_seconds`` (a chunk's
   arrival to the start of its step) and ``lstminfer_step_seconds`` (histograms, all models).
 
@@ -38,7 +40,7 @@ from .sequences import SequenceManager, ServeStats
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 65536)
 SECONDS_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0)
-KINDS = ("infer", "state", "metadata", "metrics", "stream", "other")
+KINDS = ("infer", "state", "metadata", "metrics", "stream", "frame", "other")
 _MANY = 32  # above this many samples numpy's searchsorted beats a Python bisect per sample
 
 Middleware = Callable[[web.Request, Any], Awaitable[web.StreamResponse]]
@@ -117,6 +119,7 @@ class ServeMetrics:
         self.bytes_sent = 0
         self._tallies = {kind: _Tally() for kind in KINDS}
         self._kind_of_resource: dict[Any, _Tally] = {None: self._tallies["other"]}
+        self._frames = self._tallies["frame"]
         self._stats: dict[str, ServeStats] = {}
         self._histograms: list[BatchHistograms] = []
         for name, manager in managers.items():
@@ -130,10 +133,17 @@ class ServeMetrics:
         self._stats[model] = stats
         self._histograms.append(histograms)
 
-    def add_bytes(self, received: int, sent: int) -> None:
-        """Bytes moved outside an HTTP body (WebSocket frames)."""
+    def count_frame(self, received: int, sent: int) -> None:
+        """One WebSocket frame answered: its bytes and the reply's."""
+        self._frames.requests += 1
         self.bytes_received += received
         self.bytes_sent += sent
+
+    def count_frame_error(self, received: int) -> None:
+        """One WebSocket frame answered with an error (or that ended its stream)."""
+        self._frames.requests += 1
+        self._frames.errors += 1
+        self.bytes_received += received
 
     def counting(self, guard: Middleware) -> Middleware:
         """``guard`` (the server's middleware) that also counts each request, its errors and its bytes."""

@@ -248,27 +248,30 @@ class WebSocketStreams:
                      output: str, sid: Any) -> None:
         """Frame after frame, each stepped before the next is read: replies keep the chunks' order."""
         manager = sequences.manager
-        count_bytes = self.server.metrics.add_bytes
+        metrics = self.server.metrics
+        count_frame = metrics.count_frame
         async for message in ws:
             try:
                 if message.type == WSMsgType.BINARY:
                     result = await manager.step(sid, layout.chunk(message.data))
                     reply = layout.reply(output, result[output] if isinstance(result, dict) else result)
                     await ws.send_bytes(reply)
-                    count_bytes(len(message.data), len(reply))
+                    count_frame(len(message.data), len(reply))
                 elif message.type == WSMsgType.TEXT:
                     body, _ = await sequences.infer(_sequence_request(message.data, sid))
                     await ws.send_str(body.decode())  # text in, text out (the body is JSON: ASCII)
-                    count_bytes(len(message.data), len(body))
+                    count_frame(len(message.data), len(body))
                 elif message.type == WSMsgType.ERROR:
                     return
             except (ProtocolError, ServeError) as e:
+                metrics.count_frame_error(len(message.data))
                 if e.status in (404, 503):  # the sequence is gone, or the server drains: nothing more to step
                     raise StreamRefused(close_code(e), str(e)) from None
                 await ws.send_str(error_body(str(e)).decode())
             except (ConnectionResetError, StreamRefused):
                 raise
             except Exception as e:  # a bug, not the client's fault: one line, and the stream goes on
+                metrics.count_frame_error(len(message.data))
                 log.error("stream %r of %s failed: %s: %s", sid, sequences.name, type(e).__name__, e)
                 await ws.send_str(error_body(f"internal error: {type(e).__name__}: {e}".splitlines()[0]).decode())
 
