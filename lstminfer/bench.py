@@ -49,21 +49,23 @@ class BenchResult:
     threads: int
     onnxruntime: str | None  # its version, or why it does not run here
     rows: list[BenchRow]
+    remarks: list[str]  # what the rows' notes refer to (why the model does not stream)
 
     def as_json(self) -> dict[str, Any]:
         return {"model": self.model, "backend": self.backend, "threads": self.threads,
                 "onnxruntime": self.onnxruntime,
-                "rows": [{**asdict(r), "ratio": r.ratio} for r in self.rows]}
+                "rows": [{**asdict(r), "ratio": r.ratio} for r in self.rows], "remarks": self.remarks}
 
     def table(self) -> str:
         head = f"lstminfer bench {self.model} (backend {self.backend}, threads {self.threads}; " \
-               f"onnxruntime: {self.onnxruntime})"
+               f"onnxruntime {self.onnxruntime or '-'})"
         lines = [head, f"{'case':<36} {'lstminfer':>12} {'onnxruntime':>12} {'ratio':>7}"]
         for r in self.rows:
             ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
             lines.append(f"{r.label:<36} {_us(r.lstminfer_us):>12} {_us(r.onnxruntime_us):>12} {ratio:>7}"
                          + (f"  ({r.note})" if r.note else ""))
         lines.append("ratio: onnxruntime time / lstminfer time, medians (above 1: lstminfer is faster)")
+        lines += self.remarks
         return "\n".join(lines)
 
 
@@ -72,11 +74,13 @@ def bench(model, path: str, *, threads: int = 1, pool: int = 16, seq_len: int = 
     """Time the four cases of the module doc on ``model`` (loaded from ``path`` with ``threads``)."""
     session, version = onnxruntime_session(path, threads)
     feedback = state_feedback(model)
+    remarks: list[str] = []
     try:
         model.stream()
         streamable, why = True, ""
     except NotStreamableError as e:
-        streamable, why = False, f"not streamable: {e}"
+        streamable, why = False, "not streamable"
+        remarks = [f"not streamable: {e}"]
     rows = [
         _stream_row(model, session, feedback, streamable, why, duration),
         _run_row(model, feedback, duration, session, batch=1, case="run_t1",
@@ -84,7 +88,9 @@ def bench(model, path: str, *, threads: int = 1, pool: int = 16, seq_len: int = 
         _sequence_row(model, session, seq_len, duration),
         _pool_row(model, session, feedback, streamable, why, pool, duration),
     ]
-    return BenchResult(path, model.backend, threads, version, rows)
+    if session is None:
+        remarks.append(version)
+    return BenchResult(path, model.backend, threads, version if session is not None else None, rows, remarks)
 
 
 def _stream_row(model, session, feedback, streamable, why, duration) -> BenchRow:
