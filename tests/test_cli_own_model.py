@@ -253,7 +253,7 @@ def test_run_takes_a_bare_npy_for_a_single_input_model(exported, tmp_path, capsy
 
 def test_backend_option_lists_the_registered_backends(capsys):
     for command in (["run", "m.onnx"], ["info", "m.onnx"], ["bench", "m.onnx"], ["compile"], ["demo"],
-                    ["quantize", "--report"]):
+                    ["quantize", "--report"], ["serve"]):
         with pytest.raises(SystemExit) as stop:
             main([*command, "--backend", "bogus"])
         assert stop.value.code == 2
@@ -290,3 +290,7 @@ def test_long_lists_in_errors_are_cut(tmp_path, capsys):
     assert main(["run", str(path), "-i", str(tmp_path / "x.npy")]) == 2
     err = capsys.readouterr().err
     assert "(in0, in1, in2, in3, in4, in5, in6, in7, in8, in9, ... and 140 more)" in err and "in149" not in err
+    import lstminfer
+
+    with pytest.raises(lstminfer.InvalidInputError, match=r"missing input 'in1'.* in9, \.\.\. and 140 more$"):
+        lstminfer.load(path).run(None, {"in0": np.zeros(1, np.float32)})
