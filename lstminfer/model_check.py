@@ -48,7 +48,7 @@ def check_model(model, path: str, *, time_steps: int = 16, seed: int = 0,
         report(line)
 
     feeds = sample_feeds(model, time=time_steps, batch=1, seed=seed)
-    say(f"  generated inputs (seed {seed}): " + brief(f"{n} {v.dtype} {list(v.shape)}" for n, v in feeds.items()))
+    say(f"  generated inputs (seed {seed}): " + brief(_feed_text(n, v) for n, v in feeds.items()))
     try:
         ours = model.run(None, feeds)
     except LstminferError as e:
@@ -60,6 +60,14 @@ def check_model(model, path: str, *, time_steps: int = 16, seed: int = 0,
     _compare_with_onnxruntime(check, say, model, path, feeds, ours)
     _check_streaming(check, say, model, feeds, dict(zip(model.output_names, ours)))
     return check
+
+
+def _feed_text(name: str, value: np.ndarray) -> str:
+    """``x float32 [1, 16, 5]``; integers with their range: ``tokens int64 [1, 16] in 0..29``."""
+    text = f"{name} {value.dtype} {list(value.shape)}"
+    if value.dtype.kind in "iu" and value.size:
+        text += f" in {value.min()}..{value.max()}"
+    return text
 
 
 # -- onnxruntime ------------------------------------------------------------------

@@ -121,6 +121,15 @@ def test_generated_inputs_index_the_embedding_and_fill_sequence_lens(exported, t
     assert feeds["X"].shape == (7, 3, 3) and feeds["lens"].tolist() == [7, 7, 7]
 
 
+def test_demo_shows_the_range_of_generated_token_ids(exported, capsys):
+    assert main(["demo", "--model", str(exported["classifier"]), "--seq-len", "200"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if "generated inputs (seed" in line)
+    assert "tokens int64 [1, 200] in 0.." in line
+    assert int(line.rsplit("..", 1)[1]) == exported["specs"]["classifier"].vocab - 1  # 200 draws cover all 30 ids
+    assert "streaming: not streamable" in out and "all checks passed" in out
+
+
 # -- quantize --report on any model ------------------------------------------------------------
 def test_quantize_report_on_generated_inputs_matches_the_two_models(exported, tmp_path, capsys):
     import lstminfer
