@@ -169,4 +169,4 @@ def _median_us(fn: Callable[[], Any], duration: float) -> float:
 def _us(value: float | None) -> str:
     if value is None:
         return "-"
-    return f"{value:.1f} us" if value < 1e4 else f"{value / 1e3:.2f} ms"
+    return f"{value:.1f} us" if value < 1e3 else f"{value / 1e3:.2f} ms"
