@@ -24,6 +24,7 @@ from .model_check import onnxruntime_session, state_feedback
 from .sample_inputs import sample_feeds
 
 MAX_CALLS = 100_000
+_NO_FEEDBACK = "onnxruntime: no state inputs to feed back"
 
 
 @dataclass
@@ -100,7 +101,7 @@ def _stream_row(model, session, feedback, streamable, why, duration) -> BenchRow
     stream, frame = model.stream(), _frame(model, batch=1)
     ours = _median_us(lambda: stream.step(frame), duration)
     theirs = _fed_back_us(session, sample_feeds(model, time=1, batch=1), feedback, duration)
-    note = "" if session is None or feedback else "onnxruntime: no state inputs to feed back"
+    note = "" if session is None or feedback else _NO_FEEDBACK
     return BenchRow("stream_step", label, ours, theirs, note)
 
 
@@ -129,7 +130,8 @@ def _pool_row(model, session, feedback, streamable, why, size: int, duration) ->
     frames = {stream_pool.open(): frame for _ in range(size)}
     ours = _median_us(lambda: stream_pool.step(frames), duration)
     theirs = _fed_back_us(session, sample_feeds(model, time=1, batch=size), feedback, duration)
-    note = "onnxruntime: one run of the batch, state fed back" if theirs is not None else ""
+    note = "onnxruntime: one run of the batch, state fed back" if theirs is not None else \
+        _NO_FEEDBACK if session is not None else ""
     return BenchRow("pool", label, ours, theirs, note)
 
 

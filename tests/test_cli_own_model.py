@@ -35,6 +35,7 @@ def exported(tmp_path_factory):
         "lstm": torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True, batch_first=True),
         "classifier": torch_models.ClassifierSpec(),
         "bigru": torch_models.RecurrentSpec("GRU", bidirectional=True),
+        "gru": torch_models.RecurrentSpec("GRU"),  # streams, but has no state inputs
     }
     paths = {}
     for name, spec in specs.items():
@@ -212,6 +213,17 @@ def test_bench_table_marks_what_a_model_cannot_do(exported, capsys):
     assert "not streamable: " in out and "bidirectional" in out
     sequence = next(line for line in out.splitlines() if line.startswith("sequence, T=8"))
     assert " us" in sequence
+
+
+@pytest.mark.skipif(not HAS_ORT, reason="compares with onnxruntime")
+def test_bench_of_a_model_without_state_inputs_streams_but_cannot_feed_state_back(exported, capsys):
+    assert main(["bench", str(exported["gru"]), "--json", *TINY]) == 0
+    rows = {r["case"]: r for r in json.loads(capsys.readouterr().out)["rows"]}
+    for case in ("stream_step", "pool"):
+        assert rows[case]["lstminfer_us"] > 0 and rows[case]["onnxruntime_us"] is None
+        assert rows[case]["note"] == "onnxruntime: no state inputs to feed back"
+    assert rows["run_t1"]["lstminfer_us"] is None and rows["run_t1"]["note"].startswith("no state inputs")
+    assert rows["sequence"]["onnxruntime_us"] > 0
 
 
 def test_bench_bundled_model_by_name_and_bad_options(capsys):
