@@ -64,7 +64,7 @@ class Inputs:
         unknown = [n for n in input_feed if n not in self.by_name]
         if unknown:
             raise InvalidInputError(
-                f"unknown input name(s) {brief(unknown)}; the model's inputs are {brief(self.names)}"
+                f"unknown input name(s) [{brief(map(repr, unknown))}]; the model's inputs are {brief(self.names)}"
             )
         feeds = self.exact(input_feed)
         if feeds is not None:
