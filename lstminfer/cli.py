@@ -85,11 +85,11 @@ def _cmd_compile(args) -> int:
         done = numba_backend.compile_kernels()
         print(f"all Numba kernels ({', '.join(numba_backend.OPS)}):")
         print("\n".join(f"  {name}: {how}" for name, how in done))
+    import lstminfer
+    from .summary import op_counts
+
     seen: set[str] = set()
     for requested in args.models:
-        import lstminfer
-        from .summary import op_counts
-
         path = _model_path(requested)
         model = lstminfer.load(path, backend="reference")  # which recurrent ops; compiles nothing
         ops = [op for op in numba_backend.OPS if op in op_counts(model._imported.graph)]

@@ -315,3 +315,16 @@ def test_long_lists_in_errors_are_cut(tmp_path, capsys):
 
     with pytest.raises(lstminfer.InvalidInputError, match=r"missing input 'in1'.* in9, \.\.\. and 140 more$"):
         lstminfer.load(path).run(None, {"in0": np.zeros(1, np.float32)})
+
+
+def test_without_onnxruntime_demo_and_bench_say_so_and_pass(exported, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    assert main(["demo", "--model", str(exported["lstm"])]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime: not installed (pip install onnxruntime" in out and "all checks passed" in out
+    assert main(["bench", str(exported["lstm"]), "--json", *TINY]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["onnxruntime"] is None and result["remarks"][-1].startswith("onnxruntime: not installed")
+    assert all(r["onnxruntime_us"] is None and r["lstminfer_us"] > 0 for r in result["rows"])
