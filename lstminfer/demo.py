@@ -262,9 +262,11 @@ def _onnxruntime_comparison(demo: DemoModel, model, one: np.ndarray, x: np.ndarr
     diff, ok = _agreement([predicted[n] for n in names], theirs)
     print(f"  latency onnxruntime {ort.__version__} (1 thread): {_fmt_us(steps)}/step streaming (median), "
           f"whole sequence {whole_ms:.2f} ms")
-    verdict = "pass (within" if ok else "FAIL (outside"
+    from .model_check import tolerance_text, tolerance_used
+
+    used = tolerance_used([predicted[n] for n in names], theirs)
     print(f"  onnxruntime vs lstminfer on the batch: max abs diff {diff:.1e}: "
-          f"{verdict} tolerance {ATOL:g} + {RTOL:g} x |value|)")
+          f"{tolerance_text(used if ok else max(used, 1.0 + 1e-9))}")
     return [] if ok else [f"lstminfer and onnxruntime differ by {diff:.3g}"]
 
 
