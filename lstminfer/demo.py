@@ -5,8 +5,10 @@ score it on fresh task data, stream one sequence step by step and check the
 streamed outputs equal the whole-sequence ones, print per-step latency and,
 when onnxruntime is installed, its latency and max abs difference.
 ``--model NAME_OR_PATH`` does the same for another bundled model or for any
-model exported by ``tools/train.py`` (the task is read from its metadata);
-for other models it prints ``info`` and a timing. Exit 1 if a check fails.
+model exported by ``tools/train.py`` (the task is read from its metadata).
+Any other model runs on generated inputs against onnxruntime (max abs diff,
+both latencies) and, if it streams, stepped in chunks against the whole
+sequence. Exit 1 if a check fails.
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from .listing import brief
 
 # Outputs agree when |a - b| <= ATOL + RTOL * |b| elementwise (float32 rounding; the LSTM
 # cell state can grow to ~10-20, where 1e-5 absolute is below float32 resolution).
@@ -37,7 +41,8 @@ class DemoModel:
 def add_demo_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``demo`` on the ``lstminfer`` command's subparsers."""
     parser = subparsers.add_parser(
-        "demo", help="run a bundled model end to end: task metric, streaming, latency",
+        "demo", help="run a bundled model end to end (task metric, streaming, latency), or check any model "
+                     "against onnxruntime and for streaming",
         description=__doc__.split("\n\n")[1].replace("``", ""),
     )
     _add_arguments(parser)
@@ -47,13 +52,16 @@ def add_demo_parser(subparsers) -> argparse.ArgumentParser:
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
     from . import models
+    from .backends import known_backends
 
     parser.add_argument("--model", metavar="NAME_OR_PATH",
                         help=f"bundled model ({', '.join(models.available()) or 'none'}) or an .onnx file "
                              f"(default: {models.DEFAULT})")
-    parser.add_argument("--backend", default="auto", help="lstminfer backend (default: auto)")
+    parser.add_argument("--backend", default="auto", choices=known_backends(),
+                        help="lstminfer backend (default: auto)")
     parser.add_argument("--batch", type=int, default=1000, help="sequences scored (default: 1000)")
-    parser.add_argument("--seq-len", type=int, help="sequence length (default: the one it was trained on)")
+    parser.add_argument("--seq-len", type=int,
+                        help="sequence length (default: the one it was trained on; 16 for generated inputs)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated task data (default: 0)")
 
 
@@ -63,12 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     _add_arguments(parser)
     args = parser.parse_args(argv)
     from .errors import LstminferError
+    from .exit_codes import for_error
 
     try:
         return run_demo(args)
-    except (LstminferError, FileNotFoundError) as e:
+    except (LstminferError, OSError) as e:
         print(f"lstminfer demo: error: {e}", file=sys.stderr)
-        return 2
+        return for_error(e)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -83,7 +92,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"lstminfer demo: {demo.label}")
     print(f"  loaded in {load_ms:.0f} ms, backend {model.backend}")
     if not _task_is_runnable(demo, model):
-        return _info_and_timing(model)
+        return _any_model_checks(demo, model, args, start)
     return _task_demo(demo, model, args, start)
 
 
@@ -98,7 +107,7 @@ def _resolve(requested: str | None) -> DemoModel:
         path = requested
         if not Path(path).is_file():
             raise FileNotFoundError(
-                f"no model file '{path}' (bundled models: {', '.join(models.available()) or 'none'})"
+                f"no model file '{path}' (bundled models: {brief(models.available()) or 'none'})"
             )
         sidecar = Path(path).with_suffix(".json")
         metadata = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
@@ -158,12 +167,7 @@ def _task_demo(demo: DemoModel, model, args, start: float) -> int:
           f"{_fmt_us(run_steps)}/step with run() and state fed back (median), whole sequence {whole_ms:.2f} ms")
 
     failures += _onnxruntime_comparison(demo, model, one, x, predicted)
-    total = time.perf_counter() - start
-    if failures:
-        print(f"FAILED ({total:.1f} s): " + "; ".join(failures))
-        return 1
-    print(f"all checks passed ({total:.1f} s)")
-    return 0
+    return _verdict(failures, start)
 
 
 def _print_provenance(demo: DemoModel, task) -> None:
@@ -258,39 +262,31 @@ def _onnxruntime_comparison(demo: DemoModel, model, one: np.ndarray, x: np.ndarr
     diff, ok = _agreement([predicted[n] for n in names], theirs)
     print(f"  latency onnxruntime {ort.__version__} (1 thread): {_fmt_us(steps)}/step streaming (median), "
           f"whole sequence {whole_ms:.2f} ms")
-    print(f"  onnxruntime vs lstminfer on the batch: max abs diff {diff:.1e} "
-          f"({'ok' if ok else 'TOO LARGE'}: tolerance {ATOL:g} + {RTOL:g} x |value|)")
+    from .model_check import tolerance_text, tolerance_used
+
+    used = tolerance_used([predicted[n] for n in names], theirs)
+    print(f"  onnxruntime vs lstminfer on the batch: max abs diff {diff:.1e}: "
+          f"{tolerance_text(used if ok else max(used, 1.0 + 1e-9))}")
     return [] if ok else [f"lstminfer and onnxruntime differ by {diff:.3g}"]
 
 
-# -- any other model: info and a timing -----------------------------------------
-def _info_and_timing(model) -> int:
-    from .summary import format_info
+# -- any other model: checks on generated inputs --------------------------------------
+def _any_model_checks(demo: DemoModel, model, args, start: float) -> int:
+    from .model_check import check_model
 
-    print("  task unknown (no lstminfer.task metadata): showing info and a timing")
-    print(format_info(model))
-    feeds = {}
-    for arg in model.get_inputs():
-        if not arg.type.startswith("tensor("):
-            print(f"timing: skipped (input '{arg.name}' is {arg.type}, not a tensor)")
-            return 0
-        feeds[arg.name] = _synthetic(arg)
-    shapes = ", ".join(f"{n} {list(v.shape)}" for n, v in feeds.items())
-    ms = _median_ms(lambda: model.run(None, feeds))
-    print(f"timing: one run on random inputs ({shapes}): {ms:.2f} ms (median of 5)")
+    print("  task unknown (no lstminfer.task metadata): checking on generated inputs "
+          "(`lstminfer info` describes the model)")
+    check = check_model(model, demo.path, time_steps=args.seq_len or 16, seed=args.seed)
+    return _verdict(check.failures, start)
+
+
+def _verdict(failures: list[str], start: float) -> int:
+    total = time.perf_counter() - start
+    if failures:
+        print(f"FAILED ({total:.1f} s): " + "; ".join(failures))
+        return 1
+    print(f"all checks passed ({total:.1f} s)")
     return 0
-
-
-def _synthetic(arg) -> np.ndarray:
-    """Random input for a NodeArg; symbolic batch dims get 1, other unknown dims 16."""
-    shape = [d if isinstance(d, int) else (1 if "batch" in str(d).lower() else 16) for d in arg.shape]
-    name = arg.type[len("tensor("):-1]
-    dtype = {"float": np.float32, "double": np.float64, "string": object}.get(name) or np.dtype(name)
-    if np.dtype(dtype).kind == "f":
-        return (0.5 * np.random.default_rng(0).standard_normal(shape)).astype(dtype)
-    if dtype is object:
-        return np.full(shape, "", dtype=object)
-    return np.zeros(shape, dtype)
 
 
 # -- timing helpers -------------------------------------------------------------

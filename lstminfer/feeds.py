@@ -13,6 +13,7 @@ import numpy as np
 
 from .dtypes import onnx_code, onnx_type_name
 from .errors import InvalidInputError
+from .listing import brief
 from .graph import ValueInfo
 from .c_runtime import _runtime
 
@@ -63,7 +64,7 @@ class Inputs:
         unknown = [n for n in input_feed if n not in self.by_name]
         if unknown:
             raise InvalidInputError(
-                f"unknown input name(s) {unknown}; the model's inputs are {self.names}"
+                f"unknown input name(s) [{brief(map(repr, unknown))}]; the model's inputs are {brief(self.names)}"
             )
         feeds = self.exact(input_feed)
         if feeds is not None:
@@ -73,7 +74,7 @@ class Inputs:
             if vi.name not in input_feed:
                 raise InvalidInputError(
                     f"missing input '{vi.name}' (expected {vi.type_string()} with shape "
-                    f"{shape_text(vi.shape)}); the model's inputs are {self.names}"
+                    f"{shape_text(vi.shape)}); the model's inputs are {brief(self.names)}"
                 )
             feeds.append(check_input(vi, input_feed[vi.name]))
         return feeds

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -49,6 +50,8 @@ def test_demo_with_no_argument_prints_metric_streaming_and_latency(tmp_path):
     assert "latency lstminfer" in out and "us/step with Stream.step" in out and "us/step with run()" in out
     if _has_onnxruntime():
         assert "latency onnxruntime" in out and "onnxruntime vs lstminfer on the batch: max abs diff" in out
+        assert re.search(r"max abs diff \S+: pass \(every value within 1e-05 \+ 1e-05 x \|onnxruntime value\|; "
+                         r"the worst at \d+% of its bound\)", out)
     assert "all checks passed" in out
     assert elapsed < 60, f"the demo should take a few seconds, took {elapsed:.1f} s"
 
@@ -81,7 +84,7 @@ def test_demo_fails_when_the_metric_is_not_what_the_metadata_promises(tmp_path, 
     assert "OUT OF MARGIN" in out and "FAILED" in out and "is not within 0.01 of the trained 0.5" in out
 
 
-def test_demo_on_a_model_without_task_prints_info_and_a_timing(tmp_path, capsys):
+def test_demo_on_a_model_without_task_checks_it_on_generated_inputs(tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -96,8 +99,12 @@ def test_demo_on_a_model_without_task_prints_info_and_a_timing(tmp_path, capsys)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     assert demo.main(["--model", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "task unknown" in out and "recurrent layers: 1" in out and "gru0: GRU forward" in out
-    assert "timing: one run on random inputs (X [16, 1, 3])" in out
+    assert "task unknown" in out and "generated inputs (seed 0): X float32 [16, 1, 3]" in out
+    assert "lstminfer (" in out and "ms per run (median)" in out
+    if _has_onnxruntime():
+        assert ": pass (every value within" in out
+    assert "streaming 16 steps in chunks of 1, 2, 3, 4, 5, 1" in out and "streamed == whole-sequence: yes" in out
+    assert "all checks passed" in out
 
 
 def test_demo_on_a_missing_file_is_a_clear_error(tmp_path, capsys):

@@ -107,6 +107,28 @@ def compile_all() -> list[str]:
 warm_up = compile_all
 
 
+def compile_kernels(ops=OPS) -> list[tuple[str, str]]:
+    """Compile (or load from the cache) the kernels of ``ops``: (name, how) with how "compiled",
+    "loaded from the cache", "compiled in memory (cache disabled)" or "already loaded" (earlier in
+    this process). For ``lstminfer compile``."""
+    if _NUMBA_ERROR:
+        return []
+    from . import numba_config
+    from .numba_entry import entry, entry_loaded
+    from .numba_rnn import driver, driver_loaded
+
+    done = []
+    for op in ops:
+        loaded = driver_loaded(op), entry_loaded(op)
+        sequence, step_entry = driver(op), entry(op)
+        hits = sum(sequence.stats.cache_hits.values()), step_entry.cache_hits  # a Counter; an int for a cfunc
+        for name, was_loaded, hit in zip((f"{op.lower()}_sequence", f"{op.lower()}_entry"), loaded, hits):
+            how = "already loaded" if was_loaded else "loaded from the cache" if hit else \
+                "compiled" if numba_config.caching_enabled else "compiled in memory (cache disabled)"
+            done.append((name, how))
+    return done
+
+
 def cache_info() -> dict[str, Any]:
     """Where Numba caches the kernels, and whether caching works here."""
     from numba.core import config

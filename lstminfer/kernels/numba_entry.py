@@ -180,6 +180,11 @@ def _compile(fn):
     return numba.cfunc(SIGNATURE, cache=False, **options)(fn)
 
 
+def entry_loaded(op: str) -> bool:
+    """Whether ``entry(op)`` was already compiled or loaded in this process."""
+    return op in _ENTRIES
+
+
 def entry(op: str):
     """The compiled ``cfunc`` for ``op`` (its ``.address`` is the C entry); compiled or loaded once."""
     compiled = _ENTRIES.get(op)

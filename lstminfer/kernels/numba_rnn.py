@@ -1053,6 +1053,11 @@ def driver_signature():
     )
 
 
+def driver_loaded(op: str) -> bool:
+    """Whether ``driver(op)`` was already compiled or loaded in this process."""
+    return op in _DRIVERS
+
+
 def driver(op: str, parallel: bool = False):
     """The compiled driver for ``op`` (compiled, or loaded from the cache, on first use here).
 

@@ -24,7 +24,9 @@ def add_serve_parser(sub) -> None:
                        help="seconds after which an idle sequence expires (default: 300)")
     serve.add_argument("--state-dir", help="where open sequences' states are written on shutdown and read at start")
     serve.add_argument("--threads", type=_positive, default=1, help="cores a recurrent kernel may use (default: 1)")
-    serve.add_argument("--backend", default="auto", help="backend (default: auto)")
+    from ..backends import known_backends
+
+    serve.add_argument("--backend", default="auto", choices=known_backends(), help="backend (default: auto)")
     serve.add_argument("--quantize", choices=("int8", "bf16"), help="quantize the recurrent weights at load")
     serve.add_argument("--token", default=os.environ.get("LSTMINFER_TOKEN"),
                        help="every request must carry 'Authorization: Bearer TOKEN' (default: $LSTMINFER_TOKEN)")
