@@ -24,6 +24,7 @@ from .errors import InvalidModelError, ModelNotFoundError, UnsupportedModelError
 from .graph import Graph, Node, ValueInfo
 from .ops.registry import MAX_OPSET
 
+NO_MODEL_VERSION = 2**63 - 1  # onnxruntime's ModelMetadata.version of a model that sets none
 MIN_OPSET = 7  # the first opset of LSTM/GRU/RNN as they are specified today
 
 
@@ -167,7 +168,7 @@ def import_model(model: Any) -> ImportedModel:
         domain=proto.domain,
         description=proto.doc_string,
         graph_name=proto.graph.name,
-        version=proto.model_version,
+        version=proto.model_version if proto.HasField("model_version") else NO_MODEL_VERSION,
         metadata={p.key: p.value for p in proto.metadata_props},
         ir_version=proto.ir_version,
     )
