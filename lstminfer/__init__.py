@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .arguments import check_keywords, keyword_names
+from .arguments import check_keywords, keyword_names, strict_keywords
 from .backends import available_backends
 from .errors import (
     BackendUnavailableError,
@@ -49,6 +49,7 @@ def load(model: Any, backend: str = "auto", **options: Any) -> Model:
     return Model(model, backend=backend, **options)
 
 
+@strict_keywords
 def quantize(src: Any, dst: Any, mode: str = "int8", *, dense: bool = True):
     """Save ``src`` as a standard ONNX file with int8 (DequantizeLinear) or bf16 (Cast) weights
     that onnxruntime runs and ``lstminfer.load`` runs on its int8 kernel; returns a summary

@@ -36,10 +36,14 @@ ModelLoaded = _ort_class("ModelLoaded")
 OrtNotImplemented = _ort_class("NotImplemented")  # the capi module exports it as NotImplemented
 InvalidGraph = _ort_class("InvalidGraph")
 EPFail = _ort_class("EPFail")
+ModelLoadCanceled = _ort_class("ModelLoadCanceled")
+ModelRequiresCompilation = _ort_class("ModelRequiresCompilation")
+NotFound = _ort_class("NotFound")
+DeviceReset = _ort_class("DeviceReset")
 
 ORT_EXCEPTIONS = {cls.__name__: cls for cls in (
     Fail, InvalidArgument, NoSuchFile, NoModel, EngineError, RuntimeException, InvalidProtobuf, ModelLoaded,
-    OrtNotImplemented, InvalidGraph, EPFail)}
+    OrtNotImplemented, InvalidGraph, EPFail, ModelLoadCanceled, ModelRequiresCompilation, NotFound, DeviceReset)}
 
 
 class LstminferError(Exception):

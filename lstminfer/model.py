@@ -244,6 +244,7 @@ class Model:
             shape.append(size)
         return np.zeros(shape, dtype=vi.dtype or np.float32)
 
+    @strict_keywords
     def stream(self, state: Any = None) -> Stream:
         """A ``Stream`` stepping this model chunk by chunk (see ``lstminfer.streaming``).
 
@@ -254,6 +255,7 @@ class Model:
 
         return Stream(self._stream_program(), state)
 
+    @strict_keywords
     def stream_pool(self, max_streams: int = 64) -> StreamPool:
         """A thread-safe ``StreamPool`` stepping up to ``max_streams`` streams in one batched run."""
         from .streaming import StreamPool
@@ -277,6 +279,7 @@ class Model:
             raise NotStreamableError(f"{self.source}: {program}")
         return program
 
+    @strict_keywords
     def describe(self, feeds: Mapping[str, Any] | None = None) -> str:
         """The plan as text (each node, its op, output shapes and what runs it), then the
         compiled program of ``feeds``' signature (default: zeros with every free dim 1): which

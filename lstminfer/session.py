@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .arguments import check_keywords, keyword_names
+from .arguments import check_keywords, keyword_names, strict_keywords
 from .errors import InvalidArgumentError, LstminferError
 from .io_binding import IOBinding
 from .model import Model
@@ -57,6 +57,7 @@ class InferenceSession(Model):
     def get_provider_options(self) -> dict[str, dict[str, str]]:
         return {CPU_PROVIDER: dict(self.cpu_provider_options)}
 
+    @strict_keywords
     def set_providers(self, providers: Any = None, provider_options: Any = None) -> None:
         """As onnxruntime's: checks the list (any provider but the CPU warns); the session runs on the CPU."""
         self.cpu_provider_options = provider_settings(providers, provider_options)
@@ -109,6 +110,7 @@ class InferenceSession(Model):
     def io_binding(self) -> IOBinding:
         return IOBinding(self)
 
+    @strict_keywords
     def run_with_iobinding(self, iobinding: IOBinding, run_options: RunOptions | None = None) -> None:
         """Run on the bound inputs; each bound output is written into its buffer (no allocation)."""
         prepared = iobinding.prepared
@@ -131,6 +133,7 @@ class InferenceSession(Model):
         return (self, programs, feeds, into, names)
 
     # -- OrtValues and async -----------------------------------------------
+    @strict_keywords
     def run_with_ort_values(self, output_names: Sequence[str] | None, input_dict_ort_values: Mapping[str, OrtValue],
                             run_options: RunOptions | None = None) -> list[OrtValue]:
         """``run`` on OrtValues, returning OrtValues."""
@@ -144,6 +147,7 @@ class InferenceSession(Model):
             feeds[name] = value.numpy()
         return [OrtValue(a) for a in self.run(output_names, feeds, run_options)]
 
+    @strict_keywords
     def run_async(self, output_names: Sequence[str] | None, input_feed: Mapping[str, Any],
                   callback: Callable[[list, Any, str], None], user_data: Any = None,
                   run_options: RunOptions | None = None) -> None:

@@ -12,7 +12,7 @@ import os
 from typing import Any
 
 from .arguments import did_you_mean, warn_caller
-from .errors import Fail, InvalidArgumentError
+from .errors import InvalidArgumentError
 
 CPU_PROVIDER = "CPUExecutionProvider"
 
@@ -115,7 +115,7 @@ class _Slots:
         try:
             return entries[key]
         except KeyError:
-            raise Fail(f"{what} does not have configuration with key: {key}") from None
+            raise RuntimeError(f"{what} does not have configuration with key: {key}") from None  # as onnxruntime
 
 
 def _public_fields(cls: type) -> list[str]:

@@ -16,5 +16,9 @@ ModelLoaded = ORT_EXCEPTIONS["ModelLoaded"]
 NotImplemented = ORT_EXCEPTIONS["NotImplemented"]  # noqa: A001 (onnxruntime's name)
 InvalidGraph = ORT_EXCEPTIONS["InvalidGraph"]
 EPFail = ORT_EXCEPTIONS["EPFail"]
+ModelLoadCanceled = ORT_EXCEPTIONS["ModelLoadCanceled"]
+ModelRequiresCompilation = ORT_EXCEPTIONS["ModelRequiresCompilation"]
+NotFound = ORT_EXCEPTIONS["NotFound"]
+DeviceReset = ORT_EXCEPTIONS["DeviceReset"]
 
 __all__ = sorted(ORT_EXCEPTIONS)
