@@ -69,6 +69,13 @@ _LAZY = {
     "get_available_providers": ("session_options", "get_available_providers"),
     "get_all_providers": ("session_options", "get_all_providers"),
     "get_device": ("session_options", "get_device"),
+    "get_version_string": ("session_options", "get_version_string"),
+    "get_build_info": ("session_options", "get_build_info"),
+    "set_default_logger_severity": ("session_options", "set_default_logger_severity"),
+    "set_default_logger_verbosity": ("session_options", "set_default_logger_verbosity"),
+    "set_seed": ("session_options", "set_seed"),
+    "disable_telemetry_events": ("session_options", "disable_telemetry_events"),
+    "enable_telemetry_events": ("session_options", "enable_telemetry_events"),
     "OrtValue": ("ort_value", "OrtValue"),
     "IOBinding": ("io_binding", "IOBinding"),
     "SessionIOBinding": ("io_binding", "IOBinding"),
@@ -94,7 +101,9 @@ __all__ = [
     "InferenceSession", "InvalidArgumentError", "InvalidInputError", "InvalidModelError", "LstminferError", "Model",
     "ModelMetadata", "ModelNotFoundError", "NodeArg", "NotStreamableError", "OrtValue", "RunOptions",
     "SessionIOBinding", "SessionOptions", "UnsupportedModelError", "available_backends", "capi",
-    "get_all_providers", "get_available_providers", "get_device", "load", "models", "quantize",
+    "disable_telemetry_events", "enable_telemetry_events", "get_all_providers", "get_available_providers",
+    "get_build_info", "get_device", "get_version_string", "load", "models", "quantize", "set_default_logger_severity",
+    "set_default_logger_verbosity", "set_seed",
 ]
 
 

@@ -199,3 +199,34 @@ class RunOptions(_Slots):
     def get_run_config_entry(self, key: str) -> str:
         return self._config_entry(self._config, key, "RunOptions")
 
+
+
+def get_version_string() -> str:
+    """lstminfer's version (onnxruntime's function returns onnxruntime's)."""
+    from . import __version__
+
+    return __version__
+
+
+def get_build_info() -> str:
+    return f"lstminfer {get_version_string()}, CPU only"
+
+
+def set_default_logger_severity(severity: int) -> None:
+    """Accepted and ignored: lstminfer logs nothing."""
+
+
+def set_default_logger_verbosity(verbosity: int) -> None:
+    """Accepted and ignored: lstminfer logs nothing."""
+
+
+def set_seed(seed: int) -> None:
+    """Accepted and ignored: no op lstminfer runs draws random numbers."""
+
+
+def disable_telemetry_events() -> None:
+    """Accepted: lstminfer sends no telemetry."""
+
+
+def enable_telemetry_events() -> None:
+    """Accepted: lstminfer sends no telemetry."""

@@ -381,3 +381,17 @@ def test_docstrings_name_every_backend():
     for documented in (lstminfer, lstminfer.load, lstminfer.Model, lstminfer.InferenceSession):
         for backend in backends:
             assert f'"{backend}"' in documented.__doc__, (documented, backend)
+
+
+def test_the_readme_table_names_every_onnxruntime_api_name():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "README.md").read_text()
+    table = text[text.index("## onnxruntime compatibility"):text.index("## Architecture")]
+    public = lambda obj: [n for n in dir(obj) if not n.startswith("_")]  # noqa: E731
+    names = {"InferenceSession": public(ort.InferenceSession), "SessionOptions": public(ort.SessionOptions),
+             "RunOptions": public(ort.RunOptions), "IOBinding": public(ort.IOBinding),
+             "OrtValue": public(ort.OrtValue), "onnxruntime": [n for n in public(ort) if callable(getattr(ort, n))]}
+    missing = {where: [n for n in found if not re.search(rf"[`.]{re.escape(n)}\b", table)] for where, found in names.items()}
+    assert not any(missing.values()), missing
