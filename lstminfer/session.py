@@ -116,21 +116,20 @@ class InferenceSession(Model):
         prepared = iobinding.prepared
         if prepared is None or prepared[0] is not self:
             prepared = iobinding.prepared = self._prepare_binding(iobinding)
-        _, programs, feeds, into, names = prepared
-        outputs = programs.run(feeds, into) if into else None
+        outputs = prepared[1](prepared[2], prepared[3])  # the compiled program, in C, into the buffers
         if outputs is None:  # no compiled program for these feeds (or it declined): the checked path, copied
-            outputs = _copied_into(self._run_checked(names, iobinding.inputs), into, names)
+            outputs = _copied_into(self._run_checked(prepared[4], iobinding.inputs), prepared[3], prepared[4])
         iobinding.results = outputs
 
     def _prepare_binding(self, iobinding: IOBinding) -> tuple:
-        """The binding checked once: (session, programs, feeds in input order, output buffers, names)."""
+        """The binding checked once: (session, its programs' run, feeds in input order, output buffers, names)."""
         if iobinding._session is not self:
             raise InvalidArgumentError("run_with_iobinding: this IOBinding belongs to another session")
         names = list(iobinding.outputs) or self.output_names
         feeds = self._feeds.checked(iobinding.inputs)
         programs = self._programs_for(self._wanted(names))
         into = [iobinding.outputs.get(n) for n in names]
-        return (self, programs, feeds, into, names)
+        return (self, programs.fast.run if programs.fast is not None else _not_compiled, feeds, into, names)
 
     # -- OrtValues and async -----------------------------------------------
     @strict_keywords
@@ -177,6 +176,11 @@ def _async_pool():
 
                 _pool = ThreadPoolExecutor(_ASYNC_WORKERS, thread_name_prefix="lstminfer-run-async")
     return _pool
+
+
+def _not_compiled(feeds: list, into: list) -> None:
+    """The programs' run without the native extension: never runs (the checked path does)."""
+    return None
 
 
 def _copied_into(outputs: list, into: list, names: list[str]) -> list:
