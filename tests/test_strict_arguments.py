@@ -11,7 +11,7 @@ import pytest
 
 import lstminfer
 import lstminfer.models
-from lstminfer import session_options
+from lstminfer import client, session_options
 from lstminfer.capi.onnxruntime_pybind11_state import InvalidProtobuf, NoSuchFile, NotImplemented as OrtNotImplemented
 
 MODEL = lstminfer.models.path("adding_lstm")
@@ -47,6 +47,8 @@ def _callables(model):
         "RunOptions": (lstminfer.RunOptions, ()),
         "get_available_providers": (lstminfer.get_available_providers, ()),
         "available_backends": (lstminfer.available_backends, ()),
+        "client.Client": (client.Client, ("http://127.0.0.1:9",)),
+        "client.AsyncClient": (client.AsyncClient, ("http://127.0.0.1:9",)),
     }
 
 
@@ -64,6 +66,7 @@ def test_every_public_callable_rejects_an_unknown_keyword_by_name(model):
     (lambda: lstminfer.InferenceSession(MODEL, provider=["CPUExecutionProvider"]), "provider", "providers"),
     (lambda: lstminfer.quantize(MODEL, "out.onnx", mod="int8"), "mod", "mode"),
     (lambda: lstminfer.load(MODEL).stream(stat=None), "stat", "state"),
+    (lambda: client.Client("http://127.0.0.1:9", timout=1), "timout", "timeout"),
     (lambda: lstminfer.OrtValue.ortvalue_from_numpy(np.zeros(1), devce_type="cpu"), "devce_type", "device_type"),
 ])
 def test_an_unknown_keyword_suggests_the_closest_valid_one(call, wrong, right):
