@@ -21,7 +21,7 @@ from .onnx_import import ImportedModel, import_model
 from .ops.registry import BuildContext
 from .plan import Plan
 from .program import Programs
-from .session_options import SessionOptions, machine_cores, provider_settings
+from .session_options import SessionOptions, machine_cores, provider_settings, threads_of
 from .state_pairing import state_input_names
 
 if TYPE_CHECKING:
@@ -347,7 +347,7 @@ def _session_options(sess_options: Any) -> SessionOptions:
 def _threads(threads: Any, sess_options: SessionOptions) -> int:
     """``threads`` given, else the session options' intra_op_num_threads, else 1; more than the cores warns."""
     if threads is None:
-        threads = sess_options.threads() or 1
+        threads = threads_of(sess_options) or 1
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
     cores = machine_cores()

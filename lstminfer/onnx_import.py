@@ -101,7 +101,7 @@ _OTHER_FORMATS = (
 
 
 def _what_it_looks_like(data: bytes) -> str:
-    """", it looks like ..." for a file of another known format or text; else ""."""
+    """": it looks like ..." for a file of another known format, ": it is a text file" for text; else ""."""
     for magic, what in _OTHER_FORMATS:
         if data.startswith(magic):
             return f": it looks like {what}"

@@ -72,6 +72,7 @@ class InferenceSession(Model):
     def _start_profiling(self) -> None:
         self._profile = []
         self._profile_start = time.perf_counter_ns()
+        self._profile_start_epoch_ns = time.time_ns()
         self._profile_lock = threading.Lock()
         plain_run = self.run
 
@@ -104,7 +105,8 @@ class InferenceSession(Model):
         return path
 
     def get_profiling_start_time_ns(self) -> int:
-        return getattr(self, "_profile_start", 0)
+        """When profiling started, in ns since the epoch (0 when profiling is off)."""
+        return getattr(self, "_profile_start_epoch_ns", 0)
 
     # -- io binding --------------------------------------------------------
     def io_binding(self) -> IOBinding:

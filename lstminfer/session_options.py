@@ -169,12 +169,13 @@ class SessionOptions(_Slots):
     def get_session_config_entry(self, key: str) -> str:
         return self._config_entry(self._config, key, "SessionOptions")
 
-    def threads(self) -> int | None:
-        """lstminfer's ``threads`` for these options (None: lstminfer's default)."""
-        n = self.intra_op_num_threads
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise InvalidArgumentError(f"SessionOptions.intra_op_num_threads must be an integer >= 0, got {n!r}")
-        return n or None
+
+def threads_of(options: SessionOptions) -> int | None:
+    """lstminfer's ``threads`` for ``options`` (None: lstminfer's default)."""
+    n = options.intra_op_num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise InvalidArgumentError(f"SessionOptions.intra_op_num_threads must be an integer >= 0, got {n!r}")
+    return n or None
 
 
 class RunOptions(_Slots):
