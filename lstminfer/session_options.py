@@ -204,9 +204,9 @@ class RunOptions(_Slots):
 
 def get_version_string() -> str:
     """lstminfer's version (onnxruntime's function returns onnxruntime's)."""
-    from . import __version__
+    import sys
 
-    return __version__
+    return sys.modules[__package__].__version__  # the package, imported before any of its modules
 
 
 def get_build_info() -> str:
