@@ -26,6 +26,7 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import numpy as np
 
+from .arguments import strict_keywords
 from .errors import InvalidArgumentError, LstminferError
 
 # Every endpoint the client calls, in one place: {m} the model, {sid} the sequence id (URL-quoted).
@@ -200,6 +201,7 @@ def _split_url(url: str) -> tuple[str, str, int, str]:
 class Client:
     """The v2 HTTP endpoints of one server over one kept-alive connection (standard library only)."""
 
+    @strict_keywords
     def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         self.url = url.rstrip("/")
         self.token = token
@@ -389,6 +391,7 @@ def _aiohttp():
 class AsyncClient:
     """``Client``'s methods as coroutines over one aiohttp session, and ``stream`` (the WebSocket)."""
 
+    @strict_keywords
     def __init__(self, url: str, token: str | None = None, timeout: float = DEFAULT_TIMEOUT):
         self._aiohttp = _aiohttp()
         _split_url(url)  # a bad URL fails here, not at the first request

@@ -90,8 +90,21 @@ def check_input(vi: ValueInfo, value: Any) -> Any:
         return [_check_tensor(vi, np.asarray(v), f"input '{vi.name}' element {i}", check_shape=False)
                 for i, v in enumerate(value)]
     if not isinstance(value, np.ndarray):
-        value = np.asarray(value)
+        value = _from_python(vi, value)
     return _check_tensor(vi, value, f"input '{vi.name}'", check_shape=True)
+
+
+def _from_python(vi: ValueInfo, value: Any) -> np.ndarray:
+    """A list (or scalar) feed as an array of the input's dtype, as onnxruntime converts a list
+    (``[1, 2]`` feeds a float input as float32); other objects as NumPy makes them."""
+    if vi.dtype is None or vi.dtype == np.dtype(object) or not isinstance(
+            value, (list, tuple, int, float, bool, np.generic)):
+        return np.asarray(value)
+    try:
+        return np.asarray(value, dtype=vi.dtype)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise InvalidInputError(f"input '{vi.name}': cannot convert the {type(value).__name__} given to "
+                                f"tensor({onnx_type_name(vi.dtype)}): {e}") from None
 
 
 def cast_same_kind(value: Any, vi: ValueInfo) -> Any:

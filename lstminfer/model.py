@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from .backends import resolve_backend
+from .arguments import strict_keywords, warn_caller
+from .backends import known_backends, resolve_backend
 from .c_runtime import _runtime
 from .errors import InvalidArgumentError, InvalidInputError, NotStreamableError
 from .feeds import Inputs, cast_same_kind, shape_text
@@ -20,6 +21,7 @@ from .onnx_import import ImportedModel, import_model
 from .ops.registry import BuildContext
 from .plan import Plan
 from .program import Programs
+from .session_options import SessionOptions, machine_cores, provider_settings, threads_of
 from .state_pairing import state_input_names
 
 if TYPE_CHECKING:
@@ -57,17 +59,30 @@ class Model:
 
     ``model`` is a file path, the model's bytes or an ``onnx.ModelProto``.
     ``backend`` is "auto", "cython", "numba" or "reference" (see ``lstminfer.backends``);
-    ``threads`` is how many cores a fast recurrent kernel may use (default 1).
+    ``threads`` is how many cores a fast recurrent kernel may use (default 1, or
+    ``sess_options.intra_op_num_threads``; more than the machine's cores warns).
     ``quantize`` ("int8" or "bf16") quantizes the LSTM/GRU/RNN weights at load
     (see ``lstminfer.quantization``).
-    ``sess_options``/``providers`` are accepted (and ignored) so that code
-    written for onnxruntime runs unchanged.
+    ``sess_options`` (an onnxruntime-style ``lstminfer.SessionOptions``), ``providers`` and
+    ``provider_options`` are taken as onnxruntime takes them (``lstminfer.session_options`` says
+    what each field does here); ``lstminfer.InferenceSession`` takes them positionally.
+    An unknown keyword is a ``TypeError`` naming the closest valid one.
     """
 
-    def __init__(self, model: Any, backend: str = "auto", *, threads: int = 1, quantize: str | None = None,
-                 sess_options: Any = None, providers: Any = None, provider_options: Any = None, **_ignored: Any):
-        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-            raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
+    @strict_keywords
+    def __init__(self, model: Any, backend: str = "auto", *, threads: int | None = None, quantize: str | None = None,
+                 sess_options: SessionOptions | None = None, providers: Any = None, provider_options: Any = None):
+        self.session_options = _session_options(sess_options)
+        self.cpu_provider_options = provider_settings(providers, provider_options)
+        threads = _threads(threads, self.session_options)
+        if not isinstance(backend, str) and backend is not None:
+            raise InvalidArgumentError(
+                f"backend must be a name ({', '.join(known_backends())}), got {type(backend).__name__}"
+                + ("; onnxruntime's order InferenceSession(path, sess_options, providers) is "
+                   "lstminfer.InferenceSession's, not Model's or load's" if isinstance(backend, (SessionOptions, list)) else ""))
+        if self.session_options.optimized_model_filepath:
+            warn_caller(f"SessionOptions.optimized_model_filepath={self.session_options.optimized_model_filepath!r}: "
+                        "nothing is written there (lstminfer's optimised form is a compiled program, not an ONNX file)")
         from .quantization import check_mode
 
         self.quantize = check_mode(quantize)
@@ -229,6 +244,7 @@ class Model:
             shape.append(size)
         return np.zeros(shape, dtype=vi.dtype or np.float32)
 
+    @strict_keywords
     def stream(self, state: Any = None) -> Stream:
         """A ``Stream`` stepping this model chunk by chunk (see ``lstminfer.streaming``).
 
@@ -239,6 +255,7 @@ class Model:
 
         return Stream(self._stream_program(), state)
 
+    @strict_keywords
     def stream_pool(self, max_streams: int = 64) -> StreamPool:
         """A thread-safe ``StreamPool`` stepping up to ``max_streams`` streams in one batched run."""
         from .streaming import StreamPool
@@ -262,6 +279,7 @@ class Model:
             raise NotStreamableError(f"{self.source}: {program}")
         return program
 
+    @strict_keywords
     def describe(self, feeds: Mapping[str, Any] | None = None) -> str:
         """The plan as text (each node, its op, output shapes and what runs it), then the
         compiled program of ``feeds``' signature (default: zeros with every free dim 1): which
@@ -316,6 +334,27 @@ class Model:
                     f"unknown output name '{name}'; the model's outputs are {self.output_names}"
                 )
         return tuple(self._plan.output_slot(n) for n in output_names)
+
+
+def _session_options(sess_options: Any) -> SessionOptions:
+    if sess_options is None:
+        return SessionOptions()
+    if not isinstance(sess_options, SessionOptions):
+        raise InvalidArgumentError(f"sess_options must be a lstminfer.SessionOptions, got {type(sess_options).__name__}")
+    return sess_options
+
+
+def _threads(threads: Any, sess_options: SessionOptions) -> int:
+    """``threads`` given, else the session options' intra_op_num_threads, else 1; more than the cores warns."""
+    if threads is None:
+        threads = threads_of(sess_options) or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
+    cores = machine_cores()
+    if threads > cores:
+        warn_caller(f"threads={threads} is more than the {cores} cores this process may use: the extra threads "
+                    "only compete for them (threads <= cores is faster)")
+    return threads
 
 
 def _body_lines(plan, indent: str) -> list[str]:

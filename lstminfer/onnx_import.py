@@ -20,10 +20,11 @@ import numpy as np
 
 from . import onnx_proto
 from .dtypes import numpy_dtype
-from .errors import InvalidModelError, UnsupportedModelError
+from .errors import InvalidModelError, ModelNotFoundError, UnsupportedModelError
 from .graph import Graph, Node, ValueInfo
 from .ops.registry import MAX_OPSET
 
+NO_MODEL_VERSION = 2**63 - 1  # onnxruntime's ModelMetadata.version of a model that sets none
 MIN_OPSET = 7  # the first opset of LSTM/GRU/RNN as they are specified today
 
 
@@ -49,8 +50,12 @@ def read_model(model: Any) -> tuple[Any, str]:
         return _parse_bytes(bytes(model), "<bytes>"), "<bytes>"
     if isinstance(model, (str, os.PathLike)):
         path = os.fspath(model)
+        if os.path.isdir(path):
+            found = sorted(n for n in os.listdir(path) if n.endswith(".onnx"))[:5]
+            raise ModelNotFoundError(f"'{path}' is a directory, not an ONNX model file; pass the .onnx file itself"
+                                     + (f" (in it: {', '.join(found)})" if found else " (it holds no .onnx file)"))
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"ONNX model file not found: '{path}'")
+            raise ModelNotFoundError(f"ONNX model file not found: '{path}'")
         with open(path, "rb") as f:
             proto = _parse_bytes(f.read(), path)
         _load_external_data(proto, os.path.dirname(os.path.abspath(path)), path)
@@ -73,15 +78,49 @@ def _parse_bytes(data: bytes, source: str):
         proto.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
         raise InvalidModelError(
-            f"{source}: not a valid ONNX model (protobuf parse failed: {e}); "
+            f"{source}: not an ONNX model{_what_it_looks_like(data)} (protobuf parse failed: {e}); "
             "the file may be truncated or not an ONNX file"
         ) from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise InvalidModelError(
-            f"{source}: not a valid ONNX model (no graph or no ir_version); "
+            f"{source}: not a valid ONNX model (no graph or no ir_version){_what_it_looks_like(data)}; "
             "the file may be truncated or not an ONNX file"
         )
+    _check_ir_version(proto, source)
     return proto
+
+
+# File signatures of what people pass by mistake, and what each most likely is.
+_OTHER_FORMATS = (
+    (b"PK\x03\x04", "a zip archive (a PyTorch .pt/.pth checkpoint, a .npz or a .keras file?): export the model "
+                     "to ONNX first, e.g. with torch.onnx.export"),
+    (b"\x80", "a Python pickle (a PyTorch or scikit-learn checkpoint?): export the model to ONNX first"),
+    (b"\x89HDF", "an HDF5 file (a Keras .h5 model?): convert it to ONNX first, e.g. with tf2onnx"),
+    (b"\x93NUMPY", "a NumPy .npy array, not a model"),
+)
+
+
+def _what_it_looks_like(data: bytes) -> str:
+    """": it looks like ..." for a file of another known format, ": it is a text file" for text; else ""."""
+    for magic, what in _OTHER_FORMATS:
+        if data.startswith(magic):
+            return f": it looks like {what}"
+    head = data[:512]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return ": it is a text file" + (" (a Git LFS pointer: run git lfs pull)" if head.startswith(b"version https://git-lfs") else "")
+
+
+def _check_ir_version(proto, source: str) -> None:
+    """A model saved by a newer onnx release than the installed one: say so, not a vague parse error."""
+    known = getattr(onnx_proto.pb2(), "IR_VERSION", None)  # the installed onnx's newest IR version
+    if known is not None and proto.ir_version > known:
+        raise UnsupportedModelError(
+            f"{source}: the model's ir_version {proto.ir_version} is newer than the installed onnx package "
+            f"reads (up to ir_version {known}): it was saved by a newer onnx release; "
+            "upgrade onnx (pip install -U onnx) or re-export with an older one")
 
 
 def _load_external_data(proto, base_dir: str, source: str) -> None:
@@ -129,7 +168,7 @@ def import_model(model: Any) -> ImportedModel:
         domain=proto.domain,
         description=proto.doc_string,
         graph_name=proto.graph.name,
-        version=proto.model_version,
+        version=proto.model_version if proto.HasField("model_version") else NO_MODEL_VERSION,
         metadata={p.key: p.value for p in proto.metadata_props},
         ir_version=proto.ir_version,
     )
@@ -145,6 +184,12 @@ def _opsets(proto, source: str) -> dict[str, int]:
             raise InvalidModelError(f"{source}: the model imports no opset for the default ONNX domain")
         opsets[""] = 1
     version = opsets[""]
+    if version > MAX_OPSET:
+        raise UnsupportedModelError(
+            f"{source}: default-domain (ai.onnx) opset {version} is newer than lstminfer supports "
+            f"(opsets {MIN_OPSET} to {MAX_OPSET}): the model comes from a newer onnx/exporter release; "
+            f"re-export it with opset_version={MAX_OPSET} or lower"
+        )
     if not MIN_OPSET <= version <= MAX_OPSET:
         raise UnsupportedModelError(
             f"{source}: default-domain (ai.onnx) opset {version} is not supported; "

@@ -665,7 +665,9 @@ cdef object view_of(char* data, tuple shape, strides, dtype):
 cdef class Program:
     """The instructions of one signature, run on feeds (checked here: exact ndarrays of the
     compiled dtypes and shapes, C-contiguous and aligned) into fresh outputs, or into the
-    caller's arrays (``into``: a stream's states, written once everything has been read).
+    caller's arrays (``into``: a stream's states, written once everything has been read; an io_binding's
+    buffers, which the instructions write in place when they share no memory with a feed; a
+    declined call may then have written them: its caller runs the plan and writes them again).
 
     ``feed_specs``: (dtype, shape) per C-order feed, (dtype, shape, None, strides) for one with
     other strides (a view the enclosing graph hands a body), or (dtype, shape, value) for a feed
@@ -805,12 +807,14 @@ cdef class Program:
             return None
         bases[ABSOLUTE] = NULL
         cdef list direct = None
-        if self.ndirect:  # the outputs instructions write in place: this call's fresh arrays
+        if self.ndirect:  # the outputs instructions write in place: the caller's array, else a fresh one
             direct = prepend(None, self.nout, [])
             for k in range(self.nout):
                 spec = <tuple>self.outputs[k]
                 if spec[4]:
-                    target = _empty(spec[0], spec[1])
+                    target = into[k] if into is not None else None
+                    if target is None or overlaps_any(target, feeds):  # a feed's memory: written at the end
+                        target = _empty(spec[0], spec[1])
                     direct[k] = target
                     bases[OUTPUT0 + k] = data_of(target)
         arena = self.arenas.pop() if self.arenas else np.empty(self.arena_bytes + 64, np.uint8)
@@ -827,7 +831,7 @@ cdef class Program:
                 if spec[4]:  # written in place: handed over, or copied into the caller's array
                     if target is None:
                         target = direct[k]
-                    else:
+                    elif target is not direct[k]:
                         memcpy(data_of(target), data_of(direct[k]), cnp.PyArray_NBYTES(<cnp.ndarray>target))
                     Py_INCREF(target)
                     PyList_SET_ITEM(out, k, target)
@@ -870,6 +874,40 @@ cdef class Program:
                 if dims[j] != <Py_ssize_t>shape[j]:
                     return False
         return True
+
+
+cdef bint overlaps_any(object target, list feeds):
+    """Whether C-contiguous ``target``'s bytes meet any ndarray feed's (by address range: the
+    instructions read feeds until the end, so an output sharing a feed's memory is written last)."""
+    cdef char* lo = data_of(target)
+    cdef char* hi = lo + cnp.PyArray_NBYTES(<cnp.ndarray>target)
+    cdef char* flo
+    cdef char* fhi
+    for value in feeds:
+        if type(value) is not _NDARRAY:
+            continue
+        byte_range(value, &flo, &fhi)
+        if flo < hi and lo < fhi:
+            return True
+    return False
+
+
+cdef void byte_range(object array, char** lo, char** hi) noexcept:
+    """The lowest and one past the highest byte ``array`` reaches (any strides, negative too)."""
+    cdef int j, nd = cnp.PyArray_NDIM(<cnp.ndarray>array)
+    cdef cnp.npy_intp* dims = cnp.PyArray_DIMS(<cnp.ndarray>array)
+    cdef cnp.npy_intp* strides = cnp.PyArray_STRIDES(<cnp.ndarray>array)
+    cdef char* start = data_of(array)
+    lo[0] = start
+    hi[0] = start + cnp.PyArray_ITEMSIZE(<cnp.ndarray>array)
+    for j in range(nd):
+        if dims[j] == 0:
+            hi[0] = start  # no elements: reaches no byte
+            return
+        if strides[j] < 0:
+            lo[0] += (dims[j] - 1) * strides[j]
+        else:
+            hi[0] += (dims[j] - 1) * strides[j]
 
 
 cdef extern from "numpy/arrayobject.h":
