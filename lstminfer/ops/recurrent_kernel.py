@@ -116,3 +116,11 @@ def build_recurrent_kernel(spec: Any, node: Node, ctx: BuildContext) -> Kernel:
 
     kernel.describe = getattr(inner, "describe", "reference")
     return _tag(kernel, mode)
+
+
+def build_stored_int8_kernel(spec: Any, weights: RecurrentWeights, ctx: BuildContext, label: str,
+                             note: str) -> Kernel | None:
+    """The backend's int8 kernel on int8 values and row scales a file stores (``weights.stored``,
+    with W/R their float32 expansion), or None where the backend has no int8 kernel."""
+    kernel = _kernel(spec, weights, Precision("int8", int8_scheme="auto"), ctx, label)
+    return None if kernel is None else _tag(kernel, "int8-kernel", note)
