@@ -77,7 +77,8 @@ class Model:
         self._imported: ImportedModel = import_model(model)
         graph = self._imported.graph
         # onnxruntime's quantized MatMuls with a constant weight: MatMul on that weight (lstminfer.quantized_heads)
-        self.rewritten_products: list[str] = rewrite_quantized_products(graph)
+        # (not on the reference backend: its ops emulate onnxruntime exactly, the oracle)
+        self.rewritten_products: list[str] = [] if self.backend == "reference" else rewrite_quantized_products(graph)
         self.quantized_dense: list[str] = []  # MatMul/Gemm/Gather weights quantized at load
         if self.quantize:  # dense weights here; the recurrent ones where their kernels are built
             from .quantization import quantize_dense_initializers
