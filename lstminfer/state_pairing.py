@@ -256,7 +256,7 @@ def _inputs_of(op: str) -> tuple[str, ...]:
 
 def _state_dtype(graph: Graph, node: Node) -> np.dtype | None:
     W = graph.initializers.get(node.inputs[1])
-    if W is not None:
+    if W is not None and W.dtype.kind == "f":  # (int8 W: a DynamicQuantizeLSTM, whose state is X's type)
         return W.dtype
     vi = graph.value_info.get(node.inputs[0])
     return vi.dtype if vi is not None else None

@@ -426,7 +426,8 @@ class StreamProgram:
 
     def _state_dtype(self, s: StateSlot) -> np.dtype:
         W = self.model_plan.constant(s.node.inputs[1])
-        return np.asarray(W).dtype if W is not None else np.dtype(np.float32)
+        dtype = np.asarray(W).dtype if W is not None else np.dtype(np.float32)
+        return dtype if dtype.kind == "f" else np.dtype(np.float32)  # int8 W (DynamicQuantizeLSTM): float state
 
 
 class Stream:

@@ -221,3 +221,16 @@ def test_microsoft_products_become_matmul_within_the_bound(tmp_path, op, per_col
     _assert_within_int8_bound(model.run(None, x), _ort(str(path)).run(None, x))
     exact = lstminfer.load(str(path), backend="reference").run(None, x)[0]  # the emulation, unrewritten
     np.testing.assert_allclose(exact, _ort(str(path)).run(None, x)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_lstm_without_initial_states_streams(tmp_path):
+    from test_quantized import _lstm_model, _quantize_dynamic
+
+    path = _quantize_dynamic(_lstm_model("forward", with_states=False), tmp_path, True, QuantType.QInt8)
+    model = lstminfer.load(path)
+    x = np.random.default_rng(4).standard_normal((9, 1, 8)).astype(np.float32)
+    whole = model.run(["Y"], {"X": x})[0]  # the stream's output ("out" is a head on Y_h)
+    stream = model.stream()
+    assert all(v.dtype == np.float32 for v in stream.state.values())
+    parts = [stream.step(x[a:b]) for a, b in ((0, 4), (4, 5), (5, 9))]
+    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-6)
