@@ -67,19 +67,6 @@ LI_VNNI_TARGET static void li_vnni_quantize_rows(const float *A, ptrdiff_t rows,
 
 static inline int32_t li_vnni_word(const uint8_t *p) { int32_t w; memcpy(&w, p, 4); return w; }
 
-/* acc += u8 b . s8 weights[0:64] (vpdpbusd), in asm: GCC 12 wraps the intrinsic in a register copy
-   before and after each one in these loops (the accumulator is both read and written), doubling
-   the instructions of the per-step product. "+v" keeps each accumulator in one register. */
-LI_VNNI_TARGET static inline __m512i li_vnni_dp(__m512i acc, __m512i b, const int8_t *weights) {
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(b), "m"(*(const __m512i_u *)(const void *)weights));
-    return acc;
-}
-
-LI_VNNI_TARGET static inline __m512i li_vnni_dp_reg(__m512i acc, __m512i b, __m512i weights) {
-    __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(b), "v"(weights));
-    return acc;
-}
-
 /* C[0:w] = (acc - corr) * (a_scale * w_scale) + bias, one row, four vectors of 16 columns */
 LI_VNNI_TARGET static inline void li_vnni_finish(__m512i acc, int v, const int32_t *corr, const float *ws,
                                                  float as, const float *bias, float *c, ptrdiff_t w) {
@@ -104,10 +91,10 @@ LI_VNNI_TARGET static void li_vnni_tile4(const uint8_t *qa, ptrdiff_t Kp, const 
         __m512i w2 = _mm512_loadu_si512(p + 128), w3 = _mm512_loadu_si512(p + 192);
         for (int r = 0; r < 4; r++) {
             __m512i b = _mm512_set1_epi32(li_vnni_word(qa + r * Kp + k));
-            c[r][0] = li_vnni_dp_reg(c[r][0], b, w0);
-            c[r][1] = li_vnni_dp_reg(c[r][1], b, w1);
-            c[r][2] = li_vnni_dp_reg(c[r][2], b, w2);
-            c[r][3] = li_vnni_dp_reg(c[r][3], b, w3);
+            c[r][0] = _mm512_dpbusd_epi32(c[r][0], b, w0);
+            c[r][1] = _mm512_dpbusd_epi32(c[r][1], b, w1);
+            c[r][2] = _mm512_dpbusd_epi32(c[r][2], b, w2);
+            c[r][3] = _mm512_dpbusd_epi32(c[r][3], b, w3);
         }
     }
     const int32_t *corr = (const int32_t *)(const void *)(P + Kp * LI_VNNI_NR);
@@ -123,22 +110,22 @@ LI_VNNI_TARGET static void li_vnni_tile1(const uint8_t *qa, ptrdiff_t Kp, const 
     for (; k + 8 <= Kp; k += 8) {
         const int8_t *p = P + k * LI_VNNI_NR;
         __m512i b = _mm512_set1_epi32(li_vnni_word(qa + k)), e = _mm512_set1_epi32(li_vnni_word(qa + k + 4));
-        c0 = li_vnni_dp(c0, b, p);
-        c1 = li_vnni_dp(c1, b, p + 64);
-        c2 = li_vnni_dp(c2, b, p + 128);
-        c3 = li_vnni_dp(c3, b, p + 192);
-        d0 = li_vnni_dp(d0, e, p + 256);
-        d1 = li_vnni_dp(d1, e, p + 320);
-        d2 = li_vnni_dp(d2, e, p + 384);
-        d3 = li_vnni_dp(d3, e, p + 448);
+        c0 = _mm512_dpbusd_epi32(c0, b, _mm512_loadu_si512(p));
+        c1 = _mm512_dpbusd_epi32(c1, b, _mm512_loadu_si512(p + 64));
+        c2 = _mm512_dpbusd_epi32(c2, b, _mm512_loadu_si512(p + 128));
+        c3 = _mm512_dpbusd_epi32(c3, b, _mm512_loadu_si512(p + 192));
+        d0 = _mm512_dpbusd_epi32(d0, e, _mm512_loadu_si512(p + 256));
+        d1 = _mm512_dpbusd_epi32(d1, e, _mm512_loadu_si512(p + 320));
+        d2 = _mm512_dpbusd_epi32(d2, e, _mm512_loadu_si512(p + 384));
+        d3 = _mm512_dpbusd_epi32(d3, e, _mm512_loadu_si512(p + 448));
     }
     if (k < Kp) {
         const int8_t *p = P + k * LI_VNNI_NR;
         __m512i b = _mm512_set1_epi32(li_vnni_word(qa + k));
-        c0 = li_vnni_dp(c0, b, p);
-        c1 = li_vnni_dp(c1, b, p + 64);
-        c2 = li_vnni_dp(c2, b, p + 128);
-        c3 = li_vnni_dp(c3, b, p + 192);
+        c0 = _mm512_dpbusd_epi32(c0, b, _mm512_loadu_si512(p));
+        c1 = _mm512_dpbusd_epi32(c1, b, _mm512_loadu_si512(p + 64));
+        c2 = _mm512_dpbusd_epi32(c2, b, _mm512_loadu_si512(p + 128));
+        c3 = _mm512_dpbusd_epi32(c3, b, _mm512_loadu_si512(p + 192));
     }
     const int32_t *corr = (const int32_t *)(const void *)(P + Kp * LI_VNNI_NR);
     li_vnni_finish(_mm512_add_epi32(c0, d0), 0, corr, ws, as, bias, C, w);
