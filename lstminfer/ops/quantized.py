@@ -12,6 +12,12 @@ round_half_even(clamp(-min / scale, 0, 255)), q = saturate(rint(x / scale) + zp)
 Integer products are computed as float64 matmuls of the integer values:
 every partial sum is an integer below 2**53 (K * 255 * 255 < 2**53 for any
 K we could hold in memory), so the result is exact and uses BLAS.
+
+These kernels are onnxruntime's semantics, the oracle (``backend="reference"``
+runs them). Elsewhere a DynamicQuantizeLSTM with constant weights runs on the
+backend's int8 recurrent kernel (``int8_rows`` maps the file's weights to it),
+and ``lstminfer.quantized_heads`` rewrites the quantized MatMuls of a constant
+weight before any op is built.
 """
 from __future__ import annotations
 
@@ -389,13 +395,21 @@ def _emulated_kernel(node: Node, spec: Any):
 
         return quantized_step
 
+    last: list = [None, None]  # (the weight inputs, their dequantized W, R): constants come every call
+
     def kernel(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,
                W_scale=None, W_zero_point=None, R_scale=None, R_zero_point=None):
         if X.dtype != np.float32 or X.ndim != 3:
             raise InvalidInputError(f"{node.label()}: input 'X' must be float32 [seq_length, batch, input_size], "
                                     f"got {X.dtype} {list(X.shape)}")
-        W_f = dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[1], W, W_scale, W_zero_point, D, H)
-        R_f = dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[2], R, R_scale, R_zero_point, D, H)
+        given = (W, R, W_scale, W_zero_point, R_scale, R_zero_point)
+        if last[0] is not None and all(a is b for a, b in zip(given, last[0])):
+            W_f, R_f = last[1]
+        else:
+            W_f = dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[1], W, W_scale, W_zero_point, D, H)
+            R_f = dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[2], R, R_scale, R_zero_point, D, H)
+            if not any(isinstance(a, np.ndarray) and a.flags.writeable for a in given):  # constants only
+                last[:] = [given, (W_f, R_f)]
         if P is None:
             P = np.zeros((D, 3 * H), np.float32)
         elif P.shape != (D, 3 * H):
