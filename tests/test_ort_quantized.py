@@ -234,3 +234,22 @@ def test_quantized_lstm_without_initial_states_streams(tmp_path):
     assert all(v.dtype == np.float32 for v in stream.state.values())
     parts = [stream.step(x[a:b]) for a, b in ((0, 4), (4, 5), (5, 9))]
     np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-6)
+
+
+def test_int8_rows_keep_stored_values_and_re_round_the_rest():
+    from lstminfer.ops.quantized import int8_rows
+
+    rng = np.random.default_rng(5)
+    q = rng.integers(-127, 128, (2, 3, 8)).astype(np.int8)  # [D, K, 4H]
+    scale = (rng.random((2, 8)) * 0.01 + 0.01).astype(np.float32)
+    rows, row_scale, how = int8_rows(q, scale, np.zeros((2, 8), np.int8))
+    assert how == "stored values" and rows.shape == (2, 8, 3)
+    np.testing.assert_array_equal(rows, q.transpose(0, 2, 1))
+    np.testing.assert_array_equal(row_scale, scale)
+    u = rng.integers(0, 256, (2, 3, 8)).astype(np.uint8)  # zero point 10: values up to 245, beyond int8
+    zp = np.full(2, 10, np.uint8)
+    rows, row_scale, how = int8_rows(u, scale[:, 0], zp)
+    assert how == "re-rounded per row" and rows.dtype == np.int8
+    expected = (u.astype(np.float32) - 10) * scale[:, 0, None, None]
+    got = rows.astype(np.float32) * row_scale[..., None]
+    assert np.all(np.abs(got - expected.transpose(0, 2, 1)) <= row_scale[..., None] / 2 + 1e-6)
