@@ -99,7 +99,7 @@ def main() -> None:
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         model = lstminfer.load(path, threads=1)
     print(f"LSTM I={I} H={H} + Linear(10), quantize_dynamic defaults, batch 1, 1 thread; "
-          f"lstminfer {lstminfer.__version__ if hasattr(lstminfer, '__version__') else ''}".rstrip())
+          f"lstminfer {getattr(lstminfer, '__version__', '?')} from {os.path.dirname(lstminfer.__file__)}")
     lstm_line = next(line for line in model.describe().splitlines() if "DynamicQuantizeLSTM ->" in line)
     print("lstminfer runs:", lstm_line.split(" via ", 1)[1])
 
