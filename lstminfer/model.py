@@ -21,6 +21,7 @@ from .onnx_import import ImportedModel, import_model
 from .ops.registry import BuildContext
 from .plan import Plan
 from .program import Programs
+from .quantized_heads import rewrite_quantized_products
 from .session_options import SessionOptions, machine_cores, provider_settings, threads_of
 from .state_pairing import state_input_names
 
@@ -90,6 +91,9 @@ class Model:
         self.threads = threads
         self._imported: ImportedModel = import_model(model)
         graph = self._imported.graph
+        # onnxruntime's quantized MatMuls with a constant weight: MatMul on that weight (lstminfer.quantized_heads)
+        # (not on the reference backend: its ops emulate onnxruntime exactly, the oracle)
+        self.rewritten_products: list[str] = [] if self.backend == "reference" else rewrite_quantized_products(graph)
         self.quantized_dense: list[str] = []  # MatMul/Gemm/Gather weights quantized at load
         if self.quantize:  # dense weights here; the recurrent ones where their kernels are built
             from .quantization import quantize_dense_initializers
@@ -291,6 +295,9 @@ class Model:
             "outputs: " + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self.get_outputs()),
             f"{len(self._plan.steps)} steps (after constant folding):",
         ]
+        if self.rewritten_products:
+            head.insert(3, "int8 products run as MatMul on their dequantized weights (weight-only int8): "
+                           + ", ".join(self.rewritten_products))
         if self.quantize:
             head.insert(3, f"quantize={self.quantize}: dense weights quantized at load: "
                            + (", ".join(self.quantized_dense) or "none (none float32 with >= 4096 values)"))

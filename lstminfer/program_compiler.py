@@ -267,6 +267,8 @@ class Compiler:
         lowering = {"LSTM": self.recurrent, "GRU": self.recurrent, "RNN": self.recurrent, "MatMul": self.matmul,
                     "Gemm": self.gemm, "Concat": self.concat, "Gather": self.gather, "Softmax": self.softmax,
                     "LogSoftmax": self.softmax}.get(op)
+        if step.node.op_type == "DynamicQuantizeLSTM" and step.node.domain == "com.microsoft":
+            lowering = self.recurrent  # its kernel wraps an int8 LSTM core (ops.quantized)
         if lowering is None and op in _runtime.UNARY_CODES:
             lowering = self.unary
         if lowering is None and op in _runtime.BINARY_CODES:
@@ -283,11 +285,12 @@ class Compiler:
         return all(isinstance(v, np.ndarray) and v.dtype == _F32 for v in outputs[:n])
 
     def recurrent(self, step, outputs):
-        kernel = step.kernel
-        packs = getattr(kernel, "packs", None)
+        packs = getattr(step.kernel, "packs", None)
+        kernel = getattr(step.kernel, "recurrent_core", step.kernel)  # a wrapper's core (DynamicQuantizeLSTM)
         node = step.node
+        is_lstm = node.op_type in ("LSTM", "DynamicQuantizeLSTM")
         args = [self.values[s] for s in step.inputs] + [None] * (8 - len(step.inputs))
-        if packs is None or not packs(args[1], args[2], args[3], args[7] if node.op_type == "LSTM" else None):
+        if packs is None or not packs(args[1], args[2], args[3], args[7] if is_lstm else None):
             return None
         if any(s in self.places for s in step.inputs[1:4]) or not self._out_f32(outputs):
             return None
@@ -306,7 +309,7 @@ class Compiler:
         states = []
         for k in (5, 6):
             slot = step.inputs[k] if len(step.inputs) > k else _ABSENT
-            if slot == _ABSENT or (k == 6 and node.op_type != "LSTM"):
+            if slot == _ABSENT or (k == 6 and not is_lstm):
                 states.append((None, (0, 0)))
                 continue
             ref, value = self.source(slot)
@@ -326,7 +329,7 @@ class Compiler:
         slots = list(step.outputs) + [_ABSENT] * (3 - len(step.outputs))
         places = []
         for k, shape in enumerate((y_shape, s_shape, s_shape)):
-            if k == 2 and node.op_type != "LSTM":
+            if k == 2 and not is_lstm:
                 places.append(None)
                 continue
             value = outputs[k] if k < len(outputs) else None

@@ -22,9 +22,12 @@ import numpy as np
 from .errors import NotStreamableError
 from .graph import Graph, Node, ValueInfo
 
-RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+# onnxruntime's DynamicQuantizeLSTM (com.microsoft) is an LSTM with its inputs and outputs in the same places.
+RECURRENT_OPS = ("LSTM", "GRU", "RNN", "DynamicQuantizeLSTM")
+_RECURRENT_DOMAINS = {"DynamicQuantizeLSTM": ("com.microsoft",)}
 # Input index of initial_h/initial_c and output index of Y_h/Y_c, per state kind.
-STATE_PORTS = {"LSTM": (("h", 5, 1), ("c", 6, 2)), "GRU": (("h", 5, 1),), "RNN": (("h", 5, 1),)}
+STATE_PORTS = {"LSTM": (("h", 5, 1), ("c", 6, 2)), "GRU": (("h", 5, 1),), "RNN": (("h", 5, 1),),
+               "DynamicQuantizeLSTM": (("h", 5, 1), ("c", 6, 2))}
 _SEQUENCE_LENS = 4
 _STATE_INPUT_PREFIX = "__stream_state_in"
 _STATE_OUTPUT_PREFIX = "__stream_state_out"
@@ -51,6 +54,11 @@ class Pairing:
     data_outputs: tuple[ValueInfo, ...]
     state_inputs: tuple[str, ...]  # original graph inputs that only carry state
     state_outputs: tuple[str, ...]  # original graph outputs computed only from Y_h/Y_c
+
+
+def is_recurrent(node: Node) -> bool:
+    """A node whose state streams: LSTM/GRU/RNN, or onnxruntime's DynamicQuantizeLSTM."""
+    return node.op_type in RECURRENT_OPS and node.domain in _RECURRENT_DOMAINS.get(node.op_type, ("", "ai.onnx"))
 
 
 def walk(graph: Graph):
@@ -106,7 +114,7 @@ def _check_recurrent_nodes(graph: Graph) -> list[Node]:
                     f"{node.label()} runs {inner.label()} inside its body: state cannot be carried "
                     "between chunks through a subgraph (only top-level LSTM/GRU/RNN nodes stream)"
                 )
-    recurrent = [n for n in graph.nodes if n.op_type in RECURRENT_OPS and n.domain in ("", "ai.onnx")]
+    recurrent = [n for n in graph.nodes if is_recurrent(n)]
     if not recurrent:
         raise NotStreamableError("the model has no LSTM, GRU or RNN node: there is no state to carry")
     for node in recurrent:
@@ -240,12 +248,15 @@ def _rewrite_nodes(graph: Graph, recurrent: list[Node]) -> tuple[list[StateSlot]
 
 
 def _inputs_of(op: str) -> tuple[str, ...]:
+    if op == "DynamicQuantizeLSTM":
+        return ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P",
+                "W_scale", "W_zero_point", "R_scale", "R_zero_point")
     return ("X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P")[: 8 if op == "LSTM" else 6]
 
 
 def _state_dtype(graph: Graph, node: Node) -> np.dtype | None:
     W = graph.initializers.get(node.inputs[1])
-    if W is not None:
+    if W is not None and W.dtype.kind == "f":  # (int8 W: a DynamicQuantizeLSTM, whose state is X's type)
         return W.dtype
     vi = graph.value_info.get(node.inputs[0])
     return vi.dtype if vi is not None else None

@@ -38,7 +38,7 @@ from .graph import Graph, ValueInfo
 from .ops.registry import BuildContext
 from .plan import Plan
 from .program import Programs
-from .state_pairing import RECURRENT_OPS, Pairing, StateSlot, find_pairing
+from .state_pairing import Pairing, StateSlot, find_pairing, is_recurrent
 from .time_locality import analyse
 
 FORMAT_MAGIC = b"LSTMINFER-STREAM"
@@ -144,8 +144,8 @@ class StreamProgram:
                 and all(self.output_time_axes.get(n) is not None for n in self.output_names)
             if axes_known:
                 graph = self.pairing.graph
-                nodes = [dataclasses.replace(n, inputs=_with_lengths(n.inputs)) if n.op_type in RECURRENT_OPS
-                         and n.domain in ("", "ai.onnx") else n for n in graph.nodes]
+                nodes = [dataclasses.replace(n, inputs=_with_lengths(n.inputs)) if is_recurrent(n)
+                         else n for n in graph.nodes]
                 at = len(self.data_inputs) + len(self.slots)  # after the carried states: fed in that order
                 inputs = list(graph.inputs[:at]) + [ValueInfo(_LENGTHS_INPUT, np.dtype(np.int32), ("N",))] \
                     + list(graph.inputs[at:])
@@ -341,7 +341,7 @@ class StreamProgram:
             return None
         step = schedule[0][0]
         node = step.node
-        if step.outer_names or node.op_type not in RECURRENT_OPS or node.domain not in ("", "ai.onnx"):
+        if step.outer_names or not is_recurrent(node):
             return None
         slot = self.plan.output_slot
         x_slot = slot(self.data_inputs[0].name)
@@ -426,7 +426,8 @@ class StreamProgram:
 
     def _state_dtype(self, s: StateSlot) -> np.dtype:
         W = self.model_plan.constant(s.node.inputs[1])
-        return np.asarray(W).dtype if W is not None else np.dtype(np.float32)
+        dtype = np.asarray(W).dtype if W is not None else np.dtype(np.float32)
+        return dtype if dtype.kind == "f" else np.dtype(np.float32)  # int8 W (DynamicQuantizeLSTM): float state
 
 
 class Stream:

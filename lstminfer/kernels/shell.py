@@ -38,11 +38,14 @@ class RecurrentWeights:
     R: Any = None
     B: Any = None
     P: Any = None
+    stored: tuple | None = None  # (qW, sW, qR, sR) that W/R expand, when a file stores them (DynamicQuantizeLSTM)
 
     @cached_property
     def int8(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(qW, sW, qR, sR): per-row int8 values and scales; those the file stores, where it does
         (a re-derived scale can differ by 1 ulp)."""
+        if self.stored is not None:
+            return self.stored
         (qW, sW), (qR, sR) = (stored_int8(w) or int8_per_row(w) for w in (self.W, self.R))
         return qW, sW, qR, sR
 

@@ -12,6 +12,12 @@ round_half_even(clamp(-min / scale, 0, 255)), q = saturate(rint(x / scale) + zp)
 Integer products are computed as float64 matmuls of the integer values:
 every partial sum is an integer below 2**53 (K * 255 * 255 < 2**53 for any
 K we could hold in memory), so the result is exact and uses BLAS.
+
+These kernels are onnxruntime's semantics, the oracle (``backend="reference"``
+runs them). Elsewhere a DynamicQuantizeLSTM with constant weights runs on the
+backend's int8 recurrent kernel (``int8_rows`` maps the file's weights to it),
+and ``lstminfer.quantized_heads`` rewrites the quantized MatMuls of a constant
+weight before any op is built.
 """
 from __future__ import annotations
 
@@ -21,9 +27,11 @@ import numpy as np
 
 from ..errors import InvalidInputError, InvalidModelError, UnsupportedModelError
 from ..graph import Node
-from ..quantization import remember_int8, stored_int8
+from ..kernels.shell import RecurrentWeights
+from ..quantization import dequantize_per_row, int8_per_row, remember_int8, stored_int8
 from ..reference.rnn import lstm_step, recurrence  # the reference's own cell: same semantics
 from .recurrent import parse_spec
+from .recurrent_kernel import build_stored_int8_kernel
 from .registry import BuildContext, register
 from .tensor import attr_int, fail
 
@@ -308,8 +316,25 @@ def dequantize_lstm_weight(node: Node, name: str, q: np.ndarray, scale: np.ndarr
     return np.ascontiguousarray(values.transpose(0, 2, 1))
 
 
+def int8_rows(q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """A checked DynamicQuantizeLSTM weight [D, K, 4H] as the int8 kernel's rows: (int8 [D, 4H, K],
+    float32 scales [D, 4H], how). Exact ("stored values") where every q - zero_point fits int8
+    (quantize_dynamic's default symmetric int8 weights); otherwise (uint8 weights with a zero
+    point) the dequantized rows re-rounded to int8 per row ("re-rounded per row")."""
+    D, _, GH = q.shape
+    zp = zero_point.astype(np.int16).reshape((D, 1, GH) if zero_point.ndim == 2 else (D, 1, 1))
+    values = q.astype(np.int16) - zp
+    row_scale = np.ascontiguousarray(np.broadcast_to(scale.astype(np.float32).reshape(D, -1), (D, GH)))
+    if values.min(initial=0) >= -128 and values.max(initial=0) <= 127:
+        return np.ascontiguousarray(values.astype(np.int8).transpose(0, 2, 1)), row_scale, "stored values"
+    qk, sk = int8_per_row(values.astype(np.float32).transpose(0, 2, 1) * row_scale[..., None])
+    return np.ascontiguousarray(qk), sk, "re-rounded per row"
+
+
 @register("DynamicQuantizeLSTM", domain=MS_DOMAIN)
 def dynamic_quantize_lstm(node: Node, ctx: BuildContext):
+    """The file's int8 W/R on the backend's int8 kernel where it has one (Cython: activations
+    quantized per row and step, see README's Quantization); else the emulation of onnxruntime."""
     if len(node.inputs) != len(_DQ_LSTM_INPUTS) or any(not node.inputs[i] for i in (0, 1, 2, 8, 9, 10, 11)):
         raise InvalidModelError(f"{node.label()}: expected 12 inputs ({', '.join(_DQ_LSTM_INPUTS)}) with X, W, R "
                                 f"and the four scale/zero-point inputs present, got {list(node.inputs)}")
@@ -319,17 +344,48 @@ def dynamic_quantize_lstm(node: Node, ctx: BuildContext):
         raise InvalidModelError(f"{node.label()}: attribute 'hidden_size' is required")
     as_lstm = Node("LSTM", tuple(node.inputs[:8]), tuple(node.outputs), dict(node.attrs), node.name, "")
     spec = parse_spec(as_lstm, ctx)
+    emulated = _emulated_kernel(node, spec)
+    constants = [ctx.constant(node.inputs[i]) for i in (1, 2, 8, 9, 10, 11)]
+    if any(c is None for c in constants):
+        return emulated
+    Wq, Rq, Ws, Wz, Rs, Rz = constants
+    D, H = spec.num_directions, spec.hidden_size
+    for index, q, scale, zp in ((1, Wq, Ws, Wz), (2, Rq, Rs, Rz)):  # the checks, at load
+        dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[index], q, scale, zp, D, H, InvalidModelError)
+    (qW, sW, how_W), (qR, sR, how_R) = int8_rows(Wq, Ws, Wz), int8_rows(Rq, Rs, Rz)
+    W_f, R_f = dequantize_per_row(qW, sW), dequantize_per_row(qR, sR)
+    B, P = (ctx.constant(node.inputs[i]) if node.inputs[i] else None for i in (3, 7))
+    if (node.inputs[3] and B is None) or (node.inputs[7] and P is None):
+        return emulated
+    per = "per channel" if Ws.ndim == 2 else "per tensor"
+    note = (f", stored in the file (DynamicQuantizeLSTM: {Wq.dtype} W/R {per}, "
+            f"{how_W if how_W == how_R else how_W + ' / ' + how_R})")
+    core = build_stored_int8_kernel(spec, RecurrentWeights(W_f, R_f, B, P, stored=(qW, sW, qR, sR)), ctx,
+                                    node.label(), note)
+    if core is None:
+        return emulated
+
+    def kernel(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *scales):
+        if W is Wq and R is Rq and all(a is b for a, b in zip(scales, constants[2:])):
+            return core(X, W_f, R_f, B, sequence_lens, initial_h, initial_c, P)
+        return emulated(X, W, R, B, sequence_lens, initial_h, initial_c, P, *scales)
+
+    def packs(W, R, B, P=None):
+        """Whether a compiled program may call ``core`` on pointers for these W, R, B, P."""
+        core_packs = getattr(core, "packs", None)
+        return W is Wq and R is Rq and core_packs is not None and core_packs(W_f, R_f, B, P)
+
+    kernel.recurrent_core = core  # what a compiled program runs (program_compiler.recurrent)
+    kernel.packs = packs
+    kernel.describe = core.describe
+    kernel.precision = core.precision
+    return kernel
+
+
+def _emulated_kernel(node: Node, spec: Any):
+    """onnxruntime's DynamicQuantizeLSTM emulated in the reference (exact to its rounding)."""
     D, H = spec.num_directions, spec.hidden_size
     acts = spec.activations
-
-    def weights(index: int, q, scale, zp, error):
-        return dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[index], q, scale, zp, D, H, error)
-
-    constants = [ctx.constant(node.inputs[i]) for i in (1, 2, 8, 9, 10, 11)]
-    loaded = None
-    if all(c is not None for c in constants):
-        Wq, Rq, Ws, Wz, Rs, Rz = constants
-        loaded = (weights(1, Wq, Ws, Wz, InvalidModelError), weights(2, Rq, Rs, Rz, InvalidModelError))
 
     def make_step(d, Wd, Rd, Wbd, Rbd, P):
         step = lstm_step(Wd, Rd, Wbd, Rbd, P[d], acts[3 * d: 3 * d + 3], spec.clip, int(spec.input_forget))
@@ -339,16 +395,21 @@ def dynamic_quantize_lstm(node: Node, ctx: BuildContext):
 
         return quantized_step
 
+    last: list = [None, None]  # (the weight inputs, their dequantized W, R): constants come every call
+
     def kernel(X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,
                W_scale=None, W_zero_point=None, R_scale=None, R_zero_point=None):
         if X.dtype != np.float32 or X.ndim != 3:
             raise InvalidInputError(f"{node.label()}: input 'X' must be float32 [seq_length, batch, input_size], "
                                     f"got {X.dtype} {list(X.shape)}")
-        if loaded is not None and W is constants[0] and R is constants[1]:
-            W_f, R_f = loaded
+        given = (W, R, W_scale, W_zero_point, R_scale, R_zero_point)
+        if last[0] is not None and all(a is b for a, b in zip(given, last[0])):
+            W_f, R_f = last[1]
         else:
-            W_f = weights(1, W, W_scale, W_zero_point, InvalidInputError)
-            R_f = weights(2, R, R_scale, R_zero_point, InvalidInputError)
+            W_f = dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[1], W, W_scale, W_zero_point, D, H)
+            R_f = dequantize_lstm_weight(node, _DQ_LSTM_INPUTS[2], R, R_scale, R_zero_point, D, H)
+            if not any(isinstance(a, np.ndarray) and a.flags.writeable for a in given):  # constants only
+                last[:] = [given, (W_f, R_f)]
         if P is None:
             P = np.zeros((D, 3 * H), np.float32)
         elif P.shape != (D, 3 * H):
@@ -372,4 +433,4 @@ def dynamic_quantize_lstm(node: Node, ctx: BuildContext):
 
 
 __all__ = ["stored_int8", "dynamic_uint8_params", "fake_quantize_uint8", "quantize_values", "integer_matmul",
-           "dequantize_lstm_weight"]
+           "dequantize_lstm_weight", "int8_rows"]

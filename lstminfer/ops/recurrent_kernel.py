@@ -116,3 +116,17 @@ def build_recurrent_kernel(spec: Any, node: Node, ctx: BuildContext) -> Kernel:
 
     kernel.describe = getattr(inner, "describe", "reference")
     return _tag(kernel, mode)
+
+
+def build_stored_int8_kernel(spec: Any, weights: RecurrentWeights, ctx: BuildContext, label: str,
+                             note: str) -> Kernel | None:
+    """The backend's int8 kernel on int8 values and row scales a file stores (``weights.stored``,
+    with W/R their float32 expansion); its float32 kernel on that expansion where it has no int8
+    one; None on the reference backend (the caller's own emulation is the oracle)."""
+    if backends.builder(ctx.backend) is None:
+        return None
+    kernel = _kernel(spec, weights, Precision("int8", int8_scheme="auto"), ctx, label)
+    if kernel is not None:
+        return _tag(kernel, "int8-kernel", note)
+    kernel = _kernel(spec, weights, FLOAT32, ctx, label)
+    return None if kernel.describe.startswith("reference") else _tag(kernel, "int8", note)
