@@ -346,3 +346,25 @@ def _register_global(op_type: str, reduce) -> None:
 
 _register_global("GlobalAveragePool", np.mean)
 _register_global("GlobalMaxPool", np.max)
+
+
+# ---------------------------------------------------------------- streaming
+
+
+@register("TimeHistory", domain="lstminfer")
+def time_history(node: Node, ctx: BuildContext):
+    """A stream's carried input frames in front of a causal window over time (``conv_streaming``):
+    (x [.., T, ..], history [.., frames, ..]) -> (history + x along ``axis``, its last ``frames``)."""
+    axis = attr_int(node, "axis")
+    frames = attr_int(node, "frames")
+
+    def kernel(x, history):
+        if history.ndim != x.ndim or history.shape[axis] != frames or \
+                history.shape[:axis] + history.shape[axis + 1:] != x.shape[:axis] + x.shape[axis + 1:]:
+            raise fail(node, f"carried history of shape {history.shape} does not fit a chunk of shape {x.shape} "
+                             f"({frames} frames on axis {axis})")
+        extended = np.concatenate((history, x.astype(history.dtype, copy=False)), axis=axis)
+        tail = (slice(None),) * axis + (slice(extended.shape[axis] - frames, None),)
+        return (extended, np.ascontiguousarray(extended[tail]))
+
+    return kernel
