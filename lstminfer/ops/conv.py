@@ -26,6 +26,7 @@ from .tensor import attr_choice, attr_flag, attr_int, attr_ints, fail, unsupport
 
 Array = np.ndarray
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+_COLS_FLOATS = 1 << 18  # a conv's column block (1 MiB of float32): stays in cache between im2col and GEMM
 
 
 def _work_dtype(x: Array) -> np.dtype:
@@ -121,12 +122,16 @@ def _padded(x: Array, begins: Sequence[int], ends: Sequence[int], extra: Sequenc
     return out
 
 
-def _tap_views(padded: Array, window: Window, outs: Sequence[int]):
-    """For each kernel tap (row-major): the strided view of ``padded`` it reads, shape [N, C, *outs]."""
-    ranges = [range(k) for k in window.kernel]
-    for tap in np.ndindex(*window.kernel) if ranges else [()]:
-        index = tuple(slice(t * d, t * d + (o - 1) * s + 1, s)
-                      for t, d, s, o in zip(tap, window.dilations, window.strides, outs))
+def _tap_views(padded: Array, window: Window, outs: Sequence[int], first: int = 0, stop: int | None = None):
+    """For each kernel tap (row-major): the strided view of ``padded`` it reads, shape [N, C, *outs]
+    (output rows ``first``..``stop`` of the first spatial axis only, when given)."""
+    starts = [0] * len(outs)
+    starts[0] = first
+    ends = list(outs)
+    ends[0] = outs[0] if stop is None else stop
+    for tap in np.ndindex(*window.kernel):
+        index = tuple(slice(t * d + a * s, t * d + (b - 1) * s + 1, s)
+                      for t, d, s, a, b in zip(tap, window.dilations, window.strides, starts, ends))
         yield padded[(slice(None), slice(None)) + index]
 
 
@@ -142,7 +147,8 @@ def _ceil_extra(x_spatial, begins, ends, outs, window: Window) -> tuple[int, ...
 
 def conv_into(x: Array, packed_w: Array, bias: Array | None, window: Window, node: Node,
               groups: int) -> Array:
-    """Y = conv(x) as [N, M, *outs]: im2col into one column buffer, then one batched GEMM.
+    """Y = conv(x) as [N, M, *outs]: per batch item and block of output rows, im2col into one
+    column buffer kept small enough to stay in cache, then one GEMM of W against it.
 
     ``packed_w``: [G, M/G, C/G * taps] in the compute dtype; ``bias``: [M] or None.
     """
@@ -152,22 +158,35 @@ def conv_into(x: Array, packed_w: Array, bias: Array | None, window: Window, nod
     if C != G * (K // taps):
         raise fail(node, f"input has {C} channels; W expects {G * (K // taps)} ({G} group(s) of {K // taps})")
     begins, ends, outs = window.geometry(node, x.shape[2:])
-    L = math.prod(outs)
-    Cg = C // G
+    L, Cg = math.prod(outs), C // G
+    rest = math.prod(outs[1:])
+    y = np.empty((N, G, Mg) + outs, dtype=packed_w.dtype)
     unit = taps == 1 and all(s == 1 for s in window.strides) and not any(begins) and not any(ends)
-    if unit and x.flags.c_contiguous:  # a 1x1 conv: the input is its own column buffer
-        cols = x.reshape(N, G, Cg, L)
+    if unit:  # a 1x1 conv: each item's input is its own column buffer
+        for n in range(N):
+            np.matmul(packed_w, x[n].reshape(G, Cg, L), out=y[n].reshape(G, Mg, L))
     else:
         padded = _padded(x, begins, ends, (0,) * len(outs), 0)
-        cols = np.empty((N, G, Cg, taps) + outs, dtype=x.dtype)
-        for t, view in enumerate(_tap_views(padded, window, outs)):
-            cols[:, :, :, t] = view.reshape((N, G, Cg) + outs)
-        cols = cols.reshape(N, G, K, L)
-    y = np.empty((N, G, Mg, L), dtype=packed_w.dtype)
-    np.matmul(packed_w, cols, out=y)
+        rows = max(1, min(outs[0], _COLS_FLOATS // max(1, K * rest)))
+        cols_buffer = np.empty(G * K * rows * rest, dtype=x.dtype)
+        out_buffer = np.empty(G * Mg * rows * rest, dtype=packed_w.dtype) if rows < outs[0] else None
+        for n in range(N):
+            for r0 in range(0, outs[0], rows):
+                nr = min(rows, outs[0] - r0)
+                cols = cols_buffer[:G * K * nr * rest].reshape((G, Cg, taps, nr) + outs[1:])
+                for t, view in enumerate(_tap_views(padded[n:n + 1], window, outs, r0, r0 + nr)):
+                    cols[:, :, t] = view.reshape((G, Cg, nr) + outs[1:])
+                cols2 = cols.reshape(G, K, nr * rest)
+                if out_buffer is None:  # one block: straight into the output
+                    np.matmul(packed_w, cols2, out=y[n].reshape(G, Mg, L))
+                else:
+                    block = out_buffer[:G * Mg * nr * rest].reshape(G, Mg, nr * rest)
+                    np.matmul(packed_w, cols2, out=block)
+                    y[n, :, :, r0:r0 + nr] = block.reshape((G, Mg, nr) + outs[1:])
+    y = y.reshape((N, G * Mg) + outs)
     if bias is not None:
-        y += bias.reshape(G, Mg, 1)
-    return y.reshape((N, G * Mg) + outs)
+        y += bias.reshape((G * Mg,) + (1,) * len(outs))
+    return y
 
 
 def pack_conv_weights(W: Array, groups: int, work: np.dtype) -> Array:
@@ -261,14 +280,12 @@ def max_pool(node: Node, ctx: BuildContext):
         _check_pool_input(node, x, window)
         begins, ends, outs = window.geometry(node, x.shape[2:])
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
+        if not with_indices:
+            larger = np.fmax if x.dtype.kind == "f" else np.maximum  # fmax: a NaN loses, as in onnxruntime
+            return (_pool_by_axis(x, window, begins, ends, extra, outs, _lowest(x.dtype), larger),)
         padded = _padded(x, begins, ends, extra, _lowest(x.dtype))
         views = _tap_views(padded, window, outs)
         y = np.array(next(views))
-        if not with_indices:
-            larger = np.fmax if x.dtype.kind == "f" else np.maximum  # fmax: a NaN loses, as in onnxruntime
-            for view in views:
-                larger(y, view, out=y)
-            return (y,)
         index = _input_index(x.shape, storage_order)
         padded_index = _padded(index, begins, ends, extra, -1)
         index_views = _tap_views(padded_index, window, outs)
@@ -280,6 +297,42 @@ def max_pool(node: Node, ctx: BuildContext):
         return (y, arg)
 
     return kernel
+
+
+def _pool_by_axis(x: Array, window: Window, begins, ends, extra, outs, fill, combine) -> Array:
+    """A max (or sum) over each window, one spatial axis at a time: over a box it is the max (sum)
+    along the first axis of the maxima (sums) along the others, and k0 + k1 taps cost less than
+    k0 * k1. The first spatial axis goes first: its taps are whole contiguous rows."""
+    y = x
+    for a in range(len(outs)):
+        axis = 2 + a
+        k, s, d, o = window.kernel[a], window.strides[a], window.dilations[a], outs[a]
+        if k == 1 and s == 1 and not begins[a] and not ends[a] + extra[a]:
+            continue
+        padded = _pad_axis(y, axis, begins[a], ends[a] + extra[a], fill)
+        index = [slice(None)] * y.ndim
+        out = None
+        for t in range(k):
+            index[axis] = slice(t * d, t * d + (o - 1) * s + 1, s)
+            view = padded[tuple(index)]
+            if out is None:
+                out = np.array(view)
+            else:
+                combine(out, view, out=out)
+        y = out
+    return y if y is not x else np.array(x)
+
+
+def _pad_axis(x: Array, axis: int, begin: int, end: int, fill) -> Array:
+    if not begin and not end:
+        return x
+    shape = list(x.shape)
+    shape[axis] += begin + end
+    out = np.full(shape, fill, dtype=x.dtype)
+    index = [slice(None)] * x.ndim
+    index[axis] = slice(begin, begin + x.shape[axis])
+    out[tuple(index)] = x
+    return out
 
 
 def _input_index(shape: tuple[int, ...], storage_order: int) -> Array:
@@ -305,11 +358,7 @@ def average_pool(node: Node, ctx: BuildContext):
         work = _work_dtype(x)
         begins, ends, outs = window.geometry(node, x.shape[2:])
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
-        padded = _padded(x.astype(work, copy=False), begins, ends, extra, 0)
-        views = _tap_views(padded, window, outs)
-        y = np.array(next(views))
-        for view in views:
-            y += view
+        y = _pool_by_axis(x.astype(work, copy=False), window, begins, ends, extra, outs, 0, np.add)
         y /= _window_counts(x.shape[2:], begins, ends, outs, window, include_pad).astype(work)
         return (y.astype(x.dtype, copy=False),)
 
