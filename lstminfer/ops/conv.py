@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidModelError
-from ..fold_batchnorm import FOLDED_ATTR
+from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR
 from ..graph import Node
 from .registry import BuildContext, register
 from .tensor import attr_choice, attr_flag, attr_int, attr_ints, fail, unsupported_attr
@@ -146,9 +146,10 @@ def _ceil_extra(x_spatial, begins, ends, outs, window: Window) -> tuple[int, ...
 
 
 def conv_into(x: Array, packed_w: Array, bias: Array | None, window: Window, node: Node,
-              groups: int) -> Array:
+              groups: int, relu: bool = False) -> Array:
     """Y = conv(x) as [N, M, *outs]: per batch item and block of output rows, im2col into one
-    column buffer kept small enough to stay in cache, then one GEMM of W against it.
+    column buffer kept small enough to stay in cache, one GEMM of W against it, then the bias
+    (and a fused Relu) on that block while it is still in cache.
 
     ``packed_w``: [G, M/G, C/G * taps] in the compute dtype; ``bias``: [M] or None.
     """
@@ -160,33 +161,43 @@ def conv_into(x: Array, packed_w: Array, bias: Array | None, window: Window, nod
     begins, ends, outs = window.geometry(node, x.shape[2:])
     L, Cg = math.prod(outs), C // G
     rest = math.prod(outs[1:])
+    bias = None if bias is None else bias.reshape(G, Mg, 1)
+
+    def finish(block: Array) -> None:  # [G, Mg, columns], just written
+        if bias is not None:
+            block += bias
+        if relu:
+            np.maximum(block, 0, out=block)
+
     y = np.empty((N, G, Mg) + outs, dtype=packed_w.dtype)
     unit = taps == 1 and all(s == 1 for s in window.strides) and not any(begins) and not any(ends)
     if unit:  # a 1x1 conv: each item's input is its own column buffer
         for n in range(N):
-            np.matmul(packed_w, x[n].reshape(G, Cg, L), out=y[n].reshape(G, Mg, L))
-    else:
-        padded = _padded(x, begins, ends, (0,) * len(outs), 0)
-        rows = max(1, min(outs[0], _COLS_FLOATS // max(1, K * rest)))
-        cols_buffer = np.empty(G * K * rows * rest, dtype=x.dtype)
-        out_buffer = np.empty(G * Mg * rows * rest, dtype=packed_w.dtype) if rows < outs[0] else None
-        for n in range(N):
-            for r0 in range(0, outs[0], rows):
-                nr = min(rows, outs[0] - r0)
-                cols = cols_buffer[:G * K * nr * rest].reshape((G, Cg, taps, nr) + outs[1:])
-                for t, view in enumerate(_tap_views(padded[n:n + 1], window, outs, r0, r0 + nr)):
-                    cols[:, :, t] = view.reshape((G, Cg, nr) + outs[1:])
-                cols2 = cols.reshape(G, K, nr * rest)
-                if out_buffer is None:  # one block: straight into the output
-                    np.matmul(packed_w, cols2, out=y[n].reshape(G, Mg, L))
-                else:
-                    block = out_buffer[:G * Mg * nr * rest].reshape(G, Mg, nr * rest)
-                    np.matmul(packed_w, cols2, out=block)
-                    y[n, :, :, r0:r0 + nr] = block.reshape((G, Mg, nr) + outs[1:])
-    y = y.reshape((N, G * Mg) + outs)
-    if bias is not None:
-        y += bias.reshape((G * Mg,) + (1,) * len(outs))
-    return y
+            out = y[n].reshape(G, Mg, L)
+            np.matmul(packed_w, x[n].reshape(G, Cg, L), out=out)
+            finish(out)
+        return y.reshape((N, G * Mg) + outs)
+    padded = _padded(x, begins, ends, (0,) * len(outs), 0)
+    rows = max(1, min(outs[0], _COLS_FLOATS // max(1, K * rest)))
+    cols_buffer = np.empty(G * K * rows * rest, dtype=x.dtype)
+    out_buffer = np.empty(G * Mg * rows * rest, dtype=packed_w.dtype) if rows < outs[0] else None
+    for n in range(N):
+        for r0 in range(0, outs[0], rows):
+            nr = min(rows, outs[0] - r0)
+            cols = cols_buffer[:G * K * nr * rest].reshape((G, Cg, taps, nr) + outs[1:])
+            for t, view in enumerate(_tap_views(padded[n:n + 1], window, outs, r0, r0 + nr)):
+                cols[:, :, t] = view.reshape((G, Cg, nr) + outs[1:])
+            cols2 = cols.reshape(G, K, nr * rest)
+            if out_buffer is None:  # one block: straight into the output
+                out = y[n].reshape(G, Mg, L)
+                np.matmul(packed_w, cols2, out=out)
+                finish(out)
+            else:
+                block = out_buffer[:G * Mg * nr * rest].reshape(G, Mg, nr * rest)
+                np.matmul(packed_w, cols2, out=block)
+                finish(block)
+                y[n, :, :, r0:r0 + nr] = block.reshape((G, Mg, nr) + outs[1:])
+    return y.reshape((N, G * Mg) + outs)
 
 
 def pack_conv_weights(W: Array, groups: int, work: np.dtype) -> Array:
@@ -203,6 +214,11 @@ def conv(node: Node, ctx: BuildContext):
     W_const = ctx.constant(node.inputs[1]) if len(node.inputs) > 1 else None
     B_const = ctx.constant(node.inputs[2]) if len(node.inputs) > 2 and node.inputs[2] else None
     kernel_attr = attr_ints(node, "kernel_shape", None)
+    folded = node.attr(FOLDED_ATTR, None)  # what lstminfer.conv_fusion joined to this Conv
+    activation = node.attr(ACTIVATION_ATTR, None)
+    if activation is not None and activation[0] != "Relu":
+        raise InvalidModelError(f"{node.label()}: cannot run a fused {activation[0]}")
+    relu = activation is not None
 
     def check_w(W: Array) -> None:
         if W.ndim < 3:
@@ -241,12 +257,12 @@ def conv(node: Node, ctx: BuildContext):
             raise fail(node, f"X of shape {x.shape} and a {len(win.kernel)}-D kernel differ in rank")
         if bias is not None and bias.size != w.shape[0] * w.shape[1]:
             raise fail(node, f"B has {bias.size} values; the conv has {w.shape[0] * w.shape[1]} output channels")
-        y = conv_into(x.astype(work, copy=False), w, bias, win, node, groups)
+        y = conv_into(x.astype(work, copy=False), w, bias, win, node, groups, relu)
         return (y.astype(x.dtype, copy=False),)
 
-    folded = node.attr(FOLDED_ATTR, None)
-    via = "numpy im2col + BLAS GEMM, weights packed at load"
-    kernel.describe = via + (f", BatchNormalization '{folded}' folded in" if folded else "")
+    kernel.describe = "numpy im2col + BLAS GEMM, weights packed at load" \
+        + (f", BatchNormalization '{folded}' folded in" if folded else "") \
+        + (f", {activation[0]} '{activation[1]}' fused" if activation else "")
     return kernel
 
 
