@@ -120,6 +120,9 @@ def _window(node: Node, producers, readers, probes) -> _Window | None:
         raise NotStreamableError(f"{node.label()} prevents streaming: several of its spatial axes {timed} "
                                  "grow with the input, so which one is time is ambiguous")
     t = timed[0]
+    if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+        raise NotStreamableError(f"{node.label()} prevents streaming: its Indices output counts positions from "
+                                 "the start of the whole input, which a chunk does not know")
     spatial = len(first) - 2
     kernel, strides, dilations, pads, auto_pad = _attrs(node, probes[0], spatial)
     i = t - 2

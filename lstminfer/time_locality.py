@@ -415,6 +415,8 @@ def _windowed(node, ins, r):
         raise _Reject("its weights are per-step")
     if t.axis == 1:
         raise _Reject("it mixes the time axis as channels")
+    if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+        raise _Reject("its Indices output counts positions from the start of the whole input, not the chunk")
     if t.axis >= 2 and node.attrs.get(STREAMED_TIME_ATTR) != t.axis:
         spatial, i = t.rank - 2, t.axis - 2
         kernel = node.attrs.get("kernel_shape") or (r.shape(node.inputs[1]) or ())[2:] or None
@@ -424,6 +426,16 @@ def _windowed(node, ins, r):
         if not one_frame:
             raise _Reject("it slides a window over the time axis")
     return [t] * len(node.outputs)
+
+
+def _batchnorm(node, ins, r):
+    """Inference BatchNormalization: a per-channel affine map, per-step unless time is the channels."""
+    t = ins[0]
+    if not isinstance(t, Time) or any(isinstance(k, Time) for k in ins[1:]):
+        raise _Reject("its scale, bias, mean or variance is per-step")
+    if t.axis == 1:
+        raise _Reject("it normalises the time axis as channels")
+    return [t] + [None] * (len(node.outputs) - 1)
 
 
 RULES: dict[str, Callable] = {op: _unary for op in UNARY}
@@ -436,3 +448,4 @@ RULES.update({
     "Reshape": _reshape, "Shape": _shape, HISTORY_OP: _time_history,
 })
 RULES.update({op: _windowed for op in WINDOWED_OPS})
+RULES["BatchNormalization"] = _batchnorm

@@ -88,8 +88,10 @@ def test_conv_padded_on_both_sides_cannot_stream(name, node, why):
 # ---------------------------------------------------------------- hand-built graphs
 
 
-def _conv_lstm_graph(rng, op: str, attrs: dict, pad: list[int] | None = None, C: int = 3, H: int = 4) -> bytes:
-    """x [T, N, C] -> Transpose -> [Pad ->] op over time -> Transpose -> LSTM -> y [T, N, H]."""
+def _conv_lstm_graph(rng, op: str, attrs: dict, pad: list[int] | None = None, C: int = 3, H: int = 4,
+                     indices: bool = False) -> bytes:
+    """x [T, N, C] -> Transpose -> [Pad ->] op over time -> Transpose -> LSTM -> y [T, N, H]
+    (``indices``: the MaxPool's Indices are an output too)."""
     init = {"W_lstm": rng.standard_normal((1, 4 * H, C)).astype(np.float32) * 0.5,
             "R_lstm": rng.standard_normal((1, 4 * H, H)).astype(np.float32) * 0.5}
     inputs = ["nct"]
@@ -102,13 +104,20 @@ def _conv_lstm_graph(rng, op: str, attrs: dict, pad: list[int] | None = None, C:
         init["pads"] = np.array(pad, np.int64)
         nodes.append(helper.make_node("Pad", ["nct", "pads"], ["padded"], name="pad"))
         inputs[0] = "padded"
-    nodes += [helper.make_node(op, inputs, ["z"], name="window", **attrs),
+    if op == "BatchNormalization":
+        for name in ("scale", "bias", "mean", "var"):
+            init[name] = (rng.random(C) + 0.5).astype(np.float32)
+        inputs += ["scale", "bias", "mean", "var"]
+    nodes += [helper.make_node(op, inputs, ["z", "idx"] if indices else ["z"], name="window", **attrs),
               helper.make_node("Transpose", ["z"], ["tnc"], perm=[2, 0, 1], name="to_tnc"),
               helper.make_node("LSTM", ["tnc", "W_lstm", "R_lstm"], ["Y"], hidden_size=H, name="lstm"),
               helper.make_node("Squeeze", ["Y", "one"], ["y"], name="squeeze")]
     init["one"] = np.array([1], np.int64)
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if indices:
+        outputs.append(helper.make_tensor_value_info("idx", TensorProto.INT64, None))
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", "N", C])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              outputs,
                               [numpy_helper.from_array(v, k) for k, v in init.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
@@ -123,6 +132,7 @@ STREAMABLE = {
     "maxpool-own-causal-pads": ("MaxPool", {"kernel_shape": [3], "pads": [2, 0]}, None),
     "avgpool-counting-pads": ("AveragePool", {"kernel_shape": [3], "pads": [2, 0], "count_include_pad": 1}, None),
     "one-frame-conv": ("Conv", {"kernel": 1}, None),
+    "batchnorm-over-time": ("BatchNormalization", {}, None),  # not after a Conv: runs as is, per step
 }
 
 
@@ -134,7 +144,8 @@ def test_causal_windows_stream(case, rng):
     whole = model.run(None, {"x": x})[0]
     stream = model.stream()
     carried = [k for k in stream.state if k.endswith(":history")]
-    assert carried == ([] if case == "one-frame-conv" else ["window:history"]), list(stream.state)
+    assert carried == ([] if case in ("one-frame-conv", "batchnorm-over-time") else ["window:history"]), \
+        list(stream.state)
     for name, chunks in CHUNKINGS.items():
         stream.reset()
         np.testing.assert_allclose(_streamed(stream, x, chunks, time_axis=0), whole, atol=ATOL, rtol=RTOL,
@@ -149,13 +160,14 @@ REFUSED = {
     "stride": ("MaxPool", {"kernel_shape": [2], "strides": [2]}, None, "strides over the time axis by 2"),
     "avg-without-pads": ("AveragePool", {"kernel_shape": [3], "pads": [2, 0]}, None, "left out of the average"),
     "pad-other-axes": ("Conv", {"kernel": 2}, [0, 1, 1, 0, 0, 0], "pads axes other than time"),
+    "maxpool-indices": ("MaxPool", {"kernel_shape": [3], "pads": [2, 0]}, None, "Indices output counts positions"),
 }
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
 def test_non_causal_windows_are_refused_naming_the_node(case, rng):
     op, attrs, pad, why = REFUSED[case]
-    model = lstminfer.load(_conv_lstm_graph(rng, op, dict(attrs), pad))
+    model = lstminfer.load(_conv_lstm_graph(rng, op, dict(attrs), pad, indices=case == "maxpool-indices"))
     with pytest.raises(NotStreamableError, match=why) as e:
         model.stream()
     assert "'window'" in str(e.value) or "'pad'" in str(e.value)
