@@ -73,6 +73,50 @@ def test_conv_matches_onnxruntime(x_shape, w_shape, group, attrs, with_bias, rng
         np.testing.assert_allclose(loaded.run(None, {"x": x})[0], expected, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, group, attrs", CONV_CASES)
+def test_conv_in_many_column_blocks_matches_onnxruntime(x_shape, w_shape, group, attrs, rng, monkeypatch):
+    """Output rows split into blocks (each its own im2col + GEMM + bias + copy) as large inputs are."""
+    from lstminfer.ops import conv as conv_ops
+
+    monkeypatch.setattr(conv_ops, "_COLS_FLOATS", 40)
+    weights = {"W": rng.standard_normal(w_shape).astype(np.float32),
+               "B": rng.standard_normal(w_shape[0]).astype(np.float32)}
+    model = _single_node_model("Conv", x_shape, {"group": group, **attrs}, weights)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    expected = _ort(model).run(None, {"x": x})[0]
+    np.testing.assert_allclose(lstminfer.load(model).run(None, {"x": x})[0], expected, atol=ATOL, rtol=RTOL)
+
+
+def test_random_geometries_match_onnxruntime(rng):
+    """Conv, MaxPool and AveragePool on random 1-D/2-D geometries (seed printed on failure)."""
+    for _ in range(25):
+        spatial = int(rng.integers(1, 3))
+        kernel = [int(k) for k in rng.integers(1, 4, spatial)]
+        strides = [int(s) for s in rng.integers(1, 3, spatial)]
+        dilations = [int(d) for d in rng.integers(1, 3, spatial)]
+        pads = [int(p) for p in rng.integers(0, 3, 2 * spatial)]
+        pads = [min(p, k - 1) for p, k in zip(pads, kernel * 2)]  # onnxruntime's pools want pads < kernel
+        size = [int(n) for n in rng.integers(6, 12, spatial)]
+        op = str(rng.choice(["Conv", "MaxPool", "AveragePool"]))
+        attrs = {"strides": strides, "pads": pads, "dilations": dilations}
+        weights = {}
+        if op == "Conv":
+            group = int(rng.choice([1, 2]))
+            weights = {"W": rng.standard_normal([4, 4 // group] + kernel).astype(np.float32),
+                       "B": rng.standard_normal(4).astype(np.float32)}
+            attrs["group"] = group
+        else:
+            attrs.update(kernel_shape=kernel, ceil_mode=int(rng.integers(0, 2)))
+            if op == "AveragePool":
+                attrs["count_include_pad"] = int(rng.integers(0, 2))
+        x_shape = [2, 4] + size
+        model = _single_node_model(op, x_shape, attrs, weights)
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        expected = _ort(model).run(None, {"x": x})[0]
+        got = lstminfer.load(model).run(None, {"x": x})[0]
+        np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL, err_msg=f"{op} {attrs} on {x_shape}")
+
+
 def test_conv_on_a_strided_view_and_in_float64(rng):
     W = rng.standard_normal((4, 6, 3))
     model = _single_node_model("Conv", (2, 6, 17), {"pads": [1, 1]}, {"W": W}, dtype=TensorProto.DOUBLE)
