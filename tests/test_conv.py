@@ -73,12 +73,14 @@ def test_conv_matches_onnxruntime(x_shape, w_shape, group, attrs, with_bias, rng
         np.testing.assert_allclose(loaded.run(None, {"x": x})[0], expected, atol=ATOL, rtol=RTOL)
 
 
+@pytest.mark.parametrize("budget", [40, 400, 4000])
 @pytest.mark.parametrize("x_shape, w_shape, group, attrs", CONV_CASES)
-def test_conv_in_many_column_blocks_matches_onnxruntime(x_shape, w_shape, group, attrs, rng, monkeypatch):
-    """Output rows split into blocks (each its own im2col + GEMM + bias + copy) as large inputs are."""
+def test_conv_in_many_column_blocks_matches_onnxruntime(x_shape, w_shape, group, attrs, budget, rng, monkeypatch):
+    """Small column buffers: items split into blocks of output rows (each its own im2col + GEMM +
+    bias + copy) or a batch split into blocks of items, as large inputs and batches are."""
     from lstminfer.ops import conv as conv_ops
 
-    monkeypatch.setattr(conv_ops, "_COLS_FLOATS", 40)
+    monkeypatch.setattr(conv_ops, "_COLS_FLOATS", budget)
     weights = {"W": rng.standard_normal(w_shape).astype(np.float32),
                "B": rng.standard_normal(w_shape[0]).astype(np.float32)}
     model = _single_node_model("Conv", x_shape, {"group": group, **attrs}, weights)

@@ -147,9 +147,9 @@ def _ceil_extra(x_spatial, begins, ends, outs, window: Window) -> tuple[int, ...
 
 def conv_into(x: Array, packed_w: Array, bias: Array | None, window: Window, node: Node,
               groups: int, relu: bool = False) -> Array:
-    """Y = conv(x) as [N, M, *outs]: per batch item and block of output rows, im2col into one
-    column buffer kept small enough to stay in cache, one GEMM of W against it, then the bias
-    (and a fused Relu) on that block while it is still in cache.
+    """Y = conv(x) as [N, M, *outs]: per block of batch items (or, for large items, of output
+    rows), im2col into one column buffer kept small enough to stay in cache, one GEMM of W
+    against it, then the bias (and a fused Relu) on that block while it is still in cache.
 
     ``packed_w``: [G, M/G, C/G * taps] in the compute dtype; ``bias``: [M] or None.
     """
@@ -171,32 +171,37 @@ def conv_into(x: Array, packed_w: Array, bias: Array | None, window: Window, nod
 
     y = np.empty((N, G, Mg) + outs, dtype=packed_w.dtype)
     unit = taps == 1 and all(s == 1 for s in window.strides) and not any(begins) and not any(ends)
-    if unit:  # a 1x1 conv: each item's input is its own column buffer
-        for n in range(N):
-            out = y[n].reshape(G, Mg, L)
-            np.matmul(packed_w, x[n].reshape(G, Cg, L), out=out)
-            finish(out)
+    if unit:  # a 1x1 conv: the input is its own column buffer
+        out = y.reshape(N, G, Mg, L)
+        np.matmul(packed_w, x.reshape(N, G, Cg, L), out=out)
+        finish(out)
         return y.reshape((N, G * Mg) + outs)
     padded = _padded(x, begins, ends, (0,) * len(outs), 0)
-    rows = max(1, min(outs[0], _COLS_FLOATS // max(1, K * rest)))
+    if G * K * L <= _COLS_FLOATS:  # whole items per block (many small items: few Python steps)
+        items = min(N, _COLS_FLOATS // (G * K * L))
+        cols_buffer = np.empty(items * G * K * L, dtype=x.dtype)
+        for n0 in range(0, N, items):
+            n1 = min(N, n0 + items)
+            cols = cols_buffer[:(n1 - n0) * G * K * L].reshape((n1 - n0, G, Cg, taps) + outs)
+            for t, view in enumerate(_tap_views(padded[n0:n1], window, outs)):
+                cols[:, :, :, t] = view.reshape((n1 - n0, G, Cg) + outs)
+            out = y[n0:n1].reshape(n1 - n0, G, Mg, L)
+            np.matmul(packed_w, cols.reshape(n1 - n0, G, K, L), out=out)
+            finish(out)
+        return y.reshape((N, G * Mg) + outs)
+    rows = max(1, min(outs[0], _COLS_FLOATS // max(1, G * K * rest)))  # blocks of output rows within an item
     cols_buffer = np.empty(G * K * rows * rest, dtype=x.dtype)
-    out_buffer = np.empty(G * Mg * rows * rest, dtype=packed_w.dtype) if rows < outs[0] else None
+    out_buffer = np.empty(G * Mg * rows * rest, dtype=packed_w.dtype)
     for n in range(N):
         for r0 in range(0, outs[0], rows):
             nr = min(rows, outs[0] - r0)
             cols = cols_buffer[:G * K * nr * rest].reshape((G, Cg, taps, nr) + outs[1:])
             for t, view in enumerate(_tap_views(padded[n:n + 1], window, outs, r0, r0 + nr)):
                 cols[:, :, t] = view.reshape((G, Cg, nr) + outs[1:])
-            cols2 = cols.reshape(G, K, nr * rest)
-            if out_buffer is None:  # one block: straight into the output
-                out = y[n].reshape(G, Mg, L)
-                np.matmul(packed_w, cols2, out=out)
-                finish(out)
-            else:
-                block = out_buffer[:G * Mg * nr * rest].reshape(G, Mg, nr * rest)
-                np.matmul(packed_w, cols2, out=block)
-                finish(block)
-                y[n, :, :, r0:r0 + nr] = block.reshape((G, Mg, nr) + outs[1:])
+            block = out_buffer[:G * Mg * nr * rest].reshape(G, Mg, nr * rest)
+            np.matmul(packed_w, cols.reshape(G, K, nr * rest), out=block)
+            finish(block)
+            y[n, :, :, r0:r0 + nr] = block.reshape((G, Mg, nr) + outs[1:])
     return y.reshape((N, G * Mg) + outs)
 
 
