@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import LstminferError, NotStreamableError
-from .graph import Graph, Node, ValueInfo
+from .graph import Node, ValueInfo
 from .plan import Plan
 from .state_pairing import Pairing, StateSlot
 
