@@ -15,6 +15,7 @@ import numpy as np
 
 from . import ops
 from .errors import ExecutionError, InvalidModelError, LstminferError
+from .conv_fusion import fuse_into_conv
 from .graph import Graph, Node
 from .ops.registry import BuildContext, Kernel
 
@@ -47,6 +48,7 @@ class Plan:
     """
 
     def __init__(self, graph: Graph, ctx: BuildContext, scope: Sequence[str] = ()):
+        graph = fuse_into_conv(graph)  # a load-time rewrite: one Conv where Conv -> BatchNorm -> Relu was
         self.graph = graph
         self.input_names = [vi.name for vi in graph.inputs]
         self.output_names = [vi.name for vi in graph.outputs]

@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .c_runtime import _runtime
+from .conv_streaming import HistorySlot, with_time_history
 from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
 from .feeds import cast_same_kind, check_input
 from .graph import Graph, ValueInfo
@@ -70,7 +71,7 @@ class StreamProgram:
     def __init__(self, graph: Graph, plan: Plan, ctx: BuildContext):
         self.graph_inputs: tuple[ValueInfo, ...] = tuple(graph.inputs)
         self.model_plan = plan
-        pairing: Pairing = find_pairing(graph)
+        pairing: Pairing = with_time_history(find_pairing(graph), plan)
         self.pairing = pairing
         self.slots: tuple[StateSlot, ...] = pairing.slots
         self.data_inputs: tuple[ValueInfo, ...] = pairing.data_inputs
@@ -139,8 +140,10 @@ class StreamProgram:
         last valid step, so padded steps reach no valid output. Built on first use."""
         if self._masked is False:
             masked = None
-            axes_known = all(self.time_axes[vi.name] is not None and self.batch_axes[vi.name] is not None
-                             and vi.kind == "tensor" for vi in self.data_inputs) \
+            # Not with a convolution's carried frames (HistorySlot): padded steps would enter them.
+            axes_known = not any(isinstance(s, HistorySlot) for s in self.slots) and all(
+                self.time_axes[vi.name] is not None and self.batch_axes[vi.name] is not None
+                and vi.kind == "tensor" for vi in self.data_inputs) \
                 and all(self.output_time_axes.get(n) is not None for n in self.output_names)
             if axes_known:
                 graph = self.pairing.graph
@@ -229,10 +232,14 @@ class StreamProgram:
                 raise InvalidInputError(f"could not compute the initial states from the state inputs: {e}") from e
             values = {s.key: np.array(v) for s, v in zip(slots_with_input, computed)}
         for s in self.slots:
-            if s.key not in values:
+            if isinstance(s, HistorySlot):  # a convolution's carried input frames (conv_streaming)
+                values[s.key] = s.initial.copy()
+            elif s.key not in values:
                 values[s.key] = np.zeros((1, 1, self._hidden_size(s)), dtype=self._state_dtype(s))
         for s in self.slots:
             v = values[s.key]
+            if isinstance(s, HistorySlot):
+                continue
             if v.ndim != 3 or v.shape[s.batch_axis] != 1 or v.shape[1 - s.batch_axis] != 1:
                 raise InvalidInputError(
                     f"{s.node.label()}: initial_{s.kind} has shape {tuple(v.shape)}; a stream needs "

@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .conv_streaming import HISTORY_OP, STREAMED_TIME_ATTR, WINDOWED_OPS
 from .errors import NotStreamableError
 from .graph import Node, ValueInfo
 from .state_pairing import RECURRENT_OPS
@@ -399,6 +400,44 @@ def _recurrent(node: Node, ins, position: int):
     return outs[: len(node.outputs)]
 
 
+def _time_history(node, ins, r):
+    t = ins[0]
+    if not isinstance(t, Time) or any(isinstance(k, Time) for k in ins[1:]) or t.axis != node.attr("axis"):
+        raise _Reject("its carried history is not on the time axis")
+    return [t, FINAL]
+
+
+def _windowed(node, ins, r):
+    """Conv and pools: per-step when time is their batch axis, when they are one frame wide in time,
+    or when ``conv_streaming`` prefixed their input with its carried history (causal, stride 1)."""
+    t = ins[0]
+    if any(isinstance(k, Time) for k in ins[1:]):
+        raise _Reject("its weights are per-step")
+    if t.axis == 1:
+        raise _Reject("it mixes the time axis as channels")
+    if node.op_type == "MaxPool" and len(node.outputs) > 1 and node.outputs[1]:
+        raise _Reject("its Indices output counts positions from the start of the whole input, not the chunk")
+    if t.axis >= 2 and node.attrs.get(STREAMED_TIME_ATTR) != t.axis:
+        spatial, i = t.rank - 2, t.axis - 2
+        kernel = node.attrs.get("kernel_shape") or (r.shape(node.inputs[1]) or ())[2:] or None
+        pads = node.attrs.get("pads", [0] * 2 * spatial)
+        one_frame = kernel is not None and kernel[i] == 1 and node.attrs.get("strides", [1] * spatial)[i] == 1 \
+            and pads[i] == pads[i + spatial] == 0 and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", "VALID")
+        if not one_frame:
+            raise _Reject("it slides a window over the time axis")
+    return [t] * len(node.outputs)
+
+
+def _batchnorm(node, ins, r):
+    """Inference BatchNormalization: a per-channel affine map, per-step unless time is the channels."""
+    t = ins[0]
+    if not isinstance(t, Time) or any(isinstance(k, Time) for k in ins[1:]):
+        raise _Reject("its scale, bias, mean or variance is per-step")
+    if t.axis == 1:
+        raise _Reject("it normalises the time axis as channels")
+    return [t] + [None] * (len(node.outputs) - 1)
+
+
 RULES: dict[str, Callable] = {op: _unary for op in UNARY}
 RULES.update({op: _broadcasting for op in BROADCASTING})
 RULES.update({op: _reduce for op in REDUCTIONS})
@@ -406,5 +445,7 @@ RULES.update({
     "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "MatMul": _matmul, "Gemm": _gemm,
     "Gather": _gather, "Softmax": _softmax, "LogSoftmax": _softmax, "Hardmax": _softmax,
     "LayerNormalization": _layernorm, "Concat": _concat, "Split": _split, "Slice": _slice,
-    "Reshape": _reshape, "Shape": _shape,
+    "Reshape": _reshape, "Shape": _shape, HISTORY_OP: _time_history,
 })
+RULES.update({op: _windowed for op in WINDOWED_OPS})
+RULES["BatchNormalization"] = _batchnorm

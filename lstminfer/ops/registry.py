@@ -64,6 +64,7 @@ _REGISTRY: dict[tuple[str, str], list[OpSpec]] = {}
 # tests/test_cold_start_imports.py checks this against what the modules register.
 OP_MODULES: dict[str, str] = {
     "control": "If Loop Scan",
+    "conv": "AveragePool Conv GlobalAveragePool GlobalMaxPool MaxPool lstminfer:TimeHistory",
     "elementwise": (
         "Abs Acos Acosh Add And Asin Asinh Atan Atanh BitShift BitwiseAnd BitwiseNot BitwiseOr "
         "BitwiseXor Cast CastLike Ceil Celu Clip Cos Cosh Div Dropout Elu Equal Erf Exp Floor Gelu "

@@ -1,0 +1,142 @@
+"""Small PyTorch CRNN models (convolution front-end + LSTM) and their ONNX export, for the tests
+and benchmarks of the convolution ops (torch==2.13).
+
+* ``KwsCRNN``: keyword-spotting shape, x [B, T, F] -> Conv1d + BatchNorm1d + ReLU + MaxPool1d(2)
+  + a grouped Conv1d -> LSTM -> Linear: y [B, T/2, classes].
+* ``OcrCRNN``: OCR shape, image [B, 1, 16, W] -> two Conv2d + BatchNorm2d + ReLU + MaxPool2d
+  blocks -> columns [B, W/4, C*H] -> LSTM -> Linear.
+* ``CausalCRNN``: the streamable shape, x [B, T, F] -> F.pad((k-1)*d, 0) + Conv1d (dilated) +
+  BatchNorm1d + ReLU, then a depthwise causal Conv1d -> LSTM -> Linear: y [B, T, classes].
+* ``LookaheadCRNN``: like ``CausalCRNN`` but its Conv1d pads both sides (sees future frames).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+FEATURES, CLASSES = 12, 5
+
+
+def _randomise_batchnorm(module: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial running statistics, so that folding BatchNorm is really tested."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return module.eval()
+
+
+class KwsCRNN(nn.Module):
+    def __init__(self, hidden: int = 24):
+        super().__init__()
+        self.conv = nn.Conv1d(FEATURES, 16, 3, padding=1)
+        self.bn = nn.BatchNorm1d(16)
+        self.pool = nn.MaxPool1d(2)
+        self.grouped = nn.Conv1d(16, 16, 5, padding=2, groups=4, bias=False)
+        self.lstm = nn.LSTM(16, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, CLASSES)
+
+    def forward(self, x):  # x [B, T, F]
+        z = self.pool(torch.relu(self.bn(self.conv(x.transpose(1, 2)))))
+        z = torch.relu(self.grouped(z))
+        y, _ = self.lstm(z.transpose(1, 2))
+        return self.fc(y)
+
+
+class OcrCRNN(nn.Module):
+    def __init__(self, hidden: int = 24):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.AvgPool2d(2),
+        )
+        self.lstm = nn.LSTM(16 * 4, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, CLASSES)
+
+    def forward(self, image):  # image [B, 1, 16, W]
+        z = self.features(image)  # [B, 16, 4, W/4]
+        z = z.permute(0, 3, 1, 2).flatten(2)  # [B, W/4, 64]: one column per time step
+        y, _ = self.lstm(z)
+        return self.fc(y)
+
+
+class CausalCRNN(nn.Module):
+    def __init__(self, hidden: int = 24, kernel: int = 3, dilation: int = 2):
+        super().__init__()
+        self.left = (kernel - 1) * dilation
+        self.conv = nn.Conv1d(FEATURES, 16, kernel, dilation=dilation)
+        self.bn = nn.BatchNorm1d(16)
+        self.depthwise = nn.Conv1d(16, 16, 2, groups=16)
+        self.lstm = nn.LSTM(16, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, CLASSES)
+
+    def forward(self, x):  # x [B, T, F]
+        z = torch.relu(self.bn(self.conv(F.pad(x.transpose(1, 2), (self.left, 0)))))
+        z = self.depthwise(F.pad(z, (1, 0)))
+        y, _ = self.lstm(z.transpose(1, 2))
+        return self.fc(y)
+
+
+class LookaheadCRNN(nn.Module):
+    def __init__(self, hidden: int = 24):
+        super().__init__()
+        self.conv = nn.Conv1d(FEATURES, 16, 5, padding=2)
+        self.lstm = nn.LSTM(16, hidden, batch_first=True)
+        self.fc = nn.Linear(hidden, CLASSES)
+
+    def forward(self, x):
+        y, _ = self.lstm(torch.relu(self.conv(x.transpose(1, 2))).transpose(1, 2))
+        return self.fc(y)
+
+
+MODELS = {"kws": KwsCRNN, "ocr": OcrCRNN, "causal": CausalCRNN, "lookahead": LookaheadCRNN}
+
+
+def build(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomise_batchnorm(MODELS[name](), seed)
+
+
+def example(name: str, rng: np.random.Generator, batch: int, time: int) -> np.ndarray:
+    """An input: [B, T, F] features, or (ocr) a [B, 1, 16, T] image."""
+    shape = (batch, 1, 16, time) if name == "ocr" else (batch, time, FEATURES)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def export(name: str, exporter: str = "torchscript", batch: int = 2, time: int = 16, opset: int = 17,
+           fold: bool = True) -> bytes:
+    """ONNX bytes of model ``name``: torchscript with batch and time dynamic; dynamo with both
+    fixed at the example's sizes (torch.export specializes the LSTM's time axis). Both exporters
+    fold BatchNorm into the Conv before it; torchscript with ``fold=False`` keeps the
+    BatchNormalization nodes (no constant folding)."""
+    module = build(name)
+    x = torch.from_numpy(example(name, np.random.default_rng(0), batch, time))
+    time_axis = 3 if name == "ocr" else 1
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            buf = io.BytesIO()
+            torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=opset, input_names=["x"],
+                              do_constant_folding=fold,
+                              output_names=["y"], dynamic_axes={"x": {0: "batch", time_axis: "time"},
+                                                                "y": {0: "batch", 1: "time"}})
+            return buf.getvalue()
+        program = torch.onnx.export(module, (x,), dynamo=True, opset_version=max(opset, 18), input_names=["x"],
+                                    output_names=["y"], verbose=False)
+        return program.model_proto.SerializeToString()
+
+
+def torch_output(name: str, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return build(name)(torch.from_numpy(x)).numpy()
