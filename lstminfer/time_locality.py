@@ -135,22 +135,24 @@ def analyse(nodes: Sequence[Node], data_inputs: Sequence[ValueInfo], data_output
 
 
 def _assumption(data_inputs: Sequence[ValueInfo], input_axes: dict[str, int | None]) -> str:
-    """What the analysis assumed, and for an input with every axis fixed, how to export it streamable."""
-    fixed = [vi for vi in data_inputs if input_axes[vi.name] is None]
-    if not fixed:
-        assumed = ", ".join(f"'{n}' axis {a}" for n, a in input_axes.items())
-        return f" (assuming time on {assumed})"
+    """What the analysis assumed; for an input whose only dynamic axis is the batch (or none), how to
+    export it with a dynamic time axis, which streaming needs."""
+    assumed = ", ".join(f"'{n}' axis {a}" for n, a in input_axes.items())
     hints = []
-    for vi in fixed:
-        axis = 1 if len(vi.shape) >= 3 and vi.shape[0] == 1 else 0  # [B=1, T, F] exports are batch_first
-        if len(vi.shape) >= 2 and vi.shape[0] != 1 and vi.shape[1] == 1:
-            axis = 0
-        hints.append(f"input '{vi.name}' {list(vi.shape)} has every axis fixed, so no axis can be the time axis: "
-                     f"export it with its time axis dynamic, e.g. torch.onnx.export(..., "
-                     f"dynamic_axes={{'{vi.name}': {{{axis}: 'time'}}}}) or, with dynamo=True, "
-                     f"dynamic_shapes={{'{vi.name}': {{{axis}: torch.export.Dim.DYNAMIC}}}} "
-                     f"(axis {axis} if that is time: 0 for time-first, 1 for batch_first)")
-    return " (" + "; ".join(hints) + ")"
+    for vi in data_inputs:
+        free = [i for i, d in enumerate(vi.shape) if not isinstance(d, int)]
+        batchish = [i for i in free if isinstance(vi.shape[i], str) and "batch" in vi.shape[i].lower()]
+        if len(vi.shape) < 2 or (free and free != batchish):
+            continue
+        guesses = [i for i in (0, 1) if i not in batchish]
+        axis = guesses[0] if len(guesses) == 1 else None
+        where = f"axis {axis}" if axis is not None else "axis 0 (time-first) or 1 (batch_first)"
+        shown = axis if axis is not None else 0
+        hints.append(f"input '{vi.name}' {list(vi.shape)} has a fixed time length: streaming needs its time axis "
+                     f"({where}) dynamic; export with torch.onnx.export(..., dynamic_axes={{'{vi.name}': "
+                     f"{{{shown}: 'time'}}}}) or, with dynamo=True, dynamic_shapes={{'{vi.name}': "
+                     f"{{{shown}: torch.export.Dim.DYNAMIC}}}}")
+    return f" (assuming time on {assumed}" + ("; " + "; ".join(hints) if hints else "") + ")"
 
 
 def _propagate(nodes, kinds, constant, value_info, opset, picks: list[str]) -> int:
