@@ -8,12 +8,11 @@ import numpy as np
 
 
 def _cmd_info(args) -> int:
-    import lstminfer
-    from .summary import format_info
+    from .summary import info
 
-    model = lstminfer.load(args.model, backend=args.backend, quantize=args.quantize)
-    print(format_info(model))
-    if args.plan:
+    text, model = info(args.model, backend=args.backend, quantize=args.quantize)  # model None: cannot run
+    print(text)
+    if args.plan and model is not None:
         print(model.describe())
     return 0
 
