@@ -60,12 +60,14 @@ class Model:
     ``threads`` is how many cores a fast recurrent kernel may use (default 1).
     ``quantize`` ("int8" or "bf16") quantizes the LSTM/GRU/RNN weights at load
     (see ``lstminfer.quantization``).
+    ``fallback="onnxruntime"`` runs the nodes lstminfer does not support through onnxruntime
+    (one InferenceSession per node, built at load; see ``lstminfer.ort_fallback``); off by default.
     ``sess_options``/``providers`` are accepted (and ignored) so that code
     written for onnxruntime runs unchanged.
     """
 
     def __init__(self, model: Any, backend: str = "auto", *, threads: int = 1, quantize: str | None = None,
-                 sess_options: Any = None, providers: Any = None, provider_options: Any = None, **_ignored: Any):
+                 fallback: str | None = None, sess_options: Any = None, providers: Any = None, provider_options: Any = None, **_ignored: Any):
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InvalidArgumentError(f"threads must be a positive integer, got {threads!r}")
         from .quantization import check_mode
@@ -80,9 +82,15 @@ class Model:
             from .quantization import quantize_dense_initializers
 
             self.quantized_dense = quantize_dense_initializers(graph, self.quantize)
-        self._ctx = BuildContext(opsets=graph.opsets, backend=self.backend,
-                                 options={"threads": threads, "quantize": self.quantize,
-                                          "initializers": frozenset(graph.initializers)})
+        options = {"threads": threads, "quantize": self.quantize, "initializers": frozenset(graph.initializers)}
+        self.fallback = fallback
+        self.fallback_nodes: list[str] = []  # labels of the nodes onnxruntime runs (fallback="onnxruntime")
+        if fallback is not None:
+            from .ort_fallback import fallback_kernels
+
+            options["node_kernels"] = kernels = fallback_kernels(graph, fallback, self._imported.source)
+            self.fallback_nodes = [k.label for k in kernels.values()]
+        self._ctx = BuildContext(opsets=graph.opsets, backend=self.backend, options=options)
         try:
             self._plan = Plan(graph, self._ctx)
         except Exception as e:
@@ -273,6 +281,10 @@ class Model:
             "outputs: " + ", ".join(f"{a.name} {a.type} {a.shape}" for a in self.get_outputs()),
             f"{len(self._plan.steps)} steps (after constant folding):",
         ]
+        if self.fallback is not None:
+            head.insert(3, f"fallback={self.fallback}: {len(self.fallback_nodes)} node(s) run by {self.fallback}"
+                           + (": " + ", ".join(self.fallback_nodes) if self.fallback_nodes else "")
+                           + "; every other node by lstminfer")
         if self.quantize:
             head.insert(3, f"quantize={self.quantize}: dense weights quantized at load: "
                            + (", ".join(self.quantized_dense) or "none (none float32 with >= 4096 values)"))
