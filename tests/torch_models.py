@@ -37,6 +37,11 @@ Limitations of torch 2.13 that shape the tests:
   symbolic while a Reshape keeps the constant 7, so any other T fails in
   onnxruntime too.  Dynamo exports therefore mark only the batch axis
   dynamic, and the time length is fixed at export (``example_time``).
+  Batch_first models are the exception: ``Dim.DYNAMIC`` on their time axis
+  (axis 1) holds (``export(..., dynamic_time=True)``), which streaming needs;
+  after some other nn.LSTM exports in one process it fails the same way, so
+  such an export is redone in a fresh process.
+* dynamo: ``fc(h_n[-1])`` does not export with a dynamic time axis.
 * dynamo: nn.RNN has no ONNX RNN translation; it is unrolled per time step.
 * dynamo: the first nn.GRU export in a process specializes the batch axis
   too (input shape [7, 3, 5] although ``Dim("batch")`` was given); the same
