@@ -181,7 +181,7 @@ def _propagate(nodes, kinds, constant, value_info, opset, picks: list[str]) -> i
             if FINAL in outs:
                 picks.append(node.label())
         elif any(isinstance(k, ShapeOf) for k in ins):
-            if node.op_type not in SHAPE_GLUE:
+            if node.op_type not in SHAPE_GLUE or (node.op_type == "Reshape" and ins[0] == PLAIN):
                 _reject(position, node, "it uses the shape of a per-step value (it may depend on the chunk length)")
             outs = [ShapeOf(_shape_glue(node, ins, constant))] + [ShapeOf()] * (len(node.outputs) - 1)
         else:

@@ -148,3 +148,42 @@ def test_a_pick_other_than_the_last_step_is_refused_naming_the_node():
                       dynamic_axes={"x": {0: "batch", 1: "time"}})
     with pytest.raises(lstminfer.NotStreamableError, match=r"Gather.*only the last step, index -1"):
         lstminfer.load(buf.getvalue()).stream()
+
+
+def _shape_reshape_model(merge_time: bool):
+    """LSTM Y [T, 1, N, H] reshaped to a target computed from its own Shape, as dynamo writes it:
+    [T, N, 1*H] keeps the time axis; [T*N, H] merges time into the batch."""
+    from onnx import TensorProto as TP
+    from onnx import helper as oh
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    H = 4
+    inits = [nh.from_array(rng.standard_normal((1, 4 * H, 3)).astype(np.float32), "W"),
+             nh.from_array(rng.standard_normal((1, 4 * H, H)).astype(np.float32), "R")]
+    inits += [nh.from_array(np.array([v], np.int64), f"i{v}") for v in (0, 1, 2, 3, 4)]
+    nodes = [oh.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=H, name="lstm"),
+             oh.make_node("Shape", ["Y"], ["s"]),
+             oh.make_node("Slice", ["s", "i0", "i1"], ["t"]),
+             oh.make_node("Slice", ["s", "i2", "i3"], ["n"]),
+             oh.make_node("Slice", ["s", "i1", "i2"], ["d"]),
+             oh.make_node("Slice", ["s", "i3", "i4"], ["h"]),
+             oh.make_node("Mul", ["d", "h"], ["dh"])]
+    if merge_time:
+        nodes += [oh.make_node("Mul", ["t", "n"], ["tn"]), oh.make_node("Concat", ["tn", "dh"], ["target"], axis=0)]
+    else:
+        nodes += [oh.make_node("Concat", ["t", "n", "dh"], ["target"], axis=0)]
+    nodes += [oh.make_node("Reshape", ["Y", "target"], ["out"], name="reshape")]
+    graph = oh.make_graph(nodes, "g", [oh.make_tensor_value_info("x", TP.FLOAT, ["T", "N", 3])],
+                          [oh.make_tensor_value_info("out", TP.FLOAT, None)], inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def test_shape_computed_reshape_keeps_time_only_when_the_target_does(rng):
+    model = lstminfer.load(_shape_reshape_model(merge_time=False))
+    x = rng.standard_normal((7, 1, 3), dtype=np.float32)
+    stream = model.stream()
+    got = np.concatenate([stream.step(x[a:b]) for a, b in ((0, 3), (3, 4), (4, 7))], axis=0)
+    assert_close(got, model.run(None, {"x": x})[0], "streamed [T, N, H] reshape")
+    with pytest.raises(lstminfer.NotStreamableError, match=r"'reshape' \(Reshape\).*merge the time axis"):
+        lstminfer.load(_shape_reshape_model(merge_time=True)).stream()
