@@ -1,9 +1,9 @@
 """Helpful refusals and the onnxruntime fallback, on a real PyTorch export with an op lstminfer lacks.
 
-The model is an LSTM whose output is upsampled over features (``F.interpolate``: ONNX ``Resize``,
-which lstminfer does not run) then a Linear head; exported by both PyTorch exporters.
+The model (``torch_models.UpsampledSpec``) is an LSTM whose output is upsampled over features
+(``F.interpolate``: ONNX ``Resize``, which lstminfer does not run) then a Linear head; exported by
+both PyTorch exporters.
 """
-import io
 import re
 import subprocess
 import sys
@@ -18,36 +18,17 @@ ort = pytest.importorskip("onnxruntime", reason="the fallback and the checks nee
 import lstminfer  # noqa: E402
 from lstminfer.cli import main  # noqa: E402
 from lstminfer.ops.registry import supported_ops  # noqa: E402
+import torch_models as zoo  # noqa: E402
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-class _Upsampled(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.rnn, self.fc = torch.nn.LSTM(5, 8, batch_first=True), torch.nn.Linear(16, 3)
-
-    def forward(self, x):
-        y, _ = self.rnn(x)
-        return self.fc(torch.nn.functional.interpolate(y, scale_factor=2.0, mode="nearest"))
-
-
-@pytest.fixture(scope="module", params=["torchscript", "dynamo"])
+@pytest.fixture(scope="module", params=[("torchscript", 17, False), ("dynamo", 18, True)], ids=["torchscript", "dynamo"])
 def upsampled(request, tmp_path_factory):
     """(path, onnxruntime session) of the model with a Resize node, exported once per module."""
-    module, x = _Upsampled().eval(), torch.zeros(2, 4, 5)
-    path = tmp_path_factory.mktemp("refusals") / f"upsampled-{request.param}.onnx"
-    axes = {"x": {0: "batch", 1: "time"}}
-    if request.param == "torchscript":
-        buf = io.BytesIO()
-        torch.onnx.export(module, (x,), buf, dynamo=False, opset_version=17, input_names=["x"],
-                          output_names=["out"], dynamic_axes=axes)
-        path.write_bytes(buf.getvalue())
-    else:
-        proto = torch.onnx.export(module, (x,), dynamo=True, input_names=["x"], output_names=["out"],
-                                  dynamic_axes=axes, verbose=False).model_proto
-        path.write_bytes(proto.SerializeToString())
+    exporter, opset, dynamic_time = request.param
+    path = tmp_path_factory.mktemp("refusals") / f"upsampled-{exporter}.onnx"
+    path.write_bytes(zoo.export(zoo.UpsampledSpec(), exporter, opset, 2, 4, dynamic_time))
     return str(path), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 

@@ -258,6 +258,35 @@ class _LastStep(nn.Module):
         return self.fc(y[:, -1] if self.batch_first else y[-1])
 
 
+@dataclass(frozen=True)
+class UpsampledSpec:
+    """LSTM, then ``F.interpolate`` over features (ONNX ``Resize``, an op lstminfer lacks), then Linear."""
+
+    seed: int = 0
+    name = "upsampled-lstm"
+    input_names = ("x",)
+    output_names = ("out",)
+
+    def axes(self) -> dict[str, dict[int, str]]:
+        return {"x": {0: BATCH, 1: TIME}, "out": {0: BATCH, 1: TIME}}
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return _Upsampled().eval()
+
+    def make_inputs(self, rng: np.random.Generator, batch: int, time: int) -> dict[str, np.ndarray]:
+        return {"x": rng.standard_normal((batch, time, 5), dtype=np.float32)}
+
+
+class _Upsampled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(5, 8, batch_first=True), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(nn.functional.interpolate(self.rnn(x)[0], scale_factor=2.0, mode="nearest"))
+
+
 def torch_outputs(spec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """What the PyTorch module itself computes for ``feeds`` (in output order)."""
     module = _module(spec)
