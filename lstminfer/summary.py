@@ -141,8 +141,8 @@ def format_unrunnable(path, error: Exception) -> str:
     """The summary of a model that parses but does not load (``error`` is why)."""
     from .onnx_import import import_model
     from .ops.registry import unsupported_nodes
-    from .state_pairing import find_pairing
     from .errors import NotStreamableError
+    from .state_pairing import find_pairing
 
     imported = import_model(path)
     graph = imported.graph
@@ -168,8 +168,23 @@ def format_unrunnable(path, error: Exception) -> str:
                      f"streamable={'yes' if layer.streamable else 'no'} ({layer.reason})")
     try:
         find_pairing(graph)
-        why = "its unsupported nodes must run first (with fallback='onnxruntime' the streaming analysis can run)"
+        why = _streamability_with_fallback(path)
     except NotStreamableError as e:
         why = str(e)
     lines.append(f"streamable: no ({why})")
     return "\n".join(lines)
+
+
+def _streamability_with_fallback(path) -> str:
+    """Why the model cannot stream even with its unsupported nodes run by onnxruntime (if installed)."""
+    from .errors import LstminferError
+    from .model import Model
+    from .streaming import streamability
+
+    unknown = "lstminfer cannot run it; with fallback='onnxruntime' "
+    try:
+        model = Model(path, fallback="onnxruntime")
+    except LstminferError as e:
+        return unknown + f"it does not load either: {e}"
+    ok, why = streamability(model)
+    return unknown + ("it would stream: " if ok else "it still could not: ") + why

@@ -63,6 +63,8 @@ def test_info_shows_a_model_it_cannot_run_with_the_node_flagged(upsampled, capsy
     assert re.search(r"UNSUPPORTED node '[^']*' \(Resize\)", out), out
     for line in ("inputs:", "x: float32", "outputs:", "LSTM x1", "recurrent layers: 1", "runs: no", "streamable: no"):
         assert line in out, f"{line!r} missing from:\n{out}"
+    streamable = next(line for line in out.splitlines() if line.startswith("streamable:"))
+    assert re.search(r"\(Resize\) prevents streaming: op Resize is not known to act on each time step", streamable)
 
 
 def test_quantize_refuses_a_model_lstminfer_cannot_run(upsampled, tmp_path):
