@@ -16,12 +16,11 @@ from .listing import brief
 
 
 def _cmd_info(args) -> int:
-    import lstminfer
-    from .summary import format_info
+    from .summary import info
 
-    model = lstminfer.load(_model_path(args.model), backend=args.backend, quantize=args.quantize)
-    print(format_info(model))
-    if args.plan:
+    text, model = info(args.model, backend=args.backend, quantize=args.quantize)  # model None: cannot run
+    print(text)
+    if args.plan and model is not None:
         print(model.describe())
     return 0
 

@@ -67,12 +67,14 @@ class Model:
     ``sess_options`` (an onnxruntime-style ``lstminfer.SessionOptions``), ``providers`` and
     ``provider_options`` are taken as onnxruntime takes them (``lstminfer.session_options`` says
     what each field does here); ``lstminfer.InferenceSession`` takes them positionally.
+    ``fallback="onnxruntime"`` runs the nodes lstminfer does not support through onnxruntime
+    (one InferenceSession per node, built at load; see ``lstminfer.ort_fallback``); off by default.
     An unknown keyword is a ``TypeError`` naming the closest valid one.
     """
 
     @strict_keywords
     def __init__(self, model: Any, backend: str = "auto", *, threads: int | None = None, quantize: str | None = None,
-                 sess_options: SessionOptions | None = None, providers: Any = None, provider_options: Any = None):
+                 fallback: str | None = None, sess_options: SessionOptions | None = None, providers: Any = None, provider_options: Any = None):
         self.session_options = _session_options(sess_options)
         self.cpu_provider_options = provider_settings(providers, provider_options)
         threads = _threads(threads, self.session_options)
@@ -99,9 +101,15 @@ class Model:
             from .quantization import quantize_dense_initializers
 
             self.quantized_dense = quantize_dense_initializers(graph, self.quantize)
-        self._ctx = BuildContext(opsets=graph.opsets, backend=self.backend,
-                                 options={"threads": threads, "quantize": self.quantize,
-                                          "initializers": frozenset(graph.initializers)})
+        options = {"threads": threads, "quantize": self.quantize, "initializers": frozenset(graph.initializers)}
+        self.fallback = fallback
+        self.fallback_nodes: list[str] = []  # labels of the nodes onnxruntime runs (fallback="onnxruntime")
+        if fallback is not None:
+            from .ort_fallback import fallback_kernels
+
+            options["node_kernels"] = kernels = fallback_kernels(graph, fallback, self._imported.source)
+            self.fallback_nodes = [k.label for k in kernels.values()]
+        self._ctx = BuildContext(opsets=graph.opsets, backend=self.backend, options=options)
         try:
             self._plan = Plan(graph, self._ctx)
         except Exception as e:
@@ -298,6 +306,10 @@ class Model:
         if self.rewritten_products:
             head.insert(3, "int8 products run as MatMul on their dequantized weights (weight-only int8): "
                            + ", ".join(self.rewritten_products))
+        if self.fallback is not None:
+            head.insert(3, f"fallback={self.fallback}: {len(self.fallback_nodes)} node(s) run by {self.fallback}"
+                           + (": " + ", ".join(self.fallback_nodes) if self.fallback_nodes else "")
+                           + "; every other node by lstminfer")
         if self.quantize:
             head.insert(3, f"quantize={self.quantize}: dense weights quantized at load: "
                            + (", ".join(self.quantized_dense) or "none (none float32 with >= 4096 values)"))

@@ -95,7 +95,8 @@ class Plan:
         steps: list[Step] = []
         for node in ordered:
             opset = ctx.opset(node.domain)
-            spec = ops.lookup(node, opset)
+            given = ctx.options.get("node_kernels", {}).get(node.outputs)  # e.g. the onnxruntime fallback's
+            spec = ops.lookup(node, opset) if given is None else None
             node_ctx = BuildContext(
                 opsets=ctx.opsets, backend=ctx.backend, options=ctx.options,
                 constant=self.constant,
@@ -104,7 +105,7 @@ class Plan:
                 # A body may read anything visible here: our values and our own scope.
                 node_scope = tuple(visible | scope)
                 node_ctx.compile_subgraph = _subgraph_compiler(ctx, node_scope, self.bodies)
-            kernel = spec.factory(node, node_ctx)
+            kernel = spec.factory(node, node_ctx) if given is None else given
             outer_names = tuple(n for sub in node.subgraphs() for n in sub.free_names())
             outer_names = tuple(dict.fromkeys(outer_names))
             step = Step(

@@ -77,6 +77,7 @@ def quantize(src: Any, dst: str | os.PathLike, mode: str = "int8", *, dense: boo
     if isinstance(src, (str, os.PathLike)) and _same_file(os.fspath(src), dst):
         raise InvalidArgumentError(f"destination '{dst}' is the source file; choose another path")
     model, source = _read(src)
+    _check_runnable(model, source)
     graph = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     summary = QuantizeSummary(source, dst, mode)
@@ -108,6 +109,18 @@ def quantize(src: Any, dst: str | os.PathLike, mode: str = "int8", *, dense: boo
     graph.node.extend(nodes)
     onnx.save(model, dst)
     return summary
+
+
+def _check_runnable(model, source: str) -> None:
+    """Refuse a model lstminfer cannot run: its quantized copy would not run either."""
+    from .onnx_import import import_model
+    from .ops.registry import unsupported_nodes
+
+    unsupported = unsupported_nodes(import_model(model).graph)
+    if unsupported:
+        more = f" (and {len(unsupported) - 1} more unsupported node(s))" if len(unsupported) > 1 else ""
+        raise UnsupportedModelError(f"{source}: lstminfer cannot run this model, so it does not quantize it: "
+                                    f"{unsupported[0][1]}{more}")
 
 
 def _read(src: Any):

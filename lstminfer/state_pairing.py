@@ -8,9 +8,11 @@ as graph outputs, so one run of one plan steps every layer at once.
 
 Graph inputs that only feed initial_h/initial_c (directly or through the
 exporter's glue: PyTorch's per-layer Slice of h0, ...) are *state inputs*;
-graph outputs computed only from Y_h/Y_c (PyTorch's Concat of h_n) are
-*state outputs*. A stream neither takes nor returns them: their glue is dead
-code in the streaming plan.
+graph outputs that copy Y_h/Y_c only through data movement (PyTorch's Concat
+of h_n) are *state outputs*. A stream neither takes nor returns them: their
+glue is dead code in the streaming plan. An output that computes something
+from the final state (a head, ``fc(h_n[-1])``) is a data output: each chunk
+gives it at the chunk's last step.
 """
 from __future__ import annotations
 
@@ -31,6 +33,9 @@ STATE_PORTS = {"LSTM": (("h", 5, 1), ("c", 6, 2)), "GRU": (("h", 5, 1),), "RNN":
 _SEQUENCE_LENS = 4
 _STATE_INPUT_PREFIX = "__stream_state_in"
 _STATE_OUTPUT_PREFIX = "__stream_state_out"
+# Ops that only move or pick state elements: an output reaching Y_h/Y_c through these alone is a state copy.
+_DATA_MOVEMENT = {"Identity", "Concat", "Squeeze", "Unsqueeze", "Reshape", "Transpose", "Slice", "Gather", "Split",
+                  "Cast", "Flatten", "Expand"}
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,9 @@ def find_pairing(graph: Graph) -> Pairing:
     state_outputs = [vi.name for vi in graph.outputs if _only_from_final_state(vi.name, producers, constants)]
     data_outputs = [vi for vi in graph.outputs if vi.name not in state_outputs]
     if not data_outputs:
-        raise NotStreamableError("every output of the model is a recurrent state: a stream would return nothing")
+        raise NotStreamableError(
+            f"every output of the model ({', '.join(state_outputs)}) is a copy of a recurrent state (h_n/c_n): "
+            "a stream would return nothing; read the state with Stream.state, or export a head on it")
 
     slots, nodes = _rewrite_nodes(graph, recurrent)
     stream_inputs = list(data_inputs)
@@ -204,17 +211,31 @@ def _check_initial_state_source(node: Node, kind: str, name: str, producers, all
 
 
 def _only_from_final_state(name: str, producers, constants: set[str]) -> bool:
-    """True if ``name`` is computed from recurrent Y_h/Y_c only (plus constants and shapes)."""
+    """True if ``name`` copies recurrent Y_h/Y_c only (plus constants) through data movement;
+    False for a graph input reached, a Y output, or any op that computes (a head on the state)."""
     reached_state = False
-    for value, producer in _sources(name, producers):
+    stack, seen = [name], set()
+    while stack:
+        value = stack.pop()
+        if value in seen:
+            continue
+        seen.add(value)
+        producer = producers.get(value)
         if producer is None:  # a graph input (data or state) or an initializer
             if value in constants:
                 continue
             return False
-        index = producer.outputs.index(value)
-        if index not in {out for _, _, out in STATE_PORTS[producer.op_type]}:
+        if producer.op_type in RECURRENT_OPS:
+            if producer.outputs.index(value) not in {out for _, _, out in STATE_PORTS[producer.op_type]}:
+                return False
+            reached_state = True
+        elif producer.op_type in ("Constant", "Shape"):
+            continue  # no data flows through: a constant, or only a shape
+        elif producer.op_type in _DATA_MOVEMENT:
+            # the moved data only: indices, shapes and axes inputs are not state
+            stack.extend(i for i in (producer.inputs if producer.op_type == "Concat" else producer.inputs[:1]) if i)
+        else:
             return False
-        reached_state = True
     return reached_state
 
 

@@ -9,6 +9,9 @@
     out = pool.step({a: xa, b: xb})     # one batched run of the model for both streams
     out = pool.step({a: x3, b: x1})     # chunks of 3 and 1 steps: padded and masked, or one run each
 
+A last-step head (``fc(y[:, -1])``, ``fc(h_n[-1])``) streams too: each chunk's output is the
+head at that chunk's last step, so after the final chunk it equals the whole-sequence output.
+
 State lives at the recurrent nodes (see ``state_pairing``): each chunk runs
 the *streaming plan*, where every LSTM/GRU/RNN node reads its carried state
 as initial_h/initial_c and hands back Y_h/Y_c. The model's own state inputs
@@ -90,7 +93,8 @@ class StreamProgram:
         axes = analyse(live, self.data_inputs, pairing.data_outputs, self.plan.constant,
                        graph.value_info, ctx.opset())
         self.time_axes: dict[str, int | None] = axes.input_axes
-        self.output_time_axes: dict[str, int] = axes.output_axes
+        self.output_time_axes: dict[str, int | None] = axes.output_axes  # None: a last-step head
+        self.last_step_picks = axes.last_step_picks
         self.batch_axes = {vi.name: _batch_axis(vi, self.time_axes[vi.name]) for vi in self.data_inputs}
         self.initial_state = self.state_from_inputs({})
         self.state_shapes = {k: v.shape for k, v in self.initial_state.items()}
@@ -134,8 +138,8 @@ class StreamProgram:
     def masked(self) -> tuple[Plan, Programs, tuple[int, ...]] | None:
         """(plan, programs, wanted) of the streaming graph with every recurrent node reading
         per-stream lengths (int32 [batch], fed after the carried states), or None where padding
-        chunks to one length is not exact: an input without a time or batch axis, an output
-        without a time axis. Exact otherwise: every node but the recurrent ones is time-local (the
+        chunks to one length is not exact: an input without a time or batch axis, a node picking
+        the last step of a per-step value (y[:, -1] would read a padded step). Exact otherwise: every node but the recurrent ones is time-local (the
         streamability analysis), and a recurrent node given lengths leaves a row's state at its
         last valid step, so padded steps reach no valid output. Built on first use."""
         if self._masked is False:
@@ -144,7 +148,7 @@ class StreamProgram:
             axes_known = not any(isinstance(s, HistorySlot) for s in self.slots) and all(
                 self.time_axes[vi.name] is not None and self.batch_axes[vi.name] is not None
                 and vi.kind == "tensor" for vi in self.data_inputs) \
-                and all(self.output_time_axes.get(n) is not None for n in self.output_names)
+                and not self.last_step_picks  # heads on Y_h/Y_c only: those hold each row's last valid step
             if axes_known:
                 graph = self.pairing.graph
                 nodes = [dataclasses.replace(n, inputs=_with_lengths(n.inputs)) if is_recurrent(n)
@@ -415,7 +419,8 @@ class StreamProgram:
             raise NotStreamableError(f"running the model on chunks of {list(_CHECK_CHUNKS)} steps failed: {e}") from e
         for i, name in enumerate(self.output_names):
             axis = self.output_time_axes[name]
-            got = np.concatenate([p[i] for p in pieces], axis=axis)
+            # a last-step head: the last chunk's output is the whole sequence's
+            got = pieces[-1][i] if axis is None else np.concatenate([p[i] for p in pieces], axis=axis)
             if got.shape != expected[i].shape or not np.allclose(got, expected[i], atol=_CHECK_ATOL, rtol=_CHECK_RTOL):
                 raise NotStreamableError(
                     f"output '{name}' differs between a whole sequence and the same sequence in chunks: "
@@ -760,7 +765,8 @@ class StreamPool:
             index = [slice(None)] * value.ndim
             t, cut = program.output_time_axes[name], []
             for row, length in zip(_split(value, self._output_axes[name], len(sids)), lengths.tolist()):
-                index[t] = slice(0, length)
+                if t is not None:  # a last-step head (on Y_h/Y_c) is already at the row's last valid step
+                    index[t] = slice(0, length)
                 cut.append(row[tuple(index)])
             per_output.append(cut)
         if len(outputs) == 1:

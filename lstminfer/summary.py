@@ -102,11 +102,13 @@ def format_info(model) -> str:
             lines.append(f"    runs on: {runs_on[layer.node]}")
         if precision.get(layer.node):
             lines.append(f"    precision: {precision[layer.node]}")
-    if layers:
-        from .streaming import streamability
+    from .streaming import streamability
 
-        ok, why = streamability(model)
-        lines.append(f"streamable: {'yes' if ok else 'no'} ({why})")
+    ok, why = streamability(model)
+    lines.append(f"streamable: {'yes' if ok else 'no'} ({why})")
+    fallback = getattr(model, "fallback_nodes", None)
+    if fallback:
+        lines.append(f"run by onnxruntime (fallback): {len(fallback)} node(s): " + ", ".join(fallback))
     lines.append(f"backend: {model.backend}")
     lines.append("cpu features: " + cpu_features_text())
     return "\n".join(lines)
@@ -119,3 +121,70 @@ def cpu_features_text() -> str:
         return f"unknown (native extension not built: {e})"
     flags = _cpu.features()
     return ", ".join(f"{k}={'yes' if v else 'no'}" for k, v in flags.items())
+
+
+def info(path, *, backend: str = "auto", quantize: str | None = None):
+    """``(text, model)`` for ``lstminfer info``: the loaded model's summary; for a model lstminfer
+    parses but cannot run, ``(text, None)``: its inputs, outputs, ops and layers, the unsupported
+    nodes flagged, and why it cannot stream."""
+    from .errors import UnsupportedModelError
+    from .model import Model
+
+    try:
+        model = Model(path, backend=backend, quantize=quantize)
+    except UnsupportedModelError as e:
+        return format_unrunnable(path, e), None
+    return format_info(model), model
+
+
+def format_unrunnable(path, error: Exception) -> str:
+    """The summary of a model that parses but does not load (``error`` is why)."""
+    from .onnx_import import import_model
+    from .ops.registry import unsupported_nodes
+    from .errors import NotStreamableError
+    from .state_pairing import find_pairing
+
+    imported = import_model(path)
+    graph = imported.graph
+    lines = [f"model: {imported.source}"]
+    if imported.producer_name:
+        lines.append(f"producer: {imported.producer_name} {imported.producer_version}".rstrip())
+    lines.append("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in graph.opsets.items()))
+    lines.append("inputs:")
+    lines += [f"  {vi.name}: {vi.dtype} {list(vi.shape) if vi.shape is not None else '?'}" for vi in graph.inputs]
+    lines.append("outputs:")
+    lines += [f"  {vi.name}: {vi.dtype} {list(vi.shape) if vi.shape is not None else '?'}" for vi in graph.outputs]
+    counts = op_counts(graph)
+    lines.append("ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(counts.items())))
+    unsupported = unsupported_nodes(graph)
+    lines.append(f"runs: no ({len(unsupported) or 'a'} node(s) lstminfer cannot run; "
+                 "load(..., fallback='onnxruntime') runs them through onnxruntime)")
+    lines.append("unsupported nodes:")
+    lines += [f"  UNSUPPORTED {why}" for _, why in unsupported] or [f"  {error}"]
+    layers = recurrent_layers(graph)
+    lines.append(f"recurrent layers: {len(layers)}")
+    for layer in layers:
+        lines.append(f"  {layer.node}: {layer.op_type} {layer.direction} hidden={layer.hidden_size} "
+                     f"streamable={'yes' if layer.streamable else 'no'} ({layer.reason})")
+    try:
+        find_pairing(graph)
+        why = _streamability_with_fallback(path)
+    except NotStreamableError as e:
+        why = str(e)
+    lines.append(f"streamable: no ({why})")
+    return "\n".join(lines)
+
+
+def _streamability_with_fallback(path) -> str:
+    """Why the model cannot stream even with its unsupported nodes run by onnxruntime (if installed)."""
+    from .errors import LstminferError
+    from .model import Model
+    from .streaming import streamability
+
+    unknown = "lstminfer cannot run it; with fallback='onnxruntime' "
+    try:
+        model = Model(path, fallback="onnxruntime")
+    except LstminferError as e:
+        return unknown + f"it does not load either: {e}"
+    ok, why = streamability(model)
+    return unknown + ("it would stream: " if ok else "it still could not: ") + why

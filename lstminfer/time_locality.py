@@ -10,9 +10,16 @@ raises ``NotStreamableError`` naming it. The rule is conservative: a node it
 cannot prove per-step is rejected.
 
 A value's kind is ``Time(axis, rank)``, ``FINAL`` (computed from a
-recurrent Y_h/Y_c: the state after the chunk, not per-step), ``SHAPE``
-(computed from the shape of a per-step value) or ``PLAIN`` (data that has
-no time axis); constants have no kind.
+recurrent Y_h/Y_c or from the last time step of a per-step value: the value
+after the chunk, not per-step), ``ShapeOf`` (computed from the shape of a
+per-step value; its entries followed symbolically where they can be, so a
+Reshape whose target keeps the time length, as dynamo exports compute it
+from Shape/Slice/Concat, is seen to keep the time axis) or ``PLAIN`` (data
+that has no time axis); constants have no kind.
+
+A ``FINAL`` output is a *last-step head* (``fc(y[:, -1])``, ``fc(h_n[-1])``):
+each chunk's output is the head at that chunk's last step, so after the
+final chunk it equals the whole-sequence output.
 """
 from __future__ import annotations
 
@@ -34,7 +41,34 @@ class Time:
     rank: int
 
 
-FINAL, SHAPE, PLAIN = "final", "shape", "plain"
+FINAL, PLAIN = "final", "plain"
+
+# A symbolic dimension: (constant factor, sorted symbols). A symbol is _TIME (the chunk length),
+# ("param", dim_param) or (value name, axis); equal expressions are equal sizes at run time.
+Dim = tuple
+_TIME = "time"
+
+
+@dataclass(frozen=True)
+class ShapeOf:
+    """A value computed from the shape of a per-step value: its entries (Dims) when followed, else None."""
+
+    dims: tuple | None = None
+
+
+def _const_dim(d: int) -> Dim:
+    return (int(d), ())
+
+
+def _mul_dims(a: Dim, b: Dim) -> Dim:
+    return (a[0] * b[0], tuple(sorted(a[1] + b[1], key=repr)))
+
+
+def _product(dims) -> Dim:
+    out = _const_dim(1)
+    for d in dims:
+        out = _mul_dims(out, d)
+    return out
 
 UNARY = {
     "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "Cast", "CastLike", "Ceil", "Celu", "Cos", "Cosh",
@@ -46,7 +80,8 @@ BROADCASTING = {
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Where", "Equal", "Less", "LessOrEqual",
     "Greater", "GreaterOrEqual", "And", "Or", "Xor", "PRelu", "Mod", "BitShift",
 }
-SHAPE_GLUE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Add", "Sub", "Mul", "Div"}
+SHAPE_GLUE = {"Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Identity", "Add", "Sub", "Mul", "Div",
+              "Reshape", "Max", "Min"}
 REDUCTIONS = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
               "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"}
 _INT64_MAX = 2**63 - 1
@@ -59,9 +94,11 @@ class _Reject(Exception):
 class Analysis:
     """Time axes of the data inputs and outputs of a streaming graph."""
 
-    def __init__(self, input_axes: dict[str, int | None], output_axes: dict[str, int]):
+    def __init__(self, input_axes: dict[str, int | None], output_axes: dict[str, int | None],
+                 last_step_picks: tuple[str, ...] = ()):
         self.input_axes = input_axes
-        self.output_axes = output_axes
+        self.output_axes = output_axes  # None: a last-step head (one value per chunk, no time axis)
+        self.last_step_picks = last_step_picks  # labels of the nodes that pick a per-step value's last step
 
 
 def analyse(nodes: Sequence[Node], data_inputs: Sequence[ValueInfo], data_outputs: Sequence[ValueInfo],
@@ -86,19 +123,40 @@ def analyse(nodes: Sequence[Node], data_inputs: Sequence[ValueInfo], data_output
         for vi, axis in zip(data_inputs, axes):
             kinds[vi.name] = PLAIN if axis is None else Time(axis, len(vi.shape))
         try:
-            _propagate(nodes, kinds, constant, value_info, opset)
+            picks: list[str] = []
+            _propagate(nodes, kinds, constant, value_info, opset, picks)
             output_axes = _check_outputs(nodes, data_outputs, kinds)
-            return Analysis(input_axes, output_axes)
+            return Analysis(input_axes, output_axes, tuple(picks))
         except _Reject as e:
             depth, message = e.args
-            assumed = ", ".join(f"'{n}' axis {a}" for n, a in input_axes.items())
-            message += f" (assuming time on {assumed}; a fixed-size axis cannot be the time axis)"
+            message += _assumption(data_inputs, input_axes)
             if best is None or depth > best[0]:
                 best = (depth, message)
     raise NotStreamableError(best[1])
 
 
-def _propagate(nodes, kinds, constant, value_info, opset) -> int:
+def _assumption(data_inputs: Sequence[ValueInfo], input_axes: dict[str, int | None]) -> str:
+    """What the analysis assumed; for an input whose only dynamic axis is the batch (or none), how to
+    export it with a dynamic time axis, which streaming needs."""
+    assumed = ", ".join(f"'{n}' axis {a}" for n, a in input_axes.items())
+    hints = []
+    for vi in data_inputs:
+        free = [i for i, d in enumerate(vi.shape) if not isinstance(d, int)]
+        batchish = [i for i in free if isinstance(vi.shape[i], str) and "batch" in vi.shape[i].lower()]
+        if len(vi.shape) < 2 or (free and free != batchish):
+            continue
+        guesses = [i for i in (0, 1) if i not in batchish]
+        axis = guesses[0] if len(guesses) == 1 else None
+        where = f"axis {axis}" if axis is not None else "axis 0 (time-first) or 1 (batch_first)"
+        shown = axis if axis is not None else 0
+        hints.append(f"input '{vi.name}' {list(vi.shape)} has a fixed time length: streaming needs its time axis "
+                     f"({where}) dynamic; export with torch.onnx.export(..., dynamic_axes={{'{vi.name}': "
+                     f"{{{shown}: 'time'}}}}) or, with dynamo=True, dynamic_shapes={{'{vi.name}': "
+                     f"{{{shown}: torch.export.Dim.DYNAMIC}}}}")
+    return f" (assuming time on {assumed}" + ("; " + "; ".join(hints) if hints else "") + ")"
+
+
+def _propagate(nodes, kinds, constant, value_info, opset, picks: list[str]) -> int:
     for position, node in enumerate(nodes):
         ins = [kinds.get(n) if n else None for n in node.inputs]
         outer = [kinds.get(n) for sub in node.subgraphs() for n in sub.free_names()]
@@ -110,7 +168,8 @@ def _propagate(nodes, kinds, constant, value_info, opset) -> int:
             continue
         elif FINAL in ins:
             if any(isinstance(k, Time) for k in ins):
-                _reject(position, node, "it mixes a recurrent node's final state (Y_h/Y_c) with per-step values")
+                _reject(position, node, "it mixes a value at the chunk's last step (a recurrent node's final "
+                        "state Y_h/Y_c, or y[-1]) with per-step values")
             outs = [FINAL] * len(node.outputs)
         elif any(isinstance(k, Time) for k in ins):
             rule = RULES.get(node.op_type)
@@ -120,10 +179,12 @@ def _propagate(nodes, kinds, constant, value_info, opset) -> int:
                 outs = rule(node, ins, _Ranks(constant, value_info, kinds, opset))
             except _Reject as e:
                 _reject(position, node, e.args[0])
-        elif SHAPE in ins:
-            if node.op_type not in SHAPE_GLUE:
+            if FINAL in outs:
+                picks.append(node.label())
+        elif any(isinstance(k, ShapeOf) for k in ins):
+            if node.op_type not in SHAPE_GLUE or (node.op_type == "Reshape" and ins[0] == PLAIN):
                 _reject(position, node, "it uses the shape of a per-step value (it may depend on the chunk length)")
-            outs = [SHAPE] * len(node.outputs)
+            outs = [ShapeOf(_shape_glue(node, ins, constant))] + [ShapeOf()] * (len(node.outputs) - 1)
         else:
             outs = [PLAIN] * len(node.outputs)
         for name, kind in zip(node.outputs, outs):
@@ -145,8 +206,10 @@ def _check_outputs(nodes, data_outputs, kinds) -> dict[str, int]:
             axes[vi.name] = kind.axis
             continue
         where = producers[vi.name].label() if vi.name in producers else f"input '{vi.name}'"
-        why = {FINAL: "it is computed from a recurrent node's final state (Y_h/Y_c), not per step",
-               SHAPE: "it is computed from the shape of the input"}.get(kind, "it has no time axis")
+        if kind == FINAL:  # a last-step head: one value per chunk
+            axes[vi.name] = None
+            continue
+        why = "it is computed from the shape of the input" if isinstance(kind, ShapeOf) else "it has no time axis"
         raise _Reject(len(nodes), f"{where} prevents streaming: output '{vi.name}': {why}")
     return axes
 
@@ -154,6 +217,36 @@ def _check_outputs(nodes, data_outputs, kinds) -> dict[str, int]:
 class _Ranks:
     def __init__(self, constant, value_info, kinds, opset):
         self.constant, self.value_info, self.kinds, self.opset = constant, value_info, kinds, opset
+
+    def dims(self, name: str) -> list[Dim] | None:
+        """The symbolic dims of a per-step value: time, fixed sizes, dim_params, else (name, axis)."""
+        kind = self.kinds.get(name)
+        if not isinstance(kind, Time):
+            return None
+        vi = self.value_info.get(name)
+        shape = vi.shape if vi is not None and vi.shape is not None and len(vi.shape) == kind.rank else None
+        out = []
+        for i in range(kind.rank):
+            d = shape[i] if shape is not None else None
+            if i == kind.axis:
+                out.append((1, (_TIME,)))
+            elif isinstance(d, int) and d >= 0:
+                out.append(_const_dim(d))
+            elif isinstance(d, str) and d:
+                out.append((1, (("param", d),)))
+            else:
+                out.append((1, ((name, i),)))
+        return out
+
+    def target_dims(self, name: str) -> list[Dim] | None:
+        """A Reshape target's entries as dims: from a constant, or from followed shape arithmetic."""
+        value = self.constant(name)
+        if value is not None:
+            return [_const_dim(v) for v in np.asarray(value).reshape(-1).tolist()]
+        kind = self.kinds.get(name)
+        if isinstance(kind, ShapeOf) and kind.dims is not None:
+            return list(kind.dims)
+        return None
 
     def rank(self, name: str) -> int | None:
         kind = self.kinds.get(name)
@@ -285,7 +378,11 @@ def _gather(node, ins, r):
             raise _Reject("both its data and indices are per-step")
         axis = _norm(axis, data.rank)
         if axis == data.axis:
-            raise _Reject("it picks elements along the time axis")
+            picked = r.constant(node.inputs[1])
+            if picked is not None and np.size(picked) == 1 and int(np.asarray(picked).reshape(-1)[0]) == -1:
+                return [FINAL]  # y[:, -1]: a last-step head
+            raise _Reject("it picks elements along the time axis (only the last step, index -1, streams: "
+                          "each chunk then gives the head at its last step)")
         ri = r.rank(node.inputs[1])
         if ri is None:
             raise _Reject("the rank of its indices is unknown")
@@ -338,35 +435,48 @@ def _slice(node, ins, r):
     starts, ends = r.ints(node, "starts", 1), r.ints(node, "ends", 2)
     axes = r.ints(node, "axes", 3) or list(range(len(starts)))
     steps = r.ints(node, "steps", 4) or [1] * len(starts)
+    last = False
     for s, e, a, st in zip(starts, ends, axes, steps):
         if _norm(a, t.rank) == t.axis and not (s == 0 and st == 1 and e >= _INT64_MAX // 2):
-            raise _Reject("it slices the time axis")
-    return [t]
+            if s == -1 and st == 1 and e >= _INT64_MAX // 2:
+                last = True  # y[:, -1:]: the last step
+                continue
+            raise _Reject("it slices the time axis (only the last step, [-1:], streams)")
+    return [FINAL if last else t]
 
 
 def _reshape(node, ins, r):
+    """Row-major: time stays an axis of its own iff the entries before it multiply to the same size."""
     t = ins[0]
-    target = r.ints(node, "shape", 1)
-    source = r.shape(node.inputs[0]) or ()
-    if target is None:
+    if isinstance(ins[1], Time):
+        raise _Reject("its target shape is per-step")
+    target = r.target_dims(node.inputs[1])
+    source = r.dims(node.inputs[0])
+    if target is None or source is None:
         raise _Reject("its target shape is unknown")
     if node.attr("allowzero", 0):
         raise _Reject("allowzero=1")
-    if len(target) <= t.axis:
-        raise _Reject("it folds the time axis into another axis")
-    for i in range(t.axis):  # axes before time must be kept as they are
-        same = target[i] == 0 or (i < len(source) and isinstance(source[i], int) and source[i] == target[i])
-        if not same:
-            raise _Reject("it may merge the time axis with the axes before it")
-    if target[t.axis] == -1:
-        after = source[t.axis + 1:] if len(source) == t.rank else None
-        kept = target[t.axis + 1:]
-        if after is None or not all(isinstance(d, int) for d in after) or any(d <= 0 for d in kept) or \
-                int(np.prod(after)) != int(np.prod(kept)):
-            raise _Reject("it may merge the time axis with the axes after it")
-    elif target[t.axis] != 0:
-        raise _Reject("it fixes the length of the time axis")
-    return [Time(t.axis, len(target))]
+    resolved = []
+    for i, d in enumerate(target):
+        if d == _const_dim(0):  # 0 copies the source's dim
+            if i >= len(source):
+                raise _Reject("its target copies a dim the input does not have")
+            d = source[i]
+        resolved.append(None if d == _const_dim(-1) else d)
+    before, after = _product(source[:t.axis]), _product(source[t.axis + 1:])
+    for j, d in enumerate(resolved):
+        if d is not None and d != (1, (_TIME,)):
+            continue  # only the time length itself, or the one -1, can be the time axis
+        head, tail = resolved[:j], resolved[j + 1:]
+        if any(x is not None and _TIME in x[1] for x in head + tail):
+            continue
+        head_ok = None not in head and _product(head) == before
+        tail_ok = None not in tail and _product(tail) == after
+        if d is None and not (head_ok and tail_ok):
+            continue  # a -1 is the time axis only if both sides are known to match
+        if head_ok or (d is not None and None in head and tail_ok):
+            return [Time(j, len(target))]
+    raise _Reject("it may merge the time axis with other axes, or fix its length")
 
 
 def _reduce(node, ins, r):
@@ -385,7 +495,57 @@ def _reduce(node, ins, r):
 
 
 def _shape(node, ins, r):
-    return [SHAPE]
+    dims = r.dims(node.inputs[0])
+    if dims is None:
+        return [ShapeOf()]
+    rank = len(dims)
+    start, end = node.attr("start", 0), node.attr("end", rank)
+    return [ShapeOf(tuple(dims[slice(max(-rank, min(start, rank)), max(-rank, min(end, rank)))]))]
+
+
+def _shape_glue(node, ins, constant) -> tuple | None:
+    """The dims of shape arithmetic (Slice/Gather/Concat/Mul/... over 1-D int vectors), else None."""
+    def entries(index):
+        if index >= len(node.inputs) or not node.inputs[index]:
+            return None
+        kind = ins[index]
+        if isinstance(kind, ShapeOf):
+            return None if kind.dims is None else list(kind.dims)
+        value = constant(node.inputs[index])
+        if value is None or np.asarray(value).dtype.kind not in "iu":
+            return None
+        return [_const_dim(v) for v in np.asarray(value).reshape(-1).tolist()]
+
+    def ints(index):
+        if index >= len(node.inputs) or not node.inputs[index]:
+            return None
+        value = constant(node.inputs[index])
+        return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+
+    op, data = node.op_type, entries(0)
+    if op in ("Identity", "Cast", "Unsqueeze", "Squeeze", "Reshape"):
+        return None if data is None else tuple(data)
+    if op == "Concat":
+        parts = [entries(i) for i in range(len(node.inputs))]
+        return None if any(p is None for p in parts) else tuple(d for p in parts for d in p)
+    if op == "Gather":
+        picks = ints(1)
+        if data is None or picks is None or any(not -len(data) <= i < len(data) for i in picks):
+            return None
+        return tuple(data[i] for i in picks)
+    if op == "Slice":
+        starts, ends = node.attr("starts", None) or ints(1), node.attr("ends", None) or ints(2)
+        axes, steps = node.attr("axes", None) or ints(3) or [0], ints(4) or [1]
+        if data is None or not starts or not ends or len(starts) != 1 or axes not in ([0], [-1]) or steps != [1]:
+            return None
+        return tuple(data[starts[0]:ends[0]])  # ONNX clamps step-1 bounds as Python does
+    if op == "Mul":
+        other = entries(1)
+        if data is None or other is None or (len(data) != len(other) and 1 not in (len(data), len(other))):
+            return None
+        n = max(len(data), len(other))
+        return tuple(_mul_dims(data[i if len(data) > 1 else 0], other[i if len(other) > 1 else 0]) for i in range(n))
+    return None  # Add, Sub, Div, ...: followed as an opaque shape
 
 
 def _recurrent(node: Node, ins, position: int):

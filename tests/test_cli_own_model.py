@@ -29,7 +29,7 @@ TINY = ["--duration", "0.005", "--seq-len", "8", "--pool", "3"]  # bench: a frac
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """name -> path of small PyTorch exports: a streaming LSTM (h0/c0 in, h_n/c_n out), a token classifier
-    (Embedding + LSTM, not streamable: it reads the last step), a bidirectional GRU."""
+    (Embedding + LSTM, a last-step head: it streams), a bidirectional GRU."""
     folder = tmp_path_factory.mktemp("own_models")
     specs = {
         "lstm": torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True, batch_first=True),
@@ -128,7 +128,7 @@ def test_demo_shows_the_range_of_generated_token_ids(exported, capsys):
     line = next(line for line in out.splitlines() if "generated inputs (seed" in line)
     assert "tokens int64 [1, 200] in 0.." in line
     assert int(line.rsplit("..", 1)[1]) == exported["specs"]["classifier"].vocab - 1  # 200 draws cover all 30 ids
-    assert "streaming: not streamable" in out and "all checks passed" in out
+    assert "streamed == whole-sequence: yes" in out and "all checks passed" in out  # a last-step head streams
 
 
 # -- quantize --report on any model ------------------------------------------------------------

@@ -37,6 +37,11 @@ Limitations of torch 2.13 that shape the tests:
   symbolic while a Reshape keeps the constant 7, so any other T fails in
   onnxruntime too.  Dynamo exports therefore mark only the batch axis
   dynamic, and the time length is fixed at export (``example_time``).
+  Batch_first models are the exception: ``Dim.DYNAMIC`` on their time axis
+  (axis 1) holds (``export(..., dynamic_time=True)``), which streaming needs;
+  after some other nn.LSTM exports in one process it fails the same way, so
+  such an export is redone in a fresh process.
+* dynamo: ``fc(h_n[-1])`` does not export with a dynamic time axis.
 * dynamo: nn.RNN has no ONNX RNN translation; it is unrolled per time step.
 * dynamo: the first nn.GRU export in a process specializes the batch axis
   too (input shape [7, 3, 5] although ``Dim("batch")`` was given); the same
@@ -202,6 +207,86 @@ class _Classifier(nn.Module):
         return self.softmax(self.head(y[:, -1]))
 
 
+@dataclass(frozen=True)
+class LastStepSpec:
+    """The usual classifier/regressor: nn.LSTM/GRU then Linear on the last step, ``x -> out``.
+
+    ``pick`` "y": ``fc(y[:, -1])`` (batch_first) or ``fc(y[-1])``; "h_n": ``fc(h_n[-1])``.
+    """
+
+    kind: str = "LSTM"
+    pick: str = "y"
+    batch_first: bool = True
+    num_layers: int = 2
+    input_size: int = 5
+    hidden_size: int = 8
+    classes: int = 3
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"last-{self.kind.lower()}-{self.pick}-L{self.num_layers}" + ("-batch_first" if self.batch_first else "")
+
+    input_names = ("x",)
+    output_names = ("out",)
+
+    def axes(self) -> dict[str, dict[int, str]]:
+        return {"x": {0: BATCH, 1: TIME} if self.batch_first else {0: TIME, 1: BATCH}, "out": {0: BATCH}}
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return _LastStep(self).eval()
+
+    def make_inputs(self, rng: np.random.Generator, batch: int, time: int) -> dict[str, np.ndarray]:
+        shape = (batch, time, self.input_size) if self.batch_first else (time, batch, self.input_size)
+        return {"x": rng.standard_normal(shape, dtype=np.float32)}
+
+
+class _LastStep(nn.Module):
+    def __init__(self, spec: LastStepSpec):
+        super().__init__()
+        cls, extra = KINDS[spec.kind]
+        self.rnn = cls(spec.input_size, spec.hidden_size, num_layers=spec.num_layers, batch_first=spec.batch_first,
+                       **extra)
+        self.fc = nn.Linear(spec.hidden_size, spec.classes)
+        self.pick, self.batch_first = spec.pick, spec.batch_first
+
+    def forward(self, x):
+        y, state = self.rnn(x)
+        if self.pick == "h_n":
+            return self.fc((state[0] if isinstance(state, tuple) else state)[-1])
+        return self.fc(y[:, -1] if self.batch_first else y[-1])
+
+
+@dataclass(frozen=True)
+class UpsampledSpec:
+    """LSTM, then ``F.interpolate`` over features (ONNX ``Resize``, an op lstminfer lacks), then Linear."""
+
+    seed: int = 0
+    name = "upsampled-lstm"
+    input_names = ("x",)
+    output_names = ("out",)
+
+    def axes(self) -> dict[str, dict[int, str]]:
+        return {"x": {0: BATCH, 1: TIME}, "out": {0: BATCH, 1: TIME}}
+
+    def build(self) -> nn.Module:
+        torch.manual_seed(self.seed)
+        return _Upsampled().eval()
+
+    def make_inputs(self, rng: np.random.Generator, batch: int, time: int) -> dict[str, np.ndarray]:
+        return {"x": rng.standard_normal((batch, time, 5), dtype=np.float32)}
+
+
+class _Upsampled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn, self.fc = nn.LSTM(5, 8, batch_first=True), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc(nn.functional.interpolate(self.rnn(x)[0], scale_factor=2.0, mode="nearest"))
+
+
 def torch_outputs(spec, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
     """What the PyTorch module itself computes for ``feeds`` (in output order)."""
     module = _module(spec)
@@ -216,20 +301,24 @@ def _module(spec) -> nn.Module:
     return spec.build()
 
 
-def export(spec, exporter: str, opset: int, example_batch: int = 3, example_time: int = 7) -> bytes:
+def export(spec, exporter: str, opset: int, example_batch: int = 3, example_time: int = 7,
+           dynamic_time: bool = False) -> bytes:
     """The spec's module exported to ONNX bytes, cached per arguments.
 
     torchscript: batch and time axes dynamic (``dynamic_axes``).
     dynamo: batch axis dynamic (``dynamic_shapes``); time fixed to
     ``example_time`` because torch.export specializes it (see module doc).
     ``example_batch`` must be >= 2: torch.export specializes sizes 0 and 1.
+    ``dynamic_time`` (dynamo): the time axis dynamic too (``Dim.DYNAMIC``), which torch.export
+    keeps for batch_first models (time on axis 1) and refuses for time-first ones.
     """
     # Positional call: lru_cache keys f(a, t=7) and f(a) differently.
-    return _export_cached(spec, exporter, opset, example_batch, example_time)
+    return _export_cached(spec, exporter, opset, example_batch, example_time, dynamic_time)
 
 
 @functools.lru_cache(maxsize=None)
-def _export_cached(spec, exporter: str, opset: int, example_batch: int, example_time: int) -> bytes:
+def _export_cached(spec, exporter: str, opset: int, example_batch: int, example_time: int,
+                   dynamic_time: bool = False) -> bytes:
     module = _module(spec)
     feeds = spec.make_inputs(np.random.default_rng(0), example_batch, example_time)
     args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
@@ -247,16 +336,41 @@ def _export_cached(spec, exporter: str, opset: int, example_batch: int, example_
             # The first nn.GRU export in a process comes back with the batch axis
             # specialized (see module doc); the same call again keeps it dynamic.
             for _attempt in range(2):
-                proto = _dynamo_export(module, args, spec, opset)
+                try:
+                    proto = _dynamo_export(module, args, spec, opset, dynamic_time)
+                except Exception:  # torch.onnx's TorchExportError
+                    if not dynamic_time:
+                        raise
+                    # After some other nn.LSTM exports in the same process torch.export infers a
+                    # static time length ("tracing inferred a static shape of 7"); a fresh one does not.
+                    return _export_in_child(spec, opset, example_batch, example_time)
                 if _batch_axes_symbolic(proto, axes):
                     return proto.SerializeToString()
             raise RuntimeError(f"dynamo export of {spec.name} kept a static batch axis twice")
     raise ValueError(f"unknown exporter {exporter!r}; expected 'torchscript' or 'dynamo'")
 
 
-def _dynamo_export(module: nn.Module, args: tuple, spec, opset: int) -> onnx.ModelProto:
+def _export_in_child(spec, opset: int, example_batch: int, example_time: int) -> bytes:
+    """``export(spec, "dynamo", ..., dynamic_time=True)`` in a fresh Python process."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+    code = ("import pickle, sys; import torch_models as zoo; spec, args = pickle.load(sys.stdin.buffer); "
+            "sys.stdout.buffer.write(zoo.export(spec, 'dynamo', *args, dynamic_time=True))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], input=pickle.dumps((spec, (opset, example_batch, example_time))),
+                          capture_output=True, env=env, check=False)
+    if done.returncode:
+        raise RuntimeError(f"dynamo export of {spec.name} with a dynamic time axis failed:\n"
+                           f"{done.stderr.decode(errors='replace')[-2000:]}")
+    return done.stdout
+
+
+def _dynamo_export(module: nn.Module, args: tuple, spec, opset: int, dynamic_time: bool = False) -> onnx.ModelProto:
     batch = torch.export.Dim("batch")
-    shapes = {n: {ax: batch for ax, role in spec.axes()[n].items() if role == BATCH}
+    roles = {BATCH: batch, TIME: torch.export.Dim.DYNAMIC} if dynamic_time else {BATCH: batch}
+    shapes = {n: {ax: roles[role] for ax, role in spec.axes()[n].items() if role in roles}
               for n in spec.input_names}
     program = torch.onnx.export(module, args, dynamo=True, opset_version=opset,
                                 input_names=list(spec.input_names),

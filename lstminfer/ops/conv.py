@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import InvalidModelError
 from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR
 from ..graph import Node
-from .registry import BuildContext, register
+from .registry import INTERNAL_DOMAIN, BuildContext, register
 from .tensor import attr_choice, attr_flag, attr_int, attr_ints, fail, unsupported_attr
 
 Array = np.ndarray
@@ -421,7 +421,7 @@ _register_global("GlobalMaxPool", np.max)
 # ---------------------------------------------------------------- streaming
 
 
-@register("TimeHistory", domain="lstminfer")
+@register("TimeHistory", domain=INTERNAL_DOMAIN)
 def time_history(node: Node, ctx: BuildContext):
     """A stream's carried input frames in front of a causal window over time (``conv_streaming``):
     (x [.., T, ..], history [.., frames, ..]) -> (history + x along ``axis``, its last ``frames``)."""

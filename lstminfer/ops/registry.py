@@ -133,8 +133,19 @@ def register(op_type: str, domain: str = "", *, since: int = 1, until: int | Non
     return wrap
 
 
+SUPPORTED_OPS_DOC = "the 'Supported ops' section of README.md (or lstminfer.ops.registry.supported_ops())"
+
+
 def lookup(node: Node, opset: int) -> OpSpec:
-    """The spec that runs ``node`` at ``opset``; raise a clear error if none."""
+    """The spec that runs ``node`` at ``opset``; raise a clear one-line error if none."""
+    spec, why = find(node, opset)
+    if spec is None:
+        raise UnsupportedModelError(why)
+    return spec
+
+
+def find(node: Node, opset: int) -> tuple[OpSpec | None, str]:
+    """(the spec that runs ``node`` at ``opset``, "") or (None, why not: one line)."""
     domain = _norm_domain(node.domain)
     module = _MODULE_OF.get((domain, node.op_type))
     if module is not None:
@@ -142,20 +153,36 @@ def lookup(node: Node, opset: int) -> OpSpec:
     specs = _REGISTRY.get((domain, node.op_type))
     where = f"{node.label()}, domain '{node.domain or 'ai.onnx'}', opset {opset}"
     if not specs:
-        raise UnsupportedModelError(
-            f"{where}: op type '{node.op_type}' is not supported. "
-            f"Supported ops: {', '.join(supported_ops())}"
-        )
+        return None, (f"{where}: op type '{node.op_type}' is not supported by lstminfer (supported ops: "
+                      f"{SUPPORTED_OPS_DOC}; load(..., fallback='onnxruntime') runs such nodes through onnxruntime)")
     for spec in specs:
         if spec.since <= opset and (spec.until is None or opset <= spec.until):
-            return spec
+            return spec, ""
     ranges = ", ".join(f"{s.since}-{s.until or 'current'}" for s in specs)
-    raise UnsupportedModelError(
-        f"{where}: opset {opset} of '{node.op_type}' is not supported (supported opsets: {ranges})"
-    )
+    return None, f"{where}: opset {opset} of '{node.op_type}' is not supported (supported opsets: {ranges})"
+
+
+def unsupported_nodes(graph: Graph) -> list[tuple[Node, str]]:
+    """Every node of ``graph`` (subgraph bodies included) that no factory runs, with why."""
+    ctx = BuildContext(opsets=graph.opsets)
+    found = []
+
+    def walk(g: Graph) -> None:
+        for node in g.nodes:
+            spec, why = find(node, ctx.opset(node.domain))
+            if spec is None:
+                found.append((node, why))
+            for sub in node.subgraphs():
+                walk(sub)
+
+    walk(graph)
+    return found
+
+
+INTERNAL_DOMAIN = "lstminfer"  # ops the loader inserts itself (a causal conv's carried frames): not a model's
 
 
 def supported_ops() -> list[str]:
-    """Sorted 'domain:Op' names (default domain without prefix)."""
+    """Sorted 'domain:Op' names (default domain without prefix) a model may use."""
     load_all()
-    return sorted(f"{d + ':' if d else ''}{op}" for d, op in _REGISTRY)
+    return sorted(f"{d + ':' if d else ''}{op}" for d, op in _REGISTRY if d != INTERNAL_DOMAIN)
