@@ -229,11 +229,12 @@ def test_quantized_lstm_without_initial_states_streams(tmp_path):
     path = _quantize_dynamic(_lstm_model("forward", with_states=False), tmp_path, True, QuantType.QInt8)
     model = lstminfer.load(path)
     x = np.random.default_rng(4).standard_normal((9, 1, 8)).astype(np.float32)
-    whole = model.run(["Y"], {"X": x})[0]  # the stream's output ("out" is a head on Y_h)
+    whole_y, whole_out = model.run(["Y", "out"], {"X": x})  # "out" is a head on Y_h: a last-step head
     stream = model.stream()
     assert all(v.dtype == np.float32 for v in stream.state.values())
     parts = [stream.step(x[a:b]) for a, b in ((0, 4), (4, 5), (5, 9))]
-    np.testing.assert_allclose(np.concatenate(parts), whole, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([p["Y"] for p in parts]), whole_y, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(parts[-1]["out"], whole_out, rtol=0, atol=1e-6)
 
 
 def test_int8_rows_keep_stored_values_and_re_round_the_rest():
