@@ -135,7 +135,11 @@ _BFLOAT16 = 16
 
 def _bfloat16_widened(t, where: str) -> np.ndarray:
     dims = tuple(int(d) for d in t.dims)
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"{where}: negative dimension in dims {list(dims)}")
+    count = 1
+    for d in dims:  # Python ints: a product of huge dims must not wrap around
+        count *= d
     if t.HasField("raw_data"):
         if len(t.raw_data) != 2 * count:
             raise InvalidModelError(f"{where}: raw_data holds {len(t.raw_data)} bytes, expected {2 * count} "
@@ -183,11 +187,10 @@ def _strings(t, where: str) -> np.ndarray:
 
 
 def _external(t, where: str) -> np.ndarray:
-    # Data not loaded from beside a model file (bytes or a ModelProto in memory):
-    # onnx resolves the location relative to the working directory, as before.
-    from onnx import numpy_helper
-
-    try:
-        return np.asarray(numpy_helper.to_array(t)).reshape(-1)
-    except Exception as e:
-        raise InvalidModelError(f"{where}: cannot read external tensor data ({e})") from None
+    # Data beside a model file was read in by onnx_import before this; a model given as bytes
+    # or a ModelProto has no directory to resolve the location against (reading it relative to
+    # the working directory would let a model read any file there).
+    location = next((e.value for e in t.external_data if e.key == "location"), "?")
+    raise InvalidModelError(
+        f"{where}: its data lives in an external file ('{location}') that a model given as bytes or "
+        "a ModelProto has no directory to find; load the model from its file path")
