@@ -50,13 +50,15 @@ def decode(blob: Any, fingerprint: str, shapes: Mapping[str, tuple[int, ...]],
     blob = bytes(blob)
     if not blob or not (blob.startswith(MAGIC) or MAGIC.startswith(blob)):
         raise InvalidInputError("not a saved lstminfer stream state (bad magic bytes)")
+    if len(blob) >= 20:  # magic + version: another format's blob says so before anything else
+        version = struct.unpack_from("<I", blob, 16)[0]
+        if version != VERSION:
+            raise InvalidInputError(f"saved stream state has format version {version}; this lstminfer reads "
+                                    f"version {VERSION} (save the state again with this release)")
     if len(blob) < _FIXED.size:
         raise InvalidInputError(f"saved stream state is truncated ({len(blob)} bytes, the fixed header alone "
                                 f"is {_FIXED.size})")
-    _, version, length, crc = _FIXED.unpack_from(blob)
-    if version != VERSION:
-        raise InvalidInputError(f"saved stream state has format version {version}; this lstminfer reads "
-                                f"version {VERSION} (save the state again with this release)")
+    _, _, length, crc = _FIXED.unpack_from(blob)
     rest = blob[_FIXED.size:]
     if length > len(rest):
         raise InvalidInputError(f"saved stream state is truncated: its header needs {length} bytes, "
