@@ -153,6 +153,13 @@ def _all_tensors(graph):
 def import_model(model: Any) -> ImportedModel:
     """Parse ``model`` (path, bytes or ModelProto) into an ``ImportedModel``."""
     proto, source = read_model(model)
+    try:
+        return _import_proto(proto, source)
+    except UnicodeDecodeError as e:  # protobuf decodes string fields (names, docs) only when read
+        raise InvalidModelError(f"{source}: a name or string field of the model is not valid UTF-8 ({e})") from None
+
+
+def _import_proto(proto, source: str) -> ImportedModel:
     opsets = _opsets(proto, source)
     if proto.functions:
         import onnx.inliner

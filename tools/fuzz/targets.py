@@ -106,8 +106,9 @@ def _hostile_array(fdp, rank_hint: int) -> tuple[np.ndarray, np.ndarray]:
     if layout == 1 and hostile.ndim >= 2:  # Fortran order
         hostile = np.asfortranarray(hostile)
     elif layout == 2 and hostile.ndim >= 1:  # every other element of a twice-as-long array
-        doubled = np.repeat(hostile, 2, axis=0)
-        hostile, native = doubled[::2], np.ascontiguousarray(doubled[::2]).astype(native.dtype)
+        doubled = np.zeros((2 * hostile.shape[0],) + hostile.shape[1:], hostile.dtype)  # (np.repeat loops
+        doubled[::2] = hostile                                                             # over empty rows)
+        hostile = doubled[::2]
     elif layout == 3:  # read-only
         hostile = hostile.copy()
         hostile.setflags(write=False)
