@@ -62,6 +62,12 @@ def load(data: bytes) -> None:
     except LstminferError:
         return
     model.describe()  # what a loaded model reports must not fail either
+    from lstminfer.sample_inputs import sample_feeds
+
+    try:  # and it runs, or says why not
+        model.run(None, sample_feeds(model, time=3, batch=1))
+    except LstminferError:
+        pass
 
 
 # -------------------------------------------------------------------- feeds --
