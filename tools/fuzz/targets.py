@@ -218,10 +218,23 @@ def state_blobs() -> dict[str, bytes]:
     return out
 
 
+def _resealed(data: bytes) -> bytes:
+    """``data`` with a valid CRC-32 in its fixed header: a crafted blob, so the mutations reach
+    the header and entry checks behind the checksum."""
+    import struct
+    import zlib
+
+    if len(data) < 28:
+        return data
+    return data[:24] + struct.pack("<I", zlib.crc32(data[28:])) + data[28:]
+
+
 def state(data: bytes) -> None:
     global _states
     if _states is None:
         _states = _States()
+    if data[-1:] and data[-1] & 1:  # half the inputs: crafted, past the checksum
+        data = _resealed(data)
     model = _states.model
     try:
         restored = model.stream(state=data)
