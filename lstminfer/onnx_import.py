@@ -408,7 +408,10 @@ def _sparse_tensor(st, where: str) -> np.ndarray:
     bounds = size if indices.ndim == 1 else np.asarray(dims, dtype=np.int64)
     if indices.size and (np.any(indices < 0) or np.any(indices >= bounds)):
         raise InvalidModelError(f"{where}: an index is out of range for dims {list(dims)}")
-    dense = np.zeros(dims, dtype=values.dtype)
+    try:
+        dense = np.zeros(dims, dtype=values.dtype)
+    except ValueError as e:  # an empty tensor's dims can still be more than NumPy holds
+        raise InvalidModelError(f"{where}: dims {list(dims)} cannot be a NumPy array ({e})") from None
     if indices.ndim == 1:
         dense.reshape(-1)[indices] = values
     else:

@@ -125,7 +125,7 @@ def to_array(t, where: str) -> np.ndarray:
             f"{where}: {source} holds {array.size} values, expected {count} for dims {list(dims)} "
             f"({dtype.name if dtype != object else 'string'})"
         )
-    array = array.reshape(dims)
+    array = _shaped(array, dims, where)
     array.setflags(write=False)  # initializers are shared by every run
     return array
 
@@ -150,9 +150,17 @@ def _bfloat16_widened(t, where: str) -> np.ndarray:
         if bits.size != count:
             raise InvalidModelError(f"{where}: int32_data holds {bits.size} values, expected {count} "
                                     f"for dims {list(dims)} (bfloat16)")
-    array = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).reshape(dims)
+    array = _shaped((bits.astype(np.uint32) << np.uint32(16)).view(np.float32), dims, where)
     array.setflags(write=False)
     return array
+
+
+def _shaped(array: np.ndarray, dims: tuple, where: str) -> np.ndarray:
+    """``array`` in shape ``dims``; an empty tensor's dims can still be more than NumPy holds."""
+    try:
+        return array.reshape(dims)
+    except ValueError as e:
+        raise InvalidModelError(f"{where}: dims {list(dims)} cannot be a NumPy array ({e})") from None
 
 
 def _raw(raw: bytes, dtype: np.dtype, count: int, dims: tuple, where: str) -> np.ndarray:
