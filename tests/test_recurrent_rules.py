@@ -94,6 +94,7 @@ def _breakers():
                                                  inputs=with_inputs(op, sequence_lens=1))
     B["W.shape"] = lambda op: build(op, inits={"W": np.zeros((1, GATES[op] * H + 1, I), np.float32)})
     B["R.shape"] = lambda op: build(op, inits={"R": np.zeros((1, GATES[op] * H, H + 1), np.float32)})
+    B["R.rank"] = lambda op: build(op, attrs={"hidden_size": None}, inits={"R": np.zeros((1, GATES[op] * H), np.float32)})
     B["B.shape"] = lambda op: build(op, inits={"B": np.zeros((1, GATES[op] * H), np.float32)})
     B["sequence_lens.shape"] = lambda op: build(op, inits={"sequence_lens": np.full((BATCH, 1), T, np.int32)},
                                                  inputs=with_inputs(op, sequence_lens=1))
@@ -128,6 +129,13 @@ def test_a_model_breaking_the_rule_is_refused_naming_node_and_rule(op, rule):
         lstminfer.load(BREAKERS[rule.id](op))
     message = str(info.value)
     assert f"node '{NODE}' ({op})" in message and f"rule {rule.id}:" in message, message
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_without_hidden_size_a_constant_r_of_the_wrong_rank_is_refused(op):
+    """(a fuzz finding: the shape rules were skipped when hidden_size was unknown)"""
+    with pytest.raises(InvalidModelError, match=r"hidden_size=unknown.*rule R.shape:"):
+        lstminfer.load(BREAKERS["R.rank"](op))
 
 
 @pytest.mark.parametrize("op", OPS)

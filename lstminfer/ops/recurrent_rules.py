@@ -276,27 +276,31 @@ def _input_dtypes_agree(s: Subject) -> str | None:
 
 
 def _expected_shapes(s: Subject) -> dict[int, tuple[tuple, str]]:
-    """Input index -> (shape with None for "any", meaning) of the inputs with a known shape."""
+    """Input index -> (shape with None for "any", meaning); sizes that need hidden_size are None
+    when it is unknown (no attribute, R not known at load: then only ranks and directions count)."""
     G, D, H = GATES[s.op], s.num_directions, s.hidden_size()
+
+    def times(k: int) -> int | None:
+        return None if H is None else k * H
+
     state = ((None, D, H), "[batch_size, num_directions, hidden_size]") if s.attr("layout", 0) == 1 \
         else ((D, None, H), "[num_directions, batch_size, hidden_size]")
     shapes = {
-        1: ((D, G * H, None), f"[num_directions, {G}*hidden_size, input_size]"),
-        2: ((D, G * H, H), f"[num_directions, {G}*hidden_size, hidden_size]"),
-        3: ((D, 2 * G * H), f"[num_directions, {2 * G}*hidden_size]"),
+        1: ((D, times(G), None), f"[num_directions, {G}*hidden_size, input_size]"),
+        2: ((D, times(G), H), f"[num_directions, {G}*hidden_size, hidden_size]"),
+        3: ((D, times(2 * G)), f"[num_directions, {2 * G}*hidden_size]"),
         4: ((None,), "[batch_size]"),
         5: state,
     }
     if s.op == "LSTM":
         shapes[6] = state
-        shapes[7] = ((D, 3 * H), "[num_directions, 3*hidden_size]")
+        shapes[7] = ((D, times(3)), "[num_directions, 3*hidden_size]")
     return shapes
 
 
 def _input_shape(index: int) -> Callable[[Subject], str | None]:
     def check_shape(s: Subject) -> str | None:
-        H = s.hidden_size()
-        if H is None or index >= len(s.node.inputs) or not s.node.inputs[index]:
+        if index >= len(s.node.inputs) or not s.node.inputs[index]:
             return None
         value = s.constant(index)
         if value is None:
@@ -305,9 +309,14 @@ def _input_shape(index: int) -> Callable[[Subject], str | None]:
         got = np.shape(value)
         if len(got) == len(shape) and all(e is None or e == g for e, g in zip(shape, got)):
             return None
-        shown = [("input_size" if index == 1 else "batch_size") if e is None else e for e in shape]
+        batch_axis = 0 if s.attr("layout", 0) == 1 else 1
+        free = {1: (2, "input_size"), 4: (0, "batch_size"), 5: (batch_axis, "batch_size"),
+                6: (batch_axis, "batch_size")}.get(index)  # the axis any size fits, and its name
+        shown = [e if e is not None else (free[1] if free and free[0] == i else "?") for i, e in enumerate(shape)]
+        H = s.hidden_size()
         return (f"input '{INPUTS[s.op][index]}' ('{s.node.inputs[index]}') has shape {list(got)}, "
-                f"expected {shown} = {meaning} for hidden_size={H}, direction '{s.attr('direction', 'forward')}'")
+                f"expected {shown} = {meaning} for hidden_size={'unknown' if H is None else H}, "
+                f"direction '{s.attr('direction', 'forward')}'")
     return check_shape
 
 
