@@ -73,7 +73,7 @@ def test_an_empty_feed_whose_other_dims_would_size_huge_outputs_is_refused(backe
                 model.run(None, {"X": np.empty(shape, np.float32)})
 
 
-@pytest.mark.parametrize("perm", [[1, 0], 1])  # 1: an INT attribute where INTS is due
+@pytest.mark.parametrize("perm", [[1, 0], 0])  # 0: an INT attribute where INTS is due
 def test_a_transpose_perm_that_does_not_fit_its_input_is_a_clear_error(perm):
     transpose = helper.make_node("Transpose", ["X"], ["Xt"], name="t", perm=perm)
     model = lstminfer.load(rnn_model([transpose], x_name="Xt", x_shape=("N", "T", I)))
