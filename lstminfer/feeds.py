@@ -122,6 +122,8 @@ def shape_text(shape) -> str:
 
 
 def _check_tensor(vi: ValueInfo, value: np.ndarray, where: str, check_shape: bool) -> np.ndarray:
+    if vi.dtype is not None and not value.dtype.isnative and value.dtype.newbyteorder("=") == vi.dtype:
+        value = value.astype(vi.dtype)  # big-endian values read as what they are (never reinterpreted)
     if vi.dtype is not None:
         ok = value.dtype == vi.dtype or (vi.dtype == np.dtype(object) and value.dtype.kind in "OUS")
         if not ok:
@@ -129,6 +131,8 @@ def _check_tensor(vi: ValueInfo, value: np.ndarray, where: str, check_shape: boo
             raise InvalidInputError(
                 f"{where}: wrong dtype: expected tensor({onnx_type_name(vi.dtype)}), got tensor({got})"
             )
+    if value.size == 0 and value.ndim > 1:
+        _check_empty_extent(value, where)
     if check_shape and vi.shape is not None:
         if value.ndim != len(vi.shape):
             raise InvalidInputError(
@@ -142,6 +146,21 @@ def _check_tensor(vi: ValueInfo, value: np.ndarray, where: str, check_shape: boo
                     f"got {got} (shape {tuple(value.shape)})"
                 )
     return value
+
+
+# A zero-size feed costs nothing, yet its other dims still size the outputs (a batch of 10^9
+# empty sequences has 10^9 final states): past what a non-empty feed could hold, refuse it.
+MAX_EMPTY_EXTENT_BYTES = 1 << 24
+
+
+def _check_empty_extent(value: np.ndarray, where: str) -> None:
+    extent = value.dtype.itemsize
+    for d in value.shape:
+        extent *= max(d, 1)
+    if extent > MAX_EMPTY_EXTENT_BYTES:
+        raise InvalidInputError(
+            f"{where}: shape {tuple(value.shape)} is empty but its other dimensions span {extent} bytes "
+            f"(limit {MAX_EMPTY_EXTENT_BYTES >> 20} MiB): outputs sized by them could not be allocated")
 
 
 def _known_dtype(dtype: np.dtype) -> bool:

@@ -153,6 +153,13 @@ def _all_tensors(graph):
 def import_model(model: Any) -> ImportedModel:
     """Parse ``model`` (path, bytes or ModelProto) into an ``ImportedModel``."""
     proto, source = read_model(model)
+    try:
+        return _import_proto(proto, source)
+    except UnicodeDecodeError as e:  # protobuf decodes string fields (names, docs) only when read
+        raise InvalidModelError(f"{source}: a name or string field of the model is not valid UTF-8 ({e})") from None
+
+
+def _import_proto(proto, source: str) -> ImportedModel:
     opsets = _opsets(proto, source)
     if proto.functions:
         import onnx.inliner
@@ -375,10 +382,36 @@ def _tensor(t, where: str) -> np.ndarray:
     return onnx_proto.to_array(t, where)
 
 
+# A sparse initializer is made dense at load: refuse one whose dense form is absurdly large.
+MAX_SPARSE_DENSE_BYTES = 1 << 30
+
+
 def _sparse_tensor(st, where: str) -> np.ndarray:
     values = _tensor(st.values, where)
     indices = _tensor(st.indices, where).astype(np.int64)
-    dense = np.zeros(tuple(st.dims), dtype=values.dtype)
+    dims = tuple(int(d) for d in st.dims)
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"{where}: negative dimension in dims {list(dims)}")
+    size = 1
+    for d in dims:
+        size *= d
+    if size * values.dtype.itemsize > MAX_SPARSE_DENSE_BYTES:
+        raise InvalidModelError(f"{where}: dims {list(dims)} make a dense tensor of {size} elements, "
+                                f"over the {MAX_SPARSE_DENSE_BYTES >> 20} MiB lstminfer builds from a sparse one")
+    if values.ndim != 1:
+        raise InvalidModelError(f"{where}: values must be 1-D, got shape {list(values.shape)}")
+    flat_ok = indices.ndim == 1 and indices.shape[0] == values.shape[0]
+    coords_ok = indices.ndim == 2 and indices.shape == (values.shape[0], len(dims))
+    if not (flat_ok or coords_ok):
+        raise InvalidModelError(f"{where}: indices of shape {list(indices.shape)} do not fit {values.shape[0]} "
+                                f"values of a rank-{len(dims)} tensor ([NNZ] or [NNZ, rank])")
+    bounds = size if indices.ndim == 1 else np.asarray(dims, dtype=np.int64)
+    if indices.size and (np.any(indices < 0) or np.any(indices >= bounds)):
+        raise InvalidModelError(f"{where}: an index is out of range for dims {list(dims)}")
+    try:
+        dense = np.zeros(dims, dtype=values.dtype)
+    except ValueError as e:  # an empty tensor's dims can still be more than NumPy holds
+        raise InvalidModelError(f"{where}: dims {list(dims)} cannot be a NumPy array ({e})") from None
     if indices.ndim == 1:
         dense.reshape(-1)[indices] = values
     else:

@@ -125,7 +125,7 @@ def to_array(t, where: str) -> np.ndarray:
             f"{where}: {source} holds {array.size} values, expected {count} for dims {list(dims)} "
             f"({dtype.name if dtype != object else 'string'})"
         )
-    array = array.reshape(dims)
+    array = _shaped(array, dims, where)
     array.setflags(write=False)  # initializers are shared by every run
     return array
 
@@ -135,7 +135,11 @@ _BFLOAT16 = 16
 
 def _bfloat16_widened(t, where: str) -> np.ndarray:
     dims = tuple(int(d) for d in t.dims)
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"{where}: negative dimension in dims {list(dims)}")
+    count = 1
+    for d in dims:  # Python ints: a product of huge dims must not wrap around
+        count *= d
     if t.HasField("raw_data"):
         if len(t.raw_data) != 2 * count:
             raise InvalidModelError(f"{where}: raw_data holds {len(t.raw_data)} bytes, expected {2 * count} "
@@ -146,9 +150,17 @@ def _bfloat16_widened(t, where: str) -> np.ndarray:
         if bits.size != count:
             raise InvalidModelError(f"{where}: int32_data holds {bits.size} values, expected {count} "
                                     f"for dims {list(dims)} (bfloat16)")
-    array = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32).reshape(dims)
+    array = _shaped((bits.astype(np.uint32) << np.uint32(16)).view(np.float32), dims, where)
     array.setflags(write=False)
     return array
+
+
+def _shaped(array: np.ndarray, dims: tuple, where: str) -> np.ndarray:
+    """``array`` in shape ``dims``; an empty tensor's dims can still be more than NumPy holds."""
+    try:
+        return array.reshape(dims)
+    except ValueError as e:
+        raise InvalidModelError(f"{where}: dims {list(dims)} cannot be a NumPy array ({e})") from None
 
 
 def _raw(raw: bytes, dtype: np.dtype, count: int, dims: tuple, where: str) -> np.ndarray:
@@ -183,11 +195,10 @@ def _strings(t, where: str) -> np.ndarray:
 
 
 def _external(t, where: str) -> np.ndarray:
-    # Data not loaded from beside a model file (bytes or a ModelProto in memory):
-    # onnx resolves the location relative to the working directory, as before.
-    from onnx import numpy_helper
-
-    try:
-        return np.asarray(numpy_helper.to_array(t)).reshape(-1)
-    except Exception as e:
-        raise InvalidModelError(f"{where}: cannot read external tensor data ({e})") from None
+    # Data beside a model file was read in by onnx_import before this; a model given as bytes
+    # or a ModelProto has no directory to resolve the location against (reading it relative to
+    # the working directory would let a model read any file there).
+    location = next((e.value for e in t.external_data if e.key == "location"), "?")
+    raise InvalidModelError(
+        f"{where}: its data lives in an external file ('{location}') that a model given as bytes or "
+        "a ModelProto has no directory to find; load the model from its file path")

@@ -27,13 +27,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import struct
 import threading
 from typing import Any, Mapping
 
 import numpy as np
 
+from . import state_blob
 from .c_runtime import _runtime
 from .conv_streaming import HistorySlot, with_time_history
 from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
@@ -45,9 +44,7 @@ from .program import Programs
 from .state_pairing import Pairing, StateSlot, find_pairing, is_recurrent
 from .time_locality import analyse
 
-FORMAT_MAGIC = b"LSTMINFER-STREAM"
-FORMAT_VERSION = 1
-_HEADER = struct.Struct("<16sII")  # magic, version, header length
+FORMAT_MAGIC, FORMAT_VERSION = state_blob.MAGIC, state_blob.VERSION  # the saved-state format: state_blob.py
 _CHECK_CHUNKS = (2, 3)  # the load-time check runs T=5 whole and as 2+3
 _CHECK_ATOL, _CHECK_RTOL = 1e-5, 1e-4
 _KNOWN_SHAPES = 64  # chunk shapes a pool remembers as checked (bounds the set under arbitrary T)
@@ -278,47 +275,11 @@ class StreamProgram:
         return out
 
     def save(self, state: Mapping[str, np.ndarray]) -> bytes:
-        entries, payload, offset = [], [], 0
-        for s in self.slots:
-            data = np.ascontiguousarray(state[s.key]).tobytes()
-            entries.append({"key": s.key, "dtype": state[s.key].dtype.str, "shape": list(state[s.key].shape),
-                            "offset": offset, "nbytes": len(data)})
-            payload.append(data)
-            offset += len(data)
-        header = json.dumps({"fingerprint": self.fingerprint, "entries": entries}).encode()
-        return _HEADER.pack(FORMAT_MAGIC, FORMAT_VERSION, len(header)) + header + b"".join(payload)
+        return state_blob.encode(self.fingerprint, {s.key: state[s.key] for s in self.slots})
 
     def load(self, blob: bytes) -> dict[str, np.ndarray]:
-        if not isinstance(blob, (bytes, bytearray, memoryview)):
-            raise InvalidArgumentError(f"a saved state is bytes from save(), got {type(blob).__name__}")
-        blob = bytes(blob)
-        if len(blob) < _HEADER.size or blob[:16] != FORMAT_MAGIC:
-            raise InvalidInputError("not a saved lstminfer stream state (bad magic bytes)")
-        _, version, length = _HEADER.unpack_from(blob)
-        if version != FORMAT_VERSION:
-            raise InvalidInputError(f"saved stream state has format version {version}; "
-                                    f"this lstminfer reads version {FORMAT_VERSION}")
-        try:
-            header = json.loads(blob[_HEADER.size:_HEADER.size + length])
-        except ValueError as e:
-            raise InvalidInputError(f"saved stream state has a corrupt header: {e}") from None
-        if header.get("fingerprint") != self.fingerprint:
-            raise InvalidInputError(
-                f"saved stream state belongs to a different model (fingerprint {str(header.get('fingerprint'))[:12]}..., "
-                f"this model {self.fingerprint[:12]}...)"
-            )
-        payload = blob[_HEADER.size + length:]
-        state = {}
-        for entry in header["entries"]:
-            key = entry["key"]
-            start, n = entry["offset"], entry["nbytes"]
-            if key not in self.state_shapes or start + n > len(payload):
-                raise InvalidInputError(f"saved stream state is truncated or has an unknown entry '{key}'")
-            value = np.frombuffer(payload[start:start + n], dtype=np.dtype(entry["dtype"])).reshape(entry["shape"])
-            state[key] = value.copy()
-        if set(state) != set(self.state_shapes):
-            raise InvalidInputError(f"saved stream state has entries {sorted(state)}, expected {sorted(self.state_shapes)}")
-        return self.checked_state(state, self.initial_state)
+        """The full state in ``blob`` (bytes from ``save``); ``InvalidInputError`` for anything else."""
+        return state_blob.decode(blob, self.fingerprint, self.state_shapes, self.state_dtypes)
 
     # -- pool support -----------------------------------------------------------
     def output_batch_axes(self) -> dict[str, int | None]:
@@ -517,8 +478,12 @@ class Stream:
         """Copies of the carried states, by key (the recurrent nodes' Y_h/Y_c names)."""
         return {s.key: np.array(v) for s, v in zip(self._program.slots, self._states)}
 
-    def set_state(self, state: Mapping[str, Any]) -> None:
-        """Set some carried states by key, or all of them from the model's state inputs (h0/c0)."""
+    def set_state(self, state: Mapping[str, Any] | bytes) -> None:
+        """Set some carried states by key, or all of them from the model's state inputs (h0/c0) or
+        from bytes of ``save()``; a refused state leaves the stream as it was."""
+        if isinstance(state, (bytes, bytearray, memoryview)):
+            self._set(self._program.load(state))
+            return
         current = dict(zip((s.key for s in self._program.slots), self._states))
         self._set(self._program.checked_state(state, current))
 
@@ -620,10 +585,14 @@ class StreamPool:
         with self.lock:
             return self._read(self._slot(sid))
 
-    def set_state(self, sid: int, state: Mapping[str, Any]) -> None:
+    def set_state(self, sid: int, state: Mapping[str, Any] | bytes) -> None:
+        """As ``Stream.set_state`` (bytes of ``save`` too); a refused state changes no stream."""
         with self.lock:
             slot = self._slot(sid)
-            self._write(slot, self._program.checked_state(state, self._read(slot)))
+            if isinstance(state, (bytes, bytearray, memoryview)):
+                self._write(slot, self._program.load(state))
+            else:
+                self._write(slot, self._program.checked_state(state, self._read(slot)))
 
     def save(self, sid: int) -> bytes:
         with self.lock:

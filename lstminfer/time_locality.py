@@ -318,8 +318,10 @@ def _broadcasting(node, ins, r):
 
 def _transpose(node, ins, r):
     t = ins[0]
-    perm = node.attr("perm", list(reversed(range(t.rank))))
-    return [Time(list(perm).index(t.axis), t.rank)]
+    perm = [int(v) for v in np.asarray(node.attr("perm", list(reversed(range(t.rank))))).reshape(-1)]  # as the kernel reads it
+    if len(perm) != t.rank or t.axis not in perm:  # the kernel refuses it at run time
+        raise _Reject(f"perm {perm} does not fit an input of rank {t.rank}")
+    return [Time(perm.index(t.axis), t.rank)]
 
 
 def _squeeze(node, ins, r):

@@ -96,6 +96,8 @@ cdef class FeedChecks:
                 return None
             if descr_of(value) != <PyObject*>self.dtypes[k] or cnp.PyArray_NDIM(<cnp.ndarray>value) != self.rank[k]:
                 return None
+            if cnp.PyArray_SIZE(<cnp.ndarray>value) == 0:  # empty: its other dims may still be huge (full check)
+                return None
             dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
             for j in range(self.dim_at[k], self.dim_at[k + 1]):
                 if dims[self.axis[j]] != self.size[j]:

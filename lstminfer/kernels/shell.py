@@ -192,7 +192,9 @@ class RecurrentShell:
             Y = np.empty((batch, T, D, H), dtype=_F32)
             states = np.empty((S, batch, D, H), dtype=_F32)
             Y_tm, states_tm = Y.transpose(1, 2, 0, 3), states.transpose(0, 2, 1, 3)
-        if self._batch_parts > 1 and batch >= MIN_ROWS_PER_PART * self._batch_parts:
+        if batch == 0:  # empty outputs; no steps to run (T may be huge)
+            status = 0
+        elif self._batch_parts > 1 and batch >= MIN_ROWS_PER_PART * self._batch_parts:
             status = self._split_batch(X, lens, has_lens, h0, has_h0, c0, has_c0, Y_tm, states_tm, T, batch)
         else:
             status = self._run_rows(X, lens, has_lens, h0, has_h0, c0, has_c0, Y_tm, states_tm, T, batch, False)

@@ -145,6 +145,8 @@ def _scan(step: StepFn, X: np.ndarray, lens: np.ndarray, states: tuple[np.ndarra
     """
     T = X.shape[0]
     Y = np.zeros((T,) + states[0].shape, dtype=X.dtype)
+    if X.shape[1] == 0:  # no batch entries: nothing to step through (T may be huge)
+        return Y, states
     order = range(T - 1, -1, -1) if reverse else range(T)
     for t in order:
         active = (t < lens)[:, None]  # [B, 1]
