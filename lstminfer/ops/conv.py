@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import InvalidModelError
 from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR
 from ..graph import Node
+from ..kernels import conv_native
 from .registry import BuildContext, register
 from .tensor import attr_choice, attr_flag, attr_int, attr_ints, fail, unsupported_attr
 
@@ -233,7 +234,7 @@ def conv(node: Node, ctx: BuildContext):
         if kernel_attr is not None and tuple(kernel_attr) != W.shape[2:]:
             raise fail(node, f"kernel_shape {kernel_attr} differs from W's kernel {list(W.shape[2:])}")
 
-    window = packed = packed_bias = None
+    window = packed = packed_bias = native = None
     if W_const is not None:  # repacked once, here
         W_const = np.asarray(W_const)
         check_w(W_const)
@@ -242,6 +243,9 @@ def conv(node: Node, ctx: BuildContext):
         packed = pack_conv_weights(W_const, groups, work)
         if B_const is not None:
             packed_bias = np.ascontiguousarray(B_const, dtype=work).reshape(-1)
+        if work == np.float32 and W_const.ndim <= 5 and (B_const is not None or len(node.inputs) < 3
+                                                         or not node.inputs[2]) and conv_native.available():
+            native = conv_native.NativeConv(W_const, packed_bias, groups, window.dilations, window.strides, relu)
     elif kernel_attr is not None:
         window = _window(node, kernel_attr)  # validates the attributes at load
 
@@ -262,10 +266,16 @@ def conv(node: Node, ctx: BuildContext):
             raise fail(node, f"X of shape {x.shape} and a {len(win.kernel)}-D kernel differ in rank")
         if bias is not None and bias.size != w.shape[0] * w.shape[1]:
             raise fail(node, f"B has {bias.size} values; the conv has {w.shape[0] * w.shape[1]} output channels")
+        if native is not None and w is packed and x.dtype == np.float32:
+            if x.shape[1] != groups * native.Cg:
+                raise fail(node, f"input has {x.shape[1]} channels; W expects {groups * native.Cg} "
+                                 f"({groups} group(s) of {native.Cg})")
+            return (native.run(x, *win.geometry(node, x.shape[2:])),)
         y = conv_into(x.astype(work, copy=False), w, bias, win, node, groups, relu)
         return (y.astype(x.dtype, copy=False),)
 
-    kernel.describe = "numpy im2col + BLAS GEMM, weights packed at load" \
+    kernel.describe = ("native conv (li_conv.h), weights packed at load; numpy im2col + BLAS GEMM otherwise"
+                       if native is not None else "numpy im2col + BLAS GEMM, weights packed at load") \
         + (f", BatchNormalization '{folded}' folded in" if folded else "") \
         + (f", {activation[0]} '{activation[1]}' fused" if activation else "")
     return kernel
@@ -302,6 +312,9 @@ def max_pool(node: Node, ctx: BuildContext):
         begins, ends, outs = window.geometry(node, x.shape[2:])
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
         if not with_indices:
+            y = conv_native.max_pool(x, window.kernel, window.strides, window.dilations, begins, outs)
+            if y is not None:
+                return (y,)
             larger = np.fmax if x.dtype.kind == "f" else np.maximum  # fmax: a NaN loses, as in onnxruntime
             return (_pool_by_axis(x, window, begins, ends, extra, outs, _lowest(x.dtype), larger),)
         padded = _padded(x, begins, ends, extra, _lowest(x.dtype))
