@@ -7,7 +7,7 @@ cdef extern from "li_conv.h":
                  const float* wpack, idx Mg, idx K, const idx* koff, const idx* pos, idx L,
                  const float* bias, int relu, float* y, float* scratch, float* panel) noexcept nogil
     void li_max_pool2d(const float* x, idx P, idx H, idx W, float* y, idx OH, idx OW, idx kh, idx kw,
-                       idx sh, idx sw, idx dh, idx dw, idx ph, idx pw) noexcept nogil
+                       idx sh, idx sw, idx dh, idx dw, idx ph, idx pw, float* row) noexcept nogil
 
 CONV_TILE = (LI_CONV_MR, LI_CONV_NR)  # (rows of W, output positions) per micro-kernel call in this build
 
@@ -40,13 +40,15 @@ def conv(const float[::1] x, idx N, idx G, idx Cg, const idx[::1] ins, const idx
 
 
 def max_pool2d(const float[::1] x, idx P, idx H, idx W, float[::1] y, idx OH, idx OW, idx kh, idx kw,
-               idx sh, idx sw, idx dh, idx dw, idx ph, idx pw):
-    """y [P, OH, OW] = MaxPool of planes x [P, H, W] (li_max_pool2d)."""
+               idx sh, idx sw, idx dh, idx dw, idx ph, idx pw, float[::1] row):
+    """y [P, OH, OW] = MaxPool of planes x [P, H, W] (li_max_pool2d); ``row``: scratch of the windows' width."""
     if x.shape[0] != P * H * W or y.shape[0] != P * OH * OW:
         raise ValueError("max_pool2d: sizes do not match")
     if min(kh, kw, sh, sw, dh, dw) < 1 or ph < 0 or pw < 0:
         raise ValueError("max_pool2d: bad window")
+    if OW > 0 and row.shape[0] < (OW - 1) * sw + (kw - 1) * dw + 1:
+        raise ValueError("max_pool2d: row scratch too small")
     if P == 0 or OH == 0 or OW == 0:
         return
     with nogil:
-        li_max_pool2d(&x[0], P, H, W, &y[0], OH, OW, kh, kw, sh, sw, dh, dw, ph, pw)
+        li_max_pool2d(&x[0], P, H, W, &y[0], OH, OW, kh, kw, sh, sw, dh, dw, ph, pw, &row[0])

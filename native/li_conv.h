@@ -118,34 +118,37 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
 static inline float li_fmax(float m, float v) { return (v > m || m != m) ? v : m; }
 
 /* MaxPool over planes [P, H, W] -> [P, OH, OW] (1-D: H = OH = 1), taps outside the input count
-   as -inf (pads and ceil_mode's overhang), NaN losing as in np.fmax. */
+   as -inf (pads and ceil_mode's overhang), NaN losing as in np.fmax. One axis at a time: each
+   output row first takes the max of its kh input rows (whole rows, vectorized) into ``row``
+   [(OW-1)*sw + (kw-1)*dw + 1] (its padding columns -inf), then of kw taps along that row. */
 static inline void li_max_pool2d(const float *x, ptrdiff_t P, ptrdiff_t H, ptrdiff_t W, float *y, ptrdiff_t OH,
                                  ptrdiff_t OW, ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw,
-                                 ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t ph, ptrdiff_t pw) {
+                                 ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t ph, ptrdiff_t pw, float *row) {
+    ptrdiff_t width = (OW - 1) * sw + (kw - 1) * dw + 1;
+    ptrdiff_t inside = W < width - pw ? W : width - pw;  /* input columns the windows reach */
+    if (inside < 0) inside = 0;
+    float nan = __builtin_nanf(""), ninf = -__builtin_inff();
     for (ptrdiff_t p = 0; p < P; p++) {
         const float *xp = x + p * H * W;
         float *yp = y + p * OH * OW;
         for (ptrdiff_t oh = 0; oh < OH; oh++) {
             ptrdiff_t h0 = oh * sh - ph;
-            int h_inside = h0 >= 0 && h0 + (kh - 1) * dh < H;
-            for (ptrdiff_t ow = 0; ow < OW; ow++) {
-                ptrdiff_t w0 = ow * sw - pw;
-                float m = __builtin_nanf("");
-                if (h_inside && w0 >= 0 && w0 + (kw - 1) * dw < W) {
-                    for (ptrdiff_t i = 0; i < kh; i++) {
-                        const float *row = xp + (h0 + i * dh) * W + w0;
-                        for (ptrdiff_t j = 0; j < kw; j++) m = li_fmax(m, row[j * dw]);
-                    }
-                } else {
-                    for (ptrdiff_t i = 0; i < kh; i++) {
-                        ptrdiff_t h = h0 + i * dh;
-                        for (ptrdiff_t j = 0; j < kw; j++) {
-                            ptrdiff_t w = w0 + j * dw;
-                            m = li_fmax(m, (h >= 0 && h < H && w >= 0 && w < W) ? xp[h * W + w] : -__builtin_inff());
-                        }
-                    }
-                }
-                yp[oh * OW + ow] = m;
+            int outside = 0;
+            for (ptrdiff_t w = 0; w < width; w++) row[w] = (w < pw || w >= pw + inside) ? ninf : nan;
+            for (ptrdiff_t i = 0; i < kh; i++) {
+                ptrdiff_t h = h0 + i * dh;
+                if (h < 0 || h >= H) { outside = 1; continue; }
+                const float *src = xp + h * W;
+                float *dst = row + pw;
+                for (ptrdiff_t w = 0; w < inside; w++) dst[w] = li_fmax(dst[w], src[w]);
+            }
+            if (outside)
+                for (ptrdiff_t w = 0; w < width; w++) row[w] = li_fmax(row[w], ninf);
+            float *out = yp + oh * OW;
+            for (ptrdiff_t o = 0; o < OW; o++) out[o] = row[o * sw];
+            for (ptrdiff_t j = 1; j < kw; j++) {
+                const float *tap = row + j * dw;
+                for (ptrdiff_t o = 0; o < OW; o++) out[o] = li_fmax(out[o], tap[o * sw]);
             }
         }
     }

@@ -101,6 +101,7 @@ def max_pool(x: np.ndarray, kernel, strides, dilations, begins, outs) -> np.ndar
     OH, OW = two(outs, 1)
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = two(kernel, 1), two(strides, 1), two(dilations, 1), two(begins, 0)
     y = np.empty(x.shape[:2] + tuple(outs), dtype=_F32)
+    row = np.empty((OW - 1) * sw + (kw - 1) * dw + 1, dtype=_F32)
     module.max_pool2d(x.reshape(-1), x.shape[0] * x.shape[1], H, W, y.reshape(-1), OH, OW, kh, kw, sh, sw, dh, dw,
-                      ph, pw)
+                      ph, pw, row)
     return y
