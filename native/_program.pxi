@@ -571,17 +571,20 @@ cdef class Recurrent(Instr):
 
 cdef class PyCall(Instr):
     """An op without a C instruction: its NumPy kernel called on views of the program's memory,
-    its outputs copied to their places (declined when one differs from the compiled signature)."""
+    its outputs copied to their places (declined when one differs from the compiled signature).
+    ``into``: the kernel takes ``out=`` (views of those places) and returns them when it wrote there."""
     cdef object kernel, step, on_error
+    cdef bint into
     cdef tuple args  # per input: None, ("obj", value) or ("ref", ref, shape, strides, dtype)
     cdef tuple outer_names
     cdef tuple outer_at  # positions in args of the outer-scope values (after the inputs)
     cdef tuple outs  # per output: None (unused) or (ref, shape, dtype)
     cdef Py_ssize_t ninputs
 
-    def __init__(self, kernel, tuple args, Py_ssize_t ninputs, tuple outer_names, tuple outs, step, on_error):
+    def __init__(self, kernel, tuple args, Py_ssize_t ninputs, tuple outer_names, tuple outs, step, on_error,
+                 bint into=False):
         self.kernel, self.args, self.ninputs, self.outer_names, self.outs = kernel, args, ninputs, outer_names, outs
-        self.step, self.on_error = step, on_error
+        self.step, self.on_error, self.into = step, on_error, into and not outer_names
         for a in args:
             if a is None:
                 continue
@@ -622,8 +625,14 @@ cdef class PyCall(Instr):
             Py_INCREF(value)
             PyList_SET_ITEM(values, i, value)
         inputs = values[:self.ninputs]
+        cdef list dsts = None
+        if self.into:
+            dsts = [None if out is None else view_of(at(bases, make_ref(out[0])), out[1], None, out[2])
+                    for out in self.outs]
         try:
-            if self.outer_names:
+            if dsts is not None:
+                result = self.kernel(*inputs, out=dsts)
+            elif self.outer_names:
                 result = self.kernel(*inputs, outer=dict(zip(self.outer_names, values[self.ninputs:])))
             else:
                 result = self.kernel(*inputs)
@@ -638,6 +647,8 @@ cdef class PyCall(Instr):
             if out is None:
                 continue
             value = result[i]
+            if dsts is not None and value is dsts[i]:
+                continue  # written in place by the kernel
             if type(value) is not _NDARRAY or value.shape != out[1] or value.dtype != out[2]:
                 return 1  # not the compiled signature (a data-dependent shape): the general path
             r = make_ref(out[0])

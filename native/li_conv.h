@@ -20,13 +20,23 @@
 #define LI_CONV_MR 4 /* 8 accumulators in 16 registers */
 #endif
 
-/* acc[r] = sum_k a[k*MR + r] * panel[k, :], r < MR, then bias/Relu, stored into rows < rows, cols < cols */
-static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel, float *y, ptrdiff_t ldy,
-                                int rows, int cols, const float *bias, int relu) {
+/* A block of panel rows at a time: a panel of LI_CONV_KC rows (16 KiB) stays in L1 while every
+   row block of W runs over it. */
+#define LI_CONV_KC (4096 / LI_CONV_NR)
+
+/* acc[r] (+)= sum_k a[k*MR + r] * panel[k, :], r < MR, over K panel rows. ``part``: the block's
+   running sums [MR][NR], loaded unless ``first`` (the same additions in the same order as one pass
+   over all of K), stored unless ``last``; when last, bias and Relu are applied and rows < rows,
+   cols < cols stored into y. */
+static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel, float *part, int first, int last,
+                                float *y, ptrdiff_t ldy, int rows, int cols, const float *bias, int relu) {
     li_vf c0[LI_CONV_MR], c1[LI_CONV_MR];
     li_vf z = {0};
 #pragma GCC unroll 8
-    for (int r = 0; r < LI_CONV_MR; r++) { c0[r] = z; c1[r] = z; }
+    for (int r = 0; r < LI_CONV_MR; r++) {
+        c0[r] = first ? z : li_load(part + r * LI_CONV_NR);
+        c1[r] = first ? z : li_load(part + r * LI_CONV_NR + LI_VEC);
+    }
     for (ptrdiff_t k = 0; k < K; k++) {
         li_vf b0 = li_load(panel + k * LI_CONV_NR), b1 = li_load(panel + k * LI_CONV_NR + LI_VEC);
         const float *ak = a + k * LI_CONV_MR;
@@ -36,6 +46,14 @@ static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel,
             c0[r] += s * b0;
             c1[r] += s * b1;
         }
+    }
+    if (!last) {
+#pragma GCC unroll 8
+        for (int r = 0; r < LI_CONV_MR; r++) {
+            li_store(part + r * LI_CONV_NR, c0[r]);
+            li_store(part + r * LI_CONV_NR + LI_VEC, c1[r]);
+        }
+        return;
     }
 #pragma GCC unroll 8
     for (int r = 0; r < LI_CONV_MR; r++) {
@@ -73,11 +91,11 @@ static inline void li_conv_pad_item(const float *x, ptrdiff_t C, const ptrdiff_t
 /* Y [N, G*Mg, L] = conv(X [N, G*Cg, *in]).
    wpack: [G][ceil(Mg/MR)][K][MR]; koff[K]: each column row's offset in a group's padded channels
    (channel * padded size + tap offset); pos[L]: each output position's offset in a padded channel;
-   scratch: C * padded floats; panel: K * LI_CONV_NR floats. */
+   scratch: C * padded floats; panel: LI_CONV_KC * LI_CONV_NR floats; part: ceil(Mg/MR) * MR * NR floats. */
 static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t Cg, const ptrdiff_t *in,
                            const ptrdiff_t *padded, const ptrdiff_t *begin, const float *wpack, ptrdiff_t Mg,
                            ptrdiff_t K, const ptrdiff_t *koff, const ptrdiff_t *pos, ptrdiff_t L,
-                           const float *bias, int relu, float *y, float *scratch, float *panel) {
+                           const float *bias, int relu, float *y, float *scratch, float *panel, float *part) {
     ptrdiff_t in_size = in[0] * in[1] * in[2], pad_size = padded[0] * padded[1] * padded[2];
     ptrdiff_t blocks = (Mg + LI_CONV_MR - 1) / LI_CONV_MR;
     for (ptrdiff_t n = 0; n < N; n++) {
@@ -90,24 +108,28 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
                 int cols = (int)(L - l0 < LI_CONV_NR ? L - l0 : LI_CONV_NR);
                 const ptrdiff_t *p = pos + l0;
                 int run = p[cols - 1] - p[0] == cols - 1;  /* consecutive positions: one copy per row */
-                for (ptrdiff_t k = 0; k < K; k++) {
-                    const float *src = xg + koff[k];
-                    float *dst = panel + k * LI_CONV_NR;
-                    if (run && cols == LI_CONV_NR) {
-                        li_store(dst, li_load(src + p[0]));
-                        li_store(dst + LI_VEC, li_load(src + p[0] + LI_VEC));
-                    } else {
-                        int j = 0;
-                        if (run) { memcpy(dst, src + p[0], (size_t)cols * sizeof(float)); j = cols; }
-                        for (; j < cols; j++) dst[j] = src[p[j]];
-                        for (; j < LI_CONV_NR; j++) dst[j] = 0.0f;
+                for (ptrdiff_t k0 = 0; k0 < K; k0 += LI_CONV_KC) {
+                    ptrdiff_t kc = K - k0 < LI_CONV_KC ? K - k0 : LI_CONV_KC;
+                    for (ptrdiff_t k = 0; k < kc; k++) {
+                        const float *src = xg + koff[k0 + k];
+                        float *dst = panel + k * LI_CONV_NR;
+                        if (run && cols == LI_CONV_NR) {
+                            li_store(dst, li_load(src + p[0]));
+                            li_store(dst + LI_VEC, li_load(src + p[0] + LI_VEC));
+                        } else {
+                            int j = 0;
+                            if (run) { memcpy(dst, src + p[0], (size_t)cols * sizeof(float)); j = cols; }
+                            for (; j < cols; j++) dst[j] = src[p[j]];
+                            for (; j < LI_CONV_NR; j++) dst[j] = 0.0f;
+                        }
                     }
-                }
-                for (ptrdiff_t b = 0; b < blocks; b++) {
-                    ptrdiff_t m0 = b * LI_CONV_MR;
-                    int rows = (int)(Mg - m0 < LI_CONV_MR ? Mg - m0 : LI_CONV_MR);
-                    li_conv_tile(wg + b * K * LI_CONV_MR, K, panel, yg + m0 * L + l0, L, rows, cols,
-                                 bias ? bias + g * Mg + m0 : NULL, relu);
+                    for (ptrdiff_t b = 0; b < blocks; b++) {
+                        ptrdiff_t m0 = b * LI_CONV_MR;
+                        int rows = (int)(Mg - m0 < LI_CONV_MR ? Mg - m0 : LI_CONV_MR);
+                        li_conv_tile(wg + b * K * LI_CONV_MR + k0 * LI_CONV_MR, kc, panel,
+                                     part + b * LI_CONV_MR * LI_CONV_NR, k0 == 0, k0 + kc == K,
+                                     yg + m0 * L + l0, L, rows, cols, bias ? bias + g * Mg + m0 : NULL, relu);
+                    }
                 }
             }
         }

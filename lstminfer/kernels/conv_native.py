@@ -9,6 +9,7 @@ keeps its NumPy path for everything else (other dtypes, 3+ spatial axes, no buil
 from __future__ import annotations
 
 import math
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +31,21 @@ def available() -> bool:
     return _module() is not None
 
 
+class Reusable:
+    """An output buffer handed out again once nobody holds it any more (its reference count says so):
+    a large fresh array costs the kernel's page faults and zeroing on every call."""
+
+    def __init__(self):
+        self._array: np.ndarray | None = None
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        array = self._array
+        # 3 references: self._array, ``array`` and getrefcount's argument; any view or holder adds one
+        if array is None or array.shape != shape or sys.getrefcount(array) != 3:
+            array = self._array = np.empty(shape, dtype=_F32)
+        return array
+
+
 def _three(values: Sequence[int], fill: int) -> tuple[int, ...]:
     """Spatial values as 3 axes (leading ``fill`` for 1-D and 2-D)."""
     return (fill,) * (3 - len(values)) + tuple(values)
@@ -41,7 +57,7 @@ class NativeConv:
     def __init__(self, W: np.ndarray, bias: np.ndarray | None, groups: int, dilations: Sequence[int],
                  strides: Sequence[int], relu: bool):
         self.module = _module()
-        mr, self.nr = self.module.CONV_TILE
+        mr, self.nr, kc = self.module.CONV_TILE
         M = W.shape[0]
         self.kernel = tuple(W.shape[2:])
         self.G, self.Mg, self.Cg = groups, M // groups, W.shape[1]
@@ -52,8 +68,9 @@ class NativeConv:
         self.wpack = np.ascontiguousarray(rows.reshape(groups, blocks, mr, self.K).transpose(0, 1, 3, 2)).reshape(-1)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=_F32).reshape(-1)
         self.dilations, self.strides, self.relu = tuple(dilations), tuple(strides), relu
-        self.panel = np.empty(self.K * self.nr, dtype=_F32)
+        self.panel_floats, self.part_floats = min(self.K, kc) * self.nr, blocks * mr * self.nr
         self._geometry: dict = {}
+        self._out = Reusable()
 
     def _offsets(self, spatial: tuple[int, ...], begins: tuple[int, ...], ends: tuple[int, ...],
                  outs: tuple[int, ...]):
@@ -71,8 +88,7 @@ class NativeConv:
             for o, s, st in zip(outs, self.strides, steps):
                 pos = (pos[:, None] + np.arange(o) * s * st).reshape(-1)
             found = (np.array(_three(spatial, 1), dtype=_IDX), np.array(_three(padded, 1), dtype=_IDX),
-                     np.array(_three(begins, 0), dtype=_IDX), koff, pos.astype(_IDX),
-                     np.empty(self.G * self.Cg * pad_size, dtype=_F32))
+                     np.array(_three(begins, 0), dtype=_IDX), koff, pos.astype(_IDX), self.G * self.Cg * pad_size)
             if len(self._geometry) > 16:  # streams of varying lengths: keep the recent ones only
                 self._geometry.clear()
             self._geometry[key] = found
@@ -81,17 +97,21 @@ class NativeConv:
     def run(self, x: np.ndarray, begins, ends, outs, out: np.ndarray | None = None) -> np.ndarray:
         """Y [N, M, *outs] of a float32 ``x`` [N, C, *spatial] (into ``out`` when given)."""
         x = np.ascontiguousarray(x, dtype=_F32)
-        ins, padded, begin, koff, pos, scratch = self._offsets(tuple(x.shape[2:]), tuple(begins), tuple(ends),
+        ins, padded, begin, koff, pos, scratch_floats = self._offsets(tuple(x.shape[2:]), tuple(begins), tuple(ends),
                                                                tuple(outs))
         N = x.shape[0]
-        y = np.empty((N, self.G * self.Mg) + tuple(outs), dtype=_F32) if out is None else out
+        # scratch per call, not per node: threads may run the same model at once
+        scratch = np.empty(scratch_floats + self.panel_floats + self.part_floats, dtype=_F32)
+        panel, part = scratch[scratch_floats:scratch_floats + self.panel_floats], scratch[-self.part_floats:]
+        y = self._out.get((N, self.G * self.Mg) + tuple(outs)) if out is None else out
         self.module.conv(x.reshape(-1), N, self.G, self.Cg, ins, padded, begin, self.wpack, self.Mg, koff, pos,
-                         self.bias, self.relu, y.reshape(-1), scratch, self.panel)
+                         self.bias, self.relu, y.reshape(-1), scratch, panel, part)
         return y
 
 
-def max_pool(x: np.ndarray, kernel, strides, dilations, begins, outs) -> np.ndarray | None:
-    """MaxPool of float32 ``x`` [N, C, *spatial] (1 or 2 spatial axes), or None without the build."""
+def max_pool(x: np.ndarray, kernel, strides, dilations, begins, outs, out=None) -> np.ndarray | None:
+    """MaxPool of float32 ``x`` [N, C, *spatial] (1 or 2 spatial axes), or None without the build;
+    into ``out``: an array of the output's shape, or a ``Reusable``."""
     module = _module()
     if module is None or x.dtype != _F32 or x.ndim not in (3, 4):
         return None
@@ -100,7 +120,8 @@ def max_pool(x: np.ndarray, kernel, strides, dilations, begins, outs) -> np.ndar
     H, W = two(x.shape[2:], 1)
     OH, OW = two(outs, 1)
     (kh, kw), (sh, sw), (dh, dw), (ph, pw) = two(kernel, 1), two(strides, 1), two(dilations, 1), two(begins, 0)
-    y = np.empty(x.shape[:2] + tuple(outs), dtype=_F32)
+    shape = x.shape[:2] + tuple(outs)
+    y = out if isinstance(out, np.ndarray) else np.empty(shape, dtype=_F32) if out is None else out.get(shape)
     row = np.empty((OW - 1) * sw + (kw - 1) * dw + 1, dtype=_F32)
     module.max_pool2d(x.reshape(-1), x.shape[0] * x.shape[1], H, W, y.reshape(-1), OH, OW, kh, kw, sh, sw, dh, dw,
                       ph, pw, row)
