@@ -29,8 +29,15 @@ cdef extern from "li_call.h":
 ctypedef int (*call_kernel_fn)(object, const li_call*) except -1
 
 DEF MAX_DIMS = 8
-DEF KEEP_ARENA_BYTES = 4 << 20  # larger ones are made per call: kept, 32 signatures' would add up
+DEF KEEP_ARENA_BYTES = 4 << 20  # up to this, KEEP_ARENAS kept per program
 DEF KEEP_ARENAS = 4  # per program: one per thread running it at once
+# Larger arenas (a batch of images through convolutions: tens of MB) are kept one per program while
+# all those kept in the process stay within KEEP_LARGE_TOTAL: made per call, each of their pages
+# faults and is zeroed again on every call. Beyond the budget (32 signatures' would add up, or a
+# very long sequence's) they are freed after the call.
+DEF KEEP_LARGE_ARENA_BYTES = 64 << 20
+DEF KEEP_LARGE_TOTAL = 256 << 20
+cdef Py_ssize_t large_arenas_kept = 0  # bytes of large arenas kept, all programs together
 DEF MAX_FEEDS = 64
 DEF MAX_OUTPUTS = 64
 # bases[0] is the arena, bases[1 + k] feed k, bases[OUTPUT0 + k] output k (an array made for the
@@ -828,7 +835,13 @@ cdef class Program:
                         target = _empty(spec[0], spec[1])
                     direct[k] = target
                     bases[OUTPUT0 + k] = data_of(target)
-        arena = self.arenas.pop() if self.arenas else np.empty(self.arena_bytes + 64, np.uint8)
+        global large_arenas_kept
+        if self.arenas:
+            arena = self.arenas.pop()
+            if self.arena_bytes > KEEP_ARENA_BYTES:
+                large_arenas_kept -= self.arena_bytes
+        else:
+            arena = np.empty(self.arena_bytes + 64, np.uint8)
         bases[ARENA] = <char*>(((<size_t>data_of(arena)) + 63) & ~(<size_t>63))
         try:
             for ins in self.instructions:
@@ -859,9 +872,19 @@ cdef class Program:
                 Py_INCREF(target)
                 PyList_SET_ITEM(out, k, target)
             return out
-        finally:  # kept for the next call unless big (a long sequence's) or enough are kept already
-            if self.arena_bytes <= KEEP_ARENA_BYTES and len(self.arenas) < KEEP_ARENAS:
+        finally:  # kept for the next call unless enough are kept already, or big beyond the budget
+            if self.arena_bytes <= KEEP_ARENA_BYTES:
+                if len(self.arenas) < KEEP_ARENAS:
+                    self.arenas.append(arena)
+            elif not self.arenas and self.arena_bytes <= KEEP_LARGE_ARENA_BYTES \
+                    and large_arenas_kept + self.arena_bytes <= KEEP_LARGE_TOTAL:
                 self.arenas.append(arena)
+                large_arenas_kept += self.arena_bytes
+
+    def __dealloc__(self):
+        global large_arenas_kept
+        if self.arenas and self.arena_bytes > KEEP_ARENA_BYTES:
+            large_arenas_kept -= self.arena_bytes * len(self.arenas)
 
     cdef bint into_ok(self, list into):
         cdef Py_ssize_t k, j
