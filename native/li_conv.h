@@ -136,8 +136,9 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
     }
 }
 
-/* m = fmax(m, v) as numpy's np.fmax: a NaN loses to a number */
-static inline float li_fmax(float m, float v) { return (v > m || m != m) ? v : m; }
+/* m = fmax(m, v) as numpy's np.fmax: a NaN loses to a number (selects, no branches) */
+static inline float li_fmax(float m, float v) { float t = v > m ? v : m; return m != m ? v : t; }
+static inline li_vf li_vfmax(li_vf m, li_vf v) { return li_vsel((v > m) | (m != m), v, m); }
 
 /* MaxPool over planes [P, H, W] -> [P, OH, OW] (1-D: H = OH = 1), taps outside the input count
    as -inf (pads and ceil_mode's overhang), NaN losing as in np.fmax. One axis at a time: each
@@ -162,11 +163,17 @@ static inline void li_max_pool2d(const float *x, ptrdiff_t P, ptrdiff_t H, ptrdi
                 if (h < 0 || h >= H) { outside = 1; continue; }
                 const float *src = xp + h * W;
                 float *dst = row + pw;
-                for (ptrdiff_t w = 0; w < inside; w++) dst[w] = li_fmax(dst[w], src[w]);
+                ptrdiff_t w = 0;
+                for (; w + LI_VEC <= inside; w += LI_VEC) li_store(dst + w, li_vfmax(li_load(dst + w), li_load(src + w)));
+                for (; w < inside; w++) dst[w] = li_fmax(dst[w], src[w]);
             }
             if (outside)
                 for (ptrdiff_t w = 0; w < width; w++) row[w] = li_fmax(row[w], ninf);
             float *out = yp + oh * OW;
+            if (kw == 2 && sw == 2 && dw == 1) {  /* the common 2x2/2 window: pairs along the row */
+                for (ptrdiff_t o = 0; o < OW; o++) out[o] = li_fmax(row[2 * o], row[2 * o + 1]);
+                continue;
+            }
             for (ptrdiff_t o = 0; o < OW; o++) out[o] = row[o * sw];
             for (ptrdiff_t j = 1; j < kw; j++) {
                 const float *tap = row + j * dw;

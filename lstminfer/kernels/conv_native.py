@@ -31,6 +31,11 @@ def available() -> bool:
     return _module() is not None
 
 
+def pool_module():
+    """The extension module max_pool calls (None without the build): looked up once per node."""
+    return _module()
+
+
 class Reusable:
     """An output buffer handed out again once nobody holds it any more (its reference count says so):
     a large fresh array costs the kernel's page faults and zeroing on every call."""
@@ -109,10 +114,11 @@ class NativeConv:
         return y
 
 
-def max_pool(x: np.ndarray, kernel, strides, dilations, begins, outs, out=None) -> np.ndarray | None:
+def max_pool(x: np.ndarray, kernel, strides, dilations, begins, outs, out=None, module=None) -> np.ndarray | None:
     """MaxPool of float32 ``x`` [N, C, *spatial] (1 or 2 spatial axes), or None without the build;
-    into ``out``: an array of the output's shape, or a ``Reusable``."""
-    module = _module()
+    into ``out``: an array of the output's shape, or a ``Reusable``; ``module``: ``pool_module()``'s,
+    looked up once at load."""
+    module = module if module is not None else _module()
     if module is None or x.dtype != _F32 or x.ndim not in (3, 4):
         return None
     x = np.ascontiguousarray(x)

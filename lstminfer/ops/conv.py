@@ -309,7 +309,8 @@ def max_pool(node: Node, ctx: BuildContext):
     window = _pool_window(node, ctx, dilations=ctx.opset() >= 10)
     storage_order = attr_choice(node, "storage_order", 0, (0, 1))
     with_indices = len(node.outputs) > 1 and bool(node.outputs[1])
-    native_out = conv_native.Reusable() if _NATIVE else None
+    native_module = conv_native.pool_module() if _NATIVE else None
+    native_out = conv_native.Reusable() if native_module is not None else None
 
     def kernel(x, out=None):
         _check_pool_input(node, x, window)
@@ -318,7 +319,7 @@ def max_pool(node: Node, ctx: BuildContext):
         if not with_indices and native_out is not None:
             into = _into(out, x.shape[:2] + outs)
             y = conv_native.max_pool(x, window.kernel, window.strides, window.dilations, begins, outs,
-                                     native_out if into is None else into)
+                                     native_out if into is None else into, native_module)
             if y is not None:
                 return (y,)
         if not with_indices:
