@@ -28,7 +28,8 @@
    running sums [MR][NR], loaded unless ``first`` (the same additions in the same order as one pass
    over all of K), stored unless ``last``; when last, bias and Relu are applied and rows < rows,
    cols < cols stored into y. */
-static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel, float *part, int first, int last,
+static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel, const float *base,
+                                const ptrdiff_t *koff, float *part, int first, int last,
                                 float *y, ptrdiff_t ldy, int rows, int cols, const float *bias, int relu) {
     li_vf c0[LI_CONV_MR], c1[LI_CONV_MR];
     li_vf z = {0};
@@ -37,14 +38,28 @@ static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel,
         c0[r] = first ? z : li_load(part + r * LI_CONV_NR);
         c1[r] = first ? z : li_load(part + r * LI_CONV_NR + LI_VEC);
     }
-    for (ptrdiff_t k = 0; k < K; k++) {
-        li_vf b0 = li_load(panel + k * LI_CONV_NR), b1 = li_load(panel + k * LI_CONV_NR + LI_VEC);
-        const float *ak = a + k * LI_CONV_MR;
+    if (base) {  /* the panel's rows read where they lie: base + koff[k] (consecutive positions) */
+        for (ptrdiff_t k = 0; k < K; k++) {
+            const float *row = base + koff[k];
+            li_vf b0 = li_load(row), b1 = li_load(row + LI_VEC);
+            const float *ak = a + k * LI_CONV_MR;
 #pragma GCC unroll 8
-        for (int r = 0; r < LI_CONV_MR; r++) {
-            float s = ak[r];
-            c0[r] += s * b0;
-            c1[r] += s * b1;
+            for (int r = 0; r < LI_CONV_MR; r++) {
+                float s = ak[r];
+                c0[r] += s * b0;
+                c1[r] += s * b1;
+            }
+        }
+    } else {
+        for (ptrdiff_t k = 0; k < K; k++) {
+            li_vf b0 = li_load(panel + k * LI_CONV_NR), b1 = li_load(panel + k * LI_CONV_NR + LI_VEC);
+            const float *ak = a + k * LI_CONV_MR;
+#pragma GCC unroll 8
+            for (int r = 0; r < LI_CONV_MR; r++) {
+                float s = ak[r];
+                c0[r] += s * b0;
+                c1[r] += s * b1;
+            }
         }
     }
     if (!last) {
@@ -108,9 +123,10 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
                 int cols = (int)(L - l0 < LI_CONV_NR ? L - l0 : LI_CONV_NR);
                 const ptrdiff_t *p = pos + l0;
                 int run = p[cols - 1] - p[0] == cols - 1;  /* consecutive positions: one copy per row */
+                int direct = run && cols == LI_CONV_NR;  /* rows read in place, no panel copy */
                 for (ptrdiff_t k0 = 0; k0 < K; k0 += LI_CONV_KC) {
                     ptrdiff_t kc = K - k0 < LI_CONV_KC ? K - k0 : LI_CONV_KC;
-                    for (ptrdiff_t k = 0; k < kc; k++) {
+                    for (ptrdiff_t k = 0; k < kc && !direct; k++) {
                         const float *src = xg + koff[k0 + k];
                         float *dst = panel + k * LI_CONV_NR;
                         if (run && cols == LI_CONV_NR) {
@@ -127,7 +143,7 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
                         ptrdiff_t m0 = b * LI_CONV_MR;
                         int rows = (int)(Mg - m0 < LI_CONV_MR ? Mg - m0 : LI_CONV_MR);
                         li_conv_tile(wg + b * K * LI_CONV_MR + k0 * LI_CONV_MR, kc, panel,
-                                     part + b * LI_CONV_MR * LI_CONV_NR, k0 == 0, k0 + kc == K,
+                                     direct ? xg + p[0] : NULL, koff + k0, part + b * LI_CONV_MR * LI_CONV_NR, k0 == 0, k0 + kc == K,
                                      yg + m0 * L + l0, L, rows, cols, bias ? bias + g * Mg + m0 : NULL, relu);
                     }
                 }
