@@ -2,9 +2,9 @@
 
    A conv is, per item and group, Y[Mg, L] = W[Mg, K] . cols[K, L] (+ bias, Relu), K = C/G * taps:
    the item is copied once into a zero-padded scratch (so no tap needs a bounds check), then for each
-   block of LI_CONV_NR output positions the columns of that block are gathered into a small panel
-   [K, LI_CONV_NR] (a plain copy where the block's positions are consecutive in the input, the
-   common stride-1 case) and every LI_CONV_MR rows of W run a register-tiled micro-kernel over it.
+   block of LI_CONV_NR output positions every LI_CONV_MR rows of W run a register-tiled
+   micro-kernel over the block's columns: read in place where its positions are consecutive in the
+   input (the common stride-1 case), else gathered into a small panel [LI_CONV_KC, LI_CONV_NR].
    W comes packed at load as [G][Mg/MR blocks][K][MR] (zero-padded rows), so the micro-kernel reads
    both operands as sequential streams. The epilogue adds the bias, applies Relu and stores the
    block straight into Y. Written on li_vf only: every ISA build of li_simd.h compiles it. */
@@ -129,15 +129,10 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
                     for (ptrdiff_t k = 0; k < kc && !direct; k++) {
                         const float *src = xg + koff[k0 + k];
                         float *dst = panel + k * LI_CONV_NR;
-                        if (run && cols == LI_CONV_NR) {
-                            li_store(dst, li_load(src + p[0]));
-                            li_store(dst + LI_VEC, li_load(src + p[0] + LI_VEC));
-                        } else {
-                            int j = 0;
-                            if (run) { memcpy(dst, src + p[0], (size_t)cols * sizeof(float)); j = cols; }
-                            for (; j < cols; j++) dst[j] = src[p[j]];
-                            for (; j < LI_CONV_NR; j++) dst[j] = 0.0f;
-                        }
+                        int j = 0;
+                        if (run) { memcpy(dst, src + p[0], (size_t)cols * sizeof(float)); j = cols; }
+                        for (; j < cols; j++) dst[j] = src[p[j]];
+                        for (; j < LI_CONV_NR; j++) dst[j] = 0.0f;
                     }
                     for (ptrdiff_t b = 0; b < blocks; b++) {
                         ptrdiff_t m0 = b * LI_CONV_MR;
