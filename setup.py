@@ -21,7 +21,7 @@ RNN_ISA_ARGS = {
 # Everything the recurrent kernels include: an edit to any of them rebuilds every ISA variant.
 RNN_DEPENDS = ["native/_rnn_core.pxi", "native/li_constants.pxd", "native/li_no_complex_i.h", "native/li_simd.h",
                "native/li_gemm.h", "native/li_vmath.h", "native/li_cells.h", "native/li_math.h", "native/li_vnni.h",
-               "native/li_workers.h", "native/li_call.h"]
+               "native/li_workers.h", "native/li_call.h", "native/li_conv.h", "native/_conv.pxi"]
 
 extensions = [
     Extension("lstminfer._native._cpu", ["native/_cpu.pyx"], depends=["native/li_cpu.h"], extra_compile_args=COMPILE_ARGS),

@@ -599,7 +599,8 @@ class Compiler:
             place = self.alloc(slot, value.shape, value.dtype, value)
             outs.append((place.ref, tuple(value.shape), value.dtype))
         self.instructions.append(_runtime.PyCall(step.kernel, tuple(args), len(step.inputs), tuple(step.outer_names),
-                                                 tuple(outs), step, _step_error))
+                                                 tuple(outs), step, _step_error,
+                                                 getattr(step.kernel, "writes_into", False)))
         via = "" if step.describe == "numpy" else f" ({step.describe})"
         return f"falls back: its numpy kernel{via}, called on the program's memory"
 

@@ -29,8 +29,15 @@ cdef extern from "li_call.h":
 ctypedef int (*call_kernel_fn)(object, const li_call*) except -1
 
 DEF MAX_DIMS = 8
-DEF KEEP_ARENA_BYTES = 4 << 20  # larger ones are made per call: kept, 32 signatures' would add up
+DEF KEEP_ARENA_BYTES = 4 << 20  # up to this, KEEP_ARENAS kept per program
 DEF KEEP_ARENAS = 4  # per program: one per thread running it at once
+# Larger arenas (a batch of images through convolutions: tens of MB) are kept one per program while
+# all those kept in the process stay within KEEP_LARGE_TOTAL: made per call, each of their pages
+# faults and is zeroed again on every call. Beyond the budget (32 signatures' would add up, or a
+# very long sequence's) they are freed after the call.
+DEF KEEP_LARGE_ARENA_BYTES = 64 << 20
+DEF KEEP_LARGE_TOTAL = 256 << 20
+cdef Py_ssize_t large_arenas_kept = 0  # bytes of large arenas kept, all programs together
 DEF MAX_FEEDS = 64
 DEF MAX_OUTPUTS = 64
 # bases[0] is the arena, bases[1 + k] feed k, bases[OUTPUT0 + k] output k (an array made for the
@@ -571,17 +578,20 @@ cdef class Recurrent(Instr):
 
 cdef class PyCall(Instr):
     """An op without a C instruction: its NumPy kernel called on views of the program's memory,
-    its outputs copied to their places (declined when one differs from the compiled signature)."""
+    its outputs copied to their places (declined when one differs from the compiled signature).
+    ``into``: the kernel takes ``out=`` (views of those places) and returns them when it wrote there."""
     cdef object kernel, step, on_error
+    cdef bint into
     cdef tuple args  # per input: None, ("obj", value) or ("ref", ref, shape, strides, dtype)
     cdef tuple outer_names
     cdef tuple outer_at  # positions in args of the outer-scope values (after the inputs)
     cdef tuple outs  # per output: None (unused) or (ref, shape, dtype)
     cdef Py_ssize_t ninputs
 
-    def __init__(self, kernel, tuple args, Py_ssize_t ninputs, tuple outer_names, tuple outs, step, on_error):
+    def __init__(self, kernel, tuple args, Py_ssize_t ninputs, tuple outer_names, tuple outs, step, on_error,
+                 bint into=False):
         self.kernel, self.args, self.ninputs, self.outer_names, self.outs = kernel, args, ninputs, outer_names, outs
-        self.step, self.on_error = step, on_error
+        self.step, self.on_error, self.into = step, on_error, into and not outer_names
         for a in args:
             if a is None:
                 continue
@@ -622,8 +632,14 @@ cdef class PyCall(Instr):
             Py_INCREF(value)
             PyList_SET_ITEM(values, i, value)
         inputs = values[:self.ninputs]
+        cdef list dsts = None
+        if self.into:
+            dsts = [None if out is None else view_of(at(bases, make_ref(out[0])), out[1], None, out[2])
+                    for out in self.outs]
         try:
-            if self.outer_names:
+            if dsts is not None:
+                result = self.kernel(*inputs, out=dsts)
+            elif self.outer_names:
                 result = self.kernel(*inputs, outer=dict(zip(self.outer_names, values[self.ninputs:])))
             else:
                 result = self.kernel(*inputs)
@@ -638,6 +654,8 @@ cdef class PyCall(Instr):
             if out is None:
                 continue
             value = result[i]
+            if dsts is not None and value is dsts[i]:
+                continue  # written in place by the kernel
             if type(value) is not _NDARRAY or value.shape != out[1] or value.dtype != out[2]:
                 return 1  # not the compiled signature (a data-dependent shape): the general path
             r = make_ref(out[0])
@@ -817,7 +835,13 @@ cdef class Program:
                         target = _empty(spec[0], spec[1])
                     direct[k] = target
                     bases[OUTPUT0 + k] = data_of(target)
-        arena = self.arenas.pop() if self.arenas else np.empty(self.arena_bytes + 64, np.uint8)
+        global large_arenas_kept
+        if self.arenas:
+            arena = self.arenas.pop()
+            if self.arena_bytes > KEEP_ARENA_BYTES:
+                large_arenas_kept -= self.arena_bytes
+        else:
+            arena = np.empty(self.arena_bytes + 64, np.uint8)
         bases[ARENA] = <char*>(((<size_t>data_of(arena)) + 63) & ~(<size_t>63))
         try:
             for ins in self.instructions:
@@ -848,9 +872,19 @@ cdef class Program:
                 Py_INCREF(target)
                 PyList_SET_ITEM(out, k, target)
             return out
-        finally:  # kept for the next call unless big (a long sequence's) or enough are kept already
-            if self.arena_bytes <= KEEP_ARENA_BYTES and len(self.arenas) < KEEP_ARENAS:
+        finally:  # kept for the next call unless enough are kept already, or big beyond the budget
+            if self.arena_bytes <= KEEP_ARENA_BYTES:
+                if len(self.arenas) < KEEP_ARENAS:
+                    self.arenas.append(arena)
+            elif not self.arenas and self.arena_bytes <= KEEP_LARGE_ARENA_BYTES \
+                    and large_arenas_kept + self.arena_bytes <= KEEP_LARGE_TOTAL:
                 self.arenas.append(arena)
+                large_arenas_kept += self.arena_bytes
+
+    def __dealloc__(self):
+        global large_arenas_kept
+        if self.arenas and self.arena_bytes > KEEP_ARENA_BYTES:
+            large_arenas_kept -= self.arena_bytes * len(self.arenas)
 
     cdef bint into_ok(self, list into):
         cdef Py_ssize_t k, j

@@ -1865,3 +1865,4 @@ cdef int call_kernel(object core, const li_call* c) except -1:
 
 # The program's entry into this build's kernels (any KernelCore: the class is the portable build's).
 CALL_KERNEL = PyCapsule_New(<void*>call_kernel, LI_CALL_CAPSULE, NULL)
+include "_conv.pxi"

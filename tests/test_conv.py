@@ -81,6 +81,7 @@ def test_conv_in_many_column_blocks_matches_onnxruntime(x_shape, w_shape, group,
     from lstminfer.ops import conv as conv_ops
 
     monkeypatch.setattr(conv_ops, "_COLS_FLOATS", budget)
+    monkeypatch.setattr(conv_ops, "_NATIVE", False)  # the NumPy path (the native one: test_conv_native.py)
     weights = {"W": rng.standard_normal(w_shape).astype(np.float32),
                "B": rng.standard_normal(w_shape[0]).astype(np.float32)}
     model = _single_node_model("Conv", x_shape, {"group": group, **attrs}, weights)

@@ -21,12 +21,14 @@ import numpy as np
 from ..errors import InvalidModelError
 from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR
 from ..graph import Node
+from ..kernels import conv_native
 from .registry import INTERNAL_DOMAIN, BuildContext, register
 from .tensor import attr_choice, attr_flag, attr_int, attr_ints, fail, unsupported_attr
 
 Array = np.ndarray
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 _COLS_FLOATS = 1 << 18  # a conv's column block (1 MiB of float32): stays in cache between im2col and GEMM
+_NATIVE = True  # float32 Conv/MaxPool through lstminfer.kernels.conv_native where built (tests turn it off)
 
 
 def _work_dtype(x: Array) -> np.dtype:
@@ -233,7 +235,7 @@ def conv(node: Node, ctx: BuildContext):
         if kernel_attr is not None and tuple(kernel_attr) != W.shape[2:]:
             raise fail(node, f"kernel_shape {kernel_attr} differs from W's kernel {list(W.shape[2:])}")
 
-    window = packed = packed_bias = None
+    window = packed = packed_bias = native = None
     if W_const is not None:  # repacked once, here
         W_const = np.asarray(W_const)
         check_w(W_const)
@@ -242,10 +244,13 @@ def conv(node: Node, ctx: BuildContext):
         packed = pack_conv_weights(W_const, groups, work)
         if B_const is not None:
             packed_bias = np.ascontiguousarray(B_const, dtype=work).reshape(-1)
+        if work == np.float32 and W_const.ndim <= 5 and (B_const is not None or len(node.inputs) < 3
+                                                         or not node.inputs[2]) and _NATIVE and conv_native.available():
+            native = conv_native.NativeConv(W_const, packed_bias, groups, window.dilations, window.strides, relu)
     elif kernel_attr is not None:
         window = _window(node, kernel_attr)  # validates the attributes at load
 
-    def kernel(x, W, B=None):
+    def kernel(x, W, B=None, out=None):
         if x.ndim < 3:
             raise fail(node, f"input X must have rank >= 3 ([N, C, *spatial]), got shape {x.shape}")
         work = _work_dtype(x)
@@ -262,10 +267,18 @@ def conv(node: Node, ctx: BuildContext):
             raise fail(node, f"X of shape {x.shape} and a {len(win.kernel)}-D kernel differ in rank")
         if bias is not None and bias.size != w.shape[0] * w.shape[1]:
             raise fail(node, f"B has {bias.size} values; the conv has {w.shape[0] * w.shape[1]} output channels")
+        if native is not None and w is packed and x.dtype == np.float32:
+            if x.shape[1] != groups * native.Cg:
+                raise fail(node, f"input has {x.shape[1]} channels; W expects {groups * native.Cg} "
+                                 f"({groups} group(s) of {native.Cg})")
+            begins, ends, outs = win.geometry(node, x.shape[2:])
+            return (native.run(x, begins, ends, outs, _into(out, (x.shape[0], w.shape[0] * w.shape[1]) + outs)),)
         y = conv_into(x.astype(work, copy=False), w, bias, win, node, groups, relu)
         return (y.astype(x.dtype, copy=False),)
 
-    kernel.describe = "numpy im2col + BLAS GEMM, weights packed at load" \
+    kernel.writes_into = native is not None  # a compiled program hands it its output's memory
+    kernel.describe = ("native conv (li_conv.h), weights packed at load; numpy im2col + BLAS GEMM otherwise"
+                       if native is not None else "numpy im2col + BLAS GEMM, weights packed at load") \
         + (f", BatchNormalization '{folded}' folded in" if folded else "") \
         + (f", {activation[0]} '{activation[1]}' fused" if activation else "")
     return kernel
@@ -296,11 +309,19 @@ def max_pool(node: Node, ctx: BuildContext):
     window = _pool_window(node, ctx, dilations=ctx.opset() >= 10)
     storage_order = attr_choice(node, "storage_order", 0, (0, 1))
     with_indices = len(node.outputs) > 1 and bool(node.outputs[1])
+    native_module = conv_native.pool_module() if _NATIVE else None
+    native_out = conv_native.Reusable() if native_module is not None else None
 
-    def kernel(x):
+    def kernel(x, out=None):
         _check_pool_input(node, x, window)
         begins, ends, outs = window.geometry(node, x.shape[2:])
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
+        if not with_indices and native_out is not None:
+            into = _into(out, x.shape[:2] + outs)
+            y = conv_native.max_pool(x, window.kernel, window.strides, window.dilations, begins, outs,
+                                     native_out if into is None else into, native_module)
+            if y is not None:
+                return (y,)
         if not with_indices:
             larger = np.fmax if x.dtype.kind == "f" else np.maximum  # fmax: a NaN loses, as in onnxruntime
             return (_pool_by_axis(x, window, begins, ends, extra, outs, _lowest(x.dtype), larger),)
@@ -317,7 +338,16 @@ def max_pool(node: Node, ctx: BuildContext):
             np.copyto(arg, where, where=better)
         return (y, arg)
 
+    kernel.writes_into = not with_indices and native_out is not None
     return kernel
+
+
+def _into(out, shape) -> Array | None:
+    """A compiled program's memory for output 0 (``out=``), when it is float32 C order of ``shape``."""
+    y = out[0] if out else None
+    if y is not None and y.dtype == np.float32 and y.shape == shape and y.flags.c_contiguous:
+        return y
+    return None
 
 
 def _pool_by_axis(x: Array, window: Window, begins, ends, extra, outs, fill, combine) -> Array:
