@@ -16,10 +16,13 @@ KEEP=${SANITIZE_DIR:+1}
 WORK=${SANITIZE_DIR:-$(mktemp -d -t lstminfer-sanitize.XXXXXX)}
 [[ -z "$KEEP" ]] && trap 'rm -rf "$WORK"' EXIT
 
-# tracked and untracked (not ignored) files: the working tree as it is, without its builds
+# tracked and untracked (not ignored) files: the working tree as it is, without its builds. Only
+# files that differ are copied (with a fresh mtime), so a kept SANITIZE_DIR rebuilds only what changed.
 mkdir -p "$WORK"
-(cd "$ROOT" && git ls-files -z -co --exclude-standard | xargs -0 tar cf - --) | tar xf - -C "$WORK"
-rm -f "$WORK"/lstminfer/_native/*.so
+(cd "$ROOT" && git ls-files -z -co --exclude-standard) | while IFS= read -r -d '' f; do
+    [[ -f "$ROOT/$f" ]] || continue
+    cmp -s "$ROOT/$f" "$WORK/$f" 2>/dev/null || install -D -m "$(stat -c %a "$ROOT/$f")" "$ROOT/$f" "$WORK/$f"
+done
 
 cd "$WORK"
 echo "== building native/ with -fsanitize=address,undefined in $WORK"
