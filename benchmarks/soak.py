@@ -147,7 +147,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--cycles", type=int, default=100_000)
     parser.add_argument("--loads", type=int, default=1000)
-    parser.add_argument("--thread-calls", type=int, default=5000)
+    parser.add_argument("--thread-calls", type=int, default=2000)
     parser.add_argument("--csv", type=Path, default=Path("soak.csv"))
     parser.add_argument("--quick", action="store_true", help="a hundredth of every count")
     args = parser.parse_args()
