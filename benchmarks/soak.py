@@ -6,7 +6,9 @@
    rounds (open a stream of random lifetime, step a random half of the open streams with random
    chunk lengths, close the finished ones). Resident memory (/proc/self/statm) is printed at 20
    checkpoints; its growth after the warm-up (the first checkpoint) is the figure, and the same
-   runs at a tenth of the length under tracemalloc give the traced-memory curve.
+   runs at a tenth of the length under tracemalloc give the traced-memory curve. Pools hold 16
+   streams: their compiled programs (one per batch shape, at most 32 per model) fill within the
+   warm-up (the first quarter); bigger pools take longer to fill that bounded cache.
 2. ``--loads`` load/run/stream/pool/drop cycles per backend: file descriptors, Python and native
    threads, temporary files before and after.
 3. 8 threads sharing one Model (each backend, threads=1 and 2) for ``--thread-calls`` calls each,
@@ -21,6 +23,7 @@ import argparse
 import csv
 import gc
 import sys
+import tempfile
 import time
 import tracemalloc
 from pathlib import Path
@@ -33,6 +36,7 @@ from workloads import (bundled_paths, load_and_drop, pool_cycles, resources, rss
                        stream_steps, thread_jobs, torch_two_layer_lstm)
 
 CHECKPOINTS = 20
+WARMUP = 5  # checkpoints: a pool's compiled programs per batch shape (at most 32 per model, LRU) fill first
 MIB = 1 << 20
 
 
@@ -66,7 +70,7 @@ def curve(label: str, work, total: int, traced: bool) -> list[tuple[str, int, fl
 def soak(models: dict[str, lstminfer.Model], steps: int, cycles: int, traced: bool) -> list[tuple[str, int, float]]:
     rng = np.random.default_rng(0)
     names = list(models)
-    pools = {name: models[name].stream_pool(max_streams=64) for name in names}
+    pools = {name: models[name].stream_pool(max_streams=16) for name in names}
 
     def stepping(n: int) -> None:  # n steps spread over the models
         for name in names:
@@ -85,26 +89,31 @@ def summarize(points: list[tuple[str, int, float]]) -> None:
     labels = dict.fromkeys(label for label, _, _ in points)
     for label in labels:
         ys = [(done, mib) for lab, done, mib in points if lab == label]
-        base = ys[0][1]  # after the first block: the warm-up
-        grow = max(mib for _, mib in ys) - base
-        print(f"{label:28s} {ys[-1][0]:>9,d} done  after warm-up {base:8.2f} MiB  "
-              f"max growth {grow * 1024:8.1f} KiB  end {ys[-1][1] - base:+8.3f} MiB")
+        base = ys[WARMUP - 1][1]  # after the warm-up
+        grow = max(mib for _, mib in ys[WARMUP - 1:]) - base
+        print(f"{label:28s} {ys[-1][0]:>9,d} done  after warm-up ({ys[WARMUP - 1][0]:,d}) {base:8.2f} MiB  "
+              f"max growth after it {grow * 1024:8.1f} KiB  end {(ys[-1][1] - base) * 1024:+8.1f} KiB")
         print("    curve (MiB):", " ".join(f"{mib:.2f}" for _, mib in ys))
 
 
 def loads(source, count: int) -> None:
+    """``count`` load/drop cycles per backend: resources before and after, RSS after each tenth."""
     rng = np.random.default_rng(1)
+    tempfile.tempdir = tempfile.mkdtemp(prefix="lstminfer-soak-")  # temporary files counted here, not other processes'
     for backend, threads in (("cython", 2), ("cython", 1), ("numba", 2), ("reference", 1)):
-        for _ in range(2):
+        for _ in range(3):
             load_and_drop(source, backend, threads, rng)
         gc.collect()
-        before, rss0, start = resources(), rss_bytes(), time.perf_counter()
-        for _ in range(count):
+        before, start, rss = resources(), time.perf_counter(), []
+        for k in range(count):
             load_and_drop(source, backend, threads, rng)
-        gc.collect()
+            if (k + 1) % max(1, count // 10) == 0:
+                gc.collect()
+                rss.append(rss_bytes() / MIB)
         after = resources()
-        print(f"{count} loads backend={backend} threads={threads}: {before} -> {after}  "
-              f"RSS {(rss_bytes() - rss0) / MIB:+.2f} MiB  ({time.perf_counter() - start:.1f} s)")
+        print(f"{count} loads backend={backend} threads={threads}: {'unchanged' if after == before else 'CHANGED'} "
+              f"{before} -> {after}; RSS after each tenth (MiB): {' '.join(f'{r:.2f}' for r in rss)} "
+              f"({time.perf_counter() - start:.1f} s)")
 
 
 def threads_stress(all_sources: dict[str, object], calls: int) -> None:
@@ -155,6 +164,7 @@ def main() -> None:
         args.steps, args.cycles, args.loads, args.thread_calls = (max(1, n // 100) for n in (
             args.steps, args.cycles, args.loads, args.thread_calls))
     all_sources = sources()
+    loads(all_sources["adding_lstm"], args.loads)  # first: the soak's heap would blur its RSS
     models = {name: lstminfer.load(source) for name, source in all_sources.items()}
     print(f"models: {', '.join(models)}; {args.steps:,} stream steps, {args.cycles:,} pool cycles")
     start = time.perf_counter()
@@ -163,7 +173,6 @@ def main() -> None:
     points += soak(models, args.steps // 10, args.cycles // 10, traced=True)
     summarize(points)
     write_csv(points, args.csv)
-    loads(all_sources["adding_lstm"], args.loads)
     threads_stress(all_sources, args.thread_calls)
 
 
