@@ -1,4 +1,6 @@
 """Build the Cython extensions in native/ as private modules of lstminfer."""
+import os
+
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
@@ -6,6 +8,19 @@ from setuptools import Extension, setup
 # Portable flags only: a wheel must run on any x86-64; fast paths are chosen
 # at run time by CPU feature (lstminfer._native._cpu), never by -march=native.
 COMPILE_ARGS = ["-O3"]
+
+
+def sanitizer_args() -> list[str]:
+    """AddressSanitizer + UndefinedBehaviorSanitizer flags when LSTMINFER_SANITIZE=1 (tools/sanitize.sh).
+
+    Compile and link flags alike; run the result with libasan preloaded into Python."""
+    if os.environ.get("LSTMINFER_SANITIZE") != "1":
+        return []
+    return ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined", "-g"]
+
+
+SANITIZE_ARGS = sanitizer_args()
+COMPILE_ARGS += SANITIZE_ARGS
 
 # The recurrent kernels are built once per instruction set from one source
 # (native/_rnn_core.pxi); lstminfer/kernels/cython_backend.py imports the
@@ -37,5 +52,8 @@ extensions = [
               extra_compile_args=COMPILE_ARGS + flags, depends=RNN_DEPENDS)
     for suffix, flags in RNN_ISA_ARGS.items()
 ]
+
+for extension in extensions:
+    extension.extra_link_args += SANITIZE_ARGS
 
 setup(ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}))

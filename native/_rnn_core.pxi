@@ -1602,7 +1602,9 @@ cdef class KernelCore:
         if self.flip_ok and s.T == 1:
             s.flip = self.steps & 1
             self.steps += 1
-        if self.scratch_busy:  # another thread has this kernel's buffer (and workers): its own, serially
+        if self.scratch_busy and self.threads > 1 and self.split_rows and s.B >= self.split_rows:
+            status = self.run_parts_here(s, self.threads)  # the split's rows, so the split's bits
+        elif self.scratch_busy:  # another thread has this kernel's buffer (and workers): its own, serially
             buffer = self._scratch(s.T, s.B)  # CythonKernel's per-thread buffer
             status = self.run_here(s, data_of(buffer))
         else:
@@ -1707,6 +1709,31 @@ cdef class KernelCore:
                 status = run_part(self.part_at(0))
                 for p in range(1, parts):
                     status |= li_worker_wait(&self.workers[p - 1])
+        return status
+
+    cdef int run_parts_here(self, Seq* s, idx parts) except -1:
+        """A batch split's parts one after the other in this thread, with scratch of its own (another
+        call holds the kernel's scratch and workers): each part runs the same rows as in the split,
+        so a call's bits never depend on whether another thread was using the kernel."""
+        cdef idx p, offset = 0, groups = s.D * ((s.B + 3) // 4)
+        cdef int status = 0
+        cdef Part part
+        cdef float* scratch = aligned_floats(self.scratch_floats(s, parts))
+        cdef li_range* ranges = <li_range*>li_lines_alloc(parts, sizeof(li_range))
+        if scratch == NULL or ranges == NULL:
+            free(scratch)
+            free(ranges)
+            raise MemoryError()
+        with nogil:
+            for p in range(parts):
+                ranges[p].next, ranges[p].end = <int>(groups * p // parts), <int>(groups * (p + 1) // parts)
+            for p in range(parts):
+                part.s = s[0]
+                offset += self.cut_part(&part.s, s.B * p // parts, s.B * (p + 1) // parts, scratch + offset)
+                part.s.whole, part.s.ranges, part.s.parts, part.s.part = s, ranges, <int>parts, <int>p
+                status |= self.run(&part.s, self.op)
+        free(scratch)
+        free(ranges)
         return status
 
     cdef idx parts_for(self, idx batch) except -1:

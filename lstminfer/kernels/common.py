@@ -2,6 +2,7 @@
 the identity check on packed constants, and the helper thread pools."""
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,17 @@ def same_weights(op: str, packed: tuple, W: Any, R: Any, B: Any, P: Any) -> bool
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools_in_child() -> None:
+    """After fork(): the child has none of the pools' threads (work sent to them would wait
+    forever), and the lock may have been held by a parent thread: both start afresh."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 
 def thread_pool(workers: int) -> ThreadPoolExecutor:
