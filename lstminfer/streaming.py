@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import state_blob
+from .arguments import strict_keywords
 from .c_runtime import _runtime
 from .conv_streaming import HistorySlot, with_time_history
 from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
@@ -550,6 +551,7 @@ class StreamPool:
     def __len__(self) -> int:
         return self.max_streams - len(self._free)
 
+    @strict_keywords
     def open(self, state: Any = None) -> int:
         """A new stream id, starting from the initial state, ``state`` bytes or a state dict.
 

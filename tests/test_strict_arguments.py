@@ -66,6 +66,7 @@ def test_every_public_callable_rejects_an_unknown_keyword_by_name(model):
     (lambda: lstminfer.InferenceSession(MODEL, provider=["CPUExecutionProvider"]), "provider", "providers"),
     (lambda: lstminfer.quantize(MODEL, "out.onnx", mod="int8"), "mod", "mode"),
     (lambda: lstminfer.load(MODEL).stream(stat=None), "stat", "state"),
+    (lambda: lstminfer.load(MODEL).stream_pool(4).open(stat=None), "stat", "state"),
     (lambda: client.Client("http://127.0.0.1:9", timout=1), "timout", "timeout"),
     (lambda: lstminfer.OrtValue.ortvalue_from_numpy(np.zeros(1), devce_type="cpu"), "devce_type", "device_type"),
 ])
