@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Install lstminfer from a clean clone inside an arm64 Debian bookworm root (QEMU user
+# emulation through binfmt) and run its tests there. Correctness only: emulated timings
+# mean nothing. Run it on every change to native/ or setup.py.
+#
+#   sudo tools/aarch64_check.sh [pytest args...]      (default: the ARM subset below)
+#
+# Needs root (debootstrap, chroot, binfmt) and network access to Debian and PyPI.
+# The root is kept in $ARM_ROOT (default /var/tmp/lstminfer-arm64) and reused: the first
+# run builds it (~3 min + the Python packages under emulation), later runs only reinstall
+# the project. onnxruntime's and torch's tests skip there (no usable aarch64 wheel under
+# QEMU); tests/test_x86_reference_outputs.py compares against outputs saved on x86-64.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=${ARM_ROOT:-/var/tmp/lstminfer-arm64}
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# Tests that cover kernels, the API, streaming and the CLI without onnxruntime or torch.
+DEFAULT_TESTS=(tests/test_x86_reference_outputs.py tests/test_cython_kernels.py tests/test_int8_kernels.py
+               tests/test_reference_rnn.py tests/test_recurrent_ops.py tests/test_api.py tests/test_streaming.py
+               tests/test_cli.py tests/test_demo.py tests/test_bundled_models.py tests/test_cpu_threads.py)
+
+log() { echo "[aarch64_check] $*" >&2; }
+
+setup_binfmt() {
+    command -v qemu-aarch64-static >/dev/null && command -v debootstrap >/dev/null \
+        || apt-get install -y qemu-user-static debootstrap binfmt-support >/dev/null
+    mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+    update-binfmts --enable qemu-aarch64 || true
+    [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || { log "binfmt entry qemu-aarch64 missing"; exit 2; }
+}
+
+build_root() {
+    [ -x "$ROOT/usr/bin/python3" ] && [ -e "$ROOT/.lstminfer-root-done" ] && return
+    log "debootstrap arm64 bookworm into $ROOT"
+    rm -rf "$ROOT"
+    debootstrap --arch=arm64 --foreign --variant=minbase \
+        --include=python3,python3-venv,python3-dev,gcc,g++,git,ca-certificates bookworm "$ROOT" "$MIRROR"
+    cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"  # for kernels whose binfmt entry lacks the F flag
+    chroot "$ROOT" /debootstrap/debootstrap --second-stage
+    touch "$ROOT/.lstminfer-root-done"
+}
+
+mount_root() {
+    for d in proc dev sys; do mountpoint -q "$ROOT/$d" || mount --bind "/$d" "$ROOT/$d"; done
+    cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+}
+
+umount_root() {
+    for d in sys dev proc; do mountpoint -q "$ROOT/$d" && umount -l "$ROOT/$d" || true; done
+}
+
+setup_binfmt
+build_root
+trap umount_root EXIT
+mount_root
+
+# A clean clone of the committed HEAD: what a user gets, without this tree's build outputs.
+rm -rf "$ROOT/src/lstminfer"
+mkdir -p "$ROOT/src"
+git clone -q --no-hardlinks "$REPO" "$ROOT/src/lstminfer"
+git -C "$ROOT/src/lstminfer" log --oneline -1 >&2
+
+TESTS=("$@")
+[ ${#TESTS[@]} -gt 0 ] || TESTS=("${DEFAULT_TESTS[@]}")
+
+chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 /bin/bash -euo pipefail -c "
+uname -m
+cd /src/lstminfer
+[ -x /venv/bin/python ] || python3 -m venv /venv
+/venv/bin/pip install -q --prefer-binary numpy onnx Cython pytest hypothesis
+/venv/bin/pip install -q --prefer-binary .
+cd /tmp   # the installed package, not the source tree
+/venv/bin/lstminfer info \$(/venv/bin/python -c 'import lstminfer.models as m, os; print(os.path.join(os.path.dirname(m.__file__), \"kws_lstm.onnx\"))') | tail -3 || true
+/venv/bin/lstminfer demo
+cd /src/lstminfer
+mv lstminfer /tmp/lstminfer-source-hidden  # tests import the installed build
+trap 'mv /tmp/lstminfer-source-hidden lstminfer' EXIT
+/venv/bin/python -m pytest -q -p no:cacheprovider ${TESTS[*]}
+"
+log "done"
