@@ -45,7 +45,8 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str | None:
-    return None if _NUMBA_ERROR is None else "numba cannot be imported (pip install numba)"
+    return None if _NUMBA_ERROR is None else ("numba is not installed: the JIT backend is an extra, "
+                                              "`pip install lstminfer[numba]` (or `pip install numba`)")
 
 
 def why_not_fused(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None) -> str | None:
