@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstminfer.kernels import cython_backend, numba_math, packing
+from lstminfer.kernels import cython_backend, packing
 from lstminfer import reference
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +72,7 @@ def test_segments_match_packing(ext):
 
 
 def test_shared_constants_match_python(ext):
+    numba_math = pytest.importorskip("lstminfer.kernels.numba_math", reason="numba is an extra (lstminfer[numba])")
     assert ext.ACTIVATION_CODES == numba_math.ACTIVATION_CODES
     assert ext.GATES == packing.GATES
     assert ext.GATES == reference.GATES
