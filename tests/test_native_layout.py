@@ -14,10 +14,13 @@ from lstminfer import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each build of the recurrent kernels and the CPU features it needs.
-BUILDS = {"_rnn_kernels": (), "_rnn_kernels_avx2": ("avx2", "fma"), "_rnn_kernels_avx512": ("avx512f", "avx2", "fma")}
+# (a build of another architecture needs features this one's _cpu never reports: never runnable)
+BUILDS = {"_rnn_kernels": (), "_rnn_kernels_avx2": ("avx2", "fma"), "_rnn_kernels_avx512": ("avx512f", "avx2", "fma"),
+          "_rnn_kernels_armv82": ("asimd", "fp16", "dotprod")}
 ISA_FLAGS = {"_rnn_kernels": [], "_rnn_kernels_avx2": ["-mavx2", "-mfma"],
-             "_rnn_kernels_avx512": ["-mavx512f", "-mavx2", "-mfma"]}
-ISA_NAMES = {"_rnn_kernels": "portable", "_rnn_kernels_avx2": "avx2", "_rnn_kernels_avx512": "avx512"}
+             "_rnn_kernels_avx512": ["-mavx512f", "-mavx2", "-mfma"], "_rnn_kernels_armv82": ["-march=armv8.2-a+fp16+dotprod"]}
+ISA_NAMES = {"_rnn_kernels": "portable", "_rnn_kernels_avx2": "avx2", "_rnn_kernels_avx512": "avx512",
+             "_rnn_kernels_armv82": "armv82"}
 
 
 def _cpu_has(needs):
