@@ -31,14 +31,21 @@ setup_binfmt() {
 }
 
 build_root() {
-    [ -x "$ROOT/usr/bin/python3" ] && [ -e "$ROOT/.lstminfer-root-done" ] && return
-    log "debootstrap arm64 bookworm into $ROOT"
-    rm -rf "$ROOT"
+    [ -e "$ROOT/.lstminfer-root-done" ] && return
+    # Built in a staging folder, renamed only when complete: a half-built root is never reused,
+    # and nothing is removed while the host's /proc or /sys may be mounted inside it.
+    local stage="$ROOT.partial"
+    for d in sys dev proc; do mountpoint -q "$stage/$d" 2>/dev/null && umount -l "$stage/$d"; done
+    [ -e "$ROOT" ] && { log "$ROOT exists but is incomplete: remove it (after unmounting its proc/sys/dev)"; exit 2; }
+    rm -rf --one-file-system "$stage"
+    log "debootstrap arm64 bookworm into $stage"
     debootstrap --arch=arm64 --foreign --variant=minbase \
-        --include=python3,python3-venv,python3-dev,gcc,g++,git,ca-certificates bookworm "$ROOT" "$MIRROR"
-    cp /usr/bin/qemu-aarch64-static "$ROOT/usr/bin/"  # for kernels whose binfmt entry lacks the F flag
-    chroot "$ROOT" /debootstrap/debootstrap --second-stage
-    touch "$ROOT/.lstminfer-root-done"
+        --include=python3,python3-venv,python3-dev,gcc,g++,git,ca-certificates bookworm "$stage" "$MIRROR"
+    cp /usr/bin/qemu-aarch64-static "$stage/usr/bin/"  # for kernels whose binfmt entry lacks the F flag
+    chroot "$stage" /debootstrap/debootstrap --second-stage
+    for d in sys dev proc; do mountpoint -q "$stage/$d" && umount -l "$stage/$d"; done
+    touch "$stage/.lstminfer-root-done"
+    mv "$stage" "$ROOT"
 }
 
 mount_root() {
@@ -56,7 +63,7 @@ trap umount_root EXIT
 mount_root
 
 # A clean clone of the committed HEAD: what a user gets, without this tree's build outputs.
-rm -rf "$ROOT/src/lstminfer"
+rm -rf --one-file-system "$ROOT/src/lstminfer"
 mkdir -p "$ROOT/src"
 git clone -q --no-hardlinks "$REPO" "$ROOT/src/lstminfer"
 git -C "$ROOT/src/lstminfer" log --oneline -1 >&2
