@@ -17,7 +17,7 @@ ROOT=${ARM_ROOT:-/var/tmp/lstminfer-arm64}
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 # Tests that cover kernels, the API, streaming and the CLI without onnxruntime or torch.
 DEFAULT_TESTS=(tests/test_x86_reference_outputs.py tests/test_cython_kernels.py tests/test_int8_kernels.py
-               tests/test_reference_rnn.py tests/test_recurrent_ops.py tests/test_api.py tests/test_streaming.py
+               tests/test_reference_rnn.py tests/test_native_layout.py tests/test_api.py tests/test_streaming.py
                tests/test_cli.py tests/test_demo.py tests/test_bundled_models.py tests/test_cpu_threads.py)
 
 log() { echo "[aarch64_check] $*" >&2; }
