@@ -66,6 +66,25 @@ def test_headers_compile_and_pass_alone(build, tmp_path):
     assert ran.stdout.startswith(ISA_NAMES[build] + " ok"), ran.stdout
 
 
+# The builds whose dynamic int8 products (li_vnni.h) this CPU runs, and the features they need.
+INT8_DOT = {"_rnn_kernels_avx512": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"), "_rnn_kernels_armv82": ("dotprod",)}
+
+
+@pytest.mark.parametrize("build", [b for b, needs in INT8_DOT.items() if b in RUNNABLE and _cpu_has(needs)])
+def test_int8_dot_products_equal_naive_ones(build, tmp_path):
+    """li_vnni_gemm (VNNI on x86-64, sdot on aarch64) against a naive int8 product, in C."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "test_li_vnni"
+    built = subprocess.run([cc, "-O2", "-std=gnu11", f"-I{ROOT / 'native'}", *ISA_FLAGS[build],
+                            str(ROOT / "tests" / "c" / "test_li_vnni.c"), "-o", str(exe), "-lm"],
+                           capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and "compiled=1 fails=0" in ran.stdout, ran.stdout + ran.stderr
+
+
 # ---------------------------------------------------- numbers shared with Python --
 
 def test_segments_match_packing(ext):
