@@ -131,7 +131,11 @@ def compile_kernels(ops=OPS) -> list[tuple[str, str]]:
 
 
 def cache_info() -> dict[str, Any]:
-    """Where Numba caches the kernels, and whether caching works here."""
+    """Where Numba caches the kernels, and whether caching works here (numba missing: an error naming the extra)."""
+    if _NUMBA_ERROR:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"backend 'numba' is not available: {unavailable_reason()}")
     from numba.core import config
 
     from . import numba_config
