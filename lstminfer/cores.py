@@ -42,7 +42,8 @@ def _cgroup_dirs(root: str, proc_cgroup: str, controller: str) -> list[str]:
         with open(proc_cgroup) as f:
             for line in f:
                 _, names, path = line.rstrip("\n").split(":", 2)
-                if (controller and set(names.split(",")) >= set(controller.split(","))) or (not controller and names == ""):
+                mine = set(names.split(",")) >= set(controller.split(",")) if controller else names == ""
+                if mine:
                     own = path
     except (OSError, ValueError):
         pass
@@ -67,7 +68,8 @@ def _v2_limit(directory: str) -> float | None:
 
 def _v1_limit(directory: str) -> float | None:
     """cgroup v1 ``cpu.cfs_quota_us`` (-1: no limit) over ``cpu.cfs_period_us``."""
-    quota, period = _read(os.path.join(directory, "cpu.cfs_quota_us")), _read(os.path.join(directory, "cpu.cfs_period_us"))
+    quota = _read(os.path.join(directory, "cpu.cfs_quota_us"))
+    period = _read(os.path.join(directory, "cpu.cfs_period_us"))
     if quota is None or period is None:
         return None
     return _ratio(quota, period)

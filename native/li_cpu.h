@@ -54,6 +54,4 @@ static int lstminfer_has(const char *name) {
 static int lstminfer_has(const char *name) { (void)name; return 0; }
 #endif
 
-#define LSTMINFER_X86 (!strcmp(LSTMINFER_ARCH, "x86_64"))
-
 #endif

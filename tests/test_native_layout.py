@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BUILDS = {"_rnn_kernels": (), "_rnn_kernels_avx2": ("avx2", "fma"), "_rnn_kernels_avx512": ("avx512f", "avx2", "fma"),
           "_rnn_kernels_armv82": ("asimd", "fp16", "dotprod")}
 ISA_FLAGS = {"_rnn_kernels": [], "_rnn_kernels_avx2": ["-mavx2", "-mfma"],
-             "_rnn_kernels_avx512": ["-mavx512f", "-mavx2", "-mfma"], "_rnn_kernels_armv82": ["-march=armv8.2-a+fp16+dotprod"]}
+             "_rnn_kernels_avx512": ["-mavx512f", "-mavx2", "-mfma"],
+             "_rnn_kernels_armv82": ["-march=armv8.2-a+fp16+dotprod"]}
 ISA_NAMES = {"_rnn_kernels": "portable", "_rnn_kernels_avx2": "avx2", "_rnn_kernels_avx512": "avx512",
              "_rnn_kernels_armv82": "armv82"}
 
@@ -67,7 +68,8 @@ def test_headers_compile_and_pass_alone(build, tmp_path):
 
 
 # The builds whose dynamic int8 products (li_vnni.h) this CPU runs, and the features they need.
-INT8_DOT = {"_rnn_kernels_avx512": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"), "_rnn_kernels_armv82": ("dotprod",)}
+INT8_DOT = {"_rnn_kernels_avx512": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),
+            "_rnn_kernels_armv82": ("dotprod",)}
 
 
 @pytest.mark.parametrize("build", [b for b, needs in INT8_DOT.items() if b in RUNNABLE and _cpu_has(needs)])

@@ -58,8 +58,8 @@ _ISA_MODULES = {"avx512": "lstminfer._native._rnn_kernels_avx512", "avx2": "lstm
 _ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "armv82": ("asimd", "fp16", "dotprod"),
               "portable": ()}
 # The dynamic int8 products (native/li_vnni.h): AVX-512 VNNI on x86-64, sdot (dotprod) on aarch64.
-_INT8_DOT_NEEDS = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"), "avx2": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),
-                   "armv82": ("dotprod",)}
+_VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")
+_INT8_DOT_NEEDS = {"avx512": _VNNI, "avx2": _VNNI, "armv82": ("dotprod",)}
 
 _F32 = np.dtype(np.float32)
 _NO_PANELS = np.zeros(ALIGN_FLOATS, dtype=np.float32)  # pbuf of an int8 kernel (never read)
@@ -213,7 +213,8 @@ def int8_scheme(scheme: str, input_size: int, hidden_size: int) -> str:
             raise ValueError(f"{INT8_SCHEME_ENV} must be one of {INT8_SCHEMES[1:]}, got {scheme!r}")
     fits = max(input_size, hidden_size) <= VNNI_MAX_K
     if scheme == "vnni" and not (vnni_available() and fits):
-        raise ValueError("int8 scheme 'vnni' needs AVX-512 VNNI or Arm dotprod (lstminfer._native._cpu), LSTMINFER_PORTABLE unset "
+        raise ValueError("int8 scheme 'vnni' needs AVX-512 VNNI or Arm dotprod (lstminfer._native._cpu), "
+                         "LSTMINFER_PORTABLE unset "
                          f"and input/hidden size <= {VNNI_MAX_K}")
     if scheme == "auto":
         return "vnni" if vnni_available() and fits else "weight-only"
