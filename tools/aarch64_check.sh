@@ -79,7 +79,8 @@ cd /src/lstminfer
 /venv/bin/pip install -q --prefer-binary setuptools wheel numpy onnx Cython pytest hypothesis
 /venv/bin/pip install -q --no-build-isolation .  # the build requirements are above: one numpy, not two
 cd /tmp   # the installed package, not the source tree
-/venv/bin/lstminfer info \$(/venv/bin/python -c 'import lstminfer.models as m, os; print(os.path.join(os.path.dirname(m.__file__), \"kws_lstm.onnx\"))') | tail -3 || true
+/venv/bin/lstminfer info \$(/venv/bin/python -c 'import lstminfer.models as m; print(m.path(\"adding_lstm\"))') | tail -2
+/venv/bin/python -c 'import lstminfer.kernels.cython_backend as c; print(\"cython build in use:\", c.isa(), \"int8 dot products:\", c.vnni_available())'
 /venv/bin/lstminfer demo
 cd /src/lstminfer
 mv lstminfer /tmp/lstminfer-source-hidden  # tests import the installed build
