@@ -51,6 +51,8 @@ build_root() {
 mount_root() {
     for d in proc dev sys; do mountpoint -q "$ROOT/$d" || mount --bind "/$d" "$ROOT/$d"; done
     cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+    # The host's CA bundle (it may trust a proxy's CA that the fresh root does not): pip uses it.
+    cp "${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}" "$ROOT/etc/host-ca.crt"
 }
 
 umount_root() {
@@ -72,7 +74,8 @@ TESTS=("$@")
 [ ${#TESTS[@]} -gt 0 ] || TESTS=("${DEFAULT_TESTS[@]}")
 
 chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 /bin/bash -euo pipefail -c "
+    PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_CERT=/etc/host-ca.crt SSL_CERT_FILE=/etc/host-ca.crt \
+    ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} /bin/bash -euo pipefail -c "
 uname -m
 cd /src/lstminfer
 [ -x /venv/bin/python ] || python3 -m venv /venv
