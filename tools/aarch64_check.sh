@@ -79,7 +79,7 @@ chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/local/bin:/usr/bin:/bin LANG
 uname -m
 cd /src/lstminfer
 [ -x /venv/bin/python ] || python3 -m venv /venv
-/venv/bin/pip install -q --prefer-binary setuptools wheel numpy onnx Cython pytest hypothesis
+/venv/bin/pip install -q --prefer-binary 'setuptools>=77' wheel numpy onnx Cython pytest hypothesis
 /venv/bin/pip install -q --no-build-isolation .  # the build requirements are above: one numpy, not two
 cd /tmp   # the installed package, not the source tree
 /venv/bin/lstminfer info \$(/venv/bin/python -c 'import lstminfer.models as m; print(m.path(\"adding_lstm\"))') | tail -2
