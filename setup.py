@@ -1,11 +1,13 @@
-"""Build the Cython extensions in native/ as private modules of lstminfer."""
+"""Build the Cython extensions in native/ as private modules of lstminfer (ISA builds by target architecture)."""
 import os
+import platform
+import sysconfig
 
 import numpy
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-# Portable flags only: a wheel must run on any x86-64; fast paths are chosen
+# Portable flags only: a wheel must run on any CPU of its architecture; fast paths are chosen
 # at run time by CPU feature (lstminfer._native._cpu), never by -march=native.
 COMPILE_ARGS = ["-O3"]
 
@@ -25,13 +27,37 @@ COMPILE_ARGS += SANITIZE_ARGS
 # The recurrent kernels are built once per instruction set from one source
 # (native/_rnn_core.pxi); lstminfer/kernels/cython_backend.py imports the
 # build the CPU supports (LSTMINFER_PORTABLE=1 forces the baseline one).
-# Only the modules named *_avx2/*_avx512 get those flags, and none is
-# imported on a CPU without them.
-RNN_ISA_ARGS = {
+# Only the module of a suffix gets its flags, and none is imported on a CPU without them.
+X86_ISA_ARGS = {
     "": [],
     "_avx2": ["-mavx2", "-mfma"],
     "_avx512": ["-mavx512f", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
 }
+# armv8-a has NEON (asimd) everywhere: the baseline build; the tuned one adds fp16 and sdot/udot.
+ARM_ISA_ARGS = {
+    "": [],
+    "_armv82": ["-march=armv8.2-a+fp16+dotprod"],
+}
+ARCH_ENV = "LSTMINFER_TARGET_ARCH"  # cross builds: the target's machine name (x86_64, aarch64, ...)
+
+
+def target_arch() -> str:
+    """The architecture the extensions are compiled for: $LSTMINFER_TARGET_ARCH, else the
+    platform tag (sysconfig: right for cross-compiling Pythons), else this machine's."""
+    arch = os.environ.get(ARCH_ENV) or sysconfig.get_platform().rsplit("-", 1)[-1] or platform.machine()
+    return arch.lower()
+
+
+def isa_builds(arch: str) -> dict[str, list[str]]:
+    """Module suffix -> compiler flags of each recurrent-kernel build for ``arch`` (always "" first)."""
+    if arch in ("x86_64", "amd64", "x64"):
+        return X86_ISA_ARGS
+    if arch in ("aarch64", "arm64", "armv8", "armv8l"):
+        return ARM_ISA_ARGS
+    return {"": []}  # any other architecture: the portable build only
+
+
+RNN_ISA_ARGS = isa_builds(target_arch())
 
 # Everything the recurrent kernels include: an edit to any of them rebuilds every ISA variant.
 RNN_DEPENDS = ["native/_rnn_core.pxi", "native/li_constants.pxd", "native/li_no_complex_i.h", "native/li_simd.h",

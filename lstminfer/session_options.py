@@ -8,10 +8,10 @@ one is an ``AttributeError`` naming the closest real one, as onnxruntime's own o
 from __future__ import annotations
 
 import enum
-import os
 from typing import Any
 
 from .arguments import did_you_mean, warn_caller
+from .cores import available_cores
 from .errors import InvalidArgumentError
 
 CPU_PROVIDER = "CPUExecutionProvider"
@@ -62,11 +62,8 @@ def get_device() -> str:
 
 
 def machine_cores() -> int:
-    """The cores this process may run on (its affinity where the OS says, else the CPU count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """The cores this process may run on: affinity and cgroup CPU limit (``lstminfer.cores``)."""
+    return available_cores()
 
 
 def provider_settings(providers: Any, provider_options: Any) -> dict[str, str]:

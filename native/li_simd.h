@@ -1,6 +1,6 @@
 /* The one place that decides the vector instruction set of a build and wraps the intrinsics
-   the kernels use. setup.py compiles the recurrent kernels once per ISA (portable, AVX2+FMA,
-   AVX-512); everything else is written on li_vf (GCC vector extensions, LI_VEC floats) and the
+   the kernels use. setup.py compiles the recurrent kernels once per ISA of the target (x86-64:
+   portable, AVX2+FMA, AVX-512; aarch64: portable armv8-a NEON, armv8.2-a+fp16+dotprod); everything else is written on li_vf (GCC vector extensions, LI_VEC floats) and the
    helpers below, never on __AVX*__ or _mm* directly.
 
    LI_VEC    floats per vector: 16 (AVX-512), 8 (AVX2), 4 (otherwise)
@@ -25,12 +25,18 @@
 #define LI_VEC 8
 #define LI_VREGS 16
 #define LI_ISA "avx2"
+#elif defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
+#define LI_ISA_AVX512 0
+#define LI_ISA_AVX2 0
+#define LI_VEC 4
+#define LI_VREGS 16
+#define LI_ISA "armv82" /* armv8.2-a+fp16+dotprod: 128-bit NEON, sdot for int8 (li_vnni.h) */
 #else
 #define LI_ISA_AVX512 0
 #define LI_ISA_AVX2 0
 #define LI_VEC 4
 #define LI_VREGS 16
-#define LI_ISA "portable"
+#define LI_ISA "portable" /* SSE2 on x86-64, NEON (armv8-a) on aarch64: GCC vector extensions */
 #endif
 
 #if LI_ISA_AVX2 || defined(__SSE2__)

@@ -14,9 +14,10 @@
    vpdpbusd operand per 16 columns), then 64 int32 corrections (128 colsum).
    Kp = K rounded up to 4, the padding rows and columns zero.
 
-   Compiled into every build (function-level target attributes: the module's
+   Compiled into every x86-64 build (function-level target attributes: the module's
    flags stay portable); cython_backend calls it only when lstminfer._native._cpu
-   reports avx512vnni (and bw, vl). */
+   reports avx512vnni (and bw, vl). On aarch64 the armv82 build has it on sdot
+   (vdotq_s32, below), called where the CPU reports dotprod. */
 #ifndef LI_VNNI_H
 #define LI_VNNI_H
 
@@ -167,6 +168,117 @@ LI_VNNI_TARGET static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K,
                 li_vnni_tile4(qa + r * Kp, Kp, P, as + r, scales + j, b, C + (m0 + r) * ldc + j, ldc, w);
             for (; r < rows; r++)
                 li_vnni_tile1(qa + r * Kp, Kp, P, as[r], scales + j, b, C + (m0 + r) * ldc + j, w);
+        }
+    }
+    if (qa != stack) free(qa);
+    return 0;
+}
+
+#elif defined(__GNUC__) && defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
+/* aarch64 with sdot (the armv82 build only): the same panels, read as int8x16 vectors of 4
+   columns x 4 k; activations stay signed (sdot is s8 x s8), so no +128 shift and the panels'
+   column-sum corrections are not read. Results equal the x86 path's: both products are exact. */
+#include <arm_neon.h>
+#define LI_VNNI_COMPILED 1
+
+/* rows of A -> s8 rows of qa (Kp bytes each, padding 0), and their scales (NaN for a row with inf/NaN). */
+static void li_vnni_quantize_rows(const float *A, ptrdiff_t rows, ptrdiff_t K, ptrdiff_t lda,
+                                  uint8_t *qa, ptrdiff_t Kp, float *a_scale) {
+    for (ptrdiff_t r = 0; r < rows; r++) {
+        const float *a = A + r * lda;
+        int8_t *q = (int8_t *)(qa + r * Kp);
+        float amax = 0.0f, poison = 0.0f; /* poison: sum of 0 * a, NaN iff some a is inf/NaN */
+        for (ptrdiff_t k = 0; k < K; k++) {
+            float v = a[k] < 0 ? -a[k] : a[k];
+            amax = v > amax ? v : amax;
+            poison += a[k] * 0.0f;
+        }
+        float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        a_scale[r] = poison == 0.0f ? amax / 127.0f : __builtin_nanf("");
+        if (poison != 0.0f) inv = 0.0f;
+        const float32x4_t vinv = vdupq_n_f32(inv);
+        ptrdiff_t k = 0;
+        for (; k + 4 <= K; k += 4) { /* round to nearest even, as x86's cvtps */
+            int32x4_t v = vcvtnq_s32_f32(vmulq_f32(vld1q_f32(a + k), vinv));
+            int16x4_t h = vmovn_s32(v);
+            int8x8_t b = vmovn_s16(vcombine_s16(h, h));
+            memcpy(q + k, &b, 4);
+        }
+        for (; k < K; k++) q[k] = (int8_t)vcvtns_s32_f32(a[k] * inv);
+        for (k = K; k < Kp; k++) q[k] = 0;
+    }
+}
+
+/* C[0:w] of one row for columns 16 * quarter + [0, 16): (acc[v] * a_scale * w_scale + bias), 4 per vector */
+static inline void li_vnni_finish_neon(const int32x4_t acc[4], int quarter, const float *ws, float as,
+                                       const float *bias, float *c, ptrdiff_t w) {
+    for (int v = 0; v < 4; v++) {
+        ptrdiff_t j = 16 * quarter + 4 * v, left = w - j;
+        if (left <= 0) return;
+        float out[4];
+        float scale[4] = {0, 0, 0, 0}, add[4] = {0, 0, 0, 0};
+        for (int i = 0; i < 4 && i < left; i++) { scale[i] = ws[j + i]; if (bias) add[i] = bias[j + i]; }
+        /* acc * (a_scale * w_scale) + bias, rounded in the x86 path's order */
+        float32x4_t f = vmulq_f32(vcvtq_f32_s32(acc[v]), vmulq_f32(vdupq_n_f32(as), vld1q_f32(scale)));
+        vst1q_f32(out, vaddq_f32(f, vld1q_f32(add)));
+        memcpy(c + j, out, (size_t)(left < 4 ? left : 4) * sizeof(float));
+    }
+}
+
+/* up to 4 rows x 16 columns (one quarter of a panel): 16 accumulators, each weight vector used by every row */
+static void li_vnni_tile_neon(const uint8_t *qa, ptrdiff_t Kp, int rows, const int8_t *P, int quarter,
+                              const float *as, const float *ws, const float *bias, float *C, ptrdiff_t ldc,
+                              ptrdiff_t w) {
+    int32x4_t c[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < 4; v++) c[r][v] = vdupq_n_s32(0);
+    for (ptrdiff_t k = 0; k < Kp; k += 4) {
+        const int8_t *p = P + k * LI_VNNI_NR + 64 * quarter;
+        int8x16_t w0 = vld1q_s8(p), w1 = vld1q_s8(p + 16), w2 = vld1q_s8(p + 32), w3 = vld1q_s8(p + 48);
+        for (int r = 0; r < rows; r++) {
+            int32_t word;
+            memcpy(&word, qa + r * Kp + k, 4);
+            int8x16_t b = vreinterpretq_s8_s32(vdupq_n_s32(word));
+            c[r][0] = vdotq_s32(c[r][0], b, w0);
+            c[r][1] = vdotq_s32(c[r][1], b, w1);
+            c[r][2] = vdotq_s32(c[r][2], b, w2);
+            c[r][3] = vdotq_s32(c[r][3], b, w3);
+        }
+    }
+    for (int r = 0; r < rows; r++) li_vnni_finish_neon(c[r], quarter, ws, as[r], bias, C + r * ldc, w);
+}
+
+/* C[m, 0:width] for m < M, as the x86 li_vnni_gemm (blocks of rows quantized once, on the stack). */
+static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda, const int8_t *panels,
+                        const float *scales, ptrdiff_t width, float *C, ptrdiff_t ldc, const float *bias) {
+    ptrdiff_t Kp = (K + 3) / 4 * 4;
+    ptrdiff_t panel_bytes = Kp * LI_VNNI_NR + 4 * LI_VNNI_NR;
+    ptrdiff_t mb = (LI_VNNI_STACK / (Kp > 0 ? Kp : 1)) / 4 * 4;
+    mb = mb < 4 ? 4 : (mb > 256 ? 256 : mb);
+    uint8_t stack[LI_VNNI_STACK] __attribute__((aligned(64)));
+    float as[256];
+    uint8_t *qa = stack;
+    if (mb * Kp > LI_VNNI_STACK) {
+        qa = (uint8_t *)malloc((size_t)(mb * Kp));
+        if (!qa) { /* out of memory: NaN rather than wrong numbers */
+            for (ptrdiff_t m = 0; m < M; m++)
+                for (ptrdiff_t j = 0; j < width; j++) C[m * ldc + j] = __builtin_nanf("");
+            return -1;
+        }
+    }
+    for (ptrdiff_t m0 = 0; m0 < M; m0 += mb) {
+        ptrdiff_t rows = M - m0 < mb ? M - m0 : mb;
+        li_vnni_quantize_rows(A + m0 * lda, rows, K, lda, qa, Kp, as);
+        for (ptrdiff_t j = 0; j < width; j += LI_VNNI_NR) {
+            const int8_t *P = panels + (j / LI_VNNI_NR) * panel_bytes;
+            ptrdiff_t w = width - j < LI_VNNI_NR ? width - j : LI_VNNI_NR;
+            const float *b = bias ? bias + j : NULL;
+            for (ptrdiff_t r = 0; r < rows; r += 4) {
+                int n = rows - r < 4 ? (int)(rows - r) : 4;
+                for (int quarter = 0; quarter < 4 && 16 * quarter < w; quarter++)
+                    li_vnni_tile_neon(qa + r * Kp, Kp, n, P, quarter, as + r, scales + j, b,
+                                      C + (m0 + r) * ldc + j, ldc, w);
+            }
         }
     }
     if (qa != stack) free(qa);

@@ -70,6 +70,8 @@ static inline long long li_now_ns(void) {
 static inline void li_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+    __asm__ __volatile__("yield" ::: "memory"); /* ARM's spin-wait hint */
 #endif
 }
 

@@ -18,3 +18,14 @@ def rng():
     seed = int.from_bytes(os.urandom(4), "little")
     print(f"rng seed {seed}")
     return np.random.default_rng(seed)
+
+
+def pytest_runtest_setup(item):
+    """A test parametrized with a backend this install lacks (numba is an extra) skips, naming why."""
+    backend = getattr(getattr(item, "callspec", None), "params", {}).get("backend")
+    if isinstance(backend, str) and backend in ("cython", "numba"):
+        from lstminfer.backends import why_unavailable
+
+        why = why_unavailable(backend)
+        if why is not None:
+            pytest.skip(f"backend '{backend}': {why}")

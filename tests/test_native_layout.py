@@ -9,15 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lstminfer.kernels import cython_backend, numba_math, packing
+from lstminfer.kernels import cython_backend, packing
 from lstminfer import reference
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each build of the recurrent kernels and the CPU features it needs.
-BUILDS = {"_rnn_kernels": (), "_rnn_kernels_avx2": ("avx2", "fma"), "_rnn_kernels_avx512": ("avx512f", "avx2", "fma")}
+# (a build of another architecture needs features this one's _cpu never reports: never runnable)
+BUILDS = {"_rnn_kernels": (), "_rnn_kernels_avx2": ("avx2", "fma"), "_rnn_kernels_avx512": ("avx512f", "avx2", "fma"),
+          "_rnn_kernels_armv82": ("asimd", "fp16", "dotprod")}
 ISA_FLAGS = {"_rnn_kernels": [], "_rnn_kernels_avx2": ["-mavx2", "-mfma"],
-             "_rnn_kernels_avx512": ["-mavx512f", "-mavx2", "-mfma"]}
-ISA_NAMES = {"_rnn_kernels": "portable", "_rnn_kernels_avx2": "avx2", "_rnn_kernels_avx512": "avx512"}
+             "_rnn_kernels_avx512": ["-mavx512f", "-mavx2", "-mfma"],
+             "_rnn_kernels_armv82": ["-march=armv8.2-a+fp16+dotprod"]}
+ISA_NAMES = {"_rnn_kernels": "portable", "_rnn_kernels_avx2": "avx2", "_rnn_kernels_avx512": "avx512",
+             "_rnn_kernels_armv82": "armv82"}
 
 
 def _cpu_has(needs):
@@ -63,6 +67,26 @@ def test_headers_compile_and_pass_alone(build, tmp_path):
     assert ran.stdout.startswith(ISA_NAMES[build] + " ok"), ran.stdout
 
 
+# The builds whose dynamic int8 products (li_vnni.h) this CPU runs, and the features they need.
+INT8_DOT = {"_rnn_kernels_avx512": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),
+            "_rnn_kernels_armv82": ("dotprod",)}
+
+
+@pytest.mark.parametrize("build", [b for b, needs in INT8_DOT.items() if b in RUNNABLE and _cpu_has(needs)])
+def test_int8_dot_products_equal_naive_ones(build, tmp_path):
+    """li_vnni_gemm (VNNI on x86-64, sdot on aarch64) against a naive int8 product, in C."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    exe = tmp_path / "test_li_vnni"
+    built = subprocess.run([cc, "-O2", "-std=gnu11", f"-I{ROOT / 'native'}", *ISA_FLAGS[build],
+                            str(ROOT / "tests" / "c" / "test_li_vnni.c"), "-o", str(exe), "-lm"],
+                           capture_output=True, text=True, timeout=60)
+    assert built.returncode == 0, built.stderr
+    ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 0 and "compiled=1 fails=0" in ran.stdout, ran.stdout + ran.stderr
+
+
 # ---------------------------------------------------- numbers shared with Python --
 
 def test_segments_match_packing(ext):
@@ -72,6 +96,7 @@ def test_segments_match_packing(ext):
 
 
 def test_shared_constants_match_python(ext):
+    numba_math = pytest.importorskip("lstminfer.kernels.numba_math", reason="numba is an extra (lstminfer[numba])")
     assert ext.ACTIVATION_CODES == numba_math.ACTIVATION_CODES
     assert ext.GATES == packing.GATES
     assert ext.GATES == reference.GATES

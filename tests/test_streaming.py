@@ -112,13 +112,16 @@ def test_bundled_adding_lstm_streams_with_its_h0_c0_paired():
     np.testing.assert_allclose(s.state["c_n"], c_n, atol=TOL, rtol=0)
 
 
-torch_models = pytest.importorskip("torch_models", reason="torch is not installed")
+def _torch_models():
+    """tests/torch_models.py, or a skip: only the tests that export with torch need it (the rest run
+    without torch, e.g. on aarch64 under tools/aarch64_check.sh)."""
+    return pytest.importorskip("torch_models", reason="torch is not installed")
 
 
 @settings(max_examples=10, deadline=None)
 @given(chunking=chunkings(), seed=st.integers(0, 2**16))
 def test_pytorch_two_layer_lstm_with_h0_c0(chunking, seed):
-    spec = torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True)
+    spec = _torch_models().RecurrentSpec("LSTM", num_layers=2, state_io=True)
     model = _torch_model(spec)
     T, cuts = chunking
     feeds = spec.make_inputs(np.random.default_rng(seed), 1, T)
@@ -132,7 +135,7 @@ def test_pytorch_two_layer_lstm_with_h0_c0(chunking, seed):
 
 
 def _torch_model(spec, exporter="torchscript", opset=17):
-    return lstminfer.load(torch_models.export(spec, exporter, opset))
+    return lstminfer.load(_torch_models().export(spec, exporter, opset))
 
 
 def test_bidirectional_and_time_mixing_models_are_rejected_naming_the_node():
@@ -682,7 +685,7 @@ def test_pool_mixed_lengths_pad_or_group_both_equal_streams_alone(monkeypatch, l
     run_masked = StreamProgram.run_masked
     monkeypatch.setattr(StreamProgram, "run_masked",
                         lambda self, *a, **k: calls.append(a[2]) or run_masked(self, *a, **k))
-    spec = torch_models.RecurrentSpec("LSTM", num_layers=2, state_io=True)
+    spec = _torch_models().RecurrentSpec("LSTM", num_layers=2, state_io=True)
     model = _torch_model(spec)
     pool = model.stream_pool(max_streams=4)
     sids = [pool.open() for _ in range(4)]

@@ -9,8 +9,9 @@ dtypes other than float32, weight shapes that don't match). A kernel is a
 common call with the GIL released; the rest goes to the recurrent shell
 (``kernels.shell``), whose reference fallback computes it or raises.
 
-Instruction set: the extension is built three times from one source
-(portable baseline, AVX2+FMA, AVX-512); ``isa()`` picks the best one this
+Instruction set: the extension is built once per instruction set of its
+architecture from one source (x86-64: portable baseline, AVX2+FMA, AVX-512;
+aarch64: armv8-a NEON baseline, armv8.2-a+fp16+dotprod); ``isa()`` picks the best one this
 CPU has (``lstminfer._native._cpu.features()``) unless ``LSTMINFER_PORTABLE=1``,
 which forces the baseline build. It is read when a kernel is built.
 
@@ -51,8 +52,14 @@ from .shell import (FLOAT32, MIN_ROWS_PER_PART, KernelContext, Precision, Recurr
 OPS = ("LSTM", "GRU", "RNN")
 PORTABLE_ENV = "LSTMINFER_PORTABLE"
 _ISA_MODULES = {"avx512": "lstminfer._native._rnn_kernels_avx512", "avx2": "lstminfer._native._rnn_kernels_avx2",
-                "portable": "lstminfer._native._rnn_kernels"}
-_ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "portable": ()}
+                "armv82": "lstminfer._native._rnn_kernels_armv82", "portable": "lstminfer._native._rnn_kernels"}
+# The CPU features each build needs, best build first; a build of another architecture is never
+# asked for, as _cpu.features() names only this architecture's features.
+_ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "armv82": ("asimd", "fp16", "dotprod"),
+              "portable": ()}
+# The dynamic int8 products (native/li_vnni.h): AVX-512 VNNI on x86-64, sdot (dotprod) on aarch64.
+_VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")
+_INT8_DOT_NEEDS = {"avx512": _VNNI, "avx2": _VNNI, "armv82": ("dotprod",)}
 
 _F32 = np.dtype(np.float32)
 _NO_PANELS = np.zeros(ALIGN_FLOATS, dtype=np.float32)  # pbuf of an int8 kernel (never read)
@@ -86,7 +93,7 @@ def unavailable_reason() -> str | None:
 
 
 def isa() -> str:
-    """The instruction-set build kernels use now: "avx512", "avx2" or "portable"."""
+    """The instruction-set build kernels use now: "avx512", "avx2", "armv82" or "portable"."""
     if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
         return "portable"
     try:
@@ -94,7 +101,7 @@ def isa() -> str:
         have = _cpu.features()
     except ImportError:
         return "portable"
-    for name in ("avx512", "avx2"):
+    for name in ("avx512", "avx2", "armv82"):
         if all(have.get(f) for f in _ISA_NEEDS[name]):
             return name
     return "portable"
@@ -178,16 +185,18 @@ VNNI_MAX_K = 4096  # VNNI keeps 4 quantized rows of K bytes on the stack (larger
 
 
 def vnni_available() -> bool:
-    """Can int8 kernels use the dynamic AVX-512 VNNI products here (and now: not LSTMINFER_PORTABLE)?"""
-    if _IMPORT_ERROR or isa() == "portable":
+    """Can int8 kernels use the dynamic int8 products here (AVX-512 VNNI, or sdot on aarch64; and now:
+    not LSTMINFER_PORTABLE)?"""
+    build = isa()
+    if _IMPORT_ERROR or build == "portable":
         return False
     try:
         from .._native import _cpu
         have = _cpu.features()
     except ImportError:
         return False
-    return (all(have.get(f) for f in ("avx512f", "avx512bw", "avx512vl", "avx512vnni"))
-            and bool(getattr(_module(isa()), "VNNI_COMPILED", False)))
+    return (all(have.get(f) for f in _INT8_DOT_NEEDS[build])
+            and bool(getattr(_module(build), "VNNI_COMPILED", False)))
 
 
 def int8_scheme(scheme: str, input_size: int, hidden_size: int) -> str:
@@ -204,7 +213,8 @@ def int8_scheme(scheme: str, input_size: int, hidden_size: int) -> str:
             raise ValueError(f"{INT8_SCHEME_ENV} must be one of {INT8_SCHEMES[1:]}, got {scheme!r}")
     fits = max(input_size, hidden_size) <= VNNI_MAX_K
     if scheme == "vnni" and not (vnni_available() and fits):
-        raise ValueError("int8 scheme 'vnni' needs AVX-512 VNNI (lstminfer._native._cpu), LSTMINFER_PORTABLE unset "
+        raise ValueError("int8 scheme 'vnni' needs AVX-512 VNNI or Arm dotprod (lstminfer._native._cpu), "
+                         "LSTMINFER_PORTABLE unset "
                          f"and input/hidden size <= {VNNI_MAX_K}")
     if scheme == "auto":
         return "vnni" if vnni_available() and fits else "weight-only"

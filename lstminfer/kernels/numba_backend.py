@@ -45,7 +45,8 @@ def available() -> bool:
 
 
 def unavailable_reason() -> str | None:
-    return None if _NUMBA_ERROR is None else "numba cannot be imported (pip install numba)"
+    return None if _NUMBA_ERROR is None else ("numba is not installed: the JIT backend is an extra, "
+                                              "`pip install lstminfer[numba]` (or `pip install numba`)")
 
 
 def why_not_fused(spec: Any, W: Any, R: Any, B: Any = None, P: Any = None) -> str | None:
@@ -130,7 +131,11 @@ def compile_kernels(ops=OPS) -> list[tuple[str, str]]:
 
 
 def cache_info() -> dict[str, Any]:
-    """Where Numba caches the kernels, and whether caching works here."""
+    """Where Numba caches the kernels, and whether caching works here (numba missing: an error naming the extra)."""
+    if _NUMBA_ERROR:
+        from ..errors import BackendUnavailableError
+
+        raise BackendUnavailableError(f"backend 'numba' is not available: {unavailable_reason()}")
     from numba.core import config
 
     from . import numba_config
