@@ -1,6 +1,8 @@
 """Resident memory serving the bundled model: `lstminfer serve` (after one inference request)
-and a minimal lstminfer process (load + one run) against a minimal onnxruntime process holding
-the same model (after one run), each a fresh process, VmRSS from /proc. Linux only.
+against the service a user would write instead (`serve_peer.py`: Starlette + uvicorn +
+onnxruntime, after the same request), and a minimal lstminfer process (load + one run) against a
+minimal onnxruntime process holding the same model (after one run), each a fresh process, VmRSS
+from /proc. Linux only.
 
     python benchmarks/footprint.py [--model adding_lstm]
 """
@@ -38,9 +40,13 @@ def rss_kib(pid: int) -> int:
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
-def serve_rss(model: str) -> int:
-    proc = subprocess.Popen([sys.executable, "-m", "lstminfer", "serve", "--port", "0", model],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "serve_peer.py")
+
+
+def serve_rss(model: str, command: list[str] | None = None) -> int:
+    """VmRSS of a v2 server on ``model`` after one inference request (default: ``lstminfer serve``)."""
+    command = command or [sys.executable, "-m", "lstminfer", "serve", "--port", "0", model]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         port = None
         deadline = time.time() + 60
@@ -51,11 +57,10 @@ def serve_rss(model: str) -> int:
         if port is None:
             raise RuntimeError("lstminfer serve printed no port")
         name = os.path.splitext(os.path.basename(model))[0]
-        meta = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/models/{name}", timeout=30))
         inputs = []
-        for spec in meta["inputs"]:
-            shape = [d if d > 0 else 1 for d in spec["shape"]]
-            inputs.append({"name": spec["name"], "shape": shape, "datatype": spec["datatype"],
+        for spec in lstminfer.load(model).get_inputs():  # the peer has no metadata endpoint: read the file
+            shape = [d if isinstance(d, int) else 1 for d in spec.shape]
+            inputs.append({"name": spec.name, "shape": shape, "datatype": "FP32",
                            "data": np.zeros(shape, np.float32).ravel().tolist()})
         body = json.dumps({"inputs": inputs}).encode()
         urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/{name}/infer", body,
@@ -77,11 +82,13 @@ def main() -> None:
     args = parser.parse_args()
     path = lstminfer.models.path(args.model)
     serve = serve_rss(path)
+    peer = serve_rss(path, [sys.executable, PEER, path, "--port", "0"])
     alone = script_rss(_LSTMINFER_SCRIPT, path)
     ort = script_rss(_ORT_SCRIPT, path)
-    print(f"{args.model} RSS: lstminfer serve {serve / 1024:.1f} MiB, lstminfer.load + run {alone / 1024:.1f} MiB, "
-          f"onnxruntime InferenceSession + run {ort / 1024:.1f} MiB (serve/ort {serve / ort:.2f}, "
-          f"load/ort {alone / ort:.2f})")
+    print(f"{args.model} RSS: lstminfer serve {serve / 1024:.1f} MiB, its peer (Starlette + uvicorn + onnxruntime) "
+          f"{peer / 1024:.1f} MiB (serve/peer {serve / peer:.2f}); lstminfer.load + run {alone / 1024:.1f} MiB, "
+          f"onnxruntime InferenceSession + run {ort / 1024:.1f} MiB (load/ort {alone / ort:.2f}, "
+          f"serve/bare ort {serve / ort:.2f})")
 
 
 if __name__ == "__main__":
