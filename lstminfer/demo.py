@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .listing import brief
+from .model_check import median_ms
 
 # Outputs agree when |a - b| <= ATOL + RTOL * |b| elementwise (float32 rounding; the LSTM
 # cell state can grow to ~10-20, where 1e-5 absolute is below float32 resolution).
@@ -162,7 +163,7 @@ def _task_demo(demo: DemoModel, model, args, start: float) -> int:
     run_steps, run_diff, run_ok = _stream_check(model.run, model, demo, one)
     if not run_ok:
         failures.append(f"state fed back through run() differs from the whole sequence by {run_diff:.3g}")
-    whole_ms = _median_ms(lambda: model.run(None, _feeds(model, demo, one)))
+    whole_ms = median_ms(lambda: model.run(None, _feeds(model, demo, one)))
     print(f"  latency lstminfer ({model.backend}): {_fmt_us(stream_steps)}/step with Stream.step, "
           f"{_fmt_us(run_steps)}/step with run() and state fed back (median), whole sequence {whole_ms:.2f} ms")
 
@@ -256,7 +257,7 @@ def _onnxruntime_comparison(demo: DemoModel, model, one: np.ndarray, x: np.ndarr
     options.intra_op_num_threads = 1  # like-for-like with lstminfer's single-threaded step
     session = ort.InferenceSession(demo.path, options, providers=["CPUExecutionProvider"])
     steps, _, _ = _stream_check(session.run, model, demo, one)
-    whole_ms = _median_ms(lambda: session.run(None, _feeds(model, demo, one)))
+    whole_ms = median_ms(lambda: session.run(None, _feeds(model, demo, one)))
     theirs = session.run(None, _feeds(model, demo, x))
     names = [o.name for o in session.get_outputs()]
     diff, ok = _agreement([predicted[n] for n in names], theirs)
@@ -287,17 +288,6 @@ def _verdict(failures: list[str], start: float) -> int:
         return 1
     print(f"all checks passed ({total:.1f} s)")
     return 0
-
-
-# -- timing helpers -------------------------------------------------------------
-def _median_ms(fn, repeats: int = 5) -> float:
-    fn()  # warm-up (first-call compilation and caches)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
 
 
 def _fmt_us(seconds: list[float]) -> str:
