@@ -91,6 +91,19 @@ def test_int8_dot_products_equal_naive_ones(build, tmp_path):
         assert "product=smmla" in ran.stdout, ran.stdout
 
 
+@pytest.mark.parametrize("features, build", [
+    ({"asimd": True, "fp16": True, "dotprod": True, "i8mm": True}, "armv86"),
+    ({"asimd": True, "fp16": True, "dotprod": True, "i8mm": False}, "armv82"),  # sdot, no smmla
+    ({"asimd": True, "fp16": True, "dotprod": False, "i8mm": True}, "portable"),
+])
+def test_aarch64_build_follows_dotprod_and_i8mm(features, build, monkeypatch):
+    """isa() takes the smmla build only where the CPU reports i8mm (HWCAP2), else sdot's, else NEON's."""
+    _cpu = pytest.importorskip("lstminfer._native._cpu")
+    monkeypatch.delenv(cython_backend.PORTABLE_ENV, raising=False)
+    monkeypatch.setattr(_cpu, "features", lambda: dict(features))
+    assert cython_backend.isa() == build
+
+
 # ---------------------------------------------------- numbers shared with Python --
 
 def test_segments_match_packing(ext):
