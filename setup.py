@@ -33,10 +33,12 @@ X86_ISA_ARGS = {
     "_avx2": ["-mavx2", "-mfma"],
     "_avx512": ["-mavx512f", "-mavx2", "-mfma", "-mprefer-vector-width=512"],
 }
-# armv8-a has NEON (asimd) everywhere: the baseline build; the tuned one adds fp16 and sdot/udot.
+# armv8-a has NEON (asimd) everywhere: the baseline build; the tuned ones add fp16 and sdot/udot,
+# then i8mm (smmla for the int8 products; armv8.6-a and Neoverse V1/N2, Graviton3+).
 ARM_ISA_ARGS = {
     "": [],
     "_armv82": ["-march=armv8.2-a+fp16+dotprod"],
+    "_armv86": ["-march=armv8.2-a+fp16+dotprod+i8mm"],
 }
 ARCH_ENV = "LSTMINFER_TARGET_ARCH"  # cross builds: the target's machine name (x86_64, aarch64, ...)
 

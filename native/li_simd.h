@@ -25,6 +25,12 @@
 #define LI_VEC 8
 #define LI_VREGS 16
 #define LI_ISA "avx2"
+#elif defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD) && defined(__ARM_FEATURE_MATMUL_INT8)
+#define LI_ISA_AVX512 0
+#define LI_ISA_AVX2 0
+#define LI_VEC 4
+#define LI_VREGS 16
+#define LI_ISA "armv86" /* armv8.2-a+fp16+dotprod+i8mm: the armv82 build, smmla for int8 (li_vnni.h) */
 #elif defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
 #define LI_ISA_AVX512 0
 #define LI_ISA_AVX2 0

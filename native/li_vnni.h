@@ -248,6 +248,60 @@ static void li_vnni_tile_neon(const uint8_t *qa, ptrdiff_t Kp, int rows, const i
     for (int r = 0; r < rows; r++) li_vnni_finish_neon(c[r], quarter, ws, as[r], bias, C + r * ldc, w);
 }
 
+#if defined(__ARM_FEATURE_MATMUL_INT8)
+/* i8mm (the armv86 build only): smmla multiplies a 2x8 block of rows by an 8x2 block of columns into
+   2x2 int32, twice sdot's products per instruction. The panels need no repack: zipping the 32-bit
+   lanes of two consecutive 4-k groups gives 8 k of two columns; a pair of rows is read the same way. */
+#define LI_VNNI_SMMLA 1
+
+/* 8 k of two quantized rows (4 k and zeros past Kp when only one 4-k group is left) */
+static inline int8x16_t li_smmla_rows(const uint8_t *r0, const uint8_t *r1, ptrdiff_t k, ptrdiff_t Kp) {
+    int32_t w[4] = {0, 0, 0, 0};
+    memcpy(&w[0], r0 + k, 4);
+    memcpy(&w[2], r1 + k, 4);
+    if (k + 8 <= Kp) { memcpy(&w[1], r0 + k + 4, 4); memcpy(&w[3], r1 + k + 4, 4); }
+    return vreinterpretq_s8_s32(vld1q_s32(w));
+}
+
+/* up to 4 rows x 16 columns (one quarter of a panel): 2 row pairs x 8 column pairs of 2x2 accumulators */
+static void li_vnni_tile_smmla(const uint8_t *qa, ptrdiff_t Kp, int rows, const int8_t *P, int quarter,
+                               const float *as, const float *ws, const float *bias, float *C, ptrdiff_t ldc,
+                               ptrdiff_t w) {
+    const uint8_t *row[4];
+    for (int r = 0; r < 4; r++) row[r] = qa + (r < rows ? r : 0) * Kp; /* missing rows repeat row 0, unused */
+    int32x4_t c[2][8];
+    for (int h = 0; h < 2; h++)
+        for (int v = 0; v < 8; v++) c[h][v] = vdupq_n_s32(0);
+    const int32x4_t none = vdupq_n_s32(0);
+    for (ptrdiff_t k = 0; k < Kp; k += 8) {
+        const int8_t *p = P + k * LI_VNNI_NR + 64 * quarter, *q = p + 4 * LI_VNNI_NR;
+        int8x16_t a0 = li_smmla_rows(row[0], row[1], k, Kp), a1 = li_smmla_rows(row[2], row[3], k, Kp);
+        int last = k + 8 > Kp; /* one 4-k group left: its partner is zero */
+        for (int g = 0; g < 4; g++) { /* columns 4g .. 4g+3 of the quarter */
+            int32x4_t lo = vreinterpretq_s32_s8(vld1q_s8(p + 16 * g));
+            int32x4_t hi = last ? none : vreinterpretq_s32_s8(vld1q_s8(q + 16 * g));
+            int8x16_t b01 = vreinterpretq_s8_s32(vzip1q_s32(lo, hi)), b23 = vreinterpretq_s8_s32(vzip2q_s32(lo, hi));
+            c[0][2 * g] = vmmlaq_s32(c[0][2 * g], a0, b01);
+            c[0][2 * g + 1] = vmmlaq_s32(c[0][2 * g + 1], a0, b23);
+            c[1][2 * g] = vmmlaq_s32(c[1][2 * g], a1, b01);
+            c[1][2 * g + 1] = vmmlaq_s32(c[1][2 * g + 1], a1, b23);
+        }
+    }
+    for (int r = 0; r < rows; r++) { /* 2x2 blocks [r0c0 r0c1 r1c0 r1c1] -> 4 columns of row r */
+        int32x4_t acc[4];
+        for (int g = 0; g < 4; g++) {
+            int64x2_t x = vreinterpretq_s64_s32(c[r / 2][2 * g]), y = vreinterpretq_s64_s32(c[r / 2][2 * g + 1]);
+            acc[g] = vreinterpretq_s32_s64(r % 2 ? vzip2q_s64(x, y) : vzip1q_s64(x, y));
+        }
+        li_vnni_finish_neon(acc, quarter, ws, as[r], bias, C + r * ldc, w);
+    }
+}
+#define LI_VNNI_TILE li_vnni_tile_smmla
+#else
+#define LI_VNNI_SMMLA 0
+#define LI_VNNI_TILE li_vnni_tile_neon
+#endif
+
 /* C[m, 0:width] for m < M, as the x86 li_vnni_gemm (blocks of rows quantized once, on the stack). */
 static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda, const int8_t *panels,
                         const float *scales, ptrdiff_t width, float *C, ptrdiff_t ldc, const float *bias) {
@@ -276,8 +330,8 @@ static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda,
             for (ptrdiff_t r = 0; r < rows; r += 4) {
                 int n = rows - r < 4 ? (int)(rows - r) : 4;
                 for (int quarter = 0; quarter < 4 && 16 * quarter < w; quarter++)
-                    li_vnni_tile_neon(qa + r * Kp, Kp, n, P, quarter, as + r, scales + j, b,
-                                      C + (m0 + r) * ldc + j, ldc, w);
+                    LI_VNNI_TILE(qa + r * Kp, Kp, n, P, quarter, as + r, scales + j, b,
+                                 C + (m0 + r) * ldc + j, ldc, w);
             }
         }
     }

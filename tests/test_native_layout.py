@@ -16,12 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # Each build of the recurrent kernels and the CPU features it needs.
 # (a build of another architecture needs features this one's _cpu never reports: never runnable)
 BUILDS = {"_rnn_kernels": (), "_rnn_kernels_avx2": ("avx2", "fma"), "_rnn_kernels_avx512": ("avx512f", "avx2", "fma"),
-          "_rnn_kernels_armv82": ("asimd", "fp16", "dotprod")}
+          "_rnn_kernels_armv82": ("asimd", "fp16", "dotprod"),
+          "_rnn_kernels_armv86": ("asimd", "fp16", "dotprod", "i8mm")}
 ISA_FLAGS = {"_rnn_kernels": [], "_rnn_kernels_avx2": ["-mavx2", "-mfma"],
              "_rnn_kernels_avx512": ["-mavx512f", "-mavx2", "-mfma"],
-             "_rnn_kernels_armv82": ["-march=armv8.2-a+fp16+dotprod"]}
+             "_rnn_kernels_armv82": ["-march=armv8.2-a+fp16+dotprod"],
+             "_rnn_kernels_armv86": ["-march=armv8.2-a+fp16+dotprod+i8mm"]}
 ISA_NAMES = {"_rnn_kernels": "portable", "_rnn_kernels_avx2": "avx2", "_rnn_kernels_avx512": "avx512",
-             "_rnn_kernels_armv82": "armv82"}
+             "_rnn_kernels_armv82": "armv82", "_rnn_kernels_armv86": "armv86"}
 
 
 def _cpu_has(needs):
@@ -69,12 +71,12 @@ def test_headers_compile_and_pass_alone(build, tmp_path):
 
 # The builds whose dynamic int8 products (li_vnni.h) this CPU runs, and the features they need.
 INT8_DOT = {"_rnn_kernels_avx512": ("avx512f", "avx512bw", "avx512vl", "avx512vnni"),
-            "_rnn_kernels_armv82": ("dotprod",)}
+            "_rnn_kernels_armv82": ("dotprod",), "_rnn_kernels_armv86": ("dotprod", "i8mm")}
 
 
 @pytest.mark.parametrize("build", [b for b, needs in INT8_DOT.items() if b in RUNNABLE and _cpu_has(needs)])
 def test_int8_dot_products_equal_naive_ones(build, tmp_path):
-    """li_vnni_gemm (VNNI on x86-64, sdot on aarch64) against a naive int8 product, in C."""
+    """li_vnni_gemm (VNNI on x86-64, sdot or i8mm smmla on aarch64) against a naive int8 product, in C."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
@@ -85,6 +87,21 @@ def test_int8_dot_products_equal_naive_ones(build, tmp_path):
     assert built.returncode == 0, built.stderr
     ran = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
     assert ran.returncode == 0 and "compiled=1 fails=0" in ran.stdout, ran.stdout + ran.stderr
+    if ISA_NAMES[build] == "armv86":  # the i8mm build runs smmla, not sdot
+        assert "product=smmla" in ran.stdout, ran.stdout
+
+
+@pytest.mark.parametrize("features, build", [
+    ({"asimd": True, "fp16": True, "dotprod": True, "i8mm": True}, "armv86"),
+    ({"asimd": True, "fp16": True, "dotprod": True, "i8mm": False}, "armv82"),  # sdot, no smmla
+    ({"asimd": True, "fp16": True, "dotprod": False, "i8mm": True}, "portable"),
+])
+def test_aarch64_build_follows_dotprod_and_i8mm(features, build, monkeypatch):
+    """isa() takes the smmla build only where the CPU reports i8mm (HWCAP2), else sdot's, else NEON's."""
+    _cpu = pytest.importorskip("lstminfer._native._cpu")
+    monkeypatch.delenv(cython_backend.PORTABLE_ENV, raising=False)
+    monkeypatch.setattr(_cpu, "features", lambda: dict(features))
+    assert cython_backend.isa() == build
 
 
 # ---------------------------------------------------- numbers shared with Python --

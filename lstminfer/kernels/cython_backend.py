@@ -11,7 +11,7 @@ common call with the GIL released; the rest goes to the recurrent shell
 
 Instruction set: the extension is built once per instruction set of its
 architecture from one source (x86-64: portable baseline, AVX2+FMA, AVX-512;
-aarch64: armv8-a NEON baseline, armv8.2-a+fp16+dotprod); ``isa()`` picks the best one this
+aarch64: armv8-a NEON baseline, armv8.2-a+fp16+dotprod, and that plus i8mm); ``isa()`` picks the best one this
 CPU has (``lstminfer._native._cpu.features()``) unless ``LSTMINFER_PORTABLE=1``,
 which forces the baseline build. It is read when a kernel is built.
 
@@ -52,14 +52,16 @@ from .shell import (FLOAT32, MIN_ROWS_PER_PART, KernelContext, Precision, Recurr
 OPS = ("LSTM", "GRU", "RNN")
 PORTABLE_ENV = "LSTMINFER_PORTABLE"
 _ISA_MODULES = {"avx512": "lstminfer._native._rnn_kernels_avx512", "avx2": "lstminfer._native._rnn_kernels_avx2",
-                "armv82": "lstminfer._native._rnn_kernels_armv82", "portable": "lstminfer._native._rnn_kernels"}
+                "armv86": "lstminfer._native._rnn_kernels_armv86", "armv82": "lstminfer._native._rnn_kernels_armv82",
+                "portable": "lstminfer._native._rnn_kernels"}
 # The CPU features each build needs, best build first; a build of another architecture is never
 # asked for, as _cpu.features() names only this architecture's features.
 _ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "armv82": ("asimd", "fp16", "dotprod"),
-              "portable": ()}
-# The dynamic int8 products (native/li_vnni.h): AVX-512 VNNI on x86-64, sdot (dotprod) on aarch64.
+              "armv86": ("asimd", "fp16", "dotprod", "i8mm"), "portable": ()}
+# The dynamic int8 products (native/li_vnni.h): AVX-512 VNNI on x86-64, sdot (dotprod) on aarch64,
+# smmla in the armv86 build (its isa() choice already needs i8mm).
 _VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")
-_INT8_DOT_NEEDS = {"avx512": _VNNI, "avx2": _VNNI, "armv82": ("dotprod",)}
+_INT8_DOT_NEEDS = {"avx512": _VNNI, "avx2": _VNNI, "armv82": ("dotprod",), "armv86": ("dotprod", "i8mm")}
 
 _F32 = np.dtype(np.float32)
 _NO_PANELS = np.zeros(ALIGN_FLOATS, dtype=np.float32)  # pbuf of an int8 kernel (never read)
@@ -93,7 +95,7 @@ def unavailable_reason() -> str | None:
 
 
 def isa() -> str:
-    """The instruction-set build kernels use now: "avx512", "avx2", "armv82" or "portable"."""
+    """The instruction-set build kernels use now: "avx512", "avx2", "armv86", "armv82" or "portable"."""
     if os.environ.get(PORTABLE_ENV, "") not in ("", "0"):
         return "portable"
     try:
@@ -101,7 +103,7 @@ def isa() -> str:
         have = _cpu.features()
     except ImportError:
         return "portable"
-    for name in ("avx512", "avx2", "armv82"):
+    for name in ("avx512", "avx2", "armv86", "armv82"):
         if all(have.get(f) for f in _ISA_NEEDS[name]):
             return name
     return "portable"
@@ -185,7 +187,7 @@ VNNI_MAX_K = 4096  # VNNI keeps 4 quantized rows of K bytes on the stack (larger
 
 
 def vnni_available() -> bool:
-    """Can int8 kernels use the dynamic int8 products here (AVX-512 VNNI, or sdot on aarch64; and now:
+    """Can int8 kernels use the dynamic int8 products here (AVX-512 VNNI, or sdot / i8mm smmla on aarch64; and now:
     not LSTMINFER_PORTABLE)?"""
     build = isa()
     if _IMPORT_ERROR or build == "portable":

@@ -1,4 +1,4 @@
-/* The dynamic int8 product (native/li_vnni.h: AVX-512 VNNI or Arm sdot) against a naive one on
+/* The dynamic int8 product (native/li_vnni.h: AVX-512 VNNI, Arm sdot or i8mm smmla) against a naive one on
    random shapes, in the panel layout cython_backend.pack_vnni_panels writes. Driven by
    tests/test_native_layout.py where the CPU runs that path. */
 #include <math.h>
@@ -32,6 +32,9 @@ int main(void) {
         }
         free(A); free(C); free(ws); free(bias); free(Q); free(P);
     }
+#if defined(LI_VNNI_SMMLA) && LI_VNNI_SMMLA
+    printf("product=smmla ");
+#endif
     printf("compiled=%d fails=%d\n", LI_VNNI_COMPILED, fails);
     return fails != 0;
 }
