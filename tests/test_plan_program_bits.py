@@ -55,6 +55,38 @@ def test_bundled_models_plan_and_program_agree_bit_for_bit(name):
     _assert_same_bits(model, _bundled_feeds(model, np.random.default_rng(0)))
 
 
+def _glue_heads_model() -> bytes:
+    """x [B, 12] -> Tanh -> Sigmoid -> Exp -> Gemm(alpha, beta, transB) -> LogSoftmax, and
+    -> MatMul + Add -> Softmax: the elementwise, dense and softmax instructions."""
+    onnx = pytest.importorskip("onnx")
+    oh, nh = onnx.helper, onnx.numpy_helper
+    rng = np.random.default_rng(5)
+    inits = [nh.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in [("B", (20, 12)), ("C", (20,)), ("W", (12, 3)), ("b", (3,))]]
+    nodes = [
+        oh.make_node("Tanh", ["x"], ["t"]),
+        oh.make_node("Sigmoid", ["t"], ["s"]),
+        oh.make_node("Exp", ["s"], ["e"]),
+        oh.make_node("Gemm", ["e", "B", "C"], ["g"], alpha=0.37, beta=1.9, transB=1),
+        oh.make_node("LogSoftmax", ["g"], ["logp"], axis=1),
+        oh.make_node("MatMul", ["t", "W"], ["mm"]),
+        oh.make_node("Add", ["mm", "b"], ["head"]),
+        oh.make_node("Softmax", ["head"], ["probs"], axis=-1),
+    ]
+    graph = oh.make_graph(nodes, "heads", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["B", 12])],
+                          [oh.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in ("logp", "probs")],
+                          inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)]).SerializeToString()
+
+
+def test_elementwise_dense_and_softmax_plan_and_program_agree_bit_for_bit():
+    model = lstminfer.load(_glue_heads_model())
+    rng = np.random.default_rng(6)
+    text = model._programs.describe(model._feeds.checked({"x": np.zeros((2, 12), np.float32)}))
+    assert "C dense (Gemm)" in text and "C softmax" in text and "C elementwise" in text, text
+    _assert_same_bits(model, lambda batch, time: {"x": 3 * rng.standard_normal((batch * time, 12)).astype(np.float32)})
+
+
 torch_models = pytest.importorskip("torch_models", reason="torch is not installed")
 
 
