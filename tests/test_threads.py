@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import lstminfer
-from workloads import THREADS, bundled_paths, chunk, feeds, run_shared, thread_jobs, torch_two_layer_lstm
+from workloads import (THREADS, bundled_paths, chunk, feeds, run_shared, thread_jobs, torch_two_layer_lstm,
+                       warm_until_compiled)
 
 
 def _models() -> list[tuple[str, object]]:
@@ -104,6 +105,7 @@ def test_fork_with_worker_threads_alive_leaves_a_child_that_computes():
     rng = np.random.default_rng(7)
     job = feeds(model, rng, batch=12, time=5)
     locals_ = [feeds(model, np.random.default_rng(t), batch=8 + t, time=4) for t in range(THREADS)]
+    warm_until_compiled(model, [job] + locals_)  # threads=2 at an odd batch: compiled, for stable bits
     expected = model.run(None, job)
     stream_chunks = [chunk(model.stream(), rng, int(n)) for n in rng.integers(1, 6, size=20)]
     warm = model.stream()
