@@ -22,7 +22,7 @@ VIEW_OPS = frozenset({"Identity", "Reshape", "Squeeze", "Unsqueeze", "Flatten", 
                       "Expand", "Dropout"})
 SHAPE_OPS = frozenset({"Shape", "Size"})  # a static result from a per-call input
 _ALIGN = 64
-_DENSE_MAX_MACS = 1 << 22  # above: NumPy's BLAS (blocked, multi-level cache) beats the plain C loops
+_DENSE_MAX_MACS = _runtime.DENSE_MAX_MACS  # above: NumPy's BLAS; the plan's MatMul/Gemm draw the same line
 _F32 = np.dtype(np.float32)
 
 

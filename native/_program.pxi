@@ -266,6 +266,22 @@ cdef extern from "li_dense.h":
     const Py_ssize_t LI_DENSE_ROWS_FROM
 
 DENSE_ROWS_FROM = LI_DENSE_ROWS_FROM
+DENSE_MAX_MACS = 1 << 22  # above: NumPy's BLAS (blocked, multi-level cache) beats the plain C loops
+
+
+def dense(const float[:, ::1] a, const float[:, ::1] weights, const float[::1] bias, float[:, ::1] out):
+    """out = a @ W (+ bias) by li_dense_rows, the routine of the Dense instruction, so the plan's
+    MatMul/Gemm give a program's bits. ``weights`` laid out as Dense takes them."""
+    cdef Py_ssize_t M = a.shape[0], K = a.shape[1], N = out.shape[1]
+    if out.shape[0] != M or K < 1 or (weights.shape[0], weights.shape[1]) != ((K, N) if N >= DENSE_ROWS_FROM else (N, K)):
+        raise ValueError(f"dense: a {a.shape[0], a.shape[1]}, weights {weights.shape[0], weights.shape[1]} and "
+                         f"out {out.shape[0], out.shape[1]} do not match")
+    if bias is not None and bias.shape[0] != N:
+        raise ValueError(f"dense: bias has {bias.shape[0]} values, expected {N}")
+    if M == 0:
+        return
+    with nogil:
+        dense_rows(&a[0, 0], M, K, K * 4, &weights[0, 0], &bias[0] if bias is not None else NULL, &out[0, 0], N)
 
 
 cdef extern from "li_vector.h":
@@ -287,6 +303,17 @@ cdef extern from "li_vector.h":
 
 UNARY_CODES = {"Sigmoid": U_SIGMOID, "Tanh": U_TANH, "Relu": U_RELU, "Exp": U_EXP, "Neg": U_NEG,
                "Abs": U_ABS, "Sqrt": U_SQRT}
+
+
+def unary(str op_type, const float[::1] x, float[::1] y):
+    """y = op(x) by the loop of the Unary instruction (li_vector.h), so the plan's Sigmoid/Tanh/Exp
+    give a program's bits."""
+    cdef int code = UNARY_CODES[op_type]
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"unary: x has {x.shape[0]} values, y {y.shape[0]}")
+    if x.shape[0]:
+        with nogil:
+            li_unary(code, &x[0], &y[0], x.shape[0])
 
 
 cdef class Unary(Instr):
@@ -437,25 +464,40 @@ cdef class Softmax(Instr):
     cdef int run(self, char** bases) except -1:
         cdef const float* x = <const float*>at(bases, self.src)
         cdef float* y = <float*>at(bases, self.dst)
-        cdef Py_ssize_t r, i, n = self.cols
-        cdef float top, total
         with nogil:
-            for r in range(self.rows):
-                top = x[r * n]
-                for i in range(1, n):
-                    if x[r * n + i] > top:
-                        top = x[r * n + i]
-                total = 0.0
-                for i in range(n):
-                    y[r * n + i] = expf(x[r * n + i] - top)
-                    total = total + y[r * n + i]
-                if self.log:
-                    for i in range(n):
-                        y[r * n + i] = (x[r * n + i] - top) - logf(total)
-                else:
-                    for i in range(n):
-                        y[r * n + i] = y[r * n + i] / total
+            softmax_rows(x, y, self.rows, self.cols, self.log)
         return 0
+
+
+cdef void softmax_rows(const float* x, float* y, Py_ssize_t rows, Py_ssize_t n, bint log) noexcept nogil:
+    cdef Py_ssize_t r, i
+    cdef float top, total
+    for r in range(rows):
+        top = x[r * n]
+        for i in range(1, n):
+            if x[r * n + i] > top:
+                top = x[r * n + i]
+        total = 0.0
+        for i in range(n):
+            y[r * n + i] = expf(x[r * n + i] - top)
+            total = total + y[r * n + i]
+        if log:
+            for i in range(n):
+                y[r * n + i] = (x[r * n + i] - top) - logf(total)
+        else:
+            for i in range(n):
+                y[r * n + i] = y[r * n + i] / total
+
+
+def softmax(const float[:, ::1] x, float[:, ::1] y, bint log=False):
+    """(Log)Softmax over each row of x into y by the routine of the Softmax instruction, so the
+    plan's kernel gives a program's bits."""
+    if x.shape[0] != y.shape[0] or x.shape[1] != y.shape[1]:
+        raise ValueError(f"softmax: x {x.shape[0], x.shape[1]} and y {y.shape[0], y.shape[1]} differ")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        return
+    with nogil:
+        softmax_rows(&x[0, 0], &y[0, 0], x.shape[0], x.shape[1], log)
 
 
 

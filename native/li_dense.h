@@ -1,4 +1,6 @@
 /* Dense rows for a compiled program's heads: out[m, :] = A[m, :] @ W + bias.
+   The bias is added to the finished sum (not its start), so the plan's MatMul kernel (which calls
+   li_dense_rows too) followed by its Add gives the same bits as a program's fused instruction.
    Few outputs (N < LI_DENSE_ROWS_FROM) take dot products with W^T (the weights given as W^T,
    [N, K]), in 16 independent partial sums that the compiler turns into vector lanes (a single
    running sum is one latency-bound chain); more outputs update the output row with each
@@ -44,13 +46,16 @@ static void li_dense_rows(const float *A, Py_ssize_t M, Py_ssize_t K, Py_ssize_t
             continue;
         }
         for (Py_ssize_t n = 0; n < N; n++)
-            o[n] = bias ? bias[n] : 0.0f;
+            o[n] = 0.0f;
         for (Py_ssize_t k = 0; k < K; k++) {
             const float x = a[k];
             const float *restrict wk = w + k * N;
             for (Py_ssize_t n = 0; n < N; n++)
                 o[n] += x * wk[n];
         }
+        if (bias)  /* after the sum, as the plan's MatMul then Add rounds it: same bits either way */
+            for (Py_ssize_t n = 0; n < N; n++)
+                o[n] += bias[n];
     }
 }
 

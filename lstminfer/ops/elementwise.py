@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..c_runtime import _runtime
 from ..dtypes import numpy_dtype
 from ..errors import UnsupportedModelError
 from ..graph import Node
@@ -20,11 +21,24 @@ from .tensor import as_array, attr_choice, attr_flag, attr_int, fail
 Array = np.ndarray
 
 
+# float32 through the C loop a compiled program's Unary instruction runs: the plan gives its bits
+_C_UNARY = frozenset({"Sigmoid", "Tanh", "Exp"}) if _runtime is not None else frozenset()
+
+
+def _c_unary(op_type: str, x: Array) -> Array:
+    flat = np.ascontiguousarray(x).reshape(-1)
+    out = np.empty_like(flat)
+    _runtime.unary(op_type, flat, out)
+    return out.reshape(x.shape)
+
+
 def _register_simple(op_type: str, fn: Callable[..., Array], since: int = 1) -> None:
     """An op without attributes: kernel(*inputs) = (fn(*inputs),)."""
 
     def factory(node: Node, ctx: BuildContext):
         def kernel(*inputs):
+            if op_type in _C_UNARY and len(inputs) == 1 and isinstance(inputs[0], np.ndarray) and inputs[0].dtype == np.float32:
+                return (_c_unary(op_type, inputs[0]),)
             with np.errstate(all="ignore"):  # inf/nan results are the op's answer, not an error
                 return (as_array(fn(*inputs)),)
 

@@ -6,6 +6,7 @@ import re
 
 import numpy as np
 
+from ..c_runtime import _runtime
 from ..errors import InvalidModelError, UnsupportedModelError
 from ..graph import Node
 from .registry import BuildContext, register
@@ -29,9 +30,37 @@ def _float_attr(node: Node, name: str, default: float) -> float:
 # ---------------------------------------------------------------- matrix products
 
 
+def _dense_layout(W: Array) -> Array | None:
+    """A constant float32 [K, N] weight as li_dense_rows takes it (a program's Dense instruction:
+    W, or W^T for few outputs), made once at load; None when the C runtime is not built."""
+    if _runtime is None or not isinstance(W, np.ndarray) or W.dtype != np.float32 or W.ndim != 2 or W.shape[0] < 1:
+        return None
+    return np.ascontiguousarray(W if W.shape[1] >= _runtime.DENSE_ROWS_FROM else W.T, dtype=np.float32)
+
+
+def _dense(a: Array, packed: Array, K: int, N: int) -> Array | None:
+    """a @ W through the C routine a compiled program's Dense instruction runs, so the plan and
+    the program give the same bits; None where the program would use NumPy's BLAS too."""
+    if a.dtype != np.float32 or a.ndim < 1 or a.shape[-1] != K:
+        return None
+    M = math.prod(a.shape[:-1])
+    if M * K * N > _runtime.DENSE_MAX_MACS:
+        return None
+    out = np.empty((M, N), np.float32)
+    _runtime.dense(np.ascontiguousarray(a.reshape(M, K)), packed, None, out)
+    return out.reshape(a.shape[:-1] + (N,))
+
+
 @register("MatMul")
 def matmul(node: Node, ctx: BuildContext):
+    W = ctx.constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    packed = _dense_layout(W)
+
     def kernel(a, b):
+        if packed is not None:
+            y = _dense(a, packed, *W.shape)
+            if y is not None:
+                return (y,)
         if a.ndim == 0 or b.ndim == 0:
             raise fail(node, f"inputs must have rank >= 1, got shapes {a.shape} and {b.shape}")
         work = _compute_dtype(a)
@@ -50,18 +79,25 @@ def gemm(node: Node, ctx: BuildContext):
     beta = _float_attr(node, "beta", 1.0)
     trans_a = attr_flag(node, "transA", 0)
     trans_b = attr_flag(node, "transB", 0)
+    B = ctx.constant(node.inputs[1]) if len(node.inputs) > 1 and not trans_a else None
+    # alpha folded into the weights, as a program's Dense instruction has them
+    W = None if _dense_layout(B) is None else (B.T if trans_b else B) * np.float32(alpha) if alpha != 1.0 \
+        else (B.T if trans_b else B)
+    packed = _dense_layout(W)
 
     def kernel(a, b, c=None):
         if a.ndim != 2 or b.ndim != 2:
             raise fail(node, f"A and B must be 2-D, got shapes {a.shape} and {b.shape}")
         work = _compute_dtype(a)
-        a2 = (a.T if trans_a else a).astype(work, copy=False)
-        b2 = (b.T if trans_b else b).astype(work, copy=False)
-        if a2.shape[1] != b2.shape[0]:
-            raise fail(node, f"inner dimensions differ: op(A) is {a2.shape}, op(B) is {b2.shape}")
-        y = a2 @ b2
-        if alpha != 1.0:
-            y = y * np.asarray(alpha, dtype=work)
+        y = _dense(a, packed, *W.shape) if packed is not None else None
+        if y is None:
+            a2 = (a.T if trans_a else a).astype(work, copy=False)
+            b2 = (b.T if trans_b else b).astype(work, copy=False)
+            if a2.shape[1] != b2.shape[0]:
+                raise fail(node, f"inner dimensions differ: op(A) is {a2.shape}, op(B) is {b2.shape}")
+            y = a2 @ b2
+            if alpha != 1.0:
+                y = y * np.asarray(alpha, dtype=work)
         if c is not None and beta != 0.0:
             bias = c.astype(work, copy=False)
             if beta != 1.0:
@@ -99,12 +135,22 @@ def _hardmax(x: Array, axis: int) -> Array:
     return out
 
 
-def _register_softmax_like(op_type: str, fn) -> None:
+def _register_softmax_like(op_type: str, fn, native: str | None = None) -> None:
+    """``native``: "exp" or "log" where float32 rows go through the C routine (a program's bits)."""
+    native = native if _runtime is not None else None
+
     def factory(node: Node, ctx: BuildContext):
         legacy = ctx.opset() < 13
         axis = attr_int(node, "axis", 1 if legacy else -1)
 
         def kernel(x):
+            if native is not None and x.dtype == np.float32 and x.ndim:
+                a = norm_axis(node, axis, x.ndim)
+                if legacy or a == x.ndim - 1:  # rows: the program's Softmax instruction and its routine
+                    rows = np.ascontiguousarray(x.reshape(math.prod(x.shape[:a]), math.prod(x.shape[a:])))
+                    y = np.empty_like(rows)
+                    _runtime.softmax(rows, y, native == "log")
+                    return (y.reshape(x.shape),)
             work = x.astype(_compute_dtype(x), copy=False)
             with np.errstate(all="ignore"):
                 if legacy:
@@ -121,8 +167,8 @@ def _register_softmax_like(op_type: str, fn) -> None:
     register(op_type)(factory)
 
 
-_register_softmax_like("Softmax", _softmax)
-_register_softmax_like("LogSoftmax", _log_softmax)
+_register_softmax_like("Softmax", _softmax, "exp")
+_register_softmax_like("LogSoftmax", _log_softmax, "log")
 _register_softmax_like("Hardmax", _hardmax)
 
 
