@@ -56,8 +56,8 @@ _ISA_MODULES = {"avx512": "lstminfer._native._rnn_kernels_avx512", "avx2": "lstm
                 "portable": "lstminfer._native._rnn_kernels"}
 # The CPU features each build needs, best build first; a build of another architecture is never
 # asked for, as _cpu.features() names only this architecture's features.
-_ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "armv82": ("asimd", "fp16", "dotprod"),
-              "armv86": ("asimd", "fp16", "dotprod", "i8mm"), "portable": ()}
+_ISA_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"),
+              "armv86": ("asimd", "fp16", "dotprod", "i8mm"), "armv82": ("asimd", "fp16", "dotprod"), "portable": ()}
 # The dynamic int8 products (native/li_vnni.h): AVX-512 VNNI on x86-64, sdot (dotprod) on aarch64,
 # smmla in the armv86 build (its isa() choice already needs i8mm).
 _VNNI = ("avx512f", "avx512bw", "avx512vl", "avx512vnni")
@@ -103,10 +103,7 @@ def isa() -> str:
         have = _cpu.features()
     except ImportError:
         return "portable"
-    for name in ("avx512", "avx2", "armv86", "armv82"):
-        if all(have.get(f) for f in _ISA_NEEDS[name]):
-            return name
-    return "portable"
+    return next(name for name, needs in _ISA_NEEDS.items() if all(have.get(f) for f in needs))  # portable needs none
 
 
 def _module(name: str):
