@@ -389,12 +389,7 @@ MAX_SPARSE_DENSE_BYTES = 1 << 30
 def _sparse_tensor(st, where: str) -> np.ndarray:
     values = _tensor(st.values, where)
     indices = _tensor(st.indices, where).astype(np.int64)
-    dims = tuple(int(d) for d in st.dims)
-    if any(d < 0 for d in dims):
-        raise InvalidModelError(f"{where}: negative dimension in dims {list(dims)}")
-    size = 1
-    for d in dims:
-        size *= d
+    dims, size = onnx_proto.checked_dims(st.dims, where)
     if size * values.dtype.itemsize > MAX_SPARSE_DENSE_BYTES:
         raise InvalidModelError(f"{where}: dims {list(dims)} make a dense tensor of {size} elements, "
                                 f"over the {MAX_SPARSE_DENSE_BYTES >> 20} MiB lstminfer builds from a sparse one")

@@ -94,6 +94,18 @@ def uses_external_data(t) -> bool:
     return t.HasField("data_location") and t.data_location == _EXTERNAL
 
 
+def checked_dims(proto_dims, where: str) -> tuple[tuple[int, ...], int]:
+    """(dims, element count) of a tensor proto's dims, refusing a negative one; the count is a
+    Python int, so a product of huge dims cannot wrap around before it is checked."""
+    dims = tuple(int(d) for d in proto_dims)
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"{where}: negative dimension in dims {list(dims)}")
+    count = 1
+    for d in dims:
+        count *= d
+    return dims, count
+
+
 def to_array(t, where: str) -> np.ndarray:
     """The values of TensorProto ``t`` as a read-only array; ``where`` names it in errors.
 
@@ -105,12 +117,7 @@ def to_array(t, where: str) -> np.ndarray:
     dtype = numpy_dtype(t.data_type, where)  # raises a clear error for unsupported types
     if t.HasField("segment"):
         raise InvalidModelError(f"{where}: tensors split into segments are not supported")
-    dims = tuple(int(d) for d in t.dims)
-    if any(d < 0 for d in dims):
-        raise InvalidModelError(f"{where}: negative dimension in dims {list(dims)}")
-    count = 1
-    for d in dims:
-        count *= d
+    dims, count = checked_dims(t.dims, where)
     if t.data_type == _STRING:
         array = _strings(t, where)
     elif uses_external_data(t):
@@ -134,12 +141,7 @@ _BFLOAT16 = 16
 
 
 def _bfloat16_widened(t, where: str) -> np.ndarray:
-    dims = tuple(int(d) for d in t.dims)
-    if any(d < 0 for d in dims):
-        raise InvalidModelError(f"{where}: negative dimension in dims {list(dims)}")
-    count = 1
-    for d in dims:  # Python ints: a product of huge dims must not wrap around
-        count *= d
+    dims, count = checked_dims(t.dims, where)
     if t.HasField("raw_data"):
         if len(t.raw_data) != 2 * count:
             raise InvalidModelError(f"{where}: raw_data holds {len(t.raw_data)} bytes, expected {2 * count} "

@@ -532,17 +532,8 @@ cdef class PoolStep:
         self.dtype = np.dtype(np.float32)
 
     def step(self, frames):
-        """Step the given streams by one chunk each; streams not given are untouched.
-
-        Returns {stream id: output} (a dict name -> array for a model of several outputs), in
-        the order of ``frames``, each equal to what that stream stepped alone would return.
-        Chunks may have different numbers of time steps (each >= 1): all in one run padded to the
-        longest, every recurrent layer given each stream's length, while padding at most doubles
-        the steps run; else one batched run per chunk shape. Equal shapes, the usual case, are one
-        run as always. Every chunk is checked before
-        any stream moves; a bad chunk (wrong dtype or feature size, batch other than 1, no time
-        step at all) raises ``InvalidInputError`` naming its stream and leaves every state as it was.
-        """
+        """``StreamPool.step`` (its docstring is the contract): the common case in C, anything it declines
+        through the pool's checked Python step."""
         if type(frames) is dict and len(<dict>frames) > 0:
             done = self.locked(<dict>frames)
             if done is not None:
