@@ -54,6 +54,8 @@ SWEEP_REPLICAS = (10, 100)
 MEASURED_PER_CORE = {
     "a-float32": 480,  # scenario A: LSTM H=256, T=1 every 20 ms, lstminfer serve float32
     "a-int8": 576,  # scenario A, --quantize int8
+    "b-float32": 232,  # scenario B: 2-layer LSTM H=256, T=10 every 100 ms (median of 3 searches)
+    "b-int8": 480,  # scenario B, --quantize int8 (median of 3)
 }
 
 
@@ -307,15 +309,18 @@ def plan(key_hashes: np.ndarray, per_replica: float, headroom: float = 0.8,
             tried[n] = rings.busiest(n, key_hashes)
         return tried[n]
 
-    n = even
-    for _ in range(8):  # the imbalance changes slowly with n: a few fixed-point steps get close
-        if busiest(n) <= budget:
+    hi = even
+    for _ in range(8):  # the imbalance changes slowly with n: a few fixed-point steps find one that fits
+        if busiest(hi) <= budget:
             break
-        n = max(n + 1, math.ceil(n * busiest(n) / budget))
-    while busiest(n) > budget:  # then up in small steps until the busiest replica fits
-        n += max(1, n // 200)
-    while n > even and busiest(n - 1) <= budget:  # and back down while one fewer still fits
-        n -= 1
+        hi = max(hi + 1, math.ceil(hi * busiest(hi) / budget * 1.02))
+    while busiest(hi) > budget:
+        hi += max(1, hi // 20)
+    lo = even - 1  # does not fit (or is 0): bisect for the fewest that does, the busiest load being
+    while hi - lo > 1:  # all but monotone in n (a random ring of n is not a subset of one of n + 1)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if busiest(mid) <= budget else (mid, hi)
+    n = hi
     return Plan(streams, per_replica, headroom, even, n, busiest(n), busiest(n) * n / streams)
 
 
@@ -382,7 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ids", choices=("fresh", "sequential"), default="fresh",
                         help="sequence ids: lstminfer serve's fresh 53-bit ids, or 0..S-1")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="served model name (part of the routing key)")
-    parser.add_argument("--trials", type=int, default=10, help="random rings per sweep point and per plan")
+    parser.add_argument("--trials", type=int, default=10, help="random rings per plan (the worst one counts)")
+    parser.add_argument("--sweep-trials", type=int, default=30, help="random rings per vnode sweep point")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--per-replica", type=float, action="append",
                         help=f"streams one replica holds (repeatable); default the measured "
@@ -398,14 +404,14 @@ def main(argv: list[str] | None = None) -> int:
             sim = simulate(args.streams, args.max_replicas, args.vnodes, args.seed, args.ids, model=args.model)
             sweep_at = [n for n in SWEEP_REPLICAS if n <= args.max_replicas]
             if args.sweep_vnodes and sweep_at:
-                sweep = vnode_sweep(args.streams, sweep_at, args.sweep_vnodes, args.trials, args.seed, args.ids,
+                sweep = vnode_sweep(args.streams, sweep_at, args.sweep_vnodes, args.sweep_trials, args.seed, args.ids,
                                     args.model)
         if args.mode in ("plan", "all"):
             rings = RandomRings(args.vnodes, args.trials, args.seed)
             targets = {s: hash_keys(stream_keys(s, args.seed + 1, args.ids, args.model))
                        for s in args.streams_target}
-            plans = [plan(targets[s], p, args.headroom, rings) for p in args.per_replica or MEASURED_PER_CORE.values()
-                     for s in args.streams_target]
+            per_replica = args.per_replica or sorted(set(MEASURED_PER_CORE.values()))
+            plans = [plan(targets[s], p, args.headroom, rings) for p in per_replica for s in args.streams_target]
     except SimulationError as e:
         print(f"scaleout_sim: {e}", file=sys.stderr)
         return 2

@@ -176,7 +176,73 @@ def test_bad_arguments_are_named():
 
 
 def test_command_line_prints_tables(capsys):
-    assert sim.main(["--streams", "2000", "--max-replicas", "10", "--trials", "2", "--sweep-vnodes", "50",
+    assert sim.main(["--streams", "2000", "--max-replicas", "10", "--trials", "2", "--sweep-trials", "2", "--sweep-vnodes", "50",
                      "--per-replica", "100", "--streams-target", "500"]) == 0
     out = capsys.readouterr().out
     assert "| 9 -> 10 |" in out and "| 10 -> 9 |" not in out and "| 10 | 50 |" in out and "| 500 | 100 |" in out
+
+
+# --- the KubeRay manifest ---------------------------------------------------------------------------
+
+MANIFEST = Path(__file__).resolve().parent.parent / "deploy" / "kuberay" / "rayservice.yaml"
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load(MANIFEST.read_text())
+
+
+def _serve_config(manifest: dict) -> dict:
+    import yaml
+
+    assert isinstance(manifest["spec"]["serveConfigV2"], str)  # KubeRay takes the Serve config as a string
+    return yaml.safe_load(manifest["spec"]["serveConfigV2"])
+
+
+def _owner(serve_config: dict) -> dict:
+    (deployment,) = [d for d in serve_config["applications"][0]["deployments"] if d["name"] == "StreamOwner"]
+    return deployment
+
+
+def test_manifest_is_a_rayservice_running_the_app(manifest):
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    config = _serve_config(manifest)
+    (app,) = config["applications"]
+    assert app["import_path"] == "lstminfer.ray:app"
+    args = app["args"]
+    assert set(args) == {"model", "replicas", "checkpoint_every"}
+    assert isinstance(args["replicas"], int) and args["replicas"] >= 1
+    assert isinstance(args["checkpoint_every"], int) and args["checkpoint_every"] >= 0
+    owner = _owner(config)
+    scaling = owner["autoscaling_config"]
+    assert owner["num_replicas"] == "auto" and 1 <= scaling["min_replicas"] <= scaling["max_replicas"]
+    assert owner["ray_actor_options"]["num_cpus"] == 1  # one replica per core: what the benchmark measured
+
+
+def test_manifest_serve_config_passes_rays_schema(manifest):
+    schema = pytest.importorskip("ray.serve.schema")
+    schema.ServeDeploySchema.model_validate(_serve_config(manifest))
+
+
+def test_manifest_cluster_holds_the_most_replicas(manifest):
+    cluster = manifest["spec"]["rayClusterConfig"]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no replica on the head
+    for spec in [head["template"]["spec"]] + [g["template"]["spec"] for g in cluster["workerGroupSpecs"]]:
+        (container,) = spec["containers"]
+        assert container["image"] and 8000 in [p["containerPort"] for p in container["ports"]]
+    (workers,) = cluster["workerGroupSpecs"]
+    cores = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
+    assert workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
+    owner = _owner(_serve_config(manifest))
+    assert workers["maxReplicas"] * cores > owner["autoscaling_config"]["max_replicas"]
+    assert workers["minReplicas"] * cores >= owner["autoscaling_config"]["min_replicas"]
+
+
+def test_manifest_max_replicas_hold_the_planned_load(manifest):
+    # The manifest's comment: sized for 10^4 streams of scenario A, float32, at 80% headroom.
+    owner = _owner(_serve_config(manifest))
+    keys = sim.hash_keys(sim.stream_keys(10_000, seed=1))
+    needed = sim.plan(keys, sim.MEASURED_PER_CORE["a-float32"], 0.8, sim.RandomRings(trials=10)).replicas
+    assert needed <= owner["autoscaling_config"]["max_replicas"] <= needed * 1.25
