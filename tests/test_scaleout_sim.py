@@ -8,6 +8,7 @@ capacity plan's replicas hold their share.
 """
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -175,11 +176,30 @@ def test_bad_arguments_are_named():
         sim.stream_keys(3, 0, ids="uuid")
 
 
+SMALL_RUN = ["--streams", "2000", "--max-replicas", "10", "--trials", "2", "--sweep-trials", "2",
+             "--sweep-vnodes", "50", "--per-replica", "100", "--streams-target", "500"]
+
+
 def test_command_line_prints_tables(capsys):
-    assert sim.main(["--streams", "2000", "--max-replicas", "10", "--trials", "2", "--sweep-trials", "2", "--sweep-vnodes", "50",
-                     "--per-replica", "100", "--streams-target", "500"]) == 0
+    assert sim.main(SMALL_RUN) == 0
     out = capsys.readouterr().out
-    assert "| 9 -> 10 |" in out and "| 10 -> 9 |" not in out and "| 10 | 50 |" in out and "| 500 | 100 |" in out
+    assert "| 9 -> 10 |" in out and "| 2 -> 1 |" in out  # the last scale-up and scale-down steps
+    assert "| 10 | 50 |" in out and "| 500 | 100 |" in out  # the sweep row and the plan row
+    assert out.count("moved needlessly 0") == 2
+
+
+def test_command_line_json(capsys):
+    assert sim.main(SMALL_RUN + ["--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [s["after"] for s in result["simulation"]["up"]] == list(range(2, 11))
+    assert [s["after"] for s in result["simulation"]["down"]] == list(range(9, 0, -1))
+    (p,) = result["plans"]
+    assert p["busiest"] <= 80 and p["replicas"] >= p["replicas_even"] == 7
+
+
+def test_command_line_names_a_bad_argument(capsys):
+    assert sim.main(["plan", "--headroom", "2", "--streams-target", "10"]) == 2
+    assert "headroom" in capsys.readouterr().err
 
 
 # --- the KubeRay manifest ---------------------------------------------------------------------------
