@@ -255,9 +255,37 @@ def test_manifest_cluster_holds_the_most_replicas(manifest):
     (workers,) = cluster["workerGroupSpecs"]
     cores = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])
     assert workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
-    owner = _owner(_serve_config(manifest))
-    assert workers["maxReplicas"] * cores > owner["autoscaling_config"]["max_replicas"]
-    assert workers["minReplicas"] * cores >= owner["autoscaling_config"]["min_replicas"]
+    config = _serve_config(manifest)
+    owner = _owner(config)
+    ingress = [d for d in config["applications"][0]["deployments"] if d["name"] == "Ingress"]
+    ingress_cores = sum(d["num_replicas"] * d["ray_actor_options"]["num_cpus"] for d in ingress)
+    # Every replica asks for its cores: the owners at their most and the ingress must fit the workers.
+    assert workers["maxReplicas"] * cores > owner["autoscaling_config"]["max_replicas"] + ingress_cores
+    assert workers["minReplicas"] * cores >= owner["autoscaling_config"]["min_replicas"] + ingress_cores
+
+
+def _deployment_names(application) -> set[str]:
+    """The names of a bound Serve application's deployments: its ingress and those bound into it."""
+    from ray.serve.deployment import Application
+
+    bound = application._bound_deployment
+    names = {bound.name}
+    for arg in list(bound.init_args) + list(bound.init_kwargs.values()):
+        if isinstance(arg, Application):
+            names |= _deployment_names(arg)
+    return names
+
+
+def test_manifest_names_the_apps_deployments_and_arguments(manifest, tmp_path):
+    try:
+        from lstminfer.ray import app
+    except ImportError:
+        pytest.skip("lstminfer.ray is not installed here")
+    pytest.importorskip("ray.serve")
+    (config,) = _serve_config(manifest)["applications"]
+    args = {**config["args"], "model": f"lstm={tmp_path / 'model.onnx'}"}  # binding opens no model file
+    names = _deployment_names(app(args))
+    assert {d["name"] for d in config["deployments"]} <= names
 
 
 def test_manifest_max_replicas_hold_the_planned_load(manifest):
