@@ -21,6 +21,9 @@ from .graph import Graph, Node
 FOLDED_ATTR = "lstminfer.folded_batchnorm"
 ACTIVATION_ATTR = "lstminfer.fused_activation"  # (op type, node name) of the activation run inside
 FUSED_ACTIVATIONS = ("Relu",)
+# Set by conv_streaming on a windowed node fed by a TimeHistory: the axis of its input that is time
+# (it is unpadded there, and a chunk may give it too few frames for one window: 0 output frames).
+STREAMED_TIME_ATTR = "lstminfer.streamed_time_axis"
 _FOLDED_SUFFIX = "__folded_batchnorm"
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from . import state_blob
 from .arguments import strict_keywords
 from .c_runtime import _runtime
-from .conv_streaming import HistorySlot, with_time_history
+from .conv_streaming import HistorySlot, PhaseSlot, frames_to_fill, with_time_history
 from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
 from .feeds import cast_same_kind, check_input
 from .graph import Graph, ValueInfo
@@ -94,6 +94,8 @@ class StreamProgram:
         self.output_time_axes: dict[str, int | None] = axes.output_axes  # None: a last-step head
         self.last_step_picks = axes.last_step_picks
         self.batch_axes = {vi.name: _batch_axis(vi, self.time_axes[vi.name]) for vi in self.data_inputs}
+        # a window of a phase (stride or short start padding over time): chunks yield other numbers of frames
+        self.phased = any(isinstance(s, HistorySlot) and s.phased for s in self.slots)
         self.initial_state = self.state_from_inputs({})
         self.state_shapes = {k: v.shape for k, v in self.initial_state.items()}
         self.state_dtypes = {k: v.dtype for k, v in self.initial_state.items()}
@@ -225,8 +227,10 @@ class StreamProgram:
             for vi in self.graph_inputs:
                 if vi.name in feeds:
                     run_feeds.append(feeds[vi.name])
-                else:
-                    shape = tuple(d if isinstance(d, int) else 1 for d in (vi.shape or ()))
+                else:  # one step (enough steps for the convolutions' windows: frames_to_fill)
+                    time = self.time_axes.get(vi.name)
+                    shape = tuple(d if isinstance(d, int) else 1 + frames_to_fill(self.slots) * (i == time)
+                                  for i, d in enumerate(vi.shape or ()))
                     run_feeds.append(np.zeros(shape, dtype=vi.dtype or np.float32))
             try:
                 computed = original.execute(run_feeds, wanted)
@@ -365,20 +369,21 @@ class StreamProgram:
     def _check_chunking(self) -> None:
         """Safety net for the static rule: T=5 whole must equal 2+3 chunks."""
         rng = np.random.default_rng(0)
-        total = sum(_CHECK_CHUNKS)
+        chunks = _CHECK_CHUNKS[:-1] + (_CHECK_CHUNKS[-1] + frames_to_fill(self.slots),)  # long enough for windows
+        total = sum(chunks)
         whole = [self._dummy(vi, 1, total, rng) for vi in self.data_inputs]
         states = [self.initial_state[s.key] for s in self.slots]
         try:
             expected, _ = self.run(whole, states)
             pieces, start = [], 0
-            for length in _CHECK_CHUNKS:
+            for length in chunks:
                 chunk = [_time_slice(x, self.time_axes[vi.name], start, start + length)
                          for x, vi in zip(whole, self.data_inputs)]
                 outputs, states = self.run(chunk, states)
                 pieces.append(outputs)
                 start += length
         except LstminferError as e:
-            raise NotStreamableError(f"running the model on chunks of {list(_CHECK_CHUNKS)} steps failed: {e}") from e
+            raise NotStreamableError(f"running the model on chunks of {list(chunks)} steps failed: {e}") from e
         for i, name in enumerate(self.output_names):
             axis = self.output_time_axes[name]
             # a last-step head: the last chunk's output is the whole sequence's
@@ -532,6 +537,7 @@ class StreamPool:
         one_output = program.direct_into is not None or len(program.output_names) == 1
         programs = program.programs.fast if program.direct_into is None else None
         if _runtime is not None and one_output and program.chunk_batch_axis in (0, 1) and out_axis is not None \
+                and not program.phased \
                 and (program.direct_into is not None or programs is not None):
             self._fast = _runtime.PoolStep(program.direct_into, self._step_checked, self.lock, self._sid_at,
                                            self._id_bits, self._views, self._slot_views, program.chunk_batch_axis,
@@ -630,13 +636,15 @@ class StreamPool:
                 slots = self._slots_of(sids)
                 contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
             chunks = list(frames.values())
-            stacked = self._stack_fast(chunks, self._shape)
+            stacked = self._stack_fast(chunks, self._shape) if not self._program.phased else None
             if stacked is not None:  # all of one shape already checked: the usual step
                 ran = [(sids, self._run_slots(slots, contiguous, stacked))]
             else:
                 groups = self._groups_fast(chunks)
                 if groups is None:
                     groups = self._groups_checked(sids, chunks)
+                if self._program.phased:
+                    groups = self._by_phase(groups, slots)
                 padded = self._padded(groups, len(sids)) if len(groups) > 1 else None
                 if padded is not None:  # one run of every stream, masked to its own length
                     stacked, lengths = padded
@@ -657,6 +665,26 @@ class StreamPool:
         for group_sids, outputs in ran:
             by_stream.update(self._by_stream(group_sids, outputs))
         return {sid: by_stream[sid] for sid in sids}
+
+    def _by_phase(self, groups: list[tuple[list[int], list[np.ndarray]]], slots: list[int]
+                  ) -> list[tuple[list[int], list[np.ndarray]]]:
+        """``groups`` split further by the streams' phases (``conv_streaming.PhaseSlot``): streams at
+        another phase yield another number of frames from a chunk of the same length."""
+        program = self._program
+        phase_buffers = [buf for buf, s in zip(self._buffers, program.slots) if isinstance(s, PhaseSlot)]
+        split = []
+        for positions, stacked in groups:
+            by_phase: dict[tuple[int, ...], list[int]] = {}
+            for j, i in enumerate(positions):
+                by_phase.setdefault(tuple(int(buf[slots[i]]) for buf in phase_buffers), []).append(j)
+            if len(by_phase) == 1:
+                split.append((positions, stacked))
+                continue
+            for rows in by_phase.values():
+                split.append(([positions[j] for j in rows],
+                              [np.take(v, rows, axis=program.batch_axes[vi.name])
+                               for v, vi in zip(stacked, program.data_inputs)]))
+        return split
 
     def _run_slots(self, slots: list[int], contiguous: bool, stacked: list[np.ndarray],
                    lengths: np.ndarray | None = None) -> list[np.ndarray]:

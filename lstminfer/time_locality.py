@@ -566,7 +566,7 @@ def _time_history(node, ins, r):
     t = ins[0]
     if not isinstance(t, Time) or any(isinstance(k, Time) for k in ins[1:]) or t.axis != node.attr("axis"):
         raise _Reject("its carried history is not on the time axis")
-    return [t, FINAL]
+    return [t] + [FINAL] * (len(node.outputs) - 1)
 
 
 def _windowed(node, ins, r):

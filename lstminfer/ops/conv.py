@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidModelError
-from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR
+from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR, STREAMED_TIME_ATTR
 from ..graph import Node
 from ..kernels import conv_native
 from .registry import INTERNAL_DOMAIN, BuildContext, register
@@ -49,6 +49,7 @@ class Window:
     pads: tuple[int, ...] | None  # explicit [begin..., end...]; None with auto_pad
     auto_pad: str
     ceil_mode: bool = False
+    streamed: int | None = None  # the spatial axis a stream feeds chunk by chunk: too short gives 0 frames
 
     def geometry(self, node: Node, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(begin pads, end pads, output sizes) for an input of spatial sizes ``spatial``."""
@@ -76,7 +77,9 @@ class Window:
                         out -= 1
                 else:
                     out = room // s + 1
-            if out < 1:
+            if out < 1 and i == self.streamed:
+                out = 0  # a chunk shorter than one window (conv_streaming): no output frame yet
+            elif out < 1:
                 raise fail(node, f"spatial axis {i}: input size {size} with pads ({b}, {e}) is smaller "
                                  f"than the kernel's span {span} (kernel {k}, dilation {d})")
             begins.append(b)
@@ -110,8 +113,10 @@ def _window(node: Node, kernel: Sequence[int], *, dilations: bool = True, ceil_m
                                     "([begin..., end...] per spatial axis)")
         if auto_pad != "NOTSET" and any(pads):
             raise InvalidModelError(f"{node.label()}: 'pads' {pads} and auto_pad='{auto_pad}' are both set")
+    streamed = node.attr(STREAMED_TIME_ATTR, None)
     return Window(tuple(kernel), per_axis("strides"), per_axis("dilations"),
-                  tuple(pads) if pads is not None else None, auto_pad, ceil_mode)
+                  tuple(pads) if pads is not None else None, auto_pad, ceil_mode,
+                  None if streamed is None else int(streamed) - 2)
 
 
 def _padded(x: Array, begins: Sequence[int], ends: Sequence[int], extra: Sequence[int], fill) -> Array:
@@ -267,6 +272,8 @@ def conv(node: Node, ctx: BuildContext):
             raise fail(node, f"X of shape {x.shape} and a {len(win.kernel)}-D kernel differ in rank")
         if bias is not None and bias.size != w.shape[0] * w.shape[1]:
             raise fail(node, f"B has {bias.size} values; the conv has {w.shape[0] * w.shape[1]} output channels")
+        if win.streamed is not None and 0 in win.geometry(node, x.shape[2:])[2]:
+            return (np.zeros((x.shape[0], w.shape[0] * w.shape[1]) + win.geometry(node, x.shape[2:])[2], x.dtype),)
         if native is not None and w is packed and x.dtype == np.float32:
             if x.shape[1] != groups * native.Cg:
                 raise fail(node, f"input has {x.shape[1]} channels; W expects {groups * native.Cg} "
@@ -315,6 +322,9 @@ def max_pool(node: Node, ctx: BuildContext):
     def kernel(x, out=None):
         _check_pool_input(node, x, window)
         begins, ends, outs = window.geometry(node, x.shape[2:])
+        if 0 in outs:  # a streamed chunk shorter than one window
+            y = np.zeros(x.shape[:2] + outs, x.dtype)
+            return (y, np.zeros(y.shape, np.int64)) if with_indices else (y,)
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
         if not with_indices and native_out is not None:
             into = _into(out, x.shape[:2] + outs)
@@ -408,6 +418,8 @@ def average_pool(node: Node, ctx: BuildContext):
         _check_pool_input(node, x, window)
         work = _work_dtype(x)
         begins, ends, outs = window.geometry(node, x.shape[2:])
+        if 0 in outs:  # a streamed chunk shorter than one window
+            return (np.zeros(x.shape[:2] + outs, x.dtype),)
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
         y = _pool_by_axis(x.astype(work, copy=False), window, begins, ends, extra, outs, 0, np.add)
         y /= _window_counts(x.shape[2:], begins, ends, outs, window, include_pad).astype(work)
@@ -453,18 +465,36 @@ _register_global("GlobalMaxPool", np.max)
 
 @register("TimeHistory", domain=INTERNAL_DOMAIN)
 def time_history(node: Node, ctx: BuildContext):
-    """A stream's carried input frames in front of a causal window over time (``conv_streaming``):
-    (x [.., T, ..], history [.., frames, ..]) -> (history + x along ``axis``, its last ``frames``)."""
+    """A stream's carried input frames in front of a window over time (``conv_streaming``):
+    (x [.., T, ..], history [.., frames, ..]) -> (history + x along ``axis``, its last ``frames``).
+
+    With a third input, the phase p (int64 [batch], one value: the pool steps streams of one
+    phase together): windows of ``frames`` + 1 frames, ``stride`` apart, start at p, p + stride,
+    ... of history + x; only the frames of those starting in x are handed on (none: 0 frames),
+    and the phase comes back for the next chunk."""
     axis = attr_int(node, "axis")
     frames = attr_int(node, "frames")
+    stride = attr_int(node, "stride", 1)
+    phased = len(node.inputs) > 2 and bool(node.inputs[2])
 
-    def kernel(x, history):
+    def kernel(x, history, phase=None):
         if history.ndim != x.ndim or history.shape[axis] != frames or \
                 history.shape[:axis] + history.shape[axis + 1:] != x.shape[:axis] + x.shape[axis + 1:]:
             raise fail(node, f"carried history of shape {history.shape} does not fit a chunk of shape {x.shape} "
                              f"({frames} frames on axis {axis})")
         extended = np.concatenate((history, x.astype(history.dtype, copy=False)), axis=axis)
         tail = (slice(None),) * axis + (slice(extended.shape[axis] - frames, None),)
-        return (extended, np.ascontiguousarray(extended[tail]))
+        if not phased:
+            return (extended, np.ascontiguousarray(extended[tail]))
+        phases = np.asarray(phase).reshape(-1)
+        if phases.size < 1 or np.any(phases != phases[0]) or phases[0] < 0:
+            raise fail(node, f"carried phases {phases.tolist()} must be one value >= 0 (streams of one phase "
+                             "are stepped together)")
+        start, length = int(phases[0]), x.shape[axis]
+        windows = -(-(length - start) // stride) if length > start else 0  # starts before the chunk's end
+        stop = start + (windows - 1) * stride + frames + 1 if windows else start
+        used = (slice(None),) * axis + (slice(start, stop),)
+        return (extended[used], np.ascontiguousarray(extended[tail]),
+                np.full(phases.shape, start + windows * stride - length, np.int64))
 
     return kernel
