@@ -16,7 +16,7 @@ output window starts), and hands the node only the frames of the whole windows t
 this chunk. A chunk may then yield no output frame (too short yet, or between strides): the
 node's output and everything per-step after it have 0 frames on time, a recurrent node steps
 0 times and keeps its state. A last-step head (``fc(y[:, -1])``) of such a model reads the last
-frame produced so far: a one-frame history (``lstminfer.last_frame``) in front of its pick
+frame produced so far: a one-frame history (state ``<node>:last_frame``) in front of its pick
 keeps it, so a chunk that produced no frame repeats the previous head (before the first frame:
 the head of a zero frame).
 

@@ -571,7 +571,7 @@ def _time_history(node, ins, r):
 
 def _windowed(node, ins, r):
     """Conv and pools: per-step when time is their batch axis, when they are one frame wide in time,
-    or when ``conv_streaming`` prefixed their input with its carried history (causal, stride 1)."""
+    or when ``conv_streaming`` prefixed their input with its carried history (and phase)."""
     t = ins[0]
     if any(isinstance(k, Time) for k in ins[1:]):
         raise _Reject("its weights are per-step")

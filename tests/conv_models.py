@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -170,3 +173,23 @@ def export(name: str, exporter: str = "torchscript", batch: int = 2, time: int =
 def torch_output(name: str, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return build(name)(torch.from_numpy(x)).numpy()
+
+
+def export_dynamic_dynamo(name: str, time: int = 23) -> bytes:
+    """``export(name, "dynamo", dynamic_time=True)`` in a fresh process: after other nn.LSTM exports
+    in one process torch.export specializes the time axis anyway (see tests/torch_models.py)."""
+    code = ("import sys, conv_models; "
+            f"sys.stdout.buffer.write(conv_models.export({name!r}, 'dynamo', time={time}, dynamic_time=True))")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, check=False)
+    if done.returncode:
+        raise RuntimeError(f"dynamo export of {name} with a dynamic time axis failed:\n"
+                           f"{done.stderr.decode(errors='replace')[-2000:]}")
+    return done.stdout
+
+
+def valid_frames(time: int) -> int:
+    """Output frames of ``ValidCRNN`` for ``time`` input frames (0: too short for one)."""
+    conv = time - 4
+    pooled = conv // 2 if conv >= 2 else 0
+    return (pooled - 3) // 2 + 1 if pooled >= 3 else 0
