@@ -103,6 +103,39 @@ static inline void li_conv_pad_item(const float *x, ptrdiff_t C, const ptrdiff_t
                        x + c * in_size + (d * in[1] + h) * in[2], (size_t)in[2] * sizeof(float));
 }
 
+/* Output positions [l_begin, l_end) of one item and group: yout[m, l - l_begin] (row stride ldy) =
+   W[m] . cols[:, l] (+ bias, Relu), xg: the group's padded channels. */
+static inline void li_conv_range(const float *xg, const float *wg, ptrdiff_t Mg, ptrdiff_t K, const ptrdiff_t *koff,
+                                 const ptrdiff_t *pos, ptrdiff_t l_begin, ptrdiff_t l_end, const float *bias, int relu,
+                                 float *yout, ptrdiff_t ldy, float *panel, float *part) {
+    ptrdiff_t blocks = (Mg + LI_CONV_MR - 1) / LI_CONV_MR;
+    for (ptrdiff_t l0 = l_begin; l0 < l_end; l0 += LI_CONV_NR) {
+        int cols = (int)(l_end - l0 < LI_CONV_NR ? l_end - l0 : LI_CONV_NR);
+        const ptrdiff_t *p = pos + l0;
+        int run = p[cols - 1] - p[0] == cols - 1;  /* consecutive positions: one copy per row */
+        int direct = run && cols == LI_CONV_NR;  /* rows read in place, no panel copy */
+        for (ptrdiff_t k0 = 0; k0 < K; k0 += LI_CONV_KC) {
+            ptrdiff_t kc = K - k0 < LI_CONV_KC ? K - k0 : LI_CONV_KC;
+            for (ptrdiff_t k = 0; k < kc && !direct; k++) {
+                const float *src = xg + koff[k0 + k];
+                float *dst = panel + k * LI_CONV_NR;
+                int j = 0;
+                if (run) { memcpy(dst, src + p[0], (size_t)cols * sizeof(float)); j = cols; }
+                for (; j < cols; j++) dst[j] = src[p[j]];
+                for (; j < LI_CONV_NR; j++) dst[j] = 0.0f;
+            }
+            for (ptrdiff_t b = 0; b < blocks; b++) {
+                ptrdiff_t m0 = b * LI_CONV_MR;
+                int rows = (int)(Mg - m0 < LI_CONV_MR ? Mg - m0 : LI_CONV_MR);
+                li_conv_tile(wg + b * K * LI_CONV_MR + k0 * LI_CONV_MR, kc, panel,
+                             direct ? xg + p[0] : NULL, koff + k0, part + b * LI_CONV_MR * LI_CONV_NR, k0 == 0,
+                             k0 + kc == K, yout + m0 * ldy + (l0 - l_begin), ldy, rows, cols,
+                             bias ? bias + m0 : NULL, relu);
+            }
+        }
+    }
+}
+
 /* Y [N, G*Mg, L] = conv(X [N, G*Cg, *in]).
    wpack: [G][ceil(Mg/MR)][K][MR]; koff[K]: each column row's offset in a group's padded channels
    (channel * padded size + tap offset); pos[L]: each output position's offset in a padded channel;
@@ -115,35 +148,9 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
     ptrdiff_t blocks = (Mg + LI_CONV_MR - 1) / LI_CONV_MR;
     for (ptrdiff_t n = 0; n < N; n++) {
         li_conv_pad_item(x + n * G * Cg * in_size, G * Cg, in, padded, begin, scratch);
-        for (ptrdiff_t g = 0; g < G; g++) {
-            const float *xg = scratch + g * Cg * pad_size;
-            const float *wg = wpack + g * blocks * K * LI_CONV_MR;
-            float *yg = y + (n * G + g) * Mg * L;
-            for (ptrdiff_t l0 = 0; l0 < L; l0 += LI_CONV_NR) {
-                int cols = (int)(L - l0 < LI_CONV_NR ? L - l0 : LI_CONV_NR);
-                const ptrdiff_t *p = pos + l0;
-                int run = p[cols - 1] - p[0] == cols - 1;  /* consecutive positions: one copy per row */
-                int direct = run && cols == LI_CONV_NR;  /* rows read in place, no panel copy */
-                for (ptrdiff_t k0 = 0; k0 < K; k0 += LI_CONV_KC) {
-                    ptrdiff_t kc = K - k0 < LI_CONV_KC ? K - k0 : LI_CONV_KC;
-                    for (ptrdiff_t k = 0; k < kc && !direct; k++) {
-                        const float *src = xg + koff[k0 + k];
-                        float *dst = panel + k * LI_CONV_NR;
-                        int j = 0;
-                        if (run) { memcpy(dst, src + p[0], (size_t)cols * sizeof(float)); j = cols; }
-                        for (; j < cols; j++) dst[j] = src[p[j]];
-                        for (; j < LI_CONV_NR; j++) dst[j] = 0.0f;
-                    }
-                    for (ptrdiff_t b = 0; b < blocks; b++) {
-                        ptrdiff_t m0 = b * LI_CONV_MR;
-                        int rows = (int)(Mg - m0 < LI_CONV_MR ? Mg - m0 : LI_CONV_MR);
-                        li_conv_tile(wg + b * K * LI_CONV_MR + k0 * LI_CONV_MR, kc, panel,
-                                     direct ? xg + p[0] : NULL, koff + k0, part + b * LI_CONV_MR * LI_CONV_NR, k0 == 0, k0 + kc == K,
-                                     yg + m0 * L + l0, L, rows, cols, bias ? bias + g * Mg + m0 : NULL, relu);
-                    }
-                }
-            }
-        }
+        for (ptrdiff_t g = 0; g < G; g++)
+            li_conv_range(scratch + g * Cg * pad_size, wpack + g * blocks * K * LI_CONV_MR, Mg, K, koff, pos, 0, L,
+                          bias ? bias + g * Mg : NULL, relu, y + (n * G + g) * Mg * L, L, panel, part);
     }
 }
 
@@ -189,6 +196,68 @@ static inline void li_max_pool2d(const float *x, ptrdiff_t P, ptrdiff_t H, ptrdi
             for (ptrdiff_t j = 1; j < kw; j++) {
                 const float *tap = row + j * dw;
                 for (ptrdiff_t o = 0; o < OW; o++) out[o] = li_fmax(out[o], tap[o * sw]);
+            }
+        }
+    }
+}
+
+/* Y [N, G*Mg, OH, OW] = MaxPool(conv(X)) with windows ph x pw that do not overlap (strides = kernel,
+   no pads, floor): OH = CH / ph, OW = CW / pw of the conv's CH x CW output (1-D: CH = ph = 1). The
+   conv's output is never written whole: for each pooled row, the ph conv rows under it are computed,
+   segp pooled columns (segp * pw conv columns) at a time, into ``rows`` [Mg][ph][segp * pw] (in
+   cache), then pooled (np.fmax: a NaN loses) into y. Conv rows and columns no window covers are not
+   computed. Buffers as li_conv's, and rows: Mg * ph * segp * pw floats. */
+static inline void li_conv_max_pool(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t Cg, const ptrdiff_t *in,
+                                    const ptrdiff_t *padded, const ptrdiff_t *begin, const float *wpack, ptrdiff_t Mg,
+                                    ptrdiff_t K, const ptrdiff_t *koff, const ptrdiff_t *pos, ptrdiff_t CH,
+                                    ptrdiff_t CW, ptrdiff_t ph, ptrdiff_t pw, ptrdiff_t segp, const float *bias,
+                                    int relu, float *y, float *scratch, float *panel, float *part, float *rows) {
+    ptrdiff_t in_size = in[0] * in[1] * in[2], pad_size = padded[0] * padded[1] * padded[2];
+    ptrdiff_t blocks = (Mg + LI_CONV_MR - 1) / LI_CONV_MR;
+    ptrdiff_t OH = CH / ph, OW = CW / pw;
+    li_vi even, odd;  /* lanes of a || b */
+    for (int i = 0; i < LI_VEC; i++) { even[i] = 2 * i; odd[i] = 2 * i + 1; }
+    for (ptrdiff_t n = 0; n < N; n++) {
+        li_conv_pad_item(x + n * G * Cg * in_size, G * Cg, in, padded, begin, scratch);
+        for (ptrdiff_t g = 0; g < G; g++) {
+            const float *xg = scratch + g * Cg * pad_size;
+            const float *wg = wpack + g * blocks * K * LI_CONV_MR;
+            const float *bg = bias ? bias + g * Mg : NULL;
+            float *yg = y + (n * G + g) * Mg * OH * OW;
+            for (ptrdiff_t oh = 0; oh < OH; oh++) {
+                for (ptrdiff_t o0 = 0; o0 < OW; o0 += segp) {
+                    ptrdiff_t np_ = OW - o0 < segp ? OW - o0 : segp, width = np_ * pw, ld = ph * width;
+                    for (ptrdiff_t i = 0; i < ph; i++) {
+                        ptrdiff_t l = (oh * ph + i) * CW + o0 * pw;
+                        li_conv_range(xg, wg, Mg, K, koff, pos, l, l + width, bg, relu, rows + i * width, ld,
+                                      panel, part);
+                    }
+                    for (ptrdiff_t m = 0; m < Mg; m++) {
+                        float *r0 = rows + m * ld;
+                        for (ptrdiff_t i = 1; i < ph; i++) {  /* the rows' max into the first, vectorized */
+                            const float *ri = r0 + i * width;
+                            ptrdiff_t w = 0;
+                            for (; w + LI_VEC <= width; w += LI_VEC)
+                                li_store(r0 + w, li_vfmax(li_load(r0 + w), li_load(ri + w)));
+                            for (; w < width; w++) r0[w] = li_fmax(r0[w], ri[w]);
+                        }
+                        float *out = yg + (m * OH + oh) * OW + o0;
+                        if (pw == 2) {  /* pairs: the even and the odd columns of two vectors, then their max */
+                            ptrdiff_t o = 0;
+                            for (; o + LI_VEC <= np_; o += LI_VEC) {
+                                li_vf a = li_load(r0 + 2 * o), b = li_load(r0 + 2 * o + LI_VEC);
+                                li_store(out + o, li_vfmax(__builtin_shuffle(a, b, even), __builtin_shuffle(a, b, odd)));
+                            }
+                            for (; o < np_; o++) out[o] = li_fmax(r0[2 * o], r0[2 * o + 1]);
+                        } else {
+                            for (ptrdiff_t o = 0; o < np_; o++) {
+                                float v = r0[o * pw];
+                                for (ptrdiff_t j = 1; j < pw; j++) v = li_fmax(v, r0[o * pw + j]);
+                                out[o] = v;
+                            }
+                        }
+                    }
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ import numpy as np
 from . import cython_backend
 
 _F32 = np.dtype(np.float32)
+_POOL_ROWS_FLOATS = 1 << 14  # a fused pool's conv rows (64 KiB): computed, then pooled while in cache
 _IDX = np.dtype(np.intp)
 
 
@@ -111,6 +112,33 @@ class NativeConv:
         y = self._out.get((N, self.G * self.Mg) + tuple(outs)) if out is None else out
         self.module.conv(x.reshape(-1), N, self.G, self.Cg, ins, padded, begin, self.wpack, self.Mg, koff, pos,
                          self.bias, self.relu, y.reshape(-1), scratch, panel, part)
+        return y
+
+
+    def run_max_pool(self, x: np.ndarray, begins, ends, outs, pool: tuple[int, ...],
+                     out: np.ndarray | None = None) -> np.ndarray:
+        """MaxPool(``pool`` windows, strides = kernel, no pads)(Y) [N, M, *outs // pool] of a float32
+        ``x`` [N, C, *spatial] (1-D or 2-D; into ``out`` when given): Y is never written whole."""
+        x = np.ascontiguousarray(x, dtype=_F32)
+        ins, padded, begin, koff, pos, scratch_floats = self._offsets(tuple(x.shape[2:]), tuple(begins), tuple(ends),
+                                                                      tuple(outs))
+        (CH, CW), (ph, pw) = (1,) * (2 - len(outs)) + tuple(outs), (1,) * (2 - len(pool)) + tuple(pool)
+        OW = CW // pw
+        segp = max(1, min(OW, _POOL_ROWS_FLOATS // (self.Mg * ph * pw)))
+        if segp < OW and segp * pw > self.nr and self.nr % pw == 0:
+            segp = segp * pw // self.nr * self.nr // pw  # whole panels of conv columns per segment
+        rows_floats = self.Mg * ph * segp * pw
+        N = x.shape[0]
+        scratch = np.empty(scratch_floats + self.panel_floats + self.part_floats + rows_floats, dtype=_F32)
+        at = scratch_floats
+        panel, part = scratch[at:at + self.panel_floats], scratch[at + self.panel_floats:at + self.panel_floats
+                                                                  + self.part_floats]
+        rows = scratch[len(scratch) - rows_floats:]
+        shape = (N, self.G * self.Mg) + tuple(o // k for o, k in zip(outs, pool))
+        y = self._out.get(shape) if out is None else out
+        self.module.conv_max_pool(x.reshape(-1), N, self.G, self.Cg, ins, padded, begin, self.wpack, self.Mg, koff,
+                                  pos, CH, CW, ph, pw, segp, self.bias, self.relu, y.reshape(-1), scratch, panel,
+                                  part, rows)
         return y
 
 

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidModelError
-from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR, STREAMED_TIME_ATTR
+from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR, POOL_ATTR, STREAMED_TIME_ATTR
 from ..graph import Node
 from ..kernels import conv_native
 from .registry import INTERNAL_DOMAIN, BuildContext, register
@@ -231,6 +231,7 @@ def conv(node: Node, ctx: BuildContext):
     if activation is not None and activation[0] != "Relu":
         raise InvalidModelError(f"{node.label()}: cannot run a fused {activation[0]}")
     relu = activation is not None
+    pool = node.attr(POOL_ATTR, None)  # (kernel, name) of a MaxPool run inside (conv_fusion)
 
     def check_w(W: Array) -> None:
         if W.ndim < 3:
@@ -279,16 +280,40 @@ def conv(node: Node, ctx: BuildContext):
                 raise fail(node, f"input has {x.shape[1]} channels; W expects {groups * native.Cg} "
                                  f"({groups} group(s) of {native.Cg})")
             begins, ends, outs = win.geometry(node, x.shape[2:])
-            return (native.run(x, begins, ends, outs, _into(out, (x.shape[0], w.shape[0] * w.shape[1]) + outs)),)
+            M = w.shape[0] * w.shape[1]
+            if pool is not None:
+                pooled = _pooled(outs, pool)
+                return (native.run_max_pool(x, begins, ends, outs, pool[0], _into(out, (x.shape[0], M) + pooled)),)
+            return (native.run(x, begins, ends, outs, _into(out, (x.shape[0], M) + outs)),)
         y = conv_into(x.astype(work, copy=False), w, bias, win, node, groups, relu)
+        if pool is not None:
+            y = _max_pool_tiles(y, _pooled(y.shape[2:], pool), pool[0])
         return (y.astype(x.dtype, copy=False),)
+
+    def _pooled(outs, pool) -> tuple[int, ...]:
+        kernel, name = pool
+        if len(kernel) != len(outs) or any(o < k for o, k in zip(outs, kernel)):
+            raise fail(node, f"the MaxPool '{name}' fused into it has kernel {list(kernel)}, which does not fit "
+                             f"the conv's output of spatial size {list(outs)}")
+        return tuple(o // k for o, k in zip(outs, kernel))
 
     kernel.writes_into = native is not None  # a compiled program hands it its output's memory
     kernel.describe = ("native conv (li_conv.h), weights packed at load; numpy im2col + BLAS GEMM otherwise"
                        if native is not None else "numpy im2col + BLAS GEMM, weights packed at load") \
         + (f", BatchNormalization '{folded}' folded in" if folded else "") \
-        + (f", {activation[0]} '{activation[1]}' fused" if activation else "")
+        + (f", {activation[0]} '{activation[1]}' fused" if activation else "") \
+        + (f", MaxPool '{pool[1]}' fused (the conv's output never written whole)" if pool else "")
     return kernel
+
+
+def _max_pool_tiles(y: Array, pooled: tuple[int, ...], kernel: tuple[int, ...]) -> Array:
+    """MaxPool of ``y`` [N, M, *spatial] with windows ``kernel`` that tile it (strides = kernel, floor),
+    a NaN losing as in np.fmax."""
+    index = (slice(None), slice(None)) + tuple(slice(0, p * k) for p, k in zip(pooled, kernel))
+    tiles = y[index].reshape(y.shape[:2] + tuple(d for p, k in zip(pooled, kernel) for d in (p, k)))
+    for i in reversed(range(len(kernel))):
+        tiles = np.fmax.reduce(tiles, axis=3 + 2 * i)
+    return tiles
 
 
 # ---------------------------------------------------------------- pools
