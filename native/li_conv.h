@@ -22,7 +22,7 @@
 
 /* A block of panel rows at a time: a panel of LI_CONV_KC rows (16 KiB) stays in L1 while every
    row block of W runs over it. */
-#define LI_CONV_KC (4096 / LI_CONV_NR)
+#define LI_CONV_KC (12288 / LI_CONV_NR)
 
 /* acc[r] (+)= sum_k a[k*MR + r] * panel[k, :], r < MR, over K panel rows. ``part``: the block's
    running sums [MR][NR], loaded unless ``first`` (the same additions in the same order as one pass
@@ -90,17 +90,27 @@ static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel,
 }
 
 /* Copy one item [C, *in] into its padded scratch [C, *padded] (zeros around), spatial axes as
-   3 (leading ones of size 1 for 1-D and 2-D). */
+   3 (leading ones of size 1 for 1-D and 2-D). Only the padding is zeroed, row by row: the scratch
+   is written once. */
 static inline void li_conv_pad_item(const float *x, ptrdiff_t C, const ptrdiff_t *in, const ptrdiff_t *padded,
                                     const ptrdiff_t *begin, float *out) {
     ptrdiff_t in_size = in[0] * in[1] * in[2], out_size = padded[0] * padded[1] * padded[2];
     if (in_size == out_size) { memcpy(out, x, (size_t)(C * in_size) * sizeof(float)); return; }
-    memset(out, 0, (size_t)(C * out_size) * sizeof(float));
+    ptrdiff_t left = begin[2], right = padded[2] - begin[2] - in[2];
     for (ptrdiff_t c = 0; c < C; c++)
-        for (ptrdiff_t d = 0; d < in[0]; d++)
-            for (ptrdiff_t h = 0; h < in[1]; h++)
-                memcpy(out + c * out_size + ((d + begin[0]) * padded[1] + h + begin[1]) * padded[2] + begin[2],
-                       x + c * in_size + (d * in[1] + h) * in[2], (size_t)in[2] * sizeof(float));
+        for (ptrdiff_t d = 0; d < padded[0]; d++) {
+            float *plane = out + (c * padded[0] + d) * padded[1] * padded[2];
+            ptrdiff_t di = d - begin[0];
+            if (di < 0 || di >= in[0]) { memset(plane, 0, (size_t)(padded[1] * padded[2]) * sizeof(float)); continue; }
+            for (ptrdiff_t h = 0; h < padded[1]; h++) {
+                float *row = plane + h * padded[2];
+                ptrdiff_t hi = h - begin[1];
+                if (hi < 0 || hi >= in[1]) { memset(row, 0, (size_t)padded[2] * sizeof(float)); continue; }
+                if (left) memset(row, 0, (size_t)left * sizeof(float));
+                memcpy(row + left, x + c * in_size + (di * in[1] + hi) * in[2], (size_t)in[2] * sizeof(float));
+                if (right) memset(row + left + in[2], 0, (size_t)right * sizeof(float));
+            }
+        }
 }
 
 /* Output positions [l_begin, l_end) of one item and group: yout[m, l - l_begin] (row stride ldy) =
