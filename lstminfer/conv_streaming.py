@@ -104,9 +104,11 @@ def frames_to_fill(slots) -> int:
     return total * scale
 
 
-def with_time_history(pairing: Pairing, model_plan: Plan) -> Pairing:
-    """``pairing`` with a TimeHistory in front of every causal windowed node over time, or itself
-    when no node slides over time; ``NotStreamableError`` naming a node that cannot stream."""
+def with_time_history(pairing: Pairing, model_plan: Plan, keeping=None) -> Pairing:
+    """``pairing`` with a TimeHistory in front of every windowed node over time, or itself when no
+    node slides over time; ``NotStreamableError`` naming a node that cannot stream.
+    ``keeping(names)``: a plan of the model whose values include ``names`` (a load-time fusion may
+    have joined a pool to the conv before it, so ``model_plan`` lacks the value between them)."""
     graph = pairing.graph
     candidates = [n for n in graph.nodes if n.op_type in WINDOWED_OPS and n.domain in ("", "ai.onnx")]
     if not candidates:
@@ -126,7 +128,10 @@ def with_time_history(pairing: Pairing, model_plan: Plan) -> Pairing:
                        and n.inputs and n.inputs[0] not in pairing.state_outputs]
     for node in pick_candidates:
         wanted.update(name for name in node.inputs[:5] if name)
-    probes = _probe(model_plan, sorted(wanted))
+    names = sorted(wanted)
+    if keeping is not None and not all(_computes(model_plan, n) for n in names):
+        model_plan = keeping(names)
+    probes = _probe(model_plan, names)
     windows = [w for w in (_window(node, producers, readers, probes) for node in candidates) if w is not None]
     if not windows:
         return pairing
@@ -143,6 +148,14 @@ def _pad_before(node: Node, producers, readers) -> Node | None:
     if pad is None or pad.op_type != "Pad" or readers.get(node.inputs[0], 0) != 1:
         return None
     return pad
+
+
+def _computes(plan: Plan, name: str) -> bool:
+    try:
+        plan.output_slot(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _probe(plan: Plan, names: list[str]) -> list[dict[str, np.ndarray]]:

@@ -72,7 +72,9 @@ class StreamProgram:
     def __init__(self, graph: Graph, plan: Plan, ctx: BuildContext):
         self.graph_inputs: tuple[ValueInfo, ...] = tuple(graph.inputs)
         self.model_plan = plan
-        pairing: Pairing = with_time_history(find_pairing(graph), plan)
+        keeping = lambda names: Plan(dataclasses.replace(  # noqa: E731 (the values a fusion would join)
+            graph, outputs=list(graph.outputs) + [ValueInfo(n) for n in names]), ctx)
+        pairing: Pairing = with_time_history(find_pairing(graph), plan, keeping)
         self.pairing = pairing
         self.slots: tuple[StateSlot, ...] = pairing.slots
         self.data_inputs: tuple[ValueInfo, ...] = pairing.data_inputs
