@@ -24,13 +24,19 @@
    row block of W runs over it. */
 #define LI_CONV_KC (12288 / LI_CONV_NR)
 
+/* m = fmax(m, v) as numpy's np.fmax: a NaN loses to a number (selects, no branches) */
+static inline float li_fmax(float m, float v) { float t = v > m ? v : m; return m != m ? v : t; }
+static inline li_vf li_vfmax(li_vf m, li_vf v) { return li_vsel((v > m) | (m != m), v, m); }
+
 /* acc[r] (+)= sum_k a[k*MR + r] * panel[k, :], r < MR, over K panel rows. ``part``: the block's
    running sums [MR][NR], loaded unless ``first`` (the same additions in the same order as one pass
    over all of K), stored unless ``last``; when last, bias and Relu are applied and rows < rows,
-   cols < cols stored into y. */
+   cols < cols stored into y. A fused MaxPool's work on the way out: ``pool2``, the max of each
+   pair of columns (cols / 2 stored); ``combine``, the max with what y holds (np.fmax: NaN loses). */
 static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel, const float *base,
                                 const ptrdiff_t *koff, float *part, int first, int last,
-                                float *y, ptrdiff_t ldy, int rows, int cols, const float *bias, int relu) {
+                                float *y, ptrdiff_t ldy, int rows, int cols, const float *bias, int relu,
+                                int pool2, int combine) {
     li_vf c0[LI_CONV_MR], c1[LI_CONV_MR];
     li_vf z = {0};
 #pragma GCC unroll 8
@@ -70,6 +76,8 @@ static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel,
         }
         return;
     }
+    li_vi even, odd;  /* lanes of v0 || v1 */
+    for (int i = 0; i < LI_VEC; i++) { even[i] = 2 * i; odd[i] = 2 * i + 1; }
 #pragma GCC unroll 8
     for (int r = 0; r < LI_CONV_MR; r++) {
         if (r >= rows) break;
@@ -77,11 +85,28 @@ static inline void li_conv_tile(const float *a, ptrdiff_t K, const float *panel,
         if (bias) { v0 += bias[r]; v1 += bias[r]; }
         if (relu) { v0 = li_vsel(v0 < z, z, v0); v1 = li_vsel(v1 < z, z, v1); }  /* NaN stays NaN */
         float *out = y + r * ldy;
-        if (cols == LI_CONV_NR) {
+        if (pool2) {  /* one vector of pair maxima */
+            li_vf p = li_vfmax(__builtin_shuffle(v0, v1, even), __builtin_shuffle(v0, v1, odd));
+            if (cols == LI_CONV_NR) {
+                li_store(out, combine ? li_vfmax(li_load(out), p) : p);
+            } else {
+                float tmp[LI_VEC];
+                int n = cols / 2;
+                if (combine) { memcpy(tmp, out, (size_t)n * sizeof(float)); p = li_vfmax(li_load(tmp), p); }
+                li_store(tmp, p);
+                memcpy(out, tmp, (size_t)n * sizeof(float));
+            }
+        } else if (cols == LI_CONV_NR) {
+            if (combine) { v0 = li_vfmax(li_load(out), v0); v1 = li_vfmax(li_load(out + LI_VEC), v1); }
             li_store(out, v0);
             li_store(out + LI_VEC, v1);
         } else {
             float tmp[LI_CONV_NR];
+            if (combine) {
+                memcpy(tmp, out, (size_t)cols * sizeof(float));
+                v0 = li_vfmax(li_load(tmp), v0);
+                v1 = li_vfmax(li_load(tmp + LI_VEC), v1);
+            }
             li_store(tmp, v0);
             li_store(tmp + LI_VEC, v1);
             memcpy(out, tmp, (size_t)cols * sizeof(float));
@@ -114,10 +139,11 @@ static inline void li_conv_pad_item(const float *x, ptrdiff_t C, const ptrdiff_t
 }
 
 /* Output positions [l_begin, l_end) of one item and group: yout[m, l - l_begin] (row stride ldy) =
-   W[m] . cols[:, l] (+ bias, Relu), xg: the group's padded channels. */
+   W[m] . cols[:, l] (+ bias, Relu), xg: the group's padded channels; with ``pool2`` the max of each
+   pair of positions at yout[m, (l - l_begin) / 2] (an even count), with ``combine`` maxed into yout. */
 static inline void li_conv_range(const float *xg, const float *wg, ptrdiff_t Mg, ptrdiff_t K, const ptrdiff_t *koff,
                                  const ptrdiff_t *pos, ptrdiff_t l_begin, ptrdiff_t l_end, const float *bias, int relu,
-                                 float *yout, ptrdiff_t ldy, float *panel, float *part) {
+                                 float *yout, ptrdiff_t ldy, float *panel, float *part, int pool2, int combine) {
     ptrdiff_t blocks = (Mg + LI_CONV_MR - 1) / LI_CONV_MR;
     for (ptrdiff_t l0 = l_begin; l0 < l_end; l0 += LI_CONV_NR) {
         int cols = (int)(l_end - l0 < LI_CONV_NR ? l_end - l0 : LI_CONV_NR);
@@ -139,8 +165,8 @@ static inline void li_conv_range(const float *xg, const float *wg, ptrdiff_t Mg,
                 int rows = (int)(Mg - m0 < LI_CONV_MR ? Mg - m0 : LI_CONV_MR);
                 li_conv_tile(wg + b * K * LI_CONV_MR + k0 * LI_CONV_MR, kc, panel,
                              direct ? xg + p[0] : NULL, koff + k0, part + b * LI_CONV_MR * LI_CONV_NR, k0 == 0,
-                             k0 + kc == K, yout + m0 * ldy + (l0 - l_begin), ldy, rows, cols,
-                             bias ? bias + m0 : NULL, relu);
+                             k0 + kc == K, yout + m0 * ldy + ((l0 - l_begin) >> pool2), ldy, rows, cols,
+                             bias ? bias + m0 : NULL, relu, pool2, combine);
             }
         }
     }
@@ -160,13 +186,9 @@ static inline void li_conv(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t C
         li_conv_pad_item(x + n * G * Cg * in_size, G * Cg, in, padded, begin, scratch);
         for (ptrdiff_t g = 0; g < G; g++)
             li_conv_range(scratch + g * Cg * pad_size, wpack + g * blocks * K * LI_CONV_MR, Mg, K, koff, pos, 0, L,
-                          bias ? bias + g * Mg : NULL, relu, y + (n * G + g) * Mg * L, L, panel, part);
+                          bias ? bias + g * Mg : NULL, relu, y + (n * G + g) * Mg * L, L, panel, part, 0, 0);
     }
 }
-
-/* m = fmax(m, v) as numpy's np.fmax: a NaN loses to a number (selects, no branches) */
-static inline float li_fmax(float m, float v) { float t = v > m ? v : m; return m != m ? v : t; }
-static inline li_vf li_vfmax(li_vf m, li_vf v) { return li_vsel((v > m) | (m != m), v, m); }
 
 /* MaxPool over planes [P, H, W] -> [P, OH, OW] (1-D: H = OH = 1), taps outside the input count
    as -inf (pads and ceil_mode's overhang), NaN losing as in np.fmax. One axis at a time: each
@@ -234,13 +256,22 @@ static inline void li_conv_max_pool(const float *x, ptrdiff_t N, ptrdiff_t G, pt
             const float *wg = wpack + g * blocks * K * LI_CONV_MR;
             const float *bg = bias ? bias + g * Mg : NULL;
             float *yg = y + (n * G + g) * Mg * OH * OW;
+            if (pw <= 2) {  /* pooled in the tiles' epilogue: rows maxed straight into y, pairs in registers */
+                for (ptrdiff_t oh = 0; oh < OH; oh++)
+                    for (ptrdiff_t i = 0; i < ph; i++) {
+                        ptrdiff_t l = (oh * ph + i) * CW;
+                        li_conv_range(xg, wg, Mg, K, koff, pos, l, l + OW * pw, bg, relu, yg + oh * OW, OH * OW,
+                                      panel, part, pw == 2, i > 0);
+                    }
+                continue;
+            }
             for (ptrdiff_t oh = 0; oh < OH; oh++) {
                 for (ptrdiff_t o0 = 0; o0 < OW; o0 += segp) {
                     ptrdiff_t np_ = OW - o0 < segp ? OW - o0 : segp, width = np_ * pw, ld = ph * width;
                     for (ptrdiff_t i = 0; i < ph; i++) {
                         ptrdiff_t l = (oh * ph + i) * CW + o0 * pw;
                         li_conv_range(xg, wg, Mg, K, koff, pos, l, l + width, bg, relu, rows + i * width, ld,
-                                      panel, part);
+                                      panel, part, 0, 0);
                     }
                     for (ptrdiff_t m = 0; m < Mg; m++) {
                         float *r0 = rows + m * ld;
