@@ -104,7 +104,7 @@ class NativeConv:
     def run(self, x: np.ndarray, begins, ends, outs, out: np.ndarray | None = None) -> np.ndarray:
         """Y [N, M, *outs] of a float32 ``x`` [N, C, *spatial] (into ``out`` when given)."""
         x = np.ascontiguousarray(x, dtype=_F32)
-        ins, padded, begin, koff, pos, scratch_floats = self._offsets(tuple(x.shape[2:]), tuple(begins), tuple(ends),
+        ins, padded, begin, koff, pos, scratch_floats = self._offsets(x.shape[2:], tuple(begins), tuple(ends),
                                                                       tuple(outs))
         N = x.shape[0]
         scratch, panel, part, _ = _buffers(scratch_floats, self.panel_floats, self.part_floats, 0)
@@ -118,7 +118,7 @@ class NativeConv:
         """MaxPool(``pool`` windows, strides = kernel, no pads)(Y) [N, M, *outs // pool] of a float32
         ``x`` [N, C, *spatial] (1-D or 2-D; into ``out`` when given): Y is never written whole."""
         x = np.ascontiguousarray(x, dtype=_F32)
-        ins, padded, begin, koff, pos, scratch_floats = self._offsets(tuple(x.shape[2:]), tuple(begins), tuple(ends),
+        ins, padded, begin, koff, pos, scratch_floats = self._offsets(x.shape[2:], tuple(begins), tuple(ends),
                                                                       tuple(outs))
         (CH, CW), (ph, pw) = (1,) * (2 - len(outs)) + tuple(outs), (1,) * (2 - len(pool)) + tuple(pool)
         OW = CW // pw
