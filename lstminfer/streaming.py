@@ -51,6 +51,7 @@ _CHECK_ATOL, _CHECK_RTOL = 1e-5, 1e-4
 _KNOWN_SHAPES = 64  # chunk shapes a pool remembers as checked (bounds the set under arbitrary T)
 _LENGTHS_INPUT = "__lstminfer_stream_lengths__"  # the masked plan's per-stream lengths (int32 [batch])
 _MASK_MAX_PADDING = 2.0  # pad to the longest chunk only while that at most doubles the time steps run
+_PHASE_PROGRAMS = 64  # phase combinations of a model with strided/unpadded windows kept compiled
 
 
 def streamability(model) -> tuple[bool, str]:
@@ -98,6 +99,8 @@ class StreamProgram:
         self.batch_axes = {vi.name: _batch_axis(vi, self.time_axes[vi.name]) for vi in self.data_inputs}
         # a window of a phase (stride or short start padding over time): chunks yield other numbers of frames
         self.phased = any(isinstance(s, HistorySlot) and s.phased for s in self.slots)
+        self._phase_at = [i for i, s in enumerate(self.slots) if isinstance(s, PhaseSlot)]
+        self._by_phase: dict[tuple[int, ...], Programs] = {}  # _programs_at
         self.initial_state = self.state_from_inputs({})
         self.state_shapes = {k: v.shape for k, v in self.initial_state.items()}
         self.state_dtypes = {k: v.dtype for k, v in self.initial_state.items()}
@@ -130,12 +133,25 @@ class StreamProgram:
         direct = self.direct
         if direct is None:
             n = len(self.output_names)
-            values = self.programs.run(data + states, [None] * n + states if in_place else None)
+            programs = self._programs_at(states) if self.phased else self.programs
+            values = programs.run(data + states, [None] * n + states if in_place else None)
             if values is None:
                 return self.run(data, states)
             return values[:n], values[n:]
         out = direct(data[0], states)
         return [out[0]], list(out[1:])
+
+    def _programs_at(self, states: list[np.ndarray]) -> Programs:
+        """The programs of the streams' phases (``PhaseSlot``s; one value per run: the pool groups
+        by phase): a phase decides how many frames each window hands on, so the shapes a program
+        is compiled for hold for one phase only (another would decline it, every call)."""
+        key = tuple(int(states[i].reshape(-1)[0]) for i in self._phase_at)
+        programs = self._by_phase.get(key)
+        if programs is None:
+            if len(self._by_phase) >= _PHASE_PROGRAMS:
+                self._by_phase.clear()
+            programs = self._by_phase[key] = Programs(self.plan, self.wanted)
+        return programs
 
     def masked(self) -> tuple[Plan, Programs, tuple[int, ...]] | None:
         """(plan, programs, wanted) of the streaming graph with every recurrent node reading
@@ -432,7 +448,8 @@ class Stream:
             self._set(program.load(state))
         elif state is not None:
             self.set_state(state)
-        programs = program.programs.fast if program.direct_into is None else None
+        # not with phases: a program per phase (StreamProgram.run_fast), which the C step does not pick
+        programs = program.programs.fast if program.direct_into is None and not program.phased else None
         self._fast = None  # the C step (_runtime.StreamStep), sharing self._states
         if _runtime is not None and (program.direct_into is not None or programs is not None):
             self._fast = _runtime.StreamStep(self._states, program.direct_into, programs, tuple(program.output_names))
