@@ -235,10 +235,12 @@ static inline void li_max_pool2d(const float *x, ptrdiff_t P, ptrdiff_t H, ptrdi
 
 /* Y [N, G*Mg, OH, OW] = MaxPool(conv(X)) with windows ph x pw that do not overlap (strides = kernel,
    no pads, floor): OH = CH / ph, OW = CW / pw of the conv's CH x CW output (1-D: CH = ph = 1). The
-   conv's output is never written whole: for each pooled row, the ph conv rows under it are computed,
-   segp pooled columns (segp * pw conv columns) at a time, into ``rows`` [Mg][ph][segp * pw] (in
-   cache), then pooled (np.fmax: a NaN loses) into y. Conv rows and columns no window covers are not
-   computed. Buffers as li_conv's, and rows: Mg * ph * segp * pw floats. */
+   conv's output is never written whole. Windows 1 or 2 wide (the CRNN's): each tile pools its pairs
+   of columns in registers and maxes each of the window's ph rows straight into y. Wider ones: for
+   each pooled row, the ph conv rows under it are computed, segp pooled columns (segp * pw conv
+   columns) at a time, into ``rows`` [Mg][ph][segp * pw] (in cache), then pooled into y. Either way
+   np.fmax's rule (a NaN loses), and conv rows and columns no window covers are not computed.
+   Buffers as li_conv's, and rows: Mg * ph * segp * pw floats (unused by windows 1-2 wide). */
 static inline void li_conv_max_pool(const float *x, ptrdiff_t N, ptrdiff_t G, ptrdiff_t Cg, const ptrdiff_t *in,
                                     const ptrdiff_t *padded, const ptrdiff_t *begin, const float *wpack, ptrdiff_t Mg,
                                     ptrdiff_t K, const ptrdiff_t *koff, const ptrdiff_t *pos, ptrdiff_t CH,

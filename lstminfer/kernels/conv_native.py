@@ -2,7 +2,8 @@
 
 ``NativeConv(W, bias, groups, dilations, strides, relu)`` packs W once (at load) into the
 micro-kernel's row blocks; ``run(x, begins, ends, outs)`` computes Y for one input: the column
-offsets of each input geometry are computed once and kept. ``max_pool(...)`` is MaxPool over
+offsets of each input geometry are computed once and kept; ``run_max_pool(..., pool)`` is that conv
+with a MaxPool of tiling windows fused (conv_fusion). ``max_pool(...)`` is MaxPool over
 1-D/2-D float32 planes. ``available()`` says whether the extension is built; lstminfer.ops.conv
 keeps its NumPy path for everything else (other dtypes, 3+ spatial axes, no build).
 """
@@ -18,7 +19,7 @@ import numpy as np
 from . import cython_backend
 
 _F32 = np.dtype(np.float32)
-_POOL_ROWS_FLOATS = 1 << 14  # a fused pool's conv rows (64 KiB): computed, then pooled while in cache
+_POOL_ROWS_FLOATS = 1 << 14  # a fused pool wider than 2: its conv rows (64 KiB) computed, then pooled in cache
 _IDX = np.dtype(np.intp)
 
 
