@@ -1,7 +1,8 @@
 """CRNN front-ends (convolutions + BatchNorm + pools before an LSTM) against onnxruntime, same run.
 
     cd benchmarks && OPENBLAS_NUM_THREADS=1 pytest -q test_bench_crnn.py --benchmark-json=/tmp/crnn.json
-    OPENBLAS_NUM_THREADS=1 python test_bench_crnn.py        # the same rows as a quick table
+    OPENBLAS_NUM_THREADS=1 python test_bench_crnn.py        # the same rows as a quick table, and the
+                                                            # Stream.step times of two streamed CRNNs
 
 Models, exported at benchmark time by the TorchScript exporter (opset 17, fixed seed):
 
@@ -137,6 +138,32 @@ def _interleaved_medians(runs, rounds: int = 40) -> list[float]:
     return [float(np.median(t)) for t in times]
 
 
+def stream_steps(frames: int = 2000) -> None:
+    """Median µs per ``Stream.step`` of 1 and of 10 frames for tests/conv_models.py's CausalCRNN (two
+    causal convolutions carrying 4 and 1 frames) and ValidCRNN (unpadded dilated conv, MaxPool1d(2),
+    strided conv: each carries its frames and a phase). No peer: onnxruntime cannot carry a
+    convolution's frames between calls."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    import conv_models
+    import lstminfer
+
+    x = conv_models.example("causal", np.random.default_rng(0), 1, frames)
+    for name in ("causal", "valid"):
+        stream = lstminfer.load(conv_models.export(name, time=29)).stream()
+        for n in (1, 10):
+            stream.reset()
+            spent = []
+            for start in range(0, frames, n):
+                chunk = x[:, start:start + n]
+                began = time.perf_counter()
+                stream.step(chunk)
+                spent.append(time.perf_counter() - began)
+            print(f"stream {name:6} step of {n:2} frame(s): {np.median(spent[len(spent) // 10:]) * 1e6:6.1f} µs")
+
+
 if __name__ == "__main__":
     print(f"{'model':6} {'row':6} {'lstminfer µs':>13} {'onnxruntime µs':>15} {'ratio':>6}  max |diff|")
     for name in LENGTH:
@@ -144,3 +171,4 @@ if __name__ == "__main__":
             diff = check(name, row)
             ours, peer = _interleaved_medians([runner(p, name, row) for p in ("lstminfer", "onnxruntime")])
             print(f"{name:6} {row:6} {ours * 1e6:13.0f} {peer * 1e6:15.0f} {peer / ours:6.2f}  {diff:.1e}")
+    stream_steps()

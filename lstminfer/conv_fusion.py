@@ -6,6 +6,10 @@
   one node and one pass over the data fewer, the same numbers up to rounding (onnxruntime folds
   it too). Only when every weight is an initializer and it is the plain per-channel form.
 * A Relu after a Conv runs inside it, on each block of output while it is in cache.
+* A MaxPool after a Conv (or Conv + Relu) whose windows do not overlap (strides = kernel_shape, no
+  pads, dilation 1, floor; 1-D or 2-D, the CRNN's ``MaxPool2d(2)``) runs inside it: the native
+  kernel pools each few conv rows while they are in cache, so the conv's output is never
+  written whole (``ops.conv``).
 
 Either joins only a Conv whose output has no other reader and is not a graph output.
 """
@@ -20,13 +24,17 @@ from .graph import Graph, Node
 # The Conv factory names what joined it in its describe() from these attributes.
 FOLDED_ATTR = "lstminfer.folded_batchnorm"
 ACTIVATION_ATTR = "lstminfer.fused_activation"  # (op type, node name) of the activation run inside
+POOL_ATTR = "lstminfer.fused_max_pool"  # (kernel_shape, node name) of the MaxPool run inside
 FUSED_ACTIVATIONS = ("Relu",)
+# Set by conv_streaming on a windowed node fed by a TimeHistory: the axis of its input that is time
+# (it is unpadded there, and a chunk may give it too few frames for one window: 0 output frames).
+STREAMED_TIME_ATTR = "lstminfer.streamed_time_axis"
 _FOLDED_SUFFIX = "__folded_batchnorm"
 
 
 def fuse_into_conv(graph: Graph) -> Graph:
-    """``graph`` with BatchNormalization folded and Relu fused into the Conv before them."""
-    return fuse_activation_into_conv(fold_batchnorm_into_conv(graph))
+    """``graph`` with BatchNormalization folded, and Relu and MaxPool fused, into the Conv before them."""
+    return fuse_max_pool_into_conv(fuse_activation_into_conv(fold_batchnorm_into_conv(graph)))
 
 
 def fold_batchnorm_into_conv(graph: Graph) -> Graph:
@@ -74,6 +82,45 @@ def fuse_activation_into_conv(graph: Graph) -> Graph:
     if not fused:
         return graph
     return replace(graph, nodes=[fused.get(id(n), n) for n in graph.nodes if id(n) not in dropped])
+
+
+def fuse_max_pool_into_conv(graph: Graph) -> Graph:
+    """``graph`` with each Conv -> MaxPool of non-overlapping windows made one Conv that pools."""
+    readers, outputs, producer = _uses(graph)
+    fused: dict[int, Node] = {}
+    dropped: set[int] = set()
+    for pool in graph.nodes:
+        if pool.op_type != "MaxPool" or not _plain(pool) or not pool.inputs or not _tiling(pool):
+            continue
+        conv = producer.get(pool.inputs[0])
+        if conv is None or conv.op_type != "Conv" or not _plain(conv) or POOL_ATTR in conv.attrs \
+                or STREAMED_TIME_ATTR in conv.attrs or id(conv) in dropped \
+                or not _only_read_by_next(conv, readers, outputs):
+            continue
+        W = graph.initializers.get(conv.inputs[1]) if len(conv.inputs) > 1 else None
+        kernel = [int(k) for k in pool.attrs["kernel_shape"]]
+        if W is None or np.ndim(W) != 2 + len(kernel):
+            continue
+        fused[id(pool)] = replace(conv, outputs=(pool.outputs[0],),
+                                  attrs={**conv.attrs, POOL_ATTR: (tuple(kernel), pool.name or pool.outputs[0])})
+        dropped.add(id(conv))
+    if not fused:
+        return graph
+    return replace(graph, nodes=[fused.get(id(n), n) for n in graph.nodes if id(n) not in dropped])
+
+
+def _tiling(pool: Node) -> bool:
+    """A MaxPool whose windows tile its input: 1-D/2-D, strides = kernel, no pads, dilation 1,
+    floor mode, no Indices output."""
+    kernel = pool.attrs.get("kernel_shape")
+    if kernel is None or len(kernel) not in (1, 2) or any(o for o in pool.outputs[1:]):
+        return False
+    n = len(kernel)
+    auto_pad = pool.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    return (list(pool.attrs.get("strides", [1] * n)) == list(kernel) and not any(pool.attrs.get("pads", []))
+            and all(d == 1 for d in pool.attrs.get("dilations", [1] * n)) and not pool.attrs.get("ceil_mode", 0)
+            and auto_pad in ("NOTSET", "VALID") and all(int(k) >= 1 for k in kernel))
 
 
 def _uses(graph: Graph):

@@ -35,7 +35,7 @@ import numpy as np
 from . import state_blob
 from .arguments import strict_keywords
 from .c_runtime import _runtime
-from .conv_streaming import HistorySlot, with_time_history
+from .conv_streaming import HistorySlot, PhaseSlot, frames_to_fill, with_time_history
 from .errors import ExecutionError, InvalidArgumentError, InvalidInputError, LstminferError, NotStreamableError
 from .feeds import cast_same_kind, check_input
 from .graph import Graph, ValueInfo
@@ -51,6 +51,7 @@ _CHECK_ATOL, _CHECK_RTOL = 1e-5, 1e-4
 _KNOWN_SHAPES = 64  # chunk shapes a pool remembers as checked (bounds the set under arbitrary T)
 _LENGTHS_INPUT = "__lstminfer_stream_lengths__"  # the masked plan's per-stream lengths (int32 [batch])
 _MASK_MAX_PADDING = 2.0  # pad to the longest chunk only while that at most doubles the time steps run
+_PHASE_PROGRAMS = 64  # phase combinations of a model with strided/unpadded windows kept compiled
 
 
 def streamability(model) -> tuple[bool, str]:
@@ -72,7 +73,9 @@ class StreamProgram:
     def __init__(self, graph: Graph, plan: Plan, ctx: BuildContext):
         self.graph_inputs: tuple[ValueInfo, ...] = tuple(graph.inputs)
         self.model_plan = plan
-        pairing: Pairing = with_time_history(find_pairing(graph), plan)
+        keeping = lambda names: Plan(dataclasses.replace(  # noqa: E731 (the values a fusion would join)
+            graph, outputs=list(graph.outputs) + [ValueInfo(n) for n in names]), ctx)
+        pairing: Pairing = with_time_history(find_pairing(graph), plan, keeping)
         self.pairing = pairing
         self.slots: tuple[StateSlot, ...] = pairing.slots
         self.data_inputs: tuple[ValueInfo, ...] = pairing.data_inputs
@@ -94,6 +97,10 @@ class StreamProgram:
         self.output_time_axes: dict[str, int | None] = axes.output_axes  # None: a last-step head
         self.last_step_picks = axes.last_step_picks
         self.batch_axes = {vi.name: _batch_axis(vi, self.time_axes[vi.name]) for vi in self.data_inputs}
+        # a window of a phase (stride or short start padding over time): chunks yield other numbers of frames
+        self.phased = any(isinstance(s, HistorySlot) and s.phased for s in self.slots)
+        self._phase_at = [i for i, s in enumerate(self.slots) if isinstance(s, PhaseSlot)]
+        self._by_phase: dict[tuple[int, ...], Programs] = {}  # _programs_at
         self.initial_state = self.state_from_inputs({})
         self.state_shapes = {k: v.shape for k, v in self.initial_state.items()}
         self.state_dtypes = {k: v.dtype for k, v in self.initial_state.items()}
@@ -126,12 +133,25 @@ class StreamProgram:
         direct = self.direct
         if direct is None:
             n = len(self.output_names)
-            values = self.programs.run(data + states, [None] * n + states if in_place else None)
+            programs = self._programs_at(states) if self.phased else self.programs
+            values = programs.run(data + states, [None] * n + states if in_place else None)
             if values is None:
                 return self.run(data, states)
             return values[:n], values[n:]
         out = direct(data[0], states)
         return [out[0]], list(out[1:])
+
+    def _programs_at(self, states: list[np.ndarray]) -> Programs:
+        """The programs of the streams' phases (``PhaseSlot``s; one value per run: the pool groups
+        by phase): a phase decides how many frames each window hands on, so the shapes a program
+        is compiled for hold for one phase only (another would decline it, every call)."""
+        key = tuple(int(states[i].reshape(-1)[0]) for i in self._phase_at)
+        programs = self._by_phase.get(key)
+        if programs is None:
+            if len(self._by_phase) >= _PHASE_PROGRAMS:
+                self._by_phase.clear()
+            programs = self._by_phase[key] = Programs(self.plan, self.wanted)
+        return programs
 
     def masked(self) -> tuple[Plan, Programs, tuple[int, ...]] | None:
         """(plan, programs, wanted) of the streaming graph with every recurrent node reading
@@ -225,8 +245,10 @@ class StreamProgram:
             for vi in self.graph_inputs:
                 if vi.name in feeds:
                     run_feeds.append(feeds[vi.name])
-                else:
-                    shape = tuple(d if isinstance(d, int) else 1 for d in (vi.shape or ()))
+                else:  # one step (enough steps for the convolutions' windows: frames_to_fill)
+                    time = self.time_axes.get(vi.name)
+                    shape = tuple(d if isinstance(d, int) else 1 + frames_to_fill(self.slots) * (i == time)
+                                  for i, d in enumerate(vi.shape or ()))
                     run_feeds.append(np.zeros(shape, dtype=vi.dtype or np.float32))
             try:
                 computed = original.execute(run_feeds, wanted)
@@ -365,20 +387,21 @@ class StreamProgram:
     def _check_chunking(self) -> None:
         """Safety net for the static rule: T=5 whole must equal 2+3 chunks."""
         rng = np.random.default_rng(0)
-        total = sum(_CHECK_CHUNKS)
+        chunks = _CHECK_CHUNKS[:-1] + (_CHECK_CHUNKS[-1] + frames_to_fill(self.slots),)  # long enough for windows
+        total = sum(chunks)
         whole = [self._dummy(vi, 1, total, rng) for vi in self.data_inputs]
         states = [self.initial_state[s.key] for s in self.slots]
         try:
             expected, _ = self.run(whole, states)
             pieces, start = [], 0
-            for length in _CHECK_CHUNKS:
+            for length in chunks:
                 chunk = [_time_slice(x, self.time_axes[vi.name], start, start + length)
                          for x, vi in zip(whole, self.data_inputs)]
                 outputs, states = self.run(chunk, states)
                 pieces.append(outputs)
                 start += length
         except LstminferError as e:
-            raise NotStreamableError(f"running the model on chunks of {list(_CHECK_CHUNKS)} steps failed: {e}") from e
+            raise NotStreamableError(f"running the model on chunks of {list(chunks)} steps failed: {e}") from e
         for i, name in enumerate(self.output_names):
             axis = self.output_time_axes[name]
             # a last-step head: the last chunk's output is the whole sequence's
@@ -425,7 +448,8 @@ class Stream:
             self._set(program.load(state))
         elif state is not None:
             self.set_state(state)
-        programs = program.programs.fast if program.direct_into is None else None
+        # not with phases: a program per phase (StreamProgram.run_fast), which the C step does not pick
+        programs = program.programs.fast if program.direct_into is None and not program.phased else None
         self._fast = None  # the C step (_runtime.StreamStep), sharing self._states
         if _runtime is not None and (program.direct_into is not None or programs is not None):
             self._fast = _runtime.StreamStep(self._states, program.direct_into, programs, tuple(program.output_names))
@@ -532,6 +556,7 @@ class StreamPool:
         one_output = program.direct_into is not None or len(program.output_names) == 1
         programs = program.programs.fast if program.direct_into is None else None
         if _runtime is not None and one_output and program.chunk_batch_axis in (0, 1) and out_axis is not None \
+                and not program.phased \
                 and (program.direct_into is not None or programs is not None):
             self._fast = _runtime.PoolStep(program.direct_into, self._step_checked, self.lock, self._sid_at,
                                            self._id_bits, self._views, self._slot_views, program.chunk_batch_axis,
@@ -630,13 +655,15 @@ class StreamPool:
                 slots = self._slots_of(sids)
                 contiguous = slots == list(range(slots[0], slots[0] + len(slots)))
             chunks = list(frames.values())
-            stacked = self._stack_fast(chunks, self._shape)
+            stacked = self._stack_fast(chunks, self._shape) if not self._program.phased else None
             if stacked is not None:  # all of one shape already checked: the usual step
                 ran = [(sids, self._run_slots(slots, contiguous, stacked))]
             else:
                 groups = self._groups_fast(chunks)
                 if groups is None:
                     groups = self._groups_checked(sids, chunks)
+                if self._program.phased:
+                    groups = self._by_phase(groups, slots)
                 padded = self._padded(groups, len(sids)) if len(groups) > 1 else None
                 if padded is not None:  # one run of every stream, masked to its own length
                     stacked, lengths = padded
@@ -657,6 +684,26 @@ class StreamPool:
         for group_sids, outputs in ran:
             by_stream.update(self._by_stream(group_sids, outputs))
         return {sid: by_stream[sid] for sid in sids}
+
+    def _by_phase(self, groups: list[tuple[list[int], list[np.ndarray]]], slots: list[int]
+                  ) -> list[tuple[list[int], list[np.ndarray]]]:
+        """``groups`` split further by the streams' phases (``conv_streaming.PhaseSlot``): streams at
+        another phase yield another number of frames from a chunk of the same length."""
+        program = self._program
+        phase_buffers = [buf for buf, s in zip(self._buffers, program.slots) if isinstance(s, PhaseSlot)]
+        split = []
+        for positions, stacked in groups:
+            by_phase: dict[tuple[int, ...], list[int]] = {}
+            for j, i in enumerate(positions):
+                by_phase.setdefault(tuple(int(buf[slots[i]]) for buf in phase_buffers), []).append(j)
+            if len(by_phase) == 1:
+                split.append((positions, stacked))
+                continue
+            for rows in by_phase.values():
+                split.append(([positions[j] for j in rows],
+                              [np.take(v, rows, axis=program.batch_axes[vi.name])
+                               for v, vi in zip(stacked, program.data_inputs)]))
+        return split
 
     def _run_slots(self, slots: list[int], contiguous: bool, stacked: list[np.ndarray],
                    lengths: np.ndarray | None = None) -> list[np.ndarray]:

@@ -566,12 +566,12 @@ def _time_history(node, ins, r):
     t = ins[0]
     if not isinstance(t, Time) or any(isinstance(k, Time) for k in ins[1:]) or t.axis != node.attr("axis"):
         raise _Reject("its carried history is not on the time axis")
-    return [t, FINAL]
+    return [t] + [FINAL] * (len(node.outputs) - 1)
 
 
 def _windowed(node, ins, r):
     """Conv and pools: per-step when time is their batch axis, when they are one frame wide in time,
-    or when ``conv_streaming`` prefixed their input with its carried history (causal, stride 1)."""
+    or when ``conv_streaming`` prefixed their input with its carried history (and phase)."""
     t = ins[0]
     if any(isinstance(k, Time) for k in ins[1:]):
         raise _Reject("its weights are per-step")

@@ -6,6 +6,10 @@ cdef extern from "li_conv.h":
     void li_conv(const float* x, idx N, idx G, idx Cg, const idx* ins, const idx* padded, const idx* begin,
                  const float* wpack, idx Mg, idx K, const idx* koff, const idx* pos, idx L,
                  const float* bias, int relu, float* y, float* scratch, float* panel, float* part) noexcept nogil
+    void li_conv_max_pool(const float* x, idx N, idx G, idx Cg, const idx* ins, const idx* padded, const idx* begin,
+                          const float* wpack, idx Mg, idx K, const idx* koff, const idx* pos, idx CH, idx CW,
+                          idx ph, idx pw, idx segp, const float* bias, int relu, float* y, float* scratch,
+                          float* panel, float* part, float* rows) noexcept nogil
     void li_max_pool2d(const float* x, idx P, idx H, idx W, float* y, idx OH, idx OW, idx kh, idx kw,
                        idx sh, idx sw, idx dh, idx dw, idx ph, idx pw, float* row) noexcept nogil
 
@@ -38,6 +42,39 @@ def conv(const float[::1] x, idx N, idx G, idx Cg, const idx[::1] ins, const idx
     with nogil:
         li_conv(&x[0], N, G, Cg, &ins[0], &padded[0], &begin[0], &wpack[0], Mg, K, &koff[0], &pos[0], L,
                 b, relu, &y[0], &scratch[0], &panel[0], &part[0])
+
+
+def conv_max_pool(const float[::1] x, idx N, idx G, idx Cg, const idx[::1] ins, const idx[::1] padded,
+                  const idx[::1] begin, const float[::1] wpack, idx Mg, const idx[::1] koff, const idx[::1] pos,
+                  idx CH, idx CW, idx ph, idx pw, idx segp, const float[::1] bias, bint relu, float[::1] y,
+                  float[::1] scratch, float[::1] panel, float[::1] part, float[::1] rows):
+    """y [N, G*Mg, CH/ph, CW/pw] = MaxPool(ph x pw, stride = kernel)(conv(x)) (li_conv_max_pool): the
+    conv's CH x CW output positions are ``pos``; sizes checked so that no access leaves a buffer."""
+    cdef idx K = koff.shape[0], L = pos.shape[0], i
+    cdef idx in_size = ins[0] * ins[1] * ins[2], pad_size = padded[0] * padded[1] * padded[2]
+    cdef idx blocks = (Mg + LI_CONV_MR - 1) // LI_CONV_MR
+    if min(ph, pw, segp) < 1 or CH < 0 or CW < 0 or CH * CW != L:
+        raise ValueError("conv_max_pool: bad pool window or conv output size")
+    cdef idx OH = CH // ph, OW = CW // pw
+    if x.shape[0] != N * G * Cg * in_size or y.shape[0] != N * G * Mg * OH * OW:
+        raise ValueError("conv_max_pool: x or y size does not match the geometry")
+    if wpack.shape[0] != G * blocks * K * LI_CONV_MR or (bias is not None and bias.shape[0] != G * Mg):
+        raise ValueError("conv_max_pool: packed weights or bias do not match the geometry")
+    if scratch.shape[0] < G * Cg * pad_size or panel.shape[0] < min(K, LI_CONV_KC) * LI_CONV_NR \
+            or part.shape[0] < blocks * LI_CONV_MR * LI_CONV_NR or rows.shape[0] < Mg * ph * min(segp, OW) * pw:
+        raise ValueError("conv_max_pool: scratch buffers too small")
+    for i in range(3):
+        if begin[i] < 0 or begin[i] + ins[i] > padded[i]:
+            raise ValueError("conv_max_pool: input does not fit its padding")
+    for i in range(K):
+        if koff[i] < 0 or koff[i] + (pos[L - 1] if L else 0) >= Cg * pad_size:
+            raise ValueError("conv_max_pool: column offsets leave the padded input")
+    cdef const float* b = &bias[0] if bias is not None else NULL
+    if N == 0 or OH == 0 or OW == 0 or Mg == 0:
+        return
+    with nogil:
+        li_conv_max_pool(&x[0], N, G, Cg, &ins[0], &padded[0], &begin[0], &wpack[0], Mg, K, &koff[0], &pos[0],
+                         CH, CW, ph, pw, segp, b, relu, &y[0], &scratch[0], &panel[0], &part[0], &rows[0])
 
 
 def max_pool2d(const float[::1] x, idx P, idx H, idx W, float[::1] y, idx OH, idx OW, idx kh, idx kw,

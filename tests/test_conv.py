@@ -120,6 +120,61 @@ def test_random_geometries_match_onnxruntime(rng):
         np.testing.assert_allclose(got, expected, atol=ATOL, rtol=RTOL, err_msg=f"{op} {attrs} on {x_shape}")
 
 
+def _conv_relu_pool_model(x_shape, W, B, conv_attrs: dict, pool_attrs: dict, relu: bool) -> bytes:
+    nodes = [helper.make_node("Conv", ["x", "W", "B"], ["c"], name="conv", **conv_attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["r"], name="relu"))
+    nodes.append(helper.make_node("MaxPool", ["r" if relu else "c"], ["y"], name="pool", **pool_attrs))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                         [None] * len(x_shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(W, "W"), numpy_helper.from_array(B, "B")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    return model.SerializeToString()
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "numpy"])
+def test_conv_max_pool_fused_matches_onnxruntime(native, rng, monkeypatch):
+    """Conv (+ Relu) + MaxPool of tiling windows runs as one fused Conv: random 1-D/2-D geometries
+    (groups, strides, dilations, pads, pool windows) against onnxruntime running the three nodes."""
+    from lstminfer.ops import conv as conv_ops
+
+    monkeypatch.setattr(conv_ops, "_NATIVE", native)
+    for _ in range(15):
+        spatial = int(rng.integers(1, 3))
+        kernel = [int(k) for k in rng.integers(1, 4, spatial)]
+        strides = [int(s) for s in rng.integers(1, 3, spatial)]
+        dilations = [int(d) for d in rng.integers(1, 3, spatial)]
+        pads = [int(p) for p in rng.integers(0, 3, 2 * spatial)]
+        group = int(rng.choice([1, 2]))
+        M = int(rng.choice([4, 8, 24]))
+        size = [int(n) for n in rng.integers(9, 40 if spatial == 1 else 20, spatial)]
+        pool = [int(p) for p in rng.integers(1, 4, spatial)]
+        W = rng.standard_normal([M, 4 // group] + kernel).astype(np.float32)
+        B = rng.standard_normal(M).astype(np.float32)
+        x_shape = [int(rng.integers(1, 4)), 4] + size
+        model = _conv_relu_pool_model(x_shape, W, B, {"strides": strides, "pads": pads, "dilations": dilations,
+                                                      "group": group},
+                                      {"kernel_shape": pool, "strides": pool}, bool(rng.integers(0, 2)))
+        x = rng.standard_normal(x_shape).astype(np.float32)
+        expected = _ort(model).run(None, {"x": x})[0]
+        loaded = lstminfer.load(model)
+        assert "MaxPool 'pool' fused" in loaded.describe()
+        for _ in range(2):  # the plan, then the compiled program
+            np.testing.assert_allclose(loaded.run(None, {"x": x})[0], expected, atol=ATOL, rtol=RTOL,
+                                       err_msg=f"{x_shape} W {W.shape} pool {pool}")
+
+
+def test_overlapping_or_padded_max_pools_stay_nodes_of_their_own():
+    rng = np.random.default_rng(0)
+    W, B = rng.standard_normal((4, 2, 3)).astype(np.float32), np.zeros(4, np.float32)
+    for attrs in ({"kernel_shape": [3], "strides": [2]}, {"kernel_shape": [2], "strides": [2], "pads": [1, 1]},
+                  {"kernel_shape": [2], "strides": [2], "ceil_mode": 1}):
+        model = lstminfer.load(_conv_relu_pool_model((1, 2, 9), W, B, {}, attrs, True))
+        assert "fused (the conv's output" not in model.describe(), attrs
+
+
 def test_conv_on_a_strided_view_and_in_float64(rng):
     W = rng.standard_normal((4, 6, 3))
     model = _single_node_model("Conv", (2, 6, 17), {"pads": [1, 1]}, {"W": W}, dtype=TensorProto.DOUBLE)

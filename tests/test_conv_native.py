@@ -99,6 +99,38 @@ def test_native_max_pool_equals_numpy_on_random_geometries(spatial):
         np.testing.assert_array_equal(got, expected, err_msg=f"{window} on {x.shape}")
 
 
+def _fused_case(rng, spatial: int):
+    """A random conv (``_random_conv``) and a MaxPool of windows that tile its output (1..3 per axis)."""
+    x, W, bias, groups, window, relu = _random_conv(rng, spatial)
+    if rng.random() < 0.3:  # wide rows and many output channels: several segments of pooled columns
+        W = rng.standard_normal((groups * 64,) + W.shape[1:]).astype(np.float32)
+        bias = None if bias is None else rng.standard_normal(groups * 64).astype(np.float32)
+        x = np.concatenate([x] * 12, axis=-1)
+    outs = window.geometry(None, x.shape[2:])[2]
+    pool = tuple(int(rng.integers(1, min(3, o) + 1)) for o in outs)
+    return x, W, bias, groups, window, relu, pool
+
+
+@pytest.mark.parametrize("spatial", [1, 2])
+def test_native_conv_max_pool_equals_numpy_on_random_geometries(spatial):
+    """The fused Conv + MaxPool (li_conv_max_pool) against the NumPy conv then the NumPy pool of
+    the same tiles, NaN included (a NaN loses to a number in the pool, as np.fmax)."""
+    rng = np.random.default_rng()
+    for _ in range(40):
+        x, W, bias, groups, window, relu, pool = _fused_case(rng, spatial)
+        if rng.random() < 0.2:
+            x[x > 2.5] = np.nan
+        begins, ends, outs = window.geometry(None, x.shape[2:])
+        native = conv_native.NativeConv(W, bias, groups, window.dilations, window.strides, relu)
+        got = native.run_max_pool(x, begins, ends, outs, pool)
+        conv = conv_ops.conv_into(x, conv_ops.pack_conv_weights(W, groups, np.dtype(np.float32)), bias, window,
+                                  None, groups, relu)
+        expected = conv_ops._max_pool_tiles(conv, tuple(o // k for o, k in zip(outs, pool)), pool)
+        where = f"x {x.shape} W {W.shape} groups {groups} {window} relu {relu} pool {pool}"
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected), err_msg=where)
+        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=1e-5, err_msg=where)
+
+
 def _conv_pool_model() -> bytes:
     rng = np.random.default_rng(0)
     W = numpy_helper.from_array(rng.standard_normal((8, 3, 3)).astype(np.float32), "W")
@@ -131,14 +163,20 @@ def test_results_held_by_the_caller_are_never_written_again(monkeypatch):
 
 def test_a_compiled_program_has_the_conv_write_its_memory(monkeypatch):
     given = []
-    run = conv_native.NativeConv.run
+    run, run_max_pool = conv_native.NativeConv.run, conv_native.NativeConv.run_max_pool
 
     def recording(self, x, begins, ends, outs, out=None):
         y = run(self, x, begins, ends, outs, out)
         given.append(out is not None and y is out)
         return y
 
+    def recording_pool(self, x, begins, ends, outs, pool, out=None):  # the first conv, its MaxPool fused
+        y = run_max_pool(self, x, begins, ends, outs, pool, out)
+        given.append(out is not None and y is out)
+        return y
+
     monkeypatch.setattr(conv_native.NativeConv, "run", recording)
+    monkeypatch.setattr(conv_native.NativeConv, "run_max_pool", recording_pool)
     model = lstminfer.load(_conv_pool_model())
     x = np.random.default_rng(2).standard_normal((1, 3, 16)).astype(np.float32)
     first = model.run(None, {"x": x})[0].copy()

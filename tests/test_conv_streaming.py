@@ -132,6 +132,16 @@ STREAMABLE = {
     "maxpool-own-causal-pads": ("MaxPool", {"kernel_shape": [3], "pads": [2, 0]}, None),
     "avgpool-counting-pads": ("AveragePool", {"kernel_shape": [3], "pads": [2, 0], "count_include_pad": 1}, None),
     "one-frame-conv": ("Conv", {"kernel": 1}, None),
+    "conv-unpadded": ("Conv", {"kernel": 3}, None),
+    "conv-unpadded-dilated": ("Conv", {"kernel": 3, "dilations": [3]}, None),
+    "conv-short-start-pad": ("Conv", {"kernel": 4, "pads": [1, 0]}, None),
+    "conv-pad-node-short": ("Conv", {"kernel": 3, "strides": [2]}, [0, 0, 1, 0, 0, 0]),
+    "conv-stride-3": ("Conv", {"kernel": 2, "strides": [3]}, None),  # skips a frame between windows
+    "conv-stride-2-dilated": ("Conv", {"kernel": 3, "strides": [2], "dilations": [2], "pads": [2, 0]}, None),
+    "maxpool-stride-2": ("MaxPool", {"kernel_shape": [2], "strides": [2]}, None),
+    "maxpool-3-stride-2-padded": ("MaxPool", {"kernel_shape": [3], "strides": [2], "pads": [1, 0]}, None),
+    "avgpool-stride-2": ("AveragePool", {"kernel_shape": [2], "strides": [2]}, None),
+    "avgpool-k1-stride-2": ("AveragePool", {"kernel_shape": [1], "strides": [2]}, None),
     "batchnorm-over-time": ("BatchNormalization", {}, None),  # not after a Conv: runs as is, per step
 }
 
@@ -143,9 +153,12 @@ def test_causal_windows_stream(case, rng):
     x = rng.standard_normal((T, 1, 3)).astype(np.float32)
     whole = model.run(None, {"x": x})[0]
     stream = model.stream()
-    carried = [k for k in stream.state if k.endswith(":history")]
-    assert carried == ([] if case in ("one-frame-conv", "batchnorm-over-time") else ["window:history"]), \
-        list(stream.state)
+    carried = [k for k in stream.state if k.endswith((":history", ":phase"))]
+    causal = "causal" in case or case in ("conv-pad-node", "conv-pad-node-and-own-pads", "conv-same-lower-k2",
+                                          "avgpool-counting-pads")
+    expected = [] if case in ("one-frame-conv", "batchnorm-over-time") else \
+        ["window:history"] if causal else ["window:history", "window:phase"]
+    assert carried == expected, list(stream.state)
     for name, chunks in CHUNKINGS.items():
         stream.reset()
         np.testing.assert_allclose(_streamed(stream, x, chunks, time_axis=0), whole, atol=ATOL, rtol=RTOL,
@@ -156,8 +169,9 @@ REFUSED = {
     "look-ahead": ("Conv", {"kernel": 3, "pads": [1, 1]}, None, r"look-ahead of 1 frame\(s\)"),
     "pad-node-look-ahead": ("Conv", {"kernel": 3}, [0, 0, 1, 0, 0, 1], r"look-ahead of 1 frame\(s\)"),
     "same-upper": ("Conv", {"kernel": 3, "auto_pad": "SAME_UPPER"}, None, r"look-ahead of 1 frame\(s\)"),
-    "unpadded": ("Conv", {"kernel": 3}, None, r"pads the start .* by 0 frame\(s\) where .* needs 2.* shorter"),
-    "stride": ("MaxPool", {"kernel_shape": [2], "strides": [2]}, None, "strides over the time axis by 2"),
+    "start-pad-too-long": ("Conv", {"kernel": 3, "pads": [3, 0]}, None,
+                           r"pads the start .* by 3 frame\(s\) where .* needs at most 2.* padding alone"),
+    "ceil-mode-stride": ("MaxPool", {"kernel_shape": [2], "strides": [2], "ceil_mode": 1}, None, "ceil_mode=1"),
     "avg-without-pads": ("AveragePool", {"kernel_shape": [3], "pads": [2, 0]}, None, "left out of the average"),
     "pad-other-axes": ("Conv", {"kernel": 2}, [0, 1, 1, 0, 0, 0], "pads axes other than time"),
     "maxpool-indices": ("MaxPool", {"kernel_shape": [3], "pads": [2, 0]}, None, "Indices output counts positions"),
@@ -171,3 +185,125 @@ def test_non_causal_windows_are_refused_naming_the_node(case, rng):
     with pytest.raises(NotStreamableError, match=why) as e:
         model.stream()
     assert "'window'" in str(e.value) or "'pad'" in str(e.value)
+
+
+# ---------------------------------------------------------------- unpadded and strided windows
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+EXACT = 1e-6  # float32: a chunked run does the same arithmetic per frame as the whole one
+VALID_T = 29
+
+
+def _chunking(lengths: list[int], total: int) -> list[int]:
+    """``lengths`` cut or extended (by ones) to sum to ``total``."""
+    chunks, left = [], total
+    for n in lengths:
+        if left == 0:
+            break
+        chunks.append(min(n, left))
+        left -= chunks[-1]
+    return chunks + [1] * left
+
+
+CHUNK_LENGTHS = st.lists(st.integers(1, 9), min_size=1, max_size=VALID_T)
+
+
+@pytest.fixture(scope="module", params=["torchscript", "dynamo"])
+def valid_models(request):
+    """ValidCRNN and ValidHeadCRNN (unpadded dilated Conv1d, MaxPool1d(2), strided Conv1d) loaded."""
+    export = (lambda name: conv_models.export(name, time=VALID_T)) if request.param == "torchscript" \
+        else conv_models.export_dynamic_dynamo
+    return {name: lstminfer.load(export(name)) for name in ("valid", "valid-head")}
+
+
+def test_unpadded_strided_crnn_matches_pytorch(valid_models):
+    rng = np.random.default_rng(3)
+    for time in (VALID_T, 10, 40):
+        x = conv_models.example("valid", rng, 2, time)
+        got = valid_models["valid"].run(None, {"x": x})[0]
+        assert got.shape[1] == conv_models.valid_frames(time)
+        np.testing.assert_allclose(got, conv_models.torch_output("valid", x), atol=ATOL, rtol=RTOL)
+        np.testing.assert_allclose(valid_models["valid-head"].run(None, {"x": x})[0],
+                                   conv_models.torch_output("valid-head", x), atol=ATOL, rtol=RTOL)
+
+
+@settings(max_examples=15)
+@given(lengths=CHUNK_LENGTHS, seed=st.integers(0, 2**16))
+def test_unpadded_strided_crnn_streams_in_any_chunking(valid_models, lengths, seed):
+    """Chunks of any lengths (1 frame included) give the whole sequence's T-(k-1)d, pooled, strided
+    frames: each chunk the frames whose windows it completes, often none."""
+    model = valid_models["valid"]
+    x = conv_models.example("valid", np.random.default_rng(seed), 1, VALID_T)
+    whole = model.run(None, {"x": x})[0]
+    stream = model.stream()
+    chunks = _chunking(lengths, VALID_T)
+    pieces, start = [], 0
+    for n in chunks:
+        piece = stream.step(x[:, start:start + n])
+        start += n
+        assert piece.shape == (1, conv_models.valid_frames(start) - sum(p.shape[1] for p in pieces),
+                               conv_models.CLASSES), chunks
+        pieces.append(piece)
+    np.testing.assert_allclose(np.concatenate(pieces, axis=1), whole, atol=EXACT, rtol=0, err_msg=str(chunks))
+
+
+def test_a_chunk_yielding_no_frame_leaves_the_recurrent_state(valid_models, rng):
+    model = valid_models["valid"]
+    x = conv_models.example("valid", rng, 1, VALID_T)
+    stream = model.stream()
+    stream.step(x[:, :12])  # 12 frames: 8 after the conv, 4 pooled, 1 strided; the pool's phase is 0
+    before = stream.state
+    y = stream.step(x[:, 12:13])  # the conv's 9th frame only: the pool waits for its 10th
+    assert y.shape == (1, 0, conv_models.CLASSES)
+    after = stream.state
+    recurrent = [k for k in before if not k.endswith((":history", ":phase"))]
+    assert recurrent and all(np.array_equal(before[k], after[k]) for k in recurrent)
+    history = [k for k in before if k.endswith(":history")]
+    assert any(not np.array_equal(before[k], after[k]) for k in history)  # the frame was taken in
+
+
+@settings(max_examples=10)
+@given(lengths=CHUNK_LENGTHS, seed=st.integers(0, 2**16))
+def test_last_step_head_reports_the_last_frame_produced(valid_models, lengths, seed):
+    """fc(y[:, -1]): each chunk gives the head at the last frame produced so far, which is the
+    whole run on the frames received; a chunk producing no frame repeats it; before any frame,
+    the head of a zero frame (the Linear's bias)."""
+    model = valid_models["valid-head"]
+    x = conv_models.example("valid-head", np.random.default_rng(seed), 1, VALID_T)
+    stream = model.stream()
+    bias = conv_models.build("valid-head").fc.bias.detach().numpy()[None]
+    start = 0
+    for n in _chunking(lengths, VALID_T):
+        got = stream.step(x[:, start:start + n])
+        start += n
+        want = model.run(None, {"x": x[:, :start]})[0] if conv_models.valid_frames(start) else bias
+        np.testing.assert_allclose(got, want, atol=EXACT, rtol=0, err_msg=f"after {start} frames")
+
+
+def test_stream_pool_steps_streams_at_different_phases(valid_models, rng):
+    """Pool streams whose chunks of one length yield different numbers of frames: each stream's
+    outputs equal its own whole run."""
+    model = valid_models["valid"]
+    xs = [conv_models.example("valid", rng, 1, VALID_T) for _ in range(4)]
+    plans = [[1] * VALID_T, [2] * 14 + [1], [3, 1] * 7 + [1], [5, 5, 5, 5, 5, 4]]
+    pool = model.stream_pool(max_streams=5)
+    sids = [pool.open() for _ in xs]
+    pieces: list[list[np.ndarray]] = [[] for _ in xs]
+    starts = [0] * len(xs)
+    for r in range(max(len(p) for p in plans)):
+        feed = {}
+        for i, sid in enumerate(sids):
+            if r < len(plans[i]):
+                feed[sid] = xs[i][:, starts[i]:starts[i] + plans[i][r]]
+                starts[i] += plans[i][r]
+        for sid, y in pool.step(feed).items():
+            pieces[sids.index(sid)].append(y)
+    for i, x in enumerate(xs):
+        np.testing.assert_allclose(np.concatenate(pieces[i], axis=1), model.run(None, {"x": x})[0],
+                                   atol=EXACT, rtol=0, err_msg=f"stream {i}")
+    saved = pool.save(sids[1])
+    alone = model.stream(state=saved)
+    assert {k: v.tolist() for k, v in alone.state.items() if k.endswith(":phase")} == \
+        {k: v.tolist() for k, v in pool.state(sids[1]).items() if k.endswith(":phase")}

@@ -2,7 +2,8 @@
 
 ``NativeConv(W, bias, groups, dilations, strides, relu)`` packs W once (at load) into the
 micro-kernel's row blocks; ``run(x, begins, ends, outs)`` computes Y for one input: the column
-offsets of each input geometry are computed once and kept. ``max_pool(...)`` is MaxPool over
+offsets of each input geometry are computed once and kept; ``run_max_pool(..., pool)`` is that conv
+with a MaxPool of tiling windows fused (conv_fusion). ``max_pool(...)`` is MaxPool over
 1-D/2-D float32 planes. ``available()`` says whether the extension is built; lstminfer.ops.conv
 keeps its NumPy path for everything else (other dtypes, 3+ spatial axes, no build).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from . import cython_backend
 
 _F32 = np.dtype(np.float32)
+_POOL_ROWS_FLOATS = 1 << 14  # a fused pool wider than 2: its conv rows (64 KiB) computed, then pooled in cache
 _IDX = np.dtype(np.intp)
 
 
@@ -102,16 +105,63 @@ class NativeConv:
     def run(self, x: np.ndarray, begins, ends, outs, out: np.ndarray | None = None) -> np.ndarray:
         """Y [N, M, *outs] of a float32 ``x`` [N, C, *spatial] (into ``out`` when given)."""
         x = np.ascontiguousarray(x, dtype=_F32)
-        ins, padded, begin, koff, pos, scratch_floats = self._offsets(tuple(x.shape[2:]), tuple(begins), tuple(ends),
-                                                               tuple(outs))
+        ins, padded, begin, koff, pos, scratch_floats = self._offsets(x.shape[2:], tuple(begins), tuple(ends),
+                                                                      tuple(outs))
         N = x.shape[0]
-        # scratch per call, not per node: threads may run the same model at once
-        scratch = np.empty(scratch_floats + self.panel_floats + self.part_floats, dtype=_F32)
-        panel, part = scratch[scratch_floats:scratch_floats + self.panel_floats], scratch[-self.part_floats:]
+        scratch, panel, part, _ = _buffers(scratch_floats, self.panel_floats, self.part_floats, 0)
         y = self._out.get((N, self.G * self.Mg) + tuple(outs)) if out is None else out
         self.module.conv(x.reshape(-1), N, self.G, self.Cg, ins, padded, begin, self.wpack, self.Mg, koff, pos,
                          self.bias, self.relu, y.reshape(-1), scratch, panel, part)
         return y
+
+    def run_max_pool(self, x: np.ndarray, begins, ends, outs, pool: tuple[int, ...],
+                     out: np.ndarray | None = None) -> np.ndarray:
+        """MaxPool(``pool`` windows, strides = kernel, no pads)(Y) [N, M, *outs // pool] of a float32
+        ``x`` [N, C, *spatial] (1-D or 2-D; into ``out`` when given): Y is never written whole."""
+        x = np.ascontiguousarray(x, dtype=_F32)
+        ins, padded, begin, koff, pos, scratch_floats = self._offsets(x.shape[2:], tuple(begins), tuple(ends),
+                                                                      tuple(outs))
+        (CH, CW), (ph, pw) = (1,) * (2 - len(outs)) + tuple(outs), (1,) * (2 - len(pool)) + tuple(pool)
+        OW = CW // pw
+        segp = max(1, min(OW, _POOL_ROWS_FLOATS // (self.Mg * ph * pw)))
+        if segp < OW and segp * pw > self.nr and self.nr % pw == 0:
+            segp = segp * pw // self.nr * self.nr // pw  # whole panels of conv columns per segment
+        rows_floats = self.Mg * ph * segp * pw  # (unused by windows 1-2 wide: pooled in the tiles)
+        N = x.shape[0]
+        scratch, panel, part, rows = _buffers(scratch_floats, self.panel_floats, self.part_floats, rows_floats)
+        shape = (N, self.G * self.Mg) + tuple(o // k for o, k in zip(outs, pool))
+        y = self._out.get(shape) if out is None else out
+        self.module.conv_max_pool(x.reshape(-1), N, self.G, self.Cg, ins, padded, begin, self.wpack, self.Mg, koff,
+                                  pos, CH, CW, ph, pw, segp, self.bias, self.relu, y.reshape(-1), scratch, panel,
+                                  part, rows)
+        return y
+
+
+_THREAD = threading.local()  # each thread's scratch (threads may run one model at once), kept between calls
+
+
+def _buffers(*sizes: int) -> tuple[np.ndarray, ...]:
+    """Views of this thread's scratch memory of ``sizes`` floats each: kept between calls, so that a
+    call neither allocates nor faults in fresh pages; grown when too small."""
+    views = getattr(_THREAD, "views", None)
+    if views is None:
+        views = _THREAD.views = {}
+    found = views.get(sizes)
+    if found is None:
+        total = sum(sizes)
+        memory = getattr(_THREAD, "memory", None)
+        if memory is None or memory.size < total:
+            memory = _THREAD.memory = np.empty(total, dtype=_F32)
+            views.clear()
+        at, found = 0, []
+        for n in sizes:
+            found.append(memory[at:at + n])
+            at += n
+        found = tuple(found)
+        if len(views) > 32:
+            views.clear()
+        views[sizes] = found
+    return found
 
 
 def max_pool(x: np.ndarray, kernel, strides, dilations, begins, outs, out=None, module=None) -> np.ndarray | None:

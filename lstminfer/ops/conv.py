@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InvalidModelError
-from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR
+from ..conv_fusion import ACTIVATION_ATTR, FOLDED_ATTR, POOL_ATTR, STREAMED_TIME_ATTR
 from ..graph import Node
 from ..kernels import conv_native
 from .registry import INTERNAL_DOMAIN, BuildContext, register
@@ -49,6 +49,7 @@ class Window:
     pads: tuple[int, ...] | None  # explicit [begin..., end...]; None with auto_pad
     auto_pad: str
     ceil_mode: bool = False
+    streamed: int | None = None  # the spatial axis a stream feeds chunk by chunk: too short gives 0 frames
 
     def geometry(self, node: Node, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
         """(begin pads, end pads, output sizes) for an input of spatial sizes ``spatial``."""
@@ -76,7 +77,9 @@ class Window:
                         out -= 1
                 else:
                     out = room // s + 1
-            if out < 1:
+            if out < 1 and i == self.streamed:
+                out = 0  # a chunk shorter than one window (conv_streaming): no output frame yet
+            elif out < 1:
                 raise fail(node, f"spatial axis {i}: input size {size} with pads ({b}, {e}) is smaller "
                                  f"than the kernel's span {span} (kernel {k}, dilation {d})")
             begins.append(b)
@@ -110,8 +113,10 @@ def _window(node: Node, kernel: Sequence[int], *, dilations: bool = True, ceil_m
                                     "([begin..., end...] per spatial axis)")
         if auto_pad != "NOTSET" and any(pads):
             raise InvalidModelError(f"{node.label()}: 'pads' {pads} and auto_pad='{auto_pad}' are both set")
+    streamed = node.attr(STREAMED_TIME_ATTR, None)
     return Window(tuple(kernel), per_axis("strides"), per_axis("dilations"),
-                  tuple(pads) if pads is not None else None, auto_pad, ceil_mode)
+                  tuple(pads) if pads is not None else None, auto_pad, ceil_mode,
+                  None if streamed is None else int(streamed) - 2)
 
 
 def _padded(x: Array, begins: Sequence[int], ends: Sequence[int], extra: Sequence[int], fill) -> Array:
@@ -226,6 +231,7 @@ def conv(node: Node, ctx: BuildContext):
     if activation is not None and activation[0] != "Relu":
         raise InvalidModelError(f"{node.label()}: cannot run a fused {activation[0]}")
     relu = activation is not None
+    pool = node.attr(POOL_ATTR, None)  # (kernel, name) of a MaxPool run inside (conv_fusion)
 
     def check_w(W: Array) -> None:
         if W.ndim < 3:
@@ -250,7 +256,15 @@ def conv(node: Node, ctx: BuildContext):
     elif kernel_attr is not None:
         window = _window(node, kernel_attr)  # validates the attributes at load
 
+    seen: dict[tuple[int, ...], tuple] = {}  # float32 input shapes the native path took: (geometry, out shape)
+
     def kernel(x, W, B=None, out=None):
+        known = seen.get(x.shape) if x.__class__ is np.ndarray and x.dtype == np.float32 else None
+        if known is not None and (B is None or packed_bias is not None):  # checked before: the native call only
+            begins, ends, outs, shape = known
+            if pool is not None:
+                return (native.run_max_pool(x, begins, ends, outs, pool[0], _into(out, shape)),)
+            return (native.run(x, begins, ends, outs, _into(out, shape)),)
         if x.ndim < 3:
             raise fail(node, f"input X must have rank >= 3 ([N, C, *spatial]), got shape {x.shape}")
         work = _work_dtype(x)
@@ -267,21 +281,52 @@ def conv(node: Node, ctx: BuildContext):
             raise fail(node, f"X of shape {x.shape} and a {len(win.kernel)}-D kernel differ in rank")
         if bias is not None and bias.size != w.shape[0] * w.shape[1]:
             raise fail(node, f"B has {bias.size} values; the conv has {w.shape[0] * w.shape[1]} output channels")
+        if win.streamed is not None:
+            outs = win.geometry(node, x.shape[2:])[2]
+            if 0 in outs:  # a streamed chunk shorter than one window
+                return (np.zeros((x.shape[0], w.shape[0] * w.shape[1]) + outs, x.dtype),)
         if native is not None and w is packed and x.dtype == np.float32:
             if x.shape[1] != groups * native.Cg:
                 raise fail(node, f"input has {x.shape[1]} channels; W expects {groups * native.Cg} "
                                  f"({groups} group(s) of {native.Cg})")
             begins, ends, outs = win.geometry(node, x.shape[2:])
-            return (native.run(x, begins, ends, outs, _into(out, (x.shape[0], w.shape[0] * w.shape[1]) + outs)),)
+            shape = (x.shape[0], w.shape[0] * w.shape[1]) + (outs if pool is None else _pooled(outs, pool))
+            if 0 not in outs and (bias is packed_bias or B is None):
+                if len(seen) >= 16:  # streams of varying lengths: keep the recent ones only
+                    seen.clear()
+                seen[x.shape] = (begins, ends, outs, shape)
+            if pool is not None:
+                return (native.run_max_pool(x, begins, ends, outs, pool[0], _into(out, shape)),)
+            return (native.run(x, begins, ends, outs, _into(out, shape)),)
         y = conv_into(x.astype(work, copy=False), w, bias, win, node, groups, relu)
+        if pool is not None:
+            y = _max_pool_tiles(y, _pooled(y.shape[2:], pool), pool[0])
         return (y.astype(x.dtype, copy=False),)
+
+    def _pooled(outs, pool) -> tuple[int, ...]:
+        kernel, name = pool
+        if len(kernel) != len(outs) or any(o < k for o, k in zip(outs, kernel)):
+            raise fail(node, f"the MaxPool '{name}' fused into it has kernel {list(kernel)}, which does not fit "
+                             f"the conv's output of spatial size {list(outs)}")
+        return tuple(o // k for o, k in zip(outs, kernel))
 
     kernel.writes_into = native is not None  # a compiled program hands it its output's memory
     kernel.describe = ("native conv (li_conv.h), weights packed at load; numpy im2col + BLAS GEMM otherwise"
                        if native is not None else "numpy im2col + BLAS GEMM, weights packed at load") \
         + (f", BatchNormalization '{folded}' folded in" if folded else "") \
-        + (f", {activation[0]} '{activation[1]}' fused" if activation else "")
+        + (f", {activation[0]} '{activation[1]}' fused" if activation else "") \
+        + (f", MaxPool '{pool[1]}' fused (the conv's output never written whole)" if pool else "")
     return kernel
+
+
+def _max_pool_tiles(y: Array, pooled: tuple[int, ...], kernel: tuple[int, ...]) -> Array:
+    """MaxPool of ``y`` [N, M, *spatial] with windows ``kernel`` that tile it (strides = kernel, floor),
+    a NaN losing as in np.fmax."""
+    index = (slice(None), slice(None)) + tuple(slice(0, p * k) for p, k in zip(pooled, kernel))
+    tiles = y[index].reshape(y.shape[:2] + tuple(d for p, k in zip(pooled, kernel) for d in (p, k)))
+    for i in reversed(range(len(kernel))):
+        tiles = np.fmax.reduce(tiles, axis=3 + 2 * i)
+    return tiles
 
 
 # ---------------------------------------------------------------- pools
@@ -315,6 +360,9 @@ def max_pool(node: Node, ctx: BuildContext):
     def kernel(x, out=None):
         _check_pool_input(node, x, window)
         begins, ends, outs = window.geometry(node, x.shape[2:])
+        if 0 in outs:  # a streamed chunk shorter than one window
+            y = np.zeros(x.shape[:2] + outs, x.dtype)
+            return (y, np.zeros(y.shape, np.int64)) if with_indices else (y,)
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
         if not with_indices and native_out is not None:
             into = _into(out, x.shape[:2] + outs)
@@ -408,6 +456,8 @@ def average_pool(node: Node, ctx: BuildContext):
         _check_pool_input(node, x, window)
         work = _work_dtype(x)
         begins, ends, outs = window.geometry(node, x.shape[2:])
+        if 0 in outs:  # a streamed chunk shorter than one window
+            return (np.zeros(x.shape[:2] + outs, x.dtype),)
         extra = _ceil_extra(x.shape[2:], begins, ends, outs, window)
         y = _pool_by_axis(x.astype(work, copy=False), window, begins, ends, extra, outs, 0, np.add)
         y /= _window_counts(x.shape[2:], begins, ends, outs, window, include_pad).astype(work)
@@ -453,18 +503,36 @@ _register_global("GlobalMaxPool", np.max)
 
 @register("TimeHistory", domain=INTERNAL_DOMAIN)
 def time_history(node: Node, ctx: BuildContext):
-    """A stream's carried input frames in front of a causal window over time (``conv_streaming``):
-    (x [.., T, ..], history [.., frames, ..]) -> (history + x along ``axis``, its last ``frames``)."""
+    """A stream's carried input frames in front of a window over time (``conv_streaming``):
+    (x [.., T, ..], history [.., frames, ..]) -> (history + x along ``axis``, its last ``frames``).
+
+    With a third input, the phase p (int64 [batch], one value: the pool steps streams of one
+    phase together): windows of ``frames`` + 1 frames, ``stride`` apart, start at p, p + stride,
+    ... of history + x; only the frames of those starting in x are handed on (none: 0 frames),
+    and the phase comes back for the next chunk."""
     axis = attr_int(node, "axis")
     frames = attr_int(node, "frames")
+    stride = attr_int(node, "stride", 1)
+    phased = len(node.inputs) > 2 and bool(node.inputs[2])
 
-    def kernel(x, history):
+    def kernel(x, history, phase=None):
         if history.ndim != x.ndim or history.shape[axis] != frames or \
                 history.shape[:axis] + history.shape[axis + 1:] != x.shape[:axis] + x.shape[axis + 1:]:
             raise fail(node, f"carried history of shape {history.shape} does not fit a chunk of shape {x.shape} "
                              f"({frames} frames on axis {axis})")
         extended = np.concatenate((history, x.astype(history.dtype, copy=False)), axis=axis)
         tail = (slice(None),) * axis + (slice(extended.shape[axis] - frames, None),)
-        return (extended, np.ascontiguousarray(extended[tail]))
+        if not phased:
+            return (extended, np.ascontiguousarray(extended[tail]))
+        phases = np.asarray(phase).reshape(-1)
+        if phases.size < 1 or np.any(phases != phases[0]) or phases[0] < 0:
+            raise fail(node, f"carried phases {phases.tolist()} must be one value >= 0 (streams of one phase "
+                             "are stepped together)")
+        start, length = int(phases[0]), x.shape[axis]
+        windows = -(-(length - start) // stride) if length > start else 0  # starts before the chunk's end
+        stop = start + (windows - 1) * stride + frames + 1 if windows else start
+        used = (slice(None),) * axis + (slice(start, stop),)
+        return (extended[used], np.ascontiguousarray(extended[tail]),
+                np.full(phases.shape, start + windows * stride - length, np.int64))
 
     return kernel
