@@ -153,6 +153,65 @@ static inline void li_lstm_step4(const float *const *x, const float *const *h, c
 static unsigned long long li_fused_steps_run = 0;
 static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_steps_run, 1, __ATOMIC_RELAXED); }
 
+/* One LSTM step of one batch row on int8 R (li_vnni.h), for the int8 sequences at batch 1: h
+   quantized once, then per block of 64 units (one panel column block) its four gate panels
+   (li_vnni_tile1, 1 row) and at once that block's cells, with li_vmath.h's fast maths. The
+   product streams R from L2 (its time is the read's); the cells' arithmetic of one block runs
+   while the next block's panels load, where product-then-cells left the load port idle.
+   Sigmoid/tanh/tanh, no input_forget; H a multiple of 64 and at most LI_VNNI_STACK; gates S = H
+   apart in x (projections, bias included) and in the scratch g [4H]. */
+#if LI_ISA_AVX512 && LI_FLOAT_FLOOR && defined(__x86_64__)
+#include "li_vnni.h"
+#endif
+#if LI_ISA_AVX512 && LI_FLOAT_FLOOR && defined(__x86_64__) && LI_VNNI_COMPILED
+#define LI_VNNI_STEP 1
+/* cells of the LI_U vectors of units at j (peepholes pi/pf/po, zeros where the node has none) */
+static inline __attribute__((always_inline)) void li_lstm_cells_fast_u(const float *x, const float *g, float *h,
+                                                                      float *c, const float *pi, const float *pf,
+                                                                      const float *po, ptrdiff_t j, ptrdiff_t S,
+                                                                      float clip) {
+    li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
+    LI_EACH cv[u] = LI_AT(c, j);
+    LI_EACH gi[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u], clip);
+    LI_EACH gf[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u], clip);
+    LI_EACH gc[u] = li_vclamp(LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j), clip);
+    li_vsigmoid_fast_u(gi);
+    li_vsigmoid_fast_u(gf);
+    li_vtanh_fast_u(gc);
+    LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
+    LI_EACH go[u] = li_vclamp(LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u], clip);
+    LI_EACH li_store(c + j + u * LI_VEC, cv[u]);
+    li_vsigmoid_fast_u(go);
+    li_vtanh_fast_u(cv);
+    LI_EACH li_store(h + j + u * LI_VEC, cv[u] * go[u]);
+}
+LI_VNNI_TARGET static void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
+                                              const float *x, float *g, float *hn, float *c, const float *pi,
+                                              const float *pf, const float *po, float clip) {
+    uint8_t qh[LI_VNNI_STACK] __attribute__((aligned(64)));
+    float as;
+    const ptrdiff_t panel_bytes = H * LI_VNNI_NR + 4 * LI_VNNI_NR, blocks = H / LI_VNNI_NR;
+    li_vnni_quantize_rows(h, 1, H, H, qh, H, &as);
+    for (ptrdiff_t b = 0; b < blocks; b++) {
+        for (ptrdiff_t gate = 0; gate < 4; gate++) {
+            ptrdiff_t p = gate * blocks + b;  /* columns gate * H + 64 b .. */
+            li_vnni_tile1(qh, H, panels + p * panel_bytes, as, scales + p * LI_VNNI_NR, NULL,
+                          g + p * LI_VNNI_NR, LI_VNNI_NR);
+        }
+        for (ptrdiff_t j = b * LI_VNNI_NR; j < (b + 1) * LI_VNNI_NR; j += LI_U * LI_VEC)
+            li_lstm_cells_fast_u(x, g, hn, c, pi, pf, po, j, H, clip);
+    }
+}
+#else
+#define LI_VNNI_STEP 0
+static inline void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
+                                      const float *x, float *g, float *hn, float *c, const float *pi,
+                                      const float *pf, const float *po, float clip) {}
+#endif
+/* Steps that took li_vnni_lstm_step1, counted so that tests can prove the path ran */
+static unsigned long long li_vnni_steps_run = 0;
+static inline void li_count_vnni_steps(void) { __atomic_fetch_add(&li_vnni_steps_run, 1, __ATOMIC_RELAXED); }
+
 /* GRU z and r * h_prev (sigmoid), linear_before_reset = 0: z into g[:n], r * h_prev into rh */
 static inline ptrdiff_t li_gru_zr_std(const float *x, float *g, const float *hp, float *rh, ptrdiff_t n,
                                       ptrdiff_t S, float clip) {
