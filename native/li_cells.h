@@ -159,7 +159,9 @@ static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_step
    product streams R from L2 (its time is the read's); the cells' arithmetic of one block runs
    while the next block's panels load, where product-then-cells left the load port idle.
    Sigmoid/tanh/tanh, no input_forget; H a multiple of 64 and at most LI_VNNI_STACK; gates S = H
-   apart in x (projections, bias included) and in the scratch g [4H]. */
+   apart in x (projections, bias included) and in the scratch g [4H]. ``backwards`` (every other
+   step): blocks, gates and each panel's k last to first, so that the lines the previous step read
+   last, still in L1, come first (the int32 sums are exact: the same results either way). */
 #if LI_ISA_AVX512 && LI_FLOAT_FLOOR && defined(__x86_64__)
 #include "li_vnni.h"
 #endif
@@ -169,17 +171,25 @@ static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_step
 static inline __attribute__((always_inline)) void li_lstm_cells_fast_u(const float *x, const float *g, float *h,
                                                                       float *c, const float *pi, const float *pf,
                                                                       const float *po, ptrdiff_t j, ptrdiff_t S,
-                                                                      float clip) {
+                                                                      float clip, int clipped) {
     li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
     LI_EACH cv[u] = LI_AT(c, j);
-    LI_EACH gi[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u], clip);
-    LI_EACH gf[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u], clip);
-    LI_EACH gc[u] = li_vclamp(LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j), clip);
+    LI_EACH gi[u] = LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u];
+    LI_EACH gf[u] = LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u];
+    LI_EACH gc[u] = LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j);
+    if (clipped) {
+        LI_EACH gi[u] = li_vclamp(gi[u], clip);
+        LI_EACH gf[u] = li_vclamp(gf[u], clip);
+        LI_EACH gc[u] = li_vclamp(gc[u], clip);
+    }
     li_vsigmoid_fast_u(gi);
     li_vsigmoid_fast_u(gf);
     li_vtanh_fast_u(gc);
     LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
-    LI_EACH go[u] = li_vclamp(LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u], clip);
+    LI_EACH go[u] = LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u];
+    if (clipped) {
+        LI_EACH go[u] = li_vclamp(go[u], clip);
+    }
     LI_EACH li_store(c + j + u * LI_VEC, cv[u]);
     li_vsigmoid_fast_u(go);
     li_vtanh_fast_u(cv);
@@ -187,26 +197,31 @@ static inline __attribute__((always_inline)) void li_lstm_cells_fast_u(const flo
 }
 LI_VNNI_TARGET static void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
                                               const float *x, float *g, float *hn, float *c, const float *pi,
-                                              const float *pf, const float *po, float clip) {
+                                              const float *pf, const float *po, float clip, int backwards) {
     uint8_t qh[LI_VNNI_STACK] __attribute__((aligned(64)));
     float as;
     const ptrdiff_t panel_bytes = H * LI_VNNI_NR + 4 * LI_VNNI_NR, blocks = H / LI_VNNI_NR;
+    const int clipped = clip < __builtin_inff();
     li_vnni_quantize_rows(h, 1, H, H, qh, H, &as);
-    for (ptrdiff_t b = 0; b < blocks; b++) {
-        for (ptrdiff_t gate = 0; gate < 4; gate++) {
-            ptrdiff_t p = gate * blocks + b;  /* columns gate * H + 64 b .. */
-            li_vnni_tile1(qh, H, panels + p * panel_bytes, as, scales + p * LI_VNNI_NR, NULL,
-                          g + p * LI_VNNI_NR, LI_VNNI_NR);
+    for (ptrdiff_t i = 0; i < blocks; i++) {
+        ptrdiff_t b = backwards ? blocks - 1 - i : i;
+        for (ptrdiff_t q = 0; q < 4; q++) {
+            ptrdiff_t p = (backwards ? 3 - q : q) * blocks + b;  /* columns gate * H + 64 b .. */
+            if (backwards)
+                li_vnni_tile1_back(qh, H, panels + p * panel_bytes, as, scales + p * LI_VNNI_NR, g + p * LI_VNNI_NR);
+            else
+                li_vnni_tile1(qh, H, panels + p * panel_bytes, as, scales + p * LI_VNNI_NR, NULL,
+                              g + p * LI_VNNI_NR, LI_VNNI_NR);
         }
         for (ptrdiff_t j = b * LI_VNNI_NR; j < (b + 1) * LI_VNNI_NR; j += LI_U * LI_VEC)
-            li_lstm_cells_fast_u(x, g, hn, c, pi, pf, po, j, H, clip);
+            li_lstm_cells_fast_u(x, g, hn, c, pi, pf, po, j, H, clip, clipped);
     }
 }
 #else
 #define LI_VNNI_STEP 0
 static inline void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
                                       const float *x, float *g, float *hn, float *c, const float *pi,
-                                      const float *pf, const float *po, float clip) {}
+                                      const float *pf, const float *po, float clip, int backwards) {}
 #endif
 /* Steps that took li_vnni_lstm_step1, counted so that tests can prove the path ran */
 static unsigned long long li_vnni_steps_run = 0;
