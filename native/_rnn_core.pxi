@@ -75,7 +75,7 @@ cdef extern from "li_cells.h":
     const bint LI_VNNI_STEP
     void li_vnni_lstm_step1(const float* h, idx H, const signed char* panels, const float* scales, const float* x,
                             float* g, float* hn, float* c, const float* pi, const float* pf, const float* po,
-                            float clip, bint backwards) noexcept nogil
+                            float* y, float clip, bint backwards) noexcept nogil
     unsigned long long li_vnni_steps_run
     void li_count_vnni_steps() noexcept nogil
     idx li_gru_zr_std(const float* x, float* g, const float* hp, float* rh, idx n, idx S, float clip) noexcept nogil
@@ -688,10 +688,10 @@ cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) no
     if vnni_step_ok(s, codes, t, u0, u1):  # batch 1, int8: product and cells in one pass (li_cells.h)
         project_chunk(s, d, k, reverse, 4, xp, u0, u1)
         li_vnni_lstm_step1(hp, H, s.qpbuf + s.poff[d * 3 + 1], s.qscale + s.qsoff[d * 3 + 1],
-                           xp_row(s, xp, GH, t, 0, tb), gates, hn, c, peep, peep + H, peep + 2 * H, s.clip, k & 1)
+                           xp_row(s, xp, GH, t, 0, tb), gates, hn, c, peep, peep + H, peep + 2 * H,
+                           s.Y + t * s.y_t + d * s.y_d, s.clip, k & 1)  # Y written by the cells (finish_row's copy)
         if k == 0:
             li_count_vnni_steps()
-        finish_row(s, True, hn, hp, t, d, 0, 0, H)
         return
     if s.flip:  # R then W, each last panel first (see flip_products)
         product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, True, u0, u1)

@@ -159,7 +159,8 @@ static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_step
    product streams R from L2 (its time is the read's); the cells' arithmetic of one block runs
    while the next block's panels load, where product-then-cells left the load port idle.
    Sigmoid/tanh/tanh, no input_forget; H a multiple of 64 and at most LI_VNNI_STACK; gates S = H
-   apart in x (projections, bias included) and in the scratch g [4H]. ``backwards`` (every other
+   apart in x (projections, bias included) and in the scratch g [4H]; h_t into hn and y (the
+   step's output row). ``backwards`` (every other
    step): blocks, gates and each panel's k last to first, so that the lines the previous step read
    last, still in L1, come first (the int32 sums are exact: the same results either way). */
 #if LI_ISA_AVX512 && LI_FLOAT_FLOOR && defined(__x86_64__)
@@ -200,8 +201,8 @@ static inline __attribute__((always_inline)) void li_vnni_tanh_u(li_vf *x) {
 /* cells of the LI_U vectors of units at j (peepholes pi/pf/po, zeros where the node has none) */
 static inline __attribute__((always_inline)) void li_lstm_cells_fast_u(const float *x, const float *g, float *h,
                                                                       float *c, const float *pi, const float *pf,
-                                                                      const float *po, ptrdiff_t j, ptrdiff_t S,
-                                                                      float clip, int clipped) {
+                                                                      const float *po, float *y, ptrdiff_t j,
+                                                                      ptrdiff_t S, float clip, int clipped) {
     li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
     LI_EACH cv[u] = LI_AT(c, j);
     LI_EACH gi[u] = LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u];
@@ -223,11 +224,14 @@ static inline __attribute__((always_inline)) void li_lstm_cells_fast_u(const flo
     LI_EACH li_store(c + j + u * LI_VEC, cv[u]);
     li_vnni_sigmoid_u(go);
     li_vnni_tanh_u(cv);
-    LI_EACH li_store(h + j + u * LI_VEC, cv[u] * go[u]);
+    LI_EACH cv[u] *= go[u];
+    LI_EACH li_store(h + j + u * LI_VEC, cv[u]);
+    LI_EACH li_store(y + j + u * LI_VEC, cv[u]);  /* the step's output row too: no copy after */
 }
 LI_VNNI_TARGET static void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
                                               const float *x, float *g, float *hn, float *c, const float *pi,
-                                              const float *pf, const float *po, float clip, int backwards) {
+                                              const float *pf, const float *po, float *y, float clip,
+                                              int backwards) {
     uint8_t qh[LI_VNNI_STACK] __attribute__((aligned(64)));
     float as;
     const ptrdiff_t panel_bytes = H * LI_VNNI_NR + 4 * LI_VNNI_NR, blocks = H / LI_VNNI_NR;
@@ -244,14 +248,15 @@ LI_VNNI_TARGET static void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const
                               g + p * LI_VNNI_NR, LI_VNNI_NR);
         }
         for (ptrdiff_t j = b * LI_VNNI_NR; j < (b + 1) * LI_VNNI_NR; j += LI_U * LI_VEC)
-            li_lstm_cells_fast_u(x, g, hn, c, pi, pf, po, j, H, clip, clipped);
+            li_lstm_cells_fast_u(x, g, hn, c, pi, pf, po, y, j, H, clip, clipped);
     }
 }
 #else
 #define LI_VNNI_STEP 0
 static inline void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
                                       const float *x, float *g, float *hn, float *c, const float *pi,
-                                      const float *pf, const float *po, float clip, int backwards) {}
+                                      const float *pf, const float *po, float *y, float clip,
+                                      int backwards) {}
 #endif
 /* Steps that took li_vnni_lstm_step1, counted so that tests can prove the path ran */
 static unsigned long long li_vnni_steps_run = 0;
