@@ -650,9 +650,9 @@ cdef void lstm_cells(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr 
 
 cdef inline bint vnni_step_ok(const Seq* s, const int* codes, idx t, idx u0, idx u1) noexcept nogil:
     """Whether li_vnni_lstm_step1 runs this step: an AVX-512 build, int8 (VNNI) weights, batch 1
-    with the whole of H in this thread (a multiple of 64, at most LI_VNNI_STACK), an active row,
-    sigmoid/tanh/tanh without input_forget, and not T = 1's R-first order (s.flip)."""
-    return (LI_VNNI_STEP and s.qkind == QK_VNNI and s.B == 1 and u0 == 0 and u1 == s.H and s.H % 64 == 0
+    with the whole of H in this thread (whole VNNI panels, at most LI_VNNI_STACK), an active row,
+    sigmoid/tanh/tanh without input_forget, and not the float kernel's R-first order (s.flip)."""
+    return (LI_VNNI_STEP and s.qkind == QK_VNNI and s.B == 1 and u0 == 0 and u1 == s.H and s.H % LI_VNNI_NR == 0
             and s.H <= LI_VNNI_STACK and not s.flip and not s.flag and (not s.has_lens or t < s.lens[0])
             and codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH)
 

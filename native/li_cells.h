@@ -1,6 +1,6 @@
 /* Whole recurrent cells (LSTM, GRU) on vectors of hidden units, for the default activations,
-   and the fused one-step LSTM of 4 batch rows: _rnn_core.pxi runs anything else through
-   per-activation passes. */
+   the fused one-step LSTM of 4 batch rows and the int8 LSTM step at batch 1: _rnn_core.pxi runs
+   anything else through per-activation passes. */
 #ifndef LI_CELLS_H
 #define LI_CELLS_H
 
@@ -153,16 +153,7 @@ static inline void li_lstm_step4(const float *const *x, const float *const *h, c
 static unsigned long long li_fused_steps_run = 0;
 static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_steps_run, 1, __ATOMIC_RELAXED); }
 
-/* One LSTM step of one batch row on int8 R (li_vnni.h), for the int8 sequences at batch 1: h
-   quantized once, then per block of 64 units (one panel column block) its four gate panels
-   (li_vnni_tile1, 1 row) and at once that block's cells, with li_vmath.h's fast maths. The
-   product streams R from L2 (its time is the read's); the cells' arithmetic of one block runs
-   while the next block's panels load, where product-then-cells left the load port idle.
-   Sigmoid/tanh/tanh, no input_forget; H a multiple of 64 and at most LI_VNNI_STACK; gates S = H
-   apart in x (projections, bias included) and in the scratch g [4H]; h_t into hn and y (the
-   step's output row). ``backwards`` (every other
-   step): blocks, gates and each panel's k last to first, so that the lines the previous step read
-   last, still in L1, come first (the int32 sums are exact: the same results either way). */
+/* The int8 LSTM step at batch 1 (li_vnni_lstm_step1, below): AVX-512 builds on x86-64 only */
 #if LI_ISA_AVX512 && LI_FLOAT_FLOOR && defined(__x86_64__)
 #include "li_vnni.h"
 #endif
@@ -171,7 +162,9 @@ static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_step
 /* The int8 step's sigmoid and tanh, cheaper than li_vmath.h's fast ones (the cells are bound by
    vector arithmetic): e^r on |r| <= ln2/2 of degree 4 (2.9e-6 relative; the int8 path's error
    is ~1e-3), sigmoid's negation folded into the reduction, one-sided clamps (the other side
-   underflows to 0 as it should; NaN stays NaN). */
+   underflows to 0 as it should; NaN stays NaN). With finite weights and biases a gate is finite
+   or NaN (the quantized products turn an inf input into NaN); an inf bias would give NaN where
+   the float cells give 0 or 1. */
 static inline __attribute__((always_inline)) li_vf li_vnni_exp_poly(li_vf r) {
     li_vf p = 0.041513849049806595f * r + 0.16787473857402802f;
     p = p * r + 0.5000301599502563f;
@@ -228,6 +221,15 @@ static inline __attribute__((always_inline)) void li_lstm_cells_fast_u(const flo
     LI_EACH li_store(h + j + u * LI_VEC, cv[u]);
     LI_EACH li_store(y + j + u * LI_VEC, cv[u]);  /* the step's output row too: no copy after */
 }
+/* One LSTM step of one batch row on int8 R (li_vnni.h), for int8 sequences at batch 1: h quantized
+   once, then per block of 64 units (one column block of each gate's panels) its four gate panels
+   (one-row tiles) and at once that block's cells, on the sigmoid/tanh above, while its gates are
+   in L1. The product streams R's panels from L2 (its time is about the read's); what this pass
+   saves is the cells' arithmetic and a pass over the gates. ``backwards`` (every other step):
+   blocks, gates and each panel's k last to first, so that the lines the previous step read last,
+   still in L1, come first (exact int32 sums: the same results either way). Sigmoid/tanh/tanh, no
+   input_forget; H a multiple of LI_VNNI_NR and at most LI_VNNI_STACK; gates S = H apart in x (the
+   projections, bias included) and in the scratch g [4H]; h_t into hn and y (the output row). */
 LI_VNNI_TARGET static void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
                                               const float *x, float *g, float *hn, float *c, const float *pi,
                                               const float *pf, const float *po, float *y, float clip,
