@@ -72,6 +72,12 @@ cdef extern from "li_cells.h":
                        bint clipped, int store, float* const* y, float* const* cn) noexcept nogil
     unsigned long long li_fused_steps_run
     void li_count_fused_step() noexcept nogil
+    const bint LI_VNNI_STEP
+    void li_vnni_lstm_step1(const float* h, idx H, const signed char* panels, const float* scales, const float* x,
+                            float* g, float* hn, float* c, const float* pi, const float* pf, const float* po,
+                            float* y, float clip, bint backwards) noexcept nogil
+    unsigned long long li_vnni_steps_run
+    void li_count_vnni_steps() noexcept nogil
     idx li_gru_zr_std(const float* x, float* g, const float* hp, float* rh, idx n, idx S, float clip) noexcept nogil
     idx li_gru_output_std(const float* xh, const float* z, const float* gh, const float* hp, float* h, idx n,
                           float clip) noexcept nogil
@@ -266,7 +272,7 @@ def matmul(const float[:, ::1] A, const float[::1] panels, int n0, int n1, float
 
 # Dynamic int8 on AVX-512 VNNI (quantize="int8" on a CPU that has it): see the header.
 cdef extern from "li_vnni.h":
-    const int LI_VNNI_NR, LI_VNNI_COMPILED
+    const int LI_VNNI_NR, LI_VNNI_COMPILED, LI_VNNI_STACK
     int li_vnni_gemm(const float* A, idx M, idx K, idx lda, const signed char* panels, const float* scales,
                      idx width, float* C, idx ldc, const float* bias) noexcept nogil
 
@@ -642,6 +648,20 @@ cdef void lstm_cells(cfptr x, fptr g, fptr h, fptr c, cfptr pi, cfptr pf, cfptr 
         h[j] *= go[j]
 
 
+cdef inline bint vnni_step_ok(const Seq* s, const int* codes, idx t, idx u0, idx u1) noexcept nogil:
+    """Whether li_vnni_lstm_step1 runs this step: an AVX-512 build, int8 (VNNI) weights, batch 1
+    with the whole of H in this thread (whole VNNI panels, at most LI_VNNI_STACK), an active row,
+    sigmoid/tanh/tanh without input_forget, and not the float kernel's R-first order (s.flip)."""
+    return (LI_VNNI_STEP and s.qkind == QK_VNNI and s.B == 1 and u0 == 0 and u1 == s.H and s.H % LI_VNNI_NR == 0
+            and s.H <= LI_VNNI_STACK and not s.flip and not s.flag and (not s.has_lens or t < s.lens[0])
+            and codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH)
+
+
+def vnni_steps_run():
+    """How many sequence calls so far ran their steps through li_vnni_lstm_step1, for tests."""
+    return li_vnni_steps_run
+
+
 cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noexcept nogil:
     """Task k of direction d for hidden units [u0, u1): k = -1 the input projection and the
     initial state, 0 <= k < T step k, k = T the final state (see run_sequence)."""
@@ -664,13 +684,21 @@ cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) no
         store_states(s, d, hp, c, u0, u1)
         return
     t = T - 1 - k if reverse else k
+    tb = chunk_start(s, GH, k, reverse)
+    if vnni_step_ok(s, codes, t, u0, u1):  # batch 1, int8: product and cells in one pass (li_cells.h)
+        project_chunk(s, d, k, reverse, 4, xp, u0, u1)
+        li_vnni_lstm_step1(hp, H, s.qpbuf + s.poff[d * 3 + 1], s.qscale + s.qsoff[d * 3 + 1],
+                           xp_row(s, xp, GH, t, 0, tb), gates, hn, c, peep, peep + H, peep + 2 * H,
+                           s.Y + t * s.y_t + d * s.y_d, s.clip, k & 1)  # Y written by the cells (finish_row's copy)
+        if k == 0:
+            li_count_vnni_steps()
+        return
     if s.flip:  # R then W, each last panel first (see flip_products)
         product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, True, u0, u1)
         project_chunk(s, d, k, reverse, 4, xp, u0, u1, True)
     else:
         project_chunk(s, d, k, reverse, 4, xp, u0, u1)
         product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, k & 1, u0, u1)
-    tb = chunk_start(s, GH, k, reverse)
     for b in range(B):
         active = (not s.has_lens) or t < s.lens[b]
         if active:

@@ -1,6 +1,6 @@
 /* Whole recurrent cells (LSTM, GRU) on vectors of hidden units, for the default activations,
-   and the fused one-step LSTM of 4 batch rows: _rnn_core.pxi runs anything else through
-   per-activation passes. */
+   the fused one-step LSTM of 4 batch rows and the int8 LSTM step at batch 1: _rnn_core.pxi runs
+   anything else through per-activation passes. */
 #ifndef LI_CELLS_H
 #define LI_CELLS_H
 
@@ -152,6 +152,117 @@ static inline void li_lstm_step4(const float *const *x, const float *const *h, c
 /* One-step calls that took li_lstm_step4, counted so that tests can prove the path ran */
 static unsigned long long li_fused_steps_run = 0;
 static inline void li_count_fused_step(void) { __atomic_fetch_add(&li_fused_steps_run, 1, __ATOMIC_RELAXED); }
+
+/* The int8 LSTM step at batch 1 (li_vnni_lstm_step1, below): AVX-512 builds on x86-64 only */
+#if LI_ISA_AVX512 && LI_FLOAT_FLOOR && defined(__x86_64__)
+#include "li_vnni.h"
+#endif
+#if LI_ISA_AVX512 && LI_FLOAT_FLOOR && defined(__x86_64__) && LI_VNNI_COMPILED
+#define LI_VNNI_STEP 1
+/* The int8 step's sigmoid and tanh, cheaper than li_vmath.h's fast ones (the cells are bound by
+   vector arithmetic): e^r on |r| <= ln2/2 of degree 4 (2.9e-6 relative; the int8 path's error
+   is ~1e-3), sigmoid's negation folded into the reduction, one-sided clamps (the other side
+   underflows to 0 as it should; NaN stays NaN). With finite weights and biases a gate is finite
+   or NaN (the quantized products turn an inf input into NaN); an inf bias would give NaN where
+   the float cells give 0 or 1. */
+static inline __attribute__((always_inline)) li_vf li_vnni_exp_poly(li_vf r) {
+    li_vf p = 0.041513849049806595f * r + 0.16787473857402802f;
+    p = p * r + 0.5000301599502563f;
+    p = p * r + 0.9999668598175049f;
+    return p * r + 1.0f;
+}
+static inline __attribute__((always_inline)) void li_vnni_sigmoid_u(li_vf *x) {
+    li_vf nf[LI_U], r[LI_U], p[LI_U];
+    LI_EACH x[u] = (li_vf)_mm512_max_ps(_mm512_set1_ps(-87.0f), (__m512)x[u]);
+    LI_EACH nf[u] = li_vfloor(x[u] * -1.4426950408889634f + 0.5f); /* e^-x = 2^nf e^-r */
+    LI_EACH r[u] = x[u] + nf[u] * 0.6931471805599453f;              /* r = x + nf ln2 */
+    LI_EACH {                                                         /* e^-r: odd terms negated */
+        p[u] = 0.041513849049806595f * r[u] - 0.16787473857402802f;
+        p[u] = p[u] * r[u] + 0.5000301599502563f;
+        p[u] = p[u] * r[u] - 0.9999668598175049f;
+        p[u] = p[u] * r[u] + 1.0f;
+    }
+    LI_EACH x[u] = li_vrecip(1.0f + li_vscale2n(p[u], nf[u]));
+}
+static inline __attribute__((always_inline)) void li_vnni_tanh_u(li_vf *x) {
+    li_vf a[LI_U], nf[LI_U], r[LI_U];
+    LI_EACH a[u] = (li_vf)_mm512_min_ps(_mm512_set1_ps(44.0f), (__m512)li_vabs(x[u]));
+    LI_EACH nf[u] = li_vfloor(a[u] * 2.8853900817779268f + 0.5f); /* e^2a = 2^nf e^r */
+    LI_EACH r[u] = (a[u] + a[u]) - nf[u] * 0.6931471805599453f;
+    LI_EACH x[u] = li_vsign_of(1.0f - 2.0f * li_vrecip(li_vscale2n(li_vnni_exp_poly(r[u]), nf[u]) + 1.0f), x[u]);
+}
+/* cells of the LI_U vectors of units at j (peepholes pi/pf/po, zeros where the node has none) */
+static inline __attribute__((always_inline)) void li_lstm_cells_fast_u(const float *x, const float *g, float *h,
+                                                                      float *c, const float *pi, const float *pf,
+                                                                      const float *po, float *y, ptrdiff_t j,
+                                                                      ptrdiff_t S, float clip, int clipped) {
+    li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
+    LI_EACH cv[u] = LI_AT(c, j);
+    LI_EACH gi[u] = LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u];
+    LI_EACH gf[u] = LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u];
+    LI_EACH gc[u] = LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j);
+    if (clipped) {
+        LI_EACH gi[u] = li_vclamp(gi[u], clip);
+        LI_EACH gf[u] = li_vclamp(gf[u], clip);
+        LI_EACH gc[u] = li_vclamp(gc[u], clip);
+    }
+    li_vnni_sigmoid_u(gi);
+    li_vnni_sigmoid_u(gf);
+    li_vnni_tanh_u(gc);
+    LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
+    LI_EACH go[u] = LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u];
+    if (clipped) {
+        LI_EACH go[u] = li_vclamp(go[u], clip);
+    }
+    LI_EACH li_store(c + j + u * LI_VEC, cv[u]);
+    li_vnni_sigmoid_u(go);
+    li_vnni_tanh_u(cv);
+    LI_EACH cv[u] *= go[u];
+    LI_EACH li_store(h + j + u * LI_VEC, cv[u]);
+    LI_EACH li_store(y + j + u * LI_VEC, cv[u]);  /* the step's output row too: no copy after */
+}
+/* One LSTM step of one batch row on int8 R (li_vnni.h), for int8 sequences at batch 1: h quantized
+   once, then per block of 64 units (one column block of each gate's panels) its four gate panels
+   (one-row tiles) and at once that block's cells, on the sigmoid/tanh above, while its gates are
+   in L1. The product streams R's panels from L2 (its time is about the read's); what this pass
+   saves is the cells' arithmetic and a pass over the gates. ``backwards`` (every other step):
+   blocks, gates and each panel's k last to first, so that the lines the previous step read last,
+   still in L1, come first (exact int32 sums: the same results either way). Sigmoid/tanh/tanh, no
+   input_forget; H a multiple of LI_VNNI_NR and at most LI_VNNI_STACK; gates S = H apart in x (the
+   projections, bias included) and in the scratch g [4H]; h_t into hn and y (the output row). */
+LI_VNNI_TARGET static void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
+                                              const float *x, float *g, float *hn, float *c, const float *pi,
+                                              const float *pf, const float *po, float *y, float clip,
+                                              int backwards) {
+    uint8_t qh[LI_VNNI_STACK] __attribute__((aligned(64)));
+    float as;
+    const ptrdiff_t panel_bytes = H * LI_VNNI_NR + 4 * LI_VNNI_NR, blocks = H / LI_VNNI_NR;
+    const int clipped = clip < __builtin_inff();
+    li_vnni_quantize_rows(h, 1, H, H, qh, H, &as);
+    for (ptrdiff_t i = 0; i < blocks; i++) {
+        ptrdiff_t b = backwards ? blocks - 1 - i : i;
+        for (ptrdiff_t q = 0; q < 4; q++) {
+            ptrdiff_t p = (backwards ? 3 - q : q) * blocks + b;  /* columns gate * H + 64 b .. */
+            if (backwards)
+                li_vnni_tile1_back(qh, H, panels + p * panel_bytes, as, scales + p * LI_VNNI_NR, g + p * LI_VNNI_NR);
+            else
+                li_vnni_tile1(qh, H, panels + p * panel_bytes, as, scales + p * LI_VNNI_NR, NULL,
+                              g + p * LI_VNNI_NR, LI_VNNI_NR);
+        }
+        for (ptrdiff_t j = b * LI_VNNI_NR; j < (b + 1) * LI_VNNI_NR; j += LI_U * LI_VEC)
+            li_lstm_cells_fast_u(x, g, hn, c, pi, pf, po, y, j, H, clip, clipped);
+    }
+}
+#else
+#define LI_VNNI_STEP 0
+static inline void li_vnni_lstm_step1(const float *h, ptrdiff_t H, const int8_t *panels, const float *scales,
+                                      const float *x, float *g, float *hn, float *c, const float *pi,
+                                      const float *pf, const float *po, float *y, float clip,
+                                      int backwards) {}
+#endif
+/* Steps that took li_vnni_lstm_step1, counted so that tests can prove the path ran */
+static unsigned long long li_vnni_steps_run = 0;
+static inline void li_count_vnni_steps(void) { __atomic_fetch_add(&li_vnni_steps_run, 1, __ATOMIC_RELAXED); }
 
 /* GRU z and r * h_prev (sigmoid), linear_before_reset = 0: z into g[:n], r * h_prev into rh */
 static inline ptrdiff_t li_gru_zr_std(const float *x, float *g, const float *hp, float *rh, ptrdiff_t n,

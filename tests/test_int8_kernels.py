@@ -192,6 +192,40 @@ def test_vnni_fast_path_python_path_and_thread_split_agree():
         np.testing.assert_array_equal(a, c)
 
 
+# Batch 1, H a multiple of 64: the one-pass step (li_vnni_lstm_step1: each block's gate panels, then its
+# cells with the fast maths; every other step backwards). Row 0 of a batch of 2 holding the same row twice
+# runs the general path on the same quantized rows, so the two differ only by the cells' maths.
+ONE_PASS_CASES = [(64, 24, 5, "forward", 0, None, True, None), (128, 40, 4, "reverse", 1, 3.0, False, None),
+                  (192, 24, 3, "bidirectional", 0, None, True, 2)]
+
+
+@needs_vnni
+@pytest.mark.parametrize("H, I, T, direction, layout, clip, peepholes, length", ONE_PASS_CASES)
+def test_vnni_one_pass_step_at_batch_1(H, I, T, direction, layout, clip, peepholes, length):
+    rng = np.random.default_rng(H + T)
+    spec = make_spec("LSTM", hidden_size=H, direction=direction, layout=layout, clip=clip)
+    W, R, B, P = make_weights(rng, "LSTM", spec.num_directions, H, I, with_peepholes=peepholes, scale=2.0)
+    lens = None if length is None else np.array([length], np.int32)
+    one = make_inputs(rng, "LSTM", spec, W, R, B, P, T, 1, lens=lens)
+    quantized = _quantized(W, R)
+    kernel = cb.cython_int8_kernel(spec, W, R, B, P, quantized, scheme="vnni")
+    ext = cb._module(cb.isa())
+    before = ext.vnni_steps_run()
+    got = kernel(*one)
+    assert ext.vnni_steps_run() > before  # the one-pass step ran
+    _assert_within(got, _oracle(spec, one, *_dequantized(quantized)), VNNI_MAX, VNNI_MEAN)
+    axis = 1 if layout == 0 else 0  # batch axis of X; states are [D, B, H] (layout 0) or [B, D, H]
+    two = list(one)
+    two[0] = np.concatenate([one[0]] * 2, axis=axis)
+    two[4] = None if lens is None else np.concatenate([lens] * 2)
+    for i in (5, 6):
+        two[i] = np.concatenate([one[i]] * 2, axis=1 if layout == 0 else 0)
+    general = kernel(*two)
+    for g, w in zip(got, general):
+        row = np.take(w, [0], axis=(2 if g.ndim == 4 else 1) if layout == 0 else 0)
+        np.testing.assert_allclose(g, row, rtol=0, atol=2e-4 * max(1.0, float(np.abs(row).max())))
+
+
 def test_int8_scheme_rule_and_overrides(monkeypatch):
     monkeypatch.delenv(cb.INT8_SCHEME_ENV, raising=False)
     monkeypatch.delenv(cb.PORTABLE_ENV, raising=False)
