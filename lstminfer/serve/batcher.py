@@ -135,8 +135,10 @@ class Batcher:
         self._closed = False
 
     # -- what the sequence manager calls --------------------------------------------
-    def submit(self, key: Hashable, chunk: Any, label: Any = None) -> asyncio.Future:
-        """Queue one chunk of stream ``key``; the future gets its output or its error."""
+    def submit(self, key: Hashable, chunk: Any, label: Any = None, waiter: Any = None) -> Any:
+        """Queue one chunk of stream ``key``; the waiter gets its output or its error: a new future, or
+        ``waiter``, any object with ``done()``, ``set_result(output)`` and ``set_exception(error)`` (the
+        WebSocket path's connection: no future and no task per chunk), called on the event loop."""
         if self._closed:
             raise StepFailedError("the batcher is closed")
         lane = self._lanes.get(key)
@@ -147,7 +149,7 @@ class Batcher:
                                      f"{self.max_queued}); wait for replies before sending more")
         if self._task is None:
             self._start()
-        future = self._loop.create_future()
+        future = self._loop.create_future() if waiter is None else waiter
         lane.append(_Queued(chunk, future, time.monotonic(), label))
         if key not in self._in_step and key not in self._ready:
             self._ready[key] = None
