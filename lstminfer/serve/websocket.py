@@ -27,7 +27,7 @@ import logging
 import secrets
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from aiohttp import web
@@ -113,6 +113,31 @@ class StreamLayout:
         if time_axis is not None:
             one = np.moveaxis(one, time_axis - (batch_axis is not None and time_axis > batch_axis), 0)
         return np.ascontiguousarray(one, dtype=_wire(one.dtype)).tobytes()
+
+    def chunk_reader(self) -> Callable[[Any], np.ndarray]:
+        """``chunk`` with its dtype and shape bound once, for the frames of one connection."""
+        if self.data_input is None or self.chunk_shape is None:
+            return self.chunk
+        dtype, shape, frame_bytes, frombuffer, checked = _wire(self.data_input.dtype), self.chunk_shape, \
+            self.frame_bytes, np.frombuffer, self.chunk
+
+        def chunk(payload: Any) -> np.ndarray:
+            size = len(payload)
+            return frombuffer(payload, dtype).reshape(shape) if size and not size % frame_bytes else checked(payload)
+        return chunk
+
+    def reply_encoder(self, name: str) -> Callable[[Any], bytes]:
+        """``reply`` of output ``name`` from a pool step's result (an array, or a dict of several)."""
+        batch_axis, time_axis = self.output_axes[name]
+        direct = _LITTLE and (time_axis is None or all(i == batch_axis for i in range(time_axis)))
+        ndarray, reply = np.ndarray, self.reply
+
+        def encode(result: Any) -> bytes:
+            value = result[name] if result.__class__ is dict else result
+            if direct and value.__class__ is ndarray and value.dtype.isnative:
+                return value.tobytes()  # time leads the axes that are not the batch of 1: C order is [T, ...]
+            return reply(name, value)
+        return encode
 
     def header(self, sid: Any, model: str, output: str) -> str:
         return json.dumps({"sequence_id": sid, "model": model, "inputs": self.header_inputs,
@@ -241,12 +266,9 @@ class WebSocketStreams:
             body, _ = await sequences.infer(_sequence_request(payload, sid))
             return body
 
-        def on_reply(result: Any) -> bytes:
-            return layout.reply(output, result[output] if isinstance(result, dict) else result)
-
         connection = StreamConnection(
             transport, sequences.manager, sid, max_size=self.server.options.max_request_bytes,
-            close_wait_s=_CLOSE_WAIT_S, on_binary=layout.chunk, on_reply=on_reply, on_text=on_text,
+            close_wait_s=_CLOSE_WAIT_S, on_binary=layout.chunk_reader(), on_reply=layout.reply_encoder(output), on_text=on_text,
             on_error=on_error, count_frame=metrics.count_frame, lost=aiohttp_protocol.connection_lost)
         key = request.headers["Sec-WebSocket-Key"].encode()  # can_prepare checked it
         accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
