@@ -15,7 +15,11 @@ stays open until ended or expired) or the server is shutting down (then it stays
 and a client may attach to it again after the restart). Refusals accept the upgrade, then close
 with a code: 1008 missing or wrong token, 1013 no free slot or draining, 4404 unknown model or
 sequence, or a model that cannot stream (it has no stream to attach to), 4400 a bad ``sequence_id``
-or ``output`` in the URL; the close reason is the message.
+or ``output`` in the URL; the close reason is the message. A protocol violation closes with its
+RFC 6455 code (1002, 1007, 1009 above ``--max-request-bytes``).
+
+aiohttp routes the upgrade request and answers refusals; an admitted stream's 101 is written here
+and its socket handed to a ``StreamConnection`` (callbacks, no coroutine per frame: see that module).
 """
 from __future__ import annotations
 
