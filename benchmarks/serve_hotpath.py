@@ -26,6 +26,9 @@ from lstminfer.serve.sequences import SequenceManager  # noqa: E402
 from lstminfer.serve.stream_connection import StreamConnection  # noqa: E402
 
 
+INLINE = int(os.environ["INLINE"]) if os.environ.get("INLINE") else None
+
+
 class _Transport:
     """The transport calls a StreamConnection makes, counting what is written."""
 
@@ -64,7 +67,7 @@ def masked(payload: bytes) -> bytes:
 
 
 async def run(model, streams: int, rounds: int, frames: int, features: int) -> dict:
-    manager = SequenceManager(model, max_streams=streams)
+    manager = SequenceManager(model, max_streams=streams, **({"inline_below_us": INLINE} if INLINE is not None else {}))
     x = np.random.default_rng(0).standard_normal((frames, features)).astype(np.float32)
     frame = masked(x.tobytes())
     connections = []

@@ -442,3 +442,16 @@ def test_errors_are_serve_errors_with_statuses():
     for cls, status in ((UnknownSequenceError, 404), (ExpiredSequenceError, 404), (SequenceExistsError, 409),
                         (PoolFullError, 503), (TooManyQueuedError, 429), (BadChunkError, 400)):
         assert issubclass(cls, ServeError) and issubclass(cls, lstminfer.LstminferError) and cls.status == status
+
+
+def test_a_server_on_one_core_steps_inline(monkeypatch):
+    """One core: the worker thread cannot run beside the loop, so every step runs inline; more: the default."""
+    import os
+
+    from lstminfer.serve import batcher
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    one = batcher.inline_below_us_for_this_process()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert batcher.inline_below_us_for_this_process() == batcher.DEFAULT_INLINE_BELOW_US < one
+    assert one >= 10 ** 6  # longer than any step: nothing is predicted above it

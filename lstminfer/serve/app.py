@@ -151,11 +151,12 @@ class InferenceServer:
         self._runner: web.AppRunner | None = None
 
     def _sequences_of(self, served: ServedModel) -> SequenceRequests:
+        from .batcher import inline_below_us_for_this_process
         from .sequences import SequenceManager
 
         options = self.options
         manager = SequenceManager(served.model, options.max_streams, max_delay_us=options.max_delay_us,
-                                  idle_timeout=options.idle_timeout)
+                                  idle_timeout=options.idle_timeout, inline_below_us=inline_below_us_for_this_process())
         return SequenceRequests(served.name, manager, served.inputs, manager.pool.output_names)
 
     async def _sequence_infer(self, served: ServedModel, request: InferRequest) -> tuple[bytes, int | None]:
