@@ -17,14 +17,13 @@ from collections import deque
 from typing import Any, Callable
 
 from .protocol import error_body
-from .wsframes import (CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_PING, OP_TEXT, FrameError, MessageReader, close_payload,
-                       parse_close, server_frame)
+from .wsframes import (CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, MessageReader,
+                       close_payload, parse_close, server_frame)
 
 log = logging.getLogger("lstminfer.serve")
 
 _PAUSE_READING_AT = 64  # messages waiting: stop reading the socket (the client sends faster than we step)
 _RESUME_READING_AT = 8
-_BINARY_HEAD = 0x80 | OP_BINARY
 
 
 class StreamConnection(asyncio.Protocol):
@@ -71,11 +70,11 @@ class StreamConnection(asyncio.Protocol):
             opcode = message[0]
             if opcode == OP_PING:
                 if not self._closing:
-                    self.transport.write(server_frame(0xA, message[1]))
+                    self.transport.write(server_frame(OP_PONG, message[1]))
             elif opcode == OP_CLOSE and self._closing:  # the client's answer to our close
                 self._shut()
                 return
-            elif opcode != 0xA and not self._closing:  # pongs are ignored
+            elif opcode != OP_PONG and not self._closing:  # pongs are ignored
                 queue.append(message)
         if queue and not self._busy:
             self._next()
@@ -106,7 +105,7 @@ class StreamConnection(asyncio.Protocol):
 
     def set_result(self, output: Any) -> None:
         self._busy = False
-        if not self._gone:
+        if not (self._gone or self._closing):  # nothing follows a close frame (RFC 6455 5.5.1)
             try:
                 reply = self._on_reply(output)
             except Exception as e:  # a bug, not the client's fault: the stream goes on
@@ -119,7 +118,7 @@ class StreamConnection(asyncio.Protocol):
 
     def set_exception(self, error: BaseException) -> None:
         self._busy = False
-        if not self._gone:
+        if not (self._gone or self._closing):
             self._answer_error(error)
         if self._queue:
             self._next()
@@ -174,10 +173,10 @@ class StreamConnection(asyncio.Protocol):
         try:
             body = await self._on_text(payload)
         except Exception as e:
-            if not self._gone:
+            if not (self._gone or self._closing):
                 self._answer_error(e)
         else:
-            if not self._gone:
+            if not (self._gone or self._closing):
                 self.transport.write(server_frame(OP_TEXT, body))  # the body is JSON: ASCII, so UTF-8
                 self._count_frame(len(payload), len(body))
         self._busy = False
