@@ -95,6 +95,9 @@ def main() -> int:
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--rtt", action="store_true", help="also the one-stream round trips (scenario a's model)")
     parser.add_argument("--no-search", action="store_true", help="only --rtt")
+    parser.add_argument("--fixed", nargs="+", metavar="SERVER=N[,N...]",
+                        help="instead of --search, runs at these stream counts (the server's CPU per chunk at a "
+                             "given load: a capacity figure robust to other jobs' latency spikes)")
     parser.add_argument("--out", default="serve_compare.jsonl")
     args = parser.parse_args()
     models = Path(tempfile.mkdtemp(prefix="serve_compare_"))
@@ -110,22 +113,29 @@ def main() -> int:
             flat.update(rtt_ms=record["server"]["median_ms"], echo_ms=record.get("echo", {}).get("median_ms"),
                         share_ms=record.get("server_share_ms"))
         print(json.dumps({k: flat.get(k) for k in (
-            "scenario", "who", "max_streams_held", "p50_ms", "p99_ms", "chunks_per_s", "server_cpu_us_per_chunk",
+            "scenario", "who", "max_streams_held", "streams", "held", "p50_ms", "p99_ms", "chunks_per_s", "server_cpu_us_per_chunk",
             "mean_batch_size", "client_cpu_util", "rtt_ms", "echo_ms", "share_ms", "loadavg") if k in flat}),
             flush=True)
 
+    fixed = {}
+    for item in args.fixed or []:
+        server, counts = item.split("=")
+        fixed[server] = [int(n) for n in counts.split(",")]
     for scenario in ([] if args.no_search else args.scenarios):
         model = _model(scenario, models)
         spec = SCENARIOS[scenario]
         for _ in range(args.repeat):
-            for server in args.servers:
+            runs = [(server, n) for server, counts in fixed.items() for n in counts] if fixed else \
+                [(server, None) for server in args.servers]
+            for server, n in runs:  # a fresh server for each run: no backlog carried over
                 proc, url = _start(server, model, args.server_core)
                 try:
-                    extra = ["--batch-metrics"] if server != "peer" else []
-                    record = _load([url, "--model", model.stem, "--frames", str(spec["frames"]), "--period-ms",
-                                    str(spec["period_ms"]), "--search", "--start", str(spec["start"]), "--duration",
-                                    str(args.duration), "--resolution", str(args.resolution), "--server-pid",
-                                    str(proc.pid), *extra], args.load_core)
+                    common = [url, "--model", model.stem, "--frames", str(spec["frames"]), "--period-ms",
+                              str(spec["period_ms"]), "--duration", str(args.duration), "--server-pid", str(proc.pid),
+                              *(["--batch-metrics"] if server != "peer" else [])]
+                    mode = ["--streams", str(n)] if n else ["--search", "--start", str(spec["start"]),
+                                                            "--resolution", str(args.resolution)]
+                    record = _load([*common, *mode], args.load_core)
                 finally:
                     _stop(proc)
                 keep({**record, "scenario": scenario, "who": server})

@@ -243,7 +243,8 @@ class Batcher:
             labels = {key: item.label for key, item in batch}
             nbytes = _nbytes(frames)
             rate = self._seconds_per_byte
-            if nbytes is not None and rate is not None and nbytes * rate < self._inline_below:
+            inline = nbytes is not None and rate is not None and nbytes * rate < self._inline_below
+            if inline:
                 results, seconds = self._step(frames, labels)
             else:
                 try:
@@ -259,6 +260,8 @@ class Batcher:
             except Exception:  # a metrics hook must not stop the batcher
                 _log.exception("lstminfer serve: the on_batch hook failed")
             self._deliver(batch, results)
+            if inline:  # let the loop read (and serve) before the next step: waiters that queue their next
+                await asyncio.sleep(0)  # chunk in their callback would otherwise keep it stepping unbroken
 
     def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
         """The head chunk of up to ``limit`` ready streams (dropping chunks whose caller went away)."""
