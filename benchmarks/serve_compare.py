@@ -91,6 +91,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--duration", type=float, default=4.0)
     parser.add_argument("--resolution", type=float, default=0.1)
+    parser.add_argument("--tries", type=int, default=2, help="--search: runs at one N before it counts as not held "
+                        "(2: one latency spike from another job on a shared machine does not end the search)")
     parser.add_argument("--server-core", type=int, default=0)
     parser.add_argument("--load-core", type=int, default=1)
     parser.add_argument("--rtt", action="store_true", help="also the one-stream round trips (scenario a's model)")
@@ -134,7 +136,8 @@ def main() -> int:
                               str(spec["period_ms"]), "--duration", str(args.duration), "--server-pid", str(proc.pid),
                               *(["--batch-metrics"] if server != "peer" else [])]
                     mode = ["--streams", str(n)] if n else ["--search", "--start", str(spec["start"]),
-                                                            "--resolution", str(args.resolution)]
+                                                            "--resolution", str(args.resolution), "--tries",
+                                                            str(args.tries)]
                     record = _load([*common, *mode], args.load_core)
                 finally:
                     _stop(proc)
