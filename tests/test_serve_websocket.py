@@ -396,3 +396,83 @@ def test_an_unmasked_client_frame_closes_with_1002(server):
         rest = rest[start + length:]
     assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 1002
     assert b"masked" in frames[-1][1]
+
+
+def test_a_client_far_ahead_of_its_replies_gets_them_all_in_order(server, model):
+    """500 chunks sent without waiting while replies are read slowly: the server pauses reading while
+    64 messages wait (and stepping while its write buffer is full), then resumes; nothing is lost."""
+    x = np.random.default_rng(9).standard_normal((1, 500, 2)).astype(np.float32)
+
+    async def run():
+        async with connect(_ws(server, f"/v2/models/{MODEL}/stream")) as ws:
+            await ws.recv()
+
+            async def send_all():
+                for t in range(500):
+                    await ws.send(x[0, t:t + 1].tobytes())
+
+            async def read_all():
+                replies = []
+                for i in range(500):
+                    if i % 100 == 0:
+                        await asyncio.sleep(0.05)  # fall behind: the server's queue fills
+                    replies.append(np.frombuffer(await asyncio.wait_for(ws.recv(), TIMEOUT_S), np.float32))
+                return replies
+
+            _, replies = await asyncio.gather(send_all(), read_all())
+            return replies
+
+    replies = asyncio.run(run())
+    np.testing.assert_allclose(np.concatenate(replies), whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_connection_pauses_reading_while_64_messages_wait_and_resumes_after():
+    """StreamConnection alone (a fake transport and manager): one chunk in flight, 100 more arrive in one
+    read -> reading pauses; answering them resumes it once 8 or fewer wait; replies keep the order."""
+    import os
+
+    from lstminfer.serve.stream_connection import StreamConnection
+
+    class Transport:
+        def __init__(self):
+            self.written, self.paused, self.pauses = [], False, 0
+
+        def write(self, data):
+            self.written.append(bytes(data))
+
+        def pause_reading(self):
+            self.paused, self.pauses = True, self.pauses + 1
+
+        def resume_reading(self):
+            self.paused = False
+
+    class Manager:
+        def __init__(self):
+            self.waiting = []
+
+        def submit(self, sid, chunk, waiter):
+            self.waiting.append((chunk, waiter))
+
+    def frame(payload):
+        key = os.urandom(4)
+        return bytes([0x82, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+    async def run():
+        transport, manager = Transport(), Manager()
+        connection = StreamConnection(
+            transport, manager, 7, max_size=1024, close_wait_s=1.0, on_binary=bytes, on_reply=lambda y: y,
+            on_text=None, on_error=lambda e, n: (None, str(e)), count_frame=lambda a, b: None, lost=lambda e: None)
+        connection.data_received(b"".join(frame(bytes([i])) for i in range(101)))
+        assert len(manager.waiting) == 1 and transport.paused  # one in flight, 100 waiting
+        answered = 0
+        while manager.waiting:
+            chunk, waiter = manager.waiting.pop()
+            waiter.set_result(chunk)  # the batcher's delivery; the connection submits its next
+            answered += 1
+            if answered == 100 - 64:
+                assert transport.paused  # still more than 8 waiting
+        assert not transport.paused and transport.pauses == 1
+        return transport.written
+
+    written = asyncio.run(run())
+    assert written == [b"\x82\x01" + bytes([i]) for i in range(101)]
