@@ -7,6 +7,9 @@ whole path, of a bare ``StreamPool.step`` of the same batch, and their differenc
 frame parsing, batching and reply writing that the kernel-side (syscall) cost adds to.
 
     python benchmarks/serve_hotpath.py MODEL.onnx --streams 400 --rounds 200 [--quantize int8]
+
+``INLINE=US`` in the environment sets the batcher's ``inline_below_us`` (e.g. 1000000000: every step on
+the loop, as a server confined to one core does; unset: the library's default, 50).
 """
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ def inline_below_us_for_this_process() -> int:
     """``inline_below_us`` for a server: the default, or every step inline where the process may run on one
     core only (taskset, a one-CPU container): there the worker thread cannot run beside the event loop,
     so its hop (~70 us of CPU, plus GIL hand-offs) buys nothing. Measured: 64 streams of a T=1 LSTM
-    H=256 on one core, 22 -> 16 us of CPU per chunk (benchmarks/serve_hotpath.py)."""
+    H=256 on one core, 14.2-15.4 -> 11.8-11.9 us of CPU per chunk (benchmarks/serve_hotpath.py)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity on this platform: its CPU count
