@@ -315,7 +315,7 @@ class Batcher:
                     item.future.set_exception(value)
                 else:
                     item.future.set_result(value)
-            for action in self._after_step.pop(key, ()):
+            for action in self._after_step.pop(key, ()) if self._after_step else ():
                 try:
                     action()
                 except Exception:  # e.g. closing a slot: never stop the batcher

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from .protocol import error_body
 from .wsframes import (CLOSE_NORMAL, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, MessageReader,
-                       close_payload, parse_close, server_frame)
+                       close_payload, frame_head, parse_close, server_frame)
 
 log = logging.getLogger("lstminfer.serve")
 
@@ -56,6 +56,7 @@ class StreamConnection(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._abort_handle: asyncio.TimerHandle | None = None
+        self._reply_size, self._reply_head = -1, b""
         self.finished = asyncio.get_running_loop().create_future()
 
     # -- asyncio.Protocol ---------------------------------------------------------------
@@ -66,6 +67,10 @@ class StreamConnection(asyncio.Protocol):
             self.close(e.code, e.reason)
             return
         queue = self._queue
+        if len(messages) == 1 and not queue and not self._busy and messages[0][0] == OP_BINARY:
+            queue.append(messages[0])  # the usual read: one chunk, nothing waiting (skips the loop below)
+            self._next()
+            return
         for message in messages:
             opcode = message[0]
             if opcode == OP_PING:
@@ -111,8 +116,11 @@ class StreamConnection(asyncio.Protocol):
             except Exception as e:  # a bug, not the client's fault: the stream goes on
                 self._answer_error(e)
             else:
-                self.transport.write(server_frame(OP_BINARY, reply))
-                self._count_frame(self._in_flight, len(reply))
+                size = len(reply)
+                if size != self._reply_size:  # replies of one stream are mostly one size: its header, once
+                    self._reply_size, self._reply_head = size, frame_head(OP_BINARY, size)
+                self.transport.write(self._reply_head + reply)
+                self._count_frame(self._in_flight, size)
         if self._queue:
             self._next()
 

@@ -41,14 +41,18 @@ class FrameError(Exception):
         self.reason = reason
 
 
+def frame_head(opcode: int, size: int) -> bytes:
+    """The header of a whole unmasked frame (FIN set) of ``size`` payload bytes."""
+    if size < 126:
+        return _HEAD_SHORT(0x80 | opcode, size)
+    if size < 1 << 16:
+        return _HEAD_16(0x80 | opcode, 126, size)
+    return _HEAD_64(0x80 | opcode, 127, size)
+
+
 def server_frame(opcode: int, payload: bytes | bytearray = b"") -> bytes:
     """One whole unmasked frame (FIN set) carrying ``payload``."""
-    n = len(payload)
-    if n < 126:
-        return _HEAD_SHORT(0x80 | opcode, n) + payload
-    if n < 1 << 16:
-        return _HEAD_16(0x80 | opcode, 126, n) + payload
-    return _HEAD_64(0x80 | opcode, 127, n) + payload
+    return frame_head(opcode, len(payload)) + payload
 
 
 def close_payload(code: int, reason: bytes = b"") -> bytes:
