@@ -442,3 +442,64 @@ def test_errors_are_serve_errors_with_statuses():
     for cls, status in ((UnknownSequenceError, 404), (ExpiredSequenceError, 404), (SequenceExistsError, 409),
                         (PoolFullError, 503), (TooManyQueuedError, 429), (BadChunkError, 400)):
         assert issubclass(cls, ServeError) and issubclass(cls, lstminfer.LstminferError) and cls.status == status
+
+
+def test_a_server_on_one_core_steps_inline(monkeypatch):
+    """One core: the worker thread cannot run beside the loop, so every step runs inline; more: the default."""
+    import os
+
+    from lstminfer.serve import batcher
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    one = batcher.inline_below_us_for_this_process()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert batcher.inline_below_us_for_this_process() == batcher.DEFAULT_INLINE_BELOW_US < one
+    assert one >= 10 ** 6  # longer than any step: nothing is predicted above it
+
+
+def test_waiters_that_queue_their_next_chunk_at_once_leave_the_loop_free(model):
+    """``submit`` with a waiter object (the WebSocket path): it gets each output, and a waiter that queues
+    its next chunk from inside ``set_result`` (steps inline) still lets other tasks run between steps."""
+    chunk = np.ones((1, 2, 2), np.float32)
+
+    class Chain:
+        def __init__(self, manager, sid, count):
+            self.manager, self.sid, self.left, self.outputs = manager, sid, count, []
+            self.finished = asyncio.get_running_loop().create_future()
+
+        def done(self):
+            return False
+
+        def set_result(self, output):
+            self.outputs.append(output)
+            self.left -= 1
+            if self.left:
+                self.manager.submit(self.sid, chunk, self)
+            else:
+                self.finished.set_result(None)
+
+        def set_exception(self, error):
+            self.finished.set_exception(error)
+
+    async def run():
+        manager = SequenceManager(model, 2, inline_below_us=10 ** 9, max_delay_us=0)
+        manager.start(1)
+        chain = Chain(manager, 1, 200)
+        manager.submit(1, chunk, chain)
+        ticks = 0
+
+        async def ticker():
+            nonlocal ticks
+            while not chain.finished.done():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        await asyncio.gather(chain.finished, ticker())
+        await manager.aclose()
+        return chain.outputs, ticks
+
+    outputs, ticks = asyncio.run(run())
+    assert len(outputs) == 200 and ticks >= 150  # the other task ran between (nearly) every two steps
+    stream = model.stream()
+    expected = [np.asarray(stream.step(chunk)) for _ in range(200)]
+    np.testing.assert_allclose(np.stack([np.asarray(o) for o in outputs]), np.stack(expected), rtol=1e-5, atol=1e-6)

@@ -340,3 +340,139 @@ def test_frames_are_moved_into_a_layout_where_time_is_not_the_first_axis():
     np.testing.assert_array_equal(chunk, frames.T[None])
     y = np.arange(8, dtype=np.float32).reshape(1, 2, 4)
     np.testing.assert_array_equal(np.frombuffer(layout.reply("y", y), np.float32).reshape(4, 2), y[0].T)
+
+
+def test_pipelined_fragmented_pinged_then_closed_by_the_client(server, model):
+    """The callback path's protocol: chunks sent without waiting are answered in order, a fragmented
+    chunk is one chunk, a ping gets its pong between them, and the client's close code comes back."""
+    x = np.random.default_rng(8).standard_normal((1, 9, 2)).astype(np.float32)
+
+    async def run():
+        async with connect(_ws(server, f"/v2/models/{MODEL}/stream")) as ws:
+            await ws.recv()
+            for chunk in np.split(x[0, :6], [2, 3]):
+                await ws.send(chunk.tobytes())
+            pong = await ws.ping(b"are you there")
+            await ws.send([x[0, 6:7].tobytes(), x[0, 7:9].tobytes()])  # one message in two fragments
+            replies = [np.frombuffer(await asyncio.wait_for(ws.recv(), TIMEOUT_S), np.float32) for _ in range(4)]
+            await asyncio.wait_for(pong, TIMEOUT_S)
+            await ws.close(code=4321, reason="done")
+            return replies, ws.close_code
+
+    replies, code = asyncio.run(run())
+    assert [r.size for r in replies] == [2, 1, 3, 3] and code == 4321
+    np.testing.assert_allclose(np.concatenate(replies), whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-6)
+
+
+def test_an_unmasked_client_frame_closes_with_1002(server):
+    """RFC 6455 5.1: a server closes on an unmasked client frame (raw socket: clients always mask)."""
+    import base64
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(server)
+    with socket.create_connection((parts.hostname, parts.port), timeout=TIMEOUT_S) as sock:
+        key = base64.b64encode(os.urandom(16)).decode()
+        sock.sendall((f"GET /v2/models/{MODEL}/stream HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                      f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(4096)
+        head, rest = received.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101")
+        sock.sendall(b"\x82\x08" + np.zeros(2, np.float32).tobytes())  # no mask bit
+        while True:
+            more = sock.recv(4096)
+            if not more:
+                break
+            rest += more
+    frames = []
+    while rest:  # the header (text), then the close
+        length, start = rest[1] & 0x7F, 2
+        if length == 126:
+            length, start = int.from_bytes(rest[2:4], "big"), 4
+        frames.append((rest[0] & 0x0F, rest[start:start + length]))
+        rest = rest[start + length:]
+    assert frames[-1][0] == 0x8 and int.from_bytes(frames[-1][1][:2], "big") == 1002
+    assert b"masked" in frames[-1][1]
+
+
+def test_a_client_far_ahead_of_its_replies_gets_them_all_in_order(server, model):
+    """500 chunks sent without waiting while replies are read slowly: the server pauses reading while
+    64 messages wait (and stepping while its write buffer is full), then resumes; nothing is lost."""
+    x = np.random.default_rng(9).standard_normal((1, 500, 2)).astype(np.float32)
+
+    async def run():
+        async with connect(_ws(server, f"/v2/models/{MODEL}/stream")) as ws:
+            await ws.recv()
+
+            async def send_all():
+                for t in range(500):
+                    await ws.send(x[0, t:t + 1].tobytes())
+
+            async def read_all():
+                replies = []
+                for i in range(500):
+                    if i % 100 == 0:
+                        await asyncio.sleep(0.05)  # fall behind: the server's queue fills
+                    replies.append(np.frombuffer(await asyncio.wait_for(ws.recv(), TIMEOUT_S), np.float32))
+                return replies
+
+            _, replies = await asyncio.gather(send_all(), read_all())
+            return replies
+
+    replies = asyncio.run(run())
+    np.testing.assert_allclose(np.concatenate(replies), whole_output(model, x).reshape(-1), rtol=1e-5, atol=1e-5)
+
+
+def test_the_connection_pauses_reading_while_64_messages_wait_and_resumes_after():
+    """StreamConnection alone (a fake transport and manager): one chunk in flight, 100 more arrive in one
+    read -> reading pauses; answering them resumes it once 8 or fewer wait; replies keep the order."""
+    import os
+
+    from lstminfer.serve.stream_connection import StreamConnection
+
+    class Transport:
+        def __init__(self):
+            self.written, self.paused, self.pauses = [], False, 0
+
+        def write(self, data):
+            self.written.append(bytes(data))
+
+        def pause_reading(self):
+            self.paused, self.pauses = True, self.pauses + 1
+
+        def resume_reading(self):
+            self.paused = False
+
+    class Manager:
+        def __init__(self):
+            self.waiting = []
+
+        def submit(self, sid, chunk, waiter):
+            self.waiting.append((chunk, waiter))
+
+    def frame(payload):
+        key = os.urandom(4)
+        return bytes([0x82, 0x80 | len(payload)]) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+    async def run():
+        transport, manager = Transport(), Manager()
+        connection = StreamConnection(
+            transport, manager, 7, max_size=1024, close_wait_s=1.0, on_binary=bytes, on_reply=lambda y: y,
+            on_text=None, on_error=lambda e, n: (None, str(e)), count_frame=lambda a, b: None, lost=lambda e: None)
+        connection.data_received(b"".join(frame(bytes([i])) for i in range(101)))
+        assert len(manager.waiting) == 1 and transport.paused  # one in flight, 100 waiting
+        answered = 0
+        while manager.waiting:
+            chunk, waiter = manager.waiting.pop()
+            waiter.set_result(chunk)  # the batcher's delivery; the connection submits its next
+            answered += 1
+            if answered == 100 - 64:
+                assert transport.paused  # still more than 8 waiting
+        assert not transport.paused and transport.pauses == 1
+        return transport.written
+
+    written = asyncio.run(run())
+    assert written == [b"\x82\x01" + bytes([i]) for i in range(101)]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +31,21 @@ from ..errors import InvalidArgumentError, LstminferError
 DEFAULT_MAX_DELAY_US = 500
 DEFAULT_MAX_QUEUED = 64
 DEFAULT_INLINE_BELOW_US = 50
+_ALWAYS_INLINE_US = 10 ** 9  # longer than any step
 _log = logging.getLogger("lstminfer.serve")
 _SAMPLES_KEPT = 4096  # recent samples per series: bounded memory whatever the scrape interval
+
+
+def inline_below_us_for_this_process() -> int:
+    """``inline_below_us`` for a server: the default, or every step inline where the process may run on one
+    core only (taskset, a one-CPU container): there the worker thread cannot run beside the event loop,
+    so its hop (~70 us of CPU, plus GIL hand-offs) buys nothing. Measured: 64 streams of a T=1 LSTM
+    H=256 on one core, 14.2-15.4 -> 11.8-11.9 us of CPU per chunk (benchmarks/serve_hotpath.py)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # no affinity on this platform: its CPU count
+        cores = os.cpu_count() or 1
+    return _ALWAYS_INLINE_US if cores == 1 else DEFAULT_INLINE_BELOW_US
 
 
 class ServeError(LstminferError):
@@ -135,8 +149,10 @@ class Batcher:
         self._closed = False
 
     # -- what the sequence manager calls --------------------------------------------
-    def submit(self, key: Hashable, chunk: Any, label: Any = None) -> asyncio.Future:
-        """Queue one chunk of stream ``key``; the future gets its output or its error."""
+    def submit(self, key: Hashable, chunk: Any, label: Any = None, waiter: Any = None) -> Any:
+        """Queue one chunk of stream ``key``; the waiter gets its output or its error: a new future, or
+        ``waiter``, any object with ``done()``, ``set_result(output)`` and ``set_exception(error)`` (the
+        WebSocket path's connection: no future and no task per chunk), called on the event loop."""
         if self._closed:
             raise StepFailedError("the batcher is closed")
         lane = self._lanes.get(key)
@@ -147,7 +163,7 @@ class Batcher:
                                      f"{self.max_queued}); wait for replies before sending more")
         if self._task is None:
             self._start()
-        future = self._loop.create_future()
+        future = self._loop.create_future() if waiter is None else waiter
         lane.append(_Queued(chunk, future, time.monotonic(), label))
         if key not in self._in_step and key not in self._ready:
             self._ready[key] = None
@@ -227,7 +243,8 @@ class Batcher:
             labels = {key: item.label for key, item in batch}
             nbytes = _nbytes(frames)
             rate = self._seconds_per_byte
-            if nbytes is not None and rate is not None and nbytes * rate < self._inline_below:
+            inline = nbytes is not None and rate is not None and nbytes * rate < self._inline_below
+            if inline:
                 results, seconds = self._step(frames, labels)
             else:
                 try:
@@ -243,6 +260,8 @@ class Batcher:
             except Exception:  # a metrics hook must not stop the batcher
                 _log.exception("lstminfer serve: the on_batch hook failed")
             self._deliver(batch, results)
+            if inline:  # let the loop read (and serve) before the next step: waiters that queue their next
+                await asyncio.sleep(0)  # chunk in their callback would otherwise keep it stepping unbroken
 
     def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
         """The head chunk of up to ``limit`` ready streams (dropping chunks whose caller went away)."""
@@ -296,7 +315,7 @@ class Batcher:
                     item.future.set_exception(value)
                 else:
                     item.future.set_result(value)
-            for action in self._after_step.pop(key, ()):
+            for action in self._after_step.pop(key, ()) if self._after_step else ():
                 try:
                     action()
                 except Exception:  # e.g. closing a slot: never stop the batcher

@@ -269,6 +269,17 @@ class SequenceManager:
         finally:
             seq.last_used = self._clock()
 
+    def submit(self, sid: Any, chunk: Any, waiter: Any) -> None:
+        """``step`` without a coroutine: queue one chunk of ``sid``; ``waiter`` (an object with ``done()``,
+        ``set_result(output)`` and ``set_exception(error)``, called on the event loop) gets its outcome.
+        Raises at once what ``step`` raises before queueing (unknown sequence, draining, a full queue)."""
+        seq = self._open(sid)
+        if self._draining:
+            raise DrainingError(f"cannot step sequence {seq.sid!r}: the service is draining")
+        self._batcher.submit(seq.pool_id, chunk, seq.sid, waiter)
+        if self._reaper is None:
+            self._ensure_reaper()
+
     async def drain(self) -> None:
         """Refuse new sequences and chunks; return when every accepted chunk has been stepped."""
         self._draining = True

@@ -15,26 +15,34 @@ stays open until ended or expired) or the server is shutting down (then it stays
 and a client may attach to it again after the restart). Refusals accept the upgrade, then close
 with a code: 1008 missing or wrong token, 1013 no free slot or draining, 4404 unknown model or
 sequence, or a model that cannot stream (it has no stream to attach to), 4400 a bad ``sequence_id``
-or ``output`` in the URL; the close reason is the message.
+or ``output`` in the URL; the close reason is the message. A protocol violation closes with its
+RFC 6455 code (1002, 1007, 1009 above ``--max-request-bytes``).
+
+aiohttp routes the upgrade request and answers refusals; an admitted stream's 101 is written here
+and its socket handed to a ``StreamConnection`` (callbacks, no coroutine per frame: see that module).
 """
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import logging
 import secrets
 import sys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from .access import bearer_matches
 from .batcher import ServeError
 from .http_sequences import SequenceRequests
 from .protocol import InferRequest, ProtocolError, TensorSpec, error_body, parse_infer_request
 from .sequences import parse_sequence_id
+from .stream_connection import StreamConnection
+from .wsframes import OP_TEXT, server_frame
 
 log = logging.getLogger("lstminfer.serve")
 
@@ -45,6 +53,7 @@ CLOSE_GOING_AWAY = 1001  # the server shuts down
 CLOSE_NOT_FOUND = 4404  # 4000 + the HTTP status, as the other refusals
 FRESH_ID_BITS = 53  # a new stream's id stays exact as a JavaScript number (the header is JSON)
 _REASON_BYTES = 123  # the most a close frame's reason may hold
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 1.3: the accept key's suffix
 _CLOSE_WAIT_S = 2.0  # how long a close waits for the client's close frame: shutdown takes seconds, not minutes
 
 
@@ -109,6 +118,31 @@ class StreamLayout:
             one = np.moveaxis(one, time_axis - (batch_axis is not None and time_axis > batch_axis), 0)
         return np.ascontiguousarray(one, dtype=_wire(one.dtype)).tobytes()
 
+    def chunk_reader(self) -> Callable[[Any], np.ndarray]:
+        """``chunk`` with its dtype and shape bound once, for the frames of one connection."""
+        if self.data_input is None or self.chunk_shape is None:
+            return self.chunk
+        dtype, shape, frame_bytes, frombuffer, checked = _wire(self.data_input.dtype), self.chunk_shape, \
+            self.frame_bytes, np.frombuffer, self.chunk
+
+        def chunk(payload: Any) -> np.ndarray:
+            size = len(payload)
+            return frombuffer(payload, dtype).reshape(shape) if size and not size % frame_bytes else checked(payload)
+        return chunk
+
+    def reply_encoder(self, name: str) -> Callable[[Any], bytes]:
+        """``reply`` of output ``name`` from a pool step's result (an array, or a dict of several)."""
+        batch_axis, time_axis = self.output_axes[name]
+        direct = _LITTLE and (time_axis is None or all(i == batch_axis for i in range(time_axis)))
+        ndarray, reply = np.ndarray, self.reply
+
+        def encode(result: Any) -> bytes:
+            value = result[name] if result.__class__ is dict else result
+            if direct and value.__class__ is ndarray and value.dtype.isnative:
+                return value.tobytes()  # time leads the axes that are not the batch of 1: C order is [T, ...]
+            return reply(name, value)
+        return encode
+
     def header(self, sid: Any, model: str, output: str) -> str:
         return json.dumps({"sequence_id": sid, "model": model, "inputs": self.header_inputs,
                            "outputs": self.header_outputs, "binary_output": output})
@@ -163,7 +197,7 @@ class WebSocketStreams:
         self.server = server
         self._auth = f"Bearer {server.options.token}".encode() if server.options.token else None
         self._layouts: dict[str, StreamLayout] = {}
-        self._open: set[web.WebSocketResponse] = set()
+        self._open: set[StreamConnection] = set()
         self._shutting_down = False
 
     def install(self, app: web.Application) -> None:
@@ -172,38 +206,86 @@ class WebSocketStreams:
 
     async def _close_all(self, app: web.Application) -> None:
         self._shutting_down = True  # sequences stay open: --state-dir saves them, clients attach after restart
-        await asyncio.gather(*(ws.close(code=CLOSE_GOING_AWAY, message=b"the server is shutting down")
-                               for ws in list(self._open)), return_exceptions=True)
+        for connection in list(self._open):
+            connection.close(CLOSE_GOING_AWAY, "the server is shutting down")
+        await asyncio.gather(*(c.finished for c in list(self._open)), return_exceptions=True)
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(timeout=_CLOSE_WAIT_S, compress=False, decode_text=False,
-                                   max_msg_size=self.server.options.max_request_bytes)
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(timeout=_CLOSE_WAIT_S, compress=False)
         if not ws.can_prepare(request).ok:
             raise ProtocolError(400, f"{request.path} is a WebSocket endpoint: connect with a WebSocket client "
                                      "(ws://..., 'Upgrade: websocket')")
-        await ws.prepare(request)
         try:
             name, sequences, layout, output = self._admit(request)
             sid, attached = self._open_sequence(request, sequences)
-        except StreamRefused as e:
+        except StreamRefused as e:  # refusals take aiohttp's own upgrade and close
+            await ws.prepare(request)
             await ws.close(code=e.code, message=_reason(e.reason))
             return ws
         manager = sequences.manager
-        self._open.add(ws)
         try:
-            await ws.send_str(layout.header(sid, name, output))
-            await self._serve(ws, sequences, layout, output, sid)
-        except StreamRefused as e:
-            await ws.close(code=e.code, message=_reason(e.reason))
-        except ConnectionResetError:
-            pass  # the client went away mid-reply
+            connection = self._upgrade(request, sequences, layout, output, sid)
+        except BaseException:
+            self._forget(manager, sid, attached)
+            raise
+        self._open.add(connection)
+        try:
+            await connection.finished
         finally:
-            self._open.discard(ws)
-            if attached or self._shutting_down:
-                manager.release(sid)
-            else:
-                manager.end(sid, missing_ok=True)
-        return ws
+            self._open.discard(connection)
+            if not connection.finished.done():  # this handler was cancelled (the server stops)
+                connection.transport.abort()
+            self._forget(manager, sid, attached)
+        return web.Response()  # never written: the connection is gone (aiohttp's write fails quietly)
+
+    def _forget(self, manager: Any, sid: Any, attached: bool) -> None:
+        if attached or self._shutting_down:
+            manager.release(sid)
+        else:
+            manager.end(sid, missing_ok=True)
+
+    def _upgrade(self, request: web.Request, sequences: SequenceRequests, layout: StreamLayout, output: str,
+                 sid: Any) -> StreamConnection:
+        """The 101 answer and the header frame, written by hand, and the transport handed to a
+        ``StreamConnection``: aiohttp's reader, queue and coroutines never see a frame of it.
+        No await between the 101 and ``set_protocol``: a client sends its first frame only after
+        the 101 (RFC 6455 4.1), so every byte after it reaches the connection."""
+        transport = request.transport
+        aiohttp_protocol = request.protocol
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("the client went away during the upgrade")
+        metrics = self.server.metrics
+        name = sequences.name
+
+        def on_error(error: BaseException, received: int) -> tuple[int | None, str]:
+            metrics.count_frame_error(received)
+            if isinstance(error, (ProtocolError, ServeError)):
+                if error.status in (404, 503):  # the sequence is gone, or the server drains: nothing more to step
+                    return close_code(error), str(error)
+                return None, str(error)
+            log.error("stream %r of %s failed: %s: %s", sid, name, type(error).__name__, error)
+            return None, f"internal error: {type(error).__name__}: {error}".splitlines()[0]
+
+        async def on_text(payload: bytearray) -> bytes:
+            body, _ = await sequences.infer(_sequence_request(payload, sid))
+            return body
+
+        connection = StreamConnection(
+            transport, sequences.manager, sid, max_size=self.server.options.max_request_bytes,
+            close_wait_s=_CLOSE_WAIT_S, on_binary=layout.chunk_reader(), on_reply=layout.reply_encoder(output), on_text=on_text,
+            on_error=on_error, count_frame=metrics.count_frame, lost=aiohttp_protocol.connection_lost)
+        key = request.headers["Sec-WebSocket-Key"].encode()  # can_prepare checked it
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+        transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
+                        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+                        + server_frame(OP_TEXT, layout.header(sid, name, output).encode()))
+        early = getattr(aiohttp_protocol, "_message_tail", b"")  # bytes read past the request: none from a client
+        transport.set_protocol(connection)                       # that waits for the 101, as it must
+        transport.resume_reading()  # in case aiohttp had paused it
+        if early:
+            aiohttp_protocol._message_tail = b""
+            connection.data_received(early)
+        return connection
 
     def _admit(self, request: web.Request) -> tuple[str, SequenceRequests, StreamLayout, str]:
         if self._auth is not None:
@@ -243,37 +325,6 @@ class WebSocketStreams:
             return sid, False
         except ServeError as e:
             raise StreamRefused(close_code(e), str(e)) from None
-
-    async def _serve(self, ws: web.WebSocketResponse, sequences: SequenceRequests, layout: StreamLayout,
-                     output: str, sid: Any) -> None:
-        """Frame after frame, each stepped before the next is read: replies keep the chunks' order."""
-        manager = sequences.manager
-        metrics = self.server.metrics
-        count_frame = metrics.count_frame
-        async for message in ws:
-            try:
-                if message.type == WSMsgType.BINARY:
-                    result = await manager.step(sid, layout.chunk(message.data))
-                    reply = layout.reply(output, result[output] if isinstance(result, dict) else result)
-                    await ws.send_bytes(reply)
-                    count_frame(len(message.data), len(reply))
-                elif message.type == WSMsgType.TEXT:
-                    body, _ = await sequences.infer(_sequence_request(message.data, sid))
-                    await ws.send_str(body.decode())  # text in, text out (the body is JSON: ASCII)
-                    count_frame(len(message.data), len(body))
-                elif message.type == WSMsgType.ERROR:
-                    return
-            except (ProtocolError, ServeError) as e:
-                metrics.count_frame_error(len(message.data))
-                if e.status in (404, 503):  # the sequence is gone, or the server drains: nothing more to step
-                    raise StreamRefused(close_code(e), str(e)) from None
-                await ws.send_str(error_body(str(e)).decode())
-            except (ConnectionResetError, StreamRefused):
-                raise
-            except Exception as e:  # a bug, not the client's fault: one line, and the stream goes on
-                metrics.count_frame_error(len(message.data))
-                log.error("stream %r of %s failed: %s: %s", sid, sequences.name, type(e).__name__, e)
-                await ws.send_str(error_body(f"internal error: {type(e).__name__}: {e}".splitlines()[0]).decode())
 
 
 def _reason(text: str) -> bytes:
