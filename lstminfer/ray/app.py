@@ -78,3 +78,17 @@ def app(args: dict[str, str]):
     return build(specs, options, replicas=int(args.get("replicas", 2)),
                  checkpoint_every=int(args.get("checkpoint_every", 0)),
                  max_replicas=int(max_replicas) if max_replicas else None)
+
+
+def scale_owners(replicas: int, app_name: str = APP_NAME) -> None:
+    """Set the number of ``StreamOwner`` replicas of a running application (deployed with
+    ``external_scaler_enabled=True``, as ``lstminfer serve --ray`` does): the streams whose owner changes
+    move with their state. Returns once the controller has the new target, not when replicas are up."""
+    import ray
+    from ray.serve._private.common import DeploymentID
+    from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+
+    if replicas < 1:
+        raise InvalidArgumentError(f"replicas must be >= 1, got {replicas}")
+    controller = ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+    ray.get(controller.update_deployment_replicas.remote(DeploymentID(name="StreamOwner", app_name=app_name), replicas))

@@ -37,14 +37,15 @@ def run_on_ray(args) -> int:
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
         serve.run(build(args.models, options, replicas=args.replicas, checkpoint_every=args.checkpoint_every),
-                  name=APP_NAME, route_prefix="/")
+                  name=APP_NAME, route_prefix="/", external_scaler_enabled=True)
         host = options.host if ":" not in options.host else f"[{options.host}]"
         url = f"http://{host}:{options.port}"
         print(f"lstminfer serve: listening on {url} (Ray Serve, {args.replicas} replica(s))", flush=True)
         stop.wait()
         print("lstminfer serve: stopping", file=sys.stderr, flush=True)
         serve.delete(APP_NAME)
-        serve.shutdown()
+        if not args.address:  # a cluster we did not start keeps its Serve instance
+            serve.shutdown()
     finally:
         ray.shutdown()
     return 0
