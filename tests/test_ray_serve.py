@@ -26,8 +26,9 @@ pytest.importorskip("fastapi")
 
 import lstminfer  # noqa: E402
 import lstminfer.models  # noqa: E402
-from lstminfer.ray.app import APP_NAME, build, scale_owners  # noqa: E402
-from lstminfer.serve.app import ServeOptions  # noqa: E402
+import lstminfer.ray  # noqa: E402
+from lstminfer.errors import InvalidArgumentError  # noqa: E402
+from lstminfer.ray.application import APP_NAME, scale_owners  # noqa: E402
 from ray_streams import Gate, HttpStream, StreamFailed, WebSocketStream, chunks_of  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -64,8 +65,10 @@ def cluster():
 
 
 def _deploy(checkpoint_every: int = 0, replicas: int = 2) -> None:
-    serve.run(build([], ServeOptions(), replicas=replicas, checkpoint_every=checkpoint_every), name=APP_NAME,
-              route_prefix="/", external_scaler_enabled=True)
+    """What ``serve run lstminfer.ray:app replicas=2 checkpoint_every=K`` deploys (its builder), scalable."""
+    application = lstminfer.ray.app({"model": f"{MODEL}={lstminfer.models.path(MODEL)}", "replicas": str(replicas),
+                                     "checkpoint_every": str(checkpoint_every)})
+    serve.run(application, name=APP_NAME, route_prefix="/", external_scaler_enabled=True)
 
 
 def _directory():
@@ -133,6 +136,14 @@ def _get(url: str) -> tuple[int, bytes]:
             return response.status, response.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
+
+
+def test_the_builder_takes_serve_run_arguments_and_refuses_unknown_ones():
+    assert lstminfer.ray.app({"replicas": "3", "checkpoint_every": "5"}) is not None
+    with pytest.raises(InvalidArgumentError, match="unknown argument.*replica_count"):
+        lstminfer.ray.app({"replica_count": "3"})
+    with pytest.raises(InvalidArgumentError, match="max_replicas >= replicas"):
+        lstminfer.ray.app({"replicas": "3", "max_replicas": "2"})
 
 
 def test_same_api_and_100_concurrent_streams_over_two_replicas(cluster, model):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 
 def app(args: dict):
-    """``serve run lstminfer.ray:app key=value ...``: see ``lstminfer.ray.app.app``."""
-    from .app import app as builder
+    """``serve run lstminfer.ray:app key=value ...``: see ``lstminfer.ray.application.app``."""
+    from .application import app as builder
 
     return builder(args)
 

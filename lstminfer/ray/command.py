@@ -7,7 +7,7 @@ import sys
 import threading
 
 from ..serve.app import ServeOptions
-from .app import APP_NAME
+from .application import APP_NAME
 
 
 def run_on_ray(args) -> int:
@@ -16,7 +16,7 @@ def run_on_ray(args) -> int:
         from ray import serve
     except ImportError as e:
         raise SystemExit(f"lstminfer serve --ray: {e}; install Ray Serve: pip install 'lstminfer[ray]'")
-    from .app import build
+    from .application import build
 
     options = ServeOptions(
         host=args.host, port=args.port or _free_port(args.host), max_streams=args.max_streams,
@@ -27,8 +27,6 @@ def run_on_ray(args) -> int:
               file=sys.stderr)
         return 2
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     if args.address:
         ray.init(address=args.address)
     else:  # this machine only: loopback, no dashboard
@@ -40,8 +38,11 @@ def run_on_ray(args) -> int:
                   name=APP_NAME, route_prefix="/", external_scaler_enabled=True)
         host = options.host if ":" not in options.host else f"[{options.host}]"
         url = f"http://{host}:{options.port}"
+        for sig in (signal.SIGTERM, signal.SIGINT):  # after ray.init, which installs handlers of its own
+            signal.signal(sig, lambda *_: stop.set())
         print(f"lstminfer serve: listening on {url} (Ray Serve, {args.replicas} replica(s))", flush=True)
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
         print("lstminfer serve: stopping", file=sys.stderr, flush=True)
         serve.delete(APP_NAME)
         if not args.address:  # a cluster we did not start keeps its Serve instance

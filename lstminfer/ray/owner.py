@@ -23,6 +23,7 @@ from .moves import ResumedFromCheckpointError
 from .owner_core import ReplicaStreams
 
 log = logging.getLogger("lstminfer.ray")
+_SHUTDOWN_CALL_S = 5.0
 
 
 def _refusal(e: ServeError | ProtocolError) -> tuple:
@@ -193,13 +194,17 @@ class StreamOwner:
             if self._poll is not None:
                 self._poll.cancel()
             taken = await self.streams.take_all()
+            # bounded: when the whole application is deleted, the directory goes at the same time
             if taken:
-                await self._directory.park.remote(taken)
+                await asyncio.wait_for(self._directory.park.remote(taken), _SHUTDOWN_CALL_S)
                 log.info("replica %s: %d stream(s) handed over on shutdown", self.me, len(taken))
-            await self._directory.stopped.remote(self.me)
-            await self.streams.aclose()
+            await asyncio.wait_for(self._directory.stopped.remote(self.me), _SHUTDOWN_CALL_S)
         except Exception as e:  # noqa: BLE001  (a destructor must not raise)
             log.error("replica %s: handing over on shutdown failed: %s: %s", self.me, type(e).__name__, e)
+        try:
+            await self.streams.aclose()
+        except Exception as e:  # noqa: BLE001
+            log.error("replica %s: closing its stream pools failed: %s: %s", self.me, type(e).__name__, e)
         self._executor.shutdown(wait=False)
 
 
