@@ -42,21 +42,24 @@ def build(model_specs: list[str], options: ServeOptions | None = None, *, replic
         raise InvalidArgumentError(f"checkpoint_every must be >= 0 (0: no checkpoints), got {checkpoint_every}")
     fields = asdict(options or ServeOptions())
     no_cpu = {"num_cpus": 0}
+    quiet = {"enable_access_log": False}  # a log line per chunk (and per long poll) costs more than the step
     directory = serve.deployment(StreamDirectory, name="StreamDirectory", num_replicas=1,
-                                 max_ongoing_requests=DIRECTORY_MAX_ONGOING, ray_actor_options=no_cpu).bind()
+                                 max_ongoing_requests=DIRECTORY_MAX_ONGOING, ray_actor_options=no_cpu,
+                                 logging_config=quiet).bind()
     scaling: dict[str, Any] = {"num_replicas": replicas}
     if max_replicas is not None and max_replicas > replicas:
         scaling = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
                                           "target_ongoing_requests": target_ongoing}}
     owner = serve.deployment(
         StreamOwner, name="StreamOwner", max_ongoing_requests=OWNER_MAX_ONGOING, ray_actor_options=no_cpu,
+        logging_config=quiet,
         graceful_shutdown_timeout_s=30, request_router_config=RequestRouterConfig(
             request_router_class=CONSISTENT_HASH_ROUTER,
             request_router_kwargs={"num_virtual_nodes": 100, "num_fallback_replicas": 0}),
         **scaling).bind(list(model_specs), fields, directory, checkpoint_every)
     return serve.deployment(Ingress, name="Ingress", num_replicas=ingress_replicas,
-                            max_ongoing_requests=INGRESS_MAX_ONGOING,
-                            ray_actor_options=no_cpu).bind(list(model_specs), fields, owner, directory)
+                            max_ongoing_requests=INGRESS_MAX_ONGOING, ray_actor_options=no_cpu,
+                            logging_config=quiet).bind(list(model_specs), fields, owner, directory)
 
 
 def app(args: dict[str, str]):

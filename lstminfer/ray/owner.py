@@ -105,7 +105,7 @@ class StreamOwner:
                 "batch_size": (list(h.batch_size.counts), h.batch_size.sum),
                 "queue_delay": (list(h.queue_delay.counts), h.queue_delay.sum),
                 "step_seconds": (list(h.step_seconds.counts), h.step_seconds.sum),
-                "moves": len(self.streams.move_seconds)}
+                "moves": len(self.streams.move_seconds), "move_seconds": self.streams.move_seconds[-1000:]}
         return snapshot
 
     async def _answer(self, call) -> tuple:
