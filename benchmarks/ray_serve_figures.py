@@ -30,6 +30,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
+sys.path.insert(0, str(ROOT))  # this checkout's lstminfer, as the Ray workers get it through PYTHONPATH
 
 
 def _free_port() -> int:
@@ -111,23 +112,32 @@ def _move_times(url: str, streams: int = 200) -> dict:
                 assert r.status == 200, await r.text()
         await asyncio.gather(*(one(900_000 + i) for i in range(streams)))
 
+    directory = serve.get_deployment_handle("StreamDirectory", "lstminfer")
+
+    def moves() -> int:
+        time.sleep(1.5)  # the replicas' next snapshots
+        snapshots = directory.metrics.remote().result()
+        return sum(replica["moves"] for replica in snapshots.values())
+
     async def run():
         async with aiohttp.ClientSession() as session:
             await step_all(session, True)
             scale_owners(1)
             await asyncio.to_thread(_wait, lambda: _owner_replicas() == 1)
             await step_all(session, False)
+            after_down = await asyncio.to_thread(moves)
             scale_owners(2)
             await asyncio.to_thread(_wait, lambda: _owner_replicas() == 2)
             await asyncio.sleep(2)  # the routers see the new replica
             await step_all(session, False)
-            await asyncio.sleep(1.5)  # the replicas' next snapshots
+            return after_down, await asyncio.to_thread(moves)
 
-    asyncio.run(run())
-    snapshots = serve.get_deployment_handle("StreamDirectory", "lstminfer").metrics.remote().result()
-    seconds = [s for replica in snapshots.values() for model in replica.values() for s in model["move_seconds"]]
+    after_down, after_up = asyncio.run(run())
+    snapshots = directory.metrics.remote().result()
+    seconds = [s for replica in snapshots.values() for s in replica["move_seconds"]]
     seconds = np.asarray(seconds) * 1e3
-    return {"moves": int(seconds.size), "p50_ms": round(float(np.median(seconds)), 3) if seconds.size else None,
+    return {"moves": int(seconds.size), "moves_2_to_1": after_down, "moves_1_to_2": after_up - after_down,
+            "p50_ms": round(float(np.median(seconds)), 3) if seconds.size else None,
             "p99_ms": round(float(np.percentile(seconds, 99)), 3) if seconds.size else None}
 
 

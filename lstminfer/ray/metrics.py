@@ -45,7 +45,7 @@ class RayMetrics:
         return generate_latest(self.registry)
 
     def collect(self):
-        per_model = [snap for replica in self._snapshots.values() for snap in replica.items()]
+        per_model = [snap for replica in self._snapshots.values() for snap in replica["models"].items()]
         open_streams = GaugeMetricFamily("lstminfer_open_streams", "Open sequences (streams) of a model",
                                          labels=["model"])
         for model in self.models:
@@ -74,4 +74,4 @@ class RayMetrics:
                 parts.append(part)
             yield _histogram(name, doc, parts or [BucketCounts(bounds)])
         yield CounterMetricFamily("lstminfer_moved_streams", "Streams moved into a replica with their state "
-                                  "(Ray replicas only)", value=sum(s.get("moves", 0) for _, s in per_model))
+                                  "(Ray replicas only)", value=sum(replica["moves"] for replica in self._snapshots.values()))

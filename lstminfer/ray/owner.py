@@ -97,16 +97,17 @@ class StreamOwner:
                 task.add_done_callback(self._tasks.discard)
 
     def _snapshot(self) -> dict:
-        snapshot = {}
+        """This replica's metrics: per model its stream counts and step histograms; its stream moves."""
+        models = {}
         for name, stats in self.streams.stats().items():
             h = self._histograms[name]
-            snapshot[name] = {
+            models[name] = {
                 "open_streams": stats.open_streams, "expired_total": stats.expired_total,
                 "batch_size": (list(h.batch_size.counts), h.batch_size.sum),
                 "queue_delay": (list(h.queue_delay.counts), h.queue_delay.sum),
-                "step_seconds": (list(h.step_seconds.counts), h.step_seconds.sum),
-                "moves": len(self.streams.move_seconds), "move_seconds": self.streams.move_seconds[-1000:]}
-        return snapshot
+                "step_seconds": (list(h.step_seconds.counts), h.step_seconds.sum)}
+        moved = self.streams.move_seconds
+        return {"models": models, "moves": len(moved), "move_seconds": moved[-1000:]}
 
     async def _answer(self, call) -> tuple:
         await self._started()
