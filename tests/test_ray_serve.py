@@ -156,6 +156,11 @@ def test_same_api_and_100_concurrent_streams_over_two_replicas(cluster, model):
     status, body = _get(f"{cluster}/v2/nothing/here")
     assert status == 404 and "no endpoint GET /v2/nothing/here" in json.loads(body)["error"]
 
+    status, body = _get(f"{cluster}/v2/models/{MODEL}/sequences/{'x' * 200}/state")
+    assert status == 400 and "at most 128 bytes" in json.loads(body)["error"]
+    status, body = _get(f"{cluster}/v2/models/{MODEL}/sequences/424242/state")
+    assert status == 404 and json.loads(body)["error"].startswith("unknown sequence 424242")
+
     rng = np.random.default_rng(1)
     plans = [("http" if i % 2 else "ws", chunks_of(rng, 5)) for i in range(100)]
     midway = Gate(len(plans))
@@ -261,3 +266,32 @@ def test_a_killed_replica_with_checkpoints_resumes_its_streams_from_the_last_one
             assert failure is None, f"{transport} stream {sid} (not on the killed replica): {failure}"
         np.testing.assert_allclose(np.concatenate(outputs, axis=1), _whole(model, chunks), atol=TOLERANCE,
                                    rtol=TOLERANCE, err_msg=f"{transport} stream {sid}")
+
+
+def test_the_command_deploys_on_a_running_cluster_and_stops_on_sigint(cluster):
+    """``lstminfer serve --ray --address ADDR``: deployed, answers, and on SIGINT deletes its app and exits 0."""
+    import signal
+    import subprocess
+    import sys
+
+    port = cluster.rsplit(":", 1)[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "lstminfer", "serve", "--ray", "--replicas", "1", "--port", port,
+                             "--address", ray.get_runtime_context().gcs_address], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 120
+        while "listening" not in line and time.monotonic() < deadline and proc.poll() is None:
+            line = proc.stdout.readline()
+        assert f"listening on http://127.0.0.1:{port}" in line
+        assert _owner_replicas() == 1
+        status, _ = _get(f"{cluster}/v2/models/{MODEL}/ready")
+        assert status == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+        assert APP_NAME not in serve.status().applications
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 from .. import __version__
 from ..serve.access import bearer_matches
 from ..serve.app import EXTENSIONS, HEADER_LENGTH, ServeOptions, load_models
+from ..serve.batcher import ServeError
 from ..serve.protocol import (MODEL_VERSION, ProtocolError, error_body, parse_header_length, parse_infer_request,
                               server_metadata)
 from ..serve.sequences import BadSequenceIdError, check_sequence_id, parse_sequence_id
@@ -40,6 +41,7 @@ _JSON = "application/json"
 _REASON_BYTES = 123
 _RETRIES = 20  # a replica draining or dying: the router needs a moment to see the new replica set
 _RETRY_S = 0.1
+_HANDLES_KEPT = 65_536  # routed handles kept, oldest dropped first
 
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -93,6 +95,7 @@ class Ingress:
         self._auth = f"Bearer {self.options.token}".encode() if self.options.token else None
         self._server_body = json.dumps(server_metadata("lstminfer", __version__, EXTENSIONS)).encode()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._handles: dict[str, Any] = {}
         self._stream_outputs = {name: list(served.model.stream_pool(1).output_names)
                                 for name, served in self.models.items() if served.streamable}
 
@@ -102,7 +105,7 @@ class Ingress:
         replica drains or dies; the answer's payload, or ``_Refused``."""
         import ray.exceptions
 
-        handle = self.owner if key is None else self.owner.options(session_id=key)
+        handle = self.owner if key is None else self._handle(key)
         for attempt in range(_RETRIES):
             last = attempt == _RETRIES - 1
             try:
@@ -119,6 +122,15 @@ class Ingress:
                 await asyncio.sleep(_RETRY_S)
                 continue
             raise _Refused(status, message, extra)
+
+    def _handle(self, key: str):
+        """The owner handle routed by ``key``, kept while its sequence is busy (``options()`` costs a handle)."""
+        handle = self._handles.get(key)
+        if handle is None:
+            if len(self._handles) >= _HANDLES_KEPT:
+                self._handles.pop(next(iter(self._handles)))
+            handle = self._handles[key] = self.owner.options(session_id=key)
+        return handle
 
     async def _sequence_call(self, model: str, sid: Any, method: str, *args) -> Any:
         """One operation of a sequence, after the previous one of that sequence returned."""
@@ -147,6 +159,8 @@ class Ingress:
             response = await handler(request, *args)
         except ProtocolError as e:
             response = _error(e.status, e.message)
+        except ServeError as e:  # a bad sequence id in the path, read here before any forwarding
+            response = _error(e.status, str(e))
         except _Refused as e:
             response = _error(e.status, e.message, e.extra)
         except Exception as e:  # noqa: BLE001  (a bug, not the client's fault: one line, and keep serving)
@@ -344,6 +358,8 @@ class Ingress:
                 attached = False
         except ProtocolError as e:
             raise _Refused(e.status, e.message) from None
+        except ServeError as e:
+            raise _Refused(e.status, str(e)) from None
         await ws.send_text(header)
         return sid, attached, output
 
