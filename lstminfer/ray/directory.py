@@ -135,8 +135,8 @@ class StreamDirectory:
             await asyncio.wait_for(handle.__ray_ready__.remote(), PING_TIMEOUT_S)
         except asyncio.TimeoutError:
             return True
-        except Exception:  # noqa: BLE001  (RayActorError and kin: the actor is gone)
-            return False
+        except Exception as e:  # noqa: BLE001  (ActorDiedError and kin: the actor is gone)
+            return type(e).__name__ == "ActorUnavailableError"  # unreachable for now, not dead: keep waiting
         return True
 
     def handed(self, key: tuple, record: Handover | None) -> None:
