@@ -31,8 +31,8 @@ class _Calls:
     async def claim(self, key, me, create):
         return await self.d.claim(key, me, create)
 
-    async def handed(self, key, record):
-        self.d.handed(key, record)
+    async def handed(self, records):
+        self.d.handed(records)
 
     def checkpoint(self, key, record):
         self.d.checkpoint(key, record)
@@ -63,8 +63,9 @@ class _LiveActor:
 
 async def _polling(directory: StreamDirectory, replica: ReplicaStreams) -> None:
     while True:
-        for key in await directory.next_handover(replica.me):
-            asyncio.get_running_loop().create_task(replica.hand_over(key))
+        keys = await directory.next_handover(replica.me)
+        if keys:
+            asyncio.get_running_loop().create_task(replica.hand_over(keys))
 
 
 def _chunks(seed: int, count: int) -> list[np.ndarray]:

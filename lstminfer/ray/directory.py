@@ -139,14 +139,16 @@ class StreamDirectory:
             return type(e).__name__ == "ActorUnavailableError"  # unreachable for now, not dead: keep waiting
         return True
 
-    def handed(self, key: tuple, record: Handover | None) -> None:
-        """A holder's answer to a hand-over request (None: it did not hold ``key``)."""
-        future = self._waiting.get(key)
-        if future is not None and not future.done():
-            future.set_result(record)
-        elif record is not None:  # the claimant gave up meanwhile: keep the state for the next one
-            self.parked[key] = record
-            self.owner.pop(key, None)
+    def handed(self, records: list[tuple[tuple, Handover | None]]) -> None:
+        """A holder's answer to hand-over requests: (key, its state, or None when it did not hold it)."""
+        for key, record in records:
+            key = tuple(key)
+            future = self._waiting.get(key)
+            if future is not None and not future.done():
+                future.set_result(record)
+            elif record is not None:  # the claimant gave up meanwhile: keep the state for the next one
+                self.parked[key] = record
+                self.owner.pop(key, None)
 
     def park(self, records: list[tuple[tuple, Handover]]) -> None:
         """A replica being drained leaves its streams here for whoever claims them next."""

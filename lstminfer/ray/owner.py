@@ -46,8 +46,8 @@ class _DirectoryCalls:
     async def claim(self, key, me, create):
         return await self.handle.claim.remote(key, me, create)
 
-    async def handed(self, key, record):
-        await self.handle.handed.remote(key, record)
+    async def handed(self, records):
+        await self.handle.handed.remote(records)
 
     def checkpoint(self, key, record):
         return self.handle.checkpoint.remote(key, record)  # sent now; nobody waits for it
@@ -91,8 +91,8 @@ class StreamOwner:
                 log.warning("replica %s: the stream directory did not answer: %s", self.me, e)
                 await asyncio.sleep(0.5)
                 continue
-            for key in keys:
-                task = asyncio.get_running_loop().create_task(self.streams.hand_over(tuple(key)))
+            if keys:
+                task = asyncio.get_running_loop().create_task(self.streams.hand_over([tuple(k) for k in keys]))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 

@@ -9,25 +9,26 @@ flight, so a chunk is never stepped on two replicas and never stepped twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Awaitable, Callable
 
 from ..serve.app import ServedModel, ServeOptions, load_models
-from ..serve.batcher import ServeError
 from ..serve.http_sequences import SequenceRequests
-from ..serve.protocol import InferRequest, ProtocolError
-from ..serve.sequences import DrainingError, SequenceManager, UnknownSequenceError, check_sequence_id
+from ..serve.protocol import ProtocolError
+from ..serve.sequences import DrainingError, SequenceManager, check_sequence_id
 from ..serve.websocket import StreamLayout, stream_layout
-from .moves import Handover, SequenceLostError, ResumedFromCheckpointError, sequence_key
+from .moves import Handover, ResumedFromCheckpointError, SequenceLostError, sequence_key
 
 Key = tuple  # (model name, sequence id)
+log = logging.getLogger("lstminfer.ray")
 
 
 class Directory:
     """What a replica needs of the stream directory (``directory.StreamDirectory`` behind a handle)."""
 
     async def claim(self, key: Key, me: str, create: bool) -> tuple: ...
-    async def handed(self, key: Key, record: Handover | None) -> None: ...
+    async def handed(self, records: list[tuple[Key, Handover | None]]) -> None: ...
     async def checkpoint(self, key: Key, record: Handover) -> None: ...
     async def release(self, keys: list) -> None: ...
 
@@ -130,10 +131,18 @@ class ReplicaStreams:
         # "new": nothing held anywhere; the operation starts it, or refuses it as unknown
 
     # -- moving out ------------------------------------------------------------------------
-    async def hand_over(self, key: Key) -> None:
-        """The directory asks for ``key``: wait for its operation in flight, save, forget, hand the bytes over."""
-        record = await self._take(key)
-        await self.directory.handed(key, record)
+    async def hand_over(self, keys: list[Key]) -> None:
+        """The directory asks for ``keys``: for each, wait for its operation in flight, save and forget it;
+        then hand all the bytes over in one call (a scale-up asks for many at once)."""
+        taken = await asyncio.gather(*(self._take(key) for key in keys), return_exceptions=True)
+        records = []
+        for key, record in zip(keys, taken):
+            if isinstance(record, BaseException):  # its claimant must not wait forever: "not held here"
+                log.error("replica %s: sequence %r not handed over: %s: %s", self.me, key[1],
+                          type(record).__name__, record)
+                record = None
+            records.append((key, record))
+        await self.directory.handed(records)
 
     async def take_all(self) -> list[tuple[Key, Handover]]:
         """Every sequence held here, saved and forgotten (a replica being drained hands them all over)."""
@@ -201,6 +210,3 @@ class ReplicaStreams:
     async def aclose(self) -> None:
         for sequences in self.sequences.values():
             await sequences.manager.aclose()
-
-
-__all__ = ["ReplicaStreams", "Directory", "InferRequest", "ServeError", "UnknownSequenceError"]
