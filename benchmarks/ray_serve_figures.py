@@ -97,20 +97,25 @@ def _wait(condition, timeout_s: float = 120.0) -> None:
         time.sleep(0.2)
 
 
-def _move_times(url: str, streams: int = 200) -> dict:
-    """Open ``streams`` sequences over HTTP on 2 replicas, scale 2 -> 1 -> 2 stepping each after every change."""
+def _move_times(url: str, streams: int = 200, one_at_a_time: bool = False, first_sid: int = 900_000) -> dict:
+    """Open ``streams`` sequences over HTTP on 2 replicas, scale 2 -> 1 -> 2 stepping each after every change
+    (all at once, or ``one_at_a_time``)."""
     import aiohttp
     from ray import serve
 
     from lstminfer.ray.application import scale_owners
 
-    async def step_all(session, start: bool):
+    async def step_all(session, start: bool, one_at_a_time: bool = False):
         body = lambda sid: {"parameters": {"sequence_id": sid, "sequence_start": start},  # noqa: E731
                             "inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1, 2], "data": [0.5, 0.5]}]}
         async def one(sid):
             async with session.post(f"{url}/v2/models/adding_lstm/infer", json=body(sid)) as r:
                 assert r.status == 200, await r.text()
-        await asyncio.gather(*(one(900_000 + i) for i in range(streams)))
+        if one_at_a_time:  # each move alone: its own time, not a queue at the directory
+            for i in range(streams):
+                await one(first_sid + i)
+        else:
+            await asyncio.gather(*(one(first_sid + i) for i in range(streams)))
 
     directory = serve.get_deployment_handle("StreamDirectory", "lstminfer")
 
@@ -124,12 +129,12 @@ def _move_times(url: str, streams: int = 200) -> dict:
             await step_all(session, True)
             scale_owners(1)
             await asyncio.to_thread(_wait, lambda: _owner_replicas() == 1)
-            await step_all(session, False)
+            await step_all(session, False, one_at_a_time)
             after_down = await asyncio.to_thread(moves)
             scale_owners(2)
             await asyncio.to_thread(_wait, lambda: _owner_replicas() == 2)
             await asyncio.sleep(2)  # the routers see the new replica
-            await step_all(session, False)
+            await step_all(session, False, one_at_a_time)
             return after_down, await asyncio.to_thread(moves)
 
     after_down, after_up = asyncio.run(run())
@@ -183,6 +188,8 @@ def main() -> int:
             if not args.skip_search:
                 figures[f"b_ray_{replicas}"] = _search_b(url, b_name)
         figures["move"] = _move_times(url)
+        _deploy(specs, 2)  # fresh replicas: their move counts start at 0
+        figures["move_alone"] = _move_times(url, one_at_a_time=True, first_sid=800_000)
     finally:
         serve.shutdown()
         ray.shutdown()
@@ -194,7 +201,8 @@ def main() -> int:
         for key in ("b_direct", "b_ray_1", "b_ray_2"):
             if key in figures:
                 print(f"scenario B {key}: {figures[key]}")
-        print(f"moves: {figures['move']}")
+        print(f"moves, all at once: {figures['move']}")
+        print(f"moves, one at a time: {figures['move_alone']}")
     return 0
 
 
