@@ -160,3 +160,14 @@ def test_a_dead_holders_streams_are_lost_or_resumed_from_their_checkpoint(model,
         assert isinstance(failure, ResumedFromCheckpointError) and failure.resumed_after_chunk == 2
         assert "resumed from its checkpoint after chunk 2" in str(failure) and failure.status == 409
         np.testing.assert_allclose(np.concatenate(outputs, axis=1), _whole(model, chunks), atol=1e-5, rtol=1e-5)
+
+
+def test_starting_again_a_sequence_whose_holder_died_starts_it_fresh(model):
+    async def run():
+        directory, a, b = _replicas(checkpoint_every=1)
+        directory.register("a", _DeadActor())
+        chunks = _chunks(9, 2)
+        await _step(a, "s", chunks[0], start=True)
+        return (await _step(b, "s", chunks[1], start=True)).copy()  # no "lost", no "resumed": a new sequence
+
+    np.testing.assert_allclose(asyncio.run(run()), _whole(model, [_chunks(9, 2)[1]]), atol=1e-5, rtol=1e-5)

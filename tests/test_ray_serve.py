@@ -34,7 +34,7 @@ from ray_streams import Gate, HttpStream, StreamFailed, WebSocketStream, chunks_
 pytestmark = pytest.mark.ray
 
 MODEL = "adding_lstm"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(lstminfer.__file__).resolve().parents[1]  # the workers import the lstminfer this process imports
 TOLERANCE = 1e-5
 
 
@@ -45,7 +45,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A local Ray (2 CPUs, loopback, no dashboard) with Serve on a free port; its workers import this checkout."""
+    """A local Ray (2 CPUs, loopback, no dashboard) with Serve on a free port; its workers import our lstminfer."""
     saved = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), saved) if p)
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)

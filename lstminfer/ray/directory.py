@@ -90,6 +90,10 @@ class StreamDirectory:
                 self.owner[key] = me
                 return "moved", record
             if holder in self.dead:
+                if create:  # a START discards the old state anyway: a fresh sequence, not an error
+                    self.checkpoints.pop(key, None)
+                    self.owner[key] = me
+                    return "new", None
                 return self._after_death(key, me, holder)
         if key in self.lost and not create:
             return "lost", self.lost[key]

@@ -83,8 +83,12 @@ class ReplicaStreams:
                     self._forget(key, release=True)
                 return result
             finally:
-                if not lock._waiters:  # noqa: SLF001  (no one else waits: the lock can go)
-                    self._locks.pop(key, None)
+                self._drop_lock(key, lock)
+
+    def _drop_lock(self, key: Key, lock: asyncio.Lock) -> None:
+        """Forget ``key``'s lock once nobody waits on it (called with no await before the release)."""
+        if self._locks.get(key) is lock and not lock._waiters:  # noqa: SLF001
+            del self._locks[key]
 
     def chunks(self, model: str, sid: Any) -> int:
         return self._chunks.get(sequence_key(model, check_sequence_id(sid)), 0)
@@ -168,7 +172,8 @@ class ReplicaStreams:
                               self.me)
             sequences.manager.end(sid, missing_ok=True)
             self._forget(key, release=False)
-            return record
+        self._drop_lock(key, lock)
+        return record
 
     # -- checkpoints and bookkeeping -----------------------------------------------------
     def _maybe_checkpoint(self, key: Key, sequences: SequenceRequests, force: bool) -> Awaitable | None:
