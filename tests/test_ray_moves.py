@@ -61,10 +61,13 @@ class _LiveActor:
     __ray_ready__ = _Ready()
 
 
-async def _polling(directory: StreamDirectory, replica: ReplicaStreams) -> None:
+async def _polling(calls, replica: ReplicaStreams) -> None:
+    """A replica's long poll, as ``StreamOwner`` runs it (``calls.d``: the directory now)."""
     while True:
-        keys = await directory.next_handover(replica.me)
-        if keys:
+        keys = await calls.d.next_handover(replica.me)
+        if keys is None:
+            calls.d.register(replica.me, _LiveActor(), replica.held_keys())
+        elif keys:
             asyncio.get_running_loop().create_task(replica.hand_over(keys))
 
 
@@ -104,7 +107,7 @@ def test_a_chunk_sent_during_a_move_waits_and_runs_once_on_the_moved_state(model
         directory, a, b = _replicas()
         directory.register("a", _LiveActor())
         directory.register("b", _LiveActor())
-        polls = [asyncio.ensure_future(_polling(directory, r)) for r in (a, b)]
+        polls = [asyncio.ensure_future(_polling(a.directory, r)) for r in (a, b)]
         streams = {sid: _chunks(sid, 6) for sid in range(20)}
         outputs = {sid: [] for sid in streams}
         for k in range(3):  # chunks 1-3 on a
@@ -171,3 +174,24 @@ def test_starting_again_a_sequence_whose_holder_died_starts_it_fresh(model):
         return (await _step(b, "s", chunks[1], start=True)).copy()  # no "lost", no "resumed": a new sequence
 
     np.testing.assert_allclose(asyncio.run(run()), _whole(model, [_chunks(9, 2)[1]]), atol=1e-5, rtol=1e-5)
+
+
+def test_a_restarted_directory_learns_again_who_holds_what(model):
+    async def run():
+        directory, a, b = _replicas()
+        directory.register("a", _LiveActor())
+        chunks = {sid: _chunks(20 + sid, 3) for sid in range(5)}
+        outputs = {sid: [(await _step(a, sid, c[0], start=True)).copy()] for sid, c in chunks.items()}
+        a.directory.d = StreamDirectory()  # the directory replica restarted: it knows nothing
+        polls = [asyncio.ensure_future(_polling(a.directory, r)) for r in (a, b)]
+        await asyncio.sleep(0.05)  # a's next poll is refused: it registers again with its streams
+        for sid, c in chunks.items():
+            outputs[sid].append((await _step(b, sid, c[1])).copy())  # moved from a, not "unknown"
+            outputs[sid].append((await _step(a, sid, c[2])).copy())  # and back
+        for p in polls:
+            p.cancel()
+        return chunks, outputs
+
+    chunks, outputs = asyncio.run(run())
+    for sid, c in chunks.items():
+        np.testing.assert_allclose(np.concatenate(outputs[sid], axis=1), _whole(model, c), atol=1e-5, rtol=1e-5)

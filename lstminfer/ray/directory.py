@@ -40,14 +40,21 @@ class StreamDirectory:
         self._locks: dict[tuple, asyncio.Lock] = {}
 
     # -- replicas -------------------------------------------------------------------------
-    def register(self, me: str, actor: Any) -> None:
+    def register(self, me: str, actor: Any, held: list | None = None) -> None:
+        """Replica ``me`` (its actor handle, for pings) and the sequences it holds (after a restart of this
+        directory: its records are rebuilt from the replicas; a claim made meanwhile keeps its key)."""
         self.handles[me] = actor
         self.seen[me] = time.monotonic()
         self._mailbox(me)
+        for key in held or ():
+            self.owner.setdefault(tuple(key), me)
 
-    async def next_handover(self, me: str, snapshot: dict | None = None, gone: list | None = None) -> list:
+    async def next_handover(self, me: str, snapshot: dict | None = None, gone: list | None = None) -> list | None:
         """The keys ``me`` must hand over now (waits up to ``POLL_S``); ``snapshot``: its metrics;
-        ``gone``: keys it no longer holds (expired)."""
+        ``gone``: keys it no longer holds (expired). None: this directory does not know ``me`` (it was
+        restarted): register again, with the keys held."""
+        if me not in self.handles:
+            return None
         self.seen[me] = time.monotonic()
         if snapshot is not None:
             self.snapshots[me] = snapshot

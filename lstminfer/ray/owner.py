@@ -91,7 +91,12 @@ class StreamOwner:
                 log.warning("replica %s: the stream directory did not answer: %s", self.me, e)
                 await asyncio.sleep(0.5)
                 continue
-            if keys:
+            if keys is None:  # the directory restarted: tell it who we are and what we hold
+                import ray
+
+                await self._directory.register.remote(self.me, ray.get_runtime_context().current_actor,
+                                                      self.streams.held_keys())
+            elif keys:
                 task = asyncio.get_running_loop().create_task(self.streams.hand_over([tuple(k) for k in keys]))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)

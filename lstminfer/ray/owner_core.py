@@ -151,13 +151,15 @@ class ReplicaStreams:
     async def take_all(self) -> list[tuple[Key, Handover]]:
         """Every sequence held here, saved and forgotten (a replica being drained hands them all over)."""
         self.draining = True
-        keys = [sequence_key(name, sid) for name, seqs in self.sequences.items() for sid in seqs.manager.ids()]
         taken = []
-        for key in keys:
+        for key in self.held_keys():
             record = await self._take(key)
             if record is not None:
                 taken.append((key, record))
         return taken
+
+    def held_keys(self) -> list[Key]:
+        return [sequence_key(name, sid) for name, seqs in self.sequences.items() for sid in seqs.manager.ids()]
 
     async def _take(self, key: Key) -> Handover | None:
         model, sid = key
