@@ -183,6 +183,10 @@ def test_same_api_and_100_concurrent_streams_over_two_replicas(cluster, model):
     for name in ("lstminfer_open_streams", "lstminfer_requests_total", "lstminfer_batch_size_bucket",
                  "lstminfer_queue_delay_seconds_bucket", "lstminfer_step_seconds_bucket"):
         assert name in text.decode()
+    counted = {line.split()[0]: float(line.split()[1]) for line in text.decode().splitlines()
+               if line.startswith("lstminfer_requests_total")}
+    assert counted['lstminfer_requests_total{kind="infer"}'] >= 50 * 5  # the HTTP streams' chunks
+    assert counted['lstminfer_requests_total{kind="frame"}'] >= 50 * 5  # the WebSocket streams' chunks
 
 
 def test_scale_two_one_two_while_streaming_changes_no_output(cluster, model):

@@ -34,6 +34,7 @@ class StreamDirectory:
         self.dead: set[str] = set()
         self.handles: dict[str, Any] = {}
         self.snapshots: dict[str, dict] = {}
+        self.ingresses: dict[str, tuple[float, dict]] = {}
         self.seen: dict[str, float] = {}
         self._mailboxes: dict[str, asyncio.Queue] = {}
         self._waiting: dict[tuple, asyncio.Future] = {}
@@ -190,6 +191,15 @@ class StreamDirectory:
         now = time.monotonic()
         return {me: snap for me, snap in self.snapshots.items()
                 if me not in self.dead and now - self.seen.get(me, 0.0) < 5 * POLL_S}
+
+    def ingress_counts(self, ingress: str, counts: dict) -> None:
+        """An ingress replica's request counters (sent about once a second): /metrics adds them up."""
+        self.ingresses[ingress] = (time.monotonic(), counts)
+
+    def scrape(self) -> tuple[dict[str, dict], dict[str, dict]]:
+        """(the owners' snapshots, the ingress replicas' counters), those sent within the last few seconds."""
+        now = time.monotonic()
+        return self.metrics(), {me: counts for me, (at, counts) in self.ingresses.items() if now - at < 5 * POLL_S}
 
     def owners(self) -> dict[tuple, str]:
         return dict(self.owner)

@@ -42,6 +42,7 @@ _REASON_BYTES = 123
 _RETRIES = 20  # a replica draining or dying: the router needs a moment to see the new replica set
 _RETRY_S = 0.1
 _HANDLES_KEPT = 65_536  # routed handles kept, oldest dropped first
+_COUNTS_EVERY_S = 1.0
 
 app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
 
@@ -96,6 +97,8 @@ class Ingress:
         self._server_body = json.dumps(server_metadata("lstminfer", __version__, EXTENSIONS)).encode()
         self._locks: dict[str, asyncio.Lock] = {}
         self._handles: dict[str, Any] = {}
+        self.me = serve.get_replica_context().replica_id.unique_id
+        self._counts_task: asyncio.Task | None = None
         self._stream_outputs = {name: list(served.model.stream_pool(1).output_names)
                                 for name, served in self.models.items() if served.streamable}
 
@@ -146,7 +149,12 @@ class Ingress:
                 self._locks.pop(key, None)
 
     # -- the guard: token, errors, metrics --------------------------------------------------
+    def _counting(self) -> None:
+        if self._counts_task is None:  # first request: there is a running loop now
+            self._counts_task = asyncio.get_running_loop().create_task(self._send_counts())
+
     async def _guarded(self, request: Request, handler, *args) -> Response:
+        self._counting()
         body_in = int(request.headers.get("content-length") or 0)
         if self._auth is not None:
             given = request.headers.get("authorization", "").encode()
@@ -227,9 +235,21 @@ class Ingress:
     @app.get("/metrics")
     async def metrics_page(self, request: Request) -> Response:
         async def page(r):
-            snapshots = await self.directory.metrics.remote()
-            return Response(self.metrics.render(snapshots), headers={"Content-Type": CONTENT_TYPE_LATEST})
+            owners, ingresses = await self.directory.scrape.remote()
+            others = [counts for me, counts in ingresses.items() if me != self.me]
+            return Response(self.metrics.render(owners, others), headers={"Content-Type": CONTENT_TYPE_LATEST})
         return await self._guarded(request, page)
+
+    async def _send_counts(self) -> None:
+        """This replica's request counters to the directory, about once a second (other ingresses' /metrics)."""
+        while True:
+            try:
+                await self.directory.ingress_counts.remote(self.me, self.metrics.counts())
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # noqa: BLE001  (the directory restarting: the next round sends them)
+                log.warning("ingress %s: counters not sent: %s", self.me, e)
+            await asyncio.sleep(_COUNTS_EVERY_S)
 
     # -- inference ------------------------------------------------------------------------
     @app.post("/v2/models/{model}/infer")
@@ -309,6 +329,7 @@ class Ingress:
     @app.websocket("/v2/models/{model}/stream")
     async def stream(self, ws: WebSocket, model: str) -> None:
         await ws.accept()
+        self._counting()
         self.metrics.count("stream", 101, 0, 0)
         try:
             sid, attached, output = await self._open_stream(ws, model)

@@ -1,6 +1,7 @@
 """``GET /metrics`` of the Ray application: the names ``lstminfer serve`` exports, summed over the replicas.
 
-Requests, errors and bytes are counted where HTTP ends (the ingress); open streams, expiries and the
+Requests, errors and bytes are counted where HTTP ends (each ingress replica, which sends its counters
+to the directory about once a second; a scrape adds the others' to its own); open streams, expiries and the
 step histograms come from each ``StreamOwner`` replica's snapshot (sent with its long poll to the
 directory, about once a second), added up at scrape time.
 """
@@ -30,6 +31,7 @@ class RayMetrics:
         self.bytes_received = 0
         self.bytes_sent = 0
         self._snapshots: dict[str, dict] = {}
+        self._others: list[dict] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -40,8 +42,15 @@ class RayMetrics:
         self.bytes_received += received
         self.bytes_sent += sent
 
-    def render(self, snapshots: dict[str, dict]) -> bytes:
+    def counts(self) -> dict:
+        """This ingress's counters, as other ingress replicas' scrapes add them."""
+        return {"requests": dict(self.requests), "errors": dict(self.errors), "bytes_received": self.bytes_received,
+                "bytes_sent": self.bytes_sent}
+
+    def render(self, snapshots: dict[str, dict], others: list[dict] = ()) -> bytes:
+        """The page from the owners' ``snapshots``, this ingress's counters and ``others``' (other ingresses)."""
         self._snapshots = snapshots
+        self._others = list(others)
         return generate_latest(self.registry)
 
     def collect(self):
@@ -56,15 +65,16 @@ class RayMetrics:
         requests = CounterMetricFamily("lstminfer_requests", "HTTP requests by endpoint kind", labels=["kind"])
         errors = CounterMetricFamily("lstminfer_errors", "HTTP requests answered with a status >= 400, by endpoint "
                                                          "kind", labels=["kind"])
+        ingresses = [self.counts(), *self._others]
         for kind in KINDS:
-            requests.add_metric([kind], self.requests[kind])
-            errors.add_metric([kind], self.errors[kind])
+            requests.add_metric([kind], sum(c["requests"].get(kind, 0) for c in ingresses))
+            errors.add_metric([kind], sum(c["errors"].get(kind, 0) for c in ingresses))
         yield requests
         yield errors
         yield CounterMetricFamily("lstminfer_bytes_received", "Bytes received (request bodies, WebSocket frames)",
-                                  value=self.bytes_received)
+                                  value=sum(c["bytes_received"] for c in ingresses))
         yield CounterMetricFamily("lstminfer_bytes_sent", "Bytes sent (response bodies, WebSocket frames)",
-                                  value=self.bytes_sent)
+                                  value=sum(c["bytes_sent"] for c in ingresses))
         for name, doc, field, bounds in _HISTOGRAMS:
             parts = []
             for _, snap in per_model:
