@@ -146,6 +146,27 @@ def test_the_builder_takes_serve_run_arguments_and_refuses_unknown_ones():
         lstminfer.ray.app({"replicas": "3", "max_replicas": "2"})
 
 
+async def _text_frames_continue_a_sequence_started_over_http(url: str, model) -> None:
+    """A sequence started over HTTP, attached over the WebSocket (``?sequence_id=``), stepped by a v2 text frame."""
+    from websockets.asyncio.client import connect
+
+    chunks = chunks_of(np.random.default_rng(5), 2)
+    async with aiohttp.ClientSession() as session:
+        first = await HttpStream(session, url, MODEL, 777).step(chunks[0])
+    ws_url = url.replace("http://", "ws://") + f"/v2/models/{MODEL}/stream?sequence_id=777"
+    async with connect(ws_url, open_timeout=60) as ws:
+        assert json.loads(await ws.recv())["sequence_id"] == 777
+        await ws.send(json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": list(chunks[1].shape),
+                                              "data": chunks[1].ravel().tolist()}], "outputs": [{"name": "y"}]}))
+        reply = json.loads(await ws.recv())
+    async with aiohttp.ClientSession() as session:  # attached: it stays open after the connection; end it
+        async with session.delete(f"{url}/v2/models/{MODEL}/sequences/777") as response:
+            assert response.status == 204
+    second = np.asarray(reply["outputs"][0]["data"], np.float32).reshape(reply["outputs"][0]["shape"])
+    np.testing.assert_allclose(np.concatenate([first, second], axis=1), _whole(model, chunks), atol=TOLERANCE,
+                               rtol=TOLERANCE)
+
+
 def test_same_api_and_100_concurrent_streams_over_two_replicas(cluster, model):
     _deploy()
     assert _owner_replicas() == 2
@@ -160,6 +181,8 @@ def test_same_api_and_100_concurrent_streams_over_two_replicas(cluster, model):
     assert status == 400 and "at most 128 bytes" in json.loads(body)["error"]
     status, body = _get(f"{cluster}/v2/models/{MODEL}/sequences/424242/state")
     assert status == 404 and json.loads(body)["error"].startswith("unknown sequence 424242")
+
+    asyncio.run(_text_frames_continue_a_sequence_started_over_http(cluster, model))
 
     rng = np.random.default_rng(1)
     plans = [("http" if i % 2 else "ws", chunks_of(rng, 5)) for i in range(100)]
