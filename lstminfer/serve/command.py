@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -32,6 +33,13 @@ def add_serve_parser(sub) -> None:
                        help="every request must carry 'Authorization: Bearer TOKEN' (default: $LSTMINFER_TOKEN)")
     serve.add_argument("--max-request-bytes", type=_positive, default=16 * 1024 * 1024,
                        help="largest request body accepted, larger ones get 413 (default: 16 MiB)")
+    ray = serve.add_argument_group("Ray Serve", "serve on Ray Serve's replicas (needs '.[ray]'): streams are routed "
+                                   "to the replica that owns them and move with their state when replicas change")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve (a local Ray cluster unless --address)")
+    ray.add_argument("--replicas", type=_positive, default=2, help="stream-owning replicas (default: 2)")
+    ray.add_argument("--address", help="a running Ray cluster's address (default: start a local one, stopped on exit)")
+    ray.add_argument("--checkpoint-every", type=_non_negative, default=0, metavar="K",
+                     help="checkpoint each stream every K chunks, so it resumes if its replica dies (default: 0, off)")
     serve.set_defaults(func=run_serve_command)
 
 
@@ -40,6 +48,8 @@ def run_serve_command(args) -> int:
     if refusal:  # before the server's imports: a refused start is quick
         print(f"lstminfer serve: error: {refusal}", file=sys.stderr)
         return 2
+    if args.ray:  # lstminfer.ray sits above serve (it reuses serve's codec): imported by name, layers stay one-way
+        return importlib.import_module("lstminfer.ray.command").run_on_ray(args)
     try:
         from .app import ServeOptions, serve
     except ImportError as e:  # the server's dependencies are an extra
