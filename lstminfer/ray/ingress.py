@@ -27,8 +27,8 @@ from .. import __version__
 from ..serve.access import bearer_matches
 from ..serve.app import EXTENSIONS, HEADER_LENGTH, ServeOptions, load_models
 from ..serve.batcher import ServeError
-from ..serve.protocol import (MODEL_VERSION, ProtocolError, error_body, parse_header_length, parse_infer_request,
-                              server_metadata)
+from ..serve.protocol import (ProtocolError, error_body, parse_header_length, parse_infer_request,
+                              served_model, server_metadata)
 from ..serve.sequences import BadSequenceIdError, check_sequence_id, parse_sequence_id
 from ..serve.websocket import close_code
 from .metrics import CONTENT_TYPE_LATEST, RayMetrics, endpoint_kind
@@ -183,14 +183,7 @@ class Ingress:
         return response
 
     def _served(self, request: Request):
-        name = request.path_params["model"]
-        served = self.models.get(name)
-        if served is None:
-            raise ProtocolError(404, f"unknown model '{name}' (serving: {', '.join(self.models)})")
-        version = request.path_params.get("version")
-        if version is not None and version != MODEL_VERSION:
-            raise ProtocolError(404, f"model '{name}' has no version '{version}' (versions: {MODEL_VERSION})")
-        return served
+        return served_model(self.models, request.path_params["model"], request.path_params.get("version"))
 
     def _streaming(self, request: Request):
         served = self._served(request)

@@ -29,9 +29,9 @@ from .access import bearer_matches, refuse_without_token
 from .batcher import ServeError
 from .http_sequences import SequenceRequests
 from .metrics import ServeMetrics
-from .protocol import (MODEL_VERSION, InferRequest, ProtocolError, TensorSpec, check_inputs, check_outputs,
+from .protocol import (InferRequest, ProtocolError, TensorSpec, check_inputs, check_outputs,
                        encode_infer_response, error_body, model_config, model_metadata, parse_header_length,
-                       parse_infer_request, server_metadata, tensor_specs)
+                       parse_infer_request, served_model, server_metadata, tensor_specs)
 from .state_routes import StateRoutes
 from .websocket import WebSocketStreams, is_stream_request
 
@@ -226,14 +226,7 @@ class InferenceServer:
         return _json(self._server_body)
 
     def _served(self, request: web.Request) -> ServedModel:
-        name = request.match_info["model"]
-        served = self.models.get(name)
-        if served is None:
-            raise ProtocolError(404, f"unknown model '{name}' (serving: {', '.join(self.models)})")
-        version = request.match_info.get("version")
-        if version is not None and version != MODEL_VERSION:
-            raise ProtocolError(404, f"model '{name}' has no version '{version}' (versions: {MODEL_VERSION})")
-        return served
+        return served_model(self.models, request.match_info["model"], request.match_info.get("version"))
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
         return _json(self._served(request).metadata_body)

@@ -90,6 +90,16 @@ def tensor_specs(node_args) -> list[TensorSpec]:
 
 # -- metadata -------------------------------------------------------------------
 
+def served_model(models: dict, name: str, version: str | None) -> Any:
+    """The model a path names (``/v2/models/{name}[/versions/{version}]``), or a 404 naming what is served."""
+    served = models.get(name)
+    if served is None:
+        raise ProtocolError(404, f"unknown model '{name}' (serving: {', '.join(models)})")
+    if version is not None and version != MODEL_VERSION:
+        raise ProtocolError(404, f"model '{name}' has no version '{version}' (versions: {MODEL_VERSION})")
+    return served
+
+
 def server_metadata(name: str, version: str, extensions: list[str]) -> dict:
     return {"name": name, "version": version, "extensions": list(extensions)}
 
