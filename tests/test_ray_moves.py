@@ -94,8 +94,8 @@ def model():
     return lstminfer.Model(lstminfer.models.path(MODEL))
 
 
-def _replicas(checkpoint_every: int = 0):
-    directory = StreamDirectory()
+def _replicas(checkpoint_every: int = 0, checkpoint_dir=None):
+    directory = StreamDirectory(checkpoint_dir)
     calls = _Calls(directory)
     a = ReplicaStreams([], ServeOptions(), "a", calls, checkpoint_every)
     b = ReplicaStreams([], ServeOptions(), "b", calls, checkpoint_every)
@@ -195,3 +195,33 @@ def test_a_restarted_directory_learns_again_who_holds_what(model):
     chunks, outputs = asyncio.run(run())
     for sid, c in chunks.items():
         np.testing.assert_allclose(np.concatenate(outputs[sid], axis=1), _whole(model, c), atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoints_in_a_directory_outlive_a_restart_of_the_stream_directory(model, tmp_path):
+    async def run():
+        directory, a, b = _replicas(checkpoint_every=2, checkpoint_dir=str(tmp_path))
+        directory.register("a", _DeadActor())  # a dies after chunk 3 (its checkpoint is after chunk 2)
+        chunks = _chunks(11, 5)
+        outputs = [(await _step(a, 5, chunks[0], start=True)).copy()]
+        for k in (1, 2):
+            outputs.append((await _step(a, 5, chunks[k])).copy())
+        files = sorted(p.name for p in tmp_path.iterdir())
+        a.directory.d = StreamDirectory(str(tmp_path))  # the directory restarted too: memory gone, files kept
+        try:
+            await _step(b, 5, chunks[3])
+        except ResumedFromCheckpointError as e:
+            failure = e
+        del outputs[failure.resumed_after_chunk:]
+        for k in range(failure.resumed_after_chunk, 5):
+            outputs.append((await _step(b, 5, chunks[k])).copy())
+        return files, failure, outputs, chunks
+
+    files, failure, outputs, chunks = asyncio.run(run())
+    assert len(files) == 1 and files[0].endswith(".ckpt")
+    assert failure.resumed_after_chunk == 2
+    np.testing.assert_allclose(np.concatenate(outputs, axis=1), _whole(model, chunks), atol=1e-5, rtol=1e-5)
+
+
+def test_an_unreadable_checkpoint_file_is_skipped_not_fatal(tmp_path):
+    (tmp_path / "0123.ckpt").write_bytes(b"not a header")
+    assert StreamDirectory(str(tmp_path)).checkpoints == {}

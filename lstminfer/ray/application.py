@@ -25,9 +25,11 @@ DIRECTORY_MAX_ONGOING = 100_000  # long polls and claims waiting on a hand-over
 
 def build(model_specs: list[str], options: ServeOptions | None = None, *, replicas: int = 2,
           checkpoint_every: int = 0, max_replicas: int | None = None, target_ongoing: float = 64.0,
-          ingress_replicas: int = 1):
+          ingress_replicas: int = 1, checkpoint_dir: str | None = None):
     """The application (``serve.run`` it). ``max_replicas``: autoscale the owners between ``replicas`` and
-    it on their chunks in flight (``target_ongoing`` per replica); streams move as the replicas change."""
+    it on their chunks in flight (``target_ongoing`` per replica); streams move as the replicas change.
+    ``checkpoint_dir``: the checkpoints also written there (a directory every node can reach), so they
+    outlive a restart of the stream directory too."""
     from ray import serve
     from ray.serve.config import RequestRouterConfig
 
@@ -45,7 +47,7 @@ def build(model_specs: list[str], options: ServeOptions | None = None, *, replic
     quiet = {"enable_access_log": False}  # a log line per chunk (and per long poll) costs more than the step
     directory = serve.deployment(StreamDirectory, name="StreamDirectory", num_replicas=1,
                                  max_ongoing_requests=DIRECTORY_MAX_ONGOING, ray_actor_options=no_cpu,
-                                 logging_config=quiet).bind()
+                                 logging_config=quiet).bind(checkpoint_dir)
     scaling: dict[str, Any] = {"num_replicas": replicas}
     if max_replicas is not None and max_replicas > replicas:
         scaling = {"autoscaling_config": {"min_replicas": replicas, "max_replicas": max_replicas,
@@ -65,9 +67,10 @@ def build(model_specs: list[str], options: ServeOptions | None = None, *, replic
 def app(args: dict[str, str]):
     """The builder ``serve run lstminfer.ray:app`` calls with its ``key=value`` arguments: ``model`` (PATH or
     NAME=PATH, several separated by commas; none: the bundled model), ``replicas``, ``max_replicas``,
-    ``checkpoint_every``, ``max_streams``, ``max_delay_us``, ``idle_timeout``, ``threads``, ``backend``."""
+    ``checkpoint_every``, ``checkpoint_dir``, ``max_streams``, ``max_delay_us``, ``idle_timeout``, ``threads``,
+    ``backend``."""
     args = dict(args)
-    known = {"model", "replicas", "max_replicas", "checkpoint_every", "max_streams", "max_delay_us",
+    known = {"model", "replicas", "max_replicas", "checkpoint_every", "checkpoint_dir", "max_streams", "max_delay_us",
              "idle_timeout", "threads", "backend", "quantize", "token"}
     unknown = sorted(set(args) - known)
     if unknown:
@@ -79,7 +82,7 @@ def app(args: dict[str, str]):
         backend=args.get("backend", "auto"), quantize=args.get("quantize"), token=args.get("token"))
     max_replicas = args.get("max_replicas")
     return build(specs, options, replicas=int(args.get("replicas", 2)),
-                 checkpoint_every=int(args.get("checkpoint_every", 0)),
+                 checkpoint_every=int(args.get("checkpoint_every", 0)), checkpoint_dir=args.get("checkpoint_dir"),
                  max_replicas=int(max_replicas) if max_replicas else None)
 
 

@@ -1,6 +1,7 @@
 """``lstminfer serve --ray``: deploy the application on a local Ray cluster (or ``--address``), serve until a signal."""
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sys
@@ -34,7 +35,8 @@ def run_on_ray(args) -> int:
                  log_to_driver=False)
     try:
         serve.start(http_options={"host": options.host, "port": options.port})
-        serve.run(build(args.models, options, replicas=args.replicas, checkpoint_every=args.checkpoint_every),
+        serve.run(build(args.models, options, replicas=args.replicas, checkpoint_every=args.checkpoint_every,
+                        checkpoint_dir=args.checkpoint_dir and os.path.abspath(args.checkpoint_dir)),
                   name=APP_NAME, route_prefix="/", external_scaler_enabled=True)
         host = options.host if ":" not in options.host else f"[{options.host}]"
         url = f"http://{host}:{options.port}"

@@ -19,6 +19,7 @@ import asyncio
 import time
 from typing import Any
 
+from .checkpoint_files import CheckpointFiles
 from .moves import Handover
 
 POLL_S = 1.0  # a replica's long poll returns at least this often: its metrics and its liveness
@@ -26,10 +27,12 @@ PING_TIMEOUT_S = 5.0  # a holder that does not answer a ping this long is busy, 
 
 
 class StreamDirectory:
-    def __init__(self) -> None:
+    def __init__(self, checkpoint_dir: str | None = None) -> None:
         self.owner: dict[tuple, str] = {}
         self.parked: dict[tuple, Handover] = {}
-        self.checkpoints: dict[tuple, Handover] = {}
+        # checkpoint_dir: each checkpoint also written there, and read back here (a restart keeps them)
+        self.files = CheckpointFiles(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoints: dict[tuple, Handover] = self.files.load() if self.files else {}
         self.lost: dict[tuple, str] = {}
         self.dead: set[str] = set()
         self.handles: dict[str, Any] = {}
@@ -99,12 +102,16 @@ class StreamDirectory:
                 return "moved", record
             if holder in self.dead:
                 if create:  # a START discards the old state anyway: a fresh sequence, not an error
-                    self.checkpoints.pop(key, None)
+                    if self.checkpoints.pop(key, None) is not None and self.files is not None:
+                        self.files.remove(key)
                     self.owner[key] = me
                     return "new", None
                 return self._after_death(key, me, holder)
         if key in self.lost and not create:
             return "lost", self.lost[key]
+        if holder is None and not create and key in self.checkpoints:
+            # no replica registered it after this directory restarted: its holder died meanwhile
+            return self._after_death(key, me, self.checkpoints[key].replica)
         self.lost.pop(key, None)
         if create:
             self.owner[key] = me
@@ -176,6 +183,8 @@ class StreamDirectory:
         kept = self.checkpoints.get(key)
         if kept is None or record.chunks >= kept.chunks or record.replica != kept.replica:
             self.checkpoints[key] = record
+            if self.files is not None:
+                self.files.write(key, record)
 
     def release(self, keys: list, replica: str | None = None) -> None:
         """Sequences ended (or expired): forget them, and their checkpoints."""
@@ -183,7 +192,8 @@ class StreamDirectory:
             key = tuple(key)
             if replica is None or self.owner.get(key) == replica:
                 self.owner.pop(key, None)
-                self.checkpoints.pop(key, None)
+                if self.checkpoints.pop(key, None) is not None and self.files is not None:
+                    self.files.remove(key)
 
     # -- reading -----------------------------------------------------------------------------
     def metrics(self) -> dict[str, dict]:

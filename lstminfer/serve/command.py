@@ -40,6 +40,9 @@ def add_serve_parser(sub) -> None:
     ray.add_argument("--address", help="a running Ray cluster's address (default: start a local one, stopped on exit)")
     ray.add_argument("--checkpoint-every", type=_non_negative, default=0, metavar="K",
                      help="checkpoint each stream every K chunks, so it resumes if its replica dies (default: 0, off)")
+    ray.add_argument("--checkpoint-dir", metavar="DIR",
+                     help="also write the checkpoints to DIR (reachable from every node), so they outlive a "
+                          "restart of the stream directory (default: kept in its memory only)")
     serve.set_defaults(func=run_serve_command)
 
 
