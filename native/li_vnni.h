@@ -170,43 +170,15 @@ LI_VNNI_TARGET static void li_vnni_tile1_back(const uint8_t *qa, ptrdiff_t Kp, c
     li_vnni_finish(_mm512_add_epi32(c3, d3), 3, corr, ws, as, NULL, C, LI_VNNI_NR);
 }
 
-/* C[m, 0:width] for m < M (see the top); ``scales``/``bias`` start at the first column.
-   Rows go in blocks whose quantized copy stays in L1 (each panel then serves the whole
-   block). Returns 0, or -1 if a large K needed memory that malloc refused. */
-LI_VNNI_TARGET static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda,
-                                       const int8_t *panels, const float *scales, ptrdiff_t width,
-                                       float *C, ptrdiff_t ldc, const float *bias) {
-    ptrdiff_t Kp = (K + 3) / 4 * 4;
-    ptrdiff_t panel_bytes = Kp * LI_VNNI_NR + 4 * LI_VNNI_NR;
-    ptrdiff_t mb = (LI_VNNI_STACK / (Kp > 0 ? Kp : 1)) / 4 * 4;
-    mb = mb < 4 ? 4 : (mb > 256 ? 256 : mb);
-    uint8_t stack[LI_VNNI_STACK] __attribute__((aligned(64)));
-    float as[256];
-    uint8_t *qa = stack;
-    if (mb * Kp > LI_VNNI_STACK) {
-        qa = (uint8_t *)malloc((size_t)(mb * Kp));
-        if (!qa) { /* out of memory: NaN rather than wrong numbers */
-            for (ptrdiff_t m = 0; m < M; m++)
-                for (ptrdiff_t j = 0; j < width; j++) C[m * ldc + j] = __builtin_nanf("");
-            return -1;
-        }
-    }
-    for (ptrdiff_t m0 = 0; m0 < M; m0 += mb) {
-        ptrdiff_t rows = M - m0 < mb ? M - m0 : mb;
-        li_vnni_quantize_rows(A + m0 * lda, rows, K, lda, qa, Kp, as);
-        for (ptrdiff_t j = 0; j < width; j += LI_VNNI_NR) {
-            const int8_t *P = panels + (j / LI_VNNI_NR) * panel_bytes;
-            ptrdiff_t w = width - j < LI_VNNI_NR ? width - j : LI_VNNI_NR;
-            const float *b = bias ? bias + j : NULL;
-            ptrdiff_t r = 0;
-            for (; r + 4 <= rows; r += 4)
-                li_vnni_tile4(qa + r * Kp, Kp, P, as + r, scales + j, b, C + (m0 + r) * ldc + j, ldc, w);
-            for (; r < rows; r++)
-                li_vnni_tile1(qa + r * Kp, Kp, P, as[r], scales + j, b, C + (m0 + r) * ldc + j, w);
-        }
-    }
-    if (qa != stack) free(qa);
-    return 0;
+/* C[r, 0:w] for r < rows, one panel of the columns (li_vnni_gemm's inner loop): 4 rows a tile, then 1. */
+LI_VNNI_TARGET static inline void li_vnni_panel_rows(const uint8_t *qa, ptrdiff_t Kp, ptrdiff_t rows, const int8_t *P,
+                                                     const float *as, const float *ws, const float *b, float *C,
+                                                     ptrdiff_t ldc, ptrdiff_t w) {
+    ptrdiff_t r = 0;
+    for (; r + 4 <= rows; r += 4)
+        li_vnni_tile4(qa + r * Kp, Kp, P, as + r, ws, b, C + r * ldc, ldc, w);
+    for (; r < rows; r++)
+        li_vnni_tile1(qa + r * Kp, Kp, P, as[r], ws, b, C + r * ldc, w);
 }
 
 #elif defined(__GNUC__) && defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
@@ -337,9 +309,30 @@ static void li_vnni_tile_smmla(const uint8_t *qa, ptrdiff_t Kp, int rows, const 
 #define LI_VNNI_TILE li_vnni_tile_neon
 #endif
 
-/* C[m, 0:width] for m < M, as the x86 li_vnni_gemm (blocks of rows quantized once, on the stack). */
-static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda, const int8_t *panels,
-                        const float *scales, ptrdiff_t width, float *C, ptrdiff_t ldc, const float *bias) {
+#define LI_VNNI_TARGET
+
+/* C[r, 0:w] for r < rows, one panel of the columns (li_vnni_gemm's inner loop): 4 rows a tile, each quarter. */
+static inline void li_vnni_panel_rows(const uint8_t *qa, ptrdiff_t Kp, ptrdiff_t rows, const int8_t *P,
+                                      const float *as, const float *ws, const float *b, float *C,
+                                      ptrdiff_t ldc, ptrdiff_t w) {
+    for (ptrdiff_t r = 0; r < rows; r += 4) {
+        int n = rows - r < 4 ? (int)(rows - r) : 4;
+        for (int quarter = 0; quarter < 4 && 16 * quarter < w; quarter++)
+            LI_VNNI_TILE(qa + r * Kp, Kp, n, P, quarter, as + r, ws, b, C + r * ldc, ldc, w);
+    }
+}
+
+#else /* no VNNI code here: never selected (cython_backend checks the CPU), fails loudly if it were */
+#define LI_VNNI_COMPILED 0
+#endif
+
+#if LI_VNNI_COMPILED
+/* C[m, 0:width] for m < M (see the top); ``scales``/``bias`` start at the first column.
+   Rows go in blocks whose quantized copy stays in L1 (each panel then serves the whole
+   block). Returns 0, or -1 if a large K needed memory that malloc refused. */
+LI_VNNI_TARGET static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda,
+                                       const int8_t *panels, const float *scales, ptrdiff_t width,
+                                       float *C, ptrdiff_t ldc, const float *bias) {
     ptrdiff_t Kp = (K + 3) / 4 * 4;
     ptrdiff_t panel_bytes = Kp * LI_VNNI_NR + 4 * LI_VNNI_NR;
     ptrdiff_t mb = (LI_VNNI_STACK / (Kp > 0 ? Kp : 1)) / 4 * 4;
@@ -362,20 +355,14 @@ static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda,
             const int8_t *P = panels + (j / LI_VNNI_NR) * panel_bytes;
             ptrdiff_t w = width - j < LI_VNNI_NR ? width - j : LI_VNNI_NR;
             const float *b = bias ? bias + j : NULL;
-            for (ptrdiff_t r = 0; r < rows; r += 4) {
-                int n = rows - r < 4 ? (int)(rows - r) : 4;
-                for (int quarter = 0; quarter < 4 && 16 * quarter < w; quarter++)
-                    LI_VNNI_TILE(qa + r * Kp, Kp, n, P, quarter, as + r, scales + j, b,
-                                 C + (m0 + r) * ldc + j, ldc, w);
-            }
+            li_vnni_panel_rows(qa, Kp, rows, P, as, scales + j, b, C + m0 * ldc + j, ldc, w);
         }
     }
     if (qa != stack) free(qa);
     return 0;
 }
 
-#else /* no VNNI code here: never selected (cython_backend checks the CPU), fails loudly if it were */
-#define LI_VNNI_COMPILED 0
+#else
 static int li_vnni_gemm(const float *A, ptrdiff_t M, ptrdiff_t K, ptrdiff_t lda, const int8_t *panels,
                         const float *scales, ptrdiff_t width, float *C, ptrdiff_t ldc, const float *bias) {
     (void)A; (void)M; (void)K; (void)lda; (void)panels; (void)scales; (void)width; (void)C; (void)ldc; (void)bias;
