@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..serve.sequences import write_atomically
 from .moves import Handover
 
 log = logging.getLogger("lstminfer.ray")
@@ -29,13 +30,7 @@ class CheckpointFiles:
 
     def write(self, key: tuple, record: Handover) -> None:
         header = json.dumps({"key": list(key), "chunks": record.chunks, "replica": record.replica}).encode()
-        path = self._path(key)
-        partial = path.with_suffix(".partial")
-        with open(partial, "wb") as f:
-            f.write(header + b"\n" + record.state)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(partial, path)  # a reader sees the old checkpoint or the new one, never half of one
+        write_atomically(self._path(key), header + b"\n" + record.state)  # old or new, never half of one
 
     def remove(self, key: tuple) -> None:
         self._path(key).unlink(missing_ok=True)

@@ -314,7 +314,7 @@ class SequenceManager:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             for seq in list(self._seqs.values()):
-                written.append(_write_atomically(directory / state_file_name(seq.sid), self._pool.save(seq.pool_id)))
+                written.append(write_atomically(directory / state_file_name(seq.sid), self._pool.save(seq.pool_id)))
             keep = {p.name for p in written}
             for path in directory.iterdir():
                 if _STATE_FILE.match(path.name) and path.name not in keep:
@@ -410,7 +410,8 @@ def sequence_id_of(name: str) -> SequenceId | None:
         return None
 
 
-def _write_atomically(path: Path, data: bytes) -> Path:
+def write_atomically(path: Path, data: bytes) -> Path:
+    """``data`` in ``path`` whole or not at all (a temp file fsynced, then renamed over it)."""
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(temp, "wb") as f:
         f.write(data)
