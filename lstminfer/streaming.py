@@ -51,6 +51,7 @@ _CHECK_ATOL, _CHECK_RTOL = 1e-5, 1e-4
 _KNOWN_SHAPES = 64  # chunk shapes a pool remembers as checked (bounds the set under arbitrary T)
 _LENGTHS_INPUT = "__lstminfer_stream_lengths__"  # the masked plan's per-stream lengths (int32 [batch])
 _MASK_MAX_PADDING = 2.0  # pad to the longest chunk only while that at most doubles the time steps run
+_EXACT_BATCH_ROWS = 16  # pool steps of up to this many streams run at their own size (see _bucket_rows)
 _PHASE_PROGRAMS = 64  # phase combinations of a model with strided/unpadded windows kept compiled
 
 
@@ -542,6 +543,7 @@ class StreamPool:
                                   dtype=program.state_dtypes[s.key]) for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # the checked shape of the last one-shape step (the C step's)
         self._known_shapes: set[tuple[int, ...]] = set()  # chunk shapes that passed the full check
+        self._last_batch = 0  # streams in the last batched run (_run_slots)
         # Stream ids are never reused: generation << _id_bits | slot, where generation counts the
         # streams that slot held before; _sid_at[slot] is the id open there (-1: none).
         self._id_bits = max(1, (max_streams - 1).bit_length())
@@ -711,6 +713,12 @@ class StreamPool:
         ``lengths``: the masked plan, row i valid for lengths[i] steps); their states written
         back; the outputs. Call with the lock held."""
         program = self._program
+        # A size seen twice running (a steady batch) gets its own program; sizes that keep changing
+        # (a server's) share a few: the step padded to a bucket size.
+        steady, self._last_batch = len(slots) == self._last_batch, len(slots)
+        rows = len(slots) if steady or program.direct is not None else _bucket_rows(len(slots))
+        if rows != len(slots):
+            return self._run_padded(slots, stacked, lengths, rows)
         lo = slots[0]
         if contiguous:
             states = self._slot_views(lo, len(slots))
@@ -730,6 +738,28 @@ class StreamPool:
                 index[s.batch_axis] = slots
                 buf[tuple(index)] = value
         return outputs
+
+    def _run_padded(self, slots: list[int], stacked: list[np.ndarray], lengths: np.ndarray | None,
+                    rows: int) -> list[np.ndarray]:
+        """``_run_slots`` as one run of ``rows`` rows: the streams, then copies of the first one's
+        row (inputs, states, length) whose results are dropped. A batch of any size then runs one of
+        the few programs compiled for bucket sizes, not the plan (each size its own signature)."""
+        program = self._program
+        n = len(slots)
+        take = np.concatenate([np.arange(n), np.zeros(rows - n, np.intp)])
+        data = [np.take(v, take, axis=program.batch_axes[vi.name]) for v, vi in zip(stacked, program.data_inputs)]
+        states = [np.take(buf, [slots[i] for i in take], axis=s.batch_axis)
+                  for buf, s in zip(self._buffers, program.slots)]
+        if lengths is None:
+            outputs, new_states = program.run_fast(data, states)
+        else:
+            outputs, new_states = program.run_masked(data, states, lengths[take])
+        for buf, s, value in zip(self._buffers, program.slots, new_states):
+            index = [slice(None)] * buf.ndim
+            index[s.batch_axis] = slots
+            buf[tuple(index)] = _axis_slice(value, s.batch_axis, 0, n)
+        axes = (self._output_axes[name] for name in program.output_names)
+        return [value if axis is None else _axis_slice(value, axis, 0, n) for value, axis in zip(outputs, axes)]
 
     def _by_stream(self, sids: list, outputs: list[np.ndarray]) -> dict[int, Any]:
         """{sid: its rows of the outputs} (a dict name -> row for several outputs)."""
@@ -948,6 +978,16 @@ def _with_lengths(inputs: tuple[str, ...]) -> tuple[str, ...]:
     """A recurrent node's inputs with sequence_lens (input 4) the pool's per-stream lengths."""
     padded = tuple(inputs) + ("",) * max(0, 5 - len(inputs))
     return padded[:4] + (_LENGTHS_INPUT,) + padded[5:]
+
+
+def _bucket_rows(n: int) -> int:
+    """The rows a pool step of ``n`` streams runs: ``n`` up to 16, else ``n`` rounded up to a
+    quarter of its octave (20, 24, 28, 32, 40, ...), so that varied batch sizes share ~4 compiled
+    programs per doubling (at most a quarter more rows run)."""
+    if n <= _EXACT_BATCH_ROWS:
+        return n
+    step = 1 << (n.bit_length() - 3)
+    return -(-n // step) * step
 
 
 def _with(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:

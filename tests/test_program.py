@@ -581,3 +581,23 @@ def test_instructions_refuse_counts_and_codes_out_of_range():
 
 def _address(array: np.ndarray) -> int:
     return array.__array_interface__["data"][0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(0, 11), depth=st.integers(1, 70), outputs=st.integers(1, 130), with_bias=st.booleans(),
+       pad=st.integers(0, 3), seed=st.integers(0, 2 ** 31 - 1))
+def test_the_dense_instruction_matches_float64_on_any_shape(rows, depth, outputs, with_bias, pad, seed):
+    """li_dense_rows (the heads' routine): row blocks with a partial last block, output blocks with
+    masked tails, few outputs (dot products); nothing written past ``out``."""
+    from lstminfer._native import _runtime
+
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((rows, depth + pad)).astype(np.float32)[:, :depth]
+    weights = rng.standard_normal((depth, outputs)).astype(np.float32)
+    bias = rng.standard_normal(outputs).astype(np.float32) if with_bias else None
+    laid_out = weights if outputs >= _runtime.DENSE_ROWS_FROM else np.ascontiguousarray(weights.T)
+    guarded = np.full((rows + 1, outputs), np.nan, np.float32)
+    _runtime.dense(np.ascontiguousarray(a), laid_out, bias, guarded[:rows])
+    expected = a.astype(np.float64) @ weights + (bias if with_bias else 0.0)
+    np.testing.assert_allclose(guarded[:rows], expected, rtol=1e-5, atol=1e-5 * np.sqrt(depth))
+    assert np.isnan(guarded[rows]).all()

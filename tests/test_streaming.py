@@ -747,3 +747,32 @@ def test_pool_mixed_lengths_two_inputs_dict_chunks_and_outputs(lengths):
     for sid, state in zip(sids, before):
         for name, value in state.items():
             np.testing.assert_array_equal(pool.state(sid)[name], value)
+
+
+def test_pool_steps_of_changing_sizes_share_few_programs_and_equal_each_stream_alone():
+    """A server's batches change size every step: above 16 streams each runs padded to a bucket
+    size (extra rows copy the first stream's and are dropped), so 30 sizes compile a handful of
+    programs; every output and state equals the stream stepped alone, mixed lengths included."""
+    model = lstminfer.load(lstminfer.models.path("adding_lstm"))
+    pool = model.stream_pool(max_streams=80)
+    sids = [pool.open() for _ in range(80)]
+    alone = {sid: model.stream() for sid in sids}
+    rng = np.random.default_rng(53)
+    sizes = rng.permutation(np.arange(17, 77, 2))
+    for i, size in enumerate(sizes):
+        chosen = [sids[j] for j in rng.choice(80, size, replace=False)]
+        lengths = [1] * size if i % 3 else [1 + k % 3 for k in range(size)]
+        frames = {sid: rng.standard_normal((1, T, 2)).astype(np.float32) for sid, T in zip(chosen, lengths)}
+        out = pool.step(frames)
+        assert list(out) == chosen
+        for sid, x in frames.items():
+            np.testing.assert_allclose(out[sid], alone[sid].step(x), atol=TOL, rtol=0)
+    for sid in sids:
+        for name, value in alone[sid].state.items():
+            np.testing.assert_allclose(pool.state(sid)[name], value, atol=TOL, rtol=1e-6)  # c grows to ~7 in 30 rounds
+    program = model._stream_program()
+    assert program.direct is None  # a whole model: its programs, not the bare kernel
+    buckets = {20, 24, 28, 32, 40, 48, 56, 64, 80}  # the sizes 17..75 run at
+    assert 0 < len(program.programs.compiled()) <= len(buckets) + 3  # + the streams alone: batch 1, T 1..3
+    masked = program._masked[1] if program._masked is not None else None
+    assert masked is None or len(masked.compiled()) <= len(buckets)
