@@ -52,6 +52,7 @@ _KNOWN_SHAPES = 64  # chunk shapes a pool remembers as checked (bounds the set u
 _LENGTHS_INPUT = "__lstminfer_stream_lengths__"  # the masked plan's per-stream lengths (int32 [batch])
 _MASK_MAX_PADDING = 2.0  # pad to the longest chunk only while that at most doubles the time steps run
 _EXACT_BATCH_ROWS = 16  # pool steps of up to this many streams run at their own size (see _bucket_rows)
+_STEADY_BATCH = 8  # a batch size repeated this often in a row runs unpadded (one more program)
 _PHASE_PROGRAMS = 64  # phase combinations of a model with strided/unpadded windows kept compiled
 
 
@@ -543,7 +544,7 @@ class StreamPool:
                                   dtype=program.state_dtypes[s.key]) for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # the checked shape of the last one-shape step (the C step's)
         self._known_shapes: set[tuple[int, ...]] = set()  # chunk shapes that passed the full check
-        self._last_batch = 0  # streams in the last batched run (_run_slots)
+        self._last_batch = self._streak = 0  # streams in the last batched run (_run_slots), runs of that size before
         # Stream ids are never reused: generation << _id_bits | slot, where generation counts the
         # streams that slot held before; _sid_at[slot] is the id open there (-1: none).
         self._id_bits = max(1, (max_streams - 1).bit_length())
@@ -713,9 +714,11 @@ class StreamPool:
         ``lengths``: the masked plan, row i valid for lengths[i] steps); their states written
         back; the outputs. Call with the lock held."""
         program = self._program
-        # A size seen twice running (a steady batch) gets its own program; sizes that keep changing
-        # (a server's) share a few: the step padded to a bucket size.
-        steady, self._last_batch = len(slots) == self._last_batch, len(slots)
+        # A size seen _STEADY_BATCH times running (a caller's fixed batch) gets its own program; sizes
+        # that keep changing (a server's) share a few: the step padded to a bucket size.
+        self._streak = self._streak + 1 if len(slots) == self._last_batch else 0
+        self._last_batch = len(slots)
+        steady = self._streak >= _STEADY_BATCH
         rows = len(slots) if steady or program.direct is not None else _bucket_rows(len(slots))
         if rows != len(slots):
             return self._run_padded(slots, stacked, lengths, rows)

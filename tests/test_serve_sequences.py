@@ -503,3 +503,29 @@ def test_waiters_that_queue_their_next_chunk_at_once_leave_the_loop_free(model):
     stream = model.stream()
     expected = [np.asarray(stream.step(chunk)) for _ in range(200)]
     np.testing.assert_allclose(np.stack([np.asarray(o) for o in outputs]), np.stack(expected), rtol=1e-5, atol=1e-6)
+
+
+def test_a_backlog_is_stepped_max_batch_chunks_at_a_time_in_arrival_order(model):
+    """300 streams' chunks queued at once: steps of at most max_batch streams (a step of hundreds costs
+    no less per chunk and each new size needs a program), the first-ready streams first; every result
+    equals its stream run alone."""
+    n, max_batch = 300, 64
+    xs = inputs(n, 1, seed=7)
+
+    async def main():
+        manager = SequenceManager(model, n, max_batch=max_batch, inline_below_us=10 ** 9)
+        calls = spy_steps(manager)
+        for i in range(n):
+            manager.start(i)
+        results = await asyncio.gather(*(manager.step(i, xs[i]) for i in range(n)))
+        await manager.aclose()
+        return manager, calls, results
+
+    manager, calls, results = asyncio.run(main())
+    assert [len(c) for c in calls] == [64, 64, 64, 64, 44]
+    pool_ids = [pid for c in calls for pid in c]
+    assert pool_ids == [manager._seqs[i].pool_id for i in range(n)]  # first ready, first stepped
+    for i in range(n):
+        np.testing.assert_allclose(results[i], whole_run(model, xs[i]), atol=1e-6, rtol=1e-5)
+    with pytest.raises(lstminfer.InvalidArgumentError, match="max_batch"):
+        SequenceManager(model, 4, max_batch=0)

@@ -21,7 +21,8 @@ def run_on_ray(args) -> int:
 
     options = ServeOptions(
         host=args.host, port=args.port or _free_port(args.host), max_streams=args.max_streams,
-        max_delay_us=args.max_delay_us, idle_timeout=args.idle_timeout, threads=args.threads, backend=args.backend,
+        max_delay_us=args.max_delay_us, max_batch=args.max_batch, idle_timeout=args.idle_timeout, threads=args.threads,
+        backend=args.backend,
         quantize=args.quantize, token=args.token or None, max_request_bytes=args.max_request_bytes)
     if args.state_dir:
         print("lstminfer serve --ray: error: --state-dir is not supported on Ray (use --checkpoint-every)",

@@ -47,7 +47,7 @@ class ReplicaStreams:
         for name, served in self.models.items():
             if served.streamable:
                 manager = SequenceManager(served.model, options.max_streams, max_delay_us=options.max_delay_us,
-                                          idle_timeout=options.idle_timeout)
+                                          idle_timeout=options.idle_timeout, max_batch=options.max_batch)
                 self.sequences[name] = SequenceRequests(name, manager, served.inputs, manager.pool.output_names)
         self.layouts: dict[str, StreamLayout] = {}
         self.draining = False

@@ -51,6 +51,7 @@ class ServeOptions:
     port: int = 8000
     max_streams: int = 1024
     max_delay_us: int = 500
+    max_batch: int = 128
     idle_timeout: float = 300.0
     state_dir: str | None = None
     threads: int = 1
@@ -157,7 +158,8 @@ class InferenceServer:
 
         options = self.options
         manager = SequenceManager(served.model, options.max_streams, max_delay_us=options.max_delay_us,
-                                  idle_timeout=options.idle_timeout, inline_below_us=inline_below_us_for_this_process())
+                                  idle_timeout=options.idle_timeout, inline_below_us=inline_below_us_for_this_process(),
+                                  max_batch=options.max_batch)
         return SequenceRequests(served.name, manager, served.inputs, manager.pool.output_names)
 
     async def _sequence_infer(self, served: ServedModel, request: InferRequest) -> tuple[bytes, int | None]:

@@ -2,8 +2,8 @@
 
 Each stream (a *lane*, keyed by its pool id) has a FIFO of queued chunks. A stream with
 chunks waiting is *ready*; the batcher takes the head chunk of every ready stream (up to
-the pool's size), at most one per stream, once the oldest of them has waited
-``max_delay_us`` (at once when every open stream has one: nobody else could join), and
+``max_batch``), at most one per stream, once the oldest of them has waited
+``max_delay_us`` (at once when every open stream has one, or ``max_batch`` have), and
 steps them in a worker thread, so the event loop keeps reading the next chunks while the
 kernels run (they release the GIL). Under load most batching comes from the step in flight:
 chunks arriving meanwhile make the next batch. asyncio's timers have 1 ms resolution, so a
@@ -31,6 +31,7 @@ from ..errors import InvalidArgumentError, LstminferError
 DEFAULT_MAX_DELAY_US = 500
 DEFAULT_MAX_QUEUED = 64
 DEFAULT_INLINE_BELOW_US = 50
+DEFAULT_MAX_BATCH = 128  # chunks per pool step: a backlog runs as several steps of this many (see Batcher)
 _ALWAYS_INLINE_US = 10 ** 9  # longer than any step
 _log = logging.getLogger("lstminfer.serve")
 _SAMPLES_KEPT = 4096  # recent samples per series: bounded memory whatever the scrape interval
@@ -123,9 +124,10 @@ class Batcher:
     """Steps queued chunks of many streams of one ``StreamPool`` together; see the module doc."""
 
     def __init__(self, pool, *, max_delay_us: int = DEFAULT_MAX_DELAY_US, max_queued: int = DEFAULT_MAX_QUEUED,
-                 inline_below_us: int = DEFAULT_INLINE_BELOW_US, stats: ServeStats | None = None):
+                 inline_below_us: int = DEFAULT_INLINE_BELOW_US, max_batch: int = DEFAULT_MAX_BATCH,
+                 stats: ServeStats | None = None):
         for name, value, least in (("max_delay_us", max_delay_us, 0), ("max_queued", max_queued, 1),
-                                   ("inline_below_us", inline_below_us, 0)):
+                                   ("inline_below_us", inline_below_us, 0), ("max_batch", max_batch, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise InvalidArgumentError(f"{name} must be an integer >= {least}, got {value!r}")
         self._pool = pool
@@ -134,6 +136,10 @@ class Batcher:
         # A step predicted shorter than this runs on the event loop: the hop to the worker
         # thread and back costs more (~100 us on 2 cores) than such a step blocks the loop.
         self._inline_below = inline_below_us / 1e6
+        # A step of a few hundred chunks costs no less per chunk than one of ~100 (the weights are read
+        # once per step either way) but sizes that keep changing each need a compiled program, and the
+        # first replies of a backlog wait for the whole step: a backlog runs as steps of max_batch.
+        self.max_batch = max_batch
         self._seconds_per_byte: float | None = None  # running mean of step seconds per input byte
         self.stats = stats if stats is not None else ServeStats()
         self._lanes: dict[Hashable, deque[_Queued]] = {}
@@ -223,7 +229,7 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        limit = self._pool.max_streams
+        limit = min(self._pool.max_streams, self.max_batch)
         while True:
             if not self._ready:
                 self._wakeup.clear()

@@ -21,6 +21,8 @@ def add_serve_parser(sub) -> None:
     serve.add_argument("--max-streams", type=_positive, default=1024, help="open sequences at most (default: 1024)")
     serve.add_argument("--max-delay-us", type=_non_negative, default=500,
                        help="how long a chunk may wait for others to share its pool step (default: 500)")
+    serve.add_argument("--max-batch", type=_positive, default=128,
+                       help="chunks stepped together at most; a backlog runs as several steps (default: 128)")
     serve.add_argument("--idle-timeout", type=float, default=300.0,
                        help="seconds after which an idle sequence expires (default: 300)")
     serve.add_argument("--state-dir", help="where open sequences' states are written on shutdown and read at start")
@@ -59,8 +61,8 @@ def run_serve_command(args) -> int:
         raise SystemExit(f"lstminfer serve: {e}; install the server's dependencies: pip install 'lstminfer[serve]'")
     options = ServeOptions(
         host=args.host, port=args.port, max_streams=args.max_streams, max_delay_us=args.max_delay_us,
-        idle_timeout=args.idle_timeout, state_dir=args.state_dir, threads=args.threads, backend=args.backend,
-        quantize=args.quantize, token=args.token or None, max_request_bytes=args.max_request_bytes)
+        max_batch=args.max_batch, idle_timeout=args.idle_timeout, state_dir=args.state_dir, threads=args.threads,
+        backend=args.backend, quantize=args.quantize, token=args.token or None, max_request_bytes=args.max_request_bytes)
     return serve(args.models, options)
 
 

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, NamedTuple, Union
 
 from ..errors import InvalidArgumentError, LstminferError
-from .batcher import (DEFAULT_INLINE_BELOW_US, DEFAULT_MAX_DELAY_US, DEFAULT_MAX_QUEUED, BadChunkError, Batcher,
-                      ServeError, ServeStats, StepFailedError, TooManyQueuedError)
+from .batcher import (DEFAULT_INLINE_BELOW_US, DEFAULT_MAX_BATCH, DEFAULT_MAX_DELAY_US, DEFAULT_MAX_QUEUED,
+                      BadChunkError, Batcher, ServeError, ServeStats, StepFailedError, TooManyQueuedError)
 
 __all__ = [
     "SequenceManager", "SequenceId", "LoadResult", "ServeStats", "check_sequence_id", "parse_sequence_id",
@@ -135,7 +135,8 @@ class SequenceManager:
 
     def __init__(self, model, max_streams: int = 64, *, max_delay_us: int = DEFAULT_MAX_DELAY_US,
                  idle_timeout: float = DEFAULT_IDLE_TIMEOUT, max_queued: int = DEFAULT_MAX_QUEUED,
-                 inline_below_us: int = DEFAULT_INLINE_BELOW_US, clock: Callable[[], float] = time.monotonic):
+                 inline_below_us: int = DEFAULT_INLINE_BELOW_US, max_batch: int = DEFAULT_MAX_BATCH,
+                 clock: Callable[[], float] = time.monotonic):
         if isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or not idle_timeout > 0:
             raise InvalidArgumentError(f"idle_timeout must be a positive number of seconds, got {idle_timeout!r}")
         self._model = model
@@ -144,7 +145,7 @@ class SequenceManager:
         self.idle_timeout = float(idle_timeout)
         self.stats = ServeStats()
         self._batcher = Batcher(self._pool, max_delay_us=max_delay_us, max_queued=max_queued,
-                                inline_below_us=inline_below_us, stats=self.stats)
+                                inline_below_us=inline_below_us, max_batch=max_batch, stats=self.stats)
         self._clock = clock
         self._seqs: dict[SequenceId, _Sequence] = {}
         self._expired: OrderedDict[SequenceId, None] = OrderedDict()
