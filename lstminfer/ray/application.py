@@ -77,7 +77,7 @@ def app(args: dict[str, str]):
         raise InvalidArgumentError(f"unknown argument(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     specs = [s for s in args.get("model", "").split(",") if s]
     options = ServeOptions(
-        max_streams=int(args.get("max_streams", 1024)), max_delay_us=int(args.get("max_delay_us", 500)),
+        max_streams=int(args.get("max_streams", 4096)), max_delay_us=int(args.get("max_delay_us", 500)),
         idle_timeout=float(args.get("idle_timeout", 300.0)), threads=int(args.get("threads", 1)),
         backend=args.get("backend", "auto"), quantize=args.get("quantize"), token=args.get("token"))
     max_replicas = args.get("max_replicas")

@@ -49,7 +49,7 @@ class ServeOptions:
 
     host: str = "127.0.0.1"
     port: int = 8000
-    max_streams: int = 1024
+    max_streams: int = 4096
     max_delay_us: int = 500
     max_batch: int = 128
     idle_timeout: float = 300.0

@@ -18,7 +18,7 @@ def add_serve_parser(sub) -> None:
                        help="PATH (served under its file stem) or NAME=PATH; several at once")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: a free port, printed)")
-    serve.add_argument("--max-streams", type=_positive, default=1024, help="open sequences at most (default: 1024)")
+    serve.add_argument("--max-streams", type=_positive, default=4096, help="open sequences at most (default: 4096)")
     serve.add_argument("--max-delay-us", type=_non_negative, default=500,
                        help="how long a chunk may wait for others to share its pool step (default: 500)")
     serve.add_argument("--max-batch", type=_positive, default=128,
