@@ -628,6 +628,14 @@ class StreamPool:
         with self.lock:
             return self._program.save(self._read(self._slot(sid)))
 
+    def unpadded_batch(self, n: int) -> int:
+        """The most streams, at most ``n``, whose step runs at its own size: ``n`` up to 16, else the
+        largest bucket size not above ``n`` (a step of another size runs padded up to the next bucket)."""
+        if n <= _EXACT_BATCH_ROWS:
+            return n
+        step = 1 << (n.bit_length() - 3)
+        return n // step * step
+
     def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
         """Step the given streams by one chunk each; streams not given are untouched.
 

@@ -507,8 +507,8 @@ def test_waiters_that_queue_their_next_chunk_at_once_leave_the_loop_free(model):
 
 def test_a_backlog_is_stepped_max_batch_chunks_at_a_time_in_arrival_order(model):
     """300 streams' chunks queued at once: steps of at most max_batch streams (a step of hundreds costs
-    no less per chunk and each new size needs a program), the first-ready streams first; every result
-    equals its stream run alone."""
+    no less per chunk and each new size needs a program), each of a size the pool runs unpadded (44
+    ready: 40, then 4), the first-ready streams first; every result equals its stream run alone."""
     n, max_batch = 300, 64
     xs = inputs(n, 1, seed=7)
 
@@ -522,7 +522,7 @@ def test_a_backlog_is_stepped_max_batch_chunks_at_a_time_in_arrival_order(model)
         return manager, calls, results
 
     manager, calls, results = asyncio.run(main())
-    assert [len(c) for c in calls] == [64, 64, 64, 64, 44]
+    assert [len(c) for c in calls] == [64, 64, 64, 64, 40, 4]
     pool_ids = [pid for c in calls for pid in c]
     assert pool_ids == [manager._seqs[i].pool_id for i in range(n)]  # first ready, first stepped
     for i in range(n):

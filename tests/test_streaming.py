@@ -776,3 +776,14 @@ def test_pool_steps_of_changing_sizes_share_few_programs_and_equal_each_stream_a
     assert 0 < len(program.programs.compiled()) <= len(buckets) + 3  # + the streams alone: batch 1, T 1..3
     masked = program._masked[1] if program._masked is not None else None
     assert masked is None or len(masked.compiled()) <= len(buckets)
+
+
+def test_unpadded_batch_is_the_largest_size_at_most_n_that_runs_without_padding():
+    from lstminfer.streaming import _bucket_rows
+
+    pool = lstminfer.load(lstminfer.models.path("adding_lstm")).stream_pool(max_streams=4)
+    for n in range(1, 2049):
+        size = pool.unpadded_batch(n)
+        assert size <= n and _bucket_rows(size) == size
+        assert all(_bucket_rows(m) != m for m in range(size + 1, n + 1)), n
+    assert [pool.unpadded_batch(n) for n in (16, 17, 21, 44, 100, 127, 128)] == [16, 16, 20, 40, 96, 112, 128]

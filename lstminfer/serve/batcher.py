@@ -241,7 +241,8 @@ class Batcher:
                 wait = oldest + self._max_delay - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)  # let chunks of other streams join this step
-            batch = self._take(limit)
+            # No padded rows: past 16 streams the pool runs bucket sizes; the rest go in the next step.
+            batch = self._take(self._pool.unpadded_batch(min(len(self._ready), limit)))
             if not batch:
                 continue
             started = time.monotonic()
