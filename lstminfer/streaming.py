@@ -563,7 +563,8 @@ class StreamPool:
                 and (program.direct_into is not None or programs is not None):
             self._fast = _runtime.PoolStep(program.direct_into, self._step_checked, self.lock, self._sid_at,
                                            self._id_bits, self._views, self._slot_views, program.chunk_batch_axis,
-                                           out_axis, lambda sids, y: _rows_by_stream(sids, y, out_axis), programs)
+                                           out_axis, lambda sids, y: _rows_by_stream(sids, y, out_axis), programs,
+                                           self._buffers, tuple(s.batch_axis for s in program.slots), self._rows_for)
             self.step = self._fast.step
 
     @property
@@ -722,12 +723,7 @@ class StreamPool:
         ``lengths``: the masked plan, row i valid for lengths[i] steps); their states written
         back; the outputs. Call with the lock held."""
         program = self._program
-        # A size seen _STEADY_BATCH times running (a caller's fixed batch) gets its own program; sizes
-        # that keep changing (a server's) share a few: the step padded to a bucket size.
-        self._streak = self._streak + 1 if len(slots) == self._last_batch else 0
-        self._last_batch = len(slots)
-        steady = self._streak >= _STEADY_BATCH
-        rows = len(slots) if steady or program.direct is not None else _bucket_rows(len(slots))
+        rows = len(slots) if program.direct is not None else self._rows_for(len(slots))
         if rows != len(slots):
             return self._run_padded(slots, stacked, lengths, rows)
         lo = slots[0]
@@ -749,6 +745,14 @@ class StreamPool:
                 index[s.batch_axis] = slots
                 buf[tuple(index)] = value
         return outputs
+
+    def _rows_for(self, n: int) -> int:
+        """The rows a compiled program's step of ``n`` streams runs. A size seen _STEADY_BATCH times
+        running (a caller's fixed batch) gets its own program; sizes that keep changing (a server's)
+        share a few: the step padded to a bucket size. Call with the lock held."""
+        self._streak = self._streak + 1 if n == self._last_batch else 0
+        self._last_batch = n
+        return n if self._streak >= _STEADY_BATCH else _bucket_rows(n)
 
     def _run_padded(self, slots: list[int], stacked: list[np.ndarray], lengths: np.ndarray | None,
                     rows: int) -> list[np.ndarray]:

@@ -6,6 +6,7 @@ Each does exactly what the Python code in model.py, plan.py and streaming.py doe
 fallback when this extension is not built, and the path for anything unusual): it finishes
 the job or returns None (or hands the call back) so that the full path runs and reports errors.
 """
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport PyObject, Py_INCREF
 
 import numpy as np
@@ -494,15 +495,32 @@ cdef class RowsOf:
         return rows if rows is not None else self.split_rows(list(self.frames), y)
 
 
+cdef inline void put_row(char* dst, const char* src, Py_ssize_t r, Py_ssize_t rows, Py_ssize_t T, Py_ssize_t I,
+                         Py_ssize_t batch_axis) noexcept:
+    """A float32 chunk [T, I] into row r of X: [T, rows, I] (batch axis 1) or [rows, T, I]."""
+    cdef Py_ssize_t t
+    if batch_axis == 1:
+        for t in range(T):
+            rt_copy(dst + ((t * rows + r) * I) * 4, src + t * I * 4, I * 4)
+    else:
+        rt_copy(dst + r * T * I * 4, src, T * I * 4)
+
+
 cdef class PoolStep:
     """``StreamPool.step``'s fast path, which a pool owns and binds as its ``step``, for a model
     that is one recurrent node (or compiles to one program) with rank-3 chunks: under the pool's
     lock, ids looked up, chunks gathered into one batch, the kernel's ``run_into`` on the slots'
     state views, {stream id: its view of Y}. Anything unusual (nothing changed) goes to
-    ``checked`` (``StreamPool._step_checked``), which reports errors."""
-    cdef object into, checked, empty, dtype, slot_views, X, Y, acquire, release, sid_array
+    ``checked`` (``StreamPool._step_checked``), which reports errors. Streams in scattered slots
+    (a server's) have their states gathered into scratch arrays, run there and written back; a
+    program's batch past 16 streams runs padded to the pool's bucket size (``rows_for``)."""
+    cdef object into, checked, empty, dtype, slot_views, X, Y, acquire, release, sid_array, rows_for
     cdef ProgramSet programs  # a whole model of one data output (into None): its streaming plan compiled
     cdef dict views
+    cdef dict scratch  # rows -> the state arrays a gathered step of that many rows runs on
+    cdef list buffers  # the pool's state buffers (C-contiguous), each with its batch axis in axes
+    cdef tuple axes
+    cdef int out_axis
     cdef const long long* sid_at
     cdef long long id_mask
     cdef Py_ssize_t max_streams
@@ -511,11 +529,14 @@ cdef class PoolStep:
     cdef public tuple shape  # the chunk shape the pool's full check passed (None: none yet)
 
     def __init__(self, into, checked, lock, sid_at, int id_bits, dict views not None, slot_views,
-                 Py_ssize_t batch_axis, int out_axis, split_rows, ProgramSet programs=None):
+                 Py_ssize_t batch_axis, int out_axis, split_rows, ProgramSet programs=None,
+                 list buffers=None, tuple axes=None, rows_for=None):
         """``sid_at``: the pool's int64 array of the id open in each slot (-1: none), updated in
         place by open/close; ids are generation << id_bits | slot. ``into``: the bare recurrent
         node's run_into; else (None) ``programs``, the compiled programs of a one-output model,
-        which run a batch whose signature the pool's full path compiled before."""
+        which run a batch whose signature the pool's full path compiled before. ``buffers``/``axes``:
+        the pool's state buffers and their batch axes (None: contiguous slots only); ``rows_for(n)``:
+        the rows a program's batch of n streams runs (padded past n: the pool's buckets)."""
         cdef const long long[::1] ids = sid_at
         if (into is None) == (programs is None):
             raise ValueError("PoolStep: one of into and programs")
@@ -530,6 +551,14 @@ cdef class PoolStep:
         self.rows_of = RowsOf(out_axis, split_rows)  # split_rows: (sids, Y) -> dict, where rows_by_stream declines
         self.empty = np.empty
         self.dtype = np.dtype(np.float32)
+        self.out_axis, self.rows_for, self.scratch = out_axis, rows_for, {}
+        self.buffers, self.axes = None, None
+        if buffers is not None:
+            if axes is None or len(axes) != len(buffers) or not all(
+                    type(b) is _NDARRAY and cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>b)
+                    and 0 <= a < b.ndim and b.shape[a] == ids.shape[0] for b, a in zip(buffers, axes)):
+                raise ValueError("PoolStep: the state buffers must be C-contiguous with max_streams along their axes")
+            self.buffers, self.axes = list(buffers), tuple(axes)
 
     def step(self, frames):
         """``StreamPool.step`` (its docstring is the contract): the common case in C, anything it declines
@@ -563,47 +592,112 @@ cdef class PoolStep:
             self.X = X
         return X
 
+    cdef list gathered_states(self, Py_ssize_t* slots, Py_ssize_t n, Py_ssize_t rows):
+        """Scratch arrays of ``rows`` rows holding the states of ``slots`` (rows past n: slot 0's)."""
+        cdef list states = self.scratch.get(rows)
+        cdef Py_ssize_t k, o, r, outer, inner, cap = self.max_streams
+        cdef char* src
+        cdef char* dst
+        if states is None:
+            states = []
+            for buf, axis in zip(self.buffers, self.axes):
+                dims = list(buf.shape)
+                dims[axis] = rows
+                states.append(self.empty(tuple(dims), buf.dtype))
+            if len(self.scratch) < 64:
+                self.scratch[rows] = states
+        for k in range(len(states)):
+            buf = self.buffers[k]
+            axis = self.axes[k]
+            outer = 1
+            for o in range(axis):
+                outer *= cnp.PyArray_DIMS(<cnp.ndarray>buf)[o]
+            inner = cnp.PyArray_NBYTES(<cnp.ndarray>buf) // (outer * cap)
+            src, dst = data_of(buf), data_of(states[k])
+            for o in range(outer):
+                for r in range(rows):
+                    rt_copy(dst + (o * rows + r) * inner, src + (o * cap + slots[r if r < n else 0]) * inner, inner)
+        return states
+
+    cdef void scatter_states(self, list states, Py_ssize_t* slots, Py_ssize_t n, Py_ssize_t rows):
+        """The first n rows of the scratch ``states`` written back to their slots."""
+        cdef Py_ssize_t k, o, r, outer, inner, cap = self.max_streams
+        cdef char* src
+        cdef char* dst
+        for k in range(len(states)):
+            buf = self.buffers[k]
+            axis = self.axes[k]
+            outer = 1
+            for o in range(axis):
+                outer *= cnp.PyArray_DIMS(<cnp.ndarray>buf)[o]
+            inner = cnp.PyArray_NBYTES(<cnp.ndarray>buf) // (outer * cap)
+            src, dst = data_of(states[k]), data_of(buf)
+            for o in range(outer):
+                for r in range(n):
+                    rt_copy(dst + (o * cap + slots[r]) * inner, src + (o * rows + r) * inner, inner)
+
     cdef object _step(self, dict frames):
-        cdef Py_ssize_t n = len(frames), pos = 0, i = 0, t, T, I, first = 0, slot
+        cdef Py_ssize_t n = len(frames)
+        cdef Py_ssize_t* slots
+        if n == 0 or n > self.max_streams:
+            return None
+        slots = <Py_ssize_t*>PyMem_Malloc(n * sizeof(Py_ssize_t))
+        if slots == NULL:
+            return None
+        try:
+            return self._step_on(frames, n, slots)
+        finally:
+            PyMem_Free(slots)
+
+    cdef object _step_on(self, dict frames, Py_ssize_t n, Py_ssize_t* slots):
+        cdef Py_ssize_t pos = 0, i = 0, t, T, I, first = 0, slot, rows = n, r
+        cdef bint contiguous = True
         cdef PyObject* key
         cdef PyObject* value
         cdef tuple shape = self.shape
         cdef char* dst
         cdef char* src
-        if n == 0 or shape is None or len(shape) != 3:
+        if shape is None or len(shape) != 3:
             return None
-        if self.batch_axis == 1:  # chunks [T, 1, I] -> X [T, n, I]
+        while PyDict_Next(frames, &pos, &key, &value):
+            slot = slot_by_id(<object>key, self.sid_at, self.id_mask, self.max_streams)
+            if slot < 0:
+                return None
+            slots[i] = slot
+            if i > 0 and slot != slots[0] + i:
+                contiguous = False
+            i += 1
+        if self.programs is not None and self.rows_for is not None and self.buffers is not None:
+            rows = self.rows_for(n)
+        if (not contiguous or rows != n) and self.buffers is None:
+            return None  # the full path gathers them
+        if self.batch_axis == 1:  # chunks [T, 1, I] -> X [T, rows, I]
             T, I = <Py_ssize_t>shape[0], <Py_ssize_t>shape[2]
             if <Py_ssize_t>shape[1] != 1:
                 return None
-            X = self.batch_buffer(T, n, I)
-        elif self.batch_axis == 0:  # chunks [1, T, I] -> X [n, T, I]
+            X = self.batch_buffer(T, rows, I)
+        elif self.batch_axis == 0:  # chunks [1, T, I] -> X [rows, T, I]
             T, I = <Py_ssize_t>shape[1], <Py_ssize_t>shape[2]
             if <Py_ssize_t>shape[0] != 1:
                 return None
-            X = self.batch_buffer(n, T, I)
+            X = self.batch_buffer(rows, T, I)
         else:
             return None
         dst = data_of(X)
+        pos, i = 0, 0
         while PyDict_Next(frames, &pos, &key, &value):
-            sid = <object>key
-            slot = slot_by_id(sid, self.sid_at, self.id_mask, self.max_streams)
-            if slot < 0:
-                return None
-            if i == 0:
-                first = slot
-            elif slot != first + i:
-                return None  # not consecutive slots: the full path gathers them
             chunk = <object>value
             if not chunk_ok(chunk, <PyObject*>self.dtype, shape):
                 return None
             src = data_of(chunk)
-            if self.batch_axis == 1:
-                for t in range(T):
-                    rt_copy(dst + ((t * n + i) * I) * 4, src + t * I * 4, I * 4)
-            else:
-                rt_copy(dst + i * T * I * 4, src, T * I * 4)
+            put_row(dst, src, i, rows, T, I, self.batch_axis)
+            if i == 0:  # the padded rows: copies of the first
+                for r in range(n, rows):
+                    put_row(dst, src, r, rows, T, I, self.batch_axis)
             i += 1
+        if not contiguous or rows != n:
+            return self.gathered_step(frames, X, slots, n, rows)
+        first = slots[0]
         views = self.views.get((first, n))
         if views is None:
             views = self.slot_views(first, n)
@@ -623,14 +717,44 @@ cdef class PoolStep:
         self.rows_of.frames = frames
         try:  # the rows are made while the kernel's workers compute (run_into's ``then``)
             if len(views) == 2:
-                rows = self.into(X, views[0], views[1], self.rows_of, out)
+                result = self.into(X, views[0], views[1], self.rows_of, out)
             elif len(views) == 1:
-                rows = self.into(X, views[0], None, self.rows_of, out)
+                result = self.into(X, views[0], None, self.rows_of, out)
             else:
-                rows = None
+                result = None
             y = self.rows_of.y
-            if rows is not None and y is not None and cnp.PyArray_SIZE(<cnp.ndarray>y) <= (1 << 20):
+            if result is not None and y is not None and cnp.PyArray_SIZE(<cnp.ndarray>y) <= (1 << 20):
                 self.Y = y
-            return rows
+            return result
+        finally:
+            self.rows_of.frames = self.rows_of.y = None
+
+    cdef object gathered_step(self, dict frames, object X, Py_ssize_t* slots, Py_ssize_t n, Py_ssize_t rows):
+        """The step of streams in scattered slots: states gathered into scratch arrays (``rows`` rows),
+        run there in place, the first n written back; {stream id: its row of Y}. None, with no slot
+        changed, where the program declines."""
+        states = self.gathered_states(slots, n, rows)
+        self.rows_of.frames = frames
+        try:
+            if self.programs is not None:
+                out = self.programs._run_cached(prepend(X, 1, states), prepend(None, 1, states))
+                if out is None:
+                    return None
+                y = out[0]
+                if rows != n:  # the padded rows' outputs dropped
+                    index = [slice(None)] * cnp.PyArray_NDIM(<cnp.ndarray>y)
+                    index[self.out_axis] = slice(0, n)
+                    y = y[tuple(index)]
+                self.scatter_states(states, slots, n, rows)
+                return self.rows_of(y)
+            if len(states) == 2:
+                result = self.into(X, states[0], states[1], self.rows_of, None)
+            elif len(states) == 1:
+                result = self.into(X, states[0], None, self.rows_of, None)
+            else:
+                return None
+            if result is not None:
+                self.scatter_states(states, slots, n, rows)
+            return result
         finally:
             self.rows_of.frames = self.rows_of.y = None
