@@ -632,10 +632,7 @@ class StreamPool:
     def unpadded_batch(self, n: int) -> int:
         """The most streams, at most ``n``, whose step runs at its own size: ``n`` up to 16, else the
         largest bucket size not above ``n`` (a step of another size runs padded up to the next bucket)."""
-        if n <= _EXACT_BATCH_ROWS:
-            return n
-        step = 1 << (n.bit_length() - 3)
-        return n // step * step
+        return n if n <= _EXACT_BATCH_ROWS else n // _bucket_step(n) * _bucket_step(n)
 
     def step(self, frames: Mapping[int, Any]) -> dict[int, Any]:
         """Step the given streams by one chunk each; streams not given are untouched.
@@ -999,10 +996,12 @@ def _bucket_rows(n: int) -> int:
     """The rows a pool step of ``n`` streams runs: ``n`` up to 16, else ``n`` rounded up to a
     quarter of its octave (20, 24, 28, 32, 40, ...), so that varied batch sizes share ~4 compiled
     programs per doubling (at most a quarter more rows run)."""
-    if n <= _EXACT_BATCH_ROWS:
-        return n
-    step = 1 << (n.bit_length() - 3)
-    return -(-n // step) * step
+    return n if n <= _EXACT_BATCH_ROWS else -(-n // _bucket_step(n)) * _bucket_step(n)
+
+
+def _bucket_step(n: int) -> int:
+    """A quarter of the power of two at or below ``n``: the spacing of the bucket sizes around n."""
+    return 1 << (n.bit_length() - 3)
 
 
 def _with(shape: tuple[int, ...], axis: int, size: int) -> tuple[int, ...]:

@@ -595,9 +595,6 @@ cdef class PoolStep:
     cdef list gathered_states(self, Py_ssize_t* slots, Py_ssize_t n, Py_ssize_t rows):
         """Scratch arrays of ``rows`` rows holding the states of ``slots`` (rows past n: slot 0's)."""
         cdef list states = self.scratch.get(rows)
-        cdef Py_ssize_t k, o, r, outer, inner, cap = self.max_streams
-        cdef char* src
-        cdef char* dst
         if states is None:
             states = []
             for buf, axis in zip(self.buffers, self.axes):
@@ -606,35 +603,30 @@ cdef class PoolStep:
                 states.append(self.empty(tuple(dims), buf.dtype))
             if len(self.scratch) < 64:
                 self.scratch[rows] = states
-        for k in range(len(states)):
-            buf = self.buffers[k]
-            axis = self.axes[k]
-            outer = 1
-            for o in range(axis):
-                outer *= cnp.PyArray_DIMS(<cnp.ndarray>buf)[o]
-            inner = cnp.PyArray_NBYTES(<cnp.ndarray>buf) // (outer * cap)
-            src, dst = data_of(buf), data_of(states[k])
-            for o in range(outer):
-                for r in range(rows):
-                    rt_copy(dst + (o * rows + r) * inner, src + (o * cap + slots[r if r < n else 0]) * inner, inner)
+        self.move_rows(states, slots, n, rows, True)
         return states
 
-    cdef void scatter_states(self, list states, Py_ssize_t* slots, Py_ssize_t n, Py_ssize_t rows):
-        """The first n rows of the scratch ``states`` written back to their slots."""
+    cdef void move_rows(self, list states, Py_ssize_t* slots, Py_ssize_t n, Py_ssize_t rows, bint gather):
+        """Each state buffer's rows of ``slots`` to rows 0.. of its scratch array (``gather``; rows past n:
+        slot 0's), or the scratch's first n rows back to their slots. A buffer is [outer, max_streams,
+        inner bytes] around its batch axis, a scratch array the same with ``rows`` rows."""
         cdef Py_ssize_t k, o, r, outer, inner, cap = self.max_streams
-        cdef char* src
-        cdef char* dst
+        cdef char* pool_rows
+        cdef char* scratch_rows
         for k in range(len(states)):
             buf = self.buffers[k]
-            axis = self.axes[k]
             outer = 1
-            for o in range(axis):
+            for o in range(<Py_ssize_t>self.axes[k]):
                 outer *= cnp.PyArray_DIMS(<cnp.ndarray>buf)[o]
             inner = cnp.PyArray_NBYTES(<cnp.ndarray>buf) // (outer * cap)
-            src, dst = data_of(states[k]), data_of(buf)
+            pool_rows, scratch_rows = data_of(buf), data_of(states[k])
             for o in range(outer):
-                for r in range(n):
-                    rt_copy(dst + (o * cap + slots[r]) * inner, src + (o * rows + r) * inner, inner)
+                for r in range(rows if gather else n):
+                    if gather:
+                        rt_copy(scratch_rows + (o * rows + r) * inner,
+                                pool_rows + (o * cap + slots[r if r < n else 0]) * inner, inner)
+                    else:
+                        rt_copy(pool_rows + (o * cap + slots[r]) * inner, scratch_rows + (o * rows + r) * inner, inner)
 
     cdef object _step(self, dict frames):
         cdef Py_ssize_t n = len(frames)
@@ -745,7 +737,7 @@ cdef class PoolStep:
                     index = [slice(None)] * cnp.PyArray_NDIM(<cnp.ndarray>y)
                     index[self.out_axis] = slice(0, n)
                     y = y[tuple(index)]
-                self.scatter_states(states, slots, n, rows)
+                self.move_rows(states, slots, n, rows, False)
                 return self.rows_of(y)
             if len(states) == 2:
                 result = self.into(X, states[0], states[1], self.rows_of, None)
@@ -754,7 +746,7 @@ cdef class PoolStep:
             else:
                 return None
             if result is not None:
-                self.scatter_states(states, slots, n, rows)
+                self.move_rows(states, slots, n, rows, False)
             return result
         finally:
             self.rows_of.frames = self.rows_of.y = None
