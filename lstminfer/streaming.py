@@ -544,7 +544,7 @@ class StreamPool:
                                   dtype=program.state_dtypes[s.key]) for s in program.slots]
         self._shape: tuple[int, ...] | None = None  # the checked shape of the last one-shape step (the C step's)
         self._known_shapes: set[tuple[int, ...]] = set()  # chunk shapes that passed the full check
-        self._last_batch = self._streak = 0  # streams in the last batched run (_run_slots), runs of that size before
+        self._last_batch = self._streak = 0  # streams in the last program run (_rows_for), runs of that size before
         # Stream ids are never reused: generation << _id_bits | slot, where generation counts the
         # streams that slot held before; _sid_at[slot] is the id open there (-1: none).
         self._id_bits = max(1, (max_streams - 1).bit_length())
