@@ -5,6 +5,7 @@ tests/ on its path): the long runs and the short ones drive the models the same 
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 
@@ -159,7 +160,21 @@ def thread_jobs(model, seed: int, batches=(1, 3, 8, 12)) -> list[list[dict]]:
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def _malloc_trim():
+    """glibc's malloc_trim, or a no-op elsewhere."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return lambda pad: 0
+
+
+_TRIM = _malloc_trim()
+
+
 def rss_bytes() -> int:
+    """Resident memory after the allocator hands its free pages back: a compile cache's churn
+    leaves free holes in a heap fragmented by a long test run, which RSS would count as growth."""
+    _TRIM(0)
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
 
