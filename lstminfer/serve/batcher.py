@@ -136,6 +136,7 @@ class Batcher:
         # A step predicted shorter than this runs on the event loop: the hop to the worker
         # thread and back costs more (~100 us on 2 cores) than such a step blocks the loop.
         self._inline_below = inline_below_us / 1e6
+        self._always_inline = inline_below_us >= _ALWAYS_INLINE_US
         # A step of a few hundred chunks costs no less per chunk than one of ~100 (the weights are read
         # once per step either way) but sizes that keep changing each need a compiled program, and the
         # first replies of a backlog wait for the whole step: a backlog runs as steps of max_batch.
@@ -171,10 +172,12 @@ class Batcher:
             self._start()
         future = self._loop.create_future() if waiter is None else waiter
         lane.append(_Queued(chunk, future, time.monotonic(), label))
-        if key not in self._in_step and key not in self._ready:
-            self._ready[key] = None
-            self._idle.clear()
-            self._wakeup.set()
+        ready = self._ready
+        if key not in ready and key not in self._in_step:
+            if not ready:  # else the batcher was woken (and idle cleared) by the chunk that made it non-empty
+                self._idle.clear()
+                self._wakeup.set()
+            ready[key] = None
         return future
 
     def pending(self, key: Hashable) -> int:
@@ -247,15 +250,17 @@ class Batcher:
                 continue
             started = time.monotonic()
             frames = {key: item.chunk for key, item in batch}
-            labels = {key: item.label for key, item in batch}
-            nbytes = _nbytes(frames)
-            rate = self._seconds_per_byte
-            inline = nbytes is not None and rate is not None and nbytes * rate < self._inline_below
+            if self._always_inline:  # no step's cost to predict
+                inline, nbytes, rate = True, None, None
+            else:
+                nbytes = _nbytes(frames)
+                rate = self._seconds_per_byte
+                inline = nbytes is not None and rate is not None and nbytes * rate < self._inline_below
             if inline:
-                results, seconds = self._step(frames, labels)
+                results, seconds = self._step(frames, batch)
             else:
                 try:
-                    results, seconds = await loop.run_in_executor(self._executor, self._step, frames, labels)
+                    results, seconds = await loop.run_in_executor(self._executor, self._step, frames, batch)
                 except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
                     results = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}
                     seconds, nbytes = 0.0, None
@@ -273,27 +278,29 @@ class Batcher:
     def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
         """The head chunk of up to ``limit`` ready streams (dropping chunks whose caller went away)."""
         batch = []
-        for key in list(self._ready):
+        ready, lanes, in_step = self._ready, self._lanes, self._in_step
+        for key in list(ready):
             if len(batch) >= limit:
                 break
-            del self._ready[key]
-            lane = self._lanes[key]
+            del ready[key]
+            lane = lanes[key]
             while lane and lane[0].future.done():  # cancelled by its caller before its step
                 lane.popleft()
             if not lane:
-                del self._lanes[key]
+                del lanes[key]
                 continue
             batch.append((key, lane.popleft()))
-            self._in_step.add(key)
+            in_step.add(key)
         return batch
 
-    def _step(self, frames: dict, labels: dict) -> tuple[dict, float]:
+    def _step(self, frames: dict, batch: list[tuple[Hashable, _Queued]]) -> tuple[dict, float]:
         """In the worker thread: one pool step; if it raises, one step per group of equal chunk
         shapes (a pool that refuses mixed lengths still batches), then per chunk in a failing group."""
         t0 = time.perf_counter()
         try:
             results = self._pool.step(frames)
         except Exception:
+            labels = {key: item.label for key, item in batch}
             groups: dict[Any, dict] = {}
             for key, chunk in frames.items():
                 groups.setdefault(_shape_of(chunk), {})[key] = chunk
@@ -313,25 +320,27 @@ class Batcher:
         return results, time.perf_counter() - t0
 
     def _deliver(self, batch: list[tuple[Hashable, _Queued]], results: dict) -> None:
+        ready, lanes, in_step, after_step = self._ready, self._lanes, self._in_step, self._after_step
         for key, item in batch:
-            self._in_step.discard(key)
+            in_step.discard(key)
             value = results.get(key)
-            if not item.future.done():
+            future = item.future
+            if not future.done():
                 if isinstance(value, BaseException):
                     self.stats.chunk_errors_total += 1
-                    item.future.set_exception(value)
+                    future.set_exception(value)
                 else:
-                    item.future.set_result(value)
-            for action in self._after_step.pop(key, ()) if self._after_step else ():
+                    future.set_result(value)
+            for action in after_step.pop(key, ()) if after_step else ():
                 try:
                     action()
                 except Exception:  # e.g. closing a slot: never stop the batcher
                     _log.exception("lstminfer serve: an action after a pool step failed")
-            lane = self._lanes.get(key)
+            lane = lanes.get(key)
             if lane:
-                self._ready[key] = None
+                ready[key] = None
             elif lane is not None:
-                del self._lanes[key]
+                del lanes[key]
         self._check_idle()
 
 

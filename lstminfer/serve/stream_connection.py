@@ -61,15 +61,22 @@ class StreamConnection(asyncio.Protocol):
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        queue = self._queue
+        if not (self._busy or queue or self._closing or self._writing_paused):
+            payload = self._reader.whole_binary(data)
+            if payload is not None:  # the usual read: one whole chunk, nothing waiting: straight to the batcher
+                self._in_flight = len(payload)
+                try:
+                    self._submit(self.sid, self._on_binary(payload), self)
+                except Exception as e:
+                    self._answer_error(e)
+                else:
+                    self._busy = True
+                return
         try:
             messages = self._reader.feed(data)
         except FrameError as e:
             self.close(e.code, e.reason)
-            return
-        queue = self._queue
-        if len(messages) == 1 and not queue and not self._busy and messages[0][0] == OP_BINARY:
-            queue.append(messages[0])  # the usual read: one chunk, nothing waiting (skips the loop below)
-            self._next()
             return
         for message in messages:
             opcode = message[0]
