@@ -342,6 +342,30 @@ def test_frames_are_moved_into_a_layout_where_time_is_not_the_first_axis():
     np.testing.assert_array_equal(np.frombuffer(layout.reply("y", y), np.float32).reshape(4, 2), y[0].T)
 
 
+@pytest.mark.parametrize("chunk_shape, time_at", [((1, -1, 3), 1), ((-1, 1, 3), 0)])
+def test_a_connections_chunk_reader_views_every_length_and_refuses_a_partial_frame(chunk_shape, time_at):
+    """The per-connection reader (one array over the payload, shapes kept per payload size) gives what
+    ``StreamLayout.chunk`` gives for 100 lengths (past its 64 kept shapes), and refuses what it refuses."""
+    from lstminfer.serve.protocol import ProtocolError, TensorSpec
+    from lstminfer.serve.websocket import StreamLayout
+
+    spec = TensorSpec("x", np.dtype(np.float32), chunk_shape)
+    layout = StreamLayout(spec, (3,), (0, 1, 2) if time_at else (1, 0, 2), chunk_shape, 12, {}, [], [])
+    read = layout.chunk_reader()
+    rng = np.random.default_rng(5)
+    for t in list(range(1, 101)) + [7, 1, 100]:
+        payload = bytearray(rng.standard_normal((t, 3)).astype(np.float32).tobytes())
+        chunk = read(payload)
+        want = layout.chunk(bytes(payload))
+        assert chunk.shape == want.shape and chunk.shape[time_at] == t and chunk.dtype is spec.dtype
+        np.testing.assert_array_equal(chunk, want)
+        payload[:4] = np.float32(123.5).tobytes()  # a view over the payload, not a copy
+        assert chunk.reshape(-1)[0] == np.float32(123.5)
+    for size in (0, 11, 13, 40):
+        with pytest.raises(ProtocolError, match=f"got {size} bytes"):
+            read(bytearray(size))
+
+
 def test_pipelined_fragmented_pinged_then_closed_by_the_client(server, model):
     """The callback path's protocol: chunks sent without waiting are answered in order, a fragmented
     chunk is one chunk, a ping gets its pong between them, and the client's close code comes back."""

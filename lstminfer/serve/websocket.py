@@ -122,12 +122,20 @@ class StreamLayout:
         """``chunk`` with its dtype and shape bound once, for the frames of one connection."""
         if self.data_input is None or self.chunk_shape is None:
             return self.chunk
-        dtype, shape, frame_bytes, frombuffer, checked = _wire(self.data_input.dtype), self.chunk_shape, \
-            self.frame_bytes, np.frombuffer, self.chunk
+        dtype, frame_bytes, checked, ndarray = _wire(self.data_input.dtype), self.frame_bytes, self.chunk, np.ndarray
+        time_at = self.chunk_shape.index(-1)
+        shapes: dict[int, tuple[int, ...]] = {}  # payload bytes -> the chunk's shape (a stream's chunks are mostly one size)
 
         def chunk(payload: Any) -> np.ndarray:
             size = len(payload)
-            return frombuffer(payload, dtype).reshape(shape) if size and not size % frame_bytes else checked(payload)
+            shape = shapes.get(size)
+            if shape is None:
+                if not size or size % frame_bytes:
+                    return checked(payload)
+                if len(shapes) >= 64:
+                    shapes.clear()
+                shape = shapes[size] = self.chunk_shape[:time_at] + (size // frame_bytes,) + self.chunk_shape[time_at + 1:]
+            return ndarray(shape, dtype, payload)  # one array over the payload (frombuffer + reshape: two)
         return chunk
 
     def reply_encoder(self, name: str) -> Callable[[Any], bytes]:
