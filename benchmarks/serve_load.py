@@ -20,8 +20,9 @@ Modes:
 * ``--search``: the largest N held in real time: doubling from ``--start``, then
   bisection to within ``--resolution`` (each run ``--duration``, default 5 s).
 * ``--rtt``: one stream, one chunk at a time (send, wait for the reply, repeat): the
-  round-trip median; with ``--echo-url`` the same against a bare echo server, and the
-  server's share of the round trip (median minus the echo's median).
+  round-trip median; with ``--echo-url`` the same against a bare echo server in alternating
+  blocks, and the server's share of the round trip (the median over blocks of the server's
+  block median minus the echo's beside it: drift during the run hits both alike).
 * ``--echo``: serve that bare echo server (websockets, uvloop) and print its URL.
 
 ``--server-pid PID`` adds the server's CPU seconds per chunk (utime + stime from
@@ -462,6 +463,49 @@ async def round_trip(url: str, frames: int, count: int, duration_s: float, seed:
             "p99_ms": float(np.percentile(t, 99)), "min_ms": float(t.min())}
 
 
+async def interleaved_round_trips(server_url: str, echo_url: str, frames: int, count: int, duration_s: float,
+                                  seed: int = 0, blocks: int = 10) -> dict:
+    """The server's share of a one-stream round trip: ``count`` chunks on each of the two connections in
+    ``blocks`` alternating blocks (server, echo, server, ...), so that the machine's drift within the run
+    (the bare echo server's own median moved 0.11-0.18 ms between runs) hits both alike; the share is the
+    median over blocks of (server block median - the echo block's beside it)."""
+    conns = [await _open_ws(server_url, 0, frames, seed), await _open_ws(echo_url, 0, frames, seed)]
+    clock = time.perf_counter
+    times: list[list[list[float]]] = [[], []]  # connection -> blocks -> seconds
+    per_block = max(1, count // blocks)
+    try:
+        for ws, payload, _ in conns:
+            for _ in range(50):
+                await ws.send(payload)
+                await ws.recv()
+        stop = clock() + duration_s
+        for _ in range(blocks):
+            for k, (ws, payload, _) in enumerate(conns):
+                block = []
+                for _ in range(per_block):
+                    t0 = clock()
+                    await ws.send(payload)
+                    reply = await ws.recv()
+                    block.append(clock() - t0)
+                    if isinstance(reply, str):
+                        raise LoadError(f"server answered a chunk with an error: {reply[:200]}")
+                times[k].append(block)
+            if clock() > stop:
+                break
+    finally:
+        for ws, _, _ in conns:
+            await ws.close()
+
+    def summary(url: str, blocks_of: list[list[float]]) -> dict:
+        t = np.concatenate(blocks_of) * 1000.0
+        return {"url": url, "chunks": int(t.size), "median_ms": float(np.median(t)),
+                "p99_ms": float(np.percentile(t, 99)), "min_ms": float(t.min())}
+
+    shares = [1000.0 * (np.median(a) - np.median(b)) for a, b in zip(*times)]
+    return {"server": summary(server_url, times[0]), "echo": summary(echo_url, times[1]),
+            "server_share_ms": float(np.median(shares)), "blocks": len(shares)}
+
+
 # ------------------------------------------------------------ echo server --
 
 async def echo_server(host: str, port: int, features: int, ready=None) -> None:
@@ -592,11 +636,11 @@ def _rtt_table(record: dict) -> str:
 
 async def _dispatch(args, url: str) -> tuple[dict, list[LoadResult]]:
     if args.rtt:
-        record = {"mode": "rtt", "frames": args.frames, "server": await round_trip(url, args.frames, args.count, args.duration, args.seed)}
         if args.echo_url:
-            record["echo"] = await round_trip(stream_url(args.echo_url, None), args.frames, args.count, args.duration, args.seed)
-            record["server_share_ms"] = record["server"]["median_ms"] - record["echo"]["median_ms"]
-        return record, []
+            return {"mode": "rtt", "frames": args.frames, **await interleaved_round_trips(
+                url, stream_url(args.echo_url, None), args.frames, args.count, args.duration, args.seed)}, []
+        return {"mode": "rtt", "frames": args.frames,
+                "server": await round_trip(url, args.frames, args.count, args.duration, args.seed)}, []
     metrics = metrics_endpoint(url) if args.batch_metrics else None
     if args.search:
         show = None if args.json else (lambda r: print(_table([r]).splitlines()[1], file=sys.stderr, flush=True))

@@ -187,6 +187,46 @@ def test_round_trip_against_the_echo_server():
     assert rtt["chunks"] == 20 and 0 < rtt["min_ms"] <= rtt["median_ms"] <= rtt["p99_ms"]
 
 
+def test_interleaved_round_trips_give_a_slower_servers_share():
+    """Two echo servers, one answering 2 ms late: measured against the prompt one in alternating
+    blocks, its share of the round trip is those 2 ms (give or take the loop's scheduling)."""
+    async def slow_echo(host: str, ready) -> None:
+        from websockets.asyncio.server import serve
+
+        async def echo(ws) -> None:
+            await ws.send(json.dumps({"sequence_id": 0, "model": "slow", "outputs": [
+                {"name": "x", "datatype": "FP32", "shape": [-1, FEATURES]}], "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [-1, FEATURES]}]}))
+            async for message in ws:
+                await asyncio.sleep(0.002)
+                await ws.send(message)
+
+        async with serve(echo, host, 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            ready(f"ws://{host}:{port}/v2/models/slow/stream")
+            await asyncio.Future()
+
+    async def measure():
+        urls: dict[str, str] = {}
+        both = asyncio.Event()
+
+        def got(name):
+            return lambda u: (urls.__setitem__(name, u), len(urls) == 2 and both.set())
+        servers = [asyncio.ensure_future(serve_load.echo_server("127.0.0.1", 0, FEATURES, ready=got("echo"))),
+                   asyncio.ensure_future(slow_echo("127.0.0.1", got("slow")))]
+        await asyncio.wait_for(both.wait(), 10)
+        try:
+            return await serve_load.interleaved_round_trips(urls["slow"], urls["echo"], 1, 40, 10.0, blocks=4)
+        finally:
+            for server in servers:
+                server.cancel()
+
+    rtt = asyncio.run(measure())
+    assert rtt["blocks"] == 4 and rtt["server"]["chunks"] == rtt["echo"]["chunks"] == 40
+    assert rtt["server"]["median_ms"] > rtt["echo"]["median_ms"] + 1.5
+    assert 1.5 < rtt["server_share_ms"] < 10.0
+
+
 @pytest.mark.parametrize("url", ["http://10.0.0.1:8000", "ws://example.com/v2/models/m/stream",
                                  "http://192.168.1.2:80"])
 def test_generator_refuses_a_host_that_is_not_loopback(url, capsys):
