@@ -33,7 +33,11 @@ from .c_runtime import _runtime
 from .plan import Plan
 from .program_compiler import CompileDeclined, Compiler, is_pinned
 
-_MAX_PROGRAMS = 32  # signatures kept per model (the least recently used goes)
+_MAX_PROGRAMS = 32  # signatures kept per model (the least recently used goes, once idle: below)
+# A full cache drops its least recently used program only once that one has sat unused through this many
+# lookups: where more signatures than it keeps come round in turn, dropping the one used a moment ago to
+# compile the next would compile on every few steps (a compile costs a run of the plan and more).
+_IDLE_LOOKUPS_BEFORE_EVICTION = 4 * _MAX_PROGRAMS
 _USES_PER_COMPILE = 4  # past the first few, a signature compiles only while programs are used this much
 
 
@@ -81,6 +85,8 @@ class Programs:
         self._by_signature: OrderedDict[tuple, Any] = OrderedDict()  # least recently used first
         self._pins: dict[tuple, tuple[int, ...]] = {}  # a body's shapes -> the feeds it pins
         self._uses = self._compiles = 0  # programs run through lookup / compiled
+        self._lookups = 0  # calls of ``lookup``: the clock of ``_used_at``
+        self._used_at: dict[tuple, int] = {}  # signature -> ``_lookups`` when its program last ran through lookup
         self._shared: dict = {}  # weights laid out for the instructions, made once for all signatures
         self._lock = threading.Lock()
         self.fast = _runtime.ProgramSet(self.lookup, self.find) if _runtime is not None else None
@@ -109,18 +115,27 @@ class Programs:
         (``_worth_compiling``) and the plan runs the new ones, as it would without programs."""
         key = self._key(feeds)
         program = self._by_signature.get(key) if key is not None else None
+        self._lookups += 1
         if program is not None:
             try:
                 self._by_signature.move_to_end(key)
             except KeyError:  # dropped by another thread's compile meanwhile: still good to run
                 pass
+            self._used_at[key] = self._lookups
             self._uses += 1
         else:
             with self._lock:
-                if not self._worth_compiling():
+                if not self._worth_compiling() or not self._room_for_one_more():
                     return None
                 program = self._compile(feeds)
         return None if isinstance(program, NotCompiled) else program
+
+    def _room_for_one_more(self) -> bool:
+        """The cache has room, or its least recently used program has been idle long enough to go."""
+        if len(self._by_signature) < _MAX_PROGRAMS:
+            return True
+        oldest = next(iter(self._by_signature))
+        return self._lookups - self._used_at.get(oldest, 0) >= _IDLE_LOOKUPS_BEFORE_EVICTION
 
     def _worth_compiling(self) -> bool:
         """A compile costs a run of the plan and more: worth it while the programs made so far
@@ -145,8 +160,9 @@ class Programs:
             program = compile_program(self.plan, self.wanted, feeds, body=self.body, pinned=frozenset(pins),
                                       shared=self._shared)
             if len(self._by_signature) >= _MAX_PROGRAMS:
-                self._by_signature.popitem(last=False)
+                self._used_at.pop(self._by_signature.popitem(last=False)[0], None)
             self._by_signature[key] = program
+            self._used_at[key] = self._lookups
         return program
 
     def run(self, feeds: list, into: list | None = None) -> list | None:

@@ -601,3 +601,39 @@ def test_the_dense_instruction_matches_float64_on_any_shape(rows, depth, outputs
     expected = a.astype(np.float64) @ weights + (bias if with_bias else 0.0)
     np.testing.assert_allclose(guarded[:rows], expected, rtol=1e-5, atol=1e-5 * np.sqrt(depth))
     assert np.isnan(guarded[rows]).all()
+
+
+# ------------------------------------------------------------ the cache of programs
+
+def test_more_signatures_in_turn_than_kept_stop_compiling_and_a_new_workload_still_compiles():
+    """48 batch sizes in turn (the cache keeps 32): once full, no program used a moment ago is dropped
+    for the next size, so compiling stops (LRU alone would compile on every few calls, for ever) while
+    every call still gives the plan's numbers; once the workload changes to other sizes, the old
+    programs have gone idle and the new sizes get theirs."""
+    from lstminfer.program import _MAX_PROGRAMS
+
+    model = lstminfer.load(models.path("adding_lstm"))
+    programs = model._programs
+    rng = np.random.default_rng(11)
+    feeds = {b: bundled_feeds(model, rng, b, 3) for b in range(1, 49)}
+    for _ in range(80):  # compiling is paced by reuse (``_worth_compiling``): the cache fills over rounds
+        for b in range(1, 49):
+            model.run(None, feeds[b])
+        if len(programs.compiled()) == _MAX_PROGRAMS:
+            break
+    assert len(programs.compiled()) == _MAX_PROGRAMS
+    for b in range(1, 49):  # a round on the full cache
+        model.run(None, feeds[b])
+    compiled = programs._compiles
+    for _ in range(6):
+        for b in rng.permutation(np.arange(1, 49)):
+            got = model.run(None, feeds[int(b)])
+            for g, want in zip(got, plan_outputs(model, feeds[int(b)])):
+                np.testing.assert_allclose(g, want, rtol=TOL, atol=TOL)
+    assert programs._compiles == compiled, "signatures in turn kept compiling"
+    new_sizes = range(60, 70)
+    for _ in range(40):
+        for b in new_sizes:
+            model.run(None, bundled_feeds(model, rng, b, 3))
+    kept = {sig[0][1][0] for sig in programs._by_signature}  # the batch size of the first feed
+    assert set(new_sizes) <= kept, f"the new workload's sizes got no programs: {sorted(kept)}"
