@@ -7,6 +7,9 @@ line kept. ``--rtt`` adds the one-stream round trip of each server and of the ba
 Writes one JSON line per measurement to ``--out`` and a summary table to stdout.
 
     python benchmarks/serve_compare.py --scenarios a b --repeat 2 --out /tmp/compare.jsonl
+
+``--interleave`` starts every server at once instead and lets their searches take turns, one run
+each: on a host whose speed drifts within minutes, every server then sees the same drift.
 """
 from __future__ import annotations
 
@@ -84,6 +87,43 @@ def _load(args: list[str], core: int) -> dict:
     return json.loads(lines[-1])
 
 
+def _interleaved_searches(args, model: Path, spec: dict) -> list[dict]:
+    """Every server of ``args.servers`` up at once on the server core; their ``Bisection`` searches take
+    turns, one ``serve_load.py --streams N`` run each; one search record per server."""
+    sys.path.insert(0, str(HERE))
+    from serve_load import Bisection
+
+    procs = {}
+    try:
+        for server in args.servers:
+            procs[server] = _start(server, model, args.server_core)
+        steps = {server: Bisection(spec["start"], resolution=args.resolution, tries=args.tries) for server in procs}
+        runs: dict[str, list[dict]] = {server: [] for server in procs}
+        while True:
+            turn = [(server, steps[server].next()) for server in procs if steps[server].next() is not None]
+            if not turn:
+                break
+            for server, n in turn:
+                proc, url = procs[server]
+                record = _load([url, "--model", model.stem, "--frames", str(spec["frames"]), "--period-ms",
+                                str(spec["period_ms"]), "--duration", str(args.duration), "--server-pid", str(proc.pid),
+                                *(["--batch-metrics"] if server != "peer" else []), "--streams", str(n)],
+                               args.load_core)
+                runs[server].append(record)
+                steps[server].record(n, bool(record.get("held")))
+                time.sleep(0.5)  # the closed streams released before the next run
+    finally:
+        for proc, _ in procs.values():
+            _stop(proc)
+    out = []
+    for server, made in runs.items():
+        held = [r for r in made if r.get("held")]
+        best = max(held, key=lambda r: r["streams"]) if held else None
+        out.append({"mode": "search", "interleaved": True, "who": server,
+                    "max_streams_held": best["streams"] if best else 0, "best": best, "runs": made})
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", nargs="+", default=["a", "b"], choices=sorted(SCENARIOS))
@@ -100,6 +140,10 @@ def main() -> int:
     parser.add_argument("--fixed", nargs="+", metavar="SERVER=N[,N...]",
                         help="instead of --search, runs at these stream counts (the server's CPU per chunk at a "
                              "given load: a capacity figure robust to other jobs' latency spikes)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="every server started at once, their searches taking turns run by run (one N of "
+                             "one server, then the next server's): the machine's drift within the comparison "
+                             "then hits every server alike")
     parser.add_argument("--out", default="serve_compare.jsonl")
     args = parser.parse_args()
     models = Path(tempfile.mkdtemp(prefix="serve_compare_"))
@@ -126,6 +170,11 @@ def main() -> int:
     for scenario in ([] if args.no_search else args.scenarios):
         model = _model(scenario, models)
         spec = SCENARIOS[scenario]
+        if args.interleave and not fixed:
+            for _ in range(args.repeat):
+                for record in _interleaved_searches(args, model, spec):
+                    keep({**record, "scenario": scenario})
+            continue
         for _ in range(args.repeat):
             runs = [(server, n) for server, counts in fixed.items() for n in counts] if fixed else \
                 [(server, None) for server in args.servers]

@@ -393,46 +393,70 @@ async def run_load(url: str, streams: int, frames: int, period_ms: float, durati
     return result
 
 
+class Bisection:
+    """The search for the largest N held, one run at a time: ``next()`` is the N to run (None: done),
+    ``record(n, held)`` its outcome. Doubling from ``start``, then bisection to within ``resolution``
+    of N; an N counts as not held only after ``tries`` runs that did not hold it (a machine shared with
+    other work has bursts). Step-wise so that several servers' searches can take turns
+    (``serve_compare.py --interleave``: the machine's drift then hits every server alike)."""
+
+    def __init__(self, start: int = 16, max_streams: int = 4096, resolution: float = 0.05, max_runs: int = 16,
+                 tries: int = 1):
+        self.max_streams, self.resolution, self.max_runs, self.tries = max_streams, resolution, max_runs, max(1, tries)
+        self.lo, self.hi, self.n = 0, None, max(1, min(start, max_streams))
+        self.runs = 0
+        self.best_n = 0
+        self._failed_at_n = 0
+        self._doubling = True
+        self._done = False
+
+    def next(self) -> int | None:
+        return None if self._done or self.runs >= self.max_runs else self.n
+
+    def record(self, n: int, held: bool) -> None:
+        if n != self.n:
+            raise ValueError(f"recorded N={n}, but the search asked for {self.n}")
+        self.runs += 1
+        if held:
+            self.best_n = max(self.best_n, n)
+            self._failed_at_n = 0
+            self.lo = n
+            if self._doubling:
+                if n >= self.max_streams:
+                    self._done = True
+                    return
+                self.n = min(2 * n, self.max_streams)
+                return
+        else:
+            self._failed_at_n += 1
+            if self._failed_at_n < self.tries:
+                return  # the same N again
+            self._failed_at_n = 0
+            self.hi = n
+            self._doubling = False
+        if self.hi is None or self.hi - self.lo <= max(1, int(self.lo * self.resolution)):
+            self._done = True
+            return
+        self.n = (self.lo + self.hi) // 2
+
+
 async def search(url: str, frames: int, period_ms: float, duration_s: float, *, start: int = 16,
                  max_streams: int = 4096, resolution: float = 0.05, max_runs: int = 16, tries: int = 1,
                  server_pid: int | None = None, metrics_url: str | None = None, progress=None) -> tuple[LoadResult | None, list[LoadResult]]:
-    """The largest N held in real time (doubling from ``start``, then bisection to within
-    ``resolution`` of N) and every run made; (None, runs) when even ``start`` is not held.
-    An N is held when one of ``tries`` runs holds (a machine shared with other work has bursts)."""
+    """The largest N held in real time (``Bisection``) and every run made; (None, runs) when even
+    ``start`` is not held."""
     runs: list[LoadResult] = []
     best: LoadResult | None = None
-    lo, hi, n = 0, None, max(1, min(start, max_streams))
-
-    async def attempt(n: int) -> bool:
-        nonlocal best
-        for _ in range(max(1, tries)):
-            r = await run_load(url, n, frames, period_ms, duration_s, server_pid=server_pid,
-                               metrics_url=metrics_url)
-            runs.append(r)
-            if progress:
-                progress(r)
-            await asyncio.sleep(0.5)  # let the server release the closed streams before the next run
-            if r.held:
-                if best is None or n > best.streams:
-                    best = r
-                return True
-        return False
-
-    while len(runs) < max_runs:
-        if await attempt(n):
-            lo = n
-            if n >= max_streams:
-                break
-            n = min(2 * n, max_streams)
-        else:
-            hi = n
-            break
-    while hi is not None and hi - lo > max(1, int(lo * resolution)) and len(runs) < max_runs:
-        n = (lo + hi) // 2
-        if await attempt(n):
-            lo = n
-        else:
-            hi = n
+    steps = Bisection(start, max_streams, resolution, max_runs, tries)
+    while (n := steps.next()) is not None:
+        r = await run_load(url, n, frames, period_ms, duration_s, server_pid=server_pid, metrics_url=metrics_url)
+        runs.append(r)
+        if progress:
+            progress(r)
+        await asyncio.sleep(0.5)  # let the server release the closed streams before the next run
+        steps.record(n, r.held)
+        if r.held and (best is None or n > best.streams):
+            best = r
     return best, runs
 
 

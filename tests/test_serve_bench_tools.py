@@ -329,3 +329,27 @@ def test_search_doubles_up_to_the_cap_when_every_run_holds(peer):
                                                progress=lambda r: seen.append(r.streams)))
     assert best is not None and best.streams == 4 and best.held
     assert sorted(set(seen)) == [2, 4] and len(runs) == len(seen) <= 6
+
+
+@pytest.mark.parametrize("capacity", [1, 5, 37, 100, 333, 4096])
+def test_the_step_wise_search_finds_the_capacity_within_its_resolution(capacity):
+    steps = serve_load.Bisection(start=16, max_streams=4096, resolution=0.05, max_runs=40)
+    while (n := steps.next()) is not None:
+        steps.record(n, n <= capacity)
+    assert steps.best_n <= capacity and capacity - steps.best_n <= max(1, int(steps.best_n * 0.05))
+
+
+def test_the_step_wise_search_retries_a_burst_and_refuses_a_result_for_another_n():
+    """tries=2: one failed run at an N that holds (another job's burst) does not end the doubling."""
+    steps = serve_load.Bisection(start=8, max_streams=1024, resolution=0.1, max_runs=40, tries=2)
+    bursts = {32}
+    asked = []
+    while (n := steps.next()) is not None:
+        asked.append(n)
+        burst = n in bursts
+        bursts.discard(n)
+        steps.record(n, n <= 200 and not burst)
+    assert asked[:5] == [8, 16, 32, 32, 64] and 180 <= steps.best_n <= 200
+    with pytest.raises(ValueError, match="asked for"):
+        fresh = serve_load.Bisection(start=8)
+        fresh.record(9, True)
