@@ -274,11 +274,7 @@ class SequenceManager:
         """``step`` without a coroutine: queue one chunk of ``sid``; ``waiter`` (an object with ``done()``,
         ``set_result(output)`` and ``set_exception(error)``, called on the event loop) gets its outcome.
         Raises at once what ``step`` raises before queueing (unknown sequence, draining, a full queue)."""
-        sid = check_sequence_id(sid)
-        seq = self._seqs.get(sid)  # ``_open``, inline: once per chunk of every stream
-        if seq is None:
-            raise self._unknown(sid)
-        seq.last_used = self._clock()
+        seq = self._open(sid)
         if self._draining:
             raise DrainingError(f"cannot step sequence {seq.sid!r}: the service is draining")
         self._batcher.submit(seq.pool_id, chunk, seq.sid, waiter)

@@ -65,13 +65,7 @@ class StreamConnection(asyncio.Protocol):
         if not (self._busy or queue or self._closing or self._writing_paused):
             payload = self._reader.whole_binary(data)
             if payload is not None:  # the usual read: one whole chunk, nothing waiting: straight to the batcher
-                self._in_flight = len(payload)
-                try:
-                    self._submit(self.sid, self._on_binary(payload), self)
-                except Exception as e:
-                    self._answer_error(e)
-                else:
-                    self._busy = True
+                self._step_chunk(payload)
                 return
         try:
             messages = self._reader.feed(data)
@@ -163,12 +157,7 @@ class StreamConnection(asyncio.Protocol):
             opcode, payload = queue.popleft()
             self._in_flight = len(payload)
             if opcode == OP_BINARY:
-                try:
-                    self._submit(self.sid, self._on_binary(payload), self)
-                except Exception as e:
-                    self._answer_error(e)
-                    continue
-                self._busy = True
+                self._step_chunk(payload)
             elif opcode == OP_TEXT:
                 self._busy = True
                 asyncio.get_running_loop().create_task(self._text(payload))
@@ -183,6 +172,16 @@ class StreamConnection(asyncio.Protocol):
         if self._reading_paused and len(queue) <= _RESUME_READING_AT and not self._gone:
             self._reading_paused = False
             self.transport.resume_reading()
+
+    def _step_chunk(self, payload: bytearray) -> None:
+        """Queue a binary message's chunk with the batcher (busy until its reply comes), or answer its error."""
+        self._in_flight = len(payload)
+        try:
+            self._submit(self.sid, self._on_binary(payload), self)
+        except Exception as e:
+            self._answer_error(e)
+        else:
+            self._busy = True
 
     async def _text(self, payload: bytearray) -> None:
         try:
