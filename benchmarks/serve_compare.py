@@ -87,6 +87,13 @@ def _load(args: list[str], core: int) -> dict:
     return json.loads(lines[-1])
 
 
+def _load_args(server: str, proc: subprocess.Popen, url: str, model: Path, spec: dict, args) -> list[str]:
+    """``serve_load.py``'s arguments for one server under one scenario (the caller adds the mode)."""
+    return [url, "--model", model.stem, "--frames", str(spec["frames"]), "--period-ms", str(spec["period_ms"]),
+            "--duration", str(args.duration), "--server-pid", str(proc.pid),
+            *(["--batch-metrics"] if server != "peer" else [])]
+
+
 def _interleaved_searches(args, model: Path, spec: dict) -> list[dict]:
     """Every server of ``args.servers`` up at once on the server core; their ``Bisection`` searches take
     turns, one ``serve_load.py --streams N`` run each; one search record per server."""
@@ -105,10 +112,7 @@ def _interleaved_searches(args, model: Path, spec: dict) -> list[dict]:
                 break
             for server, n in turn:
                 proc, url = procs[server]
-                record = _load([url, "--model", model.stem, "--frames", str(spec["frames"]), "--period-ms",
-                                str(spec["period_ms"]), "--duration", str(args.duration), "--server-pid", str(proc.pid),
-                                *(["--batch-metrics"] if server != "peer" else []), "--streams", str(n)],
-                               args.load_core)
+                record = _load([*_load_args(server, proc, url, model, spec, args), "--streams", str(n)], args.load_core)
                 runs[server].append(record)
                 steps[server].record(n, bool(record.get("held")))
                 time.sleep(0.5)  # the closed streams released before the next run
@@ -181,9 +185,7 @@ def main() -> int:
             for server, n in runs:  # a fresh server for each run: no backlog carried over
                 proc, url = _start(server, model, args.server_core)
                 try:
-                    common = [url, "--model", model.stem, "--frames", str(spec["frames"]), "--period-ms",
-                              str(spec["period_ms"]), "--duration", str(args.duration), "--server-pid", str(proc.pid),
-                              *(["--batch-metrics"] if server != "peer" else [])]
+                    common = _load_args(server, proc, url, model, spec, args)
                     mode = ["--streams", str(n)] if n else ["--search", "--start", str(spec["start"]),
                                                             "--resolution", str(args.resolution), "--tries",
                                                             str(args.tries)]
