@@ -460,31 +460,44 @@ async def search(url: str, frames: int, period_ms: float, duration_s: float, *, 
     return best, runs
 
 
+async def _warm_up(ws, payload: bytes, chunks: int = 50) -> None:
+    for _ in range(chunks):
+        await ws.send(payload)
+        await ws.recv()
+
+
+async def _timed_chunks(ws, payload: bytes, count: int, stop: float | None = None) -> list[float]:
+    """Seconds of each of ``count`` round trips, one chunk in flight (fewer once one ends past ``stop``)."""
+    clock = time.perf_counter
+    times = []
+    for _ in range(count):
+        t0 = clock()
+        await ws.send(payload)
+        reply = await ws.recv()
+        times.append(clock() - t0)
+        if isinstance(reply, str):
+            raise LoadError(f"server answered a chunk with an error: {reply[:200]}")
+        if stop is not None and times[-1] + t0 > stop:
+            break
+    return times
+
+
+def _round_trip_summary(url: str, seconds: list[float]) -> dict:
+    t = np.asarray(seconds) * 1000.0
+    return {"url": url, "chunks": int(t.size), "median_ms": float(np.median(t)),
+            "p99_ms": float(np.percentile(t, 99)), "min_ms": float(t.min())}
+
+
 async def round_trip(url: str, frames: int, count: int, duration_s: float, seed: int = 0) -> dict:
     """One stream, one chunk in flight: round-trip median/p99 in ms over ``count`` chunks
     (or ``duration_s``, whichever comes first), after 50 unmeasured warm-up chunks."""
     ws, payload, _ = await _open_ws(url, 0, frames, seed)
-    times = []
-    clock = time.perf_counter
     try:
-        for _ in range(50):
-            await ws.send(payload)
-            await ws.recv()
-        stop = clock() + duration_s
-        for _ in range(count):
-            t0 = clock()
-            await ws.send(payload)
-            reply = await ws.recv()
-            times.append(clock() - t0)
-            if isinstance(reply, str):
-                raise LoadError(f"server answered a chunk with an error: {reply[:200]}")
-            if times[-1] + t0 > stop:
-                break
+        await _warm_up(ws, payload)
+        times = await _timed_chunks(ws, payload, count, time.perf_counter() + duration_s)
     finally:
         await ws.close()
-    t = np.asarray(times) * 1000.0
-    return {"url": url, "chunks": int(t.size), "median_ms": float(np.median(t)),
-            "p99_ms": float(np.percentile(t, 99)), "min_ms": float(t.min())}
+    return _round_trip_summary(url, times)
 
 
 async def interleaved_round_trips(server_url: str, echo_url: str, frames: int, count: int, duration_s: float,
@@ -494,39 +507,23 @@ async def interleaved_round_trips(server_url: str, echo_url: str, frames: int, c
     (the bare echo server's own median moved 0.11-0.18 ms between runs) hits both alike; the share is the
     median over blocks of (server block median - the echo block's beside it)."""
     conns = [await _open_ws(server_url, 0, frames, seed), await _open_ws(echo_url, 0, frames, seed)]
-    clock = time.perf_counter
     times: list[list[list[float]]] = [[], []]  # connection -> blocks -> seconds
     per_block = max(1, count // blocks)
     try:
         for ws, payload, _ in conns:
-            for _ in range(50):
-                await ws.send(payload)
-                await ws.recv()
-        stop = clock() + duration_s
+            await _warm_up(ws, payload)
+        stop = time.perf_counter() + duration_s
         for _ in range(blocks):
             for k, (ws, payload, _) in enumerate(conns):
-                block = []
-                for _ in range(per_block):
-                    t0 = clock()
-                    await ws.send(payload)
-                    reply = await ws.recv()
-                    block.append(clock() - t0)
-                    if isinstance(reply, str):
-                        raise LoadError(f"server answered a chunk with an error: {reply[:200]}")
-                times[k].append(block)
-            if clock() > stop:
+                times[k].append(await _timed_chunks(ws, payload, per_block))
+            if time.perf_counter() > stop:
                 break
     finally:
         for ws, _, _ in conns:
             await ws.close()
-
-    def summary(url: str, blocks_of: list[list[float]]) -> dict:
-        t = np.concatenate(blocks_of) * 1000.0
-        return {"url": url, "chunks": int(t.size), "median_ms": float(np.median(t)),
-                "p99_ms": float(np.percentile(t, 99)), "min_ms": float(t.min())}
-
     shares = [1000.0 * (np.median(a) - np.median(b)) for a, b in zip(*times)]
-    return {"server": summary(server_url, times[0]), "echo": summary(echo_url, times[1]),
+    return {"server": _round_trip_summary(server_url, [t for block in times[0] for t in block]),
+            "echo": _round_trip_summary(echo_url, [t for block in times[1] for t in block]),
             "server_share_ms": float(np.median(shares)), "blocks": len(shares)}
 
 
