@@ -738,9 +738,7 @@ class StreamPool:
             if contiguous:
                 _axis_slice(buf, s.batch_axis, lo, lo + len(slots))[...] = value
             else:
-                index = [slice(None)] * buf.ndim
-                index[s.batch_axis] = slots
-                buf[tuple(index)] = value
+                _put_rows(buf, s.batch_axis, slots, value)
         return outputs
 
     def _rows_for(self, n: int) -> int:
@@ -767,9 +765,7 @@ class StreamPool:
         else:
             outputs, new_states = program.run_masked(data, states, lengths[take])
         for buf, s, value in zip(self._buffers, program.slots, new_states):
-            index = [slice(None)] * buf.ndim
-            index[s.batch_axis] = slots
-            buf[tuple(index)] = _axis_slice(value, s.batch_axis, 0, n)
+            _put_rows(buf, s.batch_axis, slots, _axis_slice(value, s.batch_axis, 0, n))
         axes = (self._output_axes[name] for name in program.output_names)
         return [value if axis is None else _axis_slice(value, axis, 0, n) for value, axis in zip(outputs, axes)]
 
@@ -1012,6 +1008,13 @@ def _axis_slice(value: np.ndarray, axis: int, start: int, stop: int) -> np.ndarr
     index = [slice(None)] * value.ndim
     index[axis] = slice(start, stop)
     return value[tuple(index)]
+
+
+def _put_rows(buf: np.ndarray, axis: int, rows: list[int], value: np.ndarray) -> None:
+    """``buf``'s entries ``rows`` along ``axis`` set to ``value`` (a scatter of slots' states)."""
+    index = [slice(None)] * buf.ndim
+    index[axis] = rows
+    buf[tuple(index)] = value
 
 
 def _rows_by_stream(sids: list, value: np.ndarray, axis: int | None) -> dict:
