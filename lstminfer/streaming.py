@@ -555,6 +555,7 @@ class StreamPool:
         self.lock = threading.Lock()
         # the whole step in C for a model of one recurrent node or one output (_runtime.PoolStep)
         self._fast = None
+        self._express = None  # the serve WebSocket path's lane over self._fast (express_lane)
         out_axis = self._output_axes[program.output_names[0]]
         one_output = program.direct_into is not None or len(program.output_names) == 1
         programs = program.programs.fast if program.direct_into is None else None
@@ -628,6 +629,17 @@ class StreamPool:
     def save(self, sid: int) -> bytes:
         with self.lock:
             return self._program.save(self._read(self._slot(sid)))
+
+    def express_lane(self, features: int, monotonic: Any):
+        """The pool's ``_runtime.ExpressLane`` (made once): raw float32 chunks of ``features`` values per
+        frame stepped from their own buffers, for ``lstminfer serve``'s WebSocket streams; None where
+        this pool has no C step or its chunks are not [T, features] frames of float32."""
+        if self._express is None and self._fast is not None:
+            data = self._program.data_inputs
+            if len(data) == 1 and data[0].dtype == np.float32 and data[0].shape is not None \
+                    and len(data[0].shape) == 3 and data[0].shape[2] == features:
+                self._express = _runtime.ExpressLane(self._fast, features, monotonic)
+        return self._express
 
     def unpadded_batch(self, n: int) -> int:
         """The most streams, at most ``n``, whose step runs at its own size: ``n`` up to 16, else the

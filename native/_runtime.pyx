@@ -750,3 +750,5 @@ cdef class PoolStep:
             return result
         finally:
             self.rows_of.frames = self.rows_of.y = None
+
+include "_express.pxi"

@@ -13,6 +13,11 @@ only when its step is done: its chunks run strictly in arrival order, never two 
 If a batched step raises, the chunks are stepped per group of equal shapes, then one by one,
 so that only the bad chunk's caller gets the error (a pool step checks every chunk before it
 touches any state). Transport-agnostic and single-loop: call it from the event loop's thread.
+
+The WebSocket stream's usual chunk (one whole binary frame) comes through the pool's *express
+lane* instead (``express_lane``, ``_runtime.ExpressLane``): queued in C with no Python object per
+chunk, stepped by this batcher in turn with the Python lanes (oldest chunk first), its replies
+written in C. What the lane's C step declines goes back to its connection's Python path.
 """
 from __future__ import annotations
 
@@ -154,6 +159,8 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._express = None  # the pool's ExpressLane once a stream asked for it
+        self.count_express: Callable[[int, int, int], None] | None = None  # (replies, bytes in, bytes out) per step
 
     # -- what the sequence manager calls --------------------------------------------
     def submit(self, key: Hashable, chunk: Any, label: Any = None, waiter: Any = None) -> Any:
@@ -180,10 +187,26 @@ class Batcher:
             ready[key] = None
         return future
 
+    def express_lane(self, features: int) -> Any:
+        """The pool's express lane for chunks of ``features`` float32 values per frame (see the module
+        doc), woken by this batcher; None where the pool has none or the batcher is closed."""
+        if self._express is None and not self._closed:
+            lane = self._pool.express_lane(features, time.monotonic)
+            if lane is not None:
+                lane.wake = self._express_woken
+                self._express = lane
+        return self._express
+
+    def refuse_express(self) -> None:
+        """From now on every chunk takes the Python path (the service drains: there it is refused)."""
+        if self._express is not None:
+            self._express.accepting = False
+
     def pending(self, key: Hashable) -> int:
         """Chunks of ``key`` queued or being stepped."""
         lane = self._lanes.get(key)
-        return (len(lane) if lane else 0) + (key in self._in_step)
+        express = self._express.pending(key) if self._express is not None else 0
+        return (len(lane) if lane else 0) + (key in self._in_step) + express
 
     def cancel(self, key: Hashable, error: BaseException) -> None:
         """Fail every queued chunk of ``key`` with ``error`` and forget the lane (a chunk in a step completes)."""
@@ -192,11 +215,14 @@ class Batcher:
         for item in lane or ():
             if not item.future.done():
                 item.future.set_exception(error)
+        stream = self._express.cancel(key) if self._express is not None else None
+        if stream is not None:
+            stream.connection.express_failed(stream.nbytes, error)
         self._check_idle()
 
     def after_step(self, key: Hashable, action: Callable[[], None]) -> None:
         """Run ``action`` now, or when the step ``key`` is in finishes (e.g. closing its slot)."""
-        if key in self._in_step:
+        if key in self._in_step or (self._express is not None and self._express.stepping(key)):
             self._after_step.setdefault(key, []).append(action)
         else:
             action()
@@ -227,23 +253,44 @@ class Batcher:
         self._task = self._loop.create_task(self._run(), name="lstminfer-batcher")
 
     def _check_idle(self) -> None:
-        if self._idle is not None and not self._ready and not self._in_step:
+        express = self._express
+        if self._idle is not None and not self._ready and not self._in_step \
+                and (express is None or not (express.waiting_count or express.in_step)):
             self._idle.set()
+
+    def _express_woken(self) -> None:
+        """A chunk waits in the express lane and none did."""
+        if self._task is None:
+            self._start()
+        if not self._ready:  # else the batcher was woken (and idle cleared) by the Python lanes
+            self._idle.clear()
+            self._wakeup.set()
+
+    def _oldest(self) -> float | None:
+        """When the oldest chunk ready in the Python lanes arrived (None: none is)."""
+        return self._lanes[next(iter(self._ready))][0].arrived if self._ready else None
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         limit = min(self._pool.max_streams, self.max_batch)
         while True:
-            if not self._ready:
+            express = self._express
+            waiting = express.waiting_count if express is not None else 0
+            if not self._ready and not waiting:
                 self._wakeup.clear()
                 self._check_idle()
                 await self._wakeup.wait()
                 continue
-            if len(self._ready) < min(limit, len(self._pool)):  # else every open stream has a chunk ready
-                oldest = self._lanes[next(iter(self._ready))][0].arrived
-                wait = oldest + self._max_delay - time.monotonic()
+            oldest, express_oldest = self._oldest(), express.oldest if waiting else None
+            if len(self._ready) + waiting < min(limit, len(self._pool)):  # else every open stream has a chunk ready
+                first = min(t for t in (oldest, express_oldest) if t is not None)
+                wait = first + self._max_delay - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)  # let chunks of other streams join this step
+                    oldest, express_oldest = self._oldest(), express.oldest if express is not None else None
+            if express_oldest is not None and (oldest is None or express_oldest <= oldest):
+                await self._express_step(express, limit, loop)
+                continue
             # No padded rows: past 16 streams the pool runs bucket sizes; the rest go in the next step.
             batch = self._take(self._pool.unpadded_batch(min(len(self._ready), limit)))
             if not batch:
@@ -274,6 +321,47 @@ class Batcher:
             self._deliver(batch, results)
             if inline:  # let the loop read (and serve) before the next step: waiters that queue their next
                 await asyncio.sleep(0)  # chunk in their callback would otherwise keep it stepping unbroken
+
+    async def _express_step(self, express: Any, limit: int, loop: asyncio.AbstractEventLoop) -> None:
+        """One step of the express lane's oldest chunks; what its C step declines goes back to the
+        chunks' connections, whose Python path (checks, compiles, errors) steps them next."""
+        n = express.collect(self._pool.unpadded_batch(min(express.waiting_count, limit)))
+        if not n:
+            return
+        started = time.monotonic()
+        nbytes = express.batch_bytes
+        rate = self._seconds_per_byte
+        if self._always_inline or (rate is not None and nbytes * rate < self._inline_below):
+            seconds, inline = express.run(), True
+        else:
+            try:
+                seconds = await loop.run_in_executor(self._executor, express.run)
+            except Exception:  # the worker itself failed (shut down): the Python path reports it
+                seconds = -1.0
+            inline = False
+        keys = express.pool_ids() if self._after_step else ()
+        if seconds < 0:
+            for stream in express.declined():
+                stream.connection.express_declined(stream.payload())
+        else:
+            sample = seconds / nbytes
+            self._seconds_per_byte = sample if rate is None else 0.8 * rate + 0.2 * sample
+            try:
+                self.stats.record_batch(n, seconds, express.delays(started))
+            except Exception:  # a metrics hook must not stop the batcher
+                _log.exception("lstminfer serve: the on_batch hook failed")
+            counts = express.deliver()
+            if self.count_express is not None:
+                self.count_express(*counts)
+        for key in keys:
+            for action in self._after_step.pop(key, ()):
+                try:
+                    action()
+                except Exception:  # e.g. closing a slot: never stop the batcher
+                    _log.exception("lstminfer serve: an action after a pool step failed")
+        self._check_idle()
+        if inline:  # let the loop read before the next step (see _run)
+            await asyncio.sleep(0)
 
     def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
         """The head chunk of up to ``limit`` ready streams (dropping chunks whose caller went away)."""

@@ -139,6 +139,12 @@ class ServeMetrics:
         self.bytes_received += received
         self.bytes_sent += sent
 
+    def count_frames(self, count: int, received: int, sent: int) -> None:
+        """``count`` WebSocket frames answered (an express step's): their bytes and the replies'."""
+        self._frames.requests += count
+        self.bytes_received += received
+        self.bytes_sent += sent
+
     def count_frame_error(self, received: int) -> None:
         """One WebSocket frame answered with an error (or that ended its stream)."""
         self._frames.requests += 1

@@ -270,6 +270,18 @@ class SequenceManager:
         finally:
             seq.last_used = self._clock()
 
+    def express_stream(self, sid: Any, connection: Any, write: Callable[[bytes], Any], features: int,
+                       max_bytes: int, count: Callable[[int, int, int], None]) -> Any:
+        """An ``ExpressStream`` of ``sid`` for a WebSocket ``connection`` whose replies go to ``write``
+        (``Batcher.express_lane``), or None where the pool has no express lane; ``count(replies, bytes in,
+        bytes out)`` is called after each express step."""
+        seq = self._open(sid)
+        lane = self._batcher.express_lane(features)
+        if lane is None:
+            return None
+        self._batcher.count_express = count
+        return lane.stream(connection, write, seq.pool_id, max_bytes)
+
     def submit(self, sid: Any, chunk: Any, waiter: Any) -> None:
         """``step`` without a coroutine: queue one chunk of ``sid``; ``waiter`` (an object with ``done()``,
         ``set_result(output)`` and ``set_exception(error)``, called on the event loop) gets its outcome.
@@ -284,6 +296,7 @@ class SequenceManager:
     async def drain(self) -> None:
         """Refuse new sequences and chunks; return when every accepted chunk has been stepped."""
         self._draining = True
+        self._batcher.refuse_express()
         await self._batcher.drain()
 
     async def aclose(self) -> None:

@@ -58,11 +58,16 @@ class StreamConnection(asyncio.Protocol):
         self._abort_handle: asyncio.TimerHandle | None = None
         self._reply_size, self._reply_head = -1, b""
         self.finished = asyncio.get_running_loop().create_future()
+        self.express: Any = None  # its _runtime.ExpressStream: whole binary chunks queued and answered in C
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         queue = self._queue
         if not (self._busy or queue or self._closing or self._writing_paused):
+            express = self.express
+            if express is not None and express.take(data):  # the usual read, in C: the reply comes in C too
+                self._busy = True
+                return
             payload = self._reader.whole_binary(data)
             if payload is not None:  # the usual read: one whole chunk, nothing waiting: straight to the batcher
                 self._step_chunk(payload)
@@ -90,6 +95,8 @@ class StreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self._gone = True
+        if self.express is not None:
+            self.express.gone = True
         self._queue.clear()
         if self._abort_handle is not None:
             self._abort_handle.cancel()
@@ -125,6 +132,17 @@ class StreamConnection(asyncio.Protocol):
         if self._queue:
             self._next()
 
+    def express_declined(self, payload: bytes) -> None:
+        """The express lane's C step declined this connection's chunk: the Python path steps it (or says why not)."""
+        self._busy = False
+        if not (self._gone or self._closing):
+            self._step_chunk(payload)
+
+    def express_failed(self, received: int, error: BaseException) -> None:
+        """The express lane's chunk of ``received`` bytes was cancelled with ``error`` (its sequence ended)."""
+        self._in_flight = received
+        self.set_exception(error)
+
     def set_exception(self, error: BaseException) -> None:
         self._busy = False
         if not (self._gone or self._closing):
@@ -139,6 +157,8 @@ class StreamConnection(asyncio.Protocol):
             return
         self._closing = True
         self._queue.clear()
+        if self.express is not None:  # nothing follows a close frame, not even a reply already stepped
+            self.express.gone = True
         self.transport.write(server_frame(OP_CLOSE, close_payload(code, _reason(reason))))
         self._abort_handle = asyncio.get_running_loop().call_later(self._close_wait_s, self.transport.abort)
         if self._reading_paused:  # the client's close frame must still be read
@@ -147,6 +167,8 @@ class StreamConnection(asyncio.Protocol):
 
     def _shut(self) -> None:
         self._gone = True
+        if self.express is not None:
+            self.express.gone = True
         self._queue.clear()
         self.transport.close()
 

@@ -138,6 +138,19 @@ class StreamLayout:
             return ndarray(shape, dtype, payload)  # one array over the payload (frombuffer + reshape: two)
         return chunk
 
+    def express_features(self, name: str) -> int | None:
+        """Float32 values per frame when binary chunks may take the express lane with output ``name``
+        replied (the frames' bytes in the input's own order, the reply the output's bytes as they
+        lie); None: the Python path for every chunk."""
+        spec = self.data_input
+        if not _LITTLE or spec is None or self.chunk_shape is None or spec.dtype != np.float32 \
+                or len(self.chunk_shape) != 3 or self.frame_bytes != 4 * self.chunk_shape[2]:
+            return None
+        batch_axis, time_axis = self.output_axes[name]
+        if batch_axis is None or not (time_axis is None or all(i == batch_axis for i in range(time_axis))):
+            return None
+        return self.chunk_shape[2]
+
     def reply_encoder(self, name: str) -> Callable[[Any], bytes]:
         """``reply`` of output ``name`` from a pool step's result (an array, or a dict of several)."""
         batch_axis, time_axis = self.output_axes[name]
@@ -282,6 +295,10 @@ class WebSocketStreams:
             transport, sequences.manager, sid, max_size=self.server.options.max_request_bytes,
             close_wait_s=_CLOSE_WAIT_S, on_binary=layout.chunk_reader(), on_reply=layout.reply_encoder(output), on_text=on_text,
             on_error=on_error, count_frame=metrics.count_frame, lost=aiohttp_protocol.connection_lost)
+        features = layout.express_features(output)
+        if features is not None and sequences.outputs == [output]:
+            connection.express = sequences.manager.express_stream(sid, connection, transport.write, features,
+                                                         self.server.options.max_request_bytes, metrics.count_frames)
         key = request.headers["Sec-WebSocket-Key"].encode()  # can_prepare checked it
         accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
         transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"

@@ -1,0 +1,304 @@
+"""The WebSocket stream's express lane (``_runtime.ExpressLane``): whole binary chunks queued, stepped
+and answered in C must give every stream exactly what it gets stepped alone, change nothing where the
+C step declines, and refuse (leaving it to the Python path) every frame that is not one whole masked
+binary chunk. The lane is driven here by hand and through the serve batcher with real
+``StreamConnection`` objects on a recording transport; the servers of test_serve_websocket.py run
+every binary chunk through it too.
+"""
+import asyncio
+import os
+import random
+import time
+from collections import deque
+
+import numpy as np
+import pytest
+
+import lstminfer
+import lstminfer.models
+from lstminfer.c_runtime import _runtime
+from lstminfer.serve.sequences import SequenceManager, UnknownSequenceError
+from lstminfer.serve.stream_connection import StreamConnection
+
+pytestmark = pytest.mark.skipif(_runtime is None, reason="the native runtime is not built")
+
+
+def client_frame(payload: bytes, opcode=0x2, fin=True, masked=True) -> bytes:
+    """A client frame, encoded independently of the server's codec."""
+    n = len(payload)
+    first = (0x80 if fin else 0) | opcode
+    bit = 0x80 if masked else 0
+    if n < 126:
+        head = bytes([first, bit | n])
+    elif n < 1 << 16:
+        head = bytes([first, bit | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([first, bit | 127]) + n.to_bytes(8, "big")
+    if not masked:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def reply_payload(frame: bytes) -> bytes:
+    """The payload of one unmasked server frame."""
+    assert frame[0] == 0x82
+    n, head = frame[1], 2
+    if n == 126:
+        n, head = int.from_bytes(frame[2:4], "big"), 4
+    assert len(frame) == head + n
+    return frame[head:]
+
+
+def time_first_lstm(path, features=3, hidden=5):
+    """x [time, batch, 3] -> y [time, batch, 5]: the layout of PyTorch's default export."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(3)
+    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
+               for name, shape in (("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden)))]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=hidden),
+             helper.make_node("Squeeze", ["Y", "axes"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "time_first", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch", features])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["time", "batch", hidden])],
+        [*weights, numpy_helper.from_array(np.array([1], np.int64), "axes")])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module", params=["batch_first", "time_first"])
+def case(request, tmp_path_factory):
+    """(model, features, chunk [T, F] -> the model's chunk)."""
+    if request.param == "batch_first":
+        return lstminfer.load(lstminfer.models.path("adding_lstm")), 2, lambda x: x[None]
+    path = time_first_lstm(tmp_path_factory.mktemp("express") / "tf.onnx")
+    return lstminfer.load(path), 3, lambda x: x[:, None]
+
+
+class Connection:
+    """What the lane touches of a StreamConnection after a reply."""
+
+    def __init__(self):
+        self._busy, self._queue, self.nexts = True, deque(), 0
+
+    def _next(self):
+        self.nexts += 1
+
+
+def run_alone(model, to_model, frames):
+    out = model.stream().step(to_model(frames))
+    return np.asarray(out).reshape(len(frames), -1)
+
+
+def test_lane_steps_equal_each_stream_stepped_alone(case):
+    model, features, to_model = case
+    pool = model.stream_pool(24)
+    lane = pool.express_lane(features, time.monotonic)
+    assert lane is not None
+    rng = random.Random(5)
+    n = 20
+    ids = [pool.open() for _ in range(n)]
+    writes = [[] for _ in range(n)]
+    streams = [lane.stream(Connection(), writes[i].append, ids[i], 1 << 20) for i in range(n)]
+    sent = [[] for _ in range(n)]
+    python_path = [[] for _ in range(n)]
+    ran = declined = 0
+    for _ in range(12):
+        for i in rng.sample(range(n), rng.randint(1, n)):
+            x = np.random.default_rng(rng.randrange(1 << 30)).standard_normal((rng.randint(1, 3), features))
+            x = x.astype(np.float32)
+            assert streams[i].take(client_frame(x.tobytes()))
+            sent[i].append(x)
+        while lane.waiting_count:
+            assert lane.collect(rng.randint(1, n))
+            if lane.run() >= 0:
+                ran += 1
+                lane.deliver()
+                continue
+            declined += 1
+            for s in lane.declined():  # the Python path: the pool's checked step
+                i = ids.index(s.pool_id)
+                s.connection._busy = False
+                chunk = np.frombuffer(s.payload(), np.float32).reshape(-1, features)
+                out = pool.step({s.pool_id: to_model(chunk)})[s.pool_id]
+                python_path[i].append(len(writes[i]))
+                writes[i].append(b"\x82\x00" + np.ascontiguousarray(out).tobytes())
+    assert ran and declined  # lengths the pool had not checked went the Python way first
+    for i in range(n):
+        got = [np.frombuffer(reply_payload(w) if k not in python_path[i] else w[2:], np.float32)
+               for k, w in enumerate(writes[i])]
+        assert len(got) == len(sent[i])
+        np.testing.assert_allclose(np.concatenate(got), run_alone(model, to_model, np.concatenate(sent[i])).ravel(),
+                                   rtol=1e-5, atol=1e-6)
+        assert streams[i].connection._busy is False and streams[i].state == 0
+
+
+def test_a_declined_step_changes_no_state(case):
+    model, features, to_model = case
+    pool = model.stream_pool(4)
+    lane = pool.express_lane(features, time.monotonic)
+    pid = pool.open(model.stream().state)
+    before = {k: v.copy() for k, v in pool.state(pid).items()}
+    stream = lane.stream(Connection(), [].append, pid, 1 << 20)
+    assert stream.take(client_frame(np.ones((2, features), np.float32).tobytes()))
+    assert lane.collect(8) == 1 and lane.run() == -1.0  # the pool never checked a chunk of 2 frames
+    for key, value in pool.state(pid).items():
+        np.testing.assert_array_equal(value, before[key])
+    assert [s.pool_id for s in lane.declined()] == [pid] and stream.state == 0
+    pool.close(pid)
+
+
+def test_take_refuses_all_but_one_whole_masked_binary_chunk(case):
+    model, features, _ = case
+    pool = model.stream_pool(4)
+    lane = pool.express_lane(features, time.monotonic)
+    pid = pool.open()
+    stream = lane.stream(Connection(), [].append, pid, 64 * features)
+    chunk = np.ones((2, features), np.float32).tobytes()
+    refused = [
+        client_frame(chunk, opcode=0x1),  # text
+        client_frame(chunk, masked=False),
+        client_frame(chunk, fin=False),  # a fragment
+        client_frame(chunk)[:-1],  # cut short
+        client_frame(chunk) + client_frame(chunk),  # two frames in one read
+        client_frame(chunk[:-4]),  # not whole frames
+        client_frame(b""),
+        client_frame(np.ones((65, features), np.float32).tobytes()),  # over max_bytes
+        bytearray(client_frame(chunk)),
+    ]
+    for data in refused:
+        assert not stream.take(data), data[:4]
+    assert lane.waiting_count == 0
+    assert stream.take(client_frame(chunk)) and lane.waiting_count == 1
+    assert not stream.take(client_frame(chunk))  # one chunk at a time
+    assert lane.cancel(pid) is stream and lane.waiting_count == 0 and stream.state == 0
+    lane.accepting = False
+    assert not stream.take(client_frame(chunk))
+    lane.accepting = True
+    stream.gone = True
+    assert not stream.take(client_frame(chunk))
+    stream.gone = False
+    pool.close(pid)
+    assert not stream.take(client_frame(chunk))  # its stream is closed: the Python path names the error
+
+
+def test_pending_and_stepping_follow_a_chunk(case):
+    model, features, to_model = case
+    pool = model.stream_pool(4)
+    lane = pool.express_lane(features, time.monotonic)
+    a, b = pool.open(), pool.open()
+    pool.step({a: to_model(np.zeros((1, features), np.float32))})  # the pool checks chunks of 1 frame
+    writes = []
+    stream = lane.stream(Connection(), writes.append, b, 1 << 20)
+    assert lane.pending(b) == 0
+    assert stream.take(client_frame(np.zeros((1, features), np.float32).tobytes()))
+    assert lane.pending(b) == 1 and not lane.stepping(b) and lane.pending(a) == 0
+    assert lane.collect(4) == 1 and lane.stepping(b) and lane.in_step == 1
+    assert lane.run() >= 0
+    replies, received, sent = lane.deliver()
+    assert (replies, received) == (1, 4 * features) and sent == len(reply_payload(writes[0]))
+    assert lane.pending(b) == 0 and lane.in_step == 0 and stream.connection.nexts == 0
+
+
+# -- through the batcher, with real connections ----------------------------------------------------
+
+class Transport:
+    def __init__(self):
+        self.written, self.closed = [], False
+
+    def write(self, data):
+        self.written.append(bytes(data))
+
+    def pause_reading(self):
+        pass
+
+    def resume_reading(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+
+def connect(manager, sid, features, to_model):
+    transport = Transport()
+    connection = StreamConnection(
+        transport, manager, sid, max_size=1 << 20, close_wait_s=1.0,
+        on_binary=lambda p: to_model(np.frombuffer(p, np.float32).reshape(-1, features)),
+        on_reply=lambda out: np.ascontiguousarray(out).tobytes(), on_text=None,
+        on_error=lambda e, n: (None, str(e)), count_frame=lambda r, s: None, lost=lambda exc: None)
+    connection.express = manager.express_stream(sid, connection, transport.write, features, 1 << 20,
+                                                lambda *counts: None)
+    assert connection.express is not None
+    return connection, transport
+
+
+async def until(condition, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+def test_connections_through_the_batcher_equal_each_stream_alone(case):
+    model, features, to_model = case
+    n, rounds = 12, 6
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((rounds, features)).astype(np.float32) for _ in range(n)]
+
+    async def main():
+        manager = SequenceManager(model, n, max_delay_us=0)
+        python_steps = []
+        original = manager.pool.step
+        manager.pool.step = lambda frames: python_steps.append(len(frames)) or original(frames)
+        conns = []
+        for i in range(n):
+            manager.start(i)
+            manager.hold(i)
+            conns.append(connect(manager, i, features, to_model))
+        for r in range(rounds):
+            for connection, _ in conns:
+                connection.data_received(client_frame(xs[conns.index((connection, _))][r:r + 1].tobytes()))
+            await until(lambda: all(len(t.written) == r + 1 for _, t in conns))
+        await manager.aclose()
+        return conns, python_steps
+
+    conns, python_steps = asyncio.run(main())
+    for i, (_, transport) in enumerate(conns):
+        got = np.concatenate([np.frombuffer(reply_payload(w), np.float32) for w in transport.written])
+        np.testing.assert_allclose(got, run_alone(model, to_model, xs[i]).ravel(), rtol=1e-5, atol=1e-6)
+    assert sum(python_steps) < n * rounds / 2  # after the first chunks (checked, compiled) the lane steps them
+
+
+def test_ending_a_sequence_answers_its_waiting_chunk_and_a_lost_connection_gets_nothing(case):
+    model, features, to_model = case
+
+    async def main():
+        manager = SequenceManager(model, 4, max_delay_us=200_000)  # chunks wait: the end comes first
+        for sid in (1, 2, 3):
+            manager.start(sid)
+            manager.hold(sid)
+        (c1, t1), (c2, t2), (c3, t3) = (connect(manager, sid, features, to_model) for sid in (1, 2, 3))
+        frame = client_frame(np.ones((1, features), np.float32).tobytes())
+        for connection in (c1, c2, c3):
+            connection.data_received(frame)
+        manager.end(1)
+        c2.connection_lost(None)
+        await until(lambda: t3.written)
+        await manager.aclose()
+        return t1, t2, t3, c1, manager
+
+    t1, t2, t3, c1, manager = asyncio.run(main())
+    assert len(t1.written) == 1 and b"was ended while this chunk was queued" in t1.written[0]
+    assert t2.written == []
+    assert len(t3.written) == 1 and t3.written[0][0] == 0x82
+    assert not c1.express.take(client_frame(np.ones((1, features), np.float32).tobytes()))
+    with pytest.raises(UnknownSequenceError):
+        manager.submit(1, None, c1)
