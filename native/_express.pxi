@@ -19,6 +19,7 @@ cdef extern from "Python.h":
 
 cdef extern from "stdlib.h":
     void* realloc(void* p, size_t n) nogil
+    void* calloc(size_t n, size_t size) nogil
     void free(void* p) nogil
 
 cdef extern from "stdint.h":
@@ -28,6 +29,10 @@ cdef enum:
     IDLE = 0
     WAITING = 1
     IN_STEP = 2
+
+cdef enum:  # ExpressLane.owner[slot]: who has chunks of the stream in that slot
+    BY_EXPRESS = 1  # one waiting or in a step, of any of the stream's connections
+    BY_PYTHON = 2  # queued with the batcher's Python lanes, or in their step
 
 
 cdef class KeptOutput:
@@ -92,6 +97,8 @@ cdef class ExpressStream:
             return False
         if lane.step.sid_at[self.slot] != self.pool_id:  # ended or expired: the Python path says so
             return False
+        if lane.owner[self.slot]:  # a chunk of this stream is ahead (another connection's, or Python's)
+            return False
         if length > self.capacity:
             grown = <unsigned char*>realloc(self.buf, length)
             if grown == NULL:
@@ -102,6 +109,7 @@ cdef class ExpressStream:
         self.nbytes, self.T = length, length // lane.frame_bytes
         self.arrived = PyFloat_AsDouble(PyObject_CallNoArgs(lane.monotonic))
         self.state = WAITING
+        lane.owner[self.slot] = BY_EXPRESS
         lane.waiting.append(self)
         if len(lane.waiting) == 1 and lane.wake is not None:
             lane.wake()
@@ -128,12 +136,15 @@ cdef class ExpressLane:
     cdef object X, Y
     cdef KeptOutput kept
     cdef set checked_T  # chunk lengths the pool's checked step passed: the C step may run them
+    cdef unsigned char* owner  # per pool slot: BY_EXPRESS | BY_PYTHON, who has chunks of its stream
 
     def __cinit__(self):
         self.slots = NULL
+        self.owner = NULL
 
     def __dealloc__(self):
         PyMem_Free(self.slots)
+        free(self.owner)
 
     def __init__(self, PoolStep step not None, Py_ssize_t features, monotonic):
         """``step``: the pool's C step (with its state buffers); ``features``: float32 values per frame."""
@@ -144,6 +155,9 @@ cdef class ExpressLane:
         self.waiting, self.batch = [], []
         self.kept, self.checked_T = KeptOutput(), set()
         self.T = 0
+        self.owner = <unsigned char*>calloc(step.max_streams, 1)
+        if self.owner == NULL:
+            raise MemoryError()
 
     def stream(self, connection, write, long long pool_id, Py_ssize_t max_bytes):
         """A new stream of pool id ``pool_id`` whose replies go to ``write``; chunks over ``max_bytes``
@@ -173,16 +187,25 @@ cdef class ExpressLane:
         cdef ExpressStream s
         return sum([s.nbytes for s in self.batch])
 
+    cdef inline Py_ssize_t slot_of(self, long long pool_id) noexcept:
+        """The slot of open stream ``pool_id``, or -1."""
+        cdef Py_ssize_t slot = pool_id & self.step.id_mask
+        return slot if 0 <= pool_id and slot < self.step.max_streams and self.step.sid_at[slot] == pool_id else -1
+
     def pending(self, long long pool_id):
-        """Chunks of ``pool_id`` waiting or in a step (0 or 1)."""
-        cdef ExpressStream s
-        for s in self.batch:
-            if s.pool_id == pool_id:
-                return 1
-        for s in self.waiting:
-            if s.pool_id == pool_id:
-                return 1
-        return 0
+        """Chunks of ``pool_id`` waiting in the lane or in its step (0 or 1)."""
+        cdef Py_ssize_t slot = self.slot_of(pool_id)
+        return 1 if slot >= 0 and self.owner[slot] & BY_EXPRESS else 0
+
+    def python_queued(self, long long pool_id, bint queued):
+        """The batcher's Python lanes hold chunks of ``pool_id`` (or no longer): its connections' chunks
+        go there too meanwhile, behind them."""
+        cdef Py_ssize_t slot = self.slot_of(pool_id)
+        if slot >= 0:
+            if queued:
+                self.owner[slot] |= BY_PYTHON
+            else:
+                self.owner[slot] &= ~BY_PYTHON
 
     def stepping(self, long long pool_id):
         cdef ExpressStream s
@@ -200,6 +223,7 @@ cdef class ExpressLane:
             if s.pool_id == pool_id:
                 del self.waiting[k]
                 s.state = IDLE
+                self.owner[s.slot] &= ~BY_EXPRESS
                 return s
         return None
 
@@ -214,6 +238,7 @@ cdef class ExpressLane:
         for s in self.waiting:
             if s.gone:
                 s.state = IDLE
+                self.owner[s.slot] &= ~BY_EXPRESS
             elif n == limit or (T and s.T != T):
                 rest.append(s)
             else:
@@ -315,6 +340,7 @@ cdef class ExpressLane:
         self.batch = []
         for s in batch:
             s.state = IDLE
+            self.owner[s.slot] &= ~BY_EXPRESS
         return batch
 
     def deliver(self):
@@ -339,6 +365,7 @@ cdef class ExpressLane:
         for k in range(len(batch)):
             s = batch[k]
             s.state = IDLE
+            self.owner[s.slot] &= ~BY_EXPRESS
             if not s.gone:
                 reply = PyBytes_FromStringAndSize(NULL, head + size)
                 dst = PyBytes_AS_STRING(reply)

@@ -302,3 +302,55 @@ def test_ending_a_sequence_answers_its_waiting_chunk_and_a_lost_connection_gets_
     assert not c1.express.take(client_frame(np.ones((1, features), np.float32).tobytes()))
     with pytest.raises(UnknownSequenceError):
         manager.submit(1, None, c1)
+
+
+def test_a_stream_has_one_chunk_in_the_lane_whoever_sends_it(case):
+    model, features, _ = case
+    pool = model.stream_pool(4)
+    lane = pool.express_lane(features, time.monotonic)
+    pid = pool.open()
+    first, second = (lane.stream(Connection(), [].append, pid, 1 << 20) for _ in range(2))  # two attached sockets
+    frame = client_frame(np.ones((1, features), np.float32).tobytes())
+    assert first.take(frame) and not second.take(frame)
+    assert lane.cancel(pid) is first and second.take(frame)
+    lane.cancel(pid)
+    lane.python_queued(pid, True)  # the batcher's Python lanes hold a chunk of it: the next ones go there too
+    assert not first.take(frame) and lane.pending(pid) == 0
+    lane.python_queued(pid, False)
+    assert first.take(frame) and lane.pending(pid) == 1
+
+
+def test_chunks_of_one_stream_from_both_paths_run_in_arrival_order(case):
+    """A connection's express chunk, then the same sequence stepped the Python way (HTTP) while an older
+    Python chunk of another sequence makes the Python lanes step first, then the connection again:
+    three steps of the sequence in arrival order, each equal to the stream stepped alone."""
+    model, features, to_model = case
+    xs = np.random.default_rng(4).standard_normal((3, features)).astype(np.float32)
+
+    async def main():
+        manager = SequenceManager(model, 4, max_delay_us=50_000)  # chunks wait for their step
+        for sid in (7, 8):
+            manager.start(sid)
+        manager.hold(7)
+        warm = manager.pool.open()
+        manager.pool.step({warm: to_model(xs[:1])})  # chunks of 1 frame checked: the lane may step them
+        connection, transport = connect(manager, 7, features, to_model)
+        other = asyncio.ensure_future(manager.step(8, to_model(xs[2:3])))
+        await asyncio.sleep(0)
+        connection.data_received(client_frame(xs[0:1].tobytes()))
+        assert manager._batcher.pending(manager._seqs[7].pool_id) == 1
+        http = asyncio.ensure_future(manager.step(7, to_model(xs[1:2])))
+        await asyncio.sleep(0)
+        await until(lambda: len(transport.written) == 1)
+        second = await http
+        await other
+        connection.data_received(client_frame(xs[2:3].tobytes()))
+        await until(lambda: len(transport.written) == 2)
+        await manager.aclose()
+        return transport.written, second
+
+    written, second = asyncio.run(main())
+    alone = run_alone(model, to_model, xs)
+    np.testing.assert_allclose(np.frombuffer(reply_payload(written[0]), np.float32), alone[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(second).ravel(), alone[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.frombuffer(reply_payload(written[1]), np.float32), alone[2], rtol=1e-5, atol=1e-6)

@@ -160,6 +160,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._express = None  # the pool's ExpressLane once a stream asked for it
+        self._behind_express: set[Hashable] = set()  # keys whose Python chunks wait for an express chunk ahead
         self.count_express: Callable[[int, int, int], None] | None = None  # (replies, bytes in, bytes out) per step
 
     # -- what the sequence manager calls --------------------------------------------
@@ -179,12 +180,17 @@ class Batcher:
             self._start()
         future = self._loop.create_future() if waiter is None else waiter
         lane.append(_Queued(chunk, future, time.monotonic(), label))
-        ready = self._ready
+        ready, express = self._ready, self._express
+        if express is not None:
+            express.python_queued(key, True)  # the stream's express chunks now queue behind this one
         if key not in ready and key not in self._in_step:
-            if not ready:  # else the batcher was woken (and idle cleared) by the chunk that made it non-empty
-                self._idle.clear()
-                self._wakeup.set()
-            ready[key] = None
+            if express is not None and express.pending(key):  # its express chunk came first
+                self._behind_express.add(key)
+            else:
+                if not ready:  # else the batcher was woken (and idle cleared) by the chunk that made it non-empty
+                    self._idle.clear()
+                    self._wakeup.set()
+                ready[key] = None
         return future
 
     def express_lane(self, features: int) -> Any:
@@ -211,13 +217,16 @@ class Batcher:
     def cancel(self, key: Hashable, error: BaseException) -> None:
         """Fail every queued chunk of ``key`` with ``error`` and forget the lane (a chunk in a step completes)."""
         self._ready.pop(key, None)
+        self._behind_express.discard(key)
         lane = self._lanes.pop(key, None)
         for item in lane or ():
             if not item.future.done():
                 item.future.set_exception(error)
-        stream = self._express.cancel(key) if self._express is not None else None
-        if stream is not None:
-            stream.connection.express_failed(stream.nbytes, error)
+        if self._express is not None:
+            self._express.python_queued(key, key in self._in_step)
+            stream = self._express.cancel(key)
+            if stream is not None:
+                stream.connection.express_failed(stream.nbytes, error)
         self._check_idle()
 
     def after_step(self, key: Hashable, action: Callable[[], None]) -> None:
@@ -341,8 +350,7 @@ class Batcher:
             inline = False
         keys = express.pool_ids() if self._after_step else ()
         if seconds < 0:
-            for stream in express.declined():
-                stream.connection.express_declined(stream.payload())
+            await self._step_declined(express, started, loop, inline)
         else:
             sample = seconds / nbytes
             self._seconds_per_byte = sample if rate is None else 0.8 * rate + 0.2 * sample
@@ -359,9 +367,44 @@ class Batcher:
                     action()
                 except Exception:  # e.g. closing a slot: never stop the batcher
                     _log.exception("lstminfer serve: an action after a pool step failed")
+        for key in [key for key in self._behind_express if not express.pending(key)]:
+            self._behind_express.discard(key)
+            if self._lanes.get(key) and key not in self._in_step:
+                self._ready[key] = None
         self._check_idle()
         if inline:  # let the loop read before the next step (see _run)
             await asyncio.sleep(0)
+
+    async def _step_declined(self, express: Any, started: float, loop: asyncio.AbstractEventLoop,
+                             inline: bool) -> None:
+        """The chunks the express lane's C step declined, stepped at once through the pool's checked
+        step (which checks, compiles and reports errors), ahead of the Python chunks queued behind them."""
+        delays = express.delays(started)
+        frames, batch = {}, []
+        for stream in express.declined():
+            connection = stream.connection
+            try:
+                chunk = connection.express_declined(stream.payload())
+            except Exception as e:  # not a chunk after all: its connection says why
+                connection.set_exception(e)
+                continue
+            frames[stream.pool_id] = chunk
+            batch.append((stream.pool_id, _Queued(chunk, connection, started, connection.sid)))
+            self._in_step.add(stream.pool_id)
+        if not batch:
+            return
+        if inline:
+            results, seconds = self._step(frames, batch)
+        else:
+            try:
+                results, seconds = await loop.run_in_executor(self._executor, self._step, frames, batch)
+            except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
+                results, seconds = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}, 0.0
+        try:
+            self.stats.record_batch(len(batch), seconds, delays[:len(batch)])
+        except Exception:  # a metrics hook must not stop the batcher
+            _log.exception("lstminfer serve: the on_batch hook failed")
+        self._deliver(batch, results)
 
     def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
         """The head chunk of up to ``limit`` ready streams (dropping chunks whose caller went away)."""
@@ -376,6 +419,8 @@ class Batcher:
                 lane.popleft()
             if not lane:
                 del lanes[key]
+                if self._express is not None:
+                    self._express.python_queued(key, False)
                 continue
             batch.append((key, lane.popleft()))
             in_step.add(key)
@@ -427,8 +472,11 @@ class Batcher:
             lane = lanes.get(key)
             if lane:
                 ready[key] = None
-            elif lane is not None:
-                del lanes[key]
+            else:
+                if lane is not None:
+                    del lanes[key]
+                if self._express is not None:
+                    self._express.python_queued(key, False)
         self._check_idle()
 
 

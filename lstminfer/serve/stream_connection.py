@@ -132,11 +132,11 @@ class StreamConnection(asyncio.Protocol):
         if self._queue:
             self._next()
 
-    def express_declined(self, payload: bytes) -> None:
-        """The express lane's C step declined this connection's chunk: the Python path steps it (or says why not)."""
-        self._busy = False
-        if not (self._gone or self._closing):
-            self._step_chunk(payload)
+    def express_declined(self, payload: bytes) -> Any:
+        """The model's chunk of this connection's express chunk ``payload``, handed back by its lane: the
+        batcher steps it the Python way and answers it here (``set_result``/``set_exception``)."""
+        self._in_flight = len(payload)
+        return self._on_binary(payload)
 
     def express_failed(self, received: int, error: BaseException) -> None:
         """The express lane's chunk of ``received`` bytes was cancelled with ``error`` (its sequence ended)."""
