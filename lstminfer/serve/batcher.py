@@ -17,7 +17,9 @@ touches any state). Transport-agnostic and single-loop: call it from the event l
 The WebSocket stream's usual chunk (one whole binary frame) comes through the pool's *express
 lane* instead (``express_lane``, ``_runtime.ExpressLane``): queued in C with no Python object per
 chunk, stepped by this batcher in turn with the Python lanes (oldest chunk first), its replies
-written in C. What the lane's C step declines goes back to its connection's Python path.
+written in C. What the lane's C step declines is stepped at once the Python way. A stream's
+chunks stay in arrival order across both: while one path holds a chunk of it, the other queues
+the next ones behind it (``ExpressLane.python_queued``, ``_behind_express``).
 """
 from __future__ import annotations
 
@@ -332,8 +334,7 @@ class Batcher:
                 await asyncio.sleep(0)  # chunk in their callback would otherwise keep it stepping unbroken
 
     async def _express_step(self, express: Any, limit: int, loop: asyncio.AbstractEventLoop) -> None:
-        """One step of the express lane's oldest chunks; what its C step declines goes back to the
-        chunks' connections, whose Python path (checks, compiles, errors) steps them next."""
+        """One step of the express lane's oldest chunks (what its C step declines: ``_step_declined``)."""
         n = express.collect(self._pool.unpadded_batch(min(express.waiting_count, limit)))
         if not n:
             return
@@ -464,19 +465,19 @@ class Batcher:
                     future.set_exception(value)
                 else:
                     future.set_result(value)
-            for action in after_step.pop(key, ()) if after_step else ():
-                try:
-                    action()
-                except Exception:  # e.g. closing a slot: never stop the batcher
-                    _log.exception("lstminfer serve: an action after a pool step failed")
             lane = lanes.get(key)
             if lane:
                 ready[key] = None
             else:
                 if lane is not None:
                     del lanes[key]
-                if self._express is not None:
+                if self._express is not None:  # before an action closes the slot: the flag goes with it
                     self._express.python_queued(key, False)
+            for action in after_step.pop(key, ()) if after_step else ():
+                try:
+                    action()
+                except Exception:  # e.g. closing a slot: never stop the batcher
+                    _log.exception("lstminfer serve: an action after a pool step failed")
         self._check_idle()
 
 
