@@ -8,6 +8,9 @@ frame parsing, batching and reply writing that the kernel-side (syscall) cost ad
 
     python benchmarks/serve_hotpath.py MODEL.onnx --streams 400 --rounds 200 [--quantize int8]
 
+Each connection takes the express lane as in the server (whole binary chunks queued, stepped and
+answered in C); ``--python-path`` leaves it out: every chunk through the Python path.
+
 ``INLINE=US`` in the environment sets the batcher's ``inline_below_us`` (e.g. 1000000000: every step on
 the loop, as a server confined to one core does; unset: the library's default, 50).
 """
@@ -69,7 +72,7 @@ def masked(payload: bytes) -> bytes:
     return head + mask + (np.frombuffer(payload, np.uint8) ^ key).tobytes()
 
 
-async def run(model, streams: int, rounds: int, frames: int, features: int) -> dict:
+async def run(model, streams: int, rounds: int, frames: int, features: int, express: bool) -> dict:
     manager = SequenceManager(model, max_streams=streams, **({"inline_below_us": INLINE} if INLINE is not None else {}))
     x = np.random.default_rng(0).standard_normal((frames, features)).astype(np.float32)
     frame = masked(x.tobytes())
@@ -78,11 +81,15 @@ async def run(model, streams: int, rounds: int, frames: int, features: int) -> d
         manager.start(sid)
         manager.hold(sid)
         transport = _Transport()
-        connections.append(StreamConnection(
+        connection = StreamConnection(
             transport, manager, sid, max_size=1 << 20, close_wait_s=1.0,
             on_binary=lambda p: np.frombuffer(p, np.float32).reshape(1, frames, features),
             on_reply=lambda y: y.tobytes(), on_text=None, on_error=lambda e, n: (None, str(e)),
-            count_frame=lambda a, b: None, lost=lambda exc: None))
+            count_frame=lambda a, b: None, lost=lambda exc: None)
+        if express:
+            connection.express = manager.express_stream(sid, connection, transport.write, features, 1 << 20,
+                                                        lambda *counts: None)
+        connections.append(connection)
     loop = asyncio.get_running_loop()
 
     async def one_round(target: int):
@@ -120,6 +127,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=1)
     parser.add_argument("--features", type=int, default=40)
     parser.add_argument("--quantize", choices=("int8",))
+    parser.add_argument("--python-path", action="store_true", help="no express lane: every chunk the Python way")
     args = parser.parse_args()
     model = lstminfer.load(args.model, quantize=args.quantize) if args.quantize else lstminfer.load(args.model)
     try:
@@ -127,7 +135,7 @@ def main() -> None:
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    result = runner(run(model, args.streams, args.rounds, args.frames, args.features))
+    result = runner(run(model, args.streams, args.rounds, args.frames, args.features, not args.python_path))
     print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
 
 

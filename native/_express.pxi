@@ -55,34 +55,60 @@ cdef inline void unmask(unsigned char* dst, const unsigned char* src, Py_ssize_t
 
 
 cdef class ExpressStream:
-    """One WebSocket stream's place in its model's ``ExpressLane``: its chunk buffer, its state
-    (``state``: 0 idle, 1 waiting for a step, 2 in one) and how its replies are written."""
+    """One WebSocket stream's place in its model's ``ExpressLane``: its queue of unmasked chunks (up to
+    ``max_queued``; the head is the one waiting or in a step), its state (``state``: 0 idle, 1 waiting
+    for a step, 2 in one) and how its replies are written."""
     cdef ExpressLane lane
-    cdef readonly object connection  # its StreamConnection: _busy, _queue and _next after a reply
+    cdef readonly object connection  # its StreamConnection: _queue and _next once its chunks are answered
     cdef object write  # the transport's write
     cdef readonly long long pool_id
-    cdef Py_ssize_t slot, max_bytes, capacity
-    cdef readonly Py_ssize_t nbytes, T
-    cdef unsigned char* buf
-    cdef double arrived
+    cdef Py_ssize_t slot, max_bytes, max_queued
+    cdef unsigned char** bufs  # a ring of max_queued chunk buffers, grown to the largest chunk each held
+    cdef Py_ssize_t* caps
+    cdef Py_ssize_t* sizes
+    cdef double* arrivals
+    cdef Py_ssize_t head
+    cdef readonly Py_ssize_t queued  # chunks held, the head included
     cdef readonly int state
-    cdef public bint gone  # closed or lost: nothing more is written, a waiting chunk is dropped
+    cdef public bint gone  # closed or lost: nothing more is written, its chunks are dropped
 
     def __cinit__(self):
-        self.buf = NULL
+        self.bufs, self.caps, self.sizes, self.arrivals = NULL, NULL, NULL, NULL
 
     def __dealloc__(self):
-        free(self.buf)
+        cdef Py_ssize_t k
+        if self.bufs != NULL:
+            for k in range(self.max_queued):
+                free(self.bufs[k])
+        free(self.bufs)
+        free(self.caps)
+        free(self.sizes)
+        free(self.arrivals)
+
+    @property
+    def nbytes(self):
+        """Bytes of the head chunk."""
+        return self.sizes[self.head] if self.queued else 0
+
+    @property
+    def busy(self):
+        """Chunks of this connection are held here: its other messages wait for them."""
+        return self.queued > 0
+
+    cdef inline Py_ssize_t head_T(self) noexcept:
+        return self.sizes[self.head] // self.lane.frame_bytes
 
     def take(self, data):
-        """Queue ``data`` when it is exactly one whole masked binary frame of T >= 1 frames, the stream
-        is idle and still open in the pool, and the lane accepts chunks; False: nothing was done."""
+        """Queue ``data`` when it is exactly one whole masked binary frame of T >= 1 frames, the stream is
+        still open in the pool, no other connection's or the Python lanes' chunk of it is ahead, the
+        queue has room and the lane accepts chunks; False: nothing was done."""
         cdef ExpressLane lane = self.lane
         cdef const unsigned char* p
-        cdef Py_ssize_t size, length, head = 2
+        cdef Py_ssize_t size, length, head = 2, at
         cdef uint32_t key
         cdef unsigned char* grown
-        if self.state != IDLE or self.gone or not lane.accepting or type(data) is not bytes:
+        cdef unsigned char owner
+        if self.gone or not lane.accepting or type(data) is not bytes or self.queued == self.max_queued:
             return False
         size = PyBytes_GET_SIZE(data)
         p = <const unsigned char*>PyBytes_AS_STRING(data)
@@ -97,27 +123,42 @@ cdef class ExpressStream:
             return False
         if lane.step.sid_at[self.slot] != self.pool_id:  # ended or expired: the Python path says so
             return False
-        if lane.owner[self.slot]:  # a chunk of this stream is ahead (another connection's, or Python's)
+        owner = lane.owner[self.slot]
+        if owner & BY_PYTHON or (owner & BY_EXPRESS and not self.queued):  # a chunk of another path is ahead
             return False
-        if length > self.capacity:
-            grown = <unsigned char*>realloc(self.buf, length)
+        if self.bufs == NULL:
+            self.bufs = <unsigned char**>calloc(self.max_queued, sizeof(unsigned char*))
+            self.caps = <Py_ssize_t*>calloc(self.max_queued, sizeof(Py_ssize_t))
+            self.sizes = <Py_ssize_t*>calloc(self.max_queued, sizeof(Py_ssize_t))
+            self.arrivals = <double*>calloc(self.max_queued, sizeof(double))
+            if self.bufs == NULL or self.caps == NULL or self.sizes == NULL or self.arrivals == NULL:
+                return False  # freed with the stream
+        at = (self.head + self.queued) % self.max_queued
+        if length > self.caps[at]:
+            grown = <unsigned char*>realloc(self.bufs[at], length)
             if grown == NULL:
                 return False
-            self.buf, self.capacity = grown, length
+            self.bufs[at], self.caps[at] = grown, length
         memcpy(&key, p + head, 4)
-        unmask(self.buf, p + head + 4, length, key)
-        self.nbytes, self.T = length, length // lane.frame_bytes
-        self.arrived = PyFloat_AsDouble(PyObject_CallNoArgs(lane.monotonic))
-        self.state = WAITING
-        lane.owner[self.slot] = BY_EXPRESS
-        lane.waiting.append(self)
-        if len(lane.waiting) == 1 and lane.wake is not None:
-            lane.wake()
+        unmask(self.bufs[at], p + head + 4, length, key)
+        self.sizes[at] = length
+        self.arrivals[at] = PyFloat_AsDouble(PyObject_CallNoArgs(lane.monotonic))
+        self.queued += 1
+        if self.queued == 1:
+            lane.owner[self.slot] |= BY_EXPRESS
+            lane.enqueue(self)
         return True
 
     def payload(self):
-        """The unmasked chunk as bytes (the Python path's input when the lane declines a step)."""
-        return PyBytes_FromStringAndSize(<char*>self.buf, self.nbytes)
+        """The unmasked head chunk as bytes (the Python path's input when the lane declines a step)."""
+        return PyBytes_FromStringAndSize(<char*>self.bufs[self.head], self.sizes[self.head])
+
+    cdef void drop(self, Py_ssize_t keep) noexcept:
+        """Forget all chunks but the first ``keep`` (0 or 1)."""
+        self.queued = min(self.queued, keep)
+        if not self.queued:
+            self.state = IDLE
+            self.lane.owner[self.slot] &= ~BY_EXPRESS
 
 
 cdef class ExpressLane:
@@ -159,14 +200,23 @@ cdef class ExpressLane:
         if self.owner == NULL:
             raise MemoryError()
 
-    def stream(self, connection, write, long long pool_id, Py_ssize_t max_bytes):
-        """A new stream of pool id ``pool_id`` whose replies go to ``write``; chunks over ``max_bytes``
-        stay on the Python path (which refuses them)."""
+    def stream(self, connection, write, long long pool_id, Py_ssize_t max_bytes, Py_ssize_t max_queued):
+        """A new stream of pool id ``pool_id`` whose replies go to ``write``, holding up to ``max_queued``
+        chunks; chunks over ``max_bytes``, or past that many, stay on the Python path."""
+        if max_queued < 1:
+            raise ValueError(f"ExpressLane.stream: max_queued must be >= 1, got {max_queued}")
         cdef ExpressStream s = ExpressStream.__new__(ExpressStream)
         s.lane, s.connection, s.write, s.pool_id = self, connection, write, pool_id
-        s.slot, s.max_bytes, s.capacity, s.nbytes, s.T = pool_id & self.step.id_mask, max_bytes, 0, 0, 0
-        s.state, s.gone = IDLE, False
+        s.slot, s.max_bytes, s.max_queued = pool_id & self.step.id_mask, max_bytes, max_queued
+        s.head, s.queued, s.state, s.gone = 0, 0, IDLE, False
         return s
+
+    cdef void enqueue(self, ExpressStream s):
+        """``s`` has a head chunk to step: it waits for the next ``collect``."""
+        s.state = WAITING
+        self.waiting.append(s)
+        if len(self.waiting) == 1 and self.wake is not None:
+            self.wake()
 
     @property
     def waiting_count(self):
@@ -175,17 +225,24 @@ cdef class ExpressLane:
     @property
     def oldest(self):
         """When the oldest waiting chunk arrived (None: none waits)."""
-        return (<ExpressStream>self.waiting[0]).arrived if self.waiting else None
+        cdef ExpressStream s
+        if not self.waiting:
+            return None
+        s = self.waiting[0]
+        return s.arrivals[s.head]
 
     @property
     def in_step(self):
-        """Streams collected and not yet delivered or declined."""
+        """Streams collected and not yet finished."""
         return len(self.batch)
 
     @property
     def batch_bytes(self):
         cdef ExpressStream s
-        return sum([s.nbytes for s in self.batch])
+        cdef Py_ssize_t total = 0
+        for s in self.batch:
+            total += s.sizes[s.head]
+        return total
 
     cdef inline Py_ssize_t slot_of(self, long long pool_id) noexcept:
         """The slot of open stream ``pool_id``, or -1."""
@@ -215,34 +272,38 @@ cdef class ExpressLane:
         return False
 
     def cancel(self, long long pool_id):
-        """The waiting stream of ``pool_id`` taken off the queue (idle again), or None."""
+        """Drop the chunks of ``pool_id`` not in a step (its sequence ended): (its stream, their sizes in
+        bytes), or None when it has none here."""
         cdef ExpressStream s
-        cdef Py_ssize_t k
-        for k in range(len(self.waiting)):
-            s = self.waiting[k]
-            if s.pool_id == pool_id:
-                del self.waiting[k]
-                s.state = IDLE
-                self.owner[s.slot] &= ~BY_EXPRESS
-                return s
-        return None
+        cdef Py_ssize_t k, keep
+        cdef list streams = [s for s in self.waiting if s.pool_id == pool_id] \
+            + [s for s in self.batch if s.pool_id == pool_id]
+        if not streams:
+            return None
+        s = streams[0]
+        keep = 1 if s.state == IN_STEP else 0  # the head in a step completes
+        sizes = [s.sizes[(s.head + k) % s.max_queued] for k in range(keep, s.queued)]
+        if s.state == WAITING:
+            self.waiting.remove(s)
+        s.drop(keep)
+        return s, sizes
 
     def collect(self, Py_ssize_t limit):
-        """Move up to ``limit`` waiting chunks (the oldest, and those of its length) into a step;
-        streams gone meanwhile are dropped. The number taken (0: none waits)."""
+        """Move the oldest ``limit`` waiting chunks (one per stream: its head) into a step; streams gone
+        meanwhile are dropped. The number taken (0: none waits). Chunks of different lengths are one
+        step too: the pool's masked step (``run`` declines them)."""
         cdef ExpressStream s
         cdef list batch = self.batch, rest = []
         cdef Py_ssize_t n = 0, T = 0
         if batch:
-            raise RuntimeError("ExpressLane.collect: the last step was neither delivered nor declined")
+            raise RuntimeError("ExpressLane.collect: the last step was neither delivered nor finished")
         for s in self.waiting:
             if s.gone:
-                s.state = IDLE
-                self.owner[s.slot] &= ~BY_EXPRESS
-            elif n == limit or (T and s.T != T):
+                s.drop(0)
+            elif n == limit:
                 rest.append(s)
             else:
-                T = s.T
+                T = s.head_T() if n == 0 or s.head_T() == T else -1
                 s.state = IN_STEP
                 batch.append(s)
                 n += 1
@@ -252,14 +313,15 @@ cdef class ExpressLane:
     def run(self):
         """Step the collected chunks on their streams' states, holding the pool's lock (the kernels
         release the GIL): the seconds it took, or -1.0 with nothing changed where the pool's C step
-        declines (a chunk length its checked step never passed, a batch size with no compiled program
-        yet, a stream no longer open): ``declined`` then hands the chunks to the Python path."""
+        declines (chunks of different lengths, a length its checked step never passed, a batch size
+        with no compiled program yet, a stream no longer open): ``declined`` then hands the chunks to
+        the Python path."""
         cdef PoolStep step = self.step
         cdef Py_ssize_t k, n = len(self.batch), rows = len(self.batch), T = self.T
         cdef Py_ssize_t batch_axis = step.batch_axis
         cdef ExpressStream s
         cdef char* dst
-        if n == 0:
+        if n == 0 or T < 0:  # none, or of different lengths
             return -1.0
         started = PyFloat_AsDouble(PyObject_CallNoArgs(self.monotonic))
         step.acquire()
@@ -296,10 +358,10 @@ cdef class ExpressLane:
             for k in range(n):
                 s = self.batch[k]
                 self.slots[k] = s.slot
-                put_row(dst, <char*>s.buf, k, rows, T, self.features, batch_axis)
+                put_row(dst, <char*>s.bufs[s.head], k, rows, T, self.features, batch_axis)
             s = self.batch[0]
             for k in range(n, rows):  # the padded rows: copies of the first
-                put_row(dst, <char*>s.buf, k, rows, T, self.features, batch_axis)
+                put_row(dst, <char*>s.bufs[s.head], k, rows, T, self.features, batch_axis)
             states = step.gathered_states(self.slots, n, rows)
             if step.programs is not None:
                 out = step.programs._run_cached(prepend(X, 1, states), prepend(None, 1, states))
@@ -327,26 +389,44 @@ cdef class ExpressLane:
     def delays(self, double started):
         """Each collected chunk's wait from its arrival to ``started``."""
         cdef ExpressStream s
-        return [started - s.arrived for s in self.batch]
+        return [started - s.arrivals[s.head] for s in self.batch]
 
     def pool_ids(self):
         cdef ExpressStream s
         return [s.pool_id for s in self.batch]
 
     def declined(self):
-        """The collected streams, idle again, handed back for the Python path."""
+        """The collected streams, for the Python path to step their head chunks (``payload``) and
+        answer them; ``finish()`` after."""
+        return list(self.batch)
+
+    def finish(self):
+        """After the Python path answered the collected streams' head chunks: the next chunk of each
+        waits for a step; a connection with none goes on with the messages it queued."""
         cdef ExpressStream s
         cdef list batch = self.batch
         self.batch = []
         for s in batch:
-            s.state = IDLE
-            self.owner[s.slot] &= ~BY_EXPRESS
-        return batch
+            self.advance(s)
+
+    cdef inline void advance(self, ExpressStream s):
+        if s.queued:
+            s.head = (s.head + 1) % s.max_queued
+            s.queued -= 1
+        if s.gone:
+            s.drop(0)
+        if s.queued:
+            self.enqueue(s)
+            return
+        s.drop(0)
+        connection = s.connection
+        if connection._queue:
+            connection._next()
 
     def deliver(self):
         """Each collected stream's reply frame (its row of the output, batch axis dropped, C order)
-        written to its transport; each connection then goes on with the messages it queued.
-        (replies written, their chunks' bytes, the replies' bytes)."""
+        written to its transport; then as ``finish``. (replies written, their chunks' bytes, the
+        replies' bytes)."""
         cdef ExpressStream s
         cdef list batch = self.batch
         cdef Py_ssize_t k, o, outer = 1, inner, total, size, head, axis = self.step.out_axis
@@ -364,8 +444,6 @@ cdef class ExpressLane:
         src = data_of(y)
         for k in range(len(batch)):
             s = batch[k]
-            s.state = IDLE
-            self.owner[s.slot] &= ~BY_EXPRESS
             if not s.gone:
                 reply = PyBytes_FromStringAndSize(NULL, head + size)
                 dst = PyBytes_AS_STRING(reply)
@@ -386,10 +464,7 @@ cdef class ExpressLane:
                     s.gone = True
                 else:
                     replies += 1
-                    received += s.nbytes
+                    received += s.sizes[s.head]
                     sent += size
-            connection = s.connection
-            connection._busy = False
-            if connection._queue:
-                connection._next()
+            self.advance(s)
         return replies, received, sent

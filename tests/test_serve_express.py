@@ -78,10 +78,10 @@ def case(request, tmp_path_factory):
 
 
 class Connection:
-    """What the lane touches of a StreamConnection after a reply."""
+    """What the lane touches of a StreamConnection once its chunks are answered."""
 
     def __init__(self):
-        self._busy, self._queue, self.nexts = True, deque(), 0
+        self._queue, self.nexts = deque(), 0
 
     def _next(self):
         self.nexts += 1
@@ -101,16 +101,19 @@ def test_lane_steps_equal_each_stream_stepped_alone(case):
     n = 20
     ids = [pool.open() for _ in range(n)]
     writes = [[] for _ in range(n)]
-    streams = [lane.stream(Connection(), writes[i].append, ids[i], 1 << 20) for i in range(n)]
+    streams = [lane.stream(Connection(), writes[i].append, ids[i], 1 << 20, 8) for i in range(n)]
     sent = [[] for _ in range(n)]
     python_path = [[] for _ in range(n)]
-    ran = declined = 0
+    ran = declined = most_queued = 0
     for _ in range(12):
-        for i in rng.sample(range(n), rng.randint(1, n)):
+        for i in rng.choices(range(n), k=rng.randint(1, 2 * n)):  # a stream may queue several chunks
             x = np.random.default_rng(rng.randrange(1 << 30)).standard_normal((rng.randint(1, 3), features))
             x = x.astype(np.float32)
-            assert streams[i].take(client_frame(x.tobytes()))
-            sent[i].append(x)
+            if streams[i].take(client_frame(x.tobytes())):
+                sent[i].append(x)
+            else:
+                assert streams[i].queued == 8  # its queue is full: the Python path's turn
+        most_queued = max([most_queued] + [s.queued for s in streams])
         while lane.waiting_count:
             assert lane.collect(rng.randint(1, n))
             if lane.run() >= 0:
@@ -120,19 +123,20 @@ def test_lane_steps_equal_each_stream_stepped_alone(case):
             declined += 1
             for s in lane.declined():  # the Python path: the pool's checked step
                 i = ids.index(s.pool_id)
-                s.connection._busy = False
                 chunk = np.frombuffer(s.payload(), np.float32).reshape(-1, features)
                 out = pool.step({s.pool_id: to_model(chunk)})[s.pool_id]
                 python_path[i].append(len(writes[i]))
                 writes[i].append(b"\x82\x00" + np.ascontiguousarray(out).tobytes())
+            lane.finish()
     assert ran and declined  # lengths the pool had not checked went the Python way first
+    assert most_queued > 1  # a stream's chunks queued behind one another, one step each
     for i in range(n):
         got = [np.frombuffer(reply_payload(w) if k not in python_path[i] else w[2:], np.float32)
                for k, w in enumerate(writes[i])]
         assert len(got) == len(sent[i])
         np.testing.assert_allclose(np.concatenate(got), run_alone(model, to_model, np.concatenate(sent[i])).ravel(),
                                    rtol=1e-5, atol=1e-6)
-        assert streams[i].connection._busy is False and streams[i].state == 0
+        assert streams[i].queued == 0 and streams[i].state == 0
 
 
 def test_a_declined_step_changes_no_state(case):
@@ -141,12 +145,23 @@ def test_a_declined_step_changes_no_state(case):
     lane = pool.express_lane(features, time.monotonic)
     pid = pool.open(model.stream().state)
     before = {k: v.copy() for k, v in pool.state(pid).items()}
-    stream = lane.stream(Connection(), [].append, pid, 1 << 20)
+    stream = lane.stream(Connection(), [].append, pid, 1 << 20, 4)
     assert stream.take(client_frame(np.ones((2, features), np.float32).tobytes()))
     assert lane.collect(8) == 1 and lane.run() == -1.0  # the pool never checked a chunk of 2 frames
     for key, value in pool.state(pid).items():
         np.testing.assert_array_equal(value, before[key])
-    assert [s.pool_id for s in lane.declined()] == [pid] and stream.state == 0
+    assert [s.pool_id for s in lane.declined()] == [pid] and stream.state == 2
+    lane.finish()
+    assert stream.state == 0 and stream.queued == 0 and lane.pending(pid) == 0
+    other = pool.open()
+    for T in (1, 2):  # both lengths checked: alone, each would run in C
+        pool.step({other: to_model(np.zeros((T, features), np.float32))})
+    assert stream.take(client_frame(np.ones((2, features), np.float32).tobytes()))
+    assert lane.stream(Connection(), [].append, other, 1 << 20, 4).take(
+        client_frame(np.ones((1, features), np.float32).tobytes()))
+    assert lane.collect(8) == 2 and lane.run() == -1.0  # different lengths: one masked step, the Python way
+    assert sorted(s.pool_id for s in lane.declined()) == sorted([pid, other])
+    lane.finish()
     pool.close(pid)
 
 
@@ -155,7 +170,7 @@ def test_take_refuses_all_but_one_whole_masked_binary_chunk(case):
     pool = model.stream_pool(4)
     lane = pool.express_lane(features, time.monotonic)
     pid = pool.open()
-    stream = lane.stream(Connection(), [].append, pid, 64 * features)
+    stream = lane.stream(Connection(), [].append, pid, 64 * features, 2)
     chunk = np.ones((2, features), np.float32).tobytes()
     refused = [
         client_frame(chunk, opcode=0x1),  # text
@@ -172,8 +187,10 @@ def test_take_refuses_all_but_one_whole_masked_binary_chunk(case):
         assert not stream.take(data), data[:4]
     assert lane.waiting_count == 0
     assert stream.take(client_frame(chunk)) and lane.waiting_count == 1
-    assert not stream.take(client_frame(chunk))  # one chunk at a time
-    assert lane.cancel(pid) is stream and lane.waiting_count == 0 and stream.state == 0
+    assert stream.take(client_frame(chunk)) and stream.queued == 2 and lane.waiting_count == 1  # one per stream
+    assert not stream.take(client_frame(chunk))  # its queue is full
+    assert lane.cancel(pid) == (stream, [len(chunk)] * 2)
+    assert lane.waiting_count == 0 and stream.state == 0 and stream.queued == 0
     lane.accepting = False
     assert not stream.take(client_frame(chunk))
     lane.accepting = True
@@ -191,15 +208,22 @@ def test_pending_and_stepping_follow_a_chunk(case):
     a, b = pool.open(), pool.open()
     pool.step({a: to_model(np.zeros((1, features), np.float32))})  # the pool checks chunks of 1 frame
     writes = []
-    stream = lane.stream(Connection(), writes.append, b, 1 << 20)
+    stream = lane.stream(Connection(), writes.append, b, 1 << 20, 4)
     assert lane.pending(b) == 0
-    assert stream.take(client_frame(np.zeros((1, features), np.float32).tobytes()))
+    frame = client_frame(np.zeros((1, features), np.float32).tobytes())
+    assert stream.take(frame)
     assert lane.pending(b) == 1 and not lane.stepping(b) and lane.pending(a) == 0
     assert lane.collect(4) == 1 and lane.stepping(b) and lane.in_step == 1
+    assert stream.take(frame) and lane.waiting_count == 0  # behind the one in the step
     assert lane.run() >= 0
     replies, received, sent = lane.deliver()
     assert (replies, received) == (1, 4 * features) and sent == len(reply_payload(writes[0]))
-    assert lane.pending(b) == 0 and lane.in_step == 0 and stream.connection.nexts == 0
+    assert lane.in_step == 0 and lane.waiting_count == 1 and stream.state == 1  # the next one waits
+    stream.connection._queue.append("a text frame")  # came after: it waits for the lane's chunks
+    assert lane.collect(4) == 1 and stream.take(frame)
+    assert lane.cancel(b) == (stream, [4 * features])  # the one in the step completes
+    assert lane.run() >= 0 and lane.deliver()[0] == 1
+    assert lane.pending(b) == 0 and stream.queued == 0 and stream.connection.nexts == 1
 
 
 # -- through the batcher, with real connections ----------------------------------------------------
@@ -309,10 +333,10 @@ def test_a_stream_has_one_chunk_in_the_lane_whoever_sends_it(case):
     pool = model.stream_pool(4)
     lane = pool.express_lane(features, time.monotonic)
     pid = pool.open()
-    first, second = (lane.stream(Connection(), [].append, pid, 1 << 20) for _ in range(2))  # two attached sockets
+    first, second = (lane.stream(Connection(), [].append, pid, 1 << 20, 4) for _ in range(2))  # two attached sockets
     frame = client_frame(np.ones((1, features), np.float32).tobytes())
-    assert first.take(frame) and not second.take(frame)
-    assert lane.cancel(pid) is first and second.take(frame)
+    assert first.take(frame) and not second.take(frame) and first.take(frame)
+    assert lane.cancel(pid)[0] is first and second.take(frame)
     lane.cancel(pid)
     lane.python_queued(pid, True)  # the batcher's Python lanes hold a chunk of it: the next ones go there too
     assert not first.take(frame) and lane.pending(pid) == 0
@@ -354,3 +378,41 @@ def test_chunks_of_one_stream_from_both_paths_run_in_arrival_order(case):
     np.testing.assert_allclose(np.frombuffer(reply_payload(written[0]), np.float32), alone[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.asarray(second).ravel(), alone[1], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.frombuffer(reply_payload(written[1]), np.float32), alone[2], rtol=1e-5, atol=1e-6)
+
+
+def test_pipelined_chunks_and_a_text_frame_between_them_keep_their_order(case):
+    """Chunks sent before their replies queue in the lane, one step each; a text frame after them waits
+    for their replies, and the chunk after it for its answer."""
+    model, features, to_model = case
+    xs = np.random.default_rng(6).standard_normal((3, features)).astype(np.float32)
+
+    async def main():
+        manager = SequenceManager(model, 4, max_delay_us=0)
+        manager.start(3)
+        manager.hold(3)
+        warm = manager.pool.open()
+        manager.pool.step({warm: to_model(xs[:1])})
+        connection, transport = connect(manager, 3, features, to_model)
+        seen_at_text = []
+
+        async def on_text(payload):
+            seen_at_text.append(len(transport.written))
+            return b'{"text": true}'
+
+        connection._on_text = on_text
+        frames = [client_frame(x[None].tobytes()) for x in xs]
+        connection.data_received(frames[0])
+        connection.data_received(frames[1])  # queued in the lane behind the first
+        assert connection.express.queued == 2
+        connection.data_received(client_frame(b'{"inputs": []}', opcode=0x1))
+        connection.data_received(frames[2])  # behind the text frame: the Python path
+        assert connection.express.queued == 2
+        await until(lambda: len(transport.written) == 4)
+        await manager.aclose()
+        return transport.written, seen_at_text
+
+    written, seen_at_text = asyncio.run(main())
+    assert seen_at_text == [2] and written[2] == b"\x81\x0e" + b'{"text": true}'
+    alone = run_alone(model, to_model, xs)
+    got = [np.frombuffer(reply_payload(w), np.float32) for w in written[:2] + written[3:]]
+    np.testing.assert_allclose(np.stack(got), alone, rtol=1e-5, atol=1e-6)

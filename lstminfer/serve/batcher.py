@@ -226,9 +226,11 @@ class Batcher:
                 item.future.set_exception(error)
         if self._express is not None:
             self._express.python_queued(key, key in self._in_step)
-            stream = self._express.cancel(key)
-            if stream is not None:
-                stream.connection.express_failed(stream.nbytes, error)
+            dropped = self._express.cancel(key)
+            if dropped is not None:
+                stream, sizes = dropped
+                for size in sizes:
+                    stream.connection.express_failed(size, error)
         self._check_idle()
 
     def after_step(self, key: Hashable, action: Callable[[], None]) -> None:
@@ -380,6 +382,12 @@ class Batcher:
                              inline: bool) -> None:
         """The chunks the express lane's C step declined, stepped at once through the pool's checked
         step (which checks, compiles and reports errors), ahead of the Python chunks queued behind them."""
+        try:
+            await self._step_heads(express, started, loop, inline)
+        finally:
+            express.finish()
+
+    async def _step_heads(self, express: Any, started: float, loop: asyncio.AbstractEventLoop, inline: bool) -> None:
         delays = express.delays(started)
         frames, batch = {}, []
         for stream in express.declined():

@@ -280,7 +280,7 @@ class SequenceManager:
         if lane is None:
             return None
         self._batcher.count_express = count
-        return lane.stream(connection, write, seq.pool_id, max_bytes)
+        return lane.stream(connection, write, seq.pool_id, max_bytes, self._batcher.max_queued)
 
     def submit(self, sid: Any, chunk: Any, waiter: Any) -> None:
         """``step`` without a coroutine: queue one chunk of ``sid``; ``waiter`` (an object with ``done()``,

@@ -59,14 +59,14 @@ class StreamConnection(asyncio.Protocol):
         self._reply_size, self._reply_head = -1, b""
         self.finished = asyncio.get_running_loop().create_future()
         self.express: Any = None  # its _runtime.ExpressStream: whole binary chunks queued and answered in C
+        # (while it holds chunks, the messages after them wait in _queue; it calls _next when it is empty)
 
     # -- asyncio.Protocol ---------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         queue = self._queue
         if not (self._busy or queue or self._closing or self._writing_paused):
             express = self.express
-            if express is not None and express.take(data):  # the usual read, in C: the reply comes in C too
-                self._busy = True
+            if express is not None and express.take(data):  # the usual read, queued in C: its reply comes from C
                 return
             payload = self._reader.whole_binary(data)
             if payload is not None:  # the usual read: one whole chunk, nothing waiting: straight to the batcher
@@ -175,7 +175,9 @@ class StreamConnection(asyncio.Protocol):
     # -- messages, one at a time ------------------------------------------------------------
     def _next(self) -> None:
         queue = self._queue
-        while queue and not self._busy and not self._writing_paused and not self._gone:
+        express = self.express
+        while queue and not self._busy and not self._writing_paused and not self._gone \
+                and (express is None or not express.busy):  # the express lane's chunks came first
             opcode, payload = queue.popleft()
             self._in_flight = len(payload)
             if opcode == OP_BINARY:
