@@ -1,13 +1,13 @@
 # The WebSocket stream's express lane (included by _runtime.pyx: it steps through PoolStep's internals).
 #
-# ``lstminfer serve``'s usual chunk is one whole masked binary frame of float32 frames, for a stream
-# with nothing else in flight. Through the Python path it became a bytearray, an ndarray, a queue
-# entry, a row view and two reply bytes objects, and ~30 Python calls. Here ``ExpressStream.take``
-# unmasks it into the stream's own buffer and queues the stream; ``ExpressLane.collect`` copies the
-# queued chunks into one batch, ``run`` steps them on the pool's states (``PoolStep``'s gathered step)
-# and ``deliver`` writes each reply frame from its row of the output with the transport's ``write``.
-# Anything else (another frame, a chunk size the pool never checked, a program not compiled yet)
-# stays on the Python path, which checks and reports errors; see lstminfer/serve/express.py.
+# ``lstminfer serve``'s usual chunk is one whole masked binary frame of float32 frames. Through the
+# Python path it became a bytearray, an ndarray, a queue entry, a row view and two reply bytes objects,
+# and ~30 Python calls. Here ``ExpressStream.take`` unmasks it into the stream's own queue of buffers;
+# ``ExpressLane.collect`` takes the head chunk of the waiting streams, ``run`` steps them on the pool's
+# states (``PoolStep``'s gathered step) and ``deliver`` writes each reply frame from its row of the
+# output with the transport's ``write``. What the C step declines (a chunk length or batch size the
+# pool has not checked and compiled yet, chunks of different lengths) is stepped by the serve batcher
+# the Python way, which checks and reports errors (lstminfer/serve/batcher.py).
 
 cdef extern from "Python.h":
     object PyBytes_FromStringAndSize(const char* v, Py_ssize_t n)

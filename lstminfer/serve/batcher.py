@@ -475,7 +475,8 @@ class Batcher:
                     future.set_result(value)
             lane = lanes.get(key)
             if lane:
-                ready[key] = None
+                if key not in self._behind_express:  # else its express chunks go first (_express_step)
+                    ready[key] = None
             else:
                 if lane is not None:
                     del lanes[key]

@@ -8,6 +8,11 @@ per chunk (with aiohttp's ``async for message in ws`` a chunk cost two task wake
 time, as the coroutine loop did: a message waits in ``_queue`` while the one before it is
 in a step, and a text frame (a v2 request body) runs as one task. Reading pauses while too
 many messages wait or while the transport's write buffer is full.
+
+The usual read, one whole binary frame of float32 frames with no message waiting, goes to the
+connection's ``express`` stream instead (``_runtime.ExpressStream``, when the model allows it):
+unmasked and queued in C, stepped with the other streams' chunks and answered from C, with no
+Python object per chunk. Messages that follow its chunks wait in ``_queue`` until it calls ``_next``.
 """
 from __future__ import annotations
 
