@@ -132,7 +132,12 @@ cdef class ExpressStream:
             self.sizes = <Py_ssize_t*>calloc(self.max_queued, sizeof(Py_ssize_t))
             self.arrivals = <double*>calloc(self.max_queued, sizeof(double))
             if self.bufs == NULL or self.caps == NULL or self.sizes == NULL or self.arrivals == NULL:
-                return False  # freed with the stream
+                free(self.bufs)
+                free(self.caps)
+                free(self.sizes)
+                free(self.arrivals)
+                self.bufs, self.caps, self.sizes, self.arrivals = NULL, NULL, NULL, NULL
+                return False
         at = (self.head + self.queued) % self.max_queued
         if length > self.caps[at]:
             grown = <unsigned char*>realloc(self.bufs[at], length)

@@ -297,8 +297,8 @@ class WebSocketStreams:
             on_error=on_error, count_frame=metrics.count_frame, lost=aiohttp_protocol.connection_lost)
         features = layout.express_features(output)
         if features is not None and sequences.outputs == [output]:
-            connection.express = sequences.manager.express_stream(sid, connection, transport.write, features,
-                                                         self.server.options.max_request_bytes, metrics.count_frames)
+            connection.express = sequences.manager.express_stream(
+                sid, connection, transport.write, features, self.server.options.max_request_bytes, metrics.count_frames)
         key = request.headers["Sec-WebSocket-Key"].encode()  # can_prepare checked it
         accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
         transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n"
