@@ -634,12 +634,13 @@ class StreamPool:
         """The pool's ``_runtime.ExpressLane`` (made once): raw float32 chunks of ``features`` values per
         frame stepped from their own buffers, for ``lstminfer serve``'s WebSocket streams; None where
         this pool has no C step or its chunks are not [T, features] frames of float32."""
-        if self._express is None and self._fast is not None:
-            data = self._program.data_inputs
-            if len(data) == 1 and data[0].dtype == np.float32 and data[0].shape is not None \
-                    and len(data[0].shape) == 3 and data[0].shape[2] == features:
-                self._express = _runtime.ExpressLane(self._fast, features, monotonic)
-        return self._express
+        with self.lock:
+            if self._express is None and self._fast is not None:
+                data = self._program.data_inputs
+                if len(data) == 1 and data[0].dtype == np.float32 and data[0].shape is not None \
+                        and len(data[0].shape) == 3 and data[0].shape[2] == features:
+                    self._express = _runtime.ExpressLane(self._fast, features, monotonic)
+            return self._express
 
     def unpadded_batch(self, n: int) -> int:
         """The most streams, at most ``n``, whose step runs at its own size: ``n`` up to 16, else the
