@@ -6,7 +6,6 @@ binary chunk. The lane is driven here by hand and through the serve batcher with
 every binary chunk through it too.
 """
 import asyncio
-import os
 import random
 import time
 from collections import deque
@@ -19,25 +18,11 @@ import lstminfer.models
 from lstminfer.c_runtime import _runtime
 from lstminfer.serve.sequences import SequenceManager, UnknownSequenceError
 from lstminfer.serve.stream_connection import StreamConnection
+from lstminfer.serve.wsframes import OP_BINARY, OP_TEXT
+from test_serve_websocket import _time_first_lstm  # x [time, batch, 3] -> y [time, batch, 4]
+from test_serve_wsframes import _client_frame  # an encoder independent of the server's codec
 
 pytestmark = pytest.mark.skipif(_runtime is None, reason="the native runtime is not built")
-
-
-def client_frame(payload: bytes, opcode=0x2, fin=True, masked=True) -> bytes:
-    """A client frame, encoded independently of the server's codec."""
-    n = len(payload)
-    first = (0x80 if fin else 0) | opcode
-    bit = 0x80 if masked else 0
-    if n < 126:
-        head = bytes([first, bit | n])
-    elif n < 1 << 16:
-        head = bytes([first, bit | 126]) + n.to_bytes(2, "big")
-    else:
-        head = bytes([first, bit | 127]) + n.to_bytes(8, "big")
-    if not masked:
-        return head + payload
-    key = os.urandom(4)
-    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
 
 
 def reply_payload(frame: bytes) -> bytes:
@@ -50,30 +35,12 @@ def reply_payload(frame: bytes) -> bytes:
     return frame[head:]
 
 
-def time_first_lstm(path, features=3, hidden=5):
-    """x [time, batch, 3] -> y [time, batch, 5]: the layout of PyTorch's default export."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(3)
-    weights = [numpy_helper.from_array((rng.standard_normal(shape) * 0.5).astype(np.float32), name)
-               for name, shape in (("W", (1, 4 * hidden, features)), ("R", (1, 4 * hidden, hidden)))]
-    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["Y"], hidden_size=hidden),
-             helper.make_node("Squeeze", ["Y", "axes"], ["y"])]
-    graph = helper.make_graph(
-        nodes, "time_first", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["time", "batch", features])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["time", "batch", hidden])],
-        [*weights, numpy_helper.from_array(np.array([1], np.int64), "axes")])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return str(path)
-
-
 @pytest.fixture(scope="module", params=["batch_first", "time_first"])
 def case(request, tmp_path_factory):
     """(model, features, chunk [T, F] -> the model's chunk)."""
     if request.param == "batch_first":
         return lstminfer.load(lstminfer.models.path("adding_lstm")), 2, lambda x: x[None]
-    path = time_first_lstm(tmp_path_factory.mktemp("express") / "tf.onnx")
+    path = _time_first_lstm(tmp_path_factory.mktemp("express") / "tf.onnx")
     return lstminfer.load(path), 3, lambda x: x[:, None]
 
 
@@ -109,7 +76,7 @@ def test_lane_steps_equal_each_stream_stepped_alone(case):
         for i in rng.choices(range(n), k=rng.randint(1, 2 * n)):  # a stream may queue several chunks
             x = np.random.default_rng(rng.randrange(1 << 30)).standard_normal((rng.randint(1, 3), features))
             x = x.astype(np.float32)
-            if streams[i].take(client_frame(x.tobytes())):
+            if streams[i].take(_client_frame(OP_BINARY, x.tobytes())):
                 sent[i].append(x)
             else:
                 assert streams[i].queued == 8  # its queue is full: the Python path's turn
@@ -146,7 +113,7 @@ def test_a_declined_step_changes_no_state(case):
     pid = pool.open(model.stream().state)
     before = {k: v.copy() for k, v in pool.state(pid).items()}
     stream = lane.stream(Connection(), [].append, pid, 1 << 20, 4)
-    assert stream.take(client_frame(np.ones((2, features), np.float32).tobytes()))
+    assert stream.take(_client_frame(OP_BINARY, np.ones((2, features), np.float32).tobytes()))
     assert lane.collect(8) == 1 and lane.run() == -1.0  # the pool never checked a chunk of 2 frames
     for key, value in pool.state(pid).items():
         np.testing.assert_array_equal(value, before[key])
@@ -156,9 +123,9 @@ def test_a_declined_step_changes_no_state(case):
     other = pool.open()
     for T in (1, 2):  # both lengths checked: alone, each would run in C
         pool.step({other: to_model(np.zeros((T, features), np.float32))})
-    assert stream.take(client_frame(np.ones((2, features), np.float32).tobytes()))
+    assert stream.take(_client_frame(OP_BINARY, np.ones((2, features), np.float32).tobytes()))
     assert lane.stream(Connection(), [].append, other, 1 << 20, 4).take(
-        client_frame(np.ones((1, features), np.float32).tobytes()))
+        _client_frame(OP_BINARY, np.ones((1, features), np.float32).tobytes()))
     assert lane.collect(8) == 2 and lane.run() == -1.0  # different lengths: one masked step, the Python way
     assert sorted(s.pool_id for s in lane.declined()) == sorted([pid, other])
     lane.finish()
@@ -173,32 +140,33 @@ def test_take_refuses_all_but_one_whole_masked_binary_chunk(case):
     stream = lane.stream(Connection(), [].append, pid, 64 * features, 2)
     chunk = np.ones((2, features), np.float32).tobytes()
     refused = [
-        client_frame(chunk, opcode=0x1),  # text
-        client_frame(chunk, masked=False),
-        client_frame(chunk, fin=False),  # a fragment
-        client_frame(chunk)[:-1],  # cut short
-        client_frame(chunk) + client_frame(chunk),  # two frames in one read
-        client_frame(chunk[:-4]),  # not whole frames
-        client_frame(b""),
-        client_frame(np.ones((65, features), np.float32).tobytes()),  # over max_bytes
-        bytearray(client_frame(chunk)),
+        _client_frame(OP_TEXT, chunk),  # text
+        _client_frame(OP_BINARY, chunk, masked=False),
+        _client_frame(OP_BINARY, chunk, fin=False),  # a fragment
+        _client_frame(OP_BINARY, chunk)[:-1],  # cut short
+        _client_frame(OP_BINARY, chunk) + _client_frame(OP_BINARY, chunk),  # two frames in one read
+        _client_frame(OP_BINARY, chunk[:-4]),  # not whole frames
+        _client_frame(OP_BINARY, b""),
+        _client_frame(OP_BINARY, np.ones((65, features), np.float32).tobytes()),  # over max_bytes
+        bytearray(_client_frame(OP_BINARY, chunk)),
     ]
     for data in refused:
         assert not stream.take(data), data[:4]
     assert lane.waiting_count == 0
-    assert stream.take(client_frame(chunk)) and lane.waiting_count == 1
-    assert stream.take(client_frame(chunk)) and stream.queued == 2 and lane.waiting_count == 1  # one per stream
-    assert not stream.take(client_frame(chunk))  # its queue is full
+    assert stream.take(_client_frame(OP_BINARY, chunk)) and lane.waiting_count == 1
+    assert stream.take(_client_frame(OP_BINARY, chunk))
+    assert stream.queued == 2 and lane.waiting_count == 1  # one entry per stream
+    assert not stream.take(_client_frame(OP_BINARY, chunk))  # its queue is full
     assert lane.cancel(pid) == (stream, [len(chunk)] * 2)
     assert lane.waiting_count == 0 and stream.state == 0 and stream.queued == 0
     lane.accepting = False
-    assert not stream.take(client_frame(chunk))
+    assert not stream.take(_client_frame(OP_BINARY, chunk))
     lane.accepting = True
     stream.gone = True
-    assert not stream.take(client_frame(chunk))
+    assert not stream.take(_client_frame(OP_BINARY, chunk))
     stream.gone = False
     pool.close(pid)
-    assert not stream.take(client_frame(chunk))  # its stream is closed: the Python path names the error
+    assert not stream.take(_client_frame(OP_BINARY, chunk))  # its stream is closed: the Python path says so
 
 
 def test_pending_and_stepping_follow_a_chunk(case):
@@ -210,7 +178,7 @@ def test_pending_and_stepping_follow_a_chunk(case):
     writes = []
     stream = lane.stream(Connection(), writes.append, b, 1 << 20, 4)
     assert lane.pending(b) == 0
-    frame = client_frame(np.zeros((1, features), np.float32).tobytes())
+    frame = _client_frame(OP_BINARY, np.zeros((1, features), np.float32).tobytes())
     assert stream.take(frame)
     assert lane.pending(b) == 1 and not lane.stepping(b) and lane.pending(a) == 0
     assert lane.collect(4) == 1 and lane.stepping(b) and lane.in_step == 1
@@ -288,8 +256,8 @@ def test_connections_through_the_batcher_equal_each_stream_alone(case):
             manager.hold(i)
             conns.append(connect(manager, i, features, to_model))
         for r in range(rounds):
-            for connection, _ in conns:
-                connection.data_received(client_frame(xs[conns.index((connection, _))][r:r + 1].tobytes()))
+            for i, (connection, _) in enumerate(conns):
+                connection.data_received(_client_frame(OP_BINARY, xs[i][r:r + 1].tobytes()))
             await until(lambda: all(len(t.written) == r + 1 for _, t in conns))
         await manager.aclose()
         return conns, python_steps
@@ -310,7 +278,7 @@ def test_ending_a_sequence_answers_its_waiting_chunk_and_a_lost_connection_gets_
             manager.start(sid)
             manager.hold(sid)
         (c1, t1), (c2, t2), (c3, t3) = (connect(manager, sid, features, to_model) for sid in (1, 2, 3))
-        frame = client_frame(np.ones((1, features), np.float32).tobytes())
+        frame = _client_frame(OP_BINARY, np.ones((1, features), np.float32).tobytes())
         for connection in (c1, c2, c3):
             connection.data_received(frame)
         manager.end(1)
@@ -323,7 +291,7 @@ def test_ending_a_sequence_answers_its_waiting_chunk_and_a_lost_connection_gets_
     assert len(t1.written) == 1 and b"was ended while this chunk was queued" in t1.written[0]
     assert t2.written == []
     assert len(t3.written) == 1 and t3.written[0][0] == 0x82
-    assert not c1.express.take(client_frame(np.ones((1, features), np.float32).tobytes()))
+    assert not c1.express.take(_client_frame(OP_BINARY, np.ones((1, features), np.float32).tobytes()))
     with pytest.raises(UnknownSequenceError):
         manager.submit(1, None, c1)
 
@@ -334,7 +302,7 @@ def test_a_stream_has_one_chunk_in_the_lane_whoever_sends_it(case):
     lane = pool.express_lane(features, time.monotonic)
     pid = pool.open()
     first, second = (lane.stream(Connection(), [].append, pid, 1 << 20, 4) for _ in range(2))  # two attached sockets
-    frame = client_frame(np.ones((1, features), np.float32).tobytes())
+    frame = _client_frame(OP_BINARY, np.ones((1, features), np.float32).tobytes())
     assert first.take(frame) and not second.take(frame) and first.take(frame)
     assert lane.cancel(pid)[0] is first and second.take(frame)
     lane.cancel(pid)
@@ -361,14 +329,14 @@ def test_chunks_of_one_stream_from_both_paths_run_in_arrival_order(case):
         connection, transport = connect(manager, 7, features, to_model)
         other = asyncio.ensure_future(manager.step(8, to_model(xs[2:3])))
         await asyncio.sleep(0)
-        connection.data_received(client_frame(xs[0:1].tobytes()))
+        connection.data_received(_client_frame(OP_BINARY, xs[0:1].tobytes()))
         assert manager._batcher.pending(manager._seqs[7].pool_id) == 1
         http = asyncio.ensure_future(manager.step(7, to_model(xs[1:2])))
         await asyncio.sleep(0)
         await until(lambda: len(transport.written) == 1)
         second = await http
         await other
-        connection.data_received(client_frame(xs[2:3].tobytes()))
+        connection.data_received(_client_frame(OP_BINARY, xs[2:3].tobytes()))
         await until(lambda: len(transport.written) == 2)
         await manager.aclose()
         return transport.written, second
@@ -400,11 +368,11 @@ def test_pipelined_chunks_and_a_text_frame_between_them_keep_their_order(case):
             return b'{"text": true}'
 
         connection._on_text = on_text
-        frames = [client_frame(x[None].tobytes()) for x in xs]
+        frames = [_client_frame(OP_BINARY, x[None].tobytes()) for x in xs]
         connection.data_received(frames[0])
         connection.data_received(frames[1])  # queued in the lane behind the first
         assert connection.express.queued == 2
-        connection.data_received(client_frame(b'{"inputs": []}', opcode=0x1))
+        connection.data_received(_client_frame(OP_TEXT, b'{"inputs": []}'))
         connection.data_received(frames[2])  # behind the text frame: the Python path
         assert connection.express.queued == 2
         await until(lambda: len(transport.written) == 4)

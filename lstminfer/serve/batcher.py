@@ -316,21 +316,11 @@ class Batcher:
                 nbytes = _nbytes(frames)
                 rate = self._seconds_per_byte
                 inline = nbytes is not None and rate is not None and nbytes * rate < self._inline_below
-            if inline:
-                results, seconds = self._step(frames, batch)
-            else:
-                try:
-                    results, seconds = await loop.run_in_executor(self._executor, self._step, frames, batch)
-                except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
-                    results = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}
-                    seconds, nbytes = 0.0, None
-            if nbytes:
+            results, seconds = await self._step_inline_or_not(frames, batch, inline, loop)
+            if nbytes and seconds:  # 0.0: the worker failed, no sample
                 sample = seconds / nbytes
                 self._seconds_per_byte = sample if rate is None else 0.8 * rate + 0.2 * sample
-            try:
-                self.stats.record_batch(len(batch), seconds, [started - item.arrived for _, item in batch])
-            except Exception:  # a metrics hook must not stop the batcher
-                _log.exception("lstminfer serve: the on_batch hook failed")
+            self._record(len(batch), seconds, [started - item.arrived for _, item in batch])
             self._deliver(batch, results)
             if inline:  # let the loop read (and serve) before the next step: waiters that queue their next
                 await asyncio.sleep(0)  # chunk in their callback would otherwise keep it stepping unbroken
@@ -357,19 +347,12 @@ class Batcher:
         else:
             sample = seconds / nbytes
             self._seconds_per_byte = sample if rate is None else 0.8 * rate + 0.2 * sample
-            try:
-                self.stats.record_batch(n, seconds, express.delays(started))
-            except Exception:  # a metrics hook must not stop the batcher
-                _log.exception("lstminfer serve: the on_batch hook failed")
+            self._record(n, seconds, express.delays(started))
             counts = express.deliver()
             if self.count_express is not None:
                 self.count_express(*counts)
         for key in keys:
-            for action in self._after_step.pop(key, ()):
-                try:
-                    action()
-                except Exception:  # e.g. closing a slot: never stop the batcher
-                    _log.exception("lstminfer serve: an action after a pool step failed")
+            self._run_after_step(key)
         for key in [key for key in self._behind_express if not express.pending(key)]:
             self._behind_express.discard(key)
             if self._lanes.get(key) and key not in self._in_step:
@@ -383,37 +366,49 @@ class Batcher:
         """The chunks the express lane's C step declined, stepped at once through the pool's checked
         step (which checks, compiles and reports errors), ahead of the Python chunks queued behind them."""
         try:
-            await self._step_heads(express, started, loop, inline)
+            delays = express.delays(started)
+            frames, batch = {}, []
+            for stream in express.declined():
+                connection = stream.connection
+                try:
+                    chunk = connection.express_declined(stream.payload())
+                except Exception as e:  # not a chunk after all: its connection says why
+                    connection.set_exception(e)
+                    continue
+                frames[stream.pool_id] = chunk
+                batch.append((stream.pool_id, _Queued(chunk, connection, started, connection.sid)))
+                self._in_step.add(stream.pool_id)
+            if batch:
+                results, seconds = await self._step_inline_or_not(frames, batch, inline, loop)
+                self._record(len(batch), seconds, delays[:len(batch)])
+                self._deliver(batch, results)
         finally:
             express.finish()
 
-    async def _step_heads(self, express: Any, started: float, loop: asyncio.AbstractEventLoop, inline: bool) -> None:
-        delays = express.delays(started)
-        frames, batch = {}, []
-        for stream in express.declined():
-            connection = stream.connection
-            try:
-                chunk = connection.express_declined(stream.payload())
-            except Exception as e:  # not a chunk after all: its connection says why
-                connection.set_exception(e)
-                continue
-            frames[stream.pool_id] = chunk
-            batch.append((stream.pool_id, _Queued(chunk, connection, started, connection.sid)))
-            self._in_step.add(stream.pool_id)
-        if not batch:
-            return
+    async def _step_inline_or_not(self, frames: dict, batch: list[tuple[Hashable, _Queued]], inline: bool,
+                                  loop: asyncio.AbstractEventLoop) -> tuple[dict, float]:
+        """``_step`` on the event loop, or in the worker thread (seconds 0.0 where the worker itself failed:
+        every chunk then fails, and the batcher keeps serving)."""
         if inline:
-            results, seconds = self._step(frames, batch)
-        else:
-            try:
-                results, seconds = await loop.run_in_executor(self._executor, self._step, frames, batch)
-            except Exception as e:  # the worker itself failed (shut down): fail this batch, keep serving
-                results, seconds = {key: StepFailedError(f"pool step could not run: {e}") for key in frames}, 0.0
+            return self._step(frames, batch)
         try:
-            self.stats.record_batch(len(batch), seconds, delays[:len(batch)])
+            return await loop.run_in_executor(self._executor, self._step, frames, batch)
+        except Exception as e:  # the worker itself failed (shut down)
+            return {key: StepFailedError(f"pool step could not run: {e}") for key in frames}, 0.0
+
+    def _record(self, size: int, seconds: float, delays: list[float]) -> None:
+        try:
+            self.stats.record_batch(size, seconds, delays)
         except Exception:  # a metrics hook must not stop the batcher
             _log.exception("lstminfer serve: the on_batch hook failed")
-        self._deliver(batch, results)
+
+    def _run_after_step(self, key: Hashable) -> None:
+        """The actions ``after_step`` deferred until the step of ``key`` finished."""
+        for action in self._after_step.pop(key, ()):
+            try:
+                action()
+            except Exception:  # e.g. closing a slot: never stop the batcher
+                _log.exception("lstminfer serve: an action after a pool step failed")
 
     def _take(self, limit: int) -> list[tuple[Hashable, _Queued]]:
         """The head chunk of up to ``limit`` ready streams (dropping chunks whose caller went away)."""
@@ -462,7 +457,7 @@ class Batcher:
         return results, time.perf_counter() - t0
 
     def _deliver(self, batch: list[tuple[Hashable, _Queued]], results: dict) -> None:
-        ready, lanes, in_step, after_step = self._ready, self._lanes, self._in_step, self._after_step
+        ready, lanes, in_step = self._ready, self._lanes, self._in_step
         for key, item in batch:
             in_step.discard(key)
             value = results.get(key)
@@ -482,11 +477,8 @@ class Batcher:
                     del lanes[key]
                 if self._express is not None:  # before an action closes the slot: the flag goes with it
                     self._express.python_queued(key, False)
-            for action in after_step.pop(key, ()) if after_step else ():
-                try:
-                    action()
-                except Exception:  # e.g. closing a slot: never stop the batcher
-                    _log.exception("lstminfer serve: an action after a pool step failed")
+            if self._after_step:
+                self._run_after_step(key)
         self._check_idle()
 
 

@@ -143,18 +143,22 @@ class StreamLayout:
         replied (the frames' bytes in the input's own order, the reply the output's bytes as they
         lie); None: the Python path for every chunk."""
         spec = self.data_input
-        if not _LITTLE or spec is None or self.chunk_shape is None or spec.dtype != np.float32 \
+        if spec is None or self.chunk_shape is None or spec.dtype != np.float32 \
                 or len(self.chunk_shape) != 3 or self.frame_bytes != 4 * self.chunk_shape[2]:
             return None
-        batch_axis, time_axis = self.output_axes[name]
-        if batch_axis is None or not (time_axis is None or all(i == batch_axis for i in range(time_axis))):
+        if self.output_axes[name][0] is None or not self._reply_as_it_lies(name):
             return None
         return self.chunk_shape[2]
 
+    def _reply_as_it_lies(self, name: str) -> bool:
+        """Output ``name``'s bytes in C order are its reply: little-endian, and its time axis leads the
+        axes that are not the batch of 1."""
+        batch_axis, time_axis = self.output_axes[name]
+        return _LITTLE and (time_axis is None or all(i == batch_axis for i in range(time_axis)))
+
     def reply_encoder(self, name: str) -> Callable[[Any], bytes]:
         """``reply`` of output ``name`` from a pool step's result (an array, or a dict of several)."""
-        batch_axis, time_axis = self.output_axes[name]
-        direct = _LITTLE and (time_axis is None or all(i == batch_axis for i in range(time_axis)))
+        direct = self._reply_as_it_lies(name)
         ndarray, reply = np.ndarray, self.reply
 
         def encode(result: Any) -> bytes:
