@@ -131,7 +131,7 @@ cdef inline float activate(float x, int code, float alpha, float beta) noexcept 
     if code == TANH:
         return fast_tanh(x)
     if code == RELU:
-        return x if x > LI_ZERO else LI_ZERO
+        return LI_ZERO if x <= LI_ZERO else x  # NaN stays NaN, as the reference's np.maximum and li_unary
     if code == AFFINE:
         return alpha * x + beta
     if code == LEAKY_RELU:
@@ -165,7 +165,7 @@ cdef void act_inplace(fptr v, idx n, int code, float alpha, float beta) noexcept
         li_tanh_n(v, n)
     elif code == RELU:
         for j in range(n):
-            v[j] = v[j] if v[j] > LI_ZERO else LI_ZERO
+            v[j] = LI_ZERO if v[j] <= LI_ZERO else v[j]  # NaN stays NaN
     else:
         for j in range(n):
             v[j] = activate(v[j], code, alpha, beta)

@@ -86,6 +86,9 @@ def test_fast_tanh_and_sigmoid_accuracy(isa):
     nan = np.full(20, np.nan, dtype=np.float32)
     ext(isa).apply_activation(nan, "Tanh")
     assert np.isnan(nan).all()
+    relu = np.array([np.nan, -np.inf, -1, -0.0, 0, 2, np.inf], dtype=np.float32)
+    ext(isa).apply_activation(relu, "Relu")  # as the reference (np.maximum): NaN stays NaN
+    np.testing.assert_array_equal(relu, np.maximum(np.array([np.nan, -np.inf, -1, -0.0, 0, 2, np.inf], np.float32), 0))
 
 
 @pytest.mark.parametrize("isa", ISAS)
