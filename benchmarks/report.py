@@ -60,20 +60,23 @@ def whole_model_markdown(rows: dict[tuple[str, str], dict[str, dict]]) -> str:
     models = list(dict.fromkeys(model for model, _ in rows))  # in the order they ran
     lines = [
         f"Whole models: median time per call, lstminfer vs {BASELINE} in the same run; "
-        f"ratio = {BASELINE} / lstminfer (higher: lstminfer faster).",
+        f"ratio = {BASELINE} / lstminfer (higher: lstminfer faster); the last column compares two threads "
+        "each (lstminfer threads=2 against onnxruntime's intra_op_num_threads=2).",
         "",
-        f"| model | row | T×B | lstminfer call | lstminfer µs | {BASELINE} µs | ratio | threads=2 µs | ratio |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
+        f"| model | row | T×B | lstminfer call | lstminfer µs | {BASELINE} µs | ratio | threads=2 µs | ratio "
+        "| ort-2t µs | 2t / 2t |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key in sorted(rows, key=lambda k: (models.index(k[0]), WHOLE_ROW_ORDER.get(k[1], 9))):
         model, row = key
         peers = rows[key]
         ours, base = peers.get("lstminfer", {}).get("median"), peers.get(BASELINE, {}).get("median")
         two = peers.get("lstminfer-2t", {}).get("median")
+        base_two = peers.get("ort-2t", {}).get("median")
         any_peer = next(iter(peers.values()))
         shape = f"{any_peer['T']}×{any_peer['B']}" if any_peer.get("T") is not None else "—"
         lines.append(f"| {model} | {row} | {shape} | {WHOLE_ROW_WHAT.get(row, '')} | {_us(ours)} | {_us(base)} | "
-                     f"{_ratio(base, ours)} | {_us(two)} | {_ratio(base, two)} |")
+                     f"{_ratio(base, ours)} | {_us(two)} | {_ratio(base, two)} | {_us(base_two)} | {_ratio(base_two, two)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -61,7 +61,7 @@ ATOL = RTOL = 1e-5  # |lstminfer - onnxruntime| <= ATOL + RTOL * |onnxruntime|, 
 CHECK_STEPS = 3  # stepped rows: steps compared (the state fed back between them)
 OPSET = 17
 SEED = 0  # torch.manual_seed of the exported PyTorch models
-PEERS = ("ort-1t", "lstminfer", "lstminfer-2t")  # -2t: the model loaded with threads=2
+PEERS = ("ort-1t", "ort-2t", "lstminfer", "lstminfer-2t")  # -2t: two intra-op threads / threads=2
 BASELINE = "ort-1t"
 
 
@@ -286,11 +286,11 @@ def row_feeds(model: WholeModel, path: str, row: str, seed: int = 1) -> dict[str
 
 # -------------------------------------------------------------- runners --
 
-def ort_session(path: str):
+def ort_session(path: str, threads: int = 1):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
@@ -321,8 +321,8 @@ def make_runner(peer: str, model: WholeModel, row: str, cache_dir: str | None = 
     feeds = row_feeds(model, path, row)
     states = [name for name, _ in signature(path).states]
     data = signature(path).data
-    if peer == "ort-1t":
-        session = ort_session(path)
+    if peer in ("ort-1t", "ort-2t"):
+        session = ort_session(path, threads=2 if peer == "ort-2t" else 1)
     elif peer in ("lstminfer", "lstminfer-2t"):
         session = load_lstminfer(path, threads=2 if peer == "lstminfer-2t" else 1)
         if row == "stream":

@@ -410,10 +410,10 @@ cdef extern from "li_workers.h":
         int parts
         li_block* blocks
         idx* bounds
-    int li_worker_start(li_worker* w) noexcept nogil
     void li_worker_post(li_worker* w, li_job_fn fn, void* arg) noexcept nogil
     int li_worker_wait(li_worker* w) noexcept nogil
-    void li_worker_stop(li_worker* w) noexcept nogil
+    li_worker* li_pool_take(int n) noexcept nogil
+    void li_pool_give() noexcept nogil
     void li_block_reset(li_block* b) noexcept nogil
     bint li_block_claim(li_block* b, int task) noexcept nogil
     void li_block_finish(li_block* b, int done) noexcept nogil
@@ -1416,10 +1416,9 @@ cdef class KernelCore:
     cdef idx scratch_size
     cdef bint scratch_busy
     # threads > 1: batches of split_rows+ rows are cut into ``threads`` parts, part 0 run by
-    # the caller and the others by this kernel's own worker threads (li_workers.h); they
-    # use the scratch buffer too, so only its holder splits.
+    # the caller and the others by the process's worker threads (li_workers.h's li_pool, held
+    # for the call); they use the scratch buffer too, so only its holder splits.
     cdef idx threads
-    cdef li_worker* workers
     cdef char* part_jobs  # one Part per thread, each on cache lines of its own (part_at)
     cdef li_range* ranges  # a batch split's fused one step: each part's 4-row groups (lstm_step_claimed)
     # Below split_rows rows, threads split the hidden units instead (DeepCPU's partitioning:
@@ -1436,11 +1435,6 @@ cdef class KernelCore:
     cdef unsigned int steps
 
     def __dealloc__(self):
-        cdef idx p
-        if self.workers != NULL:
-            for p in range(self.threads - 1):
-                li_worker_stop(&self.workers[p])
-        free(self.workers)
         free(self.part_jobs)
         free(self.sched.blocks)
         free(self.sched.bounds)
@@ -1627,26 +1621,32 @@ cdef class KernelCore:
         cdef idx parts
         cdef int status
         cdef float* scratch
+        cdef li_worker* workers
         if self.flip_ok and s.T == 1:
             s.flip = self.steps & 1
             self.steps += 1
         if self.scratch_busy and self.threads > 1 and self.split_rows and s.B >= self.split_rows:
             status = self.run_parts_here(s, self.threads)  # the split's rows, so the split's bits
-        elif self.scratch_busy:  # another thread has this kernel's buffer (and workers): its own, serially
+        elif self.scratch_busy:  # another thread has this kernel's buffer: its own, serially
             buffer = self._scratch(s.T, s.B)  # CythonKernel's per-thread buffer
             status = self.run_here(s, data_of(buffer))
         else:
             parts = self.parts_for(s.B)
             scratch = self.take_scratch(self.scratch_floats(s, parts))
+            workers = li_pool_take(<int>parts - 1) if parts > 1 else NULL
             try:
-                if parts == 1:
-                    status = self.run_here(s, scratch)
+                if parts == 1 or (workers == NULL and self.unit_split(s, parts)):
+                    status = self.run_here(s, scratch)  # a unit split's bits, serially
+                elif workers == NULL:  # another call holds the process's workers
+                    status = self.run_parts_here(s, parts)
                 elif self.unit_split(s, parts):
-                    status = self.run_unit_split(s, parts, scratch)
+                    status = self.run_unit_split(s, parts, scratch, workers)
                 else:
-                    status = self.run_batch_split(s, parts, scratch, then, Y, result)
+                    status = self.run_batch_split(s, parts, scratch, workers, then, Y, result)
                     then = None
             finally:
+                if workers != NULL:
+                    li_pool_give()
                 self.scratch_busy = False
         if then is not None:
             result.append(then(Y))
@@ -1686,7 +1686,7 @@ cdef class KernelCore:
             status = self.run(s, self.op)
         return status
 
-    cdef int run_unit_split(self, Seq* s, idx parts, float* scratch) noexcept:
+    cdef int run_unit_split(self, Seq* s, idx parts, float* scratch, li_worker* workers) noexcept:
         """Each of ``parts`` threads takes whole weight panels of hidden units, step by step
         (run_shared), all in one scratch."""
         cdef idx p
@@ -1704,14 +1704,14 @@ cdef class KernelCore:
             part.run, part.op = self.run, self.op
         with nogil:
             for p in range(1, parts):
-                li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
+                li_worker_post(&workers[p - 1], run_part, self.part_at(p))
             status = run_part(self.part_at(0))
             for p in range(1, parts):
-                status |= li_worker_wait(&self.workers[p - 1])
+                status |= li_worker_wait(&workers[p - 1])
         return status
 
-    cdef int run_batch_split(self, Seq* s, idx parts, float* scratch, object then, object Y,
-                             list result) except -1:
+    cdef int run_batch_split(self, Seq* s, idx parts, float* scratch, li_worker* workers, object then,
+                             object Y, list result) except -1:
         """Each of ``parts`` threads runs the whole sequence on its own batch rows (no barrier),
         this one last: ``then`` (Python work that needs only Y's address) runs first, beside
         the workers. If it raises, the parts still run to the end before the error goes up."""
@@ -1728,7 +1728,7 @@ cdef class KernelCore:
             part.s.whole, part.s.ranges, part.s.parts, part.s.part = s, self.ranges, <int>parts, <int>p
         with nogil:
             for p in range(1, parts):
-                li_worker_post(&self.workers[p - 1], run_part, self.part_at(p))
+                li_worker_post(&workers[p - 1], run_part, self.part_at(p))
         try:
             if then is not None:
                 result.append(then(Y))
@@ -1736,12 +1736,12 @@ cdef class KernelCore:
             with nogil:
                 status = run_part(self.part_at(0))
                 for p in range(1, parts):
-                    status |= li_worker_wait(&self.workers[p - 1])
+                    status |= li_worker_wait(&workers[p - 1])
         return status
 
     cdef int run_parts_here(self, Seq* s, idx parts) except -1:
         """A batch split's parts one after the other in this thread, with scratch of its own (another
-        call holds the kernel's scratch and workers): each part runs the same rows as in the split,
+        call holds the kernel's scratch, or the process's workers): each part runs the same rows as in the split,
         so a call's bits never depend on whether another thread was using the kernel."""
         cdef idx p, offset = 0, groups = s.D * ((s.B + 3) // 4)
         cdef int status = 0
@@ -1767,21 +1767,15 @@ cdef class KernelCore:
     cdef idx parts_for(self, idx batch) except -1:
         """How many threads run a batch of ``batch`` rows: 1 unless the kernel splits the
         batch (at split_rows rows or more) or, below that, the hidden units (``units_ok``)."""
-        cdef idx p
         if not self.split_rows or (batch < self.split_rows and not self.units_ok) or self.scratch_busy:
             return 1
-        if self.workers == NULL:
-            self.workers = <li_worker*>li_lines_alloc(self.threads - 1, sizeof(li_worker))
+        if self.part_jobs == NULL:
             self.part_jobs = <char*>li_lines_alloc(self.threads, sizeof(Part))
             self.sched.blocks = <li_block*>li_lines_alloc(self.threads, sizeof(li_block))
             self.sched.bounds = <idx*>li_lines_alloc(1, (self.threads + 1) * sizeof(idx))
             self.ranges = <li_range*>li_lines_alloc(self.threads, sizeof(li_range))
-            if (self.workers == NULL or self.part_jobs == NULL or self.sched.blocks == NULL or self.sched.bounds == NULL
-                    or self.ranges == NULL):
+            if self.part_jobs == NULL or self.sched.blocks == NULL or self.sched.bounds == NULL or self.ranges == NULL:
                 raise MemoryError()
-        for p in range(self.threads - 1):
-            if li_worker_start(&self.workers[p]) != 0:
-                return 1  # no thread to be had: run serially
         return self.threads
 
     cdef inline Part* part_at(self, idx p) noexcept nogil:

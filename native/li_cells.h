@@ -7,47 +7,50 @@
 #include "li_simd.h"
 #include "li_vmath.h"
 
-/* Whole cells in one pass for the default activations, LI_U vectors of units at a time (then
-   single vectors), so that the gates are never stored and reloaded. The same maths, term for
+/* Whole cells in one pass for the default activations, LI_U vectors of units at a time and then
+   the 1..3 vectors left together (their dependency chains overlap: at H = 32 a step's cells are
+   its critical path), so that the gates are never stored and reloaded. The same maths, term for
    term, as the passes (bit-identical results); each returns the units it did (a multiple of
-   LI_VEC), the caller runs the rest through the passes. */
+   LI_VEC, all of them for the LSTM), the caller runs the rest through the passes. */
 
-/* One vector of LSTM units (sigmoid/tanh/tanh), gates S apart in x and g */
-static inline void li_lstm_cells_vec(const float *x, const float *g, float *h, float *c, const float *pi,
-                                     const float *pf, const float *po, ptrdiff_t S, float clip) {
-    li_vf cv = li_load(c);
-    li_vf gi = li_vsigmoid(li_vclamp(li_load(x) + li_load(g) + li_load(pi) * cv, clip));
-    li_vf gf = li_vsigmoid(li_vclamp(li_load(x + S) + li_load(g + S) + li_load(pf) * cv, clip));
-    li_vf gc = li_vtanh(li_vclamp(li_load(x + 2 * S) + li_load(g + 2 * S), clip));
-    cv = gf * cv + gi * gc;
-    li_vf go = li_vsigmoid(li_vclamp(li_load(x + 3 * S) + li_load(g + 3 * S) + li_load(po) * cv, clip));
-    li_store(c, cv);
-    li_store(h, li_vtanh(cv) * go);
+/* Runs block(j, k) over n units: LI_U vectors at a time, then the k < LI_U whole vectors left
+   in one call (block is always inlined: k is a constant in each call) */
+#define LI_BLOCKS(n, block)                                                        \
+    ptrdiff_t j = 0;                                                               \
+    for (; j + LI_U * LI_VEC <= (n); j += LI_U * LI_VEC) block(j, LI_U);           \
+    switch (((n) - j) / LI_VEC) {                                                  \
+    case 3: block(j, 3); j += 3 * LI_VEC; break;                                   \
+    case 2: block(j, 2); j += 2 * LI_VEC; break;                                   \
+    case 1: block(j, 1); j += LI_VEC; break;                                       \
+    }
+
+/* LSTM cells (sigmoid/tanh/tanh) of the k vectors of units at j, gates S apart in x and g */
+static inline __attribute__((always_inline)) void li_lstm_cells_k(const float *x, const float *g, float *h, float *c,
+                                                                 const float *pi, const float *pf, const float *po,
+                                                                 ptrdiff_t j, ptrdiff_t S, float clip, const int k) {
+    li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
+    LI_EACH_OF(k) cv[u] = LI_AT(c, j);
+    LI_EACH_OF(k) gi[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u], clip);
+    LI_EACH_OF(k) gf[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u], clip);
+    LI_EACH_OF(k) gc[u] = li_vclamp(LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j), clip);
+    li_vsigmoid_k(gi, k);
+    li_vsigmoid_k(gf, k);
+    li_vtanh_k(gc, k);
+    LI_EACH_OF(k) cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
+    LI_EACH_OF(k) go[u] = li_vclamp(LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u], clip);
+    LI_EACH_OF(k) li_store(c + j + u * LI_VEC, cv[u]);
+    li_vsigmoid_k(go, k);
+    li_vtanh_k(cv, k);
+    LI_EACH_OF(k) li_store(h + j + u * LI_VEC, cv[u] * go[u]);
 }
 
 /* LSTM, sigmoid/tanh/tanh, no input_forget: gates S apart in x and g; all n units */
 static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float *h, float *c,
                                           const float *pi, const float *pf, const float *po,
                                           ptrdiff_t n, ptrdiff_t S, float clip) {
-    ptrdiff_t j = 0;
-    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-        li_vf cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
-        LI_EACH cv[u] = LI_AT(c, j);
-        LI_EACH gi[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j) + LI_AT(pi, j) * cv[u], clip);
-        LI_EACH gf[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j) + LI_AT(pf, j) * cv[u], clip);
-        LI_EACH gc[u] = li_vclamp(LI_AT(x, 2 * S + j) + LI_AT(g, 2 * S + j), clip);
-        li_vsigmoid_u(gi);
-        li_vsigmoid_u(gf);
-        li_vtanh_u(gc);
-        LI_EACH cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
-        LI_EACH go[u] = li_vclamp(LI_AT(x, 3 * S + j) + LI_AT(g, 3 * S + j) + LI_AT(po, j) * cv[u], clip);
-        LI_EACH li_store(c + j + u * LI_VEC, cv[u]);
-        li_vsigmoid_u(go);
-        li_vtanh_u(cv);
-        LI_EACH li_store(h + j + u * LI_VEC, cv[u] * go[u]);
-    }
-    for (; j + LI_VEC <= n; j += LI_VEC)
-        li_lstm_cells_vec(x + j, g + j, h + j, c + j, pi + j, pf + j, po + j, S, clip);
+#define LI_LSTM_BLOCK(j, k) li_lstm_cells_k(x, g, h, c, pi, pf, po, j, S, clip, k)
+    LI_BLOCKS(n, LI_LSTM_BLOCK)
+#undef LI_LSTM_BLOCK
     if (j < n) {  /* fewer units than a vector (H = 8 on AVX-512): one vector of zero-padded copies */
         ptrdiff_t m = n - j, q;
         float tx[4 * LI_VEC] = {0}, tg[4 * LI_VEC] = {0}, tp[3 * LI_VEC] = {0}, tc[LI_VEC] = {0}, th[LI_VEC];
@@ -59,7 +62,7 @@ static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float 
         memcpy(tp + LI_VEC, pf + j, m * sizeof(float));
         memcpy(tp + 2 * LI_VEC, po + j, m * sizeof(float));
         memcpy(tc, c + j, m * sizeof(float));
-        li_lstm_cells_vec(tx, tg, th, tc, tp, tp + LI_VEC, tp + 2 * LI_VEC, LI_VEC, clip);
+        li_lstm_cells_k(tx, tg, th, tc, tp, tp + LI_VEC, tp + 2 * LI_VEC, 0, LI_VEC, clip, 1);
         memcpy(c + j, tc, m * sizeof(float));
         memcpy(h + j, th, m * sizeof(float));
         j = n;
@@ -265,66 +268,59 @@ static unsigned long long li_vnni_steps_run = 0;
 static inline void li_count_vnni_steps(void) { __atomic_fetch_add(&li_vnni_steps_run, 1, __ATOMIC_RELAXED); }
 
 /* GRU z and r * h_prev (sigmoid), linear_before_reset = 0: z into g[:n], r * h_prev into rh */
+static inline __attribute__((always_inline)) void li_gru_zr_k(const float *x, float *g, const float *hp, float *rh,
+                                                             ptrdiff_t j, ptrdiff_t S, float clip, const int k) {
+    li_vf z[LI_U], r[LI_U];
+    LI_EACH_OF(k) z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
+    LI_EACH_OF(k) r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
+    li_vsigmoid_k(z, k);
+    li_vsigmoid_k(r, k);
+    LI_EACH_OF(k) li_store(g + j + u * LI_VEC, z[u]);
+    LI_EACH_OF(k) li_store(rh + j + u * LI_VEC, r[u] * LI_AT(hp, j));
+}
 static inline ptrdiff_t li_gru_zr_std(const float *x, float *g, const float *hp, float *rh, ptrdiff_t n,
                                       ptrdiff_t S, float clip) {
-    ptrdiff_t j = 0;
-    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-        li_vf z[LI_U], r[LI_U];
-        LI_EACH z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
-        LI_EACH r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
-        li_vsigmoid_u(z);
-        li_vsigmoid_u(r);
-        LI_EACH li_store(g + j + u * LI_VEC, z[u]);
-        LI_EACH li_store(rh + j + u * LI_VEC, r[u] * LI_AT(hp, j));
-    }
-    for (; j + LI_VEC <= n; j += LI_VEC) {
-        li_vf z = li_vsigmoid(li_vclamp(li_load(x + j) + li_load(g + j), clip));
-        li_vf r = li_vsigmoid(li_vclamp(li_load(x + S + j) + li_load(g + S + j), clip));
-        li_store(g + j, z);
-        li_store(rh + j, r * li_load(hp + j));
-    }
+#define LI_GRU_ZR_BLOCK(j, k) li_gru_zr_k(x, g, hp, rh, j, S, clip, k)
+    LI_BLOCKS(n, LI_GRU_ZR_BLOCK)
+#undef LI_GRU_ZR_BLOCK
     return j;
 }
 
 /* GRU output (tanh): h = (1 - z) tanh(xh + gh) + z h_prev */
+static inline __attribute__((always_inline)) void li_gru_output_k(const float *xh, const float *z, const float *gh,
+                                                                 const float *hp, float *h, ptrdiff_t j, float clip,
+                                                                 const int k) {
+    li_vf cand[LI_U];
+    LI_EACH_OF(k) cand[u] = li_vclamp(LI_AT(xh, j) + LI_AT(gh, j), clip);
+    li_vtanh_k(cand, k);
+    LI_EACH_OF(k) li_store(h + j + u * LI_VEC, (1.0f - LI_AT(z, j)) * cand[u] + LI_AT(z, j) * LI_AT(hp, j));
+}
 static inline ptrdiff_t li_gru_output_std(const float *xh, const float *z, const float *gh, const float *hp,
                                           float *h, ptrdiff_t n, float clip) {
-    ptrdiff_t j = 0;
-    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-        li_vf cand[LI_U];
-        LI_EACH cand[u] = li_vclamp(LI_AT(xh, j) + LI_AT(gh, j), clip);
-        li_vtanh_u(cand);
-        LI_EACH li_store(h + j + u * LI_VEC, (1.0f - LI_AT(z, j)) * cand[u] + LI_AT(z, j) * LI_AT(hp, j));
-    }
-    for (; j + LI_VEC <= n; j += LI_VEC) {
-        li_vf cand = li_vtanh(li_vclamp(li_load(xh + j) + li_load(gh + j), clip));
-        li_vf zv = li_load(z + j);
-        li_store(h + j, (1.0f - zv) * cand + zv * li_load(hp + j));
-    }
+#define LI_GRU_OUTPUT_BLOCK(j, k) li_gru_output_k(xh, z, gh, hp, h, j, clip, k)
+    LI_BLOCKS(n, LI_GRU_OUTPUT_BLOCK)
+#undef LI_GRU_OUTPUT_BLOCK
     return j;
 }
 
 /* GRU linear_before_reset (sigmoid, tanh): the whole step */
+static inline __attribute__((always_inline)) void li_gru_lbr_cells_k(const float *x, const float *g, const float *hp,
+                                                                    float *h, const float *rbh, ptrdiff_t j,
+                                                                    ptrdiff_t S, float clip, const int k) {
+    li_vf z[LI_U], r[LI_U], cand[LI_U];
+    LI_EACH_OF(k) z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
+    LI_EACH_OF(k) r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
+    li_vsigmoid_k(z, k);
+    li_vsigmoid_k(r, k);
+    LI_EACH_OF(k) cand[u] = li_vclamp(LI_AT(x, 2 * S + j) + r[u] * (LI_AT(g, 2 * S + j) + LI_AT(rbh, j)), clip);
+    li_vtanh_k(cand, k);
+    LI_EACH_OF(k) li_store(h + j + u * LI_VEC, (1.0f - z[u]) * cand[u] + z[u] * LI_AT(hp, j));
+}
 static inline ptrdiff_t li_gru_lbr_cells_std(const float *x, const float *g, const float *hp, float *h,
                                              const float *rbh, ptrdiff_t n, ptrdiff_t S, float clip) {
-    ptrdiff_t j = 0;
-    for (; j + LI_U * LI_VEC <= n; j += LI_U * LI_VEC) {
-        li_vf z[LI_U], r[LI_U], cand[LI_U];
-        LI_EACH z[u] = li_vclamp(LI_AT(x, j) + LI_AT(g, j), clip);
-        LI_EACH r[u] = li_vclamp(LI_AT(x, S + j) + LI_AT(g, S + j), clip);
-        li_vsigmoid_u(z);
-        li_vsigmoid_u(r);
-        LI_EACH cand[u] = li_vclamp(LI_AT(x, 2 * S + j) + r[u] * (LI_AT(g, 2 * S + j) + LI_AT(rbh, j)), clip);
-        li_vtanh_u(cand);
-        LI_EACH li_store(h + j + u * LI_VEC, (1.0f - z[u]) * cand[u] + z[u] * LI_AT(hp, j));
-    }
-    for (; j + LI_VEC <= n; j += LI_VEC) {
-        li_vf z = li_vsigmoid(li_vclamp(li_load(x + j) + li_load(g + j), clip));
-        li_vf r = li_vsigmoid(li_vclamp(li_load(x + S + j) + li_load(g + S + j), clip));
-        li_vf gh = r * (li_load(g + 2 * S + j) + li_load(rbh + j));
-        li_vf cand = li_vtanh(li_vclamp(li_load(x + 2 * S + j) + gh, clip));
-        li_store(h + j, (1.0f - z) * cand + z * li_load(hp + j));
-    }
+#define LI_GRU_LBR_BLOCK(j, k) li_gru_lbr_cells_k(x, g, hp, h, rbh, j, S, clip, k)
+    LI_BLOCKS(n, LI_GRU_LBR_BLOCK)
+#undef LI_GRU_LBR_BLOCK
     return j;
 }
 

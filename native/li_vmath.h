@@ -37,55 +37,59 @@ static inline li_vf li_vtanh(li_vf x) {
 }
 static inline li_vf li_vsigmoid(li_vf x) { return 1.0f / (1.0f + li_vexp(-x)); }
 
-/* The same maths on LI_U vectors at once, each step written for all of them in a row, so that
-   their long dependency chains overlap; bit-identical to the single-vector versions. */
+/* The same maths on k <= LI_U vectors at once (k a constant where inlined), each step written for
+   all of them in a row, so that their long dependency chains overlap; bit-identical to the
+   single-vector versions. The _u forms take LI_U vectors. */
 #define LI_U 4
 #define LI_EACH for (int u = 0; u < LI_U; u++)
-static inline __attribute__((always_inline)) void li_vexp_u(li_vf *x) {
+#define LI_EACH_OF(k) for (int u = 0; u < (k); u++)
+static inline __attribute__((always_inline)) void li_vexp_k(li_vf *x, const int k) {
     li_vf v[LI_U], nf[LI_U], r[LI_U], p[LI_U];
-    LI_EACH x[u] = li_clamp_exp_arg(x[u]);
-    LI_EACH v[u] = x[u] * 1.4426950408889634f + 0.5f;
+    LI_EACH_OF(k) x[u] = li_clamp_exp_arg(x[u]);
+    LI_EACH_OF(k) v[u] = x[u] * 1.4426950408889634f + 0.5f;
 #if LI_FLOAT_FLOOR
-    LI_EACH nf[u] = li_vfloor(v[u]);
+    LI_EACH_OF(k) nf[u] = li_vfloor(v[u]);
 #else
     li_vi n[LI_U];
-    LI_EACH n[u] = __builtin_convertvector(v[u], li_vi);
-    LI_EACH n[u] += (li_vi)(__builtin_convertvector(n[u], li_vf) > v[u]);
-    LI_EACH nf[u] = __builtin_convertvector(n[u], li_vf);
+    LI_EACH_OF(k) n[u] = __builtin_convertvector(v[u], li_vi);
+    LI_EACH_OF(k) n[u] += (li_vi)(__builtin_convertvector(n[u], li_vf) > v[u]);
+    LI_EACH_OF(k) nf[u] = __builtin_convertvector(n[u], li_vf);
 #endif
-    LI_EACH r[u] = (x[u] - nf[u] * 0.693359375f) - nf[u] * -2.1219444005469057e-04f;
-    LI_EACH p[u] = 0.001394460077755586f * r[u] + 0.00837191219414511f;
-    LI_EACH p[u] = p[u] * r[u] + 0.041666280339128475f;
-    LI_EACH p[u] = p[u] * r[u] + 0.16666455876315142f;
-    LI_EACH p[u] = p[u] * r[u] + 0.500000008440243f;
-    LI_EACH p[u] = p[u] * r[u] + 1.0000000281441013f;
-    LI_EACH p[u] = p[u] * r[u] + 1.0f;
+    LI_EACH_OF(k) r[u] = (x[u] - nf[u] * 0.693359375f) - nf[u] * -2.1219444005469057e-04f;
+    LI_EACH_OF(k) p[u] = 0.001394460077755586f * r[u] + 0.00837191219414511f;
+    LI_EACH_OF(k) p[u] = p[u] * r[u] + 0.041666280339128475f;
+    LI_EACH_OF(k) p[u] = p[u] * r[u] + 0.16666455876315142f;
+    LI_EACH_OF(k) p[u] = p[u] * r[u] + 0.500000008440243f;
+    LI_EACH_OF(k) p[u] = p[u] * r[u] + 1.0000000281441013f;
+    LI_EACH_OF(k) p[u] = p[u] * r[u] + 1.0f;
 #if LI_FLOAT_FLOOR
-    LI_EACH x[u] = li_vscale2n(p[u], nf[u]);
+    LI_EACH_OF(k) x[u] = li_vscale2n(p[u], nf[u]);
 #else
-    LI_EACH x[u] = p[u] * (li_vf)((n[u] + 127) << 23);
+    LI_EACH_OF(k) x[u] = p[u] * (li_vf)((n[u] + 127) << 23);
 #endif
 }
-static inline __attribute__((always_inline)) void li_vsigmoid_u(li_vf *x) {
-    LI_EACH x[u] = -x[u];
-    li_vexp_u(x);
-    LI_EACH x[u] = 1.0f / (1.0f + x[u]);
+static inline __attribute__((always_inline)) void li_vsigmoid_k(li_vf *x, const int k) {
+    LI_EACH_OF(k) x[u] = -x[u];
+    li_vexp_k(x, k);
+    LI_EACH_OF(k) x[u] = 1.0f / (1.0f + x[u]);
 }
-static inline __attribute__((always_inline)) void li_vtanh_u(li_vf *x) {
+static inline __attribute__((always_inline)) void li_vtanh_k(li_vf *x, const int k) {
     li_vf ax[LI_U], z[LI_U], small[LI_U], e[LI_U];
-    LI_EACH ax[u] = li_vabs(x[u]);
-    LI_EACH z[u] = x[u] * x[u];
-    LI_EACH small[u] = 0.002170434489101387f * z[u] - 0.008205207588960822f;
-    LI_EACH small[u] = small[u] * z[u] + 0.021710702834346958f;
-    LI_EACH small[u] = small[u] * z[u] - 0.053948235080212965f;
-    LI_EACH small[u] = small[u] * z[u] + 0.13333212457152305f;
-    LI_EACH small[u] = small[u] * z[u] - 0.33333330596960725f;
-    LI_EACH small[u] = x[u] * (small[u] * z[u] + 0.999999999899251f);
-    LI_EACH e[u] = 2.0f * ax[u];
-    li_vexp_u(e);
-    LI_EACH e[u] = li_vsign_of(1.0f - 2.0f / (e[u] + 1.0f), x[u]);
-    LI_EACH x[u] = li_vsel(ax[u] < li_splat(0.625f), small[u], e[u]);
+    LI_EACH_OF(k) ax[u] = li_vabs(x[u]);
+    LI_EACH_OF(k) z[u] = x[u] * x[u];
+    LI_EACH_OF(k) small[u] = 0.002170434489101387f * z[u] - 0.008205207588960822f;
+    LI_EACH_OF(k) small[u] = small[u] * z[u] + 0.021710702834346958f;
+    LI_EACH_OF(k) small[u] = small[u] * z[u] - 0.053948235080212965f;
+    LI_EACH_OF(k) small[u] = small[u] * z[u] + 0.13333212457152305f;
+    LI_EACH_OF(k) small[u] = small[u] * z[u] - 0.33333330596960725f;
+    LI_EACH_OF(k) small[u] = x[u] * (small[u] * z[u] + 0.999999999899251f);
+    LI_EACH_OF(k) e[u] = 2.0f * ax[u];
+    li_vexp_k(e, k);
+    LI_EACH_OF(k) e[u] = li_vsign_of(1.0f - 2.0f / (e[u] + 1.0f), x[u]);
+    LI_EACH_OF(k) x[u] = li_vsel(ax[u] < li_splat(0.625f), small[u], e[u]);
 }
+static inline __attribute__((always_inline)) void li_vsigmoid_u(li_vf *x) { li_vsigmoid_k(x, LI_U); }
+static inline __attribute__((always_inline)) void li_vtanh_u(li_vf *x) { li_vtanh_k(x, LI_U); }
 #define LI_AT(p, j) li_load((p) + (j) + u * LI_VEC)
 
 /* v[:n] = f(v) in place; the last n % LI_VEC through a zero-padded vector, so that

@@ -1,11 +1,12 @@
-/* Persistent worker threads for the recurrent kernels' threads=N batch split.
+/* Persistent worker threads for the recurrent kernels' threads=N splits.
 
    A Python thread pool hands a job over in tens of microseconds (GIL, futures),
-   as long as a whole small step. So each threaded kernel owns
-   N-1 pthreads: the caller posts a job with one atomic store, runs its own part,
-   then waits for the others' "done" flags. After a job a worker polls for the
-   next one for a short while (calls come back to back while serving), then
-   sleeps on a condition variable: an idle kernel costs no CPU.
+   as long as a whole small step. So the process keeps N-1 pthreads (li_pool,
+   shared by every threaded kernel of this build): the caller posts a job with
+   one atomic store, runs its own part, then waits for the others' "done" flags.
+   After a job a worker polls for the next one for a short while (calls come back
+   to back while serving), then sleeps on a condition variable: idle workers cost
+   no CPU.
 
    fork(): the child has no worker threads, so li_worker_start compares the pid
    that started them and starts fresh ones (the parent's mutex state is
@@ -47,8 +48,7 @@ typedef struct {
     pthread_cond_t cv;
     pid_t pid;      /* the process whose thread this is; 0: not started */
     int sleeping;   /* the worker waits on cv (guarded by mu) */
-    int stop;       /* set before posting: the worker exits */
-    int posted;     /* atomic: a job (or stop) is waiting */
+    int posted;     /* atomic: a job is waiting */
     int done;       /* atomic: the posted job finished */
     li_job_fn fn;
     void *arg;
@@ -99,16 +99,15 @@ static void *li_worker_main(void *self) {
         }
         if (!li_worker_claim(w))
             continue;  /* the caller ran it itself (li_worker_wait) */
-        if (__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
-            return NULL;
         w->status = w->fn(w->arg);
         __atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
     }
+    return NULL;  /* not reached: a pool worker lives as long as its process */
 }
 
-/* Make sure this process has the worker's thread; 0 on success. */
-static int li_worker_start(li_worker *w) {
-    if (w->pid == getpid())
+/* Make sure this process (``pid``) has the worker's thread; 0 on success. */
+static int li_worker_start(li_worker *w, pid_t pid) {
+    if (w->pid == pid)
         return 0;
     memset(w, 0, sizeof *w);
     if (pthread_mutex_init(&w->mu, NULL) != 0)
@@ -117,7 +116,7 @@ static int li_worker_start(li_worker *w) {
         return -1;
     if (pthread_create(&w->thread, NULL, li_worker_main, w) != 0)
         return -1;
-    w->pid = getpid();
+    w->pid = pid;
     return 0;
 }
 
@@ -153,15 +152,36 @@ static int li_worker_wait(li_worker *w) {
     return w->status;
 }
 
-static void li_worker_stop(li_worker *w) {
-    if (w->pid != getpid())
-        return;  /* never started here (or started by the parent of a fork) */
-    __atomic_store_n(&w->stop, 1, __ATOMIC_RELEASE);
-    li_worker_post(w, NULL, NULL);
-    pthread_join(w->thread, NULL);
-    pthread_cond_destroy(&w->cv);
-    pthread_mutex_destroy(&w->mu);
-    w->pid = 0;
+/* The process's workers, shared by the kernels: one call holds them at a time. The layers of
+   a model run one after another, and each finds the workers the previous one used still
+   polling; workers owned by each kernel would leave one kernel's polling beside the next
+   one's computing, more busy threads than cores. A call that finds them held (another
+   Python thread's call) runs its parts itself, with the same bits. */
+#define LI_POOL_MAX 256
+static li_worker li_pool[LI_POOL_MAX];
+static int li_pool_holder;  /* atomic: pid of the process whose call holds the pool, 0: free */
+
+/* Workers 0 .. n-1 of the pool, their threads started, for the calling thread's call; NULL
+   if another call of this process holds them, n > LI_POOL_MAX or a thread can't start. A
+   holder's pid from before a fork (the parent's) counts as free. Give back: li_pool_give. */
+static li_worker *li_pool_take(int n) {
+    pid_t me = getpid();
+    int held = __atomic_load_n(&li_pool_holder, __ATOMIC_ACQUIRE);
+    if (n < 1 || n > LI_POOL_MAX || held == (int)me)
+        return NULL;
+    if (!__atomic_compare_exchange_n(&li_pool_holder, &held, (int)me, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        if (li_worker_start(&li_pool[i], me) != 0) {
+            __atomic_store_n(&li_pool_holder, 0, __ATOMIC_RELEASE);
+            return NULL;
+        }
+    }
+    return li_pool;
+}
+
+static inline void li_pool_give(void) {
+    __atomic_store_n(&li_pool_holder, 0, __ATOMIC_RELEASE);
 }
 
 /* A batch split's items [next, end) that its own thread takes first and others may steal

@@ -219,7 +219,7 @@ def test_isa_selection_and_portable_env(monkeypatch):
 @pytest.mark.parametrize("layout", [0, 1])
 @pytest.mark.parametrize("T", [1, 5])
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
-def test_batch_split_runs_on_the_kernels_own_threads(op, T, layout, threads, monkeypatch):
+def test_batch_split_runs_on_the_worker_threads(op, T, layout, threads, monkeypatch):
     rng = np.random.default_rng(31 + T + layout + threads)
     W, R, B, P = make_weights(rng, op, 2, 24, 7)
     spec = make_spec(op, direction="bidirectional", layout=layout)
@@ -369,8 +369,60 @@ def test_split_kernel_from_several_threads_at_once():
     assert not failures
 
 
+def _native_threads() -> int:
+    return len(os.listdir(f"/proc/{os.getpid()}/task"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
+def test_threaded_kernels_share_the_process_worker_threads():
+    """The layers of a model, each a threads=2 kernel, run on the same worker thread: a worker
+    per kernel would leave one polling beside the next kernel's (more threads than cores)."""
+    rng = np.random.default_rng(45)
+    kernels, jobs = [], []
+    H = ext(cython_backend.isa()).UNIT_SPLIT_MIN_H  # at batch 1 a unit split, at 12 rows a batch split
+    for k, (op, batch) in enumerate((("LSTM", 1), ("GRU", 12), ("LSTM", 12), ("RNN", 1))):
+        W, R, B, P = make_weights(rng, op, 1, H, 5 + k)
+        spec = make_spec(op)
+        kernels.append(cython_backend.cython_kernel(spec, W, R, B, P, threads=2))
+        jobs.append((op, spec, make_inputs(rng, op, spec, W, R, B, P, T=3, batch=batch)))
+    before = _native_threads()
+    for _ in range(3):
+        for kernel, (op, spec, inputs) in zip(kernels, jobs):
+            assert_close(kernel(*inputs), expected_of(op, spec, inputs), relative=True)
+    assert _native_threads() - before <= 1, "each threaded kernel started threads of its own"
+
+
+def test_threaded_kernels_from_several_threads_keep_their_bits():
+    """Two threads=2 kernels (a hidden-unit split and a batch split) called from four Python
+    threads: one call holds the process's workers, the others run their parts in their own
+    thread; every call gives the bits of the kernel called alone."""
+    rng = np.random.default_rng(46)
+    H = ext(cython_backend.isa()).UNIT_SPLIT_MIN_H
+    cases = []
+    for op, batch in (("LSTM", 1), ("GRU", 12)):
+        W, R, B, P = make_weights(rng, op, 1, H, 6)
+        spec = make_spec(op)
+        kernel = cython_backend.cython_kernel(spec, W, R, B, P, threads=2)
+        inputs = make_inputs(rng, op, spec, W, R, B, P, T=4, batch=batch)
+        cases.append((kernel, inputs, kernel(*inputs)))
+    failures = []
+
+    def caller(offset):
+        for repeat in range(40):
+            kernel, inputs, alone = cases[(offset + repeat) % 2]
+            if not all(np.array_equal(g, a) for g, a in zip(kernel(*inputs), alone)):
+                failures.append(offset)
+
+    pool = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    assert not failures
+
+
 def test_split_kernel_works_in_a_forked_child():
-    """A fork copies the kernel but not its worker threads: the child starts its own."""
+    """A fork copies the process's worker pool but not its threads: the child starts its own."""
     import multiprocessing
 
     rng = np.random.default_rng(33)

@@ -120,18 +120,22 @@ static int add_one(void *arg) {
     return 7;
 }
 
-/* a worker thread runs posted jobs, one after another, and returns their status */
+/* the pool's worker thread runs posted jobs, one after another, and returns their status; one
+   call holds the pool at a time */
 static void test_worker(void) {
-    li_worker *w = (li_worker *)li_lines_alloc(1, sizeof(li_worker));
+    li_worker *w = li_pool_take(1);
     int count = 0;
-    check(w != NULL && li_worker_start(w) == 0, "li_worker_start", 0, 0);
+    check(w != NULL, "li_pool_take", 0, 0);
+    check(li_pool_take(1) == NULL, "li_pool_take while held", 0, 0);
     for (int i = 0; i < 100; i++) {
         li_worker_post(w, add_one, &count);
         check(li_worker_wait(w) == 7, "li_worker_wait status", 0, 7);
     }
     check(count == 100, "li_worker jobs run", count, 100);
-    li_worker_stop(w);
-    free(w);
+    li_pool_give();
+    check(li_pool_take(2) == w, "li_pool_take after li_pool_give", 0, 0);
+    li_pool_give();
+    check(li_pool_take(LI_POOL_MAX + 1) == NULL, "li_pool_take past LI_POOL_MAX", 0, 0);
 }
 
 int main(void) {
