@@ -78,6 +78,12 @@ cdef extern from "li_cells.h":
                             float* y, float clip, bint backwards) noexcept nogil
     unsigned long long li_vnni_steps_run
     void li_count_vnni_steps() noexcept nogil
+    const bint LI_SMALL_STEP
+    bint li_small_step_fits(idx H) noexcept nogil
+    void li_lstm_step1_small(const float* x, const float* hp, float* hn, float* c, float* y, const float* rpanels,
+                             idx H, const float* peep, float clip) noexcept nogil
+    unsigned long long li_small_steps_run
+    void li_count_small_steps() noexcept nogil
     idx li_gru_zr_std(const float* x, float* g, const float* hp, float* rh, idx n, idx S, float clip) noexcept nogil
     idx li_gru_output_std(const float* xh, const float* z, const float* gh, const float* hp, float* h, idx n,
                           float clip) noexcept nogil
@@ -662,6 +668,23 @@ def vnni_steps_run():
     return li_vnni_steps_run
 
 
+cdef inline bint small_step_ok(const Seq* s, const int* codes, idx u0, idx u1) noexcept nogil:
+    """Whether li_lstm_step1_small runs this call's active steps: float32 weights, batch 1 with
+    the whole of a small H (li_small_step_fits) in this thread, sigmoid/tanh/tanh without
+    input_forget. Whatever the order of the products (s.flip): every call the same bits."""
+    return (s.qkind == QK_FLOAT and s.B == 1 and u0 == 0 and u1 == s.H and li_small_step_fits(s.H)
+            and not s.flag and codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH)
+
+
+SMALL_STEP = bool(LI_SMALL_STEP)  # this build has li_lstm_step1_small (AVX-512)
+
+
+def small_steps_run():
+    """How many directions of sequence calls so far ran their active steps through
+    li_lstm_step1_small, for tests."""
+    return li_small_steps_run
+
+
 cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) noexcept nogil:
     """Task k of direction d for hidden units [u0, u1): k = -1 the input projection and the
     initial state, 0 <= k < T step k, k = T the final state (see run_sequence)."""
@@ -682,6 +705,8 @@ cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) no
         return
     if k == T:
         store_states(s, d, hp, c, u0, u1)
+        if small_step_ok(s, codes, u0, u1) and (not s.has_lens or s.lens[0] > 0):
+            li_count_small_steps()
         return
     t = T - 1 - k if reverse else k
     tb = chunk_start(s, GH, k, reverse)
@@ -692,6 +717,12 @@ cdef void lstm_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1) no
                            s.Y + t * s.y_t + d * s.y_d, s.clip, k & 1)  # Y written by the cells (finish_row's copy)
         if k == 0:
             li_count_vnni_steps()
+        return
+    if small_step_ok(s, codes, u0, u1) and (not s.has_lens or t < s.lens[0]):
+        # batch 1, small H: product and cells in registers (li_cells.h)
+        project_chunk(s, d, k, reverse, 4, xp, u0, u1)
+        li_lstm_step1_small(xp_row(s, xp, GH, t, 0, tb), hp, hn, c, s.Y + t * s.y_t + d * s.y_d,
+                            panels_of(s, d, 1), H, peep, s.clip)
         return
     if s.flip:  # R then W, each last panel first (see flip_products)
         product_units(s, d, 1, hp, B, H, 0, 4, gates, GH, NULL, True, u0, u1)

@@ -70,6 +70,68 @@ static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float 
     return j;
 }
 
+/* One LSTM step of one batch row (sigmoid/tanh/tanh, no input_forget) for a small H, a multiple
+   of LI_VEC: h R^T accumulated in 4H / LI_VEC registers over k < H, straight from the product
+   panels, then the cells on those registers. At batch 1 and H = 32 a step is a chain of product
+   and cells; the panel-by-panel product (four passes, each reducing its own partial sums) and
+   the gates stored and read back cost about as much again. x: the step's input projections
+   (bias included), gates H apart; peep: pi, pf, po H apart; h_t into hn and y (the output row). */
+#if LI_VREGS >= 32
+#define LI_SMALL_STEP 1
+#define LI_SMALL_NA 16  /* most accumulators: H <= LI_SMALL_NA * LI_VEC / 4 */
+static inline __attribute__((always_inline)) void li_lstm_small_k(const float *x, const float *hp, float *hn,
+                                                                 float *c, float *y, const float *rpanels,
+                                                                 ptrdiff_t H, const float *peep, float clip,
+                                                                 const int na) {
+    const ptrdiff_t nr = 2 * LI_VEC;
+    const int nu = na / 4;  /* vectors of units per gate */
+    li_vf acc[LI_SMALL_NA], cv[LI_U], gi[LI_U], gf[LI_U], gc[LI_U], go[LI_U];
+    for (int a = 0; a < na; a++)
+        acc[a] = li_splat(0.0f);
+    for (ptrdiff_t k = 0; k < H; k++) {  /* accumulator a: columns a*LI_VEC.., in panel a/2 */
+        li_vf hk = li_splat(hp[k]);
+        for (int a = 0; a < na; a++)
+            acc[a] += hk * li_load(rpanels + (a / 2) * H * nr + k * nr + (a % 2) * LI_VEC);
+    }
+    LI_EACH_OF(nu) cv[u] = LI_AT(c, 0);
+    LI_EACH_OF(nu) gi[u] = li_vclamp(LI_AT(x, 0) + acc[u] + LI_AT(peep, 0) * cv[u], clip);
+    LI_EACH_OF(nu) gf[u] = li_vclamp(LI_AT(x, H) + acc[nu + u] + LI_AT(peep, H) * cv[u], clip);
+    LI_EACH_OF(nu) gc[u] = li_vclamp(LI_AT(x, 2 * H) + acc[2 * nu + u], clip);
+    li_vsigmoid_k(gi, nu);
+    li_vsigmoid_k(gf, nu);
+    li_vtanh_k(gc, nu);
+    LI_EACH_OF(nu) cv[u] = gf[u] * cv[u] + gi[u] * gc[u];
+    LI_EACH_OF(nu) go[u] = li_vclamp(LI_AT(x, 3 * H) + acc[3 * nu + u] + LI_AT(peep, 2 * H) * cv[u], clip);
+    LI_EACH_OF(nu) li_store(c + u * LI_VEC, cv[u]);
+    li_vsigmoid_k(go, nu);
+    li_vtanh_k(cv, nu);
+    LI_EACH_OF(nu) cv[u] *= go[u];
+    LI_EACH_OF(nu) li_store(hn + u * LI_VEC, cv[u]);
+    LI_EACH_OF(nu) li_store(y + u * LI_VEC, cv[u]);
+}
+static inline int li_small_step_fits(ptrdiff_t H) {
+    return H > 0 && H % LI_VEC == 0 && 4 * H <= LI_SMALL_NA * LI_VEC;
+}
+static void li_lstm_step1_small(const float *x, const float *hp, float *hn, float *c, float *y,
+                                const float *rpanels, ptrdiff_t H, const float *peep, float clip) {
+    switch (4 * H / LI_VEC) {
+    case 4: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 4); break;
+    case 8: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 8); break;
+    case 12: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 12); break;
+    default: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 16); break;
+    }
+}
+#else
+#define LI_SMALL_STEP 0
+static inline int li_small_step_fits(ptrdiff_t H) { return 0; }
+static inline void li_lstm_step1_small(const float *x, const float *hp, float *hn, float *c, float *y,
+                                       const float *rpanels, ptrdiff_t H, const float *peep, float clip) {}
+#endif
+/* Directions of sequence calls whose active steps took li_lstm_step1_small, counted so that tests can
+   prove the path ran */
+static unsigned long long li_small_steps_run = 0;
+static inline void li_count_small_steps(void) { __atomic_fetch_add(&li_small_steps_run, 1, __ATOMIC_RELAXED); }
+
 /* A whole LSTM step (T = 1) of 4 batch rows for the LI_VEC units at j of every gate, where 32
    vector registers hold 4 rows x 4 gates of accumulators and 4 weight vectors: bias + x W^T +
    h R^T accumulated in registers over k < I then k < H, straight from the product panels (gate

@@ -343,6 +343,15 @@ def _spin(seconds):
         pass
 
 
+def _in_threads(target, count):
+    """target(0) .. target(count - 1), each in a Python thread of its own, all at once; returns when all end."""
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 def test_split_kernel_from_several_threads_at_once():
     """Python threads sharing one threads=2 kernel: one call holds the workers, the others run serially."""
     rng = np.random.default_rng(32)
@@ -361,11 +370,7 @@ def test_split_kernel_from_several_threads_at_once():
             except AssertionError as e:
                 failures.append((k, str(e)))
 
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    _in_threads(worker, 3)
     assert not failures
 
 
@@ -413,11 +418,7 @@ def test_threaded_kernels_from_several_threads_keep_their_bits():
             if not all(np.array_equal(g, a) for g, a in zip(kernel(*inputs), alone)):
                 failures.append(offset)
 
-    pool = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
+    _in_threads(caller, 4)
     assert not failures
 
 
@@ -462,11 +463,7 @@ def test_one_kernel_from_several_threads_at_once():
             if max(float(np.abs(g - e).max()) for g, e in zip(got, expected[k])) > TOL:
                 failures.append(k)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _in_threads(worker, 4)
     assert not failures
 
 
@@ -558,6 +555,46 @@ def test_weight_panels_start_on_a_cache_line(precision):
         kernel, panels = cython_backend.cython_int8_kernel(spec, W, R, B, P, quantized, scheme=scheme), "_qpanels"
     buffer = getattr(kernel, panels)
     assert buffer.ctypes.data % 64 == 0 and not buffer.flags.writeable
+
+
+# ------------------------------------------------- batch 1, small H --
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("layout", [0, 1])
+def test_small_batch_one_step_matches_reference_and_is_taken(each_isa, direction, layout):
+    """Batch-1 LSTM steps of a small H (up to 4 vectors of units per gate) run product and cells
+    in registers (li_lstm_step1_small, AVX-512): the reference's values for each H it takes,
+    sequences and single steps, clip, peepholes or none, absent states, sequence_lens ending the
+    row early (its later steps take the general path); a counter proves the path ran, and that
+    it did not where it declines (H past it or not whole vectors, input_forget, other activations,
+    another build)."""
+    small = ext(each_isa).SMALL_STEP
+    vec = ext(each_isa).PANEL_WIDTH // 2
+    rng = np.random.default_rng(47)
+    for H, I, T, extra, peep, states, lens in (
+            (vec, 1, 7, {}, True, True, None), (2 * vec, 2, 1, {}, False, True, None),
+            (3 * vec, 17, 9, {"clip": 0.7}, True, False, [4]), (4 * vec, 40, 6, {}, True, True, [0]),
+            (2 * vec, 3, 5, {}, False, True, [5])):
+        W, R, B, P = make_weights(rng, "LSTM", 2 if direction == "bidirectional" else 1, H, I, with_peepholes=peep)
+        spec = make_spec("LSTM", direction=direction, layout=layout, **extra)
+        inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=T, batch=1,
+                             lens=None if lens is None else np.array(lens, np.int32), with_h0=states, with_c0=states)
+        kernel = build("LSTM", spec, inputs)
+        kernel._slow = lambda *args: pytest.fail("the C entry declined plain inputs")
+        before = ext(each_isa).small_steps_run()
+        got = kernel(*inputs)
+        taken = small and (lens is None or lens[0] > 0)
+        assert ext(each_isa).small_steps_run() - before == (spec.num_directions if taken else 0)
+        assert_close(got, expected_of("LSTM", spec, inputs))
+    for H, extra in ((5 * vec, {}), (vec + 1, {}), (vec, {"input_forget": 1}),
+                     (vec, {"activations": ["Sigmoid", "Tanh", "Relu"]})):
+        W, R, B, P = make_weights(rng, "LSTM", 1, H, 3)
+        spec = make_spec("LSTM", **extra)
+        inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=4, batch=1)
+        before = ext(each_isa).small_steps_run()
+        got = build("LSTM", spec, inputs)(*inputs)
+        assert ext(each_isa).small_steps_run() == before, f"H={H} {extra} took the small step"
+        assert_close(got, expected_of("LSTM", spec, inputs), relative=True)
 
 
 # ------------------------------------------------------ fused one step --
