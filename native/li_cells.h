@@ -72,13 +72,13 @@ static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float 
 
 /* One LSTM step of one batch row (sigmoid/tanh/tanh, no input_forget) for a small H, a multiple
    of LI_VEC: h R^T accumulated in 4H / LI_VEC registers over k < H, straight from the product
-   panels, then the cells on those registers. At batch 1 and H = 32 a step is a chain of product
-   and cells; the panel-by-panel product (four passes, each reducing its own partial sums) and
-   the gates stored and read back cost about as much again. x: the step's input projections
+   panels, then the cells on those registers. At batch 1 a step of a small H is one chain of
+   product and cells; the panel-by-panel product (a pass per panel, each reducing its own
+   partial sums) and the gates stored and read back lengthen it. x: the step's input projections
    (bias included), gates H apart; peep: pi, pf, po H apart; h_t into hn and y (the output row). */
 #if LI_VREGS >= 32
 #define LI_SMALL_STEP 1
-#define LI_SMALL_NA 16  /* most accumulators: H <= LI_SMALL_NA * LI_VEC / 4 */
+#define LI_SMALL_NA 12  /* most accumulators: H <= 3 LI_VEC (at 16 the cells spill beside them, and R leaves L1) */
 static inline __attribute__((always_inline)) void li_lstm_small_k(const float *x, const float *hp, float *hn,
                                                                  float *c, float *y, const float *rpanels,
                                                                  ptrdiff_t H, const float *peep, float clip,
@@ -117,8 +117,7 @@ static void li_lstm_step1_small(const float *x, const float *hp, float *hn, floa
     switch (4 * H / LI_VEC) {
     case 4: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 4); break;
     case 8: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 8); break;
-    case 12: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 12); break;
-    default: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 16); break;
+    default: li_lstm_small_k(x, hp, hn, c, y, rpanels, H, peep, clip, 12); break;
     }
 }
 #else
