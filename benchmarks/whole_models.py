@@ -22,7 +22,8 @@ keras_lstm_states   tf2onnx ``lstm_with_states.onnx`` (Keras LSTM with return_st
                     state *inputs* h0/c0 [B,8] added (see ``keras_with_state_inputs``)
 ==================  ========================================================================
 
-Rows (``ROWS``: T, B), each timed for lstminfer and onnxruntime with one thread:
+Rows (``ROWS``: T, B), each timed for lstminfer and onnxruntime with one thread, and with two
+(lstminfer ``threads=2``, onnxruntime ``intra_op_num_threads=2``):
 
 * ``stream``: one step, T=1, B=1. lstminfer: ``Stream.step(x1)``; onnxruntime:
   ``run(None, feeds)`` with the state outputs fed back as the state inputs.
