@@ -119,9 +119,10 @@ def _torch_models():
 
 
 @settings(max_examples=10, deadline=None)
+@pytest.mark.parametrize("hidden", [8, 16])  # 16: the batch-1 small-H step (AVX-512); 8: a padded vector
 @given(chunking=chunkings(), seed=st.integers(0, 2**16))
-def test_pytorch_two_layer_lstm_with_h0_c0(chunking, seed):
-    spec = _torch_models().RecurrentSpec("LSTM", num_layers=2, state_io=True)
+def test_pytorch_two_layer_lstm_with_h0_c0(hidden, chunking, seed):
+    spec = _torch_models().RecurrentSpec("LSTM", num_layers=2, state_io=True, hidden_size=hidden)
     model = _torch_model(spec)
     T, cuts = chunking
     feeds = spec.make_inputs(np.random.default_rng(seed), 1, T)
