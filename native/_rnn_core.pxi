@@ -82,6 +82,8 @@ cdef extern from "li_cells.h":
     bint li_small_step_fits(idx H) noexcept nogil
     void li_lstm_step1_small(const float* x, const float* hp, float* hn, float* c, float* y, const float* rpanels,
                              idx H, const float* peep, float clip) noexcept nogil
+    void li_gru_lbr_step1_small(const float* x, const float* hp, float* hn, float* y, const float* pzr,
+                                const float* pn, idx H, const float* rbh, float clip) noexcept nogil
     unsigned long long li_small_steps_run
     void li_count_small_steps() noexcept nogil
     idx li_gru_zr_std(const float* x, float* g, const float* hp, float* rh, idx n, idx S, float clip) noexcept nogil
@@ -679,9 +681,15 @@ cdef inline bint small_step_ok(const Seq* s, const int* codes, idx u0, idx u1) n
 SMALL_STEP = bool(LI_SMALL_STEP)  # this build has li_lstm_step1_small (AVX-512)
 
 
+cdef inline bint small_gru_ok(const Seq* s, const int* codes, idx u0, idx u1) noexcept nogil:
+    """small_step_ok for GRU: linear_before_reset (one task a step) with sigmoid/tanh."""
+    return (s.qkind == QK_FLOAT and s.B == 1 and u0 == 0 and u1 == s.H and li_small_step_fits(s.H)
+            and s.flag and codes[0] == SIGMOID and codes[1] == TANH)
+
+
 def small_steps_run():
     """How many directions of sequence calls so far ran their active steps through
-    li_lstm_step1_small, for tests."""
+    li_lstm_step1_small or li_gru_lbr_step1_small, for tests."""
     return li_small_steps_run
 
 
@@ -821,9 +829,17 @@ cdef void gru_task(const Seq* s, idx d, bint reverse, idx k, idx u0, idx u1, int
         return
     if k == T:
         store_states(s, d, hp, NULL, u0, u1)
+        if small_gru_ok(s, codes, u0, u1) and (not s.has_lens or s.lens[0] > 0):
+            li_count_small_steps()
         return
     t = T - 1 - k if reverse else k
     tb = chunk_start(s, GH, k, reverse)
+    if small_gru_ok(s, codes, u0, u1) and (not s.has_lens or t < s.lens[0]):
+        # batch 1, small H, linear_before_reset: products and cells in registers (li_cells.h)
+        project_chunk(s, d, k, reverse, 3, xp, u0, u1)
+        li_gru_lbr_step1_small(xp_row(s, xp, GH, t, 0, tb), hp, hn, s.Y + t * s.y_t + d * s.y_d,
+                               panels_of(s, d, 1), panels_of(s, d, 2), H, rbh, s.clip)
+        return
     if s.flip and phase == 0:  # the recurrent products of phase 0 first, then W, each last panel first
         if s.flag:
             product_units(s, d, 2, hp, B, H, 2 * H, 1, gates, GH, NULL, True, u0, u1)

@@ -112,6 +112,44 @@ static inline __attribute__((always_inline)) void li_lstm_small_k(const float *x
 static inline int li_small_step_fits(ptrdiff_t H) {
     return H > 0 && H % LI_VEC == 0 && 4 * H <= LI_SMALL_NA * LI_VEC;
 }
+/* The same for a GRU step with linear_before_reset (sigmoid, tanh): z and r from the panels of R^T's
+   columns [0, 2H) (pzr), the candidate's h R_n^T from those of [2H, 3H) (pn); rbh: R's candidate
+   bias; nu = H / LI_VEC */
+static inline __attribute__((always_inline)) void li_gru_lbr_small_k(const float *x, const float *hp, float *hn,
+                                                                    float *y, const float *pzr, const float *pn,
+                                                                    ptrdiff_t H, const float *rbh, float clip,
+                                                                    const int nu) {
+    const ptrdiff_t nr = 2 * LI_VEC;
+    li_vf azr[2 * LI_U], an[LI_U], z[LI_U], r[LI_U], cand[LI_U];
+    for (int a = 0; a < 2 * nu; a++)
+        azr[a] = li_splat(0.0f);
+    for (int a = 0; a < nu; a++)
+        an[a] = li_splat(0.0f);
+    for (ptrdiff_t k = 0; k < H; k++) {
+        li_vf hk = li_splat(hp[k]);
+        for (int a = 0; a < 2 * nu; a++)
+            azr[a] += hk * li_load(pzr + (a / 2) * H * nr + k * nr + (a % 2) * LI_VEC);
+        for (int a = 0; a < nu; a++)
+            an[a] += hk * li_load(pn + (a / 2) * H * nr + k * nr + (a % 2) * LI_VEC);
+    }
+    LI_EACH_OF(nu) z[u] = li_vclamp(LI_AT(x, 0) + azr[u], clip);
+    LI_EACH_OF(nu) r[u] = li_vclamp(LI_AT(x, H) + azr[nu + u], clip);
+    li_vsigmoid_k(z, nu);
+    li_vsigmoid_k(r, nu);
+    LI_EACH_OF(nu) cand[u] = li_vclamp(LI_AT(x, 2 * H) + r[u] * (an[u] + LI_AT(rbh, 0)), clip);
+    li_vtanh_k(cand, nu);
+    LI_EACH_OF(nu) cand[u] = (1.0f - z[u]) * cand[u] + z[u] * LI_AT(hp, 0);
+    LI_EACH_OF(nu) li_store(hn + u * LI_VEC, cand[u]);
+    LI_EACH_OF(nu) li_store(y + u * LI_VEC, cand[u]);
+}
+static void li_gru_lbr_step1_small(const float *x, const float *hp, float *hn, float *y, const float *pzr,
+                                   const float *pn, ptrdiff_t H, const float *rbh, float clip) {
+    switch (H / LI_VEC) {
+    case 1: li_gru_lbr_small_k(x, hp, hn, y, pzr, pn, H, rbh, clip, 1); break;
+    case 2: li_gru_lbr_small_k(x, hp, hn, y, pzr, pn, H, rbh, clip, 2); break;
+    default: li_gru_lbr_small_k(x, hp, hn, y, pzr, pn, H, rbh, clip, 3); break;
+    }
+}
 static void li_lstm_step1_small(const float *x, const float *hp, float *hn, float *c, float *y,
                                 const float *rpanels, ptrdiff_t H, const float *peep, float clip) {
     switch (4 * H / LI_VEC) {
@@ -125,9 +163,11 @@ static void li_lstm_step1_small(const float *x, const float *hp, float *hn, floa
 static inline int li_small_step_fits(ptrdiff_t H) { return 0; }
 static inline void li_lstm_step1_small(const float *x, const float *hp, float *hn, float *c, float *y,
                                        const float *rpanels, ptrdiff_t H, const float *peep, float clip) {}
+static inline void li_gru_lbr_step1_small(const float *x, const float *hp, float *hn, float *y, const float *pzr,
+                                          const float *pn, ptrdiff_t H, const float *rbh, float clip) {}
 #endif
-/* Directions of sequence calls whose active steps took li_lstm_step1_small, counted so that tests can
-   prove the path ran */
+/* Directions of sequence calls whose active steps took li_lstm_step1_small or li_gru_lbr_step1_small,
+   counted so that tests can prove the path ran */
 static unsigned long long li_small_steps_run = 0;
 static inline void li_count_small_steps(void) { __atomic_fetch_add(&li_small_steps_run, 1, __ATOMIC_RELAXED); }
 

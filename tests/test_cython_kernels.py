@@ -559,42 +559,46 @@ def test_weight_panels_start_on_a_cache_line(precision):
 
 # ------------------------------------------------- batch 1, small H --
 
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
 @pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
 @pytest.mark.parametrize("layout", [0, 1])
-def test_small_batch_one_step_matches_reference_and_is_taken(each_isa, direction, layout):
-    """Batch-1 LSTM steps of a small H (up to 3 vectors of units per gate) run product and cells
-    in registers (li_lstm_step1_small, AVX-512): the reference's values for each H it takes,
-    sequences and single steps, clip, peepholes or none, absent states, sequence_lens ending the
-    row early (its later steps take the general path); a counter proves the path ran, and that
-    it did not where it declines (H past it or not whole vectors, input_forget, other activations,
-    another build)."""
+def test_small_batch_one_step_matches_reference_and_is_taken(each_isa, op, direction, layout):
+    """Batch-1 steps of a small H (up to 3 vectors of units per gate) run products and cells in
+    registers (li_lstm_step1_small, li_gru_lbr_step1_small; AVX-512): the reference's values for
+    each H they take, sequences and single steps, clip, LSTM peepholes or none, absent states,
+    sequence_lens ending the row early (its later steps take the general path); a counter proves
+    the path ran, and that it did not where it declines (H past it or not whole vectors, LSTM
+    input_forget, GRU without linear_before_reset, other activations, another build)."""
     small = ext(each_isa).SMALL_STEP
     vec = ext(each_isa).PANEL_WIDTH // 2
+    lbr = {"linear_before_reset": 1} if op == "GRU" else {}
     rng = np.random.default_rng(47)
     for H, I, T, extra, peep, states, lens in (
             (vec, 1, 7, {}, True, True, None), (2 * vec, 2, 1, {}, False, True, None),
             (3 * vec, 17, 9, {"clip": 0.7}, True, False, [4]), (3 * vec, 40, 6, {}, True, True, [0]),
             (2 * vec, 3, 5, {}, False, True, [5])):
-        W, R, B, P = make_weights(rng, "LSTM", 2 if direction == "bidirectional" else 1, H, I, with_peepholes=peep)
-        spec = make_spec("LSTM", direction=direction, layout=layout, **extra)
-        inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=T, batch=1,
+        W, R, B, P = make_weights(rng, op, 2 if direction == "bidirectional" else 1, H, I, with_peepholes=peep)
+        spec = make_spec(op, direction=direction, layout=layout, **lbr, **extra)
+        inputs = make_inputs(rng, op, spec, W, R, B, P, T=T, batch=1,
                              lens=None if lens is None else np.array(lens, np.int32), with_h0=states, with_c0=states)
-        kernel = build("LSTM", spec, inputs)
+        kernel = build(op, spec, inputs)
         kernel._slow = lambda *args: pytest.fail("the C entry declined plain inputs")
         before = ext(each_isa).small_steps_run()
         got = kernel(*inputs)
         taken = small and (lens is None or lens[0] > 0)
         assert ext(each_isa).small_steps_run() - before == (spec.num_directions if taken else 0)
-        assert_close(got, expected_of("LSTM", spec, inputs))
-    for H, extra in ((4 * vec, {}), (vec + 1, {}), (vec, {"input_forget": 1}),
-                     (vec, {"activations": ["Sigmoid", "Tanh", "Relu"]})):
-        W, R, B, P = make_weights(rng, "LSTM", 1, H, 3)
-        spec = make_spec("LSTM", **extra)
-        inputs = make_inputs(rng, "LSTM", spec, W, R, B, P, T=4, batch=1)
+        assert_close(got, expected_of(op, spec, inputs))
+    declined = [(4 * vec, lbr), (vec + 1, lbr)]
+    declined += ([(vec, {"input_forget": 1}), (vec, {"activations": ["Sigmoid", "Tanh", "Relu"]})] if op == "LSTM"
+                 else [(vec, {}), (vec, {**lbr, "activations": ["Sigmoid", "Relu"]})])
+    for H, extra in declined:
+        W, R, B, P = make_weights(rng, op, 1, H, 3)
+        spec = make_spec(op, **extra)
+        inputs = make_inputs(rng, op, spec, W, R, B, P, T=4, batch=1)
         before = ext(each_isa).small_steps_run()
-        got = build("LSTM", spec, inputs)(*inputs)
-        assert ext(each_isa).small_steps_run() == before, f"H={H} {extra} took the small step"
-        assert_close(got, expected_of("LSTM", spec, inputs), relative=True)
+        got = build(op, spec, inputs)(*inputs)
+        assert ext(each_isa).small_steps_run() == before, f"{op} H={H} {extra} took the small step"
+        assert_close(got, expected_of(op, spec, inputs), relative=True)
 
 
 # ------------------------------------------------------ fused one step --
