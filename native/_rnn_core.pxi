@@ -1788,8 +1788,8 @@ cdef class KernelCore:
 
     cdef int run_parts_here(self, Seq* s, idx parts) except -1:
         """A batch split's parts one after the other in this thread, with scratch of its own (another
-        call holds the kernel's scratch, or the process's workers): each part runs the same rows as in the split,
-        so a call's bits never depend on whether another thread was using the kernel."""
+        call holds the kernel's scratch, or the process's workers): each part runs the same rows as in
+        the split, so a call's bits never depend on whether another thread was using the kernel."""
         cdef idx p, offset = 0, groups = s.D * ((s.B + 3) // 4)
         cdef int status = 0
         cdef Part part
