@@ -76,7 +76,8 @@ def whole_model_markdown(rows: dict[tuple[str, str], dict[str, dict]]) -> str:
         any_peer = next(iter(peers.values()))
         shape = f"{any_peer['T']}×{any_peer['B']}" if any_peer.get("T") is not None else "—"
         lines.append(f"| {model} | {row} | {shape} | {WHOLE_ROW_WHAT.get(row, '')} | {_us(ours)} | {_us(base)} | "
-                     f"{_ratio(base, ours)} | {_us(two)} | {_ratio(base, two)} | {_us(base_two)} | {_ratio(base_two, two)} |")
+                     f"{_ratio(base, ours)} | {_us(two)} | {_ratio(base, two)} | "
+                     f"{_us(base_two)} | {_ratio(base_two, two)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -670,21 +670,26 @@ def vnni_steps_run():
     return li_vnni_steps_run
 
 
+cdef inline bint small_row_ok(const Seq* s, idx u0, idx u1) noexcept nogil:
+    """Float32 weights, batch 1 with the whole of a small H (li_small_step_fits) in this thread:
+    the calls whose steps a small step (li_cells.h) may run. Whatever the order of the products
+    (s.flip): every call the same bits."""
+    return s.qkind == QK_FLOAT and s.B == 1 and u0 == 0 and u1 == s.H and li_small_step_fits(s.H)
+
+
 cdef inline bint small_step_ok(const Seq* s, const int* codes, idx u0, idx u1) noexcept nogil:
-    """Whether li_lstm_step1_small runs this call's active steps: float32 weights, batch 1 with
-    the whole of a small H (li_small_step_fits) in this thread, sigmoid/tanh/tanh without
-    input_forget. Whatever the order of the products (s.flip): every call the same bits."""
-    return (s.qkind == QK_FLOAT and s.B == 1 and u0 == 0 and u1 == s.H and li_small_step_fits(s.H)
-            and not s.flag and codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH)
+    """Whether li_lstm_step1_small runs this call's active steps: small_row_ok, sigmoid/tanh/tanh
+    without input_forget."""
+    return (small_row_ok(s, u0, u1) and not s.flag
+            and codes[0] == SIGMOID and codes[1] == TANH and codes[2] == TANH)
 
 
 SMALL_STEP = bool(LI_SMALL_STEP)  # this build has li_lstm_step1_small (AVX-512)
 
 
 cdef inline bint small_gru_ok(const Seq* s, const int* codes, idx u0, idx u1) noexcept nogil:
-    """small_step_ok for GRU: linear_before_reset (one task a step) with sigmoid/tanh."""
-    return (s.qkind == QK_FLOAT and s.B == 1 and u0 == 0 and u1 == s.H and li_small_step_fits(s.H)
-            and s.flag and codes[0] == SIGMOID and codes[1] == TANH)
+    """small_step_ok for GRU: small_row_ok, linear_before_reset (one task a step) with sigmoid/tanh."""
+    return small_row_ok(s, u0, u1) and s.flag and codes[0] == SIGMOID and codes[1] == TANH
 
 
 def small_steps_run():

@@ -75,7 +75,9 @@ static inline ptrdiff_t li_lstm_cells_std(const float *x, const float *g, float 
    panels, then the cells on those registers. At batch 1 a step of a small H is one chain of
    product and cells; the panel-by-panel product (a pass per panel, each reducing its own
    partial sums) and the gates stored and read back lengthen it. x: the step's input projections
-   (bias included), gates H apart; peep: pi, pf, po H apart; h_t into hn and y (the output row). */
+   (bias included), gates H apart; peep: pi, pf, po H apart; h_t into hn and y (the output row).
+   The cells are li_lstm_cells_k's maths on registers: handing it the sums through memory made the
+   step slower (benchmarks/RESULTS.md, session 13). */
 #if LI_VREGS >= 32
 #define LI_SMALL_STEP 1
 #define LI_SMALL_NA 12  /* most accumulators: H <= 3 LI_VEC (at 16 the cells spill beside them, and R leaves L1) */

@@ -89,10 +89,14 @@ def assert_close(got, expected, relative=False, truth=None):
         assert error <= bound, (error, bound)
 
 
+def as_float64(inputs):
+    """The inputs with every float array as float64 (sequence_lens and absent inputs as they are)."""
+    return [v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32 else v for v in inputs]
+
+
 def truth_of(op, spec, inputs):
     """The reference in float64 on the same (float32) values: the computation without float32 rounding."""
-    as64 = [v.astype(np.float64) if isinstance(v, np.ndarray) and v.dtype == np.float32 else v for v in inputs]
-    return expected_of(op, spec, as64)
+    return expected_of(op, spec, as_float64(inputs))
 
 
 # ------------------------------------------------------------- parity --
@@ -168,7 +172,8 @@ def test_an_exploding_recurrence_is_judged_against_the_references_own_error():
     rng = np.random.default_rng(9769496)
     W, R, B, P = make_weights(rng, op, D, H, I, with_bias=False, with_peepholes=True, scale=0.7)
     inputs = make_inputs(rng, op, spec, W, R, B, P, T=6, batch=3, with_h0=False, with_c0=True)
-    got, expected, truth = build("cython", op, spec, inputs)(*inputs), expected_of(op, spec, inputs), truth_of(op, spec, inputs)
+    got = build("cython", op, spec, inputs)(*inputs)
+    expected, truth = expected_of(op, spec, inputs), truth_of(op, spec, inputs)
     finite = [np.isfinite(e) for e in expected]
     largest = max(float(np.abs(e[f]).max()) for e, f in zip(expected, finite))
     differ = max(float(np.abs(g[f] - e[f]).max()) for g, e, f in zip(got, expected, finite))
@@ -187,8 +192,7 @@ def test_unusual_inputs_go_to_the_reference(backend):
     spec = make_spec("GRU")
     inputs = make_inputs(rng, "GRU", spec, W, R, B, P, T=5, batch=3)
     kernel = build(backend, "GRU", spec, inputs)
-    as64 = [v.astype(np.float64) if isinstance(v, np.ndarray) else v for v in inputs]
-    got = kernel(*as64)  # float64 runs on the reference, in float64
+    got = kernel(*as_float64(inputs))  # float64 runs on the reference, in float64
     assert got[0].dtype == np.float64
     other = inputs.copy()
     other[2] = R * np.float32(0.5)  # weights other than the packed constants
