@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from . import embedding_fold
 from .c_runtime import _runtime
 from .plan import _ABSENT, _NONDETERMINISTIC, Plan, _run_step, _step_error
 
@@ -134,6 +135,8 @@ class Compiler:
         self.keep: list[Any] = []  # constants the instructions point into
         self.lines: dict[int, str] = {}  # index in schedule -> what became of that node
         self.fused: dict[int, str] = {}  # index in schedule -> the instruction that did its work
+        self.gathers: dict[int, embedding_fold.PendingGather] = {}  # by output slot: Gathers a node may fold
+        self.step_index = -1  # of the step being lowered
         feed_specs = []
         self.dynamic: set[int] = set()
         if len(feeds) > _runtime.MAX_PROGRAM_FEEDS:
@@ -249,6 +252,7 @@ class Compiler:
                 self.lines[i] = f"{node.label()}: folded (fixed for this signature)"
                 continue
             dynamic.update(s for s in step.outputs if s != _ABSENT)
+            self.step_index = i
             how = self.lower(step, outputs)
             self.lines[i] = f"{node.label()}: {how}"
         return self.program()
@@ -280,6 +284,13 @@ class Compiler:
             if how is not None:
                 return how
         return self.python_call(step, outputs)
+
+    def reader_kind(self, j: int) -> str | None:
+        """What schedule step j (lowered already) did with its inputs: "view" (it vanished, a view),
+        "shape" (it reads shapes alone) or None (it reads the values)."""
+        if self.schedule[j].node.op_type in SHAPE_OPS:
+            return "shape"
+        return "view" if self.lines.get(j, "").endswith("vanished (a view)") else None
 
     def _out_f32(self, outputs, n: int = 1) -> bool:
         return all(isinstance(v, np.ndarray) and v.dtype == _F32 for v in outputs[:n])
@@ -324,7 +335,14 @@ class Compiler:
         if Y.shape != y_shape:
             return None
         # every check passed: from here on instructions are emitted (a layout copy first, if any)
-        x_ref, _ = self.contiguous_source(step.inputs[0])
+        lookup = embedding_fold.fold(self, step, self.step_index, kernel, X, time_major, T, B)
+        if lookup is None:
+            x_ref, _ = self.contiguous_source(step.inputs[0])
+        else:
+            x_ref, lookup, gather = lookup
+            self.instructions[gather.instruction] = None
+            self.lines[gather.index] = (f"{self.schedule[gather.index].node.label()}: folded into "
+                                        f"{node.label()}'s input projections")
         lens_ref = self.contiguous_source(lens_slot)[0] if lens_slot != _ABSENT else None
         slots = list(step.outputs) + [_ABSENT] * (3 - len(step.outputs))
         places = []
@@ -341,7 +359,10 @@ class Compiler:
         s_strides = (B * H, H) if time_major else (H, D * H)
         self.instructions.append(_runtime.Recurrent(
             kernel, _kernel_capsule(), T, B, x_ref, lens_ref, states[0][0], states[0][1], states[1][0],
-            states[1][1], places[0], y_strides, places[1], places[2], s_strides))
+            states[1][1], places[0], y_strides, places[1], places[2], s_strides, lookup))
+        if lookup is not None:
+            return (f"C {node.op_type} kernel on the program's memory, its input projections looked up by id "
+                    f"(a table of {lookup[1]} rows, the Embedding folded in)")
         return f"C {node.op_type} kernel on the program's memory"
 
     def _dense(self, a_slot: int, shape: tuple[int, int], weights, bias: np.ndarray | None, out_slot: int,
@@ -534,6 +555,11 @@ class Compiler:
         self.instructions.append(_runtime.GatherRows(
             table_ref, table.shape[0], table.strides[0], ids_ref, ids.size, ids.itemsize, place.ref,
             table.itemsize * int(np.prod(row_shape, dtype=np.int64)), *row))
+        if step.inputs[0] not in self.places:
+            pending = embedding_fold.candidate(step, table, ids_ref, ids, len(self.instructions) - 1,
+                                               self.step_index, place.array)
+            if pending is not None:
+                self.gathers[pending.out_slot] = pending
         return "C row lookup (Gather)"
 
     def _gather_one(self, step, data, index: int):
@@ -636,7 +662,8 @@ class Compiler:
                                     c_strides(array.shape, array.itemsize), array.itemsize)
             outputs.append((tuple(array.shape), array.dtype, copy, self.alias(slot), False))
         text = "\n".join(self.lines[i] for i in sorted(self.lines))
-        return _runtime.Program(self.feed_specs, tuple(self.instructions), tuple(outputs), self.arena,
+        instructions = tuple(ins for ins in self.instructions if ins is not None)  # None: folded away
+        return _runtime.Program(self.feed_specs, instructions, tuple(outputs), self.arena,
                                 tuple(self.keep), text)
 
 

@@ -24,6 +24,11 @@ cdef extern from "li_call.h":
         float* Sh
         float* Sc
         Py_ssize_t s_d, s_b
+        const float* xtable
+        Py_ssize_t vocab
+        const void* ids
+        int id_bytes
+        Py_ssize_t ids_t, ids_b
     const char* LI_CALL_CAPSULE
 
 ctypedef int (*call_kernel_fn)(object, const li_call*) except -1
@@ -557,17 +562,22 @@ cdef class GatherRows(Instr):
 
 
 cdef class Recurrent(Instr):
-    """An LSTM/GRU/RNN node on its Cython kernel, called on pointers (li_call.h)."""
+    """An LSTM/GRU/RNN node on its Cython kernel, called on pointers (li_call.h). With ``lookup``,
+    its input projections are rows of a constant table picked by ids (an Embedding folded into
+    them, see embedding_fold.py) and ``x`` is those ids."""
     cdef object core
     cdef call_kernel_fn call
-    cdef Ref x, lens, h0, c0, y, yh, yc
-    cdef bint has_lens, has_h0, has_c0, has_yc, lstm
+    cdef Ref x, lens, h0, c0, y, yh, yc, table
+    cdef bint has_lens, has_h0, has_c0, has_yc, lstm, looks_up
     cdef Py_ssize_t inputs, dirs, hidden  # the core's I, D, H
+    cdef Py_ssize_t row_floats  # looked up: floats per table row (D * gates * H)
     cdef li_call args
 
     def __init__(self, core, capsule, Py_ssize_t T, Py_ssize_t B, tuple x, lens, h0, tuple h0_strides, c0,
-                 tuple c0_strides, tuple y, tuple y_strides, tuple yh, yc, tuple s_strides):
-        """Strides in floats: states (d, b), Y (t, d, b), Y_h/Y_c (d, b); None: absent."""
+                 tuple c0_strides, tuple y, tuple y_strides, tuple yh, yc, tuple s_strides, lookup=None):
+        """Strides in floats: states (d, b), Y (t, d, b), Y_h/Y_c (d, b); None: absent.
+        ``lookup``: (table ref, rows, floats per row, id bytes, id strides (t, b) in ids), ``x``
+        then the ids' ref."""
         self.core = core
         self.call = <call_kernel_fn>PyCapsule_GetPointer(capsule, LI_CALL_CAPSULE)
         # call_kernel takes core for a bound KernelCore unchecked: only one has these sizes
@@ -596,12 +606,28 @@ cdef class Recurrent(Instr):
         self.args.y_b = y_strides[2]
         self.args.s_d = s_strides[0]
         self.args.s_b = s_strides[1]
+        self.looks_up = lookup is not None
+        if self.looks_up:
+            table, rows, self.row_floats, id_bytes, ids_strides = lookup
+            if rows < 1 or id_bytes not in (4, 8) or len(ids_strides) != 2 \
+                    or self.row_floats != self.dirs * self.hidden * (4 if self.lstm else core.call_gates):
+                raise ValueError("Recurrent: a lookup needs rows >= 1, int32/int64 ids, (t, b) id strides "
+                                 "and D * gates * H floats per row")
+            self.table = make_ref(table)
+            self.args.vocab, self.args.id_bytes = rows, id_bytes
+            self.args.ids_t, self.args.ids_b = ids_strides
 
     cdef list extents(self):
         cdef li_call* c = &self.args
         T, B, row = big(c.T), big(c.B), big(self.hidden) * 4  # strides in floats, H floats per (t, d, b)
         db = [self.dirs, c.B]
-        return [span(self.x, [], [], T * B * self.inputs * 4, False),
+        if self.looks_up:
+            inputs = [span(self.x, [c.T, c.B], [big(c.ids_t) * c.id_bytes, big(c.ids_b) * c.id_bytes], c.id_bytes,
+                           False),
+                      span(self.table, [], [], big(c.vocab) * self.row_floats * 4, False)]
+        else:
+            inputs = [span(self.x, [], [], T * B * self.inputs * 4, False)]
+        return inputs + [
                 span(self.lens, [], [], B * 4, False) if self.has_lens else None,
                 span(self.h0, db, [big(c.h0_d) * 4, big(c.h0_b) * 4], row, False) if self.has_h0 else None,
                 span(self.c0, db, [big(c.c0_d) * 4, big(c.c0_b) * 4], row, False) if self.has_c0 else None,
@@ -612,7 +638,13 @@ cdef class Recurrent(Instr):
     cdef int run(self, char** bases) except -1:
         cdef li_call call = self.args  # a copy: threads may run this program at once
         cdef li_call* c = &call
-        c.X = <const float*>at(bases, self.x)
+        if self.looks_up:
+            c.X = NULL
+            c.ids = at(bases, self.x)
+            c.xtable = <const float*>at(bases, self.table)
+        else:
+            c.X = <const float*>at(bases, self.x)
+            c.xtable = NULL
         c.lens = <const int*>at(bases, self.lens) if self.has_lens else NULL
         c.h0 = <const float*>at(bases, self.h0) if self.has_h0 else NULL
         c.c0 = <const float*>at(bases, self.c0) if self.has_c0 else NULL

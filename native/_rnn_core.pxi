@@ -483,6 +483,13 @@ cdef struct Seq:
     li_range* ranges
     int parts
     bint flip  # T = 1: this call reads R before W, both last panel first (see flip_products)
+    # input projections looked up in xtable [vocab, D, G*H] by ids (li_call.h), not X through W;
+    # NULL: projected from X
+    const float* xtable
+    idx vocab
+    const char* ids
+    int id_bytes
+    idx ids_t, ids_b
 
 
 
@@ -600,6 +607,43 @@ cdef inline idx chunk_start(const Seq* s, idx GH, idx k, bint reverse) noexcept 
     return s.T - k0 - n if reverse else k0
 
 
+cdef inline long long id_at(const Seq* s, idx t, idx b) noexcept nogil:
+    """The row of s.xtable that step t of batch row b looks up (ids checked at the call: ids_in_range)."""
+    cdef idx at = t * s.ids_t + b * s.ids_b
+    cdef long long v = (<const long long*>s.ids)[at] if s.id_bytes == 8 else (<const int*>s.ids)[at]
+    return v + s.vocab if v < 0 else v
+
+
+cdef void look_up_chunk(const Seq* s, idx d, idx tb, idx n, idx G, float* xp, idx u0, idx u1) noexcept nogil:
+    """project_chunk's work when the projections are looked up: units [u0, u1) of each gate of the
+    rows of times tb .. tb+n-1, copied from s.xtable."""
+    cdef idx GH = G * s.H, H = s.H, t, b, g
+    cdef const float* src
+    cdef float* dst
+    for t in range(tb, tb + n):
+        for b in range(s.B):
+            src = s.xtable + (id_at(s, t, b) * s.D + d) * GH
+            dst = <float*>xp_row(s, xp, GH, t, b, tb)
+            if u0 == 0 and u1 == H:
+                memcpy(dst, src, GH * sizeof(float))
+            else:
+                for g in range(G):
+                    memcpy(dst + g * H + u0, src + g * H + u0, (u1 - u0) * sizeof(float))
+
+
+cdef bint ids_in_range(const Seq* s) noexcept nogil:
+    """Whether every id a call looks up is a row of s.xtable (-vocab <= id < vocab)."""
+    cdef idx t, b, at
+    cdef long long v
+    for t in range(s.T):
+        for b in range(s.B):
+            at = t * s.ids_t + b * s.ids_b
+            v = (<const long long*>s.ids)[at] if s.id_bytes == 8 else (<const int*>s.ids)[at]
+            if not -s.vocab <= v < s.vocab:
+                return False
+    return True
+
+
 cdef void project_chunk(const Seq* s, idx d, idx k, bint reverse, idx G, float* xp, idx u0, idx u1,
                        bint backwards=False) noexcept nogil:
     """At the first step of a chunk: the input projections of its steps, units [u0, u1)
@@ -610,7 +654,9 @@ cdef void project_chunk(const Seq* s, idx d, idx k, bint reverse, idx G, float* 
         return
     n = C if k0 + C <= s.T else s.T - k0
     tb = s.T - k0 - n if reverse else k0
-    if s.time_major:  # times tb .. tb+n-1 are n*B consecutive rows of X
+    if s.xtable != NULL:
+        look_up_chunk(s, d, tb, n, G, xp, u0, u1)
+    elif s.time_major:  # times tb .. tb+n-1 are n*B consecutive rows of X
         product_units(s, d, 0, s.X + tb * s.B * s.I, n * s.B, s.I, 0, G, xp, GH, segment(s, d, SEG_BIAS_X),
                       backwards, u0, u1)
     else:
@@ -961,7 +1007,7 @@ cdef bint fused_step_ok(const Seq* s, int op) noexcept nogil:
     every direction. (Clip, peepholes, sequence_lens, both directions and layouts: all run here.)"""
     cdef idx d
     if not (LI_STEP_FUSED and op == OP_LSTM and s.T == 1 and s.B >= STEP_MIN_ROWS and s.qkind == QK_FLOAT
-            and s.sched == NULL and not s.flag and s.H % LI_VEC == 0
+            and s.xtable == NULL and s.sched == NULL and not s.flag and s.H % LI_VEC == 0
             and 4 * s.H * (s.I + s.H) * sizeof(float) <= STEP_MAX_BYTES):
         return False
     for d in range(s.D):
@@ -1304,6 +1350,7 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
     s.sched, s.part = NULL, 0
     s.whole, s.ranges, s.parts = NULL, NULL, 1
     s.flip = False
+    s.xtable, s.vocab, s.ids, s.id_bytes, s.ids_t, s.ids_b = NULL, 0, NULL, 0, 0, 0
     cdef int status
     with nogil:
         status = run_sequence(&s, op)
@@ -1318,6 +1365,13 @@ def sequence(int op, const float[:, :, ::1] X, const int[::1] lens, bint has_len
 # returns to the Python path (CythonKernel._slow), which keeps every fallback and error.
 
 ctypedef int (*sequence_fn)(const Seq* s, int op) noexcept nogil
+ctypedef void (*project_fn)(const Seq* s, idx d, const float* A, idx M, idx GH, float* C, idx ldc) noexcept nogil
+
+
+cdef void project_rows(const Seq* s, idx d, const float* A, idx M, idx GH, float* C, idx ldc) noexcept nogil:
+    """C[m, :GH] = A[m] . W_d^T + direction d's input bias, for m < M: input_projections' products
+    (this build's, on the panels it packed)."""
+    product(s, d, 0, A, M, s.I, 0, GH, C, ldc, segment(s, d, SEG_BIAS_X))
 
 
 # A stream of one-step calls reads W then R in every call. Every other call (Seq.flip) reads
@@ -1363,12 +1417,13 @@ cdef int run_part(void* arg) noexcept nogil:
 
 cdef struct Build:  # what a KernelCore (the portable build's class) needs of the build that runs
     sequence_fn run
+    project_fn project
     idx panel_width
 
 
 cdef const char* BUILD_NAME = "lstminfer._native._rnn_kernels.build"
 cdef Build BUILD
-BUILD.run, BUILD.panel_width = run_sequence, 2 * LI_VEC
+BUILD.run, BUILD.project, BUILD.panel_width = run_sequence, project_rows, 2 * LI_VEC
 # This build's run_sequence and panel width, for the KernelCore of any build (they share Seq).
 RUN_SEQUENCE = PyCapsule_New(<void*>&BUILD, BUILD_NAME, NULL)
 
@@ -1444,6 +1499,7 @@ cdef class KernelCore:
     range) calls ``self._slow`` with the same arguments.
     """
     cdef sequence_fn run
+    cdef project_fn project
     cdef bint ready
     cdef object constants  # (W, R, B, P) as given at load; identity means "the packed ones"
     cdef object keep  # the arrays the pointers below point into
@@ -1527,6 +1583,7 @@ cdef class KernelCore:
                       qpbuf_v.shape[0] if qpbuf is not None else 0, qscale_v.shape[0] if qpbuf is not None else 0,
                       codes_v.shape[0], fparams_v.shape[0])
         self.run = build.run
+        self.project = build.project
         self.keep = (wbuf, offsets, pbuf, poff, codes, fparams, qpbuf, qscale, qsoff)
         self.constants = (W, R, B, P)
         self.wbuf = &wbuf_v[0]
@@ -1579,6 +1636,41 @@ cdef class KernelCore:
         if not self.ready:
             raise ValueError("kernel: not bound (_bind_core) yet")
         return (self.I, self.D, self.H, self.op == OP_LSTM)
+
+    @property
+    def call_gates(self):
+        """Gates per hidden unit (4, 3, 1): a looked-up projection row holds D * gates * H floats."""
+        return self.G
+
+    @property
+    def looks_up_projections(self):
+        """Whether a compiled program may hand this kernel its input projections as rows of a table
+        (``input_projections``) instead of X: float32 weights."""
+        return bool(self.ready and self.qkind == QK_FLOAT)
+
+    def input_projections(self, const float[:, ::1] rows):
+        """[N, D, G*H]: each row of ``rows`` [N, I] through W plus the input bias, as this kernel
+        projects a step's input (the same products: rows in groups of four), for a table that a
+        compiled program's call looks up by id (li_call.h's xtable)."""
+        if not self.looks_up_projections:
+            raise ValueError("input_projections: needs a bound kernel with float32 weights")
+        if rows.shape[1] != self.I:
+            raise bad("input_projections", "row length (the input size)", self.I, rows.shape[1])
+        cdef idx n = rows.shape[0], GH = self.G * self.H, d, padded_n = (rows.shape[0] + 3) // 4 * 4
+        out = np.zeros((n, self.D, GH), np.float32)
+        if n == 0:
+            return out
+        # padded to whole groups of four rows: every row through the 4-row micro-kernel, as in a sequence
+        cdef float[:, ::1] a = np.zeros((padded_n, self.I), np.float32)
+        a[:n] = rows
+        cdef float[:, ::1] full = np.empty((padded_n, self.D * GH), np.float32)
+        cdef Seq s
+        self.bind_constants(&s)
+        with nogil:
+            for d in range(self.D):
+                self.project(&s, d, &a[0, 0], padded_n, GH, &full[0, d * GH], self.D * GH)
+        out[...] = np.asarray(full)[:n].reshape(n, self.D, GH)
+        return out
 
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
         cdef tuple constants
@@ -1654,6 +1746,7 @@ cdef class KernelCore:
         s.sched, s.part = NULL, 0
         s.whole, s.ranges, s.parts = NULL, NULL, 1
         s.flip = False
+        s.xtable, s.vocab, s.ids, s.id_bytes, s.ids_t, s.ids_b = NULL, 0, NULL, 0, 0, 0
 
     cdef void output_strides(self, Seq* s) noexcept:
         """Y and state strides for outputs allocated in the node's layout (fresh, C order)."""
@@ -1842,7 +1935,7 @@ cdef class KernelCore:
         """Scratch floats of the part with rows [b0, b1) (a time-major X of several steps is
         copied into its own rows, so that each part reads a C-contiguous X)."""
         cdef idx need = scratch_need(s.T, b1 - b0, self.G, self.H)
-        if parts > 1 and s.time_major and s.T > 1:
+        if parts > 1 and s.time_major and s.T > 1 and s.xtable == NULL:
             need += padded(s.T * (b1 - b0) * s.I)
         return need
 
@@ -1850,7 +1943,9 @@ cdef class KernelCore:
         """Narrow ``s`` to batch rows [b0, b1) with scratch from ``scratch``; returns floats used."""
         cdef idx nb = b1 - b0, t, used = scratch_need(s.T, b1 - b0, self.G, self.H)
         cdef float* xcopy
-        if not s.time_major:
+        if s.xtable != NULL:  # the part's ids: b0 rows on, in any layout
+            s.ids = s.ids + b0 * s.ids_b * s.id_bytes
+        elif not s.time_major:
             s.X = s.X + b0 * s.T * s.I
         elif s.T == 1:
             s.X = s.X + b0 * s.I
@@ -1946,6 +2041,11 @@ cdef extern from "li_call.h":
         float* Sh
         float* Sc
         idx s_d, s_b
+        const float* xtable
+        idx vocab
+        const void* ids
+        int id_bytes
+        idx ids_t, ids_b
     const char* LI_CALL_CAPSULE
 
 
@@ -1961,6 +2061,13 @@ cdef int call_kernel(object core, const li_call* c) except -1:
     s.Y, s.y_t, s.y_d, s.y_b = c.Y, c.y_t, c.y_d, c.y_b
     s.Sh, s.Sc, s.s_d, s.s_b = c.Sh, c.Sc, c.s_d, c.s_b
     k.bind_constants(&s)
+    if c.xtable != NULL:
+        if k.qkind != QK_FLOAT:
+            return 1
+        s.xtable, s.vocab, s.ids, s.id_bytes = c.xtable, c.vocab, <const char*>c.ids, c.id_bytes
+        s.ids_t, s.ids_b = c.ids_t, c.ids_b
+        if not ids_in_range(&s):
+            return 1
     return k.launch(&s)
 
 

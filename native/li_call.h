@@ -18,6 +18,14 @@ typedef struct {
     Py_ssize_t y_t, y_d, y_b;
     float *Sh, *Sc;                    /* Y_h / Y_c [d, b, :] at + d*s_d + b*s_b; Sc NULL but for LSTM */
     Py_ssize_t s_d, s_b;
+    /* Input projections looked up, not computed (a compiled program's Embedding fold): step t of
+       batch row b takes row ids[t*ids_t + b*ids_b] (int32 or int64, negative from the end) of
+       xtable [vocab, D, gates*H], the input bias included; X is then unused. NULL: X through W. */
+    const float *xtable;
+    Py_ssize_t vocab;
+    const void *ids;
+    int id_bytes;
+    Py_ssize_t ids_t, ids_b;
 } li_call;
 
 #define LI_CALL_CAPSULE "lstminfer._native._rnn_kernels.call_kernel"

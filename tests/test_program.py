@@ -131,14 +131,16 @@ def ort_session_bytes(data: bytes):
 
 @pytest.mark.parametrize("exporter,opset", [("torchscript", 17), ("dynamo", 18)])
 def test_embedding_classifier_compiles_entirely(exporter, opset):
-    """Embedding + 2-layer LSTM + fc(y[:, -1]) + Softmax: the lookup, the last-step select (a view),
-    the Gemm head and the softmax all run in C."""
+    """Embedding + 2-layer LSTM + fc(y[:, -1]) + Softmax: the lookup (folded into the first layer's
+    input projections), the last-step select (a view), the Gemm head and the softmax all run in C."""
     spec = torch_models.ClassifierSpec()
     data = torch_models.export(spec, exporter, opset)
     model, sess = lstminfer.load(data), ort_session_bytes(data)
     feeds = spec.make_inputs(np.random.default_rng(3), 4, 9 if exporter == "torchscript" else 7)
     text = program_text(model, feeds)
-    assert "C row lookup (Gather)" in text and "C softmax" in text, text
+    assert "(Gather): folded into node" in text and "(LSTM)'s input projections" in text, text
+    assert "C softmax" in text, text
+    assert "input projections looked up by id" in text, text
     assert "Gather of a constant index" in text and "falls back" not in text, text
     for g, w in zip(model.run(None, feeds), sess.run(None, feeds)):
         np.testing.assert_allclose(g, w, atol=TOL, rtol=TOL)
