@@ -603,6 +603,10 @@ def test_the_dense_instruction_matches_float64_on_any_shape(rows, depth, outputs
     expected = a.astype(np.float64) @ weights + (bias if with_bias else 0.0)
     np.testing.assert_allclose(guarded[:rows], expected, rtol=1e-5, atol=1e-5 * np.sqrt(depth))
     assert np.isnan(guarded[rows]).all()
+    for r in range(rows):  # a row's bits do not depend on the rows beside it (a stream's step and a batch)
+        alone = np.empty((1, outputs), np.float32)
+        _runtime.dense(np.ascontiguousarray(a[r:r + 1]), laid_out, bias, alone)
+        np.testing.assert_array_equal(alone[0], guarded[r])
 
 
 # ------------------------------------------------------------ the cache of programs
