@@ -610,7 +610,7 @@ cdef class Recurrent(Instr):
         if self.looks_up:
             table, rows, self.row_floats, id_bytes, ids_strides = lookup
             if rows < 1 or id_bytes not in (4, 8) or len(ids_strides) != 2 \
-                    or self.row_floats != self.dirs * self.hidden * (4 if self.lstm else core.call_gates):
+                    or self.row_floats != self.dirs * self.hidden * core.call_gates:
                 raise ValueError("Recurrent: a lookup needs rows >= 1, int32/int64 ids, (t, b) id strides "
                                  "and D * gates * H floats per row")
             self.table = make_ref(table)

@@ -607,10 +607,15 @@ cdef inline idx chunk_start(const Seq* s, idx GH, idx k, bint reverse) noexcept 
     return s.T - k0 - n if reverse else k0
 
 
+cdef inline long long given_id(const Seq* s, idx t, idx b) noexcept nogil:
+    """The id given for step t of batch row b (int32 or int64, maybe negative)."""
+    cdef idx at = t * s.ids_t + b * s.ids_b
+    return (<const long long*>s.ids)[at] if s.id_bytes == 8 else (<const int*>s.ids)[at]
+
+
 cdef inline long long id_at(const Seq* s, idx t, idx b) noexcept nogil:
     """The row of s.xtable that step t of batch row b looks up (ids checked at the call: ids_in_range)."""
-    cdef idx at = t * s.ids_t + b * s.ids_b
-    cdef long long v = (<const long long*>s.ids)[at] if s.id_bytes == 8 else (<const int*>s.ids)[at]
+    cdef long long v = given_id(s, t, b)
     return v + s.vocab if v < 0 else v
 
 
@@ -633,12 +638,11 @@ cdef void look_up_chunk(const Seq* s, idx d, idx tb, idx n, idx G, float* xp, id
 
 cdef bint ids_in_range(const Seq* s) noexcept nogil:
     """Whether every id a call looks up is a row of s.xtable (-vocab <= id < vocab)."""
-    cdef idx t, b, at
+    cdef idx t, b
     cdef long long v
     for t in range(s.T):
         for b in range(s.B):
-            at = t * s.ids_t + b * s.ids_b
-            v = (<const long long*>s.ids)[at] if s.id_bytes == 8 else (<const int*>s.ids)[at]
+            v = given_id(s, t, b)
             if not -s.vocab <= v < s.vocab:
                 return False
     return True
@@ -1657,9 +1661,8 @@ cdef class KernelCore:
         if rows.shape[1] != self.I:
             raise bad("input_projections", "row length (the input size)", self.I, rows.shape[1])
         cdef idx n = rows.shape[0], GH = self.G * self.H, d, padded_n = (rows.shape[0] + 3) // 4 * 4
-        out = np.zeros((n, self.D, GH), np.float32)
         if n == 0:
-            return out
+            return np.zeros((0, self.D, GH), np.float32)
         # padded to whole groups of four rows: every row through the 4-row micro-kernel, as in a sequence
         cdef float[:, ::1] a = np.zeros((padded_n, self.I), np.float32)
         a[:n] = rows
@@ -1669,8 +1672,7 @@ cdef class KernelCore:
         with nogil:
             for d in range(self.D):
                 self.project(&s, d, &a[0, 0], padded_n, GH, &full[0, d * GH], self.D * GH)
-        out[...] = np.asarray(full)[:n].reshape(n, self.D, GH)
-        return out
+        return np.asarray(full)[:n].reshape(n, self.D, GH)
 
     def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
         cdef tuple constants
