@@ -137,6 +137,7 @@ class Compiler:
         self.fused: dict[int, str] = {}  # index in schedule -> the instruction that did its work
         self.gathers: dict[int, embedding_fold.PendingGather] = {}  # by output slot: Gathers a node may fold
         self.step_index = -1  # of the step being lowered
+        self.vanished: set[int] = set()  # indices in schedule of the steps that became views
         feed_specs = []
         self.dynamic: set[int] = set()
         if len(feeds) > _runtime.MAX_PROGRAM_FEEDS:
@@ -267,6 +268,7 @@ class Compiler:
                     if slot != _ABSENT:
                         self.places[slot] = place
                         self.values[slot] = place.array
+                self.vanished.add(self.step_index)
                 return "vanished (a view)"
         lowering = {"LSTM": self.recurrent, "GRU": self.recurrent, "RNN": self.recurrent, "MatMul": self.matmul,
                     "Gemm": self.gemm, "Concat": self.concat, "Gather": self.gather, "Softmax": self.softmax,
@@ -290,7 +292,7 @@ class Compiler:
         "shape" (it reads shapes alone) or None (it reads the values)."""
         if self.schedule[j].node.op_type in SHAPE_OPS:
             return "shape"
-        return "view" if self.lines.get(j, "").endswith("vanished (a view)") else None
+        return "view" if j in self.vanished else None
 
     def _out_f32(self, outputs, n: int = 1) -> bool:
         return all(isinstance(v, np.ndarray) and v.dtype == _F32 for v in outputs[:n])
