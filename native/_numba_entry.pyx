@@ -59,6 +59,23 @@ cdef inline bint f32_c_array(object value, int nd) noexcept:
             and cnp.PyArray_ISBEHAVED_RO(a) and cnp.PyArray_IS_C_CONTIGUOUS(a))
 
 
+cdef object given_or_empty(object out, int k, int nd, idx a, idx b, idx c, idx d):
+    """out[k] when it is a writeable float32 C array of exactly these dims, else a new one."""
+    cdef cnp.npy_intp* dims
+    cdef idx want[4]
+    cdef int j
+    if out is not None:
+        value = (<list>out)[k]
+        if f32_c_array(value, nd) and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>value):
+            want[0], want[1], want[2], want[3] = a, b, c, d
+            dims = cnp.PyArray_DIMS(<cnp.ndarray>value)
+            for j in range(nd):
+                if dims[j] != want[j]:
+                    return empty(nd, a, b, c, d)
+            return value
+    return empty(nd, a, b, c, d)
+
+
 cdef inline bint writeable(object value) noexcept:
     return type(value) is _NDARRAY and cnp.PyArray_ISWRITEABLE(<cnp.ndarray>value)
 
@@ -127,15 +144,20 @@ cdef class EntryCore:
         """Whether calls take the C entry (False: every call runs the Python path)."""
         return bool(self.ready)
 
-    def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None):
+    def __call__(self, X, W=None, R=None, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None,
+                 out=None):
+        """``out``: arrays to write (Y, Y_h[, Y_c]) into, each None or of the output's exact shape
+        (C-contiguous, writeable float32, not overlapping an input); a compiled program hands its own
+        memory (``writes_into``), so that nothing is copied after the call. The fast path returns
+        them; the Python path ignores them."""
         cdef tuple constants
         if self.ready:
             constants = <tuple>self.constants
             if (W is constants[0] and R is constants[1] and B is constants[2]
                     and (P is constants[3] or not self.check_p)):
-                out = self.fast(X, sequence_lens, initial_h, initial_c)
-                if out is not None:
-                    return out
+                result = self.fast(X, sequence_lens, initial_h, initial_c, out)
+                if result is not None:
+                    return result
         return self._slow(X, W, R, B, sequence_lens, initial_h, initial_c, P)
 
     cdef bint state(self, int64_t* block, object value, idx batch, int slot, int used_slot) noexcept:
@@ -243,21 +265,23 @@ cdef class EntryCore:
             free(scratch)
         return <int>status
 
-    cdef object fast(self, object X, object lens, object h0, object c0):
+    cdef object fast(self, object X, object lens, object h0, object c0, object out):
         cdef int64_t block[NUM_SLOTS]
         cdef idx T, batch, H = self.H, D = self.D
         if not self.bind(block, X, lens, h0, c0):
             return None
+        if out is not None and (type(out) is not list or len(<list>out) < self.outputs):
+            out = None
         if self.time_major:
             T, batch = block[S_X_D0], block[S_X_D1]
-            Y = empty(4, T, D, batch, H)
-            Yh = empty(3, D, batch, H, 0) if self.outputs >= 2 else None
-            Yc = empty(3, D, batch, H, 0) if self.outputs >= 3 else None
+            Y = given_or_empty(out, 0, 4, T, D, batch, H)
+            Yh = given_or_empty(out, 1, 3, D, batch, H, 0) if self.outputs >= 2 else None
+            Yc = given_or_empty(out, 2, 3, D, batch, H, 0) if self.outputs >= 3 else None
         else:
             T, batch = block[S_X_D1], block[S_X_D0]
-            Y = empty(4, batch, T, D, H)
-            Yh = empty(3, batch, D, H, 0) if self.outputs >= 2 else None
-            Yc = empty(3, batch, D, H, 0) if self.outputs >= 3 else None
+            Y = given_or_empty(out, 0, 4, batch, T, D, H)
+            Yh = given_or_empty(out, 1, 3, batch, D, H, 0) if self.outputs >= 2 else None
+            Yc = given_or_empty(out, 2, 3, batch, D, H, 0) if self.outputs >= 3 else None
         block[S_Y] = address(Y)
         if Yh is not None:
             block[S_YH] = address(Yh)

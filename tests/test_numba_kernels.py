@@ -427,6 +427,37 @@ def test_c_entry_trailing_outputs(op, num_outputs):
 @entry_built
 @pytest.mark.parametrize("op", ["LSTM", "GRU"])
 @pytest.mark.parametrize("layout", [0, 1])
+def test_c_entry_writes_into_the_arrays_it_is_handed(op, layout):
+    """``out=``: a compiled program's own memory. Each array of the output's exact shape is
+    written and returned as it is; one it cannot take (shape, dtype, read-only) is replaced by
+    a new array, and the others are still written in place."""
+    rng = np.random.default_rng(5)
+    W, R, B, P = make_weights(rng, op, 1, 16, 4)
+    spec = make_spec(op, hidden_size=16, layout=layout)
+    inputs = make_inputs(rng, op, spec, W, R, B, P, T=5, batch=3)
+    expected = REFERENCE[op](*inputs, **spec.reference_kwargs())[: spec.num_outputs]
+    kernel = entry_kernel(op, spec, W, R, B, P)
+    assert kernel.writes_into
+    out = [np.full(e.shape, np.nan, dtype=np.float32) for e in expected]
+    got = kernel(*inputs, out=out)
+    assert all(g is o for g, o in zip(got, out))
+    assert_close(out, expected)
+    read_only = np.zeros(expected[1].shape, dtype=np.float32)
+    read_only.flags.writeable = False
+    for bad in (np.zeros(expected[1].shape, dtype=np.float64), np.zeros(expected[1].shape[:-1] + (17,), np.float32),
+                read_only, np.zeros(expected[1].shape, dtype=np.float32)[..., ::1].T.copy().T):
+        out = [np.full(e.shape, np.nan, dtype=np.float32) for e in expected]
+        out[1] = bad
+        got = kernel(*inputs, out=out)
+        assert got[0] is out[0] and got[1] is not bad
+        assert_close(got, expected)
+        assert not np.any(read_only) and not np.any(bad)  # the refused array is left alone
+    assert_close(kernel(*inputs, out=None), expected)
+
+
+@entry_built
+@pytest.mark.parametrize("op", ["LSTM", "GRU"])
+@pytest.mark.parametrize("layout", [0, 1])
 def test_run_into_updates_the_states_in_place_like_chunks_of_one_sequence(op, layout):
     rng = np.random.default_rng(4)
     W, R, B, P = make_weights(rng, op, 1, 16, 4)

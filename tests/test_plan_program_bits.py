@@ -55,6 +55,17 @@ def test_bundled_models_plan_and_program_agree_bit_for_bit(name):
     _assert_same_bits(model, _bundled_feeds(model, np.random.default_rng(0)))
 
 
+@pytest.mark.parametrize("name", ["adding_lstm", "forecast_gru"])
+def test_numba_kernels_write_into_the_program_memory_with_the_plan_bits(name):
+    """On the Numba backend the recurrent node is a call in the program that writes its outputs
+    straight into the program's memory (``out=``): the same bits as the plan's fresh arrays."""
+    pytest.importorskip("numba")
+    model = lstminfer.load(lstminfer.models.path(name), backend="numba")
+    kernels = [s.kernel for s, _ in model._plan.schedule(model._wanted(None)) if s.node.op_type in ("LSTM", "GRU")]
+    assert kernels and all(getattr(k, "writes_into", False) for k in kernels)
+    _assert_same_bits(model, _bundled_feeds(model, np.random.default_rng(1)))
+
+
 def _glue_heads_model() -> bytes:
     """x [B, 12] -> Tanh -> Sigmoid -> Exp -> Gemm(alpha, beta, transB) -> LogSoftmax, and
     -> MatMul + Add -> Softmax: the elementwise, dense and softmax instructions."""

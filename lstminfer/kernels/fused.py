@@ -48,6 +48,7 @@ class FusedKernel(_EntryCore, RecurrentShell):
     NO_STATE = np.zeros((0, 0, 0), dtype=np.float32)
     STRIDED_OUTPUTS = False  # the drivers are typed for C-contiguous, writable arrays (driver_signature)
     WRITABLE_X = True
+    writes_into = True  # a compiled program's PyCall hands out= its own memory (EntryCore.__call__)
 
     def __init__(self, spec: Any, packed: PackedWeights, W: np.ndarray, R: np.ndarray,
                  B: np.ndarray | None, P: np.ndarray | None, *, threads: int = 1,
