@@ -51,8 +51,10 @@ def load_whole_models(path: str) -> dict[tuple[str, str], dict[str, dict]]:
     return rows
 
 
-WHOLE_ROW_ORDER = {"stream": 0, "run": 1, "pool": 2, "seq": 3, "batch": 4}
-WHOLE_ROW_WHAT = {"stream": "Stream.step", "run": "Model.run, state fed back", "pool": "StreamPool.step, 64 streams",
+WHOLE_ROW_ORDER = {"stream": 0, "run": 1, "named": 2, "pool": 3, "seq": 4, "batch": 5}
+WHOLE_ROW_WHAT = {"stream": "Stream.step", "run": "Model.run, state fed back",
+                  "named": "Model.run, state fed back, names from get_inputs()/get_outputs() each call",
+                  "pool": "StreamPool.step, 64 streams",
                   "seq": "Model.run", "batch": "Model.run"}
 
 

@@ -29,6 +29,8 @@ Rows (``ROWS``: T, B), each timed for lstminfer and onnxruntime with one thread,
   ``run(None, feeds)`` with the state outputs fed back as the state inputs.
 * ``run``: the same feedback loop for both, ``lstminfer.load(path)`` standing in for
   the ``InferenceSession`` (``Model.run``, the drop-in path).
+* ``named``: that loop as onnxruntime's tutorials write it, every name asked of the session on
+  every call (``get_inputs()``, ``get_outputs()``, ``run([names], {name: value})``).
 * ``seq``: one sequence, T=200, B=1, zero initial states; ``run(None, feeds)``.
 * ``batch``: T=100, B=32, zero initial states; ``run(None, feeds)``.
 * ``pool``: 64 streams, one frame each. lstminfer: one ``StreamPool.step({sid: x1})``;
@@ -55,8 +57,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 KERAS_DIR = ROOT / "tests" / "data" / "keras"
 
-ROWS = {"stream": (1, 1), "run": (1, 1), "seq": (200, 1), "batch": (100, 32), "pool": (1, 64)}  # (T, B)
-STATE_ROWS = ("stream", "run", "pool")  # need state fed back: only models with state inputs
+ROWS = {"stream": (1, 1), "run": (1, 1), "named": (1, 1), "seq": (200, 1), "batch": (100, 32),
+        "pool": (1, 64)}  # (T, B)
+STATE_ROWS = ("stream", "run", "named", "pool")  # need state fed back: only models with state inputs
 ATOL = RTOL = 1e-5  # |lstminfer - onnxruntime| <= ATOL + RTOL * |onnxruntime|, as tests/test_bundled_models.py:
 # adding_lstm's cell state reaches ~47, where float32's spacing is 3.8e-6 and an atol of 1e-5 is ~3 ulp
 CHECK_STEPS = 3  # stepped rows: steps compared (the state fed back between them)
@@ -316,6 +319,21 @@ def feedback_loop(session, feeds: dict[str, np.ndarray], state_names: list[str])
     return step
 
 
+def named_feedback_loop(session, feeds: dict[str, np.ndarray]):
+    """``feedback_loop`` with every name asked of the session on every call, as onnxruntime's
+    tutorials write it: inputs[1:] take outputs[1:]."""
+    feeds = dict(feeds)
+
+    def step():
+        inputs = session.get_inputs()
+        out = session.run([o.name for o in session.get_outputs()], {i.name: feeds[i.name] for i in inputs})
+        for arg, value in zip(inputs[1:], out[1:]):
+            feeds[arg.name] = value
+        return out
+
+    return step
+
+
 def make_runner(peer: str, model: WholeModel, row: str, cache_dir: str | None = None):
     """A zero-argument callable doing one timed unit of work of ``row`` for ``peer``."""
     path = model_path(model.name, cache_dir)
@@ -337,6 +355,8 @@ def make_runner(peer: str, model: WholeModel, row: str, cache_dir: str | None = 
             return lambda: pool.step(frames)
     else:
         raise ValueError(f"unknown peer {peer!r}")
+    if row == "named":
+        return named_feedback_loop(session, feeds)
     if row in STATE_ROWS:
         return feedback_loop(session, feeds, states)
     return lambda: session.run(None, feeds)
@@ -376,8 +396,8 @@ def check(model: WholeModel, row: str, cache_dir: str | None = None) -> float:
         return worst
 
     ort_step = feedback_loop(session, feeds, states)
-    if row == "run":
-        our_step = feedback_loop(ours, feeds, states)
+    if row in ("run", "named"):
+        our_step = feedback_loop(ours, feeds, states) if row == "run" else named_feedback_loop(ours, feeds)
         for t in range(CHECK_STEPS):
             want, got = ort_step(), our_step()
             assert len(got) == len(want), f"{model.name} {row}: {len(got)} outputs, onnxruntime {len(want)}"

@@ -391,21 +391,26 @@ include "_program.pxi"
 cdef class ModelRun:
     """``Model.run``'s fast path, which a Model owns and binds as its ``run``: ``run(None, dict)``
     goes through ``FeedChecks``, then the compiled program of the feeds' signature, else the
-    plan's ``Schedule`` (None: none), then ``detach``; any other call, or feeds these decline,
+    plan's ``Schedule`` (None: none), then ``detach``; so does ``run(all_names, dict)``, every
+    output named in order, as onnxruntime tutorials write it; any other call, or feeds these decline,
     goes to ``checked`` (``Model._run_checked``), which reports errors.
     ``detach_fallback(outputs, feeds)`` handles outputs ``detach`` declines."""
     cdef object checked, detach_fallback
     cdef FeedChecks checks
     cdef Schedule schedule
     cdef ProgramSet programs
+    cdef list all_names  # every output's name, in order: run(that list, dict) is run(None, dict)
 
-    def __init__(self, checked, FeedChecks checks not None, Schedule schedule, ProgramSet programs, detach_fallback):
+    def __init__(self, checked, FeedChecks checks not None, Schedule schedule, ProgramSet programs, detach_fallback,
+                 all_names=()):
         self.checked, self.checks, self.schedule = checked, checks, schedule
         self.programs, self.detach_fallback = programs, detach_fallback
+        self.all_names = [str(name) for name in all_names]
 
     def run(self, output_names, input_feed, run_options=None):
         """Run the model; returns the requested outputs in order, like onnxruntime."""
-        if output_names is None and type(input_feed) is dict:
+        if (output_names is None or (type(output_names) is list and <list>output_names == self.all_names)) \
+                and type(input_feed) is dict:
             outputs = self.whole(<dict>input_feed)
             if outputs is not None:
                 return outputs

@@ -77,6 +77,25 @@ def test_io_description_matches_onnxruntime_style():
     assert m.input_names == ["x"]
 
 
+def test_node_args_are_built_once_and_cannot_be_changed_through_what_they_return():
+    """get_inputs()/get_outputs() hand out the NodeArgs built at load (a loop that calls them per run
+    must not rebuild them): a new list each call, and a new shape list at each read, as onnxruntime's."""
+    m = lstminfer.load(sample_model())
+    first, second = m.get_inputs(), m.get_inputs()
+    assert first == second and first is not second and first[0] is second[0]
+    first.clear()
+    first_shape = second[0].shape
+    first_shape.append(99)
+    assert second[0].shape == ["N", 3] and m.get_inputs()[0].shape == ["N", 3]
+    with pytest.raises(AttributeError):
+        second[0].name = "other"
+    assert [o.name for o in m.get_outputs()] == ["z", "y"] and m.get_outputs()[0] is m.get_outputs()[0]
+    assert lstminfer.NodeArg("x", ["N", 3], "tensor(float)") == second[0]
+    assert hash(lstminfer.NodeArg("x", ("N", 3), "tensor(float)")) == hash(second[0])
+    assert lstminfer.NodeArg("x", ["N", 4], "tensor(float)") != second[0]
+    assert "shape=['N', 3]" in repr(second[0])
+
+
 def test_run_output_selection_and_order(rng):
     m = lstminfer.load(sample_model())
     x = rng.standard_normal((2, 3)).astype(np.float32)
@@ -412,6 +431,13 @@ def test_run_takes_the_c_path_only_for_the_usual_call(rng):
     assert checked == [] and y is not x and np.array_equal(y, x)  # a feed handed back is copied
     assert fast.run(["y"], {"x": x}) == "checked" and fast.run(None, [("x", x)]) == "checked"
     assert fast.run(None, {"x": x.astype(np.float64)}) == "checked"  # declined by the C check
+    checked.clear()
+    named = runtime.ModelRun(full, runtime.FeedChecks((("x", f32, 1, ()),)), schedule, None, None, ("y",))
+    (y,) = named.run(["y"], {"x": x})  # every output, named in order: the C path
+    assert checked == [] and np.array_equal(y, x)
+    assert named.run(["y", "y"], {"x": x}) == "checked" and named.run(("y",), {"x": x}) == "checked"
+    assert checked == [["y", "y"], ("y",)]
+    checked.clear()
     unscheduled = runtime.ModelRun(full, runtime.FeedChecks((("x", f32, 1, ()),)), None, None, None)
     assert unscheduled.run(None, {"x": x}) == "checked"
     with pytest.raises(TypeError):
@@ -422,10 +448,13 @@ def test_run_takes_the_c_path_only_for_the_usual_call(rng):
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)
     feeds = {"x": x, "h0": np.zeros((1, 2, 5), np.float32), "c0": np.zeros((1, 2, 5), np.float32)}
     assert m.run == m._fast.run and lstminfer.Model.run.__doc__ == m.run.__doc__
-    for a, b in zip(m.run(None, feeds), m._run_checked(None, feeds)):
+    for a, b, c in zip(m.run(None, feeds), m._run_checked(None, feeds), m.run(m.output_names, feeds)):
         np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
     with pytest.raises(lstminfer.InvalidInputError, match="x"):
         m.run(None, dict(feeds, x=x[:, :, :2]))  # declined by the C check, reported by the full one
+    with pytest.raises(lstminfer.InvalidInputError, match="x"):
+        m.run(m.output_names, dict(feeds, x=x[:, :, :2]))
 
 
 def test_stream_step_takes_the_kernel_first(rng):
