@@ -141,7 +141,7 @@ class Model:
             raise
         self._inputs = list(graph.inputs)
         self._outputs = list(graph.outputs)
-        # onnxruntime answers get_inputs() in ~0.03 µs: loops that call it per run must not pay more
+        # built once: code written for onnxruntime asks for them on every run
         self._input_args = tuple(NodeArg.from_value_info(vi) for vi in self._inputs)
         self._output_args = tuple(NodeArg.from_value_info(vi) for vi in self._outputs)
         self._feeds = Inputs(self._inputs)
